@@ -1,0 +1,23 @@
+//! loraforge's domain: the nouns of the service (a LoRA, its training job, a dataset, a user's
+//! limits) and the rules that govern them (the status machine, parameter ranges, name rules,
+//! monthly windows). It does no I/O and knows neither HTTP nor SQL; every other crate depends on
+//! it and it depends on none of them. Time comes in as an argument or through [`Clock`], so every
+//! rule can be tested at any instant.
+
+pub mod clock;
+pub mod dataset;
+pub mod ids;
+pub mod limits;
+pub mod lora;
+pub mod name;
+pub mod params;
+pub mod status;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use dataset::{Dataset, DatasetImage, DatasetRules, ImageFormat};
+pub use ids::{DatasetId, LoraId, UserId};
+pub use limits::{MonthlyWindow, UsageLimits};
+pub use lora::{CreatorRef, LoraModel, LoraSort, LoraSummary, Progress};
+pub use name::{LoraName, NameError};
+pub use params::{ParamError, ParamLimits, ParamsInput, TrainingParams, TrainingType};
+pub use status::{StatusEvent, TrainingStatus, TransitionError};

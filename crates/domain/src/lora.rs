@@ -1,0 +1,73 @@
+//! A LoRA model as the library knows it, and the views the API shows of it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{DatasetId, LoraId, TrainingParams, TrainingStatus, UserId};
+
+/// Who made a LoRA; the email is shown when known ("Cyberpunk Girl (by user@example.com)").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatorRef {
+    pub id: UserId,
+    pub email: Option<String>,
+}
+
+/// Live progress of a job, as the status endpoint shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Free-form stage name from the trainer: "queued", "caching_latents", "training", …
+    pub stage: Option<String>,
+    /// 0–100.
+    pub percent: u8,
+    /// Seconds, when the trainer can estimate them.
+    pub estimated_remaining: Option<u32>,
+}
+
+/// The full record of a LoRA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraModel {
+    pub id: LoraId,
+    pub name: String,
+    pub description: Option<String>,
+    pub creator: CreatorRef,
+    pub status: TrainingStatus,
+    pub dataset_id: DatasetId,
+    pub params: TrainingParams,
+    pub progress: Progress,
+    /// Why it failed or was cancelled, for people.
+    pub error: Option<String>,
+    pub usage_count: u64,
+    /// Storage key of the trained file, once there is one.
+    pub storage_key: Option<String>,
+    pub file_size: Option<u64>,
+    pub validation_image_keys: Vec<String>,
+    pub validation_passed: Option<bool>,
+    pub training_cost: f64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// One row of the library listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraSummary {
+    pub id: LoraId,
+    pub name: String,
+    pub description: Option<String>,
+    pub status: TrainingStatus,
+    pub creator: CreatorRef,
+    pub usage_count: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoraSort {
+    /// Most used first; ties newest first.
+    Popular,
+    /// Newest first.
+    #[default]
+    Recent,
+    /// By name, case-insensitively; ties newest first.
+    Name,
+}

@@ -7,8 +7,10 @@
 # differs. Concurrent runs are serialised with a lock file. Prints one line when done.
 set -euo pipefail
 
-# Exact pins. Change a version here and the next run rebuilds the venv.
-PINS=("moto[server]==5.2.5")
+# Exact pins of everything in the venv (moto[server]==5.2.5 and all it pulls in), frozen in
+# requirements-test.txt. Change a version there and the next run rebuilds the venv.
+here="$(cd "$(dirname "$0")" && pwd)"
+requirements="$here/requirements-test.txt"
 
 python="${PYTHON:-python3}"
 cache="${LORAFORGE_CACHE:-$HOME/.cache/loraforge}"
@@ -19,7 +21,7 @@ mkdir -p "$cache"
 exec 9>"$cache/venv-test.lock"
 flock 9
 
-want="$({ printf '%s\n' "${PINS[@]}"; "$python" --version 2>&1; } | sha256sum | cut -d' ' -f1)"
+want="$({ cat "$requirements"; "$python" --version 2>&1; } | sha256sum | cut -d' ' -f1)"
 
 if [[ -x "$venv/bin/moto_server" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     echo "test env up to date: $venv"
@@ -29,7 +31,7 @@ fi
 # Stale or half-built: start over. The path ends in /venv-test by construction above.
 rm -rf -- "$venv"
 "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input "${PINS[@]}"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input --no-deps -r "$requirements"
 # The stamp goes last, so an interrupted install is redone on the next run.
 printf '%s\n' "$want" >"$stamp"
-echo "test env ready: $venv (${PINS[*]})"
+echo "test env ready: $venv ($(grep -c '==' "$requirements") pinned packages)"

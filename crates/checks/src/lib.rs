@@ -1,1 +1,15 @@
-//! placeholder
+//! File checks at the service's trust boundary: whether a user's images may be trained on
+//! (`image_check`, PRD 2 "Dataset Validation") and whether a trained `.safetensors` file may be
+//! published (`lora_check`, training flow step 12). Everything here works on bytes the caller
+//! hands in — no file or network I/O — and never panics on any input, so both entry points can
+//! be fuzzed directly.
+
+pub mod image_check;
+pub mod lora_check;
+pub mod problem;
+
+pub use image_check::{DatasetReport, ImageReport, InputImage, check_dataset, check_image};
+pub use lora_check::{
+    AlphaSource, LoraError, LoraFormat, LoraReport, LoraRules, NonFiniteTensor, inspect_lora,
+};
+pub use problem::Problem;

@@ -1,1 +1,323 @@
-//! placeholder
+//! The repository: everything loraforge keeps in a database, behind one trait with two engines.
+//! SQLite (the embedded default) and Postgres each have their own module and their own
+//! `migrations/` folder; SQL dialect never leaks out of them. The trait speaks domain types only.
+//!
+//! Contracts every engine keeps (the conformance suite in `tests/` checks them on both):
+//! - a status changes only through [`Repository::apply_event`] / [`Repository::claim_next_job`],
+//!   which compute the new status with `loraforge_domain::status::transition` and write it with a
+//!   compare-and-set on the old one; every change appends a row to the LoRA's event log;
+//! - [`Repository::create_lora`] is atomic and race-free per user: the idempotency key, the
+//!   duplicate-name check, the monthly count and the insert happen under one per-user lock, so 20
+//!   concurrent creates at limit 5 give exactly 5 LoRAs;
+//! - nothing is ever deleted from `lora_models`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use loraforge_domain::{
+    Dataset, DatasetId, LoraId, LoraModel, LoraName, LoraSort, LoraSummary, MonthlyWindow, Progress,
+    StatusEvent, TrainingParams, TrainingStatus, TransitionError, UserId,
+};
+
+mod common;
+pub mod postgres;
+pub mod seed;
+pub mod sqlite;
+#[cfg(feature = "test-support")]
+pub mod test_support;
+
+pub type Result<T, E = DbError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("not found")]
+    NotFound,
+    #[error("you already have a LoRA named {0:?}; choose another name")]
+    DuplicateName(String),
+    #[error("monthly limit reached: {used} of {limit} used")]
+    MonthlyLimitReached { used: u32, limit: u32 },
+    #[error("this Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error("the dataset does not exist or belongs to someone else")]
+    DatasetNotFound,
+    #[error("unsupported database URL {0:?}; use sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("fault injected at {0:?}")]
+    Injected(FaultPoint),
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// A compare-and-set kept losing to concurrent writers; the caller may try again.
+    #[error("the record kept changing concurrently; try again")]
+    Conflict,
+}
+
+impl DbError {
+    /// Worth trying again unchanged (lost connection, pool timeout, serialization failure).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            DbError::Conflict => true,
+            DbError::Sqlx(e) => matches!(
+                e,
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+            ) || matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40001" | "40P01" | "5" | "6"))),
+            _ => false,
+        }
+    }
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, DbError::NotFound)
+    }
+}
+
+/// Places where tests can make the repository fail on purpose (meilisearch-style failure
+/// injection). Each armed point fires once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// The monthly-limit count inside `create_lora`; the create must fail open.
+    MonthlyCount,
+}
+
+#[derive(Debug, Default)]
+pub struct Faults {
+    monthly_count: AtomicBool,
+}
+
+impl Faults {
+    pub fn arm(&self, point: FaultPoint) {
+        match point {
+            FaultPoint::MonthlyCount => self.monthly_count.store(true, Ordering::SeqCst),
+        }
+    }
+    /// True once after `arm(point)`.
+    pub fn fire(&self, point: FaultPoint) -> bool {
+        match point {
+            FaultPoint::MonthlyCount => self.monthly_count.swap(false, Ordering::SeqCst),
+        }
+    }
+}
+
+/// A new LoRA and its training job, as the API hands it to the repository.
+#[derive(Debug, Clone)]
+pub struct NewLora {
+    pub id: LoraId,
+    pub owner: UserId,
+    /// The owner's email from their token, remembered for "by user@example.com".
+    pub owner_email: Option<String>,
+    pub name: LoraName,
+    pub description: Option<String>,
+    pub dataset_id: DatasetId,
+    pub params: TrainingParams,
+    pub idempotency: Option<IdempotencyKey>,
+    pub now: DateTime<Utc>,
+}
+
+/// `Idempotency-Key` header plus a hash of the request body: the same key with another body is
+/// refused rather than answered with the wrong LoRA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub request_hash: String,
+}
+
+/// The monthly rule in force for one create.
+#[derive(Debug, Clone, Copy)]
+pub struct MonthlyPolicy {
+    pub limit: u32,
+    pub window: MonthlyWindow,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateOutcome {
+    Created(LoraModel),
+    /// The idempotency key was seen before with the same request: the first result.
+    Replayed(LoraModel),
+}
+
+impl CreateOutcome {
+    pub fn lora(&self) -> &LoraModel {
+        match self {
+            CreateOutcome::Created(l) | CreateOutcome::Replayed(l) => l,
+        }
+    }
+}
+
+/// A library query. `search` matches words in name and description by prefix,
+/// case-insensitively ("cyber" finds "Cyberpunk Girl"); every word must match.
+#[derive(Debug, Clone, Default)]
+pub struct LoraQuery {
+    pub status: Option<TrainingStatus>,
+    pub search: Option<String>,
+    pub creator: Option<UserId>,
+    pub sort: LoraSort,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: u64,
+}
+
+/// Extra facts recorded with a status change.
+#[derive(Debug, Clone, Default)]
+pub struct EventDetail {
+    /// Why it failed or was cancelled, for people.
+    pub error: Option<String>,
+}
+
+/// One entry in a LoRA's event log; `id` is global and increasing, and is the SSE event id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraEvent {
+    pub id: i64,
+    pub lora_id: LoraId,
+    /// "created", "status", "progress" or "updated".
+    pub kind: String,
+    pub status: TrainingStatus,
+    /// A snapshot of what changed (progress, error, …), as JSON.
+    pub data: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+/// A job handed to a worker by [`Repository::claim_next_job`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedJob {
+    pub lora: LoraModel,
+    pub worker: String,
+    pub lease_until: DateTime<Utc>,
+    /// 1 on the first run, 2 after one requeue, …
+    pub attempt: u32,
+}
+
+/// One LoRA for [`Repository::bulk_insert_library`]: a finished library entry as an import or a
+/// benchmark describes it.
+#[derive(Debug, Clone)]
+pub struct LibraryRow {
+    pub id: LoraId,
+    pub owner: UserId,
+    pub owner_email: Option<String>,
+    pub name: LoraName,
+    pub description: Option<String>,
+    /// Must exist (see [`Repository::insert_dataset`]); its owner is not checked.
+    pub dataset_id: DatasetId,
+    pub params: TrainingParams,
+    pub status: TrainingStatus,
+    pub usage_count: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
+    /// A cheap round trip, for `/readyz`.
+    async fn ping(&self) -> Result<()>;
+
+    /// Failure injection points of this repository, for tests.
+    fn faults(&self) -> &Faults;
+
+    // --- datasets ---------------------------------------------------------------------------
+
+    /// Stores a dataset and all of its images in one transaction.
+    async fn insert_dataset(&self, dataset: &Dataset) -> Result<()>;
+    async fn get_dataset(&self, id: DatasetId) -> Result<Option<Dataset>>;
+
+    // --- the library ------------------------------------------------------------------------
+
+    /// Creates a LoRA (status `pending`) and its training job. In one per-user critical section:
+    /// an earlier request with the same idempotency key → `Replayed` (or `IdempotencyKeyReused`
+    /// when the body differs); the dataset must exist and belong to the owner
+    /// (`DatasetNotFound`); the owner must not have a LoRA with this name (`DuplicateName`);
+    /// their LoRAs created inside `policy.window` with a counted status must be fewer than
+    /// `policy.limit` (`MonthlyLimitReached`). If the count itself fails the create goes ahead
+    /// and the failure is logged (fail open).
+    async fn create_lora(&self, new: NewLora, policy: MonthlyPolicy) -> Result<CreateOutcome>;
+
+    async fn get_lora(&self, id: LoraId) -> Result<Option<LoraModel>>;
+
+    /// The public library: every user's LoRAs.
+    async fn list_loras(&self, query: &LoraQuery) -> Result<Page<LoraSummary>>;
+
+    /// LoRAs of `user` created inside `window` whose status counts toward the limit.
+    async fn count_monthly(&self, user: UserId, window: MonthlyWindow) -> Result<u32>;
+
+    /// Sets the description (None clears it) and logs an "updated" event.
+    async fn update_description(&self, id: LoraId, description: Option<String>, now: DateTime<Utc>) -> Result<LoraModel>;
+
+    // --- status and progress ----------------------------------------------------------------
+
+    /// Applies `event` through the domain's transition function with a compare-and-set on the
+    /// current status, and appends a "status" event. `Transition` error if not allowed now.
+    async fn apply_event(&self, id: LoraId, event: StatusEvent, detail: EventDetail, now: DateTime<Utc>) -> Result<LoraModel>;
+
+    /// Records progress of a running job and appends a "progress" event.
+    async fn record_progress(&self, id: LoraId, progress: &Progress, now: DateTime<Utc>) -> Result<()>;
+
+    /// Event-log entries of one LoRA with `id > after`, oldest first, at most `limit`.
+    async fn events_after(&self, id: LoraId, after: i64, limit: u32) -> Result<Vec<LoraEvent>>;
+
+    // --- the job queue ----------------------------------------------------------------------
+
+    /// Claims the oldest `queued` job whose owner has fewer than `max_active_per_user` jobs
+    /// training or validating, moves it to `training` and leases it to `worker` until
+    /// `lease_until`. Safe against concurrent claimers (other replicas on one Postgres).
+    async fn claim_next_job(
+        &self,
+        worker: &str,
+        max_active_per_user: u32,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ClaimedJob>>;
+
+    // --- imports and benchmarks -------------------------------------------------------------
+
+    /// For benchmarks and imports only: inserts finished library rows (and their job rows) in one
+    /// transaction with multi-row inserts. Bypasses the monthly limit, idempotency and the event
+    /// log; a duplicate name or id fails the whole batch. Returns the number of rows inserted.
+    async fn bulk_insert_library(&self, rows: Vec<LibraryRow>) -> Result<u64>;
+}
+
+/// Options for [`connect`].
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub max_connections: u32,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self { max_connections: 16 }
+    }
+}
+
+/// Opens the database named by `url` (`sqlite://PATH` or `postgres://…`), creating a SQLite file
+/// if missing, and applies that engine's migrations.
+pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Arc<dyn Repository>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteRepository::connect(url, opts).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(postgres::PgRepository::connect(url, opts).await?))
+    } else {
+        Err(DbError::UnsupportedUrl(redact_url(url)))
+    }
+}
+
+/// A URL with its password replaced, fit for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,190 @@
+//! Dialect-free pieces both engines share: turning decoded columns into domain types, the
+//! event-data shapes, time truncation and the splitting of a search string into words. No SQL
+//! lives here.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use loraforge_domain::{CreatorRef, LoraModel, LoraSummary, Progress, StatusEvent, TrainingParams, TrainingStatus};
+
+use crate::{DbError, Result};
+
+/// How many attempts a compare-and-set gets before giving up with [`DbError::Conflict`].
+pub(crate) const CAS_ATTEMPTS: usize = 5;
+
+/// At most this many words of a search string are used; the rest are ignored.
+pub(crate) const MAX_SEARCH_WORDS: usize = 8;
+
+/// Both engines keep microseconds; truncating before writing makes what is read back equal to
+/// what was written.
+pub(crate) fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.trunc_subsecs(6)
+}
+
+/// The words of a search string: runs of letters and digits, lowercased, at most
+/// [`MAX_SEARCH_WORDS`], duplicates dropped. Everything else (quotes, `*`, parentheses, `-`, `:`,
+/// `&`, …) is a separator, so no word can carry query syntax into FTS5 or `to_tsquery`.
+pub(crate) fn search_words(search: &str) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    for w in search.split(|c: char| !c.is_alphanumeric()) {
+        if w.is_empty() {
+            continue;
+        }
+        let w = w.to_lowercase();
+        if !words.contains(&w) {
+            words.push(w);
+        }
+        if words.len() == MAX_SEARCH_WORDS {
+            break;
+        }
+    }
+    words
+}
+
+pub(crate) fn corrupt(what: impl std::fmt::Display) -> DbError {
+    DbError::Corrupt(what.to_string())
+}
+
+pub(crate) fn parse_status(s: &str) -> Result<TrainingStatus> {
+    s.parse().map_err(corrupt)
+}
+
+pub(crate) fn to_u32(v: i64, column: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| corrupt(format!("{column} = {v} is out of range")))
+}
+
+pub(crate) fn to_u64(v: i64, column: &str) -> Result<u64> {
+    u64::try_from(v).map_err(|_| corrupt(format!("{column} = {v} is out of range")))
+}
+
+/// A `u64` counter as the signed 64-bit integer both engines store.
+pub(crate) fn to_i64(v: u64, column: &str) -> Result<i64> {
+    i64::try_from(v).map_err(|_| corrupt(format!("{column} = {v} does not fit a database integer")))
+}
+
+/// The columns of one `lora_models` row joined with its owner's email, decoded by an engine.
+#[derive(Debug)]
+pub(crate) struct LoraRecord {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub email: Option<String>,
+    pub name: String,
+    pub description: Option<String>,
+    pub dataset_id: Uuid,
+    pub params: Value,
+    pub status: String,
+    pub stage: Option<String>,
+    pub progress: i64,
+    pub estimated_remaining: Option<i64>,
+    pub error: Option<String>,
+    pub usage_count: i64,
+    pub storage_key: Option<String>,
+    pub file_size: Option<i64>,
+    pub validation_image_keys: Value,
+    pub validation_passed: Option<bool>,
+    pub training_cost: f64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl LoraRecord {
+    pub fn into_model(self) -> Result<LoraModel> {
+        let params: TrainingParams =
+            serde_json::from_value(self.params).map_err(|e| corrupt(format!("params of LoRA {}: {e}", self.id)))?;
+        let validation_image_keys: Vec<String> = serde_json::from_value(self.validation_image_keys)
+            .map_err(|e| corrupt(format!("validation_image_keys of LoRA {}: {e}", self.id)))?;
+        let percent = u8::try_from(self.progress)
+            .ok()
+            .filter(|p| *p <= 100)
+            .ok_or_else(|| corrupt(format!("progress = {} is out of range", self.progress)))?;
+        Ok(LoraModel {
+            id: self.id.into(),
+            name: self.name,
+            description: self.description,
+            creator: CreatorRef { id: self.user_id.into(), email: self.email },
+            status: parse_status(&self.status)?,
+            dataset_id: self.dataset_id.into(),
+            params,
+            progress: Progress {
+                stage: self.stage,
+                percent,
+                estimated_remaining: self.estimated_remaining.map(|v| to_u32(v, "estimated_remaining")).transpose()?,
+            },
+            error: self.error,
+            usage_count: to_u64(self.usage_count, "usage_count")?,
+            storage_key: self.storage_key,
+            file_size: self.file_size.map(|v| to_u64(v, "file_size")).transpose()?,
+            validation_image_keys,
+            validation_passed: self.validation_passed,
+            training_cost: self.training_cost,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            completed_at: self.completed_at,
+        })
+    }
+}
+
+/// The columns of one library listing row, decoded by an engine.
+#[derive(Debug)]
+pub(crate) struct SummaryRecord {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub email: Option<String>,
+    pub name: String,
+    pub description: Option<String>,
+    pub status: String,
+    pub usage_count: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+impl SummaryRecord {
+    pub fn into_summary(self) -> Result<LoraSummary> {
+        Ok(LoraSummary {
+            id: self.id.into(),
+            name: self.name,
+            description: self.description,
+            status: parse_status(&self.status)?,
+            creator: CreatorRef { id: self.user_id.into(), email: self.email },
+            usage_count: to_u64(self.usage_count, "usage_count")?,
+            created_at: self.created_at,
+        })
+    }
+}
+
+/// Data of a "created" event.
+pub(crate) fn created_data(name: &str) -> Value {
+    json!({ "name": name })
+}
+
+/// Data of a "status" event.
+pub(crate) fn status_data(from: TrainingStatus, to: TrainingStatus, event: StatusEvent, error: Option<&str>) -> Value {
+    json!({ "from": from.as_str(), "to": to.as_str(), "event": event.as_str(), "error": error })
+}
+
+/// Data of a "progress" event.
+pub(crate) fn progress_data(p: &Progress) -> Value {
+    json!({ "stage": p.stage, "percent": p.percent, "estimated_remaining": p.estimated_remaining })
+}
+
+/// Data of an "updated" event.
+pub(crate) fn updated_data(description: Option<&str>) -> Value {
+    json!({ "description": description })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_words_strip_query_syntax() {
+        assert_eq!(search_words("  Cyber  GIRL "), ["cyber", "girl"]);
+        assert_eq!(search_words("\"x\"* NEAR(a b) -c 'd; DROP"), ["x", "near", "a", "b", "c", "d", "drop"]);
+        assert_eq!(search_words("a:* & b | !c"), ["a", "b", "c"]);
+        assert!(search_words(" \"*()- ").is_empty());
+        assert_eq!(search_words("猫の騎士 café"), ["猫の騎士", "café"]);
+        assert_eq!(search_words("a a A"), ["a"]);
+        assert_eq!(search_words("1 2 3 4 5 6 7 8 9 10").len(), MAX_SEARCH_WORDS);
+    }
+}

@@ -1,0 +1,242 @@
+//! Status changes, progress, the event log and the job queue on Postgres.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use loraforge_domain::status::transition;
+use loraforge_domain::{LoraId, LoraModel, Progress, StatusEvent, TrainingStatus};
+
+use super::PgRepository;
+use super::library::lock_user;
+use super::rows::{event, fetch_written, insert_event, status_names, ts};
+use crate::common::{CAS_ATTEMPTS, parse_status, progress_data, status_data, to_u32};
+use crate::{ClaimedJob, DbError, EventDetail, LoraEvent, Result};
+
+pub(super) async fn apply_event(
+    repo: &PgRepository,
+    id: LoraId,
+    event: StatusEvent,
+    detail: EventDetail,
+    now: DateTime<Utc>,
+) -> Result<LoraModel> {
+    let id = id.as_uuid();
+    let now = ts(now);
+    for _ in 0..CAS_ATTEMPTS {
+        let applied = in_write_tx!(repo, |conn| async {
+            let from: Option<String> = sqlx::query_scalar("SELECT training_status FROM lora_models WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            let from = parse_status(&from.ok_or(DbError::NotFound)?)?;
+            let to = transition(from, event)?;
+            change_status(conn, id, from, to, event, detail.error.as_deref(), now).await
+        })?;
+        if let Some(lora) = applied {
+            return Ok(lora);
+        }
+        // Lost the race: someone changed the status between our read and our write. Re-read.
+    }
+    Err(DbError::Conflict)
+}
+
+/// Compare-and-set of `from` → `to` with its side effects on the job row and the event log.
+/// `Ok(None)` when the status was no longer `from`.
+async fn change_status(
+    conn: &mut PgConnection,
+    id: Uuid,
+    from: TrainingStatus,
+    to: TrainingStatus,
+    event: StatusEvent,
+    error: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Option<LoraModel>> {
+    let completed_at = (to == TrainingStatus::Completed).then_some(now);
+    let changed = sqlx::query(
+        "UPDATE lora_models SET training_status = $1, error = $2, updated_at = $3, \
+         completed_at = coalesce($4, completed_at) WHERE id = $5 AND training_status = $6",
+    )
+    .bind(to.as_str())
+    .bind(error)
+    .bind(now)
+    .bind(completed_at)
+    .bind(id)
+    .bind(from.as_str())
+    .execute(&mut *conn)
+    .await?;
+    if changed.rows_affected() == 0 {
+        return Ok(None);
+    }
+    if to.is_final() {
+        sqlx::query("UPDATE training_jobs SET finished_at = $1, lease_until = NULL WHERE lora_id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    } else if to == TrainingStatus::Queued {
+        // Back in the queue: the previous run's lease is void.
+        sqlx::query("UPDATE training_jobs SET worker = NULL, lease_until = NULL WHERE lora_id = $1")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    insert_event(conn, id, "status", to, &status_data(from, to, event, error), now).await?;
+    Ok(Some(fetch_written(conn, id).await?))
+}
+
+pub(super) async fn record_progress(
+    repo: &PgRepository,
+    id: LoraId,
+    progress: &Progress,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let id = id.as_uuid();
+    let now = ts(now);
+    let recorded = in_write_tx!(repo, |conn| async {
+        let status: Option<String> = sqlx::query_scalar(
+            "UPDATE lora_models SET stage = $1, progress = $2, estimated_remaining = $3, updated_at = $4 \
+             WHERE id = $5 RETURNING training_status",
+        )
+        .bind(&progress.stage)
+        .bind(i32::from(progress.percent.min(100)))
+        .bind(progress.estimated_remaining.map(|s| i32::try_from(s).unwrap_or(i32::MAX)))
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(status) = status else { return Ok(None) };
+        sqlx::query("UPDATE training_jobs SET heartbeat_at = $1 WHERE lora_id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        insert_event(conn, id, "progress", parse_status(&status)?, &progress_data(progress), now).await?;
+        Ok(Some(()))
+    })?;
+    recorded.ok_or(DbError::NotFound)
+}
+
+pub(super) async fn events_after(pool: &PgPool, id: LoraId, after: i64, limit: u32) -> Result<Vec<LoraEvent>> {
+    let rows = sqlx::query(
+        "SELECT id, lora_id, kind, status, data, at FROM lora_events WHERE lora_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(id.as_uuid())
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(event).collect()
+}
+
+/// Attempts before `claim_next_job` answers "nothing claimable" after losing every race.
+const CLAIM_ATTEMPTS: usize = 8;
+
+pub(super) async fn claim_next_job(
+    repo: &PgRepository,
+    worker: &str,
+    max_active_per_user: u32,
+    lease_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Option<ClaimedJob>> {
+    let now = ts(now);
+    let lease_until = ts(lease_until);
+    let active = status_names(&TrainingStatus::ACTIVE);
+    for _ in 0..CLAIM_ATTEMPTS {
+        let mut tx = repo.write_tx().await?;
+        let attempt = try_claim(&mut tx, worker, max_active_per_user, &active, lease_until, now).await;
+        match attempt {
+            Ok(Claim::Claimed(job)) => {
+                tx.commit().await?;
+                return Ok(Some(*job));
+            }
+            Ok(Claim::Empty) => {
+                super::rollback(tx).await;
+                return Ok(None);
+            }
+            Ok(Claim::Retry) => super::rollback(tx).await,
+            Err(e) => {
+                super::rollback(tx).await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(None)
+}
+
+enum Claim {
+    Claimed(Box<ClaimedJob>),
+    /// No queued job whose owner has a free slot.
+    Empty,
+    /// Another claimer got there first (the owner's last slot, or the job itself).
+    Retry,
+}
+
+async fn try_claim(
+    conn: &mut PgConnection,
+    worker: &str,
+    max_active: u32,
+    active: &[String],
+    lease_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Claim> {
+    let max_active = i64::from(max_active);
+    // SKIP LOCKED: concurrent claimers each take a different candidate instead of queueing up.
+    let candidate: Option<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT m.id, m.user_id FROM lora_models m WHERE m.training_status = $1 \
+         AND (SELECT count(*) FROM lora_models a WHERE a.user_id = m.user_id AND a.training_status = ANY($2)) < $3 \
+         ORDER BY m.created_at, m.id LIMIT 1 FOR UPDATE OF m SKIP LOCKED",
+    )
+    .bind(TrainingStatus::Queued.as_str())
+    .bind(active)
+    .bind(max_active)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((id, user)) = candidate else { return Ok(Claim::Empty) };
+
+    // The count above may predate another claimer's commit for the same user: recount under the
+    // user's lock, which every claim of that user takes.
+    lock_user(conn, user, now).await?;
+    let running: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM lora_models WHERE user_id = $1 AND training_status = ANY($2)")
+            .bind(user)
+            .bind(active)
+            .fetch_one(&mut *conn)
+            .await?;
+    if running >= max_active {
+        return Ok(Claim::Retry);
+    }
+
+    let from = TrainingStatus::Queued;
+    let to = transition(from, StatusEvent::Start)?;
+    let changed = sqlx::query(
+        "UPDATE lora_models SET training_status = $1, stage = NULL, progress = 0, estimated_remaining = NULL, \
+         error = NULL, updated_at = $2 WHERE id = $3 AND training_status = $4",
+    )
+    .bind(to.as_str())
+    .bind(now)
+    .bind(id)
+    .bind(from.as_str())
+    .execute(&mut *conn)
+    .await?;
+    if changed.rows_affected() == 0 {
+        return Ok(Claim::Retry);
+    }
+    let attempt: i32 = sqlx::query_scalar(
+        "UPDATE training_jobs SET worker = $1, lease_until = $2, heartbeat_at = $3, started_at = $3, \
+         finished_at = NULL, attempt = attempt + 1 WHERE lora_id = $4 RETURNING attempt",
+    )
+    .bind(worker)
+    .bind(lease_until)
+    .bind(now)
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    insert_event(conn, id, "status", to, &status_data(from, to, StatusEvent::Start, None), now).await?;
+    let lora = fetch_written(conn, id).await?;
+    Ok(Claim::Claimed(Box::new(ClaimedJob {
+        lora,
+        worker: worker.to_owned(),
+        lease_until,
+        attempt: to_u32(i64::from(attempt), "attempt")?,
+    })))
+}

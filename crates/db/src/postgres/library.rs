@@ -1,0 +1,294 @@
+//! The library on Postgres: creating LoRAs under the owner's row lock, listing and searching them.
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{Connection, PgConnection, PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use loraforge_domain::{LoraId, LoraModel, LoraSort, LoraSummary, MonthlyWindow, TrainingStatus};
+
+use super::PgRepository;
+use super::rows::{fetch_lora, fetch_written, insert_event, status_names, summary_record, ts};
+use crate::common::{corrupt, created_data, parse_status, search_words, to_u32, updated_data};
+use crate::{CreateOutcome, DbError, FaultPoint, LoraQuery, MonthlyPolicy, NewLora, Page, Result};
+
+pub(super) async fn create_lora(repo: &PgRepository, new: NewLora, policy: MonthlyPolicy) -> Result<CreateOutcome> {
+    let outcome = in_write_tx!(repo, |conn| async { create_in_tx(repo, conn, &new, policy).await.map(Some) });
+    outcome?.ok_or_else(|| corrupt("create_lora produced no outcome"))
+}
+
+/// Takes the per-user lock: the owner's `user_training_limits` row, created on first use, held
+/// `FOR UPDATE` until the transaction ends. Returns the user's own monthly limit, if set.
+pub(super) async fn lock_user(conn: &mut PgConnection, user: Uuid, now: DateTime<Utc>) -> Result<Option<u32>> {
+    sqlx::query(
+        "INSERT INTO user_training_limits (user_id, updated_at) VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING",
+    )
+    .bind(user)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let limit: Option<i32> =
+        sqlx::query_scalar("SELECT monthly_limit FROM user_training_limits WHERE user_id = $1 FOR UPDATE")
+            .bind(user)
+            .fetch_one(&mut *conn)
+            .await?;
+    limit.map(|l| to_u32(i64::from(l), "monthly_limit")).transpose()
+}
+
+async fn create_in_tx(
+    repo: &PgRepository,
+    conn: &mut PgConnection,
+    new: &NewLora,
+    policy: MonthlyPolicy,
+) -> Result<CreateOutcome> {
+    let user = new.owner.as_uuid();
+    let id = new.id.as_uuid();
+    let name = new.name.as_str();
+    let now = ts(new.now);
+
+    // Everything below runs while this user's lock row is held, so concurrent creates of one user
+    // see each other's committed LoRAs and idempotency keys (READ COMMITTED: each statement after
+    // the lock reads a fresh snapshot).
+    let own_limit = lock_user(conn, user, now).await?;
+
+    if let Some(key) = &new.idempotency {
+        let prior: Option<(String, Uuid)> =
+            sqlx::query_as("SELECT request_hash, lora_id FROM idempotency_keys WHERE user_id = $1 AND key = $2")
+                .bind(user)
+                .bind(&key.key)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some((hash, lora_id)) = prior {
+            if hash != key.request_hash {
+                return Err(DbError::IdempotencyKeyReused);
+            }
+            return Ok(CreateOutcome::Replayed(fetch_written(conn, lora_id).await?));
+        }
+    }
+
+    let owner: Option<Uuid> = sqlx::query_scalar("SELECT user_id FROM datasets WHERE id = $1")
+        .bind(new.dataset_id.as_uuid())
+        .fetch_optional(&mut *conn)
+        .await?;
+    if owner != Some(user) {
+        return Err(DbError::DatasetNotFound);
+    }
+
+    let taken: Option<i32> = sqlx::query_scalar("SELECT 1 FROM lora_models WHERE user_id = $1 AND name = $2")
+        .bind(user)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if taken.is_some() {
+        return Err(DbError::DuplicateName(name.to_owned()));
+    }
+
+    let limit = own_limit.unwrap_or(policy.limit);
+    let used = if repo.faults.fire(FaultPoint::MonthlyCount) {
+        Err(DbError::Injected(FaultPoint::MonthlyCount))
+    } else {
+        // In a savepoint: a failing count must not abort the transaction we fail open in.
+        let mut sp = conn.begin().await?;
+        match count_monthly(&mut sp, user, policy.window).await {
+            Ok(n) => {
+                sp.commit().await?;
+                Ok(n)
+            }
+            Err(e) => {
+                sp.rollback().await?;
+                Err(e)
+            }
+        }
+    };
+    match used {
+        Ok(used) if used >= limit => return Err(DbError::MonthlyLimitReached { used, limit }),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, user = %new.owner, "monthly count failed; allowing the create (fail open)")
+        }
+    }
+
+    sqlx::query(
+        "INSERT INTO users (id, email, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+         ON CONFLICT (id) DO UPDATE SET email = coalesce(EXCLUDED.email, users.email), updated_at = EXCLUDED.updated_at",
+    )
+    .bind(user)
+    .bind(&new.owner_email)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO lora_models (id, user_id, name, description, dataset_id, params, training_status, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+    )
+    .bind(id)
+    .bind(user)
+    .bind(name)
+    .bind(&new.description)
+    .bind(new.dataset_id.as_uuid())
+    .bind(Json(&new.params))
+    .bind(TrainingStatus::Pending.as_str())
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| duplicate_name(e, name))?;
+    sqlx::query("INSERT INTO training_jobs (lora_id, created_at) VALUES ($1, $2)")
+        .bind(id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    insert_event(conn, id, "created", TrainingStatus::Pending, &created_data(name), now).await?;
+    if let Some(key) = &new.idempotency {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, lora_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(user)
+        .bind(&key.key)
+        .bind(&key.request_hash)
+        .bind(id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(CreateOutcome::Created(fetch_written(conn, id).await?))
+}
+
+/// The unique index on (user_id, name) is the last line of defence against duplicates.
+fn duplicate_name(e: sqlx::Error, name: &str) -> DbError {
+    match &e {
+        sqlx::Error::Database(d) if d.constraint() == Some("lora_models_user_name_key") => {
+            DbError::DuplicateName(name.to_owned())
+        }
+        _ => e.into(),
+    }
+}
+
+pub(super) async fn count_monthly(conn: &mut PgConnection, user: Uuid, window: MonthlyWindow) -> Result<u32> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM lora_models WHERE user_id = $1 AND created_at >= $2 AND created_at < $3 \
+         AND training_status = ANY($4)",
+    )
+    .bind(user)
+    .bind(window.start)
+    .bind(window.end)
+    .bind(status_names(&TrainingStatus::COUNTED))
+    .fetch_one(&mut *conn)
+    .await?;
+    to_u32(n, "count")
+}
+
+/// A `to_tsquery` text matching every word as a prefix. Words hold only letters and digits (see
+/// `search_words`), so no operator typed by a user reaches the parser.
+fn tsquery(words: &[String]) -> String {
+    words.iter().map(|w| format!("{w}:*")).collect::<Vec<_>>().join(" & ")
+}
+
+/// `… FROM lora_models m WHERE …` filters other than search, shared by every listing query.
+fn push_filters(qb: &mut QueryBuilder<Postgres>, query: &LoraQuery) {
+    if let Some(status) = query.status {
+        qb.push(" AND m.training_status = ").push_bind(status.as_str());
+    }
+    if let Some(creator) = query.creator {
+        qb.push(" AND m.user_id = ").push_bind(creator.as_uuid());
+    }
+}
+
+fn push_order_and_page(qb: &mut QueryBuilder<Postgres>, query: &LoraQuery, alias: &str) {
+    qb.push(match query.sort {
+        LoraSort::Popular => " ORDER BY {a}.usage_count DESC, {a}.created_at DESC, {a}.id DESC",
+        LoraSort::Recent => " ORDER BY {a}.created_at DESC, {a}.id DESC",
+        // "C": byte order, as SQLite sorts, whatever the database's locale.
+        LoraSort::Name => " ORDER BY lower({a}.name) COLLATE \"C\", {a}.created_at DESC, {a}.id DESC",
+    }
+    .replace("{a}", alias));
+    qb.push(" LIMIT ")
+        .push_bind(i64::from(query.limit))
+        .push(" OFFSET ")
+        .push_bind(i64::try_from(query.offset).unwrap_or(i64::MAX));
+}
+
+const SUMMARY_COLUMNS: &str = "m.id, m.user_id, m.name, m.description, m.training_status, m.usage_count, m.created_at";
+
+pub(super) async fn list_loras(pool: &PgPool, query: &LoraQuery) -> Result<Page<LoraSummary>> {
+    let words = query.search.as_deref().map(search_words).unwrap_or_default();
+    let mut conn = pool.acquire().await?;
+    let to_items = |rows: &[sqlx::postgres::PgRow]| {
+        rows.iter().map(|r| summary_record(r)?.into_summary()).collect::<Result<Vec<_>>>()
+    };
+
+    if !words.is_empty() {
+        // A search is selective, but the planner cannot tell how selective a prefix query is and
+        // may walk the popularity index filtering every row (60 ms on 100k rows). The
+        // MATERIALIZED CTE makes the GIN index produce the matches first; page and total then
+        // come from one pass over them.
+        let mut qb = QueryBuilder::<Postgres>::new("WITH hits AS MATERIALIZED (SELECT ");
+        qb.push(SUMMARY_COLUMNS)
+            .push(" FROM lora_models m WHERE m.search @@ to_tsquery('simple', ")
+            .push_bind(tsquery(&words))
+            .push(")");
+        push_filters(&mut qb, query);
+        qb.push(
+            ") SELECT h.id, h.user_id, u.email, h.name, h.description, h.training_status, h.usage_count, \
+             h.created_at, count(*) OVER () AS total FROM hits h LEFT JOIN users u ON u.id = h.user_id",
+        );
+        push_order_and_page(&mut qb, query, "h");
+        let rows = qb.build().fetch_all(&mut *conn).await?;
+        let total = match rows.first() {
+            Some(r) => sqlx::Row::try_get::<i64, _>(r, "total")?,
+            None if query.offset == 0 => 0,
+            // Paged past the end: the window saw no rows, so count on its own.
+            None => {
+                let mut qb = QueryBuilder::<Postgres>::new("SELECT count(*) FROM lora_models m WHERE m.search @@ to_tsquery('simple', ");
+                qb.push_bind(tsquery(&words)).push(")");
+                push_filters(&mut qb, query);
+                qb.build_query_scalar().fetch_one(&mut *conn).await?
+            }
+        };
+        return Ok(Page { items: to_items(&rows)?, total: u64::try_from(total).map_err(|_| corrupt("negative count"))? });
+    }
+
+    let mut qb = QueryBuilder::<Postgres>::new("SELECT ");
+    qb.push(SUMMARY_COLUMNS).push(", u.email FROM lora_models m LEFT JOIN users u ON u.id = m.user_id WHERE TRUE");
+    push_filters(&mut qb, query);
+    push_order_and_page(&mut qb, query, "m");
+    let rows = qb.build().fetch_all(&mut *conn).await?;
+    let mut qb = QueryBuilder::<Postgres>::new("SELECT count(*) FROM lora_models m WHERE TRUE");
+    push_filters(&mut qb, query);
+    let total: i64 = qb.build_query_scalar().fetch_one(&mut *conn).await?;
+    Ok(Page { items: to_items(&rows)?, total: u64::try_from(total).map_err(|_| corrupt("negative count"))? })
+}
+
+pub(super) async fn update_description(
+    repo: &PgRepository,
+    id: LoraId,
+    description: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<LoraModel> {
+    let id = id.as_uuid();
+    let now = ts(now);
+    let updated = in_write_tx!(repo, |conn| async {
+        let status: Option<String> = sqlx::query_scalar(
+            "UPDATE lora_models SET description = $1, updated_at = $2 WHERE id = $3 RETURNING training_status",
+        )
+        .bind(&description)
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(status) = status else { return Ok(None) };
+        insert_event(conn, id, "updated", parse_status(&status)?, &updated_data(description.as_deref()), now).await?;
+        fetch_lora(conn, id).await
+    })?;
+    updated.ok_or(DbError::NotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tsquery_has_only_words_and_prefix_operators() {
+        let words = search_words("Cyber & girl:* | !x (y) '; DROP");
+        assert_eq!(tsquery(&words), "cyber:* & girl:* & x:* & y:* & drop:*");
+    }
+}

@@ -1,0 +1,181 @@
+//! The Postgres engine: many writers, so every per-user critical section locks that user's
+//! `user_training_limits` row (`SELECT … FOR UPDATE`), the queue claims with `FOR UPDATE SKIP
+//! LOCKED`, and status changes are compare-and-sets retried on a lost race. Event-log rows are
+//! inserted only after the LoRA's row is locked by an `UPDATE` (or created) in the same
+//! transaction, so the `bigserial` ids of one LoRA's events commit in order.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+
+use loraforge_domain::{
+    Dataset, DatasetId, LoraId, LoraModel, LoraSummary, MonthlyWindow, Progress, StatusEvent, UserId,
+};
+
+use crate::{
+    ClaimedJob, ConnectOptions, CreateOutcome, EventDetail, Faults, LibraryRow, LoraEvent, LoraQuery, MonthlyPolicy,
+    NewLora, Page, Repository, Result,
+};
+
+/// `SELECT` of every column `rows::lora_record` decodes; append a `WHERE`.
+macro_rules! lora_select {
+    () => {
+        "SELECT m.id, m.user_id, u.email, m.name, m.description, m.dataset_id, m.params, \
+         m.training_status, m.stage, m.progress, m.estimated_remaining, m.error, m.usage_count, \
+         m.storage_key, m.file_size, m.validation_image_keys, m.validation_passed, m.training_cost, \
+         m.created_at, m.updated_at, m.completed_at \
+         FROM lora_models m LEFT JOIN users u ON u.id = m.user_id"
+    };
+}
+
+/// Rolls back after an error; a failing rollback is only logged (a broken connection is
+/// discarded by the pool), so the original error is what the caller sees.
+async fn rollback(tx: Transaction<'static, Postgres>) {
+    if let Err(e) = tx.rollback().await {
+        tracing::warn!(error = %e, "postgres rollback failed");
+    }
+}
+
+/// Runs `body` inside a transaction and commits when it returns `Ok(Some(_))`; rolls back on
+/// `Ok(None)` (nothing to do) and on errors.
+macro_rules! in_write_tx {
+    ($repo:expr, |$conn:ident| $body:expr) => {{
+        let mut tx = $repo.write_tx().await?;
+        let result: crate::Result<Option<_>> = {
+            let $conn: &mut sqlx::PgConnection = &mut tx;
+            $body.await
+        };
+        match result {
+            Ok(Some(v)) => {
+                tx.commit().await?;
+                Ok(Some(v))
+            }
+            Ok(None) => {
+                crate::postgres::rollback(tx).await;
+                Ok(None)
+            }
+            Err(e) => {
+                crate::postgres::rollback(tx).await;
+                Err(e)
+            }
+        }
+    }};
+}
+
+mod datasets;
+mod jobs;
+mod library;
+mod rows;
+
+/// How long to wait for a pooled connection before failing (the error is retryable).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct PgRepository {
+    pool: PgPool,
+    faults: Faults,
+}
+
+impl PgRepository {
+    /// Connects to `url` (`postgres://…`) and applies `migrations/postgres`.
+    pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(opts.max_connections.max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self { pool, faults: Faults::default() })
+    }
+
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn write_tx(&self) -> Result<Transaction<'static, Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+}
+
+#[async_trait]
+impl Repository for PgRepository {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    async fn insert_dataset(&self, dataset: &Dataset) -> Result<()> {
+        datasets::insert_dataset(self, dataset).await
+    }
+
+    async fn get_dataset(&self, id: DatasetId) -> Result<Option<Dataset>> {
+        datasets::get_dataset(&self.pool, id).await
+    }
+
+    async fn create_lora(&self, new: NewLora, policy: MonthlyPolicy) -> Result<CreateOutcome> {
+        library::create_lora(self, new, policy).await
+    }
+
+    async fn get_lora(&self, id: LoraId) -> Result<Option<LoraModel>> {
+        let mut conn = self.pool.acquire().await?;
+        rows::fetch_lora(&mut conn, id.as_uuid()).await
+    }
+
+    async fn list_loras(&self, query: &LoraQuery) -> Result<Page<LoraSummary>> {
+        library::list_loras(&self.pool, query).await
+    }
+
+    async fn count_monthly(&self, user: UserId, window: MonthlyWindow) -> Result<u32> {
+        let mut conn = self.pool.acquire().await?;
+        library::count_monthly(&mut conn, user.as_uuid(), window).await
+    }
+
+    async fn update_description(
+        &self,
+        id: LoraId,
+        description: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<LoraModel> {
+        library::update_description(self, id, description, now).await
+    }
+
+    async fn apply_event(
+        &self,
+        id: LoraId,
+        event: StatusEvent,
+        detail: EventDetail,
+        now: DateTime<Utc>,
+    ) -> Result<LoraModel> {
+        jobs::apply_event(self, id, event, detail, now).await
+    }
+
+    async fn record_progress(&self, id: LoraId, progress: &Progress, now: DateTime<Utc>) -> Result<()> {
+        jobs::record_progress(self, id, progress, now).await
+    }
+
+    async fn events_after(&self, id: LoraId, after: i64, limit: u32) -> Result<Vec<LoraEvent>> {
+        jobs::events_after(&self.pool, id, after, limit).await
+    }
+
+    async fn claim_next_job(
+        &self,
+        worker: &str,
+        max_active_per_user: u32,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ClaimedJob>> {
+        jobs::claim_next_job(self, worker, max_active_per_user, lease_until, now).await
+    }
+
+    async fn bulk_insert_library(&self, rows: Vec<LibraryRow>) -> Result<u64> {
+        datasets::bulk_insert_library(self, rows).await
+    }
+}

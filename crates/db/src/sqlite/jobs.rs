@@ -1,0 +1,186 @@
+//! Status changes, progress, the event log and the job queue on SQLite.
+
+use chrono::{DateTime, Utc};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
+
+use loraforge_domain::status::transition;
+use loraforge_domain::{LoraId, LoraModel, Progress, StatusEvent, TrainingStatus};
+
+use super::SqliteRepository;
+use super::rows::{event, fetch_written, insert_event, ts};
+use crate::common::{CAS_ATTEMPTS, parse_status, progress_data, status_data, to_u32};
+use crate::{ClaimedJob, DbError, EventDetail, LoraEvent, Result};
+
+pub(super) async fn apply_event(
+    repo: &SqliteRepository,
+    id: LoraId,
+    event: StatusEvent,
+    detail: EventDetail,
+    now: DateTime<Utc>,
+) -> Result<LoraModel> {
+    let id = id.to_string();
+    let now = ts(now);
+    // Under BEGIN IMMEDIATE nobody else writes between the read and the compare-and-set, so the
+    // retry is only a guard; it matters for engines with concurrent writers.
+    for _ in 0..CAS_ATTEMPTS {
+        let applied = in_write_tx!(repo, |conn| async {
+            let from: Option<String> = sqlx::query_scalar("SELECT training_status FROM lora_models WHERE id = $1")
+                .bind(&id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            let from = parse_status(&from.ok_or(DbError::NotFound)?)?;
+            let to = transition(from, event)?;
+            change_status(conn, &id, from, to, event, detail.error.as_deref(), &now).await
+        })?;
+        if let Some(lora) = applied {
+            return Ok(lora);
+        }
+    }
+    Err(DbError::Conflict)
+}
+
+/// Compare-and-set of `from` → `to` with its side effects on the job row and the event log.
+/// `Ok(None)` when the status was no longer `from`.
+async fn change_status(
+    conn: &mut SqliteConnection,
+    id: &str,
+    from: TrainingStatus,
+    to: TrainingStatus,
+    event: StatusEvent,
+    error: Option<&str>,
+    now: &str,
+) -> Result<Option<LoraModel>> {
+    let completed_at = (to == TrainingStatus::Completed).then_some(now);
+    let changed = sqlx::query(
+        "UPDATE lora_models SET training_status = $1, error = $2, updated_at = $3, \
+         completed_at = coalesce($4, completed_at) WHERE id = $5 AND training_status = $6",
+    )
+    .bind(to.as_str())
+    .bind(error)
+    .bind(now)
+    .bind(completed_at)
+    .bind(id)
+    .bind(from.as_str())
+    .execute(&mut *conn)
+    .await?;
+    if changed.rows_affected() == 0 {
+        return Ok(None);
+    }
+    if to.is_final() {
+        sqlx::query("UPDATE training_jobs SET finished_at = $1, lease_until = NULL WHERE lora_id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    } else if to == TrainingStatus::Queued {
+        // Back in the queue: the previous run's lease is void.
+        sqlx::query("UPDATE training_jobs SET worker = NULL, lease_until = NULL WHERE lora_id = $1")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    insert_event(conn, id, "status", to, &status_data(from, to, event, error), now).await?;
+    Ok(Some(fetch_written(conn, id).await?))
+}
+
+pub(super) async fn record_progress(
+    repo: &SqliteRepository,
+    id: LoraId,
+    progress: &Progress,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let id = id.to_string();
+    let now = ts(now);
+    let recorded = in_write_tx!(repo, |conn| async {
+        let status: Option<String> = sqlx::query_scalar(
+            "UPDATE lora_models SET stage = $1, progress = $2, estimated_remaining = $3, updated_at = $4 \
+             WHERE id = $5 RETURNING training_status",
+        )
+        .bind(&progress.stage)
+        .bind(i64::from(progress.percent.min(100)))
+        .bind(progress.estimated_remaining.map(i64::from))
+        .bind(&now)
+        .bind(&id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(status) = status else { return Ok(None) };
+        sqlx::query("UPDATE training_jobs SET heartbeat_at = $1 WHERE lora_id = $2")
+            .bind(&now)
+            .bind(&id)
+            .execute(&mut *conn)
+            .await?;
+        insert_event(conn, &id, "progress", parse_status(&status)?, &progress_data(progress), &now).await?;
+        Ok(Some(()))
+    })?;
+    recorded.ok_or(DbError::NotFound)
+}
+
+pub(super) async fn events_after(pool: &SqlitePool, id: LoraId, after: i64, limit: u32) -> Result<Vec<LoraEvent>> {
+    let rows = sqlx::query(
+        "SELECT id, lora_id, kind, status, data, at FROM lora_events WHERE lora_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(id.to_string())
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(event).collect()
+}
+
+pub(super) async fn claim_next_job(
+    repo: &SqliteRepository,
+    worker: &str,
+    max_active_per_user: u32,
+    lease_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Option<ClaimedJob>> {
+    let now_s = ts(now);
+    let lease_s = ts(lease_until);
+    in_write_tx!(repo, |conn| async {
+        // The write lock is held, so the count and the claim below see the same queue.
+        let mut qb = QueryBuilder::<Sqlite>::new("SELECT m.id FROM lora_models m WHERE m.training_status = ");
+        qb.push_bind(TrainingStatus::Queued.as_str())
+            .push(" AND (SELECT count(*) FROM lora_models a WHERE a.user_id = m.user_id AND a.training_status IN (");
+        let mut list = qb.separated(", ");
+        for s in TrainingStatus::ACTIVE {
+            list.push_bind(s.as_str());
+        }
+        qb.push(")) < ").push_bind(i64::from(max_active_per_user)).push(" ORDER BY m.created_at, m.id LIMIT 1");
+        let candidate: Option<String> = qb.build_query_scalar().fetch_optional(&mut *conn).await?;
+        let Some(id) = candidate else { return Ok(None) };
+
+        let from = TrainingStatus::Queued;
+        let to = transition(from, StatusEvent::Start)?;
+        let changed = sqlx::query(
+            "UPDATE lora_models SET training_status = $1, stage = NULL, progress = 0, estimated_remaining = NULL, \
+             error = NULL, updated_at = $2 WHERE id = $3 AND training_status = $4",
+        )
+        .bind(to.as_str())
+        .bind(&now_s)
+        .bind(&id)
+        .bind(from.as_str())
+        .execute(&mut *conn)
+        .await?;
+        if changed.rows_affected() == 0 {
+            return Err(DbError::Conflict);
+        }
+        let attempt: i64 = sqlx::query_scalar(
+            "UPDATE training_jobs SET worker = $1, lease_until = $2, heartbeat_at = $3, started_at = $3, \
+             finished_at = NULL, attempt = attempt + 1 WHERE lora_id = $4 RETURNING attempt",
+        )
+        .bind(worker)
+        .bind(&lease_s)
+        .bind(&now_s)
+        .bind(&id)
+        .fetch_one(&mut *conn)
+        .await?;
+        insert_event(conn, &id, "status", to, &status_data(from, to, StatusEvent::Start, None), &now_s).await?;
+        let lora = fetch_written(conn, &id).await?;
+        Ok(Some(ClaimedJob {
+            lora,
+            worker: worker.to_owned(),
+            lease_until: super::rows::parse_ts(&lease_s)?,
+            attempt: to_u32(attempt, "attempt")?,
+        }))
+    })
+}

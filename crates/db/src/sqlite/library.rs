@@ -1,0 +1,271 @@
+//! The library on SQLite: creating LoRAs under the write lock, listing and searching them.
+
+use chrono::{DateTime, Utc};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
+
+use loraforge_domain::{LoraId, LoraModel, LoraSort, LoraSummary, MonthlyWindow, TrainingStatus};
+
+use super::SqliteRepository;
+use super::rows::{fetch_lora, fetch_written, insert_event, summary_record, ts};
+use crate::common::{corrupt, created_data, search_words, to_u32, updated_data};
+use crate::{CreateOutcome, DbError, FaultPoint, LoraQuery, MonthlyPolicy, NewLora, Page, Result};
+
+pub(super) async fn create_lora(repo: &SqliteRepository, new: NewLora, policy: MonthlyPolicy) -> Result<CreateOutcome> {
+    // BEGIN IMMEDIATE: the whole check-then-insert runs under SQLite's single write lock.
+    let outcome = in_write_tx!(repo, |conn| async { create_in_tx(repo, conn, &new, policy).await.map(Some) });
+    outcome?.ok_or_else(|| corrupt("create_lora produced no outcome"))
+}
+
+async fn create_in_tx(
+    repo: &SqliteRepository,
+    conn: &mut SqliteConnection,
+    new: &NewLora,
+    policy: MonthlyPolicy,
+) -> Result<CreateOutcome> {
+    let user = new.owner.to_string();
+    let id = new.id.to_string();
+    let name = new.name.as_str();
+    let now = ts(new.now);
+
+    if let Some(key) = &new.idempotency {
+        let prior: Option<(String, String)> =
+            sqlx::query_as("SELECT request_hash, lora_id FROM idempotency_keys WHERE user_id = $1 AND key = $2")
+                .bind(&user)
+                .bind(&key.key)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some((hash, lora_id)) = prior {
+            if hash != key.request_hash {
+                return Err(DbError::IdempotencyKeyReused);
+            }
+            return Ok(CreateOutcome::Replayed(fetch_written(conn, &lora_id).await?));
+        }
+    }
+
+    let owner: Option<String> = sqlx::query_scalar("SELECT user_id FROM datasets WHERE id = $1")
+        .bind(new.dataset_id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    if owner.as_deref() != Some(user.as_str()) {
+        return Err(DbError::DatasetNotFound);
+    }
+
+    let taken: Option<i64> = sqlx::query_scalar("SELECT 1 FROM lora_models WHERE user_id = $1 AND name = $2")
+        .bind(&user)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if taken.is_some() {
+        return Err(DbError::DuplicateName(name.to_owned()));
+    }
+
+    let own_limit: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT monthly_limit FROM user_training_limits WHERE user_id = $1")
+            .bind(&user)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let limit = match own_limit.flatten() {
+        Some(l) => to_u32(l, "monthly_limit")?,
+        None => policy.limit,
+    };
+    let used = if repo.faults.fire(FaultPoint::MonthlyCount) {
+        Err(DbError::Injected(FaultPoint::MonthlyCount))
+    } else {
+        count_monthly(conn, &user, policy.window).await
+    };
+    match used {
+        Ok(used) if used >= limit => return Err(DbError::MonthlyLimitReached { used, limit }),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, user = %new.owner, "monthly count failed; allowing the create (fail open)")
+        }
+    }
+
+    sqlx::query(
+        "INSERT INTO users (id, email, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+         ON CONFLICT (id) DO UPDATE SET email = coalesce(excluded.email, users.email), updated_at = excluded.updated_at",
+    )
+    .bind(&user)
+    .bind(&new.owner_email)
+    .bind(&now)
+    .execute(&mut *conn)
+    .await?;
+    let params = serde_json::to_string(&new.params).map_err(|e| corrupt(format!("params: {e}")))?;
+    sqlx::query(
+        "INSERT INTO lora_models (id, user_id, name, description, dataset_id, params, training_status, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+    )
+    .bind(&id)
+    .bind(&user)
+    .bind(name)
+    .bind(&new.description)
+    .bind(new.dataset_id.to_string())
+    .bind(params)
+    .bind(TrainingStatus::Pending.as_str())
+    .bind(&now)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| duplicate_name(e, name))?;
+    sqlx::query("INSERT INTO training_jobs (lora_id, created_at) VALUES ($1, $2)")
+        .bind(&id)
+        .bind(&now)
+        .execute(&mut *conn)
+        .await?;
+    insert_event(conn, &id, "created", TrainingStatus::Pending, &created_data(name), &now).await?;
+    if let Some(key) = &new.idempotency {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, lora_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&user)
+        .bind(&key.key)
+        .bind(&key.request_hash)
+        .bind(&id)
+        .bind(&now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(CreateOutcome::Created(fetch_written(conn, &id).await?))
+}
+
+/// The unique index on (user_id, name) is the last line of defence against duplicates.
+fn duplicate_name(e: sqlx::Error, name: &str) -> DbError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() && d.message().contains("lora_models.name") => {
+            DbError::DuplicateName(name.to_owned())
+        }
+        _ => e.into(),
+    }
+}
+
+pub(super) async fn count_monthly(conn: &mut SqliteConnection, user: &str, window: MonthlyWindow) -> Result<u32> {
+    let mut qb = QueryBuilder::<Sqlite>::new("SELECT count(*) FROM lora_models WHERE user_id = ");
+    qb.push_bind(user)
+        .push(" AND created_at >= ")
+        .push_bind(ts(window.start))
+        .push(" AND created_at < ")
+        .push_bind(ts(window.end))
+        .push(" AND training_status IN (");
+    let mut list = qb.separated(", ");
+    for s in TrainingStatus::COUNTED {
+        list.push_bind(s.as_str());
+    }
+    qb.push(")");
+    let n: i64 = qb.build_query_scalar().fetch_one(&mut *conn).await?;
+    to_u32(n, "count")
+}
+
+/// An FTS5 query matching every word as a prefix. Words hold only letters and digits (see
+/// `search_words`), and each is quoted, so `NEAR`, `AND`, `-` or `*` typed by a user stay text.
+fn fts5_query(words: &[String]) -> String {
+    words.iter().map(|w| format!("\"{w}\"*")).collect::<Vec<_>>().join(" AND ")
+}
+
+/// Filters other than search, shared by every listing query.
+fn push_filters(qb: &mut QueryBuilder<Sqlite>, query: &LoraQuery) {
+    if let Some(status) = query.status {
+        qb.push(" AND m.training_status = ").push_bind(status.as_str());
+    }
+    if let Some(creator) = query.creator {
+        qb.push(" AND m.user_id = ").push_bind(creator.to_string());
+    }
+}
+
+fn push_order_and_page(qb: &mut QueryBuilder<Sqlite>, query: &LoraQuery) {
+    qb.push(match query.sort {
+        LoraSort::Popular => " ORDER BY m.usage_count DESC, m.created_at DESC, m.id DESC",
+        LoraSort::Recent => " ORDER BY m.created_at DESC, m.id DESC",
+        LoraSort::Name => " ORDER BY lower(m.name), m.created_at DESC, m.id DESC",
+    });
+    qb.push(" LIMIT ")
+        .push_bind(i64::from(query.limit))
+        .push(" OFFSET ")
+        .push_bind(i64::try_from(query.offset).unwrap_or(i64::MAX));
+}
+
+const SUMMARY_SELECT: &str =
+    "SELECT m.id, m.user_id, u.email, m.name, m.description, m.training_status, m.usage_count, m.created_at";
+
+pub(super) async fn list_loras(pool: &SqlitePool, query: &LoraQuery) -> Result<Page<LoraSummary>> {
+    let words = query.search.as_deref().map(search_words).unwrap_or_default();
+    let mut conn = pool.acquire().await?;
+    let to_items = |rows: &[sqlx::sqlite::SqliteRow]| {
+        rows.iter().map(|r| summary_record(r)?.into_summary()).collect::<Result<Vec<_>>>()
+    };
+
+    if !words.is_empty() {
+        let fts = fts5_query(&words);
+        // CROSS JOIN pins the FTS table as the outer loop. With a plain JOIN the planner may walk
+        // an index of lora_models and run the full-text query once per row instead. Page and
+        // total come from one pass over the matches.
+        let mut qb = QueryBuilder::<Sqlite>::new(SUMMARY_SELECT);
+        qb.push(
+            ", count(*) OVER () AS total FROM lora_models_fts f CROSS JOIN lora_models m ON m.seq = f.rowid \
+             LEFT JOIN users u ON u.id = m.user_id WHERE lora_models_fts MATCH ",
+        )
+        .push_bind(fts.clone());
+        push_filters(&mut qb, query);
+        push_order_and_page(&mut qb, query);
+        let rows = qb.build().fetch_all(&mut *conn).await?;
+        let total = match rows.first() {
+            Some(r) => sqlx::Row::try_get::<i64, _>(r, "total")?,
+            None if query.offset == 0 => 0,
+            // Paged past the end: the window saw no rows, so count on its own.
+            None => {
+                let mut qb = QueryBuilder::<Sqlite>::new(
+                    "SELECT count(*) FROM lora_models_fts f CROSS JOIN lora_models m ON m.seq = f.rowid \
+                     WHERE lora_models_fts MATCH ",
+                );
+                qb.push_bind(fts);
+                push_filters(&mut qb, query);
+                qb.build_query_scalar().fetch_one(&mut *conn).await?
+            }
+        };
+        return Ok(Page { items: to_items(&rows)?, total: u64::try_from(total).map_err(|_| corrupt("negative count"))? });
+    }
+
+    let mut qb = QueryBuilder::<Sqlite>::new(SUMMARY_SELECT);
+    qb.push(" FROM lora_models m LEFT JOIN users u ON u.id = m.user_id WHERE 1 = 1");
+    push_filters(&mut qb, query);
+    push_order_and_page(&mut qb, query);
+    let rows = qb.build().fetch_all(&mut *conn).await?;
+    let mut qb = QueryBuilder::<Sqlite>::new("SELECT count(*) FROM lora_models m WHERE 1 = 1");
+    push_filters(&mut qb, query);
+    let total: i64 = qb.build_query_scalar().fetch_one(&mut *conn).await?;
+    Ok(Page { items: to_items(&rows)?, total: u64::try_from(total).map_err(|_| corrupt("negative count"))? })
+}
+
+pub(super) async fn update_description(
+    repo: &SqliteRepository,
+    id: LoraId,
+    description: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<LoraModel> {
+    let id = id.to_string();
+    let now = ts(now);
+    let updated = in_write_tx!(repo, |conn| async {
+        let status: Option<String> = sqlx::query_scalar(
+            "UPDATE lora_models SET description = $1, updated_at = $2 WHERE id = $3 RETURNING training_status",
+        )
+        .bind(&description)
+        .bind(&now)
+        .bind(&id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(status) = status else { return Ok(None) };
+        let status = crate::common::parse_status(&status)?;
+        insert_event(conn, &id, "updated", status, &updated_data(description.as_deref()), &now).await?;
+        fetch_lora(conn, &id).await
+    })?;
+    updated.ok_or(DbError::NotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fts5_query_quotes_every_word() {
+        let words = search_words("cyber \"girl\" NEAR(x*");
+        assert_eq!(fts5_query(&words), "\"cyber\"* AND \"girl\"* AND \"near\"* AND \"x\"*");
+    }
+}

@@ -1,0 +1,192 @@
+//! The SQLite engine: one file, WAL, and a single writer at a time. Every write transaction
+//! starts with `BEGIN IMMEDIATE`, so it holds the database's write lock from its first statement:
+//! that lock is the per-user critical section of `create_lora` and `claim_next_job`, and a
+//! deferred transaction can never fail half-way with `SQLITE_BUSY` when it upgrades to a writer.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, Transaction};
+
+use loraforge_domain::{
+    Dataset, DatasetId, LoraId, LoraModel, LoraSummary, MonthlyWindow, Progress, StatusEvent, UserId,
+};
+
+use crate::{
+    ClaimedJob, ConnectOptions, CreateOutcome, EventDetail, Faults, LibraryRow, LoraEvent, LoraQuery, MonthlyPolicy,
+    NewLora, Page, Repository, Result,
+};
+
+/// `SELECT` of every column `rows::lora_record` decodes; append a `WHERE`.
+macro_rules! lora_select {
+    () => {
+        "SELECT m.id, m.user_id, u.email, m.name, m.description, m.dataset_id, m.params, \
+         m.training_status, m.stage, m.progress, m.estimated_remaining, m.error, m.usage_count, \
+         m.storage_key, m.file_size, m.validation_image_keys, m.validation_passed, m.training_cost, \
+         m.created_at, m.updated_at, m.completed_at \
+         FROM lora_models m LEFT JOIN users u ON u.id = m.user_id"
+    };
+}
+
+/// Rolls back after an error; a failing rollback is only logged (the connection is discarded
+/// by the pool if it is broken), so the original error is what the caller sees.
+async fn rollback(tx: Transaction<'static, Sqlite>) {
+    if let Err(e) = tx.rollback().await {
+        tracing::warn!(error = %e, "sqlite rollback failed");
+    }
+}
+
+/// Runs `body` inside a write transaction and commits when it returns `Ok(Some(_))`; rolls back on
+/// `Ok(None)` (nothing to do) and on errors.
+macro_rules! in_write_tx {
+    ($repo:expr, |$conn:ident| $body:expr) => {{
+        let mut tx = $repo.write_tx().await?;
+        let result: crate::Result<Option<_>> = {
+            let $conn: &mut sqlx::SqliteConnection = &mut tx;
+            $body.await
+        };
+        match result {
+            Ok(Some(v)) => {
+                tx.commit().await?;
+                Ok(Some(v))
+            }
+            Ok(None) => {
+                crate::sqlite::rollback(tx).await;
+                Ok(None)
+            }
+            Err(e) => {
+                crate::sqlite::rollback(tx).await;
+                Err(e)
+            }
+        }
+    }};
+}
+
+mod datasets;
+mod jobs;
+mod library;
+mod rows;
+
+/// How long a connection waits for the write lock before giving up with `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug)]
+pub struct SqliteRepository {
+    pool: SqlitePool,
+    faults: Faults,
+}
+
+impl SqliteRepository {
+    /// Opens (creating if missing) the database at `url` (`sqlite://PATH`, `sqlite::memory:`)
+    /// and applies `migrations/sqlite`.
+    pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        // Every connection to an in-memory database is a database of its own: keep exactly one.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let mut pool =
+            SqlitePoolOptions::new().max_connections(if in_memory { 1 } else { opts.max_connections.max(1) });
+        if in_memory {
+            pool = pool.min_connections(1).idle_timeout(None).max_lifetime(None);
+        }
+        let pool = pool.connect_with(options).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool, faults: Faults::default() })
+    }
+
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A transaction holding the write lock from the start.
+    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+#[async_trait]
+impl Repository for SqliteRepository {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    async fn insert_dataset(&self, dataset: &Dataset) -> Result<()> {
+        datasets::insert_dataset(self, dataset).await
+    }
+
+    async fn get_dataset(&self, id: DatasetId) -> Result<Option<Dataset>> {
+        datasets::get_dataset(&self.pool, id).await
+    }
+
+    async fn create_lora(&self, new: NewLora, policy: MonthlyPolicy) -> Result<CreateOutcome> {
+        library::create_lora(self, new, policy).await
+    }
+
+    async fn get_lora(&self, id: LoraId) -> Result<Option<LoraModel>> {
+        let mut conn = self.pool.acquire().await?;
+        rows::fetch_lora(&mut conn, &id.to_string()).await
+    }
+
+    async fn list_loras(&self, query: &LoraQuery) -> Result<Page<LoraSummary>> {
+        library::list_loras(&self.pool, query).await
+    }
+
+    async fn count_monthly(&self, user: UserId, window: MonthlyWindow) -> Result<u32> {
+        let mut conn = self.pool.acquire().await?;
+        library::count_monthly(&mut conn, &user.to_string(), window).await
+    }
+
+    async fn update_description(
+        &self,
+        id: LoraId,
+        description: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<LoraModel> {
+        library::update_description(self, id, description, now).await
+    }
+
+    async fn apply_event(
+        &self,
+        id: LoraId,
+        event: StatusEvent,
+        detail: EventDetail,
+        now: DateTime<Utc>,
+    ) -> Result<LoraModel> {
+        jobs::apply_event(self, id, event, detail, now).await
+    }
+
+    async fn record_progress(&self, id: LoraId, progress: &Progress, now: DateTime<Utc>) -> Result<()> {
+        jobs::record_progress(self, id, progress, now).await
+    }
+
+    async fn events_after(&self, id: LoraId, after: i64, limit: u32) -> Result<Vec<LoraEvent>> {
+        jobs::events_after(&self.pool, id, after, limit).await
+    }
+
+    async fn claim_next_job(
+        &self,
+        worker: &str,
+        max_active_per_user: u32,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ClaimedJob>> {
+        jobs::claim_next_job(self, worker, max_active_per_user, lease_until, now).await
+    }
+
+    async fn bulk_insert_library(&self, rows: Vec<LibraryRow>) -> Result<u64> {
+        datasets::bulk_insert_library(self, rows).await
+    }
+}

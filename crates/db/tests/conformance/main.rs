@@ -1,0 +1,52 @@
+//! The repository's conformance suite: every story is written once against `Arc<dyn Repository>`
+//! and runs on both engines, as `sqlite::<story>` (a temp file) and `postgres::<story>` (a fresh
+//! database on the server named by `LORAFORGE_TEST_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`). The Postgres tests fail, never skip, when the
+//! server is unreachable.
+
+mod create;
+mod helpers;
+mod library;
+mod lifecycle;
+
+macro_rules! conformance {
+    ($($module:ident :: $story:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $story() {
+                    crate::helpers::run_sqlite(crate::$module::$story).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $story() {
+                    crate::helpers::run_postgres(crate::$module::$story).await
+                }
+            )*
+        }
+    };
+}
+
+conformance! {
+    create::dataset_round_trip,
+    create::create_and_get,
+    create::duplicate_name_per_user,
+    create::name_uniqueness_is_exact_after_trim,
+    create::monthly_limit_counts_this_window_and_counted_statuses,
+    create::concurrent_creates_stop_at_the_limit,
+    create::idempotency_replay_and_mismatch,
+    create::concurrent_same_key_creates_make_one_lora,
+    create::dataset_of_someone_else_is_not_found,
+    lifecycle::every_transition_through_apply_event,
+    lifecycle::events_after_is_ordered_and_resumable,
+    lifecycle::progress_and_description_are_visible,
+    lifecycle::claim_is_fifo_and_leases,
+    lifecycle::claim_skips_users_at_max_active,
+    lifecycle::concurrent_claimers_never_double_claim,
+    library::list_sorts_filters_and_pages,
+    library::search_matches_word_prefixes,
+    library::search_follows_new_and_edited_loras,
+}

@@ -1,1 +1,126 @@
-//! placeholder
+//! loraforge's HTTP API. It parses requests into domain types at the edge, calls the repository
+//! and the blob store through their traits, and turns every error into one JSON shape in
+//! [`error::ApiError`]. It owns no state of its own beyond per-process rate limits and the
+//! wake-up channel of SSE streams; everything durable is in the database or the blob store.
+
+pub mod auth;
+pub mod error;
+pub mod openapi;
+pub mod rate_limit;
+pub mod routes;
+pub mod settings;
+pub mod state;
+pub mod views;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use auth::{AuthUser, JwtKeys};
+pub use error::ApiError;
+pub use settings::ServerSettings;
+pub use state::AppState;
+
+use routes::{datasets, events, files, health, lora_models, me};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Every route of the service, with its middleware.
+pub fn api_router(state: AppState) -> Router {
+    let settings = state.settings().clone();
+    let upload = Router::new()
+        .route("/api/v1/datasets", post(datasets::upload))
+        .layer(DefaultBodyLimit::max(settings.max_upload_bytes()));
+    let api = Router::new()
+        .route("/api/v1/datasets/{id}", get(datasets::get))
+        .route("/api/v1/lora-models", get(lora_models::list).post(lora_models::create))
+        .route("/api/v1/lora-models/{id}", get(lora_models::get).patch(lora_models::patch))
+        .route("/api/v1/lora-models/{id}/status", get(lora_models::status))
+        .route("/api/v1/lora-models/{id}/events", get(events::events))
+        .route("/api/v1/lora-models/{id}/cancel", post(lora_models::cancel))
+        .route("/api/v1/me/limits", get(me::limits))
+        .route("/files/{*key}", get(files::get_file))
+        .layer(DefaultBodyLimit::max(settings.max_json_bytes));
+    let mut router = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .merge(upload)
+        .merge(api)
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
+        .fallback(not_found)
+        .with_state(state);
+
+    if let Some(cors) = cors_layer(&settings.cors_origins) {
+        router = router.layer(cors);
+    }
+    router
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal("handler panicked", &"panic").into_response()
+        }))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                // The path only: query strings may carry signatures.
+                tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE]))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see /docs for the API")
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::OPTIONS])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("idempotency-key"), HeaderName::from_static("last-event-id")])
+            .expose_headers([header::RETRY_AFTER, REQUEST_ID]),
+    )
+}
+
+/// A bound server, ready to run (zero2prod's shape: build, ask the port, run).
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    router: Router,
+}
+
+impl Application {
+    /// Takes an already-bound listener so tests can bind port 0 without races.
+    pub fn new(state: AppState, listener: tokio::net::TcpListener) -> Self {
+        Self { listener, router: api_router(state) }
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+    }
+}

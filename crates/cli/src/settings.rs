@@ -1,0 +1,264 @@
+//! Configuration: typed defaults → optional `loraforge.toml` → `LORAFORGE_*` environment →
+//! command-line flags, each layer overriding the one before. Every key below is also an
+//! environment variable: `monthly_limit` ↔ `LORAFORGE_MONTHLY_LIMIT`. Lists (`cors_origins`,
+//! `local_model_roots`) are comma-separated in the environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+pub struct Settings {
+    /// Address the HTTP server listens on.
+    pub bind: SocketAddr,
+    /// Folder for the SQLite database, local blobs and the generated JWT secret.
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH` or `postgres://…`; default `sqlite://<data_dir>/loraforge.db`.
+    pub database_url: Option<SecretString>,
+    /// Max database connections of this process.
+    pub database_max_connections: u32,
+    /// `file://PATH` or `s3://bucket/prefix`; default `file://<data_dir>/blobs`.
+    pub storage_url: Option<String>,
+    /// Base URL clients reach this service at (for local signed file links); default `http://<bind>`.
+    pub public_url: Option<String>,
+    /// HS256 secret for API tokens; when unset one is generated once into `<data_dir>/jwt-secret`.
+    pub jwt_secret: Option<SecretString>,
+    /// LoRAs per user per UTC calendar month.
+    pub monthly_limit: u32,
+    /// Jobs per user training at once; the rest wait as queued.
+    pub max_concurrent_jobs: u32,
+    /// LoRA creates per user per minute (0 = unlimited).
+    pub creates_per_minute: u32,
+    /// Lowest accepted `steps` (004 says 100; lower it to train tiny test models).
+    pub min_steps: u32,
+    /// Lowest accepted `resolution`, pixels (004 says 256).
+    pub min_resolution: u32,
+    /// Absolute folders a local base model may live in; default `<data_dir>/models`.
+    pub local_model_roots: Vec<PathBuf>,
+    /// Images per dataset, inclusive bounds.
+    pub dataset_min_images: usize,
+    pub dataset_max_images: usize,
+    /// Per-image file size window, bytes.
+    pub image_min_bytes: u64,
+    pub image_max_bytes: u64,
+    /// Smallest accepted width and height, pixels.
+    pub image_min_side: u32,
+    /// Largest accepted image, megapixels (refused before decoding).
+    pub image_max_megapixels: u64,
+    /// Accept WebP images besides JPEG and PNG.
+    pub allow_webp: bool,
+    /// Lifetime of signed download URLs, seconds.
+    pub download_url_ttl_secs: u64,
+    /// Origins allowed by CORS (`*` for any); empty disables CORS.
+    pub cors_origins: Vec<String>,
+    /// S3-compatible endpoint (MinIO, R2, …); unset means AWS.
+    pub s3_endpoint: Option<String>,
+    pub s3_region: String,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<SecretString>,
+    /// Allow plain-HTTP endpoints (local MinIO, tests).
+    pub s3_allow_http: bool,
+    /// Path-style requests (`endpoint/bucket/key`), needed by most S3-compatible servers.
+    pub s3_path_style: bool,
+    /// `text` or `json` log lines.
+    pub log_format: String,
+}
+
+/// Flags that override everything else.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub bind: Option<String>,
+}
+
+const LIST_KEYS: [&str; 2] = ["cors_origins", "local_model_roots"];
+
+impl Settings {
+    pub fn load(over: &Overrides) -> anyhow::Result<Self> {
+        let mut b = config::Config::builder()
+            .set_default("bind", "127.0.0.1:8080")?
+            .set_default("data_dir", "./data")?
+            .set_default("database_max_connections", 16)?
+            .set_default("monthly_limit", 5)?
+            .set_default("max_concurrent_jobs", 2)?
+            .set_default("creates_per_minute", 10)?
+            .set_default("min_steps", 100)?
+            .set_default("min_resolution", 256)?
+            .set_default("local_model_roots", Vec::<String>::new())?
+            .set_default("dataset_min_images", 3)?
+            .set_default("dataset_max_images", 20)?
+            .set_default("image_min_bytes", 100 * 1024)?
+            .set_default("image_max_bytes", 10 * 1024 * 1024)?
+            .set_default("image_min_side", 512)?
+            .set_default("image_max_megapixels", 40)?
+            .set_default("allow_webp", false)?
+            .set_default("download_url_ttl_secs", 3600)?
+            .set_default("cors_origins", Vec::<String>::new())?
+            .set_default("s3_region", "us-east-1")?
+            .set_default("s3_allow_http", false)?
+            .set_default("s3_path_style", false)?
+            .set_default("log_format", "text")?;
+
+        let file = over.config_file.clone().or_else(|| std::env::var_os("LORAFORGE_CONFIG").map(PathBuf::from));
+        match file {
+            Some(f) => {
+                if !f.exists() {
+                    bail!("config file {} does not exist", f.display());
+                }
+                b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
+            }
+            None if Path::new("loraforge.toml").exists() => {
+                b = b.add_source(config::File::with_name("loraforge.toml").format(config::FileFormat::Toml));
+            }
+            None => {}
+        }
+        let mut env = config::Environment::with_prefix("LORAFORGE")
+            .prefix_separator("_")
+            .try_parsing(true)
+            .list_separator(",");
+        for k in LIST_KEYS {
+            env = env.with_list_parse_key(k);
+        }
+        b = b.add_source(env);
+        if let Some(d) = &over.data_dir {
+            b = b.set_override("data_dir", d.to_string_lossy().to_string())?;
+        }
+        if let Some(bind) = &over.bind {
+            b = b.set_override("bind", bind.clone())?;
+        }
+        let mut s: Settings = b
+            .build()
+            .context("reading configuration")?
+            .try_deserialize()
+            .context("configuration has an invalid value (check loraforge.toml and LORAFORGE_* variables)")?;
+        if s.local_model_roots.is_empty() {
+            s.local_model_roots.push(absolute(&s.data_dir.join("models")));
+        }
+        s.cors_origins.retain(|o| !o.trim().is_empty());
+        if !matches!(s.log_format.as_str(), "text" | "json") {
+            bail!("log_format must be `text` or `json`, not {:?}", s.log_format);
+        }
+        Ok(s)
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(u) => u.expose_secret().to_owned(),
+            None => format!("sqlite://{}", self.data_dir.join("loraforge.db").display()),
+        }
+    }
+
+    pub fn public_url(&self) -> anyhow::Result<url::Url> {
+        let raw = match &self.public_url {
+            Some(u) => u.clone(),
+            None => {
+                let host = if self.bind.ip().is_unspecified() { "127.0.0.1".to_owned() } else { self.bind.ip().to_string() };
+                let host = if self.bind.is_ipv6() && !self.bind.ip().is_unspecified() { format!("[{host}]") } else { host };
+                format!("http://{host}:{}", self.bind.port())
+            }
+        };
+        url::Url::parse(&raw).with_context(|| format!("public_url {raw:?} is not a URL"))
+    }
+
+    /// The configured JWT secret, or the one kept in the data dir (generated on first use,
+    /// written with 0600 permissions).
+    pub fn jwt_secret(&self) -> anyhow::Result<SecretSlice<u8>> {
+        if let Some(s) = &self.jwt_secret {
+            if s.expose_secret().len() < 16 {
+                bail!("LORAFORGE_JWT_SECRET is too short; use at least 16 characters (32 random bytes recommended)");
+            }
+            return Ok(SecretSlice::from(s.expose_secret().as_bytes().to_vec()));
+        }
+        let path = self.data_dir.join("jwt-secret");
+        if let Ok(existing) = std::fs::read_to_string(&path) {
+            let trimmed = existing.trim();
+            if trimmed.len() < 16 {
+                bail!("{} is too short or empty; delete it to generate a new secret", path.display());
+            }
+            return Ok(SecretSlice::from(trimmed.as_bytes().to_vec()));
+        }
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("creating data dir {}", self.data_dir.display()))?;
+        let secret = hex::encode(rand::random::<[u8; 32]>());
+        write_private(&path, secret.as_bytes())?;
+        // Another process may have won the race to create it: read what is there.
+        let stored = std::fs::read_to_string(&path)?;
+        Ok(SecretSlice::from(stored.trim().as_bytes().to_vec()))
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(mut f) => {
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("writing {}", path.display())),
+    }
+}
+
+pub fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_owned())
+    }
+}
+
+impl Settings {
+    /// The effective configuration as `KEY = value` lines with their environment names; secrets
+    /// are shown only as set or unset.
+    pub fn describe(&self) -> anyhow::Result<String> {
+        let secret = |s: &Option<SecretString>| if s.is_some() { "<set>" } else { "<unset>" }.to_owned();
+        let rows: Vec<(&str, String)> = vec![
+            ("bind", self.bind.to_string()),
+            ("data_dir", self.data_dir.display().to_string()),
+            ("database_url", loraforge_db::redact_url(&self.database_url())),
+            ("database_max_connections", self.database_max_connections.to_string()),
+            ("storage_url", self.storage_url.clone().unwrap_or_else(|| format!("file://{}", absolute(&self.data_dir.join("blobs")).display()))),
+            ("public_url", self.public_url()?.to_string()),
+            ("jwt_secret", if self.jwt_secret.is_some() { "<set>".into() } else { format!("<kept in {}>", self.data_dir.join("jwt-secret").display()) }),
+            ("monthly_limit", self.monthly_limit.to_string()),
+            ("max_concurrent_jobs", self.max_concurrent_jobs.to_string()),
+            ("creates_per_minute", self.creates_per_minute.to_string()),
+            ("min_steps", self.min_steps.to_string()),
+            ("min_resolution", self.min_resolution.to_string()),
+            ("local_model_roots", self.local_model_roots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(",")),
+            ("dataset_min_images", self.dataset_min_images.to_string()),
+            ("dataset_max_images", self.dataset_max_images.to_string()),
+            ("image_min_bytes", self.image_min_bytes.to_string()),
+            ("image_max_bytes", self.image_max_bytes.to_string()),
+            ("image_min_side", self.image_min_side.to_string()),
+            ("image_max_megapixels", self.image_max_megapixels.to_string()),
+            ("allow_webp", self.allow_webp.to_string()),
+            ("download_url_ttl_secs", self.download_url_ttl_secs.to_string()),
+            ("cors_origins", self.cors_origins.join(",")),
+            ("s3_endpoint", self.s3_endpoint.clone().unwrap_or_default()),
+            ("s3_region", self.s3_region.clone()),
+            ("s3_access_key_id", self.s3_access_key_id.clone().unwrap_or_default()),
+            ("s3_secret_access_key", secret(&self.s3_secret_access_key)),
+            ("s3_allow_http", self.s3_allow_http.to_string()),
+            ("s3_path_style", self.s3_path_style.to_string()),
+            ("log_format", self.log_format.clone()),
+        ];
+        Ok(rows
+            .into_iter()
+            .map(|(k, v)| format!("{k:<26} = {v:<40}  # LORAFORGE_{}", k.to_uppercase()))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+}

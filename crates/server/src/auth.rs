@@ -1,0 +1,217 @@
+//! Bearer-token auth: HS256 JWTs with Supabase-style claims. `sub` is the user's UUID; admin is
+//! `role = "admin"` or `app_metadata.role = "admin"`. Expiry is checked against the injected
+//! clock. Any other algorithm, `alg: none` included, is refused.
+
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret, SecretSlice};
+use serde::{Deserialize, Serialize};
+
+use chrono::{DateTime, Utc};
+use loraforge_domain::UserId;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Allowed clock skew when checking `exp`.
+const LEEWAY_SECS: i64 = 30;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_metadata: Option<AppMetadata>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AppMetadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// The caller of an `/api/v1` route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthUser {
+    pub id: UserId,
+    pub email: Option<String>,
+    pub is_admin: bool,
+}
+
+/// Signs and checks tokens with one HS256 secret.
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl std::fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JwtKeys(<redacted>)")
+    }
+}
+
+impl JwtKeys {
+    pub fn new(secret: &SecretSlice<u8>) -> Self {
+        Self {
+            encoding: EncodingKey::from_secret(secret.expose_secret()),
+            decoding: DecodingKey::from_secret(secret.expose_secret()),
+        }
+    }
+
+    /// A token for `user`, valid for `ttl` from `now`.
+    pub fn issue(
+        &self,
+        user: UserId,
+        email: Option<String>,
+        admin: bool,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let claims = Claims {
+            sub: user.to_string(),
+            iat: Some(now.timestamp()),
+            exp: now.timestamp() + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
+            email,
+            role: Some(if admin { "admin" } else { "authenticated" }.to_owned()),
+            app_metadata: None,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+    }
+
+    /// Checks a bearer token and returns who it is for.
+    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<AuthUser, ApiError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| malformed())?;
+        if header.alg != Algorithm::HS256 {
+            return Err(ApiError::unauthorized(
+                "invalid_token",
+                format!("tokens must be signed with HS256, this one uses {:?}", header.alg),
+            ));
+        }
+        let mut v = Validation::new(Algorithm::HS256);
+        // Expiry is checked below against the injected clock; audiences are not used.
+        v.validate_exp = false;
+        v.validate_aud = false;
+        v.required_spec_claims = ["exp", "sub"].into_iter().map(String::from).collect();
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &v).map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => {
+                ApiError::unauthorized("invalid_signature", "the token's signature is not valid for this server")
+            }
+            ErrorKind::MissingRequiredClaim(c) => {
+                ApiError::unauthorized("invalid_token", format!("the token has no `{c}` claim"))
+            }
+            _ => malformed(),
+        })?;
+        let c = data.claims;
+        if c.exp + LEEWAY_SECS <= now.timestamp() {
+            return Err(ApiError::unauthorized("token_expired", "the token has expired; sign in again for a new one"));
+        }
+        let id = c.sub.parse::<UserId>().map_err(|_| {
+            ApiError::unauthorized("invalid_token", "the token's `sub` claim must be a user UUID")
+        })?;
+        let is_admin = c.role.as_deref() == Some("admin")
+            || c.app_metadata.as_ref().and_then(|m| m.role.as_deref()) == Some("admin");
+        Ok(AuthUser { id, email: c.email.filter(|e| !e.is_empty() && e.len() <= 320), is_admin })
+    }
+}
+
+fn malformed() -> ApiError {
+    ApiError::unauthorized("invalid_token", "the bearer token is not a valid JWT")
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
+            ApiError::unauthorized("missing_token", "send an `Authorization: Bearer <token>` header")
+        })?;
+        let value = header.to_str().map_err(|_| malformed())?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::unauthorized("invalid_token", "the Authorization header must be `Bearer <token>`")
+            })?;
+        state.jwt().verify(token, state.now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn keys() -> JwtKeys {
+        JwtKeys::new(&SecretSlice::from(b"test-secret-test-secret-test-secret".to_vec()))
+    }
+    fn now() -> DateTime<Utc> {
+        "2026-11-23T10:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn issued_tokens_verify() {
+        let k = keys();
+        let u = UserId::new();
+        let t = k.issue(u, Some("a@example.com".into()), true, Duration::from_secs(3600), now()).unwrap();
+        let who = k.verify(&t, now()).unwrap();
+        assert_eq!(who, AuthUser { id: u, email: Some("a@example.com".into()), is_admin: true });
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let k = keys();
+        let t = k.issue(UserId::new(), None, false, Duration::from_secs(60), now()).unwrap();
+        assert!(k.verify(&t, now() + chrono::Duration::seconds(60 + LEEWAY_SECS - 1)).is_ok());
+        let e = k.verify(&t, now() + chrono::Duration::seconds(60 + LEEWAY_SECS)).unwrap_err();
+        assert_eq!(e.code, "token_expired");
+    }
+
+    #[test]
+    fn wrong_secret_is_invalid_signature() {
+        let t = keys().issue(UserId::new(), None, false, Duration::from_secs(60), now()).unwrap();
+        let other = JwtKeys::new(&SecretSlice::from(b"another-secret".to_vec()));
+        assert_eq!(other.verify(&t, now()).unwrap_err().code, "invalid_signature");
+    }
+
+    #[test]
+    fn alg_none_and_garbage_are_refused() {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let body = b64(&format!(r#"{{"sub":"{}","exp":9999999999}}"#, UserId::new()));
+        let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), body);
+        assert_eq!(keys().verify(&none, now()).unwrap_err().status, 401);
+        for bad in ["", "abc", "a.b.c", "..."] {
+            assert_eq!(keys().verify(bad, now()).unwrap_err().code, "invalid_token", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn admin_via_app_metadata_and_non_uuid_sub() {
+        let k = keys();
+        let claims = Claims {
+            sub: UserId::new().to_string(),
+            exp: now().timestamp() + 60,
+            iat: None,
+            email: None,
+            role: Some("authenticated".into()),
+            app_metadata: Some(AppMetadata { role: Some("admin".into()) }),
+        };
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &k.encoding).unwrap();
+        assert!(k.verify(&t, now()).unwrap().is_admin);
+        let claims = Claims { sub: "not-a-uuid".into(), app_metadata: None, ..claims };
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &k.encoding).unwrap();
+        assert_eq!(k.verify(&t, now()).unwrap_err().code, "invalid_token");
+    }
+}

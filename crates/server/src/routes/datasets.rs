@@ -1,0 +1,251 @@
+//! `/api/v1/datasets`: upload training images (multipart) and read them back. Every image is
+//! checked before anything is stored; a rejected upload stores nothing and lists every problem.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{Multipart, Path, State};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use loraforge_checks::{DatasetReport, InputImage, check_dataset};
+use loraforge_domain::{Dataset, DatasetId, DatasetImage};
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+const MAX_CAPTION_BYTES: usize = 16 * 1024;
+const MAX_FILE_NAME_CHARS: usize = 255;
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DatasetImageView {
+    pub file_name: String,
+    /// jpeg, png or webp, from the file's content.
+    pub format: String,
+    pub width: u32,
+    pub height: u32,
+    pub bytes: u64,
+    pub caption: Option<String>,
+    /// Problems worth knowing that did not block the upload (e.g. near-duplicates).
+    pub warnings: Vec<String>,
+    /// Signed, expiring link to the image (on GET only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DatasetView {
+    pub dataset_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub images: Vec<DatasetImageView>,
+    pub warnings: Vec<String>,
+}
+
+/// Upload training images: one multipart part per image named `images` (JPEG or PNG, judged by
+/// content), plus optional `.txt` caption parts whose file stem matches an image's.
+#[utoipa::path(post, path = "/api/v1/datasets", tag = "datasets", security(("bearer" = [])),
+    request_body(content_type = "multipart/form-data", description = "parts named `images`; `.txt` parts are captions"),
+    responses((status = 201, body = DatasetView), (status = 400, body = crate::views::ErrorBody),
+        (status = 413, body = crate::views::ErrorBody),
+        (status = 422, description = "invalid_dataset: every failing image with its reason", body = crate::views::ErrorBody)))]
+pub async fn upload(
+    State(state): State<AppState>,
+    user: AuthUser,
+    mp: Result<Multipart, MultipartRejection>,
+) -> ApiResult<(StatusCode, Json<DatasetView>)> {
+    let mut mp = mp.map_err(|e| {
+        ApiError::bad_request("invalid_multipart", format!("{}; send multipart/form-data with parts named `images`", e.body_text()))
+    })?;
+    let mut images: Vec<InputImage> = Vec::new();
+    let mut captions: HashMap<String, String> = HashMap::new();
+    while let Some(field) = mp.next_field().await.map_err(multipart_error)? {
+        let part = field.name().unwrap_or_default().to_owned();
+        let file_name = clean_file_name(field.file_name().unwrap_or(&part));
+        let is_caption = file_name.to_ascii_lowercase().ends_with(".txt");
+        if part != "images" && part != "captions" {
+            return Err(ApiError::bad_request(
+                "invalid_multipart",
+                format!("unexpected part {part:?}; send images in parts named `images` and captions as `.txt` files"),
+            ));
+        }
+        let data: Bytes = field.bytes().await.map_err(multipart_error)?;
+        if is_caption {
+            if data.len() > MAX_CAPTION_BYTES {
+                return Err(ApiError::bad_request("invalid_caption", format!("{file_name} is longer than 16 KB; shorten the caption")));
+            }
+            let text = String::from_utf8(data.to_vec()).map_err(|_| {
+                ApiError::bad_request("invalid_caption", format!("{file_name} is not UTF-8 text; save it as UTF-8"))
+            })?;
+            captions.insert(stem(&file_name).to_owned(), text.trim().to_owned());
+        } else {
+            images.push(InputImage { file_name, bytes: data.to_vec() });
+        }
+    }
+    if let Some(orphan) = captions.keys().find(|c| !images.iter().any(|i| stem(&i.file_name) == c.as_str())) {
+        return Err(ApiError::bad_request(
+            "invalid_caption",
+            format!("{orphan}.txt has no image with the same name; name captions after their image (photo1.jpg → photo1.txt)"),
+        ));
+    }
+
+    let rules = state.settings().dataset_rules.clone();
+    let (images, report) = tokio::task::spawn_blocking(move || {
+        let report = check_dataset(&images, &rules);
+        (images, report)
+    })
+    .await
+    .map_err(|e| ApiError::internal("dataset check panicked", &e))?;
+    if !report.accepted {
+        return Err(rejection(&report));
+    }
+
+    let id = DatasetId::new();
+    let mut stored: Vec<DatasetImage> = Vec::with_capacity(images.len());
+    for (idx, (input, checked)) in images.into_iter().zip(&report.images).enumerate() {
+        let format = checked.format.ok_or_else(|| ApiError::internal("accepted image without format", &"bug"))?;
+        let key = format!("datasets/{}/{}/{:02}.{}", user.id, id, idx, format.extension());
+        let caption = captions.get(stem(&input.file_name)).cloned();
+        if let Err(e) = state.store().put(&key, Bytes::from(input.bytes)).await {
+            remove_blobs(&state, &stored).await;
+            return Err(e.into());
+        }
+        stored.push(DatasetImage {
+            index: idx as u32,
+            file_name: input.file_name,
+            format,
+            width: checked.width.unwrap_or_default(),
+            height: checked.height.unwrap_or_default(),
+            bytes: checked.bytes,
+            content_hash: checked.content_hash.clone(),
+            storage_key: key,
+            caption,
+        });
+    }
+    let dataset = Dataset { id, user_id: user.id, images: stored, created_at: state.now() };
+    if let Err(e) = state.repo().insert_dataset(&dataset).await {
+        remove_blobs(&state, &dataset.images).await;
+        return Err(e.into());
+    }
+    tracing::info!(dataset_id = %id, user_id = %user.id, images = dataset.images.len(), "dataset stored");
+    let warnings_of = |name: &str| -> Vec<String> {
+        report.images.iter().filter(|r| r.file_name == name).flat_map(|r| r.warnings.iter().map(|w| w.message.clone())).collect()
+    };
+    let view = DatasetView {
+        dataset_id: id.0,
+        created_at: dataset.created_at,
+        images: dataset.images.iter().map(|i| image_view(i, warnings_of(&i.file_name), None)).collect(),
+        warnings: report.warnings.iter().map(|w| w.message.clone()).collect(),
+    };
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// One of your datasets, with signed links to its images.
+#[utoipa::path(get, path = "/api/v1/datasets/{id}", tag = "datasets", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = DatasetView), (status = 404, body = crate::views::ErrorBody)))]
+pub async fn get(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<DatasetView>> {
+    let id: DatasetId = id.parse().map_err(|_| ApiError::not_found("dataset"))?;
+    let dataset = match state.repo().get_dataset(id).await? {
+        // Someone else's dataset is answered exactly like a missing one.
+        Some(d) if d.user_id == user.id => d,
+        _ => return Err(ApiError::not_found("dataset")),
+    };
+    let now = state.now();
+    let ttl = state.settings().download_url_ttl;
+    let mut images = Vec::with_capacity(dataset.images.len());
+    for img in &dataset.images {
+        let url = state.store().signed_get_url(&img.storage_key, ttl, now).await?;
+        images.push(image_view(img, Vec::new(), Some(url.to_string())));
+    }
+    Ok(Json(DatasetView { dataset_id: dataset.id.0, created_at: dataset.created_at, images, warnings: Vec::new() }))
+}
+
+fn image_view(i: &DatasetImage, warnings: Vec<String>, url: Option<String>) -> DatasetImageView {
+    DatasetImageView {
+        file_name: i.file_name.clone(),
+        format: i.format.as_str().to_owned(),
+        width: i.width,
+        height: i.height,
+        bytes: i.bytes,
+        caption: i.caption.clone(),
+        warnings,
+        url,
+    }
+}
+
+/// 422 `invalid_dataset`: one message a person can act on, plus every image's result.
+fn rejection(report: &DatasetReport) -> ApiError {
+    let mut problems: Vec<String> = report.errors.iter().map(|p| p.message.clone()).collect();
+    problems.extend(report.images.iter().flat_map(|i| i.errors.iter().map(|p| p.message.clone())));
+    let images: Vec<_> = report
+        .images
+        .iter()
+        .map(|i| {
+            json!({
+                "file_name": i.file_name,
+                "ok": i.errors.is_empty(),
+                "errors": i.errors.iter().map(|p| json!({"code": p.code, "message": p.message})).collect::<Vec<_>>(),
+                "warnings": i.warnings.iter().map(|p| json!({"code": p.code, "message": p.message})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_dataset",
+        format!("the dataset was not accepted and nothing was stored: {}", problems.join("; ")),
+    )
+    .with("images", images)
+    .with("errors", report.errors.iter().map(|p| json!({"code": p.code, "message": p.message})).collect::<Vec<_>>())
+}
+
+async fn remove_blobs(state: &AppState, images: &[DatasetImage]) {
+    for img in images {
+        if let Err(e) = state.store().delete(&img.storage_key).await {
+            tracing::warn!(key = %img.storage_key, error = %e, "could not remove blob of a failed upload");
+        }
+    }
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the upload is too large; send at most the allowed number of images, each within the size limit",
+        );
+    }
+    ApiError::bad_request("invalid_multipart", format!("could not read the multipart upload: {}", e.body_text()))
+}
+
+/// The last path component, without control characters, at most 255 characters.
+fn clean_file_name(raw: &str) -> String {
+    let base = raw.rsplit(['/', '\\']).next().unwrap_or(raw);
+    let cleaned: String = base.chars().filter(|c| !c.is_control()).take(MAX_FILE_NAME_CHARS).collect();
+    if cleaned.is_empty() { "unnamed".to_owned() } else { cleaned }
+}
+
+fn stem(file_name: &str) -> &str {
+    file_name.rsplit_once('.').map_or(file_name, |(s, _)| s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_lose_paths_and_control_characters() {
+        assert_eq!(clean_file_name("../../etc/passwd"), "passwd");
+        assert_eq!(clean_file_name("C:\\Users\\me\\photo.jpg"), "photo.jpg");
+        assert_eq!(clean_file_name("a\nb.png"), "ab.png");
+        assert_eq!(clean_file_name(""), "unnamed");
+        assert_eq!(stem("photo.1.jpg"), "photo.1");
+        assert_eq!(stem("noext"), "noext");
+    }
+}

@@ -1,0 +1,384 @@
+//! `/api/v1/lora-models`: the public library, creating LoRAs, their status and their lifecycle.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use loraforge_db::{CreateOutcome, DbError, EventDetail, IdempotencyKey, LoraQuery, MonthlyPolicy, NewLora};
+use loraforge_domain::limits::monthly_limit_message;
+use loraforge_domain::{
+    DatasetId, LoraId, LoraModel, LoraName, LoraSort, MonthlyWindow, StatusEvent, TrainingParams, TrainingStatus,
+};
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiResult, body_error};
+use crate::state::AppState;
+use crate::views::*;
+
+pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
+const MAX_PAGE: u32 = 100;
+const DEFAULT_PAGE: u32 = 50;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only LoRAs in this status (pending, queued, training, validating, completed, failed, cancelled).
+    pub status: Option<String>,
+    /// Words matched by prefix in name and description, case-insensitively.
+    pub search: Option<String>,
+    /// Only LoRAs of this user (UUID).
+    pub creator: Option<String>,
+    /// popular (most used), recent (default) or name.
+    pub sort: Option<String>,
+    /// 1–100, default 50.
+    pub limit: Option<u32>,
+    pub offset: Option<u64>,
+}
+
+/// The public library: every user's LoRAs.
+#[utoipa::path(get, path = "/api/v1/lora-models", params(ListParams), tag = "library",
+    security(("bearer" = [])),
+    responses((status = 200, body = LoraList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    _user: AuthUser,
+    q: Result<Query<ListParams>, QueryRejection>,
+) -> ApiResult<Json<LoraList>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let status = q
+        .status
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<TrainingStatus>().map_err(|e| ApiError::bad_request("invalid_query", e.to_string())))
+        .transpose()?;
+    let creator = q
+        .creator
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| ApiError::bad_request("invalid_query", "creator must be a user UUID")))
+        .transpose()?;
+    let sort = match q.sort.as_deref() {
+        None | Some("") | Some("recent") => LoraSort::Recent,
+        Some("popular") => LoraSort::Popular,
+        Some("name") => LoraSort::Name,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("sort {other:?} is not supported; use popular, recent or name"),
+            ));
+        }
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit must be from 1 to {MAX_PAGE}")));
+    }
+    let search = q.search.filter(|s| !s.trim().is_empty());
+    if search.as_ref().is_some_and(|s| s.chars().count() > 200) {
+        return Err(ApiError::bad_request("invalid_query", "search must be at most 200 characters"));
+    }
+    let offset = q.offset.unwrap_or(0);
+    let query = LoraQuery { status, search, creator, sort, limit, offset };
+    let page = state.repo().list_loras(&query).await?;
+    Ok(Json(LoraList { items: page.items.iter().map(Into::into).collect(), total: page.total, limit, offset }))
+}
+
+/// Body of `POST /api/v1/lora-models`.
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // documents the body; the handler parses fields one by one for precise errors
+pub struct CreateLoraRequest {
+    /// 1–255 characters, unique among your LoRAs.
+    name: String,
+    description: Option<String>,
+    /// From `POST /api/v1/datasets`.
+    dataset_id: Uuid,
+    /// Training parameters; anything left out takes the default.
+    #[schema(value_type = Object)]
+    params: Option<Value>,
+}
+
+/// Creates a LoRA from one of your datasets and queues its training.
+#[utoipa::path(post, path = "/api/v1/lora-models", request_body = CreateLoraRequest, tag = "library",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "retrying with the same key returns the first result")),
+    responses((status = 202, body = CreateLoraResponse), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let body = body.map_err(body_error)?;
+    let now = state.now();
+    if let Err(wait) = state.create_limiter().check(user.id, now) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many create requests; at most {} per minute. Try again in {wait} s",
+                state.settings().limits.creates_per_minute
+            ),
+        )
+        .retry(wait));
+    }
+    let body_json: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
+    let obj = body_json
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("invalid_json", "the body must be a JSON object"))?;
+    if let Some(k) = obj.keys().find(|k| !["name", "description", "dataset_id", "params"].contains(&k.as_str())) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("unknown field {k:?}; allowed fields are name, description, dataset_id, params"),
+        ));
+    }
+    let name = match obj.get("name") {
+        Some(Value::String(s)) => {
+            LoraName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?
+        }
+        _ => return Err(ApiError::bad_request("invalid_name", "name is required and must be a string")),
+    };
+    let description = parse_description(obj.get("description"))?;
+    let dataset_id: DatasetId = obj
+        .get("dataset_id")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_request", "dataset_id is required: the UUID returned by POST /api/v1/datasets")
+        })?;
+    let empty = Map::new();
+    let params_in = match obj.get("params") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(ApiError::bad_request("invalid_params", "params must be a JSON object")),
+    };
+    let params = TrainingParams::from_json(params_in, &state.settings().param_limits).map_err(|e| {
+        ApiError::bad_request("invalid_params", e.to_string()).with("field", e.field.clone())
+    })?;
+    let idempotency = idempotency_key(&headers, &body_json)?;
+
+    let window = MonthlyWindow::containing(now);
+    let limit = state.settings().limits.monthly_loras;
+    let new = NewLora {
+        id: LoraId::new(),
+        owner: user.id,
+        owner_email: user.email.clone(),
+        name,
+        description,
+        dataset_id,
+        params,
+        idempotency,
+        now,
+    };
+    let outcome = match state.repo().create_lora(new, MonthlyPolicy { limit, window }).await {
+        Ok(o) => o,
+        Err(DbError::MonthlyLimitReached { used, limit }) => {
+            let retry = u64::try_from((window.end - now).num_seconds()).unwrap_or(0).max(1);
+            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "monthly_limit_reached", monthly_limit_message(limit))
+                .with("limit", limit)
+                .with("used", used)
+                .with("resets_at", window.end.to_rfc3339())
+                .retry(retry));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (lora, replayed) = match &outcome {
+        CreateOutcome::Created(l) => (l, false),
+        CreateOutcome::Replayed(l) => (l, true),
+    };
+    if !replayed {
+        state.notify_changed(lora.id);
+        tracing::info!(lora_id = %lora.id, user_id = %user.id, "LoRA created");
+    }
+    let body = CreateLoraResponse {
+        lora_id: lora.id.0,
+        status: TrainingStatus::Pending,
+        message: format!(
+            "LoRA \"{}\" accepted; training starts when a slot is free. Follow it at /api/v1/lora-models/{}/status",
+            lora.name, lora.id
+        ),
+    };
+    let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if replayed {
+        resp.headers_mut().insert("idempotent-replayed", "true".parse().expect("static header"));
+    }
+    Ok(resp)
+}
+
+fn parse_description(v: Option<&Value>) -> ApiResult<Option<String>> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            let s = s.trim();
+            if s.chars().count() > MAX_DESCRIPTION_CHARS {
+                return Err(ApiError::bad_request(
+                    "invalid_description",
+                    format!("description must be at most {MAX_DESCRIPTION_CHARS} characters"),
+                ));
+            }
+            if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r') {
+                return Err(ApiError::bad_request("invalid_description", "description contains control characters"));
+            }
+            Ok(Some(s.to_owned()).filter(|s| !s.is_empty()))
+        }
+        Some(_) => Err(ApiError::bad_request("invalid_description", "description must be a string or null")),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap, body: &Value) -> ApiResult<Option<IdempotencyKey>> {
+    let Some(raw) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = raw
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| (1..=255).contains(&k.len()) && k.chars().all(|c| c.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1–255 visible ASCII characters")
+        })?;
+    // serde_json maps are ordered by key, so this is a canonical form of the request.
+    let canonical = serde_json::to_vec(body).unwrap_or_default();
+    Ok(Some(IdempotencyKey { key: key.to_owned(), request_hash: hex::encode(Sha256::digest(&canonical)) }))
+}
+
+pub(crate) async fn load(state: &AppState, id: &str) -> ApiResult<LoraModel> {
+    let id: LoraId = id.parse().map_err(|_| ApiError::not_found("LoRA"))?;
+    state.repo().get_lora(id).await?.ok_or_else(|| ApiError::not_found("LoRA"))
+}
+
+/// Everything about one LoRA, with a signed download URL once it is completed.
+#[utoipa::path(get, path = "/api/v1/lora-models/{id}", tag = "library", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = LoraDetails), (status = 404, body = ErrorBody)))]
+pub async fn get(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<LoraDetails>> {
+    let lora = load(&state, &id).await?;
+    Ok(Json(details(&state, &lora, &user).await?))
+}
+
+async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResult<LoraDetails> {
+    let now = state.now();
+    let ttl = state.settings().download_url_ttl;
+    let dataset = state.repo().get_dataset(lora.dataset_id).await?;
+    let mut reference_images = Vec::new();
+    if lora.creator.id == user.id {
+        for img in dataset.iter().flat_map(|d| d.images.iter()) {
+            let url = state.store().signed_get_url(&img.storage_key, ttl, now).await?;
+            reference_images.push(ReferenceImageView {
+                file_name: img.file_name.clone(),
+                width: img.width,
+                height: img.height,
+                url: url.to_string(),
+            });
+        }
+    }
+    let mut validation_urls = Vec::new();
+    for key in &lora.validation_image_keys {
+        validation_urls.push(state.store().signed_get_url(key, ttl, now).await?.to_string());
+    }
+    let (download_url, download_url_expires_at) = match (&lora.storage_key, lora.status) {
+        (Some(key), TrainingStatus::Completed) => (
+            Some(state.store().signed_get_url(key, ttl, now).await?.to_string()),
+            Some(now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1))),
+        ),
+        _ => (None, None),
+    };
+    let status = StatusView::from(lora);
+    Ok(LoraDetails {
+        id: lora.id.0,
+        name: lora.name.clone(),
+        description: lora.description.clone(),
+        training_status: lora.status,
+        stage: status.stage,
+        progress: status.progress,
+        estimated_remaining: status.estimated_remaining,
+        error: status.error,
+        creator: (&lora.creator).into(),
+        usage_count: lora.usage_count,
+        params: serde_json::to_value(&lora.params).unwrap_or(Value::Null),
+        dataset: DatasetRefView {
+            id: lora.dataset_id.0,
+            image_count: dataset.as_ref().map_or(0, |d| d.images.len()),
+        },
+        reference_images,
+        validation: ValidationView { passed: lora.validation_passed, image_urls: validation_urls },
+        file_size: lora.file_size,
+        download_url,
+        download_url_expires_at,
+        training_cost: lora.training_cost,
+        created_at: lora.created_at,
+        updated_at: lora.updated_at,
+        completed_at: lora.completed_at,
+    })
+}
+
+/// Status, stage, progress and ETA, for polling.
+#[utoipa::path(get, path = "/api/v1/lora-models/{id}/status", tag = "library", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = StatusView), (status = 404, body = ErrorBody)))]
+pub async fn status(State(state): State<AppState>, _user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<StatusView>> {
+    Ok(Json(StatusView::from(&load(&state, &id).await?)))
+}
+
+fn ensure_owner(lora: &LoraModel, user: &AuthUser, action: &str) -> ApiResult<()> {
+    if lora.creator.id != user.id {
+        return Err(ApiError::forbidden(format!("only the LoRA's creator can {action} it")));
+    }
+    Ok(())
+}
+
+/// Cancels a LoRA that has not finished. Owner only.
+#[utoipa::path(post, path = "/api/v1/lora-models/{id}/cancel", tag = "library", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = StatusView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+pub async fn cancel(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<StatusView>> {
+    let lora = load(&state, &id).await?;
+    ensure_owner(&lora, &user, "cancel")?;
+    let detail = EventDetail { error: Some("cancelled by its creator".to_owned()) };
+    let lora = state.repo().apply_event(lora.id, StatusEvent::Cancel, detail, state.now()).await?;
+    state.notify_changed(lora.id);
+    tracing::info!(lora_id = %lora.id, "LoRA cancelled");
+    Ok(Json(StatusView::from(&lora)))
+}
+
+/// Body of `PATCH /api/v1/lora-models/{id}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchLora {
+    /// New description; null clears it.
+    pub description: Option<String>,
+}
+
+/// Changes the description. Owner only.
+#[utoipa::path(patch, path = "/api/v1/lora-models/{id}", request_body = PatchLora, tag = "library",
+    security(("bearer" = [])), params(("id" = Uuid, Path)),
+    responses((status = 200, body = LoraDetails), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn patch(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<LoraDetails>> {
+    let body = body.map_err(body_error)?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
+    let obj = v.as_object().ok_or_else(|| ApiError::bad_request("invalid_json", "the body must be a JSON object"))?;
+    if obj.keys().any(|k| k != "description") || !obj.contains_key("description") {
+        return Err(ApiError::bad_request("invalid_request", "only `description` can be changed; send {\"description\": \"…\"}"));
+    }
+    let description = parse_description(obj.get("description"))?;
+    let lora = load(&state, &id).await?;
+    ensure_owner(&lora, &user, "edit")?;
+    let lora = state.repo().update_description(lora.id, description, state.now()).await?;
+    state.notify_changed(lora.id);
+    Ok(Json(details(&state, &lora, &user).await?))
+}

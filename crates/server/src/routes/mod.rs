@@ -1,0 +1,8 @@
+//! One module per resource, merged into one router by [`crate::api_router`].
+
+pub mod datasets;
+pub mod events;
+pub mod files;
+pub mod health;
+pub mod lora_models;
+pub mod me;

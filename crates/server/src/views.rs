@@ -1,0 +1,171 @@
+//! What the API shows: JSON views of domain records, separate from the domain types so the wire
+//! format is explicit and documented in the OpenAPI schema.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use loraforge_domain::{CreatorRef, LoraModel, LoraSummary, TrainingStatus};
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreatorView {
+    pub id: Uuid,
+    /// Shown as "Name (by email)" when known.
+    pub email: Option<String>,
+}
+
+impl From<&CreatorRef> for CreatorView {
+    fn from(c: &CreatorRef) -> Self {
+        Self { id: c.id.0, email: c.email.clone() }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LoraListItem {
+    pub id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    #[schema(value_type = String, example = "completed")]
+    pub training_status: TrainingStatus,
+    pub created_at: DateTime<Utc>,
+    pub creator: CreatorView,
+    pub usage_count: u64,
+}
+
+impl From<&LoraSummary> for LoraListItem {
+    fn from(s: &LoraSummary) -> Self {
+        Self {
+            id: s.id.0,
+            name: s.name.clone(),
+            description: s.description.clone(),
+            training_status: s.status,
+            created_at: s.created_at,
+            creator: (&s.creator).into(),
+            usage_count: s.usage_count,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LoraList {
+    pub items: Vec<LoraListItem>,
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+/// Live status, for polling.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StatusView {
+    pub id: Uuid,
+    #[schema(value_type = String, example = "training")]
+    pub training_status: TrainingStatus,
+    /// What the job is doing now ("queued", "training", "validating", …).
+    pub stage: Option<String>,
+    /// 0–100.
+    pub progress: u8,
+    /// Seconds, when known.
+    pub estimated_remaining: Option<u32>,
+    /// Why it failed or was cancelled.
+    pub error: Option<String>,
+}
+
+impl From<&LoraModel> for StatusView {
+    fn from(l: &LoraModel) -> Self {
+        Self {
+            id: l.id.0,
+            training_status: l.status,
+            stage: l.progress.stage.clone(),
+            progress: if l.status == TrainingStatus::Completed { 100 } else { l.progress.percent.min(100) },
+            estimated_remaining: l.progress.estimated_remaining,
+            error: l.error.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReferenceImageView {
+    pub file_name: String,
+    pub width: u32,
+    pub height: u32,
+    /// Signed, expiring URL; only the owner sees reference images.
+    pub url: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DatasetRefView {
+    pub id: Uuid,
+    pub image_count: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ValidationView {
+    pub passed: Option<bool>,
+    /// Signed URLs of the validation images.
+    pub image_urls: Vec<String>,
+}
+
+/// Everything about one LoRA.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LoraDetails {
+    pub id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    #[schema(value_type = String, example = "completed")]
+    pub training_status: TrainingStatus,
+    pub stage: Option<String>,
+    pub progress: u8,
+    pub estimated_remaining: Option<u32>,
+    pub error: Option<String>,
+    pub creator: CreatorView,
+    pub usage_count: u64,
+    /// Training parameters as used (defaults filled in).
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    pub dataset: DatasetRefView,
+    pub reference_images: Vec<ReferenceImageView>,
+    pub validation: ValidationView,
+    pub file_size: Option<u64>,
+    /// Signed download URL of `model.safetensors`, once completed.
+    pub download_url: Option<String>,
+    pub download_url_expires_at: Option<DateTime<Utc>>,
+    pub training_cost: f64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreateLoraResponse {
+    pub lora_id: Uuid,
+    #[schema(value_type = String, example = "pending")]
+    pub status: TrainingStatus,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LimitsView {
+    /// LoRAs counted this month (pending, queued, training, validating, completed).
+    pub used: u32,
+    pub limit: u32,
+    pub remaining: u32,
+    /// First instant of next month, UTC.
+    pub resets_at: DateTime<Utc>,
+    pub concurrent_jobs: u32,
+    pub creates_per_minute: u32,
+}
+
+/// The error envelope every failure uses.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable snake_case code, e.g. `duplicate_name`.
+    pub code: String,
+    /// What went wrong and what to do, for people.
+    pub message: String,
+}

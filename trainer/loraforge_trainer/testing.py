@@ -1,0 +1,166 @@
+"""Tiny random SDXL-shaped models for tests and benchmarks. No downloads, no real weights.
+
+``python -m loraforge_trainer.testing tiny-sdxl DIR`` writes a diffusers StableDiffusionXL
+pipeline folder (UNet with SDXL's text_time conditioning, two CLIP text encoders with a
+hand-made tokenizer, a small VAE); ``tiny-clip-vision DIR`` a CLIP image-embedding model folder
+for the scorer; ``images DIR`` a few generated training images with captions. The Rust side's
+tests use these too.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+import sys
+from pathlib import Path
+
+TE_HIDDEN = 32
+TE2_PROJ = 32
+TIME_EMBED = 8
+
+
+def write_tokenizer(folder: Path) -> None:
+    """A real CLIPTokenizer over a character-level BPE vocabulary (no merges beyond characters):
+    every printable character alone and as a word end (``c</w>``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = string.ascii_lowercase + string.digits + ".,!?'-:;()\""
+    vocab: dict[str, int] = {}
+    for c in chars:
+        vocab[c] = len(vocab)
+    for c in chars:
+        vocab[c + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer(
+        vocab_file=str(folder / "vocab.json"),
+        merges_file=str(folder / "merges.txt"),
+        model_max_length=77,
+    )
+    tok.save_pretrained(folder)
+
+
+def tiny_sdxl_components(seed: int = 0) -> dict:
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        transformer_layers_per_block=(1, 2),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED,
+        projection_class_embeddings_input_dim=6 * TIME_EMBED + TE2_PROJ,
+        cross_attention_dim=TE_HIDDEN + TE_HIDDEN,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        sample_size=64,
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+    te_cfg = dict(
+        vocab_size=1000,
+        hidden_size=TE_HIDDEN,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
+    te1 = CLIPTextModel(CLIPTextConfig(**te_cfg))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(projection_dim=TE2_PROJ, **te_cfg))
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
+    )
+    return dict(unet=unet, vae=vae, text_encoder=te1, text_encoder_2=te2, scheduler=scheduler)
+
+
+def make_tiny_sdxl(folder: str | Path, seed: int = 0) -> Path:
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    tok_dir = folder / "_tok"
+    write_tokenizer(tok_dir)
+    tok = CLIPTokenizer.from_pretrained(tok_dir)
+    pipe = StableDiffusionXLPipeline(tokenizer=tok, tokenizer_2=tok, **tiny_sdxl_components(seed))
+    pipe.save_pretrained(folder)
+    for f in tok_dir.iterdir():
+        f.unlink()
+    tok_dir.rmdir()
+    return folder
+
+
+def make_tiny_clip_vision(folder: str | Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    folder = Path(folder)
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        image_size=32, patch_size=8, projection_dim=32,
+    ))
+    model.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def make_images(folder: str | Path, trigger: str = "zxq", sizes=((96, 64), (64, 96), (80, 80), (64, 64)), seed: int = 0) -> Path:
+    """Smooth random colour fields of the given (width, height) sizes, with captions; the last
+    image has no caption (the trainer falls back to the trigger word)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i, (w, h) in enumerate(sizes):
+        base = rng.uniform(0, 255, size=(4, 4, 3)).astype(np.uint8)
+        im = Image.fromarray(base).resize((w, h), Image.Resampling.BICUBIC)
+        im.save(folder / f"img{i:02d}.png")
+        if i < len(sizes) - 1:
+            (folder / f"img{i:02d}.txt").write_text(f"a photo of {trigger}, picture {i}")
+    return folder
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("tiny-sdxl", "tiny-clip-vision", "images"):
+        print("usage: python -m loraforge_trainer.testing {tiny-sdxl|tiny-clip-vision|images} DIR", file=sys.stderr)
+        return 2
+    fn = {"tiny-sdxl": make_tiny_sdxl, "tiny-clip-vision": make_tiny_clip_vision, "images": make_images}[argv[0]]
+    print(fn(argv[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -6,7 +6,10 @@
 # - PostgreSQL on 127.0.0.1:5432 with trust auth for user postgres (or LORAFORGE_TEST_POSTGRES_URL):
 #   started here when a local cluster exists but is down; installed with apt-get when missing and
 #   running as root on Debian/Ubuntu; otherwise it stops and says what to do.
-# - Python 3 with venv: a cached venv with moto_server (the S3 fake), via scripts/test-env.sh.
+# - Python 3 with venv: a cached venv with moto_server (the S3 fake), via scripts/test-env.sh, and
+#   the trainer's venv (torch, diffusers, peft; ~6 GB, ~3 GB to download the first time), via
+#   scripts/trainer-env.sh. Both are cached under ~/.cache/loraforge and rebuilt only when their
+#   pinned lock files change.
 # Build output is cached in ~/.cache/loraforge/target so a fresh clone doesn't rebuild every crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,5 +55,9 @@ say "checking PostgreSQL"
 ensure_postgres
 say "preparing the Python test env (moto_server)"
 scripts/test-env.sh
+say "preparing the trainer's Python env"
+scripts/trainer-env.sh
 say "running cargo test (target dir $CARGO_TARGET_DIR)"
 cargo test --workspace --locked "$@"
+say "running the trainer's tests (pytest, CPU, tiny model built at test time)"
+(cd trainer && HF_HUB_OFFLINE=1 "$cache/venv-trainer/bin/python" -m pytest -q -p no:cacheprovider)

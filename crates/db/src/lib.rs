@@ -198,6 +198,47 @@ pub struct ClaimedJob {
     pub attempt: u32,
 }
 
+/// A job whose run is recorded on a backend ([`Repository::live_runs`]): the engine that started
+/// it (`worker`) watches it until the backend says it is gone, whatever the LoRA's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRun {
+    pub lora_id: LoraId,
+    pub status: TrainingStatus,
+    pub backend: String,
+    pub run_id: String,
+    /// The worker (engine) that started the run.
+    pub worker: Option<String>,
+    /// The current lease, if the job is leased.
+    pub lease_until: Option<DateTime<Utc>>,
+    pub attempt: u32,
+}
+
+/// A job in `training` whose lease has ended ([`Repository::expired_leases`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredLease {
+    pub lora_id: LoraId,
+    pub attempt: u32,
+    pub lease_until: DateTime<Utc>,
+}
+
+/// A job in `training` longer than some cutoff ([`Repository::jobs_running_longer_than`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningJob {
+    pub lora_id: LoraId,
+    pub started_at: DateTime<Utc>,
+    pub attempt: u32,
+}
+
+/// A claimed job whose run has not started yet and whose next start attempt is due
+/// ([`Repository::starts_due`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartDue {
+    pub lora_id: LoraId,
+    pub attempt: u32,
+    /// Failed start attempts so far in this claim.
+    pub start_failures: u32,
+}
+
 /// One LoRA for [`Repository::bulk_insert_library`]: a finished library entry as an import or a
 /// benchmark describes it.
 #[derive(Debug, Clone)]
@@ -275,6 +316,41 @@ pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Option<ClaimedJob>>;
+
+    // --- the job engine ---------------------------------------------------------------------
+    // Leases and runs only; every status change still goes through `apply_event`.
+
+    /// Extends the lease of job `id` to `lease_until` (and sets its heartbeat to `now`) only if
+    /// `worker` still holds it; `false` when it does not (requeued, finished, another worker).
+    async fn heartbeat(&self, id: LoraId, worker: &str, lease_until: DateTime<Utc>, now: DateTime<Utc>)
+    -> Result<bool>;
+
+    /// Jobs in `training` whose lease ended before `now`, oldest lease first.
+    async fn expired_leases(&self, now: DateTime<Utc>) -> Result<Vec<ExpiredLease>>;
+
+    /// Jobs in `training` whose current run started before `cutoff`, oldest first.
+    async fn jobs_running_longer_than(&self, cutoff: DateTime<Utc>) -> Result<Vec<RunningJob>>;
+
+    /// Every job with a run recorded by [`Repository::set_run`] and not yet cleared, in any status.
+    async fn live_runs(&self) -> Result<Vec<LiveRun>>;
+
+    /// Records the backend run of job `id`, started by the worker that holds its lease; clears
+    /// the start-retry state. `NotFound` if there is no such job.
+    async fn set_run(&self, id: LoraId, backend: &str, run_id: &str) -> Result<()>;
+
+    /// Forgets the run of job `id` if it is still `run_id` (a newer run is left alone); returns
+    /// whether it did.
+    async fn clear_run(&self, id: LoraId, run_id: &str) -> Result<bool>;
+
+    /// Ids of `pending` LoRAs, oldest first, at most `limit`.
+    async fn pending_ids(&self, limit: u32) -> Result<Vec<LoraId>>;
+
+    /// Records a failed start of job `id` that will be tried again at `next_attempt_at`;
+    /// returns the number of failed starts of this claim so far.
+    async fn record_start_failure(&self, id: LoraId, error: &str, next_attempt_at: DateTime<Utc>) -> Result<u32>;
+
+    /// Jobs leased to `worker`, in `training`, with no run yet and a start attempt due at `now`.
+    async fn starts_due(&self, worker: &str, now: DateTime<Utc>) -> Result<Vec<StartDue>>;
 
     // --- imports and benchmarks -------------------------------------------------------------
 

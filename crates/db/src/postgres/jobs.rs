@@ -11,7 +11,7 @@ use super::PgRepository;
 use super::library::lock_user;
 use super::rows::{event, fetch_written, insert_event, status_names, ts};
 use crate::common::{CAS_ATTEMPTS, parse_status, progress_data, status_data, to_u32};
-use crate::{ClaimedJob, DbError, EventDetail, LoraEvent, Result};
+use crate::{ClaimedJob, DbError, EventDetail, ExpiredLease, LiveRun, LoraEvent, Result, RunningJob, StartDue};
 
 pub(super) async fn apply_event(
     repo: &PgRepository,
@@ -223,7 +223,8 @@ async fn try_claim(
     }
     let attempt: i32 = sqlx::query_scalar(
         "UPDATE training_jobs SET worker = $1, lease_until = $2, heartbeat_at = $3, started_at = $3, \
-         finished_at = NULL, attempt = attempt + 1 WHERE lora_id = $4 RETURNING attempt",
+         finished_at = NULL, attempt = attempt + 1, backend = NULL, run_id = NULL, run_worker = NULL, \
+         start_failures = 0, next_attempt_at = NULL, last_error = NULL WHERE lora_id = $4 RETURNING attempt",
     )
     .bind(worker)
     .bind(lease_until)
@@ -239,4 +240,162 @@ async fn try_claim(
         lease_until,
         attempt: to_u32(i64::from(attempt), "attempt")?,
     })))
+}
+
+// --- the job engine: leases and runs (no status changes here) -----------------------------------
+
+pub(super) async fn heartbeat(
+    pool: &PgPool,
+    id: LoraId,
+    worker: &str,
+    lease_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    // One statement: the row lock makes the check of the holder and the extension atomic
+    // against a concurrent requeue or claim.
+    let done = sqlx::query(
+        "UPDATE training_jobs SET lease_until = $1, heartbeat_at = $2 \
+         WHERE lora_id = $3 AND worker = $4 AND lease_until IS NOT NULL",
+    )
+    .bind(ts(lease_until))
+    .bind(ts(now))
+    .bind(id.as_uuid())
+    .bind(worker)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn expired_leases(pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<ExpiredLease>> {
+    let rows: Vec<(Uuid, i32, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT j.lora_id, j.attempt, j.lease_until FROM training_jobs j JOIN lora_models m ON m.id = j.lora_id \
+         WHERE m.training_status = $1 AND j.lease_until < $2 ORDER BY j.lease_until, j.lora_id",
+    )
+    .bind(TrainingStatus::Training.as_str())
+    .bind(ts(now))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(id, attempt, lease_until)| {
+            Ok(ExpiredLease { lora_id: id.into(), attempt: to_u32(i64::from(attempt), "attempt")?, lease_until })
+        })
+        .collect()
+}
+
+pub(super) async fn jobs_running_longer_than(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Vec<RunningJob>> {
+    let rows: Vec<(Uuid, DateTime<Utc>, i32)> = sqlx::query_as(
+        "SELECT j.lora_id, j.started_at, j.attempt FROM training_jobs j JOIN lora_models m ON m.id = j.lora_id \
+         WHERE m.training_status = $1 AND j.started_at < $2 ORDER BY j.started_at, j.lora_id",
+    )
+    .bind(TrainingStatus::Training.as_str())
+    .bind(ts(cutoff))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(id, started_at, attempt)| {
+            Ok(RunningJob { lora_id: id.into(), started_at, attempt: to_u32(i64::from(attempt), "attempt")? })
+        })
+        .collect()
+}
+
+type LiveRunRow = (Uuid, String, String, String, Option<String>, Option<DateTime<Utc>>, i32);
+
+pub(super) async fn live_runs(pool: &PgPool) -> Result<Vec<LiveRun>> {
+    let rows: Vec<LiveRunRow> = sqlx::query_as(
+        "SELECT j.lora_id, m.training_status, j.backend, j.run_id, j.run_worker, j.lease_until, j.attempt \
+         FROM training_jobs j JOIN lora_models m ON m.id = j.lora_id \
+         WHERE j.run_id IS NOT NULL AND j.backend IS NOT NULL ORDER BY m.created_at, j.lora_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(id, status, backend, run_id, worker, lease_until, attempt)| {
+            Ok(LiveRun {
+                lora_id: id.into(),
+                status: parse_status(&status)?,
+                backend,
+                run_id,
+                worker,
+                lease_until,
+                attempt: to_u32(i64::from(attempt), "attempt")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn set_run(pool: &PgPool, id: LoraId, backend: &str, run_id: &str) -> Result<()> {
+    let done = sqlx::query(
+        "UPDATE training_jobs SET backend = $1, run_id = $2, run_worker = worker, start_failures = 0, \
+         next_attempt_at = NULL WHERE lora_id = $3",
+    )
+    .bind(backend)
+    .bind(run_id)
+    .bind(id.as_uuid())
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(DbError::NotFound);
+    }
+    Ok(())
+}
+
+pub(super) async fn clear_run(pool: &PgPool, id: LoraId, run_id: &str) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE training_jobs SET backend = NULL, run_id = NULL, run_worker = NULL WHERE lora_id = $1 AND run_id = $2",
+    )
+    .bind(id.as_uuid())
+    .bind(run_id)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn pending_ids(pool: &PgPool, limit: u32) -> Result<Vec<LoraId>> {
+    let ids: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM lora_models WHERE training_status = $1 ORDER BY created_at, id LIMIT $2")
+            .bind(TrainingStatus::Pending.as_str())
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+    Ok(ids.into_iter().map(LoraId::from).collect())
+}
+
+pub(super) async fn record_start_failure(
+    pool: &PgPool,
+    id: LoraId,
+    error: &str,
+    next_attempt_at: DateTime<Utc>,
+) -> Result<u32> {
+    let failures: Option<i32> = sqlx::query_scalar(
+        "UPDATE training_jobs SET start_failures = start_failures + 1, last_error = $1, next_attempt_at = $2 \
+         WHERE lora_id = $3 RETURNING start_failures",
+    )
+    .bind(error)
+    .bind(ts(next_attempt_at))
+    .bind(id.as_uuid())
+    .fetch_optional(pool)
+    .await?;
+    to_u32(i64::from(failures.ok_or(DbError::NotFound)?), "start_failures")
+}
+
+pub(super) async fn starts_due(pool: &PgPool, worker: &str, now: DateTime<Utc>) -> Result<Vec<StartDue>> {
+    let rows: Vec<(Uuid, i32, i32)> = sqlx::query_as(
+        "SELECT j.lora_id, j.attempt, j.start_failures FROM training_jobs j JOIN lora_models m ON m.id = j.lora_id \
+         WHERE m.training_status = $1 AND j.worker = $2 AND j.run_id IS NULL AND j.lease_until IS NOT NULL \
+         AND j.next_attempt_at IS NOT NULL AND j.next_attempt_at <= $3 ORDER BY j.next_attempt_at, j.lora_id",
+    )
+    .bind(TrainingStatus::Training.as_str())
+    .bind(worker)
+    .bind(ts(now))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(id, attempt, failures)| {
+            Ok(StartDue {
+                lora_id: id.into(),
+                attempt: to_u32(i64::from(attempt), "attempt")?,
+                start_failures: to_u32(i64::from(failures), "start_failures")?,
+            })
+        })
+        .collect()
 }

@@ -9,7 +9,7 @@ use loraforge_domain::{LoraId, LoraModel, Progress, StatusEvent, TrainingStatus}
 use super::SqliteRepository;
 use super::rows::{event, fetch_written, insert_event, ts};
 use crate::common::{CAS_ATTEMPTS, parse_status, progress_data, status_data, to_u32};
-use crate::{ClaimedJob, DbError, EventDetail, LoraEvent, Result};
+use crate::{ClaimedJob, DbError, EventDetail, ExpiredLease, LiveRun, LoraEvent, Result, RunningJob, StartDue};
 
 pub(super) async fn apply_event(
     repo: &SqliteRepository,
@@ -166,7 +166,8 @@ pub(super) async fn claim_next_job(
         }
         let attempt: i64 = sqlx::query_scalar(
             "UPDATE training_jobs SET worker = $1, lease_until = $2, heartbeat_at = $3, started_at = $3, \
-             finished_at = NULL, attempt = attempt + 1 WHERE lora_id = $4 RETURNING attempt",
+             finished_at = NULL, attempt = attempt + 1, backend = NULL, run_id = NULL, run_worker = NULL, \
+         start_failures = 0, next_attempt_at = NULL, last_error = NULL WHERE lora_id = $4 RETURNING attempt",
         )
         .bind(worker)
         .bind(&lease_s)
@@ -183,4 +184,173 @@ pub(super) async fn claim_next_job(
             attempt: to_u32(attempt, "attempt")?,
         }))
     })
+}
+
+// --- the job engine: leases and runs (no status changes here) -----------------------------------
+
+pub(super) async fn heartbeat(
+    pool: &SqlitePool,
+    id: LoraId,
+    worker: &str,
+    lease_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    // One statement: the check of the holder and the extension are atomic.
+    let done = sqlx::query(
+        "UPDATE training_jobs SET lease_until = $1, heartbeat_at = $2 \
+         WHERE lora_id = $3 AND worker = $4 AND lease_until IS NOT NULL",
+    )
+    .bind(ts(lease_until))
+    .bind(ts(now))
+    .bind(id.to_string())
+    .bind(worker)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn expired_leases(pool: &SqlitePool, now: DateTime<Utc>) -> Result<Vec<ExpiredLease>> {
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT j.lora_id, j.attempt, j.lease_until FROM training_jobs j JOIN lora_models m ON m.id = j.lora_id \
+         WHERE m.training_status = $1 AND j.lease_until < $2 ORDER BY j.lease_until, j.lora_id",
+    )
+    .bind(TrainingStatus::Training.as_str())
+    .bind(ts(now))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(id, attempt, lease)| {
+            Ok(ExpiredLease {
+                lora_id: lora_id(&id)?,
+                attempt: to_u32(attempt, "attempt")?,
+                lease_until: super::rows::parse_ts(&lease)?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn jobs_running_longer_than(pool: &SqlitePool, cutoff: DateTime<Utc>) -> Result<Vec<RunningJob>> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT j.lora_id, j.started_at, j.attempt FROM training_jobs j JOIN lora_models m ON m.id = j.lora_id \
+         WHERE m.training_status = $1 AND j.started_at < $2 ORDER BY j.started_at, j.lora_id",
+    )
+    .bind(TrainingStatus::Training.as_str())
+    .bind(ts(cutoff))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(id, started, attempt)| {
+            Ok(RunningJob {
+                lora_id: lora_id(&id)?,
+                started_at: super::rows::parse_ts(&started)?,
+                attempt: to_u32(attempt, "attempt")?,
+            })
+        })
+        .collect()
+}
+
+type LiveRunRow = (String, String, String, String, Option<String>, Option<String>, i64);
+
+pub(super) async fn live_runs(pool: &SqlitePool) -> Result<Vec<LiveRun>> {
+    let rows: Vec<LiveRunRow> = sqlx::query_as(
+        "SELECT j.lora_id, m.training_status, j.backend, j.run_id, j.run_worker, j.lease_until, j.attempt \
+         FROM training_jobs j JOIN lora_models m ON m.id = j.lora_id \
+         WHERE j.run_id IS NOT NULL AND j.backend IS NOT NULL ORDER BY m.created_at, j.lora_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(id, status, backend, run_id, worker, lease, attempt)| {
+            Ok(LiveRun {
+                lora_id: lora_id(&id)?,
+                status: parse_status(&status)?,
+                backend,
+                run_id,
+                worker,
+                lease_until: lease.as_deref().map(super::rows::parse_ts).transpose()?,
+                attempt: to_u32(attempt, "attempt")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn set_run(pool: &SqlitePool, id: LoraId, backend: &str, run_id: &str) -> Result<()> {
+    let done = sqlx::query(
+        "UPDATE training_jobs SET backend = $1, run_id = $2, run_worker = worker, start_failures = 0, \
+         next_attempt_at = NULL WHERE lora_id = $3",
+    )
+    .bind(backend)
+    .bind(run_id)
+    .bind(id.to_string())
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(DbError::NotFound);
+    }
+    Ok(())
+}
+
+pub(super) async fn clear_run(pool: &SqlitePool, id: LoraId, run_id: &str) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE training_jobs SET backend = NULL, run_id = NULL, run_worker = NULL WHERE lora_id = $1 AND run_id = $2",
+    )
+    .bind(id.to_string())
+    .bind(run_id)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn pending_ids(pool: &SqlitePool, limit: u32) -> Result<Vec<LoraId>> {
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM lora_models WHERE training_status = $1 ORDER BY created_at, id LIMIT $2")
+            .bind(TrainingStatus::Pending.as_str())
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+    ids.iter().map(|id| lora_id(id)).collect()
+}
+
+pub(super) async fn record_start_failure(
+    pool: &SqlitePool,
+    id: LoraId,
+    error: &str,
+    next_attempt_at: DateTime<Utc>,
+) -> Result<u32> {
+    let failures: Option<i64> = sqlx::query_scalar(
+        "UPDATE training_jobs SET start_failures = start_failures + 1, last_error = $1, next_attempt_at = $2 \
+         WHERE lora_id = $3 RETURNING start_failures",
+    )
+    .bind(error)
+    .bind(ts(next_attempt_at))
+    .bind(id.to_string())
+    .fetch_optional(pool)
+    .await?;
+    to_u32(failures.ok_or(DbError::NotFound)?, "start_failures")
+}
+
+pub(super) async fn starts_due(pool: &SqlitePool, worker: &str, now: DateTime<Utc>) -> Result<Vec<StartDue>> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT j.lora_id, j.attempt, j.start_failures FROM training_jobs j JOIN lora_models m ON m.id = j.lora_id \
+         WHERE m.training_status = $1 AND j.worker = $2 AND j.run_id IS NULL AND j.lease_until IS NOT NULL \
+         AND j.next_attempt_at IS NOT NULL AND j.next_attempt_at <= $3 ORDER BY j.next_attempt_at, j.lora_id",
+    )
+    .bind(TrainingStatus::Training.as_str())
+    .bind(worker)
+    .bind(ts(now))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(id, attempt, failures)| {
+            Ok(StartDue {
+                lora_id: lora_id(&id)?,
+                attempt: to_u32(attempt, "attempt")?,
+                start_failures: to_u32(failures, "start_failures")?,
+            })
+        })
+        .collect()
+}
+
+fn lora_id(s: &str) -> Result<LoraId> {
+    s.parse().map_err(|e| crate::common::corrupt(format!("lora id {s:?}: {e}")))
 }

@@ -16,8 +16,8 @@ use loraforge_domain::{
 };
 
 use crate::{
-    ClaimedJob, ConnectOptions, CreateOutcome, EventDetail, Faults, LibraryRow, LoraEvent, LoraQuery, MonthlyPolicy,
-    NewLora, Page, Repository, Result,
+    ClaimedJob, ConnectOptions, CreateOutcome, EventDetail, ExpiredLease, Faults, LibraryRow, LiveRun, LoraEvent,
+    LoraQuery, MonthlyPolicy, NewLora, Page, Repository, Result, RunningJob, StartDue,
 };
 
 /// `SELECT` of every column `rows::lora_record` decodes; append a `WHERE`.
@@ -184,6 +184,48 @@ impl Repository for SqliteRepository {
         now: DateTime<Utc>,
     ) -> Result<Option<ClaimedJob>> {
         jobs::claim_next_job(self, worker, max_active_per_user, lease_until, now).await
+    }
+
+    async fn heartbeat(
+        &self,
+        id: LoraId,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        jobs::heartbeat(&self.pool, id, worker, lease_until, now).await
+    }
+
+    async fn expired_leases(&self, now: DateTime<Utc>) -> Result<Vec<ExpiredLease>> {
+        jobs::expired_leases(&self.pool, now).await
+    }
+
+    async fn jobs_running_longer_than(&self, cutoff: DateTime<Utc>) -> Result<Vec<RunningJob>> {
+        jobs::jobs_running_longer_than(&self.pool, cutoff).await
+    }
+
+    async fn live_runs(&self) -> Result<Vec<LiveRun>> {
+        jobs::live_runs(&self.pool).await
+    }
+
+    async fn set_run(&self, id: LoraId, backend: &str, run_id: &str) -> Result<()> {
+        jobs::set_run(&self.pool, id, backend, run_id).await
+    }
+
+    async fn clear_run(&self, id: LoraId, run_id: &str) -> Result<bool> {
+        jobs::clear_run(&self.pool, id, run_id).await
+    }
+
+    async fn pending_ids(&self, limit: u32) -> Result<Vec<LoraId>> {
+        jobs::pending_ids(&self.pool, limit).await
+    }
+
+    async fn record_start_failure(&self, id: LoraId, error: &str, next_attempt_at: DateTime<Utc>) -> Result<u32> {
+        jobs::record_start_failure(&self.pool, id, error, next_attempt_at).await
+    }
+
+    async fn starts_due(&self, worker: &str, now: DateTime<Utc>) -> Result<Vec<StartDue>> {
+        jobs::starts_due(&self.pool, worker, now).await
     }
 
     async fn bulk_insert_library(&self, rows: Vec<LibraryRow>) -> Result<u64> {

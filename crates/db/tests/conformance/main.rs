@@ -5,6 +5,7 @@
 //! server is unreachable.
 
 mod create;
+mod engine;
 mod helpers;
 mod library;
 mod lifecycle;
@@ -46,6 +47,12 @@ conformance! {
     lifecycle::claim_is_fifo_and_leases,
     lifecycle::claim_skips_users_at_max_active,
     lifecycle::concurrent_claimers_never_double_claim,
+    engine::heartbeat_extends_only_the_holders_lease,
+    engine::concurrent_heartbeats_and_claims_keep_one_holder,
+    engine::expired_leases_and_long_runs_are_found,
+    engine::runs_are_recorded_until_cleared,
+    engine::pending_ids_are_oldest_first,
+    engine::start_failures_wait_for_their_time,
     library::list_sorts_filters_and_pages,
     library::search_matches_word_prefixes,
     library::search_follows_new_and_edited_loras,

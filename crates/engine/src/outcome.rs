@@ -1,0 +1,54 @@
+//! What the end of a run means for its job: the trainer's exit codes (`trainer/README.md`)
+//! mapped to a status event.
+
+/// What to do with a job whose run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// The run produced its outputs: go on to the after-training steps.
+    Trained,
+    /// The run stopped early through no fault of the job (preempted, killed): run it again.
+    Requeue(String),
+    /// The job cannot succeed as given; the reason is for people.
+    Fail(String),
+}
+
+/// The outcome of a run that exited with `code` (`None`: killed by a signal); `reason` is the
+/// trainer's own `error` line, when it wrote one.
+pub fn outcome_of_exit(code: Option<i32>, reason: Option<&str>) -> RunOutcome {
+    let because = |default: &str| reason.unwrap_or(default).to_owned();
+    match code {
+        Some(0) => RunOutcome::Trained,
+        Some(10) => {
+            RunOutcome::Requeue("the run stopped before finishing (it will resume from its last checkpoint)".into())
+        }
+        Some(2) => RunOutcome::Fail(format!("the training job is invalid: {}", because("bad input"))),
+        Some(3) => RunOutcome::Fail(format!("training diverged: {}", because("non-finite loss"))),
+        Some(4) => RunOutcome::Fail(format!("training ran out of memory: {}", because("out of memory"))),
+        Some(5) => {
+            RunOutcome::Fail(format!("the validation images could not be generated: {}", because("unknown error")))
+        }
+        Some(1) => RunOutcome::Fail(format!("the trainer crashed: {}", because("internal error"))),
+        Some(c) => RunOutcome::Fail(format!("the worker exited with code {c}: {}", because("no reason given"))),
+        None => RunOutcome::Requeue("the worker was killed by a signal".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_map_to_outcomes() {
+        assert_eq!(outcome_of_exit(Some(0), None), RunOutcome::Trained);
+        assert!(matches!(outcome_of_exit(Some(10), None), RunOutcome::Requeue(_)));
+        assert!(matches!(outcome_of_exit(None, None), RunOutcome::Requeue(_)));
+        assert_eq!(
+            outcome_of_exit(Some(3), Some("non-finite loss at step 4")),
+            RunOutcome::Fail("training diverged: non-finite loss at step 4".into())
+        );
+        assert_eq!(outcome_of_exit(Some(3), None), RunOutcome::Fail("training diverged: non-finite loss".into()));
+        for code in [1, 2, 4, 5, 77] {
+            assert!(matches!(outcome_of_exit(Some(code), Some("x")), RunOutcome::Fail(r) if r.ends_with(": x")));
+        }
+    }
+}

@@ -6,10 +6,12 @@
 
 pub mod image_check;
 pub mod lora_check;
+pub mod normalize;
 pub mod problem;
 
 pub use image_check::{DatasetReport, ImageReport, InputImage, check_dataset, check_image};
 pub use lora_check::{
     AlphaSource, LoraError, LoraFormat, LoraReport, LoraRules, NonFiniteTensor, inspect_lora,
 };
+pub use normalize::{NormalizeError, normalize_orientation};
 pub use problem::Problem;

@@ -9,8 +9,10 @@ use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretSlice};
 use sha2::{Digest, Sha256};
 
+use loraforge_checks::LoraRules;
 use loraforge_db::{ConnectOptions, Repository, redact_url};
 use loraforge_domain::{DatasetRules, ParamLimits, SystemClock, UsageLimits};
+use loraforge_fetch::{FetchSettings, HostPattern};
 use loraforge_server::{AppState, JwtKeys, ServerSettings};
 use loraforge_storage::StorageSettings;
 use loraforge_storage::s3::S3Settings;
@@ -39,9 +41,28 @@ pub fn server_settings(s: &Settings) -> ServerSettings {
             local_model_roots: s.local_model_roots.iter().map(|p| absolute(p)).collect(),
         },
         download_url_ttl: Duration::from_secs(s.download_url_ttl_secs.max(1)),
+        library_cache_ttl: Duration::from_millis(s.library_cache_ms),
         cors_origins: s.cors_origins.clone(),
+        url_intake: fetch_settings(s),
         ..ServerSettings::default()
     }
+}
+
+/// Image URL downloads. Host patterns were validated when the settings were loaded.
+pub fn fetch_settings(s: &Settings) -> FetchSettings {
+    FetchSettings {
+        allowed_hosts: s.image_url_allowed_hosts.iter().filter_map(|h| HostPattern::parse(h).ok()).collect(),
+        allow_private_addresses: s.image_url_allow_private_addresses,
+        timeout: Duration::from_secs(s.download_timeout_secs.max(1)),
+        cache_dir: (s.download_cache_ttl_secs > 0).then(|| absolute(&s.data_dir.join("cache").join("downloads"))),
+        cache_ttl: Duration::from_secs(s.download_cache_ttl_secs),
+        ..FetchSettings::default()
+    }
+}
+
+/// The LoRA file rules of `inspect` and of the upload check before publishing.
+pub fn lora_rules(s: &Settings) -> LoraRules {
+    LoraRules { min_bytes: s.lora_min_bytes, max_bytes: s.lora_max_bytes, scan_values: true }
 }
 
 /// Local signed links use a key derived from the JWT secret, so there is one secret to manage.

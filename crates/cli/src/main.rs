@@ -1,5 +1,6 @@
 //! `loraforge`: the one binary. `serve` runs the service; the other commands are its tools.
 
+mod commands;
 mod compose;
 mod settings;
 
@@ -59,6 +60,26 @@ enum Command {
     },
     /// Print the effective configuration, with secrets hidden.
     Config,
+    /// Check training images as the server would: a table of per-image results and a verdict.
+    /// Exit status: 0 accepted, 1 rejected, 2 nothing to check. Rules come from the
+    /// configuration (dataset_min_images, image_min_bytes, image_min_side, …).
+    CheckDataset {
+        /// A folder (its .jpg, .jpeg, .png and .webp files) or image files.
+        #[arg(value_name = "DIR|FILES", required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Check a trained LoRA file as the server does before publishing it: header, key
+    /// convention, rank, alpha, dtypes, size window (lora_min_bytes/lora_max_bytes), metadata
+    /// and a NaN/Inf scan of every value. Exit status: 0 passes, 1 rejected or malformed,
+    /// 2 cannot be opened.
+    Inspect {
+        /// The .safetensors file.
+        #[arg(value_name = "FILE.safetensors")]
+        file: PathBuf,
+        /// Print the result as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fill the configured database with a synthetic library, for benchmarks and demos.
     /// Deterministic for a given --seed; prints a word that matches a few hundred LoRAs.
     BenchSeed {
@@ -123,6 +144,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Config => {
             println!("{}", settings.describe()?);
             Ok(())
+        }
+        Command::CheckDataset { paths } => {
+            let rules = compose::server_settings(&settings).dataset_rules;
+            std::process::exit(commands::check_dataset::run(&paths, &rules))
+        }
+        Command::Inspect { file, json } => {
+            std::process::exit(commands::inspect::run(&file, json, &compose::lora_rules(&settings)))
         }
         Command::BenchSeed { count, users, seed } => {
             let repo = compose::repository(&settings).await?;

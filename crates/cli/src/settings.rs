@@ -52,6 +52,22 @@ pub struct Settings {
     pub allow_webp: bool,
     /// Lifetime of signed download URLs, seconds.
     pub download_url_ttl_secs: u64,
+    /// How long a library listing may be served from memory, milliseconds (0 = off). Changes made
+    /// through this process show at once; other replicas' within this time.
+    pub library_cache_ms: u64,
+    /// Hosts image URLs may point at: `images.example.com` or `*.example.com`; empty refuses
+    /// every image URL.
+    pub image_url_allowed_hosts: Vec<String>,
+    /// Let image URLs reach loopback, private, link-local and other non-public addresses
+    /// (closed networks and tests only: it opens the server to SSRF).
+    pub image_url_allow_private_addresses: bool,
+    /// How long a downloaded image is reused from `<data_dir>/cache/downloads`, seconds (0 = off).
+    pub download_cache_ttl_secs: u64,
+    /// Time for one download attempt (connect, headers and body), seconds.
+    pub download_timeout_secs: u64,
+    /// Smallest and largest trained LoRA file accepted, bytes.
+    pub lora_min_bytes: u64,
+    pub lora_max_bytes: u64,
     /// Origins allowed by CORS (`*` for any); empty disables CORS.
     pub cors_origins: Vec<String>,
     /// S3-compatible endpoint (MinIO, R2, …); unset means AWS.
@@ -75,7 +91,7 @@ pub struct Overrides {
     pub bind: Option<String>,
 }
 
-const LIST_KEYS: [&str; 2] = ["cors_origins", "local_model_roots"];
+const LIST_KEYS: [&str; 3] = ["cors_origins", "local_model_roots", "image_url_allowed_hosts"];
 
 impl Settings {
     pub fn load(over: &Overrides) -> anyhow::Result<Self> {
@@ -97,6 +113,13 @@ impl Settings {
             .set_default("image_max_megapixels", 40)?
             .set_default("allow_webp", false)?
             .set_default("download_url_ttl_secs", 3600)?
+            .set_default("library_cache_ms", 1000)?
+            .set_default("image_url_allowed_hosts", Vec::<String>::new())?
+            .set_default("image_url_allow_private_addresses", false)?
+            .set_default("download_cache_ttl_secs", 3600)?
+            .set_default("download_timeout_secs", 30)?
+            .set_default("lora_min_bytes", 5 * 1024 * 1024)?
+            .set_default("lora_max_bytes", 200 * 1024 * 1024)?
             .set_default("cors_origins", Vec::<String>::new())?
             .set_default("s3_region", "us-east-1")?
             .set_default("s3_allow_http", false)?
@@ -139,6 +162,13 @@ impl Settings {
             s.local_model_roots.push(absolute(&s.data_dir.join("models")));
         }
         s.cors_origins.retain(|o| !o.trim().is_empty());
+        s.image_url_allowed_hosts.retain(|h| !h.trim().is_empty());
+        for h in &s.image_url_allowed_hosts {
+            loraforge_fetch::HostPattern::parse(h).map_err(|e| anyhow::anyhow!("image_url_allowed_hosts: {e}"))?;
+        }
+        if s.lora_min_bytes > s.lora_max_bytes {
+            bail!("lora_min_bytes ({}) is larger than lora_max_bytes ({})", s.lora_min_bytes, s.lora_max_bytes);
+        }
         if !matches!(s.log_format.as_str(), "text" | "json") {
             bail!("log_format must be `text` or `json`, not {:?}", s.log_format);
         }
@@ -246,6 +276,13 @@ impl Settings {
             ("image_max_megapixels", self.image_max_megapixels.to_string()),
             ("allow_webp", self.allow_webp.to_string()),
             ("download_url_ttl_secs", self.download_url_ttl_secs.to_string()),
+            ("library_cache_ms", self.library_cache_ms.to_string()),
+            ("image_url_allowed_hosts", self.image_url_allowed_hosts.join(",")),
+            ("image_url_allow_private_addresses", self.image_url_allow_private_addresses.to_string()),
+            ("download_cache_ttl_secs", self.download_cache_ttl_secs.to_string()),
+            ("download_timeout_secs", self.download_timeout_secs.to_string()),
+            ("lora_min_bytes", self.lora_min_bytes.to_string()),
+            ("lora_max_bytes", self.lora_max_bytes.to_string()),
             ("cors_origins", self.cors_origins.join(",")),
             ("s3_endpoint", self.s3_endpoint.clone().unwrap_or_default()),
             ("s3_region", self.s3_region.clone()),
@@ -257,7 +294,7 @@ impl Settings {
         ];
         Ok(rows
             .into_iter()
-            .map(|(k, v)| format!("{k:<26} = {v:<40}  # LORAFORGE_{}", k.to_uppercase()))
+            .map(|(k, v)| format!("{k:<34} = {v:<40}  # LORAFORGE_{}", k.to_uppercase()))
             .collect::<Vec<_>>()
             .join("\n"))
     }

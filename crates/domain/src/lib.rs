@@ -4,6 +4,7 @@
 //! it and it depends on none of them. Time comes in as an argument or through [`Clock`], so every
 //! rule can be tested at any instant.
 
+pub mod caption;
 pub mod clock;
 pub mod dataset;
 pub mod ids;
@@ -13,6 +14,7 @@ pub mod name;
 pub mod params;
 pub mod status;
 
+pub use caption::caption_for_training;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dataset::{Dataset, DatasetImage, DatasetRules, ImageFormat};
 pub use ids::{DatasetId, LoraId, UserId};

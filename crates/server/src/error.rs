@@ -7,8 +7,13 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
+use loraforge_checks::{DatasetReport, Problem};
 use loraforge_db::DbError;
+use loraforge_fetch::FetchError;
 use loraforge_storage::StorageError;
+
+use crate::downloads::DownloadFailures;
+use crate::intake::IntakeError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -131,4 +136,76 @@ impl From<StorageError> for ApiError {
             e => ApiError::internal("storage error", &e),
         }
     }
+}
+
+impl From<IntakeError> for ApiError {
+    fn from(e: IntakeError) -> Self {
+        match e {
+            IntakeError::Rejected(report) => invalid_dataset_report(&report),
+            IntakeError::Storage(e) => e.into(),
+            IntakeError::Db(e) => e.into(),
+            IntakeError::Internal(msg) => ApiError::internal("dataset intake failed", &msg),
+        }
+    }
+}
+
+/// Request-level download refusals; per-URL failures arrive as [`DownloadFailures`].
+impl From<FetchError> for ApiError {
+    fn from(e: FetchError) -> Self {
+        match e {
+            FetchError::Disabled => ApiError::new(StatusCode::FORBIDDEN, "url_intake_disabled", e.to_string()),
+            e if e.is_internal() => ApiError::internal("URL download failed", &e),
+            e => invalid_dataset(vec![e.to_string()], Vec::new(), Vec::new()),
+        }
+    }
+}
+
+impl From<DownloadFailures> for ApiError {
+    fn from(f: DownloadFailures) -> Self {
+        if let Some(e) = f.outcomes.iter().find_map(|(_, e)| e.as_ref().filter(|e| e.is_internal())) {
+            return ApiError::internal("URL download failed", e);
+        }
+        let problems = f.outcomes.iter().filter_map(|(_, e)| e.as_ref().map(ToString::to_string)).collect();
+        let images = f
+            .outcomes
+            .iter()
+            .map(|(url, e)| {
+                let errors: Vec<Value> = e.iter().map(|e| json!({"code": e.code(), "message": e.to_string()})).collect();
+                json!({"file_name": crate::downloads::display_name(url), "url": url, "ok": e.is_none(), "errors": errors, "warnings": []})
+            })
+            .collect();
+        invalid_dataset(problems, images, Vec::new())
+    }
+}
+
+/// 422 `invalid_dataset` for a set that failed the checks: every image's result.
+fn invalid_dataset_report(report: &DatasetReport) -> ApiError {
+    let problem = |p: &Problem| json!({"code": p.code, "message": p.message});
+    let mut problems: Vec<String> = report.errors.iter().map(|p| p.message.clone()).collect();
+    problems.extend(report.images.iter().flat_map(|i| i.errors.iter().map(|p| p.message.clone())));
+    let images = report
+        .images
+        .iter()
+        .map(|i| {
+            json!({
+                "file_name": i.file_name,
+                "ok": i.errors.is_empty(),
+                "errors": i.errors.iter().map(problem).collect::<Vec<_>>(),
+                "warnings": i.warnings.iter().map(problem).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    invalid_dataset(problems, images, report.errors.iter().map(problem).collect())
+}
+
+/// The one shape of a refused dataset: a sentence listing every problem, plus `images` (each
+/// file's result) and `errors` (problems of the set as a whole).
+pub fn invalid_dataset(problems: Vec<String>, images: Vec<Value>, set_errors: Vec<Value>) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_dataset",
+        format!("the dataset was not accepted and nothing was stored: {}", problems.join("; ")),
+    )
+    .with("images", images)
+    .with("errors", set_errors)
 }

@@ -4,7 +4,11 @@
 //! wake-up channel of SSE streams; everything durable is in the database or the blob store.
 
 pub mod auth;
+pub mod create;
+pub mod downloads;
 pub mod error;
+pub mod intake;
+pub mod library_cache;
 pub mod openapi;
 pub mod rate_limit;
 pub mod routes;
@@ -33,7 +37,7 @@ pub use error::ApiError;
 pub use settings::ServerSettings;
 pub use state::AppState;
 
-use routes::{datasets, events, files, health, lora_models, me};
+use routes::{datasets, events, files, health, lora_models, me, references};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -44,8 +48,10 @@ pub fn api_router(state: AppState) -> Router {
         .route("/api/v1/datasets", post(datasets::upload))
         .layer(DefaultBodyLimit::max(settings.max_upload_bytes()));
     let api = Router::new()
+        .route("/api/v1/datasets/from-urls", post(datasets::from_urls))
         .route("/api/v1/datasets/{id}", get(datasets::get))
         .route("/api/v1/lora-models", get(lora_models::list).post(lora_models::create))
+        .route("/api/v1/lora-models/from-references", post(references::from_references))
         .route("/api/v1/lora-models/{id}", get(lora_models::get).patch(lora_models::patch))
         .route("/api/v1/lora-models/{id}/status", get(lora_models::status))
         .route("/api/v1/lora-models/{id}/events", get(events::events))

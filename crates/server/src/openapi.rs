@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{datasets, events, health, lora_models, me};
+use crate::routes::{datasets, events, health, lora_models, me, references};
 use crate::views;
 
 #[derive(OpenApi)]
@@ -17,8 +17,8 @@ use crate::views;
     ),
     paths(
         health::healthz, health::readyz,
-        datasets::upload, datasets::get,
-        lora_models::list, lora_models::create, lora_models::get, lora_models::status,
+        datasets::upload, datasets::from_urls, datasets::get,
+        lora_models::list, lora_models::create, references::from_references, lora_models::get, lora_models::status,
         lora_models::cancel, lora_models::patch, events::events,
         me::limits,
     ),
@@ -26,7 +26,9 @@ use crate::views;
         views::LoraList, views::LoraListItem, views::CreatorView, views::LoraDetails, views::StatusView,
         views::CreateLoraResponse, views::LimitsView, views::ErrorBody, views::ErrorDetail,
         views::DatasetRefView, views::ReferenceImageView, views::ValidationView,
-        datasets::DatasetView, datasets::DatasetImageView, events::EventView,
+        datasets::DatasetView, datasets::DatasetImageView, datasets::FromUrlsRequest, datasets::UrlImageRequest,
+        references::FromReferencesRequest, references::CharacterReference, references::FromReferencesResponse,
+        references::CharacterLoraView, references::CharacterWarning, events::EventView,
         lora_models::CreateLoraRequest, lora_models::PatchLora,
     )),
     modifiers(&BearerAuth),

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use loraforge_domain::{DatasetRules, ParamLimits, UsageLimits};
+use loraforge_fetch::FetchSettings;
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -16,6 +17,11 @@ pub struct ServerSettings {
     pub cors_origins: Vec<String>,
     /// Largest JSON body accepted, bytes.
     pub max_json_bytes: usize,
+    /// How long a library listing may be served from memory; zero turns the cache off.
+    pub library_cache_ttl: Duration,
+    /// Downloading images from URLs (`/datasets/from-urls`, `/lora-models/from-references`);
+    /// off while its host allow-list is empty.
+    pub url_intake: FetchSettings,
 }
 
 impl Default for ServerSettings {
@@ -27,6 +33,8 @@ impl Default for ServerSettings {
             download_url_ttl: Duration::from_secs(3600),
             cors_origins: Vec::new(),
             max_json_bytes: 256 * 1024,
+            library_cache_ttl: Duration::from_secs(1),
+            url_intake: FetchSettings::default(),
         }
     }
 }

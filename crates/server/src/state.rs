@@ -8,9 +8,11 @@ use tokio::sync::broadcast;
 
 use loraforge_db::Repository;
 use loraforge_domain::{Clock, LoraId};
+use loraforge_fetch::Fetcher;
 use loraforge_storage::BlobStore;
 
 use crate::auth::JwtKeys;
+use crate::library_cache::LibraryCache;
 use crate::rate_limit::RateLimiter;
 use crate::settings::ServerSettings;
 
@@ -25,7 +27,10 @@ struct Inner {
     jwt: JwtKeys,
     settings: ServerSettings,
     create_limiter: RateLimiter,
+    library_cache: LibraryCache,
     changes: broadcast::Sender<LoraId>,
+    /// `None` only when the HTTP client could not be built (logged at start-up).
+    fetcher: Option<Fetcher>,
 }
 
 impl AppState {
@@ -38,7 +43,11 @@ impl AppState {
     ) -> Self {
         let (changes, _) = broadcast::channel(1024);
         let create_limiter = RateLimiter::new(settings.limits.creates_per_minute);
-        Self(Arc::new(Inner { repo, store, clock, jwt, settings, create_limiter, changes }))
+        let library_cache = LibraryCache::new(settings.library_cache_ttl);
+        let fetcher = Fetcher::new(settings.url_intake.clone(), clock.clone())
+            .map_err(|e| tracing::error!(error = %e, "URL downloads are unavailable"))
+            .ok();
+        Self(Arc::new(Inner { repo, store, clock, jwt, settings, create_limiter, library_cache, changes, fetcher }))
     }
 
     pub fn repo(&self) -> &dyn Repository {
@@ -56,12 +65,22 @@ impl AppState {
     pub fn settings(&self) -> &ServerSettings {
         &self.0.settings
     }
+    /// Downloads user-supplied URLs under the configured allow-list and SSRF rules.
+    pub fn fetcher(&self) -> Option<&Fetcher> {
+        self.0.fetcher.as_ref()
+    }
     pub fn create_limiter(&self) -> &RateLimiter {
         &self.0.create_limiter
     }
 
-    /// Wakes SSE streams of this process watching `id` (others poll the event log).
+    pub fn library_cache(&self) -> &LibraryCache {
+        &self.0.library_cache
+    }
+
+    /// Something about `id` changed: drops cached library listings and wakes SSE streams of
+    /// this process watching it (other processes poll the event log).
     pub fn notify_changed(&self, id: LoraId) {
+        self.0.library_cache.invalidate();
         // No receivers is fine: nobody is watching.
         let _ = self.0.changes.send(id);
     }

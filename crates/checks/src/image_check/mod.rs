@@ -5,14 +5,14 @@
 
 mod dataset;
 mod decode;
-mod sniff;
+pub(crate) mod sniff;
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_dataset;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 use loraforge_domain::{DatasetRules, ImageFormat};
 use serde::Serialize;

@@ -1,10 +1,12 @@
-//! `/api/v1/datasets`: upload training images (multipart) and read them back. Every image is
-//! checked before anything is stored; a rejected upload stores nothing and lists every problem.
+//! `/api/v1/datasets`: training images uploaded (multipart) or given as URLs, and read back.
+//! Both ways in go through [`crate::intake::store_dataset`]: every image is checked before
+//! anything is stored; a rejected dataset stores nothing and lists every problem.
 
 use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::multipart::MultipartRejection;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Multipart, Path, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
@@ -14,11 +16,13 @@ use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use loraforge_checks::{DatasetReport, InputImage, check_dataset};
-use loraforge_domain::{Dataset, DatasetId, DatasetImage};
+use loraforge_checks::InputImage;
+use loraforge_domain::{DatasetId, DatasetImage};
 
 use crate::auth::AuthUser;
-use crate::error::{ApiError, ApiResult};
+use crate::downloads::{self, UrlImage, download_all};
+use crate::error::{ApiError, ApiResult, body_error, invalid_dataset};
+use crate::intake::{IntakeImage, StoredDataset, store_dataset};
 use crate::state::AppState;
 
 const MAX_CAPTION_BYTES: usize = 16 * 1024;
@@ -95,55 +99,96 @@ pub async fn upload(
         ));
     }
 
-    let rules = state.settings().dataset_rules.clone();
-    let (images, report) = tokio::task::spawn_blocking(move || {
-        let report = check_dataset(&images, &rules);
-        (images, report)
-    })
-    .await
-    .map_err(|e| ApiError::internal("dataset check panicked", &e))?;
-    if !report.accepted {
-        return Err(rejection(&report));
-    }
+    let images = images
+        .into_iter()
+        .map(|input| {
+            let caption = captions.get(stem(&input.file_name)).cloned();
+            IntakeImage { input, caption }
+        })
+        .collect();
+    let stored = store_dataset(&state, user.id, images).await?;
+    Ok((StatusCode::CREATED, Json(dataset_view(&stored))))
+}
 
-    let id = DatasetId::new();
-    let mut stored: Vec<DatasetImage> = Vec::with_capacity(images.len());
-    for (idx, (input, checked)) in images.into_iter().zip(&report.images).enumerate() {
-        let format = checked.format.ok_or_else(|| ApiError::internal("accepted image without format", &"bug"))?;
-        let key = format!("datasets/{}/{}/{:02}.{}", user.id, id, idx, format.extension());
-        let caption = captions.get(stem(&input.file_name)).cloned();
-        if let Err(e) = state.store().put(&key, Bytes::from(input.bytes)).await {
-            remove_blobs(&state, &stored).await;
-            return Err(e.into());
-        }
-        stored.push(DatasetImage {
-            index: idx as u32,
-            file_name: input.file_name,
-            format,
-            width: checked.width.unwrap_or_default(),
-            height: checked.height.unwrap_or_default(),
-            bytes: checked.bytes,
-            content_hash: checked.content_hash.clone(),
-            storage_key: key,
-            caption,
-        });
+/// Body of `POST /api/v1/datasets/from-urls`: `images` (URLs with optional captions) or `urls`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FromUrlsRequest {
+    pub images: Option<Vec<UrlImageRequest>>,
+    /// Shorthand for `images` without captions.
+    pub urls: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UrlImageRequest {
+    /// http(s) URL on a host the server allows (`image_url_allowed_hosts`).
+    pub url: String,
+    pub caption: Option<String>,
+}
+
+/// Create a dataset from image URLs: each is downloaded (allowed hosts only, public addresses
+/// only, 3 attempts, size-capped, cached for an hour), then checked and stored exactly like an
+/// upload.
+#[utoipa::path(post, path = "/api/v1/datasets/from-urls", tag = "datasets", security(("bearer" = [])),
+    request_body = FromUrlsRequest,
+    responses((status = 201, body = DatasetView), (status = 400, body = crate::views::ErrorBody),
+        (status = 403, description = "url_intake_disabled: the server allows no hosts", body = crate::views::ErrorBody),
+        (status = 422, description = "invalid_dataset: every URL that failed to download or failed the checks, with its reason", body = crate::views::ErrorBody)))]
+pub async fn from_urls(
+    State(state): State<AppState>,
+    user: AuthUser,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<DatasetView>)> {
+    let body = body.map_err(body_error)?;
+    let req: FromUrlsRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("{e}; send {{\"images\": [{{\"url\": \"https://…\", \"caption\": \"…\"}}]}} or {{\"urls\": [\"https://…\"]}}"))
+    })?;
+    let images: Vec<UrlImage> = match (req.images, req.urls) {
+        (Some(images), None) => images.into_iter().map(|i| UrlImage { url: i.url, caption: i.caption }).collect(),
+        (None, Some(urls)) => urls.into_iter().map(|url| UrlImage { url, caption: None }).collect(),
+        _ => return Err(ApiError::bad_request("invalid_request", "send either `images` or `urls`, not both and not neither")),
+    };
+    let images = images
+        .into_iter()
+        .map(|i| Ok(UrlImage { caption: clean_caption(i.caption.as_deref(), &i.url)?, ..i }))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let max = state.settings().dataset_rules.max_images;
+    if images.len() > max {
+        // Refused before downloading anything: the count alone decides it.
+        let msg = format!("at most {max} images are allowed, {} were sent; remove at least {}", images.len(), images.len() - max);
+        return Err(invalid_dataset(vec![msg.clone()], Vec::new(), vec![json!({"code": "too_many_images", "message": msg})]));
     }
-    let dataset = Dataset { id, user_id: user.id, images: stored, created_at: state.now() };
-    if let Err(e) = state.repo().insert_dataset(&dataset).await {
-        remove_blobs(&state, &dataset.images).await;
-        return Err(e.into());
+    let fetcher = downloads::fetcher(&state)?;
+    let images = download_all(&state, fetcher, images).await?;
+    let stored = store_dataset(&state, user.id, images).await?;
+    Ok((StatusCode::CREATED, Json(dataset_view(&stored))))
+}
+
+/// A caption from JSON: trimmed, at most 16 KB, no control characters other than newlines/tabs.
+fn clean_caption(caption: Option<&str>, url: &str) -> ApiResult<Option<String>> {
+    let Some(c) = caption.map(str::trim).filter(|c| !c.is_empty()) else { return Ok(None) };
+    if c.len() > MAX_CAPTION_BYTES {
+        return Err(ApiError::bad_request("invalid_caption", format!("the caption of {url} is longer than 16 KB; shorten it")));
     }
-    tracing::info!(dataset_id = %id, user_id = %user.id, images = dataset.images.len(), "dataset stored");
+    if c.chars().any(|ch| ch.is_control() && !matches!(ch, '\n' | '\t' | '\r')) {
+        return Err(ApiError::bad_request("invalid_caption", format!("the caption of {url} contains control characters")));
+    }
+    Ok(Some(c.to_owned()))
+}
+
+/// What a stored dataset looks like to its owner right after intake.
+pub(crate) fn dataset_view(stored: &StoredDataset) -> DatasetView {
+    let StoredDataset { dataset, report } = stored;
     let warnings_of = |name: &str| -> Vec<String> {
         report.images.iter().filter(|r| r.file_name == name).flat_map(|r| r.warnings.iter().map(|w| w.message.clone())).collect()
     };
-    let view = DatasetView {
-        dataset_id: id.0,
+    DatasetView {
+        dataset_id: dataset.id.0,
         created_at: dataset.created_at,
         images: dataset.images.iter().map(|i| image_view(i, warnings_of(&i.file_name), None)).collect(),
         warnings: report.warnings.iter().map(|w| w.message.clone()).collect(),
-    };
-    Ok((StatusCode::CREATED, Json(view)))
+    }
 }
 
 /// One of your datasets, with signed links to its images.
@@ -177,39 +222,6 @@ fn image_view(i: &DatasetImage, warnings: Vec<String>, url: Option<String>) -> D
         caption: i.caption.clone(),
         warnings,
         url,
-    }
-}
-
-/// 422 `invalid_dataset`: one message a person can act on, plus every image's result.
-fn rejection(report: &DatasetReport) -> ApiError {
-    let mut problems: Vec<String> = report.errors.iter().map(|p| p.message.clone()).collect();
-    problems.extend(report.images.iter().flat_map(|i| i.errors.iter().map(|p| p.message.clone())));
-    let images: Vec<_> = report
-        .images
-        .iter()
-        .map(|i| {
-            json!({
-                "file_name": i.file_name,
-                "ok": i.errors.is_empty(),
-                "errors": i.errors.iter().map(|p| json!({"code": p.code, "message": p.message})).collect::<Vec<_>>(),
-                "warnings": i.warnings.iter().map(|p| json!({"code": p.code, "message": p.message})).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_dataset",
-        format!("the dataset was not accepted and nothing was stored: {}", problems.join("; ")),
-    )
-    .with("images", images)
-    .with("errors", report.errors.iter().map(|p| json!({"code": p.code, "message": p.message})).collect::<Vec<_>>())
-}
-
-async fn remove_blobs(state: &AppState, images: &[DatasetImage]) {
-    for img in images {
-        if let Err(e) = state.store().delete(&img.storage_key).await {
-            tracing::warn!(key = %img.storage_key, error = %e, "could not remove blob of a failed upload");
-        }
     }
 }
 

@@ -112,23 +112,28 @@ impl Watch {
             if let Some(ev) = self.buf.pop_front() {
                 return Some(ev);
             }
+            // Status first, events second: a status change and its event commit together, so
+            // if the LoRA was already final here, its final event is in the read below.
+            let was_final = match self.state.repo().get_lora(self.id).await {
+                Ok(Some(l)) => l.status.is_final(),
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(lora_id = %self.id, error = %e, "event stream ended: could not read the LoRA");
+                    return None;
+                }
+            };
             match self.state.repo().events_after(self.id, self.cursor, BATCH).await {
                 Ok(events) if !events.is_empty() => {
                     self.cursor = events.last().map_or(self.cursor, |e| e.id);
                     self.buf.extend(events);
                     continue;
                 }
+                Ok(_) if was_final => return None,
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(lora_id = %self.id, error = %e, "event stream ended: could not read events");
                     return None;
                 }
-            }
-            // Nothing new. A LoRA that is already final will not change again.
-            match self.state.repo().get_lora(self.id).await {
-                Ok(Some(l)) if l.status.is_final() => return None,
-                Ok(Some(_)) => {}
-                _ => return None,
             }
             self.wait_for_change().await;
         }

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -12,13 +12,12 @@ use sha2::{Digest, Sha256};
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use loraforge_db::{CreateOutcome, DbError, EventDetail, IdempotencyKey, LoraQuery, MonthlyPolicy, NewLora};
-use loraforge_domain::limits::monthly_limit_message;
-use loraforge_domain::{
-    DatasetId, LoraId, LoraModel, LoraName, LoraSort, MonthlyWindow, StatusEvent, TrainingParams, TrainingStatus,
-};
+use loraforge_db::{EventDetail, IdempotencyKey, LoraQuery};
+use loraforge_domain::{DatasetId, LoraId, LoraModel, LoraName, LoraSort, StatusEvent, TrainingParams, TrainingStatus};
 
 use crate::auth::AuthUser;
+use crate::create::{CreateLora, Created, create_lora};
+use crate::library_cache::LibraryCache;
 use crate::error::{ApiError, ApiResult, body_error};
 use crate::state::AppState;
 use crate::views::*;
@@ -51,7 +50,7 @@ pub async fn list(
     State(state): State<AppState>,
     _user: AuthUser,
     q: Result<Query<ListParams>, QueryRejection>,
-) -> ApiResult<Json<LoraList>> {
+) -> ApiResult<Response> {
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let status = q
         .status
@@ -86,8 +85,19 @@ pub async fn list(
     }
     let offset = q.offset.unwrap_or(0);
     let query = LoraQuery { status, search, creator, sort, limit, offset };
-    let page = state.repo().list_loras(&query).await?;
-    Ok(Json(LoraList { items: page.items.iter().map(Into::into).collect(), total: page.total, limit, offset }))
+    let now = state.now();
+    let key = LibraryCache::key(&query);
+    let body = match state.library_cache().get(&key, now) {
+        Some(body) => body,
+        None => {
+            let page = state.repo().list_loras(&query).await?;
+            let list = LoraList { items: page.items.iter().map(Into::into).collect(), total: page.total, limit, offset };
+            let body = Bytes::from(serde_json::to_vec(&list).map_err(|e| ApiError::internal("serializing the library", &e))?);
+            state.library_cache().put(key, body.clone(), now);
+            body
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// Body of `POST /api/v1/lora-models`.
@@ -118,18 +128,6 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let body = body.map_err(body_error)?;
-    let now = state.now();
-    if let Err(wait) = state.create_limiter().check(user.id, now) {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!(
-                "too many create requests; at most {} per minute. Try again in {wait} s",
-                state.settings().limits.creates_per_minute
-            ),
-        )
-        .retry(wait));
-    }
     let body_json: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
     let obj = body_json
@@ -155,50 +153,11 @@ pub async fn create(
         .ok_or_else(|| {
             ApiError::bad_request("invalid_request", "dataset_id is required: the UUID returned by POST /api/v1/datasets")
         })?;
-    let empty = Map::new();
-    let params_in = match obj.get("params") {
-        None | Some(Value::Null) => &empty,
-        Some(Value::Object(m)) => m,
-        Some(_) => return Err(ApiError::bad_request("invalid_params", "params must be a JSON object")),
-    };
-    let params = TrainingParams::from_json(params_in, &state.settings().param_limits).map_err(|e| {
-        ApiError::bad_request("invalid_params", e.to_string()).with("field", e.field.clone())
-    })?;
+    let params = parse_params(&state, obj.get("params"))?;
     let idempotency = idempotency_key(&headers, &body_json)?;
 
-    let window = MonthlyWindow::containing(now);
-    let limit = state.settings().limits.monthly_loras;
-    let new = NewLora {
-        id: LoraId::new(),
-        owner: user.id,
-        owner_email: user.email.clone(),
-        name,
-        description,
-        dataset_id,
-        params,
-        idempotency,
-        now,
-    };
-    let outcome = match state.repo().create_lora(new, MonthlyPolicy { limit, window }).await {
-        Ok(o) => o,
-        Err(DbError::MonthlyLimitReached { used, limit }) => {
-            let retry = u64::try_from((window.end - now).num_seconds()).unwrap_or(0).max(1);
-            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "monthly_limit_reached", monthly_limit_message(limit))
-                .with("limit", limit)
-                .with("used", used)
-                .with("resets_at", window.end.to_rfc3339())
-                .retry(retry));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let (lora, replayed) = match &outcome {
-        CreateOutcome::Created(l) => (l, false),
-        CreateOutcome::Replayed(l) => (l, true),
-    };
-    if !replayed {
-        state.notify_changed(lora.id);
-        tracing::info!(lora_id = %lora.id, user_id = %user.id, "LoRA created");
-    }
+    let Created { lora, replayed } =
+        create_lora(&state, &user, CreateLora { name, description, dataset_id, params, idempotency }).await?;
     let body = CreateLoraResponse {
         lora_id: lora.id.0,
         status: TrainingStatus::Pending,
@@ -214,7 +173,19 @@ pub async fn create(
     Ok(resp)
 }
 
-fn parse_description(v: Option<&Value>) -> ApiResult<Option<String>> {
+/// `params` of a create request: a JSON object (or absent) parsed into checked training params.
+pub(crate) fn parse_params(state: &AppState, v: Option<&Value>) -> ApiResult<TrainingParams> {
+    let empty = Map::new();
+    let params_in = match v {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(ApiError::bad_request("invalid_params", "params must be a JSON object")),
+    };
+    TrainingParams::from_json(params_in, &state.settings().param_limits)
+        .map_err(|e| ApiError::bad_request("invalid_params", e.to_string()).with("field", e.field.clone()))
+}
+
+pub(crate) fn parse_description(v: Option<&Value>) -> ApiResult<Option<String>> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
@@ -235,6 +206,14 @@ fn parse_description(v: Option<&Value>) -> ApiResult<Option<String>> {
 }
 
 fn idempotency_key(headers: &HeaderMap, body: &Value) -> ApiResult<Option<IdempotencyKey>> {
+    let Some(key) = idempotency_header(headers)? else { return Ok(None) };
+    // serde_json maps are ordered by key, so this is a canonical form of the request.
+    let canonical = serde_json::to_vec(body).unwrap_or_default();
+    Ok(Some(IdempotencyKey { key, request_hash: hex::encode(Sha256::digest(&canonical)) }))
+}
+
+/// The `Idempotency-Key` header, validated.
+pub(crate) fn idempotency_header(headers: &HeaderMap) -> ApiResult<Option<String>> {
     let Some(raw) = headers.get("idempotency-key") else { return Ok(None) };
     let key = raw
         .to_str()
@@ -244,9 +223,7 @@ fn idempotency_key(headers: &HeaderMap, body: &Value) -> ApiResult<Option<Idempo
         .ok_or_else(|| {
             ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1–255 visible ASCII characters")
         })?;
-    // serde_json maps are ordered by key, so this is a canonical form of the request.
-    let canonical = serde_json::to_vec(body).unwrap_or_default();
-    Ok(Some(IdempotencyKey { key: key.to_owned(), request_hash: hex::encode(Sha256::digest(&canonical)) }))
+    Ok(Some(key.to_owned()))
 }
 
 pub(crate) async fn load(state: &AppState, id: &str) -> ApiResult<LoraModel> {

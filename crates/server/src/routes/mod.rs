@@ -6,3 +6,4 @@ pub mod files;
 pub mod health;
 pub mod lora_models;
 pub mod me;
+pub mod references;

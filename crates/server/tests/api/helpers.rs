@@ -37,6 +37,9 @@ pub fn start_time() -> DateTime<Utc> {
 pub fn test_settings() -> ServerSettings {
     ServerSettings {
         param_limits: ParamLimits { min_steps: 1, min_resolution: 64, local_model_roots: vec!["/models".into()] },
+        // Off by default: many tests write through the repository directly, as another replica
+        // would; the cache has tests of its own.
+        library_cache_ttl: Duration::ZERO,
         ..ServerSettings::default()
     }
 }

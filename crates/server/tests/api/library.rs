@@ -87,3 +87,29 @@ async fn bad_list_queries_are_400_invalid_query() {
     let body: Value = app.get(&u, "/api/v1/lora-models").await.json().await.unwrap();
     assert_eq!(body["limit"], 50);
 }
+
+#[tokio::test]
+async fn cached_listings_follow_local_changes_at_once_and_other_replicas_within_the_ttl() {
+    let app = spawn_app_with(Engine::Sqlite, |s| {
+        s.library_cache_ttl = std::time::Duration::from_secs(1);
+        s.limits.creates_per_minute = 0;
+    })
+    .await;
+    let u = app.user();
+    let ds = app.dataset(&u).await;
+    let first = app.create_ok(&u, "first", &ds).await;
+    assert_eq!(names(&app, &u, "?sort=name").await.0, ["first"]);
+    // A change through this server shows immediately.
+    app.create_ok(&u, "second", &ds).await;
+    assert_eq!(names(&app, &u, "?sort=name").await.0, ["first", "second"]);
+    // A change made elsewhere (straight into the database, as another replica would) shows
+    // once the TTL has passed, not before.
+    let id: LoraId = first.parse().unwrap();
+    let now = app.clock.now();
+    app.repo.apply_event(id, StatusEvent::Cancel, EventDetail::default(), now).await.unwrap();
+    let body: Value = app.get(&u, "/api/v1/lora-models?sort=name").await.json().await.unwrap();
+    assert_eq!(body["items"][0]["training_status"], "pending", "served from the cache");
+    app.clock.advance(chrono::Duration::milliseconds(1000));
+    let body: Value = app.get(&u, "/api/v1/lora-models?sort=name").await.json().await.unwrap();
+    assert_eq!(body["items"][0]["training_status"], "cancelled");
+}

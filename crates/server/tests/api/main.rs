@@ -1,6 +1,7 @@
 //! Black-box tests of the HTTP API: a real server per test, spoken to over loopback.
 
 mod helpers;
+mod image_server;
 
 mod auth;
 mod datasets;
@@ -10,3 +11,5 @@ mod library;
 mod limits;
 mod lora_models;
 mod ops;
+mod references;
+mod url_intake;

@@ -1,0 +1,115 @@
+//! The one dataset path. Every way images come in — a multipart upload, a list of URLs, the
+//! reference images of a character — ends here: check the set (`checks::check_dataset`, off
+//! the async threads), turn rotated images upright, store every image, then record the dataset.
+//! A rejected set stores nothing; a dataset whose insert fails has its blobs removed.
+
+use bytes::Bytes;
+
+use loraforge_checks::{DatasetReport, InputImage, check_dataset, normalize_orientation};
+use loraforge_db::DbError;
+use loraforge_domain::{Dataset, DatasetId, DatasetImage, UserId};
+use loraforge_storage::StorageError;
+
+use crate::state::AppState;
+
+/// One incoming image with its optional caption.
+#[derive(Debug, Clone)]
+pub struct IntakeImage {
+    pub input: InputImage,
+    pub caption: Option<String>,
+}
+
+/// A stored dataset and the check report it passed (its warnings are shown to the user).
+#[derive(Debug)]
+pub struct StoredDataset {
+    pub dataset: Dataset,
+    pub report: DatasetReport,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The images failed the checks; nothing was stored.
+    #[error("the images failed the dataset checks")]
+    Rejected(Box<DatasetReport>),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl IntakeError {
+    /// Whether the user's images are at fault (as opposed to our storage or database).
+    pub fn is_rejection(&self) -> bool {
+        matches!(self, Self::Rejected(_))
+    }
+}
+
+/// Checks, normalises, stores and records `images` as a new dataset of `user`.
+pub async fn store_dataset(state: &AppState, user: UserId, images: Vec<IntakeImage>) -> Result<StoredDataset, IntakeError> {
+    let rules = state.settings().dataset_rules.clone();
+    let (captions, inputs): (Vec<Option<String>>, Vec<InputImage>) = images.into_iter().map(|i| (i.caption, i.input)).unzip();
+    let (inputs, report) = tokio::task::spawn_blocking(move || -> Result<_, IntakeError> {
+        let report = check_dataset(&inputs, &rules);
+        if !report.accepted {
+            return Err(IntakeError::Rejected(Box::new(report)));
+        }
+        let upright = inputs
+            .into_iter()
+            .zip(&report.images)
+            .map(|(mut input, checked)| {
+                if checked.orientation != 1 {
+                    let format = checked.format.ok_or_else(|| IntakeError::Internal("accepted image without a format".into()))?;
+                    input.bytes = normalize_orientation(&input.bytes, format, checked.orientation)
+                        .map_err(|e| IntakeError::Internal(format!("turning {} upright: {e}", input.file_name)))?;
+                }
+                Ok(input)
+            })
+            .collect::<Result<Vec<_>, IntakeError>>()?;
+        Ok((upright, report))
+    })
+    .await
+    .map_err(|e| IntakeError::Internal(format!("dataset check panicked: {e}")))??;
+
+    let id = DatasetId::new();
+    let mut stored: Vec<DatasetImage> = Vec::with_capacity(inputs.len());
+    for (idx, ((input, checked), caption)) in inputs.into_iter().zip(&report.images).zip(captions).enumerate() {
+        let format = checked.format.ok_or_else(|| IntakeError::Internal("accepted image without a format".into()))?;
+        let key = format!("datasets/{}/{}/{:02}.{}", user, id, idx, format.extension());
+        // The stored file is what is described: its own size and hash (it differs from the
+        // upload when it was turned upright), and the upright dimensions from the check.
+        let bytes = input.bytes.len() as u64;
+        let content_hash = blake3::hash(&input.bytes).to_hex().to_string();
+        if let Err(e) = state.store().put(&key, Bytes::from(input.bytes)).await {
+            remove_blobs(state, &stored).await;
+            return Err(e.into());
+        }
+        stored.push(DatasetImage {
+            index: idx as u32,
+            file_name: input.file_name,
+            format,
+            width: checked.width.unwrap_or_default(),
+            height: checked.height.unwrap_or_default(),
+            bytes,
+            content_hash,
+            storage_key: key,
+            caption,
+        });
+    }
+    let dataset = Dataset { id, user_id: user, images: stored, created_at: state.now() };
+    if let Err(e) = state.repo().insert_dataset(&dataset).await {
+        remove_blobs(state, &dataset.images).await;
+        return Err(e.into());
+    }
+    tracing::info!(dataset_id = %id, user_id = %user, images = dataset.images.len(), "dataset stored");
+    Ok(StoredDataset { dataset, report })
+}
+
+async fn remove_blobs(state: &AppState, images: &[DatasetImage]) {
+    for img in images {
+        if let Err(e) = state.store().delete(&img.storage_key).await {
+            tracing::warn!(key = %img.storage_key, error = %e, "could not remove blob of a failed upload");
+        }
+    }
+}

@@ -5,9 +5,13 @@
 //! Freshness: every change made through this process (`AppState::notify_changed`) empties the
 //! cache at once; changes made by other replicas show after at most `ttl`. Time is the injected
 //! clock, so tests can step past the TTL. `ttl = 0` turns the cache off.
+//!
+//! Misses are single-flight: when an entry is missing or expired, one request per key runs the
+//! query while the others wait on that key's gate and then read its result, so an expiry under
+//! load costs one query, not one per waiting connection.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +26,26 @@ const MAX_ENTRIES: usize = 4096;
 pub struct LibraryCache {
     ttl: chrono::Duration,
     entries: Mutex<HashMap<String, (DateTime<Utc>, Bytes)>>,
+    gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Held by the one request recomputing a key; dropping it lets the waiting requests in.
+pub struct Gate<'a> {
+    cache: &'a LibraryCache,
+    key: String,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for Gate<'_> {
+    fn drop(&mut self) {
+        let mut gates = self.cache.gates.lock().unwrap_or_else(|e| e.into_inner());
+        // Three handles are the map's, ours and our guard's (fields drop after this runs):
+        // nobody else is waiting, so the gate can go.
+        if Arc::strong_count(&self.gate) <= 3 {
+            gates.remove(&self.key);
+        }
+    }
 }
 
 impl LibraryCache {
@@ -29,7 +53,20 @@ impl LibraryCache {
         Self {
             ttl: chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::zero()),
             entries: Mutex::new(HashMap::new()),
+            gates: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Waits until no other request is recomputing `key`, then returns a gate that makes this
+    /// request the one that does. Check [`Self::get`] again after acquiring it: the request that
+    /// held it before has usually filled the entry.
+    pub async fn gate(&self, key: &str) -> Gate<'_> {
+        let gate = {
+            let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+            gates.entry(key.to_owned()).or_default().clone()
+        };
+        let held = gate.clone().lock_owned().await;
+        Gate { cache: self, key: key.to_owned(), gate, _held: held }
     }
 
     pub fn enabled(&self) -> bool {
@@ -94,6 +131,28 @@ mod tests {
         c.put("k".into(), Bytes::from_static(b"v"), now);
         c.invalidate();
         assert_eq!(c.get("k", now), None);
+    }
+
+    #[tokio::test]
+    async fn one_request_per_key_recomputes_at_a_time() {
+        let c = Arc::new(LibraryCache::new(Duration::from_secs(1)));
+        let now = t("2026-11-23T10:00:00Z");
+        let first = c.gate("k").await;
+        // A second request for the same key waits; another key does not.
+        let waiting = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let _g = c.gate("k").await;
+                c.get("k", now)
+            })
+        };
+        let _other = c.gate("other").await;
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        c.put("k".into(), Bytes::from_static(b"filled"), now);
+        drop(first);
+        assert_eq!(waiting.await.unwrap().as_deref(), Some(&b"filled"[..]));
+        assert!(c.gates.lock().unwrap().get("k").is_none(), "gates are dropped when unused");
     }
 
     #[test]

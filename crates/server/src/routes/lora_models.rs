@@ -86,18 +86,37 @@ pub async fn list(
     let offset = q.offset.unwrap_or(0);
     let query = LoraQuery { status, search, creator, sort, limit, offset };
     let now = state.now();
+    let cache = state.library_cache();
     let key = LibraryCache::key(&query);
-    let body = match state.library_cache().get(&key, now) {
+    let body = match cache.get(&key, now) {
         Some(body) => body,
+        None if !cache.enabled() => library_page(&state, &query).await?,
         None => {
-            let page = state.repo().list_loras(&query).await?;
-            let list = LoraList { items: page.items.iter().map(Into::into).collect(), total: page.total, limit, offset };
-            let body = Bytes::from(serde_json::to_vec(&list).map_err(|e| ApiError::internal("serializing the library", &e))?);
-            state.library_cache().put(key, body.clone(), now);
-            body
+            let _gate = cache.gate(&key).await;
+            match cache.get(&key, state.now()) {
+                Some(body) => body,
+                None => {
+                    let body = library_page(&state, &query).await?;
+                    cache.put(key, body.clone(), state.now());
+                    body
+                }
+            }
         }
     };
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// One page of the library as JSON, straight from the database.
+async fn library_page(state: &AppState, query: &LoraQuery) -> ApiResult<Bytes> {
+    let page = state.repo().list_loras(query).await?;
+    let list = LoraList {
+        items: page.items.iter().map(Into::into).collect(),
+        total: page.total,
+        limit: query.limit,
+        offset: query.offset,
+    };
+    let json = serde_json::to_vec(&list).map_err(|e| ApiError::internal("serializing the library", &e))?;
+    Ok(Bytes::from(json))
 }
 
 /// Body of `POST /api/v1/lora-models`.

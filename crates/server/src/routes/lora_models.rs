@@ -187,7 +187,7 @@ pub async fn create(
     };
     let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
     if replayed {
-        resp.headers_mut().insert("idempotent-replayed", "true".parse().expect("static header"));
+        resp.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
     }
     Ok(resp)
 }

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Creates the Python environment the trainer (trainer/, package loraforge_trainer) runs in.
 #
-# Idempotent: the venv lives at ${LORAFORGE_CACHE:-$HOME/.cache/loraforge}/venv-trainer and is
-# rebuilt only when it is missing or its stamp (a hash of trainer/requirements.lock and the
-# Python version) differs. Concurrent runs are serialised with a lock file. Prints one line.
+# Idempotent (see pinned-venv.sh): the venv lives at
+# ${LORAFORGE_CACHE:-$HOME/.cache/loraforge}/venv-trainer and is rebuilt only when
+# trainer/requirements.lock or the Python version change. Prints one line.
 #
 # The trainer package itself is not pip-installed: the venv gets a path file
 # (site-packages/loraforge-trainer.pth) naming this checkout's trainer/ folder, rewritten on
@@ -19,39 +19,24 @@ here="$(cd "$(dirname "$0")" && pwd)"
 trainer="$(cd "$here/../trainer" && pwd)"
 lock="$trainer/requirements.lock"
 
-python="${PYTHON:-python3}"
-cache="${LORAFORGE_CACHE:-$HOME/.cache/loraforge}"
-venv="$cache/venv-trainer"
-stamp="$venv/.loraforge-pins"
+source "$here/pinned-venv.sh"
 
-mkdir -p "$cache"
-exec 9>"$cache/venv-trainer.lock"
-flock 9
-
-want="$({ cat "$lock"; "$python" --version 2>&1; } | sha256sum | cut -d' ' -f1)"
-
+# The venv's path file naming this checkout's trainer/, rewritten on every run.
 link_trainer() {
     local site
     site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     printf '%s\n' "$trainer" >"$site/loraforge-trainer.pth.tmp"
     mv -f "$site/loraforge-trainer.pth.tmp" "$site/loraforge-trainer.pth"
 }
-
-if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+trainer_imports() {
     link_trainer
-    echo "trainer env up to date: $venv"
-    exit 0
-fi
-
-# Stale or half-built: start over. The path ends in /venv-trainer by construction above.
-rm -rf -- "$venv"
-"$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input --no-deps -r "$lock"
-link_trainer
-"$venv/bin/python" -c 'import loraforge_trainer, torch, diffusers, transformers, peft' >/dev/null 2>&1 || {
-    echo "trainer env broken: cannot import the trainer's packages in $venv" >&2
-    exit 1
+    "$venv/bin/python" -c 'import loraforge_trainer, torch, diffusers, transformers, peft' >/dev/null 2>&1
 }
-# The stamp goes last, so an interrupted install is redone on the next run.
-printf '%s\n' "$want" >"$stamp"
-echo "trainer env ready: $venv ($(grep -c '==' "$lock") pinned packages, trainer from $trainer)"
+
+pinned_venv venv-trainer "$lock" trainer_imports
+link_trainer
+if [[ $venv_rebuilt == 1 ]]; then
+    echo "trainer env ready: $venv ($(grep -c '==' "$lock") pinned packages, trainer from $trainer)"
+else
+    echo "trainer env up to date: $venv"
+fi

@@ -1,21 +1,12 @@
 //! The binary as a user runs it: configuration layering, the generated secret, tokens, serve.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn loraforge(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_loraforge"));
-    c.current_dir(dir);
-    // Start from a clean slate whatever the developer's shell has set.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("LORAFORGE_") {
-            c.env_remove(k);
-        }
-    }
-    c
-}
+use common::loraforge;
 
 fn stdout(c: &mut Command) -> String {
     let out = c.output().unwrap();

@@ -1,17 +1,13 @@
 //! `check-dataset` and `inspect` as a user runs them: output, exit codes, hostile files.
 
+mod common;
+
 use std::io::Cursor;
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn loraforge(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_loraforge"));
-    c.current_dir(dir);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("LORAFORGE_") {
-            c.env_remove(k);
-        }
-    }
+    let mut c = common::loraforge(dir);
     // Small test images pass the size window and minimum side.
     c.env("LORAFORGE_IMAGE_MIN_BYTES", "1").env("LORAFORGE_IMAGE_MIN_SIDE", "32");
     c

@@ -86,8 +86,17 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug + 'static {
     /// returns the object. `LinkExpired` / `BadSignature` on a bad token, `NotServedLocally` on
     /// stores with their own URLs.
     async fn open_signed(&self, key: &str, query: &SignedQuery, now: DateTime<Utc>) -> Result<Bytes>;
+    /// A URL anyone can `PUT` the object's bytes to (raw body) until `now + ttl`: how a worker on
+    /// another host uploads what it trained without storage credentials.
+    async fn signed_put_url(&self, key: &str, ttl: Duration, now: DateTime<Utc>) -> Result<Url>;
+    /// For stores the service serves itself: checks a `/files/{key}` upload token and writes the
+    /// object (atomically, like `put`). `NotServedLocally` on stores with their own URLs.
+    async fn put_signed(&self, key: &str, query: &SignedQuery, bytes: Bytes, now: DateTime<Utc>) -> Result<()>;
     /// Storage is reachable and writable enough to answer, for `/readyz`.
     async fn ping(&self) -> Result<()>;
+    /// Every object whose key starts with `prefix` (a folder: `a/b/`), with its size and time,
+    /// in no particular order. For sweeps; not for request paths.
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, BlobMeta)>>;
 }
 
 /// Where blobs live, parsed from `LORAFORGE_STORAGE_URL` and its companion settings.

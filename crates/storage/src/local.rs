@@ -26,7 +26,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use secrecy::SecretSlice;
 use url::Url;
 
-use crate::signing::UrlSigner;
+use crate::signing::{Access, UrlSigner};
 use crate::{BlobMeta, BlobStore, Result, SignedQuery, StorageError, validate_key};
 
 /// Files under one folder. Cheap to share behind an `Arc`.
@@ -71,6 +71,19 @@ impl LocalStore {
         Path::parse(key).map_err(|_| StorageError::InvalidKey(key.to_owned(), "not a valid object path"))
     }
 
+    /// `{public_base_url}/files/{key}?expires=…&sig=…` granting `access` until `now + ttl`.
+    fn signed_url(&self, access: Access, key: &str, ttl: Duration, now: DateTime<Utc>) -> Result<Url> {
+        validate_key(key)?;
+        let expires = expiry(now, ttl)?;
+        let sig = self.signer.sign_for(access, key, expires)?;
+        let mut url = self.file_url(key)?;
+        url.query_pairs_mut()
+            .clear()
+            .append_pair("expires", &expires.to_string())
+            .append_pair("sig", &sig);
+        Ok(url)
+    }
+
     /// `{public_base_url}/files/{key}` without the query.
     fn file_url(&self, key: &str) -> Result<Url> {
         let mut url = self.public_base_url.clone();
@@ -107,21 +120,30 @@ impl BlobStore for LocalStore {
     }
 
     async fn signed_get_url(&self, key: &str, ttl: Duration, now: DateTime<Utc>) -> Result<Url> {
-        validate_key(key)?;
-        let expires = expiry(now, ttl)?;
-        let sig = self.signer.sign(key, expires)?;
-        let mut url = self.file_url(key)?;
-        url.query_pairs_mut()
-            .clear()
-            .append_pair("expires", &expires.to_string())
-            .append_pair("sig", &sig);
-        Ok(url)
+        self.signed_url(Access::Read, key, ttl, now)
     }
 
     async fn open_signed(&self, key: &str, query: &SignedQuery, now: DateTime<Utc>) -> Result<Bytes> {
         let path = Self::path(key)?;
         self.signer.verify(key, query, now)?;
         get_bytes(&self.fs, &path, key).await
+    }
+
+    async fn signed_put_url(&self, key: &str, ttl: Duration, now: DateTime<Utc>) -> Result<Url> {
+        self.signed_url(Access::Write, key, ttl, now)
+    }
+
+    async fn put_signed(&self, key: &str, query: &SignedQuery, bytes: Bytes, now: DateTime<Utc>) -> Result<()> {
+        let path = Self::path(key)?;
+        self.signer.verify_for(Access::Write, key, query, now)?;
+        self.fs.put(&path, PutPayload::from_bytes(bytes)).await?;
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, BlobMeta)>> {
+        let folder = prefix.trim_end_matches('/');
+        validate_key(folder)?;
+        list_under(&self.fs, &Path::from(folder), None).await
     }
 
     async fn ping(&self) -> Result<()> {
@@ -210,6 +232,27 @@ pub(crate) async fn head_meta(store: &dyn object_store::ObjectStore, path: &Path
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Objects under `folder`, keys without `strip` (the store's own prefix, with its `/`).
+pub(crate) async fn list_under(
+    store: &dyn object_store::ObjectStore,
+    folder: &Path,
+    strip: Option<&str>,
+) -> Result<Vec<(String, BlobMeta)>> {
+    use futures::TryStreamExt;
+    let metas: Vec<object_store::ObjectMeta> = store.list(Some(folder)).try_collect().await?;
+    Ok(metas
+        .into_iter()
+        .filter_map(|m| {
+            let full = m.location.to_string();
+            let key = match strip {
+                Some(p) => full.strip_prefix(p)?.to_owned(),
+                None => full,
+            };
+            Some((key, BlobMeta { size: m.size, last_modified: m.last_modified }))
+        })
+        .collect())
 }
 
 pub(crate) async fn delete_quietly(store: &dyn object_store::ObjectStore, path: &Path) -> Result<()> {

@@ -203,17 +203,31 @@ impl BlobStore for S3Store {
     /// only make the link wrong.
     async fn signed_get_url(&self, key: &str, ttl: Duration, _now: DateTime<Utc>) -> Result<Url> {
         let path = self.path(key)?;
-        if ttl.is_zero() || ttl > MAX_SIGNED_URL_TTL {
-            return Err(StorageError::Config(format!(
-                "presigned URL lifetime must be between 1 s and 7 days, not {ttl:?}"
-            )));
-        }
+        check_presign_ttl(ttl)?;
         Ok(self.client.signed_url(Method::GET, &path, ttl).await?)
     }
 
     async fn open_signed(&self, key: &str, _query: &SignedQuery, _now: DateTime<Utc>) -> Result<Bytes> {
         validate_key(key)?;
         Err(StorageError::NotServedLocally)
+    }
+
+    /// A SigV4 presigned PUT, dated by the wall clock like [`Self::signed_get_url`].
+    async fn signed_put_url(&self, key: &str, ttl: Duration, _now: DateTime<Utc>) -> Result<Url> {
+        let path = self.path(key)?;
+        check_presign_ttl(ttl)?;
+        Ok(self.client.signed_url(Method::PUT, &path, ttl).await?)
+    }
+
+    async fn put_signed(&self, key: &str, _query: &SignedQuery, _bytes: Bytes, _now: DateTime<Utc>) -> Result<()> {
+        validate_key(key)?;
+        Err(StorageError::NotServedLocally)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, BlobMeta)>> {
+        let folder = self.path(prefix.trim_end_matches('/'))?;
+        let strip = self.prefix.as_ref().map(|p| format!("{p}/"));
+        crate::local::list_under(&self.client, &folder, strip.as_deref()).await
     }
 
     /// Lists at most one key under the prefix: fails when the bucket is missing, the
@@ -230,6 +244,14 @@ impl BlobStore for S3Store {
             })),
         }
     }
+}
+
+/// SigV4 presigned URLs live between 1 s and 7 days.
+fn check_presign_ttl(ttl: Duration) -> Result<()> {
+    if ttl.is_zero() || ttl > MAX_SIGNED_URL_TTL {
+        return Err(StorageError::Config(format!("presigned URL lifetime must be between 1 s and 7 days, not {ttl:?}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -18,6 +18,17 @@ type HmacSha256 = Hmac<Sha256>;
 /// Domain separation: a MAC made here cannot be replayed as some other loraforge token that
 /// happens to share the key, and a future format can bump the version.
 const DOMAIN: &str = "loraforge-file-v1";
+/// Upload links sign a different message, so a download link can never be used to write.
+const PUT_DOMAIN: &str = "loraforge-file-put-v1";
+
+/// What a signed link lets its holder do with the one object it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// GET the object.
+    Read,
+    /// PUT (replace) the object.
+    Write,
+}
 /// Shortest signing key that gets no warning, in bytes: HMAC-SHA256's own output size. Shorter
 /// (but non-empty) keys still work, so test fixtures can stay short.
 pub const RECOMMENDED_KEY_LEN: usize = 32;
@@ -54,30 +65,44 @@ impl UrlSigner {
 
     /// The hex signature for `key` valid until `expires_unix` (seconds since the epoch).
     pub fn sign(&self, key: &str, expires_unix: i64) -> Result<String> {
-        Ok(hex::encode(self.mac(key, expires_unix)?.finalize().into_bytes()))
+        self.sign_for(Access::Read, key, expires_unix)
+    }
+
+    /// The hex signature granting `access` to `key` until `expires_unix`.
+    pub fn sign_for(&self, access: Access, key: &str, expires_unix: i64) -> Result<String> {
+        Ok(hex::encode(self.mac(access, key, expires_unix)?.finalize().into_bytes()))
     }
 
     /// Checks a token for `key` at `now`: `BadSignature` unless `query.sig` is exactly the MAC
     /// of this key and expiry (so a changed expiry is a bad signature, not a longer link), then
     /// `LinkExpired` once `now >= expires`.
     pub fn verify(&self, key: &str, query: &SignedQuery, now: DateTime<Utc>) -> Result<()> {
+        self.verify_for(Access::Read, key, query, now)
+    }
+
+    /// [`Self::verify`] for a link granting `access`.
+    pub fn verify_for(&self, access: Access, key: &str, query: &SignedQuery, now: DateTime<Utc>) -> Result<()> {
         if query.sig.len() != SIG_HEX_LEN {
             return Err(StorageError::BadSignature);
         }
         let tag = hex::decode(&query.sig).map_err(|_| StorageError::BadSignature)?;
         // `verify_slice` compares in constant time and also rejects a wrong length.
-        self.mac(key, query.expires)?.verify_slice(&tag).map_err(|_| StorageError::BadSignature)?;
+        self.mac(access, key, query.expires)?.verify_slice(&tag).map_err(|_| StorageError::BadSignature)?;
         if now.timestamp() >= query.expires {
             return Err(StorageError::LinkExpired);
         }
         Ok(())
     }
 
-    fn mac(&self, key: &str, expires_unix: i64) -> Result<HmacSha256> {
+    fn mac(&self, access: Access, key: &str, expires_unix: i64) -> Result<HmacSha256> {
+        let domain = match access {
+            Access::Read => DOMAIN,
+            Access::Write => PUT_DOMAIN,
+        };
         let mut mac = <HmacSha256 as KeyInit>::new_from_slice(self.key.expose_secret())
             .map_err(|_| StorageError::Config("unusable file signing key".into()))?;
         // Keys cannot contain '\n' and a formatted i64 never does, so the message is unambiguous.
-        mac.update(format!("{DOMAIN}\n{key}\n{expires_unix}").as_bytes());
+        mac.update(format!("{domain}\n{key}\n{expires_unix}").as_bytes());
         Ok(mac)
     }
 }
@@ -164,6 +189,15 @@ mod tests {
                 "{sig:?}"
             );
         }
+    }
+
+    #[test]
+    fn read_and_write_links_are_not_interchangeable() {
+        let s = signer();
+        let put = query(s.sign_for(Access::Write, KEY, EXPIRES).expect("sign"), EXPIRES);
+        assert!(s.verify_for(Access::Write, KEY, &put, at(0)).is_ok());
+        assert!(matches!(s.verify(KEY, &put, at(0)), Err(StorageError::BadSignature)));
+        assert!(matches!(s.verify_for(Access::Write, KEY, &signed(), at(0)), Err(StorageError::BadSignature)));
     }
 
     #[test]

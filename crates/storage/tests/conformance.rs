@@ -46,10 +46,12 @@ conformance!(
     invalid_keys_are_refused_by_every_method,
     binary_data_survives,
     signed_url_gives_the_exact_bytes,
+    signed_upload_url_writes_the_exact_bytes,
     expired_signed_url_is_refused,
     tampered_signed_url_is_refused,
     keys_stay_inside_the_root_or_prefix,
     ping_answers,
+    list_finds_the_objects_under_a_folder,
 );
 
 const TTL: Duration = Duration::from_secs(300);
@@ -184,6 +186,42 @@ async fn signed_url_gives_the_exact_bytes(b: &Backend) {
             assert_eq!(reqwest::get(bare).await.expect("GET unsigned").status(), 403);
         }
     }
+}
+
+async fn signed_upload_url_writes_the_exact_bytes(b: &Backend) {
+    let s = &b.store;
+    let key = "lora-models/u1/m1/model.safetensors";
+    let body = pseudo_random(90_000);
+    let now = Utc::now();
+    let url = s.signed_put_url(key, TTL, now).await.expect("signed upload url");
+    match &b.kind {
+        Kind::Local { .. } => {
+            // What `PUT /files/{key}` does: key from the path, token from the query.
+            let (served_key, query) = local_route(&url);
+            assert_eq!(served_key, key);
+            s.put_signed(&served_key, &query, Bytes::from(body.clone()), now).await.expect("put_signed");
+            // An upload link is not a download link, nor the other way round.
+            assert!(matches!(s.open_signed(&served_key, &query, now).await, Err(StorageError::BadSignature)));
+            let read = s.signed_get_url(key, TTL, now).await.expect("get url");
+            let (_, read_query) = local_route(&read);
+            let r = s.put_signed(key, &read_query, Bytes::from_static(b"x"), now).await;
+            assert!(matches!(r, Err(StorageError::BadSignature)), "{r:?}");
+            let later = now + chrono::Duration::seconds(TTL.as_secs() as i64);
+            let r = s.put_signed(key, &query, Bytes::from_static(b"x"), later).await;
+            assert!(matches!(r, Err(StorageError::LinkExpired)), "{r:?}");
+            let r = s.put_signed("lora-models/u1/m1/other.bin", &query, Bytes::from_static(b"x"), now).await;
+            assert!(matches!(r, Err(StorageError::BadSignature)), "{r:?}");
+        }
+        Kind::S3 { .. } => {
+            let q = SignedQuery { expires: 0, sig: String::new() };
+            let r = s.put_signed(key, &q, Bytes::from_static(b"x"), now).await;
+            assert!(matches!(r, Err(StorageError::NotServedLocally)), "{r:?}");
+            let response = reqwest::Client::new().put(url.clone()).body(body.clone()).send().await.expect("PUT");
+            assert!(response.status().is_success(), "{} {url}", response.status());
+            assert!(url.query_pairs().any(|(k, v)| k == "X-Amz-Expires" && v == "300"), "{url}");
+        }
+    }
+    assert_eq!(s.get(key).await.expect("uploaded").as_ref(), body.as_slice());
 }
 
 async fn expired_signed_url_is_refused(b: &Backend) {
@@ -335,4 +373,19 @@ fn pseudo_random(len: usize) -> Vec<u8> {
             (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
         })
         .collect()
+}
+
+async fn list_finds_the_objects_under_a_folder(b: &Backend) {
+    let s = &b.store;
+    for (key, body) in [("sweep/x/1.png", &b"one"[..]), ("sweep/x/deep/2.png", b"two!"), ("sweep/y/3.png", b"3")] {
+        s.put(key, Bytes::copy_from_slice(body)).await.expect("put");
+    }
+    let before = Utc::now() - chrono::Duration::minutes(5);
+    let mut found = s.list("sweep/x/").await.expect("list");
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    let keys: Vec<(&str, u64)> = found.iter().map(|(k, m)| (k.as_str(), m.size)).collect();
+    assert_eq!(keys, [("sweep/x/1.png", 3), ("sweep/x/deep/2.png", 4)]);
+    assert!(found.iter().all(|(_, m)| m.last_modified > before));
+    assert!(s.list("sweep/none/").await.expect("list empty").is_empty());
+    assert!(matches!(s.list("../x/").await, Err(StorageError::InvalidKey(..))));
 }

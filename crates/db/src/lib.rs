@@ -173,6 +173,27 @@ pub struct Page<T> {
 pub struct EventDetail {
     /// Why it failed or was cancelled, for people.
     pub error: Option<String>,
+    /// Files a finished training run stored, recorded with the change.
+    pub outputs: Option<TrainedFiles>,
+    /// The validation verdict, recorded with the change (`Complete` / `Fail` after validation).
+    pub validation_passed: Option<bool>,
+}
+
+impl EventDetail {
+    /// Only a reason, for people.
+    pub fn because(error: impl Into<String>) -> Self {
+        Self { error: Some(error.into()), ..Self::default() }
+    }
+}
+
+/// Where a trained LoRA's files are in the blob store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainedFiles {
+    /// `lora-models/{user}/{lora}/model.safetensors`.
+    pub storage_key: String,
+    pub file_size: u64,
+    /// `lora-validation-images/{user}/{lora}/validation/{i}.png`, in order.
+    pub validation_image_keys: Vec<String>,
 }
 
 /// One entry in a LoRA's event log; `id` is global and increasing, and is the SSE event id.
@@ -211,6 +232,15 @@ pub struct LiveRun {
     /// The current lease, if the job is leased.
     pub lease_until: Option<DateTime<Utc>>,
     pub attempt: u32,
+}
+
+/// The current claim on a job ([`Repository::job_claim`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobClaim {
+    /// The engine holding the lease; `None` while queued.
+    pub worker: Option<String>,
+    pub attempt: u32,
+    pub lease_until: Option<DateTime<Utc>>,
 }
 
 /// A job in `training` whose lease has ended ([`Repository::expired_leases`]).
@@ -333,6 +363,10 @@ pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
 
     /// Every job with a run recorded by [`Repository::set_run`] and not yet cleared, in any status.
     async fn live_runs(&self) -> Result<Vec<LiveRun>>;
+
+    /// Who holds job `id` and for which attempt; `None` if there is no such job. The worker API
+    /// checks a worker's token against it.
+    async fn job_claim(&self, id: LoraId) -> Result<Option<JobClaim>>;
 
     /// Records the backend run of job `id`, started by the worker that holds its lease; clears
     /// the start-retry state. `NotFound` if there is no such job.

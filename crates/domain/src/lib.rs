@@ -13,6 +13,7 @@ pub mod lora;
 pub mod name;
 pub mod params;
 pub mod status;
+pub mod validation;
 
 pub use caption::caption_for_training;
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -23,3 +24,4 @@ pub use lora::{CreatorRef, LoraModel, LoraSort, LoraSummary, Progress};
 pub use name::{LoraName, NameError};
 pub use params::{ParamError, ParamLimits, ParamsInput, TrainingParams, TrainingType};
 pub use status::{StatusEvent, TrainingStatus, TransitionError};
+pub use validation::Verdict;

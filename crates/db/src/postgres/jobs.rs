@@ -11,7 +11,7 @@ use super::PgRepository;
 use super::library::lock_user;
 use super::rows::{event, fetch_written, insert_event, status_names, ts};
 use crate::common::{CAS_ATTEMPTS, parse_status, progress_data, status_data, to_u32};
-use crate::{ClaimedJob, DbError, EventDetail, ExpiredLease, LiveRun, LoraEvent, Result, RunningJob, StartDue};
+use crate::{ClaimedJob, DbError, EventDetail, ExpiredLease, JobClaim, LiveRun, LoraEvent, Result, RunningJob, StartDue};
 
 pub(super) async fn apply_event(
     repo: &PgRepository,
@@ -30,7 +30,7 @@ pub(super) async fn apply_event(
                 .await?;
             let from = parse_status(&from.ok_or(DbError::NotFound)?)?;
             let to = transition(from, event)?;
-            change_status(conn, id, from, to, event, detail.error.as_deref(), now).await
+            change_status(conn, id, from, to, event, &detail, now).await
         })?;
         if let Some(lora) = applied {
             return Ok(lora);
@@ -48,9 +48,10 @@ async fn change_status(
     from: TrainingStatus,
     to: TrainingStatus,
     event: StatusEvent,
-    error: Option<&str>,
+    detail: &EventDetail,
     now: DateTime<Utc>,
 ) -> Result<Option<LoraModel>> {
+    let error = detail.error.as_deref();
     let completed_at = (to == TrainingStatus::Completed).then_some(now);
     let changed = sqlx::query(
         "UPDATE lora_models SET training_status = $1, error = $2, updated_at = $3, \
@@ -66,6 +67,22 @@ async fn change_status(
     .await?;
     if changed.rows_affected() == 0 {
         return Ok(None);
+    }
+    if let Some(files) = &detail.outputs {
+        sqlx::query("UPDATE lora_models SET storage_key = $1, file_size = $2, validation_image_keys = $3 WHERE id = $4")
+            .bind(&files.storage_key)
+            .bind(i64::try_from(files.file_size).unwrap_or(i64::MAX))
+            .bind(sqlx::types::Json(&files.validation_image_keys))
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if let Some(passed) = detail.validation_passed {
+        sqlx::query("UPDATE lora_models SET validation_passed = $1 WHERE id = $2")
+            .bind(passed)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
     }
     if to.is_final() {
         sqlx::query("UPDATE training_jobs SET finished_at = $1, lease_until = NULL WHERE lora_id = $2")
@@ -296,6 +313,18 @@ pub(super) async fn jobs_running_longer_than(pool: &PgPool, cutoff: DateTime<Utc
             Ok(RunningJob { lora_id: id.into(), started_at, attempt: to_u32(i64::from(attempt), "attempt")? })
         })
         .collect()
+}
+
+pub(super) async fn job_claim(pool: &PgPool, id: LoraId) -> Result<Option<JobClaim>> {
+    let row: Option<(Option<String>, i32, Option<DateTime<Utc>>)> =
+        sqlx::query_as("SELECT worker, attempt, lease_until FROM training_jobs WHERE lora_id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(pool)
+            .await?;
+    row.map(|(worker, attempt, lease_until)| {
+        Ok(JobClaim { worker, attempt: to_u32(i64::from(attempt), "attempt")?, lease_until })
+    })
+    .transpose()
 }
 
 type LiveRunRow = (Uuid, String, String, String, Option<String>, Option<DateTime<Utc>>, i32);

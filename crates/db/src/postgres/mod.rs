@@ -15,7 +15,7 @@ use loraforge_domain::{
     Dataset, DatasetId, LoraId, LoraModel, LoraSummary, MonthlyWindow, Progress, StatusEvent, UserId,
 };
 
-use crate::{
+use crate::{JobClaim, 
     ClaimedJob, ConnectOptions, CreateOutcome, EventDetail, ExpiredLease, Faults, LibraryRow, LiveRun, LoraEvent,
     LoraQuery, MonthlyPolicy, NewLora, Page, Repository, Result, RunningJob, StartDue,
 };
@@ -195,6 +195,10 @@ impl Repository for PgRepository {
 
     async fn live_runs(&self) -> Result<Vec<LiveRun>> {
         jobs::live_runs(&self.pool).await
+    }
+
+    async fn job_claim(&self, id: LoraId) -> Result<Option<JobClaim>> {
+        jobs::job_claim(&self.pool, id).await
     }
 
     async fn set_run(&self, id: LoraId, backend: &str, run_id: &str) -> Result<()> {

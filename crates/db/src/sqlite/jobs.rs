@@ -9,7 +9,7 @@ use loraforge_domain::{LoraId, LoraModel, Progress, StatusEvent, TrainingStatus}
 use super::SqliteRepository;
 use super::rows::{event, fetch_written, insert_event, ts};
 use crate::common::{CAS_ATTEMPTS, parse_status, progress_data, status_data, to_u32};
-use crate::{ClaimedJob, DbError, EventDetail, ExpiredLease, LiveRun, LoraEvent, Result, RunningJob, StartDue};
+use crate::{ClaimedJob, DbError, EventDetail, ExpiredLease, JobClaim, LiveRun, LoraEvent, Result, RunningJob, StartDue};
 
 pub(super) async fn apply_event(
     repo: &SqliteRepository,
@@ -30,7 +30,7 @@ pub(super) async fn apply_event(
                 .await?;
             let from = parse_status(&from.ok_or(DbError::NotFound)?)?;
             let to = transition(from, event)?;
-            change_status(conn, &id, from, to, event, detail.error.as_deref(), &now).await
+            change_status(conn, &id, from, to, event, &detail, &now).await
         })?;
         if let Some(lora) = applied {
             return Ok(lora);
@@ -47,9 +47,10 @@ async fn change_status(
     from: TrainingStatus,
     to: TrainingStatus,
     event: StatusEvent,
-    error: Option<&str>,
+    detail: &EventDetail,
     now: &str,
 ) -> Result<Option<LoraModel>> {
+    let error = detail.error.as_deref();
     let completed_at = (to == TrainingStatus::Completed).then_some(now);
     let changed = sqlx::query(
         "UPDATE lora_models SET training_status = $1, error = $2, updated_at = $3, \
@@ -65,6 +66,23 @@ async fn change_status(
     .await?;
     if changed.rows_affected() == 0 {
         return Ok(None);
+    }
+    if let Some(files) = &detail.outputs {
+        let keys = serde_json::to_string(&files.validation_image_keys).map_err(|e| DbError::Corrupt(e.to_string()))?;
+        sqlx::query("UPDATE lora_models SET storage_key = $1, file_size = $2, validation_image_keys = $3 WHERE id = $4")
+            .bind(&files.storage_key)
+            .bind(i64::try_from(files.file_size).unwrap_or(i64::MAX))
+            .bind(keys)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if let Some(passed) = detail.validation_passed {
+        sqlx::query("UPDATE lora_models SET validation_passed = $1 WHERE id = $2")
+            .bind(passed)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
     }
     if to.is_final() {
         sqlx::query("UPDATE training_jobs SET finished_at = $1, lease_until = NULL WHERE lora_id = $2")
@@ -247,6 +265,22 @@ pub(super) async fn jobs_running_longer_than(pool: &SqlitePool, cutoff: DateTime
             })
         })
         .collect()
+}
+
+pub(super) async fn job_claim(pool: &SqlitePool, id: LoraId) -> Result<Option<JobClaim>> {
+    let row: Option<(Option<String>, i64, Option<String>)> =
+        sqlx::query_as("SELECT worker, attempt, lease_until FROM training_jobs WHERE lora_id = $1")
+            .bind(id.to_string())
+            .fetch_optional(pool)
+            .await?;
+    row.map(|(worker, attempt, lease)| {
+        Ok(JobClaim {
+            worker,
+            attempt: to_u32(attempt, "attempt")?,
+            lease_until: lease.as_deref().map(super::rows::parse_ts).transpose()?,
+        })
+    })
+    .transpose()
 }
 
 type LiveRunRow = (String, String, String, String, Option<String>, Option<String>, i64);

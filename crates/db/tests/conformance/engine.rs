@@ -4,7 +4,7 @@
 
 use chrono::Duration;
 
-use loraforge_db::{DbError, ExpiredLease, LiveRun, RunningJob, StartDue};
+use loraforge_db::{DbError, ExpiredLease, JobClaim, LiveRun, RunningJob, StartDue};
 use loraforge_domain::{LoraId, StatusEvent, TrainingStatus};
 
 use crate::helpers::*;
@@ -240,4 +240,17 @@ pub async fn start_failures_wait_for_their_time(repo: Repo) {
     assert!(repo.starts_due("other-engine", at(100)).await.unwrap().is_empty());
     let missing = repo.record_start_failure(LoraId::new(), "x", at(1)).await;
     assert!(matches!(missing, Err(DbError::NotFound)), "{missing:?}");
+}
+
+pub async fn job_claim_names_the_holder_and_the_attempt(repo: Repo) {
+    let id = queued(&repo, "Claimed", 0).await;
+    assert_eq!(repo.job_claim(id).await.unwrap(), Some(JobClaim { worker: None, attempt: 0, lease_until: None }));
+    repo.claim_next_job("w1", 2, t(5), t(1)).await.unwrap().expect("claimed");
+    assert_eq!(repo.job_claim(id).await.unwrap(), Some(JobClaim { worker: Some("w1".into()), attempt: 1, lease_until: Some(t(5)) }));
+    assert!(repo.heartbeat(id, "w1", t(9), t(2)).await.unwrap());
+    assert_eq!(repo.job_claim(id).await.unwrap().and_then(|c| c.lease_until), Some(t(9)));
+    apply(&repo, id, StatusEvent::Requeue, t(3)).await.unwrap();
+    repo.claim_next_job("w2", 2, t(8), t(4)).await.unwrap().expect("claimed again");
+    assert_eq!(repo.job_claim(id).await.unwrap(), Some(JobClaim { worker: Some("w2".into()), attempt: 2, lease_until: Some(t(8)) }));
+    assert_eq!(repo.job_claim(LoraId::new()).await.unwrap(), None);
 }

@@ -3,7 +3,7 @@
 use chrono::Duration;
 use serde_json::json;
 
-use loraforge_db::{DbError, EventDetail};
+use loraforge_db::{DbError, EventDetail, TrainedFiles};
 use loraforge_domain::status::transition;
 use loraforge_domain::{LoraId, Progress, StatusEvent, TrainingStatus, TransitionError};
 
@@ -28,7 +28,7 @@ pub async fn every_transition_through_apply_event(repo: Repo) {
             let lora = create(&repo, new_lora(owner, ds, &format!("T {i} {j}"), now())).await;
             let before = drive(&repo, lora.id, from, now()).await;
             let log = repo.events_after(lora.id, 0, 100).await.unwrap();
-            let detail = EventDetail { error: Some(format!("because {i} {j}")) };
+            let detail = EventDetail::because(format!("because {i} {j}"));
             let got = repo.apply_event(lora.id, event, detail, later).await;
             match transition(from, event) {
                 Ok(to) => {
@@ -231,4 +231,31 @@ pub async fn concurrent_claimers_never_double_claim(repo: Repo) {
         claimed += usize::from(c.await.unwrap().unwrap().is_some());
     }
     assert_eq!(claimed, 2);
+}
+
+pub async fn trained_files_and_verdict_are_recorded_with_the_change(repo: Repo) {
+    let (owner, ds) = user(&repo).await;
+    let lora = create(&repo, new_lora(owner, ds, "Outputs", now())).await;
+    drive(&repo, lora.id, TrainingStatus::Training, now()).await;
+    let files = TrainedFiles {
+        storage_key: format!("lora-models/{owner}/{}/model.safetensors", lora.id),
+        file_size: 231_872,
+        validation_image_keys: (0..3).map(|i| format!("lora-validation-images/x/validation/{i}.png")).collect(),
+    };
+    let detail = EventDetail { outputs: Some(files.clone()), ..EventDetail::default() };
+    let validating = repo.apply_event(lora.id, StatusEvent::BeginValidation, detail, now()).await.unwrap();
+    assert_eq!(validating.status, TrainingStatus::Validating);
+    assert_eq!(validating.storage_key.as_deref(), Some(files.storage_key.as_str()));
+    assert_eq!(validating.file_size, Some(231_872));
+    assert_eq!(validating.validation_image_keys, files.validation_image_keys);
+    assert_eq!(validating.validation_passed, None);
+    let detail = EventDetail { validation_passed: Some(true), ..EventDetail::default() };
+    let done = repo.apply_event(lora.id, StatusEvent::Complete, detail, now()).await.unwrap();
+    assert_eq!((done.status, done.validation_passed), (TrainingStatus::Completed, Some(true)));
+    assert_eq!(done.storage_key, validating.storage_key, "the files stay recorded");
+    assert_eq!(repo.get_lora(lora.id).await.unwrap(), Some(done));
+    // A refused change records nothing.
+    let detail = EventDetail { validation_passed: Some(false), ..EventDetail::default() };
+    assert!(repo.apply_event(lora.id, StatusEvent::Fail, detail, now()).await.is_err());
+    assert_eq!(repo.get_lora(lora.id).await.unwrap().unwrap().validation_passed, Some(true));
 }

@@ -30,8 +30,9 @@ pub struct JobSpec {
     pub params: TrainingParams,
     /// The dataset's images in order, by storage key, with their captions.
     pub images: Vec<SpecImage>,
-    /// The worker's credential for its callbacks to the control plane. Not issued yet (the worker
-    /// agent comes later); `None` until then.
+    /// The worker's credential for its callbacks to the control plane (`docs/worker-protocol.md`),
+    /// issued per attempt by the engine's [`WorkerTokens`]; `None` when it has none.
+    #[serde(skip_serializing)]
     pub worker_token: Option<String>,
 }
 
@@ -39,6 +40,13 @@ pub struct JobSpec {
 pub struct SpecImage {
     pub storage_key: String,
     pub caption: Option<String>,
+}
+
+/// Issues the per-attempt credential a worker presents to the control plane. The control plane
+/// implements it (a signed token naming the job, the attempt and this engine); the engine only
+/// hands the result to the backend.
+pub trait WorkerTokens: Send + Sync + fmt::Debug + 'static {
+    fn issue(&self, lora: LoraId, attempt: u32, worker_id: &str) -> Result<String, String>;
 }
 
 /// What a backend knows about a run right now.
@@ -50,6 +58,9 @@ pub enum RunState {
     Exited {
         code: Option<i32>,
         reason: Option<String>,
+        /// The worker said the failure may pass (the trainer's `"retryable": true`, e.g. a base
+        /// model that could not be fetched for now).
+        retryable: bool,
     },
     /// The backend has no such run (it was restarted, or the run was never its own).
     Unknown,
@@ -115,6 +126,15 @@ pub trait TrainingBackend: Send + Sync + fmt::Debug + 'static {
     /// Asks the run to stop and makes sure it does (a grace period, then by force). Returns at
     /// once; idempotent; a run that already ended or is unknown is fine.
     async fn cancel(&self, run: &RunId) -> Result<(), BackendError>;
+
+    /// The job of `run` has ended for good (or moved past training) and its run is gone: the
+    /// backend may delete what it kept for the job (resume state, job folders). Default: nothing.
+    async fn release(&self, _run: &RunId, _lora: LoraId) {}
+
+    /// The engine is stopping: ask every run to stop gracefully (so it can checkpoint) and wait
+    /// for them, within the backend's grace period. Their jobs are requeued and resumed by the
+    /// next engine. Default: nothing (runs elsewhere outlive this process).
+    async fn shutdown(&self) {}
 
     /// Progress reported since the last call, oldest first. Backends whose workers report to the
     /// control plane directly return nothing.

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use loraforge_db::{DbError, EventDetail, LiveRun, Repository};
 use loraforge_domain::{Clock, LoraId, StatusEvent};
 
-use crate::backend::{JobSpec, RunId, RunState, SpecImage, TrainingBackend};
+use crate::backend::{JobSpec, RunId, RunState, SpecImage, TrainingBackend, WorkerTokens};
 use crate::outcome::{RunOutcome, outcome_of_exit};
 use crate::settings::{EngineSettings, chrono_duration, human_duration};
 use crate::{BackendError, Result};
@@ -28,7 +28,7 @@ pub struct TickReport {
     pub started: Vec<LoraId>,
     /// Starts that failed with a retryable error and will be tried again later.
     pub start_retries: Vec<LoraId>,
-    /// Runs that ended well: the job moved on to validation.
+    /// Runs that ended well (exit 0) after their worker reported the result.
     pub trained: Vec<LoraId>,
     /// Jobs put back in the queue (lost or stopped runs, expired leases).
     pub requeued: Vec<LoraId>,
@@ -58,6 +58,7 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     backends: Vec<Arc<dyn TrainingBackend>>,
     settings: EngineSettings,
+    tokens: Option<Arc<dyn WorkerTokens>>,
 }
 
 impl Engine {
@@ -67,34 +68,53 @@ impl Engine {
         backends: Vec<Arc<dyn TrainingBackend>>,
         settings: EngineSettings,
     ) -> Self {
-        Self { repo, clock, backends, settings }
+        Self { repo, clock, backends, settings, tokens: None }
+    }
+
+    /// Gives every started attempt a worker token from `tokens`.
+    pub fn with_worker_tokens(mut self, tokens: Arc<dyn WorkerTokens>) -> Self {
+        self.tokens = Some(tokens);
+        self
     }
 
     pub fn settings(&self) -> &EngineSettings {
         &self.settings
     }
 
-    /// Ticks every `poll_interval` until `shutdown` resolves. A failing tick is logged and the
-    /// next one tries again. Runs still going when this returns are the backends' to clean up
-    /// (the local backend kills them when dropped; the next engine requeues them).
+    /// Ticks every `poll_interval` until `shutdown` resolves, then asks the backends to stop their
+    /// runs gracefully (the trainer checkpoints; the next engine requeues and resumes the jobs).
+    /// A failing tick is logged and the next one tries again.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        self.run_with_wake(Arc::new(tokio::sync::Notify::new()), shutdown).await;
+    }
+
+    /// [`Self::run`], also ticking at once whenever `wake` is notified (the API does on every
+    /// change: a new LoRA starts without waiting for the next poll, a cancel takes effect at
+    /// once).
+    pub async fn run_with_wake(self, wake: Arc<tokio::sync::Notify>, shutdown: impl Future<Output = ()> + Send) {
         tokio::pin!(shutdown);
         let mut interval = tokio::time::interval(self.settings.poll_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                _ = interval.tick() => {
-                    match self.tick().await {
-                        Ok(report) => {
-                            for e in &report.errors {
-                                tracing::warn!(error = %e, "job engine");
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, retryable = e.is_retryable(), "job engine tick failed"),
-                    }
+                () = wake.notified() => self.tick_logged().await,
+                _ = interval.tick() => self.tick_logged().await,
+            }
+        }
+        for backend in &self.backends {
+            backend.shutdown().await;
+        }
+    }
+
+    async fn tick_logged(&self) {
+        match self.tick().await {
+            Ok(report) => {
+                for e in &report.errors {
+                    tracing::warn!(error = %e, "job engine");
                 }
             }
+            Err(e) => tracing::warn!(error = %e, retryable = e.is_retryable(), "job engine tick failed"),
         }
     }
 
@@ -134,7 +154,7 @@ impl Engine {
         now: DateTime<Utc>,
         report: &mut TickReport,
     ) -> bool {
-        match self.repo.apply_event(id, event, EventDetail { error }, now).await {
+        match self.repo.apply_event(id, event, EventDetail { error, ..EventDetail::default() }, now).await {
             Ok(_) => true,
             Err(DbError::Transition(e)) => {
                 tracing::debug!(lora = %id, error = %e, "status moved on before the engine's change");
@@ -247,15 +267,14 @@ impl Engine {
                     }
                     false
                 }
-                (S::Training, RunState::Exited { code, reason }) => {
-                    match outcome_of_exit(code, reason.as_deref()) {
+                (S::Training, RunState::Exited { code, reason, retryable }) => {
+                    match outcome_of_exit(code, reason.as_deref(), retryable) {
                         RunOutcome::Trained => {
-                            // TODO(issue 4: after-training): check the LoRA file, upload it and
-                            // generate/score the validation images before Complete; for now the
-                            // engine only records that training ended and the job is validating.
-                            if self.apply(run.lora_id, StatusEvent::BeginValidation, None, now, report).await {
-                                report.trained.push(run.lora_id);
-                            }
+                            // A worker reports its result (`/api/v1/worker/jobs/{id}/result`,
+                            // which moves the job on) before it exits 0; a job still in
+                            // training never got one.
+                            let why = "the worker ended without reporting its result";
+                            self.requeue_or_fail(run.lora_id, run.attempt, why, now, report).await
                         }
                         RunOutcome::Requeue(why) => {
                             self.requeue_or_fail(run.lora_id, run.attempt, &why, now, report).await
@@ -273,16 +292,34 @@ impl Engine {
                     self.requeue_or_fail(run.lora_id, run.attempt, &why, now, report).await;
                     true
                 }
-                // The job no longer wants this run (cancelled, failed, requeued, validating):
-                // make sure it stops, and forget it once it has.
+                // The worker reported its result and is finishing (cleaning up, exiting 0):
+                // leave it be.
+                (S::Validating | S::Completed, RunState::Running) => false,
+                // The job no longer wants this run (cancelled, failed, requeued): make sure it
+                // stops, and forget it once it has.
                 (_, RunState::Running) => {
                     self.stop_run(&run, report).await;
                     false
                 }
-                (_, RunState::Exited { .. } | RunState::Unknown) => true,
+                (_, RunState::Exited { code, .. }) => {
+                    if code == Some(0) {
+                        report.trained.push(run.lora_id);
+                    }
+                    true
+                }
+                (_, RunState::Unknown) => true,
             };
-            if gone && let Err(e) = self.repo.clear_run(run.lora_id, &run.run_id).await {
-                report.errors.push(format!("forgetting run {run_id} of LoRA {}: {e}", run.lora_id));
+            if gone {
+                match self.repo.clear_run(run.lora_id, &run.run_id).await {
+                    Ok(_) => {}
+                    Err(e) => report.errors.push(format!("forgetting run {run_id} of LoRA {}: {e}", run.lora_id)),
+                }
+                // Past training for good: what the backend kept for a resume is of no more use.
+                // (A requeued job keeps it; a job that was training when its run ended was
+                // decided above and is looked at again on the next tick.)
+                if !matches!(run.status, S::Training | S::Queued | S::Pending) {
+                    backend.release(&run_id, run.lora_id).await;
+                }
             }
         }
         Ok(())
@@ -449,9 +486,13 @@ impl Engine {
 
     /// What the worker needs for attempt `attempt` of LoRA `id`; `None` if the LoRA or its
     /// dataset is gone.
-    async fn job_spec(&self, id: LoraId, attempt: u32) -> Result<Option<JobSpec>, DbError> {
+    async fn job_spec(&self, id: LoraId, attempt: u32) -> Result<Option<JobSpec>> {
         let Some(lora) = self.repo.get_lora(id).await? else { return Ok(None) };
         let Some(dataset) = self.repo.get_dataset(lora.dataset_id).await? else { return Ok(None) };
+        let worker_token = match &self.tokens {
+            Some(t) => Some(t.issue(id, attempt, &self.settings.worker_id).map_err(crate::EngineError::Token)?),
+            None => None,
+        };
         Ok(Some(JobSpec {
             lora_id: id,
             attempt,
@@ -461,7 +502,7 @@ impl Engine {
                 .into_iter()
                 .map(|i| SpecImage { storage_key: i.storage_key, caption: i.caption })
                 .collect(),
-            worker_token: None,
+            worker_token,
         }))
     }
 }

@@ -14,7 +14,7 @@ mod outcome;
 mod settings;
 mod trainer_line;
 
-pub use backend::{BackendError, JobSpec, RunId, RunReport, RunState, SpecImage, TrainingBackend};
+pub use backend::{BackendError, JobSpec, RunId, RunReport, RunState, SpecImage, TrainingBackend, WorkerTokens};
 pub use engine::{Engine, TickReport};
 pub use outcome::{RunOutcome, outcome_of_exit};
 pub use settings::{EngineSettings, human_duration};
@@ -28,6 +28,9 @@ pub enum EngineError {
     Db(#[from] loraforge_db::DbError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// A worker token could not be issued.
+    #[error("issuing the worker's token: {0}")]
+    Token(String),
 }
 
 impl EngineError {
@@ -36,6 +39,7 @@ impl EngineError {
         match self {
             EngineError::Db(e) => e.is_retryable(),
             EngineError::Backend(e) => e.is_retryable(),
+            EngineError::Token(_) => false,
         }
     }
 }

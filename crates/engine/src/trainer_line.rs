@@ -18,6 +18,8 @@ pub enum TrainerLine {
     Error {
         code: String,
         reason: String,
+        /// The trainer's `"retryable": true`: the same job may succeed later.
+        retryable: bool,
     },
     /// Anything else: checkpoints, outputs, done, stopped, unknown events, non-JSON noise.
     Other,
@@ -32,6 +34,7 @@ struct Raw {
     eta_s: Option<f64>,
     code: Option<String>,
     reason: Option<String>,
+    retryable: Option<bool>,
 }
 
 impl TrainerLine {
@@ -46,6 +49,7 @@ impl TrainerLine {
             "error" => TrainerLine::Error {
                 code: raw.code.unwrap_or_else(|| "unknown".to_owned()),
                 reason: raw.reason.unwrap_or_else(|| "the trainer reported an error".to_owned()),
+                retryable: raw.retryable.unwrap_or(false),
             },
             _ => TrainerLine::Other,
         }
@@ -103,8 +107,16 @@ mod tests {
             TrainerLine::parse(
                 r#"{"event":"error","code":"non_finite_loss","reason":"non-finite loss at step 4","exit_code":3}"#
             ),
-            TrainerLine::Error { code: "non_finite_loss".into(), reason: "non-finite loss at step 4".into() }
+            TrainerLine::Error {
+                code: "non_finite_loss".into(),
+                reason: "non-finite loss at step 4".into(),
+                retryable: false
+            }
         );
+        assert!(matches!(
+            TrainerLine::parse(r#"{"event":"error","code":"model_unavailable","reason":"hub down","exit_code":2,"retryable":true}"#),
+            TrainerLine::Error { retryable: true, .. }
+        ));
         for other in ["", "not json", "[]", r#"{"event":"checkpoint","step":4}"#, r#"{"no":"event"}"#] {
             assert_eq!(TrainerLine::parse(other), TrainerLine::Other, "{other}");
         }

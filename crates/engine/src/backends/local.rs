@@ -15,11 +15,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use loraforge_domain::LoraId;
+use loraforge_stdx::next_line;
 
 use crate::backend::{BackendError, JobSpec, RunId, RunReport, RunState, TrainingBackend, io_is_retryable};
 use crate::trainer_line::{ProgressTracker, TrainerLine};
@@ -37,6 +38,8 @@ pub struct LocalBackendSettings {
     /// Extra environment for the child, on top of this process's. The child also gets
     /// `LORAFORGE_LORA_ID`, `LORAFORGE_ATTEMPT`, `LORAFORGE_SPEC` and `LORAFORGE_OUT`.
     pub env: Vec<(String, String)>,
+    /// Variables of this process the child must not inherit (the service's own secrets).
+    pub env_remove: Vec<String>,
     /// Where job folders live: `<work_dir>/<lora_id>/` holds `spec-<attempt>.json` and `out/`.
     pub work_dir: PathBuf,
     /// Runs at once on this host.
@@ -53,6 +56,7 @@ impl LocalBackendSettings {
             program: program.into(),
             args_template: vec!["--spec".into(), "{spec}".into(), "--out".into(), "{out}".into()],
             env: Vec::new(),
+            env_remove: Vec::new(),
             work_dir: work_dir.into(),
             max_concurrent: 1,
             kill_grace: Duration::from_secs(10),
@@ -64,7 +68,7 @@ impl LocalBackendSettings {
 #[derive(Debug, Clone)]
 enum Phase {
     Running,
-    Exited { code: Option<i32>, reason: Option<String> },
+    Exited { code: Option<i32>, reason: Option<String>, retryable: bool },
 }
 
 #[derive(Debug)]
@@ -165,12 +169,17 @@ impl TrainingBackend for LocalBackend {
         tokio::fs::write(&spec_path, json).await?;
 
         let mut cmd = Command::new(&self.settings.program);
+        for k in &self.settings.env_remove {
+            cmd.env_remove(k);
+        }
         cmd.args(self.args(&spec_path, &out, spec))
             .envs(self.settings.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("LORAFORGE_LORA_ID", spec.lora_id.to_string())
             .env("LORAFORGE_ATTEMPT", spec.attempt.to_string())
             .env("LORAFORGE_SPEC", &spec_path)
             .env("LORAFORGE_OUT", &out)
+            // The token goes by environment: arguments are visible to every user in `ps`.
+            .env("LORAFORGE_WORKER_TOKEN", spec.worker_token.as_deref().unwrap_or(""))
             .current_dir(&job_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -189,7 +198,7 @@ impl TrainingBackend for LocalBackend {
 
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
-        let last_error = Arc::new(Mutex::new(None::<String>));
+        let last_error = Arc::new(Mutex::new(None::<RunError>));
         let readers = tokio::spawn(read_output(
             stdout,
             stderr,
@@ -223,7 +232,7 @@ impl TrainingBackend for LocalBackend {
         let phase = lock(&r.phase).clone();
         Ok(match phase {
             Phase::Running => RunState::Running,
-            Phase::Exited { code, reason } => RunState::Exited { code, reason },
+            Phase::Exited { code, reason, retryable } => RunState::Exited { code, reason, retryable },
         })
     }
 
@@ -237,6 +246,45 @@ impl TrainingBackend for LocalBackend {
             let _ = stop.send(());
         }
         Ok(())
+    }
+
+    /// SIGTERM to every live run, then waits for them to end (SIGKILL after `kill_grace`).
+    async fn shutdown(&self) {
+        let phases: Vec<Arc<Mutex<Phase>>> = {
+            let mut runs = lock(&self.runs);
+            runs.values_mut()
+                .filter_map(|r| {
+                    let stop = r.stop.take()?;
+                    let _ = stop.send(());
+                    Some(r.phase.clone())
+                })
+                .collect()
+        };
+        if phases.is_empty() {
+            return;
+        }
+        tracing::info!(runs = phases.len(), "stopping local runs");
+        let deadline = tokio::time::Instant::now() + self.settings.kill_grace + Duration::from_secs(2);
+        while phases.iter().any(|p| matches!(*lock(p), Phase::Running)) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Deletes the job's folder (`<work_dir>/<lora_id>`): specs and checkpoints. A folder that
+    /// still holds trained files whose upload never succeeded (`out/result.json`, kept by the
+    /// worker) is left where it is, with a warning: a trained file is never deleted unpublished.
+    async fn release(&self, run: &RunId, lora: LoraId) {
+        let dir = self.settings.work_dir.join(lora.to_string());
+        if tokio::fs::try_exists(dir.join("out").join("result.json")).await.unwrap_or(true) {
+            tracing::warn!(run = %run, lora = %lora, dir = %dir.display(),
+                "the job ended with trained files that were never uploaded; they are kept here");
+            return;
+        }
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => tracing::debug!(run = %run, dir = %dir.display(), "job folder removed"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(run = %run, dir = %dir.display(), error = %e, "could not remove a job folder"),
+        }
     }
 
     fn drain_reports(&self) -> Vec<RunReport> {
@@ -277,7 +325,7 @@ struct Supervised {
     stop: oneshot::Receiver<()>,
     grace: Duration,
     readers: tokio::task::JoinHandle<()>,
-    last_error: Arc<Mutex<Option<String>>>,
+    last_error: Arc<Mutex<Option<RunError>>>,
     phase: Arc<Mutex<Phase>>,
     run_id: RunId,
     _permit: OwnedSemaphorePermit,
@@ -317,12 +365,23 @@ async fn supervise(mut s: Supervised) {
     if tokio::time::timeout(OUTPUT_DRAIN, &mut s.readers).await.is_err() {
         s.readers.abort();
     }
-    let (code, reason) = match status {
-        Ok(st) => (st.code(), lock(&s.last_error).clone()),
-        Err(e) => (None, Some(format!("could not wait for the worker: {e}"))),
+    let (code, reason, retryable) = match status {
+        Ok(st) => {
+            let error = lock(&s.last_error).clone();
+            (st.code(), error.as_ref().map(|e| e.reason.clone()), error.is_some_and(|e| e.retryable))
+        }
+        Err(e) => (None, Some(format!("could not wait for the worker: {e}")), false),
     };
-    tracing::info!(run = %s.run_id, ?code, ?reason, "local run ended");
-    *lock(&s.phase) = Phase::Exited { code, reason };
+    tracing::info!(run = %s.run_id, ?code, ?reason, retryable, "local run ended");
+    *lock(&s.phase) = Phase::Exited { code, reason, retryable };
+}
+
+/// The worker's own account of a failure: the reason of its last `error` line (else its last
+/// stderr line) and whether it said the failure may pass.
+#[derive(Debug, Clone)]
+struct RunError {
+    reason: String,
+    retryable: bool,
 }
 
 /// Reads the trainer's stdout (JSON lines → progress reports; the `error` line's reason is
@@ -333,7 +392,7 @@ async fn read_output(
     run_id: RunId,
     lora_id: LoraId,
     reports: mpsc::UnboundedSender<RunReport>,
-    last_error: Arc<Mutex<Option<String>>>,
+    last_error: Arc<Mutex<Option<RunError>>>,
 ) {
     let last_stderr = Arc::new(Mutex::new(None::<String>));
     let err_task = stderr.map(|stderr| {
@@ -341,7 +400,7 @@ async fn read_output(
         let run_id = run_id.clone();
         tokio::spawn(async move {
             let mut stderr = BufReader::new(stderr);
-            while let Some(line) = next_line(&mut stderr).await {
+            while let Some(line) = next_line(&mut stderr, MAX_LINE).await {
                 tracing::debug!(run = %run_id, "worker: {line}");
                 if !line.trim().is_empty() {
                     *lock(&last) = Some(line);
@@ -353,10 +412,10 @@ async fn read_output(
     if let Some(stdout) = stdout {
         let mut tracker = ProgressTracker::default();
         let mut stdout = BufReader::new(stdout);
-        while let Some(line) = next_line(&mut stdout).await {
+        while let Some(line) = next_line(&mut stdout, MAX_LINE).await {
             let parsed = TrainerLine::parse(&line);
-            if let TrainerLine::Error { reason, .. } = &parsed {
-                *lock(&last_error) = Some(reason.clone());
+            if let TrainerLine::Error { reason, retryable, .. } = &parsed {
+                *lock(&last_error) = Some(RunError { reason: reason.clone(), retryable: *retryable });
                 saw_error = true;
             }
             if let Some(progress) = tracker.apply(&parsed) {
@@ -370,51 +429,6 @@ async fn read_output(
     }
     if !saw_error {
         let fallback = lock(&last_stderr).take();
-        *lock(&last_error) = fallback;
-    }
-}
-
-/// The next line (without its newline, lossily decoded, cut at [`MAX_LINE`] bytes); `None` at
-/// the end of the stream or on a read error.
-async fn next_line(reader: &mut (impl AsyncBufRead + Unpin)) -> Option<String> {
-    let mut line = Vec::new();
-    let mut read_any = false;
-    loop {
-        let buf = reader.fill_buf().await.ok()?;
-        if buf.is_empty() {
-            return read_any.then(|| String::from_utf8_lossy(&line).into_owned());
-        }
-        read_any = true;
-        let (chunk, done) = match buf.iter().position(|b| *b == b'\n') {
-            Some(i) => (&buf[..i], Some(i + 1)),
-            None => (buf, None),
-        };
-        let room = MAX_LINE.saturating_sub(line.len());
-        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        let used = done.unwrap_or(buf.len());
-        reader.consume(used);
-        if done.is_some() {
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            return Some(String::from_utf8_lossy(&line).into_owned());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn lines_are_split_and_bounded() {
-        let long = "x".repeat(MAX_LINE + 10);
-        let input = format!("one\r\n{long}\ntwo\nlast without newline");
-        let mut r = BufReader::with_capacity(7, input.as_bytes());
-        assert_eq!(next_line(&mut r).await.as_deref(), Some("one"));
-        assert_eq!(next_line(&mut r).await.map(|l| l.len()), Some(MAX_LINE));
-        assert_eq!(next_line(&mut r).await.as_deref(), Some("two"));
-        assert_eq!(next_line(&mut r).await.as_deref(), Some("last without newline"));
-        assert_eq!(next_line(&mut r).await, None);
+        *lock(&last_error) = fallback.map(|reason| RunError { reason, retryable: false });
     }
 }

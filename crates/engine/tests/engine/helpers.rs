@@ -184,3 +184,13 @@ pub fn process_alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// Worker tokens that say what they were issued for.
+#[derive(Debug)]
+pub struct FixedTokens;
+
+impl loraforge_engine::WorkerTokens for FixedTokens {
+    fn issue(&self, lora: LoraId, attempt: u32, worker_id: &str) -> Result<String, String> {
+        Ok(format!("token-{lora}-{attempt}-{worker_id}"))
+    }
+}

@@ -19,38 +19,57 @@ async fn run_of(db: &Db, local: &LocalBackend, id: LoraId) -> (RunId, u32) {
 }
 
 #[tokio::test]
-async fn a_finished_run_reports_progress_and_moves_to_validating() {
+async fn a_finished_run_relays_progress_and_is_let_finish_once_its_result_is_in() {
     let db = Db::sqlite().await;
     let u = db.user().await;
     let id = db.lora(u, "Finishes", 0).await;
-    let local = db.local(1, &[("FAKE_STEPS", "4"), ("FAKE_STEP_SECONDS", "0.05")]);
-    let engine = db.engine(vec![local.clone() as Arc<dyn TrainingBackend>], settings("e1"));
+    let local = db.local(1, &[("FAKE_STEPS", "6"), ("FAKE_STEP_SECONDS", "0.1")]);
+    let engine = db
+        .engine(vec![local.clone() as Arc<dyn TrainingBackend>], settings("e1"))
+        .with_worker_tokens(Arc::new(FixedTokens));
     assert_eq!(engine.tick().await.unwrap().started, [id]);
-    // The spec the worker got: this job's parameters and images.
-    let spec: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(db.dir.path().join("runs").join(id.to_string()).join("spec-1.json")).unwrap(),
-    )
-    .unwrap();
+    // The spec the worker got: this job's parameters and images, and no token on disk.
+    let job_dir = db.dir.path().join("runs").join(id.to_string());
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(job_dir.join("spec-1.json")).unwrap()).unwrap();
     assert_eq!(spec["lora_id"], id.to_string());
     assert_eq!(spec["attempt"], 1);
     assert_eq!(spec["images"].as_array().unwrap().len(), 2);
     assert_eq!(spec["params"]["rank"], 8);
+    assert!(spec.get("worker_token").is_none(), "the token stays off the disk: {spec}");
+    // ... it gets it in its environment instead (the fake worker writes what it got).
+    let seen = job_dir.join("out/token");
+    wait_for("the worker to start", || async { seen.exists() }).await;
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), format!("token-{id}-1-e1"));
 
+    tick_until(&engine, "progress to be relayed", async |r| r.iter().any(|r| r.progress > 0)).await;
+    // The worker's result call moves the job on while the worker is still finishing.
+    db.repo.apply_event(id, StatusEvent::BeginValidation, EventDetail::default(), db.now()).await.unwrap();
     let reports = tick_until(&engine, "the run to finish", async |r| r.iter().any(|r| r.trained == [id])).await;
+    assert!(reports.iter().all(|r| r.stopped_runs.is_empty()), "a run past training is not stopped: {reports:?}");
     assert_eq!(db.status(id).await, TrainingStatus::Validating);
-    assert!(reports.iter().map(|r| r.progress).sum::<usize>() > 0, "progress was relayed");
-    // Reports still in flight land on the next tick; the last one says done.
-    engine.tick().await.unwrap();
-    let lora = db.get(id).await;
-    assert_eq!((lora.progress.stage.as_deref(), lora.progress.percent), (Some("done"), 100));
     let log = db.repo.events_after(id, 0, 1000).await.unwrap();
     let percents: Vec<u64> =
         log.iter().filter(|e| e.kind == "progress").filter_map(|e| e.data["percent"].as_u64()).collect();
     assert!(percents.windows(2).all(|w| w[0] <= w[1]), "progress only goes up: {percents:?}");
-    assert!(log.iter().any(|e| e.data["event"] == "begin_validation"));
-    // The run is forgotten and its slot free.
+    // The run is forgotten, its slot free and its job folder gone.
     assert!(db.repo.live_runs().await.unwrap().is_empty());
     assert_eq!(local.capacity(), 1);
+    assert!(!job_dir.exists(), "the job folder is released");
+}
+
+#[tokio::test]
+async fn a_run_that_exits_without_its_result_is_requeued() {
+    let db = Db::sqlite().await;
+    let u = db.user().await;
+    let id = db.lora(u, "Silent end", 0).await;
+    let local = db.local(1, &[("FAKE_STEPS", "2"), ("FAKE_STEP_SECONDS", "0.01")]);
+    let engine = db.engine(vec![local as Arc<dyn TrainingBackend>], settings("e1"));
+    tick_until(&engine, "the run to end", async |r| r.iter().any(|r| r.requeued == [id])).await;
+    // Requeued with the reason (and, slots being free, started again at once).
+    let log = db.repo.events_after(id, 0, 1000).await.unwrap();
+    let requeue = log.iter().find(|e| e.data["event"] == "requeue").expect("a requeue event");
+    assert_eq!(requeue.data["error"], "the worker ended without reporting its result");
+    assert!(matches!(db.status(id).await, TrainingStatus::Queued | TrainingStatus::Training));
 }
 
 #[tokio::test]
@@ -67,6 +86,19 @@ async fn exit_code_3_fails_the_job_with_non_finite_loss() {
     // Not retried: a diverging job would diverge again.
     let again = engine.tick().await.unwrap();
     assert!(again.started.is_empty());
+}
+
+#[tokio::test]
+async fn a_failure_the_worker_calls_retryable_requeues_the_job() {
+    let db = Db::sqlite().await;
+    let u = db.user().await;
+    let id = db.lora(u, "Hub down", 0).await;
+    let local = db.local(1, &[("FAKE_STEPS", "1"), ("FAKE_EXIT_CODE", "2"), ("FAKE_RETRYABLE", "true")]);
+    let engine = db.engine(vec![local as Arc<dyn TrainingBackend>], settings("e1"));
+    tick_until(&engine, "the run to end", async |r| r.iter().any(|r| r.requeued == [id])).await;
+    let log = db.repo.events_after(id, 0, 1000).await.unwrap();
+    let requeue = log.iter().find(|e| e.data["event"] == "requeue").expect("a requeue event");
+    assert_eq!(requeue.data["error"], "the run failed for now: fake failure");
 }
 
 #[tokio::test]
@@ -127,7 +159,7 @@ async fn cancel_kills_the_whole_process_tree_within_30_s() {
     // The owner cancels through the API's path: a status change only.
     let cancelled_at = Instant::now();
     db.repo
-        .apply_event(id, StatusEvent::Cancel, EventDetail { error: Some("cancelled by owner".into()) }, db.now())
+        .apply_event(id, StatusEvent::Cancel, EventDetail::because("cancelled by owner"), db.now())
         .await
         .unwrap();
     let report = engine.tick().await.unwrap();

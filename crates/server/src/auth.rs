@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretSlice};
 use serde::{Deserialize, Serialize};
 
 use chrono::{DateTime, Utc};
-use loraforge_domain::UserId;
+use loraforge_domain::{LoraId, UserId};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -33,6 +33,33 @@ pub struct Claims {
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_metadata: Option<AppMetadata>,
+    /// Set only on worker tokens ([`WORKER_AUDIENCE`]), which user routes refuse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<serde_json::Value>,
+}
+
+/// The `aud` of a worker's per-attempt token.
+pub const WORKER_AUDIENCE: &str = "loraforge-worker";
+
+/// Claims of a worker token: good for one LoRA's attempt, while one engine holds its lease.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct WorkerClaims {
+    aud: String,
+    /// The LoRA (job) id.
+    sub: String,
+    attempt: u32,
+    /// The engine (worker id) that started the attempt.
+    wid: String,
+    iat: i64,
+    exp: i64,
+}
+
+/// The caller of a `/api/v1/worker` route: one attempt of one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerAuth {
+    pub lora_id: LoraId,
+    pub attempt: u32,
+    pub worker_id: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -85,12 +112,50 @@ impl JwtKeys {
             email,
             role: Some(if admin { "admin" } else { "authenticated" }.to_owned()),
             app_metadata: None,
+            aud: None,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
     }
 
-    /// Checks a bearer token and returns who it is for.
-    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<AuthUser, ApiError> {
+    /// A worker's token for `attempt` of job `lora`, started by engine `worker_id`.
+    pub fn issue_worker(
+        &self,
+        lora: LoraId,
+        attempt: u32,
+        worker_id: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let claims = WorkerClaims {
+            aud: WORKER_AUDIENCE.to_owned(),
+            sub: lora.to_string(),
+            attempt,
+            wid: worker_id.to_owned(),
+            iat: now.timestamp(),
+            exp: now.timestamp() + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+    }
+
+    /// Checks a worker's bearer token.
+    pub fn verify_worker(&self, token: &str, now: DateTime<Utc>) -> Result<WorkerAuth, ApiError> {
+        let c: WorkerClaims = self.decode(token, &["exp", "sub", "aud"])?;
+        if c.aud != WORKER_AUDIENCE {
+            return Err(ApiError::unauthorized("invalid_token", "this route takes a worker's job token"));
+        }
+        if c.exp + LEEWAY_SECS <= now.timestamp() {
+            return Err(ApiError::unauthorized("token_expired", "the job token has expired; the job will be retried"));
+        }
+        let lora_id = c
+            .sub
+            .parse::<LoraId>()
+            .map_err(|_| ApiError::unauthorized("invalid_token", "the job token's `sub` must be a LoRA id"))?;
+        Ok(WorkerAuth { lora_id, attempt: c.attempt, worker_id: c.wid })
+    }
+
+    /// Checks signature, algorithm and the listed claims' presence; expiry is the caller's
+    /// (against the injected clock).
+    fn decode<C: serde::de::DeserializeOwned>(&self, token: &str, required: &[&str]) -> Result<C, ApiError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| malformed())?;
         if header.alg != Algorithm::HS256 {
             return Err(ApiError::unauthorized(
@@ -99,11 +164,11 @@ impl JwtKeys {
             ));
         }
         let mut v = Validation::new(Algorithm::HS256);
-        // Expiry is checked below against the injected clock; audiences are not used.
+        // Expiry is checked by the caller against the injected clock; audiences likewise.
         v.validate_exp = false;
         v.validate_aud = false;
-        v.required_spec_claims = ["exp", "sub"].into_iter().map(String::from).collect();
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &v).map_err(|e| match e.kind() {
+        v.required_spec_claims = required.iter().map(|c| (*c).to_owned()).collect();
+        let data = jsonwebtoken::decode::<C>(token, &self.decoding, &v).map_err(|e| match e.kind() {
             ErrorKind::InvalidSignature => {
                 ApiError::unauthorized("invalid_signature", "the token's signature is not valid for this server")
             }
@@ -112,7 +177,15 @@ impl JwtKeys {
             }
             _ => malformed(),
         })?;
-        let c = data.claims;
+        Ok(data.claims)
+    }
+
+    /// Checks a bearer token and returns who it is for.
+    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<AuthUser, ApiError> {
+        let c: Claims = self.decode(token, &["exp", "sub"])?;
+        if c.aud.is_some() {
+            return Err(ApiError::unauthorized("invalid_token", "this token is not a user's API token"));
+        }
         if c.exp + LEEWAY_SECS <= now.timestamp() {
             return Err(ApiError::unauthorized("token_expired", "the token has expired; sign in again for a new one"));
         }
@@ -129,23 +202,34 @@ fn malformed() -> ApiError {
     ApiError::unauthorized("invalid_token", "the bearer token is not a valid JWT")
 }
 
+/// The bearer token of a request.
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing_token", "send an `Authorization: Bearer <token>` header"))?;
+    let value = header.to_str().map_err(|_| malformed())?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("invalid_token", "the Authorization header must be `Bearer <token>`"))
+}
+
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthorized("missing_token", "send an `Authorization: Bearer <token>` header")
-        })?;
-        let value = header.to_str().map_err(|_| malformed())?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::unauthorized("invalid_token", "the Authorization header must be `Bearer <token>`")
-            })?;
-        state.jwt().verify(token, state.now())
+        state.jwt().verify(bearer(parts)?, state.now())
+    }
+}
+
+impl FromRequestParts<AppState> for WorkerAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        state.jwt().verify_worker(bearer(parts)?, state.now())
     }
 }
 
@@ -198,6 +282,25 @@ mod tests {
     }
 
     #[test]
+    fn worker_and_user_tokens_are_not_interchangeable() {
+        let k = keys();
+        let lora = LoraId::new();
+        let t = k.issue_worker(lora, 2, "engine-a", Duration::from_secs(60), now()).unwrap();
+        assert_eq!(
+            k.verify_worker(&t, now()).unwrap(),
+            WorkerAuth { lora_id: lora, attempt: 2, worker_id: "engine-a".into() }
+        );
+        // A LoRA id is a UUID too, but a worker token is no user's token.
+        assert_eq!(k.verify(&t, now()).unwrap_err().code, "invalid_token");
+        let user = k.issue(UserId::new(), None, true, Duration::from_secs(60), now()).unwrap();
+        assert_eq!(k.verify_worker(&user, now()).unwrap_err().code, "invalid_token");
+        let later = now() + chrono::Duration::seconds(61 + LEEWAY_SECS);
+        assert_eq!(k.verify_worker(&t, later).unwrap_err().code, "token_expired");
+        let other = JwtKeys::new(&SecretSlice::from(b"another-secret-another-secret-xx".to_vec()));
+        assert_eq!(other.verify_worker(&t, now()).unwrap_err().code, "invalid_signature");
+    }
+
+    #[test]
     fn admin_via_app_metadata_and_non_uuid_sub() {
         let k = keys();
         let claims = Claims {
@@ -207,6 +310,7 @@ mod tests {
             email: None,
             role: Some("authenticated".into()),
             app_metadata: Some(AppMetadata { role: Some("admin".into()) }),
+            aud: None,
         };
         let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &k.encoding).unwrap();
         assert!(k.verify(&t, now()).unwrap().is_admin);

@@ -9,6 +9,7 @@ pub mod downloads;
 pub mod error;
 pub mod intake;
 pub mod library_cache;
+pub mod maintenance;
 pub mod openapi;
 pub mod rate_limit;
 pub mod routes;
@@ -37,7 +38,7 @@ pub use error::ApiError;
 pub use settings::ServerSettings;
 pub use state::AppState;
 
-use routes::{datasets, events, files, health, lora_models, me, references};
+use routes::{admin, datasets, events, files, health, lora_models, me, references, worker};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -47,6 +48,9 @@ pub fn api_router(state: AppState) -> Router {
     let upload = Router::new()
         .route("/api/v1/datasets", post(datasets::upload))
         .layer(DefaultBodyLimit::max(settings.max_upload_bytes()));
+    let file_upload = Router::new()
+        .route("/files/{*key}", get(files::get_file).put(files::put_file))
+        .layer(DefaultBodyLimit::max(settings.max_file_upload_bytes()));
     let api = Router::new()
         .route("/api/v1/datasets/from-urls", post(datasets::from_urls))
         .route("/api/v1/datasets/{id}", get(datasets::get))
@@ -57,12 +61,16 @@ pub fn api_router(state: AppState) -> Router {
         .route("/api/v1/lora-models/{id}/events", get(events::events))
         .route("/api/v1/lora-models/{id}/cancel", post(lora_models::cancel))
         .route("/api/v1/me/limits", get(me::limits))
-        .route("/files/{*key}", get(files::get_file))
+        .route("/api/v1/admin/lora-models/{id}/review", post(admin::review))
+        .route("/api/v1/worker/jobs/{id}", get(worker::job))
+        .route("/api/v1/worker/jobs/{id}/progress", post(worker::progress))
+        .route("/api/v1/worker/jobs/{id}/result", post(worker::result))
         .layer(DefaultBodyLimit::max(settings.max_json_bytes));
     let mut router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(upload)
+        .merge(file_upload)
         .merge(api)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
         .fallback(not_found)

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{datasets, events, health, lora_models, me, references};
+use crate::routes::{admin, datasets, events, health, lora_models, me, references};
 use crate::views;
 
 #[derive(OpenApi)]
@@ -20,7 +20,7 @@ use crate::views;
         datasets::upload, datasets::from_urls, datasets::get,
         lora_models::list, lora_models::create, references::from_references, lora_models::get, lora_models::status,
         lora_models::cancel, lora_models::patch, events::events,
-        me::limits,
+        me::limits, admin::review,
     ),
     components(schemas(
         views::LoraList, views::LoraListItem, views::CreatorView, views::LoraDetails, views::StatusView,
@@ -29,7 +29,7 @@ use crate::views;
         datasets::DatasetView, datasets::DatasetImageView, datasets::FromUrlsRequest, datasets::UrlImageRequest,
         references::FromReferencesRequest, references::CharacterReference, references::FromReferencesResponse,
         references::CharacterLoraView, references::CharacterWarning, events::EventView,
-        lora_models::CreateLoraRequest, lora_models::PatchLora,
+        lora_models::CreateLoraRequest, lora_models::PatchLora, admin::ReviewBody, admin::Decision,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -37,6 +37,7 @@ use crate::views;
         (name = "datasets", description = "Training images"),
         (name = "account", description = "Your limits"),
         (name = "ops", description = "Health checks"),
+        (name = "admin", description = "Manual review of trained LoRAs (admin tokens only)"),
     )
 )]
 pub struct ApiDoc;

@@ -2,6 +2,7 @@
 //! chosen by the composition root.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
@@ -31,6 +32,10 @@ struct Inner {
     changes: broadcast::Sender<LoraId>,
     /// `None` only when the HTTP client could not be built (logged at start-up).
     fetcher: Option<Fetcher>,
+    /// Uploads still to refuse (`ServerSettings::debug_fail_uploads`).
+    upload_faults: AtomicU32,
+    /// Wakes this process's job engine on every change, when it runs one.
+    engine_wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl AppState {
@@ -47,7 +52,20 @@ impl AppState {
         let fetcher = Fetcher::new(settings.url_intake.clone(), clock.clone())
             .map_err(|e| tracing::error!(error = %e, "URL downloads are unavailable"))
             .ok();
-        Self(Arc::new(Inner { repo, store, clock, jwt, settings, create_limiter, library_cache, changes, fetcher }))
+        let upload_faults = AtomicU32::new(settings.debug_fail_uploads);
+        Self(Arc::new(Inner {
+            repo,
+            store,
+            clock,
+            jwt,
+            settings,
+            create_limiter,
+            library_cache,
+            changes,
+            fetcher,
+            upload_faults,
+            engine_wake: None,
+        }))
     }
 
     pub fn repo(&self) -> &dyn Repository {
@@ -77,12 +95,29 @@ impl AppState {
         &self.0.library_cache
     }
 
-    /// Something about `id` changed: drops cached library listings and wakes SSE streams of
-    /// this process watching it (other processes poll the event log).
+    /// Wakes `wake` (the job engine of this process) on every change. Call before sharing the
+    /// state.
+    pub fn with_engine_wake(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
+        match Arc::get_mut(&mut self.0) {
+            Some(inner) => inner.engine_wake = Some(wake),
+            None => tracing::warn!("the job engine's wake-up is not set: the state was already shared"),
+        }
+        self
+    }
+
+    /// Something about `id` changed: drops cached library listings, wakes SSE streams of this
+    /// process watching it (other processes poll the event log) and this process's job engine.
     pub fn notify_changed(&self, id: LoraId) {
         self.0.library_cache.invalidate();
+        if let Some(wake) = &self.0.engine_wake {
+            wake.notify_one();
+        }
         // No receivers is fine: nobody is watching.
         let _ = self.0.changes.send(id);
+    }
+    /// Testing only: whether this upload is one of the first `debug_fail_uploads` to refuse.
+    pub fn take_upload_fault(&self) -> bool {
+        self.0.upload_faults.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
     }
     pub fn subscribe_changes(&self) -> broadcast::Receiver<LoraId> {
         self.0.changes.subscribe()

@@ -127,8 +127,11 @@ pub struct LoraDetails {
     pub reference_images: Vec<ReferenceImageView>,
     pub validation: ValidationView,
     pub file_size: Option<u64>,
-    /// Signed download URL of `model.safetensors`, once completed.
+    /// Signed download URL of `model.safetensors` (diffusers/PEFT keys), once completed.
     pub download_url: Option<String>,
+    /// Signed download URL of the same LoRA with kohya-ss keys (ComfyUI, A1111, Forge), once
+    /// completed.
+    pub kohya_download_url: Option<String>,
     pub download_url_expires_at: Option<DateTime<Utc>>,
     pub training_cost: f64,
     pub created_at: DateTime<Utc>,

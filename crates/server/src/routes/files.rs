@@ -50,3 +50,32 @@ pub async fn get_file(
     )
         .into_response())
 }
+
+/// `PUT /files/{key}?expires=&sig=`: a worker uploads a trained file through a signed upload
+/// link (local storage only; S3 takes presigned PUTs itself). The raw body is the object.
+pub async fn put_file(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    q: Result<Query<FileQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<axum::http::StatusCode> {
+    let q = q.map(|Query(q)| q).unwrap_or(FileQuery { expires: None, sig: None });
+    let (Some(expires), Some(sig)) = (q.expires, q.sig) else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "invalid_signature",
+            "this upload link is not signed; ask the API for an upload URL",
+        ));
+    };
+    let body = body.map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
+    if state.take_upload_fault() {
+        tracing::warn!(key, "refusing an upload (debug_fail_uploads)");
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "uploads are refused for testing (debug_fail_uploads); try again",
+        ));
+    }
+    state.store().put_signed(&key, &SignedQuery { expires, sig }, body, state.now()).await?;
+    Ok(axum::http::StatusCode::CREATED)
+}

@@ -279,12 +279,25 @@ async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResu
     for key in &lora.validation_image_keys {
         validation_urls.push(state.store().signed_get_url(key, ttl, now).await?.to_string());
     }
-    let (download_url, download_url_expires_at) = match (&lora.storage_key, lora.status) {
-        (Some(key), TrainingStatus::Completed) => (
-            Some(state.store().signed_get_url(key, ttl, now).await?.to_string()),
-            Some(now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1))),
-        ),
-        _ => (None, None),
+    let (download_url, kohya_download_url, download_url_expires_at) = match (&lora.storage_key, lora.status) {
+        (Some(key), TrainingStatus::Completed) => {
+            let kohya = match key.strip_suffix("model.safetensors") {
+                Some(dir) => {
+                    let kohya_key = format!("{dir}model.kohya.safetensors");
+                    match state.store().head(&kohya_key).await? {
+                        Some(_) => Some(state.store().signed_get_url(&kohya_key, ttl, now).await?.to_string()),
+                        None => None,
+                    }
+                }
+                None => None,
+            };
+            (
+                Some(state.store().signed_get_url(key, ttl, now).await?.to_string()),
+                kohya,
+                Some(now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1))),
+            )
+        }
+        _ => (None, None, None),
     };
     let status = StatusView::from(lora);
     Ok(LoraDetails {
@@ -307,6 +320,7 @@ async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResu
         validation: ValidationView { passed: lora.validation_passed, image_urls: validation_urls },
         file_size: lora.file_size,
         download_url,
+        kohya_download_url,
         download_url_expires_at,
         training_cost: lora.training_cost,
         created_at: lora.created_at,
@@ -338,7 +352,7 @@ fn ensure_owner(lora: &LoraModel, user: &AuthUser, action: &str) -> ApiResult<()
 pub async fn cancel(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<StatusView>> {
     let lora = load(&state, &id).await?;
     ensure_owner(&lora, &user, "cancel")?;
-    let detail = EventDetail { error: Some("cancelled by its creator".to_owned()) };
+    let detail = EventDetail::because("cancelled by its creator");
     let lora = state.repo().apply_event(lora.id, StatusEvent::Cancel, detail, state.now()).await?;
     state.notify_changed(lora.id);
     tracing::info!(lora_id = %lora.id, "LoRA cancelled");

@@ -1,5 +1,6 @@
 //! One module per resource, merged into one router by [`crate::api_router`].
 
+pub mod admin;
 pub mod datasets;
 pub mod events;
 pub mod files;
@@ -7,3 +8,4 @@ pub mod health;
 pub mod lora_models;
 pub mod me;
 pub mod references;
+pub mod worker;

@@ -56,7 +56,7 @@ async fn failed_and_cancelled_loras_do_not_count() {
     app.post_json(&u, &format!("/api/v1/lora-models/{}/cancel", ids[0]), &json!({})).await;
     let id1: LoraId = ids[1].parse().unwrap();
     let now = app.clock.now();
-    app.repo.apply_event(id1, StatusEvent::Fail, EventDetail { error: Some("boom".into()) }, now).await.unwrap();
+    app.repo.apply_event(id1, StatusEvent::Fail, EventDetail::because("boom"), now).await.unwrap();
     app.create_ok(&u, "again-1", &ds).await;
     app.create_ok(&u, "again-2", &ds).await;
     assert_eq!(error_of(app.create_lora(&u, "again-3", &ds).await, 429).await["code"], "monthly_limit_reached");

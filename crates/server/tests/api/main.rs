@@ -13,3 +13,4 @@ mod lora_models;
 mod ops;
 mod references;
 mod url_intake;
+mod worker;

@@ -1,0 +1,85 @@
+//! Periodic housekeeping of stored files. Each sweep is one steppable call with the time passed
+//! in; `run` repeats them until shutdown.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use loraforge_storage::{BlobStore, StorageError};
+
+use crate::state::AppState;
+
+/// Where validation images live (`lora-validation-images/{user}/{lora}/validation/{i}.png`).
+pub const VALIDATION_IMAGES_PREFIX: &str = "lora-validation-images/";
+
+/// PRD 2: validation images are kept 30 days.
+pub const VALIDATION_IMAGE_TTL: Duration = Duration::from_secs(30 * 86_400);
+
+/// Deletes validation images stored before `now - ttl`; returns how many.
+pub async fn sweep_validation_images(
+    store: &dyn BlobStore,
+    now: DateTime<Utc>,
+    ttl: Duration,
+) -> Result<usize, StorageError> {
+    let cutoff = now - chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+    let mut deleted = 0;
+    for (key, meta) in store.list(VALIDATION_IMAGES_PREFIX).await? {
+        if meta.last_modified < cutoff {
+            store.delete(&key).await?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+/// Sweeps every `every` until `shutdown` resolves. Failures are logged; the next sweep retries.
+pub async fn run(state: AppState, every: Duration, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = interval.tick() => {
+                match sweep_validation_images(state.store(), state.now(), VALIDATION_IMAGE_TTL).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "validation images past their 30 days removed"),
+                    Err(e) => tracing::warn!(error = %e, "sweeping old validation images failed"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use secrecy::SecretSlice;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn validation_images_go_after_30_days_and_nothing_else_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = loraforge_storage::local::LocalStore::new(
+            dir.path(),
+            url::Url::parse("http://127.0.0.1:1").unwrap(),
+            Arc::new(SecretSlice::from(vec![1u8; 32])),
+        )
+        .unwrap();
+        let image = "lora-validation-images/u/l/validation/0.png";
+        let model = "lora-models/u/l/model.safetensors";
+        store.put(image, Bytes::from_static(b"png")).await.unwrap();
+        store.put(model, Bytes::from_static(b"lora")).await.unwrap();
+        let now = Utc::now();
+        assert_eq!(sweep_validation_images(&store, now, VALIDATION_IMAGE_TTL).await.unwrap(), 0);
+        let in_29_days = now + chrono::Duration::days(29);
+        assert_eq!(sweep_validation_images(&store, in_29_days, VALIDATION_IMAGE_TTL).await.unwrap(), 0);
+        let in_31_days = now + chrono::Duration::days(31);
+        assert_eq!(sweep_validation_images(&store, in_31_days, VALIDATION_IMAGE_TTL).await.unwrap(), 1);
+        assert!(store.head(image).await.unwrap().is_none());
+        assert!(store.head(model).await.unwrap().is_some(), "only validation images expire");
+    }
+}

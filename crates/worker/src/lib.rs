@@ -1,0 +1,630 @@
+//! The worker agent (`loraforge worker`): runs one training attempt of one LoRA on this host and
+//! does all the network I/O around it, speaking `docs/worker-protocol.md` with the control plane.
+//!
+//! One [`run`]: fetch the job (`GET /api/v1/worker/jobs/{id}`), download its images and captions
+//! into `--out/images`, run the trainer (`trainer/README.md`) while relaying its progress and
+//! heartbeats, upload the outputs to their signed URLs, post the result, and exit with the
+//! protocol's code. When an earlier attempt trained but could not upload, `--out/result.json`
+//! says so and training is skipped.
+//!
+//! stdout carries nothing but, on failure, one last `{"event":"error",…}` line (the trainer's
+//! own when it failed); human logs go through `tracing`. The bearer token and the signed URLs are
+//! credentials: they are never logged (errors are stripped of URLs; uploads are named by key).
+//!
+//! Modules: `api` (HTTP, errors, retries), `job` (wire types), `files` (downloads, uploads,
+//! hashes), `trainer` (the child process and its lines), `relay` (progress and heartbeats),
+//! `halt` (how an attempt ends), `layout` (the job folder).
+
+use std::fmt;
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::Instrument;
+
+mod api;
+mod files;
+mod halt;
+mod job;
+mod layout;
+mod relay;
+mod trainer;
+
+use api::{ControlPlane, Failed, retrying};
+use job::{FileSummary, Job, Kept, ResultBody, Uploads, ValidationSummary};
+use relay::{Feed, Relay, RelaySettings};
+use trainer::{Ended, TrainerPaths, TrainerRun};
+
+pub(crate) use halt::{Exit, Halt, or_halt, raise};
+use halt::{job_failure, result_failure};
+use layout::{Layout, cleanup, load_kept};
+
+/// The worker's exit codes (`docs/worker-protocol.md`); the trainer's own pass through.
+pub mod exit {
+    /// The result was accepted.
+    pub const OK: i32 = 0;
+    /// A bug or a local failure (the trainer's `internal`, or the worker's own).
+    pub const INTERNAL: i32 = 1;
+    /// The job is invalid as given; a retry cannot mend it.
+    pub const BAD_INPUT: i32 = 2;
+    /// Stopped on request (SIGTERM/SIGINT) or the trainer was killed; a later attempt resumes.
+    pub const STOPPED: i32 = 10;
+    /// Trained, but an upload (or the result) failed after its retries; the files are kept.
+    pub const UPLOAD_FAILED: i32 = 11;
+    /// The control plane said the job is no longer active.
+    pub const NOT_ACTIVE: i32 = 12;
+    /// The control plane could not be reached or refused the job.
+    pub const UNREACHABLE: i32 = 13;
+}
+
+/// The first pause between retries of a failed HTTP call (it doubles: 2 s, 4 s, 8 s).
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// How to run one attempt.
+#[derive(Clone)]
+pub struct WorkerConfig {
+    /// The control plane's base URL as this host reaches it.
+    pub server: url::Url,
+    /// The LoRA (job) id.
+    pub lora_id: String,
+    /// The per-attempt bearer token (`LORAFORGE_WORKER_TOKEN`). Never logged.
+    pub token: String,
+    /// The job's folder on this host, the same for every attempt.
+    pub out: PathBuf,
+    pub trainer: TrainerCommand,
+    /// First pause between retries; doubles ([`DEFAULT_RETRY_DELAY`]).
+    pub retry_delay: Duration,
+    /// Tests only: adds `debug_fail_at_step` to the trainer spec (NaN loss at that step).
+    pub debug_fail_at_step: Option<u64>,
+    /// A trainer that writes nothing for this long is taken for hung and stopped
+    /// ([`DEFAULT_TRAINER_SILENCE`]).
+    pub trainer_silence: Duration,
+}
+
+/// How long the trainer may write nothing before it is taken for hung: long enough for a first
+/// download of a base model from the Hugging Face hub, which it does silently.
+pub const DEFAULT_TRAINER_SILENCE: Duration = Duration::from_secs(30 * 60);
+
+impl WorkerConfig {
+    /// A config with the default retry delay and no debug failure.
+    pub fn new(
+        server: url::Url,
+        lora_id: impl Into<String>,
+        token: impl Into<String>,
+        out: impl Into<PathBuf>,
+        trainer: TrainerCommand,
+    ) -> Self {
+        Self {
+            server,
+            lora_id: lora_id.into(),
+            token: token.into(),
+            out: out.into(),
+            trainer,
+            retry_delay: DEFAULT_RETRY_DELAY,
+            debug_fail_at_step: None,
+            trainer_silence: DEFAULT_TRAINER_SILENCE,
+        }
+    }
+}
+
+impl fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("server", &self.server.as_str())
+            .field("lora_id", &self.lora_id)
+            .field("token", &"<redacted>")
+            .field("out", &self.out)
+            .field("trainer", &self.trainer)
+            .field("retry_delay", &self.retry_delay)
+            .field("debug_fail_at_step", &self.debug_fail_at_step)
+            .field("trainer_silence", &self.trainer_silence)
+            .finish()
+    }
+}
+
+/// How the trainer is started: `program args… train --spec … --images … --out … --resume`.
+#[derive(Debug, Clone)]
+pub struct TrainerCommand {
+    pub program: PathBuf,
+    /// Before the `train` subcommand, e.g. `["-m", "loraforge_trainer"]`.
+    pub args: Vec<String>,
+    /// Added to the worker's environment (from which `LORAFORGE_WORKER_TOKEN` is removed).
+    pub env: Vec<(String, String)>,
+}
+
+impl TrainerCommand {
+    /// `python -m loraforge_trainer`.
+    pub fn python(python: impl Into<PathBuf>) -> Self {
+        Self { program: python.into(), args: vec!["-m".into(), "loraforge_trainer".into()], env: Vec::new() }
+    }
+}
+
+/// Runs one attempt end to end and returns the process exit code (`docs/worker-protocol.md`).
+/// SIGTERM or SIGINT stops it (the trainer checkpoints; exit 10). On failure the last line
+/// written to stdout is an `{"event":"error",…}` line.
+pub async fn run(config: WorkerConfig) -> i32 {
+    run_inner(config, std::io::stdout(), os_stop()).await
+}
+
+/// [`run`] with the error line written to `stdout` and `stop` in place of SIGTERM/SIGINT:
+/// when `stop` completes, the attempt stops as on a signal (exit 10). For tests and embedding.
+pub async fn run_with(
+    config: WorkerConfig,
+    stdout: impl Write + Send,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> i32 {
+    run_inner(config, stdout, async move {
+        stop.await;
+        "a stop request"
+    })
+    .await
+}
+
+/// Completes on the first SIGTERM or SIGINT, naming it. The handlers are installed at once,
+/// before the attempt starts.
+fn os_stop() -> impl Future<Output = &'static str> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind: SignalKind, name: &'static str| {
+        let installed = signal(kind);
+        if let Err(e) = &installed {
+            tracing::warn!(error = %e, "cannot listen for {name}");
+        }
+        async move {
+            match installed {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+            name
+        }
+    };
+    let term = listen(SignalKind::terminate(), "SIGTERM");
+    let int = listen(SignalKind::interrupt(), "SIGINT");
+    async move {
+        tokio::select! {
+            name = term => name,
+            name = int => name,
+        }
+    }
+}
+
+async fn run_inner(
+    config: WorkerConfig,
+    mut stdout: impl Write + Send,
+    stop: impl Future<Output = &'static str> + Send + 'static,
+) -> i32 {
+    let span = tracing::info_span!("worker", lora = %config.lora_id);
+    async move {
+        let (halt_tx, _) = watch::channel(None);
+        let stopper = {
+            let halt_tx = halt_tx.clone();
+            tokio::spawn(async move {
+                let what = stop.await;
+                tracing::info!("{what}: stopping");
+                raise(&halt_tx, Halt::Stop(what));
+            })
+        };
+        let exit = match std::path::absolute(&config.out) {
+            Ok(out) => {
+                let exit = attempt(&config, &out, &halt_tx).await;
+                cleanup(&out, exit.code).await;
+                exit
+            }
+            Err(e) => Exit::error(
+                exit::INTERNAL,
+                "io_error",
+                format!("the job folder {} cannot be used: {e}", config.out.display()),
+            ),
+        };
+        stopper.abort();
+        if let Some(line) = &exit.line {
+            tracing::warn!(exit = exit.code, "attempt failed: {line}");
+            if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+                tracing::error!(error = %e, "cannot write the error line to stdout");
+            }
+        } else {
+            tracing::info!("attempt done");
+        }
+        exit.code
+    }
+    .instrument(span)
+    .await
+}
+
+async fn attempt(cfg: &WorkerConfig, out: &Path, halt_tx: &watch::Sender<Option<Halt>>) -> Exit {
+    let mut halt = halt_tx.subscribe();
+    let http = match api::client() {
+        Ok(c) => c,
+        Err(e) => return Exit::error(exit::INTERNAL, "internal", format!("cannot set up the HTTP client: {e}")),
+    };
+    let api = match ControlPlane::new(http.clone(), &cfg.server, &cfg.lora_id, cfg.token.clone()) {
+        Ok(api) => Arc::new(api),
+        Err(e) => return Exit::error(exit::UNREACHABLE, "bad_server_url", format!("{e}; check --server")),
+    };
+
+    // 1. The job.
+    let server = cfg.server.origin().ascii_serialization();
+    tracing::info!(%server, "fetching the job");
+    let job = match or_halt(&mut halt, retrying("fetching the job", cfg.retry_delay, || api.job())).await {
+        Err(h) => return Exit::halted(h, "before it had its job"),
+        Ok(Err(failed)) => return job_failure(failed, cfg, &server),
+        Ok(Ok(job)) => job,
+    };
+    tracing::info!(attempt = job.attempt, images = job.images.len(), "job fetched");
+
+    let (progress, progress_rx) = relay::feed();
+    let relay = Relay::start(
+        api.clone(),
+        RelaySettings {
+            attempt: job.attempt,
+            progress_interval: Duration::from_millis(job.progress_interval_ms),
+            heartbeat_interval: Duration::try_from_secs_f64(job.heartbeat_interval_s)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .unwrap_or(Duration::from_secs(10)),
+        },
+        progress_rx,
+        halt_tx.clone(),
+    );
+
+    let layout = Layout::new(out);
+    if let Err(e) = tokio::fs::create_dir_all(&layout.out).await {
+        return Exit::error(
+            exit::INTERNAL,
+            "io_error",
+            format!("cannot create the job folder {}: {e}", layout.out.display()),
+        );
+    }
+
+    // 2.–3. Training, unless an earlier attempt trained and kept its outputs.
+    let attempt_no = job.attempt;
+    let Job { trainer_spec, images, uploads, .. } = job;
+    let kept = match load_kept(&layout).await {
+        Some(kept) => {
+            tracing::info!(
+                trained_by_attempt = kept.attempt,
+                "outputs of an earlier attempt are kept in the job folder; skipping training"
+            );
+            kept
+        }
+        None => match train(cfg, attempt_no, trainer_spec, images, &layout, &http, &progress, halt_tx).await {
+            Ok(kept) => kept,
+            Err(exit) => return exit,
+        },
+    };
+
+    // 6. Uploads.
+    let uploaded = match or_halt(&mut halt, upload_all(&http, &uploads, &layout, cfg.retry_delay)).await {
+        Err(h) => return Exit::halted(h, "while uploading the outputs"),
+        Ok(Err(exit)) => return exit,
+        Ok(Ok(u)) => u,
+    };
+    drop(progress);
+    relay.finish().await;
+    let halted = halt.borrow().clone();
+    if let Some(h) = halted {
+        return Exit::halted(h, "after uploading the outputs");
+    }
+
+    // The result.
+    let body = ResultBody {
+        attempt: attempt_no,
+        train_seconds: kept.train_seconds(),
+        trainer_seconds: kept.trainer_seconds,
+        model: uploaded.model,
+        kohya: uploaded.kohya,
+        validation: ValidationSummary { images: uploaded.validation_images, scores: kept.scores() },
+    };
+    match or_halt(&mut halt, retrying("posting the result", cfg.retry_delay, || api.result(&body))).await {
+        Err(h) => Exit::halted(h, "while reporting the result"),
+        Ok(Ok(answer)) => {
+            tracing::info!(status = ?answer.status, error = ?answer.error, "result accepted");
+            Exit::ok()
+        }
+        Ok(Err(failed)) => result_failure(failed, &layout),
+    }
+}
+
+/// Training: the images, the spec, the trainer. `Ok` when the trainer exited 0 with its outputs
+/// (then `result.json` is written).
+#[allow(clippy::too_many_arguments)]
+async fn train(
+    cfg: &WorkerConfig,
+    attempt: u64,
+    trainer_spec: serde_json::Value,
+    images: Vec<job::ImageRef>,
+    layout: &Layout,
+    http: &reqwest::Client,
+    progress: &Feed,
+    halt_tx: &watch::Sender<Option<Halt>>,
+) -> Result<Kept, Exit> {
+    let mut halt = halt_tx.subscribe();
+    let images = files::check_images(images).map_err(|reason| Exit::error(exit::BAD_INPUT, "bad_job", reason))?;
+    let serde_json::Value::Object(mut spec) = trainer_spec else {
+        return Err(Exit::error(
+            exit::BAD_INPUT,
+            "bad_job",
+            "the job's trainer_spec is not a JSON object; the control plane sent an invalid job",
+        ));
+    };
+    if let Some(step) = cfg.debug_fail_at_step {
+        spec.insert("debug_fail_at_step".into(), step.into());
+    }
+    let local = |what: &str, path: &Path, e: std::io::Error| {
+        Exit::error(exit::INTERNAL, "io_error", format!("cannot {what} {}: {e}", path.display()))
+    };
+
+    // Images and captions, into a fresh folder.
+    files::remove_tree(&layout.images).await;
+    tokio::fs::create_dir_all(&layout.images).await.map_err(|e| local("create", &layout.images, e))?;
+    tracing::info!(images = images.len(), "downloading the images");
+    let downloaded = files::download_images(http, &images, &layout.images, cfg.retry_delay);
+    match or_halt(&mut halt, downloaded).await {
+        Err(h) => return Err(Exit::halted(h, "while downloading the images")),
+        Ok(Err(files::DownloadError::Local(reason))) => return Err(Exit::error(exit::INTERNAL, "io_error", reason)),
+        Ok(Err(files::DownloadError::Http { file_name, failed })) => {
+            return Err(Exit::error(
+                exit::UNREACHABLE,
+                "image_download_failed",
+                format!(
+                    "could not download image {file_name} of the job's dataset: {} ({} tries); the storage may be \
+                     unreachable from this host — the engine retries the job",
+                    failed.error, failed.tries
+                ),
+            ));
+        }
+        Ok(Ok(())) => {}
+    }
+
+    let spec_json = serde_json::to_vec_pretty(&spec).expect("a JSON map serializes");
+    files::write_atomic(&layout.spec, &spec_json).await.map_err(|e| local("write", &layout.spec, e))?;
+
+    let paths = TrainerPaths { spec: &layout.spec, images: &layout.images, out: &layout.train };
+    let run = trainer::run(&cfg.trainer, paths, progress, halt_tx.subscribe(), cfg.trainer_silence).await.map_err(|e| {
+        Exit::error(
+            exit::INTERNAL,
+            "trainer_unavailable",
+            format!(
+                "cannot start the trainer {}: {e}; set LORAFORGE_TRAINER_PYTHON to a Python with the trainer's \
+                 packages, or run `loraforge setup-trainer`",
+                cfg.trainer.program.display()
+            ),
+        )
+    })?;
+    // The images are not needed any more (the trainer caches what it uses).
+    files::remove_tree(&layout.images).await;
+
+    let stopped_at = run.said.stopped_at;
+    let outcome = trained(run, attempt, layout).await;
+    let halted = halt.borrow().clone();
+    if let Some(h) = halted {
+        let during = match stopped_at {
+            Some(step) => format!("while training (the trainer checkpointed at step {step})"),
+            None => "while training".to_owned(),
+        };
+        return Err(Exit::halted(h, &during));
+    }
+    outcome
+}
+
+/// What a finished trainer run means; writes `result.json` when it trained.
+async fn trained(run: TrainerRun, attempt: u64, layout: &Layout) -> Result<Kept, Exit> {
+    let TrainerRun { ended, seconds, said, stopped_by_worker, silent_for } = run;
+    if let (Some(silence), false) = (silent_for, ended == Ended::Code(0)) {
+        let minutes = silence.as_secs_f64() / 60.0;
+        return Err(Exit::error(
+            exit::STOPPED,
+            "trainer_silent",
+            format!(
+                "the trainer wrote nothing for {minutes:.1} min and was taken for hung; it was stopped and a later \
+                 attempt resumes from its last checkpoint (if this repeats, check the host: GPU driver, disk, memory)"
+            ),
+        ));
+    }
+    match ended {
+        Ended::Code(0) => {}
+        Ended::Code(exit::STOPPED) => {
+            let at = said.stopped_at.map_or_else(String::new, |s| format!(" at step {s}"));
+            let why = if stopped_by_worker { "when the worker asked it to" } else { "on its own request or a signal" };
+            return Err(Exit::error(
+                exit::STOPPED,
+                "stopped",
+                format!(
+                    "the trainer stopped{at} {why} before finishing; a later attempt resumes from its last checkpoint"
+                ),
+            ));
+        }
+        Ended::Signal(sig) => {
+            let sig = sig.map_or_else(|| "a signal".to_owned(), |s| format!("signal {s}"));
+            return Err(Exit::error(
+                exit::STOPPED,
+                "trainer_killed",
+                format!(
+                    "the trainer was killed by {sig}; a later attempt resumes from its last checkpoint (if this \
+                     repeats, check the host's memory and the worker's log)"
+                ),
+            ));
+        }
+        Ended::Code(code @ 1..=5) => {
+            return Err(match said.last_error {
+                Some(line) => Exit::verbatim(code, line),
+                None => Exit::error(
+                    code,
+                    "trainer_failed",
+                    format!("the trainer exited with code {code} without an error line; its log (stderr) says why"),
+                ),
+            });
+        }
+        Ended::Code(code) => {
+            let reason = said
+                .last_error
+                .as_deref()
+                .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .and_then(|v| v.get("reason")?.as_str().map(str::to_owned))
+                .map_or_else(String::new, |r| format!(" ({r})"));
+            return Err(Exit::error(
+                exit::INTERNAL,
+                "trainer_failed",
+                format!(
+                    "the trainer exited with code {code}, which it does not use{reason}; its log (stderr) says why"
+                ),
+            ));
+        }
+    }
+    let missing = |what: String| {
+        Exit::error(exit::INTERNAL, "missing_output", format!("{what}; the trainer's log (stderr) may say why"))
+    };
+    let Some(done) = said.done else {
+        return Err(missing("the trainer exited 0 without its done line".into()));
+    };
+    for path in [layout.model(), layout.kohya()] {
+        if !path.is_file() {
+            return Err(missing(format!("the trainer exited 0 but did not write {}", path.display())));
+        }
+    }
+    let kept = Kept { attempt, trainer_seconds: seconds, done, validation: said.validation };
+    let json = serde_json::to_vec_pretty(&kept).expect("JSON values serialize");
+    files::write_atomic(&layout.result, &json).await.map_err(|e| {
+        Exit::error(exit::INTERNAL, "io_error", format!("cannot write {}: {e}", layout.result.display()))
+    })?;
+    Ok(kept)
+}
+
+struct Uploaded {
+    model: FileSummary,
+    kohya: FileSummary,
+    validation_images: usize,
+}
+
+/// Uploads the model files and the validation images there are, each with retries.
+async fn upload_all(
+    http: &reqwest::Client,
+    uploads: &Uploads,
+    layout: &Layout,
+    delay: Duration,
+) -> Result<Uploaded, Exit> {
+    let kept_note = format!(
+        "the trained files are kept in {} and the next attempt uploads them without training again",
+        layout.out.display()
+    );
+    let summary = |path: PathBuf| {
+        let kept_note = kept_note.clone();
+        async move {
+            files::size_and_sha256(&path).await.map(|(bytes, sha256)| FileSummary { bytes, sha256 }).map_err(|e| {
+                Exit::error(
+                    exit::UPLOAD_FAILED,
+                    "upload_failed",
+                    format!("cannot read {}: {e}; {kept_note}", path.display()),
+                )
+            })
+        }
+    };
+    let model = summary(layout.model()).await?;
+    let kohya = summary(layout.kohya()).await?;
+
+    let mut list = vec![(layout.model(), &uploads.model), (layout.kohya(), &uploads.kohya)];
+    let mut validation_images = 0;
+    for (i, upload) in uploads.validation.iter().enumerate() {
+        let path = layout.validation(i);
+        if path.is_file() {
+            list.push((path, upload));
+            validation_images += 1;
+        }
+    }
+    for (path, upload) in list {
+        let name = path.strip_prefix(&layout.train).unwrap_or(&path).display().to_string();
+        let url = url::Url::parse(&upload.url).map_err(|e| {
+            Exit::error(
+                exit::UPLOAD_FAILED,
+                "upload_failed",
+                format!("the job's upload link for {name} ({}) is not a URL ({e}); {kept_note}", upload.key),
+            )
+        })?;
+        tracing::info!(file = %name, key = %upload.key, "uploading");
+        retrying(&format!("uploading {name}"), delay, || files::put_file(http, &url, &path)).await.map_err(
+            |Failed { error, tries }| {
+                Exit::error(
+                    exit::UPLOAD_FAILED,
+                    "upload_failed",
+                    format!("uploading {name} to {} failed: {error} ({tries} tries); {kept_note}", upload.key),
+                )
+            },
+        )?;
+    }
+    Ok(Uploaded { model, kohya, validation_images })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> WorkerConfig {
+        WorkerConfig::new(
+            "http://127.0.0.1:1".parse().unwrap(),
+            "01",
+            "secret-token-value",
+            "/tmp/x",
+            TrainerCommand::python("python3"),
+        )
+    }
+
+    #[test]
+    fn the_token_is_not_in_debug_output() {
+        let shown = format!("{:?}", config());
+        assert!(!shown.contains("secret-token-value"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn run_is_send() {
+        fn is_send<T: Send>(_: &T) {}
+        let fut = run(config());
+        is_send(&fut);
+        let fut = run_with(config(), Vec::new(), std::future::pending());
+        is_send(&fut);
+    }
+
+    #[test]
+    fn error_lines_have_the_trainers_shape() {
+        let e = Exit::error(11, "upload_failed", "uploading \"x\" failed");
+        assert_eq!(
+            e.line.as_deref(),
+            Some(r#"{"event":"error","code":"upload_failed","reason":"uploading \"x\" failed","exit_code":11}"#)
+        );
+        assert_eq!(Exit::halted(Halt::Stop("SIGTERM"), "while training").code, 10);
+        assert_eq!(Exit::halted(Halt::NotActive("cancelled".into()), "while training").code, 12);
+        assert_eq!(Exit::halted(Halt::Refused("401".into()), "while training").code, 13);
+    }
+
+    #[tokio::test]
+    async fn cleanup_keeps_foreign_files_and_follows_the_exit_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let make = || {
+            std::fs::create_dir_all(out.join("images")).unwrap();
+            std::fs::create_dir_all(out.join("train/checkpoints")).unwrap();
+            std::fs::write(out.join("result.json"), "{}").unwrap();
+            std::fs::write(out.join("trainer-spec.json"), "{}").unwrap();
+        };
+        for code in [10, 11, 12, 13] {
+            make();
+            cleanup(&out, code).await;
+            assert!(!out.join("images").exists());
+            assert!(out.join("train/checkpoints").exists() && out.join("result.json").exists(), "{code}");
+        }
+        for code in [0, 1, 3, 5] {
+            make();
+            cleanup(&out, code).await;
+            assert!(!out.exists(), "{code}");
+        }
+        make();
+        std::fs::write(out.join("notes.txt"), "mine").unwrap();
+        cleanup(&out, 0).await;
+        assert_eq!(std::fs::read_to_string(out.join("notes.txt")).unwrap(), "mine");
+        assert!(!out.join("train").exists());
+    }
+}

@@ -40,3 +40,41 @@ def log(message: str) -> None:
     """A human log line, on stderr only."""
     sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
     sys.stderr.flush()
+
+
+class TolerantStream:
+    """A text stream that survives its reader going away.
+
+    The trainer's stderr is a pipe to the worker's parent; if that process dies (a service killed
+    with SIGKILL), every write raises ``BrokenPipeError``. A log line must never stop training or
+    the checkpoint a stop request asks for, so after the first failed write this stream drops
+    what it is given.
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._broken = False
+
+    def write(self, text):
+        if not self._broken:
+            try:
+                return self._stream.write(text)
+            except (OSError, ValueError):
+                self._broken = True
+        return len(text)
+
+    def flush(self):
+        if not self._broken:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self._broken = True
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def protect_stderr() -> None:
+    """Replaces ``sys.stderr`` with a :class:`TolerantStream` (before libraries bind to it)."""
+    if not isinstance(sys.stderr, TolerantStream):
+        sys.stderr = TolerantStream(sys.stderr)

@@ -4,7 +4,8 @@
 pipeline folder (UNet with SDXL's text_time conditioning, two CLIP text encoders with a
 hand-made tokenizer, a small VAE); ``tiny-clip-vision DIR`` a CLIP image-embedding model folder
 for the scorer; ``images DIR`` a few generated training images with captions. The Rust side's
-tests use these too.
+tests use these too. ``sdxl-sized DIR`` writes random weights in SDXL base's own shapes (fp16,
+~7 GB) for GPU speed and memory benchmarks (`bench/trainer_gpu.sh`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def write_tokenizer(folder: Path) -> None:
 
 def tiny_sdxl_components(seed: int = 0) -> dict:
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
@@ -92,7 +93,60 @@ def tiny_sdxl_components(seed: int = 0) -> dict:
     )
     te1 = CLIPTextModel(CLIPTextConfig(**te_cfg))
     te2 = CLIPTextModelWithProjection(CLIPTextConfig(projection_dim=TE2_PROJ, **te_cfg))
-    scheduler = EulerDiscreteScheduler(
+    return dict(unet=unet, vae=vae, text_encoder=te1, text_encoder_2=te2, scheduler=_scheduler())
+
+
+def sdxl_sized_components(seed: int = 0) -> dict:
+    """Random weights in SDXL base 1.0's shapes (its published UNet, text encoder and VAE
+    configs): for measuring speed and memory on a GPU, never for images."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=128,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(320, 640, 1280),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(5, 10, 20),
+        transformer_layers_per_block=(1, 2, 10),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+        cross_attention_dim=2048,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=1024,
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+    common = dict(vocab_size=49408, max_position_embeddings=77, layer_norm_eps=1e-5,
+                  bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    te1 = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                       num_hidden_layers=12, projection_dim=768, hidden_act="quick_gelu", **common))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=1280, intermediate_size=5120, num_attention_heads=20,
+                                                     num_hidden_layers=32, projection_dim=1280, hidden_act="gelu",
+                                                     **common))
+    return dict(unet=unet, vae=vae, text_encoder=te1, text_encoder_2=te2, scheduler=_scheduler())
+
+
+def _scheduler():
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
@@ -101,10 +155,9 @@ def tiny_sdxl_components(seed: int = 0) -> dict:
         timestep_spacing="leading",
         prediction_type="epsilon",
     )
-    return dict(unet=unet, vae=vae, text_encoder=te1, text_encoder_2=te2, scheduler=scheduler)
 
 
-def make_tiny_sdxl(folder: str | Path, seed: int = 0) -> Path:
+def _save_pipeline(folder: str | Path, components: dict, dtype=None) -> Path:
     from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPTokenizer
 
@@ -112,12 +165,25 @@ def make_tiny_sdxl(folder: str | Path, seed: int = 0) -> Path:
     tok_dir = folder / "_tok"
     write_tokenizer(tok_dir)
     tok = CLIPTokenizer.from_pretrained(tok_dir)
-    pipe = StableDiffusionXLPipeline(tokenizer=tok, tokenizer_2=tok, **tiny_sdxl_components(seed))
+    pipe = StableDiffusionXLPipeline(tokenizer=tok, tokenizer_2=tok, **components)
+    if dtype is not None:
+        pipe.to(dtype=dtype)
     pipe.save_pretrained(folder)
     for f in tok_dir.iterdir():
         f.unlink()
     tok_dir.rmdir()
     return folder
+
+
+def make_tiny_sdxl(folder: str | Path, seed: int = 0) -> Path:
+    return _save_pipeline(folder, tiny_sdxl_components(seed))
+
+
+def make_sdxl_sized(folder: str | Path, seed: int = 0) -> Path:
+    """SDXL-sized random pipeline, saved in fp16 (~7 GB): for GPU benchmarks."""
+    import torch
+
+    return _save_pipeline(folder, sdxl_sized_components(seed), dtype=torch.float16)
 
 
 def make_tiny_clip_vision(folder: str | Path, seed: int = 0) -> Path:
@@ -154,10 +220,12 @@ def make_images(folder: str | Path, trigger: str = "zxq", sizes=((96, 64), (64, 
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in ("tiny-sdxl", "tiny-clip-vision", "images"):
-        print("usage: python -m loraforge_trainer.testing {tiny-sdxl|tiny-clip-vision|images} DIR", file=sys.stderr)
+    makers = {"tiny-sdxl": make_tiny_sdxl, "sdxl-sized": make_sdxl_sized,
+              "tiny-clip-vision": make_tiny_clip_vision, "images": make_images}
+    if len(argv) != 2 or argv[0] not in makers:
+        print(f"usage: python -m loraforge_trainer.testing {{{'|'.join(makers)}}} DIR", file=sys.stderr)
         return 2
-    fn = {"tiny-sdxl": make_tiny_sdxl, "tiny-clip-vision": make_tiny_clip_vision, "images": make_images}[argv[0]]
+    fn = makers[argv[0]]
     print(fn(argv[1]))
     return 0
 

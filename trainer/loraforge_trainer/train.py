@@ -370,6 +370,8 @@ def run(spec: Spec, images_dir: str, out_dir: str, resume: bool = False,
     stage("training")
     stop = _StopFlag()
     stop.install()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t_train = time.monotonic()
     times: deque[float] = deque(maxlen=20)
     loss_val = float("nan")
@@ -448,6 +450,8 @@ def run(spec: Spec, images_dir: str, out_dir: str, resume: bool = False,
     finally:
         stop.restore()
     train_seconds = time.monotonic() - t_train
+    # Peak GPU memory of the training loop (model, optimizer, activations); None on the CPU.
+    peak_gpu_bytes = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
     stage("saving")
     peft_state = get_peft_model_state_dict(unet)
@@ -473,6 +477,7 @@ def run(spec: Spec, images_dir: str, out_dir: str, resume: bool = False,
         "dataset_hash": ds.hash,
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
+        "peak_gpu_memory_bytes": peak_gpu_bytes,
     }
     if spec.validation.enabled:
         from .validate import validate

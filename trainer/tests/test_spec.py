@@ -121,3 +121,28 @@ def test_cli_hub_id_unavailable_offline(tmp_path, images, monkeypatch):
     spec = make_spec(tmp_path, base_model="loraforge-tests/no-such-model")
     err = _expect_error(run_trainer(tmp_path, spec, images, tmp_path / "o"), "model_unavailable")
     assert err["retryable"] is True
+
+
+def test_a_broken_stderr_does_not_stop_the_trainer():
+    # The worker's parent died: every write to the inherited stderr pipe fails.
+    import io
+
+    from loraforge_trainer.events import TolerantStream, log
+
+    class Broken(io.StringIO):
+        def write(self, s):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    import sys
+
+    saved = sys.stderr
+    sys.stderr = TolerantStream(Broken())
+    try:
+        log("this line goes nowhere")
+        log("and so does this one")
+        sys.stderr.flush()
+    finally:
+        sys.stderr = saved

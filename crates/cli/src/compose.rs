@@ -13,6 +13,10 @@ use loraforge_checks::LoraRules;
 use loraforge_db::{ConnectOptions, Repository, redact_url};
 use loraforge_domain::{DatasetRules, ParamLimits, SystemClock, UsageLimits};
 use loraforge_fetch::{FetchSettings, HostPattern};
+use loraforge_domain::LoraId;
+use loraforge_engine::backends::{LocalBackend, LocalBackendSettings};
+use loraforge_engine::{Engine, EngineSettings, TrainingBackend, WorkerTokens};
+use loraforge_server::settings::{ValidationSettings, WorkerApiSettings};
 use loraforge_server::{AppState, JwtKeys, ServerSettings};
 use loraforge_storage::StorageSettings;
 use loraforge_storage::s3::S3Settings;
@@ -44,8 +48,98 @@ pub fn server_settings(s: &Settings) -> ServerSettings {
         library_cache_ttl: Duration::from_millis(s.library_cache_ms),
         cors_origins: s.cors_origins.clone(),
         url_intake: fetch_settings(s),
+        worker: WorkerApiSettings {
+            lease: Duration::from_secs(s.job_lease_secs),
+            url_ttl: job_url_ttl(s),
+            ..WorkerApiSettings::default()
+        },
+        validation: ValidationSettings {
+            similarity_threshold: s.validation_similarity_threshold,
+            auto_approve: s.validation_auto_approve,
+            scorer: s.validation_scorer.clone(),
+        },
+        lora_rules: lora_rules(s),
+        debug_fail_uploads: s.debug_fail_uploads,
         ..ServerSettings::default()
     }
+}
+
+/// Signed links in a job outlive the job timeout by an hour (slow uploads at the end), within
+/// S3's 7-day cap on presigned URLs.
+fn job_url_ttl(s: &Settings) -> Duration {
+    Duration::from_secs(s.job_timeout_secs.saturating_add(3600).min(7 * 86_400))
+}
+
+/// Per-attempt worker tokens signed with the service's secret.
+#[derive(Debug)]
+struct JwtWorkerTokens {
+    keys: JwtKeys,
+    ttl: Duration,
+}
+
+impl WorkerTokens for JwtWorkerTokens {
+    fn issue(&self, lora: LoraId, attempt: u32, worker_id: &str) -> Result<String, String> {
+        self.keys.issue_worker(lora, attempt, worker_id, self.ttl, chrono::Utc::now()).map_err(|e| e.to_string())
+    }
+}
+
+/// The service's own credentials among environment variable names: a worker holds only its job
+/// token and signed links, so it inherits none of them.
+fn secret_variables(names: impl Iterator<Item = String>) -> Vec<String> {
+    names
+        .filter(|k| {
+            let k = k.to_ascii_uppercase();
+            (k.starts_with("LORAFORGE_")
+                && (k.contains("SECRET") || k.contains("DATABASE_URL") || k.contains("ACCESS_KEY") || k.contains("TOKEN")))
+                || k.starts_with("AWS_")
+                || k == "DATABASE_URL"
+                || k == "PGPASSWORD"
+        })
+        .collect()
+}
+
+/// Intra-op threads for each trainer when several run at once on this host: the cores split
+/// between the slots, unless the operator chose (`LORAFORGE_TORCH_THREADS`). Without this every
+/// CPU trainer's OpenMP pool spins on all the cores and they wait on each other: measured on 2
+/// cores, two 2-thread trainers took ~10x longer per step than two 1-thread ones.
+fn torch_threads(cores: usize, slots: usize, operator_set: bool) -> Option<usize> {
+    (!operator_set && slots > 1).then(|| (cores / slots).max(1))
+}
+
+/// The job engine of `serve`: the local backend running `loraforge worker` (this very binary)
+/// per job, calling back to `callback_url`.
+pub fn engine(s: &Settings, repo: Arc<dyn Repository>, callback_url: &url::Url) -> anyhow::Result<Engine> {
+    let exe = std::env::current_exe().context("finding this program to run workers with")?;
+    let work_dir = absolute(&s.data_dir.join("jobs"));
+    let mut local = LocalBackendSettings::new(exe, &work_dir);
+    let mut args = vec!["worker".to_owned(), "--data-dir".to_owned(), absolute(&s.data_dir).display().to_string()];
+    if let Ok(config) = std::env::var("LORAFORGE_CONFIG") {
+        args.extend(["--config".to_owned(), config]);
+    }
+    args.extend(
+        ["--server", callback_url.as_str(), "--lora", "{lora_id}", "--out", "{out}"].map(str::to_owned),
+    );
+    local.args_template = args;
+    local.max_concurrent = s.training_concurrency;
+    // The worker stops the trainer with SIGTERM; the trainer finishes its step and checkpoints.
+    local.kill_grace = Duration::from_secs(20);
+    local.env = vec![("LORAFORGE_WORKER_EXIT_WITH_PARENT".to_owned(), "1".to_owned())];
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    if let Some(n) = torch_threads(cores, local.max_concurrent, std::env::var_os("LORAFORGE_TORCH_THREADS").is_some()) {
+        local.env.push(("LORAFORGE_TORCH_THREADS".to_owned(), n.to_string()));
+    }
+    local.env_remove = secret_variables(std::env::vars().map(|(k, _)| k));
+    let settings = EngineSettings {
+        worker_id: s.worker_id(),
+        poll_interval: Duration::from_millis(s.engine_poll_ms.max(10)),
+        lease: Duration::from_secs(s.job_lease_secs),
+        job_timeout: Duration::from_secs(s.job_timeout_secs.max(1)),
+        max_active_per_user: s.max_concurrent_jobs,
+        ..EngineSettings::default()
+    };
+    let tokens = JwtWorkerTokens { keys: JwtKeys::new(&s.jwt_secret()?), ttl: job_url_ttl(s) };
+    let backend: Arc<dyn TrainingBackend> = Arc::new(LocalBackend::new(local));
+    Ok(Engine::new(repo, Arc::new(SystemClock), vec![backend], settings).with_worker_tokens(Arc::new(tokens)))
 }
 
 /// Image URL downloads. Host patterns were validated when the settings were loaded.
@@ -116,9 +210,42 @@ pub async fn repository(s: &Settings) -> anyhow::Result<Arc<dyn Repository>> {
 }
 
 /// Everything `serve` needs, connected and migrated.
-pub async fn app_state(s: &Settings) -> anyhow::Result<AppState> {
-    let repo = repository(s).await?;
+/// The server's state over an already opened repository (shared with the job engine).
+pub fn app_state_with(s: &Settings, repo: Arc<dyn Repository>) -> anyhow::Result<AppState> {
     let jwt_secret = s.jwt_secret()?;
     let store = loraforge_storage::open(&storage_settings(s, &jwt_secret)?).context("opening storage")?;
     Ok(AppState::new(repo, store, Arc::new(SystemClock), JwtKeys::new(&jwt_secret), server_settings(s)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{secret_variables, torch_threads};
+
+    #[test]
+    fn concurrent_trainers_split_the_cores_unless_the_operator_chose() {
+        assert_eq!(torch_threads(16, 1, false), None, "one slot: torch's own default (all cores)");
+        assert_eq!(torch_threads(16, 4, false), Some(4));
+        assert_eq!(torch_threads(2, 3, false), Some(1), "never zero");
+        assert_eq!(torch_threads(16, 4, true), None);
+    }
+
+    #[test]
+    fn workers_inherit_none_of_the_services_secrets() {
+        let names = [
+            "LORAFORGE_JWT_SECRET",
+            "LORAFORGE_DATABASE_URL",
+            "LORAFORGE_S3_SECRET_ACCESS_KEY",
+            "LORAFORGE_S3_ACCESS_KEY_ID",
+            "LORAFORGE_TOKEN",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "PGPASSWORD",
+            "LORAFORGE_DATA_DIR",
+            "LORAFORGE_TRAINER_PYTHON",
+            "HF_HUB_OFFLINE",
+            "PATH",
+        ];
+        let removed = secret_variables(names.iter().map(|s| (*s).to_owned()));
+        assert_eq!(removed, &names[..8]);
+    }
 }

@@ -3,8 +3,10 @@
 mod commands;
 mod compose;
 mod settings;
+mod trainer_env;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -43,6 +45,23 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         bind: Option<String>,
     },
+    /// Run one training attempt for a control plane: fetch the job, download its images, run the
+    /// trainer, relay progress, upload the outputs, report the result. `serve` starts one per job
+    /// on this host; a GPU container or pod runs the same command. The per-attempt token comes
+    /// in LORAFORGE_WORKER_TOKEN. Exit status: the trainer's (0 done, 2 bad input, 3 diverged,
+    /// 4 out of memory, 5 validation failed, 10 stopped) or 11 upload failed (files kept),
+    /// 12 the job is no longer active, 13 the control plane is unreachable.
+    Worker {
+        /// The control plane's base URL as this host reaches it.
+        #[arg(long, value_name = "URL")]
+        server: url::Url,
+        /// The LoRA (job) id.
+        #[arg(long, value_name = "ID")]
+        lora: String,
+        /// The job's folder on this host (the same for every attempt, so a retry resumes).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Print an API token signed with this server's secret (for local use, scripts and tests).
     Token {
         /// The user's UUID (the token's `sub`).
@@ -80,6 +99,77 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Build the trainer's Python environment: a venv at trainer_venv (default
+    /// <data-dir>/trainer-venv) with exactly the packages of the requirements.lock built into
+    /// loraforge (torch with its CUDA libraries: about 3 GB to download, 6 GB on disk).
+    ///
+    /// Runs once: the venv is built in <venv>.partial and renamed into place after a stamp (a hash
+    /// of the lock and the Python version) is written, so an interrupted setup is simply redone
+    /// and a later run with a matching stamp does nothing. The trainer's own sources are not
+    /// installed: loraforge writes the copy built into it under <data-dir>/trainer/ and puts that
+    /// on PYTHONPATH. With LORAFORGE_TRAINER_PYTHON set nothing is built; that interpreter is
+    /// checked instead.
+    SetupTrainer {
+        /// The CPython (3.11 or newer) that creates the venv.
+        #[arg(long, value_name = "PYTHON", default_value = "python3")]
+        python: String,
+        /// Rebuild even when the venv is up to date.
+        #[arg(long)]
+        force: bool,
+        /// Install this requirements file instead of the built-in lock (for tests and experiments).
+        #[arg(long, value_name = "FILE", hide = true)]
+        requirements: Option<PathBuf>,
+    },
+    /// Check whether this host can run loraforge and train: the trainer's Python environment
+    /// (imports loraforge_trainer, torch, diffusers, peft, transformers, safetensors), a GPU, the
+    /// storage and the database. One line per check (ok, warn or FAIL) with what to do.
+    /// Exit status: 0 when the trainer, storage and database are usable (no GPU is a warning:
+    /// training then runs on the CPU, slowly), 1 otherwise.
+    Doctor {
+        /// Print the result as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Train a LoRA on a running loraforge service: checks the images in DIR locally (a bad
+    /// dataset fails before anything is uploaded), uploads them, creates the LoRA and prints its
+    /// id and status. With --follow, shows its progress until it completes (then prints the
+    /// download link; exit 0), fails or is cancelled (exit 1); Ctrl-C stops following only.
+    /// Exit status: 0 created (or completed), 1 refused or failed, 2 a usage error.
+    Train {
+        /// Folder with the training images (.jpg, .jpeg, .png, .webp) and optional captions
+        /// (photo1.txt for photo1.jpg).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// The LoRA's name, unique among your LoRAs.
+        #[arg(long)]
+        name: String,
+        /// A description shown in the library.
+        #[arg(long)]
+        description: Option<String>,
+        /// Trigger word(s) for the character (repeat for several).
+        #[arg(long = "trigger", value_name = "WORD")]
+        triggers: Vec<String>,
+        /// Base model: a Hugging Face id or a folder under the server's local_model_roots
+        /// [default: the server's, SDXL base 1.0].
+        #[arg(long, value_name = "MODEL")]
+        base_model: Option<String>,
+        /// Training steps [default: the server's, 1500].
+        #[arg(long)]
+        steps: Option<u32>,
+        /// Training resolution, a multiple of 64 [default: the server's, 1024].
+        #[arg(long)]
+        resolution: Option<u32>,
+        /// Show the training's progress until it ends.
+        #[arg(long)]
+        follow: bool,
+        /// The service's base URL.
+        #[arg(long, env = "LORAFORGE_SERVER", default_value = "http://127.0.0.1:8080", value_name = "URL")]
+        server: String,
+        /// API token (prefer the environment variable: arguments show in `ps`). For a local
+        /// server: `loraforge token --user <uuid>`.
+        #[arg(long, env = "LORAFORGE_TOKEN", hide_env_values = true, value_name = "JWT")]
+        token: Option<String>,
+    },
     /// Fill the configured database with a synthetic library, for benchmarks and demos.
     /// Deterministic for a given --seed; prints a word that matches a few hundred LoRAs.
     BenchSeed {
@@ -112,11 +202,26 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// stderr for log lines, ignoring write errors: a worker whose `serve` was killed writes into a
+/// closed pipe, and a log line must never panic a process (tracing's own fallback would).
+struct QuietStderr;
+
+impl std::io::Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 fn init_logging(format: &str) {
     let filter = EnvFilter::try_from_env("LORAFORGE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| QuietStderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -135,6 +240,10 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(&over)?;
     match cli.command {
         Command::Serve { .. } => serve(settings).await,
+        Command::Worker { server, lora, out } => {
+            init_logging(&settings.log_format);
+            std::process::exit(commands::worker::run(&settings, server, lora, out).await)
+        }
         Command::Token { user, email, admin, ttl } => {
             let keys = JwtKeys::new(&settings.jwt_secret()?);
             let token = keys.issue(user, email, admin, ttl, chrono::Utc::now()).context("signing the token")?;
@@ -152,6 +261,27 @@ async fn main() -> anyhow::Result<()> {
         Command::Inspect { file, json } => {
             std::process::exit(commands::inspect::run(&file, json, &compose::lora_rules(&settings)))
         }
+        Command::SetupTrainer { python, force, requirements } => {
+            let opts = commands::setup_trainer::Options { python, force, requirements };
+            std::process::exit(commands::setup_trainer::run(&settings, &opts).await?)
+        }
+        Command::Doctor { json } => std::process::exit(commands::doctor::run(&settings, json).await),
+        Command::Train { dir, name, description, triggers, base_model, steps, resolution, follow, server, token } => {
+            let rules = compose::server_settings(&settings).dataset_rules;
+            let args = commands::train::TrainArgs {
+                dir,
+                name,
+                description,
+                triggers,
+                base_model,
+                steps,
+                resolution,
+                follow,
+                server,
+                token,
+            };
+            std::process::exit(commands::train::run(&args, &rules).await)
+        }
         Command::BenchSeed { count, users, seed } => {
             let repo = compose::repository(&settings).await?;
             let started = std::time::Instant::now();
@@ -168,17 +298,58 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     init_logging(&settings.log_format);
-    let state = compose::app_state(&settings).await?;
     let listener = tokio::net::TcpListener::bind(settings.bind)
         .await
         .with_context(|| format!("binding {} (is another server running there? set --bind)", settings.bind))?;
+    let addr = listener.local_addr()?;
+    // With port 0 (or an unspecified address) the links must name the port actually bound.
+    let loopback = url::Url::parse(&format!(
+        "http://{}",
+        std::net::SocketAddr::new(
+            if addr.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { addr.ip() },
+            addr.port()
+        )
+    ))?;
+    if settings.public_url.is_none() {
+        settings.public_url = Some(loopback.to_string());
+    }
+    let repo = compose::repository(&settings).await?;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let state = compose::app_state_with(&settings, repo.clone())?.with_engine_wake(wake.clone());
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let engine = if settings.engine_enabled {
+        let callback = match &settings.worker_callback_url {
+            Some(u) => url::Url::parse(u).with_context(|| format!("worker_callback_url {u:?} is not a URL"))?,
+            None => loopback.clone(),
+        };
+        let engine = compose::engine(&settings, repo, &callback)?;
+        tracing::info!(worker_id = %engine.settings().worker_id, slots = settings.training_concurrency, "job engine started");
+        Some(tokio::spawn(engine.run_with_wake(wake, async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        })))
+    } else {
+        tracing::warn!("the job engine is off (engine_enabled = false): created LoRAs wait as pending");
+        None
+    };
+    let mut sweep_stop = stop_tx.subscribe();
+    let sweeps = tokio::spawn(loraforge_server::maintenance::run(state.clone(), Duration::from_secs(3600), async move {
+        let _ = sweep_stop.wait_for(|stop| *stop).await;
+    }));
     let app = Application::new(state, listener);
-    let addr = app.local_addr()?;
     tracing::info!(%addr, data_dir = %settings.data_dir.display(), database = %loraforge_db::redact_url(&settings.database_url()),
         "loraforge listening; API docs at http://{addr}/docs");
-    app.run_until_stopped(shutdown_signal()).await?;
+    app.run_until_stopped(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    })
+    .await?;
+    if let Some(engine) = engine {
+        // The engine stops its runs (the trainers checkpoint) before it returns.
+        let _ = engine.await;
+    }
+    let _ = sweeps.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -81,6 +81,36 @@ pub struct Settings {
     pub s3_path_style: bool,
     /// `text` or `json` log lines.
     pub log_format: String,
+    /// Run the job engine inside `serve` (train created LoRAs). Off: LoRAs wait as pending.
+    pub engine_enabled: bool,
+    /// This engine's name in job leases; stable across restarts of one host, unique per replica.
+    /// Default: `local-<hash of the data dir>`.
+    pub worker_id: Option<String>,
+    /// Training runs at once on this host (the local backend's slots).
+    pub training_concurrency: usize,
+    /// A run training longer than this is killed and failed, seconds.
+    pub job_timeout_secs: u64,
+    /// How far a claim or a worker's heartbeat extends a job's lease, seconds.
+    pub job_lease_secs: u64,
+    /// Time between two rounds of the job engine, milliseconds.
+    pub engine_poll_ms: u64,
+    /// The URL workers call back to; default: this server's bound address on loopback.
+    pub worker_callback_url: Option<String>,
+    /// First pause between retries of a worker's HTTP calls, milliseconds (doubles: 3 retries).
+    pub worker_retry_delay_ms: u64,
+    /// Lowest similarity score a validation image may have to count as the character.
+    pub validation_similarity_threshold: f64,
+    /// Without a scoring model, complete trained LoRAs without waiting for an admin's review.
+    pub validation_auto_approve: bool,
+    /// A local CLIP vision model folder to score validation images with (none: admin review).
+    pub validation_scorer: Option<String>,
+    /// Testing only: refuse the first this-many worker uploads with 503.
+    pub debug_fail_uploads: u32,
+    /// An existing Python interpreter that has the trainer's pinned packages; when unset the
+    /// venv at `trainer_venv` (made by `loraforge setup-trainer`) is used.
+    pub trainer_python: Option<PathBuf>,
+    /// Where `loraforge setup-trainer` builds the trainer's venv; default `<data_dir>/trainer-venv`.
+    pub trainer_venv: Option<PathBuf>,
 }
 
 /// Flags that override everything else.
@@ -124,7 +154,16 @@ impl Settings {
             .set_default("s3_region", "us-east-1")?
             .set_default("s3_allow_http", false)?
             .set_default("s3_path_style", false)?
-            .set_default("log_format", "text")?;
+            .set_default("log_format", "text")?
+            .set_default("engine_enabled", true)?
+            .set_default("training_concurrency", 1)?
+            .set_default("job_timeout_secs", 2 * 3600)?
+            .set_default("job_lease_secs", 120)?
+            .set_default("engine_poll_ms", 1000)?
+            .set_default("worker_retry_delay_ms", 2000)?
+            .set_default("validation_similarity_threshold", 0.7)?
+            .set_default("validation_auto_approve", false)?
+            .set_default("debug_fail_uploads", 0)?;
 
         let file = over.config_file.clone().or_else(|| std::env::var_os("LORAFORGE_CONFIG").map(PathBuf::from));
         match file {
@@ -169,6 +208,24 @@ impl Settings {
         if s.lora_min_bytes > s.lora_max_bytes {
             bail!("lora_min_bytes ({}) is larger than lora_max_bytes ({})", s.lora_min_bytes, s.lora_max_bytes);
         }
+        if s.trainer_python.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            s.trainer_python = None;
+        }
+        if s.trainer_venv.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            s.trainer_venv = None;
+        }
+        if s.validation_scorer.as_ref().is_some_and(|p| p.trim().is_empty()) {
+            s.validation_scorer = None;
+        }
+        if !(0.0..=1.0).contains(&s.validation_similarity_threshold) {
+            bail!("validation_similarity_threshold must be between 0 and 1, not {}", s.validation_similarity_threshold);
+        }
+        if s.training_concurrency == 0 {
+            bail!("training_concurrency must be at least 1 (set engine_enabled = false to train nothing)");
+        }
+        if s.job_lease_secs < 10 {
+            bail!("job_lease_secs must be at least 10 seconds (workers send a heartbeat every 10 s)");
+        }
         if !matches!(s.log_format.as_str(), "text" | "json") {
             bail!("log_format must be `text` or `json`, not {:?}", s.log_format);
         }
@@ -180,6 +237,22 @@ impl Settings {
             Some(u) => u.expose_secret().to_owned(),
             None => format!("sqlite://{}", self.data_dir.join("loraforge.db").display()),
         }
+    }
+
+    /// This engine's lease name: `worker_id`, else `local-` and a hash of the data dir (stable
+    /// across restarts, distinct for two services on one host).
+    pub fn worker_id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        self.worker_id.clone().filter(|w| !w.trim().is_empty()).unwrap_or_else(|| {
+            let dir = absolute(&self.data_dir);
+            let hash = Sha256::digest(dir.to_string_lossy().as_bytes());
+            format!("local-{}", &hex::encode(hash)[..12])
+        })
+    }
+
+    /// The trainer venv's folder (absolute): `trainer_venv`, else `<data_dir>/trainer-venv`.
+    pub fn trainer_venv(&self) -> PathBuf {
+        absolute(self.trainer_venv.as_deref().unwrap_or(&self.data_dir.join("trainer-venv")))
     }
 
     pub fn public_url(&self) -> anyhow::Result<url::Url> {
@@ -291,6 +364,20 @@ impl Settings {
             ("s3_allow_http", self.s3_allow_http.to_string()),
             ("s3_path_style", self.s3_path_style.to_string()),
             ("log_format", self.log_format.clone()),
+            ("trainer_python", self.trainer_python.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+            ("trainer_venv", self.trainer_venv().display().to_string()),
+            ("engine_enabled", self.engine_enabled.to_string()),
+            ("worker_id", self.worker_id()),
+            ("training_concurrency", self.training_concurrency.to_string()),
+            ("job_timeout_secs", self.job_timeout_secs.to_string()),
+            ("job_lease_secs", self.job_lease_secs.to_string()),
+            ("engine_poll_ms", self.engine_poll_ms.to_string()),
+            ("worker_callback_url", self.worker_callback_url.clone().unwrap_or_else(|| "<this server on loopback>".into())),
+            ("worker_retry_delay_ms", self.worker_retry_delay_ms.to_string()),
+            ("validation_similarity_threshold", self.validation_similarity_threshold.to_string()),
+            ("validation_auto_approve", self.validation_auto_approve.to_string()),
+            ("validation_scorer", self.validation_scorer.clone().unwrap_or_default()),
+            ("debug_fail_uploads", self.debug_fail_uploads.to_string()),
         ];
         Ok(rows
             .into_iter()

@@ -14,13 +14,22 @@ const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 
 /// Runs the command; returns the exit status.
 pub fn run(paths: &[PathBuf], rules: &DatasetRules) -> i32 {
-    let files = match collect(paths) {
-        Ok(f) => f,
+    match load_and_check(paths, rules) {
+        Ok((_, report)) => {
+            print!("{}", render(&report));
+            if report.accepted { EXIT_ACCEPTED } else { EXIT_REJECTED }
+        }
         Err(msg) => {
             eprintln!("error: {msg}");
-            return EXIT_USAGE;
+            EXIT_USAGE
         }
-    };
+    }
+}
+
+/// Reads the images `paths` name and checks them as the server would. `Err` is a usage error
+/// (nothing to check, unreadable file) with its message.
+pub(crate) fn load_and_check(paths: &[PathBuf], rules: &DatasetRules) -> Result<(Vec<InputImage>, DatasetReport), String> {
+    let files = collect(paths)?;
     let bar = progress(Some(files.len() as u64), "reading");
     let mut inputs = Vec::with_capacity(files.len());
     for (path, name) in &files {
@@ -28,8 +37,7 @@ pub fn run(paths: &[PathBuf], rules: &DatasetRules) -> i32 {
             Ok(bytes) => inputs.push(InputImage::new(name.clone(), bytes)),
             Err(e) => {
                 bar.finish_and_clear();
-                eprintln!("error: cannot read {}: {e}", path.display());
-                return EXIT_USAGE;
+                return Err(format!("cannot read {}: {e}", path.display()));
             }
         }
         bar.inc(1);
@@ -38,8 +46,7 @@ pub fn run(paths: &[PathBuf], rules: &DatasetRules) -> i32 {
     let spinner = progress(None, &format!("checking {} images", inputs.len()));
     let report = check_dataset(&inputs, rules);
     spinner.finish_and_clear();
-    print!("{}", render(&report));
-    if report.accepted { EXIT_ACCEPTED } else { EXIT_REJECTED }
+    Ok((inputs, report))
 }
 
 /// Files to check with their display names: a directory contributes its image files (by

@@ -1,7 +1,12 @@
-//! Operator and user tools that work on local files (no server, no database).
+//! Operator and user tools: the file tools (no server, no database), the trainer's setup and
+//! health check, and `train`, a client of a running service.
 
 pub mod check_dataset;
+pub mod doctor;
 pub mod inspect;
+pub mod setup_trainer;
+pub mod train;
+pub mod worker;
 
 use std::io::IsTerminal;
 use std::time::Duration;

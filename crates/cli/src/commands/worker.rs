@@ -1,0 +1,83 @@
+//! `loraforge worker`: one training attempt on this host (`docs/worker-protocol.md`). `serve`'s
+//! local backend starts it per job; a container or a pod runs the same command. The agent
+//! itself is `loraforge-worker`; this wires in the trainer's interpreter and the stop signals.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use loraforge_worker::{TrainerCommand, WorkerConfig};
+
+use crate::settings::Settings;
+use crate::trainer_env;
+
+/// The exit code of the attempt.
+pub async fn run(settings: &Settings, server: url::Url, lora: String, out: PathBuf) -> i32 {
+    let Some(token) = std::env::var("LORAFORGE_WORKER_TOKEN").ok().filter(|t| !t.is_empty()) else {
+        return fail(
+            loraforge_worker::exit::UNREACHABLE,
+            "no_token",
+            "LORAFORGE_WORKER_TOKEN is not set; the control plane issues one per attempt",
+        );
+    };
+    let runtime = match trainer_env::runtime(settings) {
+        Ok(r) => r,
+        Err(e) => {
+            return fail(
+                loraforge_worker::exit::INTERNAL,
+                "trainer_unavailable",
+                &format!("the trainer environment on this host is not usable: {e:#}"),
+            );
+        }
+    };
+    let trainer = TrainerCommand { program: runtime.python, args: trainer_env::trainer_args(), env: runtime.env };
+    let mut config = WorkerConfig::new(server, lora, token, out, trainer);
+    config.retry_delay = Duration::from_millis(settings.worker_retry_delay_ms.max(1));
+    config.debug_fail_at_step = std::env::var("LORAFORGE_WORKER_DEBUG_FAIL_AT_STEP").ok().and_then(|s| s.parse().ok());
+    if let Some(secs) = std::env::var("LORAFORGE_WORKER_TRAINER_SILENCE_SECS").ok().and_then(|s| s.parse::<u64>().ok()) {
+        config.trainer_silence = Duration::from_secs(secs.max(1));
+    }
+    let exit_with_parent = std::env::var("LORAFORGE_WORKER_EXIT_WITH_PARENT").is_ok_and(|v| v == "1");
+    loraforge_worker::run_with(config, std::io::stdout(), stop_requested(exit_with_parent)).await
+}
+
+/// Completes on SIGTERM or SIGINT, or — with `exit_with_parent` — once the process that started
+/// this worker is gone (a `serve` killed with SIGKILL cannot stop its children itself; its
+/// successor requeues the job and resumes it from the checkpoint this stop writes).
+async fn stop_requested(exit_with_parent: bool) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let parent = std::os::unix::process::parent_id();
+    let orphaned = async move {
+        if !exit_with_parent {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if std::os::unix::process::parent_id() != parent {
+                tracing::warn!(parent, "the service that started this worker is gone; stopping");
+                return;
+            }
+        }
+    };
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let int = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    tokio::select! { () = orphaned => {}, () = term => {}, () = int => {} }
+}
+
+/// The protocol's last stdout line for a failure before the agent ran.
+fn fail(code: i32, kind: &str, reason: &str) -> i32 {
+    use std::io::Write;
+    // Written with errors ignored: the reader may be gone, and a worker never panics for that.
+    let _ = writeln!(std::io::stderr(), "loraforge worker: {reason}");
+    let line = serde_json::json!({ "event": "error", "code": kind, "reason": reason, "exit_code": code });
+    let _ = writeln!(std::io::stdout(), "{line}");
+    code
+}

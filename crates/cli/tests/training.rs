@@ -1,0 +1,541 @@
+//! Training end to end, through the real binary: `loraforge serve` with its job engine, the
+//! local backend running `loraforge worker` per job, the Python trainer on a tiny random
+//! SDXL-shaped pipeline built at test time (CPU), local storage and SQLite. Each test starts
+//! its own service on a free port with its own data dir.
+//!
+//! Needs the trainer venv (`scripts/trainer-env.sh`, which `scripts/test.sh` runs first); set
+//! LORAFORGE_TEST_TRAINER_PYTHON to use another interpreter with the locked packages.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use common::loraforge;
+
+/// The trainer's interpreter for these tests.
+fn trainer_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("LORAFORGE_TEST_TRAINER_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").expect("HOME");
+    let cache = std::env::var_os("LORAFORGE_CACHE").map_or_else(|| Path::new(&home).join(".cache/loraforge"), PathBuf::from);
+    let python = cache.join("venv-trainer/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/trainer-env.sh (scripts/test.sh does)", python.display());
+    python
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+}
+
+/// The tiny SDXL-shaped pipeline, built once per test binary.
+fn tiny_model() -> &'static Path {
+    static MODEL: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &MODEL
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let model = dir.path().join("tiny-sdxl");
+            let out = std::process::Command::new(trainer_python())
+                .args(["-m", "loraforge_trainer.testing", "tiny-sdxl"])
+                .arg(&model)
+                .env("PYTHONPATH", repo_root().join("trainer"))
+                .env("HF_HUB_OFFLINE", "1")
+                .output()
+                .expect("run python");
+            assert!(out.status.success(), "building the tiny model failed: {}", String::from_utf8_lossy(&out.stderr));
+            (dir, model)
+        })
+        .1
+}
+
+/// A noise PNG: unique, incompressible, as training images must be.
+fn noise_png(side: u32, seed: u32) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    let img = image::RgbImage::from_fn(side, side, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let [a, b, c, _] = state.to_le_bytes();
+        image::Rgb([a, b, c])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).expect("encode png");
+    out.into_inner()
+}
+
+/// A running `loraforge serve`, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Service {
+    child: Option<Child>,
+    dir: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+    url: String,
+    env: Vec<(String, String)>,
+    http: reqwest::Client,
+}
+
+const BASE_ENV: &[(&str, &str)] = &[
+    ("LORAFORGE_MIN_STEPS", "1"),
+    ("LORAFORGE_MIN_RESOLUTION", "64"),
+    ("LORAFORGE_IMAGE_MIN_SIDE", "64"),
+    ("LORAFORGE_IMAGE_MIN_BYTES", "1000"),
+    ("LORAFORGE_LORA_MIN_BYTES", "1000"),
+    ("LORAFORGE_VALIDATION_AUTO_APPROVE", "true"),
+    ("LORAFORGE_ENGINE_POLL_MS", "200"),
+    ("LORAFORGE_WORKER_RETRY_DELAY_MS", "50"),
+    ("LORAFORGE_CREATES_PER_MINUTE", "0"),
+    // Two tests train at once on a 2-core machine: one torch thread each, or their OpenMP pools
+    // spin-wait on each other and a step takes ~10x longer (this made CI time out once).
+    ("LORAFORGE_TORCH_THREADS", "1"),
+    ("OMP_NUM_THREADS", "1"),
+    // The engine logs its workers' stderr (and so the trainer's) at debug.
+    ("LORAFORGE_LOG", "info,sqlx=warn,tower_http=warn,loraforge_engine=debug"),
+    ("HF_HUB_OFFLINE", "1"),
+];
+
+impl Service {
+    fn start(dir: &Path, extra: &[(&str, &str)]) -> Service {
+        let data = dir.join("data");
+        let mut env: Vec<(String, String)> = BASE_ENV.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        env.push(("LORAFORGE_TRAINER_PYTHON".into(), trainer_python().display().to_string()));
+        env.push(("LORAFORGE_LOCAL_MODEL_ROOTS".into(), tiny_model().parent().unwrap().display().to_string()));
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let mut s = Service {
+            child: None,
+            dir: dir.to_owned(),
+            data,
+            log: dir.join("serve-0.log"),
+            url: String::new(),
+            env,
+            http: reqwest::Client::new(),
+        };
+        s.restart();
+        s
+    }
+
+    /// (Re)starts the process on a new port with the same data dir.
+    fn restart(&mut self) {
+        let n = std::fs::read_dir(&self.dir).unwrap().filter(|e| {
+            e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("serve-"))
+        });
+        self.log = self.dir.join(format!("serve-{}.log", n.count()));
+        let log = std::fs::File::create(&self.log).unwrap();
+        let child = loraforge(&self.dir)
+            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(&self.data)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start serve");
+        self.child = Some(child);
+        let started = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains("loraforge listening")) {
+                let line = strip_ansi(line);
+                let addr = line.split("addr=").nth(1).and_then(|s| s.split_whitespace().next()).expect("addr=");
+                let addr: String = addr.chars().filter(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+                self.url = format!("http://{addr}");
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "serve did not start:\n{text}");
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("serve exited ({status}):\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill_9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+    }
+
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for i in 0..10 {
+            if let Ok(t) = std::fs::read_to_string(self.dir.join(format!("serve-{i}.log"))) {
+                all.push_str(&format!("--- serve-{i}.log ---\n{t}"));
+            }
+        }
+        all
+    }
+
+    fn token(&self, user: &str) -> String {
+        let out = loraforge(&self.dir)
+            .args(["token", "--user", user, "--data-dir"])
+            .arg(&self.data)
+            .output()
+            .expect("token");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    async fn call(&self, token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Uploads 3 noise images and creates a LoRA on the tiny model; returns its id.
+    async fn create(&self, token: &str, name: &str, steps: u32) -> String {
+        let mut form = reqwest::multipart::Form::new();
+        for i in 0..3 {
+            let part = reqwest::multipart::Part::bytes(noise_png(96, i + 1)).file_name(format!("img{i}.png"));
+            form = form.part("images", part.mime_str("image/png").unwrap());
+        }
+        let resp =
+            self.http.post(format!("{}/api/v1/datasets", self.url)).bearer_auth(token).multipart(form).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let dataset: Value = resp.json().await.unwrap();
+        assert_eq!(status, 201, "{dataset}");
+        let body = json!({
+            "name": name,
+            "dataset_id": dataset["dataset_id"],
+            "params": {
+                "base_model": tiny_model().display().to_string(),
+                "steps": steps,
+                "resolution": 64,
+                "rank": 4,
+                "alpha": 8,
+                "lr_warmup_steps": 0,
+                "trigger_words": ["zxq"],
+            }
+        });
+        let (status, lora) = self.call(token, reqwest::Method::POST, "/api/v1/lora-models", Some(body)).await;
+        assert_eq!(status, 202, "{lora}");
+        lora["lora_id"].as_str().expect("id").to_owned()
+    }
+
+    async fn status(&self, token: &str, id: &str) -> Value {
+        let (code, v) = self.call(token, reqwest::Method::GET, &format!("/api/v1/lora-models/{id}/status"), None).await;
+        assert_eq!(code, 200, "{v}");
+        v
+    }
+
+    /// Polls until `done(status)` holds; panics with the service's logs after `limit`.
+    async fn wait(&self, token: &str, id: &str, what: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let s = self.status(token, id).await;
+            if done(&s) {
+                return s;
+            }
+            if started.elapsed() > limit {
+                panic!("waited {limit:?} for {what}; last status {s}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn finished(&self, token: &str, id: &str) -> Value {
+        self.wait(token, id, "the LoRA to finish", Duration::from_secs(300), |s| {
+            matches!(s["training_status"].as_str(), Some("completed" | "failed" | "cancelled"))
+        })
+        .await
+    }
+
+    async fn events(&self, token: &str, id: &str) -> Vec<Value> {
+        let resp = self
+            .http
+            .get(format!("{}/api/v1/lora-models/{id}/events", self.url))
+            .bearer_auth(token)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        // The stream stays open on a live LoRA; read what is there within a moment.
+        let mut body = String::new();
+        let mut stream = resp;
+        while let Ok(Ok(Some(chunk))) = tokio::time::timeout(Duration::from_millis(500), stream.chunk()).await {
+            body.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        body.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str(d.trim()).ok())
+            .collect()
+    }
+
+    /// Processes whose command line mentions this service's data dir (workers, trainers).
+    fn children_alive(&self) -> Vec<String> {
+        let needle = self.data.display().to_string();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().filter(|n| n.chars().all(|c| c.is_ascii_digit())) else { continue };
+            if self.child.as_ref().is_some_and(|c| c.id().to_string() == pid) {
+                continue;
+            }
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            // Zombies have an empty command line and are gone for every purpose here.
+            if cmdline.contains(&needle) && !cmdline.contains(" serve ") {
+                found.push(format!("{pid}: {cmdline}"));
+            }
+        }
+        found
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM: the service stops its runs (so no worker outlives the test).
+            unsafe { libc_kill(child.id() as i32, 15) };
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(30) {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The log line without terminal colour codes.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ … letter
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+const USER: &str = "2b5e1f0c-9a55-4c9a-8d3e-0f4c1a2b3c4d";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lora_trains_end_to_end_and_loads_in_diffusers() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start(dir.path(), &[]);
+    let token = svc.token(USER);
+    let created = Instant::now();
+    let id = svc.create(&token, "Zxq the tester", 10).await;
+    let done = svc.finished(&token, &id).await;
+    let lifecycle = created.elapsed();
+    assert_eq!(done["training_status"], "completed", "{done}\n{}", svc.logs());
+    assert_eq!((done["stage"].as_str(), done["progress"].as_u64()), (Some("done"), Some(100)), "{done}");
+
+    // Every stage and the steps were on the event stream.
+    let events = svc.events(&token, &id).await;
+    let stages: Vec<&str> = events.iter().filter_map(|e| e["data"]["stage"].as_str()).collect();
+    for stage in ["loading_model", "training", "validating", "done"] {
+        assert!(stages.contains(&stage), "stage {stage} missing from {stages:?}");
+    }
+    let statuses: Vec<&str> = events.iter().filter_map(|e| e["data"]["to"].as_str()).collect();
+    assert_eq!(statuses, ["queued", "training", "validating", "completed"], "{events:?}");
+
+    // The file, through its signed URL.
+    let (code, details) = svc.call(&token, reqwest::Method::GET, &format!("/api/v1/lora-models/{id}"), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(details["validation"]["passed"], true, "{details}");
+    assert_eq!(details["validation"]["image_urls"].as_array().map(Vec::len), Some(3), "{details}");
+    let fetch = async |url: &Value| {
+        let resp = reqwest::get(url.as_str().expect("a URL")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap()
+    };
+    let model = fetch(&details["download_url"]).await;
+    let kohya = fetch(&details["kohya_download_url"]).await;
+    assert_eq!(details["file_size"].as_u64(), Some(model.len() as u64));
+    let png = fetch(&details["validation"]["image_urls"][0]).await;
+    assert!(png.starts_with(b"\x89PNG"), "a validation image is a PNG");
+    let files = dir.path().join("downloaded");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("model.safetensors"), &model).unwrap();
+    std::fs::write(files.join("model.kohya.safetensors"), &kohya).unwrap();
+
+    // `loraforge inspect` accepts it: diffusers keys, rank 4, alpha 8.
+    let out = loraforge(dir.path())
+        .args(["inspect", "--json"])
+        .arg(files.join("model.safetensors"))
+        .env("LORAFORGE_LORA_MIN_BYTES", "1000")
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(out.status.success(), "{report} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(report["report"]["rank"], 4, "{report}");
+    assert_eq!(report["report"]["alpha"], 8.0, "{report}");
+
+    // diffusers loads it and generates; the kohya file gives the same UNet output.
+    let out = std::process::Command::new(trainer_python())
+        .arg(repo_root().join("crates/cli/tests/fixtures/check_lora.py"))
+        .arg(tiny_model())
+        .arg(files.join("model.safetensors"))
+        .arg(files.join("model.kohya.safetensors"))
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("\"ok\": true"), "{stdout}");
+
+    // Nothing left behind: no worker, and the job's scratch folder is gone.
+    assert!(svc.children_alive().is_empty(), "{:?}", svc.children_alive());
+    let jobs = svc.data.join("jobs").join(&id);
+    assert!(!jobs.join("out").exists(), "the worker's scratch space is removed");
+    eprintln!("lifecycle (create → completed) took {:.2} s", lifecycle.as_secs_f64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_mid_training_ends_within_30_s_and_leaves_no_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start(dir.path(), &[]);
+    let token = svc.token(USER);
+    let id = svc.create(&token, "Cancelled", 5000).await;
+    svc.wait(&token, &id, "training steps", Duration::from_secs(180), |s| {
+        s["stage"] == "training" && s["progress"].as_u64().is_some_and(|p| p >= 1)
+    })
+    .await;
+    assert!(!svc.children_alive().is_empty(), "a worker runs");
+    let asked = Instant::now();
+    let (code, body) = svc.call(&token, reqwest::Method::POST, &format!("/api/v1/lora-models/{id}/cancel"), None).await;
+    assert_eq!(code, 200, "{body}");
+    while !svc.children_alive().is_empty() {
+        assert!(asked.elapsed() < Duration::from_secs(30), "still running after 30 s: {:?}", svc.children_alive());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("cancel → no process left in {:.2} s", asked.elapsed().as_secs_f64());
+    let s = svc.status(&token, &id).await;
+    assert_eq!(s["training_status"], "cancelled");
+    // The job's folder (checkpoints and all) is released once the run is gone.
+    let folder = svc.data.join("jobs").join(&id);
+    let started = Instant::now();
+    while folder.exists() && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!folder.exists(), "{} is left behind", folder.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nan_loss_fails_the_lora_with_a_clear_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start(dir.path(), &[("LORAFORGE_WORKER_DEBUG_FAIL_AT_STEP", "3")]);
+    let token = svc.token(USER);
+    let id = svc.create(&token, "Diverges", 10).await;
+    let done = svc.finished(&token, &id).await;
+    assert_eq!(done["training_status"], "failed", "{done}");
+    assert_eq!(done["error"], "training diverged: non-finite loss at step 3", "{done}");
+    // Not retried, and it does not count toward the monthly limit.
+    let (_, limits) = svc.call(&token, reqwest::Method::GET, "/api/v1/me/limits", None).await;
+    assert_eq!(limits["used"], 0, "{limits}");
+    assert!(svc.children_alive().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upload_keeps_the_files_and_the_retry_uploads_them_without_training_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first attempt's model upload fails 4 times (1 + 3 retries): the worker gives up and
+    // keeps the files; the engine requeues; the second attempt uploads what was kept.
+    let svc = Service::start(dir.path(), &[("LORAFORGE_DEBUG_FAIL_UPLOADS", "4")]);
+    let token = svc.token(USER);
+    let id = svc.create(&token, "Flaky storage", 10).await;
+    let done = svc.finished(&token, &id).await;
+    assert_eq!(done["training_status"], "completed", "{done}\n{}", svc.logs());
+    let events = svc.events(&token, &id).await;
+    let requeue = events.iter().find(|e| e["data"]["event"] == "requeue").expect("a requeue");
+    let why = requeue["data"]["error"].as_str().unwrap();
+    assert!(why.contains("could not be uploaded") && why.contains("kept"), "{why}");
+    // Trained once: the second attempt went straight to uploading.
+    let starts = events.iter().filter(|e| e["data"]["event"] == "start").count();
+    assert_eq!(starts, 2, "{events:?}");
+    let stages: Vec<&str> =
+        events.iter().filter(|e| e["kind"] == "progress").filter_map(|e| e["data"]["stage"].as_str()).collect();
+    let entered_training = stages.windows(2).filter(|w| w[1] == "training" && w[0] != "training").count()
+        + usize::from(stages.first() == Some(&"training"));
+    assert_eq!(entered_training, 1, "training ran once: {stages:?}");
+    let (_, details) = svc.call(&token, reqwest::Method::GET, &format!("/api/v1/lora-models/{id}"), None).await;
+    let model = reqwest::get(details["download_url"].as_str().unwrap()).await.unwrap().bytes().await.unwrap();
+    assert_eq!(details["file_size"].as_u64(), Some(model.len() as u64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_service_mid_training_then_a_restart_finishes_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut svc = Service::start(dir.path(), &[]);
+    let token = svc.token(USER);
+    let id = svc.create(&token, "Survivor", 80).await;
+    svc.wait(&token, &id, "training to be under way", Duration::from_secs(180), |s| {
+        s["stage"] == "training" && s["progress"].as_u64().is_some_and(|p| p >= 5)
+    })
+    .await;
+    svc.kill_9();
+    // Orphaned, the worker stops its trainer (which checkpoints) on its own.
+    let killed = Instant::now();
+    while !svc.children_alive().is_empty() {
+        assert!(killed.elapsed() < Duration::from_secs(60), "orphans still running: {:?}", svc.children_alive());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("orphans gone {:.2} s after SIGKILL", killed.elapsed().as_secs_f64());
+
+    svc.restart();
+    let done = svc.finished(&token, &id).await;
+    assert_eq!(done["training_status"], "completed", "{done}\n{}", svc.logs());
+    let events = svc.events(&token, &id).await;
+    let requeue = events.iter().find(|e| e["data"]["event"] == "requeue").expect("the lost run was requeued");
+    assert!(requeue["data"]["error"].as_str().unwrap().contains("lost"), "{requeue}");
+    // The second attempt resumed from the checkpoint the stopped trainer wrote.
+    let second = std::fs::read_to_string(&svc.log).unwrap();
+    assert!(second.contains("resuming from step-"), "no resume in the second run's log:\n{second}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn train_follow_runs_to_completion_and_prints_the_download_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start(dir.path(), &[]);
+    let token = svc.token(USER);
+    let images = dir.path().join("photos");
+    std::fs::create_dir_all(&images).unwrap();
+    for i in 0..3 {
+        std::fs::write(images.join(format!("p{i}.png")), noise_png(96, 10 + i)).unwrap();
+    }
+    std::fs::write(images.join("p0.txt"), "a photo of zxq smiling").unwrap();
+    let model = tiny_model().display().to_string();
+    let mut cmd = loraforge(dir.path());
+    cmd.args(["train"])
+        .arg(&images)
+        .args(["--name", "Followed", "--trigger", "zxq", "--base-model", &model, "--steps", "10", "--resolution", "64", "--follow"])
+        .args(["--server", &svc.url])
+        .env("LORAFORGE_TOKEN", &token)
+        // The client checks the images with the same rules as this service.
+        .envs(BASE_ENV.iter().copied());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}\n{stdout}\n{stderr}\n{}", out.status, svc.logs());
+    assert!(stdout.contains("completed"), "{stdout}");
+    let link = stdout.lines().find_map(|l| l.split_whitespace().find(|w| w.starts_with("http"))).expect("a link");
+    let link = link.trim_matches(|c: char| c == '<' || c == '>');
+    let file = reqwest::get(link).await.unwrap();
+    assert_eq!(file.status(), 200, "{link}");
+    assert!(file.bytes().await.unwrap().len() > 1000);
+}

@@ -406,6 +406,60 @@ async fn a_lora_trains_end_to_end_and_loads_in_diffusers() {
     eprintln!("lifecycle (create → completed) took {:.2} s", lifecycle.as_secs_f64());
 }
 
+/// The scaled-out path: the same service on a real Postgres server and S3 (moto_server on
+/// loopback). The worker downloads the images and uploads its files through S3's own presigned
+/// links; the service reads its state from Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lora_trains_end_to_end_on_postgres_and_s3() {
+    use loraforge_storage::test_support::{ACCESS_KEY, REGION, S3Server, SECRET_KEY};
+    let db = loraforge_db::test_support::TestDatabase::create().await;
+    let s3 = S3Server::shared();
+    let bucket = s3.create_bucket();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!("s3://{bucket}/loraforge");
+    let endpoint = s3.endpoint.to_string();
+    let svc = Service::start(
+        dir.path(),
+        &[
+            ("LORAFORGE_DATABASE_URL", db.url()),
+            ("LORAFORGE_STORAGE_URL", &storage),
+            ("LORAFORGE_S3_ENDPOINT", &endpoint),
+            ("LORAFORGE_S3_REGION", REGION),
+            ("LORAFORGE_S3_ACCESS_KEY_ID", ACCESS_KEY),
+            ("LORAFORGE_S3_SECRET_ACCESS_KEY", SECRET_KEY),
+            ("LORAFORGE_S3_ALLOW_HTTP", "true"),
+            ("LORAFORGE_S3_PATH_STYLE", "true"),
+        ],
+    );
+    let token = svc.token(USER);
+    let id = svc.create(&token, "Zxq in the cloud", 10).await;
+    let done = svc.finished(&token, &id).await;
+    assert_eq!(done["training_status"], "completed", "{done}\n{}", svc.logs());
+
+    // Every file is in the bucket, under the PRD's keys, and reached through presigned links.
+    let (_, details) = svc.call(&token, reqwest::Method::GET, &format!("/api/v1/lora-models/{id}"), None).await;
+    let in_bucket = format!("{endpoint}{bucket}/loraforge/");
+    for (url, key) in [
+        (&details["download_url"], format!("lora-models/{USER}/{id}/model.safetensors")),
+        (&details["kohya_download_url"], format!("lora-models/{USER}/{id}/model.kohya.safetensors")),
+        (&details["validation"]["image_urls"][2], format!("lora-validation-images/{USER}/{id}/validation/2.png")),
+    ] {
+        let url = url.as_str().unwrap_or_else(|| panic!("no link for {key}: {details}"));
+        assert!(url.starts_with(&format!("{in_bucket}{key}?")) && url.contains("X-Amz-Signature="), "{url}");
+        let resp = reqwest::get(url).await.unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+        let body = resp.bytes().await.unwrap();
+        if key.ends_with("model.safetensors") {
+            assert_eq!(details["file_size"].as_u64(), Some(body.len() as u64));
+        }
+    }
+    // The service ran on Postgres, not on a SQLite file beside it.
+    let log = strip_ansi(&std::fs::read_to_string(&svc.log).unwrap());
+    assert!(log.contains("database=postgres://"), "{log}");
+    assert!(!svc.data.join("loraforge.db").exists());
+    assert!(svc.children_alive().is_empty(), "{:?}", svc.children_alive());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_mid_training_ends_within_30_s_and_leaves_no_process() {
     let dir = tempfile::tempdir().unwrap();

@@ -16,6 +16,8 @@ pub mod key;
 pub mod local;
 pub mod s3;
 pub mod signing;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 
 pub use key::validate_key;
 

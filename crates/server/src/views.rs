@@ -102,7 +102,7 @@ pub struct DatasetRefView {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ValidationView {
     pub passed: Option<bool>,
-    /// Signed URLs of the validation images.
+    /// Signed URLs of the validation images; they are kept 30 days, after which none are listed.
     pub image_urls: Vec<String>,
 }
 

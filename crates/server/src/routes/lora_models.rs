@@ -277,7 +277,10 @@ async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResu
     }
     let mut validation_urls = Vec::new();
     for key in &lora.validation_image_keys {
-        validation_urls.push(state.store().signed_get_url(key, ttl, now).await?.to_string());
+        // Kept 30 days (`maintenance`): a swept image gets no link rather than a dead one.
+        if state.store().head(key).await?.is_some() {
+            validation_urls.push(state.store().signed_get_url(key, ttl, now).await?.to_string());
+        }
     }
     let (download_url, kohya_download_url, download_url_expires_at) = match (&lora.storage_key, lora.status) {
         (Some(key), TrainingStatus::Completed) => {

@@ -192,6 +192,11 @@ async fn completes_with_its_files(engine: Engine) {
     assert_eq!(model.as_ref(), lora_file().as_slice());
     assert!(details["kohya_download_url"].as_str().unwrap().contains("model.kohya.safetensors"));
     assert_eq!(details["validation"]["image_urls"].as_array().map(Vec::len), Some(3));
+    // Past their 30 days the sweep deletes the images: then no links, rather than dead ones.
+    std::fs::remove_dir_all(app.blob_root.join(format!("lora-validation-images/{}/{id}", user.id))).unwrap();
+    let details: Value = app.get(&user, &format!("/api/v1/lora-models/{id}")).await.json().await.unwrap();
+    assert_eq!(details["validation"]["image_urls"], json!([]), "{details}");
+    assert_eq!(details["validation"]["passed"], true);
     // The same result again is answered the same; the worker may have retried.
     let again = worker_post(&app, &token, &format!("/api/v1/worker/jobs/{id}/result"), &body).await;
     assert_eq!(again.json::<Value>().await.unwrap()["status"], "completed");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Cursor};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use common::loraforge;
+use common::{loraforge, noise_png};
 
 const USER: &str = "6f1c1a7e-2f4b-4c4e-9d0a-1b2c3d4e5f60";
 
@@ -226,18 +226,6 @@ fn doctor_fails_without_a_trainer_and_says_to_run_setup_trainer() {
 // ---------------------------------------------------------------------------------------------
 // train
 
-fn noise_png(w: u32, h: u32, seed: u32) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(2_654_435_761) | 1;
-    let img = image::RgbImage::from_fn(w, h, |_, _| {
-        s ^= s << 13;
-        s ^= s >> 17;
-        s ^= s << 5;
-        image::Rgb([s as u8, (s >> 8) as u8, (s >> 16) as u8])
-    });
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
 
 /// A folder of `n` images that pass the default checks (≥ 512 px, ≥ 100 KB, all different).
 fn good_images(dir: &Path, n: u32) -> PathBuf {

@@ -2,7 +2,8 @@
 
 mod common;
 
-use std::io::Cursor;
+use common::noise_png;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -18,18 +19,6 @@ fn run(c: &mut Command) -> (i32, String, String) {
     (status.code().expect("exited, not killed by a signal"), String::from_utf8(stdout).unwrap(), String::from_utf8(stderr).unwrap())
 }
 
-fn noise_png(w: u32, h: u32, seed: u32) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(2_654_435_761) | 1;
-    let img = image::RgbImage::from_fn(w, h, |_, _| {
-        s ^= s << 13;
-        s ^= s >> 17;
-        s ^= s << 5;
-        image::Rgb([s as u8, (s >> 8) as u8, (s >> 16) as u8])
-    });
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
 
 #[test]
 fn check_dataset_accepts_a_good_folder_with_exit_0() {

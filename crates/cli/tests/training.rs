@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::loraforge;
+use common::{loraforge, noise_png};
 
 /// The trainer's interpreter for these tests.
 fn trainer_python() -> PathBuf {
@@ -53,20 +53,6 @@ fn tiny_model() -> &'static Path {
         .1
 }
 
-/// A noise PNG: unique, incompressible, as training images must be.
-fn noise_png(side: u32, seed: u32) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    let img = image::RgbImage::from_fn(side, side, |_, _| {
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        let [a, b, c, _] = state.to_le_bytes();
-        image::Rgb([a, b, c])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).expect("encode png");
-    out.into_inner()
-}
 
 /// A running `loraforge serve`, stopped (SIGTERM, then SIGKILL) when dropped.
 struct Service {
@@ -193,7 +179,7 @@ impl Service {
     async fn create(&self, token: &str, name: &str, steps: u32) -> String {
         let mut form = reqwest::multipart::Form::new();
         for i in 0..3 {
-            let part = reqwest::multipart::Part::bytes(noise_png(96, i + 1)).file_name(format!("img{i}.png"));
+            let part = reqwest::multipart::Part::bytes(noise_png(96, 96, i + 1)).file_name(format!("img{i}.png"));
             form = form.part("images", part.mime_str("image/png").unwrap());
         }
         let resp =
@@ -570,7 +556,7 @@ async fn train_follow_runs_to_completion_and_prints_the_download_link() {
     let images = dir.path().join("photos");
     std::fs::create_dir_all(&images).unwrap();
     for i in 0..3 {
-        std::fs::write(images.join(format!("p{i}.png")), noise_png(96, 10 + i)).unwrap();
+        std::fs::write(images.join(format!("p{i}.png")), noise_png(96, 96, 10 + i)).unwrap();
     }
     std::fs::write(images.join("p0.txt"), "a photo of zxq smiling").unwrap();
     let model = tiny_model().display().to_string();

@@ -1,5 +1,7 @@
 //! Shared by the CLI test binaries: the binary run as a user would, free of the developer's
-//! own `LORAFORGE_*` settings.
+//! own `LORAFORGE_*` settings, and test images.
+// Each test binary uses part of this module.
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::Command;
@@ -14,4 +16,18 @@ pub fn loraforge(dir: &Path) -> Command {
         }
     }
     c
+}
+
+/// A noise PNG of `w`×`h`: unique per seed and incompressible, as training images must be.
+pub fn noise_png(w: u32, h: u32, seed: u32) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(2_654_435_761) | 1;
+    let img = image::RgbImage::from_fn(w, h, |_, _| {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        image::Rgb([s as u8, (s >> 8) as u8, (s >> 16) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).expect("encode png");
+    out.into_inner()
 }

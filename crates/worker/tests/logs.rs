@@ -37,9 +37,7 @@ async fn logs_carry_no_token_and_no_signature() {
     let plane = Plane::start().await;
     plane.state.fail_puts.store(2, Ordering::SeqCst);
     plane.state.fail_gets.store(1, Ordering::SeqCst);
-    let dir = tempfile::tempdir().unwrap();
-    let (out, fake) = (dir.path().join("job"), dir.path().join("fake"));
-    std::fs::create_dir_all(&fake).unwrap();
+    let Scratch { dir: _dir, out, fake } = Scratch::new();
     let (code, stdout) = run(config(&plane, &out, fake_trainer(&fake, &[]))).await;
     assert_eq!(code, 0, "{stdout}");
 

@@ -12,9 +12,7 @@ use common::*;
 async fn sigterm_to_the_worker_stops_the_trainer_and_exits_10() {
     let plane = Plane::start().await;
     plane.set_job(1, images(), 10.0, 20);
-    let dir = tempfile::tempdir().unwrap();
-    let (out, fake) = (dir.path().join("job"), dir.path().join("fake"));
-    std::fs::create_dir_all(&fake).unwrap();
+    let Scratch { dir: _dir, out, fake } = Scratch::new();
     let trainer = fake_trainer(&fake, &[("FAKE_STEPS", "3000"), ("FAKE_STEP_SECONDS", "0.01")]);
 
     let worker = tokio::spawn(loraforge_worker::run(config(&plane, &out, trainer)));

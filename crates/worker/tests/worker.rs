@@ -30,9 +30,7 @@ fn step_posts(progress: &[Value]) -> Vec<u64> {
 async fn happy_path_trains_relays_uploads_reports_and_cleans_up() {
     let plane = Plane::start().await;
     plane.set_job(1, images(), 10.0, 150);
-    let dir = tempfile::tempdir().unwrap();
-    let (out, fake) = (dir.path().join("job"), dir.path().join("fake"));
-    std::fs::create_dir_all(&fake).unwrap();
+    let Scratch { dir: _dir, out, fake } = Scratch::new();
     let trainer = fake_trainer(&fake, &[("FAKE_STEPS", "30"), ("FAKE_STEP_SECONDS", "0.02")]);
 
     let (code, stdout) = run(config(&plane, &out, trainer)).await;
@@ -116,9 +114,7 @@ async fn happy_path_trains_relays_uploads_reports_and_cleans_up() {
 #[tokio::test]
 async fn a_failed_upload_keeps_the_files_and_the_next_attempt_uploads_them_without_training() {
     let plane = Plane::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (out, fake) = (dir.path().join("job"), dir.path().join("fake"));
-    std::fs::create_dir_all(&fake).unwrap();
+    let Scratch { dir: _dir, out, fake } = Scratch::new();
     plane.state.fail_puts.store(4, Ordering::SeqCst);
 
     let (code, stdout) = run(config(&plane, &out, fake_trainer(&fake, &[("FAKE_NO_SCORES", "1")]))).await;
@@ -161,9 +157,7 @@ async fn a_failed_upload_keeps_the_files_and_the_next_attempt_uploads_them_witho
 #[tokio::test]
 async fn a_diverging_trainer_passes_its_exit_code_and_error_line_through() {
     let plane = Plane::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (out, fake) = (dir.path().join("job"), dir.path().join("fake"));
-    std::fs::create_dir_all(&fake).unwrap();
+    let Scratch { dir: _dir, out, fake } = Scratch::new();
     let mut cfg = config(&plane, &out, fake_trainer(&fake, &[]));
     cfg.debug_fail_at_step = Some(3);
 
@@ -188,9 +182,7 @@ async fn job_not_active_on_progress_stops_the_trainer() {
     let plane = Plane::start().await;
     plane.set_job(1, images(), 10.0, 20);
     *plane.state.progress_409_after.lock().unwrap() = Some(3);
-    let dir = tempfile::tempdir().unwrap();
-    let (out, fake) = (dir.path().join("job"), dir.path().join("fake"));
-    std::fs::create_dir_all(&fake).unwrap();
+    let Scratch { dir: _dir, out, fake } = Scratch::new();
     let trainer = fake_trainer(&fake, &[("FAKE_STEPS", "3000"), ("FAKE_STEP_SECONDS", "0.01")]);
 
     let started = std::time::Instant::now();
@@ -216,9 +208,7 @@ async fn a_slow_control_plane_neither_holds_up_the_trainer_nor_loses_stages() {
     let plane = Plane::start().await;
     plane.set_job(1, images(), 10.0, 100);
     *plane.state.progress_delay.lock().unwrap() = Duration::from_millis(400);
-    let dir = tempfile::tempdir().unwrap();
-    let (out, fake) = (dir.path().join("job"), dir.path().join("fake"));
-    std::fs::create_dir_all(&fake).unwrap();
+    let Scratch { dir: _dir, out, fake } = Scratch::new();
     let trainer = fake_trainer(&fake, &[("FAKE_STEPS", "2000")]);
 
     let (code, stdout) = run(config(&plane, &out, trainer)).await;
@@ -236,9 +226,7 @@ async fn a_slow_control_plane_neither_holds_up_the_trainer_nor_loses_stages() {
 #[tokio::test]
 async fn a_trainer_killed_by_a_signal_exits_10() {
     let plane = Plane::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (out, fake) = (dir.path().join("job"), dir.path().join("fake"));
-    std::fs::create_dir_all(&fake).unwrap();
+    let Scratch { dir: _dir, out, fake } = Scratch::new();
 
     let (code, stdout) = run(config(&plane, &out, fake_trainer(&fake, &[("FAKE_KILL_SELF", "1")]))).await;
 
@@ -254,9 +242,7 @@ async fn a_trainer_killed_by_a_signal_exits_10() {
 async fn a_stop_request_stops_the_trainer_and_keeps_the_folder() {
     let plane = Plane::start().await;
     plane.set_job(1, images(), 10.0, 20);
-    let dir = tempfile::tempdir().unwrap();
-    let (out, fake) = (dir.path().join("job"), dir.path().join("fake"));
-    std::fs::create_dir_all(&fake).unwrap();
+    let Scratch { dir: _dir, out, fake } = Scratch::new();
     let trainer = fake_trainer(&fake, &[("FAKE_STEPS", "3000"), ("FAKE_STEP_SECONDS", "0.01")]);
     let state = plane.state.clone();
     let stop = async move {
@@ -282,9 +268,7 @@ async fn a_stop_request_stops_the_trainer_and_keeps_the_folder() {
 #[tokio::test]
 async fn an_unsafe_image_name_is_refused_before_anything_is_written() {
     let plane = Plane::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (out, fake) = (dir.path().join("job"), dir.path().join("fake"));
-    std::fs::create_dir_all(&fake).unwrap();
+    let Scratch { dir, out, fake } = Scratch::new();
     let mut imgs = images();
     imgs[1].file_name = "../../escaped.png";
     plane.set_job(1, imgs, 10.0, 100);
@@ -304,9 +288,7 @@ async fn an_unsafe_image_name_is_refused_before_anything_is_written() {
 async fn heartbeats_keep_coming_while_the_trainer_is_silent() {
     let plane = Plane::start().await;
     plane.set_job(1, images(), 0.2, 100);
-    let dir = tempfile::tempdir().unwrap();
-    let (out, fake) = (dir.path().join("job"), dir.path().join("fake"));
-    std::fs::create_dir_all(&fake).unwrap();
+    let Scratch { dir: _dir, out, fake } = Scratch::new();
     let trainer = fake_trainer(&fake, &[("FAKE_SILENT_SECONDS", "1.2"), ("FAKE_STEPS", "2")]);
 
     let (code, stdout) = run(config(&plane, &out, trainer)).await;
@@ -410,9 +392,7 @@ async fn result_answers_map_to_exit_codes() {
 async fn a_download_of_the_wrong_size_fails_the_attempt() {
     let plane = Plane::start().await;
     plane.edit_job(|job| job["images"][0]["bytes"] = json!(5));
-    let dir = tempfile::tempdir().unwrap();
-    let (out, fake) = (dir.path().join("job"), dir.path().join("fake"));
-    std::fs::create_dir_all(&fake).unwrap();
+    let Scratch { dir: _dir, out, fake } = Scratch::new();
 
     let (code, stdout) = run(config(&plane, &out, fake_trainer(&fake, &[]))).await;
 
@@ -449,9 +429,7 @@ async fn a_trainer_that_cannot_start_is_reported() {
 async fn a_trainer_silent_for_too_long_is_stopped_and_the_attempt_retried() {
     let plane = Plane::start().await;
     plane.set_job(1, images(), 10.0, 20);
-    let dir = tempfile::tempdir().unwrap();
-    let (out, fake) = (dir.path().join("job"), dir.path().join("fake"));
-    std::fs::create_dir_all(&fake).unwrap();
+    let Scratch { dir: _dir, out, fake } = Scratch::new();
     // Hangs (no output) far longer than the worker's patience.
     let trainer = fake_trainer(&fake, &[("FAKE_SILENT_SECONDS", "300")]);
     let mut cfg = config(&plane, &out, trainer);

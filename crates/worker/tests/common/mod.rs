@@ -311,6 +311,23 @@ fn take_one(n: &AtomicUsize) -> bool {
     n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1)).is_ok()
 }
 
+/// A test's scratch: `out` (the worker's job folder, not yet made) and `fake` (the fake
+/// trainer's folder, made) inside a temp dir that lives as long as this.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+    pub out: PathBuf,
+    pub fake: PathBuf,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, fake) = (dir.path().join("job"), dir.path().join("fake"));
+        std::fs::create_dir_all(&fake).unwrap();
+        Scratch { dir, out, fake }
+    }
+}
+
 /// The fake trainer, recording into `fake_dir`.
 pub fn fake_trainer(fake_dir: &Path, env: &[(&str, &str)]) -> TrainerCommand {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_trainer.sh");

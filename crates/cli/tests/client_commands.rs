@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use common::{loraforge, noise_png};
+use common::{loraforge, noise_png, strip_ansi};
 
 const USER: &str = "6f1c1a7e-2f4b-4c4e-9d0a-1b2c3d4e5f60";
 
@@ -284,23 +284,6 @@ fn serve_with(dir: &Path, env: &[(&str, &str)]) -> Server {
     Server { child, url: format!("http://{addr}"), token: token.trim().to_owned() }
 }
 
-/// A log line without its terminal colours (`\x1b[…m`).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 fn train(dir: &Path, server: &Server) -> Command {
     let mut c = loraforge(dir);

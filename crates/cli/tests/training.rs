@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{loraforge, noise_png};
+use common::{loraforge, noise_png, strip_ansi};
 
 /// The trainer's interpreter for these tests.
 fn trainer_python() -> PathBuf {
@@ -293,24 +293,6 @@ impl Drop for Service {
     }
 }
 
-/// The log line without terminal colour codes.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // ESC [ … letter
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 unsafe extern "C" {
     #[link_name = "kill"]

@@ -31,3 +31,22 @@ pub fn noise_png(w: u32, h: u32, seed: u32) -> Vec<u8> {
     img.write_to(&mut out, image::ImageFormat::Png).expect("encode png");
     out.into_inner()
 }
+
+/// A log line without its terminal colours (`\x1b[…m`).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // ESC [ … letter
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

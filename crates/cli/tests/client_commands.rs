@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use common::{loraforge, noise_png, strip_ansi};
+use common::{loraforge, noise_png, strip_ansi, trainer_python};
 
 const USER: &str = "6f1c1a7e-2f4b-4c4e-9d0a-1b2c3d4e5f60";
 
@@ -20,19 +20,6 @@ fn run(c: &mut Command) -> (i32, String, String) {
     (status.code().expect("exited, not killed by a signal"), String::from_utf8(stdout).unwrap(), String::from_utf8(stderr).unwrap())
 }
 
-/// The venv `scripts/trainer-env.sh` builds, when this machine has it.
-fn cached_trainer_python() -> Option<PathBuf> {
-    let cache = std::env::var_os("LORAFORGE_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/loraforge")))?;
-    let python = cache.join("venv-trainer/bin/python");
-    if python.is_file() {
-        Some(python)
-    } else {
-        eprintln!("note: {} is absent (run scripts/trainer-env.sh); skipping this test", python.display());
-        None
-    }
-}
 
 /// A folder of stand-in packages with the trainer's import names, so a plain python3 passes the
 /// import check without torch installed.
@@ -147,7 +134,7 @@ fn setup_trainer_checks_the_configured_interpreter_instead_of_building() {
 
 #[test]
 fn setup_trainer_accepts_the_cached_trainer_venv() {
-    let Some(python) = cached_trainer_python() else { return };
+    let python = trainer_python();
     let dir = tempfile::tempdir().unwrap();
     let (code, out, err) = run(loraforge(dir.path()).args(["--data-dir", "data", "setup-trainer"]).env("LORAFORGE_TRAINER_PYTHON", &python));
     assert_eq!(code, 0, "{out}\n{err}");
@@ -159,7 +146,7 @@ fn setup_trainer_accepts_the_cached_trainer_venv() {
 
 #[test]
 fn doctor_is_ready_with_the_cached_trainer_venv() {
-    let Some(python) = cached_trainer_python() else { return };
+    let python = trainer_python();
     let dir = tempfile::tempdir().unwrap();
     let (code, out, err) = run(loraforge(dir.path()).args(["--data-dir", "data", "doctor"]).env("LORAFORGE_TRAINER_PYTHON", &python));
     assert_eq!(code, 0, "{out}\n{err}");

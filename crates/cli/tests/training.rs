@@ -15,19 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{loraforge, noise_png, strip_ansi};
+use common::{loraforge, noise_png, strip_ansi, trainer_python};
 
-/// The trainer's interpreter for these tests.
-fn trainer_python() -> PathBuf {
-    if let Some(p) = std::env::var_os("LORAFORGE_TEST_TRAINER_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("HOME").expect("HOME");
-    let cache = std::env::var_os("LORAFORGE_CACHE").map_or_else(|| Path::new(&home).join(".cache/loraforge"), PathBuf::from);
-    let python = cache.join("venv-trainer/bin/python");
-    assert!(python.exists(), "{} is missing: run scripts/trainer-env.sh (scripts/test.sh does)", python.display());
-    python
-}
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")

@@ -101,7 +101,8 @@ fn secret_variables(names: impl Iterator<Item = String>) -> Vec<String> {
 /// Intra-op threads for each trainer when several run at once on this host: the cores split
 /// between the slots, unless the operator chose (`LORAFORGE_TORCH_THREADS`). Without this every
 /// CPU trainer's OpenMP pool spins on all the cores and they wait on each other: measured on 2
-/// cores, two 2-thread trainers took ~10x longer per step than two 1-thread ones.
+/// cores, two 2-thread trainers took 5x longer per step than two 1-thread ones
+/// (`bench/concurrent_trainers.sh`).
 fn torch_threads(cores: usize, slots: usize, operator_set: bool) -> Option<usize> {
     (!operator_set && slots > 1).then(|| (cores / slots).max(1))
 }

@@ -65,7 +65,8 @@ const BASE_ENV: &[(&str, &str)] = &[
     ("LORAFORGE_WORKER_RETRY_DELAY_MS", "50"),
     ("LORAFORGE_CREATES_PER_MINUTE", "0"),
     // Two tests train at once on a 2-core machine: one torch thread each, or their OpenMP pools
-    // spin-wait on each other and a step takes ~10x longer (this made CI time out once).
+    // spin-wait on each other and a step takes ~5x longer (bench/concurrent_trainers.sh); CI once
+    // failed two of these tests on their time limits so.
     ("LORAFORGE_TORCH_THREADS", "1"),
     ("OMP_NUM_THREADS", "1"),
     // The engine logs its workers' stderr (and so the trainer's) at debug.

@@ -275,13 +275,18 @@ async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResu
             });
         }
     }
-    let mut validation_urls = Vec::new();
-    for key in &lora.validation_image_keys {
-        // Kept 30 days (`maintenance`): a swept image gets no link rather than a dead one.
-        if state.store().head(key).await?.is_some() {
-            validation_urls.push(state.store().signed_get_url(key, ttl, now).await?.to_string());
+    // Kept 30 days (`maintenance`): a swept image gets no link rather than a dead one. The
+    // lookups run together (one round trip each on S3).
+    let validation_urls = futures::future::try_join_all(lora.validation_image_keys.iter().map(|key| async move {
+        match state.store().head(key).await? {
+            Some(_) => Ok::<_, loraforge_storage::StorageError>(Some(state.store().signed_get_url(key, ttl, now).await?.to_string())),
+            None => Ok(None),
         }
-    }
+    }))
+    .await?
+    .into_iter()
+    .flatten()
+    .collect();
     let (download_url, kohya_download_url, download_url_expires_at) = match (&lora.storage_key, lora.status) {
         (Some(key), TrainingStatus::Completed) => {
             let kohya = match key.strip_suffix("model.safetensors") {

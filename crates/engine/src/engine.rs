@@ -175,7 +175,7 @@ impl Engine {
                 report.requeued.push(id);
             }
         } else {
-            let reason = format!("{why} after {attempt} attempts");
+            let reason = format!("{why}; not retried after {attempt} attempts");
             if self.apply(id, StatusEvent::Fail, Some(reason.clone()), now, report).await {
                 tracing::info!(lora = %id, attempt, %reason, "job failed");
                 report.failed.push(id);

@@ -32,7 +32,7 @@ pub fn outcome_of_exit(code: Option<i32>, reason: Option<&str>, retryable: bool)
         }
         Some(1) => RunOutcome::Fail(format!("the trainer crashed: {}", because("internal error"))),
         Some(11) => RunOutcome::Requeue(format!(
-            "the trained files could not be uploaded ({}); they are kept and the upload is retried",
+            "the trained files could not be uploaded ({}) and are kept on the training host",
             because("upload failed")
         )),
         // The job moved on and told the worker so: nothing to decide.

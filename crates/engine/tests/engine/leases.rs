@@ -38,7 +38,7 @@ async fn lease_expiry_requeues_then_fails(db: Db) {
         } else {
             assert_eq!(report.failed, [id]);
             assert_eq!(lora.status, TrainingStatus::Failed);
-            assert_eq!(lora.error, Some(format!("{expected_why} after 3 attempts")));
+            assert_eq!(lora.error, Some(format!("{expected_why}; not retried after 3 attempts")));
         }
     }
     // Failed is final: later ticks leave it alone.

@@ -15,7 +15,8 @@ use loraforge_domain::{DatasetRules, ParamLimits, SystemClock, UsageLimits};
 use loraforge_fetch::{FetchSettings, HostPattern};
 use loraforge_domain::LoraId;
 use loraforge_engine::backends::{LocalBackend, LocalBackendSettings};
-use loraforge_engine::{Engine, EngineSettings, TrainingBackend, WorkerTokens};
+use loraforge_engine::{AfterTraining, Engine, EngineSettings, TrainingBackend, ValidationRules, WorkerTokens};
+use loraforge_storage::BlobStore;
 use loraforge_server::settings::{ValidationSettings, WorkerApiSettings};
 use loraforge_server::{AppState, JwtKeys, ServerSettings};
 use loraforge_storage::StorageSettings;
@@ -108,8 +109,13 @@ fn torch_threads(cores: usize, slots: usize, operator_set: bool) -> Option<usize
 }
 
 /// The job engine of `serve`: the local backend running `loraforge worker` (this very binary)
-/// per job, calling back to `callback_url`.
-pub fn engine(s: &Settings, repo: Arc<dyn Repository>, callback_url: &url::Url) -> anyhow::Result<Engine> {
+/// per job, calling back to `callback_url`; the after-training steps read `store`.
+pub fn engine(
+    s: &Settings,
+    repo: Arc<dyn Repository>,
+    store: Arc<dyn BlobStore>,
+    callback_url: &url::Url,
+) -> anyhow::Result<Engine> {
     let exe = std::env::current_exe().context("finding this program to run workers with")?;
     let work_dir = absolute(&s.data_dir.join("jobs"));
     let mut local = LocalBackendSettings::new(exe, &work_dir);
@@ -117,9 +123,8 @@ pub fn engine(s: &Settings, repo: Arc<dyn Repository>, callback_url: &url::Url) 
     if let Ok(config) = std::env::var("LORAFORGE_CONFIG") {
         args.extend(["--config".to_owned(), config]);
     }
-    args.extend(
-        ["--server", callback_url.as_str(), "--lora", "{lora_id}", "--out", "{out}"].map(str::to_owned),
-    );
+    // The server, the LoRA and the token come in the worker's environment (as on any host).
+    args.extend(["--out", "{out}"].map(str::to_owned));
     local.args_template = args;
     local.max_concurrent = s.training_concurrency;
     // The worker stops the trainer with SIGTERM; the trainer finishes its step and checkpoints.
@@ -136,11 +141,20 @@ pub fn engine(s: &Settings, repo: Arc<dyn Repository>, callback_url: &url::Url) 
         lease: Duration::from_secs(s.job_lease_secs),
         job_timeout: Duration::from_secs(s.job_timeout_secs.max(1)),
         max_active_per_user: s.max_concurrent_jobs,
+        server_url: callback_url.as_str().trim_end_matches('/').to_owned(),
         ..EngineSettings::default()
     };
+    let after = AfterTraining::new(
+        store,
+        lora_rules(s),
+        ValidationRules {
+            similarity_threshold: s.validation_similarity_threshold,
+            auto_approve: s.validation_auto_approve,
+        },
+    );
     let tokens = JwtWorkerTokens { keys: JwtKeys::new(&s.jwt_secret()?), ttl: job_url_ttl(s) };
     let backend: Arc<dyn TrainingBackend> = Arc::new(LocalBackend::new(local));
-    Ok(Engine::new(repo, Arc::new(SystemClock), vec![backend], settings).with_worker_tokens(Arc::new(tokens)))
+    Ok(Engine::new(repo, Arc::new(SystemClock), vec![backend], settings, after).with_worker_tokens(Arc::new(tokens)))
 }
 
 /// Image URL downloads. Host patterns were validated when the settings were loaded.

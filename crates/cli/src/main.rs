@@ -51,16 +51,21 @@ enum Command {
     /// in LORAFORGE_WORKER_TOKEN. Exit status: the trainer's (0 done, 2 bad input, 3 diverged,
     /// 4 out of memory, 5 validation failed, 10 stopped) or 11 upload failed (files kept),
     /// 12 the job is no longer active, 13 the control plane is unreachable.
+    ///
+    /// Given no flags (as in the worker image), everything comes from the environment:
+    /// LORAFORGE_SERVER, LORAFORGE_LORA_ID, LORAFORGE_WORKER_TOKEN and optionally
+    /// LORAFORGE_WORKER_SCRATCH and LORAFORGE_HF_HOME.
     Worker {
         /// The control plane's base URL as this host reaches it.
-        #[arg(long, value_name = "URL")]
+        #[arg(long, env = "LORAFORGE_SERVER", value_name = "URL")]
         server: url::Url,
         /// The LoRA (job) id.
-        #[arg(long, value_name = "ID")]
+        #[arg(long, env = "LORAFORGE_LORA_ID", value_name = "ID")]
         lora: String,
-        /// The job's folder on this host (the same for every attempt, so a retry resumes).
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
+        /// The job's folder on this host (the same for every attempt on this host, so a retry
+        /// resumes) [default: a folder for the job under the system's temporary directory].
+        #[arg(long, env = "LORAFORGE_WORKER_SCRATCH", value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Print an API token signed with this server's secret (for local use, scripts and tests).
     Token {
@@ -242,6 +247,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { .. } => serve(settings).await,
         Command::Worker { server, lora, out } => {
             init_logging(&settings.log_format);
+            let out = out.unwrap_or_else(|| std::env::temp_dir().join(format!("loraforge-worker-{lora}")));
             std::process::exit(commands::worker::run(&settings, server, lora, out).await)
         }
         Command::Token { user, email, admin, ttl } => {
@@ -324,7 +330,7 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
             Some(u) => url::Url::parse(u).with_context(|| format!("worker_callback_url {u:?} is not a URL"))?,
             None => loopback.clone(),
         };
-        let engine = compose::engine(&settings, repo, &callback)?;
+        let engine = compose::engine(&settings, repo, state.store_handle(), &callback)?;
         tracing::info!(worker_id = %engine.settings().worker_id, slots = settings.training_concurrency, "job engine started");
         Some(tokio::spawn(engine.run_with_wake(wake, async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;

@@ -6,9 +6,11 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use loraforge_domain::{CreatorRef, LoraModel, LoraSummary, Progress, StatusEvent, TrainingParams, TrainingStatus};
+use loraforge_domain::{
+    CreatorRef, LoraModel, LoraSummary, MicroUsd, Progress, StatusEvent, TrainingParams, TrainingRun, TrainingStatus,
+};
 
-use crate::{DbError, Result};
+use crate::{DbError, EventDetail, PublishVerdict, Result, Settle};
 
 /// How many attempts a compare-and-set gets before giving up with [`DbError::Conflict`].
 pub(crate) const CAS_ATTEMPTS: usize = 5;
@@ -83,7 +85,8 @@ pub(crate) struct LoraRecord {
     pub file_size: Option<i64>,
     pub validation_image_keys: Value,
     pub validation_passed: Option<bool>,
-    pub training_cost: f64,
+    pub training_cost_micros: i64,
+    pub status_message: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -118,7 +121,8 @@ impl LoraRecord {
             file_size: self.file_size.map(|v| to_u64(v, "file_size")).transpose()?,
             validation_image_keys,
             validation_passed: self.validation_passed,
-            training_cost: self.training_cost,
+            training_cost: MicroUsd(self.training_cost_micros),
+            status_message: self.status_message,
             created_at: self.created_at,
             updated_at: self.updated_at,
             completed_at: self.completed_at,
@@ -150,6 +154,107 @@ impl SummaryRecord {
             usage_count: to_u64(self.usage_count, "usage_count")?,
             created_at: self.created_at,
         })
+    }
+}
+
+/// The columns of one `training_runs` row, decoded by an engine.
+#[derive(Debug)]
+pub(crate) struct RunRecord {
+    pub id: Uuid,
+    pub lora_id: Uuid,
+    pub attempt: i64,
+    pub backend: String,
+    pub engine: String,
+    pub instance_name: String,
+    pub provider_id: String,
+    pub gpu_type: Option<String>,
+    pub price_per_hour_micros: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+    pub result: Option<Value>,
+    pub settled_at: Option<DateTime<Utc>>,
+    pub cost_micros: Option<i64>,
+    pub instance_gone_at: Option<DateTime<Utc>>,
+    pub terminate_failures: i64,
+    pub next_terminate_at: Option<DateTime<Utc>>,
+}
+
+impl RunRecord {
+    pub fn into_run(self) -> Result<TrainingRun> {
+        Ok(TrainingRun {
+            id: self.id.into(),
+            lora_id: self.lora_id.into(),
+            attempt: to_u32(self.attempt, "attempt")?,
+            backend: self.backend,
+            engine: self.engine,
+            instance_name: self.instance_name,
+            provider_id: self.provider_id,
+            gpu_type: self.gpu_type,
+            price_per_hour: self.price_per_hour_micros.map(MicroUsd),
+            created_at: self.created_at,
+            started_at: self.started_at,
+            ended_at: self.ended_at,
+            outcome: self.outcome,
+            reason: self.reason,
+            result: self.result,
+            settled_at: self.settled_at,
+            cost: self.cost_micros.map(MicroUsd),
+            instance_gone_at: self.instance_gone_at,
+            terminate_failures: to_u32(self.terminate_failures, "terminate_failures")?,
+            next_terminate_at: self.next_terminate_at,
+        })
+    }
+}
+
+/// One status change of a settle: the event, what it records, and whether the LoRA waits for
+/// review afterwards.
+pub(crate) struct SettleStep {
+    pub event: StatusEvent,
+    pub detail: EventDetail,
+}
+
+/// The status changes `settle` makes, in order (all in one transaction), and the progress to
+/// record after them (a review wait). The first change may find the job moved on; then the
+/// settle does nothing but mark its run.
+pub(crate) fn settle_steps(settle: &Settle) -> (Vec<SettleStep>, Option<Progress>) {
+    let step = |event, detail| SettleStep { event, detail };
+    match settle {
+        Settle::Requeue { reason, .. } => (vec![step(StatusEvent::Requeue, EventDetail::because(reason.clone()))], None),
+        Settle::Fail { reason } => (vec![step(StatusEvent::Fail, EventDetail::because(reason.clone()))], None),
+        Settle::Reject { files, reason } => (
+            vec![step(
+                StatusEvent::Fail,
+                EventDetail { error: Some(reason.clone()), outputs: Some(files.clone()), validation_passed: None },
+            )],
+            None,
+        ),
+        Settle::Publish { files, verdict } => {
+            let begin = step(StatusEvent::BeginValidation, EventDetail { outputs: Some(files.clone()), ..EventDetail::default() });
+            match verdict {
+                PublishVerdict::Complete => (
+                    vec![begin, step(StatusEvent::Complete, EventDetail { validation_passed: Some(true), ..EventDetail::default() })],
+                    None,
+                ),
+                PublishVerdict::Fail(reason) => (
+                    vec![
+                        begin,
+                        step(
+                            StatusEvent::Fail,
+                            EventDetail { error: Some(reason.clone()), validation_passed: Some(false), outputs: None },
+                        ),
+                    ],
+                    None,
+                ),
+                PublishVerdict::Review => (
+                    vec![begin],
+                    Some(Progress { stage: Some("awaiting_review".into()), percent: 100, estimated_remaining: None }),
+                ),
+            }
+        }
+        Settle::Nothing => (Vec::new(), None),
     }
 }
 

@@ -12,15 +12,15 @@
 //! - nothing is ever deleted from `lora_models`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use loraforge_domain::{
-    Dataset, DatasetId, LoraId, LoraModel, LoraName, LoraSort, LoraSummary, MonthlyWindow, Progress,
-    StatusEvent, TrainingParams, TrainingStatus, TransitionError, UserId,
+    Dataset, DatasetId, LoraId, LoraModel, LoraName, LoraSort, LoraSummary, MicroUsd, MonthlyWindow, Progress,
+    RunId, StatusEvent, TrainingParams, TrainingRun, TrainingStatus, TransitionError, UserId,
 };
 
 mod common;
@@ -84,24 +84,54 @@ impl DbError {
 pub enum FaultPoint {
     /// The monthly-limit count inside `create_lora`; the create must fail open.
     MonthlyCount,
+    /// Recording a run's outcome (`record_run_outcome`), e.g. the worker's result.
+    RunOutcome,
+    /// Settling a run (`settle_run`): a requeue, a failure or the publish of a trained LoRA.
+    Settle,
+    /// Recording that a run's instance is gone (`record_instance_gone`), with its cost.
+    InstanceGone,
 }
 
+impl FaultPoint {
+    pub const ALL: [FaultPoint; 4] =
+        [FaultPoint::MonthlyCount, FaultPoint::RunOutcome, FaultPoint::Settle, FaultPoint::InstanceGone];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultPoint::MonthlyCount => "monthly_count",
+            FaultPoint::RunOutcome => "run_outcome",
+            FaultPoint::Settle => "settle",
+            FaultPoint::InstanceGone => "instance_gone",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FaultPoint> {
+        FaultPoint::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    fn index(self) -> usize {
+        FaultPoint::ALL.iter().position(|p| *p == self).expect("listed")
+    }
+}
+
+/// Armed fault points; each arming makes the point fail once.
 #[derive(Debug, Default)]
 pub struct Faults {
-    monthly_count: AtomicBool,
+    armed: [std::sync::atomic::AtomicU32; 4],
 }
 
 impl Faults {
+    /// Makes `point` fail once more.
     pub fn arm(&self, point: FaultPoint) {
-        match point {
-            FaultPoint::MonthlyCount => self.monthly_count.store(true, Ordering::SeqCst),
-        }
+        self.armed[point.index()].fetch_add(1, Ordering::SeqCst);
     }
-    /// True once after `arm(point)`.
+    /// True once per arming of `point`.
     pub fn fire(&self, point: FaultPoint) -> bool {
-        match point {
-            FaultPoint::MonthlyCount => self.monthly_count.swap(false, Ordering::SeqCst),
-        }
+        self.armed[point.index()].fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
+    /// `Err(Injected)` once per arming of `point`.
+    pub fn check(&self, point: FaultPoint) -> Result<()> {
+        if self.fire(point) { Err(DbError::Injected(point)) } else { Ok(()) }
     }
 }
 
@@ -219,19 +249,60 @@ pub struct ClaimedJob {
     pub attempt: u32,
 }
 
-/// A job whose run is recorded on a backend ([`Repository::live_runs`]): the engine that started
-/// it (`worker`) watches it until the backend says it is gone, whatever the LoRA's status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveRun {
+/// A run whose instance is not confirmed gone ([`Repository::open_runs`]), with what the engine
+/// needs to know of its job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenRun {
+    pub run: TrainingRun,
+    pub job_status: TrainingStatus,
+    /// The run is its job's current run (a requeue or a newer run makes it stale).
+    pub current: bool,
+    /// The engine holding the job's lease, if leased.
+    pub job_worker: Option<String>,
+    /// Runs of the job that failed through their own fault so far.
+    pub job_failures: u32,
+    /// The job's latest attempt number (every run counts).
+    pub job_attempt: u32,
+}
+
+/// A run a backend accepted, for [`Repository::insert_run`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    pub id: RunId,
     pub lora_id: LoraId,
-    pub status: TrainingStatus,
-    pub backend: String,
-    pub run_id: String,
-    /// The worker (engine) that started the run.
-    pub worker: Option<String>,
-    /// The current lease, if the job is leased.
-    pub lease_until: Option<DateTime<Utc>>,
     pub attempt: u32,
+    pub backend: String,
+    pub engine: String,
+    pub instance_name: String,
+    pub provider_id: String,
+    pub gpu_type: Option<String>,
+    pub price_per_hour: Option<MicroUsd>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+}
+
+/// What the job does about a run's outcome ([`Repository::settle_run`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settle {
+    /// Back to the queue; `counted`: the run's failure uses up one of the job's attempts.
+    Requeue { counted: bool, reason: String },
+    /// The job fails.
+    Fail { reason: String },
+    /// The trained files passed their check: `validating`, then the verdict, in one commit.
+    Publish { files: TrainedFiles, verdict: PublishVerdict },
+    /// The trained file failed its check: `failed`, with the files recorded.
+    Reject { files: TrainedFiles, reason: String },
+    /// The job already moved on: only mark the run settled.
+    Nothing,
+}
+
+/// The quality verdict a publish applies.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PublishVerdict {
+    Complete,
+    Fail(String),
+    /// Waits in `validating` for an admin's review (stage `awaiting_review`).
+    Review,
 }
 
 /// The current claim on a job ([`Repository::job_claim`]).
@@ -361,20 +432,57 @@ pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
     /// Jobs in `training` whose current run started before `cutoff`, oldest first.
     async fn jobs_running_longer_than(&self, cutoff: DateTime<Utc>) -> Result<Vec<RunningJob>>;
 
-    /// Every job with a run recorded by [`Repository::set_run`] and not yet cleared, in any status.
-    async fn live_runs(&self) -> Result<Vec<LiveRun>>;
+    /// Runs whose instance is not confirmed gone, oldest first, with their jobs' state.
+    async fn open_runs(&self) -> Result<Vec<OpenRun>>;
 
     /// Who holds job `id` and for which attempt; `None` if there is no such job. The worker API
     /// checks a worker's token against it.
     async fn job_claim(&self, id: LoraId) -> Result<Option<JobClaim>>;
 
-    /// Records the backend run of job `id`, started by the worker that holds its lease; clears
-    /// the start-retry state. `NotFound` if there is no such job.
-    async fn set_run(&self, id: LoraId, backend: &str, run_id: &str) -> Result<()>;
+    // --- runs -------------------------------------------------------------------------------
 
-    /// Forgets the run of job `id` if it is still `run_id` (a newer run is left alone); returns
-    /// whether it did.
-    async fn clear_run(&self, id: LoraId, run_id: &str) -> Result<bool>;
+    /// Records a run its backend accepted and makes it the job's current run, only while
+    /// `run.engine` holds the job for `run.attempt` (`NotFound` otherwise: the job moved on, so
+    /// the caller must end the instance). Clears the start-retry state.
+    async fn insert_run(&self, run: &NewRun) -> Result<TrainingRun>;
+
+    async fn get_run(&self, id: RunId) -> Result<Option<TrainingRun>>;
+
+    /// Every run of a LoRA, by attempt.
+    async fn runs_of(&self, lora: LoraId) -> Result<Vec<TrainingRun>>;
+
+    /// Records how run `id` ended (a `domain::outcome` code, the reporter's reason and, for
+    /// `trained`, the worker's result), unless an outcome is recorded already: the first report
+    /// wins. Returns whether this one was recorded.
+    async fn record_run_outcome(
+        &self,
+        id: RunId,
+        code: &str,
+        reason: Option<&str>,
+        result: Option<&serde_json::Value>,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+
+    /// Applies `settle` to the run's job and marks the run settled, in one transaction, once:
+    /// `None` if the run was settled already. A requeue or failure whose job moved on meanwhile
+    /// only marks the run settled. Clears the job's current run on a requeue.
+    async fn settle_run(&self, id: RunId, settle: Settle, now: DateTime<Utc>) -> Result<Option<LoraModel>>;
+
+    /// The run's instance is confirmed gone and cost `cost`: recorded once, with the cost added
+    /// to the LoRA's `training_cost`. Returns whether this call recorded it.
+    async fn record_instance_gone(&self, id: RunId, cost: MicroUsd, now: DateTime<Utc>) -> Result<bool>;
+
+    /// A failed attempt to end the run's instance; the next is due at `next_at`. Returns the
+    /// failures so far.
+    async fn record_terminate_failure(&self, id: RunId, error: &str, next_at: DateTime<Utc>) -> Result<u32>;
+
+    /// Undoes a claim whose launch found no capacity: the job goes back to `queued` without
+    /// using an attempt, with `message` saying why it waits. Only while `worker` holds it and no
+    /// run of it is recorded; `false` otherwise.
+    async fn unclaim(&self, id: LoraId, worker: &str, message: &str, now: DateTime<Utc>) -> Result<bool>;
+
+    /// Sets (or clears) the LoRA's status message, shown with its status.
+    async fn set_status_message(&self, id: LoraId, message: Option<&str>, now: DateTime<Utc>) -> Result<()>;
 
     /// Ids of `pending` LoRAs, oldest first, at most `limit`.
     async fn pending_ids(&self, limit: u32) -> Result<Vec<LoraId>>;

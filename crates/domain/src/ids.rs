@@ -62,3 +62,7 @@ id_type!(
     /// An uploaded, validated set of training images.
     DatasetId
 );
+id_type!(
+    /// One run (attempt) of a LoRA's training job on some backend.
+    RunId
+);

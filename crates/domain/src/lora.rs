@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{DatasetId, LoraId, TrainingParams, TrainingStatus, UserId};
+use crate::{DatasetId, LoraId, MicroUsd, TrainingParams, TrainingStatus, UserId};
 
 /// Who made a LoRA; the email is shown when known ("Cyberpunk Girl (by user@example.com)").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +42,10 @@ pub struct LoraModel {
     pub file_size: Option<u64>,
     pub validation_image_keys: Vec<String>,
     pub validation_passed: Option<bool>,
-    pub training_cost: f64,
+    /// The sum of its runs' costs.
+    pub training_cost: MicroUsd,
+    /// Why it is where it is, when that is not an error ("waiting for a GPU: …").
+    pub status_message: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,

@@ -1,103 +1,140 @@
-//! The seam between the engine and the places training runs: a [`TrainingBackend`] starts a run
-//! for a [`JobSpec`], says how it is doing, and kills it. Backends are an open set and several
-//! are live at once (`Arc<dyn TrainingBackend>`), so the engine only ever speaks this trait.
+//! The seam between the engine and the places training runs. A [`TrainingBackend`] launches an
+//! instance that runs `loraforge worker` for one attempt (a child process, a rented pod, a
+//! serverless job), says what it sees of its instances, and ends them. Everything a run says
+//! about itself (progress, its result, its failure) reaches the control plane over the worker
+//! protocol, never through the backend; what the backend adds is what only it can see: an
+//! instance that ended or vanished without a word, and the end of the instance itself.
+//! Backends are an open set and several are live at once (`Arc<dyn TrainingBackend>`).
 
 use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 
-use loraforge_domain::{LoraId, Progress, TrainingParams};
+use loraforge_domain::{LoraId, MicroUsd};
 
-/// A backend's handle on one run; unique per backend. Stored in `training_jobs.run_id`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RunId(pub String);
+/// What an instance needs to run one attempt: the worker's environment
+/// (`LORAFORGE_SERVER`, `LORAFORGE_LORA_ID`, `LORAFORGE_WORKER_TOKEN`) and its name.
+#[derive(Clone)]
+pub struct Launch {
+    pub lora_id: LoraId,
+    /// 1 on the first run of the job, 2 on the next, …
+    pub attempt: u32,
+    /// The instance's name at the provider (`domain::run::instance_name`).
+    pub instance_name: String,
+    /// The control plane's base URL as the worker reaches it.
+    pub server: String,
+    /// The per-attempt worker token. A credential: never logged.
+    pub token: String,
+}
 
-impl fmt::Display for RunId {
+impl fmt::Debug for Launch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.debug_struct("Launch")
+            .field("lora_id", &self.lora_id)
+            .field("attempt", &self.attempt)
+            .field("instance_name", &self.instance_name)
+            .field("server", &self.server)
+            .field("token", &"<redacted>")
+            .finish()
     }
 }
 
-/// Everything a worker needs to run one attempt of one job. Plain data: it is written to disk
-/// (local backend) or sent over the wire (remote backends) as JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobSpec {
-    pub lora_id: LoraId,
-    /// 1 on the first run, 2 after one requeue, …
-    pub attempt: u32,
-    pub params: TrainingParams,
-    /// The dataset's images in order, by storage key, with their captions.
-    pub images: Vec<SpecImage>,
-    /// The worker's credential for its callbacks to the control plane (`docs/worker-protocol.md`),
-    /// issued per attempt by the engine's [`WorkerTokens`]; `None` when it has none.
-    #[serde(skip_serializing)]
-    pub worker_token: Option<String>,
+impl Launch {
+    /// The worker's environment variables.
+    pub fn worker_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("LORAFORGE_SERVER".to_owned(), self.server.clone()),
+            ("LORAFORGE_LORA_ID".to_owned(), self.lora_id.to_string()),
+            ("LORAFORGE_WORKER_TOKEN".to_owned(), self.token.clone()),
+        ]
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SpecImage {
-    pub storage_key: String,
-    pub caption: Option<String>,
-}
-
-/// Issues the per-attempt credential a worker presents to the control plane. The control plane
-/// implements it (a signed token naming the job, the attempt and this engine); the engine only
-/// hands the result to the backend.
-pub trait WorkerTokens: Send + Sync + fmt::Debug + 'static {
-    fn issue(&self, lora: LoraId, attempt: u32, worker_id: &str) -> Result<String, String>;
-}
-
-/// What a backend knows about a run right now.
+/// A launched instance, as the backend describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RunState {
-    Running,
-    /// The run ended. `code` is the exit code (`None`: killed by a signal); `reason` is the
-    /// worker's own account of an error, when it gave one (the trainer's `error` line).
-    Exited {
-        code: Option<i32>,
-        reason: Option<String>,
-        /// The worker said the failure may pass (the trainer's `"retryable": true`, e.g. a base
-        /// model that could not be fetched for now).
-        retryable: bool,
-    },
-    /// The backend has no such run (it was restarted, or the run was never its own).
-    Unknown,
+pub struct Launched {
+    /// The backend's handle on the instance (a pod id, a job id, a process).
+    pub provider_id: String,
+    pub gpu_type: Option<String>,
+    pub price_per_hour: Option<MicroUsd>,
 }
 
-/// Progress a run reported, collected by the backend until the engine's next tick.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunReport {
-    pub run_id: RunId,
+/// A run's instance, as the engine names it to its backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub provider_id: String,
+    pub instance_name: String,
     pub lora_id: LoraId,
-    pub progress: Progress,
+    pub attempt: u32,
+}
+
+/// What a backend sees of an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// Starting or running.
+    Running,
+    /// The run ended. `outcome` is the backend's account (a `domain::outcome` code), used only
+    /// when the worker reported nothing itself; `gone`: the instance no longer exists (else it
+    /// still has to be terminated).
+    Ended { outcome: &'static str, reason: Option<String>, gone: bool },
+}
+
+/// What a call to [`TrainingBackend::terminate`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Termination {
+    /// The instance is confirmed gone.
+    pub gone: bool,
+    /// Billed time when the provider says it (serverless execution time), in milliseconds; else
+    /// the engine bills from the run's creation to the confirmed end at its price per hour.
+    pub billed_millis: Option<u64>,
+}
+
+/// How urgently an instance should end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The run finished: its worker is exiting on its own; force it only after a grace period.
+    Finished,
+    /// The job no longer wants the run (cancel, timeout, requeue): stop it now.
+    Stop,
+}
+
+/// Where a backend's instances can be reached from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Only from the engine that launched them (processes on its host).
+    Engine,
+    /// From any replica (a provider's API).
+    Shared,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// No free slot right now; try again later.
-    #[error("the backend has no free slot")]
-    NoCapacity,
-    /// The run could not be started for a reason that may pass (resource busy, I/O hiccup,
-    /// a provider's 5xx or 429).
-    #[error("the run could not start for now: {0}")]
+    /// No capacity anywhere this backend can look (every GPU type taken); try later or elsewhere.
+    #[error("no capacity: {0}")]
+    NoCapacity(String),
+    /// The call failed for a reason that may pass (I/O, a provider's 5xx or 429, a timeout).
+    #[error("{0}")]
     Transient(String),
-    /// The run can never start as configured (missing program, bad spec, permission denied).
-    #[error("could not start the run: {0}")]
+    /// The call can never succeed as configured (bad credentials, missing program, bad image).
+    #[error("{0}")]
     Permanent(String),
-    #[error("backend I/O error: {0}")]
-    Io(#[from] std::io::Error),
 }
 
 impl BackendError {
     /// Worth trying again unchanged, after a pause.
     pub fn is_retryable(&self) -> bool {
-        match self {
-            BackendError::NoCapacity | BackendError::Transient(_) => true,
-            BackendError::Permanent(_) => false,
-            BackendError::Io(e) => io_is_retryable(e),
-        }
+        matches!(self, BackendError::NoCapacity(_) | BackendError::Transient(_))
+    }
+
+    pub fn is_capacity(&self) -> bool {
+        matches!(self, BackendError::NoCapacity(_))
+    }
+}
+
+impl From<std::io::Error> for BackendError {
+    fn from(e: std::io::Error) -> Self {
+        if io_is_retryable(&e) { BackendError::Transient(e.to_string()) } else { BackendError::Permanent(e.to_string()) }
     }
 }
 
@@ -110,35 +147,47 @@ pub(crate) fn io_is_retryable(e: &std::io::Error) -> bool {
     )
 }
 
+/// Issues the per-attempt credential a worker presents to the control plane. The control plane
+/// implements it (a signed token naming the job, the attempt and this engine); the engine only
+/// hands the result to the backend.
+pub trait WorkerTokens: Send + Sync + fmt::Debug + 'static {
+    fn issue(&self, lora: LoraId, attempt: u32, worker_id: &str) -> Result<String, String>;
+}
+
 #[async_trait]
 pub trait TrainingBackend: Send + Sync + fmt::Debug + 'static {
-    /// Stable name, stored with each run (`training_jobs.backend`).
+    /// Stable name, stored with each run (`training_runs.backend`).
     fn name(&self) -> &str;
 
-    /// Free slots now.
-    fn capacity(&self) -> usize;
+    /// Instances at once: per engine for [`Scope::Engine`], in all for [`Scope::Shared`].
+    fn max_runs(&self) -> usize;
 
-    /// Starts a run of `spec`; returns once it is running (not when it ends).
-    async fn start(&self, spec: &JobSpec) -> Result<RunId, BackendError>;
+    fn scope(&self) -> Scope;
 
-    async fn status(&self, run: &RunId) -> Result<RunState, BackendError>;
-
-    /// Asks the run to stop and makes sure it does (a grace period, then by force). Returns at
-    /// once; idempotent; a run that already ended or is unknown is fine.
-    async fn cancel(&self, run: &RunId) -> Result<(), BackendError>;
-
-    /// The job of `run` has ended for good (or moved past training) and its run is gone: the
-    /// backend may delete what it kept for the job (resume state, job folders). Default: nothing.
-    async fn release(&self, _run: &RunId, _lora: LoraId) {}
-
-    /// The engine is stopping: ask every run to stop gracefully (so it can checkpoint) and wait
-    /// for them, within the backend's grace period. Their jobs are requeued and resumed by the
-    /// next engine. Default: nothing (runs elsewhere outlive this process).
-    async fn shutdown(&self) {}
-
-    /// Progress reported since the last call, oldest first. Backends whose workers report to the
-    /// control plane directly return nothing.
-    fn drain_reports(&self) -> Vec<RunReport> {
-        Vec::new()
+    /// How often the engine asks about this backend's instances (a provider's API has rate
+    /// limits; a local process table has none).
+    fn observe_every(&self) -> Duration {
+        Duration::ZERO
     }
+
+    /// Starts an instance for `launch`; returns once the backend accepted it (not when the run
+    /// ends).
+    async fn launch(&self, launch: &Launch) -> Result<Launched, BackendError>;
+
+    /// What the backend sees of each instance, in the same order. One call for all of them, so a
+    /// provider can answer from one listing.
+    async fn observe(&self, instances: &[Instance]) -> Result<Vec<Observed>, BackendError>;
+
+    /// Ends the instance (idempotent; an instance already gone is fine) and says whether it is
+    /// confirmed gone. The engine calls it until it is, for every run that ended for any reason.
+    async fn terminate(&self, instance: &Instance, ending: Ending) -> Result<Termination, BackendError>;
+
+    /// The job of `lora` has ended for good and all its instances are gone: the backend may
+    /// delete what it kept for the job (scratch folders). Default: nothing.
+    async fn release(&self, _lora: LoraId) {}
+
+    /// The engine is stopping: ask every instance this process supervises to stop gracefully
+    /// and wait for them within the backend's grace period. Default: nothing (instances
+    /// elsewhere outlive this process and are found again by the next engine).
+    async fn shutdown(&self) {}
 }

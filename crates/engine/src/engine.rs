@@ -1,54 +1,97 @@
 //! The engine and its tick. Every step reads what it needs from the database and writes its
-//! decisions back, so nothing is lost when the process dies between two steps: a claimed job
-//! with no run is reaped when its lease ends, a run whose engine restarted is found by
-//! `live_runs` and re-attached or requeued.
+//! decisions back, so nothing is lost when the process dies between two steps: a run's outcome
+//! is recorded before it is acted on, and acted on (settled) in one commit; an instance is
+//! ended until its backend confirms it is gone; a claimed job with no run is reaped when its
+//! lease ends.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::stream::{self, StreamExt};
 
-use loraforge_db::{DbError, EventDetail, LiveRun, Repository};
-use loraforge_domain::{Clock, LoraId, StatusEvent};
+use loraforge_db::{DbError, EventDetail, NewRun, OpenRun, Repository, Settle};
+use loraforge_domain::outcome::{self, Disposition, Origin};
+use loraforge_domain::run::instance_name;
+use loraforge_domain::{Clock, LoraId, MicroUsd, RunId, StatusEvent, TrainingRun, TrainingStatus};
 
-use crate::backend::{JobSpec, RunId, RunState, SpecImage, TrainingBackend, WorkerTokens};
-use crate::outcome::{RunOutcome, outcome_of_exit};
+use crate::after_training::AfterTraining;
+use crate::backend::{
+    BackendError, Ending, Instance, Launch, Observed, Scope, Termination, TrainingBackend, WorkerTokens,
+};
 use crate::settings::{EngineSettings, chrono_duration, human_duration};
-use crate::{BackendError, Result};
+use crate::Result;
 
 /// What one tick did, for tests and logs.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TickReport {
     /// pending → queued.
     pub admitted: Vec<LoraId>,
-    /// Progress reports written (after coalescing per job).
-    pub progress: usize,
-    /// Runs started on a backend.
+    /// Runs launched on a backend.
     pub started: Vec<LoraId>,
-    /// Starts that failed with a retryable error and will be tried again later.
+    /// Launches that failed with a retryable error and will be tried again later.
     pub start_retries: Vec<LoraId>,
-    /// Runs that ended well (exit 0) after their worker reported the result.
-    pub trained: Vec<LoraId>,
-    /// Jobs put back in the queue (lost or stopped runs, expired leases).
+    /// Claimed jobs put back in the queue because no backend had room (no GPU anywhere).
+    pub waiting: Vec<LoraId>,
+    /// Trained runs settled by the after-training steps (completed, failed or awaiting review).
+    pub published: Vec<LoraId>,
+    /// Jobs put back in the queue for another run.
     pub requeued: Vec<LoraId>,
-    /// Jobs failed (by their run's exit, a start failure, or running out of attempts).
+    /// Jobs failed.
     pub failed: Vec<LoraId>,
-    /// Jobs failed for running longer than the timeout.
+    /// Jobs whose run took longer than the timeout.
     pub timed_out: Vec<LoraId>,
-    /// Runs told to stop because their job no longer wants them (cancelled, requeued, failed).
+    /// Runs whose instance the engine asked to end.
     pub stopped_runs: Vec<LoraId>,
-    /// Runs that are still going and were found again (heartbeat sent).
+    /// Runs whose instance is confirmed gone (cost recorded).
+    pub gone: Vec<LoraId>,
+    /// Runs that are still going (lease extended).
     pub watched: Vec<LoraId>,
     /// Per-job problems that did not stop the tick.
     pub errors: Vec<String>,
 }
 
 impl TickReport {
-    fn note_stopped(&mut self, id: LoraId) {
-        if !self.stopped_runs.contains(&id) {
-            self.stopped_runs.push(id);
+    fn merge(&mut self, o: TickReport) {
+        macro_rules! extend {
+            ($($f:ident),*) => { $(self.$f.extend(o.$f);)* };
         }
+        extend!(admitted, started, start_retries, waiting, published, requeued, failed, timed_out, stopped_runs, gone, watched, errors);
+    }
+}
+
+/// Asked before a run is launched on a backend; a circuit breaker or a budget says no here.
+pub trait LaunchGate: Send + Sync + std::fmt::Debug + 'static {
+    /// `Err(why)` when `backend` must not get a new run now.
+    fn admits(&self, backend: &str, now: DateTime<Utc>) -> std::result::Result<(), String>;
+}
+
+/// Picks the backend for the next run: the first, in the configured order, with room, not
+/// cooling down after it had no capacity, and admitted by every gate.
+#[derive(Debug)]
+struct Router {
+    backends: Vec<Arc<dyn TrainingBackend>>,
+    gates: Vec<Arc<dyn LaunchGate>>,
+    /// Backends that said "no capacity", until when they are left alone.
+    cooling: Mutex<HashMap<String, DateTime<Utc>>>,
+}
+
+impl Router {
+    fn pick(&self, room: &[usize], now: DateTime<Utc>) -> Option<usize> {
+        let cooling = self.cooling.lock().unwrap_or_else(|e| e.into_inner());
+        self.backends.iter().enumerate().position(|(i, b)| {
+            room[i] > 0
+                && cooling.get(b.name()).is_none_or(|until| *until <= now)
+                && self.gates.iter().all(|g| g.admits(b.name(), now).is_ok())
+        })
+    }
+
+    fn cool_down(&self, backend: &str, until: DateTime<Utc>) {
+        self.cooling.lock().unwrap_or_else(|e| e.into_inner()).insert(backend.to_owned(), until);
     }
 }
 
@@ -56,10 +99,16 @@ impl TickReport {
 pub struct Engine {
     repo: Arc<dyn Repository>,
     clock: Arc<dyn Clock>,
-    backends: Vec<Arc<dyn TrainingBackend>>,
+    router: Router,
     settings: EngineSettings,
     tokens: Option<Arc<dyn WorkerTokens>>,
+    after: AfterTraining,
+    /// When each backend's instances were last observed (for `observe_every`).
+    observed_at: Mutex<HashMap<String, DateTime<Utc>>>,
 }
+
+/// How long a backend that had no capacity is left alone before it is asked again.
+const CAPACITY_COOL_DOWN: Duration = Duration::from_secs(60);
 
 impl Engine {
     pub fn new(
@@ -67,13 +116,28 @@ impl Engine {
         clock: Arc<dyn Clock>,
         backends: Vec<Arc<dyn TrainingBackend>>,
         settings: EngineSettings,
+        after: AfterTraining,
     ) -> Self {
-        Self { repo, clock, backends, settings, tokens: None }
+        Self {
+            repo,
+            clock,
+            router: Router { backends, gates: Vec::new(), cooling: Mutex::new(HashMap::new()) },
+            settings,
+            tokens: None,
+            after,
+            observed_at: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// Gives every started attempt a worker token from `tokens`.
+    /// Gives every launched attempt a worker token from `tokens`.
     pub fn with_worker_tokens(mut self, tokens: Arc<dyn WorkerTokens>) -> Self {
         self.tokens = Some(tokens);
+        self
+    }
+
+    /// Asks `gate` before every launch.
+    pub fn with_gate(mut self, gate: Arc<dyn LaunchGate>) -> Self {
+        self.router.gates.push(gate);
         self
     }
 
@@ -102,7 +166,7 @@ impl Engine {
                 _ = interval.tick() => self.tick_logged().await,
             }
         }
-        for backend in &self.backends {
+        for backend in &self.router.backends {
             backend.shutdown().await;
         }
     }
@@ -123,10 +187,9 @@ impl Engine {
     pub async fn tick(&self) -> Result<TickReport> {
         let now = self.clock.now();
         let mut report = TickReport::default();
-        self.relay_progress(now, &mut report).await;
         self.admit(now, &mut report).await?;
-        self.watch_runs(now, &mut report).await?;
         self.time_out(now, &mut report).await?;
+        self.advance_runs(now, &mut report).await?;
         self.reap(now, &mut report).await?;
         self.dispatch(now, &mut report).await?;
         Ok(report)
@@ -137,14 +200,34 @@ impl Engine {
     }
 
     fn backend(&self, name: &str) -> Option<&Arc<dyn TrainingBackend>> {
-        self.backends.iter().find(|b| b.name() == name)
+        self.router.backends.iter().find(|b| b.name() == name)
     }
 
-    fn free_backend(&self) -> Option<&Arc<dyn TrainingBackend>> {
-        self.backends.iter().find(|b| b.capacity() > 0)
+    /// This engine looks after `run`: it started it, on a backend it has.
+    fn is_mine(&self, run: &TrainingRun) -> bool {
+        run.engine == self.settings.worker_id && self.backend(&run.backend).is_some()
     }
 
-    /// Applies `event` through the status machine. `None` when the job moved on meanwhile (a
+    /// Runs `steps`, at most `concurrency` at a time.
+    async fn all<T: Send>(&self, steps: Vec<BoxFuture<'_, T>>) -> Vec<T> {
+        stream::iter(steps).buffer_unordered(self.settings.concurrency.max(1)).collect().await
+    }
+
+    async fn with_timeout<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = std::result::Result<T, BackendError>>,
+    ) -> std::result::Result<T, BackendError> {
+        match tokio::time::timeout(self.settings.call_timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Transient(format!(
+                "{what}: no answer within {}",
+                human_duration(self.settings.call_timeout)
+            ))),
+        }
+    }
+
+    /// Applies `event` through the status machine. `false` when the job moved on meanwhile (a
     /// cancel raced us): that is not an error, the next tick sees the new status.
     async fn apply(
         &self,
@@ -167,67 +250,7 @@ impl Engine {
         }
     }
 
-    /// A run of the job was lost (`why`): requeue it, or fail it once it has had its attempts.
-    async fn requeue_or_fail(&self, id: LoraId, attempt: u32, why: &str, now: DateTime<Utc>, report: &mut TickReport) {
-        if attempt < self.settings.max_attempts {
-            if self.apply(id, StatusEvent::Requeue, Some(why.to_owned()), now, report).await {
-                tracing::info!(lora = %id, attempt, reason = why, "job requeued");
-                report.requeued.push(id);
-            }
-        } else {
-            let reason = format!("{why}; not retried after {attempt} attempts");
-            if self.apply(id, StatusEvent::Fail, Some(reason.clone()), now, report).await {
-                tracing::info!(lora = %id, attempt, %reason, "job failed");
-                report.failed.push(id);
-            }
-        }
-    }
-
-    /// Stops a run on its backend, if this engine can reach it.
-    async fn stop_run(&self, run: &LiveRun, report: &mut TickReport) {
-        let Some(backend) = self.backend(&run.backend) else { return };
-        match backend.cancel(&RunId(run.run_id.clone())).await {
-            Ok(()) => report.note_stopped(run.lora_id),
-            Err(e) => report.errors.push(format!("stopping run {} of LoRA {}: {e}", run.run_id, run.lora_id)),
-        }
-    }
-
-    fn is_mine(&self, run: &LiveRun) -> bool {
-        run.worker.as_deref() == Some(self.settings.worker_id.as_str()) && self.backend(&run.backend).is_some()
-    }
-
-    // --- (0) progress ---------------------------------------------------------------------
-
-    /// Progress lines the backends collected → `record_progress`, and each extends the job's
-    /// lease. A run whose job is no longer leased to this engine is stopped instead.
-    async fn relay_progress(&self, now: DateTime<Utc>, report: &mut TickReport) {
-        for backend in &self.backends {
-            // Only the latest report of each run matters.
-            let mut latest = HashMap::new();
-            for r in backend.drain_reports() {
-                latest.insert(r.run_id.clone(), r);
-            }
-            for (run_id, r) in latest {
-                match self.repo.heartbeat(r.lora_id, &self.settings.worker_id, self.lease_from(now), now).await {
-                    Ok(true) => match self.repo.record_progress(r.lora_id, &r.progress, now).await {
-                        Ok(()) => report.progress += 1,
-                        Err(e) => report.errors.push(format!("progress of LoRA {}: {e}", r.lora_id)),
-                    },
-                    Ok(false) => {
-                        // The job was requeued, cancelled or taken over meanwhile.
-                        tracing::info!(lora = %r.lora_id, run = %run_id, "run no longer holds its job; stopping it");
-                        match backend.cancel(&run_id).await {
-                            Ok(()) => report.note_stopped(r.lora_id),
-                            Err(e) => report.errors.push(format!("stopping run {run_id}: {e}")),
-                        }
-                    }
-                    Err(e) => report.errors.push(format!("heartbeat of LoRA {}: {e}", r.lora_id)),
-                }
-            }
-        }
-    }
-
-    // --- (a) admit ------------------------------------------------------------------------
+    // --- admit ------------------------------------------------------------------------------
 
     async fn admit(&self, now: DateTime<Utc>, report: &mut TickReport) -> Result<()> {
         for id in self.repo.pending_ids(self.settings.admit_batch).await? {
@@ -238,110 +261,30 @@ impl Engine {
         Ok(())
     }
 
-    // --- (d, f) runs: exits, cancellations, re-attaching after a restart --------------------
+    // --- timeouts ---------------------------------------------------------------------------
 
-    async fn watch_runs(&self, now: DateTime<Utc>, report: &mut TickReport) -> Result<()> {
-        use loraforge_domain::TrainingStatus as S;
-        for run in self.repo.live_runs().await? {
-            // Another engine's run (or a backend this one lacks): its own engine watches it, and
-            // the reaper catches it if that engine is gone.
-            if !self.is_mine(&run) {
-                continue;
-            }
-            let Some(backend) = self.backend(&run.backend) else { continue };
-            let run_id = RunId(run.run_id.clone());
-            let state = match backend.status(&run_id).await {
-                Ok(s) => s,
-                Err(e) => {
-                    report.errors.push(format!("status of run {run_id} of LoRA {}: {e}", run.lora_id));
-                    continue;
-                }
-            };
-            let gone = match (run.status, state) {
-                (S::Training, RunState::Running) => {
-                    // Alive under this engine's supervision: keep the lease.
-                    match self.repo.heartbeat(run.lora_id, &self.settings.worker_id, self.lease_from(now), now).await {
-                        Ok(true) => report.watched.push(run.lora_id),
-                        Ok(false) => self.stop_run(&run, report).await,
-                        Err(e) => report.errors.push(format!("heartbeat of LoRA {}: {e}", run.lora_id)),
-                    }
-                    false
-                }
-                (S::Training, RunState::Exited { code, reason, retryable }) => {
-                    match outcome_of_exit(code, reason.as_deref(), retryable) {
-                        RunOutcome::Trained => {
-                            // A worker reports its result (`/api/v1/worker/jobs/{id}/result`,
-                            // which moves the job on) before it exits 0; a job still in
-                            // training never got one.
-                            let why = "the worker ended without reporting its result";
-                            self.requeue_or_fail(run.lora_id, run.attempt, why, now, report).await
-                        }
-                        RunOutcome::Requeue(why) => {
-                            self.requeue_or_fail(run.lora_id, run.attempt, &why, now, report).await
-                        }
-                        RunOutcome::Fail(reason) => {
-                            if self.apply(run.lora_id, StatusEvent::Fail, Some(reason), now, report).await {
-                                report.failed.push(run.lora_id);
-                            }
-                        }
-                    }
-                    true
-                }
-                (S::Training, RunState::Unknown) => {
-                    let why = format!("the run was lost (backend {} no longer knows run {run_id})", run.backend);
-                    self.requeue_or_fail(run.lora_id, run.attempt, &why, now, report).await;
-                    true
-                }
-                // The worker reported its result and is finishing (cleaning up, exiting 0):
-                // leave it be.
-                (S::Validating | S::Completed, RunState::Running) => false,
-                // The job no longer wants this run (cancelled, failed, requeued): make sure it
-                // stops, and forget it once it has.
-                (_, RunState::Running) => {
-                    self.stop_run(&run, report).await;
-                    false
-                }
-                (_, RunState::Exited { code, .. }) => {
-                    if code == Some(0) {
-                        report.trained.push(run.lora_id);
-                    }
-                    true
-                }
-                (_, RunState::Unknown) => true,
-            };
-            if gone {
-                match self.repo.clear_run(run.lora_id, &run.run_id).await {
-                    Ok(_) => {}
-                    Err(e) => report.errors.push(format!("forgetting run {run_id} of LoRA {}: {e}", run.lora_id)),
-                }
-                // Past training for good: what the backend kept for a resume is of no more use.
-                // (A requeued job keeps it; a job that was training when its run ended was
-                // decided above and is looked at again on the next tick.)
-                if !matches!(run.status, S::Training | S::Queued | S::Pending) {
-                    backend.release(&run_id, run.lora_id).await;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    // --- (c) timeouts ---------------------------------------------------------------------
-
+    /// Jobs training longer than the timeout: their run's outcome becomes `timed_out` (which
+    /// fails the job and ends the instance below); a job with no run yet fails at once.
     async fn time_out(&self, now: DateTime<Utc>, report: &mut TickReport) -> Result<()> {
         let cutoff = now - chrono_duration(self.settings.job_timeout);
         let late = self.repo.jobs_running_longer_than(cutoff).await?;
         if late.is_empty() {
             return Ok(());
         }
-        let runs: HashMap<LoraId, LiveRun> = self.repo.live_runs().await?.into_iter().map(|r| (r.lora_id, r)).collect();
+        let current = self.current_runs().await?;
+        let reason = format!("training took longer than {}", human_duration(self.settings.job_timeout));
         for job in late {
-            // Kill first, then fail: a failed job's run is also stopped by `watch_runs` on the
-            // engine that owns it, should this one not reach it.
-            if let Some(run) = runs.get(&job.lora_id).filter(|r| self.is_mine(r)) {
-                self.stop_run(run, report).await;
-            }
-            let reason = format!("training took longer than {}", human_duration(self.settings.job_timeout));
-            if self.apply(job.lora_id, StatusEvent::Fail, Some(reason), now, report).await {
+            let recorded = match current.get(&job.lora_id) {
+                Some(run) => match self.repo.record_run_outcome(run.id, "timed_out", Some(&reason), None, now).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        report.errors.push(format!("timing out run {} of LoRA {}: {e}", run.id, job.lora_id));
+                        false
+                    }
+                },
+                None => self.apply(job.lora_id, StatusEvent::Fail, Some(outcome::describe("timed_out", Some(&reason))), now, report).await,
+            };
+            if recorded {
                 tracing::info!(lora = %job.lora_id, started_at = %job.started_at, "job timed out");
                 report.timed_out.push(job.lora_id);
             }
@@ -349,109 +292,476 @@ impl Engine {
         Ok(())
     }
 
-    // --- (b) the reaper -------------------------------------------------------------------
+    /// The current run of every job that has one, by LoRA.
+    async fn current_runs(&self) -> Result<HashMap<LoraId, TrainingRun>> {
+        Ok(self.repo.open_runs().await?.into_iter().filter(|o| o.current).map(|o| (o.run.lora_id, o.run)).collect())
+    }
 
+    // --- runs -------------------------------------------------------------------------------
+
+    async fn advance_runs(&self, now: DateTime<Utc>, report: &mut TickReport) -> Result<()> {
+        let open: Vec<OpenRun> = self.repo.open_runs().await?.into_iter().filter(|o| self.is_mine(&o.run)).collect();
+        if open.is_empty() {
+            return Ok(());
+        }
+        let observed = self.observe(now, &open, report).await;
+        let steps: Vec<BoxFuture<'_, TickReport>> =
+            open.iter().map(|o| self.advance(o, observed.get(&o.run.id), now).boxed()).collect();
+        let steps = self.all(steps).await;
+        for s in steps {
+            report.merge(s);
+        }
+        Ok(())
+    }
+
+    /// Asks each backend (one call each, concurrently, when its `observe_every` has passed) about
+    /// the instances of runs without an outcome.
+    async fn observe(&self, now: DateTime<Utc>, open: &[OpenRun], report: &mut TickReport) -> HashMap<RunId, Observed> {
+        let mut by_backend: HashMap<&str, Vec<&TrainingRun>> = HashMap::new();
+        for o in open.iter().filter(|o| o.run.outcome.is_none()) {
+            by_backend.entry(o.run.backend.as_str()).or_default().push(&o.run);
+        }
+        let due: Vec<(&Arc<dyn TrainingBackend>, Vec<&TrainingRun>)> = {
+            let mut last = self.observed_at.lock().unwrap_or_else(|e| e.into_inner());
+            by_backend
+                .into_iter()
+                .filter_map(|(name, runs)| {
+                    let backend = self.backend(name)?;
+                    let every = chrono_duration(backend.observe_every());
+                    if last.get(name).is_some_and(|at| now < *at + every) {
+                        return None;
+                    }
+                    last.insert(name.to_owned(), now);
+                    Some((backend, runs))
+                })
+                .collect()
+        };
+        let calls: Vec<BoxFuture<'_, _>> = due
+            .into_iter()
+            .map(|(backend, runs)| {
+                async move {
+                    let instances: Vec<Instance> = runs.iter().map(|r| instance_of(r)).collect();
+                    let what = format!("observing {} runs", backend.name());
+                    let seen = self.with_timeout(&what, backend.observe(&instances)).await;
+                    (backend.name().to_owned(), runs, seen)
+                }
+                .boxed()
+            })
+            .collect();
+        let mut observed = HashMap::new();
+        for (name, runs, seen) in futures::future::join_all(calls).await {
+            match seen {
+                Ok(states) if states.len() == runs.len() => {
+                    observed.extend(runs.iter().map(|r| r.id).zip(states));
+                }
+                Ok(states) => report.errors.push(format!(
+                    "backend {name} answered for {} of {} instances; ignored",
+                    states.len(),
+                    runs.len()
+                )),
+                Err(e) => report.errors.push(format!("observing the runs on {name}: {e}")),
+            }
+        }
+        observed
+    }
+
+    /// One run's step: record how it ended (if it did, or if its job no longer wants it),
+    /// settle that on its job, and end its instance.
+    async fn advance(&self, o: &OpenRun, observed: Option<&Observed>, now: DateTime<Utc>) -> TickReport {
+        let mut r = TickReport::default();
+        let mut run = o.run.clone();
+        let lora = run.lora_id;
+        let wanted = o.current && o.job_status == TrainingStatus::Training;
+        let mut gone_already = false;
+
+        if run.outcome.is_none() {
+            let ended: Option<(&str, Option<String>)> = if !wanted {
+                Some(match o.job_status {
+                    TrainingStatus::Cancelled => ("cancelled", None),
+                    s => ("superseded", Some(format!("the job is {s} now"))),
+                })
+            } else {
+                match observed {
+                    Some(Observed::Running) => {
+                        if o.job_worker.as_deref() == Some(self.settings.worker_id.as_str()) {
+                            match self.repo.heartbeat(lora, &self.settings.worker_id, self.lease_from(now), now).await {
+                                Ok(_) => r.watched.push(lora),
+                                Err(e) => r.errors.push(format!("heartbeat of LoRA {lora}: {e}")),
+                            }
+                        }
+                        None
+                    }
+                    Some(Observed::Ended { outcome, reason, gone }) => {
+                        gone_already = *gone;
+                        Some((outcome, reason.clone()))
+                    }
+                    None => None,
+                }
+            };
+            let Some((code, reason)) = ended else { return r };
+            if let Err(e) = self.repo.record_run_outcome(run.id, code, reason.as_deref(), None, now).await {
+                r.errors.push(format!("recording the end of run {} of LoRA {lora}: {e}", run.id));
+                return r;
+            }
+            match self.repo.get_run(run.id).await {
+                Ok(Some(fresh)) => run = fresh,
+                Ok(None) => return r,
+                Err(e) => {
+                    r.errors.push(format!("reading run {} of LoRA {lora}: {e}", run.id));
+                    return r;
+                }
+            }
+        }
+
+        let mut job_status = o.job_status;
+        if run.settled_at.is_none()
+            && let Some(status) = self.settle(o, &run, now, &mut r).await
+        {
+            job_status = status;
+        }
+        self.end_instance(&run, gone_already, job_status, now, &mut r).await;
+        r
+    }
+
+    /// Acts on the run's outcome (once); returns the job's status afterwards when it changed.
+    async fn settle(&self, o: &OpenRun, run: &TrainingRun, now: DateTime<Utc>, r: &mut TickReport) -> Option<TrainingStatus> {
+        let lora = run.lora_id;
+        let settle = match self.settlement(o, run, now).await {
+            Ok(s) => s,
+            Err(e) => {
+                r.errors.push(format!("after training of LoRA {lora}: {e}"));
+                return None;
+            }
+        };
+        let (kind, reason) = match &settle {
+            Settle::Requeue { reason, .. } => ("requeued", Some(reason.clone())),
+            Settle::Fail { reason } | Settle::Reject { reason, .. } => ("failed", Some(reason.clone())),
+            Settle::Publish { .. } => ("published", None),
+            Settle::Nothing => ("nothing", None),
+        };
+        match self.repo.settle_run(run.id, settle, now).await {
+            Ok(Some(model)) => {
+                match kind {
+                    "requeued" if model.status == TrainingStatus::Queued => r.requeued.push(lora),
+                    "failed" if model.status == TrainingStatus::Failed => r.failed.push(lora),
+                    "published" => r.published.push(lora),
+                    _ => {}
+                }
+                if kind != "nothing" {
+                    tracing::info!(lora = %lora, attempt = run.attempt, outcome = ?run.outcome, status = %model.status,
+                        reason = ?reason, "run settled");
+                }
+                Some(model.status)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                r.errors.push(format!("settling run {} of LoRA {lora}: {e}", run.id));
+                None
+            }
+        }
+    }
+
+    /// What the job does about the run's recorded outcome.
+    async fn settlement(&self, o: &OpenRun, run: &TrainingRun, now: DateTime<Utc>) -> std::result::Result<Settle, String> {
+        if !(o.current && o.job_status == TrainingStatus::Training) {
+            return Ok(Settle::Nothing);
+        }
+        let message = run.message().unwrap_or_else(|| "the run ended".to_owned());
+        match run.disposition().unwrap_or(Disposition::Fail) {
+            Disposition::Trained => {
+                let lora = self.repo.get_lora(run.lora_id).await.map_err(|e| e.to_string())?.ok_or("the LoRA is gone")?;
+                match self.after.decide(&lora, run).await {
+                    Ok(Settle::Requeue { counted, reason }) => Ok(self.retry_or_fail(o, counted, reason)),
+                    Ok(settle) => Ok(settle),
+                    Err(e) => {
+                        let since = run.ended_at.unwrap_or(now);
+                        if now - since >= chrono_duration(self.settings.after_training_give_up) {
+                            Ok(Settle::Fail {
+                                reason: format!(
+                                    "the trained files could not be checked for {}: {e}",
+                                    human_duration(self.settings.after_training_give_up)
+                                ),
+                            })
+                        } else {
+                            Err(e)
+                        }
+                    }
+                }
+            }
+            Disposition::Retry { counted } => Ok(self.retry_or_fail(o, counted, message)),
+            Disposition::Fail => Ok(Settle::Fail { reason: message }),
+            Disposition::Moot => Ok(Settle::Nothing),
+        }
+    }
+
+    /// Another run, unless the job has used up its attempts (runs that failed through their own
+    /// fault) or its runs in all.
+    fn retry_or_fail(&self, o: &OpenRun, counted: bool, message: String) -> Settle {
+        let failures = o.job_failures + u32::from(counted);
+        if counted && failures >= self.settings.max_attempts {
+            Settle::Fail { reason: format!("{message}; not retried after {failures} failed attempts") }
+        } else if o.job_attempt >= self.settings.max_runs {
+            Settle::Fail { reason: format!("{message}; not retried after {} runs", o.job_attempt) }
+        } else {
+            Settle::Requeue { counted, reason: message }
+        }
+    }
+
+    /// Ends the instance of a run that ended, and records its cost once it is confirmed gone.
+    async fn end_instance(
+        &self,
+        run: &TrainingRun,
+        gone_already: bool,
+        job_status: TrainingStatus,
+        now: DateTime<Utc>,
+        r: &mut TickReport,
+    ) {
+        let lora = run.lora_id;
+        if run.outcome.is_none() {
+            return;
+        }
+        // Only a replica with the run's backend can end it.
+        let Some(backend) = self.backend(&run.backend) else { return };
+        // Processes on another engine's host cannot be reached from here: they end with their
+        // worker (which stops once the control plane refuses it) or with their host.
+        let elsewhere = backend.scope() == Scope::Engine && run.engine != self.settings.worker_id;
+        let termination = if gone_already || elsewhere {
+            Termination { gone: true, billed_millis: None }
+        } else {
+            if run.next_terminate_at.is_some_and(|at| now < at) {
+                return;
+            }
+            // The control plane ended this run: stop it now. The worker ended it: let it exit.
+            let by_us = run.outcome.as_deref().and_then(outcome::spec).is_none_or(|s| s.origin == Origin::ControlPlane);
+            let ending = if by_us { Ending::Stop } else { Ending::Finished };
+            match self.with_timeout("ending an instance", backend.terminate(&instance_of(run), ending)).await {
+                Ok(t) => {
+                    if !t.gone && ending == Ending::Stop && !r.stopped_runs.contains(&lora) {
+                        r.stopped_runs.push(lora);
+                    }
+                    t
+                }
+                Err(e) => {
+                    let delays = &self.settings.terminate_retry_delays;
+                    let i = (run.terminate_failures as usize).min(delays.len().saturating_sub(1));
+                    let next = now + chrono_duration(delays.get(i).copied().unwrap_or(Duration::from_secs(60)));
+                    match self.repo.record_terminate_failure(run.id, &e.to_string(), next).await {
+                        Ok(n) if n as usize >= delays.len() => tracing::error!(
+                            lora = %lora, run = %run.id, backend = %run.backend, instance = %run.provider_id, tries = n,
+                            error = %e, "operator alert: an instance could not be terminated; it may still cost money"
+                        ),
+                        Ok(_) => {}
+                        Err(db) => r.errors.push(format!("recording a failed termination of run {}: {db}", run.id)),
+                    }
+                    r.errors.push(format!("ending run {} of LoRA {lora} on {}: {e}", run.id, run.backend));
+                    return;
+                }
+            }
+        };
+        if !termination.gone {
+            return;
+        }
+        let cost = cost_of(run, termination.billed_millis, now);
+        match self.repo.record_instance_gone(run.id, cost, now).await {
+            Ok(true) => {
+                tracing::info!(lora = %lora, attempt = run.attempt, backend = %run.backend, %cost, "instance gone");
+                r.gone.push(lora);
+                // Past training for good: what the backend kept for a resume is of no more use.
+                if !matches!(job_status, TrainingStatus::Pending | TrainingStatus::Queued | TrainingStatus::Training) {
+                    backend.release(lora).await;
+                }
+            }
+            Ok(false) => {}
+            Err(e) => r.errors.push(format!("recording the end of the instance of run {}: {e}", run.id)),
+        }
+    }
+
+    // --- the reaper -------------------------------------------------------------------------
+
+    /// Jobs whose lease expired: their run's outcome becomes `lease_expired` and is settled here
+    /// (the run may be another engine's, gone with its engine). A job claimed but never launched
+    /// goes back to the queue without using an attempt.
     async fn reap(&self, now: DateTime<Utc>, report: &mut TickReport) -> Result<()> {
         let expired = self.repo.expired_leases(now).await?;
         if expired.is_empty() {
             return Ok(());
         }
-        let runs: HashMap<LoraId, LiveRun> = self.repo.live_runs().await?.into_iter().map(|r| (r.lora_id, r)).collect();
+        let open: HashMap<LoraId, OpenRun> =
+            self.repo.open_runs().await?.into_iter().filter(|o| o.current).map(|o| (o.run.lora_id, o)).collect();
         for lease in expired {
-            if let Some(run) = runs.get(&lease.lora_id).filter(|r| self.is_mine(r)) {
-                self.stop_run(run, report).await;
+            let why = format!("lease expired at {}", lease.lease_until.format("%Y-%m-%d %H:%M:%S UTC"));
+            match open.get(&lease.lora_id) {
+                Some(o) => {
+                    if let Err(e) = self.repo.record_run_outcome(o.run.id, "lease_expired", Some(&why), None, now).await {
+                        report.errors.push(format!("reaping LoRA {}: {e}", lease.lora_id));
+                        continue;
+                    }
+                    match self.repo.get_run(o.run.id).await {
+                        Ok(Some(run)) => {
+                            let o = OpenRun { run, ..o.clone() };
+                            let step = self.advance(&o, None, now).await;
+                            report.merge(step);
+                        }
+                        Ok(None) => {}
+                        Err(e) => report.errors.push(format!("reaping LoRA {}: {e}", lease.lora_id)),
+                    }
+                }
+                None => {
+                    let reason = format!("the engine that claimed the job stopped before launching it ({why})");
+                    if lease.attempt >= self.settings.max_runs {
+                        let reason = format!("{reason}; not retried after {} runs", lease.attempt);
+                        if self.apply(lease.lora_id, StatusEvent::Fail, Some(reason), now, report).await {
+                            report.failed.push(lease.lora_id);
+                        }
+                    } else if self.apply(lease.lora_id, StatusEvent::Requeue, Some(reason), now, report).await {
+                        report.requeued.push(lease.lora_id);
+                    }
+                }
             }
-            let why = format!(
-                "the worker stopped reporting (lease expired at {})",
-                lease.lease_until.format("%Y-%m-%d %H:%M:%S UTC")
-            );
-            self.requeue_or_fail(lease.lora_id, lease.attempt, &why, now, report).await;
         }
         Ok(())
     }
 
-    // --- (e) dispatch ---------------------------------------------------------------------
+    // --- dispatch ---------------------------------------------------------------------------
+
+    /// Free room per backend: its limit less its instances not confirmed gone (this engine's for
+    /// per-engine backends, everyone's for shared ones).
+    async fn room(&self) -> Result<Vec<usize>> {
+        let open = self.repo.open_runs().await?;
+        Ok(self
+            .router
+            .backends
+            .iter()
+            .map(|b| {
+                let used = open
+                    .iter()
+                    .filter(|o| o.run.backend == b.name())
+                    .filter(|o| b.scope() == Scope::Shared || o.run.engine == self.settings.worker_id)
+                    .count();
+                b.max_runs().saturating_sub(used)
+            })
+            .collect())
+    }
 
     async fn dispatch(&self, now: DateTime<Utc>, report: &mut TickReport) -> Result<()> {
+        let mut room = self.room().await?;
+        let mut launches: Vec<(LoraId, u32, u32, usize)> = Vec::new();
         // Starts whose retry is due come before new claims: they are older.
         for due in self.repo.starts_due(&self.settings.worker_id, now).await? {
-            let Some(backend) = self.free_backend().cloned() else {
-                // Keep the lease while waiting for a slot.
-                if let Err(e) =
-                    self.repo.heartbeat(due.lora_id, &self.settings.worker_id, self.lease_from(now), now).await
-                {
-                    report.errors.push(format!("heartbeat of LoRA {}: {e}", due.lora_id));
+            match self.router.pick(&room, now) {
+                Some(i) => {
+                    room[i] -= 1;
+                    launches.push((due.lora_id, due.attempt, due.start_failures, i));
                 }
-                continue;
-            };
-            self.start(due.lora_id, due.attempt, due.start_failures, &backend, now, report).await;
+                None => {
+                    // Keep the lease while waiting for room.
+                    if let Err(e) =
+                        self.repo.heartbeat(due.lora_id, &self.settings.worker_id, self.lease_from(now), now).await
+                    {
+                        report.errors.push(format!("heartbeat of LoRA {}: {e}", due.lora_id));
+                    }
+                }
+            }
         }
-        // Every claim is followed by a start on a backend that had a slot, so this loop ends
-        // when the slots or the queue run out.
-        let slots: usize = self.backends.iter().map(|b| b.capacity()).sum();
-        for _ in 0..slots {
-            let Some(backend) = self.free_backend().cloned() else { break };
+        // Every claim gets a backend with room, so this ends when the room or the queue runs out.
+        while let Some(i) = self.router.pick(&room, now) {
             let claimed = self
                 .repo
                 .claim_next_job(&self.settings.worker_id, self.settings.max_active_per_user, self.lease_from(now), now)
                 .await?;
             let Some(job) = claimed else { break };
-            self.start(job.lora.id, job.attempt, 0, &backend, now, report).await;
+            room[i] -= 1;
+            launches.push((job.lora.id, job.attempt, 0, i));
+        }
+        let steps: Vec<BoxFuture<'_, TickReport>> = launches
+            .into_iter()
+            .map(|(lora, attempt, failures, i)| self.launch(lora, attempt, failures, i, now).boxed())
+            .collect();
+        let steps = self.all(steps).await;
+        for s in steps {
+            report.merge(s);
         }
         Ok(())
     }
 
-    /// Starts a run of a job this engine has claimed. `failures`: failed starts so far.
-    async fn start(
-        &self,
-        id: LoraId,
-        attempt: u32,
-        failures: u32,
-        backend: &Arc<dyn TrainingBackend>,
-        now: DateTime<Utc>,
-        report: &mut TickReport,
-    ) {
-        let spec = match self.job_spec(id, attempt).await {
-            Ok(Some(spec)) => spec,
-            Ok(None) => {
-                let reason = "the LoRA's dataset no longer exists".to_owned();
-                if self.apply(id, StatusEvent::Fail, Some(reason), now, report).await {
-                    report.failed.push(id);
+    /// Launches attempt `attempt` of a job this engine has claimed on backend `i`.
+    async fn launch(&self, lora: LoraId, attempt: u32, failures: u32, i: usize, now: DateTime<Utc>) -> TickReport {
+        let mut r = TickReport::default();
+        let backend = &self.router.backends[i];
+        let token = match &self.tokens {
+            Some(t) => match t.issue(lora, attempt, &self.settings.worker_id) {
+                Ok(t) => t,
+                Err(e) => {
+                    // The lease stays with us; if this keeps failing the reaper requeues the job.
+                    r.errors.push(format!("worker token for LoRA {lora}: {e}"));
+                    return r;
                 }
-                return;
-            }
-            Err(e) => {
-                // The lease stays with us; if this keeps failing the reaper requeues the job.
-                report.errors.push(format!("job spec of LoRA {id}: {e}"));
-                return;
-            }
+            },
+            None => String::new(),
         };
-        match backend.start(&spec).await {
-            Ok(run) => {
-                if let Err(e) = self.repo.set_run(id, backend.name(), &run.0).await {
-                    // Without a record nobody would watch the run: stop it; the lease expires and
-                    // the reaper requeues the job.
-                    report.errors.push(format!("recording run {run} of LoRA {id}: {e}"));
-                    if let Err(e) = backend.cancel(&run).await {
-                        report.errors.push(format!("stopping unrecorded run {run}: {e}"));
+        let name = instance_name(&self.settings.instance_prefix, lora, attempt);
+        let launch = Launch {
+            lora_id: lora,
+            attempt,
+            instance_name: name.clone(),
+            server: self.settings.server_url.clone(),
+            token,
+        };
+        match self.with_timeout(&format!("launching on {}", backend.name()), backend.launch(&launch)).await {
+            Ok(launched) => {
+                let run = NewRun {
+                    id: RunId::new(),
+                    lora_id: lora,
+                    attempt,
+                    backend: backend.name().to_owned(),
+                    engine: self.settings.worker_id.clone(),
+                    instance_name: name.clone(),
+                    provider_id: launched.provider_id.clone(),
+                    gpu_type: launched.gpu_type,
+                    price_per_hour: launched.price_per_hour,
+                    created_at: now,
+                    started_at: self.clock.now(),
+                };
+                match self.repo.insert_run(&run).await {
+                    Ok(_) => {
+                        tracing::info!(lora = %lora, attempt, backend = backend.name(), instance = %launched.provider_id, "run started");
+                        r.started.push(lora);
                     }
-                    return;
+                    Err(e) => {
+                        // Without a record nobody would watch the instance: end it now. (The job moved
+                        // on, or the database failed; the lease then expires and the job is reaped.)
+                        r.errors.push(format!("recording run {attempt} of LoRA {lora}: {e}; ending its instance"));
+                        let instance = Instance { provider_id: launched.provider_id, instance_name: name, lora_id: lora, attempt };
+                        if let Err(e) = self.with_timeout("ending an unrecorded instance", backend.terminate(&instance, Ending::Stop)).await {
+                            tracing::error!(lora = %lora, instance = %instance.provider_id, error = %e,
+                                "operator alert: an unrecorded instance could not be ended; the orphan sweep must find it");
+                        }
+                    }
                 }
-                tracing::info!(lora = %id, attempt, backend = backend.name(), run = %run, "run started");
-                report.started.push(id);
             }
-            Err(e) => self.start_failed(id, failures, &e, now, report).await,
+            Err(e) if e.is_capacity() => self.wait_for_capacity(lora, backend.name(), &e, now, &mut r).await,
+            Err(e) => self.start_failed(lora, failures, &e, now, &mut r).await,
+        }
+        r
+    }
+
+    /// No backend had a GPU: the job goes back to the queue (no attempt used) with a message
+    /// saying why, and the backend is left alone for a while.
+    async fn wait_for_capacity(&self, lora: LoraId, backend: &str, e: &BackendError, now: DateTime<Utc>, r: &mut TickReport) {
+        let until = now + chrono_duration(CAPACITY_COOL_DOWN);
+        self.router.cool_down(backend, until);
+        let message = format!("waiting for a GPU: {backend} has none available ({e}); trying again from {}", until.format("%H:%M:%S UTC"));
+        match self.repo.unclaim(lora, &self.settings.worker_id, &message, now).await {
+            Ok(true) => {
+                tracing::info!(lora = %lora, backend, "no capacity; the job waits in the queue");
+                r.waiting.push(lora);
+            }
+            Ok(false) => {}
+            Err(e) => r.errors.push(format!("putting LoRA {lora} back in the queue: {e}")),
         }
     }
 
-    async fn start_failed(
-        &self,
-        id: LoraId,
-        failures: u32,
-        e: &BackendError,
-        now: DateTime<Utc>,
-        report: &mut TickReport,
-    ) {
+    async fn start_failed(&self, id: LoraId, failures: u32, e: &BackendError, now: DateTime<Utc>, r: &mut TickReport) {
         let delay = usize::try_from(failures).ok().and_then(|i| self.settings.start_retry_delays.get(i));
         match delay {
             Some(delay) if e.is_retryable() => {
@@ -466,9 +776,9 @@ impl Engine {
                 match recorded {
                     Ok(_) => {
                         tracing::info!(lora = %id, error = %e, retry_at = %next, "start failed; will retry");
-                        report.start_retries.push(id);
+                        r.start_retries.push(id);
                     }
-                    Err(db) => report.errors.push(format!("recording a failed start of LoRA {id}: {db}")),
+                    Err(db) => r.errors.push(format!("recording a failed start of LoRA {id}: {db}")),
                 }
             }
             _ => {
@@ -477,32 +787,27 @@ impl Engine {
                 } else {
                     format!("training could not start after {} attempts: {e}", failures + 1)
                 };
-                if self.apply(id, StatusEvent::Fail, Some(reason), now, report).await {
-                    report.failed.push(id);
+                if self.apply(id, StatusEvent::Fail, Some(reason), now, r).await {
+                    r.failed.push(id);
                 }
             }
         }
     }
+}
 
-    /// What the worker needs for attempt `attempt` of LoRA `id`; `None` if the LoRA or its
-    /// dataset is gone.
-    async fn job_spec(&self, id: LoraId, attempt: u32) -> Result<Option<JobSpec>> {
-        let Some(lora) = self.repo.get_lora(id).await? else { return Ok(None) };
-        let Some(dataset) = self.repo.get_dataset(lora.dataset_id).await? else { return Ok(None) };
-        let worker_token = match &self.tokens {
-            Some(t) => Some(t.issue(id, attempt, &self.settings.worker_id).map_err(crate::EngineError::Token)?),
-            None => None,
-        };
-        Ok(Some(JobSpec {
-            lora_id: id,
-            attempt,
-            params: lora.params,
-            images: dataset
-                .images
-                .into_iter()
-                .map(|i| SpecImage { storage_key: i.storage_key, caption: i.caption })
-                .collect(),
-            worker_token,
-        }))
+fn instance_of(run: &TrainingRun) -> Instance {
+    Instance {
+        provider_id: run.provider_id.clone(),
+        instance_name: run.instance_name.clone(),
+        lora_id: run.lora_id,
+        attempt: run.attempt,
     }
+}
+
+/// What a run cost: its billed time (the provider's, else from creation to the confirmed end)
+/// at its price per hour.
+fn cost_of(run: &TrainingRun, billed_millis: Option<u64>, now: DateTime<Utc>) -> MicroUsd {
+    let Some(price) = run.price_per_hour else { return MicroUsd::ZERO };
+    let millis = billed_millis.unwrap_or_else(|| u64::try_from((now - run.created_at).num_milliseconds()).unwrap_or(0));
+    price.per_hour_for_millis(millis)
 }

@@ -1,24 +1,27 @@
 //! The job engine: the control plane's loop that moves training jobs along. Each
-//! [`Engine::tick`] admits pending LoRAs to the queue, relays progress from running work,
-//! watches every run it started (exits, cancellations, runs lost in a restart), times out runs
-//! that take too long, reaps jobs whose lease expired, and dispatches queued jobs to
-//! [`TrainingBackend`]s with free slots. All state is in the database (`loraforge-db`), so a tick
-//! can run on any replica and after any restart; status changes go only through
-//! `Repository::apply_event` (the domain's status machine). Time comes from an injected `Clock`,
-//! and `tick` never sleeps or spawns, so tests step the engine one tick at a time.
+//! [`Engine::tick`] admits pending LoRAs to the queue, times out runs that take too long, looks
+//! at every run it started (what its backend sees, what its worker reported), settles each run's
+//! outcome on its job (publish after the after-training checks, requeue, fail), ends every
+//! instance whose run is over and records its cost, reaps jobs whose lease expired, and
+//! launches queued jobs on [`TrainingBackend`]s with room. All state is in the database
+//! (`loraforge-db`: the job, and one `training_runs` row per attempt), so a tick can run on any
+//! replica and after any restart; status changes go only through the repository (the domain's
+//! status machine). Backend calls run concurrently, each with a timeout. Time comes from an
+//! injected `Clock`, and `tick` never sleeps or spawns, so tests step the engine one tick at a
+//! time.
 
+mod after_training;
 mod backend;
 pub mod backends;
 mod engine;
-mod outcome;
 mod settings;
-mod trainer_line;
 
-pub use backend::{BackendError, JobSpec, RunId, RunReport, RunState, SpecImage, TrainingBackend, WorkerTokens};
+pub use after_training::{AfterTraining, ValidationRules};
+pub use backend::{
+    BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Termination, TrainingBackend, WorkerTokens,
+};
 pub use engine::{Engine, TickReport};
-pub use outcome::{RunOutcome, outcome_of_exit};
 pub use settings::{EngineSettings, human_duration};
-pub use trainer_line::{ProgressTracker, TrainerLine};
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 

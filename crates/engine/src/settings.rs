@@ -15,8 +15,13 @@ pub struct EngineSettings {
     pub lease: Duration,
     /// A run in `training` longer than this is killed and failed. Default 2 h.
     pub job_timeout: Duration,
-    /// Runs of one job before a lost run fails it instead of requeueing it. Default 3.
+    /// Runs of one job that may fail through their own fault (a crash of the worker, a lost
+    /// instance, a failed upload) before the job fails. Runs the control plane itself stopped
+    /// (a restart, a shutdown) do not count. Default 3.
     pub max_attempts: u32,
+    /// Runs of one job in all, counted or not, before it fails: a bound on endless restarts.
+    /// Default 10.
+    pub max_runs: u32,
     /// A user's jobs in training or validating at once (the claim enforces it). Default 2.
     pub max_active_per_user: u32,
     /// Pauses before retrying a start that failed with a retryable error; one retry per entry,
@@ -24,6 +29,21 @@ pub struct EngineSettings {
     pub start_retry_delays: Vec<Duration>,
     /// Pending LoRAs admitted to the queue per tick. Default 500.
     pub admit_batch: u32,
+    /// The control plane's base URL as workers reach it (`LORAFORGE_SERVER` of every run).
+    pub server_url: String,
+    /// The prefix of every instance name (`{prefix}{lora}-{attempt}`), so instances of this
+    /// service can be told from others at a provider. Default `loraforge-`.
+    pub instance_prefix: String,
+    /// Longest wait for one call to a backend; a slow provider never stalls a tick. Default 30 s.
+    pub call_timeout: Duration,
+    /// Backend calls and per-run steps in flight at once within a tick. Default 16.
+    pub concurrency: usize,
+    /// Pauses between tries to end an instance that would not end; after the last the operator
+    /// is alerted (and tries go on at the last pause). Default 2 s, 4 s, 8 s.
+    pub terminate_retry_delays: Vec<Duration>,
+    /// How long the after-training steps may keep failing to read the stored files before the
+    /// job fails. Default 30 min.
+    pub after_training_give_up: Duration,
 }
 
 impl Default for EngineSettings {
@@ -34,9 +54,16 @@ impl Default for EngineSettings {
             lease: Duration::from_secs(5 * 60),
             job_timeout: Duration::from_secs(2 * 60 * 60),
             max_attempts: 3,
+            max_runs: 10,
             max_active_per_user: 2,
             start_retry_delays: vec![Duration::from_secs(2), Duration::from_secs(4), Duration::from_secs(8)],
             admit_batch: 500,
+            server_url: "http://127.0.0.1:8080".to_owned(),
+            instance_prefix: "loraforge-".to_owned(),
+            call_timeout: Duration::from_secs(30),
+            concurrency: 16,
+            terminate_retry_delays: vec![Duration::from_secs(2), Duration::from_secs(4), Duration::from_secs(8)],
+            after_training_give_up: Duration::from_secs(30 * 60),
         }
     }
 }

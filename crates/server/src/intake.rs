@@ -76,7 +76,7 @@ pub async fn store_dataset(state: &AppState, user: UserId, images: Vec<IntakeIma
     let mut stored: Vec<DatasetImage> = Vec::with_capacity(inputs.len());
     for (idx, ((input, checked), caption)) in inputs.into_iter().zip(&report.images).zip(captions).enumerate() {
         let format = checked.format.ok_or_else(|| IntakeError::Internal("accepted image without a format".into()))?;
-        let key = format!("datasets/{}/{}/{:02}.{}", user, id, idx, format.extension());
+        let key = loraforge_domain::keys::dataset_image(user, id, idx, format.extension());
         // The stored file is what is described: its own size and hash (it differs from the
         // upload when it was turned upright), and the upright dimensions from the check.
         let bytes = input.bytes.len() as u64;

@@ -9,8 +9,7 @@ use loraforge_storage::{BlobStore, StorageError};
 
 use crate::state::AppState;
 
-/// Where validation images live (`lora-validation-images/{user}/{lora}/validation/{i}.png`).
-pub const VALIDATION_IMAGES_PREFIX: &str = "lora-validation-images/";
+pub use loraforge_domain::keys::VALIDATION_IMAGES_PREFIX;
 
 /// PRD 2: validation images are kept 30 days.
 pub const VALIDATION_IMAGE_TTL: Duration = Duration::from_secs(30 * 86_400);

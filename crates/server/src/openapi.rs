@@ -23,7 +23,7 @@ use crate::views;
         me::limits, admin::review,
     ),
     components(schemas(
-        views::LoraList, views::LoraListItem, views::CreatorView, views::LoraDetails, views::StatusView,
+        views::LoraList, views::LoraListItem, views::CreatorView, views::LoraDetails, views::StatusView, views::AttemptView, views::MoneyView,
         views::CreateLoraResponse, views::LimitsView, views::ErrorBody, views::ErrorDetail,
         views::DatasetRefView, views::ReferenceImageView, views::ValidationView,
         datasets::DatasetView, datasets::DatasetImageView, datasets::FromUrlsRequest, datasets::UrlImageRequest,

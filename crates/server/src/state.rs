@@ -74,6 +74,10 @@ impl AppState {
     pub fn store(&self) -> &dyn BlobStore {
         self.0.store.as_ref()
     }
+    /// The blob store, shared (the job engine's after-training steps use the same one).
+    pub fn store_handle(&self) -> Arc<dyn BlobStore> {
+        self.0.store.clone()
+    }
     pub fn now(&self) -> DateTime<Utc> {
         self.0.clock.now()
     }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use loraforge_domain::{CreatorRef, LoraModel, LoraSummary, TrainingStatus};
+use loraforge_domain::{CreatorRef, LoraModel, LoraSummary, MicroUsd, TrainingRun, TrainingStatus};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreatorView {
@@ -69,6 +69,8 @@ pub struct StatusView {
     pub estimated_remaining: Option<u32>,
     /// Why it failed or was cancelled.
     pub error: Option<String>,
+    /// Why it is where it is when that is not an error, e.g. "waiting for a GPU: …".
+    pub status_message: Option<String>,
 }
 
 impl From<&LoraModel> for StatusView {
@@ -80,6 +82,55 @@ impl From<&LoraModel> for StatusView {
             progress: if l.status == TrainingStatus::Completed { 100 } else { l.progress.percent.min(100) },
             estimated_remaining: l.progress.estimated_remaining,
             error: l.error.clone(),
+            status_message: l.status_message.clone(),
+        }
+    }
+}
+
+/// An amount of money: exact integer micro-dollars, and the same for people.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MoneyView {
+    /// Millionths of a US dollar.
+    pub micro_usd: i64,
+    /// E.g. "$0.42".
+    pub display: String,
+}
+
+impl From<MicroUsd> for MoneyView {
+    fn from(m: MicroUsd) -> Self {
+        Self { micro_usd: m.micros(), display: m.to_string() }
+    }
+}
+
+/// One attempt at training a LoRA, as its owner sees it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AttemptView {
+    /// 1, 2, …
+    pub attempt: u32,
+    /// Where it ran: `local`, `runpod`, …
+    pub backend: String,
+    pub gpu_type: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// How it ended (a code of docs/worker-protocol.md), once it has.
+    pub outcome: Option<String>,
+    /// The same for people.
+    pub message: Option<String>,
+    /// What it cost, once its instance is confirmed gone.
+    pub cost: Option<MoneyView>,
+}
+
+impl From<&TrainingRun> for AttemptView {
+    fn from(r: &TrainingRun) -> Self {
+        Self {
+            attempt: r.attempt,
+            backend: r.backend.clone(),
+            gpu_type: r.gpu_type.clone(),
+            started_at: r.started_at,
+            ended_at: r.ended_at,
+            outcome: r.outcome.clone(),
+            message: r.message(),
+            cost: r.cost.map(MoneyView::from),
         }
     }
 }
@@ -133,7 +184,10 @@ pub struct LoraDetails {
     /// completed.
     pub kohya_download_url: Option<String>,
     pub download_url_expires_at: Option<DateTime<Utc>>,
-    pub training_cost: f64,
+    /// The sum of its attempts' costs.
+    pub training_cost: MoneyView,
+    /// Its training attempts, oldest first; shown to its owner only (empty for others).
+    pub attempts: Vec<AttemptView>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,

@@ -10,7 +10,9 @@ use reqwest::{Response, StatusCode};
 use serde::Serialize;
 use url::Url;
 
-use crate::job::{Job, ProgressBody, ResultAnswer, ResultBody};
+use loraforge_domain::RunResult;
+
+use crate::job::{FailureBody, Job, ProgressBody, ResultAnswer};
 
 /// Retries after the first try of a call that may be retried.
 pub(crate) const RETRIES: u32 = 3;
@@ -204,10 +206,14 @@ impl ControlPlane {
         self.post("progress", body).await.map(drop)
     }
 
-    pub async fn result(&self, body: &ResultBody) -> Result<ResultAnswer, CallError> {
+    pub async fn result(&self, body: &RunResult) -> Result<ResultAnswer, CallError> {
         let resp = self.post("result", body).await?;
         let bytes = resp.bytes().await.map_err(CallError::transport)?;
         Ok(serde_json::from_slice(&bytes).unwrap_or(ResultAnswer { status: None, error: None }))
+    }
+
+    pub async fn failure(&self, body: &FailureBody) -> Result<(), CallError> {
+        self.post("failure", body).await.map(drop)
     }
 
     async fn post(&self, route: &str, body: &impl Serialize) -> Result<Response, CallError> {

@@ -46,8 +46,10 @@ impl Exit {
         Exit { code: exit::OK, line: None }
     }
 
-    /// The worker's own error line, in the trainer's shape.
-    pub(crate) fn error(code: i32, name: &str, reason: impl Into<String>) -> Self {
+    /// The worker's own error line, in the trainer's shape; the exit status is the outcome
+    /// table's for `name` (`loraforge_domain::outcome`).
+    pub(crate) fn error(name: &str, reason: impl Into<String>) -> Self {
+        let code = loraforge_domain::outcome::exit_code(name);
         #[derive(serde::Serialize)]
         struct Line<'a> {
             event: &'a str,
@@ -64,27 +66,35 @@ impl Exit {
         Exit { code, line: Some(line) }
     }
 
+    /// What the control plane is told about this end (`POST …/failure`): the error line's
+    /// code, reason and `retryable`. `None` for a success and for ends there is nobody to tell
+    /// (the job is no longer active; the token was refused).
+    pub(crate) fn failure_report(&self) -> Option<(String, Option<String>, bool)> {
+        let line: serde_json::Value = serde_json::from_str(self.line.as_deref()?).ok()?;
+        let code = line.get("code")?.as_str()?.to_owned();
+        if matches!(code.as_str(), "job_not_active" | "job_refused" | "no_token" | "bad_server_url") {
+            return None;
+        }
+        let reason = line.get("reason").and_then(|r| r.as_str()).map(str::to_owned);
+        let retryable = line.get("retryable").and_then(serde_json::Value::as_bool).unwrap_or(false);
+        Some((code, reason, retryable))
+    }
+
     pub(crate) fn halted(h: Halt, during: &str) -> Self {
         match h {
-            Halt::Stop(what) => Exit::error(
-                exit::STOPPED,
-                "stopped",
+            Halt::Stop(what) => Exit::error("stopped",
                 format!(
                     "the worker received {what} {during} and stopped; the job folder is kept and a later attempt \
                      continues from it"
                 ),
             ),
-            Halt::NotActive(message) => Exit::error(
-                exit::NOT_ACTIVE,
-                "job_not_active",
+            Halt::NotActive(message) => Exit::error("job_not_active",
                 format!(
                     "the control plane says the job is no longer active ({message}); the worker stopped {during} \
                      and kept the job folder"
                 ),
             ),
-            Halt::Refused(message) => Exit::error(
-                exit::UNREACHABLE,
-                "job_refused",
+            Halt::Refused(message) => Exit::error("job_refused",
                 format!(
                     "the control plane refused this worker's progress report (HTTP {message}), so the worker stopped \
                      {during}; the engine starts a new attempt with a fresh token"
@@ -116,43 +126,31 @@ pub(crate) fn job_failure(failed: Failed, cfg: &WorkerConfig, server: &str) -> E
     let Failed { error, tries } = failed;
     let id = &cfg.lora_id;
     match error.status() {
-        Some(StatusCode::CONFLICT) => Exit::error(
-            exit::NOT_ACTIVE,
-            "job_not_active",
+        Some(StatusCode::CONFLICT) => Exit::error("job_not_active",
             format!(
                 "the control plane says job {id} is no longer active ({}); there is nothing to do",
                 error.message()
             ),
         ),
-        Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Exit::error(
-            exit::UNREACHABLE,
-            "job_refused",
+        Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Exit::error("job_refused",
             format!(
                 "the control plane refused the worker token for job {id} ({error}); the token may have expired or \
                  be for another job — the engine issues a fresh one with the next attempt"
             ),
         ),
-        Some(StatusCode::NOT_FOUND) => Exit::error(
-            exit::UNREACHABLE,
-            "job_refused",
+        Some(StatusCode::NOT_FOUND) => Exit::error("job_refused",
             format!("the control plane at {server} does not know job {id} ({error}); check --lora and --server"),
         ),
-        _ if error.is_retryable() => Exit::error(
-            exit::UNREACHABLE,
-            "control_plane_unreachable",
+        _ if error.is_retryable() => Exit::error("control_plane_unreachable",
             format!(
                 "could not fetch job {id} from the control plane at {server}: {error} ({tries} tries); check --server \
                  and that the control plane is running and reachable from this host"
             ),
         ),
-        Some(_) => Exit::error(
-            exit::UNREACHABLE,
-            "job_refused",
+        Some(_) => Exit::error("job_refused",
             format!("the control plane at {server} refused job {id}: {error}"),
         ),
-        None => Exit::error(
-            exit::UNREACHABLE,
-            "job_unreadable",
+        None => Exit::error("job_unreadable",
             format!(
                 "the control plane's answer for job {id} could not be used ({error}); check that the worker and the \
                  control plane are the same version"
@@ -166,22 +164,16 @@ pub(crate) fn result_failure(failed: Failed, layout: &Layout) -> Exit {
     use reqwest::StatusCode;
     let Failed { error, tries } = failed;
     match &error {
-        api::CallError::Status { status: StatusCode::CONFLICT, .. } => Exit::error(
-            exit::NOT_ACTIVE,
-            "job_not_active",
+        api::CallError::Status { status: StatusCode::CONFLICT, .. } => Exit::error("job_not_active",
             format!(
                 "the control plane says the job is no longer active ({}); the result was not recorded",
                 error.message()
             ),
         ),
-        api::CallError::Status { status: StatusCode::UNPROCESSABLE_ENTITY, code, message } => Exit::error(
-            exit::INTERNAL,
-            code.as_deref().unwrap_or("result_rejected"),
+        api::CallError::Status { status: StatusCode::UNPROCESSABLE_ENTITY, code, message } => Exit::error(code.as_deref().unwrap_or("result_rejected"),
             message.clone().unwrap_or_else(|| format!("the control plane rejected the result ({error})")),
         ),
-        _ => Exit::error(
-            exit::UPLOAD_FAILED,
-            "result_failed",
+        _ => Exit::error("result_failed",
             format!(
                 "reporting the result failed: {error} ({tries} tries); the trained files are kept in {} and the next \
                  attempt uploads and reports them again",

@@ -72,27 +72,15 @@ impl ProgressBody {
     }
 }
 
-/// `POST …/result`.
+/// `POST …/failure`: how an attempt ended when it did not train.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct ResultBody {
+pub(crate) struct FailureBody {
     pub attempt: u64,
-    pub train_seconds: Option<f64>,
-    pub trainer_seconds: f64,
-    pub model: FileSummary,
-    pub kohya: FileSummary,
-    pub validation: ValidationSummary,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct FileSummary {
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct ValidationSummary {
-    pub images: usize,
-    pub scores: Option<Vec<f64>>,
+    /// A code of the outcome table (`loraforge_domain::outcome`).
+    pub code: String,
+    pub reason: Option<String>,
+    /// The reporter says the failure may pass.
+    pub retryable: bool,
 }
 
 /// The answer to a result: `{"status": "completed" | "validating" | "failed", "error": …}`.
@@ -120,6 +108,11 @@ pub(crate) struct Kept {
 impl Kept {
     pub fn train_seconds(&self) -> Option<f64> {
         self.done.get("train_seconds").and_then(serde_json::Value::as_f64)
+    }
+
+    /// The step the trainer resumed from (its `done` line's `resumed_from`).
+    pub fn resumed_from(&self) -> Option<u64> {
+        self.done.get("resumed_from").and_then(serde_json::Value::as_u64)
     }
 
     /// The scores of the trainer's `validation` event (`None` without a scoring model). The

@@ -34,7 +34,8 @@ mod relay;
 mod trainer;
 
 use api::{ControlPlane, Failed, retrying};
-use job::{FileSummary, Job, Kept, ResultBody, Uploads, ValidationSummary};
+use job::{Job, Kept, Uploads};
+use loraforge_domain::{FileFacts, RunResult, ValidationFacts};
 use relay::{Feed, Relay, RelaySettings};
 use trainer::{Ended, TrainerPaths, TrainerRun};
 
@@ -42,23 +43,9 @@ pub(crate) use halt::{Exit, Halt, or_halt, raise};
 use halt::{job_failure, result_failure};
 use layout::{Layout, cleanup, load_kept};
 
-/// The worker's exit codes (`docs/worker-protocol.md`); the trainer's own pass through.
-pub mod exit {
-    /// The result was accepted.
-    pub const OK: i32 = 0;
-    /// A bug or a local failure (the trainer's `internal`, or the worker's own).
-    pub const INTERNAL: i32 = 1;
-    /// The job is invalid as given; a retry cannot mend it.
-    pub const BAD_INPUT: i32 = 2;
-    /// Stopped on request (SIGTERM/SIGINT) or the trainer was killed; a later attempt resumes.
-    pub const STOPPED: i32 = 10;
-    /// Trained, but an upload (or the result) failed after its retries; the files are kept.
-    pub const UPLOAD_FAILED: i32 = 11;
-    /// The control plane said the job is no longer active.
-    pub const NOT_ACTIVE: i32 = 12;
-    /// The control plane could not be reached or refused the job.
-    pub const UNREACHABLE: i32 = 13;
-}
+/// The worker's exit codes (`docs/worker-protocol.md`), from the one outcome table; the
+/// trainer's own pass through.
+pub use loraforge_domain::outcome::exit;
 
 /// The first pause between retries of a failed HTTP call (it doubles: 2 s, 4 s, 8 s).
 pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(2);
@@ -210,13 +197,16 @@ async fn run_inner(
         };
         let exit = match std::path::absolute(&config.out) {
             Ok(out) => {
-                let exit = attempt(&config, &out, &halt_tx).await;
+                let mut reporter = None;
+                let exit = attempt(&config, &out, &halt_tx, &mut reporter).await;
+                if let (Some((api, attempt_no)), Some((code, reason, retryable))) = (reporter, exit.failure_report()) {
+                    let stopping = matches!(*halt_tx.borrow(), Some(Halt::Stop(_)));
+                    report_failure(&api, attempt_no, code, reason, retryable, &config, stopping).await;
+                }
                 cleanup(&out, exit.code).await;
                 exit
             }
-            Err(e) => Exit::error(
-                exit::INTERNAL,
-                "io_error",
+            Err(e) => Exit::error("io_error",
                 format!("the job folder {} cannot be used: {e}", config.out.display()),
             ),
         };
@@ -235,15 +225,48 @@ async fn run_inner(
     .await
 }
 
-async fn attempt(cfg: &WorkerConfig, out: &Path, halt_tx: &watch::Sender<Option<Halt>>) -> Exit {
+/// Tells the control plane how the attempt ended (`POST …/failure`), so a run on any host is
+/// decided on by what its worker said, not by an exit status. Retried like every call, except
+/// when the worker is stopping (a shutdown, or its service is gone): then one try.
+async fn report_failure(
+    api: &ControlPlane,
+    attempt: u64,
+    code: String,
+    reason: Option<String>,
+    retryable: bool,
+    cfg: &WorkerConfig,
+    stopping: bool,
+) {
+    let body = job::FailureBody { attempt, code, reason, retryable };
+    let sent = if stopping {
+        api.failure(&body).await.map_err(|error| Failed { error, tries: 1 })
+    } else {
+        retrying("reporting the failure", cfg.retry_delay, || api.failure(&body)).await
+    };
+    match sent {
+        Ok(()) => tracing::info!(code = %body.code, "failure reported"),
+        Err(Failed { error, tries }) => {
+            tracing::warn!(%error, tries, code = %body.code, "could not report the failure; the engine learns of it from the instance")
+        }
+    }
+}
+
+/// One attempt; `reporter` is set to the control plane and the attempt number once the job is
+/// fetched (after that, a failure can be reported).
+async fn attempt(
+    cfg: &WorkerConfig,
+    out: &Path,
+    halt_tx: &watch::Sender<Option<Halt>>,
+    reporter: &mut Option<(Arc<ControlPlane>, u64)>,
+) -> Exit {
     let mut halt = halt_tx.subscribe();
     let http = match api::client() {
         Ok(c) => c,
-        Err(e) => return Exit::error(exit::INTERNAL, "internal", format!("cannot set up the HTTP client: {e}")),
+        Err(e) => return Exit::error("internal", format!("cannot set up the HTTP client: {e}")),
     };
     let api = match ControlPlane::new(http.clone(), &cfg.server, &cfg.lora_id, cfg.token.clone()) {
         Ok(api) => Arc::new(api),
-        Err(e) => return Exit::error(exit::UNREACHABLE, "bad_server_url", format!("{e}; check --server")),
+        Err(e) => return Exit::error("bad_server_url", format!("{e}; check --server")),
     };
 
     // 1. The job.
@@ -255,6 +278,7 @@ async fn attempt(cfg: &WorkerConfig, out: &Path, halt_tx: &watch::Sender<Option<
         Ok(Ok(job)) => job,
     };
     tracing::info!(attempt = job.attempt, images = job.images.len(), "job fetched");
+    *reporter = Some((api.clone(), job.attempt));
 
     let (progress, progress_rx) = relay::feed();
     let relay = Relay::start(
@@ -273,9 +297,7 @@ async fn attempt(cfg: &WorkerConfig, out: &Path, halt_tx: &watch::Sender<Option<
 
     let layout = Layout::new(out);
     if let Err(e) = tokio::fs::create_dir_all(&layout.out).await {
-        return Exit::error(
-            exit::INTERNAL,
-            "io_error",
+        return Exit::error("io_error",
             format!("cannot create the job folder {}: {e}", layout.out.display()),
         );
     }
@@ -311,13 +333,14 @@ async fn attempt(cfg: &WorkerConfig, out: &Path, halt_tx: &watch::Sender<Option<
     }
 
     // The result.
-    let body = ResultBody {
+    let body = RunResult {
         attempt: attempt_no,
         train_seconds: kept.train_seconds(),
-        trainer_seconds: kept.trainer_seconds,
+        trainer_seconds: Some(kept.trainer_seconds),
         model: uploaded.model,
-        kohya: uploaded.kohya,
-        validation: ValidationSummary { images: uploaded.validation_images, scores: kept.scores() },
+        kohya: Some(uploaded.kohya),
+        validation: ValidationFacts { images: uploaded.validation_images, scores: kept.scores() },
+        resumed_from: kept.resumed_from(),
     };
     match or_halt(&mut halt, retrying("posting the result", cfg.retry_delay, || api.result(&body))).await {
         Err(h) => Exit::halted(h, "while reporting the result"),
@@ -343,11 +366,9 @@ async fn train(
     halt_tx: &watch::Sender<Option<Halt>>,
 ) -> Result<Kept, Exit> {
     let mut halt = halt_tx.subscribe();
-    let images = files::check_images(images).map_err(|reason| Exit::error(exit::BAD_INPUT, "bad_job", reason))?;
+    let images = files::check_images(images).map_err(|reason| Exit::error("bad_job", reason))?;
     let serde_json::Value::Object(mut spec) = trainer_spec else {
-        return Err(Exit::error(
-            exit::BAD_INPUT,
-            "bad_job",
+        return Err(Exit::error("bad_job",
             "the job's trainer_spec is not a JSON object; the control plane sent an invalid job",
         ));
     };
@@ -355,7 +376,7 @@ async fn train(
         spec.insert("debug_fail_at_step".into(), step.into());
     }
     let local = |what: &str, path: &Path, e: std::io::Error| {
-        Exit::error(exit::INTERNAL, "io_error", format!("cannot {what} {}: {e}", path.display()))
+        Exit::error("io_error", format!("cannot {what} {}: {e}", path.display()))
     };
 
     // Images and captions, into a fresh folder.
@@ -365,11 +386,9 @@ async fn train(
     let downloaded = files::download_images(http, &images, &layout.images, cfg.retry_delay);
     match or_halt(&mut halt, downloaded).await {
         Err(h) => return Err(Exit::halted(h, "while downloading the images")),
-        Ok(Err(files::DownloadError::Local(reason))) => return Err(Exit::error(exit::INTERNAL, "io_error", reason)),
+        Ok(Err(files::DownloadError::Local(reason))) => return Err(Exit::error("io_error", reason)),
         Ok(Err(files::DownloadError::Http { file_name, failed })) => {
-            return Err(Exit::error(
-                exit::UNREACHABLE,
-                "image_download_failed",
+            return Err(Exit::error("image_download_failed",
                 format!(
                     "could not download image {file_name} of the job's dataset: {} ({} tries); the storage may be \
                      unreachable from this host — the engine retries the job",
@@ -385,9 +404,7 @@ async fn train(
 
     let paths = TrainerPaths { spec: &layout.spec, images: &layout.images, out: &layout.train };
     let run = trainer::run(&cfg.trainer, paths, progress, halt_tx.subscribe(), cfg.trainer_silence).await.map_err(|e| {
-        Exit::error(
-            exit::INTERNAL,
-            "trainer_unavailable",
+        Exit::error("trainer_unavailable",
             format!(
                 "cannot start the trainer {}: {e}; set LORAFORGE_TRAINER_PYTHON to a Python with the trainer's \
                  packages, or run `loraforge setup-trainer`",
@@ -416,9 +433,7 @@ async fn trained(run: TrainerRun, attempt: u64, layout: &Layout) -> Result<Kept,
     let TrainerRun { ended, seconds, said, stopped_by_worker, silent_for } = run;
     if let (Some(silence), false) = (silent_for, ended == Ended::Code(0)) {
         let minutes = silence.as_secs_f64() / 60.0;
-        return Err(Exit::error(
-            exit::STOPPED,
-            "trainer_silent",
+        return Err(Exit::error("trainer_silent",
             format!(
                 "the trainer wrote nothing for {minutes:.1} min and was taken for hung; it was stopped and a later \
                  attempt resumes from its last checkpoint (if this repeats, check the host: GPU driver, disk, memory)"
@@ -430,9 +445,7 @@ async fn trained(run: TrainerRun, attempt: u64, layout: &Layout) -> Result<Kept,
         Ended::Code(exit::STOPPED) => {
             let at = said.stopped_at.map_or_else(String::new, |s| format!(" at step {s}"));
             let why = if stopped_by_worker { "when the worker asked it to" } else { "on its own request or a signal" };
-            return Err(Exit::error(
-                exit::STOPPED,
-                "stopped",
+            return Err(Exit::error("stopped",
                 format!(
                     "the trainer stopped{at} {why} before finishing; a later attempt resumes from its last checkpoint"
                 ),
@@ -440,9 +453,7 @@ async fn trained(run: TrainerRun, attempt: u64, layout: &Layout) -> Result<Kept,
         }
         Ended::Signal(sig) => {
             let sig = sig.map_or_else(|| "a signal".to_owned(), |s| format!("signal {s}"));
-            return Err(Exit::error(
-                exit::STOPPED,
-                "trainer_killed",
+            return Err(Exit::error("trainer_killed",
                 format!(
                     "the trainer was killed by {sig}; a later attempt resumes from its last checkpoint (if this \
                      repeats, check the host's memory and the worker's log)"
@@ -452,9 +463,7 @@ async fn trained(run: TrainerRun, attempt: u64, layout: &Layout) -> Result<Kept,
         Ended::Code(code @ 1..=5) => {
             return Err(match said.last_error {
                 Some(line) => Exit::verbatim(code, line),
-                None => Exit::error(
-                    code,
-                    "trainer_failed",
+                None => Exit::error("trainer_failed",
                     format!("the trainer exited with code {code} without an error line; its log (stderr) says why"),
                 ),
             });
@@ -466,9 +475,7 @@ async fn trained(run: TrainerRun, attempt: u64, layout: &Layout) -> Result<Kept,
                 .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
                 .and_then(|v| v.get("reason")?.as_str().map(str::to_owned))
                 .map_or_else(String::new, |r| format!(" ({r})"));
-            return Err(Exit::error(
-                exit::INTERNAL,
-                "trainer_failed",
+            return Err(Exit::error("trainer_failed",
                 format!(
                     "the trainer exited with code {code}, which it does not use{reason}; its log (stderr) says why"
                 ),
@@ -476,7 +483,7 @@ async fn trained(run: TrainerRun, attempt: u64, layout: &Layout) -> Result<Kept,
         }
     }
     let missing = |what: String| {
-        Exit::error(exit::INTERNAL, "missing_output", format!("{what}; the trainer's log (stderr) may say why"))
+        Exit::error("missing_output", format!("{what}; the trainer's log (stderr) may say why"))
     };
     let Some(done) = said.done else {
         return Err(missing("the trainer exited 0 without its done line".into()));
@@ -489,14 +496,14 @@ async fn trained(run: TrainerRun, attempt: u64, layout: &Layout) -> Result<Kept,
     let kept = Kept { attempt, trainer_seconds: seconds, done, validation: said.validation };
     let json = serde_json::to_vec_pretty(&kept).expect("JSON values serialize");
     files::write_atomic(&layout.result, &json).await.map_err(|e| {
-        Exit::error(exit::INTERNAL, "io_error", format!("cannot write {}: {e}", layout.result.display()))
+        Exit::error("io_error", format!("cannot write {}: {e}", layout.result.display()))
     })?;
     Ok(kept)
 }
 
 struct Uploaded {
-    model: FileSummary,
-    kohya: FileSummary,
+    model: FileFacts,
+    kohya: FileFacts,
     validation_images: usize,
 }
 
@@ -514,10 +521,8 @@ async fn upload_all(
     let summary = |path: PathBuf| {
         let kept_note = kept_note.clone();
         async move {
-            files::size_and_sha256(&path).await.map(|(bytes, sha256)| FileSummary { bytes, sha256 }).map_err(|e| {
-                Exit::error(
-                    exit::UPLOAD_FAILED,
-                    "upload_failed",
+            files::size_and_sha256(&path).await.map(|(bytes, sha256)| FileFacts { bytes, sha256: Some(sha256) }).map_err(|e| {
+                Exit::error("upload_failed",
                     format!("cannot read {}: {e}; {kept_note}", path.display()),
                 )
             })
@@ -538,18 +543,14 @@ async fn upload_all(
     for (path, upload) in list {
         let name = path.strip_prefix(&layout.train).unwrap_or(&path).display().to_string();
         let url = url::Url::parse(&upload.url).map_err(|e| {
-            Exit::error(
-                exit::UPLOAD_FAILED,
-                "upload_failed",
+            Exit::error("upload_failed",
                 format!("the job's upload link for {name} ({}) is not a URL ({e}); {kept_note}", upload.key),
             )
         })?;
         tracing::info!(file = %name, key = %upload.key, "uploading");
         retrying(&format!("uploading {name}"), delay, || files::put_file(http, &url, &path)).await.map_err(
             |Failed { error, tries }| {
-                Exit::error(
-                    exit::UPLOAD_FAILED,
-                    "upload_failed",
+                Exit::error("upload_failed",
                     format!("uploading {name} to {} failed: {error} ({tries} tries); {kept_note}", upload.key),
                 )
             },
@@ -590,7 +591,7 @@ mod tests {
 
     #[test]
     fn error_lines_have_the_trainers_shape() {
-        let e = Exit::error(11, "upload_failed", "uploading \"x\" failed");
+        let e = Exit::error("upload_failed", "uploading \"x\" failed");
         assert_eq!(
             e.line.as_deref(),
             Some(r#"{"event":"error","code":"upload_failed","reason":"uploading \"x\" failed","exit_code":11}"#)

@@ -104,8 +104,10 @@ async fn happy_path_trains_relays_uploads_reports_and_cleans_up() {
             "model": {"bytes": seq(1).len(), "sha256": sha256(&seq(1))},
             "kohya": {"bytes": seq(2).len(), "sha256": sha256(&seq(2))},
             "validation": {"images": 3, "scores": [0.91, 0.88, 0.42]},
+            "resumed_from": 0,
         })
     );
+    assert!(plane.failures().is_empty(), "a success reports no failure");
 
     assert!(!out.exists(), "the job folder is removed after an accepted result");
     assert_eq!(plane.state.refused.load(Ordering::SeqCst), 0, "every request carried the token or signature");
@@ -174,6 +176,11 @@ async fn a_diverging_trainer_passes_its_exit_code_and_error_line_through() {
     assert_eq!(seen_spec["rank"], 8);
     assert_eq!(plane.state.puts.load(Ordering::SeqCst), 0);
     assert!(plane.results().is_empty());
+    // The control plane hears it over the protocol, not from the exit status.
+    assert_eq!(
+        plane.failures(),
+        [json!({"attempt": 1, "code": "non_finite_loss", "reason": "non-finite loss at step 3", "retryable": false})]
+    );
     assert!(!out.exists(), "a failure a retry cannot mend removes the job folder");
 }
 
@@ -259,6 +266,8 @@ async fn a_stop_request_stops_the_trainer_and_keeps_the_folder() {
     let line = last_line(&stdout);
     assert_eq!((line["code"].as_str(), line["exit_code"].as_i64()), (Some("stopped"), Some(10)));
     assert!(line["reason"].as_str().unwrap().contains("checkpointed at step"), "{line}");
+    let failures = plane.failures();
+    assert_eq!((failures.len(), failures[0]["code"].as_str()), (1, Some("stopped")), "{failures:?}");
     assert!(fake.join("stopped").exists());
     assert!(!alive(read_pid(&fake)));
     assert!(out.join("trainer-spec.json").exists());

@@ -29,7 +29,12 @@ pub async fn run(settings: &Settings, server: url::Url, lora: String, out: PathB
             );
         }
     };
-    let trainer = TrainerCommand { program: runtime.python, args: trainer_env::trainer_args(), env: runtime.env };
+    let mut env = runtime.env;
+    if let Some(home) = hf_home(std::env::var_os("LORAFORGE_HF_HOME").map(PathBuf::from), std::env::var_os("HF_HOME").is_some(), |p| p.is_dir()) {
+        tracing::info!(hf_home = %home.display(), "base weights are cached here");
+        env.push(("HF_HOME".to_owned(), home.display().to_string()));
+    }
+    let trainer = TrainerCommand { program: runtime.python, args: trainer_env::trainer_args(), env };
     let mut config = WorkerConfig::new(server, lora, token, out, trainer);
     config.retry_delay = Duration::from_millis(settings.worker_retry_delay_ms.max(1));
     config.debug_fail_at_step = std::env::var("LORAFORGE_WORKER_DEBUG_FAIL_AT_STEP").ok().and_then(|s| s.parse().ok());
@@ -38,6 +43,20 @@ pub async fn run(settings: &Settings, server: url::Url, lora: String, out: PathB
     }
     let exit_with_parent = std::env::var("LORAFORGE_WORKER_EXIT_WITH_PARENT").is_ok_and(|v| v == "1");
     loraforge_worker::run_with(config, std::io::stdout(), stop_requested(exit_with_parent)).await
+}
+
+/// Where the trainer caches base weights (`HF_HOME`): `LORAFORGE_HF_HOME` when set; else, unless
+/// `HF_HOME` is set already, the network volume when one is mounted (`/runpod-volume` on RunPod
+/// serverless, `/workspace` on a pod), so weights are downloaded once per volume, not per run;
+/// else Hugging Face's default (downloaded at start, `HF_TOKEN` passed through).
+fn hf_home(configured: Option<PathBuf>, hf_home_set: bool, is_dir: impl Fn(&std::path::Path) -> bool) -> Option<PathBuf> {
+    if configured.is_some() {
+        return configured;
+    }
+    if hf_home_set {
+        return None;
+    }
+    ["/runpod-volume", "/workspace"].into_iter().map(std::path::Path::new).find(|p| is_dir(p)).map(|p| p.join("huggingface"))
 }
 
 /// Completes on SIGTERM or SIGINT, or — with `exit_with_parent` — once the process that started
@@ -80,4 +99,21 @@ fn fail(code: i32, kind: &str, reason: &str) -> i32 {
     let line = serde_json::json!({ "event": "error", "code": kind, "reason": reason, "exit_code": code });
     let _ = writeln!(std::io::stdout(), "{line}");
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_weights_go_to_the_volume_when_one_is_mounted() {
+        let none = |_: &std::path::Path| false;
+        let pod = |p: &std::path::Path| p == std::path::Path::new("/workspace");
+        let both = |_: &std::path::Path| true;
+        assert_eq!(hf_home(Some("/x".into()), true, both), Some("/x".into()));
+        assert_eq!(hf_home(None, true, both), None, "an HF_HOME of the image wins");
+        assert_eq!(hf_home(None, false, both), Some("/runpod-volume/huggingface".into()));
+        assert_eq!(hf_home(None, false, pod), Some("/workspace/huggingface".into()));
+        assert_eq!(hf_home(None, false, none), None);
+    }
 }

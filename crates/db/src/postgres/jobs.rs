@@ -11,7 +11,7 @@ use super::PgRepository;
 use super::library::lock_user;
 use super::rows::{event, fetch_written, insert_event, status_names, ts};
 use crate::common::{CAS_ATTEMPTS, parse_status, progress_data, status_data, to_u32};
-use crate::{ClaimedJob, DbError, EventDetail, ExpiredLease, JobClaim, LiveRun, LoraEvent, Result, RunningJob, StartDue};
+use crate::{ClaimedJob, DbError, EventDetail, ExpiredLease, JobClaim, LoraEvent, Result, RunningJob, StartDue};
 
 pub(super) async fn apply_event(
     repo: &PgRepository,
@@ -42,7 +42,7 @@ pub(super) async fn apply_event(
 
 /// Compare-and-set of `from` → `to` with its side effects on the job row and the event log.
 /// `Ok(None)` when the status was no longer `from`.
-async fn change_status(
+pub(super) async fn change_status(
     conn: &mut PgConnection,
     id: Uuid,
     from: TrainingStatus,
@@ -92,7 +92,7 @@ async fn change_status(
             .await?;
     } else if to == TrainingStatus::Queued {
         // Back in the queue: the previous run's lease is void.
-        sqlx::query("UPDATE training_jobs SET worker = NULL, lease_until = NULL WHERE lora_id = $1")
+        sqlx::query("UPDATE training_jobs SET worker = NULL, lease_until = NULL, run_id = NULL WHERE lora_id = $1")
             .bind(id)
             .execute(&mut *conn)
             .await?;
@@ -201,6 +201,7 @@ async fn try_claim(
     let candidate: Option<(Uuid, Uuid)> = sqlx::query_as(
         "SELECT m.id, m.user_id FROM lora_models m WHERE m.training_status = $1 \
          AND (SELECT count(*) FROM lora_models a WHERE a.user_id = m.user_id AND a.training_status = ANY($2)) < $3 \
+         AND NOT EXISTS (SELECT 1 FROM training_runs r WHERE r.lora_id = m.id AND r.instance_gone_at IS NULL) \
          ORDER BY m.created_at, m.id LIMIT 1 FOR UPDATE OF m SKIP LOCKED",
     )
     .bind(TrainingStatus::Queued.as_str())
@@ -227,7 +228,7 @@ async fn try_claim(
     let to = transition(from, StatusEvent::Start)?;
     let changed = sqlx::query(
         "UPDATE lora_models SET training_status = $1, stage = NULL, progress = 0, estimated_remaining = NULL, \
-         error = NULL, updated_at = $2 WHERE id = $3 AND training_status = $4",
+         error = NULL, status_message = NULL, updated_at = $2 WHERE id = $3 AND training_status = $4",
     )
     .bind(to.as_str())
     .bind(now)
@@ -240,7 +241,7 @@ async fn try_claim(
     }
     let attempt: i32 = sqlx::query_scalar(
         "UPDATE training_jobs SET worker = $1, lease_until = $2, heartbeat_at = $3, started_at = $3, \
-         finished_at = NULL, attempt = attempt + 1, backend = NULL, run_id = NULL, run_worker = NULL, \
+         finished_at = NULL, attempt = attempt + 1, run_id = NULL, \
          start_failures = 0, next_attempt_at = NULL, last_error = NULL WHERE lora_id = $4 RETURNING attempt",
     )
     .bind(worker)
@@ -325,58 +326,6 @@ pub(super) async fn job_claim(pool: &PgPool, id: LoraId) -> Result<Option<JobCla
         Ok(JobClaim { worker, attempt: to_u32(i64::from(attempt), "attempt")?, lease_until })
     })
     .transpose()
-}
-
-type LiveRunRow = (Uuid, String, String, String, Option<String>, Option<DateTime<Utc>>, i32);
-
-pub(super) async fn live_runs(pool: &PgPool) -> Result<Vec<LiveRun>> {
-    let rows: Vec<LiveRunRow> = sqlx::query_as(
-        "SELECT j.lora_id, m.training_status, j.backend, j.run_id, j.run_worker, j.lease_until, j.attempt \
-         FROM training_jobs j JOIN lora_models m ON m.id = j.lora_id \
-         WHERE j.run_id IS NOT NULL AND j.backend IS NOT NULL ORDER BY m.created_at, j.lora_id",
-    )
-    .fetch_all(pool)
-    .await?;
-    rows.into_iter()
-        .map(|(id, status, backend, run_id, worker, lease_until, attempt)| {
-            Ok(LiveRun {
-                lora_id: id.into(),
-                status: parse_status(&status)?,
-                backend,
-                run_id,
-                worker,
-                lease_until,
-                attempt: to_u32(i64::from(attempt), "attempt")?,
-            })
-        })
-        .collect()
-}
-
-pub(super) async fn set_run(pool: &PgPool, id: LoraId, backend: &str, run_id: &str) -> Result<()> {
-    let done = sqlx::query(
-        "UPDATE training_jobs SET backend = $1, run_id = $2, run_worker = worker, start_failures = 0, \
-         next_attempt_at = NULL WHERE lora_id = $3",
-    )
-    .bind(backend)
-    .bind(run_id)
-    .bind(id.as_uuid())
-    .execute(pool)
-    .await?;
-    if done.rows_affected() == 0 {
-        return Err(DbError::NotFound);
-    }
-    Ok(())
-}
-
-pub(super) async fn clear_run(pool: &PgPool, id: LoraId, run_id: &str) -> Result<bool> {
-    let done = sqlx::query(
-        "UPDATE training_jobs SET backend = NULL, run_id = NULL, run_worker = NULL WHERE lora_id = $1 AND run_id = $2",
-    )
-    .bind(id.as_uuid())
-    .bind(run_id)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected() == 1)
 }
 
 pub(super) async fn pending_ids(pool: &PgPool, limit: u32) -> Result<Vec<LoraId>> {

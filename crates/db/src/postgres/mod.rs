@@ -12,12 +12,13 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
 use loraforge_domain::{
-    Dataset, DatasetId, LoraId, LoraModel, LoraSummary, MonthlyWindow, Progress, StatusEvent, UserId,
+    Dataset, DatasetId, LoraId, LoraModel, LoraSummary, MicroUsd, MonthlyWindow, Progress, RunId, StatusEvent,
+    TrainingRun, UserId,
 };
 
-use crate::{JobClaim, 
-    ClaimedJob, ConnectOptions, CreateOutcome, EventDetail, ExpiredLease, Faults, LibraryRow, LiveRun, LoraEvent,
-    LoraQuery, MonthlyPolicy, NewLora, Page, Repository, Result, RunningJob, StartDue,
+use crate::{
+    ClaimedJob, ConnectOptions, CreateOutcome, EventDetail, ExpiredLease, Faults, JobClaim, LibraryRow, LoraEvent,
+    LoraQuery, MonthlyPolicy, NewLora, NewRun, OpenRun, Page, Repository, Result, RunningJob, Settle, StartDue,
 };
 
 /// `SELECT` of every column `rows::lora_record` decodes; append a `WHERE`.
@@ -25,8 +26,8 @@ macro_rules! lora_select {
     () => {
         "SELECT m.id, m.user_id, u.email, m.name, m.description, m.dataset_id, m.params, \
          m.training_status, m.stage, m.progress, m.estimated_remaining, m.error, m.usage_count, \
-         m.storage_key, m.file_size, m.validation_image_keys, m.validation_passed, m.training_cost, \
-         m.created_at, m.updated_at, m.completed_at \
+         m.storage_key, m.file_size, m.validation_image_keys, m.validation_passed, m.training_cost_micros, \
+         m.status_message, m.created_at, m.updated_at, m.completed_at \
          FROM lora_models m LEFT JOIN users u ON u.id = m.user_id"
     };
 }
@@ -69,6 +70,7 @@ mod datasets;
 mod jobs;
 mod library;
 mod rows;
+mod runs;
 
 /// How long to wait for a pooled connection before failing (the error is retryable).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -193,20 +195,55 @@ impl Repository for PgRepository {
         jobs::jobs_running_longer_than(&self.pool, cutoff).await
     }
 
-    async fn live_runs(&self) -> Result<Vec<LiveRun>> {
-        jobs::live_runs(&self.pool).await
+    async fn open_runs(&self) -> Result<Vec<OpenRun>> {
+        runs::open_runs(&self.pool).await
     }
 
     async fn job_claim(&self, id: LoraId) -> Result<Option<JobClaim>> {
         jobs::job_claim(&self.pool, id).await
     }
 
-    async fn set_run(&self, id: LoraId, backend: &str, run_id: &str) -> Result<()> {
-        jobs::set_run(&self.pool, id, backend, run_id).await
+    async fn insert_run(&self, run: &NewRun) -> Result<TrainingRun> {
+        runs::insert_run(self, run).await
     }
 
-    async fn clear_run(&self, id: LoraId, run_id: &str) -> Result<bool> {
-        jobs::clear_run(&self.pool, id, run_id).await
+    async fn get_run(&self, id: RunId) -> Result<Option<TrainingRun>> {
+        runs::get_run(&self.pool, id).await
+    }
+
+    async fn runs_of(&self, lora: LoraId) -> Result<Vec<TrainingRun>> {
+        runs::runs_of(&self.pool, lora).await
+    }
+
+    async fn record_run_outcome(
+        &self,
+        id: RunId,
+        code: &str,
+        reason: Option<&str>,
+        result: Option<&serde_json::Value>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        runs::record_run_outcome(self, id, code, reason, result, now).await
+    }
+
+    async fn settle_run(&self, id: RunId, settle: Settle, now: DateTime<Utc>) -> Result<Option<LoraModel>> {
+        runs::settle_run(self, id, settle, now).await
+    }
+
+    async fn record_instance_gone(&self, id: RunId, cost: MicroUsd, now: DateTime<Utc>) -> Result<bool> {
+        runs::record_instance_gone(self, id, cost, now).await
+    }
+
+    async fn record_terminate_failure(&self, id: RunId, error: &str, next_at: DateTime<Utc>) -> Result<u32> {
+        runs::record_terminate_failure(&self.pool, id, error, next_at).await
+    }
+
+    async fn unclaim(&self, id: LoraId, worker: &str, message: &str, now: DateTime<Utc>) -> Result<bool> {
+        runs::unclaim(self, id, worker, message, now).await
+    }
+
+    async fn set_status_message(&self, id: LoraId, message: Option<&str>, _now: DateTime<Utc>) -> Result<()> {
+        runs::set_status_message(&self.pool, id, message).await
     }
 
     async fn pending_ids(&self, limit: u32) -> Result<Vec<LoraId>> {

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use loraforge_domain::{LoraModel, TrainingStatus};
 
-use crate::common::{LoraRecord, SummaryRecord, corrupt, micros, parse_status};
+use crate::common::{LoraRecord, RunRecord, SummaryRecord, corrupt, micros, parse_status};
 use crate::{LoraEvent, Result};
 
 /// Postgres keeps microseconds; truncating here makes what is read back equal what was written.
@@ -42,7 +42,8 @@ pub(super) fn lora_record(row: &PgRow) -> Result<LoraRecord> {
         file_size: row.try_get("file_size")?,
         validation_image_keys: json(row, "validation_image_keys")?,
         validation_passed: row.try_get("validation_passed")?,
-        training_cost: row.try_get("training_cost")?,
+        training_cost_micros: row.try_get("training_cost_micros")?,
+        status_message: row.try_get("status_message")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         completed_at: row.try_get("completed_at")?,
@@ -61,6 +62,32 @@ pub(super) fn summary_record(row: &PgRow) -> Result<SummaryRecord> {
         status: row.try_get("training_status")?,
         usage_count: row.try_get("usage_count")?,
         created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Decodes a `training_runs` row (every column).
+pub(super) fn run_record(row: &PgRow) -> Result<RunRecord> {
+    Ok(RunRecord {
+        id: row.try_get("id")?,
+        lora_id: row.try_get("lora_id")?,
+        attempt: i64::from(row.try_get::<i32, _>("attempt")?),
+        backend: row.try_get("backend")?,
+        engine: row.try_get("engine")?,
+        instance_name: row.try_get("instance_name")?,
+        provider_id: row.try_get("provider_id")?,
+        gpu_type: row.try_get("gpu_type")?,
+        price_per_hour_micros: row.try_get("price_per_hour_micros")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        ended_at: row.try_get("ended_at")?,
+        outcome: row.try_get("outcome")?,
+        reason: row.try_get("reason")?,
+        result: row.try_get::<Option<Json<Value>>, _>("result")?.map(|j| j.0),
+        settled_at: row.try_get("settled_at")?,
+        cost_micros: row.try_get("cost_micros")?,
+        instance_gone_at: row.try_get("instance_gone_at")?,
+        terminate_failures: i64::from(row.try_get::<i32, _>("terminate_failures")?),
+        next_terminate_at: row.try_get("next_terminate_at")?,
     })
 }
 

@@ -9,7 +9,7 @@ use loraforge_domain::{LoraId, LoraModel, Progress, StatusEvent, TrainingStatus}
 use super::SqliteRepository;
 use super::rows::{event, fetch_written, insert_event, ts};
 use crate::common::{CAS_ATTEMPTS, parse_status, progress_data, status_data, to_u32};
-use crate::{ClaimedJob, DbError, EventDetail, ExpiredLease, JobClaim, LiveRun, LoraEvent, Result, RunningJob, StartDue};
+use crate::{ClaimedJob, DbError, EventDetail, ExpiredLease, JobClaim, LoraEvent, Result, RunningJob, StartDue};
 
 pub(super) async fn apply_event(
     repo: &SqliteRepository,
@@ -41,7 +41,7 @@ pub(super) async fn apply_event(
 
 /// Compare-and-set of `from` → `to` with its side effects on the job row and the event log.
 /// `Ok(None)` when the status was no longer `from`.
-async fn change_status(
+pub(super) async fn change_status(
     conn: &mut SqliteConnection,
     id: &str,
     from: TrainingStatus,
@@ -92,7 +92,7 @@ async fn change_status(
             .await?;
     } else if to == TrainingStatus::Queued {
         // Back in the queue: the previous run's lease is void.
-        sqlx::query("UPDATE training_jobs SET worker = NULL, lease_until = NULL WHERE lora_id = $1")
+        sqlx::query("UPDATE training_jobs SET worker = NULL, lease_until = NULL, run_id = NULL WHERE lora_id = $1")
             .bind(id)
             .execute(&mut *conn)
             .await?;
@@ -163,7 +163,12 @@ pub(super) async fn claim_next_job(
         for s in TrainingStatus::ACTIVE {
             list.push_bind(s.as_str());
         }
-        qb.push(")) < ").push_bind(i64::from(max_active_per_user)).push(" ORDER BY m.created_at, m.id LIMIT 1");
+        qb.push(")) < ").push_bind(i64::from(max_active_per_user));
+        // A job is never claimed while an earlier instance of it may still run.
+        qb.push(
+            " AND NOT EXISTS (SELECT 1 FROM training_runs r WHERE r.lora_id = m.id AND r.instance_gone_at IS NULL) \
+             ORDER BY m.created_at, m.id LIMIT 1",
+        );
         let candidate: Option<String> = qb.build_query_scalar().fetch_optional(&mut *conn).await?;
         let Some(id) = candidate else { return Ok(None) };
 
@@ -171,7 +176,7 @@ pub(super) async fn claim_next_job(
         let to = transition(from, StatusEvent::Start)?;
         let changed = sqlx::query(
             "UPDATE lora_models SET training_status = $1, stage = NULL, progress = 0, estimated_remaining = NULL, \
-             error = NULL, updated_at = $2 WHERE id = $3 AND training_status = $4",
+             error = NULL, status_message = NULL, updated_at = $2 WHERE id = $3 AND training_status = $4",
         )
         .bind(to.as_str())
         .bind(&now_s)
@@ -184,7 +189,7 @@ pub(super) async fn claim_next_job(
         }
         let attempt: i64 = sqlx::query_scalar(
             "UPDATE training_jobs SET worker = $1, lease_until = $2, heartbeat_at = $3, started_at = $3, \
-             finished_at = NULL, attempt = attempt + 1, backend = NULL, run_id = NULL, run_worker = NULL, \
+             finished_at = NULL, attempt = attempt + 1, run_id = NULL, \
          start_failures = 0, next_attempt_at = NULL, last_error = NULL WHERE lora_id = $4 RETURNING attempt",
         )
         .bind(worker)
@@ -281,58 +286,6 @@ pub(super) async fn job_claim(pool: &SqlitePool, id: LoraId) -> Result<Option<Jo
         })
     })
     .transpose()
-}
-
-type LiveRunRow = (String, String, String, String, Option<String>, Option<String>, i64);
-
-pub(super) async fn live_runs(pool: &SqlitePool) -> Result<Vec<LiveRun>> {
-    let rows: Vec<LiveRunRow> = sqlx::query_as(
-        "SELECT j.lora_id, m.training_status, j.backend, j.run_id, j.run_worker, j.lease_until, j.attempt \
-         FROM training_jobs j JOIN lora_models m ON m.id = j.lora_id \
-         WHERE j.run_id IS NOT NULL AND j.backend IS NOT NULL ORDER BY m.created_at, j.lora_id",
-    )
-    .fetch_all(pool)
-    .await?;
-    rows.into_iter()
-        .map(|(id, status, backend, run_id, worker, lease, attempt)| {
-            Ok(LiveRun {
-                lora_id: lora_id(&id)?,
-                status: parse_status(&status)?,
-                backend,
-                run_id,
-                worker,
-                lease_until: lease.as_deref().map(super::rows::parse_ts).transpose()?,
-                attempt: to_u32(attempt, "attempt")?,
-            })
-        })
-        .collect()
-}
-
-pub(super) async fn set_run(pool: &SqlitePool, id: LoraId, backend: &str, run_id: &str) -> Result<()> {
-    let done = sqlx::query(
-        "UPDATE training_jobs SET backend = $1, run_id = $2, run_worker = worker, start_failures = 0, \
-         next_attempt_at = NULL WHERE lora_id = $3",
-    )
-    .bind(backend)
-    .bind(run_id)
-    .bind(id.to_string())
-    .execute(pool)
-    .await?;
-    if done.rows_affected() == 0 {
-        return Err(DbError::NotFound);
-    }
-    Ok(())
-}
-
-pub(super) async fn clear_run(pool: &SqlitePool, id: LoraId, run_id: &str) -> Result<bool> {
-    let done = sqlx::query(
-        "UPDATE training_jobs SET backend = NULL, run_id = NULL, run_worker = NULL WHERE lora_id = $1 AND run_id = $2",
-    )
-    .bind(id.to_string())
-    .bind(run_id)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected() == 1)
 }
 
 pub(super) async fn pending_ids(pool: &SqlitePool, limit: u32) -> Result<Vec<LoraId>> {

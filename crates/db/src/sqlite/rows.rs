@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use loraforge_domain::{LoraModel, TrainingStatus};
 
-use crate::common::{LoraRecord, SummaryRecord, corrupt, micros, parse_status};
+use crate::common::{LoraRecord, RunRecord, SummaryRecord, corrupt, micros, parse_status};
 use crate::{LoraEvent, Result};
 
 /// A timestamp as stored: UTC, RFC 3339, always six fractional digits, so that comparing the
@@ -60,7 +60,8 @@ pub(super) fn lora_record(row: &SqliteRow) -> Result<LoraRecord> {
         file_size: row.try_get("file_size")?,
         validation_image_keys: json(row, "validation_image_keys")?,
         validation_passed: row.try_get("validation_passed")?,
-        training_cost: row.try_get("training_cost")?,
+        training_cost_micros: row.try_get("training_cost_micros")?,
+        status_message: row.try_get("status_message")?,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
         completed_at: opt_time(row, "completed_at")?,
@@ -79,6 +80,33 @@ pub(super) fn summary_record(row: &SqliteRow) -> Result<SummaryRecord> {
         status: row.try_get("training_status")?,
         usage_count: row.try_get("usage_count")?,
         created_at: time(row, "created_at")?,
+    })
+}
+
+/// Decodes a `training_runs` row (every column).
+pub(super) fn run_record(row: &SqliteRow) -> Result<RunRecord> {
+    let result: Option<String> = row.try_get("result")?;
+    Ok(RunRecord {
+        id: uuid(row, "id")?,
+        lora_id: uuid(row, "lora_id")?,
+        attempt: row.try_get("attempt")?,
+        backend: row.try_get("backend")?,
+        engine: row.try_get("engine")?,
+        instance_name: row.try_get("instance_name")?,
+        provider_id: row.try_get("provider_id")?,
+        gpu_type: row.try_get("gpu_type")?,
+        price_per_hour_micros: row.try_get("price_per_hour_micros")?,
+        created_at: time(row, "created_at")?,
+        started_at: time(row, "started_at")?,
+        ended_at: opt_time(row, "ended_at")?,
+        outcome: row.try_get("outcome")?,
+        reason: row.try_get("reason")?,
+        result: result.map(|r| serde_json::from_str(&r).map_err(|e| corrupt(format!("result: {e}")))).transpose()?,
+        settled_at: opt_time(row, "settled_at")?,
+        cost_micros: row.try_get("cost_micros")?,
+        instance_gone_at: opt_time(row, "instance_gone_at")?,
+        terminate_failures: row.try_get("terminate_failures")?,
+        next_terminate_at: opt_time(row, "next_terminate_at")?,
     })
 }
 

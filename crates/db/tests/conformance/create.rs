@@ -48,7 +48,7 @@ pub async fn create_and_get(repo: Repo) {
     assert_eq!(created.progress, Progress::default());
     assert_eq!((created.usage_count, created.error.clone(), created.storage_key.clone()), (0, None, None));
     assert!(created.validation_image_keys.is_empty());
-    assert_eq!((created.file_size, created.validation_passed, created.training_cost), (None, None, 0.0));
+    assert_eq!((created.file_size, created.validation_passed, created.training_cost), (None, None, loraforge_domain::MicroUsd::ZERO));
     assert_eq!(created.created_at, new.now);
     assert_eq!(created.updated_at, new.now);
     assert_eq!(created.completed_at, None);

@@ -1,11 +1,12 @@
 //! What the job engine keeps in the database: leases and heartbeats, the reaper's and the
-//! timeout's scans, backend runs and the start-retry state. Status changes stay in
+//! timeout's scans, runs (recorded, ended, settled, their instances ended) and the start-retry
+//! state. Status changes stay in
 //! `apply_event`; these methods never change a status.
 
 use chrono::Duration;
 
-use loraforge_db::{DbError, ExpiredLease, JobClaim, LiveRun, RunningJob, StartDue};
-use loraforge_domain::{LoraId, StatusEvent, TrainingStatus};
+use loraforge_db::{DbError, ExpiredLease, JobClaim, NewRun, PublishVerdict, RunningJob, Settle, StartDue, TrainedFiles};
+use loraforge_domain::{LoraId, MicroUsd, RunId, StatusEvent, TrainingStatus};
 
 use crate::helpers::*;
 
@@ -139,64 +140,133 @@ pub async fn expired_leases_and_long_runs_are_found(repo: Repo) {
     assert_eq!(repo.get_lora(waiting).await.unwrap().unwrap().status, TrainingStatus::Queued);
 }
 
-pub async fn runs_are_recorded_until_cleared(repo: Repo) {
+fn new_run(lora: LoraId, attempt: u32, engine: &str, at: i64) -> NewRun {
+    NewRun {
+        id: RunId::new(),
+        lora_id: lora,
+        attempt,
+        backend: "runpod".into(),
+        engine: engine.into(),
+        instance_name: format!("loraforge-{lora}-{attempt}"),
+        provider_id: format!("pod-{lora}-{attempt}"),
+        gpu_type: Some("NVIDIA RTX A6000".into()),
+        price_per_hour: Some(MicroUsd(790_000)),
+        created_at: t(at),
+        started_at: t(at) + Duration::seconds(2),
+    }
+}
+
+pub async fn runs_are_recorded_settled_and_ended_once(repo: Repo) {
     let a = queued(&repo, "Run A", 0).await;
     let b = queued(&repo, "Run B", 1).await;
     repo.claim_next_job("w1", 9, t(5), t(2)).await.unwrap().unwrap();
     repo.claim_next_job("w2", 9, t(5), t(2)).await.unwrap().unwrap();
-    assert!(repo.live_runs().await.unwrap().is_empty());
+    assert!(repo.open_runs().await.unwrap().is_empty());
 
-    repo.set_run(a, "local", "run-a1").await.unwrap();
-    repo.set_run(b, "runpod", "pod-b").await.unwrap();
-    let runs = repo.live_runs().await.unwrap();
-    assert_eq!(
-        runs,
-        [
-            LiveRun {
-                lora_id: a,
-                status: TrainingStatus::Training,
-                backend: "local".into(),
-                run_id: "run-a1".into(),
-                worker: Some("w1".into()),
-                lease_until: Some(t(5)),
-                attempt: 1,
-            },
-            LiveRun {
-                lora_id: b,
-                status: TrainingStatus::Training,
-                backend: "runpod".into(),
-                run_id: "pod-b".into(),
-                worker: Some("w2".into()),
-                lease_until: Some(t(5)),
-                attempt: 1,
-            },
-        ]
-    );
+    // Only the engine holding the job, for the attempt it holds, records a run.
+    for wrong in [new_run(a, 1, "w2", 2), new_run(a, 2, "w1", 2), new_run(LoraId::new(), 1, "w1", 2)] {
+        assert!(matches!(repo.insert_run(&wrong).await, Err(DbError::NotFound)), "{wrong:?}");
+    }
+    let run_a = repo.insert_run(&new_run(a, 1, "w1", 2)).await.unwrap();
+    assert_eq!((run_a.attempt, run_a.engine.as_str(), run_a.provider_id.clone()), (1, "w1", format!("pod-{a}-1")));
+    assert_eq!((run_a.price_per_hour, run_a.gpu_type.as_deref()), (Some(MicroUsd(790_000)), Some("NVIDIA RTX A6000")));
+    assert_eq!((run_a.created_at, run_a.started_at), (t(2), t(2) + Duration::seconds(2)));
+    assert!(run_a.outcome.is_none() && run_a.cost.is_none() && run_a.instance_gone_at.is_none());
+    let run_b = repo.insert_run(&new_run(b, 1, "w2", 2)).await.unwrap();
+    assert_eq!(repo.get_run(run_a.id).await.unwrap(), Some(run_a.clone()));
+    let open = repo.open_runs().await.unwrap();
+    assert_eq!(open.iter().map(|o| o.run.id).collect::<Vec<_>>(), [run_a.id, run_b.id]);
+    assert!(open.iter().all(|o| o.current && o.job_status == TrainingStatus::Training && o.job_failures == 0));
+    assert_eq!(open[0].job_worker.as_deref(), Some("w1"));
 
-    // A run outlives its job's status: a cancelled job's run is still listed (it must be killed),
-    // with the worker that started it even though the lease is gone.
-    apply(&repo, a, StatusEvent::Cancel, t(3)).await.unwrap();
-    let a_run = repo.live_runs().await.unwrap().into_iter().find(|r| r.lora_id == a).unwrap();
-    assert_eq!(
-        (a_run.status, a_run.worker.as_deref(), a_run.lease_until),
-        (TrainingStatus::Cancelled, Some("w1"), None)
-    );
+    // The first outcome wins.
+    let facts = serde_json::json!({"retryable": false});
+    assert!(repo.record_run_outcome(run_a.id, "upload_failed", Some("HTTP 503"), Some(&facts), t(3)).await.unwrap());
+    assert!(!repo.record_run_outcome(run_a.id, "stopped", None, None, t(4)).await.unwrap());
+    let ended = repo.get_run(run_a.id).await.unwrap().unwrap();
+    assert_eq!((ended.outcome.as_deref(), ended.reason.as_deref(), ended.ended_at), (Some("upload_failed"), Some("HTTP 503"), Some(t(3))));
+    assert_eq!(ended.result, Some(facts));
 
-    // Clearing compares the run id, so a newer run is never forgotten by mistake.
-    assert!(!repo.clear_run(a, "run-a0").await.unwrap());
-    assert!(repo.clear_run(a, "run-a1").await.unwrap());
-    assert!(!repo.clear_run(a, "run-a1").await.unwrap());
-    assert_eq!(repo.live_runs().await.unwrap().iter().map(|r| r.lora_id).collect::<Vec<_>>(), [b]);
+    // Settled once: the requeue counts against the job's attempts and the run is no longer current.
+    let settle = Settle::Requeue { counted: true, reason: "the trained files could not be uploaded: HTTP 503".into() };
+    let lora = repo.settle_run(run_a.id, settle.clone(), t(3)).await.unwrap().expect("settled");
+    assert_eq!((lora.status, lora.error.as_deref()), (TrainingStatus::Queued, Some("the trained files could not be uploaded: HTTP 503")));
+    assert!(repo.settle_run(run_a.id, settle, t(4)).await.unwrap().is_none(), "settled once");
+    let open_a = repo.open_runs().await.unwrap().into_iter().find(|o| o.run.id == run_a.id).unwrap();
+    assert!(!open_a.current && open_a.job_failures == 1 && open_a.run.settled_at == Some(t(3)));
 
-    // A requeued job keeps its run until the engine clears it; a new claim starts with none.
-    apply(&repo, b, StatusEvent::Requeue, t(4)).await.unwrap();
-    let b_run = repo.live_runs().await.unwrap().pop().unwrap();
-    assert_eq!((b_run.status, b_run.worker.as_deref()), (TrainingStatus::Queued, Some("w2")));
-    repo.claim_next_job("w3", 9, t(9), t(5)).await.unwrap().unwrap();
-    assert!(repo.live_runs().await.unwrap().is_empty());
+    // While its instance may still run, the job is not claimed again.
+    assert!(repo.claim_next_job("w3", 9, t(9), t(5)).await.unwrap().is_none());
+    assert!(repo.record_instance_gone(run_a.id, MicroUsd(39_500), t(5)).await.unwrap());
+    assert!(!repo.record_instance_gone(run_a.id, MicroUsd(39_500), t(6)).await.unwrap(), "recorded once");
+    assert_eq!(repo.get_lora(a).await.unwrap().unwrap().training_cost, MicroUsd(39_500));
+    let again = repo.claim_next_job("w3", 9, t(9), t(5)).await.unwrap().expect("claimable once gone");
+    assert_eq!((again.lora.id, again.attempt), (a, 2));
+    let run_a2 = repo.insert_run(&new_run(a, 2, "w3", 5)).await.unwrap();
+    assert_eq!(repo.runs_of(a).await.unwrap().iter().map(|r| r.attempt).collect::<Vec<_>>(), [1, 2]);
 
-    let missing = repo.set_run(LoraId::new(), "local", "x").await;
-    assert!(matches!(missing, Err(DbError::NotFound)), "{missing:?}");
+    // A job that moved on (cancelled) only marks its run settled.
+    apply(&repo, a, StatusEvent::Cancel, t(6)).await.unwrap();
+    repo.record_run_outcome(run_a2.id, "cancelled", None, None, t(6)).await.unwrap();
+    let lora = repo.settle_run(run_a2.id, Settle::Fail { reason: "x".into() }, t(6)).await.unwrap().unwrap();
+    assert_eq!(lora.status, TrainingStatus::Cancelled);
+    assert_eq!(repo.open_runs().await.unwrap().iter().find(|o| o.run.id == run_a2.id).unwrap().job_failures, 1);
+
+    // Ending an instance may fail and is tried again.
+    assert_eq!(repo.record_terminate_failure(run_b.id, "HTTP 502", t(7)).await.unwrap(), 1);
+    assert_eq!(repo.record_terminate_failure(run_b.id, "HTTP 502", t(8)).await.unwrap(), 2);
+    let b_run = repo.get_run(run_b.id).await.unwrap().unwrap();
+    assert_eq!((b_run.terminate_failures, b_run.next_terminate_at), (2, Some(t(8))));
+
+    // Publishing a trained run: validating and completed in one commit.
+    let files = TrainedFiles { storage_key: "lora-models/u/l/model.safetensors".into(), file_size: 1234, validation_image_keys: vec!["v0".into()] };
+    repo.record_run_outcome(run_b.id, "trained", None, Some(&serde_json::json!({"attempt": 1})), t(9)).await.unwrap();
+    let done = repo
+        .settle_run(run_b.id, Settle::Publish { files: files.clone(), verdict: PublishVerdict::Complete }, t(9))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((done.status, done.storage_key.as_deref(), done.file_size, done.validation_passed), (TrainingStatus::Completed, Some("lora-models/u/l/model.safetensors"), Some(1234), Some(true)));
+    let statuses: Vec<String> = repo.events_after(b, 0, 100).await.unwrap().iter().filter_map(|e| e.data["to"].as_str().map(str::to_owned)).collect();
+    assert_eq!(statuses, ["queued", "training", "validating", "completed"]);
+}
+
+pub async fn a_review_wait_and_a_rejected_file_are_recorded(repo: Repo) {
+    let r = queued(&repo, "Review", 0).await;
+    let x = queued(&repo, "Rejected", 1).await;
+    let files = TrainedFiles { storage_key: "k".into(), file_size: 1, validation_image_keys: Vec::new() };
+    for (id, w) in [(r, "w1"), (x, "w2")] {
+        repo.claim_next_job(w, 9, t(5), t(2)).await.unwrap().unwrap();
+        let run = repo.insert_run(&new_run(id, 1, w, 2)).await.unwrap();
+        repo.record_run_outcome(run.id, "trained", None, None, t(3)).await.unwrap();
+        let settle = if id == r {
+            Settle::Publish { files: files.clone(), verdict: PublishVerdict::Review }
+        } else {
+            Settle::Reject { files: files.clone(), reason: "the trained file failed its check: NaN".into() }
+        };
+        repo.settle_run(run.id, settle, t(3)).await.unwrap().unwrap();
+    }
+    let review = repo.get_lora(r).await.unwrap().unwrap();
+    assert_eq!((review.status, review.progress.stage.as_deref(), review.progress.percent), (TrainingStatus::Validating, Some("awaiting_review"), 100));
+    let rejected = repo.get_lora(x).await.unwrap().unwrap();
+    assert_eq!((rejected.status, rejected.storage_key.as_deref(), rejected.error.as_deref()), (TrainingStatus::Failed, Some("k"), Some("the trained file failed its check: NaN")));
+}
+
+pub async fn a_claim_without_capacity_is_undone_with_a_message(repo: Repo) {
+    let id = queued(&repo, "Waiting", 0).await;
+    repo.claim_next_job("w1", 9, t(5), t(1)).await.unwrap().unwrap();
+    assert!(!repo.unclaim(id, "w2", "no", t(2)).await.unwrap(), "only the holder");
+    assert!(repo.unclaim(id, "w1", "waiting for a GPU: none available", t(2)).await.unwrap());
+    let lora = repo.get_lora(id).await.unwrap().unwrap();
+    assert_eq!((lora.status, lora.status_message.as_deref(), lora.error), (TrainingStatus::Queued, Some("waiting for a GPU: none available"), None));
+    assert_eq!(repo.job_claim(id).await.unwrap().unwrap().attempt, 0, "no attempt used");
+    let claimed = repo.claim_next_job("w1", 9, t(5), t(3)).await.unwrap().unwrap();
+    assert_eq!((claimed.attempt, claimed.lora.status_message), (1, None));
+    // Not once a run is recorded.
+    repo.insert_run(&new_run(id, 1, "w1", 3)).await.unwrap();
+    assert!(!repo.unclaim(id, "w1", "no", t(4)).await.unwrap());
+    repo.set_status_message(id, Some("note"), t(4)).await.unwrap();
+    assert_eq!(repo.get_lora(id).await.unwrap().unwrap().status_message.as_deref(), Some("note"));
 }
 
 pub async fn pending_ids_are_oldest_first(repo: Repo) {
@@ -233,7 +303,7 @@ pub async fn start_failures_wait_for_their_time(repo: Repo) {
     assert_eq!(repo.starts_due("engine", at(6)).await.unwrap()[0].start_failures, 2);
 
     // A started run ends the retry state.
-    repo.set_run(id, "local", "r1").await.unwrap();
+    repo.insert_run(&new_run(id, 1, "engine", 2)).await.unwrap();
     assert!(repo.starts_due("engine", at(100)).await.unwrap().is_empty());
     // A cancelled job is not started again.
     apply(&repo, other, StatusEvent::Cancel, at(3)).await.unwrap();

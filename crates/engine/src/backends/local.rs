@@ -1,52 +1,56 @@
-//! The `local` backend: one child process per run on this machine.
+//! The `local` backend: one child process (`loraforge worker`) per run on this machine.
 //!
-//! Each run gets its own process group, so stopping it reaches everything it started: `cancel`
-//! sends SIGTERM to the group (the trainer checkpoints and exits 10), then SIGKILL after
-//! `kill_grace`. A supervisor task per run owns the child (`kill_on_drop`), reads its stdout line
-//! by line into progress reports, and records how it ended. Dropping the backend kills every run
-//! it still has (SIGKILL to each group): a run nobody watches must not outlive its engine.
-//! At most `max_concurrent` runs at once (a semaphore permit per run, released when the run has
-//! ended and its group is gone).
+//! A job's runs share its folder (`<work_dir>/<lora>/out`), so a later attempt resumes from the
+//! trainer's checkpoints and uploads files an earlier one trained but could not upload. They
+//! never share it at the same time: the engine starts a job's next run only once every earlier
+//! instance of it is confirmed gone. Each run gets its own process group, so stopping it reaches everything it started: SIGTERM to the
+//! group (the worker stops its trainer, which checkpoints), then SIGKILL after `kill_grace`. A
+//! supervisor task per run owns the child (`kill_on_drop`) and records how it ended. Dropping
+//! the backend kills every run it still has: a run nobody watches must not outlive its engine.
+//!
+//! A run is named by `local:<pid>:<start time>` (the kernel's start time of the process, from
+//! `/proc`), so an engine restarted on the same host still recognises, and can end, a worker
+//! its predecessor started: an id whose process is gone, or is another process now, is gone.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use loraforge_domain::LoraId;
+use loraforge_domain::{LoraId, outcome};
 use loraforge_stdx::next_line;
 
-use crate::backend::{BackendError, JobSpec, RunId, RunReport, RunState, TrainingBackend, io_is_retryable};
-use crate::trainer_line::{ProgressTracker, TrainerLine};
+use crate::backend::{BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Termination, TrainingBackend};
 
 /// How the local backend runs a job.
 #[derive(Debug, Clone)]
 pub struct LocalBackendSettings {
     /// The backend's name in the database. Default "local".
     pub name: String,
-    /// The program to run per job (later `loraforge worker`).
+    /// The program to run per job (`loraforge worker`).
     pub program: PathBuf,
-    /// Its arguments. Placeholders: `{spec}` (path of the job spec JSON), `{out}` (the job's
-    /// output folder, the same for every attempt so a run can resume), `{lora_id}`, `{attempt}`.
+    /// Its arguments. Placeholders: `{out}` (the run's scratch folder), `{lora_id}`, `{attempt}`.
     pub args_template: Vec<String>,
-    /// Extra environment for the child, on top of this process's. The child also gets
-    /// `LORAFORGE_LORA_ID`, `LORAFORGE_ATTEMPT`, `LORAFORGE_SPEC` and `LORAFORGE_OUT`.
+    /// Extra environment for the child, on top of this process's and the worker's variables
+    /// (`LORAFORGE_SERVER`, `LORAFORGE_LORA_ID`, `LORAFORGE_WORKER_TOKEN`).
     pub env: Vec<(String, String)>,
     /// Variables of this process the child must not inherit (the service's own secrets).
     pub env_remove: Vec<String>,
-    /// Where job folders live: `<work_dir>/<lora_id>/` holds `spec-<attempt>.json` and `out/`.
+    /// Where job folders live: `<work_dir>/<lora_id>/out`.
     pub work_dir: PathBuf,
     /// Runs at once on this host.
     pub max_concurrent: usize,
-    /// Between SIGTERM and SIGKILL when a run is cancelled. Default 10 s (a cancel must take
+    /// Between SIGTERM and SIGKILL when a run is stopped. Default 10 s (a cancel must take
     /// effect within 30 s).
     pub kill_grace: Duration,
+    /// How long a worker that finished may take to exit on its own before it is stopped.
+    pub finish_grace: Duration,
 }
 
 impl LocalBackendSettings {
@@ -54,98 +58,151 @@ impl LocalBackendSettings {
         Self {
             name: "local".to_owned(),
             program: program.into(),
-            args_template: vec!["--spec".into(), "{spec}".into(), "--out".into(), "{out}".into()],
+            args_template: vec!["--out".into(), "{out}".into()],
             env: Vec::new(),
             env_remove: Vec::new(),
             work_dir: work_dir.into(),
             max_concurrent: 1,
             kill_grace: Duration::from_secs(10),
+            finish_grace: Duration::from_secs(10),
         }
     }
 }
 
-/// How a run is doing, shared between the backend and the run's supervisor.
+/// How a supervised run is doing.
 #[derive(Debug, Clone)]
 enum Phase {
     Running,
-    Exited { code: Option<i32>, reason: Option<String>, retryable: bool },
+    Exited { code: Option<i32>, line: Option<ErrorLine> },
+}
+
+/// The worker's own last word on stdout (`{"event":"error","code",…,"reason",…}`), else its last
+/// stderr line as the reason.
+#[derive(Debug, Clone)]
+struct ErrorLine {
+    code: Option<String>,
+    reason: String,
 }
 
 #[derive(Debug)]
 struct Run {
-    lora_id: LoraId,
-    pid: Option<u32>,
     phase: Arc<Mutex<Phase>>,
-    /// Graceful stop. Taken by the first `cancel`; dropping it (with the backend) kills at once.
+    /// Graceful stop. Taken by the first stop; dropping it (with the backend) kills at once.
     stop: Option<oneshot::Sender<()>>,
+    /// When the engine first asked a finished run to end.
+    finish_asked: Option<Instant>,
 }
 
 #[derive(Debug)]
 pub struct LocalBackend {
     settings: LocalBackendSettings,
-    slots: Arc<Semaphore>,
-    runs: Mutex<HashMap<RunId, Run>>,
-    reports_tx: mpsc::UnboundedSender<RunReport>,
-    reports_rx: Mutex<mpsc::UnboundedReceiver<RunReport>>,
+    runs: Mutex<HashMap<String, Run>>,
+    /// Processes of an earlier engine on this host that this one was asked to end: when the
+    /// SIGTERM went out.
+    foreign_stops: Mutex<HashMap<String, Instant>>,
 }
 
-/// Ended runs remembered for `status`; older ones are forgotten first.
+/// Ended runs remembered; older ones are forgotten first.
 const REMEMBERED_ENDED_RUNS: usize = 1024;
 
-/// Longest output line kept, bytes; the rest of a longer line is dropped (trainer lines are
-/// well under 4 KiB; this only bounds what a misbehaving child can make us hold).
+/// Longest output line kept, bytes; the rest of a longer line is dropped.
 const MAX_LINE: usize = 64 * 1024;
 
-/// How long to wait for the rest of a run's stdout after its process group is gone.
+/// How long to wait for the rest of a run's output after its process group is gone.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `local:<pid>:<start time>`.
+fn provider_id(pid: u32, start: u64) -> String {
+    format!("local:{pid}:{start}")
+}
+
+fn parse_provider_id(id: &str) -> Option<(u32, u64)> {
+    let mut parts = id.strip_prefix("local:")?.splitn(2, ':');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// The start time of process `pid` (clock ticks since boot, field 22 of `/proc/<pid>/stat`).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after its end.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Process `pid` is alive and is the one that started at `start` (not a zombie).
+fn still_running(pid: u32, start: u64) -> bool {
+    if process_start(pid) != Some(start) {
+        return false;
+    }
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+    let state = state.as_deref().and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().chars().next()));
+    !matches!(state.flatten(), Some('Z' | 'X') | None)
+}
+
 impl LocalBackend {
     pub fn new(settings: LocalBackendSettings) -> Self {
-        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
-        Self {
-            slots: Arc::new(Semaphore::new(settings.max_concurrent)),
-            settings,
-            runs: Mutex::new(HashMap::new()),
-            reports_tx,
-            reports_rx: Mutex::new(reports_rx),
-        }
+        Self { settings, runs: Mutex::new(HashMap::new()), foreign_stops: Mutex::new(HashMap::new()) }
     }
 
-    /// The process id of a run's first process (also its process group id), while known.
-    pub fn pid(&self, run: &RunId) -> Option<u32> {
-        lock(&self.runs).get(run).and_then(|r| r.pid)
+    /// The process id of a run's first process (also its process group id), if it is ours.
+    pub fn pid(provider_id: &str) -> Option<u32> {
+        parse_provider_id(provider_id).map(|(pid, _)| pid)
     }
 
-    fn args(&self, spec: &Path, out: &Path, job: &JobSpec) -> Vec<String> {
+    fn args(&self, out: &Path, launch: &Launch) -> Vec<String> {
         self.settings
             .args_template
             .iter()
             .map(|a| {
-                a.replace("{spec}", &spec.to_string_lossy())
-                    .replace("{out}", &out.to_string_lossy())
-                    .replace("{lora_id}", &job.lora_id.to_string())
-                    .replace("{attempt}", &job.attempt.to_string())
+                a.replace("{out}", &out.to_string_lossy())
+                    .replace("{lora_id}", &launch.lora_id.to_string())
+                    .replace("{attempt}", &launch.attempt.to_string())
             })
             .collect()
     }
 
+    fn live_runs(&self) -> usize {
+        lock(&self.runs).values().filter(|r| matches!(*lock(&r.phase), Phase::Running)).count()
+    }
+
     /// Forgets the oldest ended runs beyond [`REMEMBERED_ENDED_RUNS`].
-    fn prune(runs: &mut HashMap<RunId, Run>) {
-        let ended: Vec<RunId> = runs
+    fn prune(runs: &mut HashMap<String, Run>) {
+        let ended: Vec<String> = runs
             .iter()
             .filter(|(_, r)| matches!(*lock(&r.phase), Phase::Exited { .. }))
             .map(|(id, _)| id.clone())
             .collect();
         if ended.len() > REMEMBERED_ENDED_RUNS {
-            // Run ids are not ordered by time; any ended run will do, they are all done.
             for id in ended.into_iter().take(runs.len().saturating_sub(REMEMBERED_ENDED_RUNS)) {
                 runs.remove(&id);
             }
         }
+    }
+
+    /// Ends a process an earlier engine on this host started: SIGTERM to its group, SIGKILL once
+    /// `kill_grace` has passed. Gone when the process is.
+    fn end_foreign(&self, provider: &str) -> bool {
+        let Some((pid, start)) = parse_provider_id(provider) else { return true };
+        if !still_running(pid, start) {
+            lock(&self.foreign_stops).remove(provider);
+            return true;
+        }
+        let Ok(pgid) = i32::try_from(pid) else { return true };
+        let mut stops = lock(&self.foreign_stops);
+        match stops.get(provider) {
+            None => {
+                tracing::info!(pid, "stopping a worker an earlier engine on this host started");
+                signal_group(pgid, libc::SIGTERM);
+                stops.insert(provider.to_owned(), Instant::now());
+            }
+            Some(at) if at.elapsed() >= self.settings.kill_grace => signal_group(pgid, libc::SIGKILL),
+            Some(_) => {}
+        }
+        false
     }
 }
 
@@ -155,32 +212,33 @@ impl TrainingBackend for LocalBackend {
         &self.settings.name
     }
 
-    fn capacity(&self) -> usize {
-        self.slots.available_permits()
+    fn max_runs(&self) -> usize {
+        self.settings.max_concurrent
     }
 
-    async fn start(&self, spec: &JobSpec) -> Result<RunId, BackendError> {
-        let permit = self.slots.clone().try_acquire_owned().map_err(|_| BackendError::NoCapacity)?;
-        let job_dir = self.settings.work_dir.join(spec.lora_id.to_string());
-        let out = job_dir.join("out");
+    fn scope(&self) -> Scope {
+        Scope::Engine
+    }
+
+    async fn launch(&self, launch: &Launch) -> Result<Launched, BackendError> {
+        if self.live_runs() >= self.settings.max_concurrent {
+            return Err(BackendError::NoCapacity(format!(
+                "all {} local training slots are busy",
+                self.settings.max_concurrent
+            )));
+        }
+        let out = self.settings.work_dir.join(launch.lora_id.to_string()).join("out");
         tokio::fs::create_dir_all(&out).await?;
-        let spec_path = job_dir.join(format!("spec-{}.json", spec.attempt));
-        let json = serde_json::to_vec_pretty(spec).map_err(|e| BackendError::Permanent(format!("job spec: {e}")))?;
-        tokio::fs::write(&spec_path, json).await?;
 
         let mut cmd = Command::new(&self.settings.program);
         for k in &self.settings.env_remove {
             cmd.env_remove(k);
         }
-        cmd.args(self.args(&spec_path, &out, spec))
+        cmd.args(self.args(&out, launch))
             .envs(self.settings.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("LORAFORGE_LORA_ID", spec.lora_id.to_string())
-            .env("LORAFORGE_ATTEMPT", spec.attempt.to_string())
-            .env("LORAFORGE_SPEC", &spec_path)
-            .env("LORAFORGE_OUT", &out)
             // The token goes by environment: arguments are visible to every user in `ps`.
-            .env("LORAFORGE_WORKER_TOKEN", spec.worker_token.as_deref().unwrap_or(""))
-            .current_dir(&job_dir)
+            .envs(launch.worker_env())
+            .current_dir(&out)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -189,63 +247,100 @@ impl TrainingBackend for LocalBackend {
             .process_group(0);
         let mut child = cmd.spawn().map_err(|e| {
             let what = format!("cannot run {}: {e}", self.settings.program.display());
-            if io_is_retryable(&e) { BackendError::Transient(what) } else { BackendError::Permanent(what) }
+            if crate::backend::io_is_retryable(&e) { BackendError::Transient(what) } else { BackendError::Permanent(what) }
         })?;
-        let pid = child.id();
-        let run_id = RunId(format!("local-{}", uuid::Uuid::new_v4().simple()));
+        let pid = child.id().ok_or_else(|| BackendError::Transient("the worker exited at once".into()))?;
+        let start = process_start(pid).unwrap_or(0);
+        let id = provider_id(pid, start);
         let phase = Arc::new(Mutex::new(Phase::Running));
         let (stop_tx, stop_rx) = oneshot::channel();
-
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        let last_error = Arc::new(Mutex::new(None::<RunError>));
-        let readers = tokio::spawn(read_output(
-            stdout,
-            stderr,
-            run_id.clone(),
-            spec.lora_id,
-            self.reports_tx.clone(),
-            last_error.clone(),
-        ));
+        let last = Arc::new(Mutex::new(None::<ErrorLine>));
+        let readers = tokio::spawn(read_output(child.stdout.take(), child.stderr.take(), id.clone(), last.clone()));
         tokio::spawn(supervise(Supervised {
             child,
-            pgid: pid.and_then(|p| i32::try_from(p).ok()),
+            pgid: i32::try_from(pid).ok(),
             stop: stop_rx,
             grace: self.settings.kill_grace,
             readers,
-            last_error,
+            last,
             phase: phase.clone(),
-            run_id: run_id.clone(),
-            _permit: permit,
+            id: id.clone(),
         }));
-
         let mut runs = lock(&self.runs);
         Self::prune(&mut runs);
-        runs.insert(run_id.clone(), Run { lora_id: spec.lora_id, pid, phase, stop: Some(stop_tx) });
-        tracing::info!(run = %run_id, lora = %spec.lora_id, pid, "local run started");
-        Ok(run_id)
+        runs.insert(id.clone(), Run { phase, stop: Some(stop_tx), finish_asked: None });
+        tracing::info!(run = %id, lora = %launch.lora_id, attempt = launch.attempt, out = %out.display(), "local run started");
+        Ok(Launched { provider_id: id, gpu_type: None, price_per_hour: None })
     }
 
-    async fn status(&self, run: &RunId) -> Result<RunState, BackendError> {
+    async fn observe(&self, instances: &[Instance]) -> Result<Vec<Observed>, BackendError> {
         let runs = lock(&self.runs);
-        let Some(r) = runs.get(run) else { return Ok(RunState::Unknown) };
-        let phase = lock(&r.phase).clone();
-        Ok(match phase {
-            Phase::Running => RunState::Running,
-            Phase::Exited { code, reason, retryable } => RunState::Exited { code, reason, retryable },
-        })
+        Ok(instances
+            .iter()
+            .map(|i| match runs.get(&i.provider_id).map(|r| lock(&r.phase).clone()) {
+                Some(Phase::Running) => Observed::Running,
+                Some(Phase::Exited { code, line }) => {
+                    let code_from_line =
+                        line.as_ref().and_then(|l| l.code.as_deref()).and_then(outcome::spec).map(|s| s.code);
+                    let outcome = code_from_line.unwrap_or_else(|| outcome::from_exit(code).code);
+                    let reason = line.map(|l| l.reason).or_else(|| {
+                        Some(match code {
+                            Some(c) => format!("the worker exited with status {c}"),
+                            None => "the worker was killed by a signal".to_owned(),
+                        })
+                    });
+                    Observed::Ended { outcome, reason, gone: true }
+                }
+                // Started by an earlier engine on this host (before a restart of the service).
+                None => match parse_provider_id(&i.provider_id) {
+                    Some((pid, start)) if still_running(pid, start) => Observed::Running,
+                    _ => Observed::Ended {
+                        outcome: "lost",
+                        reason: Some("the service restarted and the run's worker had stopped with it".into()),
+                        gone: true,
+                    },
+                },
+            })
+            .collect())
     }
 
-    async fn cancel(&self, run: &RunId) -> Result<(), BackendError> {
+    async fn terminate(&self, instance: &Instance, ending: Ending) -> Result<Termination, BackendError> {
+        let ended = |gone| Ok(Termination { gone, billed_millis: None });
         let mut runs = lock(&self.runs);
-        if let Some(r) = runs.get_mut(run)
-            && let Some(stop) = r.stop.take()
-        {
-            tracing::info!(run = %run, lora = %r.lora_id, "stopping local run");
+        let Some(run) = runs.get_mut(&instance.provider_id) else {
+            drop(runs);
+            return ended(self.end_foreign(&instance.provider_id));
+        };
+        if matches!(*lock(&run.phase), Phase::Exited { .. }) {
+            return ended(true);
+        }
+        let stop_now = match ending {
+            Ending::Stop => true,
+            Ending::Finished => run.finish_asked.get_or_insert_with(Instant::now).elapsed() >= self.settings.finish_grace,
+        };
+        if stop_now && let Some(stop) = run.stop.take() {
+            tracing::info!(run = %instance.provider_id, lora = %instance.lora_id, "stopping local run");
             // The supervisor may have finished already; then there is nothing to stop.
             let _ = stop.send(());
         }
-        Ok(())
+        ended(false)
+    }
+
+    /// Deletes the job's folder (`<work_dir>/<lora_id>`): checkpoints and scratch. A folder that
+    /// still holds trained files whose upload never succeeded (`out/result.json`, kept by the
+    /// worker) is left where it is, with a warning: a trained file is never deleted unpublished.
+    async fn release(&self, lora: LoraId) {
+        let dir = self.settings.work_dir.join(lora.to_string());
+        if tokio::fs::try_exists(dir.join("out").join("result.json")).await.unwrap_or(true) {
+            tracing::warn!(lora = %lora, dir = %dir.display(),
+                "the job ended with trained files that were never uploaded; they are kept here");
+            return;
+        }
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => tracing::debug!(dir = %dir.display(), "job folder removed"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "could not remove a job folder"),
+        }
     }
 
     /// SIGTERM to every live run, then waits for them to end (SIGKILL after `kill_grace`).
@@ -268,32 +363,6 @@ impl TrainingBackend for LocalBackend {
         while phases.iter().any(|p| matches!(*lock(p), Phase::Running)) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    /// Deletes the job's folder (`<work_dir>/<lora_id>`): specs and checkpoints. A folder that
-    /// still holds trained files whose upload never succeeded (`out/result.json`, kept by the
-    /// worker) is left where it is, with a warning: a trained file is never deleted unpublished.
-    async fn release(&self, run: &RunId, lora: LoraId) {
-        let dir = self.settings.work_dir.join(lora.to_string());
-        if tokio::fs::try_exists(dir.join("out").join("result.json")).await.unwrap_or(true) {
-            tracing::warn!(run = %run, lora = %lora, dir = %dir.display(),
-                "the job ended with trained files that were never uploaded; they are kept here");
-            return;
-        }
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => tracing::debug!(run = %run, dir = %dir.display(), "job folder removed"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(run = %run, dir = %dir.display(), error = %e, "could not remove a job folder"),
-        }
-    }
-
-    fn drain_reports(&self) -> Vec<RunReport> {
-        let mut rx = lock(&self.reports_rx);
-        let mut out = Vec::new();
-        while let Ok(r) = rx.try_recv() {
-            out.push(r);
-        }
-        out
     }
 }
 
@@ -325,14 +394,13 @@ struct Supervised {
     stop: oneshot::Receiver<()>,
     grace: Duration,
     readers: tokio::task::JoinHandle<()>,
-    last_error: Arc<Mutex<Option<RunError>>>,
+    last: Arc<Mutex<Option<ErrorLine>>>,
     phase: Arc<Mutex<Phase>>,
-    run_id: RunId,
-    _permit: OwnedSemaphorePermit,
+    id: String,
 }
 
 /// Waits for the run to end, stopping it when asked (or when the backend is dropped), then
-/// records how it ended. The slot is freed when this returns.
+/// records how it ended.
 async fn supervise(mut s: Supervised) {
     let guard = GroupGuard(s.pgid);
     let kill = |signal| {
@@ -348,7 +416,7 @@ async fn supervise(mut s: Supervised) {
                 match tokio::time::timeout(s.grace, s.child.wait()).await {
                     Ok(status) => status,
                     Err(_) => {
-                        tracing::warn!(run = %s.run_id, "run ignored SIGTERM; killing it");
+                        tracing::warn!(run = %s.id, "run ignored SIGTERM; killing it");
                         kill(libc::SIGKILL);
                         s.child.wait().await
                     }
@@ -365,70 +433,68 @@ async fn supervise(mut s: Supervised) {
     if tokio::time::timeout(OUTPUT_DRAIN, &mut s.readers).await.is_err() {
         s.readers.abort();
     }
-    let (code, reason, retryable) = match status {
-        Ok(st) => {
-            let error = lock(&s.last_error).clone();
-            (st.code(), error.as_ref().map(|e| e.reason.clone()), error.is_some_and(|e| e.retryable))
-        }
-        Err(e) => (None, Some(format!("could not wait for the worker: {e}")), false),
+    let (code, line) = match status {
+        Ok(st) => (st.code(), lock(&s.last).clone()),
+        Err(e) => (None, Some(ErrorLine { code: None, reason: format!("could not wait for the worker: {e}") })),
     };
-    tracing::info!(run = %s.run_id, ?code, ?reason, retryable, "local run ended");
-    *lock(&s.phase) = Phase::Exited { code, reason, retryable };
+    tracing::info!(run = %s.id, ?code, reason = ?line.as_ref().map(|l| &l.reason), "local run ended");
+    *lock(&s.phase) = Phase::Exited { code, line };
 }
 
-/// The worker's own account of a failure: the reason of its last `error` line (else its last
-/// stderr line) and whether it said the failure may pass.
-#[derive(Debug, Clone)]
-struct RunError {
-    reason: String,
-    retryable: bool,
-}
-
-/// Reads the trainer's stdout (JSON lines → progress reports; the `error` line's reason is
-/// kept) and its stderr (human logs → tracing; the last line is the fallback reason).
+/// Reads the worker's output: stderr lines go to the log (at debug) and the last one is kept;
+/// the last `{"event":"error",…}` line on stdout is the worker's own account of a failure.
 async fn read_output(
     stdout: Option<impl AsyncRead + Unpin>,
     stderr: Option<impl AsyncRead + Unpin + Send + 'static>,
-    run_id: RunId,
-    lora_id: LoraId,
-    reports: mpsc::UnboundedSender<RunReport>,
-    last_error: Arc<Mutex<Option<RunError>>>,
+    id: String,
+    last: Arc<Mutex<Option<ErrorLine>>>,
 ) {
     let last_stderr = Arc::new(Mutex::new(None::<String>));
     let err_task = stderr.map(|stderr| {
-        let last = last_stderr.clone();
-        let run_id = run_id.clone();
+        let keep = last_stderr.clone();
+        let id = id.clone();
         tokio::spawn(async move {
             let mut stderr = BufReader::new(stderr);
             while let Some(line) = next_line(&mut stderr, MAX_LINE).await {
-                tracing::debug!(run = %run_id, "worker: {line}");
+                tracing::debug!(run = %id, "worker: {line}");
                 if !line.trim().is_empty() {
-                    *lock(&last) = Some(line);
+                    *lock(&keep) = Some(line);
                 }
             }
         })
     });
-    let mut saw_error = false;
+    let mut error_line = None;
     if let Some(stdout) = stdout {
-        let mut tracker = ProgressTracker::default();
         let mut stdout = BufReader::new(stdout);
         while let Some(line) = next_line(&mut stdout, MAX_LINE).await {
-            let parsed = TrainerLine::parse(&line);
-            if let TrainerLine::Error { reason, retryable, .. } = &parsed {
-                *lock(&last_error) = Some(RunError { reason: reason.clone(), retryable: *retryable });
-                saw_error = true;
-            }
-            if let Some(progress) = tracker.apply(&parsed) {
-                // The engine may be gone; then nobody needs the report.
-                let _ = reports.send(RunReport { run_id: run_id.clone(), lora_id, progress });
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line.trim())
+                && v.get("event").and_then(|e| e.as_str()) == Some("error")
+            {
+                error_line = Some(ErrorLine {
+                    code: v.get("code").and_then(|c| c.as_str()).map(str::to_owned),
+                    reason: v.get("reason").and_then(|r| r.as_str()).unwrap_or("no reason given").to_owned(),
+                });
             }
         }
     }
     if let Some(t) = err_task {
         let _ = t.await;
     }
-    if !saw_error {
-        let fallback = lock(&last_stderr).take();
-        *lock(&last_error) = fallback.map(|reason| RunError { reason, retryable: false });
+    let fallback = || lock(&last_stderr).take().map(|reason| ErrorLine { code: None, reason });
+    *lock(&last) = error_line.or_else(fallback);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_ids_name_a_process_and_its_start() {
+        assert_eq!(parse_provider_id(&provider_id(42, 7)), Some((42, 7)));
+        assert_eq!(parse_provider_id("local-abc"), None);
+        let me = std::process::id();
+        let start = process_start(me).expect("this process has a start time");
+        assert!(still_running(me, start));
+        assert!(!still_running(me, start + 1), "another process with a reused pid");
     }
 }

@@ -1,4 +1,5 @@
-//! Admission and dispatch: pending → queued, FIFO, per-user concurrency, replicas racing.
+//! Admission and dispatch: pending → queued, FIFO, per-user concurrency, backend limits, replicas
+//! racing.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -37,29 +38,52 @@ async fn dispatch_is_fifo_and_a_users_third_job_waits_for_a_slot() {
     let a2 = db.lora(a, "A2", 2).await;
     let a3 = db.lora(a, "A3", 3).await;
     let b1 = db.lora(b, "B1", 4).await;
-    let local = db.local(4, LONG_RUN);
-    let engine = db.engine(vec![local.clone() as Arc<dyn TrainingBackend>], settings("e1"));
+    let pods = Scripted::new("pods", 4);
+    let engine = db.engine(vec![pods.clone() as Arc<dyn TrainingBackend>], settings("e1"));
 
     let first = engine.tick().await.unwrap();
     assert_eq!(first.admitted, [a1, a2, a3, b1]);
     // Oldest first, but A may only have 2 at once: A3 is skipped for B1.
-    assert_eq!(first.started, [a1, a2, b1]);
+    let mut started = first.started.clone();
+    started.sort();
+    let mut expected = vec![a1, a2, b1];
+    expected.sort();
+    assert_eq!(started, expected);
     assert_eq!(db.status(a3).await, TrainingStatus::Queued);
-    assert_eq!(local.capacity(), 1, "three children running");
+    assert_eq!(pods.live(), 3);
     let again = engine.tick().await.unwrap();
     assert!(again.started.is_empty(), "A3 must wait: {again:?}");
-    assert_eq!(db.status(a3).await, TrainingStatus::Queued);
 
-    // One of A's jobs ends (its owner cancels it): the next tick stops its run and starts A3.
-    let runs = db.repo.live_runs().await.unwrap();
-    let a1_run = runs.iter().find(|r| r.lora_id == a1).unwrap();
-    let a1_pid = local.pid(&loraforge_engine::RunId(a1_run.run_id.clone())).unwrap();
+    // One of A's jobs ends (its owner cancels it): the next tick ends its instance and starts A3.
     db.repo.apply_event(a1, StatusEvent::Cancel, EventDetail::default(), db.now()).await.unwrap();
     let next = engine.tick().await.unwrap();
-    assert_eq!(next.stopped_runs, [a1]);
+    assert_eq!(next.gone, [a1], "{next:?}");
     assert_eq!(next.started, [a3]);
     assert_eq!(db.status(a3).await, TrainingStatus::Training);
-    wait_for("A1's worker to exit", || async { !process_alive(a1_pid) }).await;
+    assert_eq!(db.run(a1).await.outcome.as_deref(), Some("cancelled"));
+    assert_eq!(pods.terminates(), [("pods-1".to_owned(), loraforge_engine::Ending::Stop)]);
+}
+
+#[tokio::test]
+async fn a_backend_never_holds_more_runs_than_its_limit_and_the_next_one_takes_the_rest() {
+    let db = Db::sqlite().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let u = db.user().await;
+        ids.push(db.lora(u, &format!("Job {i}"), i).await);
+    }
+    let (first, second) = (Scripted::new("first", 2), Scripted::new("second", 2));
+    let engine = db.engine(vec![first.clone() as Arc<dyn TrainingBackend>, second.clone()], settings("e1"));
+    let report = engine.tick().await.unwrap();
+    assert_eq!(report.started.len(), 4, "{report:?}");
+    assert_eq!((first.live(), second.live()), (2, 2));
+    assert_eq!(db.status(ids[4]).await, TrainingStatus::Queued);
+    // A finished run frees its slot once its instance is gone.
+    db.report_failure(ids[0], "non_finite_loss", "non-finite loss at step 3").await;
+    let next = engine.tick().await.unwrap();
+    assert_eq!(next.failed, [ids[0]]);
+    assert_eq!(next.started, [ids[4]], "{next:?}");
+    assert_eq!(first.launches(), 3);
 }
 
 /// Two replicas (engines with different worker ids and their own local backends) tick at the
@@ -70,7 +94,7 @@ async fn replicas_never_start_a_job_twice(db: Db) {
         let u = db.user().await;
         ids.push(db.lora(u, &format!("Job {i}"), i).await);
     }
-    let (la, lb) = (db.local(4, LONG_RUN), db.local(4, LONG_RUN));
+    let (la, lb) = (Scripted::new("pods", 4), Scripted::new("pods", 4));
     let ea = db.engine(vec![la.clone() as Arc<dyn TrainingBackend>], settings("replica-a"));
     let eb = db.engine(vec![lb.clone() as Arc<dyn TrainingBackend>], settings("replica-b"));
     // Both admit and both claim at once (admission races too: each LoRA is enqueued once).
@@ -87,13 +111,14 @@ async fn replicas_never_start_a_job_twice(db: Db) {
     let mut expected = ids.clone();
     expected.sort();
     assert_eq!(started, expected, "every job started exactly once");
-    let runs = db.repo.live_runs().await.unwrap();
+    let runs = db.open().await;
     assert_eq!(runs.len(), 6);
     for r in &runs {
-        assert_eq!(r.status, TrainingStatus::Training);
-        assert_eq!(r.attempt, 1);
+        assert_eq!(r.job_status, TrainingStatus::Training);
+        assert_eq!(r.run.attempt, 1);
+        assert!(r.current);
     }
-    assert_eq!(la.capacity() + lb.capacity(), 2, "six children across both hosts");
+    assert_eq!(la.launches() + lb.launches(), 6, "six instances across both replicas");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

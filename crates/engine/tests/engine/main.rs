@@ -1,10 +1,10 @@
 //! The job engine, stepped tick by tick with a `ManualClock` on a real database (SQLite in a temp
-//! dir; Postgres where replicas race), with the real `local` backend running
-//! `tests/fixtures/fake_worker.sh` as its child process.
+//! dir; Postgres where replicas race). Decisions are tested against a backend the tests steer
+//! (`helpers::Scripted`); the local backend against real child processes
+//! (`tests/fixtures/worker_process.sh`, which behaves toward its parent as `loraforge worker`
+//! does).
 
 mod dispatch;
 mod helpers;
-mod leases;
-mod local_runs;
-mod restart;
-mod start_retries;
+mod local;
+mod runs;

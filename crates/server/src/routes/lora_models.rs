@@ -13,6 +13,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use loraforge_db::{EventDetail, IdempotencyKey, LoraQuery};
+use loraforge_domain::keys::OutputKeys;
 use loraforge_domain::{DatasetId, LoraId, LoraModel, LoraName, LoraSort, StatusEvent, TrainingParams, TrainingStatus};
 
 use crate::auth::AuthUser;
@@ -264,7 +265,8 @@ async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResu
     let ttl = state.settings().download_url_ttl;
     let dataset = state.repo().get_dataset(lora.dataset_id).await?;
     let mut reference_images = Vec::new();
-    if lora.creator.id == user.id {
+    let owner = lora.creator.id == user.id;
+    if owner {
         for img in dataset.iter().flat_map(|d| d.images.iter()) {
             let url = state.store().signed_get_url(&img.storage_key, ttl, now).await?;
             reference_images.push(ReferenceImageView {
@@ -289,9 +291,8 @@ async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResu
     .collect();
     let (download_url, kohya_download_url, download_url_expires_at) = match (&lora.storage_key, lora.status) {
         (Some(key), TrainingStatus::Completed) => {
-            let kohya = match key.strip_suffix("model.safetensors") {
-                Some(dir) => {
-                    let kohya_key = format!("{dir}model.kohya.safetensors");
+            let kohya = match OutputKeys::kohya_of(key) {
+                Some(kohya_key) => {
                     match state.store().head(&kohya_key).await? {
                         Some(_) => Some(state.store().signed_get_url(&kohya_key, ttl, now).await?.to_string()),
                         None => None,
@@ -306,6 +307,11 @@ async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResu
             )
         }
         _ => (None, None, None),
+    };
+    let attempts = if owner {
+        state.repo().runs_of(lora.id).await?.iter().map(AttemptView::from).collect()
+    } else {
+        Vec::new()
     };
     let status = StatusView::from(lora);
     Ok(LoraDetails {
@@ -330,7 +336,8 @@ async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResu
         download_url,
         kohya_download_url,
         download_url_expires_at,
-        training_cost: lora.training_cost,
+        training_cost: lora.training_cost.into(),
+        attempts,
         created_at: lora.created_at,
         updated_at: lora.updated_at,
         completed_at: lora.completed_at,

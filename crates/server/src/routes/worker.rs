@@ -1,9 +1,10 @@
 //! `/api/v1/worker/jobs/{id}`: the worker protocol (`docs/worker-protocol.md`). A worker holds a
 //! per-attempt token ([`WorkerAuth`]); every call checks that its engine still holds the job's
-//! lease for that attempt, and extends the lease (a call is a heartbeat). The result call runs
-//! PRD 2's after-training steps on what the worker uploaded: the LoRA file check, `validating`,
-//! and the quality rule.
-
+//! lease for that attempt, and extends the lease (a call is a heartbeat). How a run ends is
+//! reported here, never inferred from an exit code: the result (`…/result`) and a failure
+//! (`…/failure`) are recorded on the run's record (first report wins) and the job engine acts on
+//! them (the after-training steps, a requeue, a failure), so a crash between the report and the
+//! decision loses nothing.
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -11,35 +12,13 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use loraforge_db::{EventDetail, TrainedFiles};
-use loraforge_domain::validation::{VALIDATION_IMAGES, Verdict, judge};
-use loraforge_domain::{LoraModel, Progress, StatusEvent, TrainingStatus, UserId, caption_for_training};
+use loraforge_domain::keys::OutputKeys;
+use loraforge_domain::{LoraModel, Progress, RunResult, TrainingRun, TrainingStatus, caption_for_training, outcome};
 
 use crate::auth::WorkerAuth;
 use crate::error::{ApiError, ApiResult};
 use crate::routes::lora_models::load;
 use crate::state::AppState;
-
-/// Where a LoRA's trained files go in the blob store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutputKeys {
-    pub model: String,
-    pub kohya: String,
-    pub validation: Vec<String>,
-}
-
-impl OutputKeys {
-    pub fn of(user: UserId, lora: &LoraModel) -> Self {
-        let id = lora.id;
-        Self {
-            model: format!("lora-models/{user}/{id}/model.safetensors"),
-            kohya: format!("lora-models/{user}/{id}/model.kohya.safetensors"),
-            validation: (0..VALIDATION_IMAGES)
-                .map(|i| format!("lora-validation-images/{user}/{id}/validation/{i}.png"))
-                .collect(),
-        }
-    }
-}
 
 /// `GET /api/v1/worker/jobs/{id}`.
 #[derive(Debug, Serialize)]
@@ -88,34 +67,28 @@ pub struct ProgressBody {
     pub eta_s: Option<f64>,
 }
 
-/// `POST …/result`.
+/// `POST …/failure`: how an attempt ended when it did not train (a code of
+/// `domain::outcome`, the reporter's reason, whether it may pass).
 #[derive(Debug, Deserialize)]
-pub struct ResultBody {
+pub struct FailureBody {
     pub attempt: u32,
-    pub train_seconds: Option<f64>,
-    pub trainer_seconds: Option<f64>,
-    pub model: FileFacts,
-    pub kohya: Option<FileFacts>,
-    pub validation: ValidationFacts,
+    pub code: String,
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub retryable: bool,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct FileFacts {
-    pub bytes: u64,
-    pub sha256: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ValidationFacts {
-    pub images: usize,
-    pub scores: Option<Vec<f64>>,
-}
-
+/// The answer to a result or a failure: whether this report was recorded (a repeated or late
+/// one is not, and that is fine), and the LoRA's status now.
 #[derive(Debug, Serialize, PartialEq)]
-pub struct ResultAnswer {
+pub struct ReportAnswer {
+    pub recorded: bool,
     pub status: TrainingStatus,
     pub error: Option<String>,
 }
+
+/// Longest reason kept from a worker, in characters.
+const MAX_REASON: usize = 2000;
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
     body.map(|Json(b)| b).map_err(|e| ApiError::bad_request("invalid_json", e.body_text()))
@@ -185,7 +158,7 @@ pub async fn job(State(state): State<AppState>, auth: WorkerAuth, Path(id): Path
             caption: caption_for_training(img.caption.as_deref(), &lora.params.trigger_words, &lora.name),
         });
     }
-    let keys = OutputKeys::of(lora.creator.id, &lora);
+    let keys = OutputKeys::of(lora.creator.id, lora.id);
     let target = async |key: &String| -> ApiResult<UploadTarget> {
         Ok(UploadTarget { key: key.clone(), url: state.store().signed_put_url(key, ttl, now).await?.to_string() })
     };
@@ -252,92 +225,67 @@ fn next_progress(current: &Progress, body: &ProgressBody) -> ApiResult<Progress>
     Ok(p)
 }
 
-/// Training ended well and the files are uploaded: check, validate, decide.
+/// The record of the token's attempt. A worker may report before the engine recorded its run
+/// (a fast failure); then it retries (503 with a code saying so).
+async fn attempt_run(state: &AppState, lora: &LoraModel, attempt: u32) -> ApiResult<TrainingRun> {
+    let runs = state.repo().runs_of(lora.id).await?;
+    runs.into_iter().find(|r| r.attempt == attempt).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "run_not_recorded",
+            "this attempt's run is not recorded yet; report again in a moment",
+        )
+    })
+}
+
+/// Training ended well and the files are uploaded: the result is recorded on the run and the
+/// engine runs the after-training steps (file check, LoRA check, validation, publish).
 pub async fn result(
     State(state): State<AppState>,
     auth: WorkerAuth,
     Path(id): Path<String>,
-    body: Result<Json<ResultBody>, JsonRejection>,
-) -> ApiResult<Json<ResultAnswer>> {
+    body: Result<Json<RunResult>, JsonRejection>,
+) -> ApiResult<Json<ReportAnswer>> {
     let body = json_body(body)?;
-    check_attempt(&auth, body.attempt)?;
+    check_attempt(&auth, u32::try_from(body.attempt).unwrap_or(u32::MAX))?;
     let lora = own_lora(&state, &auth, &id).await?;
-    let keys = OutputKeys::of(lora.creator.id, &lora);
-    // A repeated post of a result that was applied answers the same.
-    if lora.status != TrainingStatus::Training && lora.storage_key.as_deref() == Some(keys.model.as_str()) {
-        return Ok(Json(ResultAnswer { status: lora.status, error: lora.error }));
+    let run = attempt_run(&state, &lora, auth.attempt).await?;
+    // A repeated post of a result that was recorded answers the same.
+    if run.outcome.as_deref() == Some("trained") {
+        return Ok(Json(ReportAnswer { recorded: false, status: lora.status, error: lora.error }));
     }
     hold(&state, &auth, &lora).await?;
-    let answer = after_training(&state, &lora, &keys, &body).await?;
+    let facts = serde_json::to_value(&body).map_err(|e| ApiError::internal("the result", &e))?;
+    let recorded = state.repo().record_run_outcome(run.id, "trained", None, Some(&facts), state.now()).await?;
     state.notify_changed(lora.id);
-    tracing::info!(lora = %lora.id, status = %answer.status, error = ?answer.error,
-        train_seconds = ?body.train_seconds, trainer_seconds = ?body.trainer_seconds, "training result");
-    Ok(Json(answer))
+    tracing::info!(lora = %lora.id, attempt = auth.attempt, recorded, train_seconds = ?body.train_seconds,
+        trainer_seconds = ?body.trainer_seconds, "training result");
+    Ok(Json(ReportAnswer { recorded, status: lora.status, error: lora.error }))
 }
 
-/// PRD 2 steps 12–19 on the stored files.
-async fn after_training(
-    state: &AppState,
-    lora: &LoraModel,
-    keys: &OutputKeys,
-    body: &ResultBody,
-) -> ApiResult<ResultAnswer> {
-    let store = state.store();
-    let missing = |key: &str, why: String| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "upload_missing", format!("{key}: {why}; upload it again"))
-    };
-    let size_of = async |key: &str, expected: u64| -> ApiResult<u64> {
-        match store.head(key).await? {
-            Some(meta) if meta.size == expected => Ok(meta.size),
-            Some(meta) => Err(missing(key, format!("stored {} bytes, the worker reported {expected}", meta.size))),
-            None => Err(missing(key, "not stored".into())),
-        }
-    };
-    let file_size = size_of(&keys.model, body.model.bytes).await?;
-    if let Some(kohya) = &body.kohya {
-        size_of(&keys.kohya, kohya.bytes).await?;
+/// The attempt ended without training: its outcome is recorded on the run (unless another was
+/// first, e.g. the LoRA was cancelled) and the engine decides (a requeue or a failure).
+pub async fn failure(
+    State(state): State<AppState>,
+    auth: WorkerAuth,
+    Path(id): Path<String>,
+    body: Result<Json<FailureBody>, JsonRejection>,
+) -> ApiResult<Json<ReportAnswer>> {
+    let body = json_body(body)?;
+    check_attempt(&auth, body.attempt)?;
+    if !outcome::is_valid_code(&body.code) || body.code == "trained" {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "`code` must be an outcome code of docs/worker-protocol.md (1–64 of a-z, 0-9 and _), not `trained`",
+        ));
     }
-    let images = body.validation.images.min(VALIDATION_IMAGES);
-    let mut image_keys = Vec::with_capacity(images);
-    for key in keys.validation.iter().take(images) {
-        if store.head(key).await?.is_none() {
-            return Err(missing(key, "not stored".into()));
-        }
-        image_keys.push(key.clone());
-    }
-    let files = TrainedFiles { storage_key: keys.model.clone(), file_size, validation_image_keys: image_keys };
-
-    let now = state.now();
-    let bytes = store.get(&keys.model).await?;
-    let rules = state.settings().lora_rules.clone();
-    let check = tokio::task::spawn_blocking(move || loraforge_checks::inspect_lora(&bytes, &rules).map(|_| ()))
-        .await
-        .map_err(|e| ApiError::internal("LoRA file check", &e))?;
-    if let Err(problem) = check {
-        let reason = format!("the trained file failed its check: {problem}");
-        let detail = EventDetail { error: Some(reason), outputs: Some(files), validation_passed: None };
-        let lora = state.repo().apply_event(lora.id, StatusEvent::Fail, detail, now).await?;
-        return Ok(ResultAnswer { status: lora.status, error: lora.error });
-    }
-
-    let detail = EventDetail { outputs: Some(files), ..EventDetail::default() };
-    let validating = state.repo().apply_event(lora.id, StatusEvent::BeginValidation, detail, now).await?;
-    let v = &state.settings().validation;
-    let verdict = judge(images, body.validation.scores.as_deref(), v.similarity_threshold, v.auto_approve);
-    let done = match verdict {
-        Verdict::Pass => {
-            let detail = EventDetail { validation_passed: Some(true), ..EventDetail::default() };
-            state.repo().apply_event(lora.id, StatusEvent::Complete, detail, now).await?
-        }
-        Verdict::Fail(reason) => {
-            let detail = EventDetail { error: Some(reason), validation_passed: Some(false), ..EventDetail::default() };
-            state.repo().apply_event(lora.id, StatusEvent::Fail, detail, now).await?
-        }
-        Verdict::NeedsReview => {
-            let progress = Progress { stage: Some("awaiting_review".into()), percent: 100, estimated_remaining: None };
-            state.repo().record_progress(lora.id, &progress, now).await?;
-            validating
-        }
-    };
-    Ok(ResultAnswer { status: done.status, error: done.error })
+    let lora = own_lora(&state, &auth, &id).await?;
+    let run = attempt_run(&state, &lora, auth.attempt).await?;
+    let reason: Option<String> =
+        body.reason.as_deref().map(|r| r.chars().filter(|c| !c.is_control()).take(MAX_REASON).collect());
+    let facts = serde_json::json!({ "retryable": body.retryable });
+    let recorded = state.repo().record_run_outcome(run.id, &body.code, reason.as_deref(), Some(&facts), state.now()).await?;
+    state.notify_changed(lora.id);
+    tracing::info!(lora = %lora.id, attempt = auth.attempt, code = %body.code, recorded, reason = ?reason, "worker reported a failure");
+    Ok(Json(ReportAnswer { recorded, status: lora.status, error: lora.error }))
 }

@@ -26,6 +26,8 @@ pub struct TestApp {
     pub repo: Arc<dyn Repository>,
     pub jwt: JwtKeys,
     pub blob_root: std::path::PathBuf,
+    pub store: Arc<dyn loraforge_storage::BlobStore>,
+    pub settings: ServerSettings,
     _dir: tempfile::TempDir,
     _pg: Option<loraforge_db::test_support::TestDatabase>,
 }
@@ -80,7 +82,7 @@ pub async fn spawn_app_with(engine: Engine, configure: impl FnOnce(&mut ServerSe
     let mut settings = test_settings();
     configure(&mut settings);
     let secret = SecretSlice::from(SECRET.to_vec());
-    let state = AppState::new(repo.clone(), store, clock.clone(), JwtKeys::new(&secret), settings);
+    let state = AppState::new(repo.clone(), store.clone(), clock.clone(), JwtKeys::new(&secret), settings.clone());
     let app = Application::new(state, listener);
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     TestApp {
@@ -90,6 +92,8 @@ pub async fn spawn_app_with(engine: Engine, configure: impl FnOnce(&mut ServerSe
         repo,
         jwt: JwtKeys::new(&secret),
         blob_root,
+        store,
+        settings,
         _dir: dir,
         _pg: pg,
     }

@@ -1,16 +1,73 @@
-//! The worker protocol (`docs/worker-protocol.md`) and what follows training: a job claimed as
-//! the engine would, then driven through `/api/v1/worker/jobs/{id}` with a per-attempt token,
-//! uploads through the signed links, the result, the validation rule and the admin review.
+//! The worker protocol (`docs/worker-protocol.md`) and what follows training: a job claimed and
+//! its run recorded as the engine would, then driven through `/api/v1/worker/jobs/{id}` with a
+//! per-attempt token: uploads through the signed links, the result or a failure (recorded on the
+//! run), then the job engine's after-training steps (the file check, the validation rule) and the
+//! admin review.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use loraforge_domain::{Clock, LoraId, StatusEvent};
+use loraforge_db::NewRun;
+use loraforge_domain::{Clock, LoraId, RunId, StatusEvent};
+use loraforge_engine::{
+    AfterTraining, BackendError, Engine as JobEngine, EngineSettings, Ending, Instance, Launch, Launched, Observed, Scope,
+    Termination, TrainingBackend, ValidationRules,
+};
 
 use crate::helpers::*;
 
 const ENGINE: &str = "engine-test";
+
+/// Where the tests' runs "run": instances that are always up and end when asked. It only lets
+/// the engine's after-training steps run here; backends are tested in the engine's crate.
+#[derive(Debug)]
+struct Elsewhere;
+
+#[async_trait::async_trait]
+impl TrainingBackend for Elsewhere {
+    fn name(&self) -> &str {
+        "elsewhere"
+    }
+    fn max_runs(&self) -> usize {
+        0
+    }
+    fn scope(&self) -> Scope {
+        Scope::Shared
+    }
+    async fn launch(&self, _: &Launch) -> Result<Launched, BackendError> {
+        Err(BackendError::Permanent("the tests launch nothing".into()))
+    }
+    async fn observe(&self, instances: &[Instance]) -> Result<Vec<Observed>, BackendError> {
+        Ok(instances.iter().map(|_| Observed::Running).collect())
+    }
+    async fn terminate(&self, _: &Instance, _: Ending) -> Result<Termination, BackendError> {
+        Ok(Termination { gone: true, billed_millis: None })
+    }
+}
+
+/// The job engine over the app's database and storage, with its validation settings.
+fn engine(app: &TestApp) -> JobEngine {
+    let v = &app.settings.validation;
+    let after = AfterTraining::new(
+        app.store.clone(),
+        app.settings.lora_rules.clone(),
+        ValidationRules { similarity_threshold: v.similarity_threshold, auto_approve: v.auto_approve },
+    );
+    let settings = EngineSettings { worker_id: ENGINE.into(), ..EngineSettings::default() };
+    JobEngine::new(app.repo.clone(), app.clock.clone(), vec![Arc::new(Elsewhere)], settings, after)
+}
+
+/// One tick of the engine: the reported outcomes are acted on.
+async fn settle(app: &TestApp) {
+    let report = engine(app).tick().await.unwrap();
+    assert!(report.errors.is_empty(), "{report:?}");
+}
+
+async fn status_of(app: &TestApp, user: &User, id: &str) -> Value {
+    app.get(user, &format!("/api/v1/lora-models/{id}/status")).await.json().await.unwrap()
+}
 
 /// A LoRA of `user` in `training`, claimed by [`ENGINE`]; returns its id and the worker token.
 async fn training_job(app: &TestApp, user: &User, name: &str) -> (String, String) {
@@ -24,6 +81,20 @@ async fn training_job(app: &TestApp, user: &User, name: &str) -> (String, String
     app.repo.apply_event(lora, StatusEvent::Enqueue, Default::default(), now).await.unwrap();
     let claimed = app.repo.claim_next_job(ENGINE, 2, now + chrono::Duration::minutes(2), now).await.unwrap();
     assert_eq!(claimed.map(|c| c.lora.id), Some(lora));
+    let run = NewRun {
+        id: RunId::new(),
+        lora_id: lora,
+        attempt: 1,
+        backend: "elsewhere".into(),
+        engine: ENGINE.into(),
+        instance_name: format!("loraforge-{lora}-1"),
+        provider_id: "instance-1".into(),
+        gpu_type: None,
+        price_per_hour: None,
+        created_at: now,
+        started_at: now,
+    };
+    app.repo.insert_run(&run).await.unwrap();
     let token = app.jwt.issue_worker(lora, 1, ENGINE, Duration::from_secs(3600), now).unwrap();
     (id, token)
 }
@@ -183,7 +254,9 @@ async fn completes_with_its_files(engine: Engine) {
     let body = result_body(len, 3, json!([0.91, 0.7, 0.2]));
     let resp = worker_post(&app, &token, &format!("/api/v1/worker/jobs/{id}/result"), &body).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.json::<Value>().await.unwrap(), json!({"status": "completed", "error": null}));
+    // Recorded on the run; the engine acts on it.
+    assert_eq!(resp.json::<Value>().await.unwrap(), json!({"recorded": true, "status": "training", "error": null}));
+    settle(&app).await;
     let details: Value = app.get(&user, &format!("/api/v1/lora-models/{id}")).await.json().await.unwrap();
     assert_eq!(details["training_status"], "completed");
     assert_eq!(details["validation"]["passed"], true);
@@ -198,8 +271,11 @@ async fn completes_with_its_files(engine: Engine) {
     assert_eq!(details["validation"]["image_urls"], json!([]), "{details}");
     assert_eq!(details["validation"]["passed"], true);
     // The same result again is answered the same; the worker may have retried.
-    let again = worker_post(&app, &token, &format!("/api/v1/worker/jobs/{id}/result"), &body).await;
-    assert_eq!(again.json::<Value>().await.unwrap()["status"], "completed");
+    let again: Value = worker_post(&app, &token, &format!("/api/v1/worker/jobs/{id}/result"), &body).await.json().await.unwrap();
+    assert_eq!((again["recorded"].as_bool(), again["status"].as_str()), (Some(false), Some("completed")));
+    let run = app.repo.runs_of(id.parse().unwrap()).await.unwrap().pop().unwrap();
+    assert_eq!(run.result.unwrap()["trainer_seconds"], 12.5);
+    assert!(run.instance_gone_at.is_some(), "its instance was ended");
     let events: Vec<Value> = {
         let lora: LoraId = id.parse().unwrap();
         app.repo.events_after(lora, 0, 100).await.unwrap().into_iter().map(|e| e.data).collect()
@@ -215,14 +291,16 @@ async fn low_scores_or_missing_images_fail_the_lora_and_it_does_not_count() {
     let (id, token) = training_job(&app, &user, "Low scores").await;
     let len = upload_outputs(&app, &job(&app, &id, &token).await, 3).await;
     let body = result_body(len, 3, json!([0.69, 0.9, 0.1]));
-    let answer: Value = worker_post(&app, &token, &format!("/api/v1/worker/jobs/{id}/result"), &body).await.json().await.unwrap();
-    assert_eq!(answer["status"], "failed");
-    assert!(answer["error"].as_str().unwrap().starts_with("Quality validation failed: 1 of 3"), "{answer}");
-
+    assert_eq!(worker_post(&app, &token, &format!("/api/v1/worker/jobs/{id}/result"), &body).await.status(), 200);
     let (id2, token2) = training_job(&app, &user, "Two images").await;
     let len = upload_outputs(&app, &job(&app, &id2, &token2).await, 2).await;
     let body = result_body(len, 2, json!([0.9, 0.9]));
-    let answer: Value = worker_post(&app, &token2, &format!("/api/v1/worker/jobs/{id2}/result"), &body).await.json().await.unwrap();
+    assert_eq!(worker_post(&app, &token2, &format!("/api/v1/worker/jobs/{id2}/result"), &body).await.status(), 200);
+    settle(&app).await;
+    let answer = status_of(&app, &user, &id).await;
+    assert_eq!(answer["training_status"], "failed");
+    assert!(answer["error"].as_str().unwrap().starts_with("Quality validation failed: 1 of 3"), "{answer}");
+    let answer = status_of(&app, &user, &id2).await;
     assert_eq!(answer["error"], "Quality validation failed: only 2 of 3 validation images were generated");
 
     let limits: Value = app.get(&user, "/api/v1/me/limits").await.json().await.unwrap();
@@ -240,15 +318,14 @@ async fn without_a_scorer_an_admin_approves_or_rejects() {
     for name in ["Approve me", "Reject me"] {
         let (id, token) = training_job(&app, &user, name).await;
         let len = upload_outputs(&app, &job(&app, &id, &token).await, 3).await;
-        let answer: Value = worker_post(&app, &token, &format!("/api/v1/worker/jobs/{id}/result"), &result_body(len, 3, Value::Null))
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(answer["status"], "validating");
-        let status: Value = app.get(&user, &format!("/api/v1/lora-models/{id}/status")).await.json().await.unwrap();
-        assert_eq!(status["stage"], "awaiting_review");
+        let resp = worker_post(&app, &token, &format!("/api/v1/worker/jobs/{id}/result"), &result_body(len, 3, Value::Null)).await;
+        assert_eq!(resp.status(), 200);
         ids.push(id);
+    }
+    settle(&app).await;
+    for id in &ids {
+        let status = status_of(&app, &user, id).await;
+        assert_eq!((status["training_status"].as_str(), status["stage"].as_str()), (Some("validating"), Some("awaiting_review")));
     }
     let review = |id: &str| format!("/api/v1/admin/lora-models/{id}/review");
     let err = error_of(app.post_json(&user, &review(&ids[0]), &json!({"decision": "approve"})).await, 403).await;
@@ -279,36 +356,91 @@ async fn auto_approval_completes_without_a_review() {
     let user = app.user();
     let (id, token) = training_job(&app, &user, "Auto").await;
     let len = upload_outputs(&app, &job(&app, &id, &token).await, 3).await;
-    let answer: Value = worker_post(&app, &token, &format!("/api/v1/worker/jobs/{id}/result"), &result_body(len, 3, Value::Null))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(answer["status"], "completed");
+    let resp = worker_post(&app, &token, &format!("/api/v1/worker/jobs/{id}/result"), &result_body(len, 3, Value::Null)).await;
+    assert_eq!(resp.status(), 200);
+    settle(&app).await;
+    assert_eq!(status_of(&app, &user, &id).await["training_status"], "completed");
 }
 
 #[tokio::test]
-async fn a_result_without_its_uploads_is_refused_and_a_bad_file_fails_the_lora() {
+async fn a_result_without_its_uploads_is_run_again_and_a_bad_file_fails_the_lora() {
     let app = spawn_app_with(Engine::Sqlite, with_small_loras).await;
     let user = app.user();
-    let (id, token) = training_job(&app, &user, "Bad file").await;
-    let job = job(&app, &id, &token).await;
+    let (id, token) = training_job(&app, &user, "Nothing uploaded").await;
     let result = format!("/api/v1/worker/jobs/{id}/result");
-    let err = error_of(worker_post(&app, &token, &result, &result_body(5000, 3, Value::Null)).await, 422).await;
-    assert_eq!(err["code"], "upload_missing");
-    let status: Value = app.get(&user, &format!("/api/v1/lora-models/{id}/status")).await.json().await.unwrap();
-    assert_eq!(status["training_status"], "training", "nothing changed");
+    assert_eq!(worker_post(&app, &token, &result, &result_body(5000, 3, Value::Null)).await.status(), 200);
+    settle(&app).await;
+    let status = status_of(&app, &user, &id).await;
+    assert_eq!(status["training_status"], "queued", "{status}");
+    let lora: LoraId = id.parse().unwrap();
+    let requeue = app.repo.events_after(lora, 0, 100).await.unwrap().into_iter().find(|e| e.data["event"] == "requeue").unwrap();
+    let why = requeue.data["error"].as_str().unwrap();
+    assert!(why.starts_with("the trained files are missing from storage: ") && why.contains("model.safetensors is not stored"), "{why}");
+    let resp = app.post_json(&user, &format!("/api/v1/lora-models/{id}/cancel"), &json!({})).await;
+    assert_eq!(resp.status(), 200);
 
     // Not a safetensors file: the file check fails the LoRA, with its reason.
+    let (id, token) = training_job(&app, &user, "Bad file").await;
+    let job = job(&app, &id, &token).await;
     let garbage = noise_png(64, 64, 9);
     assert_eq!(put(&app, &job["uploads"]["model"]["url"], garbage.clone()).await, 201);
     for i in 0..3 {
         assert_eq!(put(&app, &job["uploads"]["validation"][i]["url"], noise_png(64, 64, i as u64)).await, 201);
     }
     let body = json!({"attempt": 1, "model": {"bytes": garbage.len()}, "validation": {"images": 3, "scores": null}});
-    let answer: Value = worker_post(&app, &token, &result, &body).await.json().await.unwrap();
-    assert_eq!(answer["status"], "failed");
-    assert!(answer["error"].as_str().unwrap().starts_with("the trained file failed its check"), "{answer}");
+    assert_eq!(worker_post(&app, &token, &format!("/api/v1/worker/jobs/{id}/result"), &body).await.status(), 200);
+    settle(&app).await;
+    let status = status_of(&app, &user, &id).await;
+    assert_eq!(status["training_status"], "failed");
+    assert!(status["error"].as_str().unwrap().starts_with("the trained file failed its check"), "{status}");
+}
+
+#[tokio::test]
+async fn a_failure_the_worker_reports_is_recorded_once_and_decided_by_its_code() {
+    let app = spawn_app_with(Engine::Sqlite, with_small_loras).await;
+    let user = app.user();
+    let (id, token) = training_job(&app, &user, "Diverges").await;
+    let path = format!("/api/v1/worker/jobs/{id}/failure");
+    for bad in [
+        json!({"attempt": 1, "code": "Not A Code"}),
+        json!({"attempt": 1, "code": "trained"}),
+        json!({"attempt": 2, "code": "stopped"}),
+        json!({"code": "stopped"}),
+    ] {
+        let err = error_of(worker_post(&app, &token, &path, &bad).await, 400).await;
+        assert!(["invalid_request", "invalid_json"].contains(&err["code"].as_str().unwrap()), "{bad}: {err}");
+    }
+    let body = json!({"attempt": 1, "code": "non_finite_loss", "reason": "non-finite loss at step 3\u{7}", "retryable": false});
+    let answer: Value = worker_post(&app, &token, &path, &body).await.json().await.unwrap();
+    assert_eq!(answer["recorded"], true);
+    let again: Value = worker_post(&app, &token, &path, &json!({"attempt": 1, "code": "stopped"})).await.json().await.unwrap();
+    assert_eq!(again["recorded"], false, "the first report wins");
+    settle(&app).await;
+    let status = status_of(&app, &user, &id).await;
+    assert_eq!((status["training_status"].as_str(), status["error"].as_str()), (Some("failed"), Some("training diverged: non-finite loss at step 3")));
+    // The owner sees the attempt, its outcome and its cost.
+    let details: Value = app.get(&user, &format!("/api/v1/lora-models/{id}")).await.json().await.unwrap();
+    let attempts = details["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!((attempts[0]["attempt"].as_u64(), attempts[0]["backend"].as_str(), attempts[0]["outcome"].as_str()), (Some(1), Some("elsewhere"), Some("non_finite_loss")));
+    assert_eq!(attempts[0]["message"], "training diverged: non-finite loss at step 3");
+    assert_eq!(attempts[0]["cost"], json!({"micro_usd": 0, "display": "$0"}));
+    assert_eq!(details["training_cost"]["micro_usd"], 0);
+    let stranger = app.user();
+    let seen: Value = app.get(&stranger, &format!("/api/v1/lora-models/{id}")).await.json().await.unwrap();
+    assert_eq!(seen["attempts"], json!([]), "attempts are the owner's");
+
+    // A report before the engine recorded the run is asked to come again.
+    let ds = app.dataset(&user).await;
+    let resp = app.post_json(&user, "/api/v1/lora-models", &json!({"name": "Early", "dataset_id": ds, "params": {"steps": 10, "resolution": 64}})).await;
+    let early = resp.json::<Value>().await.unwrap()["lora_id"].as_str().unwrap().to_owned();
+    let lora: LoraId = early.parse().unwrap();
+    let now = app.clock.now();
+    app.repo.apply_event(lora, StatusEvent::Enqueue, Default::default(), now).await.unwrap();
+    app.repo.claim_next_job("engine-2", 2, now + chrono::Duration::minutes(2), now).await.unwrap().unwrap();
+    let early_token = app.jwt.issue_worker(lora, 1, "engine-2", Duration::from_secs(3600), now).unwrap();
+    let err = error_of(worker_post(&app, &early_token, &format!("/api/v1/worker/jobs/{early}/failure"), &json!({"attempt": 1, "code": "io_error"})).await, 503).await;
+    assert_eq!(err["code"], "run_not_recorded");
 }
 
 #[tokio::test]

@@ -66,6 +66,8 @@ pub struct PlaneState {
     pub puts_seen: Mutex<Vec<PutSeen>>,
     pub progress: Mutex<Vec<Value>>,
     pub results: Mutex<Vec<Value>>,
+    /// Bodies of `POST …/failure`.
+    pub failures: Mutex<Vec<Value>>,
     pub job_gets: AtomicUsize,
     pub puts: AtomicUsize,
     /// Requests with a missing or wrong token or signature.
@@ -122,6 +124,7 @@ impl Plane {
             .route("/api/v1/worker/jobs/{id}", get(get_job))
             .route("/api/v1/worker/jobs/{id}/progress", post(post_progress))
             .route("/api/v1/worker/jobs/{id}/result", post(post_result))
+            .route("/api/v1/worker/jobs/{id}/failure", post(post_failure))
             .route("/files/{*key}", get(get_file).put(put_file))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -177,6 +180,10 @@ impl Plane {
 
     pub fn progress(&self) -> Vec<Value> {
         self.state.progress.lock().unwrap().clone()
+    }
+
+    pub fn failures(&self) -> Vec<Value> {
+        self.state.failures.lock().unwrap().clone()
     }
 
     pub fn results(&self) -> Vec<Value> {
@@ -240,6 +247,19 @@ async fn post_progress(
     }
     progress.push(body);
     Json(json!({"continue": true})).into_response()
+}
+
+async fn post_failure(
+    State(s): State<Arc<PlaneState>>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Some(r) = unauthorized(&s, &headers, &id) {
+        return r;
+    }
+    s.failures.lock().unwrap().push(body);
+    Json(serde_json::json!({"recorded": true, "status": "training", "error": null})).into_response()
 }
 
 async fn post_result(

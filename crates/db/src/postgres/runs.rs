@@ -1,0 +1,312 @@
+//! Training runs on Postgres: one row per attempt, outcomes (first report wins), settling a run's
+//! job in one transaction, and the end of its instance with its cost.
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use loraforge_domain::status::transition;
+use loraforge_domain::{LoraId, LoraModel, MicroUsd, RunId, StatusEvent, TrainingRun};
+
+use super::PgRepository;
+use super::jobs::change_status;
+use super::rows::{fetch_written, insert_event, run_record, ts};
+use crate::common::{CAS_ATTEMPTS, corrupt, parse_status, progress_data, settle_steps, to_u32};
+use crate::{DbError, EventDetail, FaultPoint, NewRun, OpenRun, Result, Settle};
+
+/// Every column of `training_runs r`, for `rows::run_record`.
+macro_rules! run_columns {
+    () => {
+        "r.id, r.lora_id, r.attempt, r.backend, r.engine, r.instance_name, r.provider_id, r.gpu_type, \
+         r.price_per_hour_micros, r.created_at, r.started_at, r.ended_at, r.outcome, r.reason, r.result, \
+         r.settled_at, r.cost_micros, r.instance_gone_at, r.terminate_failures, r.next_terminate_at"
+    };
+}
+
+async fn fetch_run(conn: &mut PgConnection, id: Uuid) -> Result<Option<TrainingRun>> {
+    let row = sqlx::query(concat!("SELECT ", run_columns!(), " FROM training_runs r WHERE r.id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|r| run_record(&r)?.into_run()).transpose()
+}
+
+pub(super) async fn insert_run(repo: &PgRepository, run: &NewRun) -> Result<TrainingRun> {
+    let lora = run.lora_id.as_uuid();
+    let id = run.id.as_uuid();
+    let inserted = in_write_tx!(repo, |conn| async {
+        let holder: Option<(Option<String>, i32, String)> = sqlx::query_as(
+            "SELECT j.worker, j.attempt, m.training_status FROM training_jobs j JOIN lora_models m ON m.id = j.lora_id \
+             WHERE j.lora_id = $1 FOR UPDATE OF j",
+        )
+        .bind(&lora)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let held = holder.is_some_and(|(worker, attempt, status)| {
+            worker.as_deref() == Some(run.engine.as_str()) && i64::from(attempt) == i64::from(run.attempt) && status == "training"
+        });
+        if !held {
+            return Err(DbError::NotFound);
+        }
+        sqlx::query(
+            "INSERT INTO training_runs (id, lora_id, attempt, backend, engine, instance_name, provider_id, gpu_type, \
+             price_per_hour_micros, created_at, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(id)
+        .bind(lora)
+        .bind(i32::try_from(run.attempt).unwrap_or(i32::MAX))
+        .bind(&run.backend)
+        .bind(&run.engine)
+        .bind(&run.instance_name)
+        .bind(&run.provider_id)
+        .bind(&run.gpu_type)
+        .bind(run.price_per_hour.map(MicroUsd::micros))
+        .bind(ts(run.created_at))
+        .bind(ts(run.started_at))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("UPDATE training_jobs SET run_id = $1, start_failures = 0, next_attempt_at = NULL WHERE lora_id = $2")
+            .bind(id)
+            .bind(lora)
+            .execute(&mut *conn)
+            .await?;
+        fetch_run(conn, id).await
+    })?;
+    inserted.ok_or_else(|| corrupt(format!("run {id} vanished inside its own transaction")))
+}
+
+pub(super) async fn get_run(pool: &PgPool, id: RunId) -> Result<Option<TrainingRun>> {
+    let mut conn = pool.acquire().await?;
+    fetch_run(&mut conn, id.as_uuid()).await
+}
+
+pub(super) async fn runs_of(pool: &PgPool, lora: LoraId) -> Result<Vec<TrainingRun>> {
+    let rows = sqlx::query(concat!("SELECT ", run_columns!(), " FROM training_runs r WHERE r.lora_id = $1 ORDER BY r.attempt"))
+        .bind(lora.as_uuid())
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(|r| run_record(r)?.into_run()).collect()
+}
+
+pub(super) async fn open_runs(pool: &PgPool) -> Result<Vec<OpenRun>> {
+    use sqlx::Row;
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        run_columns!(),
+        ", m.training_status AS job_status, j.run_id AS job_run, j.worker AS job_worker, j.failures AS job_failures, \
+         j.attempt AS job_attempt FROM training_runs r JOIN lora_models m ON m.id = r.lora_id \
+         JOIN training_jobs j ON j.lora_id = r.lora_id WHERE r.instance_gone_at IS NULL ORDER BY r.created_at, r.id"
+    ))
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let run = run_record(row)?.into_run()?;
+            let job_run: Option<Uuid> = row.try_get("job_run")?;
+            Ok(OpenRun {
+                current: job_run == Some(run.id.as_uuid()),
+                job_status: parse_status(&row.try_get::<String, _>("job_status")?)?,
+                job_worker: row.try_get("job_worker")?,
+                job_failures: to_u32(i64::from(row.try_get::<i32, _>("job_failures")?), "failures")?,
+                job_attempt: to_u32(i64::from(row.try_get::<i32, _>("job_attempt")?), "attempt")?,
+                run,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn record_run_outcome(
+    repo: &PgRepository,
+    id: RunId,
+    code: &str,
+    reason: Option<&str>,
+    result: Option<&serde_json::Value>,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    repo.faults.check(FaultPoint::RunOutcome)?;
+    let done = sqlx::query(
+        "UPDATE training_runs SET outcome = $1, reason = $2, result = $3, ended_at = $4 WHERE id = $5 AND outcome IS NULL",
+    )
+    .bind(code)
+    .bind(reason)
+    .bind(result.map(Json))
+    .bind(ts(now))
+    .bind(id.as_uuid())
+    .execute(&repo.pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn settle_run(
+    repo: &PgRepository,
+    id: RunId,
+    settle: Settle,
+    now: DateTime<Utc>,
+) -> Result<Option<LoraModel>> {
+    repo.faults.check(FaultPoint::Settle)?;
+    let run_id = id.as_uuid();
+    let now = ts(now);
+    let (steps, progress) = settle_steps(&settle);
+    for _ in 0..CAS_ATTEMPTS {
+        let settled = in_write_tx!(repo, |conn| async {
+            let lora: Option<Uuid> = sqlx::query_scalar(
+                "UPDATE training_runs SET settled_at = $1 WHERE id = $2 AND settled_at IS NULL RETURNING lora_id",
+            )
+            .bind(now)
+            .bind(run_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(lora) = lora else { return Ok(Some(None)) };
+            let mut moved_on = false;
+            for (i, step) in steps.iter().enumerate() {
+                let from: String =
+                    sqlx::query_scalar("SELECT training_status FROM lora_models WHERE id = $1 FOR UPDATE")
+                    .bind(lora)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                let from = parse_status(&from)?;
+                let to = match transition(from, step.event) {
+                    Ok(to) => to,
+                    // The job moved on before this run's outcome was acted on (a cancel won).
+                    Err(_) if i == 0 => {
+                        moved_on = true;
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                if change_status(conn, lora, from, to, step.event, &step.detail, now).await?.is_none() {
+                    return Err(DbError::Conflict);
+                }
+            }
+            if !moved_on {
+                if let Settle::Requeue { counted: true, .. } = &settle {
+                    sqlx::query("UPDATE training_jobs SET failures = failures + 1 WHERE lora_id = $1")
+                        .bind(lora)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                if let Some(p) = &progress {
+                    let status: String = sqlx::query_scalar(
+                        "UPDATE lora_models SET stage = $1, progress = $2, estimated_remaining = $3, updated_at = $4 \
+                         WHERE id = $5 RETURNING training_status",
+                    )
+                    .bind(&p.stage)
+                    .bind(i32::from(p.percent))
+                    .bind(p.estimated_remaining.map(|s| i32::try_from(s).unwrap_or(i32::MAX)))
+                    .bind(now)
+                    .bind(lora)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    insert_event(conn, lora, "progress", parse_status(&status)?, &progress_data(p), now).await?;
+                }
+            }
+            Ok(Some(Some(fetch_written(conn, lora).await?)))
+        });
+        match settled {
+            Ok(Some(model)) => return Ok(model),
+            Ok(None) => return Ok(None),
+            Err(DbError::Conflict) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(DbError::Conflict)
+}
+
+pub(super) async fn record_instance_gone(
+    repo: &PgRepository,
+    id: RunId,
+    cost: MicroUsd,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    repo.faults.check(FaultPoint::InstanceGone)?;
+    let run_id = id.as_uuid();
+    let now = ts(now);
+    let recorded = in_write_tx!(repo, |conn| async {
+        let lora: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE training_runs SET instance_gone_at = $1, cost_micros = $2 \
+             WHERE id = $3 AND instance_gone_at IS NULL RETURNING lora_id",
+        )
+        .bind(now)
+        .bind(cost.micros())
+        .bind(run_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(lora) = lora else { return Ok(None) };
+        sqlx::query("UPDATE lora_models SET training_cost_micros = training_cost_micros + $1 WHERE id = $2")
+            .bind(cost.micros())
+            .bind(lora)
+            .execute(&mut *conn)
+            .await?;
+        Ok(Some(()))
+    })?;
+    Ok(recorded.is_some())
+}
+
+pub(super) async fn record_terminate_failure(
+    pool: &PgPool,
+    id: RunId,
+    error: &str,
+    next_at: DateTime<Utc>,
+) -> Result<u32> {
+    let failures: Option<i32> = sqlx::query_scalar(
+        "UPDATE training_runs SET terminate_failures = terminate_failures + 1, last_terminate_error = $1, \
+         next_terminate_at = $2 WHERE id = $3 RETURNING terminate_failures",
+    )
+    .bind(error)
+    .bind(ts(next_at))
+    .bind(id.as_uuid())
+    .fetch_optional(pool)
+    .await?;
+    to_u32(i64::from(failures.ok_or(DbError::NotFound)?), "terminate_failures")
+}
+
+pub(super) async fn set_status_message(pool: &PgPool, id: LoraId, message: Option<&str>) -> Result<()> {
+    let done = sqlx::query("UPDATE lora_models SET status_message = $1 WHERE id = $2")
+        .bind(message)
+        .bind(id.as_uuid())
+        .execute(pool)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(DbError::NotFound);
+    }
+    Ok(())
+}
+
+pub(super) async fn unclaim(
+    repo: &PgRepository,
+    id: LoraId,
+    worker: &str,
+    message: &str,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let lora = id.as_uuid();
+    let now = ts(now);
+    let done = in_write_tx!(repo, |conn| async {
+        let held: Option<String> = sqlx::query_scalar(
+            "SELECT m.training_status FROM training_jobs j JOIN lora_models m ON m.id = j.lora_id \
+             WHERE j.lora_id = $1 AND j.worker = $2 AND j.run_id IS NULL FOR UPDATE OF j, m",
+        )
+        .bind(lora)
+        .bind(worker)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(from) = held else { return Ok(None) };
+        let from = parse_status(&from)?;
+        let Ok(to) = transition(from, StatusEvent::Requeue) else { return Ok(None) };
+        if change_status(conn, lora, from, to, StatusEvent::Requeue, &EventDetail::default(), now).await?.is_none() {
+            return Ok(None);
+        }
+        sqlx::query("UPDATE training_jobs SET attempt = greatest(attempt - 1, 0), start_failures = 0, next_attempt_at = NULL WHERE lora_id = $1")
+            .bind(lora)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("UPDATE lora_models SET status_message = $1 WHERE id = $2")
+            .bind(message)
+            .bind(lora)
+            .execute(&mut *conn)
+            .await?;
+        Ok(Some(()))
+    })?;
+    Ok(done.is_some())
+}

@@ -1,0 +1,57 @@
+//! Storage keys: where every kind of blob lives in the blob store. The one place keys are made;
+//! the sweeps and the worker protocol use these too.
+
+use crate::validation::VALIDATION_IMAGES;
+use crate::{DatasetId, LoraId, UserId};
+
+/// Validation images live under this prefix (and are swept after 30 days).
+pub const VALIDATION_IMAGES_PREFIX: &str = "lora-validation-images/";
+
+/// `datasets/{user}/{dataset}/{nn}.{ext}`: one training image.
+pub fn dataset_image(user: UserId, dataset: DatasetId, index: usize, extension: &str) -> String {
+    format!("datasets/{user}/{dataset}/{index:02}.{extension}")
+}
+
+/// Where a LoRA's trained files go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputKeys {
+    /// `lora-models/{user}/{lora}/model.safetensors` (diffusers keys).
+    pub model: String,
+    /// `lora-models/{user}/{lora}/model.kohya.safetensors`.
+    pub kohya: String,
+    /// `lora-validation-images/{user}/{lora}/validation/{i}.png`, in order.
+    pub validation: Vec<String>,
+}
+
+impl OutputKeys {
+    pub fn of(user: UserId, lora: LoraId) -> Self {
+        Self {
+            model: format!("lora-models/{user}/{lora}/model.safetensors"),
+            kohya: format!("lora-models/{user}/{lora}/model.kohya.safetensors"),
+            validation: (0..VALIDATION_IMAGES)
+                .map(|i| format!("{VALIDATION_IMAGES_PREFIX}{user}/{lora}/validation/{i}.png"))
+                .collect(),
+        }
+    }
+
+    /// The kohya file next to a model file key, if `model` is one.
+    pub fn kohya_of(model: &str) -> Option<String> {
+        model.strip_suffix("model.safetensors").map(|dir| format!("{dir}model.kohya.safetensors"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_prd_layout() {
+        let (u, l) = (UserId::new(), LoraId::new());
+        let k = OutputKeys::of(u, l);
+        assert_eq!(k.model, format!("lora-models/{u}/{l}/model.safetensors"));
+        assert_eq!(OutputKeys::kohya_of(&k.model), Some(k.kohya.clone()));
+        assert_eq!(k.validation[2], format!("lora-validation-images/{u}/{l}/validation/2.png"));
+        let d = DatasetId::new();
+        assert_eq!(dataset_image(u, d, 3, "png"), format!("datasets/{u}/{d}/03.png"));
+    }
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares what the test suites need beyond cargo: a Python venv with moto_server, the
-# S3-speaking fake the storage conformance suite (crates/storage/tests) runs against.
+# S3-speaking fake the storage conformance suite (crates/storage/tests) runs against, and
+# botocore, whose SigV4 presigner that suite checks our presigned URLs with.
 #
 # Idempotent (see pinned-venv.sh): the venv lives at
 # ${LORAFORGE_CACHE:-$HOME/.cache/loraforge}/venv-test and is rebuilt only when the pins or the

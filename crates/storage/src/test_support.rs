@@ -52,11 +52,7 @@ impl S3Server {
             );
             return S3Server { endpoint, child: None };
         }
-        let cache = std::env::var_os("LORAFORGE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").expect("HOME is not set");
-            PathBuf::from(home).join(".cache/loraforge")
-        });
-        let venv = cache.join("venv-test");
+        let venv = test_venv();
         assert!(
             venv.join("bin/moto_server").is_file() && venv.join(".loraforge-pins").is_file(),
             "the S3 tests need moto_server, and {} has none (or is half-built): run \
@@ -92,6 +88,17 @@ impl Drop for S3Server {
             let _ = child.wait();
         }
     }
+}
+
+/// The venv `scripts/test-env.sh` builds: `${LORAFORGE_CACHE:-$HOME/.cache/loraforge}/venv-test`.
+/// Its `bin/python` runs moto_server and the tests' Python helpers (botocore is pinned there).
+/// Only the path; nothing checks that it exists.
+pub fn test_venv() -> PathBuf {
+    let cache = std::env::var_os("LORAFORGE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").expect("HOME is not set");
+        PathBuf::from(home).join(".cache/loraforge")
+    });
+    cache.join("venv-test")
 }
 
 /// Starts moto_server on a free loopback port and waits (bounded) until it answers HTTP.

@@ -1,7 +1,8 @@
 //! One suite for the `BlobStore` contract: every story is written once against
 //! `Arc<dyn BlobStore>` and run against the local store (a temp dir) and the S3 store (moto_server
 //! on 127.0.0.1, see `support`). Run `scripts/test-env.sh` once before; without its venv the S3
-//! half fails and says so.
+//! half fails and says so. Every signed link, GET and PUT, S3 and local, is also put through an
+//! independent verifier (botocore's SigV4 presigner; Python's hmac), see `support::verifier`.
 
 mod support;
 
@@ -9,10 +10,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use loraforge_storage::signing::{Access, UrlSigner};
 use loraforge_storage::{SignedQuery, StorageError};
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
-use support::sigv4::{self, Refusal};
+use support::verifier::{self, Method, Reason};
 use support::{Backend, Kind};
 use url::Url;
 
@@ -52,9 +54,58 @@ conformance!(
     keys_stay_inside_the_root_or_prefix,
     ping_answers,
     list_finds_the_objects_under_a_folder,
+    signed_links_pass_an_independent_verifier,
 );
 
 const TTL: Duration = Duration::from_secs(300);
+
+/// The verifier itself, on a link none of our code made: the presigned GET worked through in
+/// the AWS documentation (sigv4-query-string-auth.html, "Example"). It must accept it for its
+/// 86400 s and no longer, and refuse it as a PUT.
+#[test]
+fn the_verifier_accepts_the_aws_documentation_example() {
+    let url = Url::parse(
+        "https://examplebucket.s3.amazonaws.com/test.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256\
+         &X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request\
+         &X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host\
+         &X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404",
+    )
+    .expect("url");
+    let args = [
+        "s3",
+        "--access-key=AKIAIOSFODNN7EXAMPLE",
+        "--secret-key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "--region=us-east-1",
+    ]
+    .map(String::from);
+    let signed_at = 1_369_353_600; // 2013-05-24T00:00:00Z
+    let checks = [
+        (&url, Method::Get, at(signed_at)),
+        (&url, Method::Get, at(signed_at + 86_399)),
+        (&url, Method::Get, at(signed_at + 86_400)),
+        (&url, Method::Put, at(signed_at)),
+    ];
+    let reasons: Vec<Reason> = verifier::run(&args, &checks).into_iter().map(|v| v.reason).collect();
+    assert_eq!(reasons, [Reason::Ok, Reason::Ok, Reason::Expired, Reason::BadSignature]);
+}
+
+/// The local link format pinned by a third implementation: the signature below is
+/// `printf 'loraforge-file-put-v1\nloras/abc/model.safetensors\n1800000000' |
+/// openssl dgst -sha256 -hmac conformance-signing-key-32-bytes!`. Our signer and the verifier
+/// must both agree with it.
+#[test]
+fn local_upload_signature_matches_openssl() {
+    const SIG: &str = "294c3db31611a3e535c283328d6bfdf9fcd9b92426d0407bb77af90296428438";
+    let key = "loras/abc/model.safetensors";
+    let signer = UrlSigner::new(secrecy::SecretSlice::from(support::LOCAL_SIGNING_KEY.to_vec())).expect("signer");
+    assert_eq!(signer.sign_for(Access::Write, key, 1_800_000_000).expect("sign"), SIG);
+    let url = Url::parse(&format!("{}files/{key}?expires=1800000000&sig={SIG}", support::LOCAL_BASE_URL)).expect("url");
+    let backend = support::local_backend();
+    let checks =
+        [(&url, Method::Put, at(1_799_999_999)), (&url, Method::Get, at(0)), (&url, Method::Put, at(1_800_000_000))];
+    let reasons: Vec<Reason> = verifier::verify(&backend.kind, &checks).into_iter().map(|v| v.reason).collect();
+    assert_eq!(reasons, [Reason::Ok, Reason::BadSignature, Reason::Expired]);
+}
 
 async fn put_get_head_delete_round_trip(b: &Backend) {
     let s = &b.store;
@@ -179,7 +230,8 @@ async fn signed_url_gives_the_exact_bytes(b: &Backend) {
             assert_eq!(response.status(), 200, "{url}");
             let got = response.bytes().await.expect("body");
             assert_eq!(got.as_ref(), body.as_slice());
-            assert_eq!(sigv4::verify(&url, support::SECRET_KEY, support::REGION, Utc::now()), Ok(()));
+            let verdict = &verifier::verify(&b.kind, &[(&url, Method::Get, Utc::now())])[0];
+            assert_eq!(verdict.reason, Reason::Ok, "{verdict:?}");
             // The object itself is private: the same URL without its signature is refused.
             let mut bare = url.clone();
             bare.set_query(None);
@@ -216,9 +268,16 @@ async fn signed_upload_url_writes_the_exact_bytes(b: &Backend) {
             let q = SignedQuery { expires: 0, sig: String::new() };
             let r = s.put_signed(key, &q, Bytes::from_static(b"x"), now).await;
             assert!(matches!(r, Err(StorageError::NotServedLocally)), "{r:?}");
+            // moto takes any signature (see support/verifier.rs): botocore checks this one, moto
+            // shows the upload lands where a GET finds it.
+            let verdict = &verifier::verify(&b.kind, &[(&url, Method::Put, Utc::now())])[0];
+            assert_eq!(verdict.reason, Reason::Ok, "{verdict:?}");
+            assert_eq!(verdict.expires_at.zip(verdict.signed_at).map(|(e, s)| e - s), Some(300), "{verdict:?}");
             let response = reqwest::Client::new().put(url.clone()).body(body.clone()).send().await.expect("PUT");
             assert!(response.status().is_success(), "{} {url}", response.status());
-            assert!(url.query_pairs().any(|(k, v)| k == "X-Amz-Expires" && v == "300"), "{url}");
+            let read = s.signed_get_url(key, TTL, Utc::now()).await.expect("get url");
+            let got = reqwest::get(read).await.expect("GET presigned URL").bytes().await.expect("body");
+            assert!(got.as_ref() == body.as_slice(), "the presigned GET gave other bytes than were PUT");
         }
     }
     assert_eq!(s.get(key).await.expect("uploaded").as_ref(), body.as_slice());
@@ -241,20 +300,19 @@ async fn expired_signed_url_is_refused(b: &Backend) {
             assert!(matches!(s.open_signed(&key, &query, long_after).await, Err(StorageError::LinkExpired)));
         }
         Kind::S3 { .. } => {
-            // moto_server does not enforce presigned expiry (see support/sigv4.rs), so we check
-            // that the URL carries the right date and lifetime, and that an S3-exact verifier
-            // accepts it inside that window and refuses it from its last instant on.
-            let before = Utc::now() - chrono::Duration::seconds(1);
+            // moto_server does not enforce presigned expiry (see support/verifier.rs), so we
+            // check that the URL is dated by the wall clock with the right lifetime, and that
+            // botocore accepts it inside that window and refuses it from its last instant on.
+            let before = Utc::now().timestamp();
             let url = s.signed_get_url(key, Duration::from_secs(1), Utc::now()).await.expect("url");
-            let after = Utc::now();
-            let fields = sigv4::fields(&url).expect("presigned fields");
-            assert_eq!(fields.expires_in_s, 1);
-            assert!(before <= fields.signed_at && fields.signed_at <= after, "X-Amz-Date {fields:?}");
-            assert!(fields.credential.starts_with("testing/"), "{fields:?}");
-            let (secret, region) = (support::SECRET_KEY, support::REGION);
-            assert_eq!(sigv4::verify(&url, secret, region, fields.signed_at), Ok(()));
-            let at_expiry = fields.signed_at + chrono::Duration::seconds(1);
-            assert_eq!(sigv4::verify(&url, secret, region, at_expiry), Err(Refusal::Expired));
+            let after = Utc::now().timestamp();
+            let first = &verifier::verify(&b.kind, &[(&url, Method::Get, Utc::now())])[0];
+            let signed_at = first.signed_at.expect("X-Amz-Date");
+            assert!(before <= signed_at && signed_at <= after, "X-Amz-Date {first:?}");
+            assert_eq!(first.expires_at, Some(signed_at + 1), "{first:?}");
+            let checks = [(&url, Method::Get, at(signed_at)), (&url, Method::Get, at(signed_at + 1))];
+            let reasons: Vec<Reason> = verifier::verify(&b.kind, &checks).into_iter().map(|v| v.reason).collect();
+            assert_eq!(reasons, [Reason::Ok, Reason::Expired]);
         }
     }
 }
@@ -279,17 +337,15 @@ async fn tampered_signed_url_is_refused(b: &Backend) {
             assert_eq!(s.open_signed(&key, &query, now).await.expect("untouched").as_ref(), b"one");
         }
         Kind::S3 { .. } => {
-            // moto serves tampered presigned URLs too (see support/sigv4.rs); the verifier plays S3.
-            let (secret, region) = (support::SECRET_KEY, support::REGION);
-            assert_eq!(sigv4::verify(&url, secret, region, now), Ok(()));
+            // moto serves tampered presigned URLs too (see support/verifier.rs); botocore plays S3.
             let sig = url.query_pairs().find(|(k, _)| k == "X-Amz-Signature").expect("signature").1.into_owned();
             let flipped = with_query(&url, "X-Amz-Signature", &flip_hex(&sig));
-            assert_eq!(sigv4::verify(&flipped, secret, region, now), Err(Refusal::BadSignature));
             let longer = with_query(&url, "X-Amz-Expires", "604800");
-            assert_eq!(sigv4::verify(&longer, secret, region, now), Err(Refusal::BadSignature));
             let mut moved = url.clone();
             moved.set_path(&url.path().replace("one.png", "two.png"));
-            assert_eq!(sigv4::verify(&moved, secret, region, now), Err(Refusal::BadSignature));
+            let checks = [&url, &flipped, &longer, &moved].map(|u| (u, Method::Get, now));
+            let reasons: Vec<Reason> = verifier::verify(&b.kind, &checks).into_iter().map(|v| v.reason).collect();
+            assert_eq!(reasons, [Reason::Ok, Reason::BadSignature, Reason::BadSignature, Reason::BadSignature]);
         }
     }
 }
@@ -326,6 +382,81 @@ async fn keys_stay_inside_the_root_or_prefix(b: &Backend) {
 
 async fn ping_answers(b: &Backend) {
     b.store.ping().await.expect("ping");
+}
+
+/// GET and PUT links, checked by code that is not ours (botocore's SigV4 presigner for S3,
+/// Python's hmac for the local route): accepted as made, refused as expired from their expiry
+/// instant on, and refused as a bad signature once anything signed is changed.
+async fn signed_links_pass_an_independent_verifier(b: &Backend) {
+    let s = &b.store;
+    let key = "loras/v1/model.safetensors";
+    let (sig_param, expiry_param) = match &b.kind {
+        Kind::Local { .. } => ("sig", "expires"),
+        Kind::S3 { .. } => ("X-Amz-Signature", "X-Amz-Expires"),
+    };
+    for method in [Method::Get, Method::Put] {
+        let now = Utc::now();
+        let url = match method {
+            Method::Get => s.signed_get_url(key, TTL, now).await,
+            Method::Put => s.signed_put_url(key, TTL, now).await,
+        }
+        .expect("signed url");
+        let first = &verifier::verify(&b.kind, &[(&url, method, now)])[0];
+        assert_eq!(first.reason, Reason::Ok, "{method:?} {url}: {first:?}");
+        let expires_at = first.expires_at.expect("expiry");
+        // S3 dates the link by the wall clock when it signs, which may be a second after `now`.
+        let issued = first.signed_at.unwrap_or(now.timestamp());
+        assert!((0..=5).contains(&(issued - now.timestamp())), "{first:?}");
+        assert_eq!(expires_at, issued + TTL.as_secs() as i64, "{first:?}");
+
+        let value = |name: &str| url.query_pairs().find(|(k, _)| k == name).expect(name).1.into_owned();
+        let flipped = with_query(&url, sig_param, &flip_hex(&value(sig_param)));
+        let mut moved = url.clone();
+        moved.set_path(&url.path().replace("model.safetensors", "other.safetensors"));
+        assert_ne!(moved, url);
+        let longer_value = match &b.kind {
+            Kind::Local { .. } => (expires_at + 86_400).to_string(),
+            Kind::S3 { .. } => "604800".to_owned(),
+        };
+        let longer = with_query(&url, expiry_param, &longer_value);
+        let mut unsigned = url.clone();
+        let kept: Vec<(String, String)> =
+            url.query_pairs().filter(|(k, _)| k != sig_param).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        unsigned.query_pairs_mut().clear().extend_pairs(kept);
+
+        let cases = [
+            ("just before expiry", &url, method, at(expires_at - 1), Reason::Ok),
+            ("at the expiry instant", &url, method, at(expires_at), Reason::Expired),
+            ("a month later", &url, method, at(expires_at + 30 * 86_400), Reason::Expired),
+            ("one signature character flipped", &flipped, method, now, Reason::BadSignature),
+            ("moved to another key", &moved, method, now, Reason::BadSignature),
+            ("expiry extended", &longer, method, now, Reason::BadSignature),
+            ("expiry extended, used after the real one", &longer, method, at(expires_at + 10), Reason::BadSignature),
+            ("used for the other method", &url, method.other(), now, Reason::BadSignature),
+            ("signature removed", &unsigned, method, now, Reason::Malformed),
+        ];
+        let checks: Vec<_> = cases.iter().map(|(_, u, m, t, _)| (*u, *m, *t)).collect();
+        let verdicts = verifier::verify(&b.kind, &checks);
+        for ((what, u, m, _, want), got) in cases.iter().zip(&verdicts) {
+            assert_eq!(&got.reason, want, "{method:?} link {what}: {m:?} {u} gave {:?}: {}", got.reason, got.detail);
+        }
+        // Our own route check (what `/files/{key}` runs) must agree with the independent one.
+        if let Kind::Local { .. } = &b.kind {
+            for (what, u, m, t, want) in cases.iter().filter(|c| c.4 != Reason::Malformed) {
+                let (served_key, query) = local_route(u);
+                let ours = match m {
+                    Method::Get => s.open_signed(&served_key, &query, *t).await.map(drop),
+                    Method::Put => s.put_signed(&served_key, &query, Bytes::from_static(b"up"), *t).await,
+                };
+                let same = match want {
+                    Reason::Ok => ours.is_ok() || ours.as_ref().is_err_and(StorageError::is_not_found),
+                    Reason::Expired => matches!(ours, Err(StorageError::LinkExpired)),
+                    _ => matches!(ours, Err(StorageError::BadSignature)),
+                };
+                assert!(same, "{method:?} link {what}: open_signed/put_signed gave {ours:?}, the verifier {want:?}");
+            }
+        }
+    }
 }
 
 // Helpers.

@@ -2,7 +2,7 @@
 //! real S3-speaking server on loopback ([`S3Server`], shared with other crates' tests). Each S3
 //! test gets a fresh bucket.
 
-pub mod sigv4;
+pub mod verifier;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +16,10 @@ use secrecy::{SecretSlice, SecretString};
 use url::Url;
 
 pub use loraforge_storage::test_support::{ACCESS_KEY, REGION, S3Server, SECRET_KEY};
+
+/// Where the local store's links point, and the key it signs them with.
+pub const LOCAL_BASE_URL: &str = "http://127.0.0.1:9/lf/";
+pub const LOCAL_SIGNING_KEY: &[u8] = b"conformance-signing-key-32-bytes!";
 
 /// Every S3 test store works under this prefix, so every story also checks prefixing.
 pub const S3_PREFIX: &str = "tenant-a/blobs";
@@ -43,8 +47,8 @@ pub enum Kind {
 pub fn local_backend() -> Backend {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("blobs");
-    let base = Url::parse("http://127.0.0.1:9/lf/").expect("url");
-    let key = SecretSlice::from(b"conformance-signing-key-32-bytes!".to_vec());
+    let base = Url::parse(LOCAL_BASE_URL).expect("url");
+    let key = SecretSlice::from(LOCAL_SIGNING_KEY.to_vec());
     let store = LocalStore::new(&root, base, key).expect("local store");
     Backend { store: Arc::new(store), kind: Kind::Local { root, _dir: dir } }
 }

@@ -61,3 +61,5 @@ say "running cargo test (target dir $CARGO_TARGET_DIR)"
 cargo test --workspace --locked "$@"
 say "running the trainer's tests (pytest, CPU, tiny model built at test time)"
 (cd trainer && HF_HUB_OFFLINE=1 "$cache/venv-trainer/bin/python" -m pytest -q -p no:cacheprovider)
+say "running the RunPod serverless handler's tests (docker/tests, a fake loraforge, no SDK)"
+"$cache/venv-trainer/bin/python" -m pytest -q -p no:cacheprovider docker/tests

@@ -24,13 +24,21 @@ impl ImageSpec {
         Self::default()
     }
 
-    pub fn program(program: impl Into<PathBuf>, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        Self { program: Some(program.into()), args: args.into_iter().map(Into::into).collect(), env: Vec::new() }
+    pub fn program(
+        program: impl Into<PathBuf>,
+        args: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        Self {
+            program: Some(program.into()),
+            args: args.into_iter().map(Into::into).collect(),
+            env: Vec::new(),
+        }
     }
 
     /// `/bin/sh -c script`, with a `PATH` so the script finds the usual tools.
     pub fn shell(script: impl Into<String>) -> Self {
-        Self::program("/bin/sh", ["-c".to_owned(), script.into()]).with_env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        Self::program("/bin/sh", ["-c".to_owned(), script.into()])
+            .with_env("PATH", "/usr/local/bin:/usr/bin:/bin")
     }
 
     pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
@@ -53,7 +61,11 @@ pub struct GpuType {
 impl GpuType {
     /// `price` as decimal dollars per hour ("0.79"). Panics on anything else (config is code).
     pub fn new(id: impl Into<String>, available: u32, price: &str) -> Self {
-        Self { id: id.into(), available, cost_per_hr_micros: parse_price(price).expect("price like \"0.79\"") }
+        Self {
+            id: id.into(),
+            available,
+            cost_per_hr_micros: parse_price(price).expect("price like \"0.79\""),
+        }
     }
 }
 
@@ -82,7 +94,11 @@ pub struct EndpointSpec {
 
 impl EndpointSpec {
     pub fn new(id: impl Into<String>, image: ImageSpec) -> Self {
-        Self { id: id.into(), image, max_workers: 4 }
+        Self {
+            id: id.into(),
+            image,
+            max_workers: 4,
+        }
     }
 }
 

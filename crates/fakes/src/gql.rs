@@ -16,7 +16,11 @@ pub(crate) struct RootField {
 }
 
 pub(crate) fn parse_root(query: &str, variables: &Map<String, Value>) -> Result<RootField, String> {
-    let mut p = Parser { s: query.as_bytes(), i: 0, variables };
+    let mut p = Parser {
+        s: query.as_bytes(),
+        i: 0,
+        variables,
+    };
     p.skip_ignored();
     if p.peek_name_is("query") || p.peek_name_is("mutation") {
         p.name()?;
@@ -61,7 +65,12 @@ pub(crate) fn parse_root(query: &str, variables: &Map<String, Value>) -> Result<
         response_key = name.clone();
     }
     let rest = String::from_utf8_lossy(&p.s[p.i..]).into_owned();
-    Ok(RootField { name, response_key, args, rest })
+    Ok(RootField {
+        name,
+        response_key,
+        args,
+        rest,
+    })
 }
 
 struct Parser<'a> {
@@ -114,7 +123,8 @@ impl Parser<'_> {
 
     fn peek_name_is(&self, word: &str) -> bool {
         let end = self.i + word.len();
-        self.s.get(self.i..end) == Some(word.as_bytes()) && !self.s.get(end).copied().is_some_and(is_name_char)
+        self.s.get(self.i..end) == Some(word.as_bytes())
+            && !self.s.get(end).copied().is_some_and(is_name_char)
     }
 
     fn name(&mut self) -> Result<String, String> {
@@ -190,11 +200,15 @@ impl Parser<'_> {
             Some(b) if b == b'-' || b.is_ascii_digit() => {
                 let start = self.i;
                 self.i += 1;
-                while self.peek().is_some_and(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-')) {
+                while self.peek().is_some_and(|b| {
+                    b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-')
+                }) {
                     self.i += 1;
                 }
-                let text = std::str::from_utf8(&self.s[start..self.i]).map_err(|_| self.err("bad number"))?;
-                let number: Number = serde_json::from_str(text).map_err(|_| self.err("bad number"))?;
+                let text = std::str::from_utf8(&self.s[start..self.i])
+                    .map_err(|_| self.err("bad number"))?;
+                let number: Number =
+                    serde_json::from_str(text).map_err(|_| self.err("bad number"))?;
                 Ok(Value::Number(number))
             }
             Some(b) if is_name_start(b) => {
@@ -221,7 +235,8 @@ impl Parser<'_> {
                 b'\\' => self.i += 2,
                 b'"' => {
                     self.i += 1;
-                    let text = std::str::from_utf8(&self.s[start..self.i]).map_err(|_| self.err("bad string"))?;
+                    let text = std::str::from_utf8(&self.s[start..self.i])
+                        .map_err(|_| self.err("bad string"))?;
                     return serde_json::from_str(text).map_err(|_| self.err("bad string"));
                 }
                 b'\n' => return Err(self.err("unterminated string")),
@@ -253,7 +268,10 @@ mod tests {
         assert_eq!(input["cloudType"], "ALL");
         assert_eq!(input["gpuCount"], 1);
         assert_eq!(input["gpuTypeId"], "NVIDIA RTX A6000");
-        assert_eq!(input["env"], json!([{"key": "JUPYTER_PASSWORD", "value": "p\"w"}]));
+        assert_eq!(
+            input["env"],
+            json!([{"key": "JUPYTER_PASSWORD", "value": "p\"w"}])
+        );
         assert_eq!(input["minDownload"], 1.5);
         assert_eq!(input["supportPublicIp"], true);
         assert!(root.rest.contains("machineId"));
@@ -261,7 +279,10 @@ mod tests {
 
     #[test]
     fn resolves_variables_and_skips_definitions() {
-        let vars = json!({"input": {"podId": "abc"}}).as_object().unwrap().clone();
+        let vars = json!({"input": {"podId": "abc"}})
+            .as_object()
+            .unwrap()
+            .clone();
         let q = "mutation TerminatePod($input: PodTerminateInput!) { podTerminate(input: $input) }";
         let root = parse_root(q, &vars).unwrap();
         assert_eq!(root.name, "podTerminate");
@@ -269,7 +290,10 @@ mod tests {
         let q = "query Pod($id: String!) { p: pod(input: {podId: $id}) { id } }";
         let vars = json!({"id": "xyz"}).as_object().unwrap().clone();
         let root = parse_root(q, &vars).unwrap();
-        assert_eq!((root.name.as_str(), root.response_key.as_str()), ("pod", "p"));
+        assert_eq!(
+            (root.name.as_str(), root.response_key.as_str()),
+            ("pod", "p")
+        );
         assert_eq!(root.args["input"]["podId"], "xyz");
     }
 

@@ -91,11 +91,18 @@ pub(crate) fn endpoint<'a>(shared: &'a Shared, id: &str) -> Option<&'a EndpointS
 
 /// `POST /run` with a parsed body: queues the job and starts it if a worker is free.
 pub(crate) fn run(shared: &Arc<Shared>, endpoint_id: &str, body: &Value) -> Result<Value, String> {
-    let input = body.get("input").cloned().filter(|v| !v.is_null()).ok_or("input is required")?;
+    let input = body
+        .get("input")
+        .cloned()
+        .filter(|v| !v.is_null())
+        .ok_or("input is required")?;
     let execution_timeout = match body.pointer("/policy/executionTimeout") {
         None | Some(Value::Null) => DEFAULT_EXECUTION_TIMEOUT,
         // The documented 5 s minimum is not enforced, so tests can time out quickly.
-        Some(v) => Duration::from_millis(v.as_u64().ok_or("policy.executionTimeout must be milliseconds")?),
+        Some(v) => Duration::from_millis(
+            v.as_u64()
+                .ok_or("policy.executionTimeout must be milliseconds")?,
+        ),
     };
     let id = uuid::Uuid::new_v4().to_string();
     let mut st = shared.lock();
@@ -116,8 +123,14 @@ pub(crate) fn run(shared: &Arc<Shared>, endpoint_id: &str, body: &Value) -> Resu
             process: None,
         },
     );
-    st.queues.entry(endpoint_id.to_owned()).or_default().push_back(id.clone());
-    st.log_call(CallOp::Run { endpoint: endpoint_id.to_owned(), job_id: id.clone() });
+    st.queues
+        .entry(endpoint_id.to_owned())
+        .or_default()
+        .push_back(id.clone());
+    st.log_call(CallOp::Run {
+        endpoint: endpoint_id.to_owned(),
+        job_id: id.clone(),
+    });
     let answer = json!({"id": id, "status": "IN_QUEUE"});
     pump(shared, &mut st, endpoint_id);
     Ok(answer)
@@ -125,9 +138,14 @@ pub(crate) fn run(shared: &Arc<Shared>, endpoint_id: &str, body: &Value) -> Resu
 
 /// Starts queued jobs while the endpoint has free workers.
 fn pump(shared: &Arc<Shared>, st: &mut State, endpoint_id: &str) {
-    let Some(spec) = endpoint(shared, endpoint_id) else { return };
-    while !st.shutting_down && st.running.get(endpoint_id).copied().unwrap_or(0) < spec.max_workers {
-        let Some(id) = st.queues.get_mut(endpoint_id).and_then(|q| q.pop_front()) else { break };
+    let Some(spec) = endpoint(shared, endpoint_id) else {
+        return;
+    };
+    while !st.shutting_down && st.running.get(endpoint_id).copied().unwrap_or(0) < spec.max_workers
+    {
+        let Some(id) = st.queues.get_mut(endpoint_id).and_then(|q| q.pop_front()) else {
+            break;
+        };
         start(shared, st, spec, &id);
     }
 }
@@ -139,13 +157,18 @@ fn input_text(input: &Value, key: &str) -> Option<String> {
 /// One queued job onto a worker: `env_clear()` + image env + the `LORAFORGE_*` variables our
 /// RunPod handler derives from the input + `input.env`.
 fn start(shared: &Arc<Shared>, st: &mut State, spec: &EndpointSpec, id: &str) {
-    let Some(job) = st.jobs.get_mut(id) else { return };
+    let Some(job) = st.jobs.get_mut(id) else {
+        return;
+    };
     if job.state != FakeJobState::InQueue {
         return;
     }
     job.started = Some(Instant::now());
-    let (server, lora, token) =
-        (input_text(&job.input, "server"), input_text(&job.input, "lora_id"), input_text(&job.input, "token"));
+    let (server, lora, token) = (
+        input_text(&job.input, "server"),
+        input_text(&job.input, "lora_id"),
+        input_text(&job.input, "token"),
+    );
     let (Some(server), Some(lora), Some(token)) = (server, lora, token) else {
         job.error = Some("input.server, input.lora_id and input.token are required strings".into());
         job.finish(FakeJobState::Failed);
@@ -157,7 +180,11 @@ fn start(shared: &Arc<Shared>, st: &mut State, spec: &EndpointSpec, id: &str) {
         ("LORAFORGE_WORKER_TOKEN".to_owned(), token),
     ];
     if let Some(extra) = job.input.get("env").and_then(Value::as_object) {
-        env.extend(extra.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))));
+        env.extend(
+            extra
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))),
+        );
     }
     let timeout = job.execution_timeout;
     let log = shared.logs_dir.join(format!("job-{id}.log"));
@@ -176,7 +203,17 @@ fn start(shared: &Arc<Shared>, st: &mut State, spec: &EndpointSpec, id: &str) {
     st.procs.insert(key, pid);
     *st.running.entry(spec.id.clone()).or_default() += 1;
     let stdout = child.stdout.take().expect("piped");
-    tokio::spawn(supervise(Arc::clone(shared), id.to_owned(), spec.id.clone(), key, pid, child, stdout, log, timeout));
+    tokio::spawn(supervise(
+        Arc::clone(shared),
+        id.to_owned(),
+        spec.id.clone(),
+        key,
+        pid,
+        child,
+        stdout,
+        log,
+        timeout,
+    ));
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -205,7 +242,11 @@ async fn supervise(
     };
     // The group is gone or the program closed stdout; a leftover grandchild holding the pipe
     // must not hold the job forever.
-    let last = tokio::time::timeout(Duration::from_secs(1), reader).await.ok().and_then(Result::ok).flatten();
+    let last = tokio::time::timeout(Duration::from_secs(1), reader)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
     let mut st = shared.lock();
     st.procs.remove(&key);
     if let Some(n) = st.running.get_mut(&endpoint_id) {
@@ -215,7 +256,9 @@ async fn supervise(
         job.process = None;
         if job.state == FakeJobState::InProgress {
             let exit_code = status.as_ref().map(process::exit_code).ok();
-            let outcome = last.and_then(|line| serde_json::from_str::<Value>(&line).ok()).unwrap_or(Value::Null);
+            let outcome = last
+                .and_then(|line| serde_json::from_str::<Value>(&line).ok())
+                .unwrap_or(Value::Null);
             job.output = Some(json!({"exit_code": exit_code, "outcome": outcome}));
             job.finish(FakeJobState::Completed);
         }
@@ -225,7 +268,12 @@ async fn supervise(
 
 /// Copies stdout into the job's log and returns its last non-empty line.
 async fn last_line(stdout: tokio::process::ChildStdout, log: std::path::PathBuf) -> Option<String> {
-    let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&log).await.ok();
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .await
+        .ok();
     let mut lines = BufReader::new(stdout).lines();
     let mut last = None;
     while let Ok(Some(line)) = lines.next_line().await {
@@ -242,7 +290,10 @@ async fn last_line(stdout: tokio::process::ChildStdout, log: std::path::PathBuf)
 /// `GET /status/{id}`: `None` → 404.
 pub(crate) fn status(shared: &Shared, endpoint_id: &str, id: &str) -> Option<Value> {
     let st = shared.lock();
-    st.jobs.get(id).filter(|j| j.endpoint == endpoint_id).map(JobRecord::to_json)
+    st.jobs
+        .get(id)
+        .filter(|j| j.endpoint == endpoint_id)
+        .map(JobRecord::to_json)
 }
 
 /// `POST /cancel/{id}`: a queued or running job becomes CANCELLED (its process group killed);
@@ -250,7 +301,11 @@ pub(crate) fn status(shared: &Shared, endpoint_id: &str, id: &str) -> Option<Val
 pub(crate) fn cancel(shared: &Shared, endpoint_id: &str, id: &str) -> Option<Value> {
     let mut st = shared.lock();
     let found = st.jobs.get(id).is_some_and(|j| j.endpoint == endpoint_id);
-    st.log_call(CallOp::Cancel { endpoint: endpoint_id.to_owned(), job_id: id.to_owned(), found });
+    st.log_call(CallOp::Cancel {
+        endpoint: endpoint_id.to_owned(),
+        job_id: id.to_owned(),
+        found,
+    });
     if !found {
         return None;
     }
@@ -270,7 +325,9 @@ pub(crate) fn cancel(shared: &Shared, endpoint_id: &str, id: &str) -> Option<Val
 /// The worker running `id` dies: FAILED with the JSON-encoded error runpod-python reports.
 pub(crate) fn kill(shared: &Shared, id: &str) -> bool {
     let mut st = shared.lock();
-    let Some(job) = st.jobs.get_mut(id) else { return false };
+    let Some(job) = st.jobs.get_mut(id) else {
+        return false;
+    };
     if job.state != FakeJobState::InProgress {
         return false;
     }
@@ -293,7 +350,12 @@ pub(crate) fn kill(shared: &Shared, id: &str) -> bool {
 /// `GET /health`.
 pub(crate) fn health(shared: &Shared, spec: &EndpointSpec) -> Value {
     let st = shared.lock();
-    let count = |state: FakeJobState| st.jobs.values().filter(|j| j.endpoint == spec.id && j.state == state).count();
+    let count = |state: FakeJobState| {
+        st.jobs
+            .values()
+            .filter(|j| j.endpoint == spec.id && j.state == state)
+            .count()
+    };
     let running = st.running.get(&spec.id).copied().unwrap_or(0);
     json!({
         "jobs": {

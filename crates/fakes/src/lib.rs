@@ -30,7 +30,9 @@ mod process;
 mod server;
 mod state;
 
-pub use config::{EndpointSpec, FakeConfig, GpuType, ImageSpec, TerminateUnknown, TerminatedPods, parse_price};
+pub use config::{
+    EndpointSpec, FakeConfig, GpuType, ImageSpec, TerminateUnknown, TerminatedPods, parse_price,
+};
 pub use pods::NO_CAPACITY_MESSAGE;
 pub use state::{Call, CallOp};
 
@@ -99,7 +101,10 @@ impl FakeJobState {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Cancelled | Self::TimedOut)
+        matches!(
+            self,
+            Self::Completed | Self::Failed | Self::Cancelled | Self::TimedOut
+        )
     }
 }
 
@@ -130,7 +135,9 @@ pub struct FakeRunpod {
 
 impl std::fmt::Debug for FakeRunpod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakeRunpod").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("FakeRunpod")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -138,7 +145,9 @@ impl FakeRunpod {
     /// Binds `config.bind` and serves until dropped. Panics when it cannot bind (test helper);
     /// see [`FakeRunpod::try_start`].
     pub async fn start(config: FakeConfig) -> Self {
-        Self::try_start(config).await.expect("fake RunPod could not start")
+        Self::try_start(config)
+            .await
+            .expect("fake RunPod could not start")
     }
 
     pub async fn try_start(config: FakeConfig) -> io::Result<Self> {
@@ -165,7 +174,13 @@ impl FakeRunpod {
                 tracing::warn!(%error, "fake RunPod server stopped");
             }
         });
-        Ok(Self { shared, addr, shutdown: Some(shutdown), server, _temp_logs: temp_logs })
+        Ok(Self {
+            shared,
+            addr,
+            shutdown: Some(shutdown),
+            server,
+            _temp_logs: temp_logs,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -191,14 +206,22 @@ impl FakeRunpod {
         let mut st = self.shared.lock();
         st.gpus
             .entry(gpu_type.to_owned())
-            .or_insert_with(|| GpuType { id: gpu_type.to_owned(), available: 0, cost_per_hr_micros: 0 })
+            .or_insert_with(|| GpuType {
+                id: gpu_type.to_owned(),
+                available: 0,
+                cost_per_hr_micros: 0,
+            })
             .available = available;
     }
 
     /// The next `count` requests to either API answer HTTP `status` (with `Retry-After:
     /// <seconds>` when given) without reaching the API.
     pub fn inject_status(&self, count: u32, status: u16, retry_after: Option<Duration>) {
-        self.shared.lock().inject = Some(Injection { remaining: count, status, retry_after });
+        self.shared.lock().inject = Some(Injection {
+            remaining: count,
+            status,
+            retry_after,
+        });
     }
 
     /// The host under a pod dies: its process group gets SIGKILL and the pod reports EXITED or
@@ -222,7 +245,11 @@ impl FakeRunpod {
     }
 
     pub fn pod(&self, id: &str) -> Option<PodSnapshot> {
-        self.shared.lock().pods.get(id).map(|p| p.snapshot(&self.shared))
+        self.shared
+            .lock()
+            .pods
+            .get(id)
+            .map(|p| p.snapshot(&self.shared))
     }
 
     /// Every job ever submitted, oldest first.
@@ -234,7 +261,11 @@ impl FakeRunpod {
     }
 
     pub fn job(&self, id: &str) -> Option<JobSnapshot> {
-        self.shared.lock().jobs.get(id).map(|j| j.snapshot(&self.shared))
+        self.shared
+            .lock()
+            .jobs
+            .get(id)
+            .map(|j| j.snapshot(&self.shared))
     }
 
     /// Deploys, terminates, runs and cancels received, in order.

@@ -11,8 +11,7 @@ use crate::state::{CallOp, Shared, State};
 use crate::{FakePodStatus, KillPod, PodSnapshot};
 
 /// RunPod's out-of-capacity message (api-contracts.md §1a).
-pub const NO_CAPACITY_MESSAGE: &str =
-    "There are no longer any instances available with the requested specifications. Please refresh and try again.";
+pub const NO_CAPACITY_MESSAGE: &str = "There are no longer any instances available with the requested specifications. Please refresh and try again.";
 
 pub(crate) struct PodRecord {
     pub id: String,
@@ -65,7 +64,9 @@ impl PodRecord {
     }
 
     fn runtime_up(&self, now: Instant) -> bool {
-        self.status == FakePodStatus::Running && now >= self.up_at && (!self.has_program || self.process.is_some())
+        self.status == FakePodStatus::Running
+            && now >= self.up_at
+            && (!self.has_program || self.process.is_some())
     }
 
     /// The pod as GraphQL returns it. It carries every documented field whatever the query
@@ -132,7 +133,11 @@ impl PodRecord {
 fn render_price(micros: i64, as_string: bool) -> Value {
     let text = format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
     let text = text.trim_end_matches('0').trim_end_matches('.').to_owned();
-    if as_string { Value::String(text) } else { serde_json::from_str(&text).unwrap_or(Value::Null) }
+    if as_string {
+        Value::String(text)
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
 }
 
 /// `len` random lowercase alphanumerics (pod ids are 14, machine ids 12).
@@ -163,7 +168,9 @@ fn number_field(input: &Map<String, Value>, key: &str) -> Option<Value> {
 
 /// `podFindAndDeployOnDemand`: the created pod, or an error message.
 pub(crate) fn deploy(shared: &Arc<Shared>, input: &Value) -> Result<Value, String> {
-    let input = input.as_object().ok_or("input: PodFindAndDeployOnDemandInput! is required")?;
+    let input = input
+        .as_object()
+        .ok_or("input: PodFindAndDeployOnDemandInput! is required")?;
     let name = text_field(input, "name").unwrap_or_default();
     let gpu_type = text_field(input, "gpuTypeId").unwrap_or_default();
     let mut st = shared.lock();
@@ -172,7 +179,12 @@ pub(crate) fn deploy(shared: &Arc<Shared>, input: &Value) -> Result<Value, Strin
         Ok(pod) => (pod["id"].as_str().map(str::to_owned), None),
         Err(e) => (None, Some(e.clone())),
     };
-    st.log_call(CallOp::Deploy { name, gpu_type, pod_id, error });
+    st.log_call(CallOp::Deploy {
+        name,
+        gpu_type,
+        pod_id,
+        error,
+    });
     result
 }
 
@@ -189,19 +201,30 @@ fn deploy_locked(
     }
     let gpu_count = match input.get("gpuCount") {
         None | Some(Value::Null) => 1,
-        Some(v) => v.as_u64().filter(|n| (1..=8).contains(n)).ok_or("gpuCount must be 1 to 8")? as u32,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=8).contains(n))
+            .ok_or("gpuCount must be 1 to 8")? as u32,
     };
     let cloud_type = text_field(input, "cloudType").unwrap_or_else(|| "ALL".into());
     if !["ALL", "SECURE", "COMMUNITY"].contains(&cloud_type.as_str()) {
-        return Err(format!("Value \"{cloud_type}\" does not exist in \"CloudTypeEnum\" enum."));
+        return Err(format!(
+            "Value \"{cloud_type}\" does not exist in \"CloudTypeEnum\" enum."
+        ));
     }
     let mut env = Vec::new();
     match input.get("env") {
         None | Some(Value::Null) => {}
         Some(Value::Array(items)) => {
             for item in items {
-                let key = item.get("key").and_then(Value::as_str).ok_or("env items need key and value")?;
-                let value = item.get("value").and_then(Value::as_str).ok_or("env items need key and value")?;
+                let key = item
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .ok_or("env items need key and value")?;
+                let value = item
+                    .get("value")
+                    .and_then(Value::as_str)
+                    .ok_or("env items need key and value")?;
                 env.push((key.to_owned(), value.to_owned()));
             }
         }
@@ -220,7 +243,11 @@ fn deploy_locked(
         id = random_id(14);
     }
     let now = Utc::now();
-    let has_program = shared.config.images.get(&image_name).is_some_and(|i| i.program.is_some());
+    let has_program = shared
+        .config
+        .images
+        .get(&image_name)
+        .is_some_and(|i| i.program.is_some());
     let seq = st.seq();
     st.pods.insert(
         id.clone(),
@@ -263,7 +290,9 @@ fn start_process(shared: &Arc<Shared>, st: &mut State, id: &str) {
         return;
     }
     let Some(pod) = st.pods.get(id) else { return };
-    let Some(image) = shared.config.images.get(&pod.image_name) else { return };
+    let Some(image) = shared.config.images.get(&pod.image_name) else {
+        return;
+    };
     let mut env = pod.env.clone();
     env.push(("RUNPOD_POD_ID".into(), id.to_owned()));
     let log = shared.logs_dir.join(format!("{id}.log"));
@@ -278,7 +307,10 @@ fn start_process(shared: &Arc<Shared>, st: &mut State, id: &str) {
             tokio::spawn(supervise(Arc::clone(shared), id.to_owned(), key, child));
         }
         Err(error) => {
-            let _ = std::fs::write(&log, format!("fake-runpod: could not start the container: {error}\n"));
+            let _ = std::fs::write(
+                &log,
+                format!("fake-runpod: could not start the container: {error}\n"),
+            );
             pod.status = FakePodStatus::Exited;
             pod.exit_code = Some(127);
             pod.last_status_change = Utc::now();
@@ -292,7 +324,9 @@ async fn supervise(shared: Arc<Shared>, id: String, key: u64, mut child: tokio::
     let mut st = shared.lock();
     st.procs.remove(&key);
     let shutting_down = st.shutting_down;
-    let Some(pod) = st.pods.get_mut(&id) else { return };
+    let Some(pod) = st.pods.get_mut(&id) else {
+        return;
+    };
     if pod.process.map(|(k, _)| k) != Some(key) {
         return;
     }
@@ -313,13 +347,21 @@ async fn supervise(shared: Arc<Shared>, id: String, key: u64, mut child: tokio::
 /// `pod(input: {podId})`: the pod, or null.
 pub(crate) fn get(shared: &Shared, id: &str) -> Value {
     let st = shared.lock();
-    let Some(pod) = st.pods.get(id) else { return Value::Null };
+    let Some(pod) = st.pods.get(id) else {
+        return Value::Null;
+    };
     let visible = match pod.status {
         FakePodStatus::Running | FakePodStatus::Exited => true,
-        FakePodStatus::Terminated => shared.config.terminated_pods == crate::TerminatedPods::ReportTerminated,
+        FakePodStatus::Terminated => {
+            shared.config.terminated_pods == crate::TerminatedPods::ReportTerminated
+        }
         FakePodStatus::Vanished => false,
     };
-    if visible { pod.to_json(shared, Instant::now()) } else { Value::Null }
+    if visible {
+        pod.to_json(shared, Instant::now())
+    } else {
+        Value::Null
+    }
 }
 
 /// `myself { pods }`: every pod not terminated, oldest first.
@@ -338,8 +380,14 @@ pub(crate) fn list(shared: &Shared) -> Value {
 /// `podTerminate`: SIGTERM to the group now, SIGKILL after the grace; the pod is gone at once.
 pub(crate) fn terminate(shared: &Arc<Shared>, id: &str) -> Result<(), String> {
     let mut st = shared.lock();
-    let live = st.pods.get(id).is_some_and(|p| matches!(p.status, FakePodStatus::Running | FakePodStatus::Exited));
-    st.log_call(CallOp::Terminate { pod_id: id.to_owned(), found: live });
+    let live = st
+        .pods
+        .get(id)
+        .is_some_and(|p| matches!(p.status, FakePodStatus::Running | FakePodStatus::Exited));
+    st.log_call(CallOp::Terminate {
+        pod_id: id.to_owned(),
+        found: live,
+    });
     if !live {
         return match &shared.config.terminate_unknown {
             crate::TerminateUnknown::Succeed => Ok(()),
@@ -356,7 +404,12 @@ pub(crate) fn terminate(shared: &Arc<Shared>, id: &str) -> Result<(), String> {
     }
     if let Some((key, pid)) = process {
         process::signal_group(pid, libc::SIGTERM);
-        tokio::spawn(kill_after(Arc::clone(shared), key, pid, shared.config.kill_grace));
+        tokio::spawn(kill_after(
+            Arc::clone(shared),
+            key,
+            pid,
+            shared.config.kill_grace,
+        ));
     }
     Ok(())
 }
@@ -371,7 +424,9 @@ async fn kill_after(shared: Arc<Shared>, key: u64, pid: i32, grace: Duration) {
 /// The host dies under the pod: SIGKILL, then EXITED or gone without a trace.
 pub(crate) fn kill(shared: &Shared, id: &str, how: KillPod) -> bool {
     let mut st = shared.lock();
-    let Some(pod) = st.pods.get_mut(id) else { return false };
+    let Some(pod) = st.pods.get_mut(id) else {
+        return false;
+    };
     if !matches!(pod.status, FakePodStatus::Running | FakePodStatus::Exited) {
         return false;
     }
@@ -402,6 +457,9 @@ mod tests {
     fn ids_are_lowercase_alphanumeric() {
         let id = random_id(14);
         assert_eq!(id.len(), 14);
-        assert!(id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        );
     }
 }

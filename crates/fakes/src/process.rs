@@ -22,8 +22,16 @@ pub(crate) enum Stdout {
 /// wins), stdin null and stderr (and stdout unless piped) appended to `log`. The child is not
 /// `kill_on_drop`: the fake kills whole groups itself, and a tokio `kill` after the fake reaped
 /// the pid could hit a recycled one.
-pub(crate) fn spawn(image: &ImageSpec, extra: &[(String, String)], log: &Path, stdout: Stdout) -> std::io::Result<Child> {
-    let program = image.program.as_ref().ok_or_else(|| std::io::Error::other("image has no program"))?;
+pub(crate) fn spawn(
+    image: &ImageSpec,
+    extra: &[(String, String)],
+    log: &Path,
+    stdout: Stdout,
+) -> std::io::Result<Child> {
+    let program = image
+        .program
+        .as_ref()
+        .ok_or_else(|| std::io::Error::other("image has no program"))?;
     let log_file = File::options().create(true).append(true).open(log)?;
     let mut command = Command::new(program);
     command
@@ -71,5 +79,8 @@ pub(crate) fn reap_blocking(pid: i32, limit: Duration) {
 /// The exit code, or 128 + signal like a shell reports a signalled process.
 pub(crate) fn exit_code(status: &std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(-1)
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
 }

@@ -38,13 +38,17 @@ async fn inject(State(shared): State<Arc<Shared>>, request: Request, next: Next)
             _ => None,
         }
     };
-    let Some((status, retry_after)) = injected else { return next.run(request).await };
+    let Some((status, retry_after)) = injected else {
+        return next.run(request).await;
+    };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     // The REST v2 problem shape RunPod documents for 429; the GraphQL one is [U].
     let body = json!({"title": status.canonical_reason().unwrap_or("Error"), "status": status.as_u16(), "detail": "injected by the fake"});
     let mut response = (status, axum::Json(body)).into_response();
     if let Some(after) = retry_after {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
     }
     response
 }
@@ -64,21 +68,36 @@ fn graphql_authorised(shared: &Shared, headers: &HeaderMap, query: Option<&str>)
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.strip_prefix("Bearer ").is_some_and(|k| k.trim() == key));
-    let in_query = query.is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "api_key" && v == key));
+    let in_query = query.is_some_and(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "api_key" && v == key)
+    });
     bearer || in_query
 }
 
-async fn graphql(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+async fn graphql(
+    State(shared): State<Arc<Shared>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if !graphql_authorised(&shared, &headers, query.as_deref()) {
         return graphql_error(StatusCode::UNAUTHORIZED, "Unauthorized", None);
     }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return graphql_error(StatusCode::BAD_REQUEST, "Body must be JSON {\"query\", \"variables\"}", None);
+        return graphql_error(
+            StatusCode::BAD_REQUEST,
+            "Body must be JSON {\"query\", \"variables\"}",
+            None,
+        );
     };
     let Some(text) = request.get("query").and_then(Value::as_str) else {
         return graphql_error(StatusCode::BAD_REQUEST, "Must provide query string.", None);
     };
-    let variables = request.get("variables").and_then(Value::as_object).cloned().unwrap_or_default();
+    let variables = request
+        .get("variables")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     let root = match gql::parse_root(text, &variables) {
         Ok(root) => root,
         Err(message) => return graphql_error(StatusCode::BAD_REQUEST, &message, None),
@@ -88,10 +107,18 @@ async fn graphql(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery, h
     let result: Result<Value, String> = match root.name.as_str() {
         "podFindAndDeployOnDemand" => pods::deploy(&shared, &input),
         // A scalar result with no selection set; runpodctl only checks the key is there.
-        "podTerminate" => pod_id(&input).and_then(|id| pods::terminate(&shared, &id)).map(|()| Value::Null),
+        "podTerminate" => pod_id(&input)
+            .and_then(|id| pods::terminate(&shared, &id))
+            .map(|()| Value::Null),
         "pod" => pod_id(&input).map(|id| pods::get(&shared, &id)),
         "myself" if root.rest.contains("pods") => Ok(json!({"pods": pods::list(&shared)})),
-        other => return graphql_error(StatusCode::BAD_REQUEST, &format!("Cannot query field \"{other}\" in this fake."), None),
+        other => {
+            return graphql_error(
+                StatusCode::BAD_REQUEST,
+                &format!("Cannot query field \"{other}\" in this fake."),
+                None,
+            );
+        }
     };
     match result {
         Ok(value) => {
@@ -104,7 +131,11 @@ async fn graphql(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery, h
 }
 
 fn pod_id(input: &Value) -> Result<String, String> {
-    input.get("podId").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| "input.podId is required".into())
+    input
+        .get("podId")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| "input.podId is required".into())
 }
 
 /// Serverless accepts `Authorization: Bearer KEY` (SDK) or the raw key (operation reference).
@@ -113,7 +144,9 @@ fn serverless_authorised(shared: &Shared, headers: &HeaderMap) -> bool {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim() == key || v.strip_prefix("Bearer ").is_some_and(|k| k.trim() == key))
+        .is_some_and(|v| {
+            v.trim() == key || v.strip_prefix("Bearer ").is_some_and(|k| k.trim() == key)
+        })
 }
 
 fn plain_error(status: StatusCode, message: &str) -> Response {
@@ -121,16 +154,25 @@ fn plain_error(status: StatusCode, message: &str) -> Response {
 }
 
 /// Auth, then the endpoint must exist.
-fn serverless_guard<'a>(shared: &'a Shared, headers: &HeaderMap, endpoint: &str) -> Result<&'a crate::EndpointSpec, Response> {
+fn serverless_guard<'a>(
+    shared: &'a Shared,
+    headers: &HeaderMap,
+    endpoint: &str,
+) -> Result<&'a crate::EndpointSpec, (StatusCode, &'static str)> {
     if !serverless_authorised(shared, headers) {
-        return Err(plain_error(StatusCode::UNAUTHORIZED, "Unauthorized"));
+        return Err((StatusCode::UNAUTHORIZED, "Unauthorized"));
     }
-    jobs::endpoint(shared, endpoint).ok_or_else(|| plain_error(StatusCode::NOT_FOUND, "endpoint not found"))
+    jobs::endpoint(shared, endpoint).ok_or((StatusCode::NOT_FOUND, "endpoint not found"))
 }
 
-async fn run(State(shared): State<Arc<Shared>>, Path(endpoint): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(response) = serverless_guard(&shared, &headers, &endpoint) {
-        return response;
+async fn run(
+    State(shared): State<Arc<Shared>>,
+    Path(endpoint): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err((status, message)) = serverless_guard(&shared, &headers, &endpoint) {
+        return plain_error(status, message);
     }
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return plain_error(StatusCode::BAD_REQUEST, "body must be JSON");
@@ -141,9 +183,13 @@ async fn run(State(shared): State<Arc<Shared>>, Path(endpoint): Path<String>, he
     }
 }
 
-async fn status(State(shared): State<Arc<Shared>>, Path((endpoint, id)): Path<(String, String)>, headers: HeaderMap) -> Response {
-    if let Err(response) = serverless_guard(&shared, &headers, &endpoint) {
-        return response;
+async fn status(
+    State(shared): State<Arc<Shared>>,
+    Path((endpoint, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err((status, message)) = serverless_guard(&shared, &headers, &endpoint) {
+        return plain_error(status, message);
     }
     match jobs::status(&shared, &endpoint, &id) {
         Some(body) => axum::Json(body).into_response(),
@@ -151,9 +197,13 @@ async fn status(State(shared): State<Arc<Shared>>, Path((endpoint, id)): Path<(S
     }
 }
 
-async fn cancel(State(shared): State<Arc<Shared>>, Path((endpoint, id)): Path<(String, String)>, headers: HeaderMap) -> Response {
-    if let Err(response) = serverless_guard(&shared, &headers, &endpoint) {
-        return response;
+async fn cancel(
+    State(shared): State<Arc<Shared>>,
+    Path((endpoint, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err((status, message)) = serverless_guard(&shared, &headers, &endpoint) {
+        return plain_error(status, message);
     }
     match jobs::cancel(&shared, &endpoint, &id) {
         Some(body) => axum::Json(body).into_response(),
@@ -161,9 +211,13 @@ async fn cancel(State(shared): State<Arc<Shared>>, Path((endpoint, id)): Path<(S
     }
 }
 
-async fn health(State(shared): State<Arc<Shared>>, Path(endpoint): Path<String>, headers: HeaderMap) -> Response {
+async fn health(
+    State(shared): State<Arc<Shared>>,
+    Path(endpoint): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     match serverless_guard(&shared, &headers, &endpoint) {
         Ok(spec) => axum::Json(jobs::health(&shared, spec)).into_response(),
-        Err(response) => response,
+        Err((status, message)) => plain_error(status, message),
     }
 }

@@ -20,12 +20,25 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn new(config: FakeConfig, logs_dir: PathBuf) -> Arc<Self> {
-        let gpus = config.gpu_types.iter().map(|g| (g.id.clone(), g.clone())).collect();
-        Arc::new(Self { config, logs_dir, state: Mutex::new(State { gpus, ..State::default() }) })
+        let gpus = config
+            .gpu_types
+            .iter()
+            .map(|g| (g.id.clone(), g.clone()))
+            .collect();
+        Arc::new(Self {
+            config,
+            logs_dir,
+            state: Mutex::new(State {
+                gpus,
+                ..State::default()
+            }),
+        })
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -83,11 +96,20 @@ pub struct Call {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallOp {
     /// `podFindAndDeployOnDemand`; `pod_id` when a pod was created, `error` when not.
-    Deploy { name: String, gpu_type: String, pod_id: Option<String>, error: Option<String> },
+    Deploy {
+        name: String,
+        gpu_type: String,
+        pod_id: Option<String>,
+        error: Option<String>,
+    },
     /// `podTerminate`; `found`: the pod existed and was not terminated yet.
     Terminate { pod_id: String, found: bool },
     /// `POST /run`.
     Run { endpoint: String, job_id: String },
     /// `POST /cancel/{id}`; `found`: the job exists.
-    Cancel { endpoint: String, job_id: String, found: bool },
+    Cancel {
+        endpoint: String,
+        job_id: String,
+        found: bool,
+    },
 }

@@ -103,7 +103,11 @@ pub struct DeployPod {
 
 impl DeployPod {
     /// One GPU of `gpu_type_id` in any cloud, everything else RunPod's default.
-    pub fn new(name: impl Into<String>, image_name: impl Into<String>, gpu_type_id: impl Into<String>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        image_name: impl Into<String>,
+        gpu_type_id: impl Into<String>,
+    ) -> Self {
         Self {
             name: name.into(),
             image_name: image_name.into(),
@@ -128,10 +132,19 @@ impl DeployPod {
         input.insert("gpuCount".into(), json!(self.gpu_count));
         input.insert("cloudType".into(), json!(self.cloud_type.as_str()));
         let optional = [
-            ("containerDiskInGb", self.container_disk_in_gb.map(|v| json!(v))),
+            (
+                "containerDiskInGb",
+                self.container_disk_in_gb.map(|v| json!(v)),
+            ),
             ("volumeInGb", self.volume_in_gb.map(|v| json!(v))),
-            ("volumeMountPath", self.volume_mount_path.as_ref().map(|v| json!(v))),
-            ("networkVolumeId", self.network_volume_id.as_ref().map(|v| json!(v))),
+            (
+                "volumeMountPath",
+                self.volume_mount_path.as_ref().map(|v| json!(v)),
+            ),
+            (
+                "networkVolumeId",
+                self.network_volume_id.as_ref().map(|v| json!(v)),
+            ),
             ("ports", self.ports.as_ref().map(|v| json!(v))),
             ("dockerArgs", self.docker_args.as_ref().map(|v| json!(v))),
         ];
@@ -140,7 +153,11 @@ impl DeployPod {
                 input.insert(key.into(), value);
             }
         }
-        let env: Vec<Value> = self.env.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
+        let env: Vec<Value> = self
+            .env
+            .iter()
+            .map(|(k, v)| json!({"key": k, "value": v}))
+            .collect();
         input.insert("env".into(), Value::Array(env));
         Value::Object(input)
     }
@@ -235,11 +252,16 @@ impl TryFrom<WirePod> for Pod {
     fn try_from(wire: WirePod) -> Result<Self> {
         let cost_per_hour_micros = match wire.cost_per_hr {
             None | Some(Value::Null) => None,
-            Some(v) => Some(micros_from_json(&v).map_err(|e| RunpodError::Decode(format!("costPerHr: {e}")))?),
+            Some(v) => Some(
+                micros_from_json(&v).map_err(|e| RunpodError::Decode(format!("costPerHr: {e}")))?,
+            ),
         };
         let runtime_up = matches!(wire.runtime, Some(ref v) if !v.is_null());
         let uptime_seconds = wire.uptime_seconds.or_else(|| {
-            wire.runtime.as_ref().and_then(|r| r.get("uptimeInSeconds")).and_then(Value::as_u64)
+            wire.runtime
+                .as_ref()
+                .and_then(|r| r.get("uptimeInSeconds"))
+                .and_then(Value::as_u64)
         });
         Ok(Pod {
             id: wire.id,
@@ -254,8 +276,7 @@ impl TryFrom<WirePod> for Pod {
     }
 }
 
-const POD_FIELDS: &str =
-    "id name desiredStatus costPerHr imageName machineId uptimeSeconds runtime { uptimeInSeconds } machine { gpuDisplayName }";
+const POD_FIELDS: &str = "id name desiredStatus costPerHr imageName machineId uptimeSeconds runtime { uptimeInSeconds } machine { gpuDisplayName }";
 
 /// The client for pods. Cheap to clone (the connection pool is shared).
 #[derive(Clone)]
@@ -291,18 +312,34 @@ impl GraphqlClient {
         let query = "mutation DeployPod($input: PodFindAndDeployOnDemandInput!) { \
                      podFindAndDeployOnDemand(input: $input) { id name desiredStatus costPerHr imageName machineId } }";
         let data = self
-            .call("podFindAndDeployOnDemand", Idempotency::Create, query, json!({ "input": deploy.to_input() }))
+            .call(
+                "podFindAndDeployOnDemand",
+                Idempotency::Create,
+                query,
+                json!({ "input": deploy.to_input() }),
+            )
             .await?;
         match field(data, "podFindAndDeployOnDemand")? {
-            Value::Null => Err(RunpodError::Decode("podFindAndDeployOnDemand returned null without errors".into())),
+            Value::Null => Err(RunpodError::Decode(
+                "podFindAndDeployOnDemand returned null without errors".into(),
+            )),
             pod => parse_pod(pod),
         }
     }
 
     /// One pod, or `None` when RunPod does not know it (any more).
     pub async fn pod(&self, id: &str) -> Result<Option<Pod>> {
-        let query = format!("query Pod($input: PodFilter!) {{ pod(input: $input) {{ {POD_FIELDS} }} }}");
-        let data = match self.call("pod", Idempotency::Idempotent, &query, json!({"input": {"podId": id}})).await {
+        let query =
+            format!("query Pod($input: PodFilter!) {{ pod(input: $input) {{ {POD_FIELDS} }} }}");
+        let data = match self
+            .call(
+                "pod",
+                Idempotency::Idempotent,
+                &query,
+                json!({"input": {"podId": id}}),
+            )
+            .await
+        {
             Ok(data) => data,
             Err(e) if means_gone(&e) => return Ok(None),
             Err(e) => return Err(e),
@@ -316,19 +353,33 @@ impl GraphqlClient {
     /// Every pod of the account (RunPod does not paginate this).
     pub async fn list_pods(&self) -> Result<Vec<Pod>> {
         let query = format!("query Pods {{ myself {{ pods {{ {POD_FIELDS} }} }} }}");
-        let data = self.call("myself.pods", Idempotency::Idempotent, &query, json!({})).await?;
+        let data = self
+            .call("myself.pods", Idempotency::Idempotent, &query, json!({}))
+            .await?;
         let pods = field(field(data, "myself")?, "pods")?;
         match pods {
             Value::Null => Ok(Vec::new()),
             Value::Array(items) => items.into_iter().map(parse_pod).collect(),
-            other => Err(RunpodError::Decode(format!("myself.pods is not a list: {}", truncate_body(other.to_string().as_bytes())))),
+            other => Err(RunpodError::Decode(format!(
+                "myself.pods is not a list: {}",
+                truncate_body(other.to_string().as_bytes())
+            ))),
         }
     }
 
     /// `podTerminate`. Idempotent: a pod RunPod reports as not found is already gone → `Ok`.
     pub async fn terminate_pod(&self, id: &str) -> Result<()> {
-        let query = "mutation TerminatePod($input: PodTerminateInput!) { podTerminate(input: $input) }";
-        match self.call("podTerminate", Idempotency::Idempotent, query, json!({"input": {"podId": id}})).await {
+        let query =
+            "mutation TerminatePod($input: PodTerminateInput!) { podTerminate(input: $input) }";
+        match self
+            .call(
+                "podTerminate",
+                Idempotency::Idempotent,
+                query,
+                json!({"input": {"podId": id}}),
+            )
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if means_gone(&e) => Ok(()),
             Err(e) => Err(e),
@@ -336,10 +387,19 @@ impl GraphqlClient {
     }
 
     /// One GraphQL request; returns `data` or the classified first error.
-    async fn call(&self, op: &'static str, idempotency: Idempotency, query: &str, variables: Value) -> Result<Value> {
+    async fn call(
+        &self,
+        op: &'static str,
+        idempotency: Idempotency,
+        query: &str,
+        variables: Value,
+    ) -> Result<Value> {
         let body = json!({ "query": query, "variables": variables });
         let Answer { status, body } = http::send(op, &self.retry, idempotency, || {
-            self.http.post(self.url.clone()).bearer_auth(self.api_key.expose_secret()).json(&body)
+            self.http
+                .post(self.url.clone())
+                .bearer_auth(self.api_key.expose_secret())
+                .json(&body)
         })
         .await?;
         let parsed: Option<GraphqlResponse> = serde_json::from_slice(&body).ok();
@@ -347,10 +407,21 @@ impl GraphqlClient {
             return Err(classify(message));
         }
         match (status, parsed) {
-            (200, Some(GraphqlResponse { data: Some(data), .. })) => Ok(data),
-            (200, _) => Err(RunpodError::Decode(format!("{op}: no data in {}", truncate_body(&body)))),
+            (
+                200,
+                Some(GraphqlResponse {
+                    data: Some(data), ..
+                }),
+            ) => Ok(data),
+            (200, _) => Err(RunpodError::Decode(format!(
+                "{op}: no data in {}",
+                truncate_body(&body)
+            ))),
             (404, _) => Err(RunpodError::NotFound),
-            (status, _) => Err(RunpodError::Http { status, body: truncate_body(&body) }),
+            (status, _) => Err(RunpodError::Http {
+                status,
+                body: truncate_body(&body),
+            }),
         }
     }
 }
@@ -372,7 +443,12 @@ struct GraphqlError {
 impl GraphqlResponse {
     fn first_error(&self) -> Option<String> {
         let first = self.errors.as_ref()?.first()?;
-        Some(first.message.clone().unwrap_or_else(|| "unknown error".into()))
+        Some(
+            first
+                .message
+                .clone()
+                .unwrap_or_else(|| "unknown error".into()),
+        )
     }
 }
 
@@ -407,7 +483,8 @@ fn field(mut value: Value, name: &str) -> Result<Value> {
 }
 
 fn parse_pod(value: Value) -> Result<Pod> {
-    let wire: WirePod = serde_json::from_value(value).map_err(|e| RunpodError::Decode(format!("pod: {e}")))?;
+    let wire: WirePod =
+        serde_json::from_value(value).map_err(|e| RunpodError::Decode(format!("pod: {e}")))?;
     Pod::try_from(wire)
 }
 
@@ -429,9 +506,14 @@ mod tests {
     #[test]
     fn deploy_debug_shows_env_keys_only() {
         let mut deploy = DeployPod::new("n", "img", "gpu");
-        deploy.env.push(("LORAFORGE_WORKER_TOKEN".into(), "tok-secret".into()));
+        deploy
+            .env
+            .push(("LORAFORGE_WORKER_TOKEN".into(), "tok-secret".into()));
         let shown = format!("{deploy:?}");
-        assert!(shown.contains("LORAFORGE_WORKER_TOKEN") && !shown.contains("tok-secret"), "{shown}");
+        assert!(
+            shown.contains("LORAFORGE_WORKER_TOKEN") && !shown.contains("tok-secret"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -452,18 +534,27 @@ mod tests {
         assert!(classify("There are no longer any instances available with the requested specifications. Please refresh and try again.".into()).is_capacity());
         assert!(means_gone(&classify("Pod not found".into())));
         assert!(!means_gone(&classify("Unauthorized".into())));
-        assert!(matches!(classify("something else".into()), RunpodError::Api(_)));
+        assert!(matches!(
+            classify("something else".into()),
+            RunpodError::Api(_)
+        ));
     }
 
     #[test]
     fn parses_pods_with_number_or_string_cost() {
-        let pod = parse_pod(json!({"id": "p", "name": "n", "desiredStatus": "RUNNING", "costPerHr": 0.34,
-            "runtime": {"uptimeInSeconds": 5}, "machine": {"gpuDisplayName": "RTX 3090"}})).unwrap();
+        let pod = parse_pod(
+            json!({"id": "p", "name": "n", "desiredStatus": "RUNNING", "costPerHr": 0.34,
+            "runtime": {"uptimeInSeconds": 5}, "machine": {"gpuDisplayName": "RTX 3090"}}),
+        )
+        .unwrap();
         assert_eq!(pod.cost_per_hour_micros, Some(340_000));
         assert!(pod.runtime_up);
         assert_eq!(pod.uptime_seconds, Some(5));
         assert_eq!(pod.gpu_type.as_deref(), Some("RTX 3090"));
-        let pod = parse_pod(json!({"id": "p", "desiredStatus": "CREATED", "costPerHr": "0.74", "runtime": null})).unwrap();
+        let pod = parse_pod(
+            json!({"id": "p", "desiredStatus": "CREATED", "costPerHr": "0.74", "runtime": null}),
+        )
+        .unwrap();
         assert_eq!(pod.cost_per_hour_micros, Some(740_000));
         assert_eq!(pod.desired_status, PodStatus::Other("CREATED".into()));
         assert!(!pod.runtime_up);

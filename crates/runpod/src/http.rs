@@ -65,15 +65,34 @@ async fn once(request: reqwest::RequestBuilder) -> Result<Answer, Failure> {
     })?;
     let status = response.status().as_u16();
     let retry_after = retry_after(response.headers());
-    let body = response.bytes().await.map_err(|e| Failure { not_processed: false, error: transport(e) })?;
+    let body = response.bytes().await.map_err(|e| Failure {
+        not_processed: false,
+        error: transport(e),
+    })?;
     let error = match status {
         401 => RunpodError::Unauthorized,
         // A rate-limited request was refused before any work was done: safe to repeat a create.
-        429 => return Err(Failure { error: RunpodError::RateLimited { retry_after }, not_processed: true }),
-        s if s >= 500 => RunpodError::Http { status: s, body: truncate_body(&body) },
-        _ => return Ok(Answer { status, body: body.to_vec() }),
+        429 => {
+            return Err(Failure {
+                error: RunpodError::RateLimited { retry_after },
+                not_processed: true,
+            });
+        }
+        s if s >= 500 => RunpodError::Http {
+            status: s,
+            body: truncate_body(&body),
+        },
+        _ => {
+            return Ok(Answer {
+                status,
+                body: body.to_vec(),
+            });
+        }
     };
-    Err(Failure { error, not_processed: false })
+    Err(Failure {
+        error,
+        not_processed: false,
+    })
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -111,7 +130,13 @@ mod tests {
         assert_eq!(r.delay(0, None), Duration::from_secs(2));
         assert_eq!(r.delay(1, None), Duration::from_secs(4));
         assert_eq!(r.delay(2, None), Duration::from_secs(8));
-        assert_eq!(r.delay(0, Some(Duration::from_secs(7))), Duration::from_secs(7));
-        assert_eq!(r.delay(0, Some(Duration::from_secs(7200))), Duration::from_secs(60));
+        assert_eq!(
+            r.delay(0, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            r.delay(0, Some(Duration::from_secs(7200))),
+            Duration::from_secs(60)
+        );
     }
 }

@@ -33,11 +33,19 @@ pub fn parse_micros(text: &str) -> Result<i64, ParseMoneyError> {
     if int_part.is_empty() && frac_part.is_empty() {
         return Err(err());
     }
-    if !int_part.bytes().chain(frac_part.bytes()).all(|b| b.is_ascii_digit()) {
+    if !int_part
+        .bytes()
+        .chain(frac_part.bytes())
+        .all(|b| b.is_ascii_digit())
+    {
         return Err(err());
     }
     // All digits, and where the decimal point sits among them once the exponent is applied.
-    let digits: Vec<u8> = int_part.bytes().chain(frac_part.bytes()).map(|b| b - b'0').collect();
+    let digits: Vec<u8> = int_part
+        .bytes()
+        .chain(frac_part.bytes())
+        .map(|b| b - b'0')
+        .collect();
     let point = int_part.len() as i64 + i64::from(exponent);
     // Value = sum(d_k * 10^(point - 1 - k)); micros = value * 10^6.
     let mut micros: i64 = 0;
@@ -48,8 +56,12 @@ pub fn parse_micros(text: &str) -> Result<i64, ParseMoneyError> {
             if d == 0 {
                 continue;
             }
-            let scale = 10_i64.checked_pow(u32::try_from(place).map_err(|_| err())?).ok_or_else(err)?;
-            micros = micros.checked_add(i64::from(d).checked_mul(scale).ok_or_else(err)?).ok_or_else(err)?;
+            let scale = 10_i64
+                .checked_pow(u32::try_from(place).map_err(|_| err())?)
+                .ok_or_else(err)?;
+            micros = micros
+                .checked_add(i64::from(d).checked_mul(scale).ok_or_else(err)?)
+                .ok_or_else(err)?;
         } else if place == -1 {
             round_up = d >= 5;
             break;
@@ -68,7 +80,9 @@ pub fn micros_from_json(value: &serde_json::Value) -> Result<i64, ParseMoneyErro
     match value {
         serde_json::Value::Number(n) => parse_micros(&n.to_string()),
         serde_json::Value::String(s) => parse_micros(s),
-        other => Err(ParseMoneyError(other.to_string().chars().take(40).collect())),
+        other => Err(ParseMoneyError(
+            other.to_string().chars().take(40).collect(),
+        )),
     }
 }
 
@@ -118,7 +132,9 @@ mod tests {
 
     #[test]
     fn rejects_negative_and_garbage() {
-        for bad in ["-0.34", "", ".", "abc", "0.3.4", "1e", "0x10", "1,5", "NaN", "inf", " - 1", "1e400"] {
+        for bad in [
+            "-0.34", "", ".", "abc", "0.3.4", "1e", "0x10", "1,5", "NaN", "inf", " - 1", "1e400",
+        ] {
             assert!(parse_micros(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(micros_from_json(&json!(-1)).is_err());

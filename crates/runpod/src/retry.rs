@@ -27,19 +27,28 @@ pub struct RetrySettings {
 
 impl Default for RetrySettings {
     fn default() -> Self {
-        Self { max_retries: 3, base_delay: Duration::from_secs(2), max_delay: Duration::from_secs(60) }
+        Self {
+            max_retries: 3,
+            base_delay: Duration::from_secs(2),
+            max_delay: Duration::from_secs(60),
+        }
     }
 }
 
 impl RetrySettings {
     /// No retries at all.
     pub fn none() -> Self {
-        Self { max_retries: 0, ..Self::default() }
+        Self {
+            max_retries: 0,
+            ..Self::default()
+        }
     }
 
     /// The wait before repeat number `attempt` (0-based), unless the server said otherwise.
     pub(crate) fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let computed = self.base_delay.saturating_mul(2_u32.saturating_pow(attempt));
+        let computed = self
+            .base_delay
+            .saturating_mul(2_u32.saturating_pow(attempt));
         retry_after.unwrap_or(computed).min(self.max_delay)
     }
 }

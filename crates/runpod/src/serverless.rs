@@ -92,7 +92,10 @@ impl JobState {
 
     /// The states RunPod's SDK treats as final.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Cancelled | Self::TimedOut)
+        matches!(
+            self,
+            Self::Completed | Self::Failed | Self::Cancelled | Self::TimedOut
+        )
     }
 }
 
@@ -180,7 +183,12 @@ impl ServerlessClient {
             .pop_if_empty()
             .push(&settings.endpoint_id)
             .push("");
-        Self { http: http::build_client(settings.timeout), endpoint, api_key: settings.api_key, retry: settings.retry }
+        Self {
+            http: http::build_client(settings.timeout),
+            endpoint,
+            api_key: settings.api_key,
+            retry: settings.retry,
+        }
     }
 
     /// `POST /run`. A create: not repeated once the request may have reached RunPod (a repeat
@@ -191,17 +199,28 @@ impl ServerlessClient {
             "policy": {"executionTimeout": policy.execution_timeout_ms, "ttl": policy.ttl_ms},
         });
         let url = self.url(&["run"]);
-        let answer = self.send("run", Idempotency::Create, || self.http.post(url.clone()).json(&body)).await?;
+        let answer = self
+            .send("run", Idempotency::Create, || {
+                self.http.post(url.clone()).json(&body)
+            })
+            .await?;
         let status = expect_ok(answer)?;
         let wire: WireStatus = decode(&status)?;
-        Ok(JobRef { id: wire.id, status: JobState::parse(&wire.status) })
+        Ok(JobRef {
+            id: wire.id,
+            status: JobState::parse(&wire.status),
+        })
     }
 
     /// `GET /status/{id}`; `None` when RunPod does not know the job (never did, or its TTL or
     /// result retention ran out).
     pub async fn status(&self, id: &str) -> Result<Option<JobStatus>> {
         let url = self.url(&["status", id]);
-        let answer = self.send("status", Idempotency::Idempotent, || self.http.get(url.clone())).await?;
+        let answer = self
+            .send("status", Idempotency::Idempotent, || {
+                self.http.get(url.clone())
+            })
+            .await?;
         if answer.status == 404 {
             return Ok(None);
         }
@@ -225,7 +244,11 @@ impl ServerlessClient {
     /// `POST /cancel/{id}`. Idempotent: cancelling a finished or unknown job is `Ok`.
     pub async fn cancel(&self, id: &str) -> Result<()> {
         let url = self.url(&["cancel", id]);
-        let answer = self.send("cancel", Idempotency::Idempotent, || self.http.post(url.clone())).await?;
+        let answer = self
+            .send("cancel", Idempotency::Idempotent, || {
+                self.http.post(url.clone())
+            })
+            .await?;
         if answer.status == 404 {
             return Ok(());
         }
@@ -235,13 +258,20 @@ impl ServerlessClient {
     /// `GET /health`: job counts by state and worker counts.
     pub async fn health(&self) -> Result<Health> {
         let url = self.url(&["health"]);
-        let answer = self.send("health", Idempotency::Idempotent, || self.http.get(url.clone())).await?;
+        let answer = self
+            .send("health", Idempotency::Idempotent, || {
+                self.http.get(url.clone())
+            })
+            .await?;
         decode(&expect_ok(answer)?)
     }
 
     fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.endpoint.clone();
-        url.path_segments_mut().expect("an http(s) base URL").pop_if_empty().extend(segments);
+        url.path_segments_mut()
+            .expect("an http(s) base URL")
+            .pop_if_empty()
+            .extend(segments);
         url
     }
 
@@ -251,7 +281,10 @@ impl ServerlessClient {
         idempotency: Idempotency,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Answer> {
-        http::send(op, &self.retry, idempotency, || build().bearer_auth(self.api_key.expose_secret())).await
+        http::send(op, &self.retry, idempotency, || {
+            build().bearer_auth(self.api_key.expose_secret())
+        })
+        .await
     }
 }
 
@@ -261,12 +294,16 @@ fn expect_ok(answer: Answer) -> Result<Vec<u8>> {
         200..=299 => Ok(answer.body),
         404 => Err(RunpodError::NotFound),
         400 | 422 => Err(RunpodError::Api(truncate_body(&answer.body))),
-        status => Err(RunpodError::Http { status, body: truncate_body(&answer.body) }),
+        status => Err(RunpodError::Http {
+            status,
+            body: truncate_body(&answer.body),
+        }),
     }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
-    serde_json::from_slice(body).map_err(|e| RunpodError::Decode(format!("{e}: {}", truncate_body(body))))
+    serde_json::from_slice(body)
+        .map_err(|e| RunpodError::Decode(format!("{e}: {}", truncate_body(body))))
 }
 
 #[cfg(test)]
@@ -280,14 +317,27 @@ mod tests {
         assert!(!format!("{settings:?}").contains("rpa_secret"));
         let client = ServerlessClient::new(settings);
         assert!(!format!("{client:?}").contains("rpa_secret"));
-        assert_eq!(client.url(&["status", "abc"]).as_str(), "http://127.0.0.1:9/v2/ep-1/status/abc");
-        assert_eq!(client.url(&["run"]).as_str(), "http://127.0.0.1:9/v2/ep-1/run");
+        assert_eq!(
+            client.url(&["status", "abc"]).as_str(),
+            "http://127.0.0.1:9/v2/ep-1/status/abc"
+        );
+        assert_eq!(
+            client.url(&["run"]).as_str(),
+            "http://127.0.0.1:9/v2/ep-1/run"
+        );
     }
 
     #[test]
     fn terminal_states() {
-        for (text, terminal) in [("IN_QUEUE", false), ("IN_PROGRESS", false), ("COMPLETED", true), ("FAILED", true),
-            ("CANCELLED", true), ("TIMED_OUT", true), ("RUNNING", false)] {
+        for (text, terminal) in [
+            ("IN_QUEUE", false),
+            ("IN_PROGRESS", false),
+            ("COMPLETED", true),
+            ("FAILED", true),
+            ("CANCELLED", true),
+            ("TIMED_OUT", true),
+            ("RUNNING", false),
+        ] {
             assert_eq!(JobState::parse(text).is_terminal(), terminal, "{text}");
         }
     }

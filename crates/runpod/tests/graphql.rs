@@ -5,7 +5,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{KEY, eventually, graphql, process_running, read};
-use loraforge_fakes::{CallOp, FakeConfig, FakePodStatus, FakeRunpod, ImageSpec, KillPod, TerminateUnknown, TerminatedPods};
+use loraforge_fakes::{
+    CallOp, FakeConfig, FakePodStatus, FakeRunpod, ImageSpec, KillPod, TerminateUnknown,
+    TerminatedPods,
+};
 use loraforge_runpod::{DeployPod, PodStatus, RunpodError};
 
 const GPU: &str = "NVIDIA RTX A6000";
@@ -34,7 +37,10 @@ fn config(dir: &std::path::Path) -> FakeConfig {
 
 fn deploy_request(name: &str) -> DeployPod {
     let mut deploy = DeployPod::new(name, "loraforge/trainer:test", GPU);
-    deploy.env = vec![("LORAFORGE_LORA_ID".into(), "lora-1".into()), ("IMAGE_VAR".into(), "from-pod".into())];
+    deploy.env = vec![
+        ("LORAFORGE_LORA_ID".into(), "lora-1".into()),
+        ("IMAGE_VAR".into(), "from-pod".into()),
+    ];
     deploy.ports = Some("8000/http".into());
     deploy.container_disk_in_gb = Some(20);
     deploy
@@ -46,12 +52,19 @@ async fn deploy_boot_run_list_terminate_and_terminate_again() {
     let fake = FakeRunpod::start(config(dir.path())).await;
     let client = graphql(&fake.graphql_url(), KEY);
 
-    let pod = client.deploy_pod(&deploy_request("lf-run-1")).await.unwrap();
+    let pod = client
+        .deploy_pod(&deploy_request("lf-run-1"))
+        .await
+        .unwrap();
     assert_eq!(pod.name, "lf-run-1");
     assert_eq!(pod.desired_status, PodStatus::Running);
     assert_eq!(pod.cost_per_hour_micros, Some(790_000));
     assert_eq!(pod.id.len(), 14);
-    assert!(pod.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+    assert!(
+        pod.id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    );
 
     let booting = client.pod(&pod.id).await.unwrap().expect("pod exists");
     assert!(!booting.runtime_up, "runtime is null during the boot delay");
@@ -74,32 +87,60 @@ async fn deploy_boot_run_list_terminate_and_terminate_again() {
     let lines: Vec<&str> = env.lines().collect();
     assert!(lines.contains(&"LORAFORGE_LORA_ID=lora-1"), "{env}");
     assert!(lines.contains(&"IMAGE_VAR=from-pod"), "{env}");
-    assert!(lines.contains(&format!("RUNPOD_POD_ID={}", pod.id).as_str()), "{env}");
-    assert!(!lines.iter().any(|l| l.starts_with("CARGO_")), "the test's own environment leaked: {env}");
+    assert!(
+        lines.contains(&format!("RUNPOD_POD_ID={}", pod.id).as_str()),
+        "{env}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("CARGO_")),
+        "the test's own environment leaked: {env}"
+    );
 
     let listed = client.list_pods().await.unwrap();
-    assert_eq!(listed.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), vec![pod.id.as_str()]);
+    assert_eq!(
+        listed.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        vec![pod.id.as_str()]
+    );
     let pid = fake.pod(&pod.id).unwrap().pid.expect("process running");
 
     client.terminate_pod(&pod.id).await.unwrap();
     assert_eq!(client.pod(&pod.id).await.unwrap(), None);
     assert!(client.list_pods().await.unwrap().is_empty());
     let term_file = dir.path().join(format!("{}.term", pod.id));
-    eventually(Duration::from_secs(3), "SIGTERM noted and process gone", || {
-        let done = read(&term_file).is_some() && fake.live_processes() == 0;
-        async move { done.then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(3),
+        "SIGTERM noted and process gone",
+        || {
+            let done = read(&term_file).is_some() && fake.live_processes() == 0;
+            async move { done.then_some(()) }
+        },
+    )
     .await;
     assert!(!process_running(pid));
     let snapshot = fake.pod(&pod.id).unwrap();
     assert_eq!(snapshot.status, FakePodStatus::Terminated);
     assert!(snapshot.terminated_at.is_some());
 
-    client.terminate_pod(&pod.id).await.expect("terminating again is fine");
+    client
+        .terminate_pod(&pod.id)
+        .await
+        .expect("terminating again is fine");
     let ops: Vec<CallOp> = fake.calls().into_iter().map(|c| c.op).collect();
     assert!(matches!(&ops[0], CallOp::Deploy { pod_id: Some(id), .. } if *id == pod.id));
-    assert_eq!(ops[1], CallOp::Terminate { pod_id: pod.id.clone(), found: true });
-    assert_eq!(ops[2], CallOp::Terminate { pod_id: pod.id.clone(), found: false });
+    assert_eq!(
+        ops[1],
+        CallOp::Terminate {
+            pod_id: pod.id.clone(),
+            found: true
+        }
+    );
+    assert_eq!(
+        ops[2],
+        CallOp::Terminate {
+            pod_id: pod.id.clone(),
+            found: false
+        }
+    );
 }
 
 #[tokio::test]
@@ -112,9 +153,16 @@ async fn terminate_of_an_unknown_pod_is_ok_even_when_the_api_says_not_found() {
     let client = graphql(&fake.graphql_url(), KEY);
     client.terminate_pod("doesnotexist01").await.unwrap();
 
-    let pod = client.deploy_pod(&DeployPod::new("idle-1", "idle", GPU)).await.unwrap();
+    let pod = client
+        .deploy_pod(&DeployPod::new("idle-1", "idle", GPU))
+        .await
+        .unwrap();
     client.terminate_pod(&pod.id).await.unwrap();
-    let after = client.pod(&pod.id).await.unwrap().expect("reported as TERMINATED");
+    let after = client
+        .pod(&pod.id)
+        .await
+        .unwrap()
+        .expect("reported as TERMINATED");
     assert_eq!(after.desired_status, PodStatus::Terminated);
     assert!(!after.runtime_up);
     client.terminate_pod(&pod.id).await.unwrap();
@@ -122,27 +170,48 @@ async fn terminate_of_an_unknown_pod_is_ok_even_when_the_api_says_not_found() {
 
 #[tokio::test]
 async fn process_exit_makes_the_pod_exited_and_kill_pod_can_make_it_vanish() {
-    let mut config = FakeConfig::new(KEY).with_gpu(GPU, 4, "0.79").with_image("quick", ImageSpec::shell("exit 3"));
+    let mut config = FakeConfig::new(KEY)
+        .with_gpu(GPU, 4, "0.79")
+        .with_image("quick", ImageSpec::shell("exit 3"));
     config.images.insert("idle".into(), ImageSpec::idle());
     config.boot_delay = Duration::ZERO;
     let fake = FakeRunpod::start(config).await;
     let client = graphql(&fake.graphql_url(), KEY);
 
-    let quick = client.deploy_pod(&DeployPod::new("quick", "quick", GPU)).await.unwrap();
+    let quick = client
+        .deploy_pod(&DeployPod::new("quick", "quick", GPU))
+        .await
+        .unwrap();
     let exited = eventually(Duration::from_secs(3), "EXITED", || {
         let client = client.clone();
         let id = quick.id.clone();
-        async move { client.pod(&id).await.unwrap().filter(|p| p.desired_status == PodStatus::Exited) }
+        async move {
+            client
+                .pod(&id)
+                .await
+                .unwrap()
+                .filter(|p| p.desired_status == PodStatus::Exited)
+        }
     })
     .await;
     assert!(!exited.runtime_up);
     assert_eq!(fake.pod(&quick.id).unwrap().exit_code, Some(3));
 
-    let idle = client.deploy_pod(&DeployPod::new("idle", "idle", GPU)).await.unwrap();
+    let idle = client
+        .deploy_pod(&DeployPod::new("idle", "idle", GPU))
+        .await
+        .unwrap();
     assert!(client.pod(&idle.id).await.unwrap().unwrap().runtime_up);
     assert!(fake.kill_pod(&idle.id, KillPod::Removed));
     assert_eq!(client.pod(&idle.id).await.unwrap(), None);
-    assert!(client.list_pods().await.unwrap().iter().all(|p| p.id != idle.id));
+    assert!(
+        client
+            .list_pods()
+            .await
+            .unwrap()
+            .iter()
+            .all(|p| p.id != idle.id)
+    );
 }
 
 #[tokio::test]
@@ -153,7 +222,10 @@ async fn a_bad_key_is_unauthorized_and_the_key_never_shows() {
     let error = client.list_pods().await.unwrap_err();
     assert!(matches!(error, RunpodError::Unauthorized), "{error:?}");
     assert!(!error.is_retryable());
-    let error = client.deploy_pod(&DeployPod::new("x", "idle", GPU)).await.unwrap_err();
+    let error = client
+        .deploy_pod(&DeployPod::new("x", "idle", GPU))
+        .await
+        .unwrap_err();
     assert!(matches!(error, RunpodError::Unauthorized), "{error:?}");
     assert!(!format!("{error} {error:?} {client:?}").contains(wrong));
 
@@ -161,23 +233,42 @@ async fn a_bad_key_is_unauthorized_and_the_key_never_shows() {
     let unreachable = graphql("http://127.0.0.1:9/graphql?api_key=rpa_in_url_secret", "k");
     let error = unreachable.list_pods().await.unwrap_err();
     assert!(matches!(error, RunpodError::Transport(_)), "{error:?}");
-    assert!(!format!("{error} {error:?} {unreachable:?}").contains("rpa_in_url_secret"), "{error}");
+    assert!(
+        !format!("{error} {error:?} {unreachable:?}").contains("rpa_in_url_secret"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
 async fn no_capacity_is_recognised_and_capacity_can_come_back() {
     let fake = FakeRunpod::start(FakeConfig::new(KEY).with_gpu(GPU, 1, "0.79")).await;
     let client = graphql(&fake.graphql_url(), KEY);
-    client.deploy_pod(&DeployPod::new("first", "idle", GPU)).await.unwrap();
-    let error = client.deploy_pod(&DeployPod::new("second", "idle", GPU)).await.unwrap_err();
+    client
+        .deploy_pod(&DeployPod::new("first", "idle", GPU))
+        .await
+        .unwrap();
+    let error = client
+        .deploy_pod(&DeployPod::new("second", "idle", GPU))
+        .await
+        .unwrap_err();
     assert!(error.is_capacity(), "{error:?}");
     assert!(!error.is_retryable());
-    let error = client.deploy_pod(&DeployPod::new("other", "idle", "NVIDIA H100 80GB HBM3")).await.unwrap_err();
+    let error = client
+        .deploy_pod(&DeployPod::new("other", "idle", "NVIDIA H100 80GB HBM3"))
+        .await
+        .unwrap_err();
     assert!(error.is_capacity(), "{error:?}");
 
     fake.set_capacity(GPU, 1);
-    client.deploy_pod(&DeployPod::new("third", "idle", GPU)).await.unwrap();
-    let deploys = fake.calls().into_iter().filter(|c| matches!(c.op, CallOp::Deploy { .. })).count();
+    client
+        .deploy_pod(&DeployPod::new("third", "idle", GPU))
+        .await
+        .unwrap();
+    let deploys = fake
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c.op, CallOp::Deploy { .. }))
+        .count();
     assert_eq!(deploys, 4, "a capacity error is not retried");
 }
 
@@ -189,17 +280,26 @@ async fn rate_limits_wait_for_retry_after_then_succeed() {
     fake.inject_status(1, 429, Some(Duration::from_secs(1)));
     let started = Instant::now();
     assert!(client.list_pods().await.unwrap().is_empty());
-    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After: 1 honoured, not the 10 ms backoff");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 honoured, not the 10 ms backoff"
+    );
 
     // A 429 means the create was refused unprocessed: safe to repeat, and it makes one pod.
     fake.inject_status(2, 429, None);
-    client.deploy_pod(&DeployPod::new("after-429", "idle", GPU)).await.unwrap();
+    client
+        .deploy_pod(&DeployPod::new("after-429", "idle", GPU))
+        .await
+        .unwrap();
     assert_eq!(fake.pods().len(), 1);
 
     // Four 429s in a row exhaust three retries.
     fake.inject_status(4, 429, None);
     let error = client.list_pods().await.unwrap_err();
-    assert!(matches!(error, RunpodError::RateLimited { retry_after: None }), "{error:?}");
+    assert!(
+        matches!(error, RunpodError::RateLimited { retry_after: None }),
+        "{error:?}"
+    );
 }
 
 #[tokio::test]
@@ -211,11 +311,23 @@ async fn server_errors_are_retried_for_reads_but_not_for_creates() {
     assert!(client.list_pods().await.unwrap().is_empty());
 
     fake.inject_status(1, 500, None);
-    let error = client.deploy_pod(&DeployPod::new("once", "idle", GPU)).await.unwrap_err();
-    assert!(matches!(error, RunpodError::Http { status: 500, .. }), "{error:?}");
-    assert!(error.is_retryable(), "retryable in kind, but the client left the decision to the caller");
+    let error = client
+        .deploy_pod(&DeployPod::new("once", "idle", GPU))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, RunpodError::Http { status: 500, .. }),
+        "{error:?}"
+    );
+    assert!(
+        error.is_retryable(),
+        "retryable in kind, but the client left the decision to the caller"
+    );
     // The next deploy goes through: the client did not use it up repeating the failed one.
-    client.deploy_pod(&DeployPod::new("once", "idle", GPU)).await.unwrap();
+    client
+        .deploy_pod(&DeployPod::new("once", "idle", GPU))
+        .await
+        .unwrap();
     assert_eq!(fake.pods().len(), 1);
 }
 
@@ -246,24 +358,45 @@ async fn a_create_that_timed_out_after_sending_is_not_repeated_but_a_read_is() {
         timeout: Duration::from_millis(200),
         retry: common::fast_retry(),
     });
-    let error = client.deploy_pod(&DeployPod::new("maybe", "idle", GPU)).await.unwrap_err();
+    let error = client
+        .deploy_pod(&DeployPod::new("maybe", "idle", GPU))
+        .await
+        .unwrap_err();
     assert!(matches!(error, RunpodError::Transport(_)), "{error:?}");
-    assert_eq!(accepted.load(Ordering::SeqCst), 1, "a create is never sent twice");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "a create is never sent twice"
+    );
 
     let error = client.pod("abc").await.unwrap_err();
     assert!(matches!(error, RunpodError::Transport(_)), "{error:?}");
-    assert_eq!(accepted.load(Ordering::SeqCst), 1 + 4, "a read is tried once and retried three times");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1 + 4,
+        "a read is tried once and retried three times"
+    );
 }
 
 #[tokio::test]
 async fn a_create_that_could_not_connect_is_repeated() {
     // Bind then drop: nothing listens on the port, so every attempt fails to connect.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let client = graphql(&format!("http://127.0.0.1:{port}/graphql"), KEY);
     let started = Instant::now();
-    let error = client.deploy_pod(&DeployPod::new("never", "idle", GPU)).await.unwrap_err();
+    let error = client
+        .deploy_pod(&DeployPod::new("never", "idle", GPU))
+        .await
+        .unwrap_err();
     assert!(matches!(error, RunpodError::Transport(_)), "{error:?}");
-    assert!(started.elapsed() >= Duration::from_millis(70), "waited 10 + 20 + 40 ms between four attempts");
+    assert!(
+        started.elapsed() >= Duration::from_millis(70),
+        "waited 10 + 20 + 40 ms between four attempts"
+    );
 }
 
 #[tokio::test]

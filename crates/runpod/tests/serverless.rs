@@ -37,9 +37,17 @@ fn input(lora: &str, mode: &str) -> Value {
     json!({"server": "http://control.test", "lora_id": lora, "token": "tok-1", "env": {"EXTRA": "x", "MODE": mode}})
 }
 
-const POLICY: Policy = Policy { execution_timeout_ms: 60_000, ttl_ms: 3_600_000 };
+const POLICY: Policy = Policy {
+    execution_timeout_ms: 60_000,
+    ttl_ms: 3_600_000,
+};
 
-async fn wait_for(client: &ServerlessClient, id: &str, what: &str, done: fn(&JobState) -> bool) -> JobStatus {
+async fn wait_for(
+    client: &ServerlessClient,
+    id: &str,
+    what: &str,
+    done: fn(&JobState) -> bool,
+) -> JobStatus {
     eventually(Duration::from_secs(4), what, || {
         let client = client.clone();
         let id = id.to_owned();
@@ -58,11 +66,26 @@ async fn a_job_queues_runs_and_completes_with_its_outcome() {
     let second = client.run(input("lora-2", "quick"), POLICY).await.unwrap();
     assert_ne!(first.id, second.id);
 
-    let running = wait_for(&client, &first.id, "IN_PROGRESS", |s| *s == JobState::InProgress).await;
+    let running = wait_for(&client, &first.id, "IN_PROGRESS", |s| {
+        *s == JobState::InProgress
+    })
+    .await;
     assert_eq!(running.output, None);
-    assert_eq!(client.status(&second.id).await.unwrap().unwrap().state, JobState::InQueue, "one worker only");
+    assert_eq!(
+        client.status(&second.id).await.unwrap().unwrap().state,
+        JobState::InQueue,
+        "one worker only"
+    );
     let health = client.health().await.unwrap();
-    assert_eq!((health.jobs.in_progress, health.jobs.in_queue, health.workers.running, health.workers.idle), (1, 1, 1, 0));
+    assert_eq!(
+        (
+            health.jobs.in_progress,
+            health.jobs.in_queue,
+            health.workers.running,
+            health.workers.idle
+        ),
+        (1, 1, 1, 0)
+    );
 
     let done = wait_for(&client, &first.id, "COMPLETED", JobState::is_terminal).await;
     assert_eq!(done.state, JobState::Completed);
@@ -75,9 +98,18 @@ async fn a_job_queues_runs_and_completes_with_its_outcome() {
     assert!(done.execution_time_ms.unwrap() >= 250, "{done:?}");
     assert!(done.delay_time_ms.is_some());
 
-    let second = wait_for(&client, &second.id, "second COMPLETED", JobState::is_terminal).await;
+    let second = wait_for(
+        &client,
+        &second.id,
+        "second COMPLETED",
+        JobState::is_terminal,
+    )
+    .await;
     assert_eq!(second.state, JobState::Completed);
-    assert!(second.delay_time_ms.unwrap() >= 250, "it waited for the only worker: {second:?}");
+    assert!(
+        second.delay_time_ms.unwrap() >= 250,
+        "it waited for the only worker: {second:?}"
+    );
     assert_eq!(client.health().await.unwrap().jobs.completed, 2);
     let log = std::fs::read_to_string(fake.job(&first.id).unwrap().log_path).unwrap();
     assert!(log.contains("starting lora-1"), "{log}");
@@ -88,19 +120,29 @@ async fn cancel_kills_the_worker_and_is_idempotent() {
     let fake = start(2).await;
     let client = serverless(&fake.serverless_base_url(), ENDPOINT, KEY);
     let job = client.run(input("lora-c", "sleep"), POLICY).await.unwrap();
-    wait_for(&client, &job.id, "IN_PROGRESS", |s| *s == JobState::InProgress).await;
+    wait_for(&client, &job.id, "IN_PROGRESS", |s| {
+        *s == JobState::InProgress
+    })
+    .await;
     let pid = fake.job(&job.id).unwrap().pid.expect("a worker process");
     assert!(process_running(pid));
 
     client.cancel(&job.id).await.unwrap();
-    assert_eq!(client.status(&job.id).await.unwrap().unwrap().state, JobState::Cancelled);
+    assert_eq!(
+        client.status(&job.id).await.unwrap().unwrap().state,
+        JobState::Cancelled
+    );
     eventually(Duration::from_secs(3), "worker gone", || {
         let gone = fake.live_processes() == 0;
         async move { gone.then_some(()) }
     })
     .await;
     assert!(!process_running(pid));
-    assert_eq!(client.status(&job.id).await.unwrap().unwrap().state, JobState::Cancelled, "stays cancelled");
+    assert_eq!(
+        client.status(&job.id).await.unwrap().unwrap().state,
+        JobState::Cancelled,
+        "stays cancelled"
+    );
     client.cancel(&job.id).await.unwrap();
     client.cancel("no-such-job").await.unwrap();
 }
@@ -109,7 +151,13 @@ async fn cancel_kills_the_worker_and_is_idempotent() {
 async fn an_unknown_job_is_none() {
     let fake = start(1).await;
     let client = serverless(&fake.serverless_base_url(), ENDPOINT, KEY);
-    assert_eq!(client.status("7b1c6f0e-0000-4000-8000-000000000000").await.unwrap(), None);
+    assert_eq!(
+        client
+            .status("7b1c6f0e-0000-4000-8000-000000000000")
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 #[tokio::test]
@@ -117,12 +165,22 @@ async fn a_dead_worker_fails_the_job_with_a_json_error() {
     let fake = start(1).await;
     let client = serverless(&fake.serverless_base_url(), ENDPOINT, KEY);
     let job = client.run(input("lora-k", "sleep"), POLICY).await.unwrap();
-    wait_for(&client, &job.id, "IN_PROGRESS", |s| *s == JobState::InProgress).await;
+    wait_for(&client, &job.id, "IN_PROGRESS", |s| {
+        *s == JobState::InProgress
+    })
+    .await;
     assert!(fake.kill_job(&job.id));
     let failed = client.status(&job.id).await.unwrap().unwrap();
     assert_eq!(failed.state, JobState::Failed);
-    let error: Value = serde_json::from_str(failed.error.as_deref().unwrap()).expect("a JSON-encoded error");
-    assert!(error["error_message"].as_str().unwrap().contains("worker died"), "{error}");
+    let error: Value =
+        serde_json::from_str(failed.error.as_deref().unwrap()).expect("a JSON-encoded error");
+    assert!(
+        error["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("worker died"),
+        "{error}"
+    );
     assert!(error.get("error_type").is_some());
 }
 
@@ -130,7 +188,10 @@ async fn a_dead_worker_fails_the_job_with_a_json_error() {
 async fn the_execution_timeout_kills_the_worker() {
     let fake = start(1).await;
     let client = serverless(&fake.serverless_base_url(), ENDPOINT, KEY);
-    let policy = Policy { execution_timeout_ms: 300, ttl_ms: 60_000 };
+    let policy = Policy {
+        execution_timeout_ms: 300,
+        ttl_ms: 60_000,
+    };
     let job = client.run(input("lora-t", "sleep"), policy).await.unwrap();
     let timed_out = wait_for(&client, &job.id, "TIMED_OUT", JobState::is_terminal).await;
     assert_eq!(timed_out.state, JobState::TimedOut);
@@ -160,12 +221,21 @@ async fn bad_keys_and_unknown_endpoints() {
     let client = serverless(&fake.serverless_base_url(), ENDPOINT, wrong);
     let error = client.run(input("l", "quick"), POLICY).await.unwrap_err();
     assert!(matches!(error, RunpodError::Unauthorized), "{error:?}");
-    assert!(matches!(client.health().await.unwrap_err(), RunpodError::Unauthorized));
+    assert!(matches!(
+        client.health().await.unwrap_err(),
+        RunpodError::Unauthorized
+    ));
     assert!(!format!("{error} {error:?} {client:?}").contains(wrong));
     assert!(fake.jobs().is_empty());
 
     let other = serverless(&fake.serverless_base_url(), "no-such-endpoint", KEY);
-    assert!(other.run(input("l", "quick"), POLICY).await.unwrap_err().is_not_found());
+    assert!(
+        other
+            .run(input("l", "quick"), POLICY)
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
 }
 
 #[tokio::test]
@@ -178,9 +248,15 @@ async fn run_is_repeated_after_a_429_but_not_after_a_500() {
 
     fake.inject_status(1, 503, None);
     let error = client.run(input("l", "quick"), POLICY).await.unwrap_err();
-    assert!(matches!(error, RunpodError::Http { status: 503, .. }), "{error:?}");
+    assert!(
+        matches!(error, RunpodError::Http { status: 503, .. }),
+        "{error:?}"
+    );
     assert_eq!(fake.jobs().len(), 1);
 
     fake.inject_status(2, 500, None);
-    client.health().await.expect("reads are retried through 5xx");
+    client
+        .health()
+        .await
+        .expect("reads are retried through 5xx");
 }

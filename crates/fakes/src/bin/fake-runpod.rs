@@ -32,8 +32,13 @@ fn parse_gpu(text: &str) -> Result<GpuType, String> {
     let (name, rest) = text.rsplit_once('=').ok_or("expected NAME=COUNT@PRICE")?;
     let (count, price) = rest.split_once('@').ok_or("expected NAME=COUNT@PRICE")?;
     let available = count.parse().map_err(|_| format!("bad count {count:?}"))?;
-    let cost_per_hr_micros = loraforge_fakes::parse_price(price).ok_or(format!("bad price {price:?}"))?;
-    Ok(GpuType { id: name.to_owned(), available, cost_per_hr_micros })
+    let cost_per_hr_micros =
+        loraforge_fakes::parse_price(price).ok_or(format!("bad price {price:?}"))?;
+    Ok(GpuType {
+        id: name.to_owned(),
+        available,
+        cost_per_hr_micros,
+    })
 }
 
 #[tokio::main]
@@ -48,7 +53,9 @@ async fn main() -> Result<(), String> {
     for image in args.images {
         config.images.insert(image, ImageSpec::idle());
     }
-    let fake = FakeRunpod::try_start(config).await.map_err(|e| e.to_string())?;
+    let fake = FakeRunpod::try_start(config)
+        .await
+        .map_err(|e| e.to_string())?;
     println!("GRAPHQL_URL={}", fake.graphql_url());
     println!("SERVERLESS_BASE_URL={}", fake.serverless_base_url());
     let _ = tokio::signal::ctrl_c().await;

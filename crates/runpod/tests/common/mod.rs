@@ -6,7 +6,9 @@ use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use loraforge_runpod::{GraphqlClient, GraphqlSettings, RetrySettings, ServerlessClient, ServerlessSettings};
+use loraforge_runpod::{
+    GraphqlClient, GraphqlSettings, RetrySettings, ServerlessClient, ServerlessSettings,
+};
 use secrecy::SecretString;
 use url::Url;
 
@@ -14,7 +16,11 @@ pub const KEY: &str = "rpa_test_key_0123456789";
 
 /// Retries as in production but 200 times faster (10 ms, 20 ms, 40 ms).
 pub fn fast_retry() -> RetrySettings {
-    RetrySettings { max_retries: 3, base_delay: Duration::from_millis(10), max_delay: Duration::from_secs(5) }
+    RetrySettings {
+        max_retries: 3,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_secs(5),
+    }
 }
 
 pub fn graphql(url: &str, key: &str) -> GraphqlClient {
@@ -54,9 +60,13 @@ where
 
 /// Whether `pid` is a live (not zombie) process.
 pub fn process_running(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
     // The state follows the command name's closing parenthesis.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
     !matches!(state, Some('Z') | Some('X') | None)
 }
 

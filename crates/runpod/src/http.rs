@@ -71,13 +71,8 @@ async fn once(request: reqwest::RequestBuilder) -> Result<Answer, Failure> {
     })?;
     let error = match status {
         401 => RunpodError::Unauthorized,
-        // A rate-limited request was refused before any work was done: safe to repeat a create.
-        429 => {
-            return Err(Failure {
-                error: RunpodError::RateLimited { retry_after },
-                not_processed: true,
-            });
-        }
+        // Not "certainly unprocessed": RunPod does not document GraphQL 429s (see crate::retry).
+        429 => RunpodError::RateLimited { retry_after },
         s if s >= 500 => RunpodError::Http {
             status: s,
             body: truncate_body(&body),

@@ -8,9 +8,12 @@
 //! Creates (`deploy_pod`, `run`) are not idempotent: RunPod has no idempotency key, so repeating
 //! a create whose first attempt reached the server can provision a second pod (billed by the
 //! hour) or run the job twice. They are retried only when the first attempt certainly was not
-//! processed: a 429 (the request was refused before any work) or a failure to connect (nothing
-//! was sent). A timeout, a dropped connection or a 5xx after the request was sent is returned to
-//! the caller, which finds an already-created pod by its name (`list_pods`) before creating again.
+//! processed, which is only a failure to connect (nothing was sent). A timeout, a dropped
+//! connection or a 5xx after the request was sent is returned to the caller, which finds an
+//! already-created pod by its name (`list_pods`) before creating again. A 429 is returned too
+//! (`RateLimited { retry_after }`, `is_retryable()`): RunPod does not document 429s for GraphQL
+//! [U], so nothing says such a create was refused before any work, and the caller, which sees
+//! every rate limit, is the right place to slow down.
 
 use std::time::Duration;
 

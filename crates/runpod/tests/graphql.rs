@@ -285,8 +285,19 @@ async fn rate_limits_wait_for_retry_after_then_succeed() {
         "Retry-After: 1 honoured, not the 10 ms backoff"
     );
 
-    // A 429 means the create was refused unprocessed: safe to repeat, and it makes one pod.
-    fake.inject_status(2, 429, None);
+    // A create is not repeated on a 429: the caller gets the rate limit and decides.
+    fake.inject_status(2, 429, Some(Duration::from_secs(1)));
+    let error = client
+        .deploy_pod(&DeployPod::new("after-429", "idle", GPU))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, RunpodError::RateLimited { retry_after: Some(d) } if d == Duration::from_secs(1)),
+        "{error:?}"
+    );
+    assert!(error.is_retryable());
+    // The second injected 429 is still pending: the client did not spend it repeating the create.
+    assert!(client.list_pods().await.unwrap().is_empty());
     client
         .deploy_pod(&DeployPod::new("after-429", "idle", GPU))
         .await

@@ -239,10 +239,15 @@ async fn bad_keys_and_unknown_endpoints() {
 }
 
 #[tokio::test]
-async fn run_is_repeated_after_a_429_but_not_after_a_500() {
+async fn run_is_not_repeated_after_a_429_or_a_500_but_reads_are() {
     let fake = start(4).await;
     let client = serverless(&fake.serverless_base_url(), ENDPOINT, KEY);
-    fake.inject_status(2, 429, None);
+    fake.inject_status(1, 429, None);
+    let error = client.run(input("l", "quick"), POLICY).await.unwrap_err();
+    assert!(
+        matches!(error, RunpodError::RateLimited { .. }),
+        "{error:?}"
+    );
     client.run(input("l", "quick"), POLICY).await.unwrap();
     assert_eq!(fake.jobs().len(), 1);
 

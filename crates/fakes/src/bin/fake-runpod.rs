@@ -2,7 +2,7 @@
 //! pods that stay running cost a little memory each.
 //!
 //! `fake-runpod --port 8911 --api-key KEY --gpu "NVIDIA RTX A6000=1000@0.79" --image runpod/pytorch`
-//! prints `GRAPHQL_URL=…` and `SERVERLESS_BASE_URL=…`, then serves until Ctrl-C.
+//! prints `GRAPHQL_URL=…` and `SERVERLESS_BASE_URL=…`, then serves until Ctrl-C or SIGTERM.
 
 use std::time::Duration;
 
@@ -58,6 +58,13 @@ async fn main() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     println!("GRAPHQL_URL={}", fake.graphql_url());
     println!("SERVERLESS_BASE_URL={}", fake.serverless_base_url());
-    let _ = tokio::signal::ctrl_c().await;
+    // Serve until Ctrl-C or SIGTERM; dropping the fake then stops it cleanly.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    drop(fake);
     Ok(())
 }

@@ -30,7 +30,7 @@ fn config(dir: &std::path::Path) -> FakeConfig {
         .with_gpu(GPU, 2, "0.79")
         .with_image("loraforge/trainer:test", recording_image(dir))
         .with_image("idle", ImageSpec::idle());
-    config.boot_delay = Duration::from_millis(800);
+    config.boot_delay = Duration::from_secs(1);
     config.kill_grace = Duration::from_secs(2);
     config
 }

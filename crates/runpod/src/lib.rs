@@ -1,0 +1,27 @@
+//! Typed clients for RunPod's two APIs, with no engine logic: [`GraphqlClient`] creates, reads,
+//! lists and terminates on-demand GPU pods through `https://api.runpod.io/graphql`, and
+//! [`ServerlessClient`] submits, polls and cancels jobs on a queue endpoint under
+//! `https://api.runpod.ai/v2/{endpoint_id}`. The wire contracts they follow are in
+//! `shared/research/api-contracts.md` §1a and §2; `loraforge-fakes` serves the same contracts
+//! locally and is what the tests here run against.
+//!
+//! Both clients share one error type, [`RunpodError`], whose predicates (`is_retryable`,
+//! `is_capacity`, `is_not_found`) are what callers decide on, and one retry rule: reads and
+//! deletes are retried on 429, 5xx and transport failures; creates (`deploy_pod`, `run`) only when
+//! the request certainly was not processed (see [`retry`]). Money is integer micro-dollars; the
+//! API key lives in a [`secrecy::SecretString`] and never reaches a `Debug`, a log or an error.
+
+mod error;
+mod graphql;
+mod http;
+pub mod money;
+pub mod retry;
+mod serverless;
+
+pub use error::{Result, RunpodError};
+pub use graphql::{CloudType, DeployPod, GraphqlClient, GraphqlSettings, Pod, PodStatus};
+pub use retry::RetrySettings;
+pub use serverless::{
+    Health, HealthJobs, HealthWorkers, JobRef, JobState, JobStatus, Policy, ServerlessClient,
+    ServerlessSettings,
+};

@@ -153,8 +153,68 @@ pub fn engine(
         },
     );
     let tokens = JwtWorkerTokens { keys: JwtKeys::new(&s.jwt_secret()?), ttl: job_url_ttl(s) };
-    let backend: Arc<dyn TrainingBackend> = Arc::new(LocalBackend::new(local));
-    Ok(Engine::new(repo, Arc::new(SystemClock), vec![backend], settings, after).with_worker_tokens(Arc::new(tokens)))
+    let mut backends: Vec<Arc<dyn TrainingBackend>> = Vec::new();
+    let mut settings = settings;
+    for name in &s.backends {
+        match name.as_str() {
+            "local" => backends.push(Arc::new(LocalBackend::new(local.clone()))),
+            "runpod" => {
+                // A pod calls back over the network: to the public URL, never to loopback.
+                let public = s.public_url()?;
+                if is_loopback(&public) && !s.allow_loopback_callbacks {
+                    bail!(
+                        "the runpod backend needs a public_url its pods can reach (LORAFORGE_PUBLIC_URL); {public} is \
+                         a loopback address (set LORAFORGE_ALLOW_LOOPBACK_CALLBACKS=true only for tests)"
+                    );
+                }
+                settings.server_url = public.as_str().trim_end_matches('/').to_owned();
+                backends.push(Arc::new(runpod_backend(s)?));
+            }
+            other => bail!("unknown backend {other:?}"),
+        }
+    }
+    if backends.is_empty() {
+        bail!("no backend is configured (LORAFORGE_BACKENDS); use local and/or runpod");
+    }
+    Ok(Engine::new(repo, Arc::new(SystemClock), backends, settings, after).with_worker_tokens(Arc::new(tokens)))
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => true,
+    }
+}
+
+/// The RunPod pods backend from the `runpod_*` settings.
+fn runpod_backend(s: &Settings) -> anyhow::Result<loraforge_runpod::PodsBackend> {
+    use loraforge_runpod::{CloudType, GraphqlClient, GraphqlSettings, PodsBackend, PodsSettings};
+    let key = s.runpod_api_key.clone().context("the runpod backend needs LORAFORGE_RUNPOD_API_KEY")?;
+    let image = s.runpod_image.clone().context("the runpod backend needs LORAFORGE_RUNPOD_IMAGE (the worker image)")?;
+    if s.runpod_gpu_types.is_empty() {
+        bail!("the runpod backend needs at least one GPU type in LORAFORGE_RUNPOD_GPU_TYPES");
+    }
+    let mut graphql = GraphqlSettings::new(key);
+    if let Some(u) = &s.runpod_graphql_url {
+        graphql.url = url::Url::parse(u).with_context(|| format!("runpod_graphql_url {u:?} is not a URL"))?;
+    }
+    let mut pods = PodsSettings::new(image, s.runpod_gpu_types.clone());
+    pods.cloud_type = match s.runpod_cloud_type.as_str() {
+        "secure" => CloudType::Secure,
+        "community" => CloudType::Community,
+        _ => CloudType::All,
+    };
+    pods.container_disk_gb = Some(s.runpod_container_disk_gb);
+    pods.volume_gb = s.runpod_volume_gb;
+    pods.network_volume_id = s.runpod_network_volume_id.clone();
+    pods.max_pods = s.runpod_max_pods.max(1);
+    // Base weights from the Hugging Face hub may need a token; the pod gets it, nothing else.
+    if let Ok(token) = std::env::var("HF_TOKEN") {
+        pods.env.push(("HF_TOKEN".to_owned(), token));
+    }
+    Ok(PodsBackend::new(GraphqlClient::new(graphql), pods))
 }
 
 /// Image URL downloads. Host patterns were validated when the settings were loaded.

@@ -88,6 +88,30 @@ pub struct Settings {
     pub worker_id: Option<String>,
     /// Training runs at once on this host (the local backend's slots).
     pub training_concurrency: usize,
+    /// Where training runs, in order of preference: `local` (this host), `runpod` (GPU pods).
+    /// A job goes to the first with room.
+    pub backends: Vec<String>,
+    /// RunPod API key (for `runpod`). Secret.
+    pub runpod_api_key: Option<SecretString>,
+    /// RunPod's GraphQL endpoint; default `https://api.runpod.io/graphql`.
+    pub runpod_graphql_url: Option<String>,
+    /// The worker image pods run (`docker/worker.Dockerfile`).
+    pub runpod_image: Option<String>,
+    /// GPU types to ask for, in order; the next is tried when one has no capacity.
+    pub runpod_gpu_types: Vec<String>,
+    /// `all`, `secure` or `community`.
+    pub runpod_cloud_type: String,
+    /// Container disk per pod, GB.
+    pub runpod_container_disk_gb: u32,
+    /// Pod volume, GB (none by default).
+    pub runpod_volume_gb: Option<u32>,
+    /// A network volume for the Hugging Face cache (base weights downloaded once).
+    pub runpod_network_volume_id: Option<String>,
+    /// Pods at once, across every replica.
+    pub runpod_max_pods: usize,
+    /// Let remote workers call back to a loopback `public_url` (tests only: a real pod cannot
+    /// reach it).
+    pub allow_loopback_callbacks: bool,
     /// A run training longer than this is killed and failed, seconds.
     pub job_timeout_secs: u64,
     /// How far a claim or a worker's heartbeat extends a job's lease, seconds.
@@ -121,7 +145,7 @@ pub struct Overrides {
     pub bind: Option<String>,
 }
 
-const LIST_KEYS: [&str; 3] = ["cors_origins", "local_model_roots", "image_url_allowed_hosts"];
+const LIST_KEYS: [&str; 5] = ["cors_origins", "local_model_roots", "image_url_allowed_hosts", "backends", "runpod_gpu_types"];
 
 impl Settings {
     pub fn load(over: &Overrides) -> anyhow::Result<Self> {
@@ -157,6 +181,12 @@ impl Settings {
             .set_default("log_format", "text")?
             .set_default("engine_enabled", true)?
             .set_default("training_concurrency", 1)?
+            .set_default("backends", vec!["local"])?
+            .set_default("runpod_gpu_types", vec!["NVIDIA GeForce RTX 3090", "NVIDIA A40"])?
+            .set_default("runpod_cloud_type", "all")?
+            .set_default("runpod_container_disk_gb", 40)?
+            .set_default("runpod_max_pods", 10)?
+            .set_default("allow_loopback_callbacks", false)?
             .set_default("job_timeout_secs", 2 * 3600)?
             .set_default("job_lease_secs", 120)?
             .set_default("engine_poll_ms", 1000)?
@@ -219,6 +249,16 @@ impl Settings {
         }
         if !(0.0..=1.0).contains(&s.validation_similarity_threshold) {
             bail!("validation_similarity_threshold must be between 0 and 1, not {}", s.validation_similarity_threshold);
+        }
+        s.backends.retain(|b| !b.trim().is_empty());
+        s.runpod_gpu_types.retain(|g| !g.trim().is_empty());
+        for b in &s.backends {
+            if !matches!(b.as_str(), "local" | "runpod") {
+                bail!("backends: unknown backend {b:?}; use local and/or runpod (runpod-serverless is not available yet)");
+            }
+        }
+        if !matches!(s.runpod_cloud_type.as_str(), "all" | "secure" | "community") {
+            bail!("runpod_cloud_type must be all, secure or community, not {:?}", s.runpod_cloud_type);
         }
         if s.training_concurrency == 0 {
             bail!("training_concurrency must be at least 1 (set engine_enabled = false to train nothing)");
@@ -369,6 +409,17 @@ impl Settings {
             ("engine_enabled", self.engine_enabled.to_string()),
             ("worker_id", self.worker_id()),
             ("training_concurrency", self.training_concurrency.to_string()),
+            ("backends", self.backends.join(",")),
+            ("runpod_api_key", secret(&self.runpod_api_key)),
+            ("runpod_graphql_url", self.runpod_graphql_url.clone().unwrap_or_else(|| "https://api.runpod.io/graphql".into())),
+            ("runpod_image", self.runpod_image.clone().unwrap_or_default()),
+            ("runpod_gpu_types", self.runpod_gpu_types.join(",")),
+            ("runpod_cloud_type", self.runpod_cloud_type.clone()),
+            ("runpod_container_disk_gb", self.runpod_container_disk_gb.to_string()),
+            ("runpod_volume_gb", self.runpod_volume_gb.map(|v| v.to_string()).unwrap_or_default()),
+            ("runpod_network_volume_id", self.runpod_network_volume_id.clone().unwrap_or_default()),
+            ("runpod_max_pods", self.runpod_max_pods.to_string()),
+            ("allow_loopback_callbacks", self.allow_loopback_callbacks.to_string()),
             ("job_timeout_secs", self.job_timeout_secs.to_string()),
             ("job_lease_secs", self.job_lease_secs.to_string()),
             ("engine_poll_ms", self.engine_poll_ms.to_string()),

@@ -551,3 +551,81 @@ async fn train_follow_runs_to_completion_and_prints_the_download_link() {
     assert_eq!(file.status(), 200, "{link}");
     assert!(file.bytes().await.unwrap().len() > 1000);
 }
+
+/// The RunPod pods backend, end to end: `serve` with `LORAFORGE_BACKENDS=runpod` against the
+/// contract fake of RunPod's GraphQL API, whose pod really runs `loraforge worker` exactly as the
+/// worker image does (its command, only the image's and the pod's environment); the worker calls
+/// back over the protocol, the LoRA completes, the pod is terminated and its cost recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lora_trains_end_to_end_on_a_runpod_pod() {
+    use loraforge_fakes::{FakeConfig, FakePodStatus, ImageSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let image_data = dir.path().join("image-data");
+    // What the worker image sets (docker/worker.Dockerfile), pointed at this machine's venv.
+    let image = ImageSpec::program(env!("CARGO_BIN_EXE_loraforge"), ["worker"])
+        .with_env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .with_env("LORAFORGE_TRAINER_PYTHON", trainer_python().display().to_string())
+        .with_env("LORAFORGE_DATA_DIR", image_data.display().to_string())
+        .with_env("LORAFORGE_WORKER_RETRY_DELAY_MS", "50")
+        .with_env("LORAFORGE_TORCH_THREADS", "1")
+        .with_env("OMP_NUM_THREADS", "1")
+        .with_env("HF_HUB_OFFLINE", "1");
+    let mut config = FakeConfig::new("rp-test-key")
+        .with_gpu("NVIDIA GeForce RTX 3090", 0, "0.44")
+        .with_gpu("NVIDIA A40", 2, "0.79")
+        .with_image("ghcr.io/acme/loraforge-worker:test", image);
+    config.logs_dir = Some(dir.path().join("pods"));
+    let runpod = loraforge_fakes::FakeRunpod::start(config).await;
+    let graphql = runpod.graphql_url().to_string();
+    let svc = Service::start(
+        dir.path(),
+        &[
+            ("LORAFORGE_BACKENDS", "runpod"),
+            ("LORAFORGE_RUNPOD_API_KEY", "rp-test-key"),
+            ("LORAFORGE_RUNPOD_GRAPHQL_URL", &graphql),
+            ("LORAFORGE_RUNPOD_IMAGE", "ghcr.io/acme/loraforge-worker:test"),
+            ("LORAFORGE_RUNPOD_GPU_TYPES", "NVIDIA GeForce RTX 3090,NVIDIA A40"),
+            ("LORAFORGE_ALLOW_LOOPBACK_CALLBACKS", "true"),
+        ],
+    );
+    let token = svc.token(USER);
+    let id = svc.create(&token, "Zxq on a pod", 10).await;
+    let done = svc.finished(&token, &id).await;
+    let pod_logs = || {
+        let mut all = String::new();
+        for entry in std::fs::read_dir(dir.path().join("pods")).into_iter().flatten().flatten() {
+            all.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+        }
+        all
+    };
+    assert_eq!(done["training_status"], "completed", "{done}\n{}\n--- pods ---\n{}", svc.logs(), pod_logs());
+
+    // The 3090 had no capacity: the A40 took it. The pod carried the worker's environment.
+    let pods = runpod.pods();
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    let pod = &pods[0];
+    assert_eq!(pod.name, format!("loraforge-{id}-1"));
+    assert_eq!(pod.gpu_type, "NVIDIA A40");
+    for key in ["LORAFORGE_SERVER", "LORAFORGE_LORA_ID", "LORAFORGE_WORKER_TOKEN"] {
+        assert!(pod.env.iter().any(|(k, _)| k == key), "{key} missing from {:?}", pod.env.iter().map(|(k, _)| k).collect::<Vec<_>>());
+    }
+    assert!(pod.env.iter().any(|(k, v)| k == "LORAFORGE_LORA_ID" && *v == id));
+    // No instance is left, and the attempt's record says where it ran and what it cost.
+    let started = Instant::now();
+    loop {
+        let (_, details) = svc.call(&token, reqwest::Method::GET, &format!("/api/v1/lora-models/{id}"), None).await;
+        let attempt = &details["attempts"][0];
+        if attempt["cost"].is_object() {
+            assert_eq!((attempt["backend"].as_str(), attempt["gpu_type"].as_str()), (Some("runpod"), Some("NVIDIA A40")), "{details}");
+            assert_eq!(attempt["outcome"], "trained");
+            assert!(attempt["cost"]["micro_usd"].as_i64().unwrap() > 0, "{details}");
+            assert_eq!(details["training_cost"], attempt["cost"]);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the pod's end was not recorded: {details}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pod = runpod.pods().pop().unwrap();
+    assert_eq!(pod.status, FakePodStatus::Terminated, "{pod:?}");
+    assert_eq!(runpod.live_processes(), 0);
+}

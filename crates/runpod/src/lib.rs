@@ -1,4 +1,5 @@
-//! Typed clients for RunPod's two APIs, with no engine logic: [`GraphqlClient`] creates, reads,
+//! RunPod: [`PodsBackend`] runs training attempts on on-demand GPU pods for the job engine, on
+//! top of typed clients for RunPod's two APIs: [`GraphqlClient`] creates, reads,
 //! lists and terminates on-demand GPU pods through `https://api.runpod.io/graphql`, and
 //! [`ServerlessClient`] submits, polls and cancels jobs on a queue endpoint under
 //! `https://api.runpod.ai/v2/{endpoint_id}`. The wire contracts they follow are in
@@ -15,11 +16,13 @@ mod error;
 mod graphql;
 mod http;
 pub mod money;
+mod pods;
 pub mod retry;
 mod serverless;
 
 pub use error::{Result, RunpodError};
 pub use graphql::{CloudType, DeployPod, GraphqlClient, GraphqlSettings, Pod, PodStatus};
+pub use pods::{PodsBackend, PodsSettings};
 pub use retry::RetrySettings;
 pub use serverless::{
     Health, HealthJobs, HealthWorkers, JobRef, JobState, JobStatus, Policy, ServerlessClient,

@@ -556,11 +556,12 @@ async fn train_follow_runs_to_completion_and_prints_the_download_link() {
 /// contract fake of RunPod's GraphQL API, whose pod really runs `loraforge worker` exactly as the
 /// worker image does (its command, only the image's and the pod's environment); the worker calls
 /// back over the protocol, the LoRA completes, the pod is terminated and its cost recorded.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lora_trains_end_to_end_on_a_runpod_pod() {
-    use loraforge_fakes::{FakeConfig, FakePodStatus, ImageSpec};
-    let dir = tempfile::tempdir().unwrap();
-    let image_data = dir.path().join("image-data");
+/// The contract fake of RunPod with the worker image: its pods run this build's `loraforge
+/// worker` with the image's environment (as `docker/worker.Dockerfile` sets it), logs in
+/// `<dir>/pods`. No 3090 is available; A40s are, at $0.79/h.
+async fn fake_runpod(dir: &Path) -> loraforge_fakes::FakeRunpod {
+    use loraforge_fakes::{FakeConfig, ImageSpec};
+    let image_data = dir.join("image-data");
     // What the worker image sets (docker/worker.Dockerfile), pointed at this machine's venv.
     let image = ImageSpec::program(env!("CARGO_BIN_EXE_loraforge"), ["worker"])
         .with_env("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -574,31 +575,46 @@ async fn a_lora_trains_end_to_end_on_a_runpod_pod() {
         .with_gpu("NVIDIA GeForce RTX 3090", 0, "0.44")
         .with_gpu("NVIDIA A40", 2, "0.79")
         .with_image("ghcr.io/acme/loraforge-worker:test", image);
-    config.logs_dir = Some(dir.path().join("pods"));
-    let runpod = loraforge_fakes::FakeRunpod::start(config).await;
+    config.logs_dir = Some(dir.join("pods"));
+    loraforge_fakes::FakeRunpod::start(config).await
+}
+
+/// What every pod's log says, for failure messages.
+fn pod_logs(dir: &Path) -> String {
+    let mut all = String::new();
+    for entry in std::fs::read_dir(dir.join("pods")).into_iter().flatten().flatten() {
+        all.push_str(&format!("--- {} ---\n", entry.file_name().to_string_lossy()));
+        all.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+    }
+    all
+}
+
+/// `serve` training on the fake's pods (extra settings after the RunPod ones).
+fn runpod_service(dir: &Path, runpod: &loraforge_fakes::FakeRunpod, extra: &[(&str, &str)]) -> Service {
     let graphql = runpod.graphql_url().to_string();
-    let svc = Service::start(
-        dir.path(),
-        &[
-            ("LORAFORGE_BACKENDS", "runpod"),
-            ("LORAFORGE_RUNPOD_API_KEY", "rp-test-key"),
-            ("LORAFORGE_RUNPOD_GRAPHQL_URL", &graphql),
-            ("LORAFORGE_RUNPOD_IMAGE", "ghcr.io/acme/loraforge-worker:test"),
-            ("LORAFORGE_RUNPOD_GPU_TYPES", "NVIDIA GeForce RTX 3090,NVIDIA A40"),
-            ("LORAFORGE_ALLOW_LOOPBACK_CALLBACKS", "true"),
-        ],
-    );
+    let mut env = vec![
+        ("LORAFORGE_BACKENDS", "runpod"),
+        ("LORAFORGE_RUNPOD_API_KEY", "rp-test-key"),
+        ("LORAFORGE_RUNPOD_GRAPHQL_URL", graphql.as_str()),
+        ("LORAFORGE_RUNPOD_IMAGE", "ghcr.io/acme/loraforge-worker:test"),
+        ("LORAFORGE_RUNPOD_GPU_TYPES", "NVIDIA GeForce RTX 3090,NVIDIA A40"),
+        ("LORAFORGE_RUNPOD_OBSERVE_SECS", "1"),
+        ("LORAFORGE_ALLOW_LOOPBACK_CALLBACKS", "true"),
+    ];
+    env.extend_from_slice(extra);
+    Service::start(dir, &env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lora_trains_end_to_end_on_a_runpod_pod() {
+    use loraforge_fakes::FakePodStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let runpod = fake_runpod(dir.path()).await;
+    let svc = runpod_service(dir.path(), &runpod, &[]);
     let token = svc.token(USER);
     let id = svc.create(&token, "Zxq on a pod", 10).await;
     let done = svc.finished(&token, &id).await;
-    let pod_logs = || {
-        let mut all = String::new();
-        for entry in std::fs::read_dir(dir.path().join("pods")).into_iter().flatten().flatten() {
-            all.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
-        }
-        all
-    };
-    assert_eq!(done["training_status"], "completed", "{done}\n{}\n--- pods ---\n{}", svc.logs(), pod_logs());
+    assert_eq!(done["training_status"], "completed", "{done}\n{}\n--- pods ---\n{}", svc.logs(), pod_logs(dir.path()));
 
     // The 3090 had no capacity: the A40 took it. The pod carried the worker's environment.
     let pods = runpod.pods();
@@ -627,5 +643,39 @@ async fn a_lora_trains_end_to_end_on_a_runpod_pod() {
     }
     let pod = runpod.pods().pop().unwrap();
     assert_eq!(pod.status, FakePodStatus::Terminated, "{pod:?}");
+    assert_eq!(runpod.live_processes(), 0);
+}
+
+/// A pod's host dies mid-training (the pod vanishes without a word from its worker): the job is
+/// requeued, a new pod resumes from the checkpoint the first one uploaded to the blob store, and
+/// the LoRA completes; both pods are gone, each attempt on record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_dies_mid_training_is_replaced_and_the_next_resumes_from_the_stored_checkpoint() {
+    use loraforge_fakes::{FakePodStatus, KillPod};
+    let dir = tempfile::tempdir().unwrap();
+    let runpod = fake_runpod(dir.path()).await;
+    let svc = runpod_service(dir.path(), &runpod, &[("LORAFORGE_CHECKPOINT_EVERY_STEPS", "10")]);
+    let token = svc.token(USER);
+    let id = svc.create(&token, "Zxq survives a host", 60).await;
+    let stored = svc.data.join("blobs/training-checkpoints").join(USER).join(&id).join("attempt-1.pt");
+    svc.wait(&token, &id, "a stored checkpoint", Duration::from_secs(240), |_| stored.exists()).await;
+    let first = runpod.pods().pop().unwrap();
+    assert!(runpod.kill_pod(&first.id, KillPod::Removed), "{first:?}");
+
+    let done = svc.finished(&token, &id).await;
+    assert_eq!(done["training_status"], "completed", "{done}\n{}\n--- pods ---\n{}", svc.logs(), pod_logs(dir.path()));
+    let pods = runpod.pods();
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    let second_log = std::fs::read_to_string(&pods[1].log_path).unwrap();
+    assert!(second_log.contains("resuming from step-"), "the second pod trained from scratch:\n{second_log}");
+    let (_, details) = svc.call(&token, reqwest::Method::GET, &format!("/api/v1/lora-models/{id}"), None).await;
+    let outcomes: Vec<&str> = details["attempts"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap_or("")).collect();
+    assert_eq!(outcomes, ["vanished", "trained"], "{details}");
+    // Nothing is left running, and the job's checkpoints are gone with it.
+    let started = Instant::now();
+    while runpod.pods().iter().any(|p| p.status == FakePodStatus::Running) || stored.parent().unwrap().exists() && std::fs::read_dir(stored.parent().unwrap()).unwrap().next().is_some() {
+        assert!(started.elapsed() < Duration::from_secs(60), "{:?}", runpod.pods());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(runpod.live_processes(), 0);
 }

@@ -312,6 +312,8 @@ pub struct JobClaim {
     pub worker: Option<String>,
     pub attempt: u32,
     pub lease_until: Option<DateTime<Utc>>,
+    /// The newest checkpoint in the blob store: its key and step.
+    pub checkpoint: Option<(String, u64)>,
 }
 
 /// A job in `training` whose lease has ended ([`Repository::expired_leases`]).
@@ -438,6 +440,10 @@ pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
     /// Who holds job `id` and for which attempt; `None` if there is no such job. The worker API
     /// checks a worker's token against it.
     async fn job_claim(&self, id: LoraId) -> Result<Option<JobClaim>>;
+
+    /// Records the newest checkpoint of job `id` (its blob `key` and `step`), only while `worker`
+    /// holds the job for `attempt`; `false` otherwise.
+    async fn record_checkpoint(&self, id: LoraId, worker: &str, attempt: u32, key: &str, step: u64) -> Result<bool>;
 
     // --- runs -------------------------------------------------------------------------------
 

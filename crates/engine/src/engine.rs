@@ -566,9 +566,19 @@ impl Engine {
             Ok(true) => {
                 tracing::info!(lora = %lora, attempt = run.attempt, backend = %run.backend, %cost, "instance gone");
                 r.gone.push(lora);
-                // Past training for good: what the backend kept for a resume is of no more use.
+                // Past training for good: what the backend and the blob store kept for a resume
+                // is of no more use.
                 if !matches!(job_status, TrainingStatus::Pending | TrainingStatus::Queued | TrainingStatus::Training) {
                     backend.release(lora).await;
+                    match self.repo.get_lora(lora).await {
+                        Ok(Some(model)) => match self.after.forget_checkpoints(&model).await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(lora = %lora, checkpoints = n, "checkpoints deleted"),
+                            Err(e) => r.errors.push(format!("deleting the checkpoints of LoRA {lora}: {e}")),
+                        },
+                        Ok(None) => {}
+                        Err(e) => r.errors.push(format!("deleting the checkpoints of LoRA {lora}: {e}")),
+                    }
                 }
             }
             Ok(false) => {}

@@ -45,6 +45,10 @@ pub struct WorkerApiSettings {
     pub heartbeat_interval: Duration,
     /// Shortest pause between two progress posts of a worker.
     pub progress_interval: Duration,
+    /// Steps between two checkpoints, handed to the trainer (`None`: the trainer's default,
+    /// 250). Each checkpoint is uploaded to the blob store, so a lost instance costs at most this
+    /// many steps.
+    pub checkpoint_every: Option<u32>,
 }
 
 impl Default for WorkerApiSettings {
@@ -54,6 +58,7 @@ impl Default for WorkerApiSettings {
             url_ttl: Duration::from_secs(3 * 3600),
             heartbeat_interval: Duration::from_secs(10),
             progress_interval: Duration::from_secs(1),
+            checkpoint_every: None,
         }
     }
 }

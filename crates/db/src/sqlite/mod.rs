@@ -223,6 +223,10 @@ impl Repository for SqliteRepository {
         jobs::job_claim(&self.pool, id).await
     }
 
+    async fn record_checkpoint(&self, id: LoraId, worker: &str, attempt: u32, key: &str, step: u64) -> Result<bool> {
+        jobs::record_checkpoint(&self.pool, id, worker, attempt, key, step).await
+    }
+
     async fn insert_run(&self, run: &NewRun) -> Result<TrainingRun> {
         runs::insert_run(self, run).await
     }

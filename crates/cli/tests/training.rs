@@ -679,3 +679,44 @@ async fn a_pod_that_dies_mid_training_is_replaced_and_the_next_resumes_from_the_
     }
     assert_eq!(runpod.live_processes(), 0);
 }
+
+/// No GPU of any configured type: the LoRA waits `queued` with a message saying why (not
+/// `failed`), and trains once one is free; cancelling a training LoRA ends its pod within 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_gpu_the_lora_waits_and_a_cancel_ends_its_pod_within_30_s() {
+    use loraforge_fakes::FakePodStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let runpod = fake_runpod(dir.path()).await;
+    runpod.set_capacity("NVIDIA A40", 0);
+    let svc = runpod_service(dir.path(), &runpod, &[]);
+    let token = svc.token(USER);
+    let id = svc.create(&token, "Zxq waits", 5000).await;
+    let waiting = svc
+        .wait(&token, &id, "a message about the GPU", Duration::from_secs(60), |s| s["status_message"].is_string())
+        .await;
+    assert_eq!(waiting["training_status"], "queued", "{waiting}");
+    let message = waiting["status_message"].as_str().unwrap();
+    assert!(message.contains("waiting for a GPU") && message.contains("NVIDIA A40"), "{message}");
+    assert!(waiting["error"].is_null(), "{waiting}");
+    assert!(runpod.pods().is_empty());
+
+    // A GPU frees up: the backend is asked again after its cool-down, and the LoRA trains.
+    runpod.set_capacity("NVIDIA A40", 1);
+    svc.wait(&token, &id, "training on a pod", Duration::from_secs(240), |s| {
+        s["stage"] == "training" && s["progress"].as_u64().is_some_and(|p| p >= 1)
+    })
+    .await;
+    let asked = Instant::now();
+    let (code, body) = svc.call(&token, reqwest::Method::POST, &format!("/api/v1/lora-models/{id}/cancel"), None).await;
+    assert_eq!(code, 200, "{body}");
+    loop {
+        let pod = runpod.pods().pop().unwrap();
+        if pod.status == FakePodStatus::Terminated && runpod.live_processes() == 0 {
+            break;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(30), "the pod still runs 30 s after the cancel: {pod:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("cancel → pod terminated in {:.2} s", asked.elapsed().as_secs_f64());
+    assert_eq!(svc.status(&token, &id).await["training_status"], "cancelled");
+}

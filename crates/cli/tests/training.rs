@@ -46,6 +46,8 @@ fn tiny_model() -> &'static Path {
 /// A running `loraforge serve`, stopped (SIGTERM, then SIGKILL) when dropped.
 struct Service {
     child: Option<Child>,
+    /// `--bind`: port 0 unless a test needs the same address across restarts.
+    bind: String,
     dir: PathBuf,
     data: PathBuf,
     log: PathBuf,
@@ -83,6 +85,7 @@ impl Service {
         env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let mut s = Service {
             child: None,
+            bind: "127.0.0.1:0".to_owned(),
             dir: dir.to_owned(),
             data,
             log: dir.join("serve-0.log"),
@@ -102,7 +105,7 @@ impl Service {
         self.log = self.dir.join(format!("serve-{}.log", n.count()));
         let log = std::fs::File::create(&self.log).unwrap();
         let child = loraforge(&self.dir)
-            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--bind", &self.bind, "--data-dir"])
             .arg(&self.data)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -719,4 +722,73 @@ async fn without_a_gpu_the_lora_waits_and_a_cancel_ends_its_pod_within_30_s() {
     }
     eprintln!("cancel → pod terminated in {:.2} s", asked.elapsed().as_secs_f64());
     assert_eq!(svc.status(&token, &id).await["training_status"], "cancelled");
+}
+
+/// A free port on loopback, for a service that must keep its address across a restart (pods
+/// call back to it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `serve` killed with -9 while a pod trains, restarted on the same address: the pod's worker
+/// carries on (or a new pod resumes), the LoRA completes, and no instance is left unaccounted
+/// for; an orphan pod of this service found at start is terminated by the sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_9_of_serve_every_pod_is_accounted_for() {
+    use loraforge_fakes::FakePodStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let runpod = fake_runpod(dir.path()).await;
+    // A pod of this service that no run owns (left by a crash before its run was recorded).
+    let orphan_name = format!("loraforge-{}-1", uuid_like());
+    let deploy = serde_json::json!({
+        "query": "mutation Deploy($input: PodFindAndDeployOnDemandInput!) { podFindAndDeployOnDemand(input: $input) { id } }",
+        "variables": {"input": {"name": orphan_name, "imageName": "idle", "gpuTypeId": "NVIDIA A40", "gpuCount": 1, "cloudType": "ALL"}}
+    });
+    let resp = reqwest::Client::new().post(runpod.graphql_url().as_str()).bearer_auth("rp-test-key").json(&deploy).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let port = free_port().to_string();
+    let bind = format!("127.0.0.1:{port}");
+    let public = format!("http://127.0.0.1:{port}");
+    let mut svc = runpod_service(dir.path(), &runpod, &[("LORAFORGE_CHECKPOINT_EVERY_STEPS", "10"), ("LORAFORGE_PUBLIC_URL", &public)]);
+    svc.bind = bind;
+    svc.kill_9();
+    svc.restart();
+    let started = Instant::now();
+    while runpod.pods().iter().any(|p| p.name == orphan_name && p.status != FakePodStatus::Terminated) {
+        assert!(started.elapsed() < Duration::from_secs(30), "the orphan was not swept: {:?}", runpod.pods());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let token = svc.token(USER);
+    let id = svc.create(&token, "Zxq outlives serve", 80).await;
+    svc.wait(&token, &id, "training to be under way", Duration::from_secs(240), |s| {
+        s["stage"] == "training" && s["progress"].as_u64().is_some_and(|p| p >= 5)
+    })
+    .await;
+    svc.kill_9();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    svc.restart();
+    let done = svc.finished(&token, &id).await;
+    assert_eq!(done["training_status"], "completed", "{done}\n{}\n--- pods ---\n{}", svc.logs(), pod_logs(dir.path()));
+    let started = Instant::now();
+    loop {
+        let (_, details) = svc.call(&token, reqwest::Method::GET, &format!("/api/v1/lora-models/{id}"), None).await;
+        let attempts = details["attempts"].as_array().unwrap().clone();
+        let pods = runpod.pods();
+        let ours: Vec<_> = pods.iter().filter(|p| p.name != orphan_name).collect();
+        if attempts.iter().all(|a| a["cost"].is_object()) && ours.iter().all(|p| p.status == FakePodStatus::Terminated) {
+            // One pod per attempt, each ended and paid for.
+            assert_eq!(ours.len(), attempts.len(), "{pods:?}\n{details}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{pods:?}\n{details}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(runpod.live_processes(), 0);
+}
+
+/// A random UUID-shaped id (the tests have no uuid dependency of their own).
+fn uuid_like() -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", (n >> 64) as u32 ^ 0x5eed, (n >> 48) as u16, (n >> 36) as u16 & 0xfff, (n >> 24) as u16 & 0xfff, n as u64 & 0xffff_ffff_ffff)
 }

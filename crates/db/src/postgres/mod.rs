@@ -246,6 +246,18 @@ impl Repository for PgRepository {
         runs::unclaim(self, id, worker, message, now).await
     }
 
+    async fn record_alert(&self, kind: &str, subject: &str, message: &str, now: DateTime<Utc>) -> Result<()> {
+        runs::record_alert(&self.pool, kind, subject, message, now).await
+    }
+
+    async fn alerts(&self, limit: u32) -> Result<Vec<crate::Alert>> {
+        runs::alerts(&self.pool, limit).await
+    }
+
+    async fn try_lease(&self, name: &str, holder: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> Result<bool> {
+        runs::try_lease(self, name, holder, until, now).await
+    }
+
     async fn set_status_message(&self, id: LoraId, message: Option<&str>, _now: DateTime<Utc>) -> Result<()> {
         runs::set_status_message(&self.pool, id, message).await
     }

@@ -31,6 +31,7 @@ pub struct ServerSettings {
     pub lora_rules: LoraRules,
     /// Testing only: the first this-many uploads through signed `/files` links answer 503, so
     /// tests can see a worker keep its files and retry.
+    /// (Checkpoints are not refused: the trained files are what these tests are about.)
     pub debug_fail_uploads: u32,
 }
 

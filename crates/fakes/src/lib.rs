@@ -273,6 +273,16 @@ impl FakeRunpod {
         self.shared.lock().calls.clone()
     }
 
+    /// The calls from the `from`-th on (0-based), in order: a reader that remembers how many it
+    /// has seen copies only the new ones.
+    pub fn calls_since(&self, from: usize) -> Vec<Call> {
+        let st = self.shared.lock();
+        st.calls
+            .get(from..)
+            .map(<[Call]>::to_vec)
+            .unwrap_or_default()
+    }
+
     /// Processes started by the fake that have not been reaped yet.
     pub fn live_processes(&self) -> usize {
         self.shared.lock().procs.len()

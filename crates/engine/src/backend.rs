@@ -26,6 +26,9 @@ pub struct Launch {
     pub server: String,
     /// The per-attempt worker token. A credential: never logged.
     pub token: String,
+    /// An earlier launch of this attempt failed: its instance may exist after all (an answer
+    /// lost in transit), so a backend that cannot create idempotently looks for it first.
+    pub retry: bool,
 }
 
 impl fmt::Debug for Launch {
@@ -36,6 +39,7 @@ impl fmt::Debug for Launch {
             .field("instance_name", &self.instance_name)
             .field("server", &self.server)
             .field("token", &"<redacted>")
+            .field("retry", &self.retry)
             .finish()
     }
 }

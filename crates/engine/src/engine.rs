@@ -850,6 +850,7 @@ impl Engine {
             instance_name: name.clone(),
             server: self.settings.server_url.clone(),
             token,
+            retry: failures > 0,
         };
         match self.with_timeout(&format!("launching on {}", backend.name()), backend.launch(&launch)).await {
             Ok(launched) => {

@@ -5,8 +5,8 @@
 //! - Launch: the GPU types are tried in the configured order; "no longer any instances
 //!   available" moves on to the next, and when every type is out the engine waits in the queue
 //!   (`BackendError::NoCapacity`). A create is never repeated blindly (RunPod has no idempotency
-//!   key): before creating, a pod already carrying the attempt's name (left by a create whose
-//!   answer was lost) is taken instead.
+//!   key): when a launch is retried, a pod already carrying the attempt's name (left by a create
+//!   whose answer was lost) is taken instead of creating another.
 //! - Observe: one `myself { pods }` listing answers for every run at once.
 //! - Terminate: `podTerminate` (idempotent), then the pod is looked up: gone when RunPod no
 //!   longer knows it or reports it TERMINATED. The engine bills from the run's creation to that
@@ -136,14 +136,18 @@ impl TrainingBackend for PodsBackend {
     }
 
     async fn launch(&self, launch: &Launch) -> Result<Launched, BackendError> {
-        // A create whose answer was lost may have made the pod: take it rather than make two.
-        let pods = self.client.list_pods().await.map_err(|e| backend_error("listing pods", e))?;
-        if let Some(pod) = pods
-            .into_iter()
-            .find(|p| p.name == launch.instance_name && !matches!(p.desired_status, PodStatus::Terminated))
-        {
-            tracing::warn!(pod = %pod.id, name = %launch.instance_name, "a pod of this attempt exists already; using it");
-            return Ok(self.launched(pod, None).await);
+        // A retried create whose first answer was lost may have made the pod: take it rather
+        // than make two. (Only on a retry: a listing per launch made starting 1,000 runs
+        // quadratic, bench/runs_watch.sh.)
+        if launch.retry {
+            let pods = self.client.list_pods().await.map_err(|e| backend_error("listing pods", e))?;
+            if let Some(pod) = pods
+                .into_iter()
+                .find(|p| p.name == launch.instance_name && !matches!(p.desired_status, PodStatus::Terminated))
+            {
+                tracing::warn!(pod = %pod.id, name = %launch.instance_name, "a pod of this attempt exists already; using it");
+                return Ok(self.launched(pod, None).await);
+            }
         }
         let mut out_of_capacity = Vec::new();
         for gpu in &self.settings.gpu_types {

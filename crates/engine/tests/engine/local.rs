@@ -19,6 +19,7 @@ fn launch(lora: LoraId, attempt: u32) -> Launch {
         instance_name: format!("loraforge-{lora}-{attempt}"),
         server: "http://127.0.0.1:9".into(),
         token: "tok-123".into(),
+        retry: false,
     }
 }
 

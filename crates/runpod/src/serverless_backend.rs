@@ -34,7 +34,7 @@ use loraforge_engine::{
 };
 
 use crate::pods::backend_error;
-use crate::{JobState, JobStatus, Policy, ServerlessClient};
+use crate::{JobState, JobStatus, Policy, RunpodError, ServerlessClient};
 
 /// RunPod's upper bound on `executionTimeout` and `ttl`.
 const MAX_POLICY: Duration = Duration::from_secs(7 * 86_400);
@@ -213,14 +213,11 @@ impl TrainingBackend for ServerlessBackend {
 
     async fn launch(&self, launch: &Launch) -> Result<Launched, BackendError> {
         // Not repeated on an unknown result (see the module's documentation).
-        let job = self.client.run(self.input(launch), self.settings.policy()).await.map_err(|e| {
-            let e = backend_error("submitting a serverless job", e);
-            match e {
-                BackendError::Permanent(m) if m.contains("not found") => {
-                    BackendError::Permanent(format!("{m}; check LORAFORGE_RUNPOD_ENDPOINT_ID"))
-                }
-                e => e,
-            }
+        let job = self.client.run(self.input(launch), self.settings.policy()).await.map_err(|e| match e {
+            RunpodError::NotFound => BackendError::Permanent(
+                "RunPod has no such serverless endpoint; check LORAFORGE_RUNPOD_ENDPOINT_ID".to_owned(),
+            ),
+            e => backend_error("submitting a serverless job", e),
         })?;
         tracing::info!(job = %job.id, lora = %launch.lora_id, attempt = launch.attempt, "serverless job submitted");
         // The endpoint fixes the GPU; RunPod does not say which worker took the job.

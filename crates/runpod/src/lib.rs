@@ -26,8 +26,8 @@ pub use error::{Result, RunpodError};
 pub use graphql::{CloudType, DeployPod, GraphqlClient, GraphqlSettings, Pod, PodStatus};
 pub use pods::{PodsBackend, PodsSettings};
 pub use retry::RetrySettings;
-pub use serverless_backend::{ServerlessBackend, ServerlessBackendSettings};
 pub use serverless::{
     Health, HealthJobs, HealthWorkers, JobRef, JobState, JobStatus, Policy, ServerlessClient,
     ServerlessSettings,
 };
+pub use serverless_backend::{ServerlessBackend, ServerlessBackendSettings};

@@ -85,14 +85,22 @@ impl ServerlessBackendSettings {
     /// The job policy these settings give, within RunPod's bounds (5 s to 7 days, 10 s to 7
     /// days).
     pub fn policy(&self) -> Policy {
-        let execution = self.execution_timeout.clamp(Duration::from_secs(5), MAX_POLICY);
-        let ttl = execution.saturating_add(self.queue_ttl).clamp(Duration::from_secs(10), MAX_POLICY);
-        Policy { execution_timeout_ms: execution.as_millis() as u64, ttl_ms: ttl.as_millis() as u64 }
+        let execution = self
+            .execution_timeout
+            .clamp(Duration::from_secs(5), MAX_POLICY);
+        let ttl = execution
+            .saturating_add(self.queue_ttl)
+            .clamp(Duration::from_secs(10), MAX_POLICY);
+        Policy {
+            execution_timeout_ms: execution.as_millis() as u64,
+            ttl_ms: ttl.as_millis() as u64,
+        }
     }
 
     /// The per-second price as the engine takes it: per hour.
     pub fn price_per_hour(&self) -> Option<MicroUsd> {
-        self.price_per_second.map(|p| MicroUsd(p.0.saturating_mul(3600)))
+        self.price_per_second
+            .map(|p| MicroUsd(p.0.saturating_mul(3600)))
     }
 }
 
@@ -106,13 +114,21 @@ pub struct ServerlessBackend {
 
 impl ServerlessBackend {
     pub fn new(client: ServerlessClient, settings: ServerlessBackendSettings) -> Self {
-        Self { client, settings, finishing: Mutex::new(HashMap::new()) }
+        Self {
+            client,
+            settings,
+            finishing: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The job's input. Holds the worker token: never logged.
     fn input(&self, launch: &Launch) -> Value {
-        let env: Map<String, Value> =
-            self.settings.env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        let env: Map<String, Value> = self
+            .settings
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
         json!({
             "server": launch.server,
             "lora_id": launch.lora_id.to_string(),
@@ -129,7 +145,10 @@ impl ServerlessBackend {
     }
 
     fn forget(&self, id: &str) {
-        self.finishing.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.finishing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 }
 
@@ -143,7 +162,11 @@ pub fn observed(job: Option<&JobStatus>) -> Observed {
         };
     };
     // Ended jobs are not gone yet: terminate reads their billed execution time.
-    let ended = |outcome: &'static str, reason: Option<String>| Observed::Ended { outcome, reason, gone: false };
+    let ended = |outcome: &'static str, reason: Option<String>| Observed::Ended {
+        outcome,
+        reason,
+        gone: false,
+    };
     match &job.state {
         JobState::InQueue | JobState::InProgress | JobState::Other(_) => Observed::Running,
         JobState::Completed => {
@@ -152,13 +175,22 @@ pub fn observed(job: Option<&JobStatus>) -> Observed {
         }
         JobState::Failed => ended(
             "vanished",
-            Some(format!("the serverless job failed: {}", error_message(job.error.as_deref()))),
+            Some(format!(
+                "the serverless job failed: {}",
+                error_message(job.error.as_deref())
+            )),
         ),
         JobState::TimedOut => ended(
             "vanished",
-            Some(format!("the serverless job timed out: {}", error_message(job.error.as_deref()))),
+            Some(format!(
+                "the serverless job timed out: {}",
+                error_message(job.error.as_deref())
+            )),
         ),
-        JobState::Cancelled => ended("vanished", Some("the serverless job was cancelled".to_owned())),
+        JobState::Cancelled => ended(
+            "vanished",
+            Some("the serverless job was cancelled".to_owned()),
+        ),
     }
 }
 
@@ -166,9 +198,15 @@ pub fn observed(job: Option<&JobStatus>) -> Observed {
 /// the line's code when it is a known one, else the generic outcome of the exit status.
 fn completed_outcome(output: Option<&Value>) -> (&'static str, Option<String>) {
     let Some(output) = output else {
-        return ("vanished", Some("the serverless job completed without an output".to_owned()));
+        return (
+            "vanished",
+            Some("the serverless job completed without an output".to_owned()),
+        );
     };
-    let exit_code = output.get("exit_code").and_then(Value::as_i64).and_then(|c| i32::try_from(c).ok());
+    let exit_code = output
+        .get("exit_code")
+        .and_then(Value::as_i64)
+        .and_then(|c| i32::try_from(c).ok());
     if exit_code.is_none() {
         // The handler refused the input (`{"error": …}`) or the output is not the handler's.
         let reason = match output.get("error").and_then(Value::as_str) {
@@ -178,18 +216,30 @@ fn completed_outcome(output: Option<&Value>) -> (&'static str, Option<String>) {
         return ("vanished", Some(reason));
     }
     let line = output.get("outcome").filter(|v| v.is_object());
-    let reason = line.and_then(|l| l.get("reason")).and_then(Value::as_str).map(str::to_owned);
-    let known = line.and_then(|l| l.get("code")).and_then(Value::as_str).and_then(outcome::spec);
+    let reason = line
+        .and_then(|l| l.get("reason"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let known = line
+        .and_then(|l| l.get("code"))
+        .and_then(Value::as_str)
+        .and_then(outcome::spec);
     let code = known.unwrap_or_else(|| outcome::from_exit(exit_code)).code;
     (code, reason)
 }
 
 /// RunPod's `error`: a JSON-encoded object with an `error_message` when the handler raised.
 fn error_message(error: Option<&str>) -> String {
-    let Some(error) = error else { return "no error given".to_owned() };
+    let Some(error) = error else {
+        return "no error given".to_owned();
+    };
     serde_json::from_str::<Value>(error)
         .ok()
-        .and_then(|v| v.get("error_message").and_then(Value::as_str).map(str::to_owned))
+        .and_then(|v| {
+            v.get("error_message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| error.to_owned())
 }
 
@@ -213,46 +263,85 @@ impl TrainingBackend for ServerlessBackend {
 
     async fn launch(&self, launch: &Launch) -> Result<Launched, BackendError> {
         // Not repeated on an unknown result (see the module's documentation).
-        let job = self.client.run(self.input(launch), self.settings.policy()).await.map_err(|e| match e {
-            RunpodError::NotFound => BackendError::Permanent(
-                "RunPod has no such serverless endpoint; check LORAFORGE_RUNPOD_ENDPOINT_ID".to_owned(),
-            ),
-            e => backend_error("submitting a serverless job", e),
-        })?;
+        let job = self
+            .client
+            .run(self.input(launch), self.settings.policy())
+            .await
+            .map_err(|e| match e {
+                RunpodError::NotFound => BackendError::Permanent(
+                    "RunPod has no such serverless endpoint; check LORAFORGE_RUNPOD_ENDPOINT_ID"
+                        .to_owned(),
+                ),
+                e => backend_error("submitting a serverless job", e),
+            })?;
         tracing::info!(job = %job.id, lora = %launch.lora_id, attempt = launch.attempt, "serverless job submitted");
         // The endpoint fixes the GPU; RunPod does not say which worker took the job.
-        Ok(Launched { provider_id: job.id, gpu_type: None, price_per_hour: self.settings.price_per_hour() })
+        Ok(Launched {
+            provider_id: job.id,
+            gpu_type: None,
+            price_per_hour: self.settings.price_per_hour(),
+        })
     }
 
     async fn observe(&self, instances: &[Instance]) -> Result<Vec<Observed>, BackendError> {
         // The futures are made first: a closure inside the stream trips `async_trait`'s `Send`.
-        let calls: Vec<_> = instances.iter().map(|i| self.client.status(&i.provider_id)).collect();
-        let statuses: Vec<_> = futures::stream::iter(calls).buffered(STATUS_CONCURRENCY).collect().await;
+        let calls: Vec<_> = instances
+            .iter()
+            .map(|i| self.client.status(&i.provider_id))
+            .collect();
+        let statuses: Vec<_> = futures::stream::iter(calls)
+            .buffered(STATUS_CONCURRENCY)
+            .collect()
+            .await;
         statuses
             .into_iter()
-            .map(|s| s.map(|job| observed(job.as_ref())).map_err(|e| backend_error("reading a serverless job", e)))
+            .map(|s| {
+                s.map(|job| observed(job.as_ref()))
+                    .map_err(|e| backend_error("reading a serverless job", e))
+            })
             .collect()
     }
 
-    async fn terminate(&self, instance: &Instance, ending: Ending) -> Result<Termination, BackendError> {
+    async fn terminate(
+        &self,
+        instance: &Instance,
+        ending: Ending,
+    ) -> Result<Termination, BackendError> {
         let id = &instance.provider_id;
-        let mut job = self.client.status(id).await.map_err(|e| backend_error("reading a serverless job", e))?;
+        let mut job = self
+            .client
+            .status(id)
+            .await
+            .map_err(|e| backend_error("reading a serverless job", e))?;
         if let Some(status) = &job
             && !status.state.is_terminal()
         {
             if ending == Ending::Finished && self.within_grace(id) {
                 // Its worker is exiting; the job completes by itself.
-                return Ok(Termination { gone: false, billed_millis: None });
+                return Ok(Termination {
+                    gone: false,
+                    billed_millis: None,
+                });
             }
-            self.client.cancel(id).await.map_err(|e| backend_error("cancelling a serverless job", e))?;
+            self.client
+                .cancel(id)
+                .await
+                .map_err(|e| backend_error("cancelling a serverless job", e))?;
             tracing::info!(job = %id, lora = %instance.lora_id, "serverless job cancelled");
-            job = self.client.status(id).await.map_err(|e| backend_error("reading a serverless job", e))?;
+            job = self
+                .client
+                .status(id)
+                .await
+                .map_err(|e| backend_error("reading a serverless job", e))?;
         }
         let gone = job.as_ref().is_none_or(|j| j.state.is_terminal());
         if gone {
             self.forget(id);
         }
-        Ok(Termination { gone, billed_millis: job.and_then(|j| j.execution_time_ms).filter(|_| gone) })
+        Ok(Termination {
+            gone,
+            billed_millis: job.and_then(|j| j.execution_time_ms).filter(|_| gone),
+        })
     }
 }
 
@@ -273,44 +362,87 @@ mod tests {
 
     fn ended(o: Observed) -> (&'static str, Option<String>, bool) {
         match o {
-            Observed::Ended { outcome, reason, gone } => (outcome, reason, gone),
+            Observed::Ended {
+                outcome,
+                reason,
+                gone,
+            } => (outcome, reason, gone),
             Observed::Running => panic!("running"),
         }
     }
 
     #[test]
     fn states_map_to_observations() {
-        for state in [JobState::InQueue, JobState::InProgress, JobState::Other("RUNNING".into())] {
+        for state in [
+            JobState::InQueue,
+            JobState::InProgress,
+            JobState::Other("RUNNING".into()),
+        ] {
             assert_eq!(observed(Some(&job(state, None, None))), Observed::Running);
         }
         assert_eq!(ended(observed(None)).0, "vanished");
         assert!(ended(observed(None)).2, "an unknown job is gone");
 
-        let trained = job(JobState::Completed, Some(json!({"exit_code": 0, "outcome": null})), None);
+        let trained = job(
+            JobState::Completed,
+            Some(json!({"exit_code": 0, "outcome": null})),
+            None,
+        );
         assert_eq!(ended(observed(Some(&trained))), ("trained", None, false));
 
         let line = json!({"event": "error", "code": "upload_failed", "reason": "uploading failed", "exit_code": 11});
-        let failed = job(JobState::Completed, Some(json!({"exit_code": 11, "outcome": line})), None);
-        assert_eq!(ended(observed(Some(&failed))), ("upload_failed", Some("uploading failed".into()), false));
+        let failed = job(
+            JobState::Completed,
+            Some(json!({"exit_code": 11, "outcome": line})),
+            None,
+        );
+        assert_eq!(
+            ended(observed(Some(&failed))),
+            ("upload_failed", Some("uploading failed".into()), false)
+        );
 
         // An unknown code: the exit status decides.
         let line = json!({"event": "error", "code": "from_the_future", "reason": "new"});
-        let newer = job(JobState::Completed, Some(json!({"exit_code": 3, "outcome": line})), None);
+        let newer = job(
+            JobState::Completed,
+            Some(json!({"exit_code": 3, "outcome": line})),
+            None,
+        );
         assert_eq!(ended(observed(Some(&newer))).0, "non_finite_loss");
-        let odd = job(JobState::Completed, Some(json!({"exit_code": 77, "outcome": null})), None);
+        let odd = job(
+            JobState::Completed,
+            Some(json!({"exit_code": 77, "outcome": null})),
+            None,
+        );
         assert_eq!(ended(observed(Some(&odd))).0, "internal");
 
-        let refused = job(JobState::Completed, Some(json!({"error": "invalid input: x"})), None);
+        let refused = job(
+            JobState::Completed,
+            Some(json!({"error": "invalid input: x"})),
+            None,
+        );
         let (code, reason, _) = ended(observed(Some(&refused)));
         assert_eq!(code, "vanished");
         assert!(reason.unwrap().contains("invalid input: x"));
 
         let raised = r#"{"error_type":"RuntimeError","error_message":"worker died"}"#;
-        let (code, reason, gone) = ended(observed(Some(&job(JobState::Failed, None, Some(raised)))));
+        let (code, reason, gone) =
+            ended(observed(Some(&job(JobState::Failed, None, Some(raised)))));
         assert_eq!((code, gone), ("vanished", false));
         assert!(reason.unwrap().ends_with("worker died"));
-        assert_eq!(ended(observed(Some(&job(JobState::TimedOut, None, Some("too long"))))).0, "vanished");
-        assert_eq!(ended(observed(Some(&job(JobState::Cancelled, None, None)))).0, "vanished");
+        assert_eq!(
+            ended(observed(Some(&job(
+                JobState::TimedOut,
+                None,
+                Some("too long")
+            ))))
+            .0,
+            "vanished"
+        );
+        assert_eq!(
+            ended(observed(Some(&job(JobState::Cancelled, None, None)))).0,
+            "vanished"
+        );
     }
 
     #[test]
@@ -323,11 +455,26 @@ mod tests {
         assert_eq!(per_hour, MicroUsd(1_116_000));
         // 1.5 s of execution at 0.00031 $/s, billed through the per-hour price.
         assert_eq!(per_hour.per_hour_for_millis(1500), MicroUsd(465));
-        assert_eq!(per_hour.per_hour_for_millis(1500), MicroUsd(310).per_second_for_millis(1500));
+        assert_eq!(
+            per_hour.per_hour_for_millis(1500),
+            MicroUsd(310).per_second_for_millis(1500)
+        );
 
-        assert_eq!(s.policy(), Policy { execution_timeout_ms: 7_800_000, ttl_ms: 7_800_000 + 86_400_000 });
+        assert_eq!(
+            s.policy(),
+            Policy {
+                execution_timeout_ms: 7_800_000,
+                ttl_ms: 7_800_000 + 86_400_000
+            }
+        );
         s.execution_timeout = Duration::from_secs(1);
         s.queue_ttl = Duration::from_secs(30 * 86_400);
-        assert_eq!(s.policy(), Policy { execution_timeout_ms: 5_000, ttl_ms: 7 * 86_400_000 });
+        assert_eq!(
+            s.policy(),
+            Policy {
+                execution_timeout_ms: 5_000,
+                ttl_ms: 7 * 86_400_000
+            }
+        );
     }
 }

@@ -52,6 +52,7 @@ pub fn server_settings(s: &Settings) -> ServerSettings {
         worker: WorkerApiSettings {
             lease: Duration::from_secs(s.job_lease_secs),
             url_ttl: job_url_ttl(s),
+            checkpoint_every: s.checkpoint_every_steps,
             ..WorkerApiSettings::default()
         },
         validation: ValidationSettings {
@@ -219,6 +220,7 @@ fn runpod_backend(s: &Settings) -> anyhow::Result<loraforge_runpod::PodsBackend>
     pods.volume_gb = s.runpod_volume_gb;
     pods.network_volume_id = s.runpod_network_volume_id.clone();
     pods.max_pods = s.runpod_max_pods.max(1);
+    pods.observe_every = Duration::from_secs(s.runpod_observe_secs.max(1));
     // Base weights from the Hugging Face hub may need a token; the pod gets it, nothing else.
     if let Ok(token) = std::env::var("HF_TOKEN") {
         pods.env.push(("HF_TOKEN".to_owned(), token));

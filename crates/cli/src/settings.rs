@@ -120,6 +120,11 @@ pub struct Settings {
     pub runpod_serverless_price_per_second: String,
     /// Serverless jobs at once, across every replica.
     pub runpod_serverless_max_jobs: usize,
+    /// How often the RunPod pods are listed to see ones that ended or vanished, seconds.
+    pub runpod_observe_secs: u64,
+    /// Steps between two training checkpoints (each is uploaded to the blob store, so a lost
+    /// instance costs at most this many steps); default: the trainer's, 250.
+    pub checkpoint_every_steps: Option<u32>,
     /// Let remote workers call back to a loopback `public_url` (tests only: a real pod cannot
     /// reach it).
     pub allow_loopback_callbacks: bool,
@@ -199,6 +204,7 @@ impl Settings {
             .set_default("runpod_max_pods", 10)?
             .set_default("runpod_serverless_price_per_second", "0.00031")?
             .set_default("runpod_serverless_max_jobs", 10)?
+            .set_default("runpod_observe_secs", 15)?
             .set_default("allow_loopback_callbacks", false)?
             .set_default("job_timeout_secs", 2 * 3600)?
             .set_default("job_lease_secs", 120)?
@@ -275,6 +281,9 @@ impl Settings {
         }
         if !matches!(s.runpod_cloud_type.as_str(), "all" | "secure" | "community") {
             bail!("runpod_cloud_type must be all, secure or community, not {:?}", s.runpod_cloud_type);
+        }
+        if s.checkpoint_every_steps == Some(0) {
+            bail!("checkpoint_every_steps must be at least 1");
         }
         if s.training_concurrency == 0 {
             bail!("training_concurrency must be at least 1 (set engine_enabled = false to train nothing)");
@@ -439,6 +448,8 @@ impl Settings {
             ("runpod_serverless_url", self.runpod_serverless_url.clone().unwrap_or_else(|| "https://api.runpod.ai/v2".into())),
             ("runpod_serverless_price_per_second", self.runpod_serverless_price_per_second.clone()),
             ("runpod_serverless_max_jobs", self.runpod_serverless_max_jobs.to_string()),
+            ("runpod_observe_secs", self.runpod_observe_secs.to_string()),
+            ("checkpoint_every_steps", self.checkpoint_every_steps.map(|v| v.to_string()).unwrap_or_default()),
             ("allow_loopback_callbacks", self.allow_loopback_callbacks.to_string()),
             ("job_timeout_secs", self.job_timeout_secs.to_string()),
             ("job_lease_secs", self.job_lease_secs.to_string()),

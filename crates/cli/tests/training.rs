@@ -46,6 +46,8 @@ fn tiny_model() -> &'static Path {
 /// A running `loraforge serve`, stopped (SIGTERM, then SIGKILL) when dropped.
 struct Service {
     child: Option<Child>,
+    /// `--bind`: port 0 unless a test needs the same address across restarts.
+    bind: String,
     dir: PathBuf,
     data: PathBuf,
     log: PathBuf,
@@ -83,6 +85,7 @@ impl Service {
         env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let mut s = Service {
             child: None,
+            bind: "127.0.0.1:0".to_owned(),
             dir: dir.to_owned(),
             data,
             log: dir.join("serve-0.log"),
@@ -102,7 +105,7 @@ impl Service {
         self.log = self.dir.join(format!("serve-{}.log", n.count()));
         let log = std::fs::File::create(&self.log).unwrap();
         let child = loraforge(&self.dir)
-            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--bind", &self.bind, "--data-dir"])
             .arg(&self.data)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -556,11 +559,12 @@ async fn train_follow_runs_to_completion_and_prints_the_download_link() {
 /// contract fake of RunPod's GraphQL API, whose pod really runs `loraforge worker` exactly as the
 /// worker image does (its command, only the image's and the pod's environment); the worker calls
 /// back over the protocol, the LoRA completes, the pod is terminated and its cost recorded.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lora_trains_end_to_end_on_a_runpod_pod() {
-    use loraforge_fakes::{FakeConfig, FakePodStatus, ImageSpec};
-    let dir = tempfile::tempdir().unwrap();
-    let image_data = dir.path().join("image-data");
+/// The contract fake of RunPod with the worker image: its pods run this build's `loraforge
+/// worker` with the image's environment (as `docker/worker.Dockerfile` sets it), logs in
+/// `<dir>/pods`. No 3090 is available; A40s are, at $0.79/h.
+async fn fake_runpod(dir: &Path) -> loraforge_fakes::FakeRunpod {
+    use loraforge_fakes::{FakeConfig, ImageSpec};
+    let image_data = dir.join("image-data");
     // What the worker image sets (docker/worker.Dockerfile), pointed at this machine's venv.
     let image = ImageSpec::program(env!("CARGO_BIN_EXE_loraforge"), ["worker"])
         .with_env("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -574,31 +578,46 @@ async fn a_lora_trains_end_to_end_on_a_runpod_pod() {
         .with_gpu("NVIDIA GeForce RTX 3090", 0, "0.44")
         .with_gpu("NVIDIA A40", 2, "0.79")
         .with_image("ghcr.io/acme/loraforge-worker:test", image);
-    config.logs_dir = Some(dir.path().join("pods"));
-    let runpod = loraforge_fakes::FakeRunpod::start(config).await;
+    config.logs_dir = Some(dir.join("pods"));
+    loraforge_fakes::FakeRunpod::start(config).await
+}
+
+/// What every pod's log says, for failure messages.
+fn pod_logs(dir: &Path) -> String {
+    let mut all = String::new();
+    for entry in std::fs::read_dir(dir.join("pods")).into_iter().flatten().flatten() {
+        all.push_str(&format!("--- {} ---\n", entry.file_name().to_string_lossy()));
+        all.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+    }
+    all
+}
+
+/// `serve` training on the fake's pods (extra settings after the RunPod ones).
+fn runpod_service(dir: &Path, runpod: &loraforge_fakes::FakeRunpod, extra: &[(&str, &str)]) -> Service {
     let graphql = runpod.graphql_url().to_string();
-    let svc = Service::start(
-        dir.path(),
-        &[
-            ("LORAFORGE_BACKENDS", "runpod"),
-            ("LORAFORGE_RUNPOD_API_KEY", "rp-test-key"),
-            ("LORAFORGE_RUNPOD_GRAPHQL_URL", &graphql),
-            ("LORAFORGE_RUNPOD_IMAGE", "ghcr.io/acme/loraforge-worker:test"),
-            ("LORAFORGE_RUNPOD_GPU_TYPES", "NVIDIA GeForce RTX 3090,NVIDIA A40"),
-            ("LORAFORGE_ALLOW_LOOPBACK_CALLBACKS", "true"),
-        ],
-    );
+    let mut env = vec![
+        ("LORAFORGE_BACKENDS", "runpod"),
+        ("LORAFORGE_RUNPOD_API_KEY", "rp-test-key"),
+        ("LORAFORGE_RUNPOD_GRAPHQL_URL", graphql.as_str()),
+        ("LORAFORGE_RUNPOD_IMAGE", "ghcr.io/acme/loraforge-worker:test"),
+        ("LORAFORGE_RUNPOD_GPU_TYPES", "NVIDIA GeForce RTX 3090,NVIDIA A40"),
+        ("LORAFORGE_RUNPOD_OBSERVE_SECS", "1"),
+        ("LORAFORGE_ALLOW_LOOPBACK_CALLBACKS", "true"),
+    ];
+    env.extend_from_slice(extra);
+    Service::start(dir, &env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lora_trains_end_to_end_on_a_runpod_pod() {
+    use loraforge_fakes::FakePodStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let runpod = fake_runpod(dir.path()).await;
+    let svc = runpod_service(dir.path(), &runpod, &[]);
     let token = svc.token(USER);
     let id = svc.create(&token, "Zxq on a pod", 10).await;
     let done = svc.finished(&token, &id).await;
-    let pod_logs = || {
-        let mut all = String::new();
-        for entry in std::fs::read_dir(dir.path().join("pods")).into_iter().flatten().flatten() {
-            all.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
-        }
-        all
-    };
-    assert_eq!(done["training_status"], "completed", "{done}\n{}\n--- pods ---\n{}", svc.logs(), pod_logs());
+    assert_eq!(done["training_status"], "completed", "{done}\n{}\n--- pods ---\n{}", svc.logs(), pod_logs(dir.path()));
 
     // The 3090 had no capacity: the A40 took it. The pod carried the worker's environment.
     let pods = runpod.pods();
@@ -628,6 +647,150 @@ async fn a_lora_trains_end_to_end_on_a_runpod_pod() {
     let pod = runpod.pods().pop().unwrap();
     assert_eq!(pod.status, FakePodStatus::Terminated, "{pod:?}");
     assert_eq!(runpod.live_processes(), 0);
+}
+
+/// A pod's host dies mid-training (the pod vanishes without a word from its worker): the job is
+/// requeued, a new pod resumes from the checkpoint the first one uploaded to the blob store, and
+/// the LoRA completes; both pods are gone, each attempt on record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_dies_mid_training_is_replaced_and_the_next_resumes_from_the_stored_checkpoint() {
+    use loraforge_fakes::{FakePodStatus, KillPod};
+    let dir = tempfile::tempdir().unwrap();
+    let runpod = fake_runpod(dir.path()).await;
+    let svc = runpod_service(dir.path(), &runpod, &[("LORAFORGE_CHECKPOINT_EVERY_STEPS", "10")]);
+    let token = svc.token(USER);
+    let id = svc.create(&token, "Zxq survives a host", 60).await;
+    let stored = svc.data.join("blobs/training-checkpoints").join(USER).join(&id).join("attempt-1.pt");
+    svc.wait(&token, &id, "a stored checkpoint", Duration::from_secs(240), |_| stored.exists()).await;
+    let first = runpod.pods().pop().unwrap();
+    assert!(runpod.kill_pod(&first.id, KillPod::Removed), "{first:?}");
+
+    let done = svc.finished(&token, &id).await;
+    assert_eq!(done["training_status"], "completed", "{done}\n{}\n--- pods ---\n{}", svc.logs(), pod_logs(dir.path()));
+    let pods = runpod.pods();
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    let second_log = std::fs::read_to_string(&pods[1].log_path).unwrap();
+    assert!(second_log.contains("resuming from step-"), "the second pod trained from scratch:\n{second_log}");
+    let (_, details) = svc.call(&token, reqwest::Method::GET, &format!("/api/v1/lora-models/{id}"), None).await;
+    let outcomes: Vec<&str> = details["attempts"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap_or("")).collect();
+    assert_eq!(outcomes, ["vanished", "trained"], "{details}");
+    // Nothing is left running, and the job's checkpoints are gone with it.
+    let started = Instant::now();
+    while runpod.pods().iter().any(|p| p.status == FakePodStatus::Running) || stored.parent().unwrap().exists() && std::fs::read_dir(stored.parent().unwrap()).unwrap().next().is_some() {
+        assert!(started.elapsed() < Duration::from_secs(60), "{:?}", runpod.pods());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(runpod.live_processes(), 0);
+}
+
+/// No GPU of any configured type: the LoRA waits `queued` with a message saying why (not
+/// `failed`), and trains once one is free; cancelling a training LoRA ends its pod within 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_gpu_the_lora_waits_and_a_cancel_ends_its_pod_within_30_s() {
+    use loraforge_fakes::FakePodStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let runpod = fake_runpod(dir.path()).await;
+    runpod.set_capacity("NVIDIA A40", 0);
+    let svc = runpod_service(dir.path(), &runpod, &[]);
+    let token = svc.token(USER);
+    let id = svc.create(&token, "Zxq waits", 5000).await;
+    let waiting = svc
+        .wait(&token, &id, "a message about the GPU", Duration::from_secs(60), |s| s["status_message"].is_string())
+        .await;
+    assert_eq!(waiting["training_status"], "queued", "{waiting}");
+    let message = waiting["status_message"].as_str().unwrap();
+    assert!(message.contains("waiting for a GPU") && message.contains("NVIDIA A40"), "{message}");
+    assert!(waiting["error"].is_null(), "{waiting}");
+    assert!(runpod.pods().is_empty());
+
+    // A GPU frees up: the backend is asked again after its cool-down, and the LoRA trains.
+    runpod.set_capacity("NVIDIA A40", 1);
+    svc.wait(&token, &id, "training on a pod", Duration::from_secs(240), |s| {
+        s["stage"] == "training" && s["progress"].as_u64().is_some_and(|p| p >= 1)
+    })
+    .await;
+    let asked = Instant::now();
+    let (code, body) = svc.call(&token, reqwest::Method::POST, &format!("/api/v1/lora-models/{id}/cancel"), None).await;
+    assert_eq!(code, 200, "{body}");
+    loop {
+        let pod = runpod.pods().pop().unwrap();
+        if pod.status == FakePodStatus::Terminated && runpod.live_processes() == 0 {
+            break;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(30), "the pod still runs 30 s after the cancel: {pod:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("cancel → pod terminated in {:.2} s", asked.elapsed().as_secs_f64());
+    assert_eq!(svc.status(&token, &id).await["training_status"], "cancelled");
+}
+
+/// A free port on loopback, for a service that must keep its address across a restart (pods
+/// call back to it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `serve` killed with -9 while a pod trains, restarted on the same address: the pod's worker
+/// carries on (or a new pod resumes), the LoRA completes, and no instance is left unaccounted
+/// for; an orphan pod of this service found at start is terminated by the sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_9_of_serve_every_pod_is_accounted_for() {
+    use loraforge_fakes::FakePodStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let runpod = fake_runpod(dir.path()).await;
+    // A pod of this service that no run owns (left by a crash before its run was recorded).
+    let orphan_name = format!("loraforge-{}-1", uuid_like());
+    let deploy = serde_json::json!({
+        "query": "mutation Deploy($input: PodFindAndDeployOnDemandInput!) { podFindAndDeployOnDemand(input: $input) { id } }",
+        "variables": {"input": {"name": orphan_name, "imageName": "idle", "gpuTypeId": "NVIDIA A40", "gpuCount": 1, "cloudType": "ALL"}}
+    });
+    let resp = reqwest::Client::new().post(runpod.graphql_url().as_str()).bearer_auth("rp-test-key").json(&deploy).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let port = free_port().to_string();
+    let bind = format!("127.0.0.1:{port}");
+    let public = format!("http://127.0.0.1:{port}");
+    let mut svc = runpod_service(dir.path(), &runpod, &[("LORAFORGE_CHECKPOINT_EVERY_STEPS", "10"), ("LORAFORGE_PUBLIC_URL", &public)]);
+    svc.bind = bind;
+    svc.kill_9();
+    svc.restart();
+    let started = Instant::now();
+    while runpod.pods().iter().any(|p| p.name == orphan_name && p.status != FakePodStatus::Terminated) {
+        assert!(started.elapsed() < Duration::from_secs(30), "the orphan was not swept: {:?}", runpod.pods());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let token = svc.token(USER);
+    let id = svc.create(&token, "Zxq outlives serve", 80).await;
+    svc.wait(&token, &id, "training to be under way", Duration::from_secs(240), |s| {
+        s["stage"] == "training" && s["progress"].as_u64().is_some_and(|p| p >= 5)
+    })
+    .await;
+    svc.kill_9();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    svc.restart();
+    let done = svc.finished(&token, &id).await;
+    assert_eq!(done["training_status"], "completed", "{done}\n{}\n--- pods ---\n{}", svc.logs(), pod_logs(dir.path()));
+    let started = Instant::now();
+    loop {
+        let (_, details) = svc.call(&token, reqwest::Method::GET, &format!("/api/v1/lora-models/{id}"), None).await;
+        let attempts = details["attempts"].as_array().unwrap().clone();
+        let pods = runpod.pods();
+        let ours: Vec<_> = pods.iter().filter(|p| p.name != orphan_name).collect();
+        if attempts.iter().all(|a| a["cost"].is_object()) && ours.iter().all(|p| p.status == FakePodStatus::Terminated) {
+            // One pod per attempt, each ended and paid for.
+            assert_eq!(ours.len(), attempts.len(), "{pods:?}\n{details}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{pods:?}\n{details}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(runpod.live_processes(), 0);
+}
+
+/// A random UUID-shaped id (the tests have no uuid dependency of their own).
+fn uuid_like() -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", (n >> 64) as u32 ^ 0x5eed, (n >> 48) as u16, (n >> 36) as u16 & 0xfff, (n >> 24) as u16 & 0xfff, n as u64 & 0xffff_ffff_ffff)
 }
 
 /// The RunPod Serverless backend, end to end: `serve` with `LORAFORGE_BACKENDS=runpod-serverless`

@@ -265,6 +265,18 @@ pub struct OpenRun {
     pub job_attempt: u32,
 }
 
+/// An operator alert ([`Repository::record_alert`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    pub id: i64,
+    /// e.g. `orphan_instance`.
+    pub kind: String,
+    /// What it is about (an instance, a LoRA).
+    pub subject: String,
+    pub message: String,
+    pub created_at: DateTime<Utc>,
+}
+
 /// A run a backend accepted, for [`Repository::insert_run`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewRun {
@@ -312,6 +324,8 @@ pub struct JobClaim {
     pub worker: Option<String>,
     pub attempt: u32,
     pub lease_until: Option<DateTime<Utc>>,
+    /// The newest checkpoint in the blob store: its key and step.
+    pub checkpoint: Option<(String, u64)>,
 }
 
 /// A job in `training` whose lease has ended ([`Repository::expired_leases`]).
@@ -439,6 +453,10 @@ pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
     /// checks a worker's token against it.
     async fn job_claim(&self, id: LoraId) -> Result<Option<JobClaim>>;
 
+    /// Records the newest checkpoint of job `id` (its blob `key` and `step`), only while `worker`
+    /// holds the job for `attempt`; `false` otherwise.
+    async fn record_checkpoint(&self, id: LoraId, worker: &str, attempt: u32, key: &str, step: u64) -> Result<bool>;
+
     // --- runs -------------------------------------------------------------------------------
 
     /// Records a run its backend accepted and makes it the job's current run, only while
@@ -480,6 +498,18 @@ pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
     /// using an attempt, with `message` saying why it waits. Only while `worker` holds it and no
     /// run of it is recorded; `false` otherwise.
     async fn unclaim(&self, id: LoraId, worker: &str, message: &str, now: DateTime<Utc>) -> Result<bool>;
+
+    // --- operations ---------------------------------------------------------------------------
+
+    /// Records an operator alert.
+    async fn record_alert(&self, kind: &str, subject: &str, message: &str, now: DateTime<Utc>) -> Result<()>;
+
+    /// The newest alerts, newest first, at most `limit`.
+    async fn alerts(&self, limit: u32) -> Result<Vec<Alert>>;
+
+    /// Takes (or renews) the lease on periodic work `name` for `holder` until `until`, if nobody
+    /// else holds it past `now`; `true` when `holder` has it.
+    async fn try_lease(&self, name: &str, holder: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> Result<bool>;
 
     /// Sets (or clears) the LoRA's status message, shown with its status.
     async fn set_status_message(&self, id: LoraId, message: Option<&str>, now: DateTime<Utc>) -> Result<()>;

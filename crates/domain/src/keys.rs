@@ -7,6 +7,22 @@ use crate::{DatasetId, LoraId, UserId};
 /// Validation images live under this prefix (and are swept after 30 days).
 pub const VALIDATION_IMAGES_PREFIX: &str = "lora-validation-images/";
 
+/// Training checkpoints live under this prefix while their job trains, and are deleted when it
+/// ends.
+pub const CHECKPOINTS_PREFIX: &str = "training-checkpoints/";
+
+/// `training-checkpoints/{user}/{lora}/`: every checkpoint of one job.
+pub fn checkpoints_of(user: UserId, lora: LoraId) -> String {
+    format!("{CHECKPOINTS_PREFIX}{user}/{lora}/")
+}
+
+/// `training-checkpoints/{user}/{lora}/attempt-{n}.pt`: the newest checkpoint attempt `n`
+/// uploaded (each attempt writes its own key, so a stale attempt can never overwrite a newer
+/// one's).
+pub fn checkpoint(user: UserId, lora: LoraId, attempt: u32) -> String {
+    format!("{}attempt-{attempt}.pt", checkpoints_of(user, lora))
+}
+
 /// `datasets/{user}/{dataset}/{nn}.{ext}`: one training image.
 pub fn dataset_image(user: UserId, dataset: DatasetId, index: usize, extension: &str) -> String {
     format!("datasets/{user}/{dataset}/{index:02}.{extension}")
@@ -51,6 +67,8 @@ mod tests {
         assert_eq!(k.model, format!("lora-models/{u}/{l}/model.safetensors"));
         assert_eq!(OutputKeys::kohya_of(&k.model), Some(k.kohya.clone()));
         assert_eq!(k.validation[2], format!("lora-validation-images/{u}/{l}/validation/2.png"));
+        assert_eq!(checkpoint(u, l, 3), format!("training-checkpoints/{u}/{l}/attempt-3.pt"));
+        assert!(checkpoint(u, l, 3).starts_with(&checkpoints_of(u, l)));
         let d = DatasetId::new();
         assert_eq!(dataset_image(u, d, 3, "png"), format!("datasets/{u}/{d}/03.png"));
     }

@@ -37,6 +37,17 @@ pub struct AfterTraining {
 }
 
 impl AfterTraining {
+    /// Deletes every checkpoint of a job that has ended for good; `Err` (to try later) when the
+    /// store fails.
+    pub async fn forget_checkpoints(&self, lora: &LoraModel) -> Result<usize, String> {
+        let prefix = loraforge_domain::keys::checkpoints_of(lora.creator.id, lora.id);
+        let found = self.store.list(&prefix).await.map_err(|e| format!("listing checkpoints: {e}"))?;
+        for (key, _) in &found {
+            self.store.delete(key).await.map_err(|e| format!("deleting {key}: {e}"))?;
+        }
+        Ok(found.len())
+    }
+
     pub fn new(store: Arc<dyn BlobStore>, lora_rules: LoraRules, validation: ValidationRules) -> Self {
         Self { store, lora_rules, validation }
     }

@@ -182,6 +182,13 @@ pub trait TrainingBackend: Send + Sync + fmt::Debug + 'static {
     /// confirmed gone. The engine calls it until it is, for every run that ended for any reason.
     async fn terminate(&self, instance: &Instance, ending: Ending) -> Result<Termination, BackendError>;
 
+    /// Every instance of this backend whose name starts with `prefix`, as (provider id, name),
+    /// for the orphan sweep; `None` when the backend cannot list (its instances are processes of
+    /// this host, found by the engine's own records). Default: `None`.
+    async fn list_instances(&self, _prefix: &str) -> Result<Option<Vec<(String, String)>>, BackendError> {
+        Ok(None)
+    }
+
     /// The job of `lora` has ended for good and all its instances are gone: the backend may
     /// delete what it kept for the job (scratch folders). Default: nothing.
     async fn release(&self, _lora: LoraId) {}

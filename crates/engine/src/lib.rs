@@ -20,7 +20,7 @@ pub use after_training::{AfterTraining, ValidationRules};
 pub use backend::{
     BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Termination, TrainingBackend, WorkerTokens,
 };
-pub use engine::{Engine, TickReport};
+pub use engine::{Engine, LaunchGate, SweepReport, TickReport};
 pub use settings::{EngineSettings, human_duration};
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -41,6 +41,8 @@ pub struct EngineSettings {
     /// Pauses between tries to end an instance that would not end; after the last the operator
     /// is alerted (and tries go on at the last pause). Default 2 s, 4 s, 8 s.
     pub terminate_retry_delays: Vec<Duration>,
+    /// Time between two orphan sweeps (the first runs at start). Default 1 h.
+    pub sweep_interval: Duration,
     /// How long the after-training steps may keep failing to read the stored files before the
     /// job fails. Default 30 min.
     pub after_training_give_up: Duration,
@@ -64,6 +66,7 @@ impl Default for EngineSettings {
             concurrency: 16,
             terminate_retry_delays: vec![Duration::from_secs(2), Duration::from_secs(4), Duration::from_secs(8)],
             after_training_give_up: Duration::from_secs(30 * 60),
+            sweep_interval: Duration::from_secs(3600),
         }
     }
 }

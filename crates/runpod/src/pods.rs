@@ -194,6 +194,16 @@ impl TrainingBackend for PodsBackend {
             .collect())
     }
 
+    async fn list_instances(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>, BackendError> {
+        let pods = self.client.list_pods().await.map_err(|e| backend_error("listing pods", e))?;
+        Ok(Some(
+            pods.into_iter()
+                .filter(|p| p.name.starts_with(prefix) && p.desired_status != PodStatus::Terminated)
+                .map(|p| (p.id, p.name))
+                .collect(),
+        ))
+    }
+
     async fn terminate(&self, instance: &Instance, _ending: Ending) -> Result<Termination, BackendError> {
         self.client.terminate_pod(&instance.provider_id).await.map_err(|e| backend_error("terminating a pod", e))?;
         let pod = self.client.pod(&instance.provider_id).await.map_err(|e| backend_error("reading a pod", e))?;

@@ -66,6 +66,7 @@ pub fn api_router(state: AppState) -> Router {
         .route("/api/v1/worker/jobs/{id}/progress", post(worker::progress))
         .route("/api/v1/worker/jobs/{id}/result", post(worker::result))
         .route("/api/v1/worker/jobs/{id}/failure", post(worker::failure))
+        .route("/api/v1/worker/jobs/{id}/checkpoint", post(worker::checkpoint))
         .layer(DefaultBodyLimit::max(settings.max_json_bytes));
     let mut router = Router::new()
         .route("/healthz", get(health::healthz))

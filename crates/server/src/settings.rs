@@ -31,6 +31,7 @@ pub struct ServerSettings {
     pub lora_rules: LoraRules,
     /// Testing only: the first this-many uploads through signed `/files` links answer 503, so
     /// tests can see a worker keep its files and retry.
+    /// (Checkpoints are not refused: the trained files are what these tests are about.)
     pub debug_fail_uploads: u32,
 }
 
@@ -45,6 +46,10 @@ pub struct WorkerApiSettings {
     pub heartbeat_interval: Duration,
     /// Shortest pause between two progress posts of a worker.
     pub progress_interval: Duration,
+    /// Steps between two checkpoints, handed to the trainer (`None`: the trainer's default,
+    /// 250). Each checkpoint is uploaded to the blob store, so a lost instance costs at most this
+    /// many steps.
+    pub checkpoint_every: Option<u32>,
 }
 
 impl Default for WorkerApiSettings {
@@ -54,6 +59,7 @@ impl Default for WorkerApiSettings {
             url_ttl: Duration::from_secs(3 * 3600),
             heartbeat_interval: Duration::from_secs(10),
             progress_interval: Duration::from_secs(1),
+            checkpoint_every: None,
         }
     }
 }

@@ -12,7 +12,7 @@ use url::Url;
 
 use loraforge_domain::RunResult;
 
-use crate::job::{FailureBody, Job, ProgressBody, ResultAnswer};
+use crate::job::{CheckpointBody, FailureBody, Job, ProgressBody, ResultAnswer};
 
 /// Retries after the first try of a call that may be retried.
 pub(crate) const RETRIES: u32 = 3;
@@ -210,6 +210,10 @@ impl ControlPlane {
         let resp = self.post("result", body).await?;
         let bytes = resp.bytes().await.map_err(CallError::transport)?;
         Ok(serde_json::from_slice(&bytes).unwrap_or(ResultAnswer { status: None, error: None }))
+    }
+
+    pub async fn checkpoint(&self, body: &CheckpointBody) -> Result<(), CallError> {
+        self.post("checkpoint", body).await.map(drop)
     }
 
     pub async fn failure(&self, body: &FailureBody) -> Result<(), CallError> {

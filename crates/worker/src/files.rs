@@ -99,7 +99,7 @@ async fn download_image(
     retry_delay: Duration,
 ) -> Result<(), DownloadError> {
     let path = dir.join(&img.file_name);
-    retrying(&format!("downloading image {}", img.file_name), retry_delay, || download(http, img, &path))
+    retrying(&format!("downloading image {}", img.file_name), retry_delay, || download(http, &img.url, img.bytes, &path))
         .await
         .map_err(|failed| DownloadError::Http { file_name: img.file_name.clone(), failed })?;
     if let Some(caption) = &img.caption {
@@ -112,29 +112,29 @@ async fn download_image(
     Ok(())
 }
 
-/// One try: streams the body into `<path>.part` (never more than the announced size), then
+/// One try: streams the body into `<path>.part` (never more than the announced `bytes`), then
 /// renames it into place.
-async fn download(http: &reqwest::Client, img: &ImageJob, path: &Path) -> Result<(), CallError> {
+pub(crate) async fn download(http: &reqwest::Client, url: &Url, bytes: u64, path: &Path) -> Result<(), CallError> {
     let part = PathBuf::from(format!("{}.part", path.display()));
     let local = |e: std::io::Error| CallError::Invalid(format!("cannot write {}: {e}", part.display()));
-    let resp = http.get(img.url.clone()).send().await.map_err(CallError::transport)?;
+    let resp = http.get(url.clone()).send().await.map_err(CallError::transport)?;
     let mut resp = success(resp).await?;
     let mut file = tokio::fs::File::create(&part).await.map_err(local)?;
     let mut got: u64 = 0;
     while let Some(chunk) = resp.chunk().await.map_err(CallError::transport)? {
         got += chunk.len() as u64;
-        if got > img.bytes {
+        if got > bytes {
             drop(file);
             let _ = tokio::fs::remove_file(&part).await;
-            return Err(CallError::Invalid(format!("more than the announced {} bytes", img.bytes)));
+            return Err(CallError::Invalid(format!("more than the announced {bytes} bytes")));
         }
         file.write_all(&chunk).await.map_err(local)?;
     }
     file.flush().await.map_err(local)?;
     drop(file);
-    if got != img.bytes {
+    if got != bytes {
         let _ = tokio::fs::remove_file(&part).await;
-        return Err(CallError::Invalid(format!("{got} bytes instead of the announced {}", img.bytes)));
+        return Err(CallError::Invalid(format!("{got} bytes instead of the announced {bytes}")));
     }
     tokio::fs::rename(&part, path).await.map_err(local)
 }

@@ -13,6 +13,9 @@ pub(crate) struct Job {
     pub trainer_spec: serde_json::Value,
     pub images: Vec<ImageRef>,
     pub uploads: Uploads,
+    /// Where checkpoints go and the one to resume from (absent from older control planes).
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointPlan>,
     #[serde(default = "default_heartbeat_interval_s")]
     pub heartbeat_interval_s: f64,
     #[serde(default = "default_progress_interval_ms")]
@@ -42,6 +45,28 @@ pub(crate) struct Uploads {
     pub kohya: Upload,
     #[serde(default)]
     pub validation: Vec<Upload>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CheckpointPlan {
+    pub upload: Upload,
+    #[serde(default)]
+    pub resume: Option<ResumeFrom>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ResumeFrom {
+    pub url: String,
+    pub step: u64,
+    pub bytes: u64,
+}
+
+/// `POST …/checkpoint`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CheckpointBody {
+    pub attempt: u64,
+    pub step: u64,
+    pub bytes: u64,
 }
 
 #[derive(Deserialize)]

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 mod api;
+mod checkpoints;
 mod files;
 mod halt;
 mod job;
@@ -46,6 +47,10 @@ use layout::{Layout, cleanup, load_kept};
 /// The worker's exit codes (`docs/worker-protocol.md`), from the one outcome table; the
 /// trainer's own pass through.
 pub use loraforge_domain::outcome::exit;
+
+/// How long the last checkpoint may take to finish uploading when training ends (a stop request
+/// writes one on the way out).
+const CHECKPOINT_UPLOAD_LIMIT: Duration = Duration::from_secs(90);
 
 /// The first pause between retries of a failed HTTP call (it doubles: 2 s, 4 s, 8 s).
 pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(2);
@@ -304,7 +309,7 @@ async fn attempt(
 
     // 2.–3. Training, unless an earlier attempt trained and kept its outputs.
     let attempt_no = job.attempt;
-    let Job { trainer_spec, images, uploads, .. } = job;
+    let Job { trainer_spec, images, uploads, checkpoint, .. } = job;
     let kept = match load_kept(&layout).await {
         Some(kept) => {
             tracing::info!(
@@ -313,7 +318,7 @@ async fn attempt(
             );
             kept
         }
-        None => match train(cfg, attempt_no, trainer_spec, images, &layout, &http, &progress, halt_tx).await {
+        None => match train(cfg, attempt_no, trainer_spec, images, checkpoint, &layout, &http, &api, &progress, halt_tx).await {
             Ok(kept) => kept,
             Err(exit) => return exit,
         },
@@ -360,8 +365,10 @@ async fn train(
     attempt: u64,
     trainer_spec: serde_json::Value,
     images: Vec<job::ImageRef>,
+    checkpoint: Option<job::CheckpointPlan>,
     layout: &Layout,
     http: &reqwest::Client,
+    api: &Arc<ControlPlane>,
     progress: &Feed,
     halt_tx: &watch::Sender<Option<Halt>>,
 ) -> Result<Kept, Exit> {
@@ -402,8 +409,40 @@ async fn train(
     let spec_json = serde_json::to_vec_pretty(&spec).expect("a JSON map serializes");
     files::write_atomic(&layout.spec, &spec_json).await.map_err(|e| local("write", &layout.spec, e))?;
 
+    // The newest checkpoint of an earlier attempt (on any host), where `--resume` finds it; and
+    // this attempt's checkpoints, uploaded as they are written.
+    let mut uploader = None;
+    if let Some(plan) = checkpoint {
+        if let Some(resume) = &plan.resume {
+            let fetched = checkpoints::fetch_resume_point(http, resume, &layout.train, cfg.retry_delay);
+            match or_halt(&mut halt, fetched).await {
+                Err(h) => return Err(Exit::halted(h, "while downloading the checkpoint")),
+                Ok(Err(reason)) => {
+                    return Err(Exit::error(
+                        "checkpoint_download_failed",
+                        format!("could not download the checkpoint of step {} to resume from: {reason}", resume.step),
+                    ));
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+        match url::Url::parse(&plan.upload.url) {
+            Ok(url) => uploader = Some(checkpoints::Uploader::start(http.clone(), api.clone(), attempt, url, cfg.retry_delay)),
+            Err(e) => tracing::warn!(error = %e, "the checkpoint link is not a URL; checkpoints stay on this host"),
+        }
+    }
+
     let paths = TrainerPaths { spec: &layout.spec, images: &layout.images, out: &layout.train };
-    let run = trainer::run(&cfg.trainer, paths, progress, halt_tx.subscribe(), cfg.trainer_silence).await.map_err(|e| {
+    let sender = uploader.as_ref().map(checkpoints::Uploader::sender);
+    let mut run = trainer::run(&cfg.trainer, paths, progress, sender, halt_tx.subscribe(), cfg.trainer_silence).await;
+    if let Ok(r) = run.as_mut() {
+        // The last sender: once it is gone the uploader knows no more checkpoints come.
+        r.said.checkpoints = None;
+    }
+    if let Some(uploader) = uploader {
+        uploader.finish(CHECKPOINT_UPLOAD_LIMIT).await;
+    }
+    let run = run.map_err(|e| {
         Exit::error("trainer_unavailable",
             format!(
                 "cannot start the trainer {}: {e}; set LORAFORGE_TRAINER_PYTHON to a Python with the trainer's \

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use loraforge_stdx::next_line;
 
+use crate::checkpoints::Saved;
 use crate::relay::{Feed, Step};
 use crate::{Halt, TrainerCommand};
 
@@ -45,6 +46,8 @@ pub(crate) struct Said {
     pub stopped_at: Option<u64>,
     pub done: Option<serde_json::Value>,
     pub validation: Option<serde_json::Value>,
+    /// Where `checkpoint` lines go (the uploader), when checkpoints leave the host.
+    pub checkpoints: Option<watch::Sender<Option<Saved>>>,
 }
 
 #[derive(Debug)]
@@ -77,6 +80,7 @@ pub(crate) async fn run(
     cmd: &TrainerCommand,
     paths: TrainerPaths<'_>,
     progress: &Feed,
+    checkpoints: Option<watch::Sender<Option<Saved>>>,
     mut halt: watch::Receiver<Option<Halt>>,
     silence: Duration,
 ) -> std::io::Result<TrainerRun> {
@@ -105,7 +109,7 @@ pub(crate) async fn run(
     tracing::info!(pid, program = %cmd.program.display(), "trainer started");
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
 
-    let mut said = Said::default();
+    let mut said = Said { checkpoints, ..Said::default() };
     let mut stdout_open = true;
     let mut halt_open = true;
     let mut term_sent: Option<Instant> = None;
@@ -211,6 +215,14 @@ impl Said {
             "stopped" => {
                 tracing::info!("trainer stopped: {line}");
                 self.stopped_at = value.get("step").and_then(serde_json::Value::as_u64);
+            }
+            "checkpoint" => {
+                let step = value.get("step").and_then(serde_json::Value::as_u64);
+                let path = value.get("path").and_then(serde_json::Value::as_str);
+                if let (Some(tx), Some(step), Some(path)) = (&self.checkpoints, step, path) {
+                    tracing::debug!(step, "trainer checkpoint");
+                    tx.send_replace(Some(Saved { step, path: path.into() }));
+                }
             }
             "done" => self.done = Some(value),
             "validation" => self.validation = Some(value),

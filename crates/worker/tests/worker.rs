@@ -455,3 +455,47 @@ async fn a_trainer_silent_for_too_long_is_stopped_and_the_attempt_retried() {
     assert!(!alive(read_pid(&fake)), "the hung trainer is gone");
     assert!(fake.join("stopped").exists(), "it was asked to stop (SIGTERM) first");
 }
+
+/// Checkpoints leave the host as they are written, and a later attempt (on another host: a fresh
+/// folder) downloads the stored one and resumes from it.
+#[tokio::test]
+async fn checkpoints_are_uploaded_and_a_later_attempt_resumes_from_the_stored_one() {
+    const CKPT: &str = "training-checkpoints/u1/0193a1b2-lora/attempt-1.pt";
+    let plane = Plane::start().await;
+    plane.set_job(1, images(), 10.0, 20);
+    let upload = plane.link(CKPT);
+    plane.edit_job(|job| job["checkpoint"] = json!({"upload": {"key": CKPT, "url": upload}, "resume": null}));
+    let Scratch { dir: _dir, out, fake } = Scratch::new();
+    let (code, stdout) = run(config(&plane, &out, fake_trainer(&fake, &[("FAKE_STEPS", "6")]))).await;
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(plane.file(CKPT).as_deref(), Some(b"fake checkpoint of step 6".as_slice()));
+    assert_eq!(plane.checkpoints(), [json!({"attempt": 1, "step": 6, "bytes": 25})]);
+    assert!(!fake.join("resumed_from").exists(), "a first attempt has nothing to resume");
+
+    // Attempt 2, elsewhere: the stored checkpoint is where `--resume` finds it.
+    let plane2 = Plane::start().await;
+    plane2.set_job(2, images(), 10.0, 20);
+    plane2.state.files.lock().unwrap().insert(CKPT.into(), b"fake checkpoint of step 6".to_vec());
+    let (resume, upload2) = (plane2.link(CKPT), plane2.link("training-checkpoints/u1/0193a1b2-lora/attempt-2.pt"));
+    plane2.edit_job(|job| {
+        job["checkpoint"] = json!({"upload": {"key": "k2", "url": upload2}, "resume": {"url": resume, "step": 6, "bytes": 25}})
+    });
+    let Scratch { dir: _dir2, out: out2, fake: fake2 } = Scratch::new();
+    let (code, stdout) = run(config(&plane2, &out2, fake_trainer(&fake2, &[("FAKE_STEPS", "6")]))).await;
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(std::fs::read_to_string(fake2.join("resumed_from")).unwrap().trim(), "step-00000006.pt");
+    assert_eq!(std::fs::read_to_string(fake2.join("resumed_content")).unwrap(), "fake checkpoint of step 6");
+
+    // A checkpoint that cannot be downloaded fails the attempt with its own code (retried).
+    let plane3 = Plane::start().await;
+    plane3.set_job(3, images(), 10.0, 20);
+    let missing = plane3.link("training-checkpoints/u1/0193a1b2-lora/gone.pt");
+    plane3.edit_job(|job| job["checkpoint"] = json!({"upload": {"key": "k3", "url": missing.clone()}, "resume": {"url": missing, "step": 4, "bytes": 10}}));
+    let Scratch { dir: _dir3, out: out3, fake: fake3 } = Scratch::new();
+    let mut cfg = config(&plane3, &out3, fake_trainer(&fake3, &[]));
+    cfg.retry_delay = Duration::from_millis(10);
+    let (code, stdout) = run(cfg).await;
+    assert_eq!(code, 13, "{stdout}");
+    assert_eq!(last_line(&stdout)["code"], "checkpoint_download_failed");
+    assert_eq!(plane3.failures()[0]["code"], "checkpoint_download_failed");
+}

@@ -39,6 +39,10 @@ CREATE INDEX training_runs_open ON training_runs (lora_id) WHERE instance_gone_a
 
 -- Runs that failed through their own fault; `attempt` counts every run (crash-caused ones too).
 ALTER TABLE training_jobs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+-- The newest checkpoint in the blob store (key and step), recorded by the attempt that
+-- uploaded it; the next attempt, on any host, resumes from it.
+ALTER TABLE training_jobs ADD COLUMN checkpoint_key TEXT;
+ALTER TABLE training_jobs ADD COLUMN checkpoint_step INTEGER;
 -- `run_id` now names the current run's training_runs.id. Runs recorded by an older version are
 -- forgotten: their jobs are requeued when their leases end.
 DROP INDEX training_jobs_run;

@@ -203,6 +203,10 @@ impl Repository for PgRepository {
         jobs::job_claim(&self.pool, id).await
     }
 
+    async fn record_checkpoint(&self, id: LoraId, worker: &str, attempt: u32, key: &str, step: u64) -> Result<bool> {
+        jobs::record_checkpoint(&self.pool, id, worker, attempt, key, step).await
+    }
+
     async fn insert_run(&self, run: &NewRun) -> Result<TrainingRun> {
         runs::insert_run(self, run).await
     }
@@ -240,6 +244,18 @@ impl Repository for PgRepository {
 
     async fn unclaim(&self, id: LoraId, worker: &str, message: &str, now: DateTime<Utc>) -> Result<bool> {
         runs::unclaim(self, id, worker, message, now).await
+    }
+
+    async fn record_alert(&self, kind: &str, subject: &str, message: &str, now: DateTime<Utc>) -> Result<()> {
+        runs::record_alert(&self.pool, kind, subject, message, now).await
+    }
+
+    async fn alerts(&self, limit: u32) -> Result<Vec<crate::Alert>> {
+        runs::alerts(&self.pool, limit).await
+    }
+
+    async fn try_lease(&self, name: &str, holder: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> Result<bool> {
+        runs::try_lease(self, name, holder, until, now).await
     }
 
     async fn set_status_message(&self, id: LoraId, message: Option<&str>, _now: DateTime<Utc>) -> Result<()> {

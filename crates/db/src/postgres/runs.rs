@@ -310,3 +310,39 @@ pub(super) async fn unclaim(
     })?;
     Ok(done.is_some())
 }
+
+pub(super) async fn record_alert(pool: &PgPool, kind: &str, subject: &str, message: &str, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query("INSERT INTO alerts (kind, subject, message, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(kind)
+        .bind(subject)
+        .bind(message)
+        .bind(ts(now))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn alerts(pool: &PgPool, limit: u32) -> Result<Vec<crate::Alert>> {
+    let rows: Vec<(i64, String, String, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, kind, subject, message, created_at FROM alerts ORDER BY id DESC LIMIT $1",
+    )
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(id, kind, subject, message, created_at)| crate::Alert { id, kind, subject, message, created_at }).collect())
+}
+
+pub(super) async fn try_lease(repo: &PgRepository, name: &str, holder: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO maintenance_leases (name, holder, lease_until) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, lease_until = excluded.lease_until \
+         WHERE maintenance_leases.holder = excluded.holder OR maintenance_leases.lease_until < $4",
+    )
+    .bind(name)
+    .bind(holder)
+    .bind(ts(until))
+    .bind(ts(now))
+    .execute(&repo.pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -273,19 +273,47 @@ pub(super) async fn jobs_running_longer_than(pool: &SqlitePool, cutoff: DateTime
 }
 
 pub(super) async fn job_claim(pool: &SqlitePool, id: LoraId) -> Result<Option<JobClaim>> {
-    let row: Option<(Option<String>, i64, Option<String>)> =
-        sqlx::query_as("SELECT worker, attempt, lease_until FROM training_jobs WHERE lora_id = $1")
-            .bind(id.to_string())
-            .fetch_optional(pool)
-            .await?;
-    row.map(|(worker, attempt, lease)| {
+    type Row = (Option<String>, i64, Option<String>, Option<String>, Option<i64>);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT worker, attempt, lease_until, checkpoint_key, checkpoint_step FROM training_jobs WHERE lora_id = $1",
+    )
+    .bind(id.to_string())
+    .fetch_optional(pool)
+    .await?;
+    row.map(|(worker, attempt, lease, key, step)| {
         Ok(JobClaim {
             worker,
             attempt: to_u32(attempt, "attempt")?,
             lease_until: lease.as_deref().map(super::rows::parse_ts).transpose()?,
+            checkpoint: match (key, step) {
+                (Some(k), Some(s)) => Some((k, crate::common::to_u64(s, "checkpoint_step")?)),
+                _ => None,
+            },
         })
     })
     .transpose()
+}
+
+pub(super) async fn record_checkpoint(
+    pool: &SqlitePool,
+    id: LoraId,
+    worker: &str,
+    attempt: u32,
+    key: &str,
+    step: u64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE training_jobs SET checkpoint_key = $1, checkpoint_step = $2 \
+         WHERE lora_id = $3 AND worker = $4 AND attempt = $5 AND lease_until IS NOT NULL",
+    )
+    .bind(key)
+    .bind(crate::common::to_i64(step, "checkpoint_step")?)
+    .bind(id.to_string())
+    .bind(worker)
+    .bind(i64::from(attempt))
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 pub(super) async fn pending_ids(pool: &SqlitePool, limit: u32) -> Result<Vec<LoraId>> {

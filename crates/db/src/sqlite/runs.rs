@@ -307,3 +307,47 @@ pub(super) async fn unclaim(
     })?;
     Ok(done.is_some())
 }
+
+pub(super) async fn record_alert(pool: &SqlitePool, kind: &str, subject: &str, message: &str, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query("INSERT INTO alerts (kind, subject, message, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(kind)
+        .bind(subject)
+        .bind(message)
+        .bind(ts(now))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn alerts(pool: &SqlitePool, limit: u32) -> Result<Vec<crate::Alert>> {
+    let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+        "SELECT id, kind, subject, message, created_at FROM alerts ORDER BY id DESC LIMIT $1",
+    )
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(id, kind, subject, message, at)| {
+            Ok(crate::Alert { id, kind, subject, message, created_at: super::rows::parse_ts(&at)? })
+        })
+        .collect()
+}
+
+pub(super) async fn try_lease(repo: &SqliteRepository, name: &str, holder: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> Result<bool> {
+    let (until, now) = (ts(until), ts(now));
+    let taken = in_write_tx!(repo, |conn| async {
+        let done = sqlx::query(
+            "INSERT INTO maintenance_leases (name, holder, lease_until) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, lease_until = excluded.lease_until \
+             WHERE maintenance_leases.holder = excluded.holder OR maintenance_leases.lease_until < $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(&until)
+        .bind(&now)
+        .execute(&mut *conn)
+        .await?;
+        Ok(Some(done.rows_affected() == 1))
+    })?;
+    Ok(taken.unwrap_or(false))
+}

@@ -314,13 +314,27 @@ pub async fn start_failures_wait_for_their_time(repo: Repo) {
 
 pub async fn job_claim_names_the_holder_and_the_attempt(repo: Repo) {
     let id = queued(&repo, "Claimed", 0).await;
-    assert_eq!(repo.job_claim(id).await.unwrap(), Some(JobClaim { worker: None, attempt: 0, lease_until: None }));
+    assert_eq!(repo.job_claim(id).await.unwrap(), Some(JobClaim { worker: None, attempt: 0, lease_until: None, checkpoint: None }));
     repo.claim_next_job("w1", 2, t(5), t(1)).await.unwrap().expect("claimed");
-    assert_eq!(repo.job_claim(id).await.unwrap(), Some(JobClaim { worker: Some("w1".into()), attempt: 1, lease_until: Some(t(5)) }));
+    assert_eq!(repo.job_claim(id).await.unwrap(), Some(JobClaim { worker: Some("w1".into()), attempt: 1, lease_until: Some(t(5)), checkpoint: None }));
+    // The holder records the newest checkpoint; nobody else can.
+    assert!(repo.record_checkpoint(id, "w1", 1, "training-checkpoints/u/l/attempt-1.pt", 250).await.unwrap());
+    assert!(!repo.record_checkpoint(id, "w2", 1, "x", 500).await.unwrap());
+    assert!(!repo.record_checkpoint(id, "w1", 2, "x", 500).await.unwrap());
+    assert_eq!(repo.job_claim(id).await.unwrap().unwrap().checkpoint, Some(("training-checkpoints/u/l/attempt-1.pt".into(), 250)));
     assert!(repo.heartbeat(id, "w1", t(9), t(2)).await.unwrap());
     assert_eq!(repo.job_claim(id).await.unwrap().and_then(|c| c.lease_until), Some(t(9)));
     apply(&repo, id, StatusEvent::Requeue, t(3)).await.unwrap();
     repo.claim_next_job("w2", 2, t(8), t(4)).await.unwrap().expect("claimed again");
-    assert_eq!(repo.job_claim(id).await.unwrap(), Some(JobClaim { worker: Some("w2".into()), attempt: 2, lease_until: Some(t(8)) }));
+    // A later attempt still sees the checkpoint to resume from.
+    assert_eq!(
+        repo.job_claim(id).await.unwrap(),
+        Some(JobClaim {
+            worker: Some("w2".into()),
+            attempt: 2,
+            lease_until: Some(t(8)),
+            checkpoint: Some(("training-checkpoints/u/l/attempt-1.pt".into(), 250))
+        })
+    );
     assert_eq!(repo.job_claim(LoraId::new()).await.unwrap(), None);
 }

@@ -230,6 +230,7 @@ pub fn settings(worker_id: &str) -> EngineSettings {
 
 #[derive(Debug, Clone)]
 pub struct ScriptedInstance {
+    pub name: String,
     pub lora: LoraId,
     pub attempt: u32,
     pub token: String,
@@ -302,6 +303,30 @@ impl Scripted {
         self.script().instances.get_mut(&id).expect("instance").state = state;
     }
 
+    /// An instance nobody launched (a leftover of a crash, another deployment's), named `name`.
+    pub fn plant(&self, name: &str) -> String {
+        let mut s = self.script();
+        let id = format!("{}-planted-{}", self.name, s.order.len() + 1);
+        s.order.push(id.clone());
+        s.instances.insert(
+            id.clone(),
+            ScriptedInstance {
+                name: name.to_owned(),
+                lora: LoraId::new(),
+                attempt: 1,
+                token: String::new(),
+                server: String::new(),
+                state: Observed::Running,
+                terminated: false,
+            },
+        );
+        id
+    }
+
+    pub fn is_terminated(&self, provider_id: &str) -> bool {
+        self.script().instances.get(provider_id).is_some_and(|i| i.terminated)
+    }
+
     pub fn launches(&self) -> usize {
         self.script().order.len()
     }
@@ -339,6 +364,7 @@ impl TrainingBackend for Scripted {
         s.instances.insert(
             id.clone(),
             ScriptedInstance {
+                name: launch.instance_name.clone(),
                 lora: launch.lora_id,
                 attempt: launch.attempt,
                 token: launch.token.clone(),
@@ -362,6 +388,17 @@ impl TrainingBackend for Scripted {
                 None => Observed::Ended { outcome: "vanished", reason: None, gone: true },
             })
             .collect())
+    }
+
+    async fn list_instances(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>, BackendError> {
+        let s = self.script();
+        Ok(Some(
+            s.instances
+                .iter()
+                .filter(|(_, i)| !i.terminated && i.name.starts_with(prefix))
+                .map(|(id, i)| (id.clone(), i.name.clone()))
+                .collect(),
+        ))
     }
 
     async fn terminate(&self, instance: &Instance, ending: Ending) -> Result<Termination, BackendError> {

@@ -419,3 +419,41 @@ impl TrainingBackend for Stuck {
         std::future::pending().await
     }
 }
+
+/// The orphan sweep ends instances with this service's name that no live run owns, leaves owned
+/// ones and other services' alone, alerts after 3 failed tries, and runs on one replica at a time.
+#[tokio::test]
+async fn the_orphan_sweep_ends_instances_no_run_owns() {
+    let db = Db::sqlite().await;
+    let u = db.user().await;
+    let id = db.lora(u, "Owned", 0).await;
+    let pods = Scripted::new("pods", 4);
+    let engine = db.engine(vec![pods.clone() as Arc<dyn TrainingBackend>], settings("e1"));
+    engine.tick().await.unwrap();
+    let (owned, _) = pods.instance(id).unwrap();
+    let orphan = pods.plant(&format!("loraforge-{}-1", loraforge_domain::LoraId::new()));
+    let foreign = pods.plant("someone-elses-pod");
+    let odd = pods.plant("loraforge-not-one-of-ours");
+
+    let report = engine.sweep_orphans().await;
+    assert!(report.swept && report.errors.is_empty(), "{report:?}");
+    assert_eq!(report.seen, 3, "owned, orphan and odd carry the prefix");
+    assert_eq!(report.terminated, [orphan.clone()]);
+    assert!(pods.is_terminated(&orphan));
+    for kept in [&owned, &foreign, &odd] {
+        assert!(!pods.is_terminated(kept), "{kept}");
+    }
+
+    // Another replica does not sweep while this one holds the sweep.
+    let other = db.engine(vec![pods.clone() as Arc<dyn TrainingBackend>], settings("e2"));
+    assert!(!other.sweep_orphans().await.swept);
+
+    // An orphan that will not end: 3 tries, then an alert.
+    let stuck = pods.plant(&format!("loraforge-{}-2", loraforge_domain::LoraId::new()));
+    pods.fail_terminates(3);
+    let report = engine.sweep_orphans().await;
+    assert_eq!(report.alerts, [stuck.clone()], "{report:?}");
+    let alerts = db.repo.alerts(10).await.unwrap();
+    assert_eq!((alerts[0].kind.as_str(), alerts[0].subject.as_str()), ("orphan_instance", stuck.as_str()));
+    assert!(alerts[0].message.contains("could not be terminated after 3 tries"), "{}", alerts[0].message);
+}

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use loraforge_domain::keys::OutputKeys;
+use loraforge_domain::keys::{self, OutputKeys};
 use loraforge_domain::{LoraModel, Progress, RunResult, TrainingRun, TrainingStatus, caption_for_training, outcome};
 
 use crate::auth::WorkerAuth;
@@ -29,8 +29,25 @@ pub struct WorkerJob {
     pub trainer_spec: Value,
     pub images: Vec<JobImage>,
     pub uploads: Uploads,
+    pub checkpoint: CheckpointPlan,
     pub heartbeat_interval_s: u64,
     pub progress_interval_ms: u64,
+}
+
+/// Where the attempt uploads its checkpoints, and the one to resume from.
+#[derive(Debug, Serialize)]
+pub struct CheckpointPlan {
+    /// `PUT` each new checkpoint here (the newest replaces the last), then `POST …/checkpoint`.
+    pub upload: UploadTarget,
+    /// The newest checkpoint of an earlier attempt, if any: download it and resume.
+    pub resume: Option<ResumeFrom>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResumeFrom {
+    pub url: String,
+    pub step: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -65,6 +82,15 @@ pub struct ProgressBody {
     pub total: Option<u64>,
     pub loss: Option<f64>,
     pub eta_s: Option<f64>,
+}
+
+/// `POST …/checkpoint`: the attempt uploaded a checkpoint of `step` (`bytes` long) to its
+/// checkpoint link.
+#[derive(Debug, Deserialize)]
+pub struct CheckpointBody {
+    pub attempt: u32,
+    pub step: u64,
+    pub bytes: u64,
 }
 
 /// `POST …/failure`: how an attempt ended when it did not train (a code of
@@ -167,10 +193,27 @@ pub async fn job(State(state): State<AppState>, auth: WorkerAuth, Path(id): Path
         validation.push(target(key).await?);
     }
     let uploads = Uploads { model: target(&keys.model).await?, kohya: target(&keys.kohya).await?, validation };
+    let claim = state.repo().job_claim(lora.id).await?.ok_or_else(|| ApiError::not_found("job"))?;
+    let resume = match claim.checkpoint {
+        Some((key, step)) => match state.store().head(&key).await? {
+            Some(meta) => Some(ResumeFrom {
+                url: state.store().signed_get_url(&key, ttl, now).await?.to_string(),
+                step,
+                bytes: meta.size,
+            }),
+            None => None,
+        },
+        None => None,
+    };
+    let checkpoint =
+        CheckpointPlan { upload: target(&keys::checkpoint(lora.creator.id, lora.id, auth.attempt)).await?, resume };
     let mut spec = serde_json::to_value(&lora.params).map_err(|e| ApiError::internal("trainer spec", &e))?;
     if let Some(obj) = spec.as_object_mut() {
         obj.insert("job_id".into(), json!(lora.id.to_string()));
         obj.insert("validation".into(), json!({ "enabled": true, "scorer": settings.validation.scorer }));
+        if let Some(every) = settings.worker.checkpoint_every {
+            obj.insert("checkpoint_every".into(), json!(every));
+        }
     }
     Ok(Json(WorkerJob {
         lora_id: lora.id.to_string(),
@@ -178,6 +221,7 @@ pub async fn job(State(state): State<AppState>, auth: WorkerAuth, Path(id): Path
         trainer_spec: spec,
         images,
         uploads,
+        checkpoint,
         heartbeat_interval_s: settings.worker.heartbeat_interval.as_secs().max(1),
         progress_interval_ms: u64::try_from(settings.worker.progress_interval.as_millis()).unwrap_or(1000),
     }))
@@ -223,6 +267,45 @@ fn next_progress(current: &Progress, body: &ProgressBody) -> ApiResult<Progress>
         p.estimated_remaining = Some(0);
     }
     Ok(p)
+}
+
+/// A checkpoint was uploaded: it becomes the one the next attempt resumes from (the one before
+/// it is deleted).
+pub async fn checkpoint(
+    State(state): State<AppState>,
+    auth: WorkerAuth,
+    Path(id): Path<String>,
+    body: Result<Json<CheckpointBody>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let body = json_body(body)?;
+    check_attempt(&auth, body.attempt)?;
+    let lora = own_lora(&state, &auth, &id).await?;
+    hold(&state, &auth, &lora).await?;
+    let key = keys::checkpoint(lora.creator.id, lora.id, auth.attempt);
+    match state.store().head(&key).await? {
+        Some(meta) if meta.size == body.bytes => {}
+        Some(meta) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "upload_missing",
+                format!("{key} holds {} bytes, not {}; upload it again", meta.size, body.bytes),
+            ));
+        }
+        None => {
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "upload_missing", format!("{key} is not stored; upload it first")));
+        }
+    }
+    let previous = state.repo().job_claim(lora.id).await?.and_then(|c| c.checkpoint).map(|(k, _)| k);
+    if !state.repo().record_checkpoint(lora.id, &auth.worker_id, auth.attempt, &key, body.step).await? {
+        return Err(not_active(&lora, "another attempt holds it"));
+    }
+    if let Some(old) = previous.filter(|old| *old != key)
+        && let Err(e) = state.store().delete(&old).await
+    {
+        tracing::warn!(lora = %lora.id, key = %old, error = %e, "could not delete an older checkpoint");
+    }
+    tracing::info!(lora = %lora.id, attempt = auth.attempt, step = body.step, bytes = body.bytes, "checkpoint stored");
+    Ok(Json(json!({ "recorded": true })))
 }
 
 /// The record of the token's attempt. A worker may report before the engine recorded its run

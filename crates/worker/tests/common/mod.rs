@@ -68,6 +68,8 @@ pub struct PlaneState {
     pub results: Mutex<Vec<Value>>,
     /// Bodies of `POST …/failure`.
     pub failures: Mutex<Vec<Value>>,
+    /// Bodies of `POST …/checkpoint`.
+    pub checkpoints: Mutex<Vec<Value>>,
     pub job_gets: AtomicUsize,
     pub puts: AtomicUsize,
     /// Requests with a missing or wrong token or signature.
@@ -125,6 +127,7 @@ impl Plane {
             .route("/api/v1/worker/jobs/{id}/progress", post(post_progress))
             .route("/api/v1/worker/jobs/{id}/result", post(post_result))
             .route("/api/v1/worker/jobs/{id}/failure", post(post_failure))
+            .route("/api/v1/worker/jobs/{id}/checkpoint", post(post_checkpoint))
             .route("/files/{*key}", get(get_file).put(put_file))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -180,6 +183,10 @@ impl Plane {
 
     pub fn progress(&self) -> Vec<Value> {
         self.state.progress.lock().unwrap().clone()
+    }
+
+    pub fn checkpoints(&self) -> Vec<Value> {
+        self.state.checkpoints.lock().unwrap().clone()
     }
 
     pub fn failures(&self) -> Vec<Value> {
@@ -247,6 +254,19 @@ async fn post_progress(
     }
     progress.push(body);
     Json(json!({"continue": true})).into_response()
+}
+
+async fn post_checkpoint(
+    State(s): State<Arc<PlaneState>>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Some(r) = unauthorized(&s, &headers, &id) {
+        return r;
+    }
+    s.checkpoints.lock().unwrap().push(body);
+    Json(serde_json::json!({"recorded": true})).into_response()
 }
 
 async fn post_failure(

@@ -160,24 +160,33 @@ pub fn engine(
         match name.as_str() {
             "local" => backends.push(Arc::new(LocalBackend::new(local.clone()))),
             "runpod" => {
-                // A pod calls back over the network: to the public URL, never to loopback.
-                let public = s.public_url()?;
-                if is_loopback(&public) && !s.allow_loopback_callbacks {
-                    bail!(
-                        "the runpod backend needs a public_url its pods can reach (LORAFORGE_PUBLIC_URL); {public} is \
-                         a loopback address (set LORAFORGE_ALLOW_LOOPBACK_CALLBACKS=true only for tests)"
-                    );
-                }
-                settings.server_url = public.as_str().trim_end_matches('/').to_owned();
+                settings.server_url = remote_server_url(s, "runpod")?;
                 backends.push(Arc::new(runpod_backend(s)?));
+            }
+            "runpod-serverless" => {
+                settings.server_url = remote_server_url(s, "runpod-serverless")?;
+                backends.push(Arc::new(runpod_serverless_backend(s)?));
             }
             other => bail!("unknown backend {other:?}"),
         }
     }
     if backends.is_empty() {
-        bail!("no backend is configured (LORAFORGE_BACKENDS); use local and/or runpod");
+        bail!("no backend is configured (LORAFORGE_BACKENDS); use local, runpod and/or runpod-serverless");
     }
     Ok(Engine::new(repo, Arc::new(SystemClock), backends, settings, after).with_worker_tokens(Arc::new(tokens)))
+}
+
+/// The control plane's URL for workers on another machine (a pod, a serverless worker): the
+/// public URL, never loopback (unless allowed for tests).
+fn remote_server_url(s: &Settings, backend: &str) -> anyhow::Result<String> {
+    let public = s.public_url()?;
+    if is_loopback(&public) && !s.allow_loopback_callbacks {
+        bail!(
+            "the {backend} backend needs a public_url its workers can reach (LORAFORGE_PUBLIC_URL); {public} is \
+             a loopback address (set LORAFORGE_ALLOW_LOOPBACK_CALLBACKS=true only for tests)"
+        );
+    }
+    Ok(public.as_str().trim_end_matches('/').to_owned())
 }
 
 fn is_loopback(url: &url::Url) -> bool {
@@ -217,6 +226,35 @@ fn runpod_backend(s: &Settings) -> anyhow::Result<loraforge_runpod::PodsBackend>
         pods.env.push(("HF_TOKEN".to_owned(), token));
     }
     Ok(PodsBackend::new(GraphqlClient::new(graphql), pods))
+}
+
+/// The RunPod Serverless backend from the `runpod_*` settings: jobs on `runpod_endpoint_id`.
+fn runpod_serverless_backend(s: &Settings) -> anyhow::Result<loraforge_runpod::ServerlessBackend> {
+    use loraforge_domain::MicroUsd;
+    use loraforge_runpod::{ServerlessBackend, ServerlessBackendSettings, ServerlessClient, ServerlessSettings};
+    let key = s.runpod_api_key.clone().context("the runpod-serverless backend needs LORAFORGE_RUNPOD_API_KEY")?;
+    let endpoint = s
+        .runpod_endpoint_id
+        .clone()
+        .filter(|e| !e.trim().is_empty())
+        .context("the runpod-serverless backend needs LORAFORGE_RUNPOD_ENDPOINT_ID (the Serverless endpoint)")?;
+    let mut client = ServerlessSettings::new(endpoint, key);
+    if let Some(u) = &s.runpod_serverless_url {
+        client.base_url = url::Url::parse(u).with_context(|| format!("runpod_serverless_url {u:?} is not a URL"))?;
+    }
+    let price = MicroUsd::parse_dollars(&s.runpod_serverless_price_per_second)
+        .map_err(|e| anyhow::anyhow!("runpod_serverless_price_per_second: {e}"))?;
+    let mut jobs = ServerlessBackendSettings {
+        max_jobs: s.runpod_serverless_max_jobs.max(1),
+        price_per_second: Some(price),
+        // The engine's own timeout acts first; RunPod's stops a handler the engine lost.
+        execution_timeout: Duration::from_secs(s.job_timeout_secs.saturating_add(600)),
+        ..ServerlessBackendSettings::default()
+    };
+    if let Ok(token) = std::env::var("HF_TOKEN") {
+        jobs.env.push(("HF_TOKEN".to_owned(), token));
+    }
+    Ok(ServerlessBackend::new(ServerlessClient::new(client), jobs))
 }
 
 /// Image URL downloads. Host patterns were validated when the settings were loaded.

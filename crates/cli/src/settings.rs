@@ -88,10 +88,11 @@ pub struct Settings {
     pub worker_id: Option<String>,
     /// Training runs at once on this host (the local backend's slots).
     pub training_concurrency: usize,
-    /// Where training runs, in order of preference: `local` (this host), `runpod` (GPU pods).
-    /// A job goes to the first with room.
+    /// Where training runs, in order of preference: `local` (this host), `runpod` (GPU pods),
+    /// `runpod-serverless` (jobs on a RunPod Serverless endpoint). A job goes to the first with
+    /// room.
     pub backends: Vec<String>,
-    /// RunPod API key (for `runpod`). Secret.
+    /// RunPod API key (for `runpod` and `runpod-serverless`). Secret.
     pub runpod_api_key: Option<SecretString>,
     /// RunPod's GraphQL endpoint; default `https://api.runpod.io/graphql`.
     pub runpod_graphql_url: Option<String>,
@@ -109,6 +110,16 @@ pub struct Settings {
     pub runpod_network_volume_id: Option<String>,
     /// Pods at once, across every replica.
     pub runpod_max_pods: usize,
+    /// The Serverless endpoint whose workers run the worker image's RunPod handler (for
+    /// `runpod-serverless`).
+    pub runpod_endpoint_id: Option<String>,
+    /// RunPod's Serverless API; default `https://api.runpod.ai/v2`.
+    pub runpod_serverless_url: Option<String>,
+    /// What the endpoint costs per second of execution, decimal dollars (its GPU's price; the
+    /// default 0.00031 is an example, not any GPU's price: set yours).
+    pub runpod_serverless_price_per_second: String,
+    /// Serverless jobs at once, across every replica.
+    pub runpod_serverless_max_jobs: usize,
     /// How often the RunPod pods are listed to see ones that ended or vanished, seconds.
     pub runpod_observe_secs: u64,
     /// Steps between two training checkpoints (each is uploaded to the blob store, so a lost
@@ -191,6 +202,8 @@ impl Settings {
             .set_default("runpod_cloud_type", "all")?
             .set_default("runpod_container_disk_gb", 40)?
             .set_default("runpod_max_pods", 10)?
+            .set_default("runpod_serverless_price_per_second", "0.00031")?
+            .set_default("runpod_serverless_max_jobs", 10)?
             .set_default("runpod_observe_secs", 15)?
             .set_default("allow_loopback_callbacks", false)?
             .set_default("job_timeout_secs", 2 * 3600)?
@@ -259,9 +272,12 @@ impl Settings {
         s.backends.retain(|b| !b.trim().is_empty());
         s.runpod_gpu_types.retain(|g| !g.trim().is_empty());
         for b in &s.backends {
-            if !matches!(b.as_str(), "local" | "runpod") {
-                bail!("backends: unknown backend {b:?}; use local and/or runpod (runpod-serverless is not available yet)");
+            if !matches!(b.as_str(), "local" | "runpod" | "runpod-serverless") {
+                bail!("backends: unknown backend {b:?}; use local, runpod and/or runpod-serverless");
             }
+        }
+        if let Err(e) = loraforge_domain::MicroUsd::parse_dollars(&s.runpod_serverless_price_per_second) {
+            bail!("runpod_serverless_price_per_second must be decimal dollars per second like 0.00031: {e}");
         }
         if !matches!(s.runpod_cloud_type.as_str(), "all" | "secure" | "community") {
             bail!("runpod_cloud_type must be all, secure or community, not {:?}", s.runpod_cloud_type);
@@ -428,6 +444,10 @@ impl Settings {
             ("runpod_volume_gb", self.runpod_volume_gb.map(|v| v.to_string()).unwrap_or_default()),
             ("runpod_network_volume_id", self.runpod_network_volume_id.clone().unwrap_or_default()),
             ("runpod_max_pods", self.runpod_max_pods.to_string()),
+            ("runpod_endpoint_id", self.runpod_endpoint_id.clone().unwrap_or_default()),
+            ("runpod_serverless_url", self.runpod_serverless_url.clone().unwrap_or_else(|| "https://api.runpod.ai/v2".into())),
+            ("runpod_serverless_price_per_second", self.runpod_serverless_price_per_second.clone()),
+            ("runpod_serverless_max_jobs", self.runpod_serverless_max_jobs.to_string()),
             ("runpod_observe_secs", self.runpod_observe_secs.to_string()),
             ("checkpoint_every_steps", self.checkpoint_every_steps.map(|v| v.to_string()).unwrap_or_default()),
             ("allow_loopback_callbacks", self.allow_loopback_callbacks.to_string()),

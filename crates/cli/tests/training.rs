@@ -792,3 +792,81 @@ fn uuid_like() -> String {
     let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", (n >> 64) as u32 ^ 0x5eed, (n >> 48) as u16, (n >> 36) as u16 & 0xfff, (n >> 24) as u16 & 0xfff, n as u64 & 0xffff_ffff_ffff)
 }
+
+/// The RunPod Serverless backend, end to end: `serve` with `LORAFORGE_BACKENDS=runpod-serverless`
+/// against the contract fake's queue endpoint, whose worker runs `loraforge worker` with the
+/// job's input as its environment (as `docker/runpod_handler.py` does) and only the image's own
+/// variables besides; the LoRA completes, the job ends COMPLETED on its own and the attempt is
+/// billed by RunPod's `executionTime` at the per-second price.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lora_trains_end_to_end_on_a_runpod_serverless_endpoint() {
+    use loraforge_fakes::{EndpointSpec, FakeConfig, FakeJobState, ImageSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let image_data = dir.path().join("image-data");
+    // What the worker image sets (docker/worker.Dockerfile), pointed at this machine's venv.
+    let image = ImageSpec::program(env!("CARGO_BIN_EXE_loraforge"), ["worker"])
+        .with_env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .with_env("LORAFORGE_TRAINER_PYTHON", trainer_python().display().to_string())
+        .with_env("LORAFORGE_DATA_DIR", image_data.display().to_string())
+        .with_env("LORAFORGE_WORKER_RETRY_DELAY_MS", "50")
+        .with_env("LORAFORGE_TORCH_THREADS", "1")
+        .with_env("OMP_NUM_THREADS", "1")
+        .with_env("HF_HUB_OFFLINE", "1");
+    let mut config = FakeConfig::new("rp-test-key").with_endpoint(EndpointSpec::new("ep-loraforge", image));
+    config.logs_dir = Some(dir.path().join("jobs"));
+    let runpod = loraforge_fakes::FakeRunpod::start(config).await;
+    let base_url = runpod.serverless_base_url();
+    let svc = Service::start(
+        dir.path(),
+        &[
+            ("LORAFORGE_BACKENDS", "runpod-serverless"),
+            ("LORAFORGE_RUNPOD_API_KEY", "rp-test-key"),
+            ("LORAFORGE_RUNPOD_SERVERLESS_URL", &base_url),
+            ("LORAFORGE_RUNPOD_ENDPOINT_ID", "ep-loraforge"),
+            ("LORAFORGE_RUNPOD_SERVERLESS_PRICE_PER_SECOND", "0.00031"),
+            ("LORAFORGE_ALLOW_LOOPBACK_CALLBACKS", "true"),
+        ],
+    );
+    let token = svc.token(USER);
+    let id = svc.create(&token, "Zxq on serverless", 10).await;
+    let done = svc.finished(&token, &id).await;
+    let job_logs = || {
+        let mut all = String::new();
+        for entry in std::fs::read_dir(dir.path().join("jobs")).into_iter().flatten().flatten() {
+            all.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+        }
+        all
+    };
+    assert_eq!(done["training_status"], "completed", "{done}\n{}\n--- jobs ---\n{}", svc.logs(), job_logs());
+
+    // One job, whose input carried the worker's environment.
+    let jobs = runpod.jobs();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].input["lora_id"], id.as_str());
+    assert!(jobs[0].input["server"].as_str().is_some_and(|s| s.starts_with("http://127.0.0.1:")), "{:?}", jobs[0].input);
+    assert!(jobs[0].input["token"].as_str().is_some_and(|t| !t.is_empty()));
+    // The attempt's record says where it ran and what it cost: executionTime × the price.
+    let started = Instant::now();
+    loop {
+        let (_, details) = svc.call(&token, reqwest::Method::GET, &format!("/api/v1/lora-models/{id}"), None).await;
+        let attempt = &details["attempts"][0];
+        if attempt["cost"].is_object() {
+            assert_eq!(attempt["backend"].as_str(), Some("runpod-serverless"), "{details}");
+            assert_eq!(attempt["outcome"], "trained");
+            let job = runpod.jobs().pop().unwrap();
+            assert_eq!(job.state, FakeJobState::Completed, "{job:?}");
+            let billed = job.execution_time_ms.expect("an execution time");
+            let expected = (310 * billed as i64 + 500) / 1000;
+            assert_eq!(attempt["cost"]["micro_usd"].as_i64(), Some(expected), "{details} {job:?}");
+            assert!(expected > 0);
+            assert_eq!(details["training_cost"], attempt["cost"]);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "the job's end was not recorded: {details}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(runpod.live_processes(), 0);
+    // The token never reaches the service's log.
+    let token_sent = runpod.jobs()[0].input["token"].as_str().unwrap().to_owned();
+    assert!(!svc.logs().contains(&token_sent));
+}

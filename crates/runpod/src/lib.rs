@@ -1,6 +1,7 @@
-//! RunPod: [`PodsBackend`] runs training attempts on on-demand GPU pods for the job engine, on
-//! top of typed clients for RunPod's two APIs: [`GraphqlClient`] creates, reads,
-//! lists and terminates on-demand GPU pods through `https://api.runpod.io/graphql`, and
+//! RunPod: [`PodsBackend`] runs training attempts on on-demand GPU pods for the job engine and
+//! [`ServerlessBackend`] runs them as jobs on a Serverless queue endpoint, on top of typed
+//! clients for RunPod's two APIs: [`GraphqlClient`] creates, reads, lists and terminates
+//! on-demand GPU pods through `https://api.runpod.io/graphql`, and
 //! [`ServerlessClient`] submits, polls and cancels jobs on a queue endpoint under
 //! `https://api.runpod.ai/v2/{endpoint_id}`. The wire contracts they follow are in
 //! `shared/research/api-contracts.md` §1a and §2; `loraforge-fakes` serves the same contracts
@@ -19,6 +20,7 @@ pub mod money;
 mod pods;
 pub mod retry;
 mod serverless;
+mod serverless_backend;
 
 pub use error::{Result, RunpodError};
 pub use graphql::{CloudType, DeployPod, GraphqlClient, GraphqlSettings, Pod, PodStatus};
@@ -28,3 +30,4 @@ pub use serverless::{
     Health, HealthJobs, HealthWorkers, JobRef, JobState, JobStatus, Policy, ServerlessClient,
     ServerlessSettings,
 };
+pub use serverless_backend::{ServerlessBackend, ServerlessBackendSettings};

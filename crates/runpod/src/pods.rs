@@ -104,7 +104,7 @@ impl PodsBackend {
 }
 
 /// A RunPod error as the engine decides on it.
-fn backend_error(what: &str, e: RunpodError) -> BackendError {
+pub(crate) fn backend_error(what: &str, e: RunpodError) -> BackendError {
     let message = format!("RunPod {what}: {e}");
     match e {
         RunpodError::Unauthorized => {

@@ -646,7 +646,7 @@ async fn a_lora_trains_end_to_end_on_a_runpod_pod() {
     }
     let pod = runpod.pods().pop().unwrap();
     assert_eq!(pod.status, FakePodStatus::Terminated, "{pod:?}");
-    assert_eq!(runpod.live_processes(), 0);
+    no_process_left(&runpod).await;
 }
 
 /// A pod's host dies mid-training (the pod vanishes without a word from its worker): the job is
@@ -680,7 +680,7 @@ async fn a_pod_that_dies_mid_training_is_replaced_and_the_next_resumes_from_the_
         assert!(started.elapsed() < Duration::from_secs(60), "{:?}", runpod.pods());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(runpod.live_processes(), 0);
+    no_process_left(&runpod).await;
 }
 
 /// No GPU of any configured type: the LoRA waits `queued` with a message saying why (not
@@ -784,7 +784,7 @@ async fn after_a_kill_9_of_serve_every_pod_is_accounted_for() {
         assert!(started.elapsed() < Duration::from_secs(60), "{pods:?}\n{details}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(runpod.live_processes(), 0);
+    no_process_left(&runpod).await;
 }
 
 /// A random UUID-shaped id (the tests have no uuid dependency of their own).
@@ -865,8 +865,18 @@ async fn a_lora_trains_end_to_end_on_a_runpod_serverless_endpoint() {
         assert!(started.elapsed() < Duration::from_secs(90), "the job's end was not recorded: {details}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(runpod.live_processes(), 0);
+    no_process_left(&runpod).await;
     // The token never reaches the service's log.
     let token_sent = runpod.jobs()[0].input["token"].as_str().unwrap().to_owned();
     assert!(!svc.logs().contains(&token_sent));
+}
+
+/// Waits for every process the fake provider started to be gone: a terminated pod's worker gets
+/// SIGTERM, then SIGKILL after the fake's 5 s grace.
+async fn no_process_left(runpod: &loraforge_fakes::FakeRunpod) {
+    let started = Instant::now();
+    while runpod.live_processes() > 0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "processes left: {:?}", runpod.pods());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

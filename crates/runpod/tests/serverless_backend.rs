@@ -58,6 +58,7 @@ fn launch() -> Launch {
         instance_name: format!("loraforge-{lora_id}-1"),
         server: "http://control.test".to_owned(),
         token: "worker-token-secret".to_owned(),
+        retry: false,
     }
 }
 

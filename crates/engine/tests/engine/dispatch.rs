@@ -94,7 +94,8 @@ async fn replicas_never_start_a_job_twice(db: Db) {
         let u = db.user().await;
         ids.push(db.lora(u, &format!("Job {i}"), i).await);
     }
-    let (la, lb) = (Scripted::new("pods", 4), Scripted::new("pods", 4));
+    // A shared backend's limit is for all replicas together: room for all six.
+    let (la, lb) = (Scripted::new("pods", 8), Scripted::new("pods", 8));
     let ea = db.engine(vec![la.clone() as Arc<dyn TrainingBackend>], settings("replica-a"));
     let eb = db.engine(vec![lb.clone() as Arc<dyn TrainingBackend>], settings("replica-b"));
     // Both admit and both claim at once (admission races too: each LoRA is enqueued once).

@@ -240,6 +240,14 @@ impl Engine {
         run.engine == self.settings.worker_id && self.backend(&run.backend).is_some()
     }
 
+    /// This engine looks after `run`: it is its own, or it ended on a backend any replica can
+    /// reach (a dead replica's run whose instance must still be ended: settling and ending are
+    /// idempotent, so two replicas doing it is harmless).
+    fn looks_after(&self, run: &TrainingRun) -> bool {
+        self.is_mine(run)
+            || (run.outcome.is_some() && self.backend(&run.backend).is_some_and(|b| b.scope() == Scope::Shared))
+    }
+
     /// Runs `steps`, at most `concurrency` at a time.
     async fn all<T: Send>(&self, steps: Vec<BoxFuture<'_, T>>) -> Vec<T> {
         stream::iter(steps).buffer_unordered(self.settings.concurrency.max(1)).collect().await
@@ -434,7 +442,7 @@ impl Engine {
     // --- runs -------------------------------------------------------------------------------
 
     async fn advance_runs(&self, now: DateTime<Utc>, report: &mut TickReport) -> Result<()> {
-        let open: Vec<OpenRun> = self.repo.open_runs().await?.into_iter().filter(|o| self.is_mine(&o.run)).collect();
+        let open: Vec<OpenRun> = self.repo.open_runs().await?.into_iter().filter(|o| self.looks_after(&o.run)).collect();
         if open.is_empty() {
             return Ok(());
         }

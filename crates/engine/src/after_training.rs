@@ -48,6 +48,22 @@ impl AfterTraining {
         Ok(found.len())
     }
 
+    /// The LoRAs that have checkpoints in the blob store (for the sweep of ended jobs' ones).
+    pub async fn loras_with_checkpoints(&self) -> Result<Vec<loraforge_domain::LoraId>, String> {
+        let found = self
+            .store
+            .list(loraforge_domain::keys::CHECKPOINTS_PREFIX)
+            .await
+            .map_err(|e| format!("listing checkpoints: {e}"))?;
+        let mut loras: Vec<loraforge_domain::LoraId> = found
+            .iter()
+            .filter_map(|(key, _)| key.strip_prefix(loraforge_domain::keys::CHECKPOINTS_PREFIX)?.split('/').nth(1)?.parse().ok())
+            .collect();
+        loras.sort();
+        loras.dedup();
+        Ok(loras)
+    }
+
     pub fn new(store: Arc<dyn BlobStore>, lora_rules: LoraRules, validation: ValidationRules) -> Self {
         Self { store, lora_rules, validation }
     }

@@ -118,6 +118,9 @@ pub struct SweepReport {
     pub terminated: Vec<String>,
     /// Orphans that would not end after 3 tries (an operator alert was recorded for each).
     pub alerts: Vec<String>,
+    /// Jobs past training whose leftover checkpoints were deleted (a deletion that failed when
+    /// the job ended is done here).
+    pub checkpoints_deleted: Vec<LoraId>,
     pub errors: Vec<String>,
 }
 
@@ -367,7 +370,37 @@ impl Engine {
                 }
             }
         }
+        self.sweep_checkpoints(&mut report).await;
         report
+    }
+
+    /// Deletes the stored checkpoints of jobs past training (normally deleted when their last
+    /// instance ends; this catches a deletion that failed then).
+    async fn sweep_checkpoints(&self, report: &mut SweepReport) {
+        let loras = match self.after.loras_with_checkpoints().await {
+            Ok(l) => l,
+            Err(e) => {
+                report.errors.push(e);
+                return;
+            }
+        };
+        for id in loras {
+            let lora = match self.repo.get_lora(id).await {
+                Ok(Some(l)) => l,
+                Ok(None) => continue,
+                Err(e) => {
+                    report.errors.push(format!("reading LoRA {id}: {e}"));
+                    continue;
+                }
+            };
+            if matches!(lora.status, TrainingStatus::Pending | TrainingStatus::Queued | TrainingStatus::Training) {
+                continue;
+            }
+            match self.after.forget_checkpoints(&lora).await {
+                Ok(_) => report.checkpoints_deleted.push(id),
+                Err(e) => report.errors.push(format!("deleting the checkpoints of LoRA {id}: {e}")),
+            }
+        }
     }
 
     /// Whether a listed instance belongs to a live run (or to a launch in progress).

@@ -459,3 +459,25 @@ async fn the_orphan_sweep_ends_instances_no_run_owns() {
     assert_eq!((alerts[0].kind.as_str(), alerts[0].subject.as_str()), ("orphan_instance", stuck.as_str()));
     assert!(alerts[0].message.contains("could not be terminated after 3 tries"), "{}", alerts[0].message);
 }
+
+/// Checkpoints of a job past training that were left behind (their deletion failed when the
+/// job ended) are deleted by the sweep; a training job's are kept.
+#[tokio::test]
+async fn the_sweep_deletes_checkpoints_left_by_ended_jobs() {
+    let db = Db::sqlite().await;
+    let u = db.user().await;
+    let ended = db.lora(u, "Ended", 0).await;
+    let training = db.lora(u, "Training", 1).await;
+    let pods = Scripted::new("pods", 4);
+    let engine = db.engine(vec![pods.clone() as Arc<dyn TrainingBackend>], settings("e1"));
+    engine.tick().await.unwrap();
+    let key = |id| loraforge_domain::keys::checkpoint(u.0, id, 1);
+    for id in [ended, training] {
+        db.store.put(&key(id), bytes::Bytes::from_static(b"ckpt")).await.unwrap();
+    }
+    db.repo.apply_event(ended, StatusEvent::Cancel, EventDetail::default(), db.now()).await.unwrap();
+    let report = engine.sweep_orphans().await;
+    assert_eq!(report.checkpoints_deleted, [ended], "{report:?}");
+    assert!(db.store.head(&key(ended)).await.unwrap().is_none());
+    assert!(db.store.head(&key(training)).await.unwrap().is_some(), "a training job keeps its checkpoint");
+}

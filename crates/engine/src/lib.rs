@@ -15,13 +15,15 @@ mod backend;
 pub mod backends;
 mod engine;
 mod settings;
+mod sweep;
 
 pub use after_training::{AfterTraining, ValidationRules};
 pub use backend::{
     BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Termination, TrainingBackend, WorkerTokens,
 };
-pub use engine::{Engine, LaunchGate, SweepReport, TickReport};
+pub use engine::{Engine, LaunchGate, TickReport};
 pub use settings::{EngineSettings, human_duration};
+pub use sweep::SweepReport;
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 

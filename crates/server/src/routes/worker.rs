@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use loraforge_db::JobClaim;
 use loraforge_domain::keys::{self, OutputKeys};
 use loraforge_domain::{LoraModel, Progress, RunResult, TrainingRun, TrainingStatus, caption_for_training, outcome};
 
@@ -137,8 +138,9 @@ async fn own_lora(state: &AppState, auth: &WorkerAuth, id: &str) -> ApiResult<Lo
     load(state, id).await
 }
 
-/// Checks the token's attempt still holds the job and extends its lease.
-async fn hold(state: &AppState, auth: &WorkerAuth, lora: &LoraModel) -> ApiResult<()> {
+/// Checks the token's attempt still holds the job and extends its lease; returns the claim as
+/// it was read (its checkpoint too).
+async fn hold(state: &AppState, auth: &WorkerAuth, lora: &LoraModel) -> ApiResult<JobClaim> {
     if lora.status != TrainingStatus::Training {
         return Err(not_active(lora, "it is not training"));
     }
@@ -151,7 +153,7 @@ async fn hold(state: &AppState, auth: &WorkerAuth, lora: &LoraModel) -> ApiResul
     if !state.repo().heartbeat(lora.id, &auth.worker_id, lease, now).await? {
         return Err(not_active(lora, "its lease was taken"));
     }
-    Ok(())
+    Ok(claim)
 }
 
 fn check_attempt(auth: &WorkerAuth, attempt: u32) -> ApiResult<()> {
@@ -167,7 +169,7 @@ fn check_attempt(auth: &WorkerAuth, attempt: u32) -> ApiResult<()> {
 /// The job of the token's attempt: the trainer's spec, signed image links, signed upload links.
 pub async fn job(State(state): State<AppState>, auth: WorkerAuth, Path(id): Path<String>) -> ApiResult<Json<WorkerJob>> {
     let lora = own_lora(&state, &auth, &id).await?;
-    hold(&state, &auth, &lora).await?;
+    let claim = hold(&state, &auth, &lora).await?;
     let dataset = state
         .repo()
         .get_dataset(lora.dataset_id)
@@ -193,7 +195,6 @@ pub async fn job(State(state): State<AppState>, auth: WorkerAuth, Path(id): Path
         validation.push(target(key).await?);
     }
     let uploads = Uploads { model: target(&keys.model).await?, kohya: target(&keys.kohya).await?, validation };
-    let claim = state.repo().job_claim(lora.id).await?.ok_or_else(|| ApiError::not_found("job"))?;
     let resume = match claim.checkpoint {
         Some((key, step)) => match state.store().head(&key).await? {
             Some(meta) => Some(ResumeFrom {
@@ -280,7 +281,7 @@ pub async fn checkpoint(
     let body = json_body(body)?;
     check_attempt(&auth, body.attempt)?;
     let lora = own_lora(&state, &auth, &id).await?;
-    hold(&state, &auth, &lora).await?;
+    let claim = hold(&state, &auth, &lora).await?;
     let key = keys::checkpoint(lora.creator.id, lora.id, auth.attempt);
     match state.store().head(&key).await? {
         Some(meta) if meta.size == body.bytes => {}
@@ -295,7 +296,7 @@ pub async fn checkpoint(
             return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "upload_missing", format!("{key} is not stored; upload it first")));
         }
     }
-    let previous = state.repo().job_claim(lora.id).await?.and_then(|c| c.checkpoint).map(|(k, _)| k);
+    let previous = claim.checkpoint.map(|(k, _)| k);
     if !state.repo().record_checkpoint(lora.id, &auth.worker_id, auth.attempt, &key, body.step).await? {
         return Err(not_active(&lora, "another attempt holds it"));
     }

@@ -256,17 +256,29 @@ async fn post_progress(
     Json(json!({"continue": true})).into_response()
 }
 
+/// A report route that records its body in `log` (chosen by `pick`) and answers
+/// `{"recorded": true, …}` as the control plane does.
+async fn record_report(
+    s: &PlaneState,
+    id: &str,
+    headers: &HeaderMap,
+    body: Value,
+    pick: fn(&PlaneState) -> &Mutex<Vec<Value>>,
+) -> Response {
+    if let Some(r) = unauthorized(s, headers, id) {
+        return r;
+    }
+    pick(s).lock().unwrap().push(body);
+    Json(json!({"recorded": true, "status": "training", "error": null})).into_response()
+}
+
 async fn post_checkpoint(
     State(s): State<Arc<PlaneState>>,
     UrlPath(id): UrlPath<String>,
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    if let Some(r) = unauthorized(&s, &headers, &id) {
-        return r;
-    }
-    s.checkpoints.lock().unwrap().push(body);
-    Json(serde_json::json!({"recorded": true})).into_response()
+    record_report(&s, &id, &headers, body, |s| &s.checkpoints).await
 }
 
 async fn post_failure(
@@ -275,11 +287,7 @@ async fn post_failure(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    if let Some(r) = unauthorized(&s, &headers, &id) {
-        return r;
-    }
-    s.failures.lock().unwrap().push(body);
-    Json(serde_json::json!({"recorded": true, "status": "training", "error": null})).into_response()
+    record_report(&s, &id, &headers, body, |s| &s.failures).await
 }
 
 async fn post_result(

@@ -57,6 +57,9 @@ say "preparing the Python test env (moto_server)"
 scripts/test-env.sh
 say "preparing the trainer's Python env"
 scripts/trainer-env.sh
+say "checking formatting (cargo fmt --check) and lints (cargo clippy -D warnings)"
+cargo fmt --all --check || die "the code is not formatted; run \`cargo fmt --all\` and commit the result"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 say "running cargo test (target dir $CARGO_TARGET_DIR)"
 cargo test --workspace --locked "$@"
 say "running the trainer's tests (pytest, CPU, tiny model built at test time)"

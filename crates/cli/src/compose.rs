@@ -11,14 +11,16 @@ use sha2::{Digest, Sha256};
 
 use loraforge_checks::LoraRules;
 use loraforge_db::{ConnectOptions, Repository, redact_url};
-use loraforge_domain::{DatasetRules, ParamLimits, SystemClock, UsageLimits};
-use loraforge_fetch::{FetchSettings, HostPattern};
 use loraforge_domain::LoraId;
+use loraforge_domain::{DatasetRules, ParamLimits, SystemClock, UsageLimits};
 use loraforge_engine::backends::{LocalBackend, LocalBackendSettings};
-use loraforge_engine::{AfterTraining, Engine, EngineSettings, TrainingBackend, ValidationRules, WorkerTokens};
-use loraforge_storage::BlobStore;
+use loraforge_engine::{
+    AfterTraining, Engine, EngineSettings, TrainingBackend, ValidationRules, WorkerTokens,
+};
+use loraforge_fetch::{FetchSettings, HostPattern};
 use loraforge_server::settings::{ValidationSettings, WorkerApiSettings};
 use loraforge_server::{AppState, JwtKeys, ServerSettings};
+use loraforge_storage::BlobStore;
 use loraforge_storage::StorageSettings;
 use loraforge_storage::s3::S3Settings;
 
@@ -81,7 +83,9 @@ struct JwtWorkerTokens {
 
 impl WorkerTokens for JwtWorkerTokens {
     fn issue(&self, lora: LoraId, attempt: u32, worker_id: &str) -> Result<String, String> {
-        self.keys.issue_worker(lora, attempt, worker_id, self.ttl, chrono::Utc::now()).map_err(|e| e.to_string())
+        self.keys
+            .issue_worker(lora, attempt, worker_id, self.ttl, chrono::Utc::now())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -92,7 +96,10 @@ fn secret_variables(names: impl Iterator<Item = String>) -> Vec<String> {
         .filter(|k| {
             let k = k.to_ascii_uppercase();
             (k.starts_with("LORAFORGE_")
-                && (k.contains("SECRET") || k.contains("DATABASE_URL") || k.contains("ACCESS_KEY") || k.contains("TOKEN")))
+                && (k.contains("SECRET")
+                    || k.contains("DATABASE_URL")
+                    || k.contains("ACCESS_KEY")
+                    || k.contains("TOKEN")))
                 || k.starts_with("AWS_")
                 || k == "DATABASE_URL"
                 || k == "PGPASSWORD"
@@ -120,7 +127,11 @@ pub fn engine(
     let exe = std::env::current_exe().context("finding this program to run workers with")?;
     let work_dir = absolute(&s.data_dir.join("jobs"));
     let mut local = LocalBackendSettings::new(exe, &work_dir);
-    let mut args = vec!["worker".to_owned(), "--data-dir".to_owned(), absolute(&s.data_dir).display().to_string()];
+    let mut args = vec![
+        "worker".to_owned(),
+        "--data-dir".to_owned(),
+        absolute(&s.data_dir).display().to_string(),
+    ];
     if let Ok(config) = std::env::var("LORAFORGE_CONFIG") {
         args.extend(["--config".to_owned(), config]);
     }
@@ -130,10 +141,19 @@ pub fn engine(
     local.max_concurrent = s.training_concurrency;
     // The worker stops the trainer with SIGTERM; the trainer finishes its step and checkpoints.
     local.kill_grace = Duration::from_secs(20);
-    local.env = vec![("LORAFORGE_WORKER_EXIT_WITH_PARENT".to_owned(), "1".to_owned())];
+    local.env = vec![(
+        "LORAFORGE_WORKER_EXIT_WITH_PARENT".to_owned(),
+        "1".to_owned(),
+    )];
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    if let Some(n) = torch_threads(cores, local.max_concurrent, std::env::var_os("LORAFORGE_TORCH_THREADS").is_some()) {
-        local.env.push(("LORAFORGE_TORCH_THREADS".to_owned(), n.to_string()));
+    if let Some(n) = torch_threads(
+        cores,
+        local.max_concurrent,
+        std::env::var_os("LORAFORGE_TORCH_THREADS").is_some(),
+    ) {
+        local
+            .env
+            .push(("LORAFORGE_TORCH_THREADS".to_owned(), n.to_string()));
     }
     local.env_remove = secret_variables(std::env::vars().map(|(k, _)| k));
     let settings = EngineSettings {
@@ -153,7 +173,10 @@ pub fn engine(
             auto_approve: s.validation_auto_approve,
         },
     );
-    let tokens = JwtWorkerTokens { keys: JwtKeys::new(&s.jwt_secret()?), ttl: job_url_ttl(s) };
+    let tokens = JwtWorkerTokens {
+        keys: JwtKeys::new(&s.jwt_secret()?),
+        ttl: job_url_ttl(s),
+    };
     let mut backends: Vec<Arc<dyn TrainingBackend>> = Vec::new();
     let mut settings = settings;
     for name in &s.backends {
@@ -171,9 +194,14 @@ pub fn engine(
         }
     }
     if backends.is_empty() {
-        bail!("no backend is configured (LORAFORGE_BACKENDS); use local, runpod and/or runpod-serverless");
+        bail!(
+            "no backend is configured (LORAFORGE_BACKENDS); use local, runpod and/or runpod-serverless"
+        );
     }
-    Ok(Engine::new(repo, Arc::new(SystemClock), backends, settings, after).with_worker_tokens(Arc::new(tokens)))
+    Ok(
+        Engine::new(repo, Arc::new(SystemClock), backends, settings, after)
+            .with_worker_tokens(Arc::new(tokens)),
+    )
 }
 
 /// The control plane's URL for workers on another machine (a pod, a serverless worker): the
@@ -201,14 +229,21 @@ fn is_loopback(url: &url::Url) -> bool {
 /// The RunPod pods backend from the `runpod_*` settings.
 fn runpod_backend(s: &Settings) -> anyhow::Result<loraforge_runpod::PodsBackend> {
     use loraforge_runpod::{CloudType, GraphqlClient, GraphqlSettings, PodsBackend, PodsSettings};
-    let key = s.runpod_api_key.clone().context("the runpod backend needs LORAFORGE_RUNPOD_API_KEY")?;
-    let image = s.runpod_image.clone().context("the runpod backend needs LORAFORGE_RUNPOD_IMAGE (the worker image)")?;
+    let key = s
+        .runpod_api_key
+        .clone()
+        .context("the runpod backend needs LORAFORGE_RUNPOD_API_KEY")?;
+    let image = s
+        .runpod_image
+        .clone()
+        .context("the runpod backend needs LORAFORGE_RUNPOD_IMAGE (the worker image)")?;
     if s.runpod_gpu_types.is_empty() {
         bail!("the runpod backend needs at least one GPU type in LORAFORGE_RUNPOD_GPU_TYPES");
     }
     let mut graphql = GraphqlSettings::new(key);
     if let Some(u) = &s.runpod_graphql_url {
-        graphql.url = url::Url::parse(u).with_context(|| format!("runpod_graphql_url {u:?} is not a URL"))?;
+        graphql.url =
+            url::Url::parse(u).with_context(|| format!("runpod_graphql_url {u:?} is not a URL"))?;
     }
     let mut pods = PodsSettings::new(image, s.runpod_gpu_types.clone());
     pods.cloud_type = match s.runpod_cloud_type.as_str() {
@@ -231,8 +266,13 @@ fn runpod_backend(s: &Settings) -> anyhow::Result<loraforge_runpod::PodsBackend>
 /// The RunPod Serverless backend from the `runpod_*` settings: jobs on `runpod_endpoint_id`.
 fn runpod_serverless_backend(s: &Settings) -> anyhow::Result<loraforge_runpod::ServerlessBackend> {
     use loraforge_domain::MicroUsd;
-    use loraforge_runpod::{ServerlessBackend, ServerlessBackendSettings, ServerlessClient, ServerlessSettings};
-    let key = s.runpod_api_key.clone().context("the runpod-serverless backend needs LORAFORGE_RUNPOD_API_KEY")?;
+    use loraforge_runpod::{
+        ServerlessBackend, ServerlessBackendSettings, ServerlessClient, ServerlessSettings,
+    };
+    let key = s
+        .runpod_api_key
+        .clone()
+        .context("the runpod-serverless backend needs LORAFORGE_RUNPOD_API_KEY")?;
     let endpoint = s
         .runpod_endpoint_id
         .clone()
@@ -240,7 +280,8 @@ fn runpod_serverless_backend(s: &Settings) -> anyhow::Result<loraforge_runpod::S
         .context("the runpod-serverless backend needs LORAFORGE_RUNPOD_ENDPOINT_ID (the Serverless endpoint)")?;
     let mut client = ServerlessSettings::new(endpoint, key);
     if let Some(u) = &s.runpod_serverless_url {
-        client.base_url = url::Url::parse(u).with_context(|| format!("runpod_serverless_url {u:?} is not a URL"))?;
+        client.base_url = url::Url::parse(u)
+            .with_context(|| format!("runpod_serverless_url {u:?} is not a URL"))?;
     }
     let price = MicroUsd::parse_dollars(&s.runpod_serverless_price_per_second)
         .map_err(|e| anyhow::anyhow!("runpod_serverless_price_per_second: {e}"))?;
@@ -260,10 +301,15 @@ fn runpod_serverless_backend(s: &Settings) -> anyhow::Result<loraforge_runpod::S
 /// Image URL downloads. Host patterns were validated when the settings were loaded.
 pub fn fetch_settings(s: &Settings) -> FetchSettings {
     FetchSettings {
-        allowed_hosts: s.image_url_allowed_hosts.iter().filter_map(|h| HostPattern::parse(h).ok()).collect(),
+        allowed_hosts: s
+            .image_url_allowed_hosts
+            .iter()
+            .filter_map(|h| HostPattern::parse(h).ok())
+            .collect(),
         allow_private_addresses: s.image_url_allow_private_addresses,
         timeout: Duration::from_secs(s.download_timeout_secs.max(1)),
-        cache_dir: (s.download_cache_ttl_secs > 0).then(|| absolute(&s.data_dir.join("cache").join("downloads"))),
+        cache_dir: (s.download_cache_ttl_secs > 0)
+            .then(|| absolute(&s.data_dir.join("cache").join("downloads"))),
         cache_ttl: Duration::from_secs(s.download_cache_ttl_secs),
         ..FetchSettings::default()
     }
@@ -271,7 +317,11 @@ pub fn fetch_settings(s: &Settings) -> FetchSettings {
 
 /// The LoRA file rules of `inspect` and of the upload check before publishing.
 pub fn lora_rules(s: &Settings) -> LoraRules {
-    LoraRules { min_bytes: s.lora_min_bytes, max_bytes: s.lora_max_bytes, scan_values: true }
+    LoraRules {
+        min_bytes: s.lora_min_bytes,
+        max_bytes: s.lora_max_bytes,
+        scan_values: true,
+    }
 }
 
 /// Local signed links use a key derived from the JWT secret, so there is one secret to manage.
@@ -317,19 +367,32 @@ pub fn storage_settings(s: &Settings, jwt: &SecretSlice<u8>) -> anyhow::Result<S
 
 /// The configured database, connected and migrated.
 pub async fn repository(s: &Settings) -> anyhow::Result<Arc<dyn Repository>> {
-    std::fs::create_dir_all(&s.data_dir).with_context(|| format!("creating data dir {}", s.data_dir.display()))?;
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("creating data dir {}", s.data_dir.display()))?;
     let db_url = s.database_url();
-    loraforge_db::connect(&db_url, &ConnectOptions { max_connections: s.database_max_connections })
-        .await
-        .with_context(|| format!("opening database {}", redact_url(&db_url)))
+    loraforge_db::connect(
+        &db_url,
+        &ConnectOptions {
+            max_connections: s.database_max_connections,
+        },
+    )
+    .await
+    .with_context(|| format!("opening database {}", redact_url(&db_url)))
 }
 
 /// Everything `serve` needs, connected and migrated.
 /// The server's state over an already opened repository (shared with the job engine).
 pub fn app_state_with(s: &Settings, repo: Arc<dyn Repository>) -> anyhow::Result<AppState> {
     let jwt_secret = s.jwt_secret()?;
-    let store = loraforge_storage::open(&storage_settings(s, &jwt_secret)?).context("opening storage")?;
-    Ok(AppState::new(repo, store, Arc::new(SystemClock), JwtKeys::new(&jwt_secret), server_settings(s)))
+    let store =
+        loraforge_storage::open(&storage_settings(s, &jwt_secret)?).context("opening storage")?;
+    Ok(AppState::new(
+        repo,
+        store,
+        Arc::new(SystemClock),
+        JwtKeys::new(&jwt_secret),
+        server_settings(s),
+    ))
 }
 
 #[cfg(test)]
@@ -338,7 +401,11 @@ mod tests {
 
     #[test]
     fn concurrent_trainers_split_the_cores_unless_the_operator_chose() {
-        assert_eq!(torch_threads(16, 1, false), None, "one slot: torch's own default (all cores)");
+        assert_eq!(
+            torch_threads(16, 1, false),
+            None,
+            "one slot: torch's own default (all cores)"
+        );
         assert_eq!(torch_threads(16, 4, false), Some(4));
         assert_eq!(torch_threads(2, 3, false), Some(1), "never zero");
         assert_eq!(torch_threads(16, 4, true), None);

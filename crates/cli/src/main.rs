@@ -168,11 +168,21 @@ enum Command {
         #[arg(long)]
         follow: bool,
         /// The service's base URL.
-        #[arg(long, env = "LORAFORGE_SERVER", default_value = "http://127.0.0.1:8080", value_name = "URL")]
+        #[arg(
+            long,
+            env = "LORAFORGE_SERVER",
+            default_value = "http://127.0.0.1:8080",
+            value_name = "URL"
+        )]
         server: String,
         /// API token (prefer the environment variable: arguments show in `ps`). For a local
         /// server: `loraforge token --user <uuid>`.
-        #[arg(long, env = "LORAFORGE_TOKEN", hide_env_values = true, value_name = "JWT")]
+        #[arg(
+            long,
+            env = "LORAFORGE_TOKEN",
+            hide_env_values = true,
+            value_name = "JWT"
+        )]
         token: Option<String>,
     },
     /// Fill the configured database with a synthetic library, for benchmarks and demos.
@@ -193,7 +203,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a duration; use e.g. 30m, 1h or 7d"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; use e.g. 30m, 1h or 7d"))?;
     let secs = match unit {
         "s" | "" => n,
         "m" => n * 60,
@@ -226,7 +238,9 @@ fn init_logging(format: &str) {
     let filter = EnvFilter::try_from_env("LORAFORGE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| QuietStderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(|| QuietStderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -241,18 +255,30 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { bind } => bind.clone(),
         _ => None,
     };
-    let over = Overrides { config_file: cli.config.clone(), data_dir: cli.data_dir.clone(), bind };
+    let over = Overrides {
+        config_file: cli.config.clone(),
+        data_dir: cli.data_dir.clone(),
+        bind,
+    };
     let settings = Settings::load(&over)?;
     match cli.command {
         Command::Serve { .. } => serve(settings).await,
         Command::Worker { server, lora, out } => {
             init_logging(&settings.log_format);
-            let out = out.unwrap_or_else(|| std::env::temp_dir().join(format!("loraforge-worker-{lora}")));
+            let out = out
+                .unwrap_or_else(|| std::env::temp_dir().join(format!("loraforge-worker-{lora}")));
             std::process::exit(commands::worker::run(&settings, server, lora, out).await)
         }
-        Command::Token { user, email, admin, ttl } => {
+        Command::Token {
+            user,
+            email,
+            admin,
+            ttl,
+        } => {
             let keys = JwtKeys::new(&settings.jwt_secret()?);
-            let token = keys.issue(user, email, admin, ttl, chrono::Utc::now()).context("signing the token")?;
+            let token = keys
+                .issue(user, email, admin, ttl, chrono::Utc::now())
+                .context("signing the token")?;
             println!("{token}");
             Ok(())
         }
@@ -264,15 +290,38 @@ async fn main() -> anyhow::Result<()> {
             let rules = compose::server_settings(&settings).dataset_rules;
             std::process::exit(commands::check_dataset::run(&paths, &rules))
         }
-        Command::Inspect { file, json } => {
-            std::process::exit(commands::inspect::run(&file, json, &compose::lora_rules(&settings)))
-        }
-        Command::SetupTrainer { python, force, requirements } => {
-            let opts = commands::setup_trainer::Options { python, force, requirements };
+        Command::Inspect { file, json } => std::process::exit(commands::inspect::run(
+            &file,
+            json,
+            &compose::lora_rules(&settings),
+        )),
+        Command::SetupTrainer {
+            python,
+            force,
+            requirements,
+        } => {
+            let opts = commands::setup_trainer::Options {
+                python,
+                force,
+                requirements,
+            };
             std::process::exit(commands::setup_trainer::run(&settings, &opts).await?)
         }
-        Command::Doctor { json } => std::process::exit(commands::doctor::run(&settings, json).await),
-        Command::Train { dir, name, description, triggers, base_model, steps, resolution, follow, server, token } => {
+        Command::Doctor { json } => {
+            std::process::exit(commands::doctor::run(&settings, json).await)
+        }
+        Command::Train {
+            dir,
+            name,
+            description,
+            triggers,
+            base_model,
+            steps,
+            resolution,
+            follow,
+            server,
+            token,
+        } => {
             let rules = compose::server_settings(&settings).dataset_rules;
             let args = commands::train::TrainArgs {
                 dir,
@@ -291,7 +340,8 @@ async fn main() -> anyhow::Result<()> {
         Command::BenchSeed { count, users, seed } => {
             let repo = compose::repository(&settings).await?;
             let started = std::time::Instant::now();
-            let seeded = loraforge_db::seed::seed_library(repo.as_ref(), count, users, seed).await?;
+            let seeded =
+                loraforge_db::seed::seed_library(repo.as_ref(), count, users, seed).await?;
             eprintln!(
                 "seeded {} LoRAs over {} users in {:.1}s",
                 seeded.loras,
@@ -308,13 +358,22 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     init_logging(&settings.log_format);
     let listener = tokio::net::TcpListener::bind(settings.bind)
         .await
-        .with_context(|| format!("binding {} (is another server running there? set --bind)", settings.bind))?;
+        .with_context(|| {
+            format!(
+                "binding {} (is another server running there? set --bind)",
+                settings.bind
+            )
+        })?;
     let addr = listener.local_addr()?;
     // With port 0 (or an unspecified address) the links must name the port actually bound.
     let loopback = url::Url::parse(&format!(
         "http://{}",
         std::net::SocketAddr::new(
-            if addr.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { addr.ip() },
+            if addr.ip().is_unspecified() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                addr.ip()
+            },
             addr.port()
         )
     ))?;
@@ -327,7 +386,8 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let engine = if settings.engine_enabled {
         let callback = match &settings.worker_callback_url {
-            Some(u) => url::Url::parse(u).with_context(|| format!("worker_callback_url {u:?} is not a URL"))?,
+            Some(u) => url::Url::parse(u)
+                .with_context(|| format!("worker_callback_url {u:?} is not a URL"))?,
             None => loopback.clone(),
         };
         let engine = compose::engine(&settings, repo, state.store_handle(), &callback)?;
@@ -336,13 +396,19 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         })))
     } else {
-        tracing::warn!("the job engine is off (engine_enabled = false): created LoRAs wait as pending");
+        tracing::warn!(
+            "the job engine is off (engine_enabled = false): created LoRAs wait as pending"
+        );
         None
     };
     let mut sweep_stop = stop_tx.subscribe();
-    let sweeps = tokio::spawn(loraforge_server::maintenance::run(state.clone(), Duration::from_secs(3600), async move {
-        let _ = sweep_stop.wait_for(|stop| *stop).await;
-    }));
+    let sweeps = tokio::spawn(loraforge_server::maintenance::run(
+        state.clone(),
+        Duration::from_secs(3600),
+        async move {
+            let _ = sweep_stop.wait_for(|stop| *stop).await;
+        },
+    ));
     let app = Application::new(state, listener);
     tracing::info!(%addr, data_dir = %settings.data_dir.display(), database = %loraforge_db::redact_url(&settings.database_url()),
         "loraforge listening; API docs at http://{addr}/docs");

@@ -161,7 +161,13 @@ pub struct Overrides {
     pub bind: Option<String>,
 }
 
-const LIST_KEYS: [&str; 5] = ["cors_origins", "local_model_roots", "image_url_allowed_hosts", "backends", "runpod_gpu_types"];
+const LIST_KEYS: [&str; 5] = [
+    "cors_origins",
+    "local_model_roots",
+    "image_url_allowed_hosts",
+    "backends",
+    "runpod_gpu_types",
+];
 
 impl Settings {
     pub fn load(over: &Overrides) -> anyhow::Result<Self> {
@@ -198,7 +204,10 @@ impl Settings {
             .set_default("engine_enabled", true)?
             .set_default("training_concurrency", 1)?
             .set_default("backends", vec!["local"])?
-            .set_default("runpod_gpu_types", vec!["NVIDIA GeForce RTX 3090", "NVIDIA A40"])?
+            .set_default(
+                "runpod_gpu_types",
+                vec!["NVIDIA GeForce RTX 3090", "NVIDIA A40"],
+            )?
             .set_default("runpod_cloud_type", "all")?
             .set_default("runpod_container_disk_gb", 40)?
             .set_default("runpod_max_pods", 10)?
@@ -214,7 +223,10 @@ impl Settings {
             .set_default("validation_auto_approve", false)?
             .set_default("debug_fail_uploads", 0)?;
 
-        let file = over.config_file.clone().or_else(|| std::env::var_os("LORAFORGE_CONFIG").map(PathBuf::from));
+        let file = over
+            .config_file
+            .clone()
+            .or_else(|| std::env::var_os("LORAFORGE_CONFIG").map(PathBuf::from));
         match file {
             Some(f) => {
                 if !f.exists() {
@@ -223,7 +235,9 @@ impl Settings {
                 b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
             }
             None if Path::new("loraforge.toml").exists() => {
-                b = b.add_source(config::File::with_name("loraforge.toml").format(config::FileFormat::Toml));
+                b = b.add_source(
+                    config::File::with_name("loraforge.toml").format(config::FileFormat::Toml),
+                );
             }
             None => {}
         }
@@ -247,52 +261,86 @@ impl Settings {
             .try_deserialize()
             .context("configuration has an invalid value (check loraforge.toml and LORAFORGE_* variables)")?;
         if s.local_model_roots.is_empty() {
-            s.local_model_roots.push(absolute(&s.data_dir.join("models")));
+            s.local_model_roots
+                .push(absolute(&s.data_dir.join("models")));
         }
         s.cors_origins.retain(|o| !o.trim().is_empty());
         s.image_url_allowed_hosts.retain(|h| !h.trim().is_empty());
         for h in &s.image_url_allowed_hosts {
-            loraforge_fetch::HostPattern::parse(h).map_err(|e| anyhow::anyhow!("image_url_allowed_hosts: {e}"))?;
+            loraforge_fetch::HostPattern::parse(h)
+                .map_err(|e| anyhow::anyhow!("image_url_allowed_hosts: {e}"))?;
         }
         if s.lora_min_bytes > s.lora_max_bytes {
-            bail!("lora_min_bytes ({}) is larger than lora_max_bytes ({})", s.lora_min_bytes, s.lora_max_bytes);
+            bail!(
+                "lora_min_bytes ({}) is larger than lora_max_bytes ({})",
+                s.lora_min_bytes,
+                s.lora_max_bytes
+            );
         }
-        if s.trainer_python.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+        if s.trainer_python
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
             s.trainer_python = None;
         }
-        if s.trainer_venv.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+        if s.trainer_venv
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
             s.trainer_venv = None;
         }
-        if s.validation_scorer.as_ref().is_some_and(|p| p.trim().is_empty()) {
+        if s.validation_scorer
+            .as_ref()
+            .is_some_and(|p| p.trim().is_empty())
+        {
             s.validation_scorer = None;
         }
         if !(0.0..=1.0).contains(&s.validation_similarity_threshold) {
-            bail!("validation_similarity_threshold must be between 0 and 1, not {}", s.validation_similarity_threshold);
+            bail!(
+                "validation_similarity_threshold must be between 0 and 1, not {}",
+                s.validation_similarity_threshold
+            );
         }
         s.backends.retain(|b| !b.trim().is_empty());
         s.runpod_gpu_types.retain(|g| !g.trim().is_empty());
         for b in &s.backends {
             if !matches!(b.as_str(), "local" | "runpod" | "runpod-serverless") {
-                bail!("backends: unknown backend {b:?}; use local, runpod and/or runpod-serverless");
+                bail!(
+                    "backends: unknown backend {b:?}; use local, runpod and/or runpod-serverless"
+                );
             }
         }
-        if let Err(e) = loraforge_domain::MicroUsd::parse_dollars(&s.runpod_serverless_price_per_second) {
-            bail!("runpod_serverless_price_per_second must be decimal dollars per second like 0.00031: {e}");
+        if let Err(e) =
+            loraforge_domain::MicroUsd::parse_dollars(&s.runpod_serverless_price_per_second)
+        {
+            bail!(
+                "runpod_serverless_price_per_second must be decimal dollars per second like 0.00031: {e}"
+            );
         }
         if !matches!(s.runpod_cloud_type.as_str(), "all" | "secure" | "community") {
-            bail!("runpod_cloud_type must be all, secure or community, not {:?}", s.runpod_cloud_type);
+            bail!(
+                "runpod_cloud_type must be all, secure or community, not {:?}",
+                s.runpod_cloud_type
+            );
         }
         if s.checkpoint_every_steps == Some(0) {
             bail!("checkpoint_every_steps must be at least 1");
         }
         if s.training_concurrency == 0 {
-            bail!("training_concurrency must be at least 1 (set engine_enabled = false to train nothing)");
+            bail!(
+                "training_concurrency must be at least 1 (set engine_enabled = false to train nothing)"
+            );
         }
         if s.job_lease_secs < 10 {
-            bail!("job_lease_secs must be at least 10 seconds (workers send a heartbeat every 10 s)");
+            bail!(
+                "job_lease_secs must be at least 10 seconds (workers send a heartbeat every 10 s)"
+            );
         }
         if !matches!(s.log_format.as_str(), "text" | "json") {
-            bail!("log_format must be `text` or `json`, not {:?}", s.log_format);
+            bail!(
+                "log_format must be `text` or `json`, not {:?}",
+                s.log_format
+            );
         }
         Ok(s)
     }
@@ -308,24 +356,39 @@ impl Settings {
     /// across restarts, distinct for two services on one host).
     pub fn worker_id(&self) -> String {
         use sha2::{Digest, Sha256};
-        self.worker_id.clone().filter(|w| !w.trim().is_empty()).unwrap_or_else(|| {
-            let dir = absolute(&self.data_dir);
-            let hash = Sha256::digest(dir.to_string_lossy().as_bytes());
-            format!("local-{}", &hex::encode(hash)[..12])
-        })
+        self.worker_id
+            .clone()
+            .filter(|w| !w.trim().is_empty())
+            .unwrap_or_else(|| {
+                let dir = absolute(&self.data_dir);
+                let hash = Sha256::digest(dir.to_string_lossy().as_bytes());
+                format!("local-{}", &hex::encode(hash)[..12])
+            })
     }
 
     /// The trainer venv's folder (absolute): `trainer_venv`, else `<data_dir>/trainer-venv`.
     pub fn trainer_venv(&self) -> PathBuf {
-        absolute(self.trainer_venv.as_deref().unwrap_or(&self.data_dir.join("trainer-venv")))
+        absolute(
+            self.trainer_venv
+                .as_deref()
+                .unwrap_or(&self.data_dir.join("trainer-venv")),
+        )
     }
 
     pub fn public_url(&self) -> anyhow::Result<url::Url> {
         let raw = match &self.public_url {
             Some(u) => u.clone(),
             None => {
-                let host = if self.bind.ip().is_unspecified() { "127.0.0.1".to_owned() } else { self.bind.ip().to_string() };
-                let host = if self.bind.is_ipv6() && !self.bind.ip().is_unspecified() { format!("[{host}]") } else { host };
+                let host = if self.bind.ip().is_unspecified() {
+                    "127.0.0.1".to_owned()
+                } else {
+                    self.bind.ip().to_string()
+                };
+                let host = if self.bind.is_ipv6() && !self.bind.ip().is_unspecified() {
+                    format!("[{host}]")
+                } else {
+                    host
+                };
                 format!("http://{host}:{}", self.bind.port())
             }
         };
@@ -337,7 +400,9 @@ impl Settings {
     pub fn jwt_secret(&self) -> anyhow::Result<SecretSlice<u8>> {
         if let Some(s) = &self.jwt_secret {
             if s.expose_secret().len() < 16 {
-                bail!("LORAFORGE_JWT_SECRET is too short; use at least 16 characters (32 random bytes recommended)");
+                bail!(
+                    "LORAFORGE_JWT_SECRET is too short; use at least 16 characters (32 random bytes recommended)"
+                );
             }
             return Ok(SecretSlice::from(s.expose_secret().as_bytes().to_vec()));
         }
@@ -345,7 +410,10 @@ impl Settings {
         if let Ok(existing) = std::fs::read_to_string(&path) {
             let trimmed = existing.trim();
             if trimmed.len() < 16 {
-                bail!("{} is too short or empty; delete it to generate a new secret", path.display());
+                bail!(
+                    "{} is too short or empty; delete it to generate a new secret",
+                    path.display()
+                );
             }
             return Ok(SecretSlice::from(trimmed.as_bytes().to_vec()));
         }
@@ -383,7 +451,9 @@ pub fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_owned()
     } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_owned())
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_owned())
     }
 }
 
@@ -391,74 +461,191 @@ impl Settings {
     /// The effective configuration as `KEY = value` lines with their environment names; secrets
     /// are shown only as set or unset.
     pub fn describe(&self) -> anyhow::Result<String> {
-        let secret = |s: &Option<SecretString>| if s.is_some() { "<set>" } else { "<unset>" }.to_owned();
+        let secret =
+            |s: &Option<SecretString>| if s.is_some() { "<set>" } else { "<unset>" }.to_owned();
         let rows: Vec<(&str, String)> = vec![
             ("bind", self.bind.to_string()),
             ("data_dir", self.data_dir.display().to_string()),
-            ("database_url", loraforge_db::redact_url(&self.database_url())),
-            ("database_max_connections", self.database_max_connections.to_string()),
-            ("storage_url", self.storage_url.clone().unwrap_or_else(|| format!("file://{}", absolute(&self.data_dir.join("blobs")).display()))),
+            (
+                "database_url",
+                loraforge_db::redact_url(&self.database_url()),
+            ),
+            (
+                "database_max_connections",
+                self.database_max_connections.to_string(),
+            ),
+            (
+                "storage_url",
+                self.storage_url.clone().unwrap_or_else(|| {
+                    format!(
+                        "file://{}",
+                        absolute(&self.data_dir.join("blobs")).display()
+                    )
+                }),
+            ),
             ("public_url", self.public_url()?.to_string()),
-            ("jwt_secret", if self.jwt_secret.is_some() { "<set>".into() } else { format!("<kept in {}>", self.data_dir.join("jwt-secret").display()) }),
+            (
+                "jwt_secret",
+                if self.jwt_secret.is_some() {
+                    "<set>".into()
+                } else {
+                    format!("<kept in {}>", self.data_dir.join("jwt-secret").display())
+                },
+            ),
             ("monthly_limit", self.monthly_limit.to_string()),
             ("max_concurrent_jobs", self.max_concurrent_jobs.to_string()),
             ("creates_per_minute", self.creates_per_minute.to_string()),
             ("min_steps", self.min_steps.to_string()),
             ("min_resolution", self.min_resolution.to_string()),
-            ("local_model_roots", self.local_model_roots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(",")),
+            (
+                "local_model_roots",
+                self.local_model_roots
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             ("dataset_min_images", self.dataset_min_images.to_string()),
             ("dataset_max_images", self.dataset_max_images.to_string()),
             ("image_min_bytes", self.image_min_bytes.to_string()),
             ("image_max_bytes", self.image_max_bytes.to_string()),
             ("image_min_side", self.image_min_side.to_string()),
-            ("image_max_megapixels", self.image_max_megapixels.to_string()),
+            (
+                "image_max_megapixels",
+                self.image_max_megapixels.to_string(),
+            ),
             ("allow_webp", self.allow_webp.to_string()),
-            ("download_url_ttl_secs", self.download_url_ttl_secs.to_string()),
+            (
+                "download_url_ttl_secs",
+                self.download_url_ttl_secs.to_string(),
+            ),
             ("library_cache_ms", self.library_cache_ms.to_string()),
-            ("image_url_allowed_hosts", self.image_url_allowed_hosts.join(",")),
-            ("image_url_allow_private_addresses", self.image_url_allow_private_addresses.to_string()),
-            ("download_cache_ttl_secs", self.download_cache_ttl_secs.to_string()),
-            ("download_timeout_secs", self.download_timeout_secs.to_string()),
+            (
+                "image_url_allowed_hosts",
+                self.image_url_allowed_hosts.join(","),
+            ),
+            (
+                "image_url_allow_private_addresses",
+                self.image_url_allow_private_addresses.to_string(),
+            ),
+            (
+                "download_cache_ttl_secs",
+                self.download_cache_ttl_secs.to_string(),
+            ),
+            (
+                "download_timeout_secs",
+                self.download_timeout_secs.to_string(),
+            ),
             ("lora_min_bytes", self.lora_min_bytes.to_string()),
             ("lora_max_bytes", self.lora_max_bytes.to_string()),
             ("cors_origins", self.cors_origins.join(",")),
             ("s3_endpoint", self.s3_endpoint.clone().unwrap_or_default()),
             ("s3_region", self.s3_region.clone()),
-            ("s3_access_key_id", self.s3_access_key_id.clone().unwrap_or_default()),
+            (
+                "s3_access_key_id",
+                self.s3_access_key_id.clone().unwrap_or_default(),
+            ),
             ("s3_secret_access_key", secret(&self.s3_secret_access_key)),
             ("s3_allow_http", self.s3_allow_http.to_string()),
             ("s3_path_style", self.s3_path_style.to_string()),
             ("log_format", self.log_format.clone()),
-            ("trainer_python", self.trainer_python.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+            (
+                "trainer_python",
+                self.trainer_python
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
             ("trainer_venv", self.trainer_venv().display().to_string()),
             ("engine_enabled", self.engine_enabled.to_string()),
             ("worker_id", self.worker_id()),
-            ("training_concurrency", self.training_concurrency.to_string()),
+            (
+                "training_concurrency",
+                self.training_concurrency.to_string(),
+            ),
             ("backends", self.backends.join(",")),
             ("runpod_api_key", secret(&self.runpod_api_key)),
-            ("runpod_graphql_url", self.runpod_graphql_url.clone().unwrap_or_else(|| "https://api.runpod.io/graphql".into())),
-            ("runpod_image", self.runpod_image.clone().unwrap_or_default()),
+            (
+                "runpod_graphql_url",
+                self.runpod_graphql_url
+                    .clone()
+                    .unwrap_or_else(|| "https://api.runpod.io/graphql".into()),
+            ),
+            (
+                "runpod_image",
+                self.runpod_image.clone().unwrap_or_default(),
+            ),
             ("runpod_gpu_types", self.runpod_gpu_types.join(",")),
             ("runpod_cloud_type", self.runpod_cloud_type.clone()),
-            ("runpod_container_disk_gb", self.runpod_container_disk_gb.to_string()),
-            ("runpod_volume_gb", self.runpod_volume_gb.map(|v| v.to_string()).unwrap_or_default()),
-            ("runpod_network_volume_id", self.runpod_network_volume_id.clone().unwrap_or_default()),
+            (
+                "runpod_container_disk_gb",
+                self.runpod_container_disk_gb.to_string(),
+            ),
+            (
+                "runpod_volume_gb",
+                self.runpod_volume_gb
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+            ),
+            (
+                "runpod_network_volume_id",
+                self.runpod_network_volume_id.clone().unwrap_or_default(),
+            ),
             ("runpod_max_pods", self.runpod_max_pods.to_string()),
-            ("runpod_endpoint_id", self.runpod_endpoint_id.clone().unwrap_or_default()),
-            ("runpod_serverless_url", self.runpod_serverless_url.clone().unwrap_or_else(|| "https://api.runpod.ai/v2".into())),
-            ("runpod_serverless_price_per_second", self.runpod_serverless_price_per_second.clone()),
-            ("runpod_serverless_max_jobs", self.runpod_serverless_max_jobs.to_string()),
+            (
+                "runpod_endpoint_id",
+                self.runpod_endpoint_id.clone().unwrap_or_default(),
+            ),
+            (
+                "runpod_serverless_url",
+                self.runpod_serverless_url
+                    .clone()
+                    .unwrap_or_else(|| "https://api.runpod.ai/v2".into()),
+            ),
+            (
+                "runpod_serverless_price_per_second",
+                self.runpod_serverless_price_per_second.clone(),
+            ),
+            (
+                "runpod_serverless_max_jobs",
+                self.runpod_serverless_max_jobs.to_string(),
+            ),
             ("runpod_observe_secs", self.runpod_observe_secs.to_string()),
-            ("checkpoint_every_steps", self.checkpoint_every_steps.map(|v| v.to_string()).unwrap_or_default()),
-            ("allow_loopback_callbacks", self.allow_loopback_callbacks.to_string()),
+            (
+                "checkpoint_every_steps",
+                self.checkpoint_every_steps
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+            ),
+            (
+                "allow_loopback_callbacks",
+                self.allow_loopback_callbacks.to_string(),
+            ),
             ("job_timeout_secs", self.job_timeout_secs.to_string()),
             ("job_lease_secs", self.job_lease_secs.to_string()),
             ("engine_poll_ms", self.engine_poll_ms.to_string()),
-            ("worker_callback_url", self.worker_callback_url.clone().unwrap_or_else(|| "<this server on loopback>".into())),
-            ("worker_retry_delay_ms", self.worker_retry_delay_ms.to_string()),
-            ("validation_similarity_threshold", self.validation_similarity_threshold.to_string()),
-            ("validation_auto_approve", self.validation_auto_approve.to_string()),
-            ("validation_scorer", self.validation_scorer.clone().unwrap_or_default()),
+            (
+                "worker_callback_url",
+                self.worker_callback_url
+                    .clone()
+                    .unwrap_or_else(|| "<this server on loopback>".into()),
+            ),
+            (
+                "worker_retry_delay_ms",
+                self.worker_retry_delay_ms.to_string(),
+            ),
+            (
+                "validation_similarity_threshold",
+                self.validation_similarity_threshold.to_string(),
+            ),
+            (
+                "validation_auto_approve",
+                self.validation_auto_approve.to_string(),
+            ),
+            (
+                "validation_scorer",
+                self.validation_scorer.clone().unwrap_or_default(),
+            ),
             ("debug_fail_uploads", self.debug_fail_uploads.to_string()),
         ];
         Ok(rows

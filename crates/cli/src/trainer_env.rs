@@ -19,20 +19,62 @@ use crate::settings::{Settings, absolute};
 /// The trainer package's files, as compiled into this binary: (file name, contents).
 /// A unit test fails when `trainer/loraforge_trainer/` holds a `.py` file missing here.
 pub const TRAINER_SOURCES: &[(&str, &str)] = &[
-    ("__init__.py", include_str!("../../../trainer/loraforge_trainer/__init__.py")),
-    ("__main__.py", include_str!("../../../trainer/loraforge_trainer/__main__.py")),
-    ("buckets.py", include_str!("../../../trainer/loraforge_trainer/buckets.py")),
-    ("checkpoint.py", include_str!("../../../trainer/loraforge_trainer/checkpoint.py")),
-    ("cli.py", include_str!("../../../trainer/loraforge_trainer/cli.py")),
-    ("dataset.py", include_str!("../../../trainer/loraforge_trainer/dataset.py")),
-    ("errors.py", include_str!("../../../trainer/loraforge_trainer/errors.py")),
-    ("events.py", include_str!("../../../trainer/loraforge_trainer/events.py")),
-    ("export.py", include_str!("../../../trainer/loraforge_trainer/export.py")),
-    ("fsutil.py", include_str!("../../../trainer/loraforge_trainer/fsutil.py")),
-    ("spec.py", include_str!("../../../trainer/loraforge_trainer/spec.py")),
-    ("testing.py", include_str!("../../../trainer/loraforge_trainer/testing.py")),
-    ("train.py", include_str!("../../../trainer/loraforge_trainer/train.py")),
-    ("validate.py", include_str!("../../../trainer/loraforge_trainer/validate.py")),
+    (
+        "__init__.py",
+        include_str!("../../../trainer/loraforge_trainer/__init__.py"),
+    ),
+    (
+        "__main__.py",
+        include_str!("../../../trainer/loraforge_trainer/__main__.py"),
+    ),
+    (
+        "buckets.py",
+        include_str!("../../../trainer/loraforge_trainer/buckets.py"),
+    ),
+    (
+        "checkpoint.py",
+        include_str!("../../../trainer/loraforge_trainer/checkpoint.py"),
+    ),
+    (
+        "cli.py",
+        include_str!("../../../trainer/loraforge_trainer/cli.py"),
+    ),
+    (
+        "dataset.py",
+        include_str!("../../../trainer/loraforge_trainer/dataset.py"),
+    ),
+    (
+        "errors.py",
+        include_str!("../../../trainer/loraforge_trainer/errors.py"),
+    ),
+    (
+        "events.py",
+        include_str!("../../../trainer/loraforge_trainer/events.py"),
+    ),
+    (
+        "export.py",
+        include_str!("../../../trainer/loraforge_trainer/export.py"),
+    ),
+    (
+        "fsutil.py",
+        include_str!("../../../trainer/loraforge_trainer/fsutil.py"),
+    ),
+    (
+        "spec.py",
+        include_str!("../../../trainer/loraforge_trainer/spec.py"),
+    ),
+    (
+        "testing.py",
+        include_str!("../../../trainer/loraforge_trainer/testing.py"),
+    ),
+    (
+        "train.py",
+        include_str!("../../../trainer/loraforge_trainer/train.py"),
+    ),
+    (
+        "validate.py",
+        include_str!("../../../trainer/loraforge_trainer/validate.py"),
+    ),
 ];
 
 /// `trainer/requirements.lock`: every package of the trainer's environment at its exact version.
@@ -74,11 +116,15 @@ pub fn runtime(settings: &Settings) -> anyhow::Result<TrainerRuntime> {
     if let Some(existing) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
         paths.extend(std::env::split_paths(&existing).map(PathBuf::into_os_string));
     }
-    let pythonpath = std::env::join_paths(paths).context("building PYTHONPATH (a path contains ':')")?;
+    let pythonpath =
+        std::env::join_paths(paths).context("building PYTHONPATH (a path contains ':')")?;
     Ok(TrainerRuntime {
         python,
         env: vec![
-            ("PYTHONPATH".to_owned(), pythonpath.to_string_lossy().into_owned()),
+            (
+                "PYTHONPATH".to_owned(),
+                pythonpath.to_string_lossy().into_owned(),
+            ),
             ("PYTHONUNBUFFERED".to_owned(), "1".to_owned()),
         ],
     })
@@ -86,7 +132,11 @@ pub fn runtime(settings: &Settings) -> anyhow::Result<TrainerRuntime> {
 
 /// `<venv>/bin/python` (`Scripts\python.exe` on Windows).
 pub fn venv_python(venv: &Path) -> PathBuf {
-    if cfg!(windows) { venv.join("Scripts").join("python.exe") } else { venv.join("bin").join("python") }
+    if cfg!(windows) {
+        venv.join("Scripts").join("python.exe")
+    } else {
+        venv.join("bin").join("python")
+    }
 }
 
 /// The configured interpreter, checked to exist.
@@ -118,7 +168,9 @@ fn interpreter(settings: &Settings) -> anyhow::Result<PathBuf> {
 fn resolve_program(p: &Path) -> Option<PathBuf> {
     if p.components().count() == 1 && !p.is_absolute() {
         let path = std::env::var_os("PATH")?;
-        return std::env::split_paths(&path).map(|d| d.join(p)).find(|c| c.is_file());
+        return std::env::split_paths(&path)
+            .map(|d| d.join(p))
+            .find(|c| c.is_file());
     }
     let p = absolute(p);
     p.is_file().then_some(p)
@@ -160,7 +212,9 @@ pub fn extract_sources(data_dir: &Path) -> anyhow::Result<PathBuf> {
         Ok(()) => Ok(()),
         // Another process renamed its copy into place first: use that one.
         Err(_) if is_complete(&root) => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("moving the trainer sources to {}", root.display())),
+        Err(e) => {
+            Err(e).with_context(|| format!("moving the trainer sources to {}", root.display()))
+        }
     });
     let _ = std::fs::remove_dir_all(&tmp);
     result?;
@@ -179,7 +233,9 @@ fn write_tree(tmp: &Path) -> anyhow::Result<()> {
 
 fn is_complete(root: &Path) -> bool {
     let pkg = root.join(PACKAGE);
-    TRAINER_SOURCES.iter().all(|(name, text)| std::fs::metadata(pkg.join(name)).is_ok_and(|m| m.len() == text.len() as u64))
+    TRAINER_SOURCES.iter().all(|(name, text)| {
+        std::fs::metadata(pkg.join(name)).is_ok_and(|m| m.len() == text.len() as u64)
+    })
 }
 
 fn unique() -> String {
@@ -204,7 +260,10 @@ mod tests {
             .filter(|n| n.ends_with(".py"))
             .collect();
         on_disk.sort();
-        let mut embedded: Vec<String> = TRAINER_SOURCES.iter().map(|(n, _)| (*n).to_owned()).collect();
+        let mut embedded: Vec<String> = TRAINER_SOURCES
+            .iter()
+            .map(|(n, _)| (*n).to_owned())
+            .collect();
         embedded.sort();
         assert_eq!(
             on_disk, embedded,
@@ -212,9 +271,16 @@ mod tests {
              include_str! line for each new file (and remove deleted ones)"
         );
         for (name, text) in TRAINER_SOURCES {
-            assert_eq!(std::fs::read_to_string(dir.join(name)).unwrap(), *text, "{name} is stale; rebuild");
+            assert_eq!(
+                std::fs::read_to_string(dir.join(name)).unwrap(),
+                *text,
+                "{name} is stale; rebuild"
+            );
         }
-        assert_eq!(std::fs::read_to_string(trainer_dir().join("requirements.lock")).unwrap(), REQUIREMENTS_LOCK);
+        assert_eq!(
+            std::fs::read_to_string(trainer_dir().join("requirements.lock")).unwrap(),
+            REQUIREMENTS_LOCK
+        );
     }
 
     #[test]
@@ -223,7 +289,10 @@ mod tests {
         let root = extract_sources(dir.path()).unwrap();
         assert_eq!(root, dir.path().join("trainer").join(sources_hash()));
         for (name, text) in TRAINER_SOURCES {
-            assert_eq!(std::fs::read_to_string(root.join(PACKAGE).join(name)).unwrap(), *text);
+            assert_eq!(
+                std::fs::read_to_string(root.join(PACKAGE).join(name)).unwrap(),
+                *text
+            );
         }
         // A second call reuses the folder; a damaged one is rebuilt.
         let marker = root.join(PACKAGE).join("__pycache__");
@@ -247,7 +316,9 @@ mod tests {
     fn concurrent_extractions_agree() {
         let dir = tempfile::tempdir().unwrap();
         let roots: Vec<PathBuf> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| extract_sources(dir.path()).unwrap())).collect();
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| extract_sources(dir.path()).unwrap()))
+                .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert!(roots.windows(2).all(|w| w[0] == w[1]));
@@ -257,12 +328,18 @@ mod tests {
     #[test]
     fn runtime_names_the_interpreter_and_sets_pythonpath() {
         let dir = tempfile::tempdir().unwrap();
-        let over = crate::settings::Overrides { data_dir: Some(dir.path().to_owned()), ..Default::default() };
+        let over = crate::settings::Overrides {
+            data_dir: Some(dir.path().to_owned()),
+            ..Default::default()
+        };
         let mut settings = Settings::load(&over).unwrap();
         settings.trainer_python = None;
         settings.trainer_venv = None;
         let err = runtime(&settings).unwrap_err().to_string();
-        assert!(err.contains("loraforge setup-trainer") && err.contains("LORAFORGE_TRAINER_PYTHON"), "{err}");
+        assert!(
+            err.contains("loraforge setup-trainer") && err.contains("LORAFORGE_TRAINER_PYTHON"),
+            "{err}"
+        );
 
         let venv = dir.path().join("trainer-venv");
         std::fs::create_dir_all(venv.join("bin")).unwrap();
@@ -272,11 +349,17 @@ mod tests {
         let root = rt.source_root().unwrap();
         assert_eq!(root, dir.path().join("trainer").join(sources_hash()));
         assert!(root.join(PACKAGE).join("__main__.py").is_file());
-        assert!(rt.env.contains(&("PYTHONUNBUFFERED".to_owned(), "1".to_owned())));
+        assert!(
+            rt.env
+                .contains(&("PYTHONUNBUFFERED".to_owned(), "1".to_owned()))
+        );
 
         settings.trainer_python = Some(dir.path().join("nonexistent-python"));
         let err = runtime(&settings).unwrap_err().to_string();
-        assert!(err.contains("LORAFORGE_TRAINER_PYTHON") && err.contains("setup-trainer"), "{err}");
+        assert!(
+            err.contains("LORAFORGE_TRAINER_PYTHON") && err.contains("setup-trainer"),
+            "{err}"
+        );
         settings.trainer_python = Some(venv_python(&venv));
         assert_eq!(runtime(&settings).unwrap().python, venv_python(&venv));
     }

@@ -10,7 +10,11 @@ use common::loraforge;
 
 fn stdout(c: &mut Command) -> String {
     let out = c.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -18,7 +22,10 @@ fn config_value(listing: &str, key: &str) -> String {
     listing
         .lines()
         .find(|l| l.split_whitespace().next() == Some(key))
-        .and_then(|l| l.split_once('=').map(|(_, v)| v.split("  #").next().unwrap().trim().to_owned()))
+        .and_then(|l| {
+            l.split_once('=')
+                .map(|(_, v)| v.split("  #").next().unwrap().trim().to_owned())
+        })
         .unwrap_or_else(|| panic!("{key} not in {listing}"))
 }
 
@@ -30,7 +37,11 @@ fn help_explains_every_command() {
         assert!(help.contains(cmd), "{help}");
     }
     let token_help = stdout(loraforge(dir.path()).args(["token", "--help"]));
-    assert!(token_help.contains("--user") && token_help.contains("--ttl") && token_help.contains("--data-dir"));
+    assert!(
+        token_help.contains("--user")
+            && token_help.contains("--ttl")
+            && token_help.contains("--data-dir")
+    );
 }
 
 #[test]
@@ -41,7 +52,11 @@ fn settings_layer_defaults_file_env_and_flags_in_that_order() {
     assert_eq!(config_value(&defaults, "bind"), "127.0.0.1:8080");
     assert!(config_value(&defaults, "database_url").ends_with("data/loraforge.db"));
 
-    std::fs::write(dir.path().join("loraforge.toml"), "monthly_limit = 7\nmin_steps = 10\nbind = \"127.0.0.1:9000\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("loraforge.toml"),
+        "monthly_limit = 7\nmin_steps = 10\nbind = \"127.0.0.1:9000\"\n",
+    )
+    .unwrap();
     let from_file = stdout(loraforge(dir.path()).arg("config"));
     assert_eq!(config_value(&from_file, "monthly_limit"), "7");
     assert_eq!(config_value(&from_file, "min_steps"), "10");
@@ -51,18 +66,35 @@ fn settings_layer_defaults_file_env_and_flags_in_that_order() {
             .arg("config")
             .env("LORAFORGE_MONTHLY_LIMIT", "9")
             .env("LORAFORGE_MIN_RESOLUTION", "64")
-            .env("LORAFORGE_CORS_ORIGINS", "https://a.example,https://b.example")
+            .env(
+                "LORAFORGE_CORS_ORIGINS",
+                "https://a.example,https://b.example",
+            )
             .env("LORAFORGE_DATA_DIR", "/tmp/env-data"),
     );
     assert_eq!(config_value(&from_env, "monthly_limit"), "9");
-    assert_eq!(config_value(&from_env, "min_steps"), "10", "file still applies under env");
+    assert_eq!(
+        config_value(&from_env, "min_steps"),
+        "10",
+        "file still applies under env"
+    );
     assert_eq!(config_value(&from_env, "min_resolution"), "64");
-    assert_eq!(config_value(&from_env, "cors_origins"), "https://a.example,https://b.example");
+    assert_eq!(
+        config_value(&from_env, "cors_origins"),
+        "https://a.example,https://b.example"
+    );
     assert_eq!(config_value(&from_env, "data_dir"), "/tmp/env-data");
 
-    let from_flag = stdout(loraforge(dir.path()).args(["--data-dir", "/tmp/flag-data", "config"]).env("LORAFORGE_DATA_DIR", "/tmp/env-data"));
+    let from_flag = stdout(
+        loraforge(dir.path())
+            .args(["--data-dir", "/tmp/flag-data", "config"])
+            .env("LORAFORGE_DATA_DIR", "/tmp/env-data"),
+    );
     assert_eq!(config_value(&from_flag, "data_dir"), "/tmp/flag-data");
-    assert_eq!(config_value(&from_flag, "database_url"), "sqlite:///tmp/flag-data/loraforge.db");
+    assert_eq!(
+        config_value(&from_flag, "database_url"),
+        "sqlite:///tmp/flag-data/loraforge.db"
+    );
 }
 
 #[test]
@@ -73,22 +105,42 @@ fn secrets_never_appear_in_the_config_listing() {
             .arg("config")
             .env("LORAFORGE_JWT_SECRET", "jwt-super-secret-value-123")
             .env("LORAFORGE_S3_SECRET_ACCESS_KEY", "s3-super-secret-value")
-            .env("LORAFORGE_DATABASE_URL", "postgres://app:db-password-xyz@db.internal/loraforge"),
+            .env(
+                "LORAFORGE_DATABASE_URL",
+                "postgres://app:db-password-xyz@db.internal/loraforge",
+            ),
     );
-    for secret in ["jwt-super-secret-value-123", "s3-super-secret-value", "db-password-xyz"] {
+    for secret in [
+        "jwt-super-secret-value-123",
+        "s3-super-secret-value",
+        "db-password-xyz",
+    ] {
         assert!(!listing.contains(secret), "{secret} leaked:\n{listing}");
     }
-    assert_eq!(config_value(&listing, "database_url"), "postgres://app:***@db.internal/loraforge");
+    assert_eq!(
+        config_value(&listing, "database_url"),
+        "postgres://app:***@db.internal/loraforge"
+    );
 }
 
 #[test]
 fn a_bad_setting_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let out = loraforge(dir.path()).arg("config").env("LORAFORGE_MONTHLY_LIMIT", "lots").output().unwrap();
+    let out = loraforge(dir.path())
+        .arg("config")
+        .env("LORAFORGE_MONTHLY_LIMIT", "lots")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("monthly_limit") || err.contains("invalid value"), "{err}");
-    let out = loraforge(dir.path()).args(["--config", "missing.toml", "config"]).output().unwrap();
+    assert!(
+        err.contains("monthly_limit") || err.contains("invalid value"),
+        "{err}"
+    );
+    let out = loraforge(dir.path())
+        .args(["--config", "missing.toml", "config"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
@@ -105,11 +157,21 @@ fn the_generated_jwt_secret_is_private_and_stable() {
     assert_eq!(mode, 0o600);
     let before = std::fs::read(&secret).unwrap();
     stdout(loraforge(dir.path()).args(["--data-dir", "d", "token", "--user", user]));
-    assert_eq!(std::fs::read(&secret).unwrap(), before, "the secret is generated once");
+    assert_eq!(
+        std::fs::read(&secret).unwrap(),
+        before,
+        "the secret is generated once"
+    );
     assert_eq!(t1.trim().split('.').count(), 3);
-    let out = loraforge(dir.path()).args(["token", "--user", "bob"]).output().unwrap();
+    let out = loraforge(dir.path())
+        .args(["token", "--user", "bob"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    let out = loraforge(dir.path()).args(["token", "--user", user, "--ttl", "soon"]).output().unwrap();
+    let out = loraforge(dir.path())
+        .args(["token", "--user", user, "--ttl", "soon"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("30m, 1h or 7d"));
 }
 
@@ -123,27 +185,54 @@ fn serve_runs_with_only_a_data_dir_and_accepts_its_own_tokens() {
         l.local_addr().unwrap().port()
     };
     let mut child = loraforge(dir.path())
-        .args(["--data-dir", "data", "serve", "--bind", &format!("127.0.0.1:{port}")])
+        .args([
+            "--data-dir",
+            "data",
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     // The server logs one line when it listens; wait for it instead of sleeping.
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let listening = lines.by_ref().take(50).map(|l| l.unwrap()).any(|l| l.contains("listening"));
+    let listening = lines
+        .by_ref()
+        .take(50)
+        .map(|l| l.unwrap())
+        .any(|l| l.contains("listening"));
     std::thread::spawn(move || for _ in lines {});
     assert!(listening, "serve did not report that it listens");
     let user = "6f1c1a7e-2f4b-4c4e-9d0a-1b2c3d4e5f60";
-    let token = stdout(loraforge(dir.path()).args(["--data-dir", "data", "token", "--user", user, "--email", "me@example.com"]));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let token = stdout(loraforge(dir.path()).args([
+        "--data-dir",
+        "data",
+        "token",
+        "--user",
+        user,
+        "--email",
+        "me@example.com",
+    ]));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (status, limits) = rt.block_on(async {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
         let r = http
             .get(format!("http://127.0.0.1:{port}/api/v1/me/limits"))
             .bearer_auth(token.trim())
             .send()
             .await
             .unwrap();
-        (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
     });
     child.kill().unwrap();
     let _ = child.wait();

@@ -17,9 +17,11 @@ use serde_json::{Value, json};
 
 use common::{loraforge, noise_png, strip_ansi, trainer_python};
 
-
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 /// The tiny SDXL-shaped pipeline, built once per test binary.
@@ -36,12 +38,15 @@ fn tiny_model() -> &'static Path {
                 .env("HF_HUB_OFFLINE", "1")
                 .output()
                 .expect("run python");
-            assert!(out.status.success(), "building the tiny model failed: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "building the tiny model failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             (dir, model)
         })
         .1
 }
-
 
 /// A running `loraforge serve`, stopped (SIGTERM, then SIGKILL) when dropped.
 struct Service {
@@ -72,17 +77,33 @@ const BASE_ENV: &[(&str, &str)] = &[
     ("LORAFORGE_TORCH_THREADS", "1"),
     ("OMP_NUM_THREADS", "1"),
     // The engine logs its workers' stderr (and so the trainer's) at debug.
-    ("LORAFORGE_LOG", "info,sqlx=warn,tower_http=warn,loraforge_engine=debug"),
+    (
+        "LORAFORGE_LOG",
+        "info,sqlx=warn,tower_http=warn,loraforge_engine=debug",
+    ),
     ("HF_HUB_OFFLINE", "1"),
 ];
 
 impl Service {
     fn start(dir: &Path, extra: &[(&str, &str)]) -> Service {
         let data = dir.join("data");
-        let mut env: Vec<(String, String)> = BASE_ENV.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        env.push(("LORAFORGE_TRAINER_PYTHON".into(), trainer_python().display().to_string()));
-        env.push(("LORAFORGE_LOCAL_MODEL_ROOTS".into(), tiny_model().parent().unwrap().display().to_string()));
-        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let mut env: Vec<(String, String)> = BASE_ENV
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        env.push((
+            "LORAFORGE_TRAINER_PYTHON".into(),
+            trainer_python().display().to_string(),
+        ));
+        env.push((
+            "LORAFORGE_LOCAL_MODEL_ROOTS".into(),
+            tiny_model().parent().unwrap().display().to_string(),
+        ));
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         let mut s = Service {
             child: None,
             bind: "127.0.0.1:0".to_owned(),
@@ -100,7 +121,8 @@ impl Service {
     /// (Re)starts the process on a new port with the same data dir.
     fn restart(&mut self) {
         let n = std::fs::read_dir(&self.dir).unwrap().filter(|e| {
-            e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("serve-"))
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("serve-"))
         });
         self.log = self.dir.join(format!("serve-{}.log", n.count()));
         let log = std::fs::File::create(&self.log).unwrap();
@@ -119,12 +141,22 @@ impl Service {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             if let Some(line) = text.lines().find(|l| l.contains("loraforge listening")) {
                 let line = strip_ansi(line);
-                let addr = line.split("addr=").nth(1).and_then(|s| s.split_whitespace().next()).expect("addr=");
-                let addr: String = addr.chars().filter(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+                let addr = line
+                    .split("addr=")
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next())
+                    .expect("addr=");
+                let addr: String = addr
+                    .chars()
+                    .filter(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
                 self.url = format!("http://{addr}");
                 return;
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "serve did not start:\n{text}");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "serve did not start:\n{text}"
+            );
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("serve exited ({status}):\n{text}");
             }
@@ -154,12 +186,25 @@ impl Service {
             .arg(&self.data)
             .output()
             .expect("token");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
-    async fn call(&self, token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(token);
+    async fn call(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -172,11 +217,18 @@ impl Service {
     async fn create(&self, token: &str, name: &str, steps: u32) -> String {
         let mut form = reqwest::multipart::Form::new();
         for i in 0..3 {
-            let part = reqwest::multipart::Part::bytes(noise_png(96, 96, i + 1)).file_name(format!("img{i}.png"));
+            let part = reqwest::multipart::Part::bytes(noise_png(96, 96, i + 1))
+                .file_name(format!("img{i}.png"));
             form = form.part("images", part.mime_str("image/png").unwrap());
         }
-        let resp =
-            self.http.post(format!("{}/api/v1/datasets", self.url)).bearer_auth(token).multipart(form).send().await.unwrap();
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/datasets", self.url))
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         let dataset: Value = resp.json().await.unwrap();
         assert_eq!(status, 201, "{dataset}");
@@ -193,19 +245,40 @@ impl Service {
                 "trigger_words": ["zxq"],
             }
         });
-        let (status, lora) = self.call(token, reqwest::Method::POST, "/api/v1/lora-models", Some(body)).await;
+        let (status, lora) = self
+            .call(
+                token,
+                reqwest::Method::POST,
+                "/api/v1/lora-models",
+                Some(body),
+            )
+            .await;
         assert_eq!(status, 202, "{lora}");
         lora["lora_id"].as_str().expect("id").to_owned()
     }
 
     async fn status(&self, token: &str, id: &str) -> Value {
-        let (code, v) = self.call(token, reqwest::Method::GET, &format!("/api/v1/lora-models/{id}/status"), None).await;
+        let (code, v) = self
+            .call(
+                token,
+                reqwest::Method::GET,
+                &format!("/api/v1/lora-models/{id}/status"),
+                None,
+            )
+            .await;
         assert_eq!(code, 200, "{v}");
         v
     }
 
     /// Polls until `done(status)` holds; panics with the service's logs after `limit`.
-    async fn wait(&self, token: &str, id: &str, what: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    async fn wait(
+        &self,
+        token: &str,
+        id: &str,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let started = Instant::now();
         loop {
             let s = self.status(token, id).await;
@@ -213,16 +286,28 @@ impl Service {
                 return s;
             }
             if started.elapsed() > limit {
-                panic!("waited {limit:?} for {what}; last status {s}\n{}", self.logs());
+                panic!(
+                    "waited {limit:?} for {what}; last status {s}\n{}",
+                    self.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     async fn finished(&self, token: &str, id: &str) -> Value {
-        self.wait(token, id, "the LoRA to finish", Duration::from_secs(300), |s| {
-            matches!(s["training_status"].as_str(), Some("completed" | "failed" | "cancelled"))
-        })
+        self.wait(
+            token,
+            id,
+            "the LoRA to finish",
+            Duration::from_secs(300),
+            |s| {
+                matches!(
+                    s["training_status"].as_str(),
+                    Some("completed" | "failed" | "cancelled")
+                )
+            },
+        )
         .await
     }
 
@@ -238,7 +323,9 @@ impl Service {
         // The stream stays open on a live LoRA; read what is there within a moment.
         let mut body = String::new();
         let mut stream = resp;
-        while let Ok(Ok(Some(chunk))) = tokio::time::timeout(Duration::from_millis(500), stream.chunk()).await {
+        while let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout(Duration::from_millis(500), stream.chunk()).await
+        {
             body.push_str(&String::from_utf8_lossy(&chunk));
         }
         body.lines()
@@ -253,11 +340,22 @@ impl Service {
         let mut found = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
             let name = entry.file_name();
-            let Some(pid) = name.to_str().filter(|n| n.chars().all(|c| c.is_ascii_digit())) else { continue };
-            if self.child.as_ref().is_some_and(|c| c.id().to_string() == pid) {
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.chars().all(|c| c.is_ascii_digit()))
+            else {
+                continue;
+            };
+            if self
+                .child
+                .as_ref()
+                .is_some_and(|c| c.id().to_string() == pid)
+            {
                 continue;
             }
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             // Zombies have an empty command line and are gone for every purpose here.
             if cmdline.contains(&needle) && !cmdline.contains(" serve ") {
@@ -272,6 +370,7 @@ impl Drop for Service {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SIGTERM: the service stops its runs (so no worker outlives the test).
+            // SAFETY: kill(2) with a pid of our own child; no memory is touched.
             unsafe { libc_kill(child.id() as i32, 15) };
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(30) {
@@ -285,7 +384,6 @@ impl Drop for Service {
         }
     }
 }
-
 
 unsafe extern "C" {
     #[link_name = "kill"]
@@ -303,23 +401,56 @@ async fn a_lora_trains_end_to_end_and_loads_in_diffusers() {
     let id = svc.create(&token, "Zxq the tester", 10).await;
     let done = svc.finished(&token, &id).await;
     let lifecycle = created.elapsed();
-    assert_eq!(done["training_status"], "completed", "{done}\n{}", svc.logs());
-    assert_eq!((done["stage"].as_str(), done["progress"].as_u64()), (Some("done"), Some(100)), "{done}");
+    assert_eq!(
+        done["training_status"],
+        "completed",
+        "{done}\n{}",
+        svc.logs()
+    );
+    assert_eq!(
+        (done["stage"].as_str(), done["progress"].as_u64()),
+        (Some("done"), Some(100)),
+        "{done}"
+    );
 
     // Every stage and the steps were on the event stream.
     let events = svc.events(&token, &id).await;
-    let stages: Vec<&str> = events.iter().filter_map(|e| e["data"]["stage"].as_str()).collect();
+    let stages: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["data"]["stage"].as_str())
+        .collect();
     for stage in ["loading_model", "training", "validating", "done"] {
-        assert!(stages.contains(&stage), "stage {stage} missing from {stages:?}");
+        assert!(
+            stages.contains(&stage),
+            "stage {stage} missing from {stages:?}"
+        );
     }
-    let statuses: Vec<&str> = events.iter().filter_map(|e| e["data"]["to"].as_str()).collect();
-    assert_eq!(statuses, ["queued", "training", "validating", "completed"], "{events:?}");
+    let statuses: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["data"]["to"].as_str())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["queued", "training", "validating", "completed"],
+        "{events:?}"
+    );
 
     // The file, through its signed URL.
-    let (code, details) = svc.call(&token, reqwest::Method::GET, &format!("/api/v1/lora-models/{id}"), None).await;
+    let (code, details) = svc
+        .call(
+            &token,
+            reqwest::Method::GET,
+            &format!("/api/v1/lora-models/{id}"),
+            None,
+        )
+        .await;
     assert_eq!(code, 200);
     assert_eq!(details["validation"]["passed"], true, "{details}");
-    assert_eq!(details["validation"]["image_urls"].as_array().map(Vec::len), Some(3), "{details}");
+    assert_eq!(
+        details["validation"]["image_urls"].as_array().map(Vec::len),
+        Some(3),
+        "{details}"
+    );
     let fetch = async |url: &Value| {
         let resp = reqwest::get(url.as_str().expect("a URL")).await.unwrap();
         assert_eq!(resp.status(), 200);
@@ -343,7 +474,11 @@ async fn a_lora_trains_end_to_end_and_loads_in_diffusers() {
         .output()
         .unwrap();
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    assert!(out.status.success(), "{report} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{report} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(report["report"]["rank"], 4, "{report}");
     assert_eq!(report["report"]["alpha"], 8.0, "{report}");
 
@@ -357,14 +492,28 @@ async fn a_lora_trains_end_to_end_and_loads_in_diffusers() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("\"ok\": true"), "{stdout}");
 
     // Nothing left behind: no worker, and the job's scratch folder is gone.
-    assert!(svc.children_alive().is_empty(), "{:?}", svc.children_alive());
+    assert!(
+        svc.children_alive().is_empty(),
+        "{:?}",
+        svc.children_alive()
+    );
     let jobs = svc.data.join("jobs").join(&id);
-    assert!(!jobs.join("out").exists(), "the worker's scratch space is removed");
-    eprintln!("lifecycle (create → completed) took {:.2} s", lifecycle.as_secs_f64());
+    assert!(
+        !jobs.join("out").exists(),
+        "the worker's scratch space is removed"
+    );
+    eprintln!(
+        "lifecycle (create → completed) took {:.2} s",
+        lifecycle.as_secs_f64()
+    );
 }
 
 /// The scaled-out path: the same service on a real Postgres server and S3 (moto_server on
@@ -395,18 +544,44 @@ async fn a_lora_trains_end_to_end_on_postgres_and_s3() {
     let token = svc.token(USER);
     let id = svc.create(&token, "Zxq in the cloud", 10).await;
     let done = svc.finished(&token, &id).await;
-    assert_eq!(done["training_status"], "completed", "{done}\n{}", svc.logs());
+    assert_eq!(
+        done["training_status"],
+        "completed",
+        "{done}\n{}",
+        svc.logs()
+    );
 
     // Every file is in the bucket, under the PRD's keys, and reached through presigned links.
-    let (_, details) = svc.call(&token, reqwest::Method::GET, &format!("/api/v1/lora-models/{id}"), None).await;
+    let (_, details) = svc
+        .call(
+            &token,
+            reqwest::Method::GET,
+            &format!("/api/v1/lora-models/{id}"),
+            None,
+        )
+        .await;
     let in_bucket = format!("{endpoint}{bucket}/loraforge/");
     for (url, key) in [
-        (&details["download_url"], format!("lora-models/{USER}/{id}/model.safetensors")),
-        (&details["kohya_download_url"], format!("lora-models/{USER}/{id}/model.kohya.safetensors")),
-        (&details["validation"]["image_urls"][2], format!("lora-validation-images/{USER}/{id}/validation/2.png")),
+        (
+            &details["download_url"],
+            format!("lora-models/{USER}/{id}/model.safetensors"),
+        ),
+        (
+            &details["kohya_download_url"],
+            format!("lora-models/{USER}/{id}/model.kohya.safetensors"),
+        ),
+        (
+            &details["validation"]["image_urls"][2],
+            format!("lora-validation-images/{USER}/{id}/validation/2.png"),
+        ),
     ] {
-        let url = url.as_str().unwrap_or_else(|| panic!("no link for {key}: {details}"));
-        assert!(url.starts_with(&format!("{in_bucket}{key}?")) && url.contains("X-Amz-Signature="), "{url}");
+        let url = url
+            .as_str()
+            .unwrap_or_else(|| panic!("no link for {key}: {details}"));
+        assert!(
+            url.starts_with(&format!("{in_bucket}{key}?")) && url.contains("X-Amz-Signature="),
+            "{url}"
+        );
         let resp = reqwest::get(url).await.unwrap();
         assert_eq!(resp.status(), 200, "{url}");
         let body = resp.bytes().await.unwrap();
@@ -418,7 +593,11 @@ async fn a_lora_trains_end_to_end_on_postgres_and_s3() {
     let log = strip_ansi(&std::fs::read_to_string(&svc.log).unwrap());
     assert!(log.contains("database=postgres://"), "{log}");
     assert!(!svc.data.join("loraforge.db").exists());
-    assert!(svc.children_alive().is_empty(), "{:?}", svc.children_alive());
+    assert!(
+        svc.children_alive().is_empty(),
+        "{:?}",
+        svc.children_alive()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,19 +606,37 @@ async fn cancel_mid_training_ends_within_30_s_and_leaves_no_process() {
     let svc = Service::start(dir.path(), &[]);
     let token = svc.token(USER);
     let id = svc.create(&token, "Cancelled", 5000).await;
-    svc.wait(&token, &id, "training steps", Duration::from_secs(180), |s| {
-        s["stage"] == "training" && s["progress"].as_u64().is_some_and(|p| p >= 1)
-    })
+    svc.wait(
+        &token,
+        &id,
+        "training steps",
+        Duration::from_secs(180),
+        |s| s["stage"] == "training" && s["progress"].as_u64().is_some_and(|p| p >= 1),
+    )
     .await;
     assert!(!svc.children_alive().is_empty(), "a worker runs");
     let asked = Instant::now();
-    let (code, body) = svc.call(&token, reqwest::Method::POST, &format!("/api/v1/lora-models/{id}/cancel"), None).await;
+    let (code, body) = svc
+        .call(
+            &token,
+            reqwest::Method::POST,
+            &format!("/api/v1/lora-models/{id}/cancel"),
+            None,
+        )
+        .await;
     assert_eq!(code, 200, "{body}");
     while !svc.children_alive().is_empty() {
-        assert!(asked.elapsed() < Duration::from_secs(30), "still running after 30 s: {:?}", svc.children_alive());
+        assert!(
+            asked.elapsed() < Duration::from_secs(30),
+            "still running after 30 s: {:?}",
+            svc.children_alive()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("cancel → no process left in {:.2} s", asked.elapsed().as_secs_f64());
+    eprintln!(
+        "cancel → no process left in {:.2} s",
+        asked.elapsed().as_secs_f64()
+    );
     let s = svc.status(&token, &id).await;
     assert_eq!(s["training_status"], "cancelled");
     // The job's folder (checkpoints and all) is released once the run is gone.
@@ -459,9 +656,14 @@ async fn a_nan_loss_fails_the_lora_with_a_clear_reason() {
     let id = svc.create(&token, "Diverges", 10).await;
     let done = svc.finished(&token, &id).await;
     assert_eq!(done["training_status"], "failed", "{done}");
-    assert_eq!(done["error"], "training diverged: non-finite loss at step 3", "{done}");
+    assert_eq!(
+        done["error"], "training diverged: non-finite loss at step 3",
+        "{done}"
+    );
     // Not retried, and it does not count toward the monthly limit.
-    let (_, limits) = svc.call(&token, reqwest::Method::GET, "/api/v1/me/limits", None).await;
+    let (_, limits) = svc
+        .call(&token, reqwest::Method::GET, "/api/v1/me/limits", None)
+        .await;
     assert_eq!(limits["used"], 0, "{limits}");
     assert!(svc.children_alive().is_empty());
 }
@@ -475,21 +677,53 @@ async fn a_failed_upload_keeps_the_files_and_the_retry_uploads_them_without_trai
     let token = svc.token(USER);
     let id = svc.create(&token, "Flaky storage", 10).await;
     let done = svc.finished(&token, &id).await;
-    assert_eq!(done["training_status"], "completed", "{done}\n{}", svc.logs());
+    assert_eq!(
+        done["training_status"],
+        "completed",
+        "{done}\n{}",
+        svc.logs()
+    );
     let events = svc.events(&token, &id).await;
-    let requeue = events.iter().find(|e| e["data"]["event"] == "requeue").expect("a requeue");
+    let requeue = events
+        .iter()
+        .find(|e| e["data"]["event"] == "requeue")
+        .expect("a requeue");
     let why = requeue["data"]["error"].as_str().unwrap();
-    assert!(why.contains("could not be uploaded") && why.contains("kept"), "{why}");
+    assert!(
+        why.contains("could not be uploaded") && why.contains("kept"),
+        "{why}"
+    );
     // Trained once: the second attempt went straight to uploading.
-    let starts = events.iter().filter(|e| e["data"]["event"] == "start").count();
+    let starts = events
+        .iter()
+        .filter(|e| e["data"]["event"] == "start")
+        .count();
     assert_eq!(starts, 2, "{events:?}");
-    let stages: Vec<&str> =
-        events.iter().filter(|e| e["kind"] == "progress").filter_map(|e| e["data"]["stage"].as_str()).collect();
-    let entered_training = stages.windows(2).filter(|w| w[1] == "training" && w[0] != "training").count()
+    let stages: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "progress")
+        .filter_map(|e| e["data"]["stage"].as_str())
+        .collect();
+    let entered_training = stages
+        .windows(2)
+        .filter(|w| w[1] == "training" && w[0] != "training")
+        .count()
         + usize::from(stages.first() == Some(&"training"));
     assert_eq!(entered_training, 1, "training ran once: {stages:?}");
-    let (_, details) = svc.call(&token, reqwest::Method::GET, &format!("/api/v1/lora-models/{id}"), None).await;
-    let model = reqwest::get(details["download_url"].as_str().unwrap()).await.unwrap().bytes().await.unwrap();
+    let (_, details) = svc
+        .call(
+            &token,
+            reqwest::Method::GET,
+            &format!("/api/v1/lora-models/{id}"),
+            None,
+        )
+        .await;
+    let model = reqwest::get(details["download_url"].as_str().unwrap())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(details["file_size"].as_u64(), Some(model.len() as u64));
 }
 
@@ -499,28 +733,53 @@ async fn kill_9_of_the_service_mid_training_then_a_restart_finishes_the_job() {
     let mut svc = Service::start(dir.path(), &[]);
     let token = svc.token(USER);
     let id = svc.create(&token, "Survivor", 80).await;
-    svc.wait(&token, &id, "training to be under way", Duration::from_secs(180), |s| {
-        s["stage"] == "training" && s["progress"].as_u64().is_some_and(|p| p >= 5)
-    })
+    svc.wait(
+        &token,
+        &id,
+        "training to be under way",
+        Duration::from_secs(180),
+        |s| s["stage"] == "training" && s["progress"].as_u64().is_some_and(|p| p >= 5),
+    )
     .await;
     svc.kill_9();
     // Orphaned, the worker stops its trainer (which checkpoints) on its own.
     let killed = Instant::now();
     while !svc.children_alive().is_empty() {
-        assert!(killed.elapsed() < Duration::from_secs(60), "orphans still running: {:?}", svc.children_alive());
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "orphans still running: {:?}",
+            svc.children_alive()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("orphans gone {:.2} s after SIGKILL", killed.elapsed().as_secs_f64());
+    eprintln!(
+        "orphans gone {:.2} s after SIGKILL",
+        killed.elapsed().as_secs_f64()
+    );
 
     svc.restart();
     let done = svc.finished(&token, &id).await;
-    assert_eq!(done["training_status"], "completed", "{done}\n{}", svc.logs());
+    assert_eq!(
+        done["training_status"],
+        "completed",
+        "{done}\n{}",
+        svc.logs()
+    );
     let events = svc.events(&token, &id).await;
-    let requeue = events.iter().find(|e| e["data"]["event"] == "requeue").expect("the lost run was requeued");
-    assert!(requeue["data"]["error"].as_str().unwrap().contains("lost"), "{requeue}");
+    let requeue = events
+        .iter()
+        .find(|e| e["data"]["event"] == "requeue")
+        .expect("the lost run was requeued");
+    assert!(
+        requeue["data"]["error"].as_str().unwrap().contains("lost"),
+        "{requeue}"
+    );
     // The second attempt resumed from the checkpoint the stopped trainer wrote.
     let second = std::fs::read_to_string(&svc.log).unwrap();
-    assert!(second.contains("resuming from step-"), "no resume in the second run's log:\n{second}");
+    assert!(
+        second.contains("resuming from step-"),
+        "no resume in the second run's log:\n{second}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -538,17 +797,39 @@ async fn train_follow_runs_to_completion_and_prints_the_download_link() {
     let mut cmd = loraforge(dir.path());
     cmd.args(["train"])
         .arg(&images)
-        .args(["--name", "Followed", "--trigger", "zxq", "--base-model", &model, "--steps", "10", "--resolution", "64", "--follow"])
+        .args([
+            "--name",
+            "Followed",
+            "--trigger",
+            "zxq",
+            "--base-model",
+            &model,
+            "--steps",
+            "10",
+            "--resolution",
+            "64",
+            "--follow",
+        ])
         .args(["--server", &svc.url])
         .env("LORAFORGE_TOKEN", &token)
         // The client checks the images with the same rules as this service.
         .envs(BASE_ENV.iter().copied());
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}\n{stdout}\n{stderr}\n{}", out.status, svc.logs());
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{stderr}\n{}",
+        out.status,
+        svc.logs()
+    );
     assert!(stdout.contains("completed"), "{stdout}");
-    let link = stdout.lines().find_map(|l| l.split_whitespace().find(|w| w.starts_with("http"))).expect("a link");
+    let link = stdout
+        .lines()
+        .find_map(|l| l.split_whitespace().find(|w| w.starts_with("http")))
+        .expect("a link");
     let link = link.trim_matches(|c: char| c == '<' || c == '>');
     let file = reqwest::get(link).await.unwrap();
     assert_eq!(file.status(), 200, "{link}");
@@ -568,7 +849,10 @@ async fn fake_runpod(dir: &Path) -> loraforge_fakes::FakeRunpod {
     // What the worker image sets (docker/worker.Dockerfile), pointed at this machine's venv.
     let image = ImageSpec::program(env!("CARGO_BIN_EXE_loraforge"), ["worker"])
         .with_env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .with_env("LORAFORGE_TRAINER_PYTHON", trainer_python().display().to_string())
+        .with_env(
+            "LORAFORGE_TRAINER_PYTHON",
+            trainer_python().display().to_string(),
+        )
         .with_env("LORAFORGE_DATA_DIR", image_data.display().to_string())
         .with_env("LORAFORGE_WORKER_RETRY_DELAY_MS", "50")
         .with_env("LORAFORGE_TORCH_THREADS", "1")
@@ -585,22 +869,39 @@ async fn fake_runpod(dir: &Path) -> loraforge_fakes::FakeRunpod {
 /// What every pod's log says, for failure messages.
 fn pod_logs(dir: &Path) -> String {
     let mut all = String::new();
-    for entry in std::fs::read_dir(dir.join("pods")).into_iter().flatten().flatten() {
-        all.push_str(&format!("--- {} ---\n", entry.file_name().to_string_lossy()));
+    for entry in std::fs::read_dir(dir.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        all.push_str(&format!(
+            "--- {} ---\n",
+            entry.file_name().to_string_lossy()
+        ));
         all.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
     }
     all
 }
 
 /// `serve` training on the fake's pods (extra settings after the RunPod ones).
-fn runpod_service(dir: &Path, runpod: &loraforge_fakes::FakeRunpod, extra: &[(&str, &str)]) -> Service {
+fn runpod_service(
+    dir: &Path,
+    runpod: &loraforge_fakes::FakeRunpod,
+    extra: &[(&str, &str)],
+) -> Service {
     let graphql = runpod.graphql_url().to_string();
     let mut env = vec![
         ("LORAFORGE_BACKENDS", "runpod"),
         ("LORAFORGE_RUNPOD_API_KEY", "rp-test-key"),
         ("LORAFORGE_RUNPOD_GRAPHQL_URL", graphql.as_str()),
-        ("LORAFORGE_RUNPOD_IMAGE", "ghcr.io/acme/loraforge-worker:test"),
-        ("LORAFORGE_RUNPOD_GPU_TYPES", "NVIDIA GeForce RTX 3090,NVIDIA A40"),
+        (
+            "LORAFORGE_RUNPOD_IMAGE",
+            "ghcr.io/acme/loraforge-worker:test",
+        ),
+        (
+            "LORAFORGE_RUNPOD_GPU_TYPES",
+            "NVIDIA GeForce RTX 3090,NVIDIA A40",
+        ),
         ("LORAFORGE_RUNPOD_OBSERVE_SECS", "1"),
         ("LORAFORGE_ALLOW_LOOPBACK_CALLBACKS", "true"),
     ];
@@ -617,7 +918,13 @@ async fn a_lora_trains_end_to_end_on_a_runpod_pod() {
     let token = svc.token(USER);
     let id = svc.create(&token, "Zxq on a pod", 10).await;
     let done = svc.finished(&token, &id).await;
-    assert_eq!(done["training_status"], "completed", "{done}\n{}\n--- pods ---\n{}", svc.logs(), pod_logs(dir.path()));
+    assert_eq!(
+        done["training_status"],
+        "completed",
+        "{done}\n{}\n--- pods ---\n{}",
+        svc.logs(),
+        pod_logs(dir.path())
+    );
 
     // The 3090 had no capacity: the A40 took it. The pod carried the worker's environment.
     let pods = runpod.pods();
@@ -625,23 +932,52 @@ async fn a_lora_trains_end_to_end_on_a_runpod_pod() {
     let pod = &pods[0];
     assert_eq!(pod.name, format!("loraforge-{id}-1"));
     assert_eq!(pod.gpu_type, "NVIDIA A40");
-    for key in ["LORAFORGE_SERVER", "LORAFORGE_LORA_ID", "LORAFORGE_WORKER_TOKEN"] {
-        assert!(pod.env.iter().any(|(k, _)| k == key), "{key} missing from {:?}", pod.env.iter().map(|(k, _)| k).collect::<Vec<_>>());
+    for key in [
+        "LORAFORGE_SERVER",
+        "LORAFORGE_LORA_ID",
+        "LORAFORGE_WORKER_TOKEN",
+    ] {
+        assert!(
+            pod.env.iter().any(|(k, _)| k == key),
+            "{key} missing from {:?}",
+            pod.env.iter().map(|(k, _)| k).collect::<Vec<_>>()
+        );
     }
-    assert!(pod.env.iter().any(|(k, v)| k == "LORAFORGE_LORA_ID" && *v == id));
+    assert!(
+        pod.env
+            .iter()
+            .any(|(k, v)| k == "LORAFORGE_LORA_ID" && *v == id)
+    );
     // No instance is left, and the attempt's record says where it ran and what it cost.
     let started = Instant::now();
     loop {
-        let (_, details) = svc.call(&token, reqwest::Method::GET, &format!("/api/v1/lora-models/{id}"), None).await;
+        let (_, details) = svc
+            .call(
+                &token,
+                reqwest::Method::GET,
+                &format!("/api/v1/lora-models/{id}"),
+                None,
+            )
+            .await;
         let attempt = &details["attempts"][0];
         if attempt["cost"].is_object() {
-            assert_eq!((attempt["backend"].as_str(), attempt["gpu_type"].as_str()), (Some("runpod"), Some("NVIDIA A40")), "{details}");
+            assert_eq!(
+                (attempt["backend"].as_str(), attempt["gpu_type"].as_str()),
+                (Some("runpod"), Some("NVIDIA A40")),
+                "{details}"
+            );
             assert_eq!(attempt["outcome"], "trained");
-            assert!(attempt["cost"]["micro_usd"].as_i64().unwrap() > 0, "{details}");
+            assert!(
+                attempt["cost"]["micro_usd"].as_i64().unwrap() > 0,
+                "{details}"
+            );
             assert_eq!(details["training_cost"], attempt["cost"]);
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "the pod's end was not recorded: {details}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the pod's end was not recorded: {details}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let pod = runpod.pods().pop().unwrap();
@@ -653,31 +989,82 @@ async fn a_lora_trains_end_to_end_on_a_runpod_pod() {
 /// requeued, a new pod resumes from the checkpoint the first one uploaded to the blob store, and
 /// the LoRA completes; both pods are gone, each attempt on record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pod_that_dies_mid_training_is_replaced_and_the_next_resumes_from_the_stored_checkpoint() {
+async fn a_pod_that_dies_mid_training_is_replaced_and_the_next_resumes_from_the_stored_checkpoint()
+{
     use loraforge_fakes::{FakePodStatus, KillPod};
     let dir = tempfile::tempdir().unwrap();
     let runpod = fake_runpod(dir.path()).await;
-    let svc = runpod_service(dir.path(), &runpod, &[("LORAFORGE_CHECKPOINT_EVERY_STEPS", "10")]);
+    let svc = runpod_service(
+        dir.path(),
+        &runpod,
+        &[("LORAFORGE_CHECKPOINT_EVERY_STEPS", "10")],
+    );
     let token = svc.token(USER);
     let id = svc.create(&token, "Zxq survives a host", 60).await;
-    let stored = svc.data.join("blobs/training-checkpoints").join(USER).join(&id).join("attempt-1.pt");
-    svc.wait(&token, &id, "a stored checkpoint", Duration::from_secs(240), |_| stored.exists()).await;
+    let stored = svc
+        .data
+        .join("blobs/training-checkpoints")
+        .join(USER)
+        .join(&id)
+        .join("attempt-1.pt");
+    svc.wait(
+        &token,
+        &id,
+        "a stored checkpoint",
+        Duration::from_secs(240),
+        |_| stored.exists(),
+    )
+    .await;
     let first = runpod.pods().pop().unwrap();
     assert!(runpod.kill_pod(&first.id, KillPod::Removed), "{first:?}");
 
     let done = svc.finished(&token, &id).await;
-    assert_eq!(done["training_status"], "completed", "{done}\n{}\n--- pods ---\n{}", svc.logs(), pod_logs(dir.path()));
+    assert_eq!(
+        done["training_status"],
+        "completed",
+        "{done}\n{}\n--- pods ---\n{}",
+        svc.logs(),
+        pod_logs(dir.path())
+    );
     let pods = runpod.pods();
     assert_eq!(pods.len(), 2, "{pods:?}");
     let second_log = std::fs::read_to_string(&pods[1].log_path).unwrap();
-    assert!(second_log.contains("resuming from step-"), "the second pod trained from scratch:\n{second_log}");
-    let (_, details) = svc.call(&token, reqwest::Method::GET, &format!("/api/v1/lora-models/{id}"), None).await;
-    let outcomes: Vec<&str> = details["attempts"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap_or("")).collect();
+    assert!(
+        second_log.contains("resuming from step-"),
+        "the second pod trained from scratch:\n{second_log}"
+    );
+    let (_, details) = svc
+        .call(
+            &token,
+            reqwest::Method::GET,
+            &format!("/api/v1/lora-models/{id}"),
+            None,
+        )
+        .await;
+    let outcomes: Vec<&str> = details["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(outcomes, ["vanished", "trained"], "{details}");
     // Nothing is left running, and the job's checkpoints are gone with it.
     let started = Instant::now();
-    while runpod.pods().iter().any(|p| p.status == FakePodStatus::Running) || stored.parent().unwrap().exists() && std::fs::read_dir(stored.parent().unwrap()).unwrap().next().is_some() {
-        assert!(started.elapsed() < Duration::from_secs(60), "{:?}", runpod.pods());
+    while runpod
+        .pods()
+        .iter()
+        .any(|p| p.status == FakePodStatus::Running)
+        || stored.parent().unwrap().exists()
+            && std::fs::read_dir(stored.parent().unwrap())
+                .unwrap()
+                .next()
+                .is_some()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            runpod.pods()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     no_process_left(&runpod).await;
@@ -695,39 +1082,72 @@ async fn without_a_gpu_the_lora_waits_and_a_cancel_ends_its_pod_within_30_s() {
     let token = svc.token(USER);
     let id = svc.create(&token, "Zxq waits", 5000).await;
     let waiting = svc
-        .wait(&token, &id, "a message about the GPU", Duration::from_secs(60), |s| s["status_message"].is_string())
+        .wait(
+            &token,
+            &id,
+            "a message about the GPU",
+            Duration::from_secs(60),
+            |s| s["status_message"].is_string(),
+        )
         .await;
     assert_eq!(waiting["training_status"], "queued", "{waiting}");
     let message = waiting["status_message"].as_str().unwrap();
-    assert!(message.contains("waiting for a GPU") && message.contains("NVIDIA A40"), "{message}");
+    assert!(
+        message.contains("waiting for a GPU") && message.contains("NVIDIA A40"),
+        "{message}"
+    );
     assert!(waiting["error"].is_null(), "{waiting}");
     assert!(runpod.pods().is_empty());
 
     // A GPU frees up: the backend is asked again after its cool-down, and the LoRA trains.
     runpod.set_capacity("NVIDIA A40", 1);
-    svc.wait(&token, &id, "training on a pod", Duration::from_secs(240), |s| {
-        s["stage"] == "training" && s["progress"].as_u64().is_some_and(|p| p >= 1)
-    })
+    svc.wait(
+        &token,
+        &id,
+        "training on a pod",
+        Duration::from_secs(240),
+        |s| s["stage"] == "training" && s["progress"].as_u64().is_some_and(|p| p >= 1),
+    )
     .await;
     let asked = Instant::now();
-    let (code, body) = svc.call(&token, reqwest::Method::POST, &format!("/api/v1/lora-models/{id}/cancel"), None).await;
+    let (code, body) = svc
+        .call(
+            &token,
+            reqwest::Method::POST,
+            &format!("/api/v1/lora-models/{id}/cancel"),
+            None,
+        )
+        .await;
     assert_eq!(code, 200, "{body}");
     loop {
         let pod = runpod.pods().pop().unwrap();
         if pod.status == FakePodStatus::Terminated && runpod.live_processes() == 0 {
             break;
         }
-        assert!(asked.elapsed() < Duration::from_secs(30), "the pod still runs 30 s after the cancel: {pod:?}");
+        assert!(
+            asked.elapsed() < Duration::from_secs(30),
+            "the pod still runs 30 s after the cancel: {pod:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("cancel → pod terminated in {:.2} s", asked.elapsed().as_secs_f64());
-    assert_eq!(svc.status(&token, &id).await["training_status"], "cancelled");
+    eprintln!(
+        "cancel → pod terminated in {:.2} s",
+        asked.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        svc.status(&token, &id).await["training_status"],
+        "cancelled"
+    );
 }
 
 /// A free port on loopback, for a service that must keep its address across a restart (pods
 /// call back to it).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `serve` killed with -9 while a pod trains, restarted on the same address: the pod's worker
@@ -744,44 +1164,87 @@ async fn after_a_kill_9_of_serve_every_pod_is_accounted_for() {
         "query": "mutation Deploy($input: PodFindAndDeployOnDemandInput!) { podFindAndDeployOnDemand(input: $input) { id } }",
         "variables": {"input": {"name": orphan_name, "imageName": "idle", "gpuTypeId": "NVIDIA A40", "gpuCount": 1, "cloudType": "ALL"}}
     });
-    let resp = reqwest::Client::new().post(runpod.graphql_url().as_str()).bearer_auth("rp-test-key").json(&deploy).send().await.unwrap();
+    let resp = reqwest::Client::new()
+        .post(runpod.graphql_url().as_str())
+        .bearer_auth("rp-test-key")
+        .json(&deploy)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let port = free_port().to_string();
     let bind = format!("127.0.0.1:{port}");
     let public = format!("http://127.0.0.1:{port}");
-    let mut svc = runpod_service(dir.path(), &runpod, &[("LORAFORGE_CHECKPOINT_EVERY_STEPS", "10"), ("LORAFORGE_PUBLIC_URL", &public)]);
+    let mut svc = runpod_service(
+        dir.path(),
+        &runpod,
+        &[
+            ("LORAFORGE_CHECKPOINT_EVERY_STEPS", "10"),
+            ("LORAFORGE_PUBLIC_URL", &public),
+        ],
+    );
     svc.bind = bind;
     svc.kill_9();
     svc.restart();
     let started = Instant::now();
-    while runpod.pods().iter().any(|p| p.name == orphan_name && p.status != FakePodStatus::Terminated) {
-        assert!(started.elapsed() < Duration::from_secs(30), "the orphan was not swept: {:?}", runpod.pods());
+    while runpod
+        .pods()
+        .iter()
+        .any(|p| p.name == orphan_name && p.status != FakePodStatus::Terminated)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the orphan was not swept: {:?}",
+            runpod.pods()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     let token = svc.token(USER);
     let id = svc.create(&token, "Zxq outlives serve", 80).await;
-    svc.wait(&token, &id, "training to be under way", Duration::from_secs(240), |s| {
-        s["stage"] == "training" && s["progress"].as_u64().is_some_and(|p| p >= 5)
-    })
+    svc.wait(
+        &token,
+        &id,
+        "training to be under way",
+        Duration::from_secs(240),
+        |s| s["stage"] == "training" && s["progress"].as_u64().is_some_and(|p| p >= 5),
+    )
     .await;
     svc.kill_9();
     tokio::time::sleep(Duration::from_secs(1)).await;
     svc.restart();
     let done = svc.finished(&token, &id).await;
-    assert_eq!(done["training_status"], "completed", "{done}\n{}\n--- pods ---\n{}", svc.logs(), pod_logs(dir.path()));
+    assert_eq!(
+        done["training_status"],
+        "completed",
+        "{done}\n{}\n--- pods ---\n{}",
+        svc.logs(),
+        pod_logs(dir.path())
+    );
     let started = Instant::now();
     loop {
-        let (_, details) = svc.call(&token, reqwest::Method::GET, &format!("/api/v1/lora-models/{id}"), None).await;
+        let (_, details) = svc
+            .call(
+                &token,
+                reqwest::Method::GET,
+                &format!("/api/v1/lora-models/{id}"),
+                None,
+            )
+            .await;
         let attempts = details["attempts"].as_array().unwrap().clone();
         let pods = runpod.pods();
         let ours: Vec<_> = pods.iter().filter(|p| p.name != orphan_name).collect();
-        if attempts.iter().all(|a| a["cost"].is_object()) && ours.iter().all(|p| p.status == FakePodStatus::Terminated) {
+        if attempts.iter().all(|a| a["cost"].is_object())
+            && ours.iter().all(|p| p.status == FakePodStatus::Terminated)
+        {
             // One pod per attempt, each ended and paid for.
             assert_eq!(ours.len(), attempts.len(), "{pods:?}\n{details}");
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "{pods:?}\n{details}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{pods:?}\n{details}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     no_process_left(&runpod).await;
@@ -789,8 +1252,18 @@ async fn after_a_kill_9_of_serve_every_pod_is_accounted_for() {
 
 /// A random UUID-shaped id (the tests have no uuid dependency of their own).
 fn uuid_like() -> String {
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", (n >> 64) as u32 ^ 0x5eed, (n >> 48) as u16, (n >> 36) as u16 & 0xfff, (n >> 24) as u16 & 0xfff, n as u64 & 0xffff_ffff_ffff)
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        (n >> 64) as u32 ^ 0x5eed,
+        (n >> 48) as u16,
+        (n >> 36) as u16 & 0xfff,
+        (n >> 24) as u16 & 0xfff,
+        n as u64 & 0xffff_ffff_ffff
+    )
 }
 
 /// The RunPod Serverless backend, end to end: `serve` with `LORAFORGE_BACKENDS=runpod-serverless`
@@ -806,13 +1279,17 @@ async fn a_lora_trains_end_to_end_on_a_runpod_serverless_endpoint() {
     // What the worker image sets (docker/worker.Dockerfile), pointed at this machine's venv.
     let image = ImageSpec::program(env!("CARGO_BIN_EXE_loraforge"), ["worker"])
         .with_env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .with_env("LORAFORGE_TRAINER_PYTHON", trainer_python().display().to_string())
+        .with_env(
+            "LORAFORGE_TRAINER_PYTHON",
+            trainer_python().display().to_string(),
+        )
         .with_env("LORAFORGE_DATA_DIR", image_data.display().to_string())
         .with_env("LORAFORGE_WORKER_RETRY_DELAY_MS", "50")
         .with_env("LORAFORGE_TORCH_THREADS", "1")
         .with_env("OMP_NUM_THREADS", "1")
         .with_env("HF_HUB_OFFLINE", "1");
-    let mut config = FakeConfig::new("rp-test-key").with_endpoint(EndpointSpec::new("ep-loraforge", image));
+    let mut config =
+        FakeConfig::new("rp-test-key").with_endpoint(EndpointSpec::new("ep-loraforge", image));
     config.logs_dir = Some(dir.path().join("jobs"));
     let runpod = loraforge_fakes::FakeRunpod::start(config).await;
     let base_url = runpod.serverless_base_url();
@@ -832,37 +1309,75 @@ async fn a_lora_trains_end_to_end_on_a_runpod_serverless_endpoint() {
     let done = svc.finished(&token, &id).await;
     let job_logs = || {
         let mut all = String::new();
-        for entry in std::fs::read_dir(dir.path().join("jobs")).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(dir.path().join("jobs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             all.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
         }
         all
     };
-    assert_eq!(done["training_status"], "completed", "{done}\n{}\n--- jobs ---\n{}", svc.logs(), job_logs());
+    assert_eq!(
+        done["training_status"],
+        "completed",
+        "{done}\n{}\n--- jobs ---\n{}",
+        svc.logs(),
+        job_logs()
+    );
 
     // One job, whose input carried the worker's environment.
     let jobs = runpod.jobs();
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0].input["lora_id"], id.as_str());
-    assert!(jobs[0].input["server"].as_str().is_some_and(|s| s.starts_with("http://127.0.0.1:")), "{:?}", jobs[0].input);
-    assert!(jobs[0].input["token"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(
+        jobs[0].input["server"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("http://127.0.0.1:")),
+        "{:?}",
+        jobs[0].input
+    );
+    assert!(
+        jobs[0].input["token"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
     // The attempt's record says where it ran and what it cost: executionTime × the price.
     let started = Instant::now();
     loop {
-        let (_, details) = svc.call(&token, reqwest::Method::GET, &format!("/api/v1/lora-models/{id}"), None).await;
+        let (_, details) = svc
+            .call(
+                &token,
+                reqwest::Method::GET,
+                &format!("/api/v1/lora-models/{id}"),
+                None,
+            )
+            .await;
         let attempt = &details["attempts"][0];
         if attempt["cost"].is_object() {
-            assert_eq!(attempt["backend"].as_str(), Some("runpod-serverless"), "{details}");
+            assert_eq!(
+                attempt["backend"].as_str(),
+                Some("runpod-serverless"),
+                "{details}"
+            );
             assert_eq!(attempt["outcome"], "trained");
             let job = runpod.jobs().pop().unwrap();
             assert_eq!(job.state, FakeJobState::Completed, "{job:?}");
             let billed = job.execution_time_ms.expect("an execution time");
             let expected = (310 * billed as i64 + 500) / 1000;
-            assert_eq!(attempt["cost"]["micro_usd"].as_i64(), Some(expected), "{details} {job:?}");
+            assert_eq!(
+                attempt["cost"]["micro_usd"].as_i64(),
+                Some(expected),
+                "{details} {job:?}"
+            );
             assert!(expected > 0);
             assert_eq!(details["training_cost"], attempt["cost"]);
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(90), "the job's end was not recorded: {details}");
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the job's end was not recorded: {details}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     no_process_left(&runpod).await;
@@ -876,7 +1391,11 @@ async fn a_lora_trains_end_to_end_on_a_runpod_serverless_endpoint() {
 async fn no_process_left(runpod: &loraforge_fakes::FakeRunpod) {
     let started = Instant::now();
     while runpod.live_processes() > 0 {
-        assert!(started.elapsed() < Duration::from_secs(30), "processes left: {:?}", runpod.pods());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "processes left: {:?}",
+            runpod.pods()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use loraforge_domain::{
-    CreatorRef, LoraModel, LoraSummary, MicroUsd, Progress, StatusEvent, TrainingParams, TrainingRun, TrainingStatus,
+    CreatorRef, LoraModel, LoraSummary, MicroUsd, Progress, StatusEvent, TrainingParams,
+    TrainingRun, TrainingStatus,
 };
 
 use crate::{DbError, EventDetail, PublishVerdict, Result, Settle};
@@ -94,8 +95,8 @@ pub(crate) struct LoraRecord {
 
 impl LoraRecord {
     pub fn into_model(self) -> Result<LoraModel> {
-        let params: TrainingParams =
-            serde_json::from_value(self.params).map_err(|e| corrupt(format!("params of LoRA {}: {e}", self.id)))?;
+        let params: TrainingParams = serde_json::from_value(self.params)
+            .map_err(|e| corrupt(format!("params of LoRA {}: {e}", self.id)))?;
         let validation_image_keys: Vec<String> = serde_json::from_value(self.validation_image_keys)
             .map_err(|e| corrupt(format!("validation_image_keys of LoRA {}: {e}", self.id)))?;
         let percent = u8::try_from(self.progress)
@@ -106,14 +107,20 @@ impl LoraRecord {
             id: self.id.into(),
             name: self.name,
             description: self.description,
-            creator: CreatorRef { id: self.user_id.into(), email: self.email },
+            creator: CreatorRef {
+                id: self.user_id.into(),
+                email: self.email,
+            },
             status: parse_status(&self.status)?,
             dataset_id: self.dataset_id.into(),
             params,
             progress: Progress {
                 stage: self.stage,
                 percent,
-                estimated_remaining: self.estimated_remaining.map(|v| to_u32(v, "estimated_remaining")).transpose()?,
+                estimated_remaining: self
+                    .estimated_remaining
+                    .map(|v| to_u32(v, "estimated_remaining"))
+                    .transpose()?,
             },
             error: self.error,
             usage_count: to_u64(self.usage_count, "usage_count")?,
@@ -150,7 +157,10 @@ impl SummaryRecord {
             name: self.name,
             description: self.description,
             status: parse_status(&self.status)?,
-            creator: CreatorRef { id: self.user_id.into(), email: self.email },
+            creator: CreatorRef {
+                id: self.user_id.into(),
+                email: self.email,
+            },
             usage_count: to_u64(self.usage_count, "usage_count")?,
             created_at: self.created_at,
         })
@@ -222,20 +232,51 @@ pub(crate) struct SettleStep {
 pub(crate) fn settle_steps(settle: &Settle) -> (Vec<SettleStep>, Option<Progress>) {
     let step = |event, detail| SettleStep { event, detail };
     match settle {
-        Settle::Requeue { reason, .. } => (vec![step(StatusEvent::Requeue, EventDetail::because(reason.clone()))], None),
-        Settle::Fail { reason } => (vec![step(StatusEvent::Fail, EventDetail::because(reason.clone()))], None),
+        Settle::Requeue { reason, .. } => (
+            vec![step(
+                StatusEvent::Requeue,
+                EventDetail::because(reason.clone()),
+            )],
+            None,
+        ),
+        Settle::Fail { reason } => (
+            vec![step(
+                StatusEvent::Fail,
+                EventDetail::because(reason.clone()),
+            )],
+            None,
+        ),
         Settle::Reject { files, reason } => (
             vec![step(
                 StatusEvent::Fail,
-                EventDetail { error: Some(reason.clone()), outputs: Some(files.clone()), validation_passed: None },
+                EventDetail {
+                    error: Some(reason.clone()),
+                    outputs: Some(files.clone()),
+                    validation_passed: None,
+                },
             )],
             None,
         ),
         Settle::Publish { files, verdict } => {
-            let begin = step(StatusEvent::BeginValidation, EventDetail { outputs: Some(files.clone()), ..EventDetail::default() });
+            let begin = step(
+                StatusEvent::BeginValidation,
+                EventDetail {
+                    outputs: Some(files.clone()),
+                    ..EventDetail::default()
+                },
+            );
             match verdict {
                 PublishVerdict::Complete => (
-                    vec![begin, step(StatusEvent::Complete, EventDetail { validation_passed: Some(true), ..EventDetail::default() })],
+                    vec![
+                        begin,
+                        step(
+                            StatusEvent::Complete,
+                            EventDetail {
+                                validation_passed: Some(true),
+                                ..EventDetail::default()
+                            },
+                        ),
+                    ],
                     None,
                 ),
                 PublishVerdict::Fail(reason) => (
@@ -243,14 +284,22 @@ pub(crate) fn settle_steps(settle: &Settle) -> (Vec<SettleStep>, Option<Progress
                         begin,
                         step(
                             StatusEvent::Fail,
-                            EventDetail { error: Some(reason.clone()), validation_passed: Some(false), outputs: None },
+                            EventDetail {
+                                error: Some(reason.clone()),
+                                validation_passed: Some(false),
+                                outputs: None,
+                            },
                         ),
                     ],
                     None,
                 ),
                 PublishVerdict::Review => (
                     vec![begin],
-                    Some(Progress { stage: Some("awaiting_review".into()), percent: 100, estimated_remaining: None }),
+                    Some(Progress {
+                        stage: Some("awaiting_review".into()),
+                        percent: 100,
+                        estimated_remaining: None,
+                    }),
                 ),
             }
         }
@@ -264,7 +313,12 @@ pub(crate) fn created_data(name: &str) -> Value {
 }
 
 /// Data of a "status" event.
-pub(crate) fn status_data(from: TrainingStatus, to: TrainingStatus, event: StatusEvent, error: Option<&str>) -> Value {
+pub(crate) fn status_data(
+    from: TrainingStatus,
+    to: TrainingStatus,
+    event: StatusEvent,
+    error: Option<&str>,
+) -> Value {
     json!({ "from": from.as_str(), "to": to.as_str(), "event": event.as_str(), "error": error })
 }
 
@@ -285,7 +339,10 @@ mod tests {
     #[test]
     fn search_words_strip_query_syntax() {
         assert_eq!(search_words("  Cyber  GIRL "), ["cyber", "girl"]);
-        assert_eq!(search_words("\"x\"* NEAR(a b) -c 'd; DROP"), ["x", "near", "a", "b", "c", "d", "drop"]);
+        assert_eq!(
+            search_words("\"x\"* NEAR(a b) -c 'd; DROP"),
+            ["x", "near", "a", "b", "c", "d", "drop"]
+        );
         assert_eq!(search_words("a:* & b | !c"), ["a", "b", "c"]);
         assert!(search_words(" \"*()- ").is_empty());
         assert_eq!(search_words("猫の騎士 café"), ["猫の騎士", "café"]);

@@ -19,8 +19,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use loraforge_domain::{
-    Dataset, DatasetId, LoraId, LoraModel, LoraName, LoraSort, LoraSummary, MicroUsd, MonthlyWindow, Progress,
-    RunId, StatusEvent, TrainingParams, TrainingRun, TrainingStatus, TransitionError, UserId,
+    Dataset, DatasetId, LoraId, LoraModel, LoraName, LoraSort, LoraSummary, MicroUsd,
+    MonthlyWindow, Progress, RunId, StatusEvent, TrainingParams, TrainingRun, TrainingStatus,
+    TransitionError, UserId,
 };
 
 mod common;
@@ -66,10 +67,12 @@ impl DbError {
     pub fn is_retryable(&self) -> bool {
         match self {
             DbError::Conflict => true,
-            DbError::Sqlx(e) => matches!(
-                e,
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
-            ) || matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40001" | "40P01" | "5" | "6"))),
+            DbError::Sqlx(e) => {
+                matches!(
+                    e,
+                    sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+                ) || matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40001" | "40P01" | "5" | "6")))
+            }
             _ => false,
         }
     }
@@ -93,8 +96,12 @@ pub enum FaultPoint {
 }
 
 impl FaultPoint {
-    pub const ALL: [FaultPoint; 4] =
-        [FaultPoint::MonthlyCount, FaultPoint::RunOutcome, FaultPoint::Settle, FaultPoint::InstanceGone];
+    pub const ALL: [FaultPoint; 4] = [
+        FaultPoint::MonthlyCount,
+        FaultPoint::RunOutcome,
+        FaultPoint::Settle,
+        FaultPoint::InstanceGone,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -110,7 +117,10 @@ impl FaultPoint {
     }
 
     fn index(self) -> usize {
-        FaultPoint::ALL.iter().position(|p| *p == self).expect("listed")
+        FaultPoint::ALL
+            .iter()
+            .position(|p| *p == self)
+            .expect("listed")
     }
 }
 
@@ -127,11 +137,17 @@ impl Faults {
     }
     /// True once per arming of `point`.
     pub fn fire(&self, point: FaultPoint) -> bool {
-        self.armed[point.index()].fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+        self.armed[point.index()]
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
     /// `Err(Injected)` once per arming of `point`.
     pub fn check(&self, point: FaultPoint) -> Result<()> {
-        if self.fire(point) { Err(DbError::Injected(point)) } else { Ok(()) }
+        if self.fire(point) {
+            Err(DbError::Injected(point))
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -212,7 +228,10 @@ pub struct EventDetail {
 impl EventDetail {
     /// Only a reason, for people.
     pub fn because(error: impl Into<String>) -> Self {
-        Self { error: Some(error.into()), ..Self::default() }
+        Self {
+            error: Some(error.into()),
+            ..Self::default()
+        }
     }
 }
 
@@ -301,7 +320,10 @@ pub enum Settle {
     /// The job fails.
     Fail { reason: String },
     /// The trained files passed their check: `validating`, then the verdict, in one commit.
-    Publish { files: TrainedFiles, verdict: PublishVerdict },
+    Publish {
+        files: TrainedFiles,
+        verdict: PublishVerdict,
+    },
     /// The trained file failed its check: `failed`, with the files recorded.
     Reject { files: TrainedFiles, reason: String },
     /// The job already moved on: only mark the run settled.
@@ -405,16 +427,32 @@ pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
     async fn count_monthly(&self, user: UserId, window: MonthlyWindow) -> Result<u32>;
 
     /// Sets the description (None clears it) and logs an "updated" event.
-    async fn update_description(&self, id: LoraId, description: Option<String>, now: DateTime<Utc>) -> Result<LoraModel>;
+    async fn update_description(
+        &self,
+        id: LoraId,
+        description: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<LoraModel>;
 
     // --- status and progress ----------------------------------------------------------------
 
     /// Applies `event` through the domain's transition function with a compare-and-set on the
     /// current status, and appends a "status" event. `Transition` error if not allowed now.
-    async fn apply_event(&self, id: LoraId, event: StatusEvent, detail: EventDetail, now: DateTime<Utc>) -> Result<LoraModel>;
+    async fn apply_event(
+        &self,
+        id: LoraId,
+        event: StatusEvent,
+        detail: EventDetail,
+        now: DateTime<Utc>,
+    ) -> Result<LoraModel>;
 
     /// Records progress of a running job and appends a "progress" event.
-    async fn record_progress(&self, id: LoraId, progress: &Progress, now: DateTime<Utc>) -> Result<()>;
+    async fn record_progress(
+        &self,
+        id: LoraId,
+        progress: &Progress,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
 
     /// Event-log entries of one LoRA with `id > after`, oldest first, at most `limit`.
     async fn events_after(&self, id: LoraId, after: i64, limit: u32) -> Result<Vec<LoraEvent>>;
@@ -437,8 +475,13 @@ pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
 
     /// Extends the lease of job `id` to `lease_until` (and sets its heartbeat to `now`) only if
     /// `worker` still holds it; `false` when it does not (requeued, finished, another worker).
-    async fn heartbeat(&self, id: LoraId, worker: &str, lease_until: DateTime<Utc>, now: DateTime<Utc>)
-    -> Result<bool>;
+    async fn heartbeat(
+        &self,
+        id: LoraId,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
 
     /// Jobs in `training` whose lease ended before `now`, oldest lease first.
     async fn expired_leases(&self, now: DateTime<Utc>) -> Result<Vec<ExpiredLease>>;
@@ -455,7 +498,14 @@ pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
 
     /// Records the newest checkpoint of job `id` (its blob `key` and `step`), only while `worker`
     /// holds the job for `attempt`; `false` otherwise.
-    async fn record_checkpoint(&self, id: LoraId, worker: &str, attempt: u32, key: &str, step: u64) -> Result<bool>;
+    async fn record_checkpoint(
+        &self,
+        id: LoraId,
+        worker: &str,
+        attempt: u32,
+        key: &str,
+        step: u64,
+    ) -> Result<bool>;
 
     // --- runs -------------------------------------------------------------------------------
 
@@ -484,42 +534,85 @@ pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
     /// Applies `settle` to the run's job and marks the run settled, in one transaction, once:
     /// `None` if the run was settled already. A requeue or failure whose job moved on meanwhile
     /// only marks the run settled. Clears the job's current run on a requeue.
-    async fn settle_run(&self, id: RunId, settle: Settle, now: DateTime<Utc>) -> Result<Option<LoraModel>>;
+    async fn settle_run(
+        &self,
+        id: RunId,
+        settle: Settle,
+        now: DateTime<Utc>,
+    ) -> Result<Option<LoraModel>>;
 
     /// The run's instance is confirmed gone and cost `cost`: recorded once, with the cost added
     /// to the LoRA's `training_cost`. Returns whether this call recorded it.
-    async fn record_instance_gone(&self, id: RunId, cost: MicroUsd, now: DateTime<Utc>) -> Result<bool>;
+    async fn record_instance_gone(
+        &self,
+        id: RunId,
+        cost: MicroUsd,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
 
     /// A failed attempt to end the run's instance; the next is due at `next_at`. Returns the
     /// failures so far.
-    async fn record_terminate_failure(&self, id: RunId, error: &str, next_at: DateTime<Utc>) -> Result<u32>;
+    async fn record_terminate_failure(
+        &self,
+        id: RunId,
+        error: &str,
+        next_at: DateTime<Utc>,
+    ) -> Result<u32>;
 
     /// Undoes a claim whose launch found no capacity: the job goes back to `queued` without
     /// using an attempt, with `message` saying why it waits. Only while `worker` holds it and no
     /// run of it is recorded; `false` otherwise.
-    async fn unclaim(&self, id: LoraId, worker: &str, message: &str, now: DateTime<Utc>) -> Result<bool>;
+    async fn unclaim(
+        &self,
+        id: LoraId,
+        worker: &str,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
 
     // --- operations ---------------------------------------------------------------------------
 
     /// Records an operator alert.
-    async fn record_alert(&self, kind: &str, subject: &str, message: &str, now: DateTime<Utc>) -> Result<()>;
+    async fn record_alert(
+        &self,
+        kind: &str,
+        subject: &str,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
 
     /// The newest alerts, newest first, at most `limit`.
     async fn alerts(&self, limit: u32) -> Result<Vec<Alert>>;
 
     /// Takes (or renews) the lease on periodic work `name` for `holder` until `until`, if nobody
     /// else holds it past `now`; `true` when `holder` has it.
-    async fn try_lease(&self, name: &str, holder: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> Result<bool>;
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
 
     /// Sets (or clears) the LoRA's status message, shown with its status.
-    async fn set_status_message(&self, id: LoraId, message: Option<&str>, now: DateTime<Utc>) -> Result<()>;
+    async fn set_status_message(
+        &self,
+        id: LoraId,
+        message: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
 
     /// Ids of `pending` LoRAs, oldest first, at most `limit`.
     async fn pending_ids(&self, limit: u32) -> Result<Vec<LoraId>>;
 
     /// Records a failed start of job `id` that will be tried again at `next_attempt_at`;
     /// returns the number of failed starts of this claim so far.
-    async fn record_start_failure(&self, id: LoraId, error: &str, next_attempt_at: DateTime<Utc>) -> Result<u32>;
+    async fn record_start_failure(
+        &self,
+        id: LoraId,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<u32>;
 
     /// Jobs leased to `worker`, in `training`, with no run yet and a start attempt due at `now`.
     async fn starts_due(&self, worker: &str, now: DateTime<Utc>) -> Result<Vec<StartDue>>;
@@ -540,7 +633,9 @@ pub struct ConnectOptions {
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        Self { max_connections: 16 }
+        Self {
+            max_connections: 16,
+        }
     }
 }
 
@@ -548,7 +643,9 @@ impl Default for ConnectOptions {
 /// if missing, and applies that engine's migrations.
 pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Arc<dyn Repository>> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteRepository::connect(url, opts).await?))
+        Ok(Arc::new(
+            sqlite::SqliteRepository::connect(url, opts).await?,
+        ))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         Ok(Arc::new(postgres::PgRepository::connect(url, opts).await?))
     } else {

@@ -8,7 +8,8 @@ use std::collections::HashSet;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
 use loraforge_domain::{
-    Dataset, DatasetId, DatasetImage, ImageFormat, LoraId, LoraName, TrainingParams, TrainingStatus, UserId,
+    Dataset, DatasetId, DatasetImage, ImageFormat, LoraId, LoraName, TrainingParams,
+    TrainingStatus, UserId,
 };
 
 use crate::common::corrupt;
@@ -48,7 +49,9 @@ impl Rng {
 /// [`VOCABULARY_SIZE`] distinct pronounceable lowercase words (two or three syllables, no word a
 /// prefix of another), the same for the same seed.
 pub fn vocabulary(seed: u64) -> Vec<String> {
-    const ONSETS: [&str; 16] = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "sh", "tr"];
+    const ONSETS: [&str; 16] = [
+        "b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "sh", "tr",
+    ];
     const VOWELS: [&str; 5] = ["a", "e", "i", "o", "u"];
     let mut rng = Rng(seed ^ 0x5EED);
     let mut seen = HashSet::new();
@@ -71,22 +74,32 @@ pub fn vocabulary(seed: u64) -> Vec<String> {
 
 fn capitalized(w: &str) -> String {
     let mut c = w.chars();
-    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }
 
 /// The instant the seeded library's clock starts; rows are spread over the 365 days before it.
 pub fn seed_epoch() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).single().unwrap_or_default()
+    Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0)
+        .single()
+        .unwrap_or_default()
 }
 
 /// Inserts `n` LoRAs owned by `users` users (one dataset each), deterministically from `seed`.
 /// Statuses are mostly `completed`; usage counts are skewed so "popular" has a clear head.
-pub async fn seed_library(repo: &dyn Repository, n: usize, users: usize, seed: u64) -> Result<SeededLibrary> {
+pub async fn seed_library(
+    repo: &dyn Repository,
+    n: usize,
+    users: usize,
+    seed: u64,
+) -> Result<SeededLibrary> {
     let vocab = vocabulary(seed);
     let mut rng = Rng(seed);
     let epoch = seed_epoch();
-    let owners: Vec<UserId> =
-        (0..users.max(1)).map(|_| UserId(uuid::Uuid::from_u64_pair(rng.next(), rng.next()))).collect();
+    let owners: Vec<UserId> = (0..users.max(1))
+        .map(|_| UserId(uuid::Uuid::from_u64_pair(rng.next(), rng.next())))
+        .collect();
     let mut datasets = Vec::with_capacity(owners.len());
     for (i, owner) in owners.iter().enumerate() {
         let dataset = Dataset {
@@ -114,13 +127,19 @@ pub async fn seed_library(repo: &dyn Repository, n: usize, users: usize, seed: u
     let mut batch = Vec::with_capacity(BATCH.min(n));
     for i in 0..n {
         let owner = rng.below(owners.len());
-        let mut name =
-            format!("{} {}", capitalized(&vocab[rng.below(vocab.len())]), capitalized(&vocab[rng.below(vocab.len())]));
+        let mut name = format!(
+            "{} {}",
+            capitalized(&vocab[rng.below(vocab.len())]),
+            capitalized(&vocab[rng.below(vocab.len())])
+        );
         if !names.insert((owner, name.clone())) {
             name = format!("{name} {i}");
             names.insert((owner, name.clone()));
         }
-        let description = (0..6).map(|_| vocab[rng.below(vocab.len())].as_str()).collect::<Vec<_>>().join(" ");
+        let description = (0..6)
+            .map(|_| vocab[rng.below(vocab.len())].as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
         let status = match rng.below(20) {
             0 => TrainingStatus::Failed,
             1 => TrainingStatus::Training,
@@ -150,7 +169,11 @@ pub async fn seed_library(repo: &dyn Repository, n: usize, users: usize, seed: u
     if !batch.is_empty() {
         repo.bulk_insert_library(batch).await?;
     }
-    Ok(SeededLibrary { users: owners, loras: n, vocabulary: vocab })
+    Ok(SeededLibrary {
+        users: owners,
+        loras: n,
+        vocabulary: vocab,
+    })
 }
 
 #[cfg(test)]
@@ -170,7 +193,12 @@ mod tests {
         let mut sorted = v.clone();
         sorted.sort();
         for pair in sorted.windows(2) {
-            assert!(!pair[1].starts_with(&pair[0]), "{} is a prefix of {}", pair[0], pair[1]);
+            assert!(
+                !pair[1].starts_with(&pair[0]),
+                "{} is a prefix of {}",
+                pair[0],
+                pair[1]
+            );
         }
     }
 }

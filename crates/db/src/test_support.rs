@@ -35,8 +35,14 @@ impl TestDatabase {
             .await
             .expect("CREATE DATABASE");
         let _ = conn.close().await;
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b).to_owned();
-        Self { url: format!("{base}/{name}"), name }
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(b, _)| b)
+            .to_owned();
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -50,12 +56,19 @@ impl Drop for TestDatabase {
         let name = self.name.clone();
         let admin = admin_url();
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             rt.block_on(async move {
                 if let Ok(mut conn) = PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                        .execute(&mut conn)
-                        .await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
                     let _ = conn.close().await;
                 }
             });

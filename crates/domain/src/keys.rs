@@ -52,7 +52,9 @@ impl OutputKeys {
 
     /// The kohya file next to a model file key, if `model` is one.
     pub fn kohya_of(model: &str) -> Option<String> {
-        model.strip_suffix("model.safetensors").map(|dir| format!("{dir}model.kohya.safetensors"))
+        model
+            .strip_suffix("model.safetensors")
+            .map(|dir| format!("{dir}model.kohya.safetensors"))
     }
 }
 
@@ -66,10 +68,19 @@ mod tests {
         let k = OutputKeys::of(u, l);
         assert_eq!(k.model, format!("lora-models/{u}/{l}/model.safetensors"));
         assert_eq!(OutputKeys::kohya_of(&k.model), Some(k.kohya.clone()));
-        assert_eq!(k.validation[2], format!("lora-validation-images/{u}/{l}/validation/2.png"));
-        assert_eq!(checkpoint(u, l, 3), format!("training-checkpoints/{u}/{l}/attempt-3.pt"));
+        assert_eq!(
+            k.validation[2],
+            format!("lora-validation-images/{u}/{l}/validation/2.png")
+        );
+        assert_eq!(
+            checkpoint(u, l, 3),
+            format!("training-checkpoints/{u}/{l}/attempt-3.pt")
+        );
         assert!(checkpoint(u, l, 3).starts_with(&checkpoints_of(u, l)));
         let d = DatasetId::new();
-        assert_eq!(dataset_image(u, d, 3, "png"), format!("datasets/{u}/{d}/03.png"));
+        assert_eq!(
+            dataset_image(u, d, 3, "png"),
+            format!("datasets/{u}/{d}/03.png")
+        );
     }
 }

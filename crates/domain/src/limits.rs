@@ -17,7 +17,11 @@ pub struct UsageLimits {
 
 impl Default for UsageLimits {
     fn default() -> Self {
-        Self { monthly_loras: 5, concurrent_jobs: 2, creates_per_minute: 10 }
+        Self {
+            monthly_loras: 5,
+            concurrent_jobs: 2,
+            creates_per_minute: 10,
+        }
     }
 }
 
@@ -32,8 +36,15 @@ pub struct MonthlyWindow {
 impl MonthlyWindow {
     pub fn containing(now: DateTime<Utc>) -> Self {
         let start = first_of_month(now.year(), now.month());
-        let (y, m) = if now.month() == 12 { (now.year() + 1, 1) } else { (now.year(), now.month() + 1) };
-        Self { start, end: first_of_month(y, m) }
+        let (y, m) = if now.month() == 12 {
+            (now.year() + 1, 1)
+        } else {
+            (now.year(), now.month() + 1)
+        };
+        Self {
+            start,
+            end: first_of_month(y, m),
+        }
     }
 }
 

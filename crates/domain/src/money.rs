@@ -8,7 +8,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// An amount of US dollars in millionths. `MicroUsd(1_500_000)` is $1.50.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct MicroUsd(pub i64);
 
@@ -40,7 +42,11 @@ impl MicroUsd {
         if !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
-        let whole: i64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad())? };
+        let whole: i64 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| bad())?
+        };
         let mut micros: i64 = 0;
         for (i, b) in frac.bytes().take(6).enumerate() {
             micros += i64::from(b - b'0') * 10_i64.pow(5 - i as u32);
@@ -48,12 +54,17 @@ impl MicroUsd {
         if frac.as_bytes().get(6).is_some_and(|b| *b >= b'5') {
             micros += 1;
         }
-        whole.checked_mul(PER_DOLLAR).and_then(|w| w.checked_add(micros)).map(MicroUsd).ok_or_else(bad)
+        whole
+            .checked_mul(PER_DOLLAR)
+            .and_then(|w| w.checked_add(micros))
+            .map(MicroUsd)
+            .ok_or_else(bad)
     }
 
     /// The cost of `millis` milliseconds at `self` per hour, rounded half up to the micro-dollar.
     pub fn per_hour_for_millis(self, millis: u64) -> MicroUsd {
-        let cost = (i128::from(self.0) * i128::from(millis) + MILLIS_PER_HOUR / 2) / MILLIS_PER_HOUR;
+        let cost =
+            (i128::from(self.0) * i128::from(millis) + MILLIS_PER_HOUR / 2) / MILLIS_PER_HOUR;
         MicroUsd(i64::try_from(cost).unwrap_or(i64::MAX))
     }
 
@@ -114,9 +125,22 @@ mod tests {
             ("0.1234564", 123_456),
             ("12.000001", 12_000_001),
         ] {
-            assert_eq!(MicroUsd::parse_dollars(text), Ok(MicroUsd(micros)), "{text}");
+            assert_eq!(
+                MicroUsd::parse_dollars(text),
+                Ok(MicroUsd(micros)),
+                "{text}"
+            );
         }
-        for bad in ["", ".", "-1", "1e3", "0.3x", "abc", "1.2.3", "99999999999999999"] {
+        for bad in [
+            "",
+            ".",
+            "-1",
+            "1e3",
+            "0.3x",
+            "abc",
+            "1.2.3",
+            "99999999999999999",
+        ] {
             assert!(MicroUsd::parse_dollars(bad).is_err(), "{bad}");
         }
     }
@@ -125,12 +149,18 @@ mod tests {
     fn time_costs_round_once() {
         let per_hour = MicroUsd::parse_dollars("0.79").unwrap();
         // 90 minutes at $0.79/h = $1.185.
-        assert_eq!(per_hour.per_hour_for_millis(90 * 60 * 1000), MicroUsd(1_185_000));
+        assert_eq!(
+            per_hour.per_hour_for_millis(90 * 60 * 1000),
+            MicroUsd(1_185_000)
+        );
         // One second: 219.44… micro-dollars → 219.
         assert_eq!(per_hour.per_hour_for_millis(1000), MicroUsd(219));
         assert_eq!(MicroUsd(500).per_second_for_millis(1500), MicroUsd(750));
         assert_eq!(MicroUsd(1).per_second_for_millis(499), MicroUsd(0));
-        assert_eq!(MicroUsd(i64::MAX).per_hour_for_millis(u64::MAX), MicroUsd(i64::MAX));
+        assert_eq!(
+            MicroUsd(i64::MAX).per_hour_for_millis(u64::MAX),
+            MicroUsd(i64::MAX)
+        );
     }
 
     #[test]

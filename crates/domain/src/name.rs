@@ -64,8 +64,14 @@ mod tests {
 
     #[test]
     fn trims_and_accepts_unicode() {
-        assert_eq!(LoraName::parse("  Cyberpunk Girl ").unwrap().as_str(), "Cyberpunk Girl");
-        assert_eq!(LoraName::parse("猫の騎士 🐱").unwrap().as_str(), "猫の騎士 🐱");
+        assert_eq!(
+            LoraName::parse("  Cyberpunk Girl ").unwrap().as_str(),
+            "Cyberpunk Girl"
+        );
+        assert_eq!(
+            LoraName::parse("猫の騎士 🐱").unwrap().as_str(),
+            "猫の騎士 🐱"
+        );
     }
 
     #[test]
@@ -78,13 +84,19 @@ mod tests {
     fn counts_characters_not_bytes() {
         let ok = "é".repeat(255);
         assert!(LoraName::parse(&ok).is_ok());
-        assert_eq!(LoraName::parse(&"é".repeat(256)), Err(NameError::TooLong(256)));
+        assert_eq!(
+            LoraName::parse(&"é".repeat(256)),
+            Err(NameError::TooLong(256))
+        );
     }
 
     #[test]
     fn rejects_inner_control_characters() {
         assert_eq!(LoraName::parse("a\nb"), Err(NameError::ControlCharacter));
         assert_eq!(LoraName::parse("a\u{7}b"), Err(NameError::ControlCharacter));
-        assert_eq!(LoraName::parse("a\u{9b}b"), Err(NameError::ControlCharacter));
+        assert_eq!(
+            LoraName::parse("a\u{9b}b"),
+            Err(NameError::ControlCharacter)
+        );
     }
 }

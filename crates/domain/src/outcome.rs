@@ -63,12 +63,34 @@ pub mod exit {
 use Disposition::{Fail, Moot, Retry, Trained};
 use Origin::{ControlPlane, Trainer, Worker};
 
-const fn row(code: &'static str, exit: i32, origin: Origin, disposition: Disposition, headline: &'static str) -> OutcomeSpec {
-    OutcomeSpec { code, exit: Some(exit), origin, disposition, headline }
+const fn row(
+    code: &'static str,
+    exit: i32,
+    origin: Origin,
+    disposition: Disposition,
+    headline: &'static str,
+) -> OutcomeSpec {
+    OutcomeSpec {
+        code,
+        exit: Some(exit),
+        origin,
+        disposition,
+        headline,
+    }
 }
 
-const fn observed(code: &'static str, disposition: Disposition, headline: &'static str) -> OutcomeSpec {
-    OutcomeSpec { code, exit: None, origin: ControlPlane, disposition, headline }
+const fn observed(
+    code: &'static str,
+    disposition: Disposition,
+    headline: &'static str,
+) -> OutcomeSpec {
+    OutcomeSpec {
+        code,
+        exit: None,
+        origin: ControlPlane,
+        disposition,
+        headline,
+    }
 }
 
 const COUNTED: Disposition = Retry { counted: true };
@@ -79,54 +101,288 @@ const NOT_COUNTED: Disposition = Retry { counted: false };
 pub const OUTCOMES: &[OutcomeSpec] = &[
     row("trained", exit::OK, Worker, Trained, "trained"),
     // The trainer's own codes (trainer/README.md).
-    row("internal", exit::INTERNAL, Trainer, Fail, "the trainer crashed"),
-    row("bad_input", exit::BAD_INPUT, Trainer, Fail, "the training job is invalid"),
-    row("non_finite_loss", exit::NON_FINITE, Trainer, Fail, "training diverged"),
-    row("out_of_memory", exit::OUT_OF_MEMORY, Trainer, Fail, "training ran out of memory"),
-    row("validation_failed", exit::VALIDATION, Trainer, Fail, "the validation images could not be generated"),
-    row("stopped", exit::STOPPED, Trainer, NOT_COUNTED, "the run stopped before finishing"),
-    row("upload_failed", exit::UPLOAD_FAILED, Worker, COUNTED, "the trained files could not be uploaded"),
-    row("job_not_active", exit::NOT_ACTIVE, Worker, Moot, "the job is no longer active"),
-    row("control_plane_unreachable", exit::UNREACHABLE, Worker, COUNTED, "the worker could not reach the control plane"),
-    row("interrupted", exit::INTERNAL, Trainer, NOT_COUNTED, "the trainer was interrupted before training"),
-    row("bad_arguments", exit::BAD_INPUT, Trainer, Fail, "the training job is invalid"),
-    row("bad_spec", exit::BAD_INPUT, Trainer, Fail, "the training job is invalid"),
-    row("missing_model", exit::BAD_INPUT, Trainer, Fail, "the training job is invalid"),
-    row("model_unavailable", exit::BAD_INPUT, Trainer, COUNTED, "the base model could not be loaded for now"),
-    row("bad_images", exit::BAD_INPUT, Trainer, Fail, "the training job is invalid"),
-    row("empty_dataset", exit::BAD_INPUT, Trainer, Fail, "the training job is invalid"),
-    row("bad_image", exit::BAD_INPUT, Trainer, Fail, "the training job is invalid"),
-    row("bad_caption", exit::BAD_INPUT, Trainer, Fail, "the training job is invalid"),
-    row("missing_scorer", exit::BAD_INPUT, Trainer, Fail, "the training job is invalid"),
-    row("optimizer_unavailable", exit::BAD_INPUT, Trainer, Fail, "the training job is invalid"),
-    row("checkpoint_mismatch", exit::BAD_INPUT, Trainer, Fail, "the training job is invalid"),
-    row("bad_model", exit::BAD_INPUT, Trainer, Fail, "the training job is invalid"),
+    row(
+        "internal",
+        exit::INTERNAL,
+        Trainer,
+        Fail,
+        "the trainer crashed",
+    ),
+    row(
+        "bad_input",
+        exit::BAD_INPUT,
+        Trainer,
+        Fail,
+        "the training job is invalid",
+    ),
+    row(
+        "non_finite_loss",
+        exit::NON_FINITE,
+        Trainer,
+        Fail,
+        "training diverged",
+    ),
+    row(
+        "out_of_memory",
+        exit::OUT_OF_MEMORY,
+        Trainer,
+        Fail,
+        "training ran out of memory",
+    ),
+    row(
+        "validation_failed",
+        exit::VALIDATION,
+        Trainer,
+        Fail,
+        "the validation images could not be generated",
+    ),
+    row(
+        "stopped",
+        exit::STOPPED,
+        Trainer,
+        NOT_COUNTED,
+        "the run stopped before finishing",
+    ),
+    row(
+        "upload_failed",
+        exit::UPLOAD_FAILED,
+        Worker,
+        COUNTED,
+        "the trained files could not be uploaded",
+    ),
+    row(
+        "job_not_active",
+        exit::NOT_ACTIVE,
+        Worker,
+        Moot,
+        "the job is no longer active",
+    ),
+    row(
+        "control_plane_unreachable",
+        exit::UNREACHABLE,
+        Worker,
+        COUNTED,
+        "the worker could not reach the control plane",
+    ),
+    row(
+        "interrupted",
+        exit::INTERNAL,
+        Trainer,
+        NOT_COUNTED,
+        "the trainer was interrupted before training",
+    ),
+    row(
+        "bad_arguments",
+        exit::BAD_INPUT,
+        Trainer,
+        Fail,
+        "the training job is invalid",
+    ),
+    row(
+        "bad_spec",
+        exit::BAD_INPUT,
+        Trainer,
+        Fail,
+        "the training job is invalid",
+    ),
+    row(
+        "missing_model",
+        exit::BAD_INPUT,
+        Trainer,
+        Fail,
+        "the training job is invalid",
+    ),
+    row(
+        "model_unavailable",
+        exit::BAD_INPUT,
+        Trainer,
+        COUNTED,
+        "the base model could not be loaded for now",
+    ),
+    row(
+        "bad_images",
+        exit::BAD_INPUT,
+        Trainer,
+        Fail,
+        "the training job is invalid",
+    ),
+    row(
+        "empty_dataset",
+        exit::BAD_INPUT,
+        Trainer,
+        Fail,
+        "the training job is invalid",
+    ),
+    row(
+        "bad_image",
+        exit::BAD_INPUT,
+        Trainer,
+        Fail,
+        "the training job is invalid",
+    ),
+    row(
+        "bad_caption",
+        exit::BAD_INPUT,
+        Trainer,
+        Fail,
+        "the training job is invalid",
+    ),
+    row(
+        "missing_scorer",
+        exit::BAD_INPUT,
+        Trainer,
+        Fail,
+        "the training job is invalid",
+    ),
+    row(
+        "optimizer_unavailable",
+        exit::BAD_INPUT,
+        Trainer,
+        Fail,
+        "the training job is invalid",
+    ),
+    row(
+        "checkpoint_mismatch",
+        exit::BAD_INPUT,
+        Trainer,
+        Fail,
+        "the training job is invalid",
+    ),
+    row(
+        "bad_model",
+        exit::BAD_INPUT,
+        Trainer,
+        Fail,
+        "the training job is invalid",
+    ),
     // The worker agent's own codes (docs/worker-protocol.md).
-    row("trainer_silent", exit::STOPPED, Worker, COUNTED, "the trainer hung"),
-    row("trainer_killed", exit::STOPPED, Worker, COUNTED, "the trainer was killed"),
-    row("trainer_failed", exit::INTERNAL, Worker, Fail, "the trainer crashed"),
-    row("trainer_unavailable", exit::INTERNAL, Worker, COUNTED, "the training host cannot run the trainer"),
-    row("missing_output", exit::INTERNAL, Worker, Fail, "the trainer crashed"),
-    row("io_error", exit::INTERNAL, Worker, COUNTED, "the training host failed"),
-    row("bad_job", exit::BAD_INPUT, Worker, Fail, "the training job is invalid"),
-    row("result_failed", exit::UPLOAD_FAILED, Worker, COUNTED, "the result could not be reported"),
-    row("result_rejected", exit::INTERNAL, Worker, Fail, "the control plane rejected the result"),
-    row("job_refused", exit::UNREACHABLE, Worker, COUNTED, "the control plane refused the worker"),
-    row("job_unreadable", exit::UNREACHABLE, Worker, COUNTED, "the worker could not read its job"),
-    row("bad_server_url", exit::UNREACHABLE, Worker, COUNTED, "the worker was given a bad control plane URL"),
-    row("no_token", exit::UNREACHABLE, Worker, COUNTED, "the worker was started without its token"),
-    row("image_download_failed", exit::UNREACHABLE, Worker, COUNTED, "the training images could not be downloaded"),
-    row("checkpoint_download_failed", exit::UNREACHABLE, Worker, COUNTED, "the checkpoint could not be downloaded"),
+    row(
+        "trainer_silent",
+        exit::STOPPED,
+        Worker,
+        COUNTED,
+        "the trainer hung",
+    ),
+    row(
+        "trainer_killed",
+        exit::STOPPED,
+        Worker,
+        COUNTED,
+        "the trainer was killed",
+    ),
+    row(
+        "trainer_failed",
+        exit::INTERNAL,
+        Worker,
+        Fail,
+        "the trainer crashed",
+    ),
+    row(
+        "trainer_unavailable",
+        exit::INTERNAL,
+        Worker,
+        COUNTED,
+        "the training host cannot run the trainer",
+    ),
+    row(
+        "missing_output",
+        exit::INTERNAL,
+        Worker,
+        Fail,
+        "the trainer crashed",
+    ),
+    row(
+        "io_error",
+        exit::INTERNAL,
+        Worker,
+        COUNTED,
+        "the training host failed",
+    ),
+    row(
+        "bad_job",
+        exit::BAD_INPUT,
+        Worker,
+        Fail,
+        "the training job is invalid",
+    ),
+    row(
+        "result_failed",
+        exit::UPLOAD_FAILED,
+        Worker,
+        COUNTED,
+        "the result could not be reported",
+    ),
+    row(
+        "result_rejected",
+        exit::INTERNAL,
+        Worker,
+        Fail,
+        "the control plane rejected the result",
+    ),
+    row(
+        "job_refused",
+        exit::UNREACHABLE,
+        Worker,
+        COUNTED,
+        "the control plane refused the worker",
+    ),
+    row(
+        "job_unreadable",
+        exit::UNREACHABLE,
+        Worker,
+        COUNTED,
+        "the worker could not read its job",
+    ),
+    row(
+        "bad_server_url",
+        exit::UNREACHABLE,
+        Worker,
+        COUNTED,
+        "the worker was given a bad control plane URL",
+    ),
+    row(
+        "no_token",
+        exit::UNREACHABLE,
+        Worker,
+        COUNTED,
+        "the worker was started without its token",
+    ),
+    row(
+        "image_download_failed",
+        exit::UNREACHABLE,
+        Worker,
+        COUNTED,
+        "the training images could not be downloaded",
+    ),
+    row(
+        "checkpoint_download_failed",
+        exit::UNREACHABLE,
+        Worker,
+        COUNTED,
+        "the checkpoint could not be downloaded",
+    ),
     // What the control plane observes or decides.
     observed("lost", NOT_COUNTED, "the run was lost"),
     observed("killed", COUNTED, "the worker was killed"),
-    observed("vanished", COUNTED, "the training instance ended without a word from its worker"),
+    observed(
+        "vanished",
+        COUNTED,
+        "the training instance ended without a word from its worker",
+    ),
     observed("lease_expired", COUNTED, "the worker stopped reporting"),
     observed("timed_out", Fail, "training took too long"),
     observed("cancelled", Moot, "the LoRA was cancelled"),
     observed("superseded", Moot, "the job moved on"),
-    observed("shutdown", NOT_COUNTED, "the control plane stopped the run to shut down"),
-    observed("upload_missing", COUNTED, "the trained files are missing from storage"),
+    observed(
+        "shutdown",
+        NOT_COUNTED,
+        "the control plane stopped the run to shut down",
+    ),
+    observed(
+        "upload_missing",
+        COUNTED,
+        "the trained files are missing from storage",
+    ),
     observed("start_failed", Fail, "training could not start"),
 ];
 
@@ -173,7 +429,10 @@ pub fn describe(code: &str, reason: Option<&str>) -> String {
 
 /// An outcome code must look like one: 1–64 of `[a-z0-9_]`.
 pub fn is_valid_code(code: &str) -> bool {
-    (1..=64).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    (1..=64).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 #[cfg(test)]
@@ -184,7 +443,11 @@ mod tests {
     fn codes_are_unique_and_well_formed() {
         for (i, s) in OUTCOMES.iter().enumerate() {
             assert!(is_valid_code(s.code), "{}", s.code);
-            assert!(OUTCOMES[..i].iter().all(|o| o.code != s.code), "{} twice", s.code);
+            assert!(
+                OUTCOMES[..i].iter().all(|o| o.code != s.code),
+                "{} twice",
+                s.code
+            );
             assert!(!s.headline.is_empty());
         }
     }
@@ -214,9 +477,21 @@ mod tests {
     fn dispositions_follow_the_table_and_the_reporter() {
         assert_eq!(disposition("trained", false), Trained);
         assert_eq!(disposition("non_finite_loss", false), Fail);
-        assert_eq!(disposition("non_finite_loss", true), COUNTED, "the reporter says it may pass");
-        assert_eq!(disposition("stopped", false), NOT_COUNTED, "stopped by the platform");
-        assert_eq!(disposition("lost", false), NOT_COUNTED, "a crash of the control plane");
+        assert_eq!(
+            disposition("non_finite_loss", true),
+            COUNTED,
+            "the reporter says it may pass"
+        );
+        assert_eq!(
+            disposition("stopped", false),
+            NOT_COUNTED,
+            "stopped by the platform"
+        );
+        assert_eq!(
+            disposition("lost", false),
+            NOT_COUNTED,
+            "a crash of the control plane"
+        );
         assert_eq!(disposition("vanished", false), COUNTED);
         assert_eq!(disposition("upload_failed", false), COUNTED);
         assert_eq!(disposition("cancelled", false), Moot);
@@ -227,7 +502,10 @@ mod tests {
 
     #[test]
     fn messages_start_with_the_headline() {
-        assert_eq!(describe("non_finite_loss", Some("non-finite loss at step 3")), "training diverged: non-finite loss at step 3");
+        assert_eq!(
+            describe("non_finite_loss", Some("non-finite loss at step 3")),
+            "training diverged: non-finite loss at step 3"
+        );
         assert_eq!(describe("timed_out", None), "training took too long");
         assert_eq!(describe("nope", Some(" ")), "the run failed");
     }

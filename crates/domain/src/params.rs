@@ -66,7 +66,9 @@ impl Default for TrainingParams {
             rank: 8,
             alpha: 32,
             dropout: 0.1,
-            target_modules: ["to_k", "to_q", "to_v", "to_out.0"].map(String::from).to_vec(),
+            target_modules: ["to_k", "to_q", "to_v", "to_out.0"]
+                .map(String::from)
+                .to_vec(),
             steps: 1500,
             learning_rate: 1e-4,
             batch_size: 1,
@@ -92,7 +94,11 @@ pub struct ParamLimits {
 
 impl Default for ParamLimits {
     fn default() -> Self {
-        Self { min_steps: 100, min_resolution: 256, local_model_roots: Vec::new() }
+        Self {
+            min_steps: 100,
+            min_resolution: 256,
+            local_model_roots: Vec::new(),
+        }
     }
 }
 
@@ -108,7 +114,10 @@ pub struct ParamError {
 }
 
 fn err(field: &str, message: impl Into<String>) -> ParamError {
-    ParamError { field: field.to_owned(), message: message.into() }
+    ParamError {
+        field: field.to_owned(),
+        message: message.into(),
+    }
 }
 
 /// Raw, unvalidated parameters as they arrive in a request (`params` object).
@@ -139,7 +148,10 @@ impl TrainingParams {
         if let Some(unknown) = input.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
             return Err(err(
                 unknown,
-                format!("unknown parameter; known parameters are {}", KNOWN_FIELDS.join(", ")),
+                format!(
+                    "unknown parameter; known parameters are {}",
+                    KNOWN_FIELDS.join(", ")
+                ),
             ));
         }
         let mut p = Self::default();
@@ -165,7 +177,8 @@ impl TrainingParams {
             p.target_modules = string_list(v, "target_modules", 1, 64, |s| {
                 !s.is_empty()
                     && s.len() <= 128
-                    && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
             })?;
         }
         if let Some(v) = get("steps") {
@@ -184,7 +197,12 @@ impl TrainingParams {
             p.lr_scheduler = enum_value(
                 v,
                 "lr_scheduler",
-                &["cosine_with_warmup", "constant", "constant_with_warmup", "linear"],
+                &[
+                    "cosine_with_warmup",
+                    "constant",
+                    "constant_with_warmup",
+                    "linear",
+                ],
             )?;
         }
         p.lr_warmup_steps = match get("lr_warmup_steps") {
@@ -197,7 +215,10 @@ impl TrainingParams {
             if r % 64 != 0 {
                 return Err(err(
                     "resolution",
-                    format!("{r} is not a multiple of 64; use e.g. {}", (r / 64).max(1) * 64),
+                    format!(
+                        "{r} is not a multiple of 64; use e.g. {}",
+                        (r / 64).max(1) * 64
+                    ),
                 ));
             }
             p.resolution = r;
@@ -218,15 +239,19 @@ impl TrainingParams {
 }
 
 fn string(v: &Value, field: &str) -> Result<String, ParamError> {
-    v.as_str().map(str::to_owned).ok_or_else(|| err(field, "must be a string"))
+    v.as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| err(field, "must be a string"))
 }
 
 fn int_in(v: &Value, field: &str, min: u32, max: u32) -> Result<u32, ParamError> {
     let range = || format!("must be a whole number from {min} to {max}");
     let n = match v {
-        Value::Number(n) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64)),
+        Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .map(|f| f as u64)
+        }),
         _ => None,
     }
     .ok_or_else(|| err(field, range()))?;
@@ -242,12 +267,19 @@ fn float_in(v: &Value, field: &str, min: f64, max: f64) -> Result<f64, ParamErro
         .filter(|f| f.is_finite())
         .ok_or_else(|| err(field, format!("must be a number from {min:e} to {max:e}")))?;
     if f < min || f > max {
-        return Err(err(field, format!("{f:e} is out of range; use a value from {min:e} to {max:e}")));
+        return Err(err(
+            field,
+            format!("{f:e} is out of range; use a value from {min:e} to {max:e}"),
+        ));
     }
     Ok(f)
 }
 
-fn enum_value<T: serde::de::DeserializeOwned>(v: &Value, field: &str, allowed: &[&str]) -> Result<T, ParamError> {
+fn enum_value<T: serde::de::DeserializeOwned>(
+    v: &Value,
+    field: &str,
+    allowed: &[&str],
+) -> Result<T, ParamError> {
     serde_json::from_value(v.clone())
         .map_err(|_| err(field, format!("must be one of {}", allowed.join(", "))))
 }
@@ -259,9 +291,17 @@ fn string_list(
     max_len: usize,
     ok: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>, ParamError> {
-    let items = v.as_array().ok_or_else(|| err(field, "must be a list of strings"))?;
+    let items = v
+        .as_array()
+        .ok_or_else(|| err(field, "must be a list of strings"))?;
     if items.len() < min_len || items.len() > max_len {
-        return Err(err(field, format!("must have {min_len} to {max_len} entries, got {}", items.len())));
+        return Err(err(
+            field,
+            format!(
+                "must have {min_len} to {max_len} entries, got {}",
+                items.len()
+            ),
+        ));
     }
     items
         .iter()
@@ -280,7 +320,9 @@ pub fn validate_base_model(model: &str, roots: &[PathBuf]) -> Result<(), ParamEr
     }
     let path = Path::new(model);
     if path.is_absolute() {
-        let clean = path.components().all(|c| !matches!(c, Component::ParentDir | Component::CurDir));
+        let clean = path
+            .components()
+            .all(|c| !matches!(c, Component::ParentDir | Component::CurDir));
         if clean && roots.iter().any(|r| path.starts_with(r)) {
             return Ok(());
         }
@@ -289,14 +331,23 @@ pub fn validate_base_model(model: &str, roots: &[PathBuf]) -> Result<(), ParamEr
         } else {
             format!(
                 "local models must be inside {}",
-                roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(" or ")
+                roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
             )
         };
-        return Err(err("base_model", format!("{model} is not an allowed local path; {allowed}")));
+        return Err(err(
+            "base_model",
+            format!("{model} is not an allowed local path; {allowed}"),
+        ));
     }
     Err(err(
         "base_model",
-        format!("{model:?} is not a Hugging Face model id; use the form owner/name, e.g. {DEFAULT_BASE_MODEL}"),
+        format!(
+            "{model:?} is not a Hugging Face model id; use the form owner/name, e.g. {DEFAULT_BASE_MODEL}"
+        ),
     ))
 }
 
@@ -304,7 +355,8 @@ fn is_hf_repo_id(s: &str) -> bool {
     let part_ok = |p: &str| {
         !p.is_empty()
             && p.len() <= 96
-            && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             && !p.starts_with(['-', '.'])
             && !p.ends_with(['-', '.'])
             && !p.contains("--")
@@ -327,7 +379,10 @@ mod tests {
         let p = parse(json!({})).unwrap();
         assert_eq!(p, TrainingParams::default());
         assert_eq!(p.base_model, "stabilityai/stable-diffusion-xl-base-1.0");
-        assert_eq!((p.rank, p.alpha, p.steps, p.batch_size, p.resolution), (8, 32, 1500, 1, 1024));
+        assert_eq!(
+            (p.rank, p.alpha, p.steps, p.batch_size, p.resolution),
+            (8, 32, 1500, 1, 1024)
+        );
         assert_eq!(p.target_modules, ["to_k", "to_q", "to_v", "to_out.0"]);
         assert_eq!(p.lr_warmup_steps, 100);
     }
@@ -354,7 +409,10 @@ mod tests {
             (json!({"base_model": "/etc/passwd"}), "base_model"),
             (json!({"stepz": 10}), "stepz"),
             (json!({"target_modules": []}), "target_modules"),
-            (json!({"trigger_words": ["ok", "bad\nword"]}), "trigger_words"),
+            (
+                json!({"trigger_words": ["ok", "bad\nword"]}),
+                "trigger_words",
+            ),
             (json!({"dropout": "high"}), "dropout"),
         ];
         for (input, field) in cases {
@@ -365,27 +423,48 @@ mod tests {
 
     #[test]
     fn bounds_are_inclusive() {
-        let p = parse(json!({"learning_rate": 1e-6, "batch_size": 8, "steps": 10000,
-            "resolution": 256, "rank": 128, "alpha": 1})).unwrap();
-        assert_eq!((p.batch_size, p.steps, p.resolution, p.rank, p.alpha), (8, 10000, 256, 128, 1));
+        let p = parse(
+            json!({"learning_rate": 1e-6, "batch_size": 8, "steps": 10000,
+            "resolution": 256, "rank": 128, "alpha": 1}),
+        )
+        .unwrap();
+        assert_eq!(
+            (p.batch_size, p.steps, p.resolution, p.rank, p.alpha),
+            (8, 10000, 256, 128, 1)
+        );
         assert!(parse(json!({"learning_rate": 1e-2, "steps": 100, "resolution": 1024, "rank": 4, "alpha": 128})).is_ok());
     }
 
     #[test]
     fn lower_bounds_of_steps_and_resolution_are_configurable() {
-        let limits = ParamLimits { min_steps: 1, min_resolution: 64, ..Default::default() };
-        let p = TrainingParams::from_json(json!({"steps": 10, "resolution": 64}).as_object().unwrap(), &limits).unwrap();
+        let limits = ParamLimits {
+            min_steps: 1,
+            min_resolution: 64,
+            ..Default::default()
+        };
+        let p = TrainingParams::from_json(
+            json!({"steps": 10, "resolution": 64}).as_object().unwrap(),
+            &limits,
+        )
+        .unwrap();
         assert_eq!((p.steps, p.resolution, p.lr_warmup_steps), (10, 64, 1));
-        let e = TrainingParams::from_json(json!({"resolution": 32}).as_object().unwrap(), &limits).unwrap_err();
+        let e = TrainingParams::from_json(json!({"resolution": 32}).as_object().unwrap(), &limits)
+            .unwrap_err();
         assert_eq!(e.field, "resolution");
     }
 
     #[test]
     fn base_model_accepts_hub_ids_and_allowed_local_paths() {
-        for ok in ["stabilityai/stable-diffusion-xl-base-1.0", "a/b", "Org_1/model.v2"] {
+        for ok in [
+            "stabilityai/stable-diffusion-xl-base-1.0",
+            "a/b",
+            "Org_1/model.v2",
+        ] {
             assert!(validate_base_model(ok, &[]).is_ok(), "{ok}");
         }
-        for bad in ["", "noslash", "a/b/c", "/a", "a/", "../x/y", "a/-b", "a b/c", "a/b..c"] {
+        for bad in [
+            "", "noslash", "a/b/c", "/a", "a/", "../x/y", "a/-b", "a b/c", "a/b..c",
+        ] {
             assert!(validate_base_model(bad, &[]).is_err(), "{bad}");
         }
         let roots = [PathBuf::from("/data/models")];

@@ -47,13 +47,20 @@ impl TrainingRun {
     /// What the recorded outcome means for the job; `None` while the run has not ended.
     pub fn disposition(&self) -> Option<Disposition> {
         let code = self.outcome.as_deref()?;
-        let retryable = self.result.as_ref().and_then(|r| r.get("retryable")).and_then(|v| v.as_bool()).unwrap_or(false);
+        let retryable = self
+            .result
+            .as_ref()
+            .and_then(|r| r.get("retryable"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         Some(outcome::disposition(code, retryable))
     }
 
     /// The outcome as people read it.
     pub fn message(&self) -> Option<String> {
-        self.outcome.as_deref().map(|c| outcome::describe(c, self.reason.as_deref()))
+        self.outcome
+            .as_deref()
+            .map(|c| outcome::describe(c, self.reason.as_deref()))
     }
 
     pub fn is_instance_gone(&self) -> bool {
@@ -122,6 +129,9 @@ mod tests {
         assert_eq!(parse_instance_name("loraforge-", &name), Some((lora, 3)));
         assert_eq!(parse_instance_name("other-", &name), None);
         assert_eq!(parse_instance_name("loraforge-", "loraforge-nope-3"), None);
-        assert_eq!(parse_instance_name("loraforge-", &format!("loraforge-{lora}-x")), None);
+        assert_eq!(
+            parse_instance_name("loraforge-", &format!("loraforge-{lora}-x")),
+            None
+        );
     }
 }

@@ -40,8 +40,13 @@ impl TrainingStatus {
     ];
 
     /// Statuses that count toward a user's monthly limit (PRD 2: failed and cancelled don't).
-    pub const COUNTED: [TrainingStatus; 5] =
-        [Self::Pending, Self::Queued, Self::Training, Self::Validating, Self::Completed];
+    pub const COUNTED: [TrainingStatus; 5] = [
+        Self::Pending,
+        Self::Queued,
+        Self::Training,
+        Self::Validating,
+        Self::Completed,
+    ];
 
     /// Statuses that occupy one of the user's concurrent training slots.
     pub const ACTIVE: [TrainingStatus; 2] = [Self::Training, Self::Validating];
@@ -74,7 +79,9 @@ impl fmt::Display for TrainingStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown training status {0:?}; expected one of pending, queued, training, validating, completed, failed, cancelled")]
+#[error(
+    "unknown training status {0:?}; expected one of pending, queued, training, validating, completed, failed, cancelled"
+)]
 pub struct UnknownStatus(pub String);
 
 impl FromStr for TrainingStatus {
@@ -129,7 +136,10 @@ pub struct TransitionError {
 }
 
 /// The status machine: the status after `event` happens to a job in status `from`.
-pub fn transition(from: TrainingStatus, event: StatusEvent) -> Result<TrainingStatus, TransitionError> {
+pub fn transition(
+    from: TrainingStatus,
+    event: StatusEvent,
+) -> Result<TrainingStatus, TransitionError> {
     use StatusEvent as E;
     use TrainingStatus as S;
     let to = match (from, event) {
@@ -158,8 +168,15 @@ mod tests {
     use StatusEvent as E;
     use TrainingStatus as S;
 
-    const EVENTS: [StatusEvent; 7] =
-        [E::Enqueue, E::Start, E::BeginValidation, E::Complete, E::Requeue, E::Fail, E::Cancel];
+    const EVENTS: [StatusEvent; 7] = [
+        E::Enqueue,
+        E::Start,
+        E::BeginValidation,
+        E::Complete,
+        E::Requeue,
+        E::Fail,
+        E::Cancel,
+    ];
 
     /// The whole table, written out: every (status, event) pair and its expected outcome.
     fn expected(from: S, ev: E) -> Option<S> {
@@ -211,7 +228,10 @@ mod tests {
 
     #[test]
     fn limit_counting_excludes_failed_and_cancelled() {
-        let counted: Vec<_> = S::ALL.into_iter().filter(|s| s.counts_toward_limit()).collect();
+        let counted: Vec<_> = S::ALL
+            .into_iter()
+            .filter(|s| s.counts_toward_limit())
+            .collect();
         assert_eq!(counted, S::COUNTED);
         assert!(!S::Failed.counts_toward_limit());
         assert!(!S::Cancelled.counts_toward_limit());
@@ -221,7 +241,10 @@ mod tests {
     fn status_strings_round_trip() {
         for s in S::ALL {
             assert_eq!(s.as_str().parse::<S>().unwrap(), s);
-            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
         }
         assert!("running".parse::<S>().is_err());
     }
@@ -229,6 +252,9 @@ mod tests {
     #[test]
     fn error_message_reads_as_a_sentence() {
         let e = transition(S::Completed, E::BeginValidation).unwrap_err();
-        assert_eq!(e.to_string(), "a LoRA that is completed cannot begin validation");
+        assert_eq!(
+            e.to_string(),
+            "a LoRA that is completed cannot begin validation"
+        );
     }
 }

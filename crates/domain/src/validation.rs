@@ -28,7 +28,11 @@ pub fn judge(images: usize, scores: Option<&[f64]>, threshold: f64, auto_approve
         ));
     }
     let Some(scores) = scores else {
-        return if auto_approve { Verdict::Pass } else { Verdict::NeedsReview };
+        return if auto_approve {
+            Verdict::Pass
+        } else {
+            Verdict::NeedsReview
+        };
     };
     if scores.len() != images {
         return Verdict::Fail(format!(
@@ -36,7 +40,10 @@ pub fn judge(images: usize, scores: Option<&[f64]>, threshold: f64, auto_approve
             scores.len()
         ));
     }
-    let passing = scores.iter().filter(|s| s.is_finite() && **s >= threshold).count();
+    let passing = scores
+        .iter()
+        .filter(|s| s.is_finite() && **s >= threshold)
+        .count();
     if passing >= REQUIRED_PASSING {
         Verdict::Pass
     } else {
@@ -56,23 +63,39 @@ mod tests {
     #[test]
     fn two_of_three_at_the_threshold_pass() {
         assert_eq!(judge(3, Some(&[0.7, 0.7, 0.1]), 0.7, false), Verdict::Pass);
-        assert_eq!(judge(3, Some(&[0.9, 0.95, 0.99]), 0.7, false), Verdict::Pass);
+        assert_eq!(
+            judge(3, Some(&[0.9, 0.95, 0.99]), 0.7, false),
+            Verdict::Pass
+        );
     }
 
     #[test]
     fn one_of_three_fails_with_the_scores() {
-        let Verdict::Fail(why) = judge(3, Some(&[0.69, 0.8, 0.1]), 0.7, true) else { panic!("should fail") };
-        assert!(why.starts_with("Quality validation failed: 1 of 3"), "{why}");
+        let Verdict::Fail(why) = judge(3, Some(&[0.69, 0.8, 0.1]), 0.7, true) else {
+            panic!("should fail")
+        };
+        assert!(
+            why.starts_with("Quality validation failed: 1 of 3"),
+            "{why}"
+        );
         assert!(why.contains("0.69, 0.80, 0.10"), "{why}");
         // NaN never passes.
-        assert!(matches!(judge(3, Some(&[f64::NAN, f64::NAN, 0.9]), 0.7, false), Verdict::Fail(_)));
+        assert!(matches!(
+            judge(3, Some(&[f64::NAN, f64::NAN, 0.9]), 0.7, false),
+            Verdict::Fail(_)
+        ));
     }
 
     #[test]
     fn missing_images_fail_whatever_the_scores() {
-        assert!(matches!(judge(2, Some(&[0.9, 0.9]), 0.7, true), Verdict::Fail(w) if w.contains("only 2 of 3")));
+        assert!(
+            matches!(judge(2, Some(&[0.9, 0.9]), 0.7, true), Verdict::Fail(w) if w.contains("only 2 of 3"))
+        );
         assert!(matches!(judge(0, None, 0.7, true), Verdict::Fail(_)));
-        assert!(matches!(judge(3, Some(&[0.9, 0.9]), 0.7, true), Verdict::Fail(_)));
+        assert!(matches!(
+            judge(3, Some(&[0.9, 0.9]), 0.7, true),
+            Verdict::Fail(_)
+        ));
     }
 
     #[test]

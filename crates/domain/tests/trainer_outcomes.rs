@@ -12,10 +12,20 @@ fn trainer_sources() -> Vec<(String, String)> {
         .expect("the trainer's sources")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "py"))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
         .collect();
     files.sort();
-    assert!(files.len() > 5, "found {} trainer sources in {}", files.len(), dir.display());
+    assert!(
+        files.len() > 5,
+        "found {} trainer sources in {}",
+        files.len(),
+        dir.display()
+    );
     files
 }
 
@@ -43,7 +53,11 @@ fn first_arguments(source: &str, marker: &str) -> Vec<String> {
 fn every_code_the_trainer_reports_is_in_the_outcome_table() {
     let mut codes = Vec::new();
     for (name, source) in trainer_sources() {
-        for marker in ["TrainerError(", "super().__init__(", "emit(\"error\", code="] {
+        for marker in [
+            "TrainerError(",
+            "super().__init__(",
+            "emit(\"error\", code=",
+        ] {
             for code in first_arguments(&source, marker) {
                 if outcome::is_valid_code(&code) {
                     codes.push((name.clone(), code));
@@ -51,20 +65,41 @@ fn every_code_the_trainer_reports_is_in_the_outcome_table() {
             }
         }
     }
-    for must in ["bad_spec", "non_finite_loss", "out_of_memory", "validation_failed", "model_unavailable", "internal"] {
-        assert!(codes.iter().any(|(_, c)| c == must), "the scan missed {must}: {codes:?}");
+    for must in [
+        "bad_spec",
+        "non_finite_loss",
+        "out_of_memory",
+        "validation_failed",
+        "model_unavailable",
+        "internal",
+    ] {
+        assert!(
+            codes.iter().any(|(_, c)| c == must),
+            "the scan missed {must}: {codes:?}"
+        );
     }
     for (file, code) in &codes {
-        let spec = outcome::spec(code).unwrap_or_else(|| panic!("{file} reports `{code}`, which the outcome table lacks"));
-        assert_eq!(spec.origin, Origin::Trainer, "{file}: `{code}` is the trainer's");
+        let spec = outcome::spec(code)
+            .unwrap_or_else(|| panic!("{file} reports `{code}`, which the outcome table lacks"));
+        assert_eq!(
+            spec.origin,
+            Origin::Trainer,
+            "{file}: `{code}` is the trainer's"
+        );
     }
 }
 
 #[test]
 fn the_trainers_exit_statuses_are_the_tables() {
-    let (_, errors) = trainer_sources().into_iter().find(|(n, _)| n == "errors.py").expect("errors.py");
+    let (_, errors) = trainer_sources()
+        .into_iter()
+        .find(|(n, _)| n == "errors.py")
+        .expect("errors.py");
     let value = |name: &str| -> i32 {
-        let line = errors.lines().find(|l| l.starts_with(&format!("{name} = "))).unwrap_or_else(|| panic!("{name} in errors.py"));
+        let line = errors
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} = ")))
+            .unwrap_or_else(|| panic!("{name} in errors.py"));
         line.split('=').nth(1).unwrap().trim().parse().unwrap()
     };
     for (name, status) in [

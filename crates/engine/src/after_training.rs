@@ -25,7 +25,10 @@ pub struct ValidationRules {
 
 impl Default for ValidationRules {
     fn default() -> Self {
-        Self { similarity_threshold: 0.7, auto_approve: false }
+        Self {
+            similarity_threshold: 0.7,
+            auto_approve: false,
+        }
     }
 }
 
@@ -41,9 +44,16 @@ impl AfterTraining {
     /// store fails.
     pub async fn forget_checkpoints(&self, lora: &LoraModel) -> Result<usize, String> {
         let prefix = loraforge_domain::keys::checkpoints_of(lora.creator.id, lora.id);
-        let found = self.store.list(&prefix).await.map_err(|e| format!("listing checkpoints: {e}"))?;
+        let found = self
+            .store
+            .list(&prefix)
+            .await
+            .map_err(|e| format!("listing checkpoints: {e}"))?;
         for (key, _) in &found {
-            self.store.delete(key).await.map_err(|e| format!("deleting {key}: {e}"))?;
+            self.store
+                .delete(key)
+                .await
+                .map_err(|e| format!("deleting {key}: {e}"))?;
         }
         Ok(found.len())
     }
@@ -57,42 +67,74 @@ impl AfterTraining {
             .map_err(|e| format!("listing checkpoints: {e}"))?;
         let mut loras: Vec<loraforge_domain::LoraId> = found
             .iter()
-            .filter_map(|(key, _)| key.strip_prefix(loraforge_domain::keys::CHECKPOINTS_PREFIX)?.split('/').nth(1)?.parse().ok())
+            .filter_map(|(key, _)| {
+                key.strip_prefix(loraforge_domain::keys::CHECKPOINTS_PREFIX)?
+                    .split('/')
+                    .nth(1)?
+                    .parse()
+                    .ok()
+            })
             .collect();
         loras.sort();
         loras.dedup();
         Ok(loras)
     }
 
-    pub fn new(store: Arc<dyn BlobStore>, lora_rules: LoraRules, validation: ValidationRules) -> Self {
-        Self { store, lora_rules, validation }
+    pub fn new(
+        store: Arc<dyn BlobStore>,
+        lora_rules: LoraRules,
+        validation: ValidationRules,
+    ) -> Self {
+        Self {
+            store,
+            lora_rules,
+            validation,
+        }
     }
 
     /// How `run` of `lora`, which reported `trained`, settles. `Err` when it cannot be decided
     /// now (storage unreachable): try again later.
     pub async fn decide(&self, lora: &LoraModel, run: &TrainingRun) -> Result<Settle, String> {
-        let retry = |why: String| Settle::Requeue { counted: true, reason: outcome::describe("upload_missing", Some(&why)) };
-        let Some(result) = run.result.as_ref().and_then(|r| serde_json::from_value::<RunResult>(r.clone()).ok()) else {
+        let retry = |why: String| Settle::Requeue {
+            counted: true,
+            reason: outcome::describe("upload_missing", Some(&why)),
+        };
+        let Some(result) = run
+            .result
+            .as_ref()
+            .and_then(|r| serde_json::from_value::<RunResult>(r.clone()).ok())
+        else {
             return Ok(Settle::Requeue {
                 counted: true,
                 reason: "the worker ended without reporting its result".into(),
             });
         };
         let keys = OutputKeys::of(lora.creator.id, lora.id);
-        let storage = |e: loraforge_storage::StorageError| format!("checking the stored files: {e}");
+        let storage =
+            |e: loraforge_storage::StorageError| format!("checking the stored files: {e}");
         let size = |key: &str| {
             let key = key.to_owned();
             async move { self.store.head(&key).await.map(|m| m.map(|m| m.size)) }
         };
         match size(&keys.model).await.map_err(storage)? {
             Some(n) if n == result.model.bytes => {}
-            Some(n) => return Ok(retry(format!("{} holds {n} bytes, the worker reported {}", keys.model, result.model.bytes))),
+            Some(n) => {
+                return Ok(retry(format!(
+                    "{} holds {n} bytes, the worker reported {}",
+                    keys.model, result.model.bytes
+                )));
+            }
             None => return Ok(retry(format!("{} is not stored", keys.model))),
         }
         if let Some(kohya) = &result.kohya {
             match size(&keys.kohya).await.map_err(storage)? {
                 Some(n) if n == kohya.bytes => {}
-                Some(n) => return Ok(retry(format!("{} holds {n} bytes, the worker reported {}", keys.kohya, kohya.bytes))),
+                Some(n) => {
+                    return Ok(retry(format!(
+                        "{} holds {n} bytes, the worker reported {}",
+                        keys.kohya, kohya.bytes
+                    )));
+                }
                 None => return Ok(retry(format!("{} is not stored", keys.kohya))),
             }
         }
@@ -104,19 +146,32 @@ impl AfterTraining {
             }
             image_keys.push(key.clone());
         }
-        let files =
-            TrainedFiles { storage_key: keys.model.clone(), file_size: result.model.bytes, validation_image_keys: image_keys };
+        let files = TrainedFiles {
+            storage_key: keys.model.clone(),
+            file_size: result.model.bytes,
+            validation_image_keys: image_keys,
+        };
 
         let bytes = self.store.get(&keys.model).await.map_err(storage)?;
         let rules = self.lora_rules.clone();
-        let check = tokio::task::spawn_blocking(move || loraforge_checks::inspect_lora(&bytes, &rules).map(|_| ()))
-            .await
-            .map_err(|e| format!("the LoRA file check did not finish: {e}"))?;
+        let check = tokio::task::spawn_blocking(move || {
+            loraforge_checks::inspect_lora(&bytes, &rules).map(|_| ())
+        })
+        .await
+        .map_err(|e| format!("the LoRA file check did not finish: {e}"))?;
         if let Err(problem) = check {
-            return Ok(Settle::Reject { files, reason: format!("the trained file failed its check: {problem}") });
+            return Ok(Settle::Reject {
+                files,
+                reason: format!("the trained file failed its check: {problem}"),
+            });
         }
         let v = &self.validation;
-        let verdict = match judge(images, result.validation.scores.as_deref(), v.similarity_threshold, v.auto_approve) {
+        let verdict = match judge(
+            images,
+            result.validation.scores.as_deref(),
+            v.similarity_threshold,
+            v.auto_approve,
+        ) {
             Verdict::Pass => PublishVerdict::Complete,
             Verdict::Fail(reason) => PublishVerdict::Fail(reason),
             Verdict::NeedsReview => PublishVerdict::Review,

@@ -81,7 +81,11 @@ pub enum Observed {
     /// The run ended. `outcome` is the backend's account (a `domain::outcome` code), used only
     /// when the worker reported nothing itself; `gone`: the instance no longer exists (else it
     /// still has to be terminated).
-    Ended { outcome: &'static str, reason: Option<String>, gone: bool },
+    Ended {
+        outcome: &'static str,
+        reason: Option<String>,
+        gone: bool,
+    },
 }
 
 /// What a call to [`TrainingBackend::terminate`] achieved.
@@ -128,7 +132,10 @@ pub enum BackendError {
 impl BackendError {
     /// Worth trying again unchanged, after a pause.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, BackendError::NoCapacity(_) | BackendError::Transient(_))
+        matches!(
+            self,
+            BackendError::NoCapacity(_) | BackendError::Transient(_)
+        )
     }
 
     pub fn is_capacity(&self) -> bool {
@@ -138,7 +145,11 @@ impl BackendError {
 
 impl From<std::io::Error> for BackendError {
     fn from(e: std::io::Error) -> Self {
-        if io_is_retryable(&e) { BackendError::Transient(e.to_string()) } else { BackendError::Permanent(e.to_string()) }
+        if io_is_retryable(&e) {
+            BackendError::Transient(e.to_string())
+        } else {
+            BackendError::Permanent(e.to_string())
+        }
     }
 }
 
@@ -147,7 +158,12 @@ pub(crate) fn io_is_retryable(e: &std::io::Error) -> bool {
     use std::io::ErrorKind as K;
     matches!(
         e.kind(),
-        K::Interrupted | K::WouldBlock | K::TimedOut | K::ResourceBusy | K::ExecutableFileBusy | K::OutOfMemory
+        K::Interrupted
+            | K::WouldBlock
+            | K::TimedOut
+            | K::ResourceBusy
+            | K::ExecutableFileBusy
+            | K::OutOfMemory
     )
 }
 
@@ -184,12 +200,19 @@ pub trait TrainingBackend: Send + Sync + fmt::Debug + 'static {
 
     /// Ends the instance (idempotent; an instance already gone is fine) and says whether it is
     /// confirmed gone. The engine calls it until it is, for every run that ended for any reason.
-    async fn terminate(&self, instance: &Instance, ending: Ending) -> Result<Termination, BackendError>;
+    async fn terminate(
+        &self,
+        instance: &Instance,
+        ending: Ending,
+    ) -> Result<Termination, BackendError>;
 
     /// Every instance of this backend whose name starts with `prefix`, as (provider id, name),
     /// for the orphan sweep; `None` when the backend cannot list (its instances are processes of
     /// this host, found by the engine's own records). Default: `None`.
-    async fn list_instances(&self, _prefix: &str) -> Result<Option<Vec<(String, String)>>, BackendError> {
+    async fn list_instances(
+        &self,
+        _prefix: &str,
+    ) -> Result<Option<Vec<(String, String)>>, BackendError> {
         Ok(None)
     }
 

@@ -19,12 +19,13 @@ use loraforge_domain::outcome::{self, Disposition, Origin};
 use loraforge_domain::run::instance_name;
 use loraforge_domain::{Clock, LoraId, MicroUsd, RunId, StatusEvent, TrainingRun, TrainingStatus};
 
+use crate::Result;
 use crate::after_training::AfterTraining;
 use crate::backend::{
-    BackendError, Ending, Instance, Launch, Observed, Scope, Termination, TrainingBackend, WorkerTokens,
+    BackendError, Ending, Instance, Launch, Observed, Scope, Termination, TrainingBackend,
+    WorkerTokens,
 };
 use crate::settings::{EngineSettings, chrono_duration, human_duration};
-use crate::Result;
 
 /// What one tick did, for tests and logs.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -60,7 +61,20 @@ impl TickReport {
         macro_rules! extend {
             ($($f:ident),*) => { $(self.$f.extend(o.$f);)* };
         }
-        extend!(admitted, started, start_retries, waiting, published, requeued, failed, timed_out, stopped_runs, gone, watched, errors);
+        extend!(
+            admitted,
+            started,
+            start_retries,
+            waiting,
+            published,
+            requeued,
+            failed,
+            timed_out,
+            stopped_runs,
+            gone,
+            watched,
+            errors
+        );
     }
 }
 
@@ -91,7 +105,10 @@ impl Router {
     }
 
     fn cool_down(&self, backend: &str, until: DateTime<Utc>) {
-        self.cooling.lock().unwrap_or_else(|e| e.into_inner()).insert(backend.to_owned(), until);
+        self.cooling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(backend.to_owned(), until);
     }
 }
 
@@ -121,7 +138,11 @@ impl Engine {
         Self {
             repo,
             clock,
-            router: Router { backends, gates: Vec::new(), cooling: Mutex::new(HashMap::new()) },
+            router: Router {
+                backends,
+                gates: Vec::new(),
+                cooling: Mutex::new(HashMap::new()),
+            },
             settings,
             tokens: None,
             after,
@@ -149,13 +170,18 @@ impl Engine {
     /// runs gracefully (the trainer checkpoints; the next engine requeues and resumes the jobs).
     /// A failing tick is logged and the next one tries again.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
-        self.run_with_wake(Arc::new(tokio::sync::Notify::new()), shutdown).await;
+        self.run_with_wake(Arc::new(tokio::sync::Notify::new()), shutdown)
+            .await;
     }
 
     /// [`Self::run`], also ticking at once whenever `wake` is notified (the API does on every
     /// change: a new LoRA starts without waiting for the next poll, a cancel takes effect at
     /// once).
-    pub async fn run_with_wake(self, wake: Arc<tokio::sync::Notify>, shutdown: impl Future<Output = ()> + Send) {
+    pub async fn run_with_wake(
+        self,
+        wake: Arc<tokio::sync::Notify>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
         tokio::pin!(shutdown);
         let mut interval = tokio::time::interval(self.settings.poll_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -190,7 +216,9 @@ impl Engine {
                     tracing::warn!(error = %e, "job engine");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, retryable = e.is_retryable(), "job engine tick failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, retryable = e.is_retryable(), "job engine tick failed")
+            }
         }
     }
 
@@ -225,12 +253,18 @@ impl Engine {
     /// idempotent, so two replicas doing it is harmless).
     fn looks_after(&self, run: &TrainingRun) -> bool {
         self.is_mine(run)
-            || (run.outcome.is_some() && self.backend(&run.backend).is_some_and(|b| b.scope() == Scope::Shared))
+            || (run.outcome.is_some()
+                && self
+                    .backend(&run.backend)
+                    .is_some_and(|b| b.scope() == Scope::Shared))
     }
 
     /// Runs `steps`, at most `concurrency` at a time.
     async fn all<T: Send>(&self, steps: Vec<BoxFuture<'_, T>>) -> Vec<T> {
-        stream::iter(steps).buffer_unordered(self.settings.concurrency.max(1)).collect().await
+        stream::iter(steps)
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await
     }
 
     pub(crate) async fn with_timeout<T>(
@@ -257,14 +291,28 @@ impl Engine {
         now: DateTime<Utc>,
         report: &mut TickReport,
     ) -> bool {
-        match self.repo.apply_event(id, event, EventDetail { error, ..EventDetail::default() }, now).await {
+        match self
+            .repo
+            .apply_event(
+                id,
+                event,
+                EventDetail {
+                    error,
+                    ..EventDetail::default()
+                },
+                now,
+            )
+            .await
+        {
             Ok(_) => true,
             Err(DbError::Transition(e)) => {
                 tracing::debug!(lora = %id, error = %e, "status moved on before the engine's change");
                 false
             }
             Err(e) => {
-                report.errors.push(format!("{} of LoRA {id}: {e}", event.as_str()));
+                report
+                    .errors
+                    .push(format!("{} of LoRA {id}: {e}", event.as_str()));
                 false
             }
         }
@@ -274,7 +322,10 @@ impl Engine {
 
     async fn admit(&self, now: DateTime<Utc>, report: &mut TickReport) -> Result<()> {
         for id in self.repo.pending_ids(self.settings.admit_batch).await? {
-            if self.apply(id, StatusEvent::Enqueue, None, now, report).await {
+            if self
+                .apply(id, StatusEvent::Enqueue, None, now, report)
+                .await
+            {
                 report.admitted.push(id);
             }
         }
@@ -292,17 +343,36 @@ impl Engine {
             return Ok(());
         }
         let current = self.current_runs().await?;
-        let reason = format!("training took longer than {}", human_duration(self.settings.job_timeout));
+        let reason = format!(
+            "training took longer than {}",
+            human_duration(self.settings.job_timeout)
+        );
         for job in late {
             let recorded = match current.get(&job.lora_id) {
-                Some(run) => match self.repo.record_run_outcome(run.id, "timed_out", Some(&reason), None, now).await {
+                Some(run) => match self
+                    .repo
+                    .record_run_outcome(run.id, "timed_out", Some(&reason), None, now)
+                    .await
+                {
                     Ok(_) => true,
                     Err(e) => {
-                        report.errors.push(format!("timing out run {} of LoRA {}: {e}", run.id, job.lora_id));
+                        report.errors.push(format!(
+                            "timing out run {} of LoRA {}: {e}",
+                            run.id, job.lora_id
+                        ));
                         false
                     }
                 },
-                None => self.apply(job.lora_id, StatusEvent::Fail, Some(outcome::describe("timed_out", Some(&reason))), now, report).await,
+                None => {
+                    self.apply(
+                        job.lora_id,
+                        StatusEvent::Fail,
+                        Some(outcome::describe("timed_out", Some(&reason))),
+                        now,
+                        report,
+                    )
+                    .await
+                }
             };
             if recorded {
                 tracing::info!(lora = %job.lora_id, started_at = %job.started_at, "job timed out");
@@ -314,19 +384,34 @@ impl Engine {
 
     /// The current run of every job that has one, by LoRA.
     async fn current_runs(&self) -> Result<HashMap<LoraId, TrainingRun>> {
-        Ok(self.repo.open_runs().await?.into_iter().filter(|o| o.current).map(|o| (o.run.lora_id, o.run)).collect())
+        Ok(self
+            .repo
+            .open_runs()
+            .await?
+            .into_iter()
+            .filter(|o| o.current)
+            .map(|o| (o.run.lora_id, o.run))
+            .collect())
     }
 
     // --- runs -------------------------------------------------------------------------------
 
     async fn advance_runs(&self, now: DateTime<Utc>, report: &mut TickReport) -> Result<()> {
-        let open: Vec<OpenRun> = self.repo.open_runs().await?.into_iter().filter(|o| self.looks_after(&o.run)).collect();
+        let open: Vec<OpenRun> = self
+            .repo
+            .open_runs()
+            .await?
+            .into_iter()
+            .filter(|o| self.looks_after(&o.run))
+            .collect();
         if open.is_empty() {
             return Ok(());
         }
         let observed = self.observe(now, &open, report).await;
-        let steps: Vec<BoxFuture<'_, TickReport>> =
-            open.iter().map(|o| self.advance(o, observed.get(&o.run.id), now).boxed()).collect();
+        let steps: Vec<BoxFuture<'_, TickReport>> = open
+            .iter()
+            .map(|o| self.advance(o, observed.get(&o.run.id), now).boxed())
+            .collect();
         let steps = self.all(steps).await;
         for s in steps {
             report.merge(s);
@@ -336,10 +421,18 @@ impl Engine {
 
     /// Asks each backend (one call each, concurrently, when its `observe_every` has passed) about
     /// the instances of runs without an outcome.
-    async fn observe(&self, now: DateTime<Utc>, open: &[OpenRun], report: &mut TickReport) -> HashMap<RunId, Observed> {
+    async fn observe(
+        &self,
+        now: DateTime<Utc>,
+        open: &[OpenRun],
+        report: &mut TickReport,
+    ) -> HashMap<RunId, Observed> {
         let mut by_backend: HashMap<&str, Vec<&TrainingRun>> = HashMap::new();
         for o in open.iter().filter(|o| o.run.outcome.is_none()) {
-            by_backend.entry(o.run.backend.as_str()).or_default().push(&o.run);
+            by_backend
+                .entry(o.run.backend.as_str())
+                .or_default()
+                .push(&o.run);
         }
         let due: Vec<(&Arc<dyn TrainingBackend>, Vec<&TrainingRun>)> = {
             let mut last = self.observed_at.lock().unwrap_or_else(|e| e.into_inner());
@@ -379,7 +472,9 @@ impl Engine {
                     states.len(),
                     runs.len()
                 )),
-                Err(e) => report.errors.push(format!("observing the runs on {name}: {e}")),
+                Err(e) => report
+                    .errors
+                    .push(format!("observing the runs on {name}: {e}")),
             }
         }
         observed
@@ -387,7 +482,12 @@ impl Engine {
 
     /// One run's step: record how it ended (if it did, or if its job no longer wants it),
     /// settle that on its job, and end its instance.
-    async fn advance(&self, o: &OpenRun, observed: Option<&Observed>, now: DateTime<Utc>) -> TickReport {
+    async fn advance(
+        &self,
+        o: &OpenRun,
+        observed: Option<&Observed>,
+        now: DateTime<Utc>,
+    ) -> TickReport {
         let mut r = TickReport::default();
         let mut run = o.run.clone();
         let lora = run.lora_id;
@@ -404,30 +504,53 @@ impl Engine {
                 match observed {
                     Some(Observed::Running) => {
                         if o.job_worker.as_deref() == Some(self.settings.worker_id.as_str()) {
-                            match self.repo.heartbeat(lora, &self.settings.worker_id, self.lease_from(now), now).await {
+                            match self
+                                .repo
+                                .heartbeat(
+                                    lora,
+                                    &self.settings.worker_id,
+                                    self.lease_from(now),
+                                    now,
+                                )
+                                .await
+                            {
                                 Ok(_) => r.watched.push(lora),
                                 Err(e) => r.errors.push(format!("heartbeat of LoRA {lora}: {e}")),
                             }
                         }
                         None
                     }
-                    Some(Observed::Ended { outcome, reason, gone }) => {
+                    Some(Observed::Ended {
+                        outcome,
+                        reason,
+                        gone,
+                    }) => {
                         gone_already = *gone;
                         Some((outcome, reason.clone()))
                     }
                     None => None,
                 }
             };
-            let Some((code, reason)) = ended else { return r };
-            if let Err(e) = self.repo.record_run_outcome(run.id, code, reason.as_deref(), None, now).await {
-                r.errors.push(format!("recording the end of run {} of LoRA {lora}: {e}", run.id));
+            let Some((code, reason)) = ended else {
+                return r;
+            };
+            if let Err(e) = self
+                .repo
+                .record_run_outcome(run.id, code, reason.as_deref(), None, now)
+                .await
+            {
+                r.errors.push(format!(
+                    "recording the end of run {} of LoRA {lora}: {e}",
+                    run.id
+                ));
                 return r;
             }
             match self.repo.get_run(run.id).await {
                 Ok(Some(fresh)) => run = fresh,
                 Ok(None) => return r,
                 Err(e) => {
-                    r.errors.push(format!("reading run {} of LoRA {lora}: {e}", run.id));
+                    r.errors
+                        .push(format!("reading run {} of LoRA {lora}: {e}", run.id));
                     return r;
                 }
             }
@@ -439,12 +562,19 @@ impl Engine {
         {
             job_status = status;
         }
-        self.end_instance(&run, gone_already, job_status, now, &mut r).await;
+        self.end_instance(&run, gone_already, job_status, now, &mut r)
+            .await;
         r
     }
 
     /// Acts on the run's outcome (once); returns the job's status afterwards when it changed.
-    async fn settle(&self, o: &OpenRun, run: &TrainingRun, now: DateTime<Utc>, r: &mut TickReport) -> Option<TrainingStatus> {
+    async fn settle(
+        &self,
+        o: &OpenRun,
+        run: &TrainingRun,
+        now: DateTime<Utc>,
+        r: &mut TickReport,
+    ) -> Option<TrainingStatus> {
         let lora = run.lora_id;
         let settle = match self.settlement(o, run, now).await {
             Ok(s) => s,
@@ -455,7 +585,9 @@ impl Engine {
         };
         let (kind, reason) = match &settle {
             Settle::Requeue { reason, .. } => ("requeued", Some(reason.clone())),
-            Settle::Fail { reason } | Settle::Reject { reason, .. } => ("failed", Some(reason.clone())),
+            Settle::Fail { reason } | Settle::Reject { reason, .. } => {
+                ("failed", Some(reason.clone()))
+            }
             Settle::Publish { .. } => ("published", None),
             Settle::Nothing => ("nothing", None),
         };
@@ -475,23 +607,36 @@ impl Engine {
             }
             Ok(None) => None,
             Err(e) => {
-                r.errors.push(format!("settling run {} of LoRA {lora}: {e}", run.id));
+                r.errors
+                    .push(format!("settling run {} of LoRA {lora}: {e}", run.id));
                 None
             }
         }
     }
 
     /// What the job does about the run's recorded outcome.
-    async fn settlement(&self, o: &OpenRun, run: &TrainingRun, now: DateTime<Utc>) -> std::result::Result<Settle, String> {
+    async fn settlement(
+        &self,
+        o: &OpenRun,
+        run: &TrainingRun,
+        now: DateTime<Utc>,
+    ) -> std::result::Result<Settle, String> {
         if !(o.current && o.job_status == TrainingStatus::Training) {
             return Ok(Settle::Nothing);
         }
         let message = run.message().unwrap_or_else(|| "the run ended".to_owned());
         match run.disposition().unwrap_or(Disposition::Fail) {
             Disposition::Trained => {
-                let lora = self.repo.get_lora(run.lora_id).await.map_err(|e| e.to_string())?.ok_or("the LoRA is gone")?;
+                let lora = self
+                    .repo
+                    .get_lora(run.lora_id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or("the LoRA is gone")?;
                 match self.after.decide(&lora, run).await {
-                    Ok(Settle::Requeue { counted, reason }) => Ok(self.retry_or_fail(o, counted, reason)),
+                    Ok(Settle::Requeue { counted, reason }) => {
+                        Ok(self.retry_or_fail(o, counted, reason))
+                    }
                     Ok(settle) => Ok(settle),
                     Err(e) => {
                         let since = run.ended_at.unwrap_or(now);
@@ -519,11 +664,18 @@ impl Engine {
     fn retry_or_fail(&self, o: &OpenRun, counted: bool, message: String) -> Settle {
         let failures = o.job_failures + u32::from(counted);
         if counted && failures >= self.settings.max_attempts {
-            Settle::Fail { reason: format!("{message}; not retried after {failures} failed attempts") }
+            Settle::Fail {
+                reason: format!("{message}; not retried after {failures} failed attempts"),
+            }
         } else if o.job_attempt >= self.settings.max_runs {
-            Settle::Fail { reason: format!("{message}; not retried after {} runs", o.job_attempt) }
+            Settle::Fail {
+                reason: format!("{message}; not retried after {} runs", o.job_attempt),
+            }
         } else {
-            Settle::Requeue { counted, reason: message }
+            Settle::Requeue {
+                counted,
+                reason: message,
+            }
         }
     }
 
@@ -541,20 +693,39 @@ impl Engine {
             return;
         }
         // Only a replica with the run's backend can end it.
-        let Some(backend) = self.backend(&run.backend) else { return };
+        let Some(backend) = self.backend(&run.backend) else {
+            return;
+        };
         // Processes on another engine's host cannot be reached from here: they end with their
         // worker (which stops once the control plane refuses it) or with their host.
         let elsewhere = backend.scope() == Scope::Engine && run.engine != self.settings.worker_id;
         let termination = if gone_already || elsewhere {
-            Termination { gone: true, billed_millis: None }
+            Termination {
+                gone: true,
+                billed_millis: None,
+            }
         } else {
             if run.next_terminate_at.is_some_and(|at| now < at) {
                 return;
             }
             // The control plane ended this run: stop it now. The worker ended it: let it exit.
-            let by_us = run.outcome.as_deref().and_then(outcome::spec).is_none_or(|s| s.origin == Origin::ControlPlane);
-            let ending = if by_us { Ending::Stop } else { Ending::Finished };
-            match self.with_timeout("ending an instance", backend.terminate(&instance_of(run), ending)).await {
+            let by_us = run
+                .outcome
+                .as_deref()
+                .and_then(outcome::spec)
+                .is_none_or(|s| s.origin == Origin::ControlPlane);
+            let ending = if by_us {
+                Ending::Stop
+            } else {
+                Ending::Finished
+            };
+            match self
+                .with_timeout(
+                    "ending an instance",
+                    backend.terminate(&instance_of(run), ending),
+                )
+                .await
+            {
                 Ok(t) => {
                     if !t.gone && ending == Ending::Stop && !r.stopped_runs.contains(&lora) {
                         r.stopped_runs.push(lora);
@@ -564,16 +735,29 @@ impl Engine {
                 Err(e) => {
                     let delays = &self.settings.terminate_retry_delays;
                     let i = (run.terminate_failures as usize).min(delays.len().saturating_sub(1));
-                    let next = now + chrono_duration(delays.get(i).copied().unwrap_or(Duration::from_secs(60)));
-                    match self.repo.record_terminate_failure(run.id, &e.to_string(), next).await {
+                    let next = now
+                        + chrono_duration(
+                            delays.get(i).copied().unwrap_or(Duration::from_secs(60)),
+                        );
+                    match self
+                        .repo
+                        .record_terminate_failure(run.id, &e.to_string(), next)
+                        .await
+                    {
                         Ok(n) if n as usize >= delays.len() => tracing::error!(
                             lora = %lora, run = %run.id, backend = %run.backend, instance = %run.provider_id, tries = n,
                             error = %e, "operator alert: an instance could not be terminated; it may still cost money"
                         ),
                         Ok(_) => {}
-                        Err(db) => r.errors.push(format!("recording a failed termination of run {}: {db}", run.id)),
+                        Err(db) => r.errors.push(format!(
+                            "recording a failed termination of run {}: {db}",
+                            run.id
+                        )),
                     }
-                    r.errors.push(format!("ending run {} of LoRA {lora} on {}: {e}", run.id, run.backend));
+                    r.errors.push(format!(
+                        "ending run {} of LoRA {lora} on {}: {e}",
+                        run.id, run.backend
+                    ));
                     return;
                 }
             }
@@ -588,21 +772,33 @@ impl Engine {
                 r.gone.push(lora);
                 // Past training for good: what the backend and the blob store kept for a resume
                 // is of no more use.
-                if !matches!(job_status, TrainingStatus::Pending | TrainingStatus::Queued | TrainingStatus::Training) {
+                if !matches!(
+                    job_status,
+                    TrainingStatus::Pending | TrainingStatus::Queued | TrainingStatus::Training
+                ) {
                     backend.release(lora).await;
                     match self.repo.get_lora(lora).await {
                         Ok(Some(model)) => match self.after.forget_checkpoints(&model).await {
                             Ok(0) => {}
-                            Ok(n) => tracing::info!(lora = %lora, checkpoints = n, "checkpoints deleted"),
-                            Err(e) => r.errors.push(format!("deleting the checkpoints of LoRA {lora}: {e}")),
+                            Ok(n) => {
+                                tracing::info!(lora = %lora, checkpoints = n, "checkpoints deleted")
+                            }
+                            Err(e) => r
+                                .errors
+                                .push(format!("deleting the checkpoints of LoRA {lora}: {e}")),
                         },
                         Ok(None) => {}
-                        Err(e) => r.errors.push(format!("deleting the checkpoints of LoRA {lora}: {e}")),
+                        Err(e) => r
+                            .errors
+                            .push(format!("deleting the checkpoints of LoRA {lora}: {e}")),
                     }
                 }
             }
             Ok(false) => {}
-            Err(e) => r.errors.push(format!("recording the end of the instance of run {}: {e}", run.id)),
+            Err(e) => r.errors.push(format!(
+                "recording the end of the instance of run {}: {e}",
+                run.id
+            )),
         }
     }
 
@@ -616,14 +812,29 @@ impl Engine {
         if expired.is_empty() {
             return Ok(());
         }
-        let open: HashMap<LoraId, OpenRun> =
-            self.repo.open_runs().await?.into_iter().filter(|o| o.current).map(|o| (o.run.lora_id, o)).collect();
+        let open: HashMap<LoraId, OpenRun> = self
+            .repo
+            .open_runs()
+            .await?
+            .into_iter()
+            .filter(|o| o.current)
+            .map(|o| (o.run.lora_id, o))
+            .collect();
         for lease in expired {
-            let why = format!("lease expired at {}", lease.lease_until.format("%Y-%m-%d %H:%M:%S UTC"));
+            let why = format!(
+                "lease expired at {}",
+                lease.lease_until.format("%Y-%m-%d %H:%M:%S UTC")
+            );
             match open.get(&lease.lora_id) {
                 Some(o) => {
-                    if let Err(e) = self.repo.record_run_outcome(o.run.id, "lease_expired", Some(&why), None, now).await {
-                        report.errors.push(format!("reaping LoRA {}: {e}", lease.lora_id));
+                    if let Err(e) = self
+                        .repo
+                        .record_run_outcome(o.run.id, "lease_expired", Some(&why), None, now)
+                        .await
+                    {
+                        report
+                            .errors
+                            .push(format!("reaping LoRA {}: {e}", lease.lora_id));
                         continue;
                     }
                     match self.repo.get_run(o.run.id).await {
@@ -633,17 +844,33 @@ impl Engine {
                             report.merge(step);
                         }
                         Ok(None) => {}
-                        Err(e) => report.errors.push(format!("reaping LoRA {}: {e}", lease.lora_id)),
+                        Err(e) => report
+                            .errors
+                            .push(format!("reaping LoRA {}: {e}", lease.lora_id)),
                     }
                 }
                 None => {
-                    let reason = format!("the engine that claimed the job stopped before launching it ({why})");
+                    let reason = format!(
+                        "the engine that claimed the job stopped before launching it ({why})"
+                    );
                     if lease.attempt >= self.settings.max_runs {
                         let reason = format!("{reason}; not retried after {} runs", lease.attempt);
-                        if self.apply(lease.lora_id, StatusEvent::Fail, Some(reason), now, report).await {
+                        if self
+                            .apply(lease.lora_id, StatusEvent::Fail, Some(reason), now, report)
+                            .await
+                        {
                             report.failed.push(lease.lora_id);
                         }
-                    } else if self.apply(lease.lora_id, StatusEvent::Requeue, Some(reason), now, report).await {
+                    } else if self
+                        .apply(
+                            lease.lora_id,
+                            StatusEvent::Requeue,
+                            Some(reason),
+                            now,
+                            report,
+                        )
+                        .await
+                    {
                         report.requeued.push(lease.lora_id);
                     }
                 }
@@ -666,7 +893,9 @@ impl Engine {
                 let used = open
                     .iter()
                     .filter(|o| o.run.backend == b.name())
-                    .filter(|o| b.scope() == Scope::Shared || o.run.engine == self.settings.worker_id)
+                    .filter(|o| {
+                        b.scope() == Scope::Shared || o.run.engine == self.settings.worker_id
+                    })
                     .count();
                 b.max_runs().saturating_sub(used)
             })
@@ -685,10 +914,19 @@ impl Engine {
                 }
                 None => {
                     // Keep the lease while waiting for room.
-                    if let Err(e) =
-                        self.repo.heartbeat(due.lora_id, &self.settings.worker_id, self.lease_from(now), now).await
+                    if let Err(e) = self
+                        .repo
+                        .heartbeat(
+                            due.lora_id,
+                            &self.settings.worker_id,
+                            self.lease_from(now),
+                            now,
+                        )
+                        .await
                     {
-                        report.errors.push(format!("heartbeat of LoRA {}: {e}", due.lora_id));
+                        report
+                            .errors
+                            .push(format!("heartbeat of LoRA {}: {e}", due.lora_id));
                     }
                 }
             }
@@ -697,7 +935,12 @@ impl Engine {
         while let Some(i) = self.router.pick(&room, now) {
             let claimed = self
                 .repo
-                .claim_next_job(&self.settings.worker_id, self.settings.max_active_per_user, self.lease_from(now), now)
+                .claim_next_job(
+                    &self.settings.worker_id,
+                    self.settings.max_active_per_user,
+                    self.lease_from(now),
+                    now,
+                )
                 .await?;
             let Some(job) = claimed else { break };
             room[i] -= 1;
@@ -705,7 +948,9 @@ impl Engine {
         }
         let steps: Vec<BoxFuture<'_, TickReport>> = launches
             .into_iter()
-            .map(|(lora, attempt, failures, i)| self.launch(lora, attempt, failures, i, now).boxed())
+            .map(|(lora, attempt, failures, i)| {
+                self.launch(lora, attempt, failures, i, now).boxed()
+            })
             .collect();
         let steps = self.all(steps).await;
         for s in steps {
@@ -715,7 +960,14 @@ impl Engine {
     }
 
     /// Launches attempt `attempt` of a job this engine has claimed on backend `i`.
-    async fn launch(&self, lora: LoraId, attempt: u32, failures: u32, i: usize, now: DateTime<Utc>) -> TickReport {
+    async fn launch(
+        &self,
+        lora: LoraId,
+        attempt: u32,
+        failures: u32,
+        i: usize,
+        now: DateTime<Utc>,
+    ) -> TickReport {
         let mut r = TickReport::default();
         let backend = &self.router.backends[i];
         let token = match &self.tokens {
@@ -738,7 +990,13 @@ impl Engine {
             token,
             retry: failures > 0,
         };
-        match self.with_timeout(&format!("launching on {}", backend.name()), backend.launch(&launch)).await {
+        match self
+            .with_timeout(
+                &format!("launching on {}", backend.name()),
+                backend.launch(&launch),
+            )
+            .await
+        {
             Ok(launched) => {
                 let run = NewRun {
                     id: RunId::new(),
@@ -761,16 +1019,32 @@ impl Engine {
                     Err(e) => {
                         // Without a record nobody would watch the instance: end it now. (The job moved
                         // on, or the database failed; the lease then expires and the job is reaped.)
-                        r.errors.push(format!("recording run {attempt} of LoRA {lora}: {e}; ending its instance"));
-                        let instance = Instance { provider_id: launched.provider_id, instance_name: name, lora_id: lora, attempt };
-                        if let Err(e) = self.with_timeout("ending an unrecorded instance", backend.terminate(&instance, Ending::Stop)).await {
+                        r.errors.push(format!(
+                            "recording run {attempt} of LoRA {lora}: {e}; ending its instance"
+                        ));
+                        let instance = Instance {
+                            provider_id: launched.provider_id,
+                            instance_name: name,
+                            lora_id: lora,
+                            attempt,
+                        };
+                        if let Err(e) = self
+                            .with_timeout(
+                                "ending an unrecorded instance",
+                                backend.terminate(&instance, Ending::Stop),
+                            )
+                            .await
+                        {
                             tracing::error!(lora = %lora, instance = %instance.provider_id, error = %e,
                                 "operator alert: an unrecorded instance could not be ended; the orphan sweep must find it");
                         }
                     }
                 }
             }
-            Err(e) if e.is_capacity() => self.wait_for_capacity(lora, backend.name(), &e, now, &mut r).await,
+            Err(e) if e.is_capacity() => {
+                self.wait_for_capacity(lora, backend.name(), &e, now, &mut r)
+                    .await
+            }
             Err(e) => self.start_failed(lora, failures, &e, now, &mut r).await,
         }
         r
@@ -778,30 +1052,59 @@ impl Engine {
 
     /// No backend had a GPU: the job goes back to the queue (no attempt used) with a message
     /// saying why, and the backend is left alone for a while.
-    async fn wait_for_capacity(&self, lora: LoraId, backend: &str, e: &BackendError, now: DateTime<Utc>, r: &mut TickReport) {
+    async fn wait_for_capacity(
+        &self,
+        lora: LoraId,
+        backend: &str,
+        e: &BackendError,
+        now: DateTime<Utc>,
+        r: &mut TickReport,
+    ) {
         let until = now + chrono_duration(CAPACITY_COOL_DOWN);
         self.router.cool_down(backend, until);
-        let message = format!("waiting for a GPU: {backend} has none available ({e}); trying again from {}", until.format("%H:%M:%S UTC"));
-        match self.repo.unclaim(lora, &self.settings.worker_id, &message, now).await {
+        let message = format!(
+            "waiting for a GPU: {backend} has none available ({e}); trying again from {}",
+            until.format("%H:%M:%S UTC")
+        );
+        match self
+            .repo
+            .unclaim(lora, &self.settings.worker_id, &message, now)
+            .await
+        {
             Ok(true) => {
                 tracing::info!(lora = %lora, backend, "no capacity; the job waits in the queue");
                 r.waiting.push(lora);
             }
             Ok(false) => {}
-            Err(e) => r.errors.push(format!("putting LoRA {lora} back in the queue: {e}")),
+            Err(e) => r
+                .errors
+                .push(format!("putting LoRA {lora} back in the queue: {e}")),
         }
     }
 
-    async fn start_failed(&self, id: LoraId, failures: u32, e: &BackendError, now: DateTime<Utc>, r: &mut TickReport) {
-        let delay = usize::try_from(failures).ok().and_then(|i| self.settings.start_retry_delays.get(i));
+    async fn start_failed(
+        &self,
+        id: LoraId,
+        failures: u32,
+        e: &BackendError,
+        now: DateTime<Utc>,
+        r: &mut TickReport,
+    ) {
+        let delay = usize::try_from(failures)
+            .ok()
+            .and_then(|i| self.settings.start_retry_delays.get(i));
         match delay {
             Some(delay) if e.is_retryable() => {
                 let next = now + chrono_duration(*delay);
                 // The lease must outlast the wait.
                 let lease = next + chrono_duration(self.settings.lease);
                 let recorded = async {
-                    self.repo.record_start_failure(id, &e.to_string(), next).await?;
-                    self.repo.heartbeat(id, &self.settings.worker_id, lease, now).await
+                    self.repo
+                        .record_start_failure(id, &e.to_string(), next)
+                        .await?;
+                    self.repo
+                        .heartbeat(id, &self.settings.worker_id, lease, now)
+                        .await
                 }
                 .await;
                 match recorded {
@@ -809,16 +1112,24 @@ impl Engine {
                         tracing::info!(lora = %id, error = %e, retry_at = %next, "start failed; will retry");
                         r.start_retries.push(id);
                     }
-                    Err(db) => r.errors.push(format!("recording a failed start of LoRA {id}: {db}")),
+                    Err(db) => r
+                        .errors
+                        .push(format!("recording a failed start of LoRA {id}: {db}")),
                 }
             }
             _ => {
                 let reason = if failures == 0 {
                     format!("training could not start: {e}")
                 } else {
-                    format!("training could not start after {} attempts: {e}", failures + 1)
+                    format!(
+                        "training could not start after {} attempts: {e}",
+                        failures + 1
+                    )
                 };
-                if self.apply(id, StatusEvent::Fail, Some(reason), now, r).await {
+                if self
+                    .apply(id, StatusEvent::Fail, Some(reason), now, r)
+                    .await
+                {
                     r.failed.push(id);
                 }
             }
@@ -838,7 +1149,10 @@ fn instance_of(run: &TrainingRun) -> Instance {
 /// What a run cost: its billed time (the provider's, else from creation to the confirmed end)
 /// at its price per hour.
 fn cost_of(run: &TrainingRun, billed_millis: Option<u64>, now: DateTime<Utc>) -> MicroUsd {
-    let Some(price) = run.price_per_hour else { return MicroUsd::ZERO };
-    let millis = billed_millis.unwrap_or_else(|| u64::try_from((now - run.created_at).num_milliseconds()).unwrap_or(0));
+    let Some(price) = run.price_per_hour else {
+        return MicroUsd::ZERO;
+    };
+    let millis = billed_millis
+        .unwrap_or_else(|| u64::try_from((now - run.created_at).num_milliseconds()).unwrap_or(0));
     price.per_hour_for_millis(millis)
 }

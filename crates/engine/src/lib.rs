@@ -19,7 +19,8 @@ mod sweep;
 
 pub use after_training::{AfterTraining, ValidationRules};
 pub use backend::{
-    BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Termination, TrainingBackend, WorkerTokens,
+    BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Termination,
+    TrainingBackend, WorkerTokens,
 };
 pub use engine::{Engine, LaunchGate, TickReport};
 pub use settings::{EngineSettings, human_duration};

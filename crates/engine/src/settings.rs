@@ -58,13 +58,21 @@ impl Default for EngineSettings {
             max_attempts: 3,
             max_runs: 10,
             max_active_per_user: 2,
-            start_retry_delays: vec![Duration::from_secs(2), Duration::from_secs(4), Duration::from_secs(8)],
+            start_retry_delays: vec![
+                Duration::from_secs(2),
+                Duration::from_secs(4),
+                Duration::from_secs(8),
+            ],
             admit_batch: 500,
             server_url: "http://127.0.0.1:8080".to_owned(),
             instance_prefix: "loraforge-".to_owned(),
             call_timeout: Duration::from_secs(30),
             concurrency: 16,
-            terminate_retry_delays: vec![Duration::from_secs(2), Duration::from_secs(4), Duration::from_secs(8)],
+            terminate_retry_delays: vec![
+                Duration::from_secs(2),
+                Duration::from_secs(4),
+                Duration::from_secs(8),
+            ],
             after_training_give_up: Duration::from_secs(30 * 60),
             sweep_interval: Duration::from_secs(3600),
         }

@@ -45,7 +45,16 @@ impl Engine {
     pub async fn sweep_orphans(&self) -> SweepReport {
         let mut report = SweepReport::default();
         let now = self.clock.now();
-        match self.repo.try_lease("orphan_sweep", &self.settings.worker_id, now + chrono_duration(SWEEP_LEASE), now).await {
+        match self
+            .repo
+            .try_lease(
+                "orphan_sweep",
+                &self.settings.worker_id,
+                now + chrono_duration(SWEEP_LEASE),
+                now,
+            )
+            .await
+        {
             Ok(true) => report.swept = true,
             Ok(false) => return report,
             Err(e) => {
@@ -62,11 +71,16 @@ impl Engine {
         };
         let prefix = &self.settings.instance_prefix;
         for backend in &self.router.backends {
-            let listed = match self.with_timeout("listing instances", backend.list_instances(prefix)).await {
+            let listed = match self
+                .with_timeout("listing instances", backend.list_instances(prefix))
+                .await
+            {
                 Ok(Some(l)) => l,
                 Ok(None) => continue,
                 Err(e) => {
-                    report.errors.push(format!("listing the instances of {}: {e}", backend.name()));
+                    report
+                        .errors
+                        .push(format!("listing the instances of {}: {e}", backend.name()));
                     continue;
                 }
             };
@@ -75,18 +89,34 @@ impl Engine {
                 if self.owned(&open, backend.name(), &provider_id, &name).await {
                     continue;
                 }
-                let Some((lora, attempt)) = loraforge_domain::run::parse_instance_name(prefix, &name) else {
+                let Some((lora, attempt)) =
+                    loraforge_domain::run::parse_instance_name(prefix, &name)
+                else {
                     // The prefix matched but the name is not one of ours: leave it to people.
                     continue;
                 };
                 tracing::warn!(backend = backend.name(), instance = %provider_id, %name, "orphaned instance; terminating it");
-                let instance = Instance { provider_id: provider_id.clone(), instance_name: name.clone(), lora_id: lora, attempt };
+                let instance = Instance {
+                    provider_id: provider_id.clone(),
+                    instance_name: name.clone(),
+                    lora_id: lora,
+                    attempt,
+                };
                 let mut last = None;
-                for (i, pause) in std::iter::once(Duration::ZERO).chain(ORPHAN_RETRY_DELAYS).enumerate() {
+                for (i, pause) in std::iter::once(Duration::ZERO)
+                    .chain(ORPHAN_RETRY_DELAYS)
+                    .enumerate()
+                {
                     if i > 0 {
                         tokio::time::sleep(pause).await;
                     }
-                    match self.with_timeout("ending an orphan", backend.terminate(&instance, Ending::Stop)).await {
+                    match self
+                        .with_timeout(
+                            "ending an orphan",
+                            backend.terminate(&instance, Ending::Stop),
+                        )
+                        .await
+                    {
                         Ok(t) if t.gone => {
                             last = None;
                             break;
@@ -104,7 +134,16 @@ impl Engine {
                             backend.name()
                         );
                         tracing::error!(alert = "orphan_instance", %message);
-                        if let Err(e) = self.repo.record_alert("orphan_instance", &provider_id, &message, self.clock.now()).await {
+                        if let Err(e) = self
+                            .repo
+                            .record_alert(
+                                "orphan_instance",
+                                &provider_id,
+                                &message,
+                                self.clock.now(),
+                            )
+                            .await
+                        {
                             report.errors.push(format!("recording an alert: {e}"));
                         }
                         report.alerts.push(provider_id);
@@ -135,31 +174,48 @@ impl Engine {
                     continue;
                 }
             };
-            if matches!(lora.status, TrainingStatus::Pending | TrainingStatus::Queued | TrainingStatus::Training) {
+            if matches!(
+                lora.status,
+                TrainingStatus::Pending | TrainingStatus::Queued | TrainingStatus::Training
+            ) {
                 continue;
             }
             match self.after.forget_checkpoints(&lora).await {
                 Ok(_) => report.checkpoints_deleted.push(id),
-                Err(e) => report.errors.push(format!("deleting the checkpoints of LoRA {id}: {e}")),
+                Err(e) => report
+                    .errors
+                    .push(format!("deleting the checkpoints of LoRA {id}: {e}")),
             }
         }
     }
 
     /// Whether a listed instance belongs to a live run (or to a launch in progress).
     async fn owned(&self, open: &[OpenRun], backend: &str, provider_id: &str, name: &str) -> bool {
-        if open.iter().any(|o| o.run.backend == backend && o.run.provider_id == provider_id) {
+        if open
+            .iter()
+            .any(|o| o.run.backend == backend && o.run.provider_id == provider_id)
+        {
             return true;
         }
-        let Some((lora, attempt)) = loraforge_domain::run::parse_instance_name(&self.settings.instance_prefix, name) else {
+        let Some((lora, attempt)) =
+            loraforge_domain::run::parse_instance_name(&self.settings.instance_prefix, name)
+        else {
             return false;
         };
         // A launch whose run is not recorded yet: the job is training, leased, at this attempt.
-        match (self.repo.job_claim(lora).await, self.repo.get_lora(lora).await) {
+        match (
+            self.repo.job_claim(lora).await,
+            self.repo.get_lora(lora).await,
+        ) {
             (Ok(Some(claim)), Ok(Some(l))) => {
                 l.status == TrainingStatus::Training
                     && claim.attempt == attempt
-                    && claim.lease_until.is_some_and(|until| until > self.clock.now())
-                    && !open.iter().any(|o| o.run.lora_id == lora && o.run.attempt == attempt)
+                    && claim
+                        .lease_until
+                        .is_some_and(|until| until > self.clock.now())
+                    && !open
+                        .iter()
+                        .any(|o| o.run.lora_id == lora && o.run.attempt == attempt)
             }
             // When in doubt, keep it: the next sweep looks again.
             (Err(_), _) | (_, Err(_)) => true,

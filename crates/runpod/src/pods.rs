@@ -77,7 +77,11 @@ impl PodsBackend {
     }
 
     fn deploy(&self, launch: &Launch, gpu: &str) -> DeployPod {
-        let mut d = DeployPod::new(launch.instance_name.clone(), self.settings.image.clone(), gpu.to_owned());
+        let mut d = DeployPod::new(
+            launch.instance_name.clone(),
+            self.settings.image.clone(),
+            gpu.to_owned(),
+        );
         d.cloud_type = self.settings.cloud_type;
         d.container_disk_in_gb = self.settings.container_disk_gb;
         d.volume_in_gb = self.settings.volume_gb;
@@ -93,7 +97,13 @@ impl PodsBackend {
         let mut price = pod.cost_per_hour_micros;
         if price.is_none() {
             // Not every answer carries the price; the pod's own record does.
-            price = self.client.pod(&pod.id).await.ok().flatten().and_then(|p| p.cost_per_hour_micros);
+            price = self
+                .client
+                .pod(&pod.id)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|p| p.cost_per_hour_micros);
         }
         Launched {
             provider_id: pod.id,
@@ -140,11 +150,14 @@ impl TrainingBackend for PodsBackend {
         // than make two. (Only on a retry: a listing per launch made starting 1,000 runs
         // quadratic, bench/runs_watch.sh.)
         if launch.retry {
-            let pods = self.client.list_pods().await.map_err(|e| backend_error("listing pods", e))?;
-            if let Some(pod) = pods
-                .into_iter()
-                .find(|p| p.name == launch.instance_name && !matches!(p.desired_status, PodStatus::Terminated))
-            {
+            let pods = self
+                .client
+                .list_pods()
+                .await
+                .map_err(|e| backend_error("listing pods", e))?;
+            if let Some(pod) = pods.into_iter().find(|p| {
+                p.name == launch.instance_name && !matches!(p.desired_status, PodStatus::Terminated)
+            }) {
                 tracing::warn!(pod = %pod.id, name = %launch.instance_name, "a pod of this attempt exists already; using it");
                 return Ok(self.launched(pod, None).await);
             }
@@ -163,7 +176,10 @@ impl TrainingBackend for PodsBackend {
                 Err(e) => return Err(backend_error("creating a pod", e)),
             }
         }
-        Err(BackendError::NoCapacity(format!("RunPod has no {} available", out_of_capacity.join(", "))))
+        Err(BackendError::NoCapacity(format!(
+            "RunPod has no {} available",
+            out_of_capacity.join(", ")
+        )))
     }
 
     async fn observe(&self, instances: &[Instance]) -> Result<Vec<Observed>, BackendError> {
@@ -177,29 +193,38 @@ impl TrainingBackend for PodsBackend {
             .collect();
         Ok(instances
             .iter()
-            .map(|i| match pods.get(&i.provider_id).map(|p| &p.desired_status) {
-                Some(PodStatus::Running) => Observed::Running,
-                Some(PodStatus::Exited) => Observed::Ended {
-                    outcome: "vanished",
-                    reason: Some(format!("pod {} exited", i.provider_id)),
-                    gone: false,
+            .map(
+                |i| match pods.get(&i.provider_id).map(|p| &p.desired_status) {
+                    Some(PodStatus::Running) => Observed::Running,
+                    Some(PodStatus::Exited) => Observed::Ended {
+                        outcome: "vanished",
+                        reason: Some(format!("pod {} exited", i.provider_id)),
+                        gone: false,
+                    },
+                    Some(PodStatus::Other(status)) => Observed::Ended {
+                        outcome: "vanished",
+                        reason: Some(format!("pod {} is {status}", i.provider_id)),
+                        gone: false,
+                    },
+                    Some(PodStatus::Terminated) | None => Observed::Ended {
+                        outcome: "vanished",
+                        reason: Some(format!("pod {} no longer exists", i.provider_id)),
+                        gone: true,
+                    },
                 },
-                Some(PodStatus::Other(status)) => Observed::Ended {
-                    outcome: "vanished",
-                    reason: Some(format!("pod {} is {status}", i.provider_id)),
-                    gone: false,
-                },
-                Some(PodStatus::Terminated) | None => Observed::Ended {
-                    outcome: "vanished",
-                    reason: Some(format!("pod {} no longer exists", i.provider_id)),
-                    gone: true,
-                },
-            })
+            )
             .collect())
     }
 
-    async fn list_instances(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>, BackendError> {
-        let pods = self.client.list_pods().await.map_err(|e| backend_error("listing pods", e))?;
+    async fn list_instances(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<Vec<(String, String)>>, BackendError> {
+        let pods = self
+            .client
+            .list_pods()
+            .await
+            .map_err(|e| backend_error("listing pods", e))?;
         Ok(Some(
             pods.into_iter()
                 .filter(|p| p.name.starts_with(prefix) && p.desired_status != PodStatus::Terminated)
@@ -208,13 +233,27 @@ impl TrainingBackend for PodsBackend {
         ))
     }
 
-    async fn terminate(&self, instance: &Instance, _ending: Ending) -> Result<Termination, BackendError> {
-        self.client.terminate_pod(&instance.provider_id).await.map_err(|e| backend_error("terminating a pod", e))?;
-        let pod = self.client.pod(&instance.provider_id).await.map_err(|e| backend_error("reading a pod", e))?;
+    async fn terminate(
+        &self,
+        instance: &Instance,
+        _ending: Ending,
+    ) -> Result<Termination, BackendError> {
+        self.client
+            .terminate_pod(&instance.provider_id)
+            .await
+            .map_err(|e| backend_error("terminating a pod", e))?;
+        let pod = self
+            .client
+            .pod(&instance.provider_id)
+            .await
+            .map_err(|e| backend_error("reading a pod", e))?;
         let gone = pod.is_none_or(|p| p.desired_status == PodStatus::Terminated);
         if gone {
             tracing::info!(pod = %instance.provider_id, lora = %instance.lora_id, "pod terminated");
         }
-        Ok(Termination { gone, billed_millis: None })
+        Ok(Termination {
+            gone,
+            billed_millis: None,
+        })
     }
 }

@@ -23,36 +23,78 @@ fn launch(lora: LoraId, attempt: u32, retry: bool) -> Launch {
 }
 
 fn backend(fake: &FakeRunpod) -> PodsBackend {
-    let settings = PodsSettings::new("img:1", vec!["NVIDIA GeForce RTX 3090".into(), "NVIDIA A40".into()]);
+    let settings = PodsSettings::new(
+        "img:1",
+        vec!["NVIDIA GeForce RTX 3090".into(), "NVIDIA A40".into()],
+    );
     PodsBackend::new(graphql(fake.graphql_url().as_str(), KEY), settings)
 }
 
 fn instance(id: &str, l: &Launch) -> Instance {
-    Instance { provider_id: id.to_owned(), instance_name: l.instance_name.clone(), lora_id: l.lora_id, attempt: l.attempt }
+    Instance {
+        provider_id: id.to_owned(),
+        instance_name: l.instance_name.clone(),
+        lora_id: l.lora_id,
+        attempt: l.attempt,
+    }
 }
 
 #[tokio::test]
 async fn pods_launch_in_gpu_order_and_end_until_gone() {
-    let fake = FakeRunpod::start(FakeConfig::new(KEY).with_gpu("NVIDIA GeForce RTX 3090", 0, "0.44").with_gpu("NVIDIA A40", 1, "0.79")).await;
+    let fake = FakeRunpod::start(
+        FakeConfig::new(KEY)
+            .with_gpu("NVIDIA GeForce RTX 3090", 0, "0.44")
+            .with_gpu("NVIDIA A40", 1, "0.79"),
+    )
+    .await;
     let b = backend(&fake);
     let first = launch(LoraId::new(), 1, false);
     let launched = b.launch(&first).await.unwrap();
-    assert_eq!((launched.gpu_type.as_deref(), launched.price_per_hour), (Some("NVIDIA A40"), Some(MicroUsd(790_000))));
+    assert_eq!(
+        (launched.gpu_type.as_deref(), launched.price_per_hour),
+        (Some("NVIDIA A40"), Some(MicroUsd(790_000)))
+    );
     let pod = fake.pod(&launched.provider_id).unwrap();
     assert_eq!(pod.name, first.instance_name);
-    assert!(pod.env.iter().any(|(k, v)| k == "LORAFORGE_SERVER" && v == "https://control.example"));
+    assert!(
+        pod.env
+            .iter()
+            .any(|(k, v)| k == "LORAFORGE_SERVER" && v == "https://control.example")
+    );
 
     // Every type taken: no capacity, said as such.
-    let err = b.launch(&launch(LoraId::new(), 1, false)).await.unwrap_err();
-    assert!(err.is_capacity() && err.to_string().contains("NVIDIA A40"), "{err}");
+    let err = b
+        .launch(&launch(LoraId::new(), 1, false))
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_capacity() && err.to_string().contains("NVIDIA A40"),
+        "{err}"
+    );
 
     let i = instance(&launched.provider_id, &first);
-    assert_eq!(b.observe(std::slice::from_ref(&i)).await.unwrap(), [Observed::Running]);
-    assert_eq!(b.list_instances("loraforge-").await.unwrap().unwrap(), [(launched.provider_id.clone(), first.instance_name.clone())]);
+    assert_eq!(
+        b.observe(std::slice::from_ref(&i)).await.unwrap(),
+        [Observed::Running]
+    );
+    assert_eq!(
+        b.list_instances("loraforge-").await.unwrap().unwrap(),
+        [(launched.provider_id.clone(), first.instance_name.clone())]
+    );
     let t = b.terminate(&i, Ending::Stop).await.unwrap();
     assert!(t.gone);
-    assert!(b.terminate(&i, Ending::Stop).await.unwrap().gone, "idempotent");
-    assert!(matches!(b.observe(std::slice::from_ref(&i)).await.unwrap()[0], Observed::Ended { outcome: "vanished", gone: true, .. }));
+    assert!(
+        b.terminate(&i, Ending::Stop).await.unwrap().gone,
+        "idempotent"
+    );
+    assert!(matches!(
+        b.observe(std::slice::from_ref(&i)).await.unwrap()[0],
+        Observed::Ended {
+            outcome: "vanished",
+            gone: true,
+            ..
+        }
+    ));
 }
 
 #[tokio::test]
@@ -61,20 +103,46 @@ async fn a_retried_launch_takes_the_pod_a_lost_answer_made() {
     let b = backend(&fake);
     let l = launch(LoraId::new(), 2, true);
     // The first create went through but its answer was lost.
-    let made = graphql(fake.graphql_url().as_str(), KEY).deploy_pod(&DeployPod::new(l.instance_name.clone(), "img:1", "NVIDIA A40")).await.unwrap();
+    let made = graphql(fake.graphql_url().as_str(), KEY)
+        .deploy_pod(&DeployPod::new(
+            l.instance_name.clone(),
+            "img:1",
+            "NVIDIA A40",
+        ))
+        .await
+        .unwrap();
     let launched = b.launch(&l).await.unwrap();
     assert_eq!(launched.provider_id, made.id);
     assert_eq!(fake.pods().len(), 1, "no second pod");
     // A pod that died shows as ended, not yet gone.
     assert!(fake.kill_pod(&made.id, KillPod::Exited));
     let seen = b.observe(&[instance(&made.id, &l)]).await.unwrap();
-    assert!(matches!(seen[0], Observed::Ended { outcome: "vanished", gone: false, .. }), "{seen:?}");
+    assert!(
+        matches!(
+            seen[0],
+            Observed::Ended {
+                outcome: "vanished",
+                gone: false,
+                ..
+            }
+        ),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test]
 async fn a_bad_key_is_permanent_and_says_what_to_fix() {
     let fake = FakeRunpod::start(FakeConfig::new(KEY).with_gpu("NVIDIA A40", 1, "0.79")).await;
-    let b = PodsBackend::new(graphql(fake.graphql_url().as_str(), "wrong"), PodsSettings::new("img:1", vec!["NVIDIA A40".into()]));
-    let err = b.launch(&launch(LoraId::new(), 1, false)).await.unwrap_err();
-    assert!(!err.is_retryable() && err.to_string().contains("LORAFORGE_RUNPOD_API_KEY"), "{err}");
+    let b = PodsBackend::new(
+        graphql(fake.graphql_url().as_str(), "wrong"),
+        PodsSettings::new("img:1", vec!["NVIDIA A40".into()]),
+    );
+    let err = b
+        .launch(&launch(LoraId::new(), 1, false))
+        .await
+        .unwrap_err();
+    assert!(
+        !err.is_retryable() && err.to_string().contains("LORAFORGE_RUNPOD_API_KEY"),
+        "{err}"
+    );
 }

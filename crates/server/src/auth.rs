@@ -141,26 +141,42 @@ impl JwtKeys {
     pub fn verify_worker(&self, token: &str, now: DateTime<Utc>) -> Result<WorkerAuth, ApiError> {
         let c: WorkerClaims = self.decode(token, &["exp", "sub", "aud"])?;
         if c.aud != WORKER_AUDIENCE {
-            return Err(ApiError::unauthorized("invalid_token", "this route takes a worker's job token"));
+            return Err(ApiError::unauthorized(
+                "invalid_token",
+                "this route takes a worker's job token",
+            ));
         }
         if c.exp + LEEWAY_SECS <= now.timestamp() {
-            return Err(ApiError::unauthorized("token_expired", "the job token has expired; the job will be retried"));
+            return Err(ApiError::unauthorized(
+                "token_expired",
+                "the job token has expired; the job will be retried",
+            ));
         }
-        let lora_id = c
-            .sub
-            .parse::<LoraId>()
-            .map_err(|_| ApiError::unauthorized("invalid_token", "the job token's `sub` must be a LoRA id"))?;
-        Ok(WorkerAuth { lora_id, attempt: c.attempt, worker_id: c.wid })
+        let lora_id = c.sub.parse::<LoraId>().map_err(|_| {
+            ApiError::unauthorized("invalid_token", "the job token's `sub` must be a LoRA id")
+        })?;
+        Ok(WorkerAuth {
+            lora_id,
+            attempt: c.attempt,
+            worker_id: c.wid,
+        })
     }
 
     /// Checks signature, algorithm and the listed claims' presence; expiry is the caller's
     /// (against the injected clock).
-    fn decode<C: serde::de::DeserializeOwned>(&self, token: &str, required: &[&str]) -> Result<C, ApiError> {
+    fn decode<C: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        required: &[&str],
+    ) -> Result<C, ApiError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| malformed())?;
         if header.alg != Algorithm::HS256 {
             return Err(ApiError::unauthorized(
                 "invalid_token",
-                format!("tokens must be signed with HS256, this one uses {:?}", header.alg),
+                format!(
+                    "tokens must be signed with HS256, this one uses {:?}",
+                    header.alg
+                ),
             ));
         }
         let mut v = Validation::new(Algorithm::HS256);
@@ -168,15 +184,17 @@ impl JwtKeys {
         v.validate_exp = false;
         v.validate_aud = false;
         v.required_spec_claims = required.iter().map(|c| (*c).to_owned()).collect();
-        let data = jsonwebtoken::decode::<C>(token, &self.decoding, &v).map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature => {
-                ApiError::unauthorized("invalid_signature", "the token's signature is not valid for this server")
-            }
-            ErrorKind::MissingRequiredClaim(c) => {
-                ApiError::unauthorized("invalid_token", format!("the token has no `{c}` claim"))
-            }
-            _ => malformed(),
-        })?;
+        let data =
+            jsonwebtoken::decode::<C>(token, &self.decoding, &v).map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature => ApiError::unauthorized(
+                    "invalid_signature",
+                    "the token's signature is not valid for this server",
+                ),
+                ErrorKind::MissingRequiredClaim(c) => {
+                    ApiError::unauthorized("invalid_token", format!("the token has no `{c}` claim"))
+                }
+                _ => malformed(),
+            })?;
         Ok(data.claims)
     }
 
@@ -184,17 +202,30 @@ impl JwtKeys {
     pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<AuthUser, ApiError> {
         let c: Claims = self.decode(token, &["exp", "sub"])?;
         if c.aud.is_some() {
-            return Err(ApiError::unauthorized("invalid_token", "this token is not a user's API token"));
+            return Err(ApiError::unauthorized(
+                "invalid_token",
+                "this token is not a user's API token",
+            ));
         }
         if c.exp + LEEWAY_SECS <= now.timestamp() {
-            return Err(ApiError::unauthorized("token_expired", "the token has expired; sign in again for a new one"));
+            return Err(ApiError::unauthorized(
+                "token_expired",
+                "the token has expired; sign in again for a new one",
+            ));
         }
         let id = c.sub.parse::<UserId>().map_err(|_| {
-            ApiError::unauthorized("invalid_token", "the token's `sub` claim must be a user UUID")
+            ApiError::unauthorized(
+                "invalid_token",
+                "the token's `sub` claim must be a user UUID",
+            )
         })?;
         let is_admin = c.role.as_deref() == Some("admin")
             || c.app_metadata.as_ref().and_then(|m| m.role.as_deref()) == Some("admin");
-        Ok(AuthUser { id, email: c.email.filter(|e| !e.is_empty() && e.len() <= 320), is_admin })
+        Ok(AuthUser {
+            id,
+            email: c.email.filter(|e| !e.is_empty() && e.len() <= 320),
+            is_admin,
+        })
     }
 }
 
@@ -204,23 +235,33 @@ fn malformed() -> ApiError {
 
 /// The bearer token of a request.
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let header = parts
-        .headers
-        .get(AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing_token", "send an `Authorization: Bearer <token>` header"))?;
+    let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
+        ApiError::unauthorized(
+            "missing_token",
+            "send an `Authorization: Bearer <token>` header",
+        )
+    })?;
     let value = header.to_str().map_err(|_| malformed())?;
     value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::unauthorized("invalid_token", "the Authorization header must be `Bearer <token>`"))
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "invalid_token",
+                "the Authorization header must be `Bearer <token>`",
+            )
+        })
 }
 
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         state.jwt().verify(bearer(parts)?, state.now())
     }
 }
@@ -228,7 +269,10 @@ impl FromRequestParts<AppState> for AuthUser {
 impl FromRequestParts<AppState> for WorkerAuth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         state.jwt().verify_worker(bearer(parts)?, state.now())
     }
 }
@@ -239,7 +283,9 @@ mod tests {
     use base64::Engine;
 
     fn keys() -> JwtKeys {
-        JwtKeys::new(&SecretSlice::from(b"test-secret-test-secret-test-secret".to_vec()))
+        JwtKeys::new(&SecretSlice::from(
+            b"test-secret-test-secret-test-secret".to_vec(),
+        ))
     }
     fn now() -> DateTime<Utc> {
         "2026-11-23T10:00:00Z".parse().unwrap()
@@ -249,35 +295,69 @@ mod tests {
     fn issued_tokens_verify() {
         let k = keys();
         let u = UserId::new();
-        let t = k.issue(u, Some("a@example.com".into()), true, Duration::from_secs(3600), now()).unwrap();
+        let t = k
+            .issue(
+                u,
+                Some("a@example.com".into()),
+                true,
+                Duration::from_secs(3600),
+                now(),
+            )
+            .unwrap();
         let who = k.verify(&t, now()).unwrap();
-        assert_eq!(who, AuthUser { id: u, email: Some("a@example.com".into()), is_admin: true });
+        assert_eq!(
+            who,
+            AuthUser {
+                id: u,
+                email: Some("a@example.com".into()),
+                is_admin: true
+            }
+        );
     }
 
     #[test]
     fn expired_tokens_are_refused() {
         let k = keys();
-        let t = k.issue(UserId::new(), None, false, Duration::from_secs(60), now()).unwrap();
-        assert!(k.verify(&t, now() + chrono::Duration::seconds(60 + LEEWAY_SECS - 1)).is_ok());
-        let e = k.verify(&t, now() + chrono::Duration::seconds(60 + LEEWAY_SECS)).unwrap_err();
+        let t = k
+            .issue(UserId::new(), None, false, Duration::from_secs(60), now())
+            .unwrap();
+        assert!(
+            k.verify(&t, now() + chrono::Duration::seconds(60 + LEEWAY_SECS - 1))
+                .is_ok()
+        );
+        let e = k
+            .verify(&t, now() + chrono::Duration::seconds(60 + LEEWAY_SECS))
+            .unwrap_err();
         assert_eq!(e.code, "token_expired");
     }
 
     #[test]
     fn wrong_secret_is_invalid_signature() {
-        let t = keys().issue(UserId::new(), None, false, Duration::from_secs(60), now()).unwrap();
+        let t = keys()
+            .issue(UserId::new(), None, false, Duration::from_secs(60), now())
+            .unwrap();
         let other = JwtKeys::new(&SecretSlice::from(b"another-secret".to_vec()));
-        assert_eq!(other.verify(&t, now()).unwrap_err().code, "invalid_signature");
+        assert_eq!(
+            other.verify(&t, now()).unwrap_err().code,
+            "invalid_signature"
+        );
     }
 
     #[test]
     fn alg_none_and_garbage_are_refused() {
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        let body = b64(&format!(r#"{{"sub":"{}","exp":9999999999}}"#, UserId::new()));
+        let body = b64(&format!(
+            r#"{{"sub":"{}","exp":9999999999}}"#,
+            UserId::new()
+        ));
         let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), body);
         assert_eq!(keys().verify(&none, now()).unwrap_err().status, 401);
         for bad in ["", "abc", "a.b.c", "..."] {
-            assert_eq!(keys().verify(bad, now()).unwrap_err().code, "invalid_token", "{bad:?}");
+            assert_eq!(
+                keys().verify(bad, now()).unwrap_err().code,
+                "invalid_token",
+                "{bad:?}"
+            );
         }
     }
 
@@ -285,19 +365,38 @@ mod tests {
     fn worker_and_user_tokens_are_not_interchangeable() {
         let k = keys();
         let lora = LoraId::new();
-        let t = k.issue_worker(lora, 2, "engine-a", Duration::from_secs(60), now()).unwrap();
+        let t = k
+            .issue_worker(lora, 2, "engine-a", Duration::from_secs(60), now())
+            .unwrap();
         assert_eq!(
             k.verify_worker(&t, now()).unwrap(),
-            WorkerAuth { lora_id: lora, attempt: 2, worker_id: "engine-a".into() }
+            WorkerAuth {
+                lora_id: lora,
+                attempt: 2,
+                worker_id: "engine-a".into()
+            }
         );
         // A LoRA id is a UUID too, but a worker token is no user's token.
         assert_eq!(k.verify(&t, now()).unwrap_err().code, "invalid_token");
-        let user = k.issue(UserId::new(), None, true, Duration::from_secs(60), now()).unwrap();
-        assert_eq!(k.verify_worker(&user, now()).unwrap_err().code, "invalid_token");
+        let user = k
+            .issue(UserId::new(), None, true, Duration::from_secs(60), now())
+            .unwrap();
+        assert_eq!(
+            k.verify_worker(&user, now()).unwrap_err().code,
+            "invalid_token"
+        );
         let later = now() + chrono::Duration::seconds(61 + LEEWAY_SECS);
-        assert_eq!(k.verify_worker(&t, later).unwrap_err().code, "token_expired");
-        let other = JwtKeys::new(&SecretSlice::from(b"another-secret-another-secret-xx".to_vec()));
-        assert_eq!(other.verify_worker(&t, now()).unwrap_err().code, "invalid_signature");
+        assert_eq!(
+            k.verify_worker(&t, later).unwrap_err().code,
+            "token_expired"
+        );
+        let other = JwtKeys::new(&SecretSlice::from(
+            b"another-secret-another-secret-xx".to_vec(),
+        ));
+        assert_eq!(
+            other.verify_worker(&t, now()).unwrap_err().code,
+            "invalid_signature"
+        );
     }
 
     #[test]
@@ -309,12 +408,18 @@ mod tests {
             iat: None,
             email: None,
             role: Some("authenticated".into()),
-            app_metadata: Some(AppMetadata { role: Some("admin".into()) }),
+            app_metadata: Some(AppMetadata {
+                role: Some("admin".into()),
+            }),
             aud: None,
         };
         let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &k.encoding).unwrap();
         assert!(k.verify(&t, now()).unwrap().is_admin);
-        let claims = Claims { sub: "not-a-uuid".into(), app_metadata: None, ..claims };
+        let claims = Claims {
+            sub: "not-a-uuid".into(),
+            app_metadata: None,
+            ..claims
+        };
         let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &k.encoding).unwrap();
         assert_eq!(k.verify(&t, now()).unwrap_err().code, "invalid_token");
     }

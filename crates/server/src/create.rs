@@ -30,7 +30,11 @@ pub struct Created {
     pub replayed: bool,
 }
 
-pub async fn create_lora(state: &AppState, user: &AuthUser, input: CreateLora) -> ApiResult<Created> {
+pub async fn create_lora(
+    state: &AppState,
+    user: &AuthUser,
+    input: CreateLora,
+) -> ApiResult<Created> {
     let now = state.now();
     if let Err(wait) = state.create_limiter().check(user.id, now) {
         return Err(ApiError::new(
@@ -56,9 +60,15 @@ pub async fn create_lora(state: &AppState, user: &AuthUser, input: CreateLora) -
         idempotency: input.idempotency,
         now,
     };
-    let outcome = match state.repo().create_lora(new, MonthlyPolicy { limit, window }).await {
+    let outcome = match state
+        .repo()
+        .create_lora(new, MonthlyPolicy { limit, window })
+        .await
+    {
         Ok(o) => o,
-        Err(DbError::MonthlyLimitReached { used, limit }) => return Err(monthly_limit_reached(window, now, used, limit)),
+        Err(DbError::MonthlyLimitReached { used, limit }) => {
+            return Err(monthly_limit_reached(window, now, used, limit));
+        }
         Err(e) => return Err(e.into()),
     };
     let (lora, replayed) = match outcome {
@@ -73,11 +83,22 @@ pub async fn create_lora(state: &AppState, user: &AuthUser, input: CreateLora) -
 }
 
 /// 429 `monthly_limit_reached` with when the limit resets.
-pub fn monthly_limit_reached(window: MonthlyWindow, now: DateTime<Utc>, used: u32, limit: u32) -> ApiError {
-    let retry = u64::try_from((window.end - now).num_seconds()).unwrap_or(0).max(1);
-    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "monthly_limit_reached", monthly_limit_message(limit))
-        .with("limit", limit)
-        .with("used", used)
-        .with("resets_at", window.end.to_rfc3339())
-        .retry(retry)
+pub fn monthly_limit_reached(
+    window: MonthlyWindow,
+    now: DateTime<Utc>,
+    used: u32,
+    limit: u32,
+) -> ApiError {
+    let retry = u64::try_from((window.end - now).num_seconds())
+        .unwrap_or(0)
+        .max(1);
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "monthly_limit_reached",
+        monthly_limit_message(limit),
+    )
+    .with("limit", limit)
+    .with("used", used)
+    .with("resets_at", window.end.to_rfc3339())
+    .retry(retry)
 }

@@ -32,11 +32,20 @@ pub fn fetcher(state: &AppState) -> ApiResult<&Fetcher> {
     if !state.settings().url_intake.is_enabled() {
         return Err(FetchError::Disabled.into());
     }
-    state.fetcher().ok_or_else(|| ApiError::internal("URL intake has no HTTP client", &"the client failed to build at start-up"))
+    state.fetcher().ok_or_else(|| {
+        ApiError::internal(
+            "URL intake has no HTTP client",
+            &"the client failed to build at start-up",
+        )
+    })
 }
 
 /// Downloads every URL (a few at a time, in order) under the image size limit.
-pub async fn download_all(state: &AppState, fetcher: &Fetcher, images: Vec<UrlImage>) -> Result<Vec<IntakeImage>, DownloadFailures> {
+pub async fn download_all(
+    state: &AppState,
+    fetcher: &Fetcher,
+    images: Vec<UrlImage>,
+) -> Result<Vec<IntakeImage>, DownloadFailures> {
     let max_bytes = state.settings().dataset_rules.max_bytes;
     let results: Vec<(UrlImage, Result<Vec<u8>, FetchError>)> = futures::stream::iter(images)
         .map(|img| async move {
@@ -51,11 +60,19 @@ pub async fn download_all(state: &AppState, fetcher: &Fetcher, images: Vec<UrlIm
             .into_iter()
             .filter_map(|(img, r)| {
                 let bytes = r.ok()?;
-                Some(IntakeImage { input: InputImage::new(display_name(&img.url), bytes), caption: img.caption })
+                Some(IntakeImage {
+                    input: InputImage::new(display_name(&img.url), bytes),
+                    caption: img.caption,
+                })
             })
             .collect());
     }
-    Err(DownloadFailures { outcomes: results.into_iter().map(|(img, r)| (img.url, r.err())).collect() })
+    Err(DownloadFailures {
+        outcomes: results
+            .into_iter()
+            .map(|(img, r)| (img.url, r.err()))
+            .collect(),
+    })
 }
 
 /// The name an image from a URL is checked and stored under: the URL without its query or
@@ -69,7 +86,11 @@ pub fn display_name(url: &str) -> String {
         }
         Err(_) => url.trim().to_owned(),
     };
-    shown.chars().filter(|c| !c.is_control()).take(1000).collect()
+    shown
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(1000)
+        .collect()
 }
 
 #[cfg(test)]
@@ -78,7 +99,10 @@ mod tests {
 
     #[test]
     fn names_drop_tokens() {
-        assert_eq!(display_name("https://x.supabase.co/storage/v1/object/sign/a/b.png?token=abc#f"), "https://x.supabase.co/storage/v1/object/sign/a/b.png");
+        assert_eq!(
+            display_name("https://x.supabase.co/storage/v1/object/sign/a/b.png?token=abc#f"),
+            "https://x.supabase.co/storage/v1/object/sign/a/b.png"
+        );
         assert_eq!(display_name(" not a url "), "not a url");
     }
 }

@@ -30,7 +30,13 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), details: Map::new(), retry_after: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: Map::new(),
+            retry_after: None,
+        }
     }
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.details.insert(key.to_owned(), value.into());
@@ -40,7 +46,11 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
@@ -80,7 +90,8 @@ impl IntoResponse for ApiError {
         body.extend(self.details);
         let mut resp = (self.status, Json(json!({ "error": body }))).into_response();
         if let Some(secs) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -95,14 +106,19 @@ pub fn body_error(e: axum::extract::rejection::BytesRejection) -> ApiError {
             "the request body is too large for this endpoint",
         );
     }
-    ApiError::bad_request("invalid_request", format!("could not read the request body: {}", e.body_text()))
+    ApiError::bad_request(
+        "invalid_request",
+        format!("could not read the request body: {}", e.body_text()),
+    )
 }
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         match e {
             DbError::NotFound => ApiError::not_found("LoRA"),
-            DbError::DuplicateName(_) => ApiError::new(StatusCode::CONFLICT, "duplicate_name", e.to_string()),
+            DbError::DuplicateName(_) => {
+                ApiError::new(StatusCode::CONFLICT, "duplicate_name", e.to_string())
+            }
             DbError::DatasetNotFound => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "dataset_not_found",
@@ -113,11 +129,17 @@ impl From<DbError> for ApiError {
                 "idempotency_key_reused",
                 "this Idempotency-Key was already used with a different request body; use a new key for a new request",
             ),
-            DbError::Transition(t) => ApiError::new(StatusCode::CONFLICT, "invalid_state", t.to_string())
-                .with("training_status", t.from.as_str()),
+            DbError::Transition(t) => {
+                ApiError::new(StatusCode::CONFLICT, "invalid_state", t.to_string())
+                    .with("training_status", t.from.as_str())
+            }
             DbError::MonthlyLimitReached { .. } => {
                 // Handlers that can hit this build the full 429 themselves (they know resets_at).
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "monthly_limit_reached", e.to_string())
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "monthly_limit_reached",
+                    e.to_string(),
+                )
             }
             e if e.is_retryable() => ApiError::unavailable("database unavailable", &e),
             e => ApiError::internal("database error", &e),
@@ -128,10 +150,16 @@ impl From<DbError> for ApiError {
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         match e {
-            StorageError::LinkExpired => ApiError::new(StatusCode::FORBIDDEN, "link_expired", e.to_string()),
-            StorageError::BadSignature => ApiError::new(StatusCode::FORBIDDEN, "invalid_signature", e.to_string()),
+            StorageError::LinkExpired => {
+                ApiError::new(StatusCode::FORBIDDEN, "link_expired", e.to_string())
+            }
+            StorageError::BadSignature => {
+                ApiError::new(StatusCode::FORBIDDEN, "invalid_signature", e.to_string())
+            }
             e if e.is_not_found() => ApiError::not_found("file"),
-            StorageError::NotServedLocally | StorageError::InvalidKey(..) => ApiError::not_found("file"),
+            StorageError::NotServedLocally | StorageError::InvalidKey(..) => {
+                ApiError::not_found("file")
+            }
             e if e.is_retryable() => ApiError::unavailable("storage unavailable", &e),
             e => ApiError::internal("storage error", &e),
         }
@@ -153,7 +181,9 @@ impl From<IntakeError> for ApiError {
 impl From<FetchError> for ApiError {
     fn from(e: FetchError) -> Self {
         match e {
-            FetchError::Disabled => ApiError::new(StatusCode::FORBIDDEN, "url_intake_disabled", e.to_string()),
+            FetchError::Disabled => {
+                ApiError::new(StatusCode::FORBIDDEN, "url_intake_disabled", e.to_string())
+            }
             e if e.is_internal() => ApiError::internal("URL download failed", &e),
             e => invalid_dataset(vec![e.to_string()], Vec::new(), Vec::new()),
         }
@@ -162,10 +192,18 @@ impl From<FetchError> for ApiError {
 
 impl From<DownloadFailures> for ApiError {
     fn from(f: DownloadFailures) -> Self {
-        if let Some(e) = f.outcomes.iter().find_map(|(_, e)| e.as_ref().filter(|e| e.is_internal())) {
+        if let Some(e) = f
+            .outcomes
+            .iter()
+            .find_map(|(_, e)| e.as_ref().filter(|e| e.is_internal()))
+        {
             return ApiError::internal("URL download failed", e);
         }
-        let problems = f.outcomes.iter().filter_map(|(_, e)| e.as_ref().map(ToString::to_string)).collect();
+        let problems = f
+            .outcomes
+            .iter()
+            .filter_map(|(_, e)| e.as_ref().map(ToString::to_string))
+            .collect();
         let images = f
             .outcomes
             .iter()
@@ -182,7 +220,12 @@ impl From<DownloadFailures> for ApiError {
 fn invalid_dataset_report(report: &DatasetReport) -> ApiError {
     let problem = |p: &Problem| json!({"code": p.code, "message": p.message});
     let mut problems: Vec<String> = report.errors.iter().map(|p| p.message.clone()).collect();
-    problems.extend(report.images.iter().flat_map(|i| i.errors.iter().map(|p| p.message.clone())));
+    problems.extend(
+        report
+            .images
+            .iter()
+            .flat_map(|i| i.errors.iter().map(|p| p.message.clone())),
+    );
     let images = report
         .images
         .iter()
@@ -195,16 +238,27 @@ fn invalid_dataset_report(report: &DatasetReport) -> ApiError {
             })
         })
         .collect();
-    invalid_dataset(problems, images, report.errors.iter().map(problem).collect())
+    invalid_dataset(
+        problems,
+        images,
+        report.errors.iter().map(problem).collect(),
+    )
 }
 
 /// The one shape of a refused dataset: a sentence listing every problem, plus `images` (each
 /// file's result) and `errors` (problems of the set as a whole).
-pub fn invalid_dataset(problems: Vec<String>, images: Vec<Value>, set_errors: Vec<Value>) -> ApiError {
+pub fn invalid_dataset(
+    problems: Vec<String>,
+    images: Vec<Value>,
+    set_errors: Vec<Value>,
+) -> ApiError {
     ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_dataset",
-        format!("the dataset was not accepted and nothing was stored: {}", problems.join("; ")),
+        format!(
+            "the dataset was not accepted and nothing was stored: {}",
+            problems.join("; ")
+        ),
     )
     .with("images", images)
     .with("errors", set_errors)

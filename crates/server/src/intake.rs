@@ -47,9 +47,14 @@ impl IntakeError {
 }
 
 /// Checks, normalises, stores and records `images` as a new dataset of `user`.
-pub async fn store_dataset(state: &AppState, user: UserId, images: Vec<IntakeImage>) -> Result<StoredDataset, IntakeError> {
+pub async fn store_dataset(
+    state: &AppState,
+    user: UserId,
+    images: Vec<IntakeImage>,
+) -> Result<StoredDataset, IntakeError> {
     let rules = state.settings().dataset_rules.clone();
-    let (captions, inputs): (Vec<Option<String>>, Vec<InputImage>) = images.into_iter().map(|i| (i.caption, i.input)).unzip();
+    let (captions, inputs): (Vec<Option<String>>, Vec<InputImage>) =
+        images.into_iter().map(|i| (i.caption, i.input)).unzip();
     let (inputs, report) = tokio::task::spawn_blocking(move || -> Result<_, IntakeError> {
         let report = check_dataset(&inputs, &rules);
         if !report.accepted {
@@ -60,9 +65,16 @@ pub async fn store_dataset(state: &AppState, user: UserId, images: Vec<IntakeIma
             .zip(&report.images)
             .map(|(mut input, checked)| {
                 if checked.orientation != 1 {
-                    let format = checked.format.ok_or_else(|| IntakeError::Internal("accepted image without a format".into()))?;
+                    let format = checked.format.ok_or_else(|| {
+                        IntakeError::Internal("accepted image without a format".into())
+                    })?;
                     input.bytes = normalize_orientation(&input.bytes, format, checked.orientation)
-                        .map_err(|e| IntakeError::Internal(format!("turning {} upright: {e}", input.file_name)))?;
+                        .map_err(|e| {
+                            IntakeError::Internal(format!(
+                                "turning {} upright: {e}",
+                                input.file_name
+                            ))
+                        })?;
                 }
                 Ok(input)
             })
@@ -74,8 +86,15 @@ pub async fn store_dataset(state: &AppState, user: UserId, images: Vec<IntakeIma
 
     let id = DatasetId::new();
     let mut stored: Vec<DatasetImage> = Vec::with_capacity(inputs.len());
-    for (idx, ((input, checked), caption)) in inputs.into_iter().zip(&report.images).zip(captions).enumerate() {
-        let format = checked.format.ok_or_else(|| IntakeError::Internal("accepted image without a format".into()))?;
+    for (idx, ((input, checked), caption)) in inputs
+        .into_iter()
+        .zip(&report.images)
+        .zip(captions)
+        .enumerate()
+    {
+        let format = checked
+            .format
+            .ok_or_else(|| IntakeError::Internal("accepted image without a format".into()))?;
         let key = loraforge_domain::keys::dataset_image(user, id, idx, format.extension());
         // The stored file is what is described: its own size and hash (it differs from the
         // upload when it was turned upright), and the upright dimensions from the check.
@@ -97,7 +116,12 @@ pub async fn store_dataset(state: &AppState, user: UserId, images: Vec<IntakeIma
             caption,
         });
     }
-    let dataset = Dataset { id, user_id: user, images: stored, created_at: state.now() };
+    let dataset = Dataset {
+        id,
+        user_id: user,
+        images: stored,
+        created_at: state.now(),
+    };
     if let Err(e) = state.repo().insert_dataset(&dataset).await {
         remove_blobs(state, &dataset.images).await;
         return Err(e.into());

@@ -54,9 +54,18 @@ pub fn api_router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/v1/datasets/from-urls", post(datasets::from_urls))
         .route("/api/v1/datasets/{id}", get(datasets::get))
-        .route("/api/v1/lora-models", get(lora_models::list).post(lora_models::create))
-        .route("/api/v1/lora-models/from-references", post(references::from_references))
-        .route("/api/v1/lora-models/{id}", get(lora_models::get).patch(lora_models::patch))
+        .route(
+            "/api/v1/lora-models",
+            get(lora_models::list).post(lora_models::create),
+        )
+        .route(
+            "/api/v1/lora-models/from-references",
+            post(references::from_references),
+        )
+        .route(
+            "/api/v1/lora-models/{id}",
+            get(lora_models::get).patch(lora_models::patch),
+        )
         .route("/api/v1/lora-models/{id}/status", get(lora_models::status))
         .route("/api/v1/lora-models/{id}/events", get(events::events))
         .route("/api/v1/lora-models/{id}/cancel", post(lora_models::cancel))
@@ -66,7 +75,10 @@ pub fn api_router(state: AppState) -> Router {
         .route("/api/v1/worker/jobs/{id}/progress", post(worker::progress))
         .route("/api/v1/worker/jobs/{id}/result", post(worker::result))
         .route("/api/v1/worker/jobs/{id}/failure", post(worker::failure))
-        .route("/api/v1/worker/jobs/{id}/checkpoint", post(worker::checkpoint))
+        .route(
+            "/api/v1/worker/jobs/{id}/checkpoint",
+            post(worker::checkpoint),
+        )
         .layer(DefaultBodyLimit::max(settings.max_json_bytes));
     let mut router = Router::new()
         .route("/healthz", get(health::healthz))
@@ -98,7 +110,11 @@ pub fn api_router(state: AppState) -> Router {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see /docs for the API")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see /docs for the API",
+    )
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
@@ -114,7 +130,12 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::OPTIONS])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("idempotency-key"), HeaderName::from_static("last-event-id")])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("last-event-id"),
+            ])
             .expose_headers([header::RETRY_AFTER, REQUEST_ID]),
     )
 }
@@ -128,7 +149,10 @@ pub struct Application {
 impl Application {
     /// Takes an already-bound listener so tests can bind port 0 without races.
     pub fn new(state: AppState, listener: tokio::net::TcpListener) -> Self {
-        Self { listener, router: api_router(state) }
+        Self {
+            listener,
+            router: api_router(state),
+        }
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -136,7 +160,12 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then finishes in-flight requests.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
     }
 }

@@ -66,7 +66,12 @@ impl LibraryCache {
             gates.entry(key.to_owned()).or_default().clone()
         };
         let held = gate.clone().lock_owned().await;
-        Gate { cache: self, key: key.to_owned(), gate, _held: held }
+        Gate {
+            cache: self,
+            key: key.to_owned(),
+            gate,
+            _held: held,
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -78,7 +83,11 @@ impl LibraryCache {
         format!(
             "{:?}|{}|{:?}|{:?}|{}|{}",
             q.status,
-            q.search.as_deref().map(str::trim).unwrap_or_default().to_lowercase(),
+            q.search
+                .as_deref()
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_lowercase(),
             q.creator,
             q.sort,
             q.limit,
@@ -91,7 +100,10 @@ impl LibraryCache {
             return None;
         }
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(key).filter(|(at, _)| now - *at < self.ttl && now >= *at).map(|(_, b)| b.clone())
+        entries
+            .get(key)
+            .filter(|(at, _)| now - *at < self.ttl && now >= *at)
+            .map(|(_, b)| b.clone())
     }
 
     pub fn put(&self, key: String, body: Bytes, now: DateTime<Utc>) {
@@ -108,7 +120,10 @@ impl LibraryCache {
     /// Something in the library changed here: forget every listing.
     pub fn invalidate(&self) {
         if self.enabled() {
-            self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            self.entries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
         }
     }
 }
@@ -126,7 +141,11 @@ mod tests {
         let c = LibraryCache::new(Duration::from_secs(1));
         let now = t("2026-11-23T10:00:00Z");
         c.put("k".into(), Bytes::from_static(b"v"), now);
-        assert_eq!(c.get("k", now + chrono::Duration::milliseconds(999)).as_deref(), Some(&b"v"[..]));
+        assert_eq!(
+            c.get("k", now + chrono::Duration::milliseconds(999))
+                .as_deref(),
+            Some(&b"v"[..])
+        );
         assert_eq!(c.get("k", now + chrono::Duration::seconds(1)), None);
         c.put("k".into(), Bytes::from_static(b"v"), now);
         c.invalidate();
@@ -152,7 +171,10 @@ mod tests {
         c.put("k".into(), Bytes::from_static(b"filled"), now);
         drop(first);
         assert_eq!(waiting.await.unwrap().as_deref(), Some(&b"filled"[..]));
-        assert!(c.gates.lock().unwrap().get("k").is_none(), "gates are dropped when unused");
+        assert!(
+            c.gates.lock().unwrap().get("k").is_none(),
+            "gates are dropped when unused"
+        );
     }
 
     #[test]
@@ -166,14 +188,41 @@ mod tests {
     #[test]
     fn keys_differ_by_every_field_and_ignore_search_case() {
         use loraforge_domain::LoraSort;
-        let base = LoraQuery { limit: 50, ..Default::default() };
+        let base = LoraQuery {
+            limit: 50,
+            ..Default::default()
+        };
         let k = LibraryCache::key;
-        assert_ne!(k(&base), k(&LoraQuery { offset: 1, ..base.clone() }));
-        assert_ne!(k(&base), k(&LoraQuery { sort: LoraSort::Popular, ..base.clone() }));
-        assert_ne!(k(&base), k(&LoraQuery { search: Some("a".into()), ..base.clone() }));
+        assert_ne!(
+            k(&base),
+            k(&LoraQuery {
+                offset: 1,
+                ..base.clone()
+            })
+        );
+        assert_ne!(
+            k(&base),
+            k(&LoraQuery {
+                sort: LoraSort::Popular,
+                ..base.clone()
+            })
+        );
+        assert_ne!(
+            k(&base),
+            k(&LoraQuery {
+                search: Some("a".into()),
+                ..base.clone()
+            })
+        );
         assert_eq!(
-            k(&LoraQuery { search: Some(" Cyber ".into()), ..base.clone() }),
-            k(&LoraQuery { search: Some("cyber".into()), ..base.clone() })
+            k(&LoraQuery {
+                search: Some(" Cyber ".into()),
+                ..base.clone()
+            }),
+            k(&LoraQuery {
+                search: Some("cyber".into()),
+                ..base.clone()
+            })
         );
     }
 }

@@ -32,7 +32,11 @@ pub async fn sweep_validation_images(
 }
 
 /// Sweeps every `every` until `shutdown` resolves. Failures are logged; the next sweep retries.
-pub async fn run(state: AppState, every: Duration, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn run(
+    state: AppState,
+    every: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -73,12 +77,30 @@ mod tests {
         store.put(image, Bytes::from_static(b"png")).await.unwrap();
         store.put(model, Bytes::from_static(b"lora")).await.unwrap();
         let now = Utc::now();
-        assert_eq!(sweep_validation_images(&store, now, VALIDATION_IMAGE_TTL).await.unwrap(), 0);
+        assert_eq!(
+            sweep_validation_images(&store, now, VALIDATION_IMAGE_TTL)
+                .await
+                .unwrap(),
+            0
+        );
         let in_29_days = now + chrono::Duration::days(29);
-        assert_eq!(sweep_validation_images(&store, in_29_days, VALIDATION_IMAGE_TTL).await.unwrap(), 0);
+        assert_eq!(
+            sweep_validation_images(&store, in_29_days, VALIDATION_IMAGE_TTL)
+                .await
+                .unwrap(),
+            0
+        );
         let in_31_days = now + chrono::Duration::days(31);
-        assert_eq!(sweep_validation_images(&store, in_31_days, VALIDATION_IMAGE_TTL).await.unwrap(), 1);
+        assert_eq!(
+            sweep_validation_images(&store, in_31_days, VALIDATION_IMAGE_TTL)
+                .await
+                .unwrap(),
+            1
+        );
         assert!(store.head(image).await.unwrap().is_none());
-        assert!(store.head(model).await.unwrap().is_some(), "only validation images expire");
+        assert!(
+            store.head(model).await.unwrap().is_some(),
+            "only validation images expire"
+        );
     }
 }

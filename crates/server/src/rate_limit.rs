@@ -24,7 +24,10 @@ struct Bucket {
 impl RateLimiter {
     /// `per_minute` = 0 disables the limit.
     pub fn new(per_minute: u32) -> Self {
-        Self { per_minute, buckets: Mutex::new(HashMap::new()) }
+        Self {
+            per_minute,
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Takes one token for `user`; `Err(seconds until one is available)` when empty.
@@ -39,7 +42,10 @@ impl RateLimiter {
         if buckets.len() > 10_000 {
             buckets.retain(|_, b| (now - b.at).num_seconds() < 60);
         }
-        let b = buckets.entry(user).or_insert(Bucket { tokens: cap, at: now });
+        let b = buckets.entry(user).or_insert(Bucket {
+            tokens: cap,
+            at: now,
+        });
         let elapsed = (now - b.at).num_milliseconds().max(0) as f64 / 1000.0;
         b.tokens = (b.tokens + elapsed * per_sec).min(cap);
         b.at = now;

@@ -77,7 +77,11 @@ pub struct ValidationSettings {
 
 impl Default for ValidationSettings {
     fn default() -> Self {
-        Self { similarity_threshold: 0.7, auto_approve: false, scorer: None }
+        Self {
+            similarity_threshold: 0.7,
+            auto_approve: false,
+            scorer: None,
+        }
     }
 }
 
@@ -103,7 +107,8 @@ impl Default for ServerSettings {
 impl ServerSettings {
     /// Largest upload through a signed `/files` link: a LoRA file at the size limit, and room.
     pub fn max_file_upload_bytes(&self) -> usize {
-        usize::try_from(self.lora_rules.max_bytes.max(32 * 1024 * 1024) + 1024 * 1024).unwrap_or(usize::MAX)
+        usize::try_from(self.lora_rules.max_bytes.max(32 * 1024 * 1024) + 1024 * 1024)
+            .unwrap_or(usize::MAX)
     }
 
     /// Largest multipart upload: every image at the size limit plus room for captions and

@@ -104,7 +104,9 @@ impl AppState {
     pub fn with_engine_wake(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
         match Arc::get_mut(&mut self.0) {
             Some(inner) => inner.engine_wake = Some(wake),
-            None => tracing::warn!("the job engine's wake-up is not set: the state was already shared"),
+            None => {
+                tracing::warn!("the job engine's wake-up is not set: the state was already shared")
+            }
         }
         self
     }
@@ -121,7 +123,10 @@ impl AppState {
     }
     /// Testing only: whether this upload is one of the first `debug_fail_uploads` to refuse.
     pub fn take_upload_fault(&self) -> bool {
-        self.0.upload_faults.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
+        self.0
+            .upload_faults
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
     }
     pub fn subscribe_changes(&self) -> broadcast::Receiver<LoraId> {
         self.0.changes.subscribe()

@@ -17,7 +17,10 @@ pub struct CreatorView {
 
 impl From<&CreatorRef> for CreatorView {
     fn from(c: &CreatorRef) -> Self {
-        Self { id: c.id.0, email: c.email.clone() }
+        Self {
+            id: c.id.0,
+            email: c.email.clone(),
+        }
     }
 }
 
@@ -79,7 +82,11 @@ impl From<&LoraModel> for StatusView {
             id: l.id.0,
             training_status: l.status,
             stage: l.progress.stage.clone(),
-            progress: if l.status == TrainingStatus::Completed { 100 } else { l.progress.percent.min(100) },
+            progress: if l.status == TrainingStatus::Completed {
+                100
+            } else {
+                l.progress.percent.min(100)
+            },
             estimated_remaining: l.progress.estimated_remaining,
             error: l.error.clone(),
             status_message: l.status_message.clone(),
@@ -98,7 +105,10 @@ pub struct MoneyView {
 
 impl From<MicroUsd> for MoneyView {
     fn from(m: MicroUsd) -> Self {
-        Self { micro_usd: m.micros(), display: m.to_string() }
+        Self {
+            micro_usd: m.micros(),
+            display: m.to_string(),
+        }
     }
 }
 

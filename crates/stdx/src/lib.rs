@@ -52,8 +52,15 @@ mod tests {
         assert_eq!(next_line(&mut r, MAX).await.as_deref(), Some("one"));
         assert_eq!(next_line(&mut r, MAX).await.map(|l| l.len()), Some(MAX));
         assert_eq!(next_line(&mut r, MAX).await.as_deref(), Some("two"));
-        assert!(next_line(&mut r, MAX).await.is_some_and(|l| l.ends_with("bad \u{e9}")));
-        assert_eq!(next_line(&mut r, MAX).await.as_deref(), Some("last without newline"));
+        assert!(
+            next_line(&mut r, MAX)
+                .await
+                .is_some_and(|l| l.ends_with("bad \u{e9}"))
+        );
+        assert_eq!(
+            next_line(&mut r, MAX).await.as_deref(),
+            Some("last without newline")
+        );
         assert_eq!(next_line(&mut r, MAX).await, None);
     }
 }

@@ -85,14 +85,33 @@ mod tests {
         assert_eq!(reason("a//b"), "empty path segment ('//' or trailing '/')");
         assert_eq!(reason("a/"), "empty path segment ('//' or trailing '/')");
         for key in ["..", ".", "../x", "a/../b", "a/./b", "a/.."] {
-            assert_eq!(reason(key), "'.' and '..' segments are not allowed", "{key:?}");
+            assert_eq!(
+                reason(key),
+                "'.' and '..' segments are not allowed",
+                "{key:?}"
+            );
         }
     }
 
     #[test]
     fn rejects_unsafe_characters() {
-        for key in ["with space", "a\\b", "a#1", "a%2e", "a?b", "é", "a\nb", "a\0b", "a:b", "~x"] {
-            assert_eq!(reason(key), "only A-Z, a-z, 0-9, '.', '_', '-' and '/' are allowed", "{key:?}");
+        for key in [
+            "with space",
+            "a\\b",
+            "a#1",
+            "a%2e",
+            "a?b",
+            "é",
+            "a\nb",
+            "a\0b",
+            "a:b",
+            "~x",
+        ] {
+            assert_eq!(
+                reason(key),
+                "only A-Z, a-z, 0-9, '.', '_', '-' and '/' are allowed",
+                "{key:?}"
+            );
         }
     }
 

@@ -44,7 +44,10 @@ pub enum StorageError {
 impl StorageError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, StorageError::NotFound(_))
-            || matches!(self, StorageError::Backend(object_store::Error::NotFound { .. }))
+            || matches!(
+                self,
+                StorageError::Backend(object_store::Error::NotFound { .. })
+            )
     }
     /// Network and server-side hiccups worth retrying.
     pub fn is_retryable(&self) -> bool {
@@ -87,13 +90,24 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug + 'static {
     /// For stores the service serves itself (local disk): checks a `/files/{key}` token and
     /// returns the object. `LinkExpired` / `BadSignature` on a bad token, `NotServedLocally` on
     /// stores with their own URLs.
-    async fn open_signed(&self, key: &str, query: &SignedQuery, now: DateTime<Utc>) -> Result<Bytes>;
+    async fn open_signed(
+        &self,
+        key: &str,
+        query: &SignedQuery,
+        now: DateTime<Utc>,
+    ) -> Result<Bytes>;
     /// A URL anyone can `PUT` the object's bytes to (raw body) until `now + ttl`: how a worker on
     /// another host uploads what it trained without storage credentials.
     async fn signed_put_url(&self, key: &str, ttl: Duration, now: DateTime<Utc>) -> Result<Url>;
     /// For stores the service serves itself: checks a `/files/{key}` upload token and writes the
     /// object (atomically, like `put`). `NotServedLocally` on stores with their own URLs.
-    async fn put_signed(&self, key: &str, query: &SignedQuery, bytes: Bytes, now: DateTime<Utc>) -> Result<()>;
+    async fn put_signed(
+        &self,
+        key: &str,
+        query: &SignedQuery,
+        bytes: Bytes,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
     /// Storage is reachable and writable enough to answer, for `/readyz`.
     async fn ping(&self) -> Result<()>;
     /// Every object whose key starts with `prefix` (a folder: `a/b/`), with its size and time,
@@ -106,7 +120,11 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug + 'static {
 pub enum StorageSettings {
     /// `file:///abs/path`: files under this folder, served by this service at
     /// `{public_base_url}/files/{key}`.
-    Local { root: std::path::PathBuf, public_base_url: Url, signing_key: Arc<secrecy::SecretSlice<u8>> },
+    Local {
+        root: std::path::PathBuf,
+        public_base_url: Url,
+        signing_key: Arc<secrecy::SecretSlice<u8>>,
+    },
     /// `s3://bucket/prefix` with an optional custom endpoint (MinIO, R2, moto, …).
     S3(s3::S3Settings),
 }
@@ -114,9 +132,15 @@ pub enum StorageSettings {
 /// Builds the store the settings name.
 pub fn open(settings: &StorageSettings) -> Result<Arc<dyn BlobStore>> {
     match settings {
-        StorageSettings::Local { root, public_base_url, signing_key } => {
-            Ok(Arc::new(local::LocalStore::new(root, public_base_url.clone(), signing_key.clone())?))
-        }
+        StorageSettings::Local {
+            root,
+            public_base_url,
+            signing_key,
+        } => Ok(Arc::new(local::LocalStore::new(
+            root,
+            public_base_url.clone(),
+            signing_key.clone(),
+        )?)),
         StorageSettings::S3(s) => Ok(Arc::new(s3::S3Store::new(s)?)),
     }
 }

@@ -63,16 +63,28 @@ impl LocalStore {
         let fs = LocalFileSystem::new_with_prefix(root)?
             .with_fsync(true)
             .with_automatic_cleanup(true);
-        Ok(Self { fs, root: root.to_path_buf(), public_base_url, signer })
+        Ok(Self {
+            fs,
+            root: root.to_path_buf(),
+            public_base_url,
+            signer,
+        })
     }
 
     fn path(key: &str) -> Result<Path> {
         validate_key(key)?;
-        Path::parse(key).map_err(|_| StorageError::InvalidKey(key.to_owned(), "not a valid object path"))
+        Path::parse(key)
+            .map_err(|_| StorageError::InvalidKey(key.to_owned(), "not a valid object path"))
     }
 
     /// `{public_base_url}/files/{key}?expires=…&sig=…` granting `access` until `now + ttl`.
-    fn signed_url(&self, access: Access, key: &str, ttl: Duration, now: DateTime<Utc>) -> Result<Url> {
+    fn signed_url(
+        &self,
+        access: Access,
+        key: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Url> {
         validate_key(key)?;
         let expires = expiry(now, ttl)?;
         let sig = self.signer.sign_for(access, key, expires)?;
@@ -123,7 +135,12 @@ impl BlobStore for LocalStore {
         self.signed_url(Access::Read, key, ttl, now)
     }
 
-    async fn open_signed(&self, key: &str, query: &SignedQuery, now: DateTime<Utc>) -> Result<Bytes> {
+    async fn open_signed(
+        &self,
+        key: &str,
+        query: &SignedQuery,
+        now: DateTime<Utc>,
+    ) -> Result<Bytes> {
         let path = Self::path(key)?;
         self.signer.verify(key, query, now)?;
         get_bytes(&self.fs, &path, key).await
@@ -133,7 +150,13 @@ impl BlobStore for LocalStore {
         self.signed_url(Access::Write, key, ttl, now)
     }
 
-    async fn put_signed(&self, key: &str, query: &SignedQuery, bytes: Bytes, now: DateTime<Utc>) -> Result<()> {
+    async fn put_signed(
+        &self,
+        key: &str,
+        query: &SignedQuery,
+        bytes: Bytes,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let path = Self::path(key)?;
         self.signer.verify_for(Access::Write, key, query, now)?;
         self.fs.put(&path, PutPayload::from_bytes(bytes)).await?;
@@ -149,7 +172,10 @@ impl BlobStore for LocalStore {
     async fn ping(&self) -> Result<()> {
         match tokio::fs::metadata(&self.root).await {
             Ok(meta) if meta.is_dir() => Ok(()),
-            Ok(_) => Err(StorageError::Config(format!("{} is not a folder", self.root.display()))),
+            Ok(_) => Err(StorageError::Config(format!(
+                "{} is not a folder",
+                self.root.display()
+            ))),
             Err(source) => Err(StorageError::Backend(object_store::Error::Generic {
                 store: "LocalFileSystem",
                 source: Box::new(source),
@@ -169,10 +195,14 @@ fn expiry(now: DateTime<Utc>, ttl: Duration) -> Result<i64> {
 
 fn check_base_url(url: &Url) -> Result<()> {
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-        return Err(StorageError::Config(format!("public base URL {url} must be an http(s) URL")));
+        return Err(StorageError::Config(format!(
+            "public base URL {url} must be an http(s) URL"
+        )));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(StorageError::Config(format!("public base URL {url} must not have a query or fragment")));
+        return Err(StorageError::Config(format!(
+            "public base URL {url} must not have a query or fragment"
+        )));
     }
     Ok(())
 }
@@ -185,17 +215,26 @@ fn ensure_private_dir(root: &FsPath) -> Result<()> {
             warn_if_shared(root, &meta);
             Ok(())
         }
-        Ok(_) => Err(config(format!("storage root {} exists and is not a folder", root.display()))),
+        Ok(_) => Err(config(format!(
+            "storage root {} exists and is not a folder",
+            root.display()
+        ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut builder = std::fs::DirBuilder::new();
             builder.recursive(true);
             #[cfg(unix)]
             std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-            builder
-                .create(root)
-                .map_err(|e| config(format!("cannot create storage root {}: {e}", root.display())))
+            builder.create(root).map_err(|e| {
+                config(format!(
+                    "cannot create storage root {}: {e}",
+                    root.display()
+                ))
+            })
         }
-        Err(e) => Err(config(format!("cannot read storage root {}: {e}", root.display()))),
+        Err(e) => Err(config(format!(
+            "cannot read storage root {}: {e}",
+            root.display()
+        ))),
     }
 }
 
@@ -217,18 +256,30 @@ fn warn_if_shared(_root: &FsPath, _meta: &std::fs::Metadata) {}
 
 // Shared by both stores: the `object_store` calls with our error mapping.
 
-pub(crate) async fn get_bytes(store: &dyn object_store::ObjectStore, path: &Path, key: &str) -> Result<Bytes> {
+pub(crate) async fn get_bytes(
+    store: &dyn object_store::ObjectStore,
+    path: &Path,
+    key: &str,
+) -> Result<Bytes> {
     let result = match store.get(path).await {
         Ok(result) => result,
-        Err(object_store::Error::NotFound { .. }) => return Err(StorageError::NotFound(key.to_owned())),
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(StorageError::NotFound(key.to_owned()));
+        }
         Err(e) => return Err(e.into()),
     };
     Ok(result.bytes().await?)
 }
 
-pub(crate) async fn head_meta(store: &dyn object_store::ObjectStore, path: &Path) -> Result<Option<BlobMeta>> {
+pub(crate) async fn head_meta(
+    store: &dyn object_store::ObjectStore,
+    path: &Path,
+) -> Result<Option<BlobMeta>> {
     match store.head(path).await {
-        Ok(meta) => Ok(Some(BlobMeta { size: meta.size, last_modified: meta.last_modified })),
+        Ok(meta) => Ok(Some(BlobMeta {
+            size: meta.size,
+            last_modified: meta.last_modified,
+        })),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(e.into()),
     }
@@ -250,12 +301,21 @@ pub(crate) async fn list_under(
                 Some(p) => full.strip_prefix(p)?.to_owned(),
                 None => full,
             };
-            Some((key, BlobMeta { size: m.size, last_modified: m.last_modified }))
+            Some((
+                key,
+                BlobMeta {
+                    size: m.size,
+                    last_modified: m.last_modified,
+                },
+            ))
         })
         .collect())
 }
 
-pub(crate) async fn delete_quietly(store: &dyn object_store::ObjectStore, path: &Path) -> Result<()> {
+pub(crate) async fn delete_quietly(
+    store: &dyn object_store::ObjectStore,
+    path: &Path,
+) -> Result<()> {
     match store.delete(path).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(e.into()),
@@ -280,19 +340,32 @@ mod tests {
                 .signed_get_url("a/b.png", Duration::from_secs(60), now)
                 .await
                 .expect("url");
-            assert!(url.as_str().starts_with("https://x.test/lf/files/a/b.png?expires=1700000060&sig="), "{url}");
+            assert!(
+                url.as_str()
+                    .starts_with("https://x.test/lf/files/a/b.png?expires=1700000060&sig="),
+                "{url}"
+            );
         }
         let url = store(dir.path(), "http://127.0.0.1:8080")
             .signed_get_url("k", Duration::from_secs(1), now)
             .await
             .expect("url");
-        assert!(url.as_str().starts_with("http://127.0.0.1:8080/files/k?expires=1700000001&sig="), "{url}");
+        assert!(
+            url.as_str()
+                .starts_with("http://127.0.0.1:8080/files/k?expires=1700000001&sig="),
+            "{url}"
+        );
     }
 
     #[test]
     fn bad_base_urls_are_config_errors() {
         let dir = tempfile::tempdir().expect("tempdir");
-        for base in ["ftp://x.test/", "https://x.test/?a=1", "https://x.test/#f", "mailto:a@b.c"] {
+        for base in [
+            "ftp://x.test/",
+            "https://x.test/?a=1",
+            "https://x.test/#f",
+            "mailto:a@b.c",
+        ] {
             let base = Url::parse(base).expect("url");
             let r = LocalStore::new(dir.path(), base.clone(), SecretSlice::from(vec![3u8; 32]));
             assert!(matches!(r, Err(StorageError::Config(_))), "{base}");
@@ -309,7 +382,10 @@ mod tests {
         let mode = std::fs::metadata(&root).expect("root").permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
         let shown = format!("{s:?}");
-        assert!(shown.contains("[REDACTED]") && !shown.contains("3, 3"), "{shown}");
+        assert!(
+            shown.contains("[REDACTED]") && !shown.contains("3, 3"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -317,7 +393,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").expect("write");
-        let r = LocalStore::new(&file, Url::parse("https://x.test").expect("url"), SecretSlice::from(vec![3u8; 32]));
+        let r = LocalStore::new(
+            &file,
+            Url::parse("https://x.test").expect("url"),
+            SecretSlice::from(vec![3u8; 32]),
+        );
         assert!(matches!(r, Err(StorageError::Config(_))));
     }
 

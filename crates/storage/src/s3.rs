@@ -76,10 +76,14 @@ impl S3Settings {
             return Err(bad("expected s3://bucket[/prefix]"));
         }
         if !parsed.username().is_empty() || parsed.password().is_some() {
-            return Err(bad("credentials do not belong in the URL; set the access key settings"));
+            return Err(bad(
+                "credentials do not belong in the URL; set the access key settings",
+            ));
         }
         if parsed.port().is_some() || parsed.query().is_some() || parsed.fragment().is_some() {
-            return Err(bad("only s3://bucket[/prefix] is understood (no port, query or fragment)"));
+            return Err(bad(
+                "only s3://bucket[/prefix] is understood (no port, query or fragment)",
+            ));
         }
         // `Url` quietly resolves `.`/`..` and decodes nothing; neither belongs in a bucket or prefix.
         if url.split('/').any(|seg| seg == "." || seg == "..") || url.contains('%') {
@@ -89,7 +93,10 @@ impl S3Settings {
         if bucket.is_empty() {
             return Err(bad("the bucket name is missing"));
         }
-        if !bucket.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')) {
+        if !bucket
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        {
             return Err(bad("the bucket name has characters S3 does not allow"));
         }
         let prefix = parsed.path().trim_matches('/');
@@ -122,7 +129,10 @@ pub struct S3Store {
 impl std::fmt::Debug for S3Store {
     // `AmazonS3`'s own Debug is not ours to vouch for, so it is left out.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Store").field("bucket", &self.bucket).field("prefix", &self.prefix).finish()
+        f.debug_struct("S3Store")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }
 
@@ -160,8 +170,14 @@ impl S3Store {
                 ));
             }
         }
-        let client = builder.build().map_err(|e| StorageError::Config(format!("S3 client: {e}")))?;
-        Ok(Self { client, bucket: settings.bucket.clone(), prefix })
+        let client = builder
+            .build()
+            .map_err(|e| StorageError::Config(format!("S3 client: {e}")))?;
+        Ok(Self {
+            client,
+            bucket: settings.bucket.clone(),
+            prefix,
+        })
     }
 
     /// The object path for a key: `{prefix}/{key}`.
@@ -171,7 +187,8 @@ impl S3Store {
             Some(prefix) => format!("{prefix}/{key}"),
             None => key.to_owned(),
         };
-        Path::parse(full).map_err(|_| StorageError::InvalidKey(key.to_owned(), "not a valid object path"))
+        Path::parse(full)
+            .map_err(|_| StorageError::InvalidKey(key.to_owned(), "not a valid object path"))
     }
 }
 
@@ -179,7 +196,9 @@ impl S3Store {
 impl BlobStore for S3Store {
     async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
         let path = self.path(key)?;
-        self.client.put(&path, PutPayload::from_bytes(bytes)).await?;
+        self.client
+            .put(&path, PutPayload::from_bytes(bytes))
+            .await?;
         Ok(())
     }
 
@@ -207,7 +226,12 @@ impl BlobStore for S3Store {
         Ok(self.client.signed_url(Method::GET, &path, ttl).await?)
     }
 
-    async fn open_signed(&self, key: &str, _query: &SignedQuery, _now: DateTime<Utc>) -> Result<Bytes> {
+    async fn open_signed(
+        &self,
+        key: &str,
+        _query: &SignedQuery,
+        _now: DateTime<Utc>,
+    ) -> Result<Bytes> {
         validate_key(key)?;
         Err(StorageError::NotServedLocally)
     }
@@ -219,7 +243,13 @@ impl BlobStore for S3Store {
         Ok(self.client.signed_url(Method::PUT, &path, ttl).await?)
     }
 
-    async fn put_signed(&self, key: &str, _query: &SignedQuery, _bytes: Bytes, _now: DateTime<Utc>) -> Result<()> {
+    async fn put_signed(
+        &self,
+        key: &str,
+        _query: &SignedQuery,
+        _bytes: Bytes,
+        _now: DateTime<Utc>,
+    ) -> Result<()> {
         validate_key(key)?;
         Err(StorageError::NotServedLocally)
     }
@@ -233,7 +263,10 @@ impl BlobStore for S3Store {
     /// Lists at most one key under the prefix: fails when the bucket is missing, the
     /// credentials are refused or the endpoint does not answer within 10 s.
     async fn ping(&self) -> Result<()> {
-        let opts = PaginatedListOptions { max_keys: Some(1), ..Default::default() };
+        let opts = PaginatedListOptions {
+            max_keys: Some(1),
+            ..Default::default()
+        };
         let prefix = self.prefix.as_ref().map(|p| format!("{p}/"));
         let list = self.client.list_paginated(prefix.as_deref(), opts);
         match tokio::time::timeout(PING_TIMEOUT, list).await {
@@ -249,7 +282,9 @@ impl BlobStore for S3Store {
 /// SigV4 presigned URLs live between 1 s and 7 days.
 fn check_presign_ttl(ttl: Duration) -> Result<()> {
     if ttl.is_zero() || ttl > MAX_SIGNED_URL_TTL {
-        return Err(StorageError::Config(format!("presigned URL lifetime must be between 1 s and 7 days, not {ttl:?}")));
+        return Err(StorageError::Config(format!(
+            "presigned URL lifetime must be between 1 s and 7 days, not {ttl:?}"
+        )));
     }
     Ok(())
 }
@@ -269,7 +304,12 @@ mod tests {
     fn from_url_reads_bucket_and_prefix() {
         let s = S3Settings::from_url("s3://my-bucket").expect("parse");
         assert_eq!((s.bucket.as_str(), s.prefix), ("my-bucket", None));
-        assert_eq!(S3Settings::from_url("s3://my-bucket/").expect("parse").prefix, None);
+        assert_eq!(
+            S3Settings::from_url("s3://my-bucket/")
+                .expect("parse")
+                .prefix,
+            None
+        );
         let s = S3Settings::from_url("s3://my.bucket/tenant-a/blobs/").expect("parse");
         assert_eq!(s.bucket, "my.bucket");
         assert_eq!(s.prefix.as_deref(), Some("tenant-a/blobs"));
@@ -309,32 +349,60 @@ mod tests {
     fn debug_never_shows_credentials() {
         let s = settings();
         let shown = format!("{s:?}");
-        assert!(!shown.contains("AKIDEXAMPLE") && !shown.contains("wJalr"), "{shown}");
+        assert!(
+            !shown.contains("AKIDEXAMPLE") && !shown.contains("wJalr"),
+            "{shown}"
+        );
         let store = S3Store::new(&s).expect("store");
         let shown = format!("{store:?}");
-        assert!(!shown.contains("AKIDEXAMPLE") && !shown.contains("wJalr"), "{shown}");
+        assert!(
+            !shown.contains("AKIDEXAMPLE") && !shown.contains("wJalr"),
+            "{shown}"
+        );
     }
 
     #[test]
     fn half_a_credential_is_refused() {
-        let s = S3Settings { secret_access_key: None, ..settings() };
+        let s = S3Settings {
+            secret_access_key: None,
+            ..settings()
+        };
         assert!(matches!(S3Store::new(&s), Err(StorageError::Config(_))));
-        let s = S3Settings { access_key_id: None, ..settings() };
+        let s = S3Settings {
+            access_key_id: None,
+            ..settings()
+        };
         assert!(matches!(S3Store::new(&s), Err(StorageError::Config(_))));
     }
 
     #[tokio::test]
     async fn presigned_urls_sit_under_the_prefix_and_local_serving_is_refused() {
         let store = S3Store::new(&settings()).expect("store");
-        let url = store.signed_get_url("a/b.png", Duration::from_secs(60), Utc::now()).await.expect("url");
+        let url = store
+            .signed_get_url("a/b.png", Duration::from_secs(60), Utc::now())
+            .await
+            .expect("url");
         assert_eq!(url.path(), "/bucket/pre/a/b.png");
-        assert!(url.query_pairs().any(|(k, v)| k == "X-Amz-Expires" && v == "60"), "{url}");
+        assert!(
+            url.query_pairs()
+                .any(|(k, v)| k == "X-Amz-Expires" && v == "60"),
+            "{url}"
+        );
         for ttl in [Duration::ZERO, MAX_SIGNED_URL_TTL + Duration::from_secs(1)] {
             let r = store.signed_get_url("a", ttl, Utc::now()).await;
             assert!(matches!(r, Err(StorageError::Config(_))));
         }
-        let q = SignedQuery { expires: 0, sig: String::new() };
-        assert!(matches!(store.open_signed("a", &q, Utc::now()).await, Err(StorageError::NotServedLocally)));
-        assert!(matches!(store.get("../x").await, Err(StorageError::InvalidKey(..))));
+        let q = SignedQuery {
+            expires: 0,
+            sig: String::new(),
+        };
+        assert!(matches!(
+            store.open_signed("a", &q, Utc::now()).await,
+            Err(StorageError::NotServedLocally)
+        ));
+        assert!(matches!(
+            store.get("../x").await,
+            Err(StorageError::InvalidKey(..))
+        ));
     }
 }

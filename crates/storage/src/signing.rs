@@ -43,7 +43,9 @@ pub struct UrlSigner {
 
 impl std::fmt::Debug for UrlSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UrlSigner").field("key", &"[REDACTED]").finish()
+        f.debug_struct("UrlSigner")
+            .field("key", &"[REDACTED]")
+            .finish()
     }
 }
 
@@ -58,7 +60,10 @@ impl UrlSigner {
             return Err(StorageError::Config("the file signing key is empty".into()));
         }
         if len < RECOMMENDED_KEY_LEN {
-            tracing::warn!(len, "the file signing key is shorter than {RECOMMENDED_KEY_LEN} bytes");
+            tracing::warn!(
+                len,
+                "the file signing key is shorter than {RECOMMENDED_KEY_LEN} bytes"
+            );
         }
         Ok(Self { key })
     }
@@ -70,7 +75,9 @@ impl UrlSigner {
 
     /// The hex signature granting `access` to `key` until `expires_unix`.
     pub fn sign_for(&self, access: Access, key: &str, expires_unix: i64) -> Result<String> {
-        Ok(hex::encode(self.mac(access, key, expires_unix)?.finalize().into_bytes()))
+        Ok(hex::encode(
+            self.mac(access, key, expires_unix)?.finalize().into_bytes(),
+        ))
     }
 
     /// Checks a token for `key` at `now`: `BadSignature` unless `query.sig` is exactly the MAC
@@ -81,13 +88,21 @@ impl UrlSigner {
     }
 
     /// [`Self::verify`] for a link granting `access`.
-    pub fn verify_for(&self, access: Access, key: &str, query: &SignedQuery, now: DateTime<Utc>) -> Result<()> {
+    pub fn verify_for(
+        &self,
+        access: Access,
+        key: &str,
+        query: &SignedQuery,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         if query.sig.len() != SIG_HEX_LEN {
             return Err(StorageError::BadSignature);
         }
         let tag = hex::decode(&query.sig).map_err(|_| StorageError::BadSignature)?;
         // `verify_slice` compares in constant time and also rejects a wrong length.
-        self.mac(access, key, query.expires)?.verify_slice(&tag).map_err(|_| StorageError::BadSignature)?;
+        self.mac(access, key, query.expires)?
+            .verify_slice(&tag)
+            .map_err(|_| StorageError::BadSignature)?;
         if now.timestamp() >= query.expires {
             return Err(StorageError::LinkExpired);
         }
@@ -136,7 +151,11 @@ mod tests {
         let s = signer();
         let q = signed();
         assert_eq!(q.sig.len(), 64);
-        assert!(q.sig.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert!(
+            q.sig
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        );
         assert!(s.verify(KEY, &q, at(EXPIRES - 3600)).is_ok());
         assert!(s.verify(KEY, &q, at(EXPIRES - 1)).is_ok());
         // Half a second before the expiry instant is still inside.
@@ -148,15 +167,28 @@ mod tests {
     fn expires_exactly_at_the_boundary() {
         let s = signer();
         let q = signed();
-        assert!(matches!(s.verify(KEY, &q, at(EXPIRES)), Err(StorageError::LinkExpired)));
-        assert!(matches!(s.verify(KEY, &q, at(EXPIRES + 1)), Err(StorageError::LinkExpired)));
+        assert!(matches!(
+            s.verify(KEY, &q, at(EXPIRES)),
+            Err(StorageError::LinkExpired)
+        ));
+        assert!(matches!(
+            s.verify(KEY, &q, at(EXPIRES + 1)),
+            Err(StorageError::LinkExpired)
+        ));
     }
 
     #[test]
     fn tampered_key_is_rejected() {
         let q = signed();
-        for other in ["loras/abc/model.safetensorz", "loras/abc/model", "loras/abd/model.safetensors"] {
-            assert!(matches!(signer().verify(other, &q, at(0)), Err(StorageError::BadSignature)));
+        for other in [
+            "loras/abc/model.safetensorz",
+            "loras/abc/model",
+            "loras/abd/model.safetensors",
+        ] {
+            assert!(matches!(
+                signer().verify(other, &q, at(0)),
+                Err(StorageError::BadSignature)
+            ));
         }
     }
 
@@ -164,7 +196,10 @@ mod tests {
     fn tampered_expiry_is_a_bad_signature_even_when_expired() {
         let q = signed();
         let longer = query(q.sig.clone(), EXPIRES + 86_400);
-        assert!(matches!(signer().verify(KEY, &longer, at(0)), Err(StorageError::BadSignature)));
+        assert!(matches!(
+            signer().verify(KEY, &longer, at(0)),
+            Err(StorageError::BadSignature)
+        ));
         let earlier = query(q.sig, EXPIRES - 1);
         assert!(matches!(
             signer().verify(KEY, &earlier, at(EXPIRES + 10)),
@@ -183,9 +218,20 @@ mod tests {
         let truncated = q.sig[..62].to_owned();
         let extended = format!("{}00", q.sig);
         let non_hex = format!("{}zz", &q.sig[..62]);
-        for sig in [flip(0), flip(63), truncated, extended, non_hex, String::new(), "é".repeat(32)] {
+        for sig in [
+            flip(0),
+            flip(63),
+            truncated,
+            extended,
+            non_hex,
+            String::new(),
+            "é".repeat(32),
+        ] {
             assert!(
-                matches!(signer().verify(KEY, &query(sig.clone(), EXPIRES), at(0)), Err(StorageError::BadSignature)),
+                matches!(
+                    signer().verify(KEY, &query(sig.clone(), EXPIRES), at(0)),
+                    Err(StorageError::BadSignature)
+                ),
                 "{sig:?}"
             );
         }
@@ -194,21 +240,36 @@ mod tests {
     #[test]
     fn read_and_write_links_are_not_interchangeable() {
         let s = signer();
-        let put = query(s.sign_for(Access::Write, KEY, EXPIRES).expect("sign"), EXPIRES);
+        let put = query(
+            s.sign_for(Access::Write, KEY, EXPIRES).expect("sign"),
+            EXPIRES,
+        );
         assert!(s.verify_for(Access::Write, KEY, &put, at(0)).is_ok());
-        assert!(matches!(s.verify(KEY, &put, at(0)), Err(StorageError::BadSignature)));
-        assert!(matches!(s.verify_for(Access::Write, KEY, &signed(), at(0)), Err(StorageError::BadSignature)));
+        assert!(matches!(
+            s.verify(KEY, &put, at(0)),
+            Err(StorageError::BadSignature)
+        ));
+        assert!(matches!(
+            s.verify_for(Access::Write, KEY, &signed(), at(0)),
+            Err(StorageError::BadSignature)
+        ));
     }
 
     #[test]
     fn another_key_signs_differently() {
         let other = UrlSigner::new(SecretSlice::from(vec![8u8; 32])).expect("key");
-        assert!(matches!(other.verify(KEY, &signed(), at(0)), Err(StorageError::BadSignature)));
+        assert!(matches!(
+            other.verify(KEY, &signed(), at(0)),
+            Err(StorageError::BadSignature)
+        ));
     }
 
     #[test]
     fn empty_keys_are_refused_and_debug_hides_the_key() {
-        assert!(matches!(UrlSigner::new(SecretSlice::from(Vec::<u8>::new())), Err(StorageError::Config(_))));
+        assert!(matches!(
+            UrlSigner::new(SecretSlice::from(Vec::<u8>::new())),
+            Err(StorageError::Config(_))
+        ));
         assert!(UrlSigner::new(SecretSlice::from(b"file-key".to_vec())).is_ok());
         let shown = format!("{:?}", signer());
         assert_eq!(shown, "UrlSigner { key: \"[REDACTED]\" }");

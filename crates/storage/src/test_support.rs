@@ -33,7 +33,9 @@ impl S3Server {
     /// The running server, started if no test holds one.
     pub fn shared() -> Arc<S3Server> {
         // A test that panicked while holding the lock leaves nothing half-done behind it.
-        let mut slot = SHARED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slot = SHARED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(server) = slot.upgrade() {
             return server;
         }
@@ -50,7 +52,10 @@ impl S3Server {
                 host == "127.0.0.1" || host == "localhost",
                 "tests only reach loopback; LORAFORGE_TEST_S3_ENDPOINT is {endpoint}"
             );
-            return S3Server { endpoint, child: None };
+            return S3Server {
+                endpoint,
+                child: None,
+            };
         }
         let venv = test_venv();
         assert!(
@@ -76,7 +81,12 @@ impl S3Server {
         let n = BUCKETS.fetch_add(1, Ordering::Relaxed);
         let bucket = format!("lf-test-{}-{n}", std::process::id());
         let status = http_status(&self.endpoint, "PUT", &format!("/{bucket}"));
-        assert_eq!(status, Some(200), "CreateBucket {bucket} on {}", self.endpoint);
+        assert_eq!(
+            status,
+            Some(200),
+            "CreateBucket {bucket} on {}",
+            self.endpoint
+        );
         bucket
     }
 }
@@ -94,10 +104,12 @@ impl Drop for S3Server {
 /// Its `bin/python` runs moto_server and the tests' Python helpers (botocore is pinned there).
 /// Only the path; nothing checks that it exists.
 pub fn test_venv() -> PathBuf {
-    let cache = std::env::var_os("LORAFORGE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").expect("HOME is not set");
-        PathBuf::from(home).join(".cache/loraforge")
-    });
+    let cache = std::env::var_os("LORAFORGE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME is not set");
+            PathBuf::from(home).join(".cache/loraforge")
+        });
     cache.join("venv-test")
 }
 
@@ -119,15 +131,19 @@ fn spawn_moto(python: &Path) -> Result<S3Server, String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
-    let mut server =
-        S3Server { endpoint: Url::parse(&format!("http://127.0.0.1:{port}/")).expect("url"), child: Some(child) };
+    let mut server = S3Server {
+        endpoint: Url::parse(&format!("http://127.0.0.1:{port}/")).expect("url"),
+        child: Some(child),
+    };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + START_DEADLINE;
     loop {
         if let Some(child) = &mut server.child
             && let Ok(Some(status)) = child.try_wait()
         {
-            return Err(format!("moto_server exited with {status} (port {port} taken?)"));
+            return Err(format!(
+                "moto_server exited with {status} (port {port} taken?)"
+            ));
         }
         // Once its API answers, the listener is moto's and not some other process on the port.
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
@@ -148,14 +164,19 @@ fn http_status(endpoint: &Url, method: &str, path: &str) -> Option<u16> {
     let host = endpoint.host_str()?;
     let port = endpoint.port_or_known_default()?;
     let mut stream = TcpStream::connect((host, port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let request =
-        format!("{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).ok()?;
     // "HTTP/1.x 200"
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).ok()?;
-    head.starts_with(b"HTTP/1.").then(|| std::str::from_utf8(&head[9..12]).ok()?.parse().ok()).flatten()
+    head.starts_with(b"HTTP/1.")
+        .then(|| std::str::from_utf8(&head[9..12]).ok()?.parse().ok())
+        .flatten()
 }
 
 fn free_port() -> u16 {

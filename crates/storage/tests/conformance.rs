@@ -12,8 +12,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use loraforge_storage::signing::{Access, UrlSigner};
 use loraforge_storage::{SignedQuery, StorageError};
-use object_store::path::Path;
 use object_store::ObjectStoreExt;
+use object_store::path::Path;
 use support::verifier::{self, Method, Reason};
 use support::{Backend, Kind};
 use url::Url;
@@ -85,8 +85,19 @@ fn the_verifier_accepts_the_aws_documentation_example() {
         (&url, Method::Get, at(signed_at + 86_400)),
         (&url, Method::Put, at(signed_at)),
     ];
-    let reasons: Vec<Reason> = verifier::run(&args, &checks).into_iter().map(|v| v.reason).collect();
-    assert_eq!(reasons, [Reason::Ok, Reason::Ok, Reason::Expired, Reason::BadSignature]);
+    let reasons: Vec<Reason> = verifier::run(&args, &checks)
+        .into_iter()
+        .map(|v| v.reason)
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            Reason::Ok,
+            Reason::Ok,
+            Reason::Expired,
+            Reason::BadSignature
+        ]
+    );
 }
 
 /// The local link format pinned by a third implementation: the signature below is
@@ -97,13 +108,31 @@ fn the_verifier_accepts_the_aws_documentation_example() {
 fn local_upload_signature_matches_openssl() {
     const SIG: &str = "294c3db31611a3e535c283328d6bfdf9fcd9b92426d0407bb77af90296428438";
     let key = "loras/abc/model.safetensors";
-    let signer = UrlSigner::new(secrecy::SecretSlice::from(support::LOCAL_SIGNING_KEY.to_vec())).expect("signer");
-    assert_eq!(signer.sign_for(Access::Write, key, 1_800_000_000).expect("sign"), SIG);
-    let url = Url::parse(&format!("{}files/{key}?expires=1800000000&sig={SIG}", support::LOCAL_BASE_URL)).expect("url");
+    let signer = UrlSigner::new(secrecy::SecretSlice::from(
+        support::LOCAL_SIGNING_KEY.to_vec(),
+    ))
+    .expect("signer");
+    assert_eq!(
+        signer
+            .sign_for(Access::Write, key, 1_800_000_000)
+            .expect("sign"),
+        SIG
+    );
+    let url = Url::parse(&format!(
+        "{}files/{key}?expires=1800000000&sig={SIG}",
+        support::LOCAL_BASE_URL
+    ))
+    .expect("url");
     let backend = support::local_backend();
-    let checks =
-        [(&url, Method::Put, at(1_799_999_999)), (&url, Method::Get, at(0)), (&url, Method::Put, at(1_800_000_000))];
-    let reasons: Vec<Reason> = verifier::verify(&backend.kind, &checks).into_iter().map(|v| v.reason).collect();
+    let checks = [
+        (&url, Method::Put, at(1_799_999_999)),
+        (&url, Method::Get, at(0)),
+        (&url, Method::Put, at(1_800_000_000)),
+    ];
+    let reasons: Vec<Reason> = verifier::verify(&backend.kind, &checks)
+        .into_iter()
+        .map(|v| v.reason)
+        .collect();
     assert_eq!(reasons, [Reason::Ok, Reason::BadSignature, Reason::Expired]);
 }
 
@@ -111,13 +140,21 @@ async fn put_get_head_delete_round_trip(b: &Backend) {
     let s = &b.store;
     let key = "datasets/ds1/img_001.png";
     let before = Utc::now() - chrono::Duration::minutes(5);
-    s.put(key, Bytes::from_static(b"hello blob")).await.expect("put");
+    s.put(key, Bytes::from_static(b"hello blob"))
+        .await
+        .expect("put");
 
-    assert_eq!(s.get(key).await.expect("get"), Bytes::from_static(b"hello blob"));
+    assert_eq!(
+        s.get(key).await.expect("get"),
+        Bytes::from_static(b"hello blob")
+    );
     let meta = s.head(key).await.expect("head").expect("present after put");
     assert_eq!(meta.size, 10);
     let after = Utc::now() + chrono::Duration::minutes(5);
-    assert!(before <= meta.last_modified && meta.last_modified <= after, "{meta:?}");
+    assert!(
+        before <= meta.last_modified && meta.last_modified <= after,
+        "{meta:?}"
+    );
 
     s.delete(key).await.expect("delete");
     assert_eq!(s.head(key).await.expect("head after delete"), None);
@@ -128,8 +165,12 @@ async fn put_get_head_delete_round_trip(b: &Backend) {
 
 async fn overwrite_replaces_the_whole_object(b: &Backend) {
     let s = &b.store;
-    s.put("k", Bytes::from(vec![b'a'; 1000])).await.expect("put long");
-    s.put("k", Bytes::from_static(b"short")).await.expect("put short");
+    s.put("k", Bytes::from(vec![b'a'; 1000]))
+        .await
+        .expect("put long");
+    s.put("k", Bytes::from_static(b"short"))
+        .await
+        .expect("put short");
     assert_eq!(s.get("k").await.expect("get"), Bytes::from_static(b"short"));
     assert_eq!(s.head("k").await.expect("head").expect("present").size, 5);
 }
@@ -138,13 +179,17 @@ async fn overwrite_replaces_the_whole_object(b: &Backend) {
 async fn overwrite_is_atomic_for_readers(b: &Backend) {
     const LEN: usize = 256 * 1024;
     let s = b.store.clone();
-    s.put("race", Bytes::from(vec![b'a'; LEN])).await.expect("first put");
+    s.put("race", Bytes::from(vec![b'a'; LEN]))
+        .await
+        .expect("first put");
     let writer = {
         let s = s.clone();
         tokio::spawn(async move {
             for i in 0..12 {
                 let fill = if i % 2 == 0 { b'b' } else { b'a' };
-                s.put("race", Bytes::from(vec![fill; LEN])).await.expect("overwrite");
+                s.put("race", Bytes::from(vec![fill; LEN]))
+                    .await
+                    .expect("overwrite");
             }
         })
     };
@@ -165,10 +210,14 @@ async fn missing_objects(b: &Backend) {
         other => panic!("expected NotFound, got {other:?}"),
     }
     assert_eq!(s.head("never/written").await.expect("head"), None);
-    s.delete("never/written").await.expect("delete of absent is Ok");
+    s.delete("never/written")
+        .await
+        .expect("delete of absent is Ok");
 
     // A "folder" that only exists because of a longer key is not an object.
-    s.put("dir/file", Bytes::from_static(b"x")).await.expect("put");
+    s.put("dir/file", Bytes::from_static(b"x"))
+        .await
+        .expect("put");
     assert!(matches!(s.get("dir").await, Err(StorageError::NotFound(_))));
     assert_eq!(s.head("dir").await.expect("head of folder"), None);
 }
@@ -176,32 +225,72 @@ async fn missing_objects(b: &Backend) {
 async fn invalid_keys_are_refused_by_every_method(b: &Backend) {
     let s = &b.store;
     let now = Utc::now();
-    let query = SignedQuery { expires: now.timestamp() + 60, sig: "00".repeat(32) };
+    let query = SignedQuery {
+        expires: now.timestamp() + 60,
+        sig: "00".repeat(32),
+    };
     let long = "x".repeat(513);
-    for key in ["../x", "/abs", "a//b", "a/./b", "with space", "", "a/", "a/..", "a#1", long.as_str()] {
+    for key in [
+        "../x",
+        "/abs",
+        "a//b",
+        "a/./b",
+        "with space",
+        "",
+        "a/",
+        "a/..",
+        "a#1",
+        long.as_str(),
+    ] {
         let invalid = |what: &str, r: Result<(), StorageError>| {
-            assert!(matches!(r, Err(StorageError::InvalidKey(..))), "{what}({key:?}) gave {r:?}");
+            assert!(
+                matches!(r, Err(StorageError::InvalidKey(..))),
+                "{what}({key:?}) gave {r:?}"
+            );
         };
         invalid("put", s.put(key, Bytes::from_static(b"x")).await);
         invalid("get", s.get(key).await.map(drop));
         invalid("head", s.head(key).await.map(drop));
         invalid("delete", s.delete(key).await);
-        invalid("signed_get_url", s.signed_get_url(key, TTL, now).await.map(drop));
-        invalid("open_signed", s.open_signed(key, &query, now).await.map(drop));
+        invalid(
+            "signed_get_url",
+            s.signed_get_url(key, TTL, now).await.map(drop),
+        );
+        invalid(
+            "open_signed",
+            s.open_signed(key, &query, now).await.map(drop),
+        );
     }
 }
 
 async fn binary_data_survives(b: &Backend) {
     let s = &b.store;
     let every_byte: Vec<u8> = (0..=255u8).collect();
-    s.put("bin/every-byte", Bytes::from(every_byte.clone())).await.expect("put");
-    assert_eq!(s.get("bin/every-byte").await.expect("get").as_ref(), every_byte.as_slice());
+    s.put("bin/every-byte", Bytes::from(every_byte.clone()))
+        .await
+        .expect("put");
+    assert_eq!(
+        s.get("bin/every-byte").await.expect("get").as_ref(),
+        every_byte.as_slice()
+    );
 
     let big = pseudo_random(5 * 1024 * 1024);
-    s.put("bin/big.safetensors", Bytes::from(big.clone())).await.expect("put 5 MiB");
-    assert_eq!(s.head("bin/big.safetensors").await.expect("head").expect("present").size, big.len() as u64);
+    s.put("bin/big.safetensors", Bytes::from(big.clone()))
+        .await
+        .expect("put 5 MiB");
+    assert_eq!(
+        s.head("bin/big.safetensors")
+            .await
+            .expect("head")
+            .expect("present")
+            .size,
+        big.len() as u64
+    );
     let got = s.get("bin/big.safetensors").await.expect("get 5 MiB");
-    assert!(got.as_ref() == big.as_slice(), "5 MiB blob came back different");
+    assert!(
+        got.as_ref() == big.as_slice(),
+        "5 MiB blob came back different"
+    );
 }
 
 async fn signed_url_gives_the_exact_bytes(b: &Backend) {
@@ -218,12 +307,23 @@ async fn signed_url_gives_the_exact_bytes(b: &Backend) {
             assert_eq!(url.path(), format!("/lf/files/{key}"));
             assert_eq!(served_key, key);
             assert_eq!(query.expires, now.timestamp() + TTL.as_secs() as i64);
-            let got = s.open_signed(&served_key, &query, now).await.expect("open_signed");
+            let got = s
+                .open_signed(&served_key, &query, now)
+                .await
+                .expect("open_signed");
             assert_eq!(got.as_ref(), body.as_slice());
         }
         Kind::S3 { .. } => {
             assert!(matches!(
-                s.open_signed(key, &SignedQuery { expires: 0, sig: String::new() }, now).await,
+                s.open_signed(
+                    key,
+                    &SignedQuery {
+                        expires: 0,
+                        sig: String::new()
+                    },
+                    now
+                )
+                .await,
                 Err(StorageError::NotServedLocally)
             ));
             let response = reqwest::get(url.clone()).await.expect("GET presigned URL");
@@ -235,7 +335,10 @@ async fn signed_url_gives_the_exact_bytes(b: &Backend) {
             // The object itself is private: the same URL without its signature is refused.
             let mut bare = url.clone();
             bare.set_query(None);
-            assert_eq!(reqwest::get(bare).await.expect("GET unsigned").status(), 403);
+            assert_eq!(
+                reqwest::get(bare).await.expect("GET unsigned").status(),
+                403
+            );
         }
     }
 }
@@ -245,42 +348,94 @@ async fn signed_upload_url_writes_the_exact_bytes(b: &Backend) {
     let key = "lora-models/u1/m1/model.safetensors";
     let body = pseudo_random(90_000);
     let now = Utc::now();
-    let url = s.signed_put_url(key, TTL, now).await.expect("signed upload url");
+    let url = s
+        .signed_put_url(key, TTL, now)
+        .await
+        .expect("signed upload url");
     match &b.kind {
         Kind::Local { .. } => {
             // What `PUT /files/{key}` does: key from the path, token from the query.
             let (served_key, query) = local_route(&url);
             assert_eq!(served_key, key);
-            s.put_signed(&served_key, &query, Bytes::from(body.clone()), now).await.expect("put_signed");
+            s.put_signed(&served_key, &query, Bytes::from(body.clone()), now)
+                .await
+                .expect("put_signed");
             // An upload link is not a download link, nor the other way round.
-            assert!(matches!(s.open_signed(&served_key, &query, now).await, Err(StorageError::BadSignature)));
+            assert!(matches!(
+                s.open_signed(&served_key, &query, now).await,
+                Err(StorageError::BadSignature)
+            ));
             let read = s.signed_get_url(key, TTL, now).await.expect("get url");
             let (_, read_query) = local_route(&read);
-            let r = s.put_signed(key, &read_query, Bytes::from_static(b"x"), now).await;
+            let r = s
+                .put_signed(key, &read_query, Bytes::from_static(b"x"), now)
+                .await;
             assert!(matches!(r, Err(StorageError::BadSignature)), "{r:?}");
             let later = now + chrono::Duration::seconds(TTL.as_secs() as i64);
-            let r = s.put_signed(key, &query, Bytes::from_static(b"x"), later).await;
+            let r = s
+                .put_signed(key, &query, Bytes::from_static(b"x"), later)
+                .await;
             assert!(matches!(r, Err(StorageError::LinkExpired)), "{r:?}");
-            let r = s.put_signed("lora-models/u1/m1/other.bin", &query, Bytes::from_static(b"x"), now).await;
+            let r = s
+                .put_signed(
+                    "lora-models/u1/m1/other.bin",
+                    &query,
+                    Bytes::from_static(b"x"),
+                    now,
+                )
+                .await;
             assert!(matches!(r, Err(StorageError::BadSignature)), "{r:?}");
         }
         Kind::S3 { .. } => {
-            let q = SignedQuery { expires: 0, sig: String::new() };
+            let q = SignedQuery {
+                expires: 0,
+                sig: String::new(),
+            };
             let r = s.put_signed(key, &q, Bytes::from_static(b"x"), now).await;
             assert!(matches!(r, Err(StorageError::NotServedLocally)), "{r:?}");
             // moto takes any signature (see support/verifier.rs): botocore checks this one, moto
             // shows the upload lands where a GET finds it.
             let verdict = &verifier::verify(&b.kind, &[(&url, Method::Put, Utc::now())])[0];
             assert_eq!(verdict.reason, Reason::Ok, "{verdict:?}");
-            assert_eq!(verdict.expires_at.zip(verdict.signed_at).map(|(e, s)| e - s), Some(300), "{verdict:?}");
-            let response = reqwest::Client::new().put(url.clone()).body(body.clone()).send().await.expect("PUT");
-            assert!(response.status().is_success(), "{} {url}", response.status());
-            let read = s.signed_get_url(key, TTL, Utc::now()).await.expect("get url");
-            let got = reqwest::get(read).await.expect("GET presigned URL").bytes().await.expect("body");
-            assert!(got.as_ref() == body.as_slice(), "the presigned GET gave other bytes than were PUT");
+            assert_eq!(
+                verdict
+                    .expires_at
+                    .zip(verdict.signed_at)
+                    .map(|(e, s)| e - s),
+                Some(300),
+                "{verdict:?}"
+            );
+            let response = reqwest::Client::new()
+                .put(url.clone())
+                .body(body.clone())
+                .send()
+                .await
+                .expect("PUT");
+            assert!(
+                response.status().is_success(),
+                "{} {url}",
+                response.status()
+            );
+            let read = s
+                .signed_get_url(key, TTL, Utc::now())
+                .await
+                .expect("get url");
+            let got = reqwest::get(read)
+                .await
+                .expect("GET presigned URL")
+                .bytes()
+                .await
+                .expect("body");
+            assert!(
+                got.as_ref() == body.as_slice(),
+                "the presigned GET gave other bytes than were PUT"
+            );
         }
     }
-    assert_eq!(s.get(key).await.expect("uploaded").as_ref(), body.as_slice());
+    assert_eq!(
+        s.get(key).await.expect("uploaded").as_ref(),
+        body.as_slice()
+    );
 }
 
 async fn expired_signed_url_is_refused(b: &Backend) {
@@ -290,28 +445,55 @@ async fn expired_signed_url_is_refused(b: &Backend) {
     match &b.kind {
         Kind::Local { .. } => {
             let issued = at(1_900_000_000);
-            let url = s.signed_get_url(key, Duration::from_secs(1), issued).await.expect("url");
+            let url = s
+                .signed_get_url(key, Duration::from_secs(1), issued)
+                .await
+                .expect("url");
             let (key, query) = local_route(&url);
             let just_before = issued + chrono::Duration::milliseconds(999);
-            assert_eq!(s.open_signed(&key, &query, just_before).await.expect("still valid").as_ref(), b"png");
+            assert_eq!(
+                s.open_signed(&key, &query, just_before)
+                    .await
+                    .expect("still valid")
+                    .as_ref(),
+                b"png"
+            );
             let at_expiry = issued + chrono::Duration::seconds(1);
-            assert!(matches!(s.open_signed(&key, &query, at_expiry).await, Err(StorageError::LinkExpired)));
+            assert!(matches!(
+                s.open_signed(&key, &query, at_expiry).await,
+                Err(StorageError::LinkExpired)
+            ));
             let long_after = issued + chrono::Duration::days(30);
-            assert!(matches!(s.open_signed(&key, &query, long_after).await, Err(StorageError::LinkExpired)));
+            assert!(matches!(
+                s.open_signed(&key, &query, long_after).await,
+                Err(StorageError::LinkExpired)
+            ));
         }
         Kind::S3 { .. } => {
             // moto_server does not enforce presigned expiry (see support/verifier.rs), so we
             // check that the URL is dated by the wall clock with the right lifetime, and that
             // botocore accepts it inside that window and refuses it from its last instant on.
             let before = Utc::now().timestamp();
-            let url = s.signed_get_url(key, Duration::from_secs(1), Utc::now()).await.expect("url");
+            let url = s
+                .signed_get_url(key, Duration::from_secs(1), Utc::now())
+                .await
+                .expect("url");
             let after = Utc::now().timestamp();
             let first = &verifier::verify(&b.kind, &[(&url, Method::Get, Utc::now())])[0];
             let signed_at = first.signed_at.expect("X-Amz-Date");
-            assert!(before <= signed_at && signed_at <= after, "X-Amz-Date {first:?}");
+            assert!(
+                before <= signed_at && signed_at <= after,
+                "X-Amz-Date {first:?}"
+            );
             assert_eq!(first.expires_at, Some(signed_at + 1), "{first:?}");
-            let checks = [(&url, Method::Get, at(signed_at)), (&url, Method::Get, at(signed_at + 1))];
-            let reasons: Vec<Reason> = verifier::verify(&b.kind, &checks).into_iter().map(|v| v.reason).collect();
+            let checks = [
+                (&url, Method::Get, at(signed_at)),
+                (&url, Method::Get, at(signed_at + 1)),
+            ];
+            let reasons: Vec<Reason> = verifier::verify(&b.kind, &checks)
+                .into_iter()
+                .map(|v| v.reason)
+                .collect();
             assert_eq!(reasons, [Reason::Ok, Reason::Expired]);
         }
     }
@@ -319,44 +501,96 @@ async fn expired_signed_url_is_refused(b: &Backend) {
 
 async fn tampered_signed_url_is_refused(b: &Backend) {
     let s = &b.store;
-    s.put("a/one.png", Bytes::from_static(b"one")).await.expect("put");
-    s.put("a/two.png", Bytes::from_static(b"two")).await.expect("put");
+    s.put("a/one.png", Bytes::from_static(b"one"))
+        .await
+        .expect("put");
+    s.put("a/two.png", Bytes::from_static(b"two"))
+        .await
+        .expect("put");
     let now = Utc::now();
     let url = s.signed_get_url("a/one.png", TTL, now).await.expect("url");
     match &b.kind {
         Kind::Local { .. } => {
             let (key, query) = local_route(&url);
             let bad = |r: Result<Bytes, StorageError>| matches!(r, Err(StorageError::BadSignature));
-            let flipped = SignedQuery { sig: flip_hex(&query.sig), ..query.clone() };
-            assert!(bad(s.open_signed(&key, &flipped, now).await), "flipped signature");
-            let truncated = SignedQuery { sig: query.sig[..40].to_owned(), ..query.clone() };
-            assert!(bad(s.open_signed(&key, &truncated, now).await), "truncated signature");
-            let extended = SignedQuery { expires: query.expires + 86_400, ..query.clone() };
-            assert!(bad(s.open_signed(&key, &extended, now).await), "longer expiry");
-            assert!(bad(s.open_signed("a/two.png", &query, now).await), "token moved to another key");
-            assert_eq!(s.open_signed(&key, &query, now).await.expect("untouched").as_ref(), b"one");
+            let flipped = SignedQuery {
+                sig: flip_hex(&query.sig),
+                ..query.clone()
+            };
+            assert!(
+                bad(s.open_signed(&key, &flipped, now).await),
+                "flipped signature"
+            );
+            let truncated = SignedQuery {
+                sig: query.sig[..40].to_owned(),
+                ..query.clone()
+            };
+            assert!(
+                bad(s.open_signed(&key, &truncated, now).await),
+                "truncated signature"
+            );
+            let extended = SignedQuery {
+                expires: query.expires + 86_400,
+                ..query.clone()
+            };
+            assert!(
+                bad(s.open_signed(&key, &extended, now).await),
+                "longer expiry"
+            );
+            assert!(
+                bad(s.open_signed("a/two.png", &query, now).await),
+                "token moved to another key"
+            );
+            assert_eq!(
+                s.open_signed(&key, &query, now)
+                    .await
+                    .expect("untouched")
+                    .as_ref(),
+                b"one"
+            );
         }
         Kind::S3 { .. } => {
             // moto serves tampered presigned URLs too (see support/verifier.rs); botocore plays S3.
-            let sig = url.query_pairs().find(|(k, _)| k == "X-Amz-Signature").expect("signature").1.into_owned();
+            let sig = url
+                .query_pairs()
+                .find(|(k, _)| k == "X-Amz-Signature")
+                .expect("signature")
+                .1
+                .into_owned();
             let flipped = with_query(&url, "X-Amz-Signature", &flip_hex(&sig));
             let longer = with_query(&url, "X-Amz-Expires", "604800");
             let mut moved = url.clone();
             moved.set_path(&url.path().replace("one.png", "two.png"));
             let checks = [&url, &flipped, &longer, &moved].map(|u| (u, Method::Get, now));
-            let reasons: Vec<Reason> = verifier::verify(&b.kind, &checks).into_iter().map(|v| v.reason).collect();
-            assert_eq!(reasons, [Reason::Ok, Reason::BadSignature, Reason::BadSignature, Reason::BadSignature]);
+            let reasons: Vec<Reason> = verifier::verify(&b.kind, &checks)
+                .into_iter()
+                .map(|v| v.reason)
+                .collect();
+            assert_eq!(
+                reasons,
+                [
+                    Reason::Ok,
+                    Reason::BadSignature,
+                    Reason::BadSignature,
+                    Reason::BadSignature
+                ]
+            );
         }
     }
 }
 
 async fn keys_stay_inside_the_root_or_prefix(b: &Backend) {
     let s = &b.store;
-    s.put("x/y/z.bin", Bytes::from_static(b"deep")).await.expect("put");
+    s.put("x/y/z.bin", Bytes::from_static(b"deep"))
+        .await
+        .expect("put");
     s.put("top", Bytes::from_static(b"top")).await.expect("put");
     match &b.kind {
         Kind::Local { root, _dir } => {
-            assert_eq!(std::fs::read(root.join("x/y/z.bin")).expect("file under root"), b"deep");
+            assert_eq!(
+                std::fs::read(root.join("x/y/z.bin")).expect("file under root"),
+                b"deep"
+            );
             let parent: Vec<_> = std::fs::read_dir(_dir.path())
                 .expect("parent")
                 .map(|e| e.expect("entry").file_name())
@@ -365,7 +599,10 @@ async fn keys_stay_inside_the_root_or_prefix(b: &Backend) {
         }
         Kind::S3 { raw, .. } => {
             let prefix = support::S3_PREFIX;
-            let got = raw.get(&Path::from(format!("{prefix}/x/y/z.bin"))).await.expect("under prefix");
+            let got = raw
+                .get(&Path::from(format!("{prefix}/x/y/z.bin")))
+                .await
+                .expect("under prefix");
             assert_eq!(got.bytes().await.expect("bytes").as_ref(), b"deep");
             let mut all = Vec::new();
             let mut listing = raw.list(None);
@@ -373,7 +610,10 @@ async fn keys_stay_inside_the_root_or_prefix(b: &Backend) {
                 all.push(meta.expect("list").location.to_string());
             }
             all.sort();
-            assert_eq!(all, vec![format!("{prefix}/top"), format!("{prefix}/x/y/z.bin")]);
+            assert_eq!(
+                all,
+                vec![format!("{prefix}/top"), format!("{prefix}/x/y/z.bin")]
+            );
             let url = s.signed_get_url("top", TTL, Utc::now()).await.expect("url");
             assert!(url.path().ends_with(&format!("/{prefix}/top")), "{url}");
         }
@@ -409,7 +649,13 @@ async fn signed_links_pass_an_independent_verifier(b: &Backend) {
         assert!((0..=5).contains(&(issued - now.timestamp())), "{first:?}");
         assert_eq!(expires_at, issued + TTL.as_secs() as i64, "{first:?}");
 
-        let value = |name: &str| url.query_pairs().find(|(k, _)| k == name).expect(name).1.into_owned();
+        let value = |name: &str| {
+            url.query_pairs()
+                .find(|(k, _)| k == name)
+                .expect(name)
+                .1
+                .into_owned()
+        };
         let flipped = with_query(&url, sig_param, &flip_hex(&value(sig_param)));
         let mut moved = url.clone();
         moved.set_path(&url.path().replace("model.safetensors", "other.safetensors"));
@@ -420,25 +666,86 @@ async fn signed_links_pass_an_independent_verifier(b: &Backend) {
         };
         let longer = with_query(&url, expiry_param, &longer_value);
         let mut unsigned = url.clone();
-        let kept: Vec<(String, String)> =
-            url.query_pairs().filter(|(k, _)| k != sig_param).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| k != sig_param)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
         unsigned.query_pairs_mut().clear().extend_pairs(kept);
 
         let cases = [
-            ("just before expiry", &url, method, at(expires_at - 1), Reason::Ok),
-            ("at the expiry instant", &url, method, at(expires_at), Reason::Expired),
-            ("a month later", &url, method, at(expires_at + 30 * 86_400), Reason::Expired),
-            ("one signature character flipped", &flipped, method, now, Reason::BadSignature),
-            ("moved to another key", &moved, method, now, Reason::BadSignature),
-            ("expiry extended", &longer, method, now, Reason::BadSignature),
-            ("expiry extended, used after the real one", &longer, method, at(expires_at + 10), Reason::BadSignature),
-            ("used for the other method", &url, method.other(), now, Reason::BadSignature),
-            ("signature removed", &unsigned, method, now, Reason::Malformed),
+            (
+                "just before expiry",
+                &url,
+                method,
+                at(expires_at - 1),
+                Reason::Ok,
+            ),
+            (
+                "at the expiry instant",
+                &url,
+                method,
+                at(expires_at),
+                Reason::Expired,
+            ),
+            (
+                "a month later",
+                &url,
+                method,
+                at(expires_at + 30 * 86_400),
+                Reason::Expired,
+            ),
+            (
+                "one signature character flipped",
+                &flipped,
+                method,
+                now,
+                Reason::BadSignature,
+            ),
+            (
+                "moved to another key",
+                &moved,
+                method,
+                now,
+                Reason::BadSignature,
+            ),
+            (
+                "expiry extended",
+                &longer,
+                method,
+                now,
+                Reason::BadSignature,
+            ),
+            (
+                "expiry extended, used after the real one",
+                &longer,
+                method,
+                at(expires_at + 10),
+                Reason::BadSignature,
+            ),
+            (
+                "used for the other method",
+                &url,
+                method.other(),
+                now,
+                Reason::BadSignature,
+            ),
+            (
+                "signature removed",
+                &unsigned,
+                method,
+                now,
+                Reason::Malformed,
+            ),
         ];
         let checks: Vec<_> = cases.iter().map(|(_, u, m, t, _)| (*u, *m, *t)).collect();
         let verdicts = verifier::verify(&b.kind, &checks);
         for ((what, u, m, _, want), got) in cases.iter().zip(&verdicts) {
-            assert_eq!(&got.reason, want, "{method:?} link {what}: {m:?} {u} gave {:?}: {}", got.reason, got.detail);
+            assert_eq!(
+                &got.reason, want,
+                "{method:?} link {what}: {m:?} {u} gave {:?}: {}",
+                got.reason, got.detail
+            );
         }
         // Our own route check (what `/files/{key}` runs) must agree with the independent one.
         if let Kind::Local { .. } = &b.kind {
@@ -446,14 +753,22 @@ async fn signed_links_pass_an_independent_verifier(b: &Backend) {
                 let (served_key, query) = local_route(u);
                 let ours = match m {
                     Method::Get => s.open_signed(&served_key, &query, *t).await.map(drop),
-                    Method::Put => s.put_signed(&served_key, &query, Bytes::from_static(b"up"), *t).await,
+                    Method::Put => {
+                        s.put_signed(&served_key, &query, Bytes::from_static(b"up"), *t)
+                            .await
+                    }
                 };
                 let same = match want {
-                    Reason::Ok => ours.is_ok() || ours.as_ref().is_err_and(StorageError::is_not_found),
+                    Reason::Ok => {
+                        ours.is_ok() || ours.as_ref().is_err_and(StorageError::is_not_found)
+                    }
                     Reason::Expired => matches!(ours, Err(StorageError::LinkExpired)),
                     _ => matches!(ours, Err(StorageError::BadSignature)),
                 };
-                assert!(same, "{method:?} link {what}: open_signed/put_signed gave {ours:?}, the verifier {want:?}");
+                assert!(
+                    same,
+                    "{method:?} link {what}: open_signed/put_signed gave {ours:?}, the verifier {want:?}"
+                );
             }
         }
     }
@@ -463,9 +778,20 @@ async fn signed_links_pass_an_independent_verifier(b: &Backend) {
 
 /// Splits a local signed URL the way the `/files/{*key}` route will.
 fn local_route(url: &Url) -> (String, SignedQuery) {
-    let key = url.path().strip_prefix("/lf/files/").expect("files route").to_owned();
-    let get = |name: &str| url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
-    let expires = get("expires").expect("expires").parse().expect("expires is a number");
+    let key = url
+        .path()
+        .strip_prefix("/lf/files/")
+        .expect("files route")
+        .to_owned();
+    let get = |name: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    let expires = get("expires")
+        .expect("expires")
+        .parse()
+        .expect("expires is a number");
     let sig = get("sig").expect("sig");
     (key, SignedQuery { expires, sig })
 }
@@ -474,7 +800,11 @@ fn with_query(url: &Url, name: &str, value: &str) -> Url {
     let pairs: Vec<(String, String)> = url
         .query_pairs()
         .map(|(k, v)| {
-            let v = if k == name { value.to_owned() } else { v.into_owned() };
+            let v = if k == name {
+                value.to_owned()
+            } else {
+                v.into_owned()
+            };
             (k.into_owned(), v)
         })
         .collect();
@@ -508,7 +838,11 @@ fn pseudo_random(len: usize) -> Vec<u8> {
 
 async fn list_finds_the_objects_under_a_folder(b: &Backend) {
     let s = &b.store;
-    for (key, body) in [("sweep/x/1.png", &b"one"[..]), ("sweep/x/deep/2.png", b"two!"), ("sweep/y/3.png", b"3")] {
+    for (key, body) in [
+        ("sweep/x/1.png", &b"one"[..]),
+        ("sweep/x/deep/2.png", b"two!"),
+        ("sweep/y/3.png", b"3"),
+    ] {
         s.put(key, Bytes::copy_from_slice(body)).await.expect("put");
     }
     let before = Utc::now() - chrono::Duration::minutes(5);
@@ -518,5 +852,8 @@ async fn list_finds_the_objects_under_a_folder(b: &Backend) {
     assert_eq!(keys, [("sweep/x/1.png", 3), ("sweep/x/deep/2.png", 4)]);
     assert!(found.iter().all(|(_, m)| m.last_modified > before));
     assert!(s.list("sweep/none/").await.expect("list empty").is_empty());
-    assert!(matches!(s.list("../x/").await, Err(StorageError::InvalidKey(..))));
+    assert!(matches!(
+        s.list("../x/").await,
+        Err(StorageError::InvalidKey(..))
+    ));
 }

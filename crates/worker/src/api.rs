@@ -39,7 +39,11 @@ pub(crate) enum CallError {
     /// No answer: connect, timeout, broken body. `reqwest::Error` with its URL removed.
     Transport(String),
     /// An answer with a non-success status; `code`/`message` from the API's error body.
-    Status { status: StatusCode, code: Option<String>, message: Option<String> },
+    Status {
+        status: StatusCode,
+        code: Option<String>,
+        message: Option<String>,
+    },
     /// An answer that cannot be used (a body that does not parse, a download of the wrong size).
     Invalid(String),
 }
@@ -66,7 +70,9 @@ impl CallError {
     pub fn is_retryable(&self) -> bool {
         match self {
             CallError::Transport(_) => true,
-            CallError::Status { status, .. } => status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS,
+            CallError::Status { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
             CallError::Invalid(_) => false,
         }
     }
@@ -81,7 +87,9 @@ impl CallError {
     /// The API's `message` (or the status line) for a reason text.
     pub fn message(&self) -> String {
         match self {
-            CallError::Status { message: Some(m), .. } => m.clone(),
+            CallError::Status {
+                message: Some(m), ..
+            } => m.clone(),
             other => other.to_string(),
         }
     }
@@ -97,8 +105,16 @@ impl CallError {
             }
         }
         let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-        let field = |name: &str| parsed.as_ref().and_then(|v| v.get("error")?.get(name)?.as_str().map(str::to_owned));
-        CallError::Status { status, code: field("code"), message: field("message") }
+        let field = |name: &str| {
+            parsed
+                .as_ref()
+                .and_then(|v| v.get("error")?.get(name)?.as_str().map(str::to_owned))
+        };
+        CallError::Status {
+            status,
+            code: field("code"),
+            message: field("message"),
+        }
     }
 }
 
@@ -106,7 +122,11 @@ impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CallError::Transport(e) => write!(f, "no answer ({e})"),
-            CallError::Status { status, code, message } => {
+            CallError::Status {
+                status,
+                code,
+                message,
+            } => {
                 write!(f, "HTTP {status}")?;
                 match (code, message) {
                     (Some(c), Some(m)) => write!(f, " {c}: {m}"),
@@ -162,13 +182,20 @@ pub(crate) struct ControlPlane {
 
 impl fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ControlPlane").field("job_url", &self.job_url.as_str()).finish_non_exhaustive()
+        f.debug_struct("ControlPlane")
+            .field("job_url", &self.job_url.as_str())
+            .finish_non_exhaustive()
     }
 }
 
 impl ControlPlane {
     /// `server` is the base URL (a path prefix is kept).
-    pub fn new(http: reqwest::Client, server: &Url, lora_id: &str, token: String) -> Result<Self, String> {
+    pub fn new(
+        http: reqwest::Client,
+        server: &Url,
+        lora_id: &str,
+        token: String,
+    ) -> Result<Self, String> {
         let mut job_url = server.clone();
         job_url.set_query(None);
         job_url.set_fragment(None);
@@ -177,7 +204,11 @@ impl ControlPlane {
             .map_err(|()| format!("the control plane URL {server} cannot have a path"))?
             .pop_if_empty()
             .extend(["api", "v1", "worker", "jobs", lora_id]);
-        Ok(Self { http, job_url, token })
+        Ok(Self {
+            http,
+            job_url,
+            token,
+        })
     }
 
     fn route(&self, last: &str) -> Url {
@@ -199,7 +230,8 @@ impl ControlPlane {
             .map_err(CallError::transport)?;
         let resp = success(resp).await?;
         let body = resp.bytes().await.map_err(CallError::transport)?;
-        serde_json::from_slice(&body).map_err(|e| CallError::Invalid(format!("the job does not parse: {e}")))
+        serde_json::from_slice(&body)
+            .map_err(|e| CallError::Invalid(format!("the job does not parse: {e}")))
     }
 
     pub async fn progress(&self, body: &ProgressBody) -> Result<(), CallError> {
@@ -209,7 +241,10 @@ impl ControlPlane {
     pub async fn result(&self, body: &RunResult) -> Result<ResultAnswer, CallError> {
         let resp = self.post("result", body).await?;
         let bytes = resp.bytes().await.map_err(CallError::transport)?;
-        Ok(serde_json::from_slice(&bytes).unwrap_or(ResultAnswer { status: None, error: None }))
+        Ok(serde_json::from_slice(&bytes).unwrap_or(ResultAnswer {
+            status: None,
+            error: None,
+        }))
     }
 
     pub async fn checkpoint(&self, body: &CheckpointBody) -> Result<(), CallError> {
@@ -236,7 +271,11 @@ impl ControlPlane {
 
 /// The response if its status is a success, else its error.
 pub(crate) async fn success(resp: Response) -> Result<Response, CallError> {
-    if resp.status().is_success() { Ok(resp) } else { Err(CallError::from_response(resp).await) }
+    if resp.status().is_success() {
+        Ok(resp)
+    } else {
+        Err(CallError::from_response(resp).await)
+    }
 }
 
 #[cfg(test)]
@@ -246,19 +285,47 @@ mod tests {
     #[test]
     fn routes_keep_a_path_prefix_and_encode_the_id() {
         let http = reqwest::Client::new();
-        let cp = ControlPlane::new(http.clone(), &"http://h:1/".parse().unwrap(), "01ab", "t".into()).unwrap();
+        let cp = ControlPlane::new(
+            http.clone(),
+            &"http://h:1/".parse().unwrap(),
+            "01ab",
+            "t".into(),
+        )
+        .unwrap();
         assert_eq!(cp.job_url.as_str(), "http://h:1/api/v1/worker/jobs/01ab");
-        assert_eq!(cp.route("progress").as_str(), "http://h:1/api/v1/worker/jobs/01ab/progress");
-        let cp = ControlPlane::new(http.clone(), &"http://h/lf?x=1".parse().unwrap(), "a/b", "t".into()).unwrap();
+        assert_eq!(
+            cp.route("progress").as_str(),
+            "http://h:1/api/v1/worker/jobs/01ab/progress"
+        );
+        let cp = ControlPlane::new(
+            http.clone(),
+            &"http://h/lf?x=1".parse().unwrap(),
+            "a/b",
+            "t".into(),
+        )
+        .unwrap();
         assert_eq!(cp.job_url.as_str(), "http://h/lf/api/v1/worker/jobs/a%2Fb");
-        let cp = ControlPlane::new(http, &"http://h/lf/".parse().unwrap(), "x", "secret-token".into()).unwrap();
-        assert_eq!(cp.route("result").as_str(), "http://h/lf/api/v1/worker/jobs/x/result");
+        let cp = ControlPlane::new(
+            http,
+            &"http://h/lf/".parse().unwrap(),
+            "x",
+            "secret-token".into(),
+        )
+        .unwrap();
+        assert_eq!(
+            cp.route("result").as_str(),
+            "http://h/lf/api/v1/worker/jobs/x/result"
+        );
         assert!(!format!("{cp:?}").contains("secret-token"));
     }
 
     #[test]
     fn retryable_errors() {
-        let status = |s: u16| CallError::Status { status: StatusCode::from_u16(s).unwrap(), code: None, message: None };
+        let status = |s: u16| CallError::Status {
+            status: StatusCode::from_u16(s).unwrap(),
+            code: None,
+            message: None,
+        };
         assert!(status(503).is_retryable());
         assert!(status(500).is_retryable());
         assert!(status(429).is_retryable());
@@ -276,9 +343,16 @@ mod tests {
             code: Some("job_not_active".into()),
             message: Some("the job was cancelled".into()),
         };
-        assert_eq!(e.to_string(), "HTTP 409 Conflict job_not_active: the job was cancelled");
+        assert_eq!(
+            e.to_string(),
+            "HTTP 409 Conflict job_not_active: the job was cancelled"
+        );
         assert_eq!(e.message(), "the job was cancelled");
-        let e = CallError::Status { status: StatusCode::SERVICE_UNAVAILABLE, code: None, message: None };
+        let e = CallError::Status {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: None,
+            message: None,
+        };
         assert_eq!(e.to_string(), "HTTP 503 Service Unavailable");
     }
 
@@ -299,7 +373,13 @@ mod tests {
         let mut calls = 0;
         let r: Result<(), Failed> = retrying("test", Duration::from_secs(2), || {
             calls += 1;
-            async { Err(CallError::Status { status: StatusCode::CONFLICT, code: None, message: None }) }
+            async {
+                Err(CallError::Status {
+                    status: StatusCode::CONFLICT,
+                    code: None,
+                    message: None,
+                })
+            }
         })
         .await;
         assert_eq!((calls, r.unwrap_err().tries), (1, 1));
@@ -308,7 +388,13 @@ mod tests {
         let r = retrying("test", Duration::from_millis(1), || {
             calls += 1;
             let n = calls;
-            async move { if n < 3 { Err(CallError::Transport("reset".into())) } else { Ok(n) } }
+            async move {
+                if n < 3 {
+                    Err(CallError::Transport("reset".into()))
+                } else {
+                    Ok(n)
+                }
+            }
         })
         .await;
         assert_eq!(r.unwrap(), 3);

@@ -29,12 +29,20 @@ pub(crate) struct Uploader {
 }
 
 impl Uploader {
-    pub fn start(http: reqwest::Client, api: Arc<ControlPlane>, attempt: u64, url: Url, retry_delay: Duration) -> Self {
+    pub fn start(
+        http: reqwest::Client,
+        api: Arc<ControlPlane>,
+        attempt: u64,
+        url: Url,
+        retry_delay: Duration,
+    ) -> Self {
         let (tx, mut rx) = watch::channel(None::<Saved>);
         let task = tokio::spawn(async move {
             let mut stored = None;
             while rx.changed().await.is_ok() {
-                let Some(saved) = rx.borrow_and_update().clone() else { continue };
+                let Some(saved) = rx.borrow_and_update().clone() else {
+                    continue;
+                };
                 let name = format!("checkpoint of step {}", saved.step);
                 let bytes = match tokio::fs::metadata(&saved.path).await {
                     Ok(m) => m.len(),
@@ -44,19 +52,27 @@ impl Uploader {
                     }
                 };
                 let what = format!("uploading the {name}");
-                let put = retrying(&what, retry_delay, || files::put_file(&http, &url, &saved.path));
+                let put = retrying(&what, retry_delay, || {
+                    files::put_file(&http, &url, &saved.path)
+                });
                 if let Err(Failed { error, tries }) = put.await {
                     tracing::warn!(%error, tries, "the {name} could not be uploaded; training goes on");
                     continue;
                 }
-                let body = CheckpointBody { attempt, step: saved.step, bytes };
+                let body = CheckpointBody {
+                    attempt,
+                    step: saved.step,
+                    bytes,
+                };
                 let what = format!("recording the {name}");
                 match retrying(&what, retry_delay, || api.checkpoint(&body)).await {
                     Ok(()) => {
                         tracing::info!(step = saved.step, bytes, "checkpoint stored");
                         stored = Some(saved.step);
                     }
-                    Err(Failed { error, tries }) => tracing::warn!(%error, tries, "the {name} could not be recorded"),
+                    Err(Failed { error, tries }) => {
+                        tracing::warn!(%error, tries, "the {name} could not be recorded")
+                    }
                 }
             }
             stored
@@ -77,7 +93,10 @@ impl Uploader {
         match tokio::time::timeout(limit, &mut task).await {
             Ok(stored) => stored.ok().flatten(),
             Err(_) => {
-                tracing::warn!(?limit, "the last checkpoint did not finish uploading in time");
+                tracing::warn!(
+                    ?limit,
+                    "the last checkpoint did not finish uploading in time"
+                );
                 task.abort();
                 None
             }
@@ -95,17 +114,32 @@ pub(crate) async fn fetch_resume_point(
     retry_delay: Duration,
 ) -> Result<bool, String> {
     let dir = train.join("checkpoints");
-    if newest_local(&dir).await.is_some_and(|step| step >= resume.step) {
-        tracing::info!(step = resume.step, "a checkpoint at least as new is here already");
+    if newest_local(&dir)
+        .await
+        .is_some_and(|step| step >= resume.step)
+    {
+        tracing::info!(
+            step = resume.step,
+            "a checkpoint at least as new is here already"
+        );
         return Ok(false);
     }
-    let url = Url::parse(&resume.url).map_err(|e| format!("the checkpoint link is not a URL ({e})"))?;
-    tokio::fs::create_dir_all(&dir).await.map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let path = dir.join(format!("step-{:08}.pt", resume.step));
-    tracing::info!(step = resume.step, bytes = resume.bytes, "downloading the checkpoint to resume from");
-    retrying("downloading the checkpoint", retry_delay, || files::download(http, &url, resume.bytes, &path))
+    let url =
+        Url::parse(&resume.url).map_err(|e| format!("the checkpoint link is not a URL ({e})"))?;
+    tokio::fs::create_dir_all(&dir)
         .await
-        .map_err(|Failed { error, tries }| format!("{error} ({tries} tries)"))?;
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join(format!("step-{:08}.pt", resume.step));
+    tracing::info!(
+        step = resume.step,
+        bytes = resume.bytes,
+        "downloading the checkpoint to resume from"
+    );
+    retrying("downloading the checkpoint", retry_delay, || {
+        files::download(http, &url, resume.bytes, &path)
+    })
+    .await
+    .map_err(|Failed { error, tries }| format!("{error} ({tries} tries)"))?;
     Ok(true)
 }
 
@@ -115,7 +149,11 @@ async fn newest_local(dir: &Path) -> Option<u64> {
     let mut newest = None;
     while let Ok(Some(e)) = entries.next_entry().await {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.strip_suffix(".pt")).and_then(|s| s.parse::<u64>().ok()) {
+        if let Some(step) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.strip_suffix(".pt"))
+            .and_then(|s| s.parse::<u64>().ok())
+        {
             newest = newest.max(Some(step));
         }
     }

@@ -19,13 +19,19 @@ const DOWNLOAD_CONCURRENCY: usize = 4;
 /// Whether `name` is a file name the protocol allows for an image: two or more digits, then
 /// `.png`, `.jpg`, `.jpeg` or `.webp` (`^[0-9]{2,}\.(png|jpg|jpeg|webp)$`).
 pub(crate) fn is_safe_image_name(name: &str) -> bool {
-    let Some((stem, ext)) = name.split_once('.') else { return false };
-    stem.len() >= 2 && stem.bytes().all(|b| b.is_ascii_digit()) && matches!(ext, "png" | "jpg" | "jpeg" | "webp")
+    let Some((stem, ext)) = name.split_once('.') else {
+        return false;
+    };
+    stem.len() >= 2
+        && stem.bytes().all(|b| b.is_ascii_digit())
+        && matches!(ext, "png" | "jpg" | "jpeg" | "webp")
 }
 
 /// The caption file next to an image: same stem, `.txt`.
 pub(crate) fn caption_name(image_name: &str) -> String {
-    let stem = image_name.split_once('.').map_or(image_name, |(stem, _)| stem);
+    let stem = image_name
+        .split_once('.')
+        .map_or(image_name, |(stem, _)| stem);
     format!("{stem}.txt")
 }
 
@@ -63,7 +69,12 @@ pub(crate) fn check_images(images: Vec<ImageRef>) -> Result<Vec<ImageJob>, Strin
                 img.file_name
             )
         })?;
-        out.push(ImageJob { file_name: img.file_name, url, bytes: img.bytes, caption: img.caption });
+        out.push(ImageJob {
+            file_name: img.file_name,
+            url,
+            bytes: img.bytes,
+            caption: img.caption,
+        });
     }
     Ok(out)
 }
@@ -87,8 +98,14 @@ pub(crate) async fn download_images(
 ) -> Result<(), DownloadError> {
     // A Vec of futures rather than a closure making them: a future made inside a closure gets
     // higher-ranked lifetimes the compiler cannot prove `Send`.
-    let downloads: Vec<_> = images.iter().map(|img| download_image(http, img, dir, retry_delay)).collect();
-    futures::stream::iter(downloads).buffer_unordered(DOWNLOAD_CONCURRENCY).try_collect().await
+    let downloads: Vec<_> = images
+        .iter()
+        .map(|img| download_image(http, img, dir, retry_delay))
+        .collect();
+    futures::stream::iter(downloads)
+        .buffer_unordered(DOWNLOAD_CONCURRENCY)
+        .try_collect()
+        .await
 }
 
 /// One image with its retries, then its caption.
@@ -99,9 +116,16 @@ async fn download_image(
     retry_delay: Duration,
 ) -> Result<(), DownloadError> {
     let path = dir.join(&img.file_name);
-    retrying(&format!("downloading image {}", img.file_name), retry_delay, || download(http, &img.url, img.bytes, &path))
-        .await
-        .map_err(|failed| DownloadError::Http { file_name: img.file_name.clone(), failed })?;
+    retrying(
+        &format!("downloading image {}", img.file_name),
+        retry_delay,
+        || download(http, &img.url, img.bytes, &path),
+    )
+    .await
+    .map_err(|failed| DownloadError::Http {
+        file_name: img.file_name.clone(),
+        failed,
+    })?;
     if let Some(caption) = &img.caption {
         let txt = dir.join(caption_name(&img.file_name));
         tokio::fs::write(&txt, caption.as_bytes())
@@ -114,10 +138,20 @@ async fn download_image(
 
 /// One try: streams the body into `<path>.part` (never more than the announced `bytes`), then
 /// renames it into place.
-pub(crate) async fn download(http: &reqwest::Client, url: &Url, bytes: u64, path: &Path) -> Result<(), CallError> {
+pub(crate) async fn download(
+    http: &reqwest::Client,
+    url: &Url,
+    bytes: u64,
+    path: &Path,
+) -> Result<(), CallError> {
     let part = PathBuf::from(format!("{}.part", path.display()));
-    let local = |e: std::io::Error| CallError::Invalid(format!("cannot write {}: {e}", part.display()));
-    let resp = http.get(url.clone()).send().await.map_err(CallError::transport)?;
+    let local =
+        |e: std::io::Error| CallError::Invalid(format!("cannot write {}: {e}", part.display()));
+    let resp = http
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(CallError::transport)?;
     let mut resp = success(resp).await?;
     let mut file = tokio::fs::File::create(&part).await.map_err(local)?;
     let mut got: u64 = 0;
@@ -126,7 +160,9 @@ pub(crate) async fn download(http: &reqwest::Client, url: &Url, bytes: u64, path
         if got > bytes {
             drop(file);
             let _ = tokio::fs::remove_file(&part).await;
-            return Err(CallError::Invalid(format!("more than the announced {bytes} bytes")));
+            return Err(CallError::Invalid(format!(
+                "more than the announced {bytes} bytes"
+            )));
         }
         file.write_all(&chunk).await.map_err(local)?;
     }
@@ -134,15 +170,22 @@ pub(crate) async fn download(http: &reqwest::Client, url: &Url, bytes: u64, path
     drop(file);
     if got != bytes {
         let _ = tokio::fs::remove_file(&part).await;
-        return Err(CallError::Invalid(format!("{got} bytes instead of the announced {bytes}")));
+        return Err(CallError::Invalid(format!(
+            "{got} bytes instead of the announced {bytes}"
+        )));
     }
     tokio::fs::rename(&part, path).await.map_err(local)
 }
 
 /// One try of an upload: `PUT` with the file's raw bytes as the body (streamed, with its
 /// `Content-Length`, as presigned S3 URLs require); any 2xx is success.
-pub(crate) async fn put_file(http: &reqwest::Client, url: &Url, path: &Path) -> Result<(), CallError> {
-    let local = |e: std::io::Error| CallError::Invalid(format!("cannot read {}: {e}", path.display()));
+pub(crate) async fn put_file(
+    http: &reqwest::Client,
+    url: &Url,
+    path: &Path,
+) -> Result<(), CallError> {
+    let local =
+        |e: std::io::Error| CallError::Invalid(format!("cannot read {}: {e}", path.display()));
     let file = tokio::fs::File::open(path).await.map_err(local)?;
     let len = file.metadata().await.map_err(local)?.len();
     let resp = http
@@ -229,19 +272,41 @@ mod tests {
     }
 
     fn image(name: &str) -> ImageRef {
-        ImageRef { file_name: name.into(), url: "http://h/files/x?sig=1".into(), bytes: 1, caption: None }
+        ImageRef {
+            file_name: name.into(),
+            url: "http://h/files/x?sig=1".into(),
+            bytes: 1,
+            caption: None,
+        }
     }
 
     #[test]
     fn an_image_list_with_bad_or_repeated_names_is_refused() {
-        assert_eq!(check_images(vec![image("00.png"), image("01.jpg")]).unwrap().len(), 2);
-        let e = check_images(vec![image("00.png"), image("../../etc/passwd")]).err().unwrap();
-        assert!(e.contains("\"../../etc/passwd\"") && e.contains("not a safe file name"), "{e}");
-        let e = check_images(vec![image("00.png"), image("00.jpg")]).err().unwrap();
+        assert_eq!(
+            check_images(vec![image("00.png"), image("01.jpg")])
+                .unwrap()
+                .len(),
+            2
+        );
+        let e = check_images(vec![image("00.png"), image("../../etc/passwd")])
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("\"../../etc/passwd\"") && e.contains("not a safe file name"),
+            "{e}"
+        );
+        let e = check_images(vec![image("00.png"), image("00.jpg")])
+            .err()
+            .unwrap();
         assert!(e.contains("twice"), "{e}");
         let mut bad_url = image("00.png");
         bad_url.url = "not a url".into();
-        assert!(check_images(vec![bad_url]).err().unwrap().contains("not a URL"));
+        assert!(
+            check_images(vec![bad_url])
+                .err()
+                .unwrap()
+                .contains("not a URL")
+        );
     }
 
     #[tokio::test]
@@ -254,7 +319,10 @@ mod tests {
         assert!(!dir.path().join("result.json.tmp").exists());
         let (bytes, sha) = size_and_sha256(&path).await.unwrap();
         assert_eq!(bytes, 3);
-        assert_eq!(sha, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         remove_tree(&dir.path().join("missing")).await;
     }
 }

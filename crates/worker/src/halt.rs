@@ -6,10 +6,10 @@ use std::future::Future;
 
 use tokio::sync::watch;
 
+use crate::WorkerConfig;
 use crate::api::{self, Failed};
 use crate::exit;
 use crate::layout::Layout;
-use crate::WorkerConfig;
 
 /// Why an attempt stops before its end, raised by a signal or by the relay.
 #[derive(Debug, Clone)]
@@ -43,7 +43,10 @@ pub(crate) struct Exit {
 
 impl Exit {
     pub(crate) fn ok() -> Self {
-        Exit { code: exit::OK, line: None }
+        Exit {
+            code: exit::OK,
+            line: None,
+        }
     }
 
     /// The worker's own error line, in the trainer's shape; the exit status is the outcome
@@ -57,13 +60,24 @@ impl Exit {
             reason: String,
             exit_code: i32,
         }
-        let line = Line { event: "error", code: name, reason: reason.into(), exit_code: code };
-        Exit { code, line: Some(serde_json::to_string(&line).expect("strings serialize")) }
+        let line = Line {
+            event: "error",
+            code: name,
+            reason: reason.into(),
+            exit_code: code,
+        };
+        Exit {
+            code,
+            line: Some(serde_json::to_string(&line).expect("strings serialize")),
+        }
     }
 
     /// The trainer's own error line, passed on as it is.
     pub(crate) fn verbatim(code: i32, line: String) -> Self {
-        Exit { code, line: Some(line) }
+        Exit {
+            code,
+            line: Some(line),
+        }
     }
 
     /// What the control plane is told about this end (`POST …/failure`): the error line's
@@ -72,29 +86,41 @@ impl Exit {
     pub(crate) fn failure_report(&self) -> Option<(String, Option<String>, bool)> {
         let line: serde_json::Value = serde_json::from_str(self.line.as_deref()?).ok()?;
         let code = line.get("code")?.as_str()?.to_owned();
-        if matches!(code.as_str(), "job_not_active" | "job_refused" | "no_token" | "bad_server_url") {
+        if matches!(
+            code.as_str(),
+            "job_not_active" | "job_refused" | "no_token" | "bad_server_url"
+        ) {
             return None;
         }
-        let reason = line.get("reason").and_then(|r| r.as_str()).map(str::to_owned);
-        let retryable = line.get("retryable").and_then(serde_json::Value::as_bool).unwrap_or(false);
+        let reason = line
+            .get("reason")
+            .and_then(|r| r.as_str())
+            .map(str::to_owned);
+        let retryable = line
+            .get("retryable")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
         Some((code, reason, retryable))
     }
 
     pub(crate) fn halted(h: Halt, during: &str) -> Self {
         match h {
-            Halt::Stop(what) => Exit::error("stopped",
+            Halt::Stop(what) => Exit::error(
+                "stopped",
                 format!(
                     "the worker received {what} {during} and stopped; the job folder is kept and a later attempt \
                      continues from it"
                 ),
             ),
-            Halt::NotActive(message) => Exit::error("job_not_active",
+            Halt::NotActive(message) => Exit::error(
+                "job_not_active",
                 format!(
                     "the control plane says the job is no longer active ({message}); the worker stopped {during} \
                      and kept the job folder"
                 ),
             ),
-            Halt::Refused(message) => Exit::error("job_refused",
+            Halt::Refused(message) => Exit::error(
+                "job_refused",
                 format!(
                     "the control plane refused this worker's progress report (HTTP {message}), so the worker stopped \
                      {during}; the engine starts a new attempt with a fresh token"
@@ -105,10 +131,18 @@ impl Exit {
 }
 
 /// `fut`, unless the attempt halts first.
-pub(crate) async fn or_halt<T>(halt: &mut watch::Receiver<Option<Halt>>, fut: impl Future<Output = T>) -> Result<T, Halt> {
+pub(crate) async fn or_halt<T>(
+    halt: &mut watch::Receiver<Option<Halt>>,
+    fut: impl Future<Output = T>,
+) -> Result<T, Halt> {
     let mut fut = std::pin::pin!(fut);
     // The watch's guard is dropped inside the branch: it must not live across an await.
-    let halted = async { halt.wait_for(Option::is_some).await.ok().and_then(|h| (*h).clone()) };
+    let halted = async {
+        halt.wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|h| (*h).clone())
+    };
     tokio::select! {
         biased;
         h = halted => match h {
@@ -126,31 +160,39 @@ pub(crate) fn job_failure(failed: Failed, cfg: &WorkerConfig, server: &str) -> E
     let Failed { error, tries } = failed;
     let id = &cfg.lora_id;
     match error.status() {
-        Some(StatusCode::CONFLICT) => Exit::error("job_not_active",
+        Some(StatusCode::CONFLICT) => Exit::error(
+            "job_not_active",
             format!(
                 "the control plane says job {id} is no longer active ({}); there is nothing to do",
                 error.message()
             ),
         ),
-        Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Exit::error("job_refused",
+        Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Exit::error(
+            "job_refused",
             format!(
                 "the control plane refused the worker token for job {id} ({error}); the token may have expired or \
                  be for another job — the engine issues a fresh one with the next attempt"
             ),
         ),
-        Some(StatusCode::NOT_FOUND) => Exit::error("job_refused",
-            format!("the control plane at {server} does not know job {id} ({error}); check --lora and --server"),
+        Some(StatusCode::NOT_FOUND) => Exit::error(
+            "job_refused",
+            format!(
+                "the control plane at {server} does not know job {id} ({error}); check --lora and --server"
+            ),
         ),
-        _ if error.is_retryable() => Exit::error("control_plane_unreachable",
+        _ if error.is_retryable() => Exit::error(
+            "control_plane_unreachable",
             format!(
                 "could not fetch job {id} from the control plane at {server}: {error} ({tries} tries); check --server \
                  and that the control plane is running and reachable from this host"
             ),
         ),
-        Some(_) => Exit::error("job_refused",
+        Some(_) => Exit::error(
+            "job_refused",
             format!("the control plane at {server} refused job {id}: {error}"),
         ),
-        None => Exit::error("job_unreadable",
+        None => Exit::error(
+            "job_unreadable",
             format!(
                 "the control plane's answer for job {id} could not be used ({error}); check that the worker and the \
                  control plane are the same version"
@@ -164,16 +206,28 @@ pub(crate) fn result_failure(failed: Failed, layout: &Layout) -> Exit {
     use reqwest::StatusCode;
     let Failed { error, tries } = failed;
     match &error {
-        api::CallError::Status { status: StatusCode::CONFLICT, .. } => Exit::error("job_not_active",
+        api::CallError::Status {
+            status: StatusCode::CONFLICT,
+            ..
+        } => Exit::error(
+            "job_not_active",
             format!(
                 "the control plane says the job is no longer active ({}); the result was not recorded",
                 error.message()
             ),
         ),
-        api::CallError::Status { status: StatusCode::UNPROCESSABLE_ENTITY, code, message } => Exit::error(code.as_deref().unwrap_or("result_rejected"),
-            message.clone().unwrap_or_else(|| format!("the control plane rejected the result ({error})")),
+        api::CallError::Status {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            message,
+        } => Exit::error(
+            code.as_deref().unwrap_or("result_rejected"),
+            message
+                .clone()
+                .unwrap_or_else(|| format!("the control plane rejected the result ({error})")),
         ),
-        _ => Exit::error("result_failed",
+        _ => Exit::error(
+            "result_failed",
             format!(
                 "reporting the result failed: {error} ({tries} tries); the trained files are kept in {} and the next \
                  attempt uploads and reports them again",

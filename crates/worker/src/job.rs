@@ -93,7 +93,14 @@ pub(crate) struct ProgressBody {
 
 impl ProgressBody {
     pub fn heartbeat(attempt: u64) -> Self {
-        Self { attempt, stage: None, step: None, total: None, loss: None, eta_s: None }
+        Self {
+            attempt,
+            stage: None,
+            step: None,
+            total: None,
+            loss: None,
+            eta_s: None,
+        }
     }
 }
 
@@ -132,12 +139,16 @@ pub(crate) struct Kept {
 
 impl Kept {
     pub fn train_seconds(&self) -> Option<f64> {
-        self.done.get("train_seconds").and_then(serde_json::Value::as_f64)
+        self.done
+            .get("train_seconds")
+            .and_then(serde_json::Value::as_f64)
     }
 
     /// The step the trainer resumed from (its `done` line's `resumed_from`).
     pub fn resumed_from(&self) -> Option<u64> {
-        self.done.get("resumed_from").and_then(serde_json::Value::as_u64)
+        self.done
+            .get("resumed_from")
+            .and_then(serde_json::Value::as_u64)
     }
 
     /// The scores of the trainer's `validation` event (`None` without a scoring model). The
@@ -183,12 +194,18 @@ mod tests {
         assert_eq!(job.attempt, 2);
         assert_eq!(job.images[0].caption.as_deref(), Some("zxq, a photo"));
         assert_eq!(job.uploads.validation.len(), 1);
-        assert_eq!((job.heartbeat_interval_s, job.progress_interval_ms), (10.0, 1000));
+        assert_eq!(
+            (job.heartbeat_interval_s, job.progress_interval_ms),
+            (10.0, 1000)
+        );
     }
 
     #[test]
     fn a_heartbeat_is_only_the_attempt() {
-        assert_eq!(serde_json::to_value(ProgressBody::heartbeat(3)).unwrap(), json!({"attempt": 3}));
+        assert_eq!(
+            serde_json::to_value(ProgressBody::heartbeat(3)).unwrap(),
+            json!({"attempt": 3})
+        );
     }
 
     #[test]
@@ -201,8 +218,18 @@ mod tests {
         };
         assert_eq!(kept.train_seconds(), Some(4.1));
         assert_eq!(kept.scores(), Some(vec![0.9, 0.0, 0.4]));
-        let unscored = Kept { validation: Some(json!({"scores": null})), ..kept.clone() };
+        let unscored = Kept {
+            validation: Some(json!({"scores": null})),
+            ..kept.clone()
+        };
         assert_eq!(unscored.scores(), None);
-        assert_eq!(Kept { validation: None, ..kept }.scores(), None);
+        assert_eq!(
+            Kept {
+                validation: None,
+                ..kept
+            }
+            .scores(),
+            None
+        );
     }
 }

@@ -53,7 +53,9 @@ pub(crate) async fn load_kept(layout: &Layout) -> Option<Kept> {
     match serde_json::from_slice::<Kept>(&bytes) {
         Ok(kept) if layout.model().is_file() && layout.kohya().is_file() => Some(kept),
         Ok(_) => {
-            tracing::warn!("result.json of an earlier attempt is there but its model files are not; training again");
+            tracing::warn!(
+                "result.json of an earlier attempt is there but its model files are not; training again"
+            );
             let _ = tokio::fs::remove_file(&layout.result).await;
             None
         }
@@ -74,7 +76,10 @@ pub(crate) async fn cleanup(out: &Path, code: i32) {
     if code == exit::OK || (1..=5).contains(&code) {
         files::remove_tree(&layout.train).await;
         for file in [&layout.spec, &layout.result] {
-            for path in [file.clone(), PathBuf::from(format!("{}.tmp", file.display()))] {
+            for path in [
+                file.clone(),
+                PathBuf::from(format!("{}.tmp", file.display())),
+            ] {
                 match tokio::fs::remove_file(&path).await {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -85,7 +90,9 @@ pub(crate) async fn cleanup(out: &Path, code: i32) {
         match tokio::fs::remove_dir(out).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(out = %out.display(), error = %e, "the job folder holds other files; kept"),
+            Err(e) => {
+                tracing::warn!(out = %out.display(), error = %e, "the job folder holds other files; kept")
+            }
         }
     }
 }

@@ -130,7 +130,11 @@ pub struct TrainerCommand {
 impl TrainerCommand {
     /// `python -m loraforge_trainer`.
     pub fn python(python: impl Into<PathBuf>) -> Self {
-        Self { program: python.into(), args: vec!["-m".into(), "loraforge_trainer".into()], env: Vec::new() }
+        Self {
+            program: python.into(),
+            args: vec!["-m".into(), "loraforge_trainer".into()],
+            env: Vec::new(),
+        }
     }
 }
 
@@ -204,15 +208,22 @@ async fn run_inner(
             Ok(out) => {
                 let mut reporter = None;
                 let exit = attempt(&config, &out, &halt_tx, &mut reporter).await;
-                if let (Some((api, attempt_no)), Some((code, reason, retryable))) = (reporter, exit.failure_report()) {
+                if let (Some((api, attempt_no)), Some((code, reason, retryable))) =
+                    (reporter, exit.failure_report())
+                {
                     let stopping = matches!(*halt_tx.borrow(), Some(Halt::Stop(_)));
-                    report_failure(&api, attempt_no, code, reason, retryable, &config, stopping).await;
+                    report_failure(&api, attempt_no, code, reason, retryable, &config, stopping)
+                        .await;
                 }
                 cleanup(&out, exit.code).await;
                 exit
             }
-            Err(e) => Exit::error("io_error",
-                format!("the job folder {} cannot be used: {e}", config.out.display()),
+            Err(e) => Exit::error(
+                "io_error",
+                format!(
+                    "the job folder {} cannot be used: {e}",
+                    config.out.display()
+                ),
             ),
         };
         stopper.abort();
@@ -242,11 +253,21 @@ async fn report_failure(
     cfg: &WorkerConfig,
     stopping: bool,
 ) {
-    let body = job::FailureBody { attempt, code, reason, retryable };
+    let body = job::FailureBody {
+        attempt,
+        code,
+        reason,
+        retryable,
+    };
     let sent = if stopping {
-        api.failure(&body).await.map_err(|error| Failed { error, tries: 1 })
+        api.failure(&body)
+            .await
+            .map_err(|error| Failed { error, tries: 1 })
     } else {
-        retrying("reporting the failure", cfg.retry_delay, || api.failure(&body)).await
+        retrying("reporting the failure", cfg.retry_delay, || {
+            api.failure(&body)
+        })
+        .await
     };
     match sent {
         Ok(()) => tracing::info!(code = %body.code, "failure reported"),
@@ -277,12 +298,21 @@ async fn attempt(
     // 1. The job.
     let server = cfg.server.origin().ascii_serialization();
     tracing::info!(%server, "fetching the job");
-    let job = match or_halt(&mut halt, retrying("fetching the job", cfg.retry_delay, || api.job())).await {
+    let job = match or_halt(
+        &mut halt,
+        retrying("fetching the job", cfg.retry_delay, || api.job()),
+    )
+    .await
+    {
         Err(h) => return Exit::halted(h, "before it had its job"),
         Ok(Err(failed)) => return job_failure(failed, cfg, &server),
         Ok(Ok(job)) => job,
     };
-    tracing::info!(attempt = job.attempt, images = job.images.len(), "job fetched");
+    tracing::info!(
+        attempt = job.attempt,
+        images = job.images.len(),
+        "job fetched"
+    );
     *reporter = Some((api.clone(), job.attempt));
 
     let (progress, progress_rx) = relay::feed();
@@ -302,14 +332,21 @@ async fn attempt(
 
     let layout = Layout::new(out);
     if let Err(e) = tokio::fs::create_dir_all(&layout.out).await {
-        return Exit::error("io_error",
+        return Exit::error(
+            "io_error",
             format!("cannot create the job folder {}: {e}", layout.out.display()),
         );
     }
 
     // 2.–3. Training, unless an earlier attempt trained and kept its outputs.
     let attempt_no = job.attempt;
-    let Job { trainer_spec, images, uploads, checkpoint, .. } = job;
+    let Job {
+        trainer_spec,
+        images,
+        uploads,
+        checkpoint,
+        ..
+    } = job;
     let kept = match load_kept(&layout).await {
         Some(kept) => {
             tracing::info!(
@@ -318,14 +355,32 @@ async fn attempt(
             );
             kept
         }
-        None => match train(cfg, attempt_no, trainer_spec, images, checkpoint, &layout, &http, &api, &progress, halt_tx).await {
+        None => match train(
+            cfg,
+            attempt_no,
+            trainer_spec,
+            images,
+            checkpoint,
+            &layout,
+            &http,
+            &api,
+            &progress,
+            halt_tx,
+        )
+        .await
+        {
             Ok(kept) => kept,
             Err(exit) => return exit,
         },
     };
 
     // 6. Uploads.
-    let uploaded = match or_halt(&mut halt, upload_all(&http, &uploads, &layout, cfg.retry_delay)).await {
+    let uploaded = match or_halt(
+        &mut halt,
+        upload_all(&http, &uploads, &layout, cfg.retry_delay),
+    )
+    .await
+    {
         Err(h) => return Exit::halted(h, "while uploading the outputs"),
         Ok(Err(exit)) => return exit,
         Ok(Ok(u)) => u,
@@ -344,10 +399,18 @@ async fn attempt(
         trainer_seconds: Some(kept.trainer_seconds),
         model: uploaded.model,
         kohya: Some(uploaded.kohya),
-        validation: ValidationFacts { images: uploaded.validation_images, scores: kept.scores() },
+        validation: ValidationFacts {
+            images: uploaded.validation_images,
+            scores: kept.scores(),
+        },
         resumed_from: kept.resumed_from(),
     };
-    match or_halt(&mut halt, retrying("posting the result", cfg.retry_delay, || api.result(&body))).await {
+    match or_halt(
+        &mut halt,
+        retrying("posting the result", cfg.retry_delay, || api.result(&body)),
+    )
+    .await
+    {
         Err(h) => Exit::halted(h, "while reporting the result"),
         Ok(Ok(answer)) => {
             tracing::info!(status = ?answer.status, error = ?answer.error, "result accepted");
@@ -375,7 +438,8 @@ async fn train(
     let mut halt = halt_tx.subscribe();
     let images = files::check_images(images).map_err(|reason| Exit::error("bad_job", reason))?;
     let serde_json::Value::Object(mut spec) = trainer_spec else {
-        return Err(Exit::error("bad_job",
+        return Err(Exit::error(
+            "bad_job",
             "the job's trainer_spec is not a JSON object; the control plane sent an invalid job",
         ));
     };
@@ -388,14 +452,19 @@ async fn train(
 
     // Images and captions, into a fresh folder.
     files::remove_tree(&layout.images).await;
-    tokio::fs::create_dir_all(&layout.images).await.map_err(|e| local("create", &layout.images, e))?;
+    tokio::fs::create_dir_all(&layout.images)
+        .await
+        .map_err(|e| local("create", &layout.images, e))?;
     tracing::info!(images = images.len(), "downloading the images");
     let downloaded = files::download_images(http, &images, &layout.images, cfg.retry_delay);
     match or_halt(&mut halt, downloaded).await {
         Err(h) => return Err(Exit::halted(h, "while downloading the images")),
-        Ok(Err(files::DownloadError::Local(reason))) => return Err(Exit::error("io_error", reason)),
+        Ok(Err(files::DownloadError::Local(reason))) => {
+            return Err(Exit::error("io_error", reason));
+        }
         Ok(Err(files::DownloadError::Http { file_name, failed })) => {
-            return Err(Exit::error("image_download_failed",
+            return Err(Exit::error(
+                "image_download_failed",
                 format!(
                     "could not download image {file_name} of the job's dataset: {} ({} tries); the storage may be \
                      unreachable from this host — the engine retries the job",
@@ -407,34 +476,62 @@ async fn train(
     }
 
     let spec_json = serde_json::to_vec_pretty(&spec).expect("a JSON map serializes");
-    files::write_atomic(&layout.spec, &spec_json).await.map_err(|e| local("write", &layout.spec, e))?;
+    files::write_atomic(&layout.spec, &spec_json)
+        .await
+        .map_err(|e| local("write", &layout.spec, e))?;
 
     // The newest checkpoint of an earlier attempt (on any host), where `--resume` finds it; and
     // this attempt's checkpoints, uploaded as they are written.
     let mut uploader = None;
     if let Some(plan) = checkpoint {
         if let Some(resume) = &plan.resume {
-            let fetched = checkpoints::fetch_resume_point(http, resume, &layout.train, cfg.retry_delay);
+            let fetched =
+                checkpoints::fetch_resume_point(http, resume, &layout.train, cfg.retry_delay);
             match or_halt(&mut halt, fetched).await {
                 Err(h) => return Err(Exit::halted(h, "while downloading the checkpoint")),
                 Ok(Err(reason)) => {
                     return Err(Exit::error(
                         "checkpoint_download_failed",
-                        format!("could not download the checkpoint of step {} to resume from: {reason}", resume.step),
+                        format!(
+                            "could not download the checkpoint of step {} to resume from: {reason}",
+                            resume.step
+                        ),
                     ));
                 }
                 Ok(Ok(_)) => {}
             }
         }
         match url::Url::parse(&plan.upload.url) {
-            Ok(url) => uploader = Some(checkpoints::Uploader::start(http.clone(), api.clone(), attempt, url, cfg.retry_delay)),
-            Err(e) => tracing::warn!(error = %e, "the checkpoint link is not a URL; checkpoints stay on this host"),
+            Ok(url) => {
+                uploader = Some(checkpoints::Uploader::start(
+                    http.clone(),
+                    api.clone(),
+                    attempt,
+                    url,
+                    cfg.retry_delay,
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the checkpoint link is not a URL; checkpoints stay on this host")
+            }
         }
     }
 
-    let paths = TrainerPaths { spec: &layout.spec, images: &layout.images, out: &layout.train };
+    let paths = TrainerPaths {
+        spec: &layout.spec,
+        images: &layout.images,
+        out: &layout.train,
+    };
     let sender = uploader.as_ref().map(checkpoints::Uploader::sender);
-    let mut run = trainer::run(&cfg.trainer, paths, progress, sender, halt_tx.subscribe(), cfg.trainer_silence).await;
+    let mut run = trainer::run(
+        &cfg.trainer,
+        paths,
+        progress,
+        sender,
+        halt_tx.subscribe(),
+        cfg.trainer_silence,
+    )
+    .await;
     if let Ok(r) = run.as_mut() {
         // The last sender: once it is gone the uploader knows no more checkpoints come.
         r.said.checkpoints = None;
@@ -469,10 +566,17 @@ async fn train(
 
 /// What a finished trainer run means; writes `result.json` when it trained.
 async fn trained(run: TrainerRun, attempt: u64, layout: &Layout) -> Result<Kept, Exit> {
-    let TrainerRun { ended, seconds, said, stopped_by_worker, silent_for } = run;
+    let TrainerRun {
+        ended,
+        seconds,
+        said,
+        stopped_by_worker,
+        silent_for,
+    } = run;
     if let (Some(silence), false) = (silent_for, ended == Ended::Code(0)) {
         let minutes = silence.as_secs_f64() / 60.0;
-        return Err(Exit::error("trainer_silent",
+        return Err(Exit::error(
+            "trainer_silent",
             format!(
                 "the trainer wrote nothing for {minutes:.1} min and was taken for hung; it was stopped and a later \
                  attempt resumes from its last checkpoint (if this repeats, check the host: GPU driver, disk, memory)"
@@ -482,9 +586,16 @@ async fn trained(run: TrainerRun, attempt: u64, layout: &Layout) -> Result<Kept,
     match ended {
         Ended::Code(0) => {}
         Ended::Code(exit::STOPPED) => {
-            let at = said.stopped_at.map_or_else(String::new, |s| format!(" at step {s}"));
-            let why = if stopped_by_worker { "when the worker asked it to" } else { "on its own request or a signal" };
-            return Err(Exit::error("stopped",
+            let at = said
+                .stopped_at
+                .map_or_else(String::new, |s| format!(" at step {s}"));
+            let why = if stopped_by_worker {
+                "when the worker asked it to"
+            } else {
+                "on its own request or a signal"
+            };
+            return Err(Exit::error(
+                "stopped",
                 format!(
                     "the trainer stopped{at} {why} before finishing; a later attempt resumes from its last checkpoint"
                 ),
@@ -492,7 +603,8 @@ async fn trained(run: TrainerRun, attempt: u64, layout: &Layout) -> Result<Kept,
         }
         Ended::Signal(sig) => {
             let sig = sig.map_or_else(|| "a signal".to_owned(), |s| format!("signal {s}"));
-            return Err(Exit::error("trainer_killed",
+            return Err(Exit::error(
+                "trainer_killed",
                 format!(
                     "the trainer was killed by {sig}; a later attempt resumes from its last checkpoint (if this \
                      repeats, check the host's memory and the worker's log)"
@@ -502,8 +614,11 @@ async fn trained(run: TrainerRun, attempt: u64, layout: &Layout) -> Result<Kept,
         Ended::Code(code @ 1..=5) => {
             return Err(match said.last_error {
                 Some(line) => Exit::verbatim(code, line),
-                None => Exit::error("trainer_failed",
-                    format!("the trainer exited with code {code} without an error line; its log (stderr) says why"),
+                None => Exit::error(
+                    "trainer_failed",
+                    format!(
+                        "the trainer exited with code {code} without an error line; its log (stderr) says why"
+                    ),
                 ),
             });
         }
@@ -514,7 +629,8 @@ async fn trained(run: TrainerRun, attempt: u64, layout: &Layout) -> Result<Kept,
                 .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
                 .and_then(|v| v.get("reason")?.as_str().map(str::to_owned))
                 .map_or_else(String::new, |r| format!(" ({r})"));
-            return Err(Exit::error("trainer_failed",
+            return Err(Exit::error(
+                "trainer_failed",
                 format!(
                     "the trainer exited with code {code}, which it does not use{reason}; its log (stderr) says why"
                 ),
@@ -522,21 +638,37 @@ async fn trained(run: TrainerRun, attempt: u64, layout: &Layout) -> Result<Kept,
         }
     }
     let missing = |what: String| {
-        Exit::error("missing_output", format!("{what}; the trainer's log (stderr) may say why"))
+        Exit::error(
+            "missing_output",
+            format!("{what}; the trainer's log (stderr) may say why"),
+        )
     };
     let Some(done) = said.done else {
         return Err(missing("the trainer exited 0 without its done line".into()));
     };
     for path in [layout.model(), layout.kohya()] {
         if !path.is_file() {
-            return Err(missing(format!("the trainer exited 0 but did not write {}", path.display())));
+            return Err(missing(format!(
+                "the trainer exited 0 but did not write {}",
+                path.display()
+            )));
         }
     }
-    let kept = Kept { attempt, trainer_seconds: seconds, done, validation: said.validation };
+    let kept = Kept {
+        attempt,
+        trainer_seconds: seconds,
+        done,
+        validation: said.validation,
+    };
     let json = serde_json::to_vec_pretty(&kept).expect("JSON values serialize");
-    files::write_atomic(&layout.result, &json).await.map_err(|e| {
-        Exit::error("io_error", format!("cannot write {}: {e}", layout.result.display()))
-    })?;
+    files::write_atomic(&layout.result, &json)
+        .await
+        .map_err(|e| {
+            Exit::error(
+                "io_error",
+                format!("cannot write {}: {e}", layout.result.display()),
+            )
+        })?;
     Ok(kept)
 }
 
@@ -560,17 +692,27 @@ async fn upload_all(
     let summary = |path: PathBuf| {
         let kept_note = kept_note.clone();
         async move {
-            files::size_and_sha256(&path).await.map(|(bytes, sha256)| FileFacts { bytes, sha256: Some(sha256) }).map_err(|e| {
-                Exit::error("upload_failed",
-                    format!("cannot read {}: {e}; {kept_note}", path.display()),
-                )
-            })
+            files::size_and_sha256(&path)
+                .await
+                .map(|(bytes, sha256)| FileFacts {
+                    bytes,
+                    sha256: Some(sha256),
+                })
+                .map_err(|e| {
+                    Exit::error(
+                        "upload_failed",
+                        format!("cannot read {}: {e}; {kept_note}", path.display()),
+                    )
+                })
         }
     };
     let model = summary(layout.model()).await?;
     let kohya = summary(layout.kohya()).await?;
 
-    let mut list = vec![(layout.model(), &uploads.model), (layout.kohya(), &uploads.kohya)];
+    let mut list = vec![
+        (layout.model(), &uploads.model),
+        (layout.kohya(), &uploads.kohya),
+    ];
     let mut validation_images = 0;
     for (i, upload) in uploads.validation.iter().enumerate() {
         let path = layout.validation(i);
@@ -580,22 +722,40 @@ async fn upload_all(
         }
     }
     for (path, upload) in list {
-        let name = path.strip_prefix(&layout.train).unwrap_or(&path).display().to_string();
+        let name = path
+            .strip_prefix(&layout.train)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
         let url = url::Url::parse(&upload.url).map_err(|e| {
-            Exit::error("upload_failed",
-                format!("the job's upload link for {name} ({}) is not a URL ({e}); {kept_note}", upload.key),
+            Exit::error(
+                "upload_failed",
+                format!(
+                    "the job's upload link for {name} ({}) is not a URL ({e}); {kept_note}",
+                    upload.key
+                ),
             )
         })?;
         tracing::info!(file = %name, key = %upload.key, "uploading");
-        retrying(&format!("uploading {name}"), delay, || files::put_file(http, &url, &path)).await.map_err(
-            |Failed { error, tries }| {
-                Exit::error("upload_failed",
-                    format!("uploading {name} to {} failed: {error} ({tries} tries); {kept_note}", upload.key),
-                )
-            },
-        )?;
+        retrying(&format!("uploading {name}"), delay, || {
+            files::put_file(http, &url, &path)
+        })
+        .await
+        .map_err(|Failed { error, tries }| {
+            Exit::error(
+                "upload_failed",
+                format!(
+                    "uploading {name} to {} failed: {error} ({tries} tries); {kept_note}",
+                    upload.key
+                ),
+            )
+        })?;
     }
-    Ok(Uploaded { model, kohya, validation_images })
+    Ok(Uploaded {
+        model,
+        kohya,
+        validation_images,
+    })
 }
 
 #[cfg(test)]
@@ -633,11 +793,22 @@ mod tests {
         let e = Exit::error("upload_failed", "uploading \"x\" failed");
         assert_eq!(
             e.line.as_deref(),
-            Some(r#"{"event":"error","code":"upload_failed","reason":"uploading \"x\" failed","exit_code":11}"#)
+            Some(
+                r#"{"event":"error","code":"upload_failed","reason":"uploading \"x\" failed","exit_code":11}"#
+            )
         );
-        assert_eq!(Exit::halted(Halt::Stop("SIGTERM"), "while training").code, 10);
-        assert_eq!(Exit::halted(Halt::NotActive("cancelled".into()), "while training").code, 12);
-        assert_eq!(Exit::halted(Halt::Refused("401".into()), "while training").code, 13);
+        assert_eq!(
+            Exit::halted(Halt::Stop("SIGTERM"), "while training").code,
+            10
+        );
+        assert_eq!(
+            Exit::halted(Halt::NotActive("cancelled".into()), "while training").code,
+            12
+        );
+        assert_eq!(
+            Exit::halted(Halt::Refused("401".into()), "while training").code,
+            13
+        );
     }
 
     #[tokio::test]
@@ -654,7 +825,10 @@ mod tests {
             make();
             cleanup(&out, code).await;
             assert!(!out.join("images").exists());
-            assert!(out.join("train/checkpoints").exists() && out.join("result.json").exists(), "{code}");
+            assert!(
+                out.join("train/checkpoints").exists() && out.join("result.json").exists(),
+                "{code}"
+            );
         }
         for code in [0, 1, 3, 5] {
             make();
@@ -664,7 +838,10 @@ mod tests {
         make();
         std::fs::write(out.join("notes.txt"), "mine").unwrap();
         cleanup(&out, 0).await;
-        assert_eq!(std::fs::read_to_string(out.join("notes.txt")).unwrap(), "mine");
+        assert_eq!(
+            std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+            "mine"
+        );
         assert!(!out.join("train").exists());
     }
 }

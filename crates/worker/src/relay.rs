@@ -49,7 +49,13 @@ pub(crate) struct FeedRx {
 pub(crate) fn feed() -> (Feed, FeedRx) {
     let (stages, stages_rx) = mpsc::unbounded_channel();
     let (steps, steps_rx) = watch::channel((0, None));
-    (Feed { stages, steps }, FeedRx { stages: stages_rx, steps: steps_rx })
+    (
+        Feed { stages, steps },
+        FeedRx {
+            stages: stages_rx,
+            steps: steps_rx,
+        },
+    )
 }
 
 impl Feed {
@@ -88,7 +94,10 @@ impl Relay {
     ) -> Self {
         let (finish, finish_rx) = oneshot::channel();
         let handle = tokio::spawn(relay(api, settings, feed, finish_rx, halt).in_current_span());
-        Self { handle, finish: Some(finish) }
+        Self {
+            handle,
+            finish: Some(finish),
+        }
     }
 
     /// Posts anything not yet posted, then ends the task.
@@ -113,7 +122,10 @@ async fn relay(
     mut finish: oneshot::Receiver<()>,
     halt: watch::Sender<Option<Halt>>,
 ) {
-    let FeedRx { stages: mut stages_rx, steps: mut steps_rx } = feed;
+    let FeedRx {
+        stages: mut stages_rx,
+        steps: mut steps_rx,
+    } = feed;
     let mut queued: VecDeque<String> = VecDeque::new();
     let (mut stages_open, mut steps_open) = (true, true);
     // The newest stage posted; step posts carry it.
@@ -130,7 +142,8 @@ async fn relay(
         let (step_seq, newest_step) = *steps_rx.borrow_and_update();
         let now = Instant::now();
         let step_pending = step_seq != posted_step;
-        let step_due = step_pending && (finishing || last_step_post.is_none_or(|t| now >= t + s.progress_interval));
+        let step_due = step_pending
+            && (finishing || last_step_post.is_none_or(|t| now >= t + s.progress_interval));
         let heartbeat_due = !finishing && now >= last_post + s.heartbeat_interval;
 
         if next_stage.is_some() || step_due || heartbeat_due {
@@ -157,9 +170,11 @@ async fn relay(
                 Err(e) => {
                     let halted = match e.status() {
                         Some(StatusCode::CONFLICT) => Some(Halt::NotActive(e.message())),
-                        Some(s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND)) => {
-                            Some(Halt::Refused(format!("{s}: {}", e.message())))
-                        }
+                        Some(
+                            s @ (StatusCode::UNAUTHORIZED
+                            | StatusCode::FORBIDDEN
+                            | StatusCode::NOT_FOUND),
+                        ) => Some(Halt::Refused(format!("{s}: {}", e.message()))),
                         _ => None,
                     };
                     if let Some(h) = halted {

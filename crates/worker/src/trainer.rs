@@ -109,7 +109,10 @@ pub(crate) async fn run(
     tracing::info!(pid, program = %cmd.program.display(), "trainer started");
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
 
-    let mut said = Said { checkpoints, ..Said::default() };
+    let mut said = Said {
+        checkpoints,
+        ..Said::default()
+    };
     let mut stdout_open = true;
     let mut halt_open = true;
     let mut term_sent: Option<Instant> = None;
@@ -168,7 +171,13 @@ pub(crate) async fn run(
         None => Ended::Signal(std::os::unix::process::ExitStatusExt::signal(&status)),
     };
     tracing::info!(?ended, seconds, "trainer exited");
-    Ok(TrainerRun { ended, seconds, said, stopped_by_worker: term_sent.is_some(), silent_for })
+    Ok(TrainerRun {
+        ended,
+        seconds,
+        said,
+        stopped_by_worker: term_sent.is_some(),
+        silent_for,
+    })
 }
 
 /// Sends `sig` to the trainer. Only called before `wait` returned, so the pid is still ours
@@ -192,7 +201,10 @@ impl Said {
             tracing::debug!("trainer stdout (not JSON): {line}");
             return;
         };
-        let event = value.get("event").and_then(serde_json::Value::as_str).unwrap_or_default();
+        let event = value
+            .get("event")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
         match event {
             "stage" => {
                 if let Some(stage) = value.get("stage").and_then(serde_json::Value::as_str) {
@@ -205,7 +217,12 @@ impl Said {
                 let int = |k: &str| value.get(k).and_then(serde_json::Value::as_u64);
                 if let (Some(step), Some(total)) = (int("step"), int("total")) {
                     tracing::debug!(step, total, "trainer progress");
-                    progress.step(Step { step, total, loss: num("loss"), eta_s: num("eta_s") });
+                    progress.step(Step {
+                        step,
+                        total,
+                        loss: num("loss"),
+                        eta_s: num("eta_s"),
+                    });
                 }
             }
             "error" => {
@@ -221,7 +238,10 @@ impl Said {
                 let path = value.get("path").and_then(serde_json::Value::as_str);
                 if let (Some(tx), Some(step), Some(path)) = (&self.checkpoints, step, path) {
                     tracing::debug!(step, "trainer checkpoint");
-                    tx.send_replace(Some(Saved { step, path: path.into() }));
+                    tx.send_replace(Some(Saved {
+                        step,
+                        path: path.into(),
+                    }));
                 }
             }
             "done" => self.done = Some(value),
@@ -253,9 +273,26 @@ mod tests {
         ] {
             said.take(line, &feed);
         }
-        assert_eq!(rx.stages(), ["loading_model", "training"], "every stage, in order");
-        assert_eq!(rx.newest_step(), Some(Step { step: 3, total: 10, loss: None, eta_s: Some(3.5) }));
-        assert!(said.last_error.as_deref().unwrap().contains("non_finite_loss"));
+        assert_eq!(
+            rx.stages(),
+            ["loading_model", "training"],
+            "every stage, in order"
+        );
+        assert_eq!(
+            rx.newest_step(),
+            Some(Step {
+                step: 3,
+                total: 10,
+                loss: None,
+                eta_s: Some(3.5)
+            })
+        );
+        assert!(
+            said.last_error
+                .as_deref()
+                .unwrap()
+                .contains("non_finite_loss")
+        );
         assert_eq!(said.stopped_at, Some(4));
         assert_eq!(said.done.unwrap()["train_seconds"], 4.1);
         assert!(said.validation.is_some());

@@ -37,12 +37,19 @@ async fn logs_carry_no_token_and_no_signature() {
     let plane = Plane::start().await;
     plane.state.fail_puts.store(2, Ordering::SeqCst);
     plane.state.fail_gets.store(1, Ordering::SeqCst);
-    let Scratch { dir: _dir, out, fake } = Scratch::new();
+    let Scratch {
+        dir: _dir,
+        out,
+        fake,
+    } = Scratch::new();
     let (code, stdout) = run(config(&plane, &out, fake_trainer(&fake, &[]))).await;
     assert_eq!(code, 0, "{stdout}");
 
     let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("uploading model.safetensors failed; retrying"), "{logs}");
+    assert!(
+        logs.contains("uploading model.safetensors failed; retrying"),
+        "{logs}"
+    );
     assert!(logs.contains(MODEL_KEY), "uploads are named by key");
     assert!(!logs.contains(TOKEN), "the token leaked into the logs");
     assert!(!logs.contains(SIG), "a signed link leaked into the logs");

@@ -17,7 +17,11 @@ pub fn run(paths: &[PathBuf], rules: &DatasetRules) -> i32 {
     match load_and_check(paths, rules) {
         Ok((_, report)) => {
             print!("{}", render(&report));
-            if report.accepted { EXIT_ACCEPTED } else { EXIT_REJECTED }
+            if report.accepted {
+                EXIT_ACCEPTED
+            } else {
+                EXIT_REJECTED
+            }
         }
         Err(msg) => {
             eprintln!("error: {msg}");
@@ -28,7 +32,10 @@ pub fn run(paths: &[PathBuf], rules: &DatasetRules) -> i32 {
 
 /// Reads the images `paths` name and checks them as the server would. `Err` is a usage error
 /// (nothing to check, unreadable file) with its message.
-pub(crate) fn load_and_check(paths: &[PathBuf], rules: &DatasetRules) -> Result<(Vec<InputImage>, DatasetReport), String> {
+pub(crate) fn load_and_check(
+    paths: &[PathBuf],
+    rules: &DatasetRules,
+) -> Result<(Vec<InputImage>, DatasetReport), String> {
     let files = collect(paths)?;
     let bar = progress(Some(files.len() as u64), "reading");
     let mut inputs = Vec::with_capacity(files.len());
@@ -53,7 +60,9 @@ pub(crate) fn load_and_check(paths: &[PathBuf], rules: &DatasetRules) -> Result<
 /// extension, sorted by name); a file named on the command line is checked whatever its name.
 fn collect(paths: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, String> {
     if paths.is_empty() {
-        return Err("name a folder of images or image files; see loraforge check-dataset --help".into());
+        return Err(
+            "name a folder of images or image files; see loraforge check-dataset --help".into(),
+        );
     }
     let mut files = Vec::new();
     for p in paths {
@@ -65,11 +74,17 @@ fn collect(paths: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, String> {
                 .filter(|f| f.is_file() && has_image_extension(f))
                 .collect();
             if found.is_empty() {
-                return Err(format!("{} holds no .jpg, .jpeg, .png or .webp files", p.display()));
+                return Err(format!(
+                    "{} holds no .jpg, .jpeg, .png or .webp files",
+                    p.display()
+                ));
             }
             found.sort();
             files.extend(found.into_iter().map(|f| {
-                let name = f.file_name().map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into_owned());
+                let name = f.file_name().map_or_else(
+                    || f.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                );
                 (f, name)
             }));
         } else {
@@ -80,7 +95,9 @@ fn collect(paths: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, String> {
 }
 
 fn has_image_extension(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
 /// The table and the summary, as printed.
@@ -115,9 +132,20 @@ pub fn render(report: &DatasetReport) -> String {
     let failed = report.images.iter().filter(|i| !i.ok()).count();
     let n = report.images.len();
     out.push_str(&if report.accepted {
-        format!("accepted: {n} images pass every check ({} warnings)\n", report.warnings.len() + report.images.iter().map(|i| i.warnings.len()).sum::<usize>())
+        format!(
+            "accepted: {n} images pass every check ({} warnings)\n",
+            report.warnings.len()
+                + report
+                    .images
+                    .iter()
+                    .map(|i| i.warnings.len())
+                    .sum::<usize>()
+        )
     } else {
-        format!("rejected: {failed} of {n} images failed, {} problems with the set as a whole\n", report.errors.len())
+        format!(
+            "rejected: {failed} of {n} images failed, {} problems with the set as a whole\n",
+            report.errors.len()
+        )
     });
     out
 }
@@ -128,7 +156,12 @@ fn row(i: &ImageReport) -> [String; 6] {
         (Some(w), Some(h)) => format!("{w}×{h}"),
         _ => "-".into(),
     };
-    let problems: Vec<&str> = i.errors.iter().chain(&i.warnings).map(|p| p.message.as_str()).collect();
+    let problems: Vec<&str> = i
+        .errors
+        .iter()
+        .chain(&i.warnings)
+        .map(|p| p.message.as_str())
+        .collect();
     [
         i.file_name.clone(),
         i.format.map_or("-", |f| f.as_str()).to_owned(),

@@ -19,7 +19,14 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(120);
 const SERVICE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Packages the trainer imports, in the order reported.
-pub const TRAINER_PACKAGES: [&str; 6] = ["loraforge_trainer", "torch", "diffusers", "peft", "transformers", "safetensors"];
+pub const TRAINER_PACKAGES: [&str; 6] = [
+    "loraforge_trainer",
+    "torch",
+    "diffusers",
+    "peft",
+    "transformers",
+    "safetensors",
+];
 
 /// One Python run: imports every package on its own, then asks torch about CUDA. Prints one
 /// JSON object on stdout.
@@ -80,8 +87,18 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(name: &'static str, status: Level, detail: impl Into<String>, fix: Option<String>) -> Self {
-        Self { name, status, detail: detail.into(), fix }
+    fn new(
+        name: &'static str,
+        status: Level,
+        detail: impl Into<String>,
+        fix: Option<String>,
+    ) -> Self {
+        Self {
+            name,
+            status,
+            detail: detail.into(),
+            fix,
+        }
     }
 }
 
@@ -99,14 +116,20 @@ impl Probe {
             .iter()
             .filter_map(|name| {
                 let why = self.report["missing"].get(*name)?;
-                Some(((*name).to_owned(), why.as_str().unwrap_or_default().to_owned()))
+                Some((
+                    (*name).to_owned(),
+                    why.as_str().unwrap_or_default().to_owned(),
+                ))
             })
             .collect()
     }
 
     /// `python 3.11.7, loraforge_trainer 0.1.0, torch 2.15.0, …`
     pub fn summary(&self) -> String {
-        let mut parts = vec![format!("Python {}", self.report["python"].as_str().unwrap_or("?"))];
+        let mut parts = vec![format!(
+            "Python {}",
+            self.report["python"].as_str().unwrap_or("?")
+        )];
         for name in TRAINER_PACKAGES {
             if let Some(v) = self.report["packages"][name].as_str() {
                 parts.push(format!("{name} {v}"));
@@ -121,16 +144,33 @@ pub async fn probe(runtime: &TrainerRuntime) -> anyhow::Result<Probe> {
     let mut cmd = tokio::process::Command::new(&runtime.python);
     cmd.arg("-c").arg(PROBE).args(TRAINER_PACKAGES);
     cmd.envs(runtime.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    let child = cmd.spawn().with_context(|| format!("starting {}", runtime.python.display()))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", runtime.python.display()))?;
     let out = tokio::time::timeout(PROBE_TIMEOUT, child.wait_with_output())
         .await
-        .map_err(|_| anyhow::anyhow!("{} did not answer within {} s", runtime.python.display(), PROBE_TIMEOUT.as_secs()))?
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "{} did not answer within {} s",
+                runtime.python.display(),
+                PROBE_TIMEOUT.as_secs()
+            )
+        })?
         .with_context(|| format!("running {}", runtime.python.display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{'));
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'));
     match line.and_then(|l| serde_json::from_str::<Value>(l).ok()) {
-        Some(report) if out.status.success() => Ok(Probe { runtime: runtime.clone(), report }),
+        Some(report) if out.status.success() => Ok(Probe {
+            runtime: runtime.clone(),
+            report,
+        }),
         _ => {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
@@ -162,28 +202,64 @@ pub async fn check_trainer(settings: &Settings) -> (Check, Option<Probe>) {
             } else {
                 "run `loraforge setup-trainer` (same --data-dir), or set LORAFORGE_TRAINER_PYTHON"
             };
-            return (Check::new("trainer", Level::Fail, format!("{e:#}"), Some(fix.to_owned())), None);
+            return (
+                Check::new(
+                    "trainer",
+                    Level::Fail,
+                    format!("{e:#}"),
+                    Some(fix.to_owned()),
+                ),
+                None,
+            );
         }
     };
     let probe = match probe(&runtime).await {
         Ok(p) => p,
-        Err(e) => return (Check::new("trainer", Level::Fail, format!("{e:#}"), Some(fix_env)), None),
+        Err(e) => {
+            return (
+                Check::new("trainer", Level::Fail, format!("{e:#}"), Some(fix_env)),
+                None,
+            );
+        }
     };
     let missing = probe.missing();
     let where_ = format!("{} ({})", runtime.python.display(), probe.summary());
     if !missing.is_empty() {
         let list: Vec<String> = missing.iter().map(|(k, e)| format!("{k} ({e})")).collect();
-        let check = Check::new("trainer", Level::Fail, format!("{where_}; cannot import {}", list.join(", ")), Some(fix_env));
+        let check = Check::new(
+            "trainer",
+            Level::Fail,
+            format!("{where_}; cannot import {}", list.join(", ")),
+            Some(fix_env),
+        );
         return (check, Some(probe));
     }
-    if probe.report["implementation"].as_str().is_some_and(|i| i != "CPython") {
-        let detail = format!("{where_}; the trainer is pinned for CPython, this is {}", probe.report["implementation"]);
-        return (Check::new("trainer", Level::Warn, detail, Some("use CPython 3.11+".to_owned())), Some(probe));
+    if probe.report["implementation"]
+        .as_str()
+        .is_some_and(|i| i != "CPython")
+    {
+        let detail = format!(
+            "{where_}; the trainer is pinned for CPython, this is {}",
+            probe.report["implementation"]
+        );
+        return (
+            Check::new(
+                "trainer",
+                Level::Warn,
+                detail,
+                Some("use CPython 3.11+".to_owned()),
+            ),
+            Some(probe),
+        );
     }
     if !using_env && !stamp_matches(settings, &probe) {
-        let detail = format!("{where_}; the venv was not built from this binary's requirements.lock");
+        let detail =
+            format!("{where_}; the venv was not built from this binary's requirements.lock");
         let fix = "run `loraforge setup-trainer` to update it".to_owned();
-        return (Check::new("trainer", Level::Warn, detail, Some(fix)), Some(probe));
+        return (
+            Check::new("trainer", Level::Warn, detail, Some(fix)),
+            Some(probe),
+        );
     }
     (Check::new("trainer", Level::Ok, where_, None), Some(probe))
 }
@@ -191,8 +267,16 @@ pub async fn check_trainer(settings: &Settings) -> (Check, Option<Probe>) {
 /// Whether the venv's stamp is the one `setup-trainer` writes for the embedded lock and this
 /// Python version.
 fn stamp_matches(settings: &Settings, probe: &Probe) -> bool {
-    let stamp = std::fs::read_to_string(settings.trainer_venv().join(super::setup_trainer::STAMP_FILE)).unwrap_or_default();
-    let version = format!("Python {}\n", probe.report["python"].as_str().unwrap_or_default());
+    let stamp = std::fs::read_to_string(
+        settings
+            .trainer_venv()
+            .join(super::setup_trainer::STAMP_FILE),
+    )
+    .unwrap_or_default();
+    let version = format!(
+        "Python {}\n",
+        probe.report["python"].as_str().unwrap_or_default()
+    );
     stamp.trim() == super::setup_trainer::stamp(trainer_env::REQUIREMENTS_LOCK.as_bytes(), &version)
 }
 
@@ -210,12 +294,29 @@ async fn check_gpu(probe: Option<&Probe>) -> Check {
         if p.report["cuda"].as_bool() == Some(true) && !devices.is_empty() {
             let names: Vec<String> = devices
                 .iter()
-                .map(|d| format!("{} ({})", d["name"].as_str().unwrap_or("?"), gib(d["memory_bytes"].as_u64().unwrap_or(0))))
+                .map(|d| {
+                    format!(
+                        "{} ({})",
+                        d["name"].as_str().unwrap_or("?"),
+                        gib(d["memory_bytes"].as_u64().unwrap_or(0))
+                    )
+                })
                 .collect();
-            let cuda = p.report["cuda_version"].as_str().map(|v| format!(", CUDA {v}")).unwrap_or_default();
-            return Check::new("gpu", Level::Ok, format!("{}{cuda}", names.join(", ")), None);
+            let cuda = p.report["cuda_version"]
+                .as_str()
+                .map(|v| format!(", CUDA {v}"))
+                .unwrap_or_default();
+            return Check::new(
+                "gpu",
+                Level::Ok,
+                format!("{}{cuda}", names.join(", ")),
+                None,
+            );
         }
-        let why = p.report["cuda_error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default();
+        let why = p.report["cuda_error"]
+            .as_str()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
         return match nvidia_smi().await {
             Some(gpus) => Check::new(
                 "gpu",
@@ -235,7 +336,12 @@ async fn check_gpu(probe: Option<&Probe>) -> Check {
         };
     }
     match nvidia_smi().await {
-        Some(gpus) => Check::new("gpu", Level::Warn, format!("nvidia-smi sees {gpus} (torch was not checked: the trainer failed)"), None),
+        Some(gpus) => Check::new(
+            "gpu",
+            Level::Warn,
+            format!("nvidia-smi sees {gpus} (torch was not checked: the trainer failed)"),
+            None,
+        ),
         None => Check::new(
             "gpu",
             Level::Warn,
@@ -248,8 +354,13 @@ async fn check_gpu(probe: Option<&Probe>) -> Check {
 /// `name (memory)` of each GPU nvidia-smi lists, or None when it is absent or fails.
 async fn nvidia_smi() -> Option<String> {
     let mut cmd = tokio::process::Command::new("nvidia-smi");
-    cmd.args(["--query-gpu=name,memory.total", "--format=csv,noheader"]).stdin(Stdio::null()).kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output()).await.ok()?.ok()?;
+    cmd.args(["--query-gpu=name,memory.total", "--format=csv,noheader"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+        .await
+        .ok()?
+        .ok()?;
     if !out.status.success() {
         return None;
     }
@@ -280,21 +391,38 @@ async fn check_storage(settings: &Settings) -> Check {
     let describe = storage_description(settings);
     match result {
         Ok(Ok(())) => Check::new("storage", Level::Ok, describe, None),
-        Ok(Err(e)) => Check::new("storage", Level::Fail, format!("{describe}: {e:#}"), Some(fix)),
-        Err(_) => Check::new("storage", Level::Fail, format!("{describe}: no answer within {} s", SERVICE_TIMEOUT.as_secs()), Some(fix)),
+        Ok(Err(e)) => Check::new(
+            "storage",
+            Level::Fail,
+            format!("{describe}: {e:#}"),
+            Some(fix),
+        ),
+        Err(_) => Check::new(
+            "storage",
+            Level::Fail,
+            format!(
+                "{describe}: no answer within {} s",
+                SERVICE_TIMEOUT.as_secs()
+            ),
+            Some(fix),
+        ),
     }
 }
 
 fn storage_description(settings: &Settings) -> String {
-    settings
-        .storage_url
-        .clone()
-        .unwrap_or_else(|| format!("file://{}", crate::settings::absolute(&settings.data_dir.join("blobs")).display()))
+    settings.storage_url.clone().unwrap_or_else(|| {
+        format!(
+            "file://{}",
+            crate::settings::absolute(&settings.data_dir.join("blobs")).display()
+        )
+    })
 }
 
 async fn check_database(settings: &Settings) -> Check {
     let describe = loraforge_db::redact_url(&settings.database_url());
-    let fix = "check database_url (`loraforge config`): is the server up, and may this user connect?".to_owned();
+    let fix =
+        "check database_url (`loraforge config`): is the server up, and may this user connect?"
+            .to_owned();
     let result = tokio::time::timeout(SERVICE_TIMEOUT, async {
         let repo = compose::repository(settings).await?;
         repo.ping().await.context("pinging the database")?;
@@ -303,8 +431,21 @@ async fn check_database(settings: &Settings) -> Check {
     .await;
     match result {
         Ok(Ok(())) => Check::new("database", Level::Ok, describe, None),
-        Ok(Err(e)) => Check::new("database", Level::Fail, format!("{describe}: {e:#}"), Some(fix)),
-        Err(_) => Check::new("database", Level::Fail, format!("{describe}: no answer within {} s", SERVICE_TIMEOUT.as_secs()), Some(fix)),
+        Ok(Err(e)) => Check::new(
+            "database",
+            Level::Fail,
+            format!("{describe}: {e:#}"),
+            Some(fix),
+        ),
+        Err(_) => Check::new(
+            "database",
+            Level::Fail,
+            format!(
+                "{describe}: no answer within {} s",
+                SERVICE_TIMEOUT.as_secs()
+            ),
+            Some(fix),
+        ),
     }
 }
 
@@ -337,11 +478,22 @@ pub async fn run(settings: &Settings, json_out: bool) -> i32 {
         }
         println!();
         if ready {
-            let gpu_note = if checks[1].status == Level::Ok { "" } else { " (on the CPU: no usable GPU)" };
+            let gpu_note = if checks[1].status == Level::Ok {
+                ""
+            } else {
+                " (on the CPU: no usable GPU)"
+            };
             println!("ready: this host can run loraforge and train{gpu_note}");
         } else {
-            let failed: Vec<&str> = checks.iter().filter(|c| c.status == Level::Fail).map(|c| c.name).collect();
-            println!("not ready: {} failed; see the lines marked FAIL", failed.join(", "));
+            let failed: Vec<&str> = checks
+                .iter()
+                .filter(|c| c.status == Level::Fail)
+                .map(|c| c.name)
+                .collect();
+            println!(
+                "not ready: {} failed; see the lines marked FAIL",
+                failed.join(", ")
+            );
         }
     }
     if ready { 0 } else { 1 }

@@ -27,6 +27,8 @@ pub fn run(path: &Path, json_out: bool, rules: &LoraRules) -> i32 {
     let map = if len == 0 {
         None
     } else {
+        // SAFETY: the map is read-only and lives only while the file is inspected; a file
+        // changed underneath by another process can at worst make the check report garbage.
         match unsafe { memmap2::Mmap::map(&file) } {
             Ok(m) => Some(m),
             Err(e) => {
@@ -36,7 +38,14 @@ pub fn run(path: &Path, json_out: bool, rules: &LoraRules) -> i32 {
         }
     };
     let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
-    let spinner = progress(None, &format!("checking {} ({})", path.display(), format_bytes(bytes.len() as u64)));
+    let spinner = progress(
+        None,
+        &format!(
+            "checking {} ({})",
+            path.display(),
+            format_bytes(bytes.len() as u64)
+        ),
+    );
     let result = inspect_lora(bytes, rules);
     spinner.finish_and_clear();
     let shown = path.display().to_string();
@@ -51,7 +60,10 @@ pub fn run(path: &Path, json_out: bool, rules: &LoraRules) -> i32 {
         }
         Err(e) => {
             if json_out {
-                println!("{}", json!({"file": shown, "ok": false, "error": {"code": e.code(), "message": e.to_string()}}));
+                println!(
+                    "{}",
+                    json!({"file": shown, "ok": false, "error": {"code": e.code(), "message": e.to_string()}})
+                );
             } else {
                 println!("{shown}: rejected ({}): {e}", e.code());
             }
@@ -74,17 +86,51 @@ pub fn render(file: &str, r: &LoraReport) -> String {
         (None, _) => "unknown".into(),
     };
     field("alpha", alpha);
-    field("dtypes", r.dtypes.iter().map(|(d, n)| format!("{d} ×{n}")).collect::<Vec<_>>().join(", "));
+    field(
+        "dtypes",
+        r.dtypes
+            .iter()
+            .map(|(d, n)| format!("{d} ×{n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
     field(
         "size",
-        format!("{} ({} header, {} tensors, {} parameters)", format_bytes(r.total_bytes), format_bytes(r.header_bytes), r.tensors, r.parameters),
+        format!(
+            "{} ({} header, {} tensors, {} parameters)",
+            format_bytes(r.total_bytes),
+            format_bytes(r.header_bytes),
+            r.tensors,
+            r.parameters
+        ),
     );
     if r.other_tensors > 0 {
-        field("other", format!("{} tensors that are not down/up/alpha (kept)", r.other_tensors));
+        field(
+            "other",
+            format!(
+                "{} tensors that are not down/up/alpha (kept)",
+                r.other_tensors
+            ),
+        );
     }
-    field("base", r.base_model_hint.clone().unwrap_or_else(|| "unknown".into()));
-    field("trainer", r.trainer_hint.clone().unwrap_or_else(|| "unknown".into()));
-    field("NaN/Inf", if r.values_scanned { "none (every float value scanned)".into() } else { "not scanned".into() });
+    field(
+        "base",
+        r.base_model_hint
+            .clone()
+            .unwrap_or_else(|| "unknown".into()),
+    );
+    field(
+        "trainer",
+        r.trainer_hint.clone().unwrap_or_else(|| "unknown".into()),
+    );
+    field(
+        "NaN/Inf",
+        if r.values_scanned {
+            "none (every float value scanned)".into()
+        } else {
+            "not scanned".into()
+        },
+    );
     if r.metadata.is_empty() {
         field("metadata", "none".into());
     } else {
@@ -99,5 +145,8 @@ pub fn render(file: &str, r: &LoraReport) -> String {
 
 /// `kohya`, `peft`, `diffusers`: the convention's name as in the JSON output.
 fn format_name(f: LoraFormat) -> String {
-    serde_json::to_value(f).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_else(|| format!("{f:?}"))
+    serde_json::to_value(f)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{f:?}"))
 }

@@ -20,14 +20,21 @@ pub const EXIT_USAGE: i32 = 2;
 
 /// A progress bar on stderr, drawn only when stderr is a terminal (never in pipes, logs or tests).
 fn progress(len: Option<u64>, message: &str) -> ProgressBar {
-    let target = if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+    let target = if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
     let bar = match len {
         Some(n) => ProgressBar::with_draw_target(Some(n), target).with_style(
-            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
         ),
         None => {
-            let b = ProgressBar::with_draw_target(None, target)
-                .with_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            let b = ProgressBar::with_draw_target(None, target).with_style(
+                ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
             b.enable_steady_tick(Duration::from_millis(120));
             b
         }

@@ -12,7 +12,10 @@ use crate::trainer_env;
 
 /// The exit code of the attempt.
 pub async fn run(settings: &Settings, server: url::Url, lora: String, out: PathBuf) -> i32 {
-    let Some(token) = std::env::var("LORAFORGE_WORKER_TOKEN").ok().filter(|t| !t.is_empty()) else {
+    let Some(token) = std::env::var("LORAFORGE_WORKER_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+    else {
         return fail(
             loraforge_worker::exit::UNREACHABLE,
             "no_token",
@@ -30,18 +33,32 @@ pub async fn run(settings: &Settings, server: url::Url, lora: String, out: PathB
         }
     };
     let mut env = runtime.env;
-    if let Some(home) = hf_home(std::env::var_os("LORAFORGE_HF_HOME").map(PathBuf::from), std::env::var_os("HF_HOME").is_some(), |p| p.is_dir()) {
+    if let Some(home) = hf_home(
+        std::env::var_os("LORAFORGE_HF_HOME").map(PathBuf::from),
+        std::env::var_os("HF_HOME").is_some(),
+        |p| p.is_dir(),
+    ) {
         tracing::info!(hf_home = %home.display(), "base weights are cached here");
         env.push(("HF_HOME".to_owned(), home.display().to_string()));
     }
-    let trainer = TrainerCommand { program: runtime.python, args: trainer_env::trainer_args(), env };
+    let trainer = TrainerCommand {
+        program: runtime.python,
+        args: trainer_env::trainer_args(),
+        env,
+    };
     let mut config = WorkerConfig::new(server, lora, token, out, trainer);
     config.retry_delay = Duration::from_millis(settings.worker_retry_delay_ms.max(1));
-    config.debug_fail_at_step = std::env::var("LORAFORGE_WORKER_DEBUG_FAIL_AT_STEP").ok().and_then(|s| s.parse().ok());
-    if let Some(secs) = std::env::var("LORAFORGE_WORKER_TRAINER_SILENCE_SECS").ok().and_then(|s| s.parse::<u64>().ok()) {
+    config.debug_fail_at_step = std::env::var("LORAFORGE_WORKER_DEBUG_FAIL_AT_STEP")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    if let Some(secs) = std::env::var("LORAFORGE_WORKER_TRAINER_SILENCE_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
         config.trainer_silence = Duration::from_secs(secs.max(1));
     }
-    let exit_with_parent = std::env::var("LORAFORGE_WORKER_EXIT_WITH_PARENT").is_ok_and(|v| v == "1");
+    let exit_with_parent =
+        std::env::var("LORAFORGE_WORKER_EXIT_WITH_PARENT").is_ok_and(|v| v == "1");
     loraforge_worker::run_with(config, std::io::stdout(), stop_requested(exit_with_parent)).await
 }
 
@@ -49,14 +66,22 @@ pub async fn run(settings: &Settings, server: url::Url, lora: String, out: PathB
 /// `HF_HOME` is set already, the network volume when one is mounted (`/runpod-volume` on RunPod
 /// serverless, `/workspace` on a pod), so weights are downloaded once per volume, not per run;
 /// else Hugging Face's default (downloaded at start, `HF_TOKEN` passed through).
-fn hf_home(configured: Option<PathBuf>, hf_home_set: bool, is_dir: impl Fn(&std::path::Path) -> bool) -> Option<PathBuf> {
+fn hf_home(
+    configured: Option<PathBuf>,
+    hf_home_set: bool,
+    is_dir: impl Fn(&std::path::Path) -> bool,
+) -> Option<PathBuf> {
     if configured.is_some() {
         return configured;
     }
     if hf_home_set {
         return None;
     }
-    ["/runpod-volume", "/workspace"].into_iter().map(std::path::Path::new).find(|p| is_dir(p)).map(|p| p.join("huggingface"))
+    ["/runpod-volume", "/workspace"]
+        .into_iter()
+        .map(std::path::Path::new)
+        .find(|p| is_dir(p))
+        .map(|p| p.join("huggingface"))
 }
 
 /// Completes on SIGTERM or SIGINT, or — with `exit_with_parent` — once the process that started
@@ -72,7 +97,10 @@ async fn stop_requested(exit_with_parent: bool) {
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             if std::os::unix::process::parent_id() != parent {
-                tracing::warn!(parent, "the service that started this worker is gone; stopping");
+                tracing::warn!(
+                    parent,
+                    "the service that started this worker is gone; stopping"
+                );
                 return;
             }
         }
@@ -96,7 +124,8 @@ fn fail(code: i32, kind: &str, reason: &str) -> i32 {
     use std::io::Write;
     // Written with errors ignored: the reader may be gone, and a worker never panics for that.
     let _ = writeln!(std::io::stderr(), "loraforge worker: {reason}");
-    let line = serde_json::json!({ "event": "error", "code": kind, "reason": reason, "exit_code": code });
+    let line =
+        serde_json::json!({ "event": "error", "code": kind, "reason": reason, "exit_code": code });
     let _ = writeln!(std::io::stdout(), "{line}");
     code
 }
@@ -111,9 +140,19 @@ mod tests {
         let pod = |p: &std::path::Path| p == std::path::Path::new("/workspace");
         let both = |_: &std::path::Path| true;
         assert_eq!(hf_home(Some("/x".into()), true, both), Some("/x".into()));
-        assert_eq!(hf_home(None, true, both), None, "an HF_HOME of the image wins");
-        assert_eq!(hf_home(None, false, both), Some("/runpod-volume/huggingface".into()));
-        assert_eq!(hf_home(None, false, pod), Some("/workspace/huggingface".into()));
+        assert_eq!(
+            hf_home(None, true, both),
+            None,
+            "an HF_HOME of the image wins"
+        );
+        assert_eq!(
+            hf_home(None, false, both),
+            Some("/runpod-volume/huggingface".into())
+        );
+        assert_eq!(
+            hf_home(None, false, pod),
+            Some("/workspace/huggingface".into())
+        );
         assert_eq!(hf_home(None, false, none), None);
     }
 }

@@ -28,7 +28,8 @@ pub fn noise_png(w: u32, h: u32, seed: u32) -> Vec<u8> {
         image::Rgb([s as u8, (s >> 8) as u8, (s >> 16) as u8])
     });
     let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).expect("encode png");
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode png");
     out.into_inner()
 }
 
@@ -58,8 +59,13 @@ pub fn trainer_python() -> PathBuf {
         return PathBuf::from(p);
     }
     let home = std::env::var_os("HOME").expect("HOME");
-    let cache = std::env::var_os("LORAFORGE_CACHE").map_or_else(|| Path::new(&home).join(".cache/loraforge"), PathBuf::from);
+    let cache = std::env::var_os("LORAFORGE_CACHE")
+        .map_or_else(|| Path::new(&home).join(".cache/loraforge"), PathBuf::from);
     let python = cache.join("venv-trainer/bin/python");
-    assert!(python.exists(), "{} is missing: run scripts/trainer-env.sh (scripts/test.sh does)", python.display());
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/trainer-env.sh (scripts/test.sh does)",
+        python.display()
+    );
     python
 }

@@ -100,7 +100,8 @@ pub(super) async fn get_dataset(pool: &PgPool, id: DatasetId) -> Result<Option<D
             Ok(DatasetImage {
                 index: to_u32(i64::from(r.try_get::<i32, _>("idx")?), "idx")?,
                 file_name: r.try_get("file_name")?,
-                format: ImageFormat::parse(&format).ok_or_else(|| corrupt(format!("image format {format:?}")))?,
+                format: ImageFormat::parse(&format)
+                    .ok_or_else(|| corrupt(format!("image format {format:?}")))?,
                 width: to_u32(i64::from(r.try_get::<i32, _>("width")?), "width")?,
                 height: to_u32(i64::from(r.try_get::<i32, _>("height")?), "height")?,
                 bytes: to_u64(r.try_get("bytes")?, "bytes")?,
@@ -110,7 +111,12 @@ pub(super) async fn get_dataset(pool: &PgPool, id: DatasetId) -> Result<Option<D
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Some(Dataset { id, user_id: user.into(), images, created_at }))
+    Ok(Some(Dataset {
+        id,
+        user_id: user.into(),
+        images,
+        created_at,
+    }))
 }
 
 /// A bulk import as column arrays, for `UNNEST`.
@@ -148,7 +154,8 @@ pub(super) async fn bulk_insert_library(repo: &PgRepository, rows: Vec<LibraryRo
         c.name.push(r.name.into_inner());
         c.description.push(r.description);
         c.dataset.push(r.dataset_id.as_uuid());
-        c.params.push(serde_json::to_string(&r.params).map_err(|e| corrupt(format!("params: {e}")))?);
+        c.params
+            .push(serde_json::to_string(&r.params).map_err(|e| corrupt(format!("params: {e}")))?);
         c.status.push(r.status.as_str().to_owned());
         c.usage_count.push(to_i64(r.usage_count, "usage_count")?);
         c.created_at.push(created_at);

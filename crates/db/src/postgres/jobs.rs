@@ -11,7 +11,10 @@ use super::PgRepository;
 use super::library::lock_user;
 use super::rows::{event, fetch_written, insert_event, status_names, ts};
 use crate::common::{CAS_ATTEMPTS, parse_status, progress_data, status_data, to_u32};
-use crate::{ClaimedJob, DbError, EventDetail, ExpiredLease, JobClaim, LoraEvent, Result, RunningJob, StartDue};
+use crate::{
+    ClaimedJob, DbError, EventDetail, ExpiredLease, JobClaim, LoraEvent, Result, RunningJob,
+    StartDue,
+};
 
 pub(super) async fn apply_event(
     repo: &PgRepository,
@@ -24,10 +27,11 @@ pub(super) async fn apply_event(
     let now = ts(now);
     for _ in 0..CAS_ATTEMPTS {
         let applied = in_write_tx!(repo, |conn| async {
-            let from: Option<String> = sqlx::query_scalar("SELECT training_status FROM lora_models WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?;
+            let from: Option<String> =
+                sqlx::query_scalar("SELECT training_status FROM lora_models WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
             let from = parse_status(&from.ok_or(DbError::NotFound)?)?;
             let to = transition(from, event)?;
             change_status(conn, id, from, to, event, &detail, now).await
@@ -85,11 +89,13 @@ pub(super) async fn change_status(
             .await?;
     }
     if to.is_final() {
-        sqlx::query("UPDATE training_jobs SET finished_at = $1, lease_until = NULL WHERE lora_id = $2")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "UPDATE training_jobs SET finished_at = $1, lease_until = NULL WHERE lora_id = $2",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     } else if to == TrainingStatus::Queued {
         // Back in the queue: the previous run's lease is void.
         sqlx::query("UPDATE training_jobs SET worker = NULL, lease_until = NULL, run_id = NULL WHERE lora_id = $1")
@@ -97,7 +103,15 @@ pub(super) async fn change_status(
             .execute(&mut *conn)
             .await?;
     }
-    insert_event(conn, id, "status", to, &status_data(from, to, event, error), now).await?;
+    insert_event(
+        conn,
+        id,
+        "status",
+        to,
+        &status_data(from, to, event, error),
+        now,
+    )
+    .await?;
     Ok(Some(fetch_written(conn, id).await?))
 }
 
@@ -121,19 +135,34 @@ pub(super) async fn record_progress(
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
-        let Some(status) = status else { return Ok(None) };
+        let Some(status) = status else {
+            return Ok(None);
+        };
         sqlx::query("UPDATE training_jobs SET heartbeat_at = $1 WHERE lora_id = $2")
             .bind(now)
             .bind(id)
             .execute(&mut *conn)
             .await?;
-        insert_event(conn, id, "progress", parse_status(&status)?, &progress_data(progress), now).await?;
+        insert_event(
+            conn,
+            id,
+            "progress",
+            parse_status(&status)?,
+            &progress_data(progress),
+            now,
+        )
+        .await?;
         Ok(Some(()))
     })?;
     recorded.ok_or(DbError::NotFound)
 }
 
-pub(super) async fn events_after(pool: &PgPool, id: LoraId, after: i64, limit: u32) -> Result<Vec<LoraEvent>> {
+pub(super) async fn events_after(
+    pool: &PgPool,
+    id: LoraId,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<LoraEvent>> {
     let rows = sqlx::query(
         "SELECT id, lora_id, kind, status, data, at FROM lora_events WHERE lora_id = $1 AND id > $2 ORDER BY id LIMIT $3",
     )
@@ -160,7 +189,15 @@ pub(super) async fn claim_next_job(
     let active = status_names(&TrainingStatus::ACTIVE);
     for _ in 0..CLAIM_ATTEMPTS {
         let mut tx = repo.write_tx().await?;
-        let attempt = try_claim(&mut tx, worker, max_active_per_user, &active, lease_until, now).await;
+        let attempt = try_claim(
+            &mut tx,
+            worker,
+            max_active_per_user,
+            &active,
+            lease_until,
+            now,
+        )
+        .await;
         match attempt {
             Ok(Claim::Claimed(job)) => {
                 tx.commit().await?;
@@ -209,17 +246,20 @@ async fn try_claim(
     .bind(max_active)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some((id, user)) = candidate else { return Ok(Claim::Empty) };
+    let Some((id, user)) = candidate else {
+        return Ok(Claim::Empty);
+    };
 
     // The count above may predate another claimer's commit for the same user: recount under the
     // user's lock, which every claim of that user takes.
     lock_user(conn, user, now).await?;
-    let running: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM lora_models WHERE user_id = $1 AND training_status = ANY($2)")
-            .bind(user)
-            .bind(active)
-            .fetch_one(&mut *conn)
-            .await?;
+    let running: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM lora_models WHERE user_id = $1 AND training_status = ANY($2)",
+    )
+    .bind(user)
+    .bind(active)
+    .fetch_one(&mut *conn)
+    .await?;
     if running >= max_active {
         return Ok(Claim::Retry);
     }
@@ -250,7 +290,15 @@ async fn try_claim(
     .bind(id)
     .fetch_one(&mut *conn)
     .await?;
-    insert_event(conn, id, "status", to, &status_data(from, to, StatusEvent::Start, None), now).await?;
+    insert_event(
+        conn,
+        id,
+        "status",
+        to,
+        &status_data(from, to, StatusEvent::Start, None),
+        now,
+    )
+    .await?;
     let lora = fetch_written(conn, id).await?;
     Ok(Claim::Claimed(Box::new(ClaimedJob {
         lora,
@@ -295,12 +343,19 @@ pub(super) async fn expired_leases(pool: &PgPool, now: DateTime<Utc>) -> Result<
     .await?;
     rows.into_iter()
         .map(|(id, attempt, lease_until)| {
-            Ok(ExpiredLease { lora_id: id.into(), attempt: to_u32(i64::from(attempt), "attempt")?, lease_until })
+            Ok(ExpiredLease {
+                lora_id: id.into(),
+                attempt: to_u32(i64::from(attempt), "attempt")?,
+                lease_until,
+            })
         })
         .collect()
 }
 
-pub(super) async fn jobs_running_longer_than(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Vec<RunningJob>> {
+pub(super) async fn jobs_running_longer_than(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+) -> Result<Vec<RunningJob>> {
     let rows: Vec<(Uuid, DateTime<Utc>, i32)> = sqlx::query_as(
         "SELECT j.lora_id, j.started_at, j.attempt FROM training_jobs j JOIN lora_models m ON m.id = j.lora_id \
          WHERE m.training_status = $1 AND j.started_at < $2 ORDER BY j.started_at, j.lora_id",
@@ -311,13 +366,23 @@ pub(super) async fn jobs_running_longer_than(pool: &PgPool, cutoff: DateTime<Utc
     .await?;
     rows.into_iter()
         .map(|(id, started_at, attempt)| {
-            Ok(RunningJob { lora_id: id.into(), started_at, attempt: to_u32(i64::from(attempt), "attempt")? })
+            Ok(RunningJob {
+                lora_id: id.into(),
+                started_at,
+                attempt: to_u32(i64::from(attempt), "attempt")?,
+            })
         })
         .collect()
 }
 
 pub(super) async fn job_claim(pool: &PgPool, id: LoraId) -> Result<Option<JobClaim>> {
-    type Row = (Option<String>, i32, Option<DateTime<Utc>>, Option<String>, Option<i64>);
+    type Row = (
+        Option<String>,
+        i32,
+        Option<DateTime<Utc>>,
+        Option<String>,
+        Option<i64>,
+    );
     let row: Option<Row> = sqlx::query_as(
         "SELECT worker, attempt, lease_until, checkpoint_key, checkpoint_step FROM training_jobs WHERE lora_id = $1",
     )
@@ -361,12 +426,13 @@ pub(super) async fn record_checkpoint(
 }
 
 pub(super) async fn pending_ids(pool: &PgPool, limit: u32) -> Result<Vec<LoraId>> {
-    let ids: Vec<Uuid> =
-        sqlx::query_scalar("SELECT id FROM lora_models WHERE training_status = $1 ORDER BY created_at, id LIMIT $2")
-            .bind(TrainingStatus::Pending.as_str())
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await?;
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM lora_models WHERE training_status = $1 ORDER BY created_at, id LIMIT $2",
+    )
+    .bind(TrainingStatus::Pending.as_str())
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
     Ok(ids.into_iter().map(LoraId::from).collect())
 }
 
@@ -385,10 +451,17 @@ pub(super) async fn record_start_failure(
     .bind(id.as_uuid())
     .fetch_optional(pool)
     .await?;
-    to_u32(i64::from(failures.ok_or(DbError::NotFound)?), "start_failures")
+    to_u32(
+        i64::from(failures.ok_or(DbError::NotFound)?),
+        "start_failures",
+    )
 }
 
-pub(super) async fn starts_due(pool: &PgPool, worker: &str, now: DateTime<Utc>) -> Result<Vec<StartDue>> {
+pub(super) async fn starts_due(
+    pool: &PgPool,
+    worker: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<StartDue>> {
     let rows: Vec<(Uuid, i32, i32)> = sqlx::query_as(
         "SELECT j.lora_id, j.attempt, j.start_failures FROM training_jobs j JOIN lora_models m ON m.id = j.lora_id \
          WHERE m.training_status = $1 AND j.worker = $2 AND j.run_id IS NULL AND j.lease_until IS NOT NULL \

@@ -12,14 +12,24 @@ use super::rows::{fetch_lora, fetch_written, insert_event, status_names, summary
 use crate::common::{corrupt, created_data, parse_status, search_words, to_u32, updated_data};
 use crate::{CreateOutcome, DbError, FaultPoint, LoraQuery, MonthlyPolicy, NewLora, Page, Result};
 
-pub(super) async fn create_lora(repo: &PgRepository, new: NewLora, policy: MonthlyPolicy) -> Result<CreateOutcome> {
-    let outcome = in_write_tx!(repo, |conn| async { create_in_tx(repo, conn, &new, policy).await.map(Some) });
+pub(super) async fn create_lora(
+    repo: &PgRepository,
+    new: NewLora,
+    policy: MonthlyPolicy,
+) -> Result<CreateOutcome> {
+    let outcome = in_write_tx!(repo, |conn| async {
+        create_in_tx(repo, conn, &new, policy).await.map(Some)
+    });
     outcome?.ok_or_else(|| corrupt("create_lora produced no outcome"))
 }
 
 /// Takes the per-user lock: the owner's `user_training_limits` row, created on first use, held
 /// `FOR UPDATE` until the transaction ends. Returns the user's own monthly limit, if set.
-pub(super) async fn lock_user(conn: &mut PgConnection, user: Uuid, now: DateTime<Utc>) -> Result<Option<u32>> {
+pub(super) async fn lock_user(
+    conn: &mut PgConnection,
+    user: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<u32>> {
     sqlx::query(
         "INSERT INTO user_training_limits (user_id, updated_at) VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING",
     )
@@ -27,12 +37,15 @@ pub(super) async fn lock_user(conn: &mut PgConnection, user: Uuid, now: DateTime
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    let limit: Option<i32> =
-        sqlx::query_scalar("SELECT monthly_limit FROM user_training_limits WHERE user_id = $1 FOR UPDATE")
-            .bind(user)
-            .fetch_one(&mut *conn)
-            .await?;
-    limit.map(|l| to_u32(i64::from(l), "monthly_limit")).transpose()
+    let limit: Option<i32> = sqlx::query_scalar(
+        "SELECT monthly_limit FROM user_training_limits WHERE user_id = $1 FOR UPDATE",
+    )
+    .bind(user)
+    .fetch_one(&mut *conn)
+    .await?;
+    limit
+        .map(|l| to_u32(i64::from(l), "monthly_limit"))
+        .transpose()
 }
 
 async fn create_in_tx(
@@ -52,12 +65,13 @@ async fn create_in_tx(
     let own_limit = lock_user(conn, user, now).await?;
 
     if let Some(key) = &new.idempotency {
-        let prior: Option<(String, Uuid)> =
-            sqlx::query_as("SELECT request_hash, lora_id FROM idempotency_keys WHERE user_id = $1 AND key = $2")
-                .bind(user)
-                .bind(&key.key)
-                .fetch_optional(&mut *conn)
-                .await?;
+        let prior: Option<(String, Uuid)> = sqlx::query_as(
+            "SELECT request_hash, lora_id FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+        )
+        .bind(user)
+        .bind(&key.key)
+        .fetch_optional(&mut *conn)
+        .await?;
         if let Some((hash, lora_id)) = prior {
             if hash != key.request_hash {
                 return Err(DbError::IdempotencyKeyReused);
@@ -74,11 +88,12 @@ async fn create_in_tx(
         return Err(DbError::DatasetNotFound);
     }
 
-    let taken: Option<i32> = sqlx::query_scalar("SELECT 1 FROM lora_models WHERE user_id = $1 AND name = $2")
-        .bind(user)
-        .bind(name)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let taken: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM lora_models WHERE user_id = $1 AND name = $2")
+            .bind(user)
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await?;
     if taken.is_some() {
         return Err(DbError::DuplicateName(name.to_owned()));
     }
@@ -137,7 +152,15 @@ async fn create_in_tx(
         .bind(now)
         .execute(&mut *conn)
         .await?;
-    insert_event(conn, id, "created", TrainingStatus::Pending, &created_data(name), now).await?;
+    insert_event(
+        conn,
+        id,
+        "created",
+        TrainingStatus::Pending,
+        &created_data(name),
+        now,
+    )
+    .await?;
     if let Some(key) = &new.idempotency {
         sqlx::query(
             "INSERT INTO idempotency_keys (user_id, key, request_hash, lora_id, created_at) VALUES ($1, $2, $3, $4, $5)",
@@ -163,7 +186,11 @@ fn duplicate_name(e: sqlx::Error, name: &str) -> DbError {
     }
 }
 
-pub(super) async fn count_monthly(conn: &mut PgConnection, user: Uuid, window: MonthlyWindow) -> Result<u32> {
+pub(super) async fn count_monthly(
+    conn: &mut PgConnection,
+    user: Uuid,
+    window: MonthlyWindow,
+) -> Result<u32> {
     let n: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM lora_models WHERE user_id = $1 AND created_at >= $2 AND created_at < $3 \
          AND training_status = ANY($4)",
@@ -180,13 +207,18 @@ pub(super) async fn count_monthly(conn: &mut PgConnection, user: Uuid, window: M
 /// A `to_tsquery` text matching every word as a prefix. Words hold only letters and digits (see
 /// `search_words`), so no operator typed by a user reaches the parser.
 fn tsquery(words: &[String]) -> String {
-    words.iter().map(|w| format!("{w}:*")).collect::<Vec<_>>().join(" & ")
+    words
+        .iter()
+        .map(|w| format!("{w}:*"))
+        .collect::<Vec<_>>()
+        .join(" & ")
 }
 
 /// `… FROM lora_models m WHERE …` filters other than search, shared by every listing query.
 fn push_filters(qb: &mut QueryBuilder<Postgres>, query: &LoraQuery) {
     if let Some(status) = query.status {
-        qb.push(" AND m.training_status = ").push_bind(status.as_str());
+        qb.push(" AND m.training_status = ")
+            .push_bind(status.as_str());
     }
     if let Some(creator) = query.creator {
         qb.push(" AND m.user_id = ").push_bind(creator.as_uuid());
@@ -194,26 +226,37 @@ fn push_filters(qb: &mut QueryBuilder<Postgres>, query: &LoraQuery) {
 }
 
 fn push_order_and_page(qb: &mut QueryBuilder<Postgres>, query: &LoraQuery, alias: &str) {
-    qb.push(match query.sort {
-        LoraSort::Popular => " ORDER BY {a}.usage_count DESC, {a}.created_at DESC, {a}.id DESC",
-        LoraSort::Recent => " ORDER BY {a}.created_at DESC, {a}.id DESC",
-        // "C": byte order, as SQLite sorts, whatever the database's locale.
-        LoraSort::Name => " ORDER BY lower({a}.name) COLLATE \"C\", {a}.created_at DESC, {a}.id DESC",
-    }
-    .replace("{a}", alias));
+    qb.push(
+        match query.sort {
+            LoraSort::Popular => " ORDER BY {a}.usage_count DESC, {a}.created_at DESC, {a}.id DESC",
+            LoraSort::Recent => " ORDER BY {a}.created_at DESC, {a}.id DESC",
+            // "C": byte order, as SQLite sorts, whatever the database's locale.
+            LoraSort::Name => {
+                " ORDER BY lower({a}.name) COLLATE \"C\", {a}.created_at DESC, {a}.id DESC"
+            }
+        }
+        .replace("{a}", alias),
+    );
     qb.push(" LIMIT ")
         .push_bind(i64::from(query.limit))
         .push(" OFFSET ")
         .push_bind(i64::try_from(query.offset).unwrap_or(i64::MAX));
 }
 
-const SUMMARY_COLUMNS: &str = "m.id, m.user_id, m.name, m.description, m.training_status, m.usage_count, m.created_at";
+const SUMMARY_COLUMNS: &str =
+    "m.id, m.user_id, m.name, m.description, m.training_status, m.usage_count, m.created_at";
 
 pub(super) async fn list_loras(pool: &PgPool, query: &LoraQuery) -> Result<Page<LoraSummary>> {
-    let words = query.search.as_deref().map(search_words).unwrap_or_default();
+    let words = query
+        .search
+        .as_deref()
+        .map(search_words)
+        .unwrap_or_default();
     let mut conn = pool.acquire().await?;
     let to_items = |rows: &[sqlx::postgres::PgRow]| {
-        rows.iter().map(|r| summary_record(r)?.into_summary()).collect::<Result<Vec<_>>>()
+        rows.iter()
+            .map(|r| summary_record(r)?.into_summary())
+            .collect::<Result<Vec<_>>>()
     };
 
     if !words.is_empty() {
@@ -238,24 +281,33 @@ pub(super) async fn list_loras(pool: &PgPool, query: &LoraQuery) -> Result<Page<
             None if query.offset == 0 => 0,
             // Paged past the end: the window saw no rows, so count on its own.
             None => {
-                let mut qb = QueryBuilder::<Postgres>::new("SELECT count(*) FROM lora_models m WHERE m.search @@ to_tsquery('simple', ");
+                let mut qb = QueryBuilder::<Postgres>::new(
+                    "SELECT count(*) FROM lora_models m WHERE m.search @@ to_tsquery('simple', ",
+                );
                 qb.push_bind(tsquery(&words)).push(")");
                 push_filters(&mut qb, query);
                 qb.build_query_scalar().fetch_one(&mut *conn).await?
             }
         };
-        return Ok(Page { items: to_items(&rows)?, total: u64::try_from(total).map_err(|_| corrupt("negative count"))? });
+        return Ok(Page {
+            items: to_items(&rows)?,
+            total: u64::try_from(total).map_err(|_| corrupt("negative count"))?,
+        });
     }
 
     let mut qb = QueryBuilder::<Postgres>::new("SELECT ");
-    qb.push(SUMMARY_COLUMNS).push(", u.email FROM lora_models m LEFT JOIN users u ON u.id = m.user_id WHERE TRUE");
+    qb.push(SUMMARY_COLUMNS)
+        .push(", u.email FROM lora_models m LEFT JOIN users u ON u.id = m.user_id WHERE TRUE");
     push_filters(&mut qb, query);
     push_order_and_page(&mut qb, query, "m");
     let rows = qb.build().fetch_all(&mut *conn).await?;
     let mut qb = QueryBuilder::<Postgres>::new("SELECT count(*) FROM lora_models m WHERE TRUE");
     push_filters(&mut qb, query);
     let total: i64 = qb.build_query_scalar().fetch_one(&mut *conn).await?;
-    Ok(Page { items: to_items(&rows)?, total: u64::try_from(total).map_err(|_| corrupt("negative count"))? })
+    Ok(Page {
+        items: to_items(&rows)?,
+        total: u64::try_from(total).map_err(|_| corrupt("negative count"))?,
+    })
 }
 
 pub(super) async fn update_description(
@@ -275,8 +327,18 @@ pub(super) async fn update_description(
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
-        let Some(status) = status else { return Ok(None) };
-        insert_event(conn, id, "updated", parse_status(&status)?, &updated_data(description.as_deref()), now).await?;
+        let Some(status) = status else {
+            return Ok(None);
+        };
+        insert_event(
+            conn,
+            id,
+            "updated",
+            parse_status(&status)?,
+            &updated_data(description.as_deref()),
+            now,
+        )
+        .await?;
         fetch_lora(conn, id).await
     })?;
     updated.ok_or(DbError::NotFound)

@@ -12,13 +12,14 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
 use loraforge_domain::{
-    Dataset, DatasetId, LoraId, LoraModel, LoraSummary, MicroUsd, MonthlyWindow, Progress, RunId, StatusEvent,
-    TrainingRun, UserId,
+    Dataset, DatasetId, LoraId, LoraModel, LoraSummary, MicroUsd, MonthlyWindow, Progress, RunId,
+    StatusEvent, TrainingRun, UserId,
 };
 
 use crate::{
-    ClaimedJob, ConnectOptions, CreateOutcome, EventDetail, ExpiredLease, Faults, JobClaim, LibraryRow, LoraEvent,
-    LoraQuery, MonthlyPolicy, NewLora, NewRun, OpenRun, Page, Repository, Result, RunningJob, Settle, StartDue,
+    ClaimedJob, ConnectOptions, CreateOutcome, EventDetail, ExpiredLease, Faults, JobClaim,
+    LibraryRow, LoraEvent, LoraQuery, MonthlyPolicy, NewLora, NewRun, OpenRun, Page, Repository,
+    Result, RunningJob, Settle, StartDue,
 };
 
 /// `SELECT` of every column `rows::lora_record` decodes; append a `WHERE`.
@@ -90,7 +91,10 @@ impl PgRepository {
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Self { pool, faults: Faults::default() })
+        Ok(Self {
+            pool,
+            faults: Faults::default(),
+        })
     }
 
     /// Closes every connection; later calls fail.
@@ -159,7 +163,12 @@ impl Repository for PgRepository {
         jobs::apply_event(self, id, event, detail, now).await
     }
 
-    async fn record_progress(&self, id: LoraId, progress: &Progress, now: DateTime<Utc>) -> Result<()> {
+    async fn record_progress(
+        &self,
+        id: LoraId,
+        progress: &Progress,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         jobs::record_progress(self, id, progress, now).await
     }
 
@@ -203,7 +212,14 @@ impl Repository for PgRepository {
         jobs::job_claim(&self.pool, id).await
     }
 
-    async fn record_checkpoint(&self, id: LoraId, worker: &str, attempt: u32, key: &str, step: u64) -> Result<bool> {
+    async fn record_checkpoint(
+        &self,
+        id: LoraId,
+        worker: &str,
+        attempt: u32,
+        key: &str,
+        step: u64,
+    ) -> Result<bool> {
         jobs::record_checkpoint(&self.pool, id, worker, attempt, key, step).await
     }
 
@@ -230,23 +246,50 @@ impl Repository for PgRepository {
         runs::record_run_outcome(self, id, code, reason, result, now).await
     }
 
-    async fn settle_run(&self, id: RunId, settle: Settle, now: DateTime<Utc>) -> Result<Option<LoraModel>> {
+    async fn settle_run(
+        &self,
+        id: RunId,
+        settle: Settle,
+        now: DateTime<Utc>,
+    ) -> Result<Option<LoraModel>> {
         runs::settle_run(self, id, settle, now).await
     }
 
-    async fn record_instance_gone(&self, id: RunId, cost: MicroUsd, now: DateTime<Utc>) -> Result<bool> {
+    async fn record_instance_gone(
+        &self,
+        id: RunId,
+        cost: MicroUsd,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
         runs::record_instance_gone(self, id, cost, now).await
     }
 
-    async fn record_terminate_failure(&self, id: RunId, error: &str, next_at: DateTime<Utc>) -> Result<u32> {
+    async fn record_terminate_failure(
+        &self,
+        id: RunId,
+        error: &str,
+        next_at: DateTime<Utc>,
+    ) -> Result<u32> {
         runs::record_terminate_failure(&self.pool, id, error, next_at).await
     }
 
-    async fn unclaim(&self, id: LoraId, worker: &str, message: &str, now: DateTime<Utc>) -> Result<bool> {
+    async fn unclaim(
+        &self,
+        id: LoraId,
+        worker: &str,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
         runs::unclaim(self, id, worker, message, now).await
     }
 
-    async fn record_alert(&self, kind: &str, subject: &str, message: &str, now: DateTime<Utc>) -> Result<()> {
+    async fn record_alert(
+        &self,
+        kind: &str,
+        subject: &str,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         runs::record_alert(&self.pool, kind, subject, message, now).await
     }
 
@@ -254,11 +297,22 @@ impl Repository for PgRepository {
         runs::alerts(&self.pool, limit).await
     }
 
-    async fn try_lease(&self, name: &str, holder: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> Result<bool> {
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
         runs::try_lease(self, name, holder, until, now).await
     }
 
-    async fn set_status_message(&self, id: LoraId, message: Option<&str>, _now: DateTime<Utc>) -> Result<()> {
+    async fn set_status_message(
+        &self,
+        id: LoraId,
+        message: Option<&str>,
+        _now: DateTime<Utc>,
+    ) -> Result<()> {
         runs::set_status_message(&self.pool, id, message).await
     }
 
@@ -266,7 +320,12 @@ impl Repository for PgRepository {
         jobs::pending_ids(&self.pool, limit).await
     }
 
-    async fn record_start_failure(&self, id: LoraId, error: &str, next_attempt_at: DateTime<Utc>) -> Result<u32> {
+    async fn record_start_failure(
+        &self,
+        id: LoraId,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<u32> {
         jobs::record_start_failure(&self.pool, id, error, next_attempt_at).await
     }
 

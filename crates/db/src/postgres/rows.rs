@@ -35,7 +35,9 @@ pub(super) fn lora_record(row: &PgRow) -> Result<LoraRecord> {
         status: row.try_get("training_status")?,
         stage: row.try_get("stage")?,
         progress: i64::from(row.try_get::<i32, _>("progress")?),
-        estimated_remaining: row.try_get::<Option<i32>, _>("estimated_remaining")?.map(i64::from),
+        estimated_remaining: row
+            .try_get::<Option<i32>, _>("estimated_remaining")?
+            .map(i64::from),
         error: row.try_get("error")?,
         usage_count: row.try_get("usage_count")?,
         storage_key: row.try_get("storage_key")?,
@@ -82,7 +84,9 @@ pub(super) fn run_record(row: &PgRow) -> Result<RunRecord> {
         ended_at: row.try_get("ended_at")?,
         outcome: row.try_get("outcome")?,
         reason: row.try_get("reason")?,
-        result: row.try_get::<Option<Json<Value>>, _>("result")?.map(|j| j.0),
+        result: row
+            .try_get::<Option<Json<Value>>, _>("result")?
+            .map(|j| j.0),
         settled_at: row.try_get("settled_at")?,
         cost_micros: row.try_get("cost_micros")?,
         instance_gone_at: row.try_get("instance_gone_at")?,
@@ -103,13 +107,18 @@ pub(super) fn event(row: &PgRow) -> Result<LoraEvent> {
 }
 
 pub(super) async fn fetch_lora(conn: &mut PgConnection, id: Uuid) -> Result<Option<LoraModel>> {
-    let row = sqlx::query(concat!(lora_select!(), " WHERE m.id = $1")).bind(id).fetch_optional(&mut *conn).await?;
+    let row = sqlx::query(concat!(lora_select!(), " WHERE m.id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
     row.map(|r| lora_record(&r)?.into_model()).transpose()
 }
 
 /// Reads back a LoRA this transaction has just written.
 pub(super) async fn fetch_written(conn: &mut PgConnection, id: Uuid) -> Result<LoraModel> {
-    fetch_lora(conn, id).await?.ok_or_else(|| corrupt(format!("LoRA {id} vanished inside its own transaction")))
+    fetch_lora(conn, id)
+        .await?
+        .ok_or_else(|| corrupt(format!("LoRA {id} vanished inside its own transaction")))
 }
 
 /// Appends one entry to a LoRA's event log and returns its id. Callers have locked (updated or

@@ -25,10 +25,14 @@ macro_rules! run_columns {
 }
 
 async fn fetch_run(conn: &mut PgConnection, id: Uuid) -> Result<Option<TrainingRun>> {
-    let row = sqlx::query(concat!("SELECT ", run_columns!(), " FROM training_runs r WHERE r.id = $1"))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM training_runs r WHERE r.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
     row.map(|r| run_record(&r)?.into_run()).transpose()
 }
 
@@ -40,11 +44,13 @@ pub(super) async fn insert_run(repo: &PgRepository, run: &NewRun) -> Result<Trai
             "SELECT j.worker, j.attempt, m.training_status FROM training_jobs j JOIN lora_models m ON m.id = j.lora_id \
              WHERE j.lora_id = $1 FOR UPDATE OF j",
         )
-        .bind(&lora)
+        .bind(lora)
         .fetch_optional(&mut *conn)
         .await?;
         let held = holder.is_some_and(|(worker, attempt, status)| {
-            worker.as_deref() == Some(run.engine.as_str()) && i64::from(attempt) == i64::from(run.attempt) && status == "training"
+            worker.as_deref() == Some(run.engine.as_str())
+                && i64::from(attempt) == i64::from(run.attempt)
+                && status == "training"
         });
         if !held {
             return Err(DbError::NotFound);
@@ -82,10 +88,14 @@ pub(super) async fn get_run(pool: &PgPool, id: RunId) -> Result<Option<TrainingR
 }
 
 pub(super) async fn runs_of(pool: &PgPool, lora: LoraId) -> Result<Vec<TrainingRun>> {
-    let rows = sqlx::query(concat!("SELECT ", run_columns!(), " FROM training_runs r WHERE r.lora_id = $1 ORDER BY r.attempt"))
-        .bind(lora.as_uuid())
-        .fetch_all(pool)
-        .await?;
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM training_runs r WHERE r.lora_id = $1 ORDER BY r.attempt"
+    ))
+    .bind(lora.as_uuid())
+    .fetch_all(pool)
+    .await?;
     rows.iter().map(|r| run_record(r)?.into_run()).collect()
 }
 
@@ -108,7 +118,10 @@ pub(super) async fn open_runs(pool: &PgPool) -> Result<Vec<OpenRun>> {
                 current: job_run == Some(run.id.as_uuid()),
                 job_status: parse_status(&row.try_get::<String, _>("job_status")?)?,
                 job_worker: row.try_get("job_worker")?,
-                job_failures: to_u32(i64::from(row.try_get::<i32, _>("job_failures")?), "failures")?,
+                job_failures: to_u32(
+                    i64::from(row.try_get::<i32, _>("job_failures")?),
+                    "failures",
+                )?,
                 job_attempt: to_u32(i64::from(row.try_get::<i32, _>("job_attempt")?), "attempt")?,
                 run,
             })
@@ -157,14 +170,17 @@ pub(super) async fn settle_run(
             .bind(run_id)
             .fetch_optional(&mut *conn)
             .await?;
-            let Some(lora) = lora else { return Ok(Some(None)) };
+            let Some(lora) = lora else {
+                return Ok(Some(None));
+            };
             let mut moved_on = false;
             for (i, step) in steps.iter().enumerate() {
-                let from: String =
-                    sqlx::query_scalar("SELECT training_status FROM lora_models WHERE id = $1 FOR UPDATE")
-                    .bind(lora)
-                    .fetch_one(&mut *conn)
-                    .await?;
+                let from: String = sqlx::query_scalar(
+                    "SELECT training_status FROM lora_models WHERE id = $1 FOR UPDATE",
+                )
+                .bind(lora)
+                .fetch_one(&mut *conn)
+                .await?;
                 let from = parse_status(&from)?;
                 let to = match transition(from, step.event) {
                     Ok(to) => to,
@@ -175,16 +191,21 @@ pub(super) async fn settle_run(
                     }
                     Err(e) => return Err(e.into()),
                 };
-                if change_status(conn, lora, from, to, step.event, &step.detail, now).await?.is_none() {
+                if change_status(conn, lora, from, to, step.event, &step.detail, now)
+                    .await?
+                    .is_none()
+                {
                     return Err(DbError::Conflict);
                 }
             }
             if !moved_on {
                 if let Settle::Requeue { counted: true, .. } = &settle {
-                    sqlx::query("UPDATE training_jobs SET failures = failures + 1 WHERE lora_id = $1")
-                        .bind(lora)
-                        .execute(&mut *conn)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE training_jobs SET failures = failures + 1 WHERE lora_id = $1",
+                    )
+                    .bind(lora)
+                    .execute(&mut *conn)
+                    .await?;
                 }
                 if let Some(p) = &progress {
                     let status: String = sqlx::query_scalar(
@@ -198,7 +219,15 @@ pub(super) async fn settle_run(
                     .bind(lora)
                     .fetch_one(&mut *conn)
                     .await?;
-                    insert_event(conn, lora, "progress", parse_status(&status)?, &progress_data(p), now).await?;
+                    insert_event(
+                        conn,
+                        lora,
+                        "progress",
+                        parse_status(&status)?,
+                        &progress_data(p),
+                        now,
+                    )
+                    .await?;
                 }
             }
             Ok(Some(Some(fetch_written(conn, lora).await?)))
@@ -233,11 +262,13 @@ pub(super) async fn record_instance_gone(
         .fetch_optional(&mut *conn)
         .await?;
         let Some(lora) = lora else { return Ok(None) };
-        sqlx::query("UPDATE lora_models SET training_cost_micros = training_cost_micros + $1 WHERE id = $2")
-            .bind(cost.micros())
-            .bind(lora)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "UPDATE lora_models SET training_cost_micros = training_cost_micros + $1 WHERE id = $2",
+        )
+        .bind(cost.micros())
+        .bind(lora)
+        .execute(&mut *conn)
+        .await?;
         Ok(Some(()))
     })?;
     Ok(recorded.is_some())
@@ -258,10 +289,17 @@ pub(super) async fn record_terminate_failure(
     .bind(id.as_uuid())
     .fetch_optional(pool)
     .await?;
-    to_u32(i64::from(failures.ok_or(DbError::NotFound)?), "terminate_failures")
+    to_u32(
+        i64::from(failures.ok_or(DbError::NotFound)?),
+        "terminate_failures",
+    )
 }
 
-pub(super) async fn set_status_message(pool: &PgPool, id: LoraId, message: Option<&str>) -> Result<()> {
+pub(super) async fn set_status_message(
+    pool: &PgPool,
+    id: LoraId,
+    message: Option<&str>,
+) -> Result<()> {
     let done = sqlx::query("UPDATE lora_models SET status_message = $1 WHERE id = $2")
         .bind(message)
         .bind(id.as_uuid())
@@ -293,8 +331,21 @@ pub(super) async fn unclaim(
         .await?;
         let Some(from) = held else { return Ok(None) };
         let from = parse_status(&from)?;
-        let Ok(to) = transition(from, StatusEvent::Requeue) else { return Ok(None) };
-        if change_status(conn, lora, from, to, StatusEvent::Requeue, &EventDetail::default(), now).await?.is_none() {
+        let Ok(to) = transition(from, StatusEvent::Requeue) else {
+            return Ok(None);
+        };
+        if change_status(
+            conn,
+            lora,
+            from,
+            to,
+            StatusEvent::Requeue,
+            &EventDetail::default(),
+            now,
+        )
+        .await?
+        .is_none()
+        {
             return Ok(None);
         }
         sqlx::query("UPDATE training_jobs SET attempt = greatest(attempt - 1, 0), start_failures = 0, next_attempt_at = NULL WHERE lora_id = $1")
@@ -311,7 +362,13 @@ pub(super) async fn unclaim(
     Ok(done.is_some())
 }
 
-pub(super) async fn record_alert(pool: &PgPool, kind: &str, subject: &str, message: &str, now: DateTime<Utc>) -> Result<()> {
+pub(super) async fn record_alert(
+    pool: &PgPool,
+    kind: &str,
+    subject: &str,
+    message: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
     sqlx::query("INSERT INTO alerts (kind, subject, message, created_at) VALUES ($1, $2, $3, $4)")
         .bind(kind)
         .bind(subject)
@@ -329,10 +386,25 @@ pub(super) async fn alerts(pool: &PgPool, limit: u32) -> Result<Vec<crate::Alert
     .bind(i64::from(limit))
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(|(id, kind, subject, message, created_at)| crate::Alert { id, kind, subject, message, created_at }).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(id, kind, subject, message, created_at)| crate::Alert {
+            id,
+            kind,
+            subject,
+            message,
+            created_at,
+        })
+        .collect())
 }
 
-pub(super) async fn try_lease(repo: &PgRepository, name: &str, holder: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> Result<bool> {
+pub(super) async fn try_lease(
+    repo: &PgRepository,
+    name: &str,
+    holder: &str,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<bool> {
     let done = sqlx::query(
         "INSERT INTO maintenance_leases (name, holder, lease_until) VALUES ($1, $2, $3) \
          ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, lease_until = excluded.lease_until \

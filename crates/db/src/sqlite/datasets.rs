@@ -79,7 +79,8 @@ pub(super) async fn get_dataset(pool: &SqlitePool, id: DatasetId) -> Result<Opti
             Ok(DatasetImage {
                 index: to_u32(r.try_get("idx")?, "idx")?,
                 file_name: r.try_get("file_name")?,
-                format: ImageFormat::parse(&format).ok_or_else(|| corrupt(format!("image format {format:?}")))?,
+                format: ImageFormat::parse(&format)
+                    .ok_or_else(|| corrupt(format!("image format {format:?}")))?,
                 width: to_u32(r.try_get("width")?, "width")?,
                 height: to_u32(r.try_get("height")?, "height")?,
                 bytes: to_u64(r.try_get("bytes")?, "bytes")?,
@@ -91,7 +92,9 @@ pub(super) async fn get_dataset(pool: &SqlitePool, id: DatasetId) -> Result<Opti
         .collect::<Result<Vec<_>>>()?;
     Ok(Some(Dataset {
         id,
-        user_id: user.parse().map_err(|e| corrupt(format!("dataset owner {user:?}: {e}")))?,
+        user_id: user
+            .parse()
+            .map_err(|e| corrupt(format!("dataset owner {user:?}: {e}")))?,
         images,
         created_at,
     }))
@@ -112,13 +115,18 @@ struct BulkRow {
     completed_at: Option<String>,
 }
 
-pub(super) async fn bulk_insert_library(repo: &SqliteRepository, rows: Vec<LibraryRow>) -> Result<u64> {
+pub(super) async fn bulk_insert_library(
+    repo: &SqliteRepository,
+    rows: Vec<LibraryRow>,
+) -> Result<u64> {
     // The newest email seen per owner, and each owner's earliest row as their first appearance.
     let mut users: HashMap<String, (Option<String>, String)> = HashMap::new();
     let mut encoded = Vec::with_capacity(rows.len());
     for r in rows {
         let created_at = ts(r.created_at);
-        let user = users.entry(r.owner.to_string()).or_insert((None, created_at.clone()));
+        let user = users
+            .entry(r.owner.to_string())
+            .or_insert((None, created_at.clone()));
         if r.owner_email.is_some() {
             user.0 = r.owner_email.clone();
         }
@@ -132,7 +140,8 @@ pub(super) async fn bulk_insert_library(repo: &SqliteRepository, rows: Vec<Libra
             name: r.name.into_inner(),
             description: r.description,
             dataset: r.dataset_id.to_string(),
-            params: serde_json::to_string(&r.params).map_err(|e| corrupt(format!("params: {e}")))?,
+            params: serde_json::to_string(&r.params)
+                .map_err(|e| corrupt(format!("params: {e}")))?,
             status: r.status.as_str(),
             progress: if completed { 100 } else { 0 },
             usage_count: to_i64(r.usage_count, "usage_count")?,
@@ -144,11 +153,15 @@ pub(super) async fn bulk_insert_library(repo: &SqliteRepository, rows: Vec<Libra
     let count = encoded.len() as u64;
     let done: Result<Option<u64>> = in_write_tx!(repo, |conn| async {
         for chunk in users.chunks(BULK_CHUNK) {
-            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO users (id, email, created_at, updated_at) ");
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO users (id, email, created_at, updated_at) ",
+            );
             qb.push_values(chunk, |mut b, (id, (email, at))| {
                 b.push_bind(id).push_bind(email).push_bind(at).push_bind(at);
             });
-            qb.push(" ON CONFLICT (id) DO UPDATE SET email = coalesce(excluded.email, users.email)");
+            qb.push(
+                " ON CONFLICT (id) DO UPDATE SET email = coalesce(excluded.email, users.email)",
+            );
             qb.build().execute(&mut *conn).await?;
         }
         for chunk in encoded.chunks(BULK_CHUNK) {
@@ -171,7 +184,8 @@ pub(super) async fn bulk_insert_library(repo: &SqliteRepository, rows: Vec<Libra
                     .push_bind(&r.completed_at);
             });
             qb.build().execute(&mut *conn).await?;
-            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO training_jobs (lora_id, created_at) ");
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("INSERT INTO training_jobs (lora_id, created_at) ");
             qb.push_values(chunk, |mut b, r| {
                 b.push_bind(&r.id).push_bind(&r.created_at);
             });

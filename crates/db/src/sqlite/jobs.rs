@@ -9,7 +9,10 @@ use loraforge_domain::{LoraId, LoraModel, Progress, StatusEvent, TrainingStatus}
 use super::SqliteRepository;
 use super::rows::{event, fetch_written, insert_event, ts};
 use crate::common::{CAS_ATTEMPTS, parse_status, progress_data, status_data, to_u32};
-use crate::{ClaimedJob, DbError, EventDetail, ExpiredLease, JobClaim, LoraEvent, Result, RunningJob, StartDue};
+use crate::{
+    ClaimedJob, DbError, EventDetail, ExpiredLease, JobClaim, LoraEvent, Result, RunningJob,
+    StartDue,
+};
 
 pub(super) async fn apply_event(
     repo: &SqliteRepository,
@@ -24,10 +27,11 @@ pub(super) async fn apply_event(
     // retry is only a guard; it matters for engines with concurrent writers.
     for _ in 0..CAS_ATTEMPTS {
         let applied = in_write_tx!(repo, |conn| async {
-            let from: Option<String> = sqlx::query_scalar("SELECT training_status FROM lora_models WHERE id = $1")
-                .bind(&id)
-                .fetch_optional(&mut *conn)
-                .await?;
+            let from: Option<String> =
+                sqlx::query_scalar("SELECT training_status FROM lora_models WHERE id = $1")
+                    .bind(&id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
             let from = parse_status(&from.ok_or(DbError::NotFound)?)?;
             let to = transition(from, event)?;
             change_status(conn, &id, from, to, event, &detail, &now).await
@@ -68,7 +72,8 @@ pub(super) async fn change_status(
         return Ok(None);
     }
     if let Some(files) = &detail.outputs {
-        let keys = serde_json::to_string(&files.validation_image_keys).map_err(|e| DbError::Corrupt(e.to_string()))?;
+        let keys = serde_json::to_string(&files.validation_image_keys)
+            .map_err(|e| DbError::Corrupt(e.to_string()))?;
         sqlx::query("UPDATE lora_models SET storage_key = $1, file_size = $2, validation_image_keys = $3 WHERE id = $4")
             .bind(&files.storage_key)
             .bind(i64::try_from(files.file_size).unwrap_or(i64::MAX))
@@ -85,11 +90,13 @@ pub(super) async fn change_status(
             .await?;
     }
     if to.is_final() {
-        sqlx::query("UPDATE training_jobs SET finished_at = $1, lease_until = NULL WHERE lora_id = $2")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "UPDATE training_jobs SET finished_at = $1, lease_until = NULL WHERE lora_id = $2",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     } else if to == TrainingStatus::Queued {
         // Back in the queue: the previous run's lease is void.
         sqlx::query("UPDATE training_jobs SET worker = NULL, lease_until = NULL, run_id = NULL WHERE lora_id = $1")
@@ -97,7 +104,15 @@ pub(super) async fn change_status(
             .execute(&mut *conn)
             .await?;
     }
-    insert_event(conn, id, "status", to, &status_data(from, to, event, error), now).await?;
+    insert_event(
+        conn,
+        id,
+        "status",
+        to,
+        &status_data(from, to, event, error),
+        now,
+    )
+    .await?;
     Ok(Some(fetch_written(conn, id).await?))
 }
 
@@ -121,19 +136,34 @@ pub(super) async fn record_progress(
         .bind(&id)
         .fetch_optional(&mut *conn)
         .await?;
-        let Some(status) = status else { return Ok(None) };
+        let Some(status) = status else {
+            return Ok(None);
+        };
         sqlx::query("UPDATE training_jobs SET heartbeat_at = $1 WHERE lora_id = $2")
             .bind(&now)
             .bind(&id)
             .execute(&mut *conn)
             .await?;
-        insert_event(conn, &id, "progress", parse_status(&status)?, &progress_data(progress), &now).await?;
+        insert_event(
+            conn,
+            &id,
+            "progress",
+            parse_status(&status)?,
+            &progress_data(progress),
+            &now,
+        )
+        .await?;
         Ok(Some(()))
     })?;
     recorded.ok_or(DbError::NotFound)
 }
 
-pub(super) async fn events_after(pool: &SqlitePool, id: LoraId, after: i64, limit: u32) -> Result<Vec<LoraEvent>> {
+pub(super) async fn events_after(
+    pool: &SqlitePool,
+    id: LoraId,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<LoraEvent>> {
     let rows = sqlx::query(
         "SELECT id, lora_id, kind, status, data, at FROM lora_events WHERE lora_id = $1 AND id > $2 ORDER BY id LIMIT $3",
     )
@@ -156,7 +186,9 @@ pub(super) async fn claim_next_job(
     let lease_s = ts(lease_until);
     in_write_tx!(repo, |conn| async {
         // The write lock is held, so the count and the claim below see the same queue.
-        let mut qb = QueryBuilder::<Sqlite>::new("SELECT m.id FROM lora_models m WHERE m.training_status = ");
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT m.id FROM lora_models m WHERE m.training_status = ",
+        );
         qb.push_bind(TrainingStatus::Queued.as_str())
             .push(" AND (SELECT count(*) FROM lora_models a WHERE a.user_id = m.user_id AND a.training_status IN (");
         let mut list = qb.separated(", ");
@@ -198,7 +230,15 @@ pub(super) async fn claim_next_job(
         .bind(&id)
         .fetch_one(&mut *conn)
         .await?;
-        insert_event(conn, &id, "status", to, &status_data(from, to, StatusEvent::Start, None), &now_s).await?;
+        insert_event(
+            conn,
+            &id,
+            "status",
+            to,
+            &status_data(from, to, StatusEvent::Start, None),
+            &now_s,
+        )
+        .await?;
         let lora = fetch_written(conn, &id).await?;
         Ok(Some(ClaimedJob {
             lora,
@@ -232,7 +272,10 @@ pub(super) async fn heartbeat(
     Ok(done.rows_affected() == 1)
 }
 
-pub(super) async fn expired_leases(pool: &SqlitePool, now: DateTime<Utc>) -> Result<Vec<ExpiredLease>> {
+pub(super) async fn expired_leases(
+    pool: &SqlitePool,
+    now: DateTime<Utc>,
+) -> Result<Vec<ExpiredLease>> {
     let rows: Vec<(String, i64, String)> = sqlx::query_as(
         "SELECT j.lora_id, j.attempt, j.lease_until FROM training_jobs j JOIN lora_models m ON m.id = j.lora_id \
          WHERE m.training_status = $1 AND j.lease_until < $2 ORDER BY j.lease_until, j.lora_id",
@@ -252,7 +295,10 @@ pub(super) async fn expired_leases(pool: &SqlitePool, now: DateTime<Utc>) -> Res
         .collect()
 }
 
-pub(super) async fn jobs_running_longer_than(pool: &SqlitePool, cutoff: DateTime<Utc>) -> Result<Vec<RunningJob>> {
+pub(super) async fn jobs_running_longer_than(
+    pool: &SqlitePool,
+    cutoff: DateTime<Utc>,
+) -> Result<Vec<RunningJob>> {
     let rows: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT j.lora_id, j.started_at, j.attempt FROM training_jobs j JOIN lora_models m ON m.id = j.lora_id \
          WHERE m.training_status = $1 AND j.started_at < $2 ORDER BY j.started_at, j.lora_id",
@@ -273,7 +319,13 @@ pub(super) async fn jobs_running_longer_than(pool: &SqlitePool, cutoff: DateTime
 }
 
 pub(super) async fn job_claim(pool: &SqlitePool, id: LoraId) -> Result<Option<JobClaim>> {
-    type Row = (Option<String>, i64, Option<String>, Option<String>, Option<i64>);
+    type Row = (
+        Option<String>,
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+    );
     let row: Option<Row> = sqlx::query_as(
         "SELECT worker, attempt, lease_until, checkpoint_key, checkpoint_step FROM training_jobs WHERE lora_id = $1",
     )
@@ -317,12 +369,13 @@ pub(super) async fn record_checkpoint(
 }
 
 pub(super) async fn pending_ids(pool: &SqlitePool, limit: u32) -> Result<Vec<LoraId>> {
-    let ids: Vec<String> =
-        sqlx::query_scalar("SELECT id FROM lora_models WHERE training_status = $1 ORDER BY created_at, id LIMIT $2")
-            .bind(TrainingStatus::Pending.as_str())
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await?;
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM lora_models WHERE training_status = $1 ORDER BY created_at, id LIMIT $2",
+    )
+    .bind(TrainingStatus::Pending.as_str())
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
     ids.iter().map(|id| lora_id(id)).collect()
 }
 
@@ -344,7 +397,11 @@ pub(super) async fn record_start_failure(
     to_u32(failures.ok_or(DbError::NotFound)?, "start_failures")
 }
 
-pub(super) async fn starts_due(pool: &SqlitePool, worker: &str, now: DateTime<Utc>) -> Result<Vec<StartDue>> {
+pub(super) async fn starts_due(
+    pool: &SqlitePool,
+    worker: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<StartDue>> {
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT j.lora_id, j.attempt, j.start_failures FROM training_jobs j JOIN lora_models m ON m.id = j.lora_id \
          WHERE m.training_status = $1 AND j.worker = $2 AND j.run_id IS NULL AND j.lease_until IS NOT NULL \
@@ -367,5 +424,6 @@ pub(super) async fn starts_due(pool: &SqlitePool, worker: &str, now: DateTime<Ut
 }
 
 fn lora_id(s: &str) -> Result<LoraId> {
-    s.parse().map_err(|e| crate::common::corrupt(format!("lora id {s:?}: {e}")))
+    s.parse()
+        .map_err(|e| crate::common::corrupt(format!("lora id {s:?}: {e}")))
 }

@@ -10,9 +10,15 @@ use super::rows::{fetch_lora, fetch_written, insert_event, summary_record, ts};
 use crate::common::{corrupt, created_data, search_words, to_u32, updated_data};
 use crate::{CreateOutcome, DbError, FaultPoint, LoraQuery, MonthlyPolicy, NewLora, Page, Result};
 
-pub(super) async fn create_lora(repo: &SqliteRepository, new: NewLora, policy: MonthlyPolicy) -> Result<CreateOutcome> {
+pub(super) async fn create_lora(
+    repo: &SqliteRepository,
+    new: NewLora,
+    policy: MonthlyPolicy,
+) -> Result<CreateOutcome> {
     // BEGIN IMMEDIATE: the whole check-then-insert runs under SQLite's single write lock.
-    let outcome = in_write_tx!(repo, |conn| async { create_in_tx(repo, conn, &new, policy).await.map(Some) });
+    let outcome = in_write_tx!(repo, |conn| async {
+        create_in_tx(repo, conn, &new, policy).await.map(Some)
+    });
     outcome?.ok_or_else(|| corrupt("create_lora produced no outcome"))
 }
 
@@ -28,17 +34,20 @@ async fn create_in_tx(
     let now = ts(new.now);
 
     if let Some(key) = &new.idempotency {
-        let prior: Option<(String, String)> =
-            sqlx::query_as("SELECT request_hash, lora_id FROM idempotency_keys WHERE user_id = $1 AND key = $2")
-                .bind(&user)
-                .bind(&key.key)
-                .fetch_optional(&mut *conn)
-                .await?;
+        let prior: Option<(String, String)> = sqlx::query_as(
+            "SELECT request_hash, lora_id FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+        )
+        .bind(&user)
+        .bind(&key.key)
+        .fetch_optional(&mut *conn)
+        .await?;
         if let Some((hash, lora_id)) = prior {
             if hash != key.request_hash {
                 return Err(DbError::IdempotencyKeyReused);
             }
-            return Ok(CreateOutcome::Replayed(fetch_written(conn, &lora_id).await?));
+            return Ok(CreateOutcome::Replayed(
+                fetch_written(conn, &lora_id).await?,
+            ));
         }
     }
 
@@ -50,11 +59,12 @@ async fn create_in_tx(
         return Err(DbError::DatasetNotFound);
     }
 
-    let taken: Option<i64> = sqlx::query_scalar("SELECT 1 FROM lora_models WHERE user_id = $1 AND name = $2")
-        .bind(&user)
-        .bind(name)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let taken: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM lora_models WHERE user_id = $1 AND name = $2")
+            .bind(&user)
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await?;
     if taken.is_some() {
         return Err(DbError::DuplicateName(name.to_owned()));
     }
@@ -111,7 +121,15 @@ async fn create_in_tx(
         .bind(&now)
         .execute(&mut *conn)
         .await?;
-    insert_event(conn, &id, "created", TrainingStatus::Pending, &created_data(name), &now).await?;
+    insert_event(
+        conn,
+        &id,
+        "created",
+        TrainingStatus::Pending,
+        &created_data(name),
+        &now,
+    )
+    .await?;
     if let Some(key) = &new.idempotency {
         sqlx::query(
             "INSERT INTO idempotency_keys (user_id, key, request_hash, lora_id, created_at) VALUES ($1, $2, $3, $4, $5)",
@@ -130,14 +148,20 @@ async fn create_in_tx(
 /// The unique index on (user_id, name) is the last line of defence against duplicates.
 fn duplicate_name(e: sqlx::Error, name: &str) -> DbError {
     match &e {
-        sqlx::Error::Database(d) if d.is_unique_violation() && d.message().contains("lora_models.name") => {
+        sqlx::Error::Database(d)
+            if d.is_unique_violation() && d.message().contains("lora_models.name") =>
+        {
             DbError::DuplicateName(name.to_owned())
         }
         _ => e.into(),
     }
 }
 
-pub(super) async fn count_monthly(conn: &mut SqliteConnection, user: &str, window: MonthlyWindow) -> Result<u32> {
+pub(super) async fn count_monthly(
+    conn: &mut SqliteConnection,
+    user: &str,
+    window: MonthlyWindow,
+) -> Result<u32> {
     let mut qb = QueryBuilder::<Sqlite>::new("SELECT count(*) FROM lora_models WHERE user_id = ");
     qb.push_bind(user)
         .push(" AND created_at >= ")
@@ -157,13 +181,18 @@ pub(super) async fn count_monthly(conn: &mut SqliteConnection, user: &str, windo
 /// An FTS5 query matching every word as a prefix. Words hold only letters and digits (see
 /// `search_words`), and each is quoted, so `NEAR`, `AND`, `-` or `*` typed by a user stay text.
 fn fts5_query(words: &[String]) -> String {
-    words.iter().map(|w| format!("\"{w}\"*")).collect::<Vec<_>>().join(" AND ")
+    words
+        .iter()
+        .map(|w| format!("\"{w}\"*"))
+        .collect::<Vec<_>>()
+        .join(" AND ")
 }
 
 /// Filters other than search, shared by every listing query.
 fn push_filters(qb: &mut QueryBuilder<Sqlite>, query: &LoraQuery) {
     if let Some(status) = query.status {
-        qb.push(" AND m.training_status = ").push_bind(status.as_str());
+        qb.push(" AND m.training_status = ")
+            .push_bind(status.as_str());
     }
     if let Some(creator) = query.creator {
         qb.push(" AND m.user_id = ").push_bind(creator.to_string());
@@ -182,14 +211,19 @@ fn push_order_and_page(qb: &mut QueryBuilder<Sqlite>, query: &LoraQuery) {
         .push_bind(i64::try_from(query.offset).unwrap_or(i64::MAX));
 }
 
-const SUMMARY_SELECT: &str =
-    "SELECT m.id, m.user_id, u.email, m.name, m.description, m.training_status, m.usage_count, m.created_at";
+const SUMMARY_SELECT: &str = "SELECT m.id, m.user_id, u.email, m.name, m.description, m.training_status, m.usage_count, m.created_at";
 
 pub(super) async fn list_loras(pool: &SqlitePool, query: &LoraQuery) -> Result<Page<LoraSummary>> {
-    let words = query.search.as_deref().map(search_words).unwrap_or_default();
+    let words = query
+        .search
+        .as_deref()
+        .map(search_words)
+        .unwrap_or_default();
     let mut conn = pool.acquire().await?;
     let to_items = |rows: &[sqlx::sqlite::SqliteRow]| {
-        rows.iter().map(|r| summary_record(r)?.into_summary()).collect::<Result<Vec<_>>>()
+        rows.iter()
+            .map(|r| summary_record(r)?.into_summary())
+            .collect::<Result<Vec<_>>>()
     };
 
     if !words.is_empty() {
@@ -220,7 +254,10 @@ pub(super) async fn list_loras(pool: &SqlitePool, query: &LoraQuery) -> Result<P
                 qb.build_query_scalar().fetch_one(&mut *conn).await?
             }
         };
-        return Ok(Page { items: to_items(&rows)?, total: u64::try_from(total).map_err(|_| corrupt("negative count"))? });
+        return Ok(Page {
+            items: to_items(&rows)?,
+            total: u64::try_from(total).map_err(|_| corrupt("negative count"))?,
+        });
     }
 
     let mut qb = QueryBuilder::<Sqlite>::new(SUMMARY_SELECT);
@@ -231,7 +268,10 @@ pub(super) async fn list_loras(pool: &SqlitePool, query: &LoraQuery) -> Result<P
     let mut qb = QueryBuilder::<Sqlite>::new("SELECT count(*) FROM lora_models m WHERE 1 = 1");
     push_filters(&mut qb, query);
     let total: i64 = qb.build_query_scalar().fetch_one(&mut *conn).await?;
-    Ok(Page { items: to_items(&rows)?, total: u64::try_from(total).map_err(|_| corrupt("negative count"))? })
+    Ok(Page {
+        items: to_items(&rows)?,
+        total: u64::try_from(total).map_err(|_| corrupt("negative count"))?,
+    })
 }
 
 pub(super) async fn update_description(
@@ -251,9 +291,19 @@ pub(super) async fn update_description(
         .bind(&id)
         .fetch_optional(&mut *conn)
         .await?;
-        let Some(status) = status else { return Ok(None) };
+        let Some(status) = status else {
+            return Ok(None);
+        };
         let status = crate::common::parse_status(&status)?;
-        insert_event(conn, &id, "updated", status, &updated_data(description.as_deref()), &now).await?;
+        insert_event(
+            conn,
+            &id,
+            "updated",
+            status,
+            &updated_data(description.as_deref()),
+            &now,
+        )
+        .await?;
         fetch_lora(conn, &id).await
     })?;
     updated.ok_or(DbError::NotFound)
@@ -266,6 +316,9 @@ mod tests {
     #[test]
     fn fts5_query_quotes_every_word() {
         let words = search_words("cyber \"girl\" NEAR(x*");
-        assert_eq!(fts5_query(&words), "\"cyber\"* AND \"girl\"* AND \"near\"* AND \"x\"*");
+        assert_eq!(
+            fts5_query(&words),
+            "\"cyber\"* AND \"girl\"* AND \"near\"* AND \"x\"*"
+        );
     }
 }

@@ -19,7 +19,9 @@ pub(super) fn ts(t: DateTime<Utc>) -> String {
 }
 
 pub(super) fn parse_ts(s: &str) -> Result<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|e| corrupt(format!("timestamp {s:?}: {e}")))
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| corrupt(format!("timestamp {s:?}: {e}")))
 }
 
 fn uuid(row: &SqliteRow, col: &str) -> Result<Uuid> {
@@ -32,7 +34,10 @@ fn time(row: &SqliteRow, col: &str) -> Result<DateTime<Utc>> {
 }
 
 fn opt_time(row: &SqliteRow, col: &str) -> Result<Option<DateTime<Utc>>> {
-    row.try_get::<Option<String>, _>(col)?.as_deref().map(parse_ts).transpose()
+    row.try_get::<Option<String>, _>(col)?
+        .as_deref()
+        .map(parse_ts)
+        .transpose()
 }
 
 fn json(row: &SqliteRow, col: &str) -> Result<Value> {
@@ -101,7 +106,9 @@ pub(super) fn run_record(row: &SqliteRow) -> Result<RunRecord> {
         ended_at: opt_time(row, "ended_at")?,
         outcome: row.try_get("outcome")?,
         reason: row.try_get("reason")?,
-        result: result.map(|r| serde_json::from_str(&r).map_err(|e| corrupt(format!("result: {e}")))).transpose()?,
+        result: result
+            .map(|r| serde_json::from_str(&r).map_err(|e| corrupt(format!("result: {e}"))))
+            .transpose()?,
         settled_at: opt_time(row, "settled_at")?,
         cost_micros: row.try_get("cost_micros")?,
         instance_gone_at: opt_time(row, "instance_gone_at")?,
@@ -122,13 +129,18 @@ pub(super) fn event(row: &SqliteRow) -> Result<LoraEvent> {
 }
 
 pub(super) async fn fetch_lora(conn: &mut SqliteConnection, id: &str) -> Result<Option<LoraModel>> {
-    let row = sqlx::query(concat!(lora_select!(), " WHERE m.id = $1")).bind(id).fetch_optional(&mut *conn).await?;
+    let row = sqlx::query(concat!(lora_select!(), " WHERE m.id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
     row.map(|r| lora_record(&r)?.into_model()).transpose()
 }
 
 /// Reads back a LoRA this transaction has just written.
 pub(super) async fn fetch_written(conn: &mut SqliteConnection, id: &str) -> Result<LoraModel> {
-    fetch_lora(conn, id).await?.ok_or_else(|| corrupt(format!("LoRA {id} vanished inside its own transaction")))
+    fetch_lora(conn, id)
+        .await?
+        .ok_or_else(|| corrupt(format!("LoRA {id} vanished inside its own transaction")))
 }
 
 /// Appends one entry to a LoRA's event log and returns its id.

@@ -23,10 +23,14 @@ macro_rules! run_columns {
 }
 
 async fn fetch_run(conn: &mut SqliteConnection, id: &str) -> Result<Option<TrainingRun>> {
-    let row = sqlx::query(concat!("SELECT ", run_columns!(), " FROM training_runs r WHERE r.id = $1"))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM training_runs r WHERE r.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
     row.map(|r| run_record(&r)?.into_run()).transpose()
 }
 
@@ -42,7 +46,9 @@ pub(super) async fn insert_run(repo: &SqliteRepository, run: &NewRun) -> Result<
         .fetch_optional(&mut *conn)
         .await?;
         let held = holder.is_some_and(|(worker, attempt, status)| {
-            worker.as_deref() == Some(run.engine.as_str()) && attempt == i64::from(run.attempt) && status == "training"
+            worker.as_deref() == Some(run.engine.as_str())
+                && attempt == i64::from(run.attempt)
+                && status == "training"
         });
         if !held {
             return Err(DbError::NotFound);
@@ -80,10 +86,14 @@ pub(super) async fn get_run(pool: &SqlitePool, id: RunId) -> Result<Option<Train
 }
 
 pub(super) async fn runs_of(pool: &SqlitePool, lora: LoraId) -> Result<Vec<TrainingRun>> {
-    let rows = sqlx::query(concat!("SELECT ", run_columns!(), " FROM training_runs r WHERE r.lora_id = $1 ORDER BY r.attempt"))
-        .bind(lora.to_string())
-        .fetch_all(pool)
-        .await?;
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM training_runs r WHERE r.lora_id = $1 ORDER BY r.attempt"
+    ))
+    .bind(lora.to_string())
+    .fetch_all(pool)
+    .await?;
     rows.iter().map(|r| run_record(r)?.into_run()).collect()
 }
 
@@ -155,13 +165,16 @@ pub(super) async fn settle_run(
             .bind(&run_id)
             .fetch_optional(&mut *conn)
             .await?;
-            let Some(lora) = lora else { return Ok(Some(None)) };
+            let Some(lora) = lora else {
+                return Ok(Some(None));
+            };
             let mut moved_on = false;
             for (i, step) in steps.iter().enumerate() {
-                let from: String = sqlx::query_scalar("SELECT training_status FROM lora_models WHERE id = $1")
-                    .bind(&lora)
-                    .fetch_one(&mut *conn)
-                    .await?;
+                let from: String =
+                    sqlx::query_scalar("SELECT training_status FROM lora_models WHERE id = $1")
+                        .bind(&lora)
+                        .fetch_one(&mut *conn)
+                        .await?;
                 let from = parse_status(&from)?;
                 let to = match transition(from, step.event) {
                     Ok(to) => to,
@@ -172,16 +185,21 @@ pub(super) async fn settle_run(
                     }
                     Err(e) => return Err(e.into()),
                 };
-                if change_status(conn, &lora, from, to, step.event, &step.detail, &now).await?.is_none() {
+                if change_status(conn, &lora, from, to, step.event, &step.detail, &now)
+                    .await?
+                    .is_none()
+                {
                     return Err(DbError::Conflict);
                 }
             }
             if !moved_on {
                 if let Settle::Requeue { counted: true, .. } = &settle {
-                    sqlx::query("UPDATE training_jobs SET failures = failures + 1 WHERE lora_id = $1")
-                        .bind(&lora)
-                        .execute(&mut *conn)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE training_jobs SET failures = failures + 1 WHERE lora_id = $1",
+                    )
+                    .bind(&lora)
+                    .execute(&mut *conn)
+                    .await?;
                 }
                 if let Some(p) = &progress {
                     let status: String = sqlx::query_scalar(
@@ -195,7 +213,15 @@ pub(super) async fn settle_run(
                     .bind(&lora)
                     .fetch_one(&mut *conn)
                     .await?;
-                    insert_event(conn, &lora, "progress", parse_status(&status)?, &progress_data(p), &now).await?;
+                    insert_event(
+                        conn,
+                        &lora,
+                        "progress",
+                        parse_status(&status)?,
+                        &progress_data(p),
+                        &now,
+                    )
+                    .await?;
                 }
             }
             Ok(Some(Some(fetch_written(conn, &lora).await?)))
@@ -230,11 +256,13 @@ pub(super) async fn record_instance_gone(
         .fetch_optional(&mut *conn)
         .await?;
         let Some(lora) = lora else { return Ok(None) };
-        sqlx::query("UPDATE lora_models SET training_cost_micros = training_cost_micros + $1 WHERE id = $2")
-            .bind(cost.micros())
-            .bind(&lora)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "UPDATE lora_models SET training_cost_micros = training_cost_micros + $1 WHERE id = $2",
+        )
+        .bind(cost.micros())
+        .bind(&lora)
+        .execute(&mut *conn)
+        .await?;
         Ok(Some(()))
     })?;
     Ok(recorded.is_some())
@@ -258,7 +286,11 @@ pub(super) async fn record_terminate_failure(
     to_u32(failures.ok_or(DbError::NotFound)?, "terminate_failures")
 }
 
-pub(super) async fn set_status_message(pool: &SqlitePool, id: LoraId, message: Option<&str>) -> Result<()> {
+pub(super) async fn set_status_message(
+    pool: &SqlitePool,
+    id: LoraId,
+    message: Option<&str>,
+) -> Result<()> {
     let done = sqlx::query("UPDATE lora_models SET status_message = $1 WHERE id = $2")
         .bind(message)
         .bind(id.to_string())
@@ -290,8 +322,21 @@ pub(super) async fn unclaim(
         .await?;
         let Some(from) = held else { return Ok(None) };
         let from = parse_status(&from)?;
-        let Ok(to) = transition(from, StatusEvent::Requeue) else { return Ok(None) };
-        if change_status(conn, &lora, from, to, StatusEvent::Requeue, &EventDetail::default(), &now).await?.is_none() {
+        let Ok(to) = transition(from, StatusEvent::Requeue) else {
+            return Ok(None);
+        };
+        if change_status(
+            conn,
+            &lora,
+            from,
+            to,
+            StatusEvent::Requeue,
+            &EventDetail::default(),
+            &now,
+        )
+        .await?
+        .is_none()
+        {
             return Ok(None);
         }
         sqlx::query("UPDATE training_jobs SET attempt = max(attempt - 1, 0), start_failures = 0, next_attempt_at = NULL WHERE lora_id = $1")
@@ -308,7 +353,13 @@ pub(super) async fn unclaim(
     Ok(done.is_some())
 }
 
-pub(super) async fn record_alert(pool: &SqlitePool, kind: &str, subject: &str, message: &str, now: DateTime<Utc>) -> Result<()> {
+pub(super) async fn record_alert(
+    pool: &SqlitePool,
+    kind: &str,
+    subject: &str,
+    message: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
     sqlx::query("INSERT INTO alerts (kind, subject, message, created_at) VALUES ($1, $2, $3, $4)")
         .bind(kind)
         .bind(subject)
@@ -328,12 +379,24 @@ pub(super) async fn alerts(pool: &SqlitePool, limit: u32) -> Result<Vec<crate::A
     .await?;
     rows.into_iter()
         .map(|(id, kind, subject, message, at)| {
-            Ok(crate::Alert { id, kind, subject, message, created_at: super::rows::parse_ts(&at)? })
+            Ok(crate::Alert {
+                id,
+                kind,
+                subject,
+                message,
+                created_at: super::rows::parse_ts(&at)?,
+            })
         })
         .collect()
 }
 
-pub(super) async fn try_lease(repo: &SqliteRepository, name: &str, holder: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> Result<bool> {
+pub(super) async fn try_lease(
+    repo: &SqliteRepository,
+    name: &str,
+    holder: &str,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<bool> {
     let (until, now) = (ts(until), ts(now));
     let taken = in_write_tx!(repo, |conn| async {
         let done = sqlx::query(

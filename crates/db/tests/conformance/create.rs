@@ -6,7 +6,9 @@ use chrono::Duration;
 use serde_json::json;
 
 use loraforge_db::{CreateOutcome, DbError, FaultPoint, LoraQuery};
-use loraforge_domain::{Dataset, DatasetId, LoraId, MonthlyWindow, Progress, TrainingParams, TrainingStatus, UserId};
+use loraforge_domain::{
+    Dataset, DatasetId, LoraId, MonthlyWindow, Progress, TrainingParams, TrainingStatus, UserId,
+};
 
 use crate::helpers::*;
 
@@ -14,9 +16,18 @@ pub async fn dataset_round_trip(repo: Repo) {
     let owner = UserId::new();
     // Stored out of order; read back by index.
     let images = vec![image(2), image(0), image(1)];
-    let d = Dataset { id: DatasetId::new(), user_id: owner, images, created_at: at("2026-11-15T12:00:00.123456Z") };
+    let d = Dataset {
+        id: DatasetId::new(),
+        user_id: owner,
+        images,
+        created_at: at("2026-11-15T12:00:00.123456Z"),
+    };
     repo.insert_dataset(&d).await.unwrap();
-    let got = repo.get_dataset(d.id).await.unwrap().expect("dataset stored");
+    let got = repo
+        .get_dataset(d.id)
+        .await
+        .unwrap()
+        .expect("dataset stored");
     let mut want = d.clone();
     want.images.sort_by_key(|i| i.index);
     assert_eq!(got, want);
@@ -31,10 +42,19 @@ pub async fn dataset_round_trip(repo: Repo) {
 
 pub async fn create_and_get(repo: Repo) {
     let (owner, ds) = user(&repo).await;
-    let mut new = new_lora(owner, ds, "Cyberpunk Girl", at("2026-11-15T12:00:00.654321Z"));
+    let mut new = new_lora(
+        owner,
+        ds,
+        "Cyberpunk Girl",
+        at("2026-11-15T12:00:00.654321Z"),
+    );
     new.description = Some("neon portraits".into());
     new.owner_email = Some("user@example.com".into());
-    new.params = TrainingParams { rank: 16, steps: 2000, ..TrainingParams::default() };
+    new.params = TrainingParams {
+        rank: 16,
+        steps: 2000,
+        ..TrainingParams::default()
+    };
     let id = new.id;
     let created = create(&repo, new.clone()).await;
     assert_eq!(created.id, id);
@@ -46,9 +66,23 @@ pub async fn create_and_get(repo: Repo) {
     assert_eq!(created.dataset_id, ds);
     assert_eq!(created.params, new.params);
     assert_eq!(created.progress, Progress::default());
-    assert_eq!((created.usage_count, created.error.clone(), created.storage_key.clone()), (0, None, None));
+    assert_eq!(
+        (
+            created.usage_count,
+            created.error.clone(),
+            created.storage_key.clone()
+        ),
+        (0, None, None)
+    );
     assert!(created.validation_image_keys.is_empty());
-    assert_eq!((created.file_size, created.validation_passed, created.training_cost), (None, None, loraforge_domain::MicroUsd::ZERO));
+    assert_eq!(
+        (
+            created.file_size,
+            created.validation_passed,
+            created.training_cost
+        ),
+        (None, None, loraforge_domain::MicroUsd::ZERO)
+    );
     assert_eq!(created.created_at, new.now);
     assert_eq!(created.updated_at, new.now);
     assert_eq!(created.completed_at, None);
@@ -57,7 +91,10 @@ pub async fn create_and_get(repo: Repo) {
 
     let events = repo.events_after(id, 0, 100).await.unwrap();
     assert_eq!(events.len(), 1);
-    assert_eq!((events[0].kind.as_str(), events[0].status), ("created", TrainingStatus::Pending));
+    assert_eq!(
+        (events[0].kind.as_str(), events[0].status),
+        ("created", TrainingStatus::Pending)
+    );
     assert_eq!(events[0].lora_id, id);
     assert_eq!(events[0].at, new.now);
     assert_eq!(events[0].data, json!({ "name": "Cyberpunk Girl" }));
@@ -65,23 +102,50 @@ pub async fn create_and_get(repo: Repo) {
     // No email in a later token keeps the one we know; a new one replaces it everywhere.
     let mut second = new_lora(owner, ds, "Second", now());
     second.owner_email = None;
-    assert_eq!(create(&repo, second).await.creator.email.as_deref(), Some("user@example.com"));
+    assert_eq!(
+        create(&repo, second).await.creator.email.as_deref(),
+        Some("user@example.com")
+    );
     let mut third = new_lora(owner, ds, "Third", now());
     third.owner_email = Some("new@example.com".into());
     create(&repo, third).await;
-    assert_eq!(repo.get_lora(id).await.unwrap().unwrap().creator.email.as_deref(), Some("new@example.com"));
+    assert_eq!(
+        repo.get_lora(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .creator
+            .email
+            .as_deref(),
+        Some("new@example.com")
+    );
 }
 
 async fn count_of(repo: &Repo, owner: UserId) -> u64 {
-    repo.list_loras(&LoraQuery { creator: Some(owner), limit: 100, ..Default::default() }).await.unwrap().total
+    repo.list_loras(&LoraQuery {
+        creator: Some(owner),
+        limit: 100,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .total
 }
 
 pub async fn duplicate_name_per_user(repo: Repo) {
     let (alice, alice_ds) = user(&repo).await;
     let (bob, bob_ds) = user(&repo).await;
     create(&repo, new_lora(alice, alice_ds, "Cyberpunk Girl", now())).await;
-    let again = repo.create_lora(new_lora(alice, alice_ds, "Cyberpunk Girl", now()), policy(100, now())).await;
-    assert!(matches!(&again, Err(DbError::DuplicateName(n)) if n == "Cyberpunk Girl"), "{again:?}");
+    let again = repo
+        .create_lora(
+            new_lora(alice, alice_ds, "Cyberpunk Girl", now()),
+            policy(100, now()),
+        )
+        .await;
+    assert!(
+        matches!(&again, Err(DbError::DuplicateName(n)) if n == "Cyberpunk Girl"),
+        "{again:?}"
+    );
     assert_eq!(count_of(&repo, alice).await, 1);
     // Another user may use the name.
     let bobs = create(&repo, new_lora(bob, bob_ds, "Cyberpunk Girl", now())).await;
@@ -92,8 +156,16 @@ pub async fn duplicate_name_per_user(repo: Repo) {
 pub async fn name_uniqueness_is_exact_after_trim(repo: Repo) {
     let (owner, ds) = user(&repo).await;
     create(&repo, new_lora(owner, ds, "Cyberpunk Girl", now())).await;
-    let trimmed = repo.create_lora(new_lora(owner, ds, "  Cyberpunk Girl\t", now()), policy(100, now())).await;
-    assert!(matches!(trimmed, Err(DbError::DuplicateName(ref n)) if n == "Cyberpunk Girl"), "{trimmed:?}");
+    let trimmed = repo
+        .create_lora(
+            new_lora(owner, ds, "  Cyberpunk Girl\t", now()),
+            policy(100, now()),
+        )
+        .await;
+    assert!(
+        matches!(trimmed, Err(DbError::DuplicateName(ref n)) if n == "Cyberpunk Girl"),
+        "{trimmed:?}"
+    );
     // Case and inner spacing make a different name.
     create(&repo, new_lora(owner, ds, "cyberpunk girl", now())).await;
     create(&repo, new_lora(owner, ds, "Cyberpunk  Girl", now())).await;
@@ -119,26 +191,64 @@ pub async fn monthly_limit_counts_this_window_and_counted_statuses(repo: Repo) {
 
     // Pending, queued, training, validating and completed do.
     for (i, status) in TrainingStatus::COUNTED.into_iter().enumerate() {
-        let got = repo.create_lora(new_lora(owner, ds, &format!("Counted {i}"), now), policy(limit, now)).await;
-        let Ok(CreateOutcome::Created(l)) = got else { panic!("create {i}: {got:?}") };
+        let got = repo
+            .create_lora(
+                new_lora(owner, ds, &format!("Counted {i}"), now),
+                policy(limit, now),
+            )
+            .await;
+        let Ok(CreateOutcome::Created(l)) = got else {
+            panic!("create {i}: {got:?}")
+        };
         drive(&repo, l.id, status, now).await;
-        assert_eq!(repo.count_monthly(owner, window).await.unwrap(), i as u32 + 1);
+        assert_eq!(
+            repo.count_monthly(owner, window).await.unwrap(),
+            i as u32 + 1
+        );
     }
-    let refused = repo.create_lora(new_lora(owner, ds, "Sixth", now), policy(limit, now)).await;
-    assert!(matches!(refused, Err(DbError::MonthlyLimitReached { used: 5, limit: 5 })), "{refused:?}");
+    let refused = repo
+        .create_lora(new_lora(owner, ds, "Sixth", now), policy(limit, now))
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(DbError::MonthlyLimitReached { used: 5, limit: 5 })
+        ),
+        "{refused:?}"
+    );
     assert_eq!(repo.count_monthly(owner, window).await.unwrap(), 5);
 
     // A count that fails lets the create through (fail open), once.
     repo.faults().arm(FaultPoint::MonthlyCount);
-    let open = repo.create_lora(new_lora(owner, ds, "Sixth", now), policy(limit, now)).await;
+    let open = repo
+        .create_lora(new_lora(owner, ds, "Sixth", now), policy(limit, now))
+        .await;
     assert!(matches!(open, Ok(CreateOutcome::Created(_))), "{open:?}");
-    let refused = repo.create_lora(new_lora(owner, ds, "Seventh", now), policy(limit, now)).await;
-    assert!(matches!(refused, Err(DbError::MonthlyLimitReached { used: 6, limit: 5 })), "{refused:?}");
+    let refused = repo
+        .create_lora(new_lora(owner, ds, "Seventh", now), policy(limit, now))
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(DbError::MonthlyLimitReached { used: 6, limit: 5 })
+        ),
+        "{refused:?}"
+    );
 
     // A new month starts from zero, from its first instant.
     let december = at("2026-12-01T00:00:00Z");
-    assert_eq!(repo.count_monthly(owner, MonthlyWindow::containing(december)).await.unwrap(), 0);
-    let fresh = repo.create_lora(new_lora(owner, ds, "December", december), policy(limit, december)).await;
+    assert_eq!(
+        repo.count_monthly(owner, MonthlyWindow::containing(december))
+            .await
+            .unwrap(),
+        0
+    );
+    let fresh = repo
+        .create_lora(
+            new_lora(owner, ds, "December", december),
+            policy(limit, december),
+        )
+        .await;
     assert!(matches!(fresh, Ok(CreateOutcome::Created(_))), "{fresh:?}");
     // Another user's count is their own.
     assert_eq!(repo.count_monthly(UserId::new(), window).await.unwrap(), 0);
@@ -150,7 +260,11 @@ pub async fn concurrent_creates_stop_at_the_limit(repo: Repo) {
         .map(|i| {
             let repo = repo.clone();
             tokio::spawn(async move {
-                repo.create_lora(new_lora(owner, ds, &format!("LoRA {i}"), now()), policy(5, now())).await
+                repo.create_lora(
+                    new_lora(owner, ds, &format!("LoRA {i}"), now()),
+                    policy(5, now()),
+                )
+                .await
             })
         })
         .collect();
@@ -163,15 +277,28 @@ pub async fn concurrent_creates_stop_at_the_limit(repo: Repo) {
         }
     }
     assert_eq!((created, limited), (5, 15));
-    assert_eq!(repo.count_monthly(owner, MonthlyWindow::containing(now())).await.unwrap(), 5);
+    assert_eq!(
+        repo.count_monthly(owner, MonthlyWindow::containing(now()))
+            .await
+            .unwrap(),
+        5
+    );
     assert_eq!(count_of(&repo, owner).await, 5);
 }
 
 pub async fn idempotency_replay_and_mismatch(repo: Repo) {
     let (owner, ds) = user(&repo).await;
-    let first = create(&repo, with_key(new_lora(owner, ds, "Keyed", now()), "key-1", "hash-a")).await;
+    let first = create(
+        &repo,
+        with_key(new_lora(owner, ds, "Keyed", now()), "key-1", "hash-a"),
+    )
+    .await;
     // The same request again, even at the limit and with another id, answers the first LoRA.
-    let replay = with_key(new_lora(owner, ds, "Keyed", now() + Duration::seconds(5)), "key-1", "hash-a");
+    let replay = with_key(
+        new_lora(owner, ds, "Keyed", now() + Duration::seconds(5)),
+        "key-1",
+        "hash-a",
+    );
     let got = repo.create_lora(replay, policy(1, now())).await.unwrap();
     assert_eq!(got, CreateOutcome::Replayed(first.clone()));
     // The same key with another body is refused.
@@ -181,10 +308,18 @@ pub async fn idempotency_replay_and_mismatch(repo: Repo) {
     assert_eq!(count_of(&repo, owner).await, 1);
     // Keys belong to a user: another user's identical key is a new request.
     let (bob, bob_ds) = user(&repo).await;
-    let bobs = create(&repo, with_key(new_lora(bob, bob_ds, "Keyed", now()), "key-1", "hash-a")).await;
+    let bobs = create(
+        &repo,
+        with_key(new_lora(bob, bob_ds, "Keyed", now()), "key-1", "hash-a"),
+    )
+    .await;
     assert_ne!(bobs.id, first.id);
     // A new key is a new LoRA.
-    let second = create(&repo, with_key(new_lora(owner, ds, "Keyed 2", now()), "key-2", "hash-a")).await;
+    let second = create(
+        &repo,
+        with_key(new_lora(owner, ds, "Keyed 2", now()), "key-2", "hash-a"),
+    )
+    .await;
     assert_ne!(second.id, first.id);
 }
 
@@ -212,9 +347,19 @@ pub async fn concurrent_same_key_creates_make_one_lora(repo: Repo) {
 pub async fn dataset_of_someone_else_is_not_found(repo: Repo) {
     let (alice, _) = user(&repo).await;
     let (_, bobs_dataset) = user(&repo).await;
-    let got = repo.create_lora(new_lora(alice, bobs_dataset, "Stolen", now()), policy(5, now())).await;
+    let got = repo
+        .create_lora(
+            new_lora(alice, bobs_dataset, "Stolen", now()),
+            policy(5, now()),
+        )
+        .await;
     assert!(matches!(got, Err(DbError::DatasetNotFound)), "{got:?}");
-    let got = repo.create_lora(new_lora(alice, DatasetId::new(), "Missing", now()), policy(5, now())).await;
+    let got = repo
+        .create_lora(
+            new_lora(alice, DatasetId::new(), "Missing", now()),
+            policy(5, now()),
+        )
+        .await;
     assert!(matches!(got, Err(DbError::DatasetNotFound)), "{got:?}");
     assert_eq!(count_of(&repo, alice).await, 0);
 }

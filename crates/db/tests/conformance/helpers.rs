@@ -12,12 +12,12 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use loraforge_db::postgres::PgRepository;
 use loraforge_db::sqlite::SqliteRepository;
 use loraforge_db::{
-    ConnectOptions, CreateOutcome, DbError, EventDetail, IdempotencyKey, LibraryRow, MonthlyPolicy, NewLora,
-    Repository, redact_url,
+    ConnectOptions, CreateOutcome, DbError, EventDetail, IdempotencyKey, LibraryRow, MonthlyPolicy,
+    NewLora, Repository, redact_url,
 };
 use loraforge_domain::{
-    Dataset, DatasetId, DatasetImage, ImageFormat, LoraId, LoraModel, LoraName, MonthlyWindow, StatusEvent,
-    TrainingParams, TrainingStatus, UserId,
+    Dataset, DatasetId, DatasetImage, ImageFormat, LoraId, LoraModel, LoraName, MonthlyWindow,
+    StatusEvent, TrainingParams, TrainingStatus, UserId,
 };
 
 pub type Repo = Arc<dyn Repository>;
@@ -32,9 +32,14 @@ where
 {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("conformance.db").display());
-    let repo =
-        Arc::new(SqliteRepository::connect(&url, &ConnectOptions { max_connections: 8 }).await.expect("open SQLite"));
-    let result = AssertUnwindSafe(story(repo.clone() as Repo)).catch_unwind().await;
+    let repo = Arc::new(
+        SqliteRepository::connect(&url, &ConnectOptions { max_connections: 8 })
+            .await
+            .expect("open SQLite"),
+    );
+    let result = AssertUnwindSafe(story(repo.clone() as Repo))
+        .catch_unwind()
+        .await;
     repo.close().await;
     if let Err(panic) = result {
         resume_unwind(panic);
@@ -48,7 +53,8 @@ where
     F: FnOnce(Repo) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let admin_url = std::env::var("LORAFORGE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+    let admin_url = std::env::var("LORAFORGE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
     let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
         panic!(
             "PostgreSQL is not reachable at {} ({e}). Start it, or set LORAFORGE_TEST_POSTGRES_URL to a server \
@@ -64,19 +70,29 @@ where
     let url = database_url(&admin_url, &name);
     let result = AssertUnwindSafe(async {
         let repo = Arc::new(
-            PgRepository::connect(&url, &ConnectOptions { max_connections: 10 })
-                .await
-                .expect("connect to test database"),
+            PgRepository::connect(
+                &url,
+                &ConnectOptions {
+                    max_connections: 10,
+                },
+            )
+            .await
+            .expect("connect to test database"),
         );
-        let result = AssertUnwindSafe(story(repo.clone() as Repo)).catch_unwind().await;
+        let result = AssertUnwindSafe(story(repo.clone() as Repo))
+            .catch_unwind()
+            .await;
         repo.close().await;
         result
     })
     .catch_unwind()
     .await;
     // Best effort: FORCE ends connections a panicking story left behind.
-    let _ =
-        sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut admin).await;
+    let _ = sqlx::query(AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await;
     let _ = admin.close().await;
     match result {
         Ok(Ok(())) => {}
@@ -111,7 +127,10 @@ pub fn now() -> DateTime<Utc> {
 }
 
 pub fn policy(limit: u32, now: DateTime<Utc>) -> MonthlyPolicy {
-    MonthlyPolicy { limit, window: MonthlyWindow::containing(now) }
+    MonthlyPolicy {
+        limit,
+        window: MonthlyWindow::containing(now),
+    }
 }
 
 pub fn name(s: &str) -> LoraName {
@@ -122,7 +141,11 @@ pub fn image(index: u32) -> DatasetImage {
     DatasetImage {
         index,
         file_name: format!("img{index}.png"),
-        format: if index.is_multiple_of(2) { ImageFormat::Png } else { ImageFormat::Jpeg },
+        format: if index.is_multiple_of(2) {
+            ImageFormat::Png
+        } else {
+            ImageFormat::Jpeg
+        },
         width: 1024 + index,
         height: 768,
         bytes: 150_000 + u64::from(index),
@@ -134,7 +157,12 @@ pub fn image(index: u32) -> DatasetImage {
 
 /// Stores a three-image dataset of `owner` and returns its id.
 pub async fn dataset(repo: &Repo, owner: UserId) -> DatasetId {
-    let d = Dataset { id: DatasetId::new(), user_id: owner, images: (0..3).map(image).collect(), created_at: now() };
+    let d = Dataset {
+        id: DatasetId::new(),
+        user_id: owner,
+        images: (0..3).map(image).collect(),
+        created_at: now(),
+    };
     repo.insert_dataset(&d).await.expect("insert dataset");
     d.id
 }
@@ -154,7 +182,10 @@ pub fn new_lora(owner: UserId, dataset: DatasetId, lora_name: &str, now: DateTim
 }
 
 pub fn with_key(mut new: NewLora, key: &str, hash: &str) -> NewLora {
-    new.idempotency = Some(IdempotencyKey { key: key.to_owned(), request_hash: hash.to_owned() });
+    new.idempotency = Some(IdempotencyKey {
+        key: key.to_owned(),
+        request_hash: hash.to_owned(),
+    });
     new
 }
 
@@ -174,8 +205,14 @@ pub async fn user(repo: &Repo) -> (UserId, DatasetId) {
     (u, d)
 }
 
-pub async fn apply(repo: &Repo, id: LoraId, event: StatusEvent, now: DateTime<Utc>) -> Result<LoraModel, DbError> {
-    repo.apply_event(id, event, EventDetail::default(), now).await
+pub async fn apply(
+    repo: &Repo,
+    id: LoraId,
+    event: StatusEvent,
+    now: DateTime<Utc>,
+) -> Result<LoraModel, DbError> {
+    repo.apply_event(id, event, EventDetail::default(), now)
+        .await
 }
 
 /// Events that take a new LoRA (pending) to `status`.
@@ -193,10 +230,17 @@ pub fn path_to(status: TrainingStatus) -> &'static [StatusEvent] {
 }
 
 /// Moves a LoRA along `path_to(status)`.
-pub async fn drive(repo: &Repo, id: LoraId, status: TrainingStatus, now: DateTime<Utc>) -> LoraModel {
+pub async fn drive(
+    repo: &Repo,
+    id: LoraId,
+    status: TrainingStatus,
+    now: DateTime<Utc>,
+) -> LoraModel {
     let mut last = repo.get_lora(id).await.unwrap().expect("LoRA exists");
     for ev in path_to(status) {
-        last = apply(repo, id, *ev, now).await.unwrap_or_else(|e| panic!("{ev:?}: {e}"));
+        last = apply(repo, id, *ev, now)
+            .await
+            .unwrap_or_else(|e| panic!("{ev:?}: {e}"));
     }
     assert_eq!(last.status, status);
     last

@@ -23,12 +23,48 @@ async fn seed(repo: &Repo) -> Library {
     let (e1, e2) = (Some("u1@example.com"), Some("u2@example.com"));
     use TrainingStatus::*;
     let rows = vec![
-        row(u1, e1, d1, "Cyberpunk Girl", Some("neon city portrait"), Completed, 50, t(1)),
+        row(
+            u1,
+            e1,
+            d1,
+            "Cyberpunk Girl",
+            Some("neon city portrait"),
+            Completed,
+            50,
+            t(1),
+        ),
         row(u2, e2, d2, "cyber knight", None, Completed, 50, t(2)),
-        row(u1, e1, d1, "Watercolor Cat", Some("soft CYBERNETIC paws"), Failed, 10, t(3)),
+        row(
+            u1,
+            e1,
+            d1,
+            "Watercolor Cat",
+            Some("soft CYBERNETIC paws"),
+            Failed,
+            10,
+            t(3),
+        ),
         row(u2, e2, d2, "Zebra", Some("stripes"), Queued, 100, t(0)),
-        row(u3, None, d3, "apple tree", Some("Cyberpunk orchard"), Completed, 0, t(4)),
-        row(u1, e1, d1, "zebra", Some("more stripes"), Completed, 0, t(5)),
+        row(
+            u3,
+            None,
+            d3,
+            "apple tree",
+            Some("Cyberpunk orchard"),
+            Completed,
+            0,
+            t(4),
+        ),
+        row(
+            u1,
+            e1,
+            d1,
+            "zebra",
+            Some("more stripes"),
+            Completed,
+            0,
+            t(5),
+        ),
     ];
     assert_eq!(repo.bulk_insert_library(rows).await.unwrap(), 6);
     Library { u1, u3 }
@@ -39,64 +75,178 @@ fn names(page: &Page<LoraSummary>) -> Vec<&str> {
 }
 
 fn q(sort: LoraSort) -> LoraQuery {
-    LoraQuery { sort, limit: 50, ..Default::default() }
+    LoraQuery {
+        sort,
+        limit: 50,
+        ..Default::default()
+    }
 }
 
 async fn search(repo: &Repo, text: &str) -> Page<LoraSummary> {
-    let query = LoraQuery { search: Some(text.to_owned()), ..q(LoraSort::Name) };
-    repo.list_loras(&query).await.unwrap_or_else(|e| panic!("search {text:?}: {e}"))
+    let query = LoraQuery {
+        search: Some(text.to_owned()),
+        ..q(LoraSort::Name)
+    };
+    repo.list_loras(&query)
+        .await
+        .unwrap_or_else(|e| panic!("search {text:?}: {e}"))
 }
 
 pub async fn list_sorts_filters_and_pages(repo: Repo) {
     let lib = seed(&repo).await;
     let popular = repo.list_loras(&q(LoraSort::Popular)).await.unwrap();
-    assert_eq!(names(&popular), ["Zebra", "cyber knight", "Cyberpunk Girl", "Watercolor Cat", "zebra", "apple tree"]);
+    assert_eq!(
+        names(&popular),
+        [
+            "Zebra",
+            "cyber knight",
+            "Cyberpunk Girl",
+            "Watercolor Cat",
+            "zebra",
+            "apple tree"
+        ]
+    );
     assert_eq!(popular.total, 6);
     let recent = repo.list_loras(&q(LoraSort::Recent)).await.unwrap();
-    assert_eq!(names(&recent), ["zebra", "apple tree", "Watercolor Cat", "cyber knight", "Cyberpunk Girl", "Zebra"]);
+    assert_eq!(
+        names(&recent),
+        [
+            "zebra",
+            "apple tree",
+            "Watercolor Cat",
+            "cyber knight",
+            "Cyberpunk Girl",
+            "Zebra"
+        ]
+    );
     let by_name = repo.list_loras(&q(LoraSort::Name)).await.unwrap();
-    assert_eq!(names(&by_name), ["apple tree", "cyber knight", "Cyberpunk Girl", "Watercolor Cat", "zebra", "Zebra"]);
+    assert_eq!(
+        names(&by_name),
+        [
+            "apple tree",
+            "cyber knight",
+            "Cyberpunk Girl",
+            "Watercolor Cat",
+            "zebra",
+            "Zebra"
+        ]
+    );
 
     let first = &popular.items[2];
     assert_eq!(first.creator.id, lib.u1);
     assert_eq!(first.creator.email.as_deref(), Some("u1@example.com"));
-    assert_eq!((first.usage_count, first.status), (50, TrainingStatus::Completed));
+    assert_eq!(
+        (first.usage_count, first.status),
+        (50, TrainingStatus::Completed)
+    );
     assert_eq!(first.description.as_deref(), Some("neon city portrait"));
-    assert_eq!(first.created_at, now() - Duration::days(10) + Duration::minutes(1));
+    assert_eq!(
+        first.created_at,
+        now() - Duration::days(10) + Duration::minutes(1)
+    );
     assert_eq!(popular.items[5].creator.email, None);
     assert_eq!(popular.items[5].creator.id, lib.u3);
 
-    let completed = LoraQuery { status: Some(TrainingStatus::Completed), ..q(LoraSort::Recent) };
+    let completed = LoraQuery {
+        status: Some(TrainingStatus::Completed),
+        ..q(LoraSort::Recent)
+    };
     let page = repo.list_loras(&completed).await.unwrap();
-    assert_eq!((names(&page), page.total), (vec!["zebra", "apple tree", "cyber knight", "Cyberpunk Girl"], 4));
-    let mine = LoraQuery { creator: Some(lib.u1), ..q(LoraSort::Recent) };
+    assert_eq!(
+        (names(&page), page.total),
+        (
+            vec!["zebra", "apple tree", "cyber knight", "Cyberpunk Girl"],
+            4
+        )
+    );
+    let mine = LoraQuery {
+        creator: Some(lib.u1),
+        ..q(LoraSort::Recent)
+    };
     let page = repo.list_loras(&mine).await.unwrap();
-    assert_eq!((names(&page), page.total), (vec!["zebra", "Watercolor Cat", "Cyberpunk Girl"], 3));
-    let both = LoraQuery { creator: Some(lib.u1), status: Some(TrainingStatus::Failed), ..q(LoraSort::Recent) };
-    assert_eq!(names(&repo.list_loras(&both).await.unwrap()), ["Watercolor Cat"]);
-    let nobody = LoraQuery { creator: Some(UserId::new()), ..q(LoraSort::Recent) };
-    assert_eq!(repo.list_loras(&nobody).await.unwrap(), Page { items: vec![], total: 0 });
+    assert_eq!(
+        (names(&page), page.total),
+        (vec!["zebra", "Watercolor Cat", "Cyberpunk Girl"], 3)
+    );
+    let both = LoraQuery {
+        creator: Some(lib.u1),
+        status: Some(TrainingStatus::Failed),
+        ..q(LoraSort::Recent)
+    };
+    assert_eq!(
+        names(&repo.list_loras(&both).await.unwrap()),
+        ["Watercolor Cat"]
+    );
+    let nobody = LoraQuery {
+        creator: Some(UserId::new()),
+        ..q(LoraSort::Recent)
+    };
+    assert_eq!(
+        repo.list_loras(&nobody).await.unwrap(),
+        Page {
+            items: vec![],
+            total: 0
+        }
+    );
 
     // Paging: total counts every match, whatever the page.
-    let page = repo.list_loras(&LoraQuery { limit: 2, offset: 1, ..q(LoraSort::Recent) }).await.unwrap();
-    assert_eq!((names(&page), page.total), (vec!["apple tree", "Watercolor Cat"], 6));
-    let page = repo.list_loras(&LoraQuery { limit: 10, offset: 5, ..q(LoraSort::Recent) }).await.unwrap();
+    let page = repo
+        .list_loras(&LoraQuery {
+            limit: 2,
+            offset: 1,
+            ..q(LoraSort::Recent)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (names(&page), page.total),
+        (vec!["apple tree", "Watercolor Cat"], 6)
+    );
+    let page = repo
+        .list_loras(&LoraQuery {
+            limit: 10,
+            offset: 5,
+            ..q(LoraSort::Recent)
+        })
+        .await
+        .unwrap();
     assert_eq!((names(&page), page.total), (vec!["Zebra"], 6));
-    let page = repo.list_loras(&LoraQuery { limit: 10, offset: 60, ..q(LoraSort::Recent) }).await.unwrap();
+    let page = repo
+        .list_loras(&LoraQuery {
+            limit: 10,
+            offset: 60,
+            ..q(LoraSort::Recent)
+        })
+        .await
+        .unwrap();
     assert_eq!((page.items.len(), page.total), (0, 6));
 }
 
 pub async fn search_matches_word_prefixes(repo: Repo) {
     seed(&repo).await;
-    let cyber = ["apple tree", "cyber knight", "Cyberpunk Girl", "Watercolor Cat"];
+    let cyber = [
+        "apple tree",
+        "cyber knight",
+        "Cyberpunk Girl",
+        "Watercolor Cat",
+    ];
     assert_eq!(names(&search(&repo, "cyber").await), cyber);
     assert_eq!(search(&repo, "cyber").await.total, 4);
     assert_eq!(names(&search(&repo, "CyBeR").await), cyber);
     // Every word must match, in any order, in name or description.
-    assert_eq!(names(&search(&repo, "cyber girl").await), ["Cyberpunk Girl"]);
-    assert_eq!(names(&search(&repo, "GIRL   cyb").await), ["Cyberpunk Girl"]);
+    assert_eq!(
+        names(&search(&repo, "cyber girl").await),
+        ["Cyberpunk Girl"]
+    );
+    assert_eq!(
+        names(&search(&repo, "GIRL   cyb").await),
+        ["Cyberpunk Girl"]
+    );
     assert_eq!(names(&search(&repo, "neon").await), ["Cyberpunk Girl"]);
-    assert_eq!(names(&search(&repo, "cyberpunk orch").await), ["apple tree"]);
+    assert_eq!(
+        names(&search(&repo, "cyberpunk orch").await),
+        ["apple tree"]
+    );
     assert_eq!(names(&search(&repo, "zeb").await), ["zebra", "Zebra"]);
     assert_eq!(names(&search(&repo, "stripes more").await), ["zebra"]);
     assert_eq!(search(&repo, "cyber zebra").await.total, 0);
@@ -112,34 +262,85 @@ pub async fn search_matches_word_prefixes(repo: Repo) {
     assert_eq!(none.total, 6);
 
     // Query syntax typed by users is text, never an error or an operator.
-    for hostile in
-        ["\"", "*", "\"\"*", "NEAR(", "NEAR(cyber girl)", "'; DROP TABLE lora_models; --", "(", ")", "^", ":", "&|!"]
-    {
+    for hostile in [
+        "\"",
+        "*",
+        "\"\"*",
+        "NEAR(",
+        "NEAR(cyber girl)",
+        "'; DROP TABLE lora_models; --",
+        "(",
+        ")",
+        "^",
+        ":",
+        "&|!",
+    ] {
         let page = search(&repo, hostile).await;
         assert!(page.total <= 6, "{hostile:?}");
     }
     assert_eq!(search(&repo, "\"").await.total, 6, "no words: no filter");
-    assert_eq!(search(&repo, "'; DROP TABLE lora_models; --").await.total, 0);
+    assert_eq!(
+        search(&repo, "'; DROP TABLE lora_models; --").await.total,
+        0
+    );
     assert_eq!(names(&search(&repo, "cyber\"*").await), cyber);
-    assert_eq!(names(&search(&repo, "-cyber").await), cyber, "a leading minus is not negation");
-    assert_eq!(names(&search(&repo, "NEAR(cyber girl)").await), Vec::<&str>::new(), "NEAR is a word");
-    assert_eq!(names(&search(&repo, "cyber AND girl").await), Vec::<&str>::new(), "AND is a word");
-    assert_eq!(names(&search(&repo, "cyber:* & girl").await), ["Cyberpunk Girl"]);
-    assert_eq!(repo.list_loras(&q(LoraSort::Name)).await.unwrap().total, 6, "the table survived");
+    assert_eq!(
+        names(&search(&repo, "-cyber").await),
+        cyber,
+        "a leading minus is not negation"
+    );
+    assert_eq!(
+        names(&search(&repo, "NEAR(cyber girl)").await),
+        Vec::<&str>::new(),
+        "NEAR is a word"
+    );
+    assert_eq!(
+        names(&search(&repo, "cyber AND girl").await),
+        Vec::<&str>::new(),
+        "AND is a word"
+    );
+    assert_eq!(
+        names(&search(&repo, "cyber:* & girl").await),
+        ["Cyberpunk Girl"]
+    );
+    assert_eq!(
+        repo.list_loras(&q(LoraSort::Name)).await.unwrap().total,
+        6,
+        "the table survived"
+    );
 
     // Search with filters and a sort.
-    let query =
-        LoraQuery { search: Some("cyber".into()), status: Some(TrainingStatus::Completed), ..q(LoraSort::Popular) };
+    let query = LoraQuery {
+        search: Some("cyber".into()),
+        status: Some(TrainingStatus::Completed),
+        ..q(LoraSort::Popular)
+    };
     let page = repo.list_loras(&query).await.unwrap();
-    assert_eq!((names(&page), page.total), (vec!["cyber knight", "Cyberpunk Girl", "apple tree"], 3));
-    let query = LoraQuery { search: Some("cyber".into()), limit: 1, offset: 1, ..q(LoraSort::Recent) };
+    assert_eq!(
+        (names(&page), page.total),
+        (vec!["cyber knight", "Cyberpunk Girl", "apple tree"], 3)
+    );
+    let query = LoraQuery {
+        search: Some("cyber".into()),
+        limit: 1,
+        offset: 1,
+        ..q(LoraSort::Recent)
+    };
     let page = repo.list_loras(&query).await.unwrap();
     assert_eq!((names(&page), page.total), (vec!["Watercolor Cat"], 4));
     // Paged past the end of the matches: no items, the total still right.
-    let query = LoraQuery { search: Some("cyber".into()), limit: 10, offset: 10, ..q(LoraSort::Popular) };
+    let query = LoraQuery {
+        search: Some("cyber".into()),
+        limit: 10,
+        offset: 10,
+        ..q(LoraSort::Popular)
+    };
     let page = repo.list_loras(&query).await.unwrap();
     assert_eq!((page.items.len(), page.total), (0, 4));
-    let query = LoraQuery { search: Some("zzzz".into()), ..q(LoraSort::Popular) };
+    let query = LoraQuery {
+        search: Some("zzzz".into()),
+        ..q(LoraSort::Popular)
+    };
     assert_eq!(repo.list_loras(&query).await.unwrap().total, 0);
 }
 
@@ -151,13 +352,25 @@ pub async fn search_follows_new_and_edited_loras(repo: Repo) {
     assert_eq!(names(&search(&repo, "caf").await), ["Café Racer"]);
     assert_eq!(names(&search(&repo, "CAFÉ rac").await), ["Café Racer"]);
     assert_eq!(names(&search(&repo, "vintage").await), ["Café Racer"]);
-    repo.update_description(lora.id, Some("modern scooters".into()), now()).await.unwrap();
+    repo.update_description(lora.id, Some("modern scooters".into()), now())
+        .await
+        .unwrap();
     assert_eq!(search(&repo, "vintage").await.total, 0);
     assert_eq!(names(&search(&repo, "scoot").await), ["Café Racer"]);
     repo.update_description(lora.id, None, now()).await.unwrap();
     assert_eq!(search(&repo, "scoot").await.total, 0);
     assert_eq!(search(&repo, "racer").await.total, 1);
     // Status changes keep the row findable.
-    apply(&repo, lora.id, loraforge_domain::StatusEvent::Enqueue, now()).await.unwrap();
-    assert_eq!(search(&repo, "racer").await.items[0].status, TrainingStatus::Queued);
+    apply(
+        &repo,
+        lora.id,
+        loraforge_domain::StatusEvent::Enqueue,
+        now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        search(&repo, "racer").await.items[0].status,
+        TrainingStatus::Queued
+    );
 }

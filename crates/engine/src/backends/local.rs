@@ -26,7 +26,9 @@ use tokio::sync::oneshot;
 use loraforge_domain::{LoraId, outcome};
 use loraforge_stdx::next_line;
 
-use crate::backend::{BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Termination, TrainingBackend};
+use crate::backend::{
+    BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Termination, TrainingBackend,
+};
 
 /// How the local backend runs a job.
 #[derive(Debug, Clone)]
@@ -73,7 +75,10 @@ impl LocalBackendSettings {
 #[derive(Debug, Clone)]
 enum Phase {
     Running,
-    Exited { code: Option<i32>, line: Option<ErrorLine> },
+    Exited {
+        code: Option<i32>,
+        line: Option<ErrorLine>,
+    },
 }
 
 /// The worker's own last word on stdout (`{"event":"error","code",…,"reason",…}`), else its last
@@ -139,13 +144,19 @@ fn still_running(pid: u32, start: u64) -> bool {
         return false;
     }
     let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-    let state = state.as_deref().and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().chars().next()));
+    let state = state
+        .as_deref()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().chars().next()));
     !matches!(state.flatten(), Some('Z' | 'X') | None)
 }
 
 impl LocalBackend {
     pub fn new(settings: LocalBackendSettings) -> Self {
-        Self { settings, runs: Mutex::new(HashMap::new()), foreign_stops: Mutex::new(HashMap::new()) }
+        Self {
+            settings,
+            runs: Mutex::new(HashMap::new()),
+            foreign_stops: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The process id of a run's first process (also its process group id), if it is ours.
@@ -166,7 +177,10 @@ impl LocalBackend {
     }
 
     fn live_runs(&self) -> usize {
-        lock(&self.runs).values().filter(|r| matches!(*lock(&r.phase), Phase::Running)).count()
+        lock(&self.runs)
+            .values()
+            .filter(|r| matches!(*lock(&r.phase), Phase::Running))
+            .count()
     }
 
     /// Forgets the oldest ended runs beyond [`REMEMBERED_ENDED_RUNS`].
@@ -177,7 +191,10 @@ impl LocalBackend {
             .map(|(id, _)| id.clone())
             .collect();
         if ended.len() > REMEMBERED_ENDED_RUNS {
-            for id in ended.into_iter().take(runs.len().saturating_sub(REMEMBERED_ENDED_RUNS)) {
+            for id in ended
+                .into_iter()
+                .take(runs.len().saturating_sub(REMEMBERED_ENDED_RUNS))
+            {
                 runs.remove(&id);
             }
         }
@@ -186,20 +203,29 @@ impl LocalBackend {
     /// Ends a process an earlier engine on this host started: SIGTERM to its group, SIGKILL once
     /// `kill_grace` has passed. Gone when the process is.
     fn end_foreign(&self, provider: &str) -> bool {
-        let Some((pid, start)) = parse_provider_id(provider) else { return true };
+        let Some((pid, start)) = parse_provider_id(provider) else {
+            return true;
+        };
         if !still_running(pid, start) {
             lock(&self.foreign_stops).remove(provider);
             return true;
         }
-        let Ok(pgid) = i32::try_from(pid) else { return true };
+        let Ok(pgid) = i32::try_from(pid) else {
+            return true;
+        };
         let mut stops = lock(&self.foreign_stops);
         match stops.get(provider) {
             None => {
-                tracing::info!(pid, "stopping a worker an earlier engine on this host started");
+                tracing::info!(
+                    pid,
+                    "stopping a worker an earlier engine on this host started"
+                );
                 signal_group(pgid, libc::SIGTERM);
                 stops.insert(provider.to_owned(), Instant::now());
             }
-            Some(at) if at.elapsed() >= self.settings.kill_grace => signal_group(pgid, libc::SIGKILL),
+            Some(at) if at.elapsed() >= self.settings.kill_grace => {
+                signal_group(pgid, libc::SIGKILL)
+            }
             Some(_) => {}
         }
         false
@@ -227,7 +253,11 @@ impl TrainingBackend for LocalBackend {
                 self.settings.max_concurrent
             )));
         }
-        let out = self.settings.work_dir.join(launch.lora_id.to_string()).join("out");
+        let out = self
+            .settings
+            .work_dir
+            .join(launch.lora_id.to_string())
+            .join("out");
         tokio::fs::create_dir_all(&out).await?;
 
         let mut cmd = Command::new(&self.settings.program);
@@ -235,7 +265,12 @@ impl TrainingBackend for LocalBackend {
             cmd.env_remove(k);
         }
         cmd.args(self.args(&out, launch))
-            .envs(self.settings.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(
+                self.settings
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             // The token goes by environment: arguments are visible to every user in `ps`.
             .envs(launch.worker_env())
             .current_dir(&out)
@@ -247,15 +282,26 @@ impl TrainingBackend for LocalBackend {
             .process_group(0);
         let mut child = cmd.spawn().map_err(|e| {
             let what = format!("cannot run {}: {e}", self.settings.program.display());
-            if crate::backend::io_is_retryable(&e) { BackendError::Transient(what) } else { BackendError::Permanent(what) }
+            if crate::backend::io_is_retryable(&e) {
+                BackendError::Transient(what)
+            } else {
+                BackendError::Permanent(what)
+            }
         })?;
-        let pid = child.id().ok_or_else(|| BackendError::Transient("the worker exited at once".into()))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| BackendError::Transient("the worker exited at once".into()))?;
         let start = process_start(pid).unwrap_or(0);
         let id = provider_id(pid, start);
         let phase = Arc::new(Mutex::new(Phase::Running));
         let (stop_tx, stop_rx) = oneshot::channel();
         let last = Arc::new(Mutex::new(None::<ErrorLine>));
-        let readers = tokio::spawn(read_output(child.stdout.take(), child.stderr.take(), id.clone(), last.clone()));
+        let readers = tokio::spawn(read_output(
+            child.stdout.take(),
+            child.stderr.take(),
+            id.clone(),
+            last.clone(),
+        ));
         tokio::spawn(supervise(Supervised {
             child,
             pgid: i32::try_from(pid).ok(),
@@ -268,44 +314,77 @@ impl TrainingBackend for LocalBackend {
         }));
         let mut runs = lock(&self.runs);
         Self::prune(&mut runs);
-        runs.insert(id.clone(), Run { phase, stop: Some(stop_tx), finish_asked: None });
+        runs.insert(
+            id.clone(),
+            Run {
+                phase,
+                stop: Some(stop_tx),
+                finish_asked: None,
+            },
+        );
         tracing::info!(run = %id, lora = %launch.lora_id, attempt = launch.attempt, out = %out.display(), "local run started");
-        Ok(Launched { provider_id: id, gpu_type: None, price_per_hour: None })
+        Ok(Launched {
+            provider_id: id,
+            gpu_type: None,
+            price_per_hour: None,
+        })
     }
 
     async fn observe(&self, instances: &[Instance]) -> Result<Vec<Observed>, BackendError> {
         let runs = lock(&self.runs);
         Ok(instances
             .iter()
-            .map(|i| match runs.get(&i.provider_id).map(|r| lock(&r.phase).clone()) {
-                Some(Phase::Running) => Observed::Running,
-                Some(Phase::Exited { code, line }) => {
-                    let code_from_line =
-                        line.as_ref().and_then(|l| l.code.as_deref()).and_then(outcome::spec).map(|s| s.code);
-                    let outcome = code_from_line.unwrap_or_else(|| outcome::from_exit(code).code);
-                    let reason = line.map(|l| l.reason).or_else(|| {
-                        Some(match code {
-                            Some(c) => format!("the worker exited with status {c}"),
-                            None => "the worker was killed by a signal".to_owned(),
-                        })
-                    });
-                    Observed::Ended { outcome, reason, gone: true }
-                }
-                // Started by an earlier engine on this host (before a restart of the service).
-                None => match parse_provider_id(&i.provider_id) {
-                    Some((pid, start)) if still_running(pid, start) => Observed::Running,
-                    _ => Observed::Ended {
-                        outcome: "lost",
-                        reason: Some("the service restarted and the run's worker had stopped with it".into()),
-                        gone: true,
+            .map(
+                |i| match runs.get(&i.provider_id).map(|r| lock(&r.phase).clone()) {
+                    Some(Phase::Running) => Observed::Running,
+                    Some(Phase::Exited { code, line }) => {
+                        let code_from_line = line
+                            .as_ref()
+                            .and_then(|l| l.code.as_deref())
+                            .and_then(outcome::spec)
+                            .map(|s| s.code);
+                        let outcome =
+                            code_from_line.unwrap_or_else(|| outcome::from_exit(code).code);
+                        let reason = line.map(|l| l.reason).or_else(|| {
+                            Some(match code {
+                                Some(c) => format!("the worker exited with status {c}"),
+                                None => "the worker was killed by a signal".to_owned(),
+                            })
+                        });
+                        Observed::Ended {
+                            outcome,
+                            reason,
+                            gone: true,
+                        }
+                    }
+                    // Started by an earlier engine on this host (before a restart of the service).
+                    None => match parse_provider_id(&i.provider_id) {
+                        Some((pid, start)) if still_running(pid, start) => Observed::Running,
+                        _ => Observed::Ended {
+                            outcome: "lost",
+                            reason: Some(
+                                "the service restarted and the run's worker had stopped with it"
+                                    .into(),
+                            ),
+                            gone: true,
+                        },
                     },
                 },
-            })
+            )
             .collect())
     }
 
-    async fn terminate(&self, instance: &Instance, ending: Ending) -> Result<Termination, BackendError> {
-        let ended = |gone| Ok(Termination { gone, billed_millis: None });
+    async fn terminate(
+        &self,
+        instance: &Instance,
+        ending: Ending,
+    ) -> Result<Termination, BackendError> {
+        let ended = |gone| {
+            Ok(Termination {
+                gone,
+                billed_millis: None,
+            })
+        };
         let mut runs = lock(&self.runs);
         let Some(run) = runs.get_mut(&instance.provider_id) else {
             drop(runs);
@@ -316,7 +395,10 @@ impl TrainingBackend for LocalBackend {
         }
         let stop_now = match ending {
             Ending::Stop => true,
-            Ending::Finished => run.finish_asked.get_or_insert_with(Instant::now).elapsed() >= self.settings.finish_grace,
+            Ending::Finished => {
+                run.finish_asked.get_or_insert_with(Instant::now).elapsed()
+                    >= self.settings.finish_grace
+            }
         };
         if stop_now && let Some(stop) = run.stop.take() {
             tracing::info!(run = %instance.provider_id, lora = %instance.lora_id, "stopping local run");
@@ -331,7 +413,10 @@ impl TrainingBackend for LocalBackend {
     /// worker) is left where it is, with a warning: a trained file is never deleted unpublished.
     async fn release(&self, lora: LoraId) {
         let dir = self.settings.work_dir.join(lora.to_string());
-        if tokio::fs::try_exists(dir.join("out").join("result.json")).await.unwrap_or(true) {
+        if tokio::fs::try_exists(dir.join("out").join("result.json"))
+            .await
+            .unwrap_or(true)
+        {
             tracing::warn!(lora = %lora, dir = %dir.display(),
                 "the job ended with trained files that were never uploaded; they are kept here");
             return;
@@ -339,7 +424,9 @@ impl TrainingBackend for LocalBackend {
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => tracing::debug!(dir = %dir.display(), "job folder removed"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "could not remove a job folder"),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a job folder")
+            }
         }
     }
 
@@ -359,8 +446,11 @@ impl TrainingBackend for LocalBackend {
             return;
         }
         tracing::info!(runs = phases.len(), "stopping local runs");
-        let deadline = tokio::time::Instant::now() + self.settings.kill_grace + Duration::from_secs(2);
-        while phases.iter().any(|p| matches!(*lock(p), Phase::Running)) && tokio::time::Instant::now() < deadline {
+        let deadline =
+            tokio::time::Instant::now() + self.settings.kill_grace + Duration::from_secs(2);
+        while phases.iter().any(|p| matches!(*lock(p), Phase::Running))
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -430,12 +520,21 @@ async fn supervise(mut s: Supervised) {
     };
     // Whatever the first process left behind in its group goes with it (the guard's SIGKILL).
     drop(guard);
-    if tokio::time::timeout(OUTPUT_DRAIN, &mut s.readers).await.is_err() {
+    if tokio::time::timeout(OUTPUT_DRAIN, &mut s.readers)
+        .await
+        .is_err()
+    {
         s.readers.abort();
     }
     let (code, line) = match status {
         Ok(st) => (st.code(), lock(&s.last).clone()),
-        Err(e) => (None, Some(ErrorLine { code: None, reason: format!("could not wait for the worker: {e}") })),
+        Err(e) => (
+            None,
+            Some(ErrorLine {
+                code: None,
+                reason: format!("could not wait for the worker: {e}"),
+            }),
+        ),
     };
     tracing::info!(run = %s.id, ?code, reason = ?line.as_ref().map(|l| &l.reason), "local run ended");
     *lock(&s.phase) = Phase::Exited { code, line };
@@ -472,7 +571,11 @@ async fn read_output(
             {
                 error_line = Some(ErrorLine {
                     code: v.get("code").and_then(|c| c.as_str()).map(str::to_owned),
-                    reason: v.get("reason").and_then(|r| r.as_str()).unwrap_or("no reason given").to_owned(),
+                    reason: v
+                        .get("reason")
+                        .and_then(|r| r.as_str())
+                        .unwrap_or("no reason given")
+                        .to_owned(),
                 });
             }
         }
@@ -480,7 +583,11 @@ async fn read_output(
     if let Some(t) = err_task {
         let _ = t.await;
     }
-    let fallback = || lock(&last_stderr).take().map(|reason| ErrorLine { code: None, reason });
+    let fallback = || {
+        lock(&last_stderr)
+            .take()
+            .map(|reason| ErrorLine { code: None, reason })
+    };
     *lock(&last) = error_line.or_else(fallback);
 }
 
@@ -495,6 +602,9 @@ mod tests {
         let me = std::process::id();
         let start = process_start(me).expect("this process has a start time");
         assert!(still_running(me, start));
-        assert!(!still_running(me, start + 1), "another process with a reused pid");
+        assert!(
+            !still_running(me, start + 1),
+            "another process with a reused pid"
+        );
     }
 }

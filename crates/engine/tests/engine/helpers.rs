@@ -18,13 +18,13 @@ use loraforge_db::test_support::TestDatabase;
 use loraforge_db::{ConnectOptions, CreateOutcome, MonthlyPolicy, NewLora, OpenRun, Repository};
 use loraforge_domain::keys::OutputKeys;
 use loraforge_domain::{
-    Dataset, DatasetId, DatasetImage, ImageFormat, LoraId, LoraModel, LoraName, ManualClock, MicroUsd, MonthlyWindow,
-    TrainingParams, TrainingRun, TrainingStatus, UserId,
+    Dataset, DatasetId, DatasetImage, ImageFormat, LoraId, LoraModel, LoraName, ManualClock,
+    MicroUsd, MonthlyWindow, TrainingParams, TrainingRun, TrainingStatus, UserId,
 };
 use loraforge_engine::backends::{LocalBackend, LocalBackendSettings};
 use loraforge_engine::{
-    AfterTraining, BackendError, Ending, Engine, EngineSettings, Instance, Launch, Launched, Observed, Scope,
-    Termination, TickReport, TrainingBackend, ValidationRules,
+    AfterTraining, BackendError, Ending, Engine, EngineSettings, Instance, Launch, Launched,
+    Observed, Scope, Termination, TickReport, TrainingBackend, ValidationRules,
 };
 use loraforge_storage::BlobStore;
 use loraforge_storage::local::LocalStore;
@@ -58,7 +58,9 @@ impl Db {
     pub async fn sqlite() -> Db {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("engine.db").display());
-        let repo = SqliteRepository::connect(&url, &ConnectOptions { max_connections: 8 }).await.expect("SQLite");
+        let repo = SqliteRepository::connect(&url, &ConnectOptions { max_connections: 8 })
+            .await
+            .expect("SQLite");
         Db {
             repo: Arc::new(repo),
             clock: Arc::new(ManualClock::new(start_time())),
@@ -72,7 +74,14 @@ impl Db {
     /// skips, when there is none.
     pub async fn postgres() -> Db {
         let pg = TestDatabase::create().await;
-        let repo = PgRepository::connect(pg.url(), &ConnectOptions { max_connections: 10 }).await.expect("Postgres");
+        let repo = PgRepository::connect(
+            pg.url(),
+            &ConnectOptions {
+                max_connections: 10,
+            },
+        )
+        .await
+        .expect("Postgres");
         let dir = tempfile::tempdir().expect("temp dir");
         Db {
             repo: Arc::new(repo),
@@ -88,18 +97,36 @@ impl Db {
     }
 
     pub fn advance(&self, by: Duration) {
-        self.clock.advance(chrono::Duration::from_std(by).expect("duration"));
+        self.clock
+            .advance(chrono::Duration::from_std(by).expect("duration"));
     }
 
     /// An engine over this database and store; validation auto-approves (no scores).
-    pub fn engine(&self, backends: Vec<Arc<dyn TrainingBackend>>, settings: EngineSettings) -> Engine {
-        let rules = LoraRules { min_bytes: 0, max_bytes: u64::MAX, scan_values: true };
+    pub fn engine(
+        &self,
+        backends: Vec<Arc<dyn TrainingBackend>>,
+        settings: EngineSettings,
+    ) -> Engine {
+        let rules = LoraRules {
+            min_bytes: 0,
+            max_bytes: u64::MAX,
+            scan_values: true,
+        };
         let after = AfterTraining::new(
             self.store.clone(),
             rules,
-            ValidationRules { similarity_threshold: 0.7, auto_approve: true },
+            ValidationRules {
+                similarity_threshold: 0.7,
+                auto_approve: true,
+            },
         );
-        Engine::new(self.repo.clone(), self.clock.clone(), backends, settings, after)
+        Engine::new(
+            self.repo.clone(),
+            self.clock.clone(),
+            backends,
+            settings,
+            after,
+        )
     }
 
     /// A user with a two-image dataset.
@@ -116,14 +143,23 @@ impl Db {
             storage_key: format!("datasets/{user}/{index}.png"),
             caption: Some(format!("ohwx person, photo {index}")),
         };
-        let d =
-            Dataset { id: DatasetId::new(), user_id: user, images: vec![image(0), image(1)], created_at: self.now() };
+        let d = Dataset {
+            id: DatasetId::new(),
+            user_id: user,
+            images: vec![image(0), image(1)],
+            created_at: self.now(),
+        };
         self.repo.insert_dataset(&d).await.expect("dataset");
         (user, d.id)
     }
 
     /// A pending LoRA created `offset_s` seconds after the start time (creation order = queue order).
-    pub async fn lora(&self, (owner, dataset): (UserId, DatasetId), name: &str, offset_s: i64) -> LoraId {
+    pub async fn lora(
+        &self,
+        (owner, dataset): (UserId, DatasetId),
+        name: &str,
+        offset_s: i64,
+    ) -> LoraId {
         let created = start_time() + chrono::Duration::seconds(offset_s);
         let new = NewLora {
             id: LoraId::new(),
@@ -136,7 +172,10 @@ impl Db {
             idempotency: None,
             now: created,
         };
-        let policy = MonthlyPolicy { limit: 1000, window: MonthlyWindow::containing(created) };
+        let policy = MonthlyPolicy {
+            limit: 1000,
+            window: MonthlyWindow::containing(created),
+        };
         match self.repo.create_lora(new, policy).await.expect("create") {
             CreateOutcome::Created(l) => l.id,
             other => panic!("expected a new LoRA, got {other:?}"),
@@ -170,10 +209,19 @@ impl Db {
         let lora = self.get(id).await;
         let keys = OutputKeys::of(lora.creator.id, lora.id);
         let model = tiny_lora();
-        self.store.put(&keys.model, Bytes::from(model.clone())).await.expect("model");
-        self.store.put(&keys.kohya, Bytes::from(model.clone())).await.expect("kohya");
+        self.store
+            .put(&keys.model, Bytes::from(model.clone()))
+            .await
+            .expect("model");
+        self.store
+            .put(&keys.kohya, Bytes::from(model.clone()))
+            .await
+            .expect("kohya");
         for key in &keys.validation {
-            self.store.put(key, Bytes::from_static(b"\x89PNG fake")).await.expect("image");
+            self.store
+                .put(key, Bytes::from_static(b"\x89PNG fake"))
+                .await
+                .expect("image");
         }
         let run = self.run(id).await;
         let result = serde_json::json!({
@@ -184,14 +232,22 @@ impl Db {
             "kohya": {"bytes": model.len(), "sha256": null},
             "validation": {"images": 3, "scores": null},
         });
-        assert!(self.repo.record_run_outcome(run.id, "trained", None, Some(&result), self.now()).await.expect("result"));
+        assert!(
+            self.repo
+                .record_run_outcome(run.id, "trained", None, Some(&result), self.now())
+                .await
+                .expect("result")
+        );
     }
 
     /// Reports, as a worker would, that the latest run of `id` failed with `code`.
     pub async fn report_failure(&self, id: LoraId, code: &str, reason: &str) {
         let run = self.run(id).await;
         let facts = serde_json::json!({ "retryable": false });
-        self.repo.record_run_outcome(run.id, code, Some(reason), Some(&facts), self.now()).await.expect("failure");
+        self.repo
+            .record_run_outcome(run.id, code, Some(reason), Some(&facts), self.now())
+            .await
+            .expect("failure");
     }
 }
 
@@ -201,7 +257,10 @@ pub fn tiny_lora() -> Vec<u8> {
     let mut data = Vec::new();
     for i in 0..2 {
         let m = format!("unet.up_blocks.{i}.attentions.0.transformer_blocks.0.attn1.to_out.0");
-        for (suffix, shape) in [("lora.down.weight", [4u64, 20]), ("lora.up.weight", [20, 4])] {
+        for (suffix, shape) in [
+            ("lora.down.weight", [4u64, 20]),
+            ("lora.up.weight", [20, 4]),
+        ] {
             let start = data.len() as u64;
             for j in 0..shape[0] * shape[1] {
                 data.extend_from_slice(&(0x2000u16 + (j % 0x800) as u16).to_le_bytes());
@@ -223,7 +282,10 @@ pub fn tiny_lora() -> Vec<u8> {
 }
 
 pub fn settings(worker_id: &str) -> EngineSettings {
-    EngineSettings { worker_id: worker_id.to_owned(), ..EngineSettings::default() }
+    EngineSettings {
+        worker_id: worker_id.to_owned(),
+        ..EngineSettings::default()
+    }
 }
 
 // --- a backend the tests steer -----------------------------------------------------------------
@@ -294,13 +356,22 @@ impl Scripted {
     /// The latest instance launched for `lora`.
     pub fn instance(&self, lora: LoraId) -> Option<(String, ScriptedInstance)> {
         let s = self.script();
-        s.order.iter().rev().find_map(|id| s.instances.get(id).filter(|i| i.lora == lora).map(|i| (id.clone(), i.clone())))
+        s.order.iter().rev().find_map(|id| {
+            s.instances
+                .get(id)
+                .filter(|i| i.lora == lora)
+                .map(|i| (id.clone(), i.clone()))
+        })
     }
 
     /// Sets what the latest instance of `lora` looks like.
     pub fn set(&self, lora: LoraId, state: Observed) {
         let id = self.instance(lora).expect("an instance").0;
-        self.script().instances.get_mut(&id).expect("instance").state = state;
+        self.script()
+            .instances
+            .get_mut(&id)
+            .expect("instance")
+            .state = state;
     }
 
     /// An instance nobody launched (a leftover of a crash, another deployment's), named `name`.
@@ -324,7 +395,10 @@ impl Scripted {
     }
 
     pub fn is_terminated(&self, provider_id: &str) -> bool {
-        self.script().instances.get(provider_id).is_some_and(|i| i.terminated)
+        self.script()
+            .instances
+            .get(provider_id)
+            .is_some_and(|i| i.terminated)
     }
 
     pub fn launches(&self) -> usize {
@@ -332,7 +406,11 @@ impl Scripted {
     }
 
     pub fn live(&self) -> usize {
-        self.script().instances.values().filter(|i| !i.terminated).count()
+        self.script()
+            .instances
+            .values()
+            .filter(|i| !i.terminated)
+            .count()
     }
 
     pub fn terminates(&self) -> Vec<(String, Ending)> {
@@ -373,7 +451,11 @@ impl TrainingBackend for Scripted {
                 terminated: false,
             },
         );
-        Ok(Launched { provider_id: id, gpu_type: Some("NVIDIA Test GPU".into()), price_per_hour: self.price })
+        Ok(Launched {
+            provider_id: id,
+            gpu_type: Some("NVIDIA Test GPU".into()),
+            price_per_hour: self.price,
+        })
     }
 
     async fn observe(&self, instances: &[Instance]) -> Result<Vec<Observed>, BackendError> {
@@ -381,16 +463,25 @@ impl TrainingBackend for Scripted {
         Ok(instances
             .iter()
             .map(|i| match s.instances.get(&i.provider_id) {
-                Some(inst) if inst.terminated => {
-                    Observed::Ended { outcome: "vanished", reason: Some("terminated".into()), gone: true }
-                }
+                Some(inst) if inst.terminated => Observed::Ended {
+                    outcome: "vanished",
+                    reason: Some("terminated".into()),
+                    gone: true,
+                },
                 Some(inst) => inst.state.clone(),
-                None => Observed::Ended { outcome: "vanished", reason: None, gone: true },
+                None => Observed::Ended {
+                    outcome: "vanished",
+                    reason: None,
+                    gone: true,
+                },
             })
             .collect())
     }
 
-    async fn list_instances(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>, BackendError> {
+    async fn list_instances(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<Vec<(String, String)>>, BackendError> {
         let s = self.script();
         Ok(Some(
             s.instances
@@ -401,7 +492,11 @@ impl TrainingBackend for Scripted {
         ))
     }
 
-    async fn terminate(&self, instance: &Instance, ending: Ending) -> Result<Termination, BackendError> {
+    async fn terminate(
+        &self,
+        instance: &Instance,
+        ending: Ending,
+    ) -> Result<Termination, BackendError> {
         let mut s = self.script();
         s.terminates.push((instance.provider_id.clone(), ending));
         if s.terminate_errors > 0 {
@@ -409,14 +504,25 @@ impl TrainingBackend for Scripted {
             return Err(BackendError::Transient("the provider answered 503".into()));
         }
         let slow = s.slow_to_end;
-        let first = s.terminates.iter().filter(|(id, _)| *id == instance.provider_id).count() == 1;
+        let first = s
+            .terminates
+            .iter()
+            .filter(|(id, _)| *id == instance.provider_id)
+            .count()
+            == 1;
         if slow && first {
-            return Ok(Termination { gone: false, billed_millis: None });
+            return Ok(Termination {
+                gone: false,
+                billed_millis: None,
+            });
         }
         if let Some(inst) = s.instances.get_mut(&instance.provider_id) {
             inst.terminated = true;
         }
-        Ok(Termination { gone: true, billed_millis: None })
+        Ok(Termination {
+            gone: true,
+            billed_millis: None,
+        })
     }
 }
 
@@ -426,19 +532,30 @@ pub fn worker_process() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/worker_process.sh")
 }
 
-pub fn local_settings(work_dir: PathBuf, max_concurrent: usize, env: &[(&str, &str)]) -> LocalBackendSettings {
+pub fn local_settings(
+    work_dir: PathBuf,
+    max_concurrent: usize,
+    env: &[(&str, &str)],
+) -> LocalBackendSettings {
     let mut s = LocalBackendSettings::new(worker_process(), work_dir);
     s.max_concurrent = max_concurrent;
     s.kill_grace = Duration::from_secs(3);
     s.finish_grace = Duration::from_secs(2);
-    s.env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    s.env = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     s
 }
 
 impl Db {
     /// The local backend running the worker fixture with `env`.
     pub fn local(&self, max_concurrent: usize, env: &[(&str, &str)]) -> Arc<LocalBackend> {
-        Arc::new(LocalBackend::new(local_settings(self.dir.path().join("runs"), max_concurrent, env)))
+        Arc::new(LocalBackend::new(local_settings(
+            self.dir.path().join("runs"),
+            max_concurrent,
+            env,
+        )))
     }
 }
 
@@ -456,7 +573,10 @@ where
 {
     let start = Instant::now();
     while !check().await {
-        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -474,7 +594,10 @@ pub async fn tick_until(
         if done(&reports).await {
             return reports;
         }
-        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}; reports: {reports:#?}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}; reports: {reports:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -48,34 +48,63 @@ pub async fn review(
         return Err(ApiError::forbidden("only admins can review LoRAs"));
     }
     let Json(body) = body.map_err(|e| {
-        ApiError::bad_request("invalid_json", format!("{}; send {{\"decision\": \"approve\" | \"reject\", \"reason\": \"…\"}}", e.body_text()))
+        ApiError::bad_request(
+            "invalid_json",
+            format!(
+                "{}; send {{\"decision\": \"approve\" | \"reject\", \"reason\": \"…\"}}",
+                e.body_text()
+            ),
+        )
     })?;
-    let reason = body.reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
+    let reason = body
+        .reason
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty());
     if reason.as_ref().is_some_and(|r| r.chars().count() > 1000) {
-        return Err(ApiError::bad_request("invalid_request", "`reason` is limited to 1000 characters"));
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "`reason` is limited to 1000 characters",
+        ));
     }
     let lora = load(&state, &id).await?;
     if lora.status != TrainingStatus::Validating {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_in_review",
-            format!("the LoRA is {}; only LoRAs waiting in `validating` can be reviewed", lora.status),
+            format!(
+                "the LoRA is {}; only LoRAs waiting in `validating` can be reviewed",
+                lora.status
+            ),
         )
         .with("training_status", lora.status.as_str()));
     }
     let (event, detail) = match body.decision {
-        Decision::Approve => {
-            (StatusEvent::Complete, EventDetail { validation_passed: Some(true), ..EventDetail::default() })
-        }
+        Decision::Approve => (
+            StatusEvent::Complete,
+            EventDetail {
+                validation_passed: Some(true),
+                ..EventDetail::default()
+            },
+        ),
         Decision::Reject => {
             let error = match &reason {
                 Some(r) => format!("Quality validation failed: rejected in review: {r}"),
                 None => "Quality validation failed: rejected in review".to_owned(),
             };
-            (StatusEvent::Fail, EventDetail { error: Some(error), validation_passed: Some(false), ..EventDetail::default() })
+            (
+                StatusEvent::Fail,
+                EventDetail {
+                    error: Some(error),
+                    validation_passed: Some(false),
+                    ..EventDetail::default()
+                },
+            )
         }
     };
-    let lora = state.repo().apply_event(lora.id, event, detail, state.now()).await?;
+    let lora = state
+        .repo()
+        .apply_event(lora.id, event, detail, state.now())
+        .await?;
     state.notify_changed(lora.id);
     tracing::info!(lora = %lora.id, admin = %user.id, decision = ?body.decision, "LoRA reviewed");
     Ok(Json(StatusView::from(&lora)))

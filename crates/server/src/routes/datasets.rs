@@ -65,7 +65,13 @@ pub async fn upload(
     mp: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<DatasetView>)> {
     let mut mp = mp.map_err(|e| {
-        ApiError::bad_request("invalid_multipart", format!("{}; send multipart/form-data with parts named `images`", e.body_text()))
+        ApiError::bad_request(
+            "invalid_multipart",
+            format!(
+                "{}; send multipart/form-data with parts named `images`",
+                e.body_text()
+            ),
+        )
     })?;
     let mut images: Vec<InputImage> = Vec::new();
     let mut captions: HashMap<String, String> = HashMap::new();
@@ -76,26 +82,42 @@ pub async fn upload(
         if part != "images" && part != "captions" {
             return Err(ApiError::bad_request(
                 "invalid_multipart",
-                format!("unexpected part {part:?}; send images in parts named `images` and captions as `.txt` files"),
+                format!(
+                    "unexpected part {part:?}; send images in parts named `images` and captions as `.txt` files"
+                ),
             ));
         }
         let data: Bytes = field.bytes().await.map_err(multipart_error)?;
         if is_caption {
             if data.len() > MAX_CAPTION_BYTES {
-                return Err(ApiError::bad_request("invalid_caption", format!("{file_name} is longer than 16 KB; shorten the caption")));
+                return Err(ApiError::bad_request(
+                    "invalid_caption",
+                    format!("{file_name} is longer than 16 KB; shorten the caption"),
+                ));
             }
             let text = String::from_utf8(data.to_vec()).map_err(|_| {
-                ApiError::bad_request("invalid_caption", format!("{file_name} is not UTF-8 text; save it as UTF-8"))
+                ApiError::bad_request(
+                    "invalid_caption",
+                    format!("{file_name} is not UTF-8 text; save it as UTF-8"),
+                )
             })?;
             captions.insert(stem(&file_name).to_owned(), text.trim().to_owned());
         } else {
-            images.push(InputImage { file_name, bytes: data.to_vec() });
+            images.push(InputImage {
+                file_name,
+                bytes: data.to_vec(),
+            });
         }
     }
-    if let Some(orphan) = captions.keys().find(|c| !images.iter().any(|i| stem(&i.file_name) == c.as_str())) {
+    if let Some(orphan) = captions
+        .keys()
+        .find(|c| !images.iter().any(|i| stem(&i.file_name) == c.as_str()))
+    {
         return Err(ApiError::bad_request(
             "invalid_caption",
-            format!("{orphan}.txt has no image with the same name; name captions after their image (photo1.jpg → photo1.txt)"),
+            format!(
+                "{orphan}.txt has no image with the same name; name captions after their image (photo1.jpg → photo1.txt)"
+            ),
         ));
     }
 
@@ -145,19 +167,46 @@ pub async fn from_urls(
         ApiError::bad_request("invalid_json", format!("{e}; send {{\"images\": [{{\"url\": \"https://…\", \"caption\": \"…\"}}]}} or {{\"urls\": [\"https://…\"]}}"))
     })?;
     let images: Vec<UrlImage> = match (req.images, req.urls) {
-        (Some(images), None) => images.into_iter().map(|i| UrlImage { url: i.url, caption: i.caption }).collect(),
-        (None, Some(urls)) => urls.into_iter().map(|url| UrlImage { url, caption: None }).collect(),
-        _ => return Err(ApiError::bad_request("invalid_request", "send either `images` or `urls`, not both and not neither")),
+        (Some(images), None) => images
+            .into_iter()
+            .map(|i| UrlImage {
+                url: i.url,
+                caption: i.caption,
+            })
+            .collect(),
+        (None, Some(urls)) => urls
+            .into_iter()
+            .map(|url| UrlImage { url, caption: None })
+            .collect(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "send either `images` or `urls`, not both and not neither",
+            ));
+        }
     };
     let images = images
         .into_iter()
-        .map(|i| Ok(UrlImage { caption: clean_caption(i.caption.as_deref(), &i.url)?, ..i }))
+        .map(|i| {
+            Ok(UrlImage {
+                caption: clean_caption(i.caption.as_deref(), &i.url)?,
+                ..i
+            })
+        })
         .collect::<ApiResult<Vec<_>>>()?;
     let max = state.settings().dataset_rules.max_images;
     if images.len() > max {
         // Refused before downloading anything: the count alone decides it.
-        let msg = format!("at most {max} images are allowed, {} were sent; remove at least {}", images.len(), images.len() - max);
-        return Err(invalid_dataset(vec![msg.clone()], Vec::new(), vec![json!({"code": "too_many_images", "message": msg})]));
+        let msg = format!(
+            "at most {max} images are allowed, {} were sent; remove at least {}",
+            images.len(),
+            images.len() - max
+        );
+        return Err(invalid_dataset(
+            vec![msg.clone()],
+            Vec::new(),
+            vec![json!({"code": "too_many_images", "message": msg})],
+        ));
     }
     let fetcher = downloads::fetcher(&state)?;
     let images = download_all(&state, fetcher, images).await?;
@@ -167,12 +216,22 @@ pub async fn from_urls(
 
 /// A caption from JSON: trimmed, at most 16 KB, no control characters other than newlines/tabs.
 fn clean_caption(caption: Option<&str>, url: &str) -> ApiResult<Option<String>> {
-    let Some(c) = caption.map(str::trim).filter(|c| !c.is_empty()) else { return Ok(None) };
+    let Some(c) = caption.map(str::trim).filter(|c| !c.is_empty()) else {
+        return Ok(None);
+    };
     if c.len() > MAX_CAPTION_BYTES {
-        return Err(ApiError::bad_request("invalid_caption", format!("the caption of {url} is longer than 16 KB; shorten it")));
+        return Err(ApiError::bad_request(
+            "invalid_caption",
+            format!("the caption of {url} is longer than 16 KB; shorten it"),
+        ));
     }
-    if c.chars().any(|ch| ch.is_control() && !matches!(ch, '\n' | '\t' | '\r')) {
-        return Err(ApiError::bad_request("invalid_caption", format!("the caption of {url} contains control characters")));
+    if c.chars()
+        .any(|ch| ch.is_control() && !matches!(ch, '\n' | '\t' | '\r'))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_caption",
+            format!("the caption of {url} contains control characters"),
+        ));
     }
     Ok(Some(c.to_owned()))
 }
@@ -181,12 +240,21 @@ fn clean_caption(caption: Option<&str>, url: &str) -> ApiResult<Option<String>> 
 pub(crate) fn dataset_view(stored: &StoredDataset) -> DatasetView {
     let StoredDataset { dataset, report } = stored;
     let warnings_of = |name: &str| -> Vec<String> {
-        report.images.iter().filter(|r| r.file_name == name).flat_map(|r| r.warnings.iter().map(|w| w.message.clone())).collect()
+        report
+            .images
+            .iter()
+            .filter(|r| r.file_name == name)
+            .flat_map(|r| r.warnings.iter().map(|w| w.message.clone()))
+            .collect()
     };
     DatasetView {
         dataset_id: dataset.id.0,
         created_at: dataset.created_at,
-        images: dataset.images.iter().map(|i| image_view(i, warnings_of(&i.file_name), None)).collect(),
+        images: dataset
+            .images
+            .iter()
+            .map(|i| image_view(i, warnings_of(&i.file_name), None))
+            .collect(),
         warnings: report.warnings.iter().map(|w| w.message.clone()).collect(),
     }
 }
@@ -195,7 +263,11 @@ pub(crate) fn dataset_view(stored: &StoredDataset) -> DatasetView {
 #[utoipa::path(get, path = "/api/v1/datasets/{id}", tag = "datasets", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
     responses((status = 200, body = DatasetView), (status = 404, body = crate::views::ErrorBody)))]
-pub async fn get(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<DatasetView>> {
+pub async fn get(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DatasetView>> {
     let id: DatasetId = id.parse().map_err(|_| ApiError::not_found("dataset"))?;
     let dataset = match state.repo().get_dataset(id).await? {
         // Someone else's dataset is answered exactly like a missing one.
@@ -206,10 +278,18 @@ pub async fn get(State(state): State<AppState>, user: AuthUser, Path(id): Path<S
     let ttl = state.settings().download_url_ttl;
     let mut images = Vec::with_capacity(dataset.images.len());
     for img in &dataset.images {
-        let url = state.store().signed_get_url(&img.storage_key, ttl, now).await?;
+        let url = state
+            .store()
+            .signed_get_url(&img.storage_key, ttl, now)
+            .await?;
         images.push(image_view(img, Vec::new(), Some(url.to_string())));
     }
-    Ok(Json(DatasetView { dataset_id: dataset.id.0, created_at: dataset.created_at, images, warnings: Vec::new() }))
+    Ok(Json(DatasetView {
+        dataset_id: dataset.id.0,
+        created_at: dataset.created_at,
+        images,
+        warnings: Vec::new(),
+    }))
 }
 
 fn image_view(i: &DatasetImage, warnings: Vec<String>, url: Option<String>) -> DatasetImageView {
@@ -233,14 +313,25 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
             "the upload is too large; send at most the allowed number of images, each within the size limit",
         );
     }
-    ApiError::bad_request("invalid_multipart", format!("could not read the multipart upload: {}", e.body_text()))
+    ApiError::bad_request(
+        "invalid_multipart",
+        format!("could not read the multipart upload: {}", e.body_text()),
+    )
 }
 
 /// The last path component, without control characters, at most 255 characters.
 fn clean_file_name(raw: &str) -> String {
     let base = raw.rsplit(['/', '\\']).next().unwrap_or(raw);
-    let cleaned: String = base.chars().filter(|c| !c.is_control()).take(MAX_FILE_NAME_CHARS).collect();
-    if cleaned.is_empty() { "unnamed".to_owned() } else { cleaned }
+    let cleaned: String = base
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_FILE_NAME_CHARS)
+        .collect();
+    if cleaned.is_empty() {
+        "unnamed".to_owned()
+    } else {
+        cleaned
+    }
 }
 
 fn stem(file_name: &str) -> &str {

@@ -77,12 +77,25 @@ pub async fn events(
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let lora = load(&state, &id).await?;
     let after = match headers.get("last-event-id") {
-        Some(v) => v.to_str().ok().and_then(|s| s.trim().parse::<i64>().ok()).ok_or_else(|| {
-            ApiError::bad_request("invalid_request", "Last-Event-ID must be the integer id of an event")
-        })?,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_request",
+                    "Last-Event-ID must be the integer id of an event",
+                )
+            })?,
         None => q.last_event_id.unwrap_or(0),
     };
-    let watch = Watch { state: state.clone(), id: lora.id, cursor: after, rx: state.subscribe_changes(), buf: VecDeque::new() };
+    let watch = Watch {
+        state: state.clone(),
+        id: lora.id,
+        cursor: after,
+        rx: state.subscribe_changes(),
+        buf: VecDeque::new(),
+    };
     let stream = futures::stream::unfold(Some(watch), |w| async move {
         let mut w = w?;
         let ev = w.next().await?;
@@ -122,7 +135,12 @@ impl Watch {
                     return None;
                 }
             };
-            match self.state.repo().events_after(self.id, self.cursor, BATCH).await {
+            match self
+                .state
+                .repo()
+                .events_after(self.id, self.cursor, BATCH)
+                .await
+            {
                 Ok(events) if !events.is_empty() => {
                     self.cursor = events.last().map_or(self.cursor, |e| e.id);
                     self.buf.extend(events);
@@ -143,9 +161,9 @@ impl Watch {
         let deadline = Instant::now() + POLL_EVERY;
         loop {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Err(_) => return,                                  // poll interval passed
-                Ok(Ok(changed)) if changed == self.id => return,   // our LoRA changed here
-                Ok(Ok(_)) => {}                                    // someone else's
+                Err(_) => return,                                // poll interval passed
+                Ok(Ok(changed)) if changed == self.id => return, // our LoRA changed here
+                Ok(Ok(_)) => {}                                  // someone else's
                 Ok(Err(broadcast::error::RecvError::Lagged(_))) => return,
                 Ok(Err(broadcast::error::RecvError::Closed)) => {
                     tokio::time::sleep_until(deadline).await;

@@ -22,7 +22,10 @@ pub async fn get_file(
     Path(key): Path<String>,
     q: Result<Query<FileQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let q = q.map(|Query(q)| q).unwrap_or(FileQuery { expires: None, sig: None });
+    let q = q.map(|Query(q)| q).unwrap_or(FileQuery {
+        expires: None,
+        sig: None,
+    });
     let (Some(expires), Some(sig)) = (q.expires, q.sig) else {
         return Err(ApiError::new(
             axum::http::StatusCode::FORBIDDEN,
@@ -30,7 +33,10 @@ pub async fn get_file(
             "this link is not signed; ask the API for a download URL",
         ));
     };
-    let bytes = state.store().open_signed(&key, &SignedQuery { expires, sig }, state.now()).await?;
+    let bytes = state
+        .store()
+        .open_signed(&key, &SignedQuery { expires, sig }, state.now())
+        .await?;
     let file_name = key.rsplit('/').next().unwrap_or("file").to_owned();
     let content_type = match file_name.rsplit('.').next() {
         Some("png") => "image/png",
@@ -44,7 +50,10 @@ pub async fn get_file(
         [
             (header::CONTENT_TYPE, content_type.to_owned()),
             (header::CACHE_CONTROL, "private, max-age=300".to_owned()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{file_name}\"")),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file_name}\""),
+            ),
         ],
         bytes,
     )
@@ -59,7 +68,10 @@ pub async fn put_file(
     q: Result<Query<FileQuery>, axum::extract::rejection::QueryRejection>,
     body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<axum::http::StatusCode> {
-    let q = q.map(|Query(q)| q).unwrap_or(FileQuery { expires: None, sig: None });
+    let q = q.map(|Query(q)| q).unwrap_or(FileQuery {
+        expires: None,
+        sig: None,
+    });
     let (Some(expires), Some(sig)) = (q.expires, q.sig) else {
         return Err(ApiError::new(
             axum::http::StatusCode::FORBIDDEN,
@@ -78,6 +90,9 @@ pub async fn put_file(
             "uploads are refused for testing (debug_fail_uploads); try again",
         ));
     }
-    state.store().put_signed(&key, &SignedQuery { expires, sig }, body, state.now()).await?;
+    state
+        .store()
+        .put_signed(&key, &SignedQuery { expires, sig }, body, state.now())
+        .await?;
     Ok(axum::http::StatusCode::CREATED)
 }

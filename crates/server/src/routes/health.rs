@@ -34,5 +34,12 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         "database": check(db.map_err(|_| "unreachable".to_owned())),
         "storage": check(storage.map_err(|_| "unreachable".to_owned())),
     });
-    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+    (
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(body),
+    )
 }

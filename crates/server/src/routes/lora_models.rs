@@ -14,12 +14,14 @@ use uuid::Uuid;
 
 use loraforge_db::{EventDetail, IdempotencyKey, LoraQuery};
 use loraforge_domain::keys::OutputKeys;
-use loraforge_domain::{DatasetId, LoraId, LoraModel, LoraName, LoraSort, StatusEvent, TrainingParams, TrainingStatus};
+use loraforge_domain::{
+    DatasetId, LoraId, LoraModel, LoraName, LoraSort, StatusEvent, TrainingParams, TrainingStatus,
+};
 
 use crate::auth::AuthUser;
 use crate::create::{CreateLora, Created, create_lora};
-use crate::library_cache::LibraryCache;
 use crate::error::{ApiError, ApiResult, body_error};
+use crate::library_cache::LibraryCache;
 use crate::state::AppState;
 use crate::views::*;
 
@@ -57,13 +59,19 @@ pub async fn list(
         .status
         .as_deref()
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<TrainingStatus>().map_err(|e| ApiError::bad_request("invalid_query", e.to_string())))
+        .map(|s| {
+            s.parse::<TrainingStatus>()
+                .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))
+        })
         .transpose()?;
     let creator = q
         .creator
         .as_deref()
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| ApiError::bad_request("invalid_query", "creator must be a user UUID")))
+        .map(|s| {
+            s.parse()
+                .map_err(|_| ApiError::bad_request("invalid_query", "creator must be a user UUID"))
+        })
         .transpose()?;
     let sort = match q.sort.as_deref() {
         None | Some("") | Some("recent") => LoraSort::Recent,
@@ -78,14 +86,27 @@ pub async fn list(
     };
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", format!("limit must be from 1 to {MAX_PAGE}")));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be from 1 to {MAX_PAGE}"),
+        ));
     }
     let search = q.search.filter(|s| !s.trim().is_empty());
     if search.as_ref().is_some_and(|s| s.chars().count() > 200) {
-        return Err(ApiError::bad_request("invalid_query", "search must be at most 200 characters"));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "search must be at most 200 characters",
+        ));
     }
     let offset = q.offset.unwrap_or(0);
-    let query = LoraQuery { status, search, creator, sort, limit, offset };
+    let query = LoraQuery {
+        status,
+        search,
+        creator,
+        sort,
+        limit,
+        offset,
+    };
     let now = state.now();
     let cache = state.library_cache();
     let key = LibraryCache::key(&query);
@@ -116,7 +137,8 @@ async fn library_page(state: &AppState, query: &LoraQuery) -> ApiResult<Bytes> {
         limit: query.limit,
         offset: query.offset,
     };
-    let json = serde_json::to_vec(&list).map_err(|e| ApiError::internal("serializing the library", &e))?;
+    let json =
+        serde_json::to_vec(&list).map_err(|e| ApiError::internal("serializing the library", &e))?;
     Ok(Bytes::from(json))
 }
 
@@ -148,22 +170,33 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let body = body.map_err(body_error)?;
-    let body_json: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
+    let body_json: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+    })?;
     let obj = body_json
         .as_object()
         .ok_or_else(|| ApiError::bad_request("invalid_json", "the body must be a JSON object"))?;
-    if let Some(k) = obj.keys().find(|k| !["name", "description", "dataset_id", "params"].contains(&k.as_str())) {
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !["name", "description", "dataset_id", "params"].contains(&k.as_str()))
+    {
         return Err(ApiError::bad_request(
             "invalid_request",
-            format!("unknown field {k:?}; allowed fields are name, description, dataset_id, params"),
+            format!(
+                "unknown field {k:?}; allowed fields are name, description, dataset_id, params"
+            ),
         ));
     }
     let name = match obj.get("name") {
         Some(Value::String(s)) => {
             LoraName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?
         }
-        _ => return Err(ApiError::bad_request("invalid_name", "name is required and must be a string")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_name",
+                "name is required and must be a string",
+            ));
+        }
     };
     let description = parse_description(obj.get("description"))?;
     let dataset_id: DatasetId = obj
@@ -171,13 +204,26 @@ pub async fn create(
         .and_then(Value::as_str)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| {
-            ApiError::bad_request("invalid_request", "dataset_id is required: the UUID returned by POST /api/v1/datasets")
+            ApiError::bad_request(
+                "invalid_request",
+                "dataset_id is required: the UUID returned by POST /api/v1/datasets",
+            )
         })?;
     let params = parse_params(&state, obj.get("params"))?;
     let idempotency = idempotency_key(&headers, &body_json)?;
 
-    let Created { lora, replayed } =
-        create_lora(&state, &user, CreateLora { name, description, dataset_id, params, idempotency }).await?;
+    let Created { lora, replayed } = create_lora(
+        &state,
+        &user,
+        CreateLora {
+            name,
+            description,
+            dataset_id,
+            params,
+            idempotency,
+        },
+    )
+    .await?;
     let body = CreateLoraResponse {
         lora_id: lora.id.0,
         status: TrainingStatus::Pending,
@@ -188,7 +234,10 @@ pub async fn create(
     };
     let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
     if replayed {
-        resp.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+        resp.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
     }
     Ok(resp)
 }
@@ -199,10 +248,16 @@ pub(crate) fn parse_params(state: &AppState, v: Option<&Value>) -> ApiResult<Tra
     let params_in = match v {
         None | Some(Value::Null) => &empty,
         Some(Value::Object(m)) => m,
-        Some(_) => return Err(ApiError::bad_request("invalid_params", "params must be a JSON object")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_params",
+                "params must be a JSON object",
+            ));
+        }
     };
-    TrainingParams::from_json(params_in, &state.settings().param_limits)
-        .map_err(|e| ApiError::bad_request("invalid_params", e.to_string()).with("field", e.field.clone()))
+    TrainingParams::from_json(params_in, &state.settings().param_limits).map_err(|e| {
+        ApiError::bad_request("invalid_params", e.to_string()).with("field", e.field.clone())
+    })
 }
 
 pub(crate) fn parse_description(v: Option<&Value>) -> ApiResult<Option<String>> {
@@ -216,46 +271,72 @@ pub(crate) fn parse_description(v: Option<&Value>) -> ApiResult<Option<String>> 
                     format!("description must be at most {MAX_DESCRIPTION_CHARS} characters"),
                 ));
             }
-            if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r') {
-                return Err(ApiError::bad_request("invalid_description", "description contains control characters"));
+            if s.chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+            {
+                return Err(ApiError::bad_request(
+                    "invalid_description",
+                    "description contains control characters",
+                ));
             }
             Ok(Some(s.to_owned()).filter(|s| !s.is_empty()))
         }
-        Some(_) => Err(ApiError::bad_request("invalid_description", "description must be a string or null")),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_description",
+            "description must be a string or null",
+        )),
     }
 }
 
 fn idempotency_key(headers: &HeaderMap, body: &Value) -> ApiResult<Option<IdempotencyKey>> {
-    let Some(key) = idempotency_header(headers)? else { return Ok(None) };
+    let Some(key) = idempotency_header(headers)? else {
+        return Ok(None);
+    };
     // serde_json maps are ordered by key, so this is a canonical form of the request.
     let canonical = serde_json::to_vec(body).unwrap_or_default();
-    Ok(Some(IdempotencyKey { key, request_hash: hex::encode(Sha256::digest(&canonical)) }))
+    Ok(Some(IdempotencyKey {
+        key,
+        request_hash: hex::encode(Sha256::digest(&canonical)),
+    }))
 }
 
 /// The `Idempotency-Key` header, validated.
 pub(crate) fn idempotency_header(headers: &HeaderMap) -> ApiResult<Option<String>> {
-    let Some(raw) = headers.get("idempotency-key") else { return Ok(None) };
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
     let key = raw
         .to_str()
         .ok()
         .map(str::trim)
         .filter(|k| (1..=255).contains(&k.len()) && k.chars().all(|c| c.is_ascii_graphic()))
         .ok_or_else(|| {
-            ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1–255 visible ASCII characters")
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1–255 visible ASCII characters",
+            )
         })?;
     Ok(Some(key.to_owned()))
 }
 
 pub(crate) async fn load(state: &AppState, id: &str) -> ApiResult<LoraModel> {
     let id: LoraId = id.parse().map_err(|_| ApiError::not_found("LoRA"))?;
-    state.repo().get_lora(id).await?.ok_or_else(|| ApiError::not_found("LoRA"))
+    state
+        .repo()
+        .get_lora(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("LoRA"))
 }
 
 /// Everything about one LoRA, with a signed download URL once it is completed.
 #[utoipa::path(get, path = "/api/v1/lora-models/{id}", tag = "library", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
     responses((status = 200, body = LoraDetails), (status = 404, body = ErrorBody)))]
-pub async fn get(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<LoraDetails>> {
+pub async fn get(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<LoraDetails>> {
     let lora = load(&state, &id).await?;
     Ok(Json(details(&state, &lora, &user).await?))
 }
@@ -268,7 +349,10 @@ async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResu
     let owner = lora.creator.id == user.id;
     if owner {
         for img in dataset.iter().flat_map(|d| d.images.iter()) {
-            let url = state.store().signed_get_url(&img.storage_key, ttl, now).await?;
+            let url = state
+                .store()
+                .signed_get_url(&img.storage_key, ttl, now)
+                .await?;
             reference_images.push(ReferenceImageView {
                 file_name: img.file_name.clone(),
                 width: img.width,
@@ -279,37 +363,63 @@ async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResu
     }
     // Kept 30 days (`maintenance`): a swept image gets no link rather than a dead one. The
     // lookups run together (one round trip each on S3).
-    let validation_urls = futures::future::try_join_all(lora.validation_image_keys.iter().map(|key| async move {
-        match state.store().head(key).await? {
-            Some(_) => Ok::<_, loraforge_storage::StorageError>(Some(state.store().signed_get_url(key, ttl, now).await?.to_string())),
-            None => Ok(None),
-        }
-    }))
-    .await?
-    .into_iter()
-    .flatten()
-    .collect();
-    let (download_url, kohya_download_url, download_url_expires_at) = match (&lora.storage_key, lora.status) {
-        (Some(key), TrainingStatus::Completed) => {
-            let kohya = match OutputKeys::kohya_of(key) {
-                Some(kohya_key) => {
-                    match state.store().head(&kohya_key).await? {
-                        Some(_) => Some(state.store().signed_get_url(&kohya_key, ttl, now).await?.to_string()),
+    let validation_urls =
+        futures::future::try_join_all(lora.validation_image_keys.iter().map(|key| async move {
+            match state.store().head(key).await? {
+                Some(_) => Ok::<_, loraforge_storage::StorageError>(Some(
+                    state
+                        .store()
+                        .signed_get_url(key, ttl, now)
+                        .await?
+                        .to_string(),
+                )),
+                None => Ok(None),
+            }
+        }))
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    let (download_url, kohya_download_url, download_url_expires_at) =
+        match (&lora.storage_key, lora.status) {
+            (Some(key), TrainingStatus::Completed) => {
+                let kohya = match OutputKeys::kohya_of(key) {
+                    Some(kohya_key) => match state.store().head(&kohya_key).await? {
+                        Some(_) => Some(
+                            state
+                                .store()
+                                .signed_get_url(&kohya_key, ttl, now)
+                                .await?
+                                .to_string(),
+                        ),
                         None => None,
-                    }
-                }
-                None => None,
-            };
-            (
-                Some(state.store().signed_get_url(key, ttl, now).await?.to_string()),
-                kohya,
-                Some(now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1))),
-            )
-        }
-        _ => (None, None, None),
-    };
+                    },
+                    None => None,
+                };
+                (
+                    Some(
+                        state
+                            .store()
+                            .signed_get_url(key, ttl, now)
+                            .await?
+                            .to_string(),
+                    ),
+                    kohya,
+                    Some(
+                        now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1)),
+                    ),
+                )
+            }
+            _ => (None, None, None),
+        };
     let attempts = if owner {
-        state.repo().runs_of(lora.id).await?.iter().map(AttemptView::from).collect()
+        state
+            .repo()
+            .runs_of(lora.id)
+            .await?
+            .iter()
+            .map(AttemptView::from)
+            .collect()
     } else {
         Vec::new()
     };
@@ -331,7 +441,10 @@ async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResu
             image_count: dataset.as_ref().map_or(0, |d| d.images.len()),
         },
         reference_images,
-        validation: ValidationView { passed: lora.validation_passed, image_urls: validation_urls },
+        validation: ValidationView {
+            passed: lora.validation_passed,
+            image_urls: validation_urls,
+        },
         file_size: lora.file_size,
         download_url,
         kohya_download_url,
@@ -348,13 +461,19 @@ async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResu
 #[utoipa::path(get, path = "/api/v1/lora-models/{id}/status", tag = "library", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
     responses((status = 200, body = StatusView), (status = 404, body = ErrorBody)))]
-pub async fn status(State(state): State<AppState>, _user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<StatusView>> {
+pub async fn status(
+    State(state): State<AppState>,
+    _user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<StatusView>> {
     Ok(Json(StatusView::from(&load(&state, &id).await?)))
 }
 
 fn ensure_owner(lora: &LoraModel, user: &AuthUser, action: &str) -> ApiResult<()> {
     if lora.creator.id != user.id {
-        return Err(ApiError::forbidden(format!("only the LoRA's creator can {action} it")));
+        return Err(ApiError::forbidden(format!(
+            "only the LoRA's creator can {action} it"
+        )));
     }
     Ok(())
 }
@@ -364,11 +483,18 @@ fn ensure_owner(lora: &LoraModel, user: &AuthUser, action: &str) -> ApiResult<()
     params(("id" = Uuid, Path)),
     responses((status = 200, body = StatusView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
-pub async fn cancel(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<StatusView>> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<StatusView>> {
     let lora = load(&state, &id).await?;
     ensure_owner(&lora, &user, "cancel")?;
     let detail = EventDetail::because("cancelled by its creator");
-    let lora = state.repo().apply_event(lora.id, StatusEvent::Cancel, detail, state.now()).await?;
+    let lora = state
+        .repo()
+        .apply_event(lora.id, StatusEvent::Cancel, detail, state.now())
+        .await?;
     state.notify_changed(lora.id);
     tracing::info!(lora_id = %lora.id, "LoRA cancelled");
     Ok(Json(StatusView::from(&lora)))
@@ -394,16 +520,25 @@ pub async fn patch(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<LoraDetails>> {
     let body = body.map_err(body_error)?;
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
-    let obj = v.as_object().ok_or_else(|| ApiError::bad_request("invalid_json", "the body must be a JSON object"))?;
+    let v: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+    })?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("invalid_json", "the body must be a JSON object"))?;
     if obj.keys().any(|k| k != "description") || !obj.contains_key("description") {
-        return Err(ApiError::bad_request("invalid_request", "only `description` can be changed; send {\"description\": \"…\"}"));
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "only `description` can be changed; send {\"description\": \"…\"}",
+        ));
     }
     let description = parse_description(obj.get("description"))?;
     let lora = load(&state, &id).await?;
     ensure_owner(&lora, &user, "edit")?;
-    let lora = state.repo().update_description(lora.id, description, state.now()).await?;
+    let lora = state
+        .repo()
+        .update_description(lora.id, description, state.now())
+        .await?;
     state.notify_changed(lora.id);
     Ok(Json(details(&state, &lora, &user).await?))
 }

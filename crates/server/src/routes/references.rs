@@ -101,13 +101,21 @@ pub async fn from_references(
     if refs.is_empty() || refs.len() > MAX_REFERENCES {
         return Err(ApiError::bad_request(
             "invalid_request",
-            format!("character_references must hold 1 to {MAX_REFERENCES} references, not {}", refs.len()),
+            format!(
+                "character_references must hold 1 to {MAX_REFERENCES} references, not {}",
+                refs.len()
+            ),
         ));
     }
-    if let Some(r) = refs.iter().find(|r| r.character_id.trim().is_empty() || r.character_id.chars().count() > MAX_CHARACTER_ID_CHARS) {
+    if let Some(r) = refs.iter().find(|r| {
+        r.character_id.trim().is_empty() || r.character_id.chars().count() > MAX_CHARACTER_ID_CHARS
+    }) {
         return Err(ApiError::bad_request(
             "invalid_request",
-            format!("character_id {:?} must be 1 to {MAX_CHARACTER_ID_CHARS} characters", r.character_id),
+            format!(
+                "character_id {:?} must be 1 to {MAX_CHARACTER_ID_CHARS} characters",
+                r.character_id
+            ),
         ));
     }
     let description = parse_description(req.description.map(Value::String).as_ref())?;
@@ -119,7 +127,11 @@ pub async fn from_references(
     let mut loras = Vec::new();
     let mut warnings = Vec::new();
     let warn = |w: &mut Vec<CharacterWarning>, id: &str, code: &str, message: String| {
-        w.push(CharacterWarning { character_id: id.to_owned(), code: code.to_owned(), message });
+        w.push(CharacterWarning {
+            character_id: id.to_owned(),
+            code: code.to_owned(),
+            message,
+        });
     };
     let groups = group_by_character(refs);
 
@@ -130,10 +142,14 @@ pub async fn from_references(
         let window = MonthlyWindow::containing(now);
         let limit = state.settings().limits.monthly_loras;
         match state.repo().count_monthly(user.id, window).await {
-            Ok(used) if used >= limit => return Err(monthly_limit_reached(window, now, used, limit)),
+            Ok(used) if used >= limit => {
+                return Err(monthly_limit_reached(window, now, used, limit));
+            }
             Ok(_) => {}
             // The create re-checks under its lock; a failing count only skips this shortcut.
-            Err(e) => tracing::warn!(error = %e, "monthly count failed; the creates will check again"),
+            Err(e) => {
+                tracing::warn!(error = %e, "monthly count failed; the creates will check again")
+            }
         }
     }
 
@@ -151,7 +167,10 @@ pub async fn from_references(
             continue;
         }
         if n > rules.max_images {
-            let msg = format!("character {id} has {n} reference images; at most {} are allowed — skipped", rules.max_images);
+            let msg = format!(
+                "character {id} has {n} reference images; at most {} are allowed — skipped",
+                rules.max_images
+            );
             warn(&mut warnings, id, "too_many_images", msg);
             continue;
         }
@@ -159,35 +178,82 @@ pub async fn from_references(
         let name = match LoraName::parse(&name_raw) {
             Ok(n) => n,
             Err(e) => {
-                warn(&mut warnings, id, "invalid_name", format!("character {id} was skipped: {e}"));
+                warn(
+                    &mut warnings,
+                    id,
+                    "invalid_name",
+                    format!("character {id} was skipped: {e}"),
+                );
                 continue;
             }
         };
-        let urls: Vec<UrlImage> = group.refs.iter().map(|r| UrlImage { url: r.image_url.clone(), caption: None }).collect();
+        let urls: Vec<UrlImage> = group
+            .refs
+            .iter()
+            .map(|r| UrlImage {
+                url: r.image_url.clone(),
+                caption: None,
+            })
+            .collect();
         let images = match download_all(&state, fetcher, urls).await {
             Ok(images) => images,
             Err(failures) => {
-                let reasons: Vec<String> = failures.outcomes.iter().filter_map(|(_, e)| e.as_ref().map(ToString::to_string)).collect();
-                if failures.outcomes.iter().any(|(_, e)| e.as_ref().is_some_and(|e| e.is_internal())) {
+                let reasons: Vec<String> = failures
+                    .outcomes
+                    .iter()
+                    .filter_map(|(_, e)| e.as_ref().map(ToString::to_string))
+                    .collect();
+                if failures
+                    .outcomes
+                    .iter()
+                    .any(|(_, e)| e.as_ref().is_some_and(|e| e.is_internal()))
+                {
                     return Err(failures.into());
                 }
-                warn(&mut warnings, id, "download_failed", format!("character {id} was skipped: {}", reasons.join("; ")));
+                warn(
+                    &mut warnings,
+                    id,
+                    "download_failed",
+                    format!("character {id} was skipped: {}", reasons.join("; ")),
+                );
                 continue;
             }
         };
         let stored = match store_dataset(&state, user.id, images).await {
             Ok(s) => s,
             Err(IntakeError::Rejected(report)) => {
-                let mut reasons: Vec<String> = report.errors.iter().map(|p| p.message.clone()).collect();
-                reasons.extend(report.images.iter().flat_map(|i| i.errors.iter().map(|p| p.message.clone())));
-                warn(&mut warnings, id, "invalid_dataset", format!("character {id} was skipped; its images failed the checks: {}", reasons.join("; ")));
+                let mut reasons: Vec<String> =
+                    report.errors.iter().map(|p| p.message.clone()).collect();
+                reasons.extend(
+                    report
+                        .images
+                        .iter()
+                        .flat_map(|i| i.errors.iter().map(|p| p.message.clone())),
+                );
+                warn(
+                    &mut warnings,
+                    id,
+                    "invalid_dataset",
+                    format!(
+                        "character {id} was skipped; its images failed the checks: {}",
+                        reasons.join("; ")
+                    ),
+                );
                 continue;
             }
             Err(e) => return Err(e.into()),
         };
         let dataset_id = stored.dataset.id;
-        let key = idempotency.as_ref().map(|k| character_key(k, &group, &name_raw, &description, req.params.as_ref()));
-        let input = CreateLora { name, description: description.clone(), dataset_id, params: params.clone(), idempotency: key };
+        let key = idempotency
+            .as_ref()
+            .map(|k| character_key(k, &group, &name_raw, &description, req.params.as_ref()));
+        let input = CreateLora {
+            name,
+            description: description.clone(),
+            dataset_id,
+            params: params.clone(),
+            idempotency: key,
+        };
         match create_lora(&state, &user, input).await {
             Ok(Created { lora, .. }) => loras.push(CharacterLoraView {
                 character_id: id.to_owned(),
@@ -212,7 +278,10 @@ pub async fn from_references(
     {
         return Err(e.with("warnings", json!(warnings)));
     }
-    Ok((StatusCode::ACCEPTED, Json(FromReferencesResponse { loras, warnings })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(FromReferencesResponse { loras, warnings }),
+    ))
 }
 
 struct CharacterGroup {
@@ -230,13 +299,22 @@ fn group_by_character(refs: Vec<CharacterReference>) -> Vec<CharacterGroup> {
         let idx = match groups.iter().position(|g| g.character_id == id) {
             Some(i) => i,
             None => {
-                groups.push(CharacterGroup { character_id: id, name: None, refs: Vec::new() });
+                groups.push(CharacterGroup {
+                    character_id: id,
+                    name: None,
+                    refs: Vec::new(),
+                });
                 groups.len() - 1
             }
         };
         let g = &mut groups[idx];
         if g.name.is_none() {
-            g.name = r.character_name.as_deref().map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned);
+            g.name = r
+                .character_name
+                .as_deref()
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned);
         }
         g.refs.push(r);
     }
@@ -245,7 +323,13 @@ fn group_by_character(refs: Vec<CharacterReference>) -> Vec<CharacterGroup> {
 
 /// The idempotency key of one character's create: the request's key plus the character, with
 /// a hash of what defines that character's LoRA (so a changed request is detected per character).
-fn character_key(key: &str, g: &CharacterGroup, name: &str, description: &Option<String>, params: Option<&Value>) -> IdempotencyKey {
+fn character_key(
+    key: &str,
+    g: &CharacterGroup,
+    name: &str,
+    description: &Option<String>,
+    params: Option<&Value>,
+) -> IdempotencyKey {
     let id_hash = hex::encode(Sha256::digest(g.character_id.as_bytes()));
     let canonical = json!({
         "character_id": g.character_id,
@@ -255,8 +339,14 @@ fn character_key(key: &str, g: &CharacterGroup, name: &str, description: &Option
         "params": params,
     });
     IdempotencyKey {
-        key: format!("{}#{}", key.chars().take(200).collect::<String>(), &id_hash[..16]),
-        request_hash: hex::encode(Sha256::digest(serde_json::to_vec(&canonical).unwrap_or_default())),
+        key: format!(
+            "{}#{}",
+            key.chars().take(200).collect::<String>(),
+            &id_hash[..16]
+        ),
+        request_hash: hex::encode(Sha256::digest(
+            serde_json::to_vec(&canonical).unwrap_or_default(),
+        )),
     }
 }
 
@@ -265,7 +355,11 @@ mod tests {
     use super::*;
 
     fn r(id: &str, url: &str, name: Option<&str>) -> CharacterReference {
-        CharacterReference { character_id: id.into(), image_url: url.into(), character_name: name.map(Into::into) }
+        CharacterReference {
+            character_id: id.into(),
+            image_url: url.into(),
+            character_name: name.map(Into::into),
+        }
     }
 
     #[test]
@@ -279,8 +373,23 @@ mod tests {
         ]);
         let summary: Vec<_> = groups
             .iter()
-            .map(|g| (g.character_id.as_str(), g.name.as_deref(), g.refs.iter().map(|r| r.image_url.as_str()).collect::<Vec<_>>()))
+            .map(|g| {
+                (
+                    g.character_id.as_str(),
+                    g.name.as_deref(),
+                    g.refs
+                        .iter()
+                        .map(|r| r.image_url.as_str())
+                        .collect::<Vec<_>>(),
+                )
+            })
             .collect();
-        assert_eq!(summary, vec![("b", Some("Bea"), vec!["u1", "u3", "u5"]), ("a", Some("Ann"), vec!["u2", "u4"])]);
+        assert_eq!(
+            summary,
+            vec![
+                ("b", Some("Bea"), vec!["u1", "u3", "u5"]),
+                ("a", Some("Ann"), vec!["u2", "u4"])
+            ]
+        );
     }
 }

@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 
 use loraforge_db::JobClaim;
 use loraforge_domain::keys::{self, OutputKeys};
-use loraforge_domain::{LoraModel, Progress, RunResult, TrainingRun, TrainingStatus, caption_for_training, outcome};
+use loraforge_domain::{
+    LoraModel, Progress, RunResult, TrainingRun, TrainingStatus, caption_for_training, outcome,
+};
 
 use crate::auth::WorkerAuth;
 use crate::error::{ApiError, ApiResult};
@@ -118,14 +120,18 @@ pub struct ReportAnswer {
 const MAX_REASON: usize = 2000;
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
-    body.map(|Json(b)| b).map_err(|e| ApiError::bad_request("invalid_json", e.body_text()))
+    body.map(|Json(b)| b)
+        .map_err(|e| ApiError::bad_request("invalid_json", e.body_text()))
 }
 
 fn not_active(lora: &LoraModel, why: &str) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         "job_not_active",
-        format!("this attempt no longer holds the job ({why}; the LoRA is {}); stop working on it", lora.status),
+        format!(
+            "this attempt no longer holds the job ({why}; the LoRA is {}); stop working on it",
+            lora.status
+        ),
     )
     .with("training_status", lora.status.as_str())
 }
@@ -144,13 +150,23 @@ async fn hold(state: &AppState, auth: &WorkerAuth, lora: &LoraModel) -> ApiResul
     if lora.status != TrainingStatus::Training {
         return Err(not_active(lora, "it is not training"));
     }
-    let claim = state.repo().job_claim(lora.id).await?.ok_or_else(|| ApiError::not_found("job"))?;
+    let claim = state
+        .repo()
+        .job_claim(lora.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job"))?;
     if claim.worker.as_deref() != Some(auth.worker_id.as_str()) || claim.attempt != auth.attempt {
         return Err(not_active(lora, "another attempt holds it"));
     }
     let now = state.now();
-    let lease = now + chrono::Duration::from_std(state.settings().worker.lease).unwrap_or(chrono::Duration::minutes(2));
-    if !state.repo().heartbeat(lora.id, &auth.worker_id, lease, now).await? {
+    let lease = now
+        + chrono::Duration::from_std(state.settings().worker.lease)
+            .unwrap_or(chrono::Duration::minutes(2));
+    if !state
+        .repo()
+        .heartbeat(lora.id, &auth.worker_id, lease, now)
+        .await?
+    {
         return Err(not_active(lora, "its lease was taken"));
     }
     Ok(claim)
@@ -160,45 +176,81 @@ fn check_attempt(auth: &WorkerAuth, attempt: u32) -> ApiResult<()> {
     if attempt != auth.attempt {
         return Err(ApiError::bad_request(
             "invalid_request",
-            format!("`attempt` is {attempt} but the token is for attempt {}", auth.attempt),
+            format!(
+                "`attempt` is {attempt} but the token is for attempt {}",
+                auth.attempt
+            ),
         ));
     }
     Ok(())
 }
 
 /// The job of the token's attempt: the trainer's spec, signed image links, signed upload links.
-pub async fn job(State(state): State<AppState>, auth: WorkerAuth, Path(id): Path<String>) -> ApiResult<Json<WorkerJob>> {
+pub async fn job(
+    State(state): State<AppState>,
+    auth: WorkerAuth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WorkerJob>> {
     let lora = own_lora(&state, &auth, &id).await?;
     let claim = hold(&state, &auth, &lora).await?;
     let dataset = state
         .repo()
         .get_dataset(lora.dataset_id)
         .await?
-        .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "dataset_gone", "the LoRA's dataset no longer exists"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "dataset_gone",
+                "the LoRA's dataset no longer exists",
+            )
+        })?;
     let settings = state.settings();
     let (now, ttl) = (state.now(), settings.worker.url_ttl);
     let mut images = Vec::with_capacity(dataset.images.len());
     for (i, img) in dataset.images.iter().enumerate() {
         images.push(JobImage {
             file_name: format!("{i:02}.{}", img.format.extension()),
-            url: state.store().signed_get_url(&img.storage_key, ttl, now).await?.to_string(),
+            url: state
+                .store()
+                .signed_get_url(&img.storage_key, ttl, now)
+                .await?
+                .to_string(),
             bytes: img.bytes,
-            caption: caption_for_training(img.caption.as_deref(), &lora.params.trigger_words, &lora.name),
+            caption: caption_for_training(
+                img.caption.as_deref(),
+                &lora.params.trigger_words,
+                &lora.name,
+            ),
         });
     }
     let keys = OutputKeys::of(lora.creator.id, lora.id);
     let target = async |key: &String| -> ApiResult<UploadTarget> {
-        Ok(UploadTarget { key: key.clone(), url: state.store().signed_put_url(key, ttl, now).await?.to_string() })
+        Ok(UploadTarget {
+            key: key.clone(),
+            url: state
+                .store()
+                .signed_put_url(key, ttl, now)
+                .await?
+                .to_string(),
+        })
     };
     let mut validation = Vec::new();
     for key in &keys.validation {
         validation.push(target(key).await?);
     }
-    let uploads = Uploads { model: target(&keys.model).await?, kohya: target(&keys.kohya).await?, validation };
+    let uploads = Uploads {
+        model: target(&keys.model).await?,
+        kohya: target(&keys.kohya).await?,
+        validation,
+    };
     let resume = match claim.checkpoint {
         Some((key, step)) => match state.store().head(&key).await? {
             Some(meta) => Some(ResumeFrom {
-                url: state.store().signed_get_url(&key, ttl, now).await?.to_string(),
+                url: state
+                    .store()
+                    .signed_get_url(&key, ttl, now)
+                    .await?
+                    .to_string(),
                 step,
                 bytes: meta.size,
             }),
@@ -206,12 +258,18 @@ pub async fn job(State(state): State<AppState>, auth: WorkerAuth, Path(id): Path
         },
         None => None,
     };
-    let checkpoint =
-        CheckpointPlan { upload: target(&keys::checkpoint(lora.creator.id, lora.id, auth.attempt)).await?, resume };
-    let mut spec = serde_json::to_value(&lora.params).map_err(|e| ApiError::internal("trainer spec", &e))?;
+    let checkpoint = CheckpointPlan {
+        upload: target(&keys::checkpoint(lora.creator.id, lora.id, auth.attempt)).await?,
+        resume,
+    };
+    let mut spec =
+        serde_json::to_value(&lora.params).map_err(|e| ApiError::internal("trainer spec", &e))?;
     if let Some(obj) = spec.as_object_mut() {
         obj.insert("job_id".into(), json!(lora.id.to_string()));
-        obj.insert("validation".into(), json!({ "enabled": true, "scorer": settings.validation.scorer }));
+        obj.insert(
+            "validation".into(),
+            json!({ "enabled": true, "scorer": settings.validation.scorer }),
+        );
         if let Some(every) = settings.worker.checkpoint_every {
             obj.insert("checkpoint_every".into(), json!(every));
         }
@@ -224,7 +282,8 @@ pub async fn job(State(state): State<AppState>, auth: WorkerAuth, Path(id): Path
         uploads,
         checkpoint,
         heartbeat_interval_s: settings.worker.heartbeat_interval.as_secs().max(1),
-        progress_interval_ms: u64::try_from(settings.worker.progress_interval.as_millis()).unwrap_or(1000),
+        progress_interval_ms: u64::try_from(settings.worker.progress_interval.as_millis())
+            .unwrap_or(1000),
     }))
 }
 
@@ -241,7 +300,10 @@ pub async fn progress(
     hold(&state, &auth, &lora).await?;
     let next = next_progress(&lora.progress, &body)?;
     if next != lora.progress {
-        state.repo().record_progress(lora.id, &next, state.now()).await?;
+        state
+            .repo()
+            .record_progress(lora.id, &next, state.now())
+            .await?;
         state.notify_changed(lora.id);
     }
     Ok(Json(json!({ "continue": true })))
@@ -251,17 +313,23 @@ pub async fn progress(
 fn next_progress(current: &Progress, body: &ProgressBody) -> ApiResult<Progress> {
     let mut p = current.clone();
     if let Some(stage) = &body.stage {
-        let ok = (1..=64).contains(&stage.len()) && stage.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        let ok = (1..=64).contains(&stage.len())
+            && stage.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
         if !ok {
-            return Err(ApiError::bad_request("invalid_request", "`stage` must be 1–64 lower-case letters or `_`"));
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "`stage` must be 1–64 lower-case letters or `_`",
+            ));
         }
         p.stage = Some(stage.clone());
     }
     if let (Some(step), Some(total)) = (body.step, body.total) {
         let total = total.max(1);
         p.percent = u8::try_from(step.min(total) * 100 / total).unwrap_or(100);
-        p.estimated_remaining =
-            body.eta_s.filter(|e| e.is_finite() && *e >= 0.0).map(|e| e.ceil().min(f64::from(u32::MAX)) as u32);
+        p.estimated_remaining = body
+            .eta_s
+            .filter(|e| e.is_finite() && *e >= 0.0)
+            .map(|e| e.ceil().min(f64::from(u32::MAX)) as u32);
     }
     if p.stage.as_deref() == Some("done") {
         p.percent = 100;
@@ -289,15 +357,26 @@ pub async fn checkpoint(
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "upload_missing",
-                format!("{key} holds {} bytes, not {}; upload it again", meta.size, body.bytes),
+                format!(
+                    "{key} holds {} bytes, not {}; upload it again",
+                    meta.size, body.bytes
+                ),
             ));
         }
         None => {
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "upload_missing", format!("{key} is not stored; upload it first")));
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "upload_missing",
+                format!("{key} is not stored; upload it first"),
+            ));
         }
     }
     let previous = claim.checkpoint.map(|(k, _)| k);
-    if !state.repo().record_checkpoint(lora.id, &auth.worker_id, auth.attempt, &key, body.step).await? {
+    if !state
+        .repo()
+        .record_checkpoint(lora.id, &auth.worker_id, auth.attempt, &key, body.step)
+        .await?
+    {
         return Err(not_active(&lora, "another attempt holds it"));
     }
     if let Some(old) = previous.filter(|old| *old != key)
@@ -313,13 +392,15 @@ pub async fn checkpoint(
 /// (a fast failure); then it retries (503 with a code saying so).
 async fn attempt_run(state: &AppState, lora: &LoraModel, attempt: u32) -> ApiResult<TrainingRun> {
     let runs = state.repo().runs_of(lora.id).await?;
-    runs.into_iter().find(|r| r.attempt == attempt).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "run_not_recorded",
-            "this attempt's run is not recorded yet; report again in a moment",
-        )
-    })
+    runs.into_iter()
+        .find(|r| r.attempt == attempt)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "run_not_recorded",
+                "this attempt's run is not recorded yet; report again in a moment",
+            )
+        })
 }
 
 /// Training ended well and the files are uploaded: the result is recorded on the run and the
@@ -336,15 +417,26 @@ pub async fn result(
     let run = attempt_run(&state, &lora, auth.attempt).await?;
     // A repeated post of a result that was recorded answers the same.
     if run.outcome.as_deref() == Some("trained") {
-        return Ok(Json(ReportAnswer { recorded: false, status: lora.status, error: lora.error }));
+        return Ok(Json(ReportAnswer {
+            recorded: false,
+            status: lora.status,
+            error: lora.error,
+        }));
     }
     hold(&state, &auth, &lora).await?;
     let facts = serde_json::to_value(&body).map_err(|e| ApiError::internal("the result", &e))?;
-    let recorded = state.repo().record_run_outcome(run.id, "trained", None, Some(&facts), state.now()).await?;
+    let recorded = state
+        .repo()
+        .record_run_outcome(run.id, "trained", None, Some(&facts), state.now())
+        .await?;
     state.notify_changed(lora.id);
     tracing::info!(lora = %lora.id, attempt = auth.attempt, recorded, train_seconds = ?body.train_seconds,
         trainer_seconds = ?body.trainer_seconds, "training result");
-    Ok(Json(ReportAnswer { recorded, status: lora.status, error: lora.error }))
+    Ok(Json(ReportAnswer {
+        recorded,
+        status: lora.status,
+        error: lora.error,
+    }))
 }
 
 /// The attempt ended without training: its outcome is recorded on the run (unless another was
@@ -365,11 +457,28 @@ pub async fn failure(
     }
     let lora = own_lora(&state, &auth, &id).await?;
     let run = attempt_run(&state, &lora, auth.attempt).await?;
-    let reason: Option<String> =
-        body.reason.as_deref().map(|r| r.chars().filter(|c| !c.is_control()).take(MAX_REASON).collect());
+    let reason: Option<String> = body.reason.as_deref().map(|r| {
+        r.chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_REASON)
+            .collect()
+    });
     let facts = serde_json::json!({ "retryable": body.retryable });
-    let recorded = state.repo().record_run_outcome(run.id, &body.code, reason.as_deref(), Some(&facts), state.now()).await?;
+    let recorded = state
+        .repo()
+        .record_run_outcome(
+            run.id,
+            &body.code,
+            reason.as_deref(),
+            Some(&facts),
+            state.now(),
+        )
+        .await?;
     state.notify_changed(lora.id);
     tracing::info!(lora = %lora.id, attempt = auth.attempt, code = %body.code, recorded, reason = ?reason, "worker reported a failure");
-    Ok(Json(ReportAnswer { recorded, status: lora.status, error: lora.error }))
+    Ok(Json(ReportAnswer {
+        recorded,
+        status: lora.status,
+        error: lora.error,
+    }))
 }

@@ -10,7 +10,12 @@ use crate::helpers::*;
 /// Reads SSE frames until the server closes the stream (or a timeout trips the test).
 async fn read_events(resp: reqwest::Response) -> Vec<(String, String, Value)> {
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     let mut out = Vec::new();
     let mut buf = String::new();
     let mut stream = resp.bytes_stream();
@@ -21,9 +26,15 @@ async fn read_events(resp: reqwest::Response) -> Vec<(String, String, Value)> {
                 let frame: String = buf.drain(..end + 2).collect();
                 let (mut id, mut ev, mut data) = (String::new(), String::new(), String::new());
                 for line in frame.lines() {
-                    if let Some(v) = line.strip_prefix("id:") { id = v.trim().to_owned(); }
-                    if let Some(v) = line.strip_prefix("event:") { ev = v.trim().to_owned(); }
-                    if let Some(v) = line.strip_prefix("data:") { data.push_str(v.trim()); }
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().to_owned();
+                    }
+                    if let Some(v) = line.strip_prefix("event:") {
+                        ev = v.trim().to_owned();
+                    }
+                    if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim());
+                    }
                 }
                 if !ev.is_empty() {
                     out.push((id, ev, serde_json::from_str(&data).unwrap()));
@@ -31,7 +42,9 @@ async fn read_events(resp: reqwest::Response) -> Vec<(String, String, Value)> {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(30), read).await.expect("the stream should end after the final status");
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the stream should end after the final status");
     out
 }
 
@@ -50,10 +63,19 @@ async fn the_event_stream_replays_history_follows_changes_and_ends_when_final() 
     });
     // Changes made while the stream is open arrive on it.
     let now = app.clock.now();
-    app.repo.apply_event(lid, StatusEvent::Enqueue, Default::default(), now).await.unwrap();
-    let progress = Progress { stage: Some("queued".into()), percent: 0, estimated_remaining: None };
+    app.repo
+        .apply_event(lid, StatusEvent::Enqueue, Default::default(), now)
+        .await
+        .unwrap();
+    let progress = Progress {
+        stage: Some("queued".into()),
+        percent: 0,
+        estimated_remaining: None,
+    };
     app.repo.record_progress(lid, &progress, now).await.unwrap();
-    let resp = app.post_json(&u, &format!("/api/v1/lora-models/{id}/cancel"), &json!({})).await;
+    let resp = app
+        .post_json(&u, &format!("/api/v1/lora-models/{id}/cancel"), &json!({}))
+        .await;
     assert_eq!(resp.status(), 200);
 
     let events = reader.await.unwrap();
@@ -66,11 +88,28 @@ async fn the_event_stream_replays_history_follows_changes_and_ends_when_final() 
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
 
     // Reconnecting with Last-Event-ID resumes after that event.
-    let resp = app.http.get(&url).bearer_auth(&u.token).header("last-event-id", ids[1].to_string()).send().await.unwrap();
+    let resp = app
+        .http
+        .get(&url)
+        .bearer_auth(&u.token)
+        .header("last-event-id", ids[1].to_string())
+        .send()
+        .await
+        .unwrap();
     let rest = read_events(resp).await;
-    assert_eq!(rest.iter().map(|(_, k, _)| k.as_str()).collect::<Vec<_>>(), ["progress", "status"]);
+    assert_eq!(
+        rest.iter().map(|(_, k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["progress", "status"]
+    );
 
     // A bad Last-Event-ID is a clear 400.
-    let resp = app.http.get(&url).bearer_auth(&u.token).header("last-event-id", "yesterday").send().await.unwrap();
+    let resp = app
+        .http
+        .get(&url)
+        .bearer_auth(&u.token)
+        .header("last-event-id", "yesterday")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(resp, 400).await["code"], "invalid_request");
 }

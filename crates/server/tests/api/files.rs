@@ -14,7 +14,12 @@ async fn signed_links_serve_the_exact_bytes_until_they_expire() {
     ];
     let ds: Value = app.upload(&u, files).await.json().await.unwrap();
     let id = ds["dataset_id"].as_str().unwrap();
-    let got: Value = app.get(&u, &format!("/api/v1/datasets/{id}")).await.json().await.unwrap();
+    let got: Value = app
+        .get(&u, &format!("/api/v1/datasets/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
     let link = got["images"][0]["url"].as_str().unwrap().to_owned();
     assert!(link.starts_with(&app.base), "{link}");
 
@@ -30,18 +35,33 @@ async fn signed_links_serve_the_exact_bytes_until_they_expire() {
     assert_eq!(e["code"], "invalid_signature");
     let url = url::Url::parse(&link).unwrap();
     let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
-    let later = link.replace(&format!("expires={}", q["expires"]), &format!("expires={}", q["expires"].parse::<i64>().unwrap() + 3600));
-    assert_eq!(error_of(app.http.get(&later).send().await.unwrap(), 403).await["code"], "invalid_signature");
+    let later = link.replace(
+        &format!("expires={}", q["expires"]),
+        &format!("expires={}", q["expires"].parse::<i64>().unwrap() + 3600),
+    );
+    assert_eq!(
+        error_of(app.http.get(&later).send().await.unwrap(), 403).await["code"],
+        "invalid_signature"
+    );
     let mut sig = q["sig"].clone();
     let flipped = if sig.ends_with('0') { '1' } else { '0' };
     sig.pop();
     sig.push(flipped);
     let bad_sig = link.replace(&q["sig"], &sig);
-    assert_eq!(error_of(app.http.get(&bad_sig).send().await.unwrap(), 403).await["code"], "invalid_signature");
+    assert_eq!(
+        error_of(app.http.get(&bad_sig).send().await.unwrap(), 403).await["code"],
+        "invalid_signature"
+    );
     let unsigned = link.split('?').next().unwrap();
-    assert_eq!(error_of(app.http.get(unsigned).send().await.unwrap(), 403).await["code"], "invalid_signature");
+    assert_eq!(
+        error_of(app.http.get(unsigned).send().await.unwrap(), 403).await["code"],
+        "invalid_signature"
+    );
 
     // After the default hour, the link is dead.
     app.clock.advance(chrono::Duration::minutes(61));
-    assert_eq!(error_of(app.http.get(&link).send().await.unwrap(), 403).await["code"], "link_expired");
+    assert_eq!(
+        error_of(app.http.get(&link).send().await.unwrap(), 403).await["code"],
+        "link_expired"
+    );
 }

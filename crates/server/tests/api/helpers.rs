@@ -38,7 +38,11 @@ pub fn start_time() -> DateTime<Utc> {
 
 pub fn test_settings() -> ServerSettings {
     ServerSettings {
-        param_limits: ParamLimits { min_steps: 1, min_resolution: 64, local_model_roots: vec!["/models".into()] },
+        param_limits: ParamLimits {
+            min_steps: 1,
+            min_resolution: 64,
+            local_model_roots: vec!["/models".into()],
+        },
         // Off by default: many tests write through the repository directly, as another replica
         // would; the cache has tests of its own.
         library_cache_ttl: Duration::ZERO,
@@ -56,16 +60,29 @@ pub enum Engine {
     Postgres,
 }
 
-pub async fn spawn_app_with(engine: Engine, configure: impl FnOnce(&mut ServerSettings)) -> TestApp {
+pub async fn spawn_app_with(
+    engine: Engine,
+    configure: impl FnOnce(&mut ServerSettings),
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let (repo, pg) = match engine {
         Engine::Sqlite => {
             let url = format!("sqlite://{}", dir.path().join("test.db").display());
-            (loraforge_db::connect(&url, &Default::default()).await.unwrap(), None)
+            (
+                loraforge_db::connect(&url, &Default::default())
+                    .await
+                    .unwrap(),
+                None,
+            )
         }
         Engine::Postgres => {
             let db = loraforge_db::test_support::TestDatabase::create().await;
-            (loraforge_db::connect(db.url(), &Default::default()).await.unwrap(), Some(db))
+            (
+                loraforge_db::connect(db.url(), &Default::default())
+                    .await
+                    .unwrap(),
+                Some(db),
+            )
         }
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -75,19 +92,30 @@ pub async fn spawn_app_with(engine: Engine, configure: impl FnOnce(&mut ServerSe
     let store = loraforge_storage::open(&StorageSettings::Local {
         root: blob_root.clone(),
         public_base_url: Url::parse(&base).unwrap(),
-        signing_key: Arc::new(SecretSlice::from(b"file-signing-key-for-tests-32byt".to_vec())),
+        signing_key: Arc::new(SecretSlice::from(
+            b"file-signing-key-for-tests-32byt".to_vec(),
+        )),
     })
     .unwrap();
     let clock = Arc::new(ManualClock::new(start_time()));
     let mut settings = test_settings();
     configure(&mut settings);
     let secret = SecretSlice::from(SECRET.to_vec());
-    let state = AppState::new(repo.clone(), store.clone(), clock.clone(), JwtKeys::new(&secret), settings.clone());
+    let state = AppState::new(
+        repo.clone(),
+        store.clone(),
+        clock.clone(),
+        JwtKeys::new(&secret),
+        settings.clone(),
+    );
     let app = Application::new(state, listener);
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     TestApp {
         base,
-        http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
         clock,
         repo,
         jwt: JwtKeys::new(&secret),
@@ -108,12 +136,24 @@ pub struct User {
 
 impl TestApp {
     pub fn user(&self) -> User {
-        self.user_with(Some(format!("{}@example.com", &UserId::new().to_string()[..8])), false)
+        self.user_with(
+            Some(format!("{}@example.com", &UserId::new().to_string()[..8])),
+            false,
+        )
     }
 
     pub fn user_with(&self, email: Option<String>, admin: bool) -> User {
         let id = UserId::new();
-        let token = self.jwt.issue(id, email, admin, Duration::from_secs(365 * 24 * 3600), self.clock.now()).unwrap();
+        let token = self
+            .jwt
+            .issue(
+                id,
+                email,
+                admin,
+                Duration::from_secs(365 * 24 * 3600),
+                self.clock.now(),
+            )
+            .unwrap();
         User { id, token }
     }
 
@@ -122,11 +162,22 @@ impl TestApp {
     }
 
     pub async fn get(&self, user: &User, path: &str) -> reqwest::Response {
-        self.http.get(self.url(path)).bearer_auth(&user.token).send().await.unwrap()
+        self.http
+            .get(self.url(path))
+            .bearer_auth(&user.token)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn post_json(&self, user: &User, path: &str, body: &Value) -> reqwest::Response {
-        self.http.post(self.url(path)).bearer_auth(&user.token).json(body).send().await.unwrap()
+        self.http
+            .post(self.url(path))
+            .bearer_auth(&user.token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn upload(&self, user: &User, files: Vec<(String, Vec<u8>)>) -> reqwest::Response {
@@ -135,26 +186,50 @@ impl TestApp {
             let part_name = "images";
             form = form.part(part_name, Part::bytes(bytes).file_name(name));
         }
-        self.http.post(self.url("/api/v1/datasets")).bearer_auth(&user.token).multipart(form).send().await.unwrap()
+        self.http
+            .post(self.url("/api/v1/datasets"))
+            .bearer_auth(&user.token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Uploads three valid images and returns the dataset id.
     pub async fn dataset(&self, user: &User) -> String {
-        let files = (0..3).map(|i| (format!("photo{i}.png"), noise_png(512, 512, i))).collect();
+        let files = (0..3)
+            .map(|i| (format!("photo{i}.png"), noise_png(512, 512, i)))
+            .collect();
         let resp = self.upload(user, files).await;
         assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
-        resp.json::<Value>().await.unwrap()["dataset_id"].as_str().unwrap().to_owned()
+        resp.json::<Value>().await.unwrap()["dataset_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     /// Creates a LoRA; returns the response.
-    pub async fn create_lora(&self, user: &User, name: &str, dataset_id: &str) -> reqwest::Response {
-        self.post_json(user, "/api/v1/lora-models", &json!({"name": name, "dataset_id": dataset_id})).await
+    pub async fn create_lora(
+        &self,
+        user: &User,
+        name: &str,
+        dataset_id: &str,
+    ) -> reqwest::Response {
+        self.post_json(
+            user,
+            "/api/v1/lora-models",
+            &json!({"name": name, "dataset_id": dataset_id}),
+        )
+        .await
     }
 
     pub async fn create_ok(&self, user: &User, name: &str, dataset_id: &str) -> String {
         let resp = self.create_lora(user, name, dataset_id).await;
         assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
-        resp.json::<Value>().await.unwrap()["lora_id"].as_str().unwrap().to_owned()
+        resp.json::<Value>().await.unwrap()["lora_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 }
 
@@ -162,7 +237,9 @@ impl TestApp {
 /// distinct per seed (no near-duplicates).
 pub fn noise_png(w: u32, h: u32, seed: u64) -> Vec<u8> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let img = image::RgbImage::from_fn(w, h, |_, _| image::Rgb([rng.random(), rng.random(), rng.random()]));
+    let img = image::RgbImage::from_fn(w, h, |_, _| {
+        image::Rgb([rng.random(), rng.random(), rng.random()])
+    });
     let mut out = Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();
     out.into_inner()

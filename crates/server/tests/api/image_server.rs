@@ -45,20 +45,35 @@ impl ImageServer {
     pub async fn start() -> Self {
         let shared = Shared::default();
         let app = Router::new()
-            .route("/img/{name}", get(|State(s): State<Shared>, Path(name): Path<String>| async move {
-                s.hit(format!("/img/{name}"));
-                s.file(&name)
-            }))
-            .route("/flaky/{name}", get(|State(s): State<Shared>, Path(name): Path<String>| async move {
-                if s.hit(format!("/flaky/{name}")) <= 2 {
-                    return StatusCode::SERVICE_UNAVAILABLE.into_response();
-                }
-                s.file(&name)
-            }))
-            .route("/status/{code}/{name}", get(|State(s): State<Shared>, Path((code, name)): Path<(u16, String)>| async move {
-                s.hit(format!("/status/{code}/{name}"));
-                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-            }))
+            .route(
+                "/img/{name}",
+                get(
+                    |State(s): State<Shared>, Path(name): Path<String>| async move {
+                        s.hit(format!("/img/{name}"));
+                        s.file(&name)
+                    },
+                ),
+            )
+            .route(
+                "/flaky/{name}",
+                get(
+                    |State(s): State<Shared>, Path(name): Path<String>| async move {
+                        if s.hit(format!("/flaky/{name}")) <= 2 {
+                            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                        }
+                        s.file(&name)
+                    },
+                ),
+            )
+            .route(
+                "/status/{code}/{name}",
+                get(
+                    |State(s): State<Shared>, Path((code, name)): Path<(u16, String)>| async move {
+                        s.hit(format!("/status/{code}/{name}"));
+                        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+                    },
+                ),
+            )
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -68,7 +83,11 @@ impl ImageServer {
 
     /// Serves `bytes` at `/img/{name}` (and `/flaky/{name}`); returns the `/img/` URL.
     pub fn add(&self, name: &str, bytes: Vec<u8>) -> String {
-        self.shared.files.lock().unwrap().insert(name.to_owned(), bytes);
+        self.shared
+            .files
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), bytes);
         format!("{}/img/{name}", self.base)
     }
 
@@ -77,7 +96,13 @@ impl ImageServer {
     }
 
     pub fn hits(&self, path: &str) -> usize {
-        self.shared.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+        self.shared
+            .hits
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn total_hits(&self) -> usize {

@@ -9,7 +9,12 @@ async fn names(app: &TestApp, u: &User, query: &str) -> (Vec<String>, u64) {
     let resp = app.get(u, &format!("/api/v1/lora-models{query}")).await;
     assert_eq!(resp.status(), 200, "{query}");
     let body: Value = resp.json().await.unwrap();
-    let names = body["items"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_owned()).collect();
+    let names = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect();
     (names, body["total"].as_u64().unwrap())
 }
 
@@ -30,7 +35,10 @@ async fn the_library_lists_every_users_loras_with_search_filters_sorts_and_pages
             let r = app.post_json(&u, "/api/v1/lora-models", &body).await;
             assert_eq!(r.status(), 202);
             app.clock.advance(chrono::Duration::seconds(1));
-            r.json::<Value>().await.unwrap()["lora_id"].as_str().unwrap().to_owned()
+            r.json::<Value>().await.unwrap()["lora_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
         }
     };
     let girl = mk(&alice, &da, "Cyberpunk Girl", "neon city runner").await;
@@ -40,35 +48,72 @@ async fn the_library_lists_every_users_loras_with_search_filters_sorts_and_pages
 
     let (all, total) = names(&app, &bob, "").await;
     assert_eq!(total, 4);
-    assert_eq!(all, ["zebra", "Retro Robot", "Cat Knight", "Cyberpunk Girl"], "recent first by default");
+    assert_eq!(
+        all,
+        ["zebra", "Retro Robot", "Cat Knight", "Cyberpunk Girl"],
+        "recent first by default"
+    );
 
     let (found, total) = names(&app, &bob, "?search=CYBER").await;
     assert_eq!(total, 2);
-    assert_eq!(found, ["Retro Robot", "Cyberpunk Girl"], "prefix, case-insensitive, name or description");
+    assert_eq!(
+        found,
+        ["Retro Robot", "Cyberpunk Girl"],
+        "prefix, case-insensitive, name or description"
+    );
     assert_eq!(names(&app, &bob, "?search=brave%20cat").await.1, 1);
     assert_eq!(names(&app, &bob, "?search=brave%20dog").await.1, 0);
-    assert_eq!(names(&app, &bob, "?search=%22%20OR%201%3D1%20--").await.1, 0, "hostile input is only text");
+    assert_eq!(
+        names(&app, &bob, "?search=%22%20OR%201%3D1%20--").await.1,
+        0,
+        "hostile input is only text"
+    );
 
     let (by_name, _) = names(&app, &bob, "?sort=name").await;
-    assert_eq!(by_name, ["Cat Knight", "Cyberpunk Girl", "Retro Robot", "zebra"]);
+    assert_eq!(
+        by_name,
+        ["Cat Knight", "Cyberpunk Girl", "Retro Robot", "zebra"]
+    );
 
     let (mine, total) = names(&app, &bob, &format!("?creator={}", alice.id)).await;
     assert_eq!((mine.len(), total), (2, 2));
 
     let (page, total) = names(&app, &bob, "?sort=name&limit=2&offset=1").await;
-    assert_eq!((page, total), (vec!["Cyberpunk Girl".to_owned(), "Retro Robot".to_owned()], 4));
+    assert_eq!(
+        (page, total),
+        (
+            vec!["Cyberpunk Girl".to_owned(), "Retro Robot".to_owned()],
+            4
+        )
+    );
 
     // Status filter.
-    app.post_json(&alice, &format!("/api/v1/lora-models/{knight}/cancel"), &json!({})).await;
+    app.post_json(
+        &alice,
+        &format!("/api/v1/lora-models/{knight}/cancel"),
+        &json!({}),
+    )
+    .await;
     let (cancelled, _) = names(&app, &bob, "?status=cancelled").await;
     assert_eq!(cancelled, ["Cat Knight"]);
     let now = app.clock.now();
     let gid: LoraId = girl.parse().unwrap();
-    app.repo.apply_event(gid, StatusEvent::Fail, EventDetail::default(), now).await.unwrap();
-    assert_eq!(names(&app, &bob, "?status=failed").await.0, ["Cyberpunk Girl"]);
+    app.repo
+        .apply_event(gid, StatusEvent::Fail, EventDetail::default(), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&app, &bob, "?status=failed").await.0,
+        ["Cyberpunk Girl"]
+    );
 
     // Creator display.
-    let body: Value = app.get(&bob, "/api/v1/lora-models?sort=name&limit=1").await.json().await.unwrap();
+    let body: Value = app
+        .get(&bob, "/api/v1/lora-models?sort=name&limit=1")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["items"][0]["creator"]["email"], "alice@example.com");
     assert_eq!(body["items"][0]["creator"]["id"], alice.id.to_string());
     assert_eq!(body["limit"], 1);
@@ -80,11 +125,24 @@ async fn the_library_lists_every_users_loras_with_search_filters_sorts_and_pages
 async fn bad_list_queries_are_400_invalid_query() {
     let app = spawn_app().await;
     let u = app.user();
-    for q in ["?limit=0", "?limit=101", "?limit=abc", "?sort=best", "?status=running", "?creator=bob", "?offset=-1"] {
+    for q in [
+        "?limit=0",
+        "?limit=101",
+        "?limit=abc",
+        "?sort=best",
+        "?status=running",
+        "?creator=bob",
+        "?offset=-1",
+    ] {
         let e = error_of(app.get(&u, &format!("/api/v1/lora-models{q}")).await, 400).await;
         assert_eq!(e["code"], "invalid_query", "{q}");
     }
-    let body: Value = app.get(&u, "/api/v1/lora-models").await.json().await.unwrap();
+    let body: Value = app
+        .get(&u, "/api/v1/lora-models")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["limit"], 50);
 }
 
@@ -106,10 +164,26 @@ async fn cached_listings_follow_local_changes_at_once_and_other_replicas_within_
     // once the TTL has passed, not before.
     let id: LoraId = first.parse().unwrap();
     let now = app.clock.now();
-    app.repo.apply_event(id, StatusEvent::Cancel, EventDetail::default(), now).await.unwrap();
-    let body: Value = app.get(&u, "/api/v1/lora-models?sort=name").await.json().await.unwrap();
-    assert_eq!(body["items"][0]["training_status"], "pending", "served from the cache");
+    app.repo
+        .apply_event(id, StatusEvent::Cancel, EventDetail::default(), now)
+        .await
+        .unwrap();
+    let body: Value = app
+        .get(&u, "/api/v1/lora-models?sort=name")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["items"][0]["training_status"], "pending",
+        "served from the cache"
+    );
     app.clock.advance(chrono::Duration::milliseconds(1000));
-    let body: Value = app.get(&u, "/api/v1/lora-models?sort=name").await.json().await.unwrap();
+    let body: Value = app
+        .get(&u, "/api/v1/lora-models?sort=name")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["items"][0]["training_status"], "cancelled");
 }

@@ -29,7 +29,14 @@ async fn the_sixth_lora_of_a_month_is_429_with_the_prd_message_and_reset_time() 
     );
     assert_eq!(e["resets_at"], "2026-12-01T00:00:00+00:00");
     let limits: Value = app.get(&u, "/api/v1/me/limits").await.json().await.unwrap();
-    assert_eq!((limits["used"].as_u64(), limits["limit"].as_u64(), limits["remaining"].as_u64()), (Some(5), Some(5), Some(0)));
+    assert_eq!(
+        (
+            limits["used"].as_u64(),
+            limits["limit"].as_u64(),
+            limits["remaining"].as_u64()
+        ),
+        (Some(5), Some(5), Some(0))
+    );
     assert_eq!(limits["resets_at"], "2026-12-01T00:00:00Z");
 
     // Another user is unaffected.
@@ -53,13 +60,24 @@ async fn failed_and_cancelled_loras_do_not_count() {
     for i in 0..5 {
         ids.push(app.create_ok(&u, &format!("l{i}"), &ds).await);
     }
-    app.post_json(&u, &format!("/api/v1/lora-models/{}/cancel", ids[0]), &json!({})).await;
+    app.post_json(
+        &u,
+        &format!("/api/v1/lora-models/{}/cancel", ids[0]),
+        &json!({}),
+    )
+    .await;
     let id1: LoraId = ids[1].parse().unwrap();
     let now = app.clock.now();
-    app.repo.apply_event(id1, StatusEvent::Fail, EventDetail::because("boom"), now).await.unwrap();
+    app.repo
+        .apply_event(id1, StatusEvent::Fail, EventDetail::because("boom"), now)
+        .await
+        .unwrap();
     app.create_ok(&u, "again-1", &ds).await;
     app.create_ok(&u, "again-2", &ds).await;
-    assert_eq!(error_of(app.create_lora(&u, "again-3", &ds).await, 429).await["code"], "monthly_limit_reached");
+    assert_eq!(
+        error_of(app.create_lora(&u, "again-3", &ds).await, 429).await["code"],
+        "monthly_limit_reached"
+    );
 }
 
 #[tokio::test]
@@ -75,7 +93,10 @@ async fn the_limit_check_fails_open() {
     app.repo.faults().arm(FaultPoint::MonthlyCount);
     // The count fails, so the create is allowed (and logged) rather than blocked.
     app.create_ok(&u, "second", &ds).await;
-    assert_eq!(error_of(app.create_lora(&u, "third", &ds).await, 429).await["code"], "monthly_limit_reached");
+    assert_eq!(
+        error_of(app.create_lora(&u, "third", &ds).await, 429).await["code"],
+        "monthly_limit_reached"
+    );
 }
 
 async fn twenty_concurrent_creates_give_exactly_five(engine: Engine) {
@@ -85,7 +106,12 @@ async fn twenty_concurrent_creates_give_exactly_five(engine: Engine) {
     let mut tasks = Vec::new();
     for i in 0..20 {
         let (app, u, ds) = (app.clone(), u.clone(), ds.clone());
-        tasks.push(tokio::spawn(async move { app.create_lora(&u, &format!("race-{i}"), &ds).await.status().as_u16() }));
+        tasks.push(tokio::spawn(async move {
+            app.create_lora(&u, &format!("race-{i}"), &ds)
+                .await
+                .status()
+                .as_u16()
+        }));
     }
     let mut codes = Vec::new();
     for t in tasks {
@@ -93,7 +119,12 @@ async fn twenty_concurrent_creates_give_exactly_five(engine: Engine) {
     }
     assert_eq!(codes.iter().filter(|c| **c == 202).count(), 5, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == 429).count(), 15, "{codes:?}");
-    let list: Value = app.get(&u, &format!("/api/v1/lora-models?creator={}", u.id)).await.json().await.unwrap();
+    let list: Value = app
+        .get(&u, &format!("/api/v1/lora-models?creator={}", u.id))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["total"], 5);
 }
 

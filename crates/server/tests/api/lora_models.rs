@@ -8,7 +8,11 @@ async fn create_returns_202_pending_and_the_lora_is_visible() {
     let u = app.user();
     let ds = app.dataset(&u).await;
     let resp = app
-        .post_json(&u, "/api/v1/lora-models", &json!({"name": "  Cyberpunk Girl ", "description": "neon", "dataset_id": ds}))
+        .post_json(
+            &u,
+            "/api/v1/lora-models",
+            &json!({"name": "  Cyberpunk Girl ", "description": "neon", "dataset_id": ds}),
+        )
         .await;
     assert_eq!(resp.status(), 202);
     let body: Value = resp.json().await.unwrap();
@@ -16,7 +20,12 @@ async fn create_returns_202_pending_and_the_lora_is_visible() {
     assert!(body["message"].as_str().unwrap().contains("Cyberpunk Girl"));
     let id = body["lora_id"].as_str().unwrap();
 
-    let d: Value = app.get(&u, &format!("/api/v1/lora-models/{id}")).await.json().await.unwrap();
+    let d: Value = app
+        .get(&u, &format!("/api/v1/lora-models/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(d["name"], "Cyberpunk Girl");
     assert_eq!(d["description"], "neon");
     assert_eq!(d["training_status"], "pending");
@@ -25,16 +34,29 @@ async fn create_returns_202_pending_and_the_lora_is_visible() {
     assert_eq!(d["dataset"]["image_count"], 3);
     assert_eq!(d["reference_images"].as_array().unwrap().len(), 3);
     assert_eq!(d["params"]["rank"], 8);
-    assert_eq!(d["params"]["base_model"], "stabilityai/stable-diffusion-xl-base-1.0");
+    assert_eq!(
+        d["params"]["base_model"],
+        "stabilityai/stable-diffusion-xl-base-1.0"
+    );
     assert!(d["download_url"].is_null());
 
-    let s: Value = app.get(&u, &format!("/api/v1/lora-models/{id}/status")).await.json().await.unwrap();
+    let s: Value = app
+        .get(&u, &format!("/api/v1/lora-models/{id}/status"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(s["training_status"], "pending");
     assert_eq!(s["progress"], 0);
 
     // Others see the LoRA (public library) but not its reference images.
     let other = app.user();
-    let d: Value = app.get(&other, &format!("/api/v1/lora-models/{id}")).await.json().await.unwrap();
+    let d: Value = app
+        .get(&other, &format!("/api/v1/lora-models/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(d["name"], "Cyberpunk Girl");
     assert_eq!(d["reference_images"].as_array().unwrap().len(), 0);
 }
@@ -58,17 +80,53 @@ async fn bad_names_params_and_bodies_are_400_with_stable_codes() {
     let ds = app.dataset(&u).await;
     let cases = [
         (json!({"name": "", "dataset_id": ds}), "invalid_name", None),
-        (json!({"name": "a\nb", "dataset_id": ds}), "invalid_name", None),
-        (json!({"name": "x".repeat(256), "dataset_id": ds}), "invalid_name", None),
+        (
+            json!({"name": "a\nb", "dataset_id": ds}),
+            "invalid_name",
+            None,
+        ),
+        (
+            json!({"name": "x".repeat(256), "dataset_id": ds}),
+            "invalid_name",
+            None,
+        ),
         (json!({"dataset_id": ds}), "invalid_name", None),
         (json!({"name": "ok"}), "invalid_request", None),
-        (json!({"name": "ok", "dataset_id": ds, "params": {"steps": 20000}}), "invalid_params", Some("steps")),
-        (json!({"name": "ok", "dataset_id": ds, "params": {"resolution": 500}}), "invalid_params", Some("resolution")),
-        (json!({"name": "ok", "dataset_id": ds, "params": {"learning_rate": 1}}), "invalid_params", Some("learning_rate")),
-        (json!({"name": "ok", "dataset_id": ds, "params": {"base_model": "../../etc"}}), "invalid_params", Some("base_model")),
-        (json!({"name": "ok", "dataset_id": ds, "params": {"stepz": 10}}), "invalid_params", Some("stepz")),
-        (json!({"name": "ok", "dataset_id": ds, "params": 5}), "invalid_params", None),
-        (json!({"name": "ok", "dataset_id": ds, "colour": "red"}), "invalid_request", None),
+        (
+            json!({"name": "ok", "dataset_id": ds, "params": {"steps": 20000}}),
+            "invalid_params",
+            Some("steps"),
+        ),
+        (
+            json!({"name": "ok", "dataset_id": ds, "params": {"resolution": 500}}),
+            "invalid_params",
+            Some("resolution"),
+        ),
+        (
+            json!({"name": "ok", "dataset_id": ds, "params": {"learning_rate": 1}}),
+            "invalid_params",
+            Some("learning_rate"),
+        ),
+        (
+            json!({"name": "ok", "dataset_id": ds, "params": {"base_model": "../../etc"}}),
+            "invalid_params",
+            Some("base_model"),
+        ),
+        (
+            json!({"name": "ok", "dataset_id": ds, "params": {"stepz": 10}}),
+            "invalid_params",
+            Some("stepz"),
+        ),
+        (
+            json!({"name": "ok", "dataset_id": ds, "params": 5}),
+            "invalid_params",
+            None,
+        ),
+        (
+            json!({"name": "ok", "dataset_id": ds, "colour": "red"}),
+            "invalid_request",
+            None,
+        ),
         (json!(["not", "an", "object"]), "invalid_json", None),
     ];
     for (body, code, field) in cases {
@@ -90,7 +148,12 @@ async fn bad_names_params_and_bodies_are_400_with_stable_codes() {
         .unwrap();
     assert_eq!(error_of(resp, 400).await["code"], "invalid_json");
     // Nothing was created by any of that.
-    let list: Value = app.get(&u, "/api/v1/lora-models").await.json().await.unwrap();
+    let list: Value = app
+        .get(&u, "/api/v1/lora-models")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["total"], 0);
 }
 
@@ -104,8 +167,16 @@ async fn params_are_stored_with_defaults_filled_in_and_tiny_test_values_allowed(
             "params": {"steps": 10, "resolution": 64, "trigger_words": ["ohwx"], "base_model": "/models/tiny-sdxl"}}))
         .await;
     assert_eq!(resp.status(), 202);
-    let id = resp.json::<Value>().await.unwrap()["lora_id"].as_str().unwrap().to_owned();
-    let d: Value = app.get(&u, &format!("/api/v1/lora-models/{id}")).await.json().await.unwrap();
+    let id = resp.json::<Value>().await.unwrap()["lora_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let d: Value = app
+        .get(&u, &format!("/api/v1/lora-models/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(d["params"]["steps"], 10);
     assert_eq!(d["params"]["resolution"], 64);
     assert_eq!(d["params"]["alpha"], 32);
@@ -120,7 +191,12 @@ async fn a_missing_or_foreign_dataset_is_404() {
     let theirs = app.dataset(&b).await;
     let e = error_of(app.create_lora(&a, "x", &theirs).await, 404).await;
     assert_eq!(e["code"], "dataset_not_found");
-    let e = error_of(app.create_lora(&a, "x", &uuid::Uuid::now_v7().to_string()).await, 404).await;
+    let e = error_of(
+        app.create_lora(&a, "x", &uuid::Uuid::now_v7().to_string())
+            .await,
+        404,
+    )
+    .await;
     assert_eq!(e["code"], "dataset_not_found");
 }
 
@@ -130,20 +206,37 @@ async fn an_idempotency_key_makes_a_retry_return_the_first_result() {
     let u = app.user();
     let ds = app.dataset(&u).await;
     let send = |body: Value, key: &'static str| {
-        app.http.post(app.url("/api/v1/lora-models")).bearer_auth(&u.token).header("idempotency-key", key).json(&body).send()
+        app.http
+            .post(app.url("/api/v1/lora-models"))
+            .bearer_auth(&u.token)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
     };
     let body = json!({"name": "once", "dataset_id": ds});
-    let first: Value = send(body.clone(), "k-1").await.unwrap().json().await.unwrap();
+    let first: Value = send(body.clone(), "k-1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let again = send(body.clone(), "k-1").await.unwrap();
     assert_eq!(again.status(), 202);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["lora_id"], first["lora_id"]);
-    let list: Value = app.get(&u, "/api/v1/lora-models").await.json().await.unwrap();
+    let list: Value = app
+        .get(&u, "/api/v1/lora-models")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["total"], 1);
 
     // Same key, different request: refused, nothing created.
-    let resp = send(json!({"name": "twice", "dataset_id": ds}), "k-1").await.unwrap();
+    let resp = send(json!({"name": "twice", "dataset_id": ds}), "k-1")
+        .await
+        .unwrap();
     assert_eq!(error_of(resp, 422).await["code"], "idempotency_key_reused");
 }
 
@@ -154,25 +247,70 @@ async fn cancel_and_patch_are_for_the_owner_only() {
     let ds = app.dataset(&owner).await;
     let id = app.create_ok(&owner, "mine", &ds).await;
 
-    let e = error_of(app.post_json(&other, &format!("/api/v1/lora-models/{id}/cancel"), &json!({})).await, 403).await;
+    let e = error_of(
+        app.post_json(
+            &other,
+            &format!("/api/v1/lora-models/{id}/cancel"),
+            &json!({}),
+        )
+        .await,
+        403,
+    )
+    .await;
     assert_eq!(e["code"], "forbidden");
-    let patch = |u: &User, body: Value| app.http.patch(app.url(&format!("/api/v1/lora-models/{id}"))).bearer_auth(&u.token).json(&body).send();
-    let e = error_of(patch(&other, json!({"description": "hijacked"})).await.unwrap(), 403).await;
+    let patch = |u: &User, body: Value| {
+        app.http
+            .patch(app.url(&format!("/api/v1/lora-models/{id}")))
+            .bearer_auth(&u.token)
+            .json(&body)
+            .send()
+    };
+    let e = error_of(
+        patch(&other, json!({"description": "hijacked"}))
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
     assert_eq!(e["code"], "forbidden");
 
-    let resp = patch(&owner, json!({"description": "a better description"})).await.unwrap();
+    let resp = patch(&owner, json!({"description": "a better description"}))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.json::<Value>().await.unwrap()["description"], "a better description");
-    let e = error_of(patch(&owner, json!({"name": "renamed"})).await.unwrap(), 400).await;
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["description"],
+        "a better description"
+    );
+    let e = error_of(
+        patch(&owner, json!({"name": "renamed"})).await.unwrap(),
+        400,
+    )
+    .await;
     assert_eq!(e["code"], "invalid_request");
 
-    let resp = app.post_json(&owner, &format!("/api/v1/lora-models/{id}/cancel"), &json!({})).await;
+    let resp = app
+        .post_json(
+            &owner,
+            &format!("/api/v1/lora-models/{id}/cancel"),
+            &json!({}),
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     let s: Value = resp.json().await.unwrap();
     assert_eq!(s["training_status"], "cancelled");
     assert_eq!(s["error"], "cancelled by its creator");
     // A final LoRA cannot be cancelled again.
-    let e = error_of(app.post_json(&owner, &format!("/api/v1/lora-models/{id}/cancel"), &json!({})).await, 409).await;
+    let e = error_of(
+        app.post_json(
+            &owner,
+            &format!("/api/v1/lora-models/{id}/cancel"),
+            &json!({}),
+        )
+        .await,
+        409,
+    )
+    .await;
     assert_eq!(e["code"], "invalid_state");
     assert_eq!(e["training_status"], "cancelled");
 }
@@ -181,8 +319,14 @@ async fn cancel_and_patch_are_for_the_owner_only() {
 async fn unknown_and_malformed_ids_are_404() {
     let app = spawn_app().await;
     let u = app.user();
-    for path in ["/api/v1/lora-models/not-a-uuid", &format!("/api/v1/lora-models/{}", uuid::Uuid::now_v7())] {
-        assert_eq!(error_of(app.get(&u, path).await, 404).await["code"], "not_found");
+    for path in [
+        "/api/v1/lora-models/not-a-uuid",
+        &format!("/api/v1/lora-models/{}", uuid::Uuid::now_v7()),
+    ] {
+        assert_eq!(
+            error_of(app.get(&u, path).await, 404).await["code"],
+            "not_found"
+        );
     }
 }
 
@@ -192,7 +336,18 @@ async fn there_is_no_delete() {
     let u = app.user();
     let ds = app.dataset(&u).await;
     let id = app.create_ok(&u, "forever", &ds).await;
-    let resp = app.http.delete(app.url(&format!("/api/v1/lora-models/{id}"))).bearer_auth(&u.token).send().await.unwrap();
+    let resp = app
+        .http
+        .delete(app.url(&format!("/api/v1/lora-models/{id}")))
+        .bearer_auth(&u.token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 405);
-    assert_eq!(app.get(&u, &format!("/api/v1/lora-models/{id}")).await.status(), 200);
+    assert_eq!(
+        app.get(&u, &format!("/api/v1/lora-models/{id}"))
+            .await
+            .status(),
+        200
+    );
 }

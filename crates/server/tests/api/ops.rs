@@ -5,7 +5,15 @@ use crate::helpers::*;
 #[tokio::test]
 async fn healthz_and_readyz_answer_without_auth() {
     let app = spawn_app().await;
-    let h: Value = app.http.get(app.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    let h: Value = app
+        .http
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(h["status"], "ok");
     let resp = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -18,18 +26,42 @@ async fn healthz_and_readyz_answer_without_auth() {
 async fn every_response_carries_a_request_id() {
     let app = spawn_app().await;
     let resp = app.http.get(app.url("/healthz")).send().await.unwrap();
-    let id = resp.headers().get("x-request-id").expect("x-request-id").to_str().unwrap().to_owned();
+    let id = resp
+        .headers()
+        .get("x-request-id")
+        .expect("x-request-id")
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(uuid::Uuid::parse_str(&id).unwrap().to_string(), id);
     // A caller's own id is kept.
-    let resp = app.http.get(app.url("/healthz")).header("x-request-id", "abc-123").send().await.unwrap();
+    let resp = app
+        .http
+        .get(app.url("/healthz"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["x-request-id"], "abc-123");
 }
 
 #[tokio::test]
 async fn openapi_document_lists_every_route_and_docs_are_served() {
     let app = spawn_app().await;
-    let doc: Value = app.http.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    let doc: Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
     let paths = doc["paths"].as_object().unwrap();
     for p in [
         "/healthz",
@@ -48,7 +80,13 @@ async fn openapi_document_lists_every_route_and_docs_are_served() {
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     let html = app.http.get(app.url("/docs/")).send().await.unwrap();
     assert_eq!(html.status(), 200);
-    assert!(html.text().await.unwrap().to_lowercase().contains("swagger"));
+    assert!(
+        html.text()
+            .await
+            .unwrap()
+            .to_lowercase()
+            .contains("swagger")
+    );
 }
 
 #[tokio::test]
@@ -61,21 +99,42 @@ async fn unknown_routes_are_json_404() {
 #[tokio::test]
 async fn cors_is_off_by_default_and_on_when_configured() {
     let app = spawn_app().await;
-    let resp = app.http.get(app.url("/healthz")).header("origin", "https://app.example").send().await.unwrap();
+    let resp = app
+        .http
+        .get(app.url("/healthz"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
     assert!(resp.headers().get("access-control-allow-origin").is_none());
 
-    let app = spawn_app_with(Engine::Sqlite, |s| s.cors_origins = vec!["https://app.example".into()]).await;
+    let app = spawn_app_with(Engine::Sqlite, |s| {
+        s.cors_origins = vec!["https://app.example".into()]
+    })
+    .await;
     let resp = app
         .http
         .request(reqwest::Method::OPTIONS, app.url("/api/v1/lora-models"))
         .header("origin", "https://app.example")
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization,content-type")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.headers()["access-control-allow-origin"], "https://app.example");
-    let resp = app.http.get(app.url("/healthz")).header("origin", "https://evil.example").send().await.unwrap();
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let resp = app
+        .http
+        .get(app.url("/healthz"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
     assert!(resp.headers().get("access-control-allow-origin").is_none());
 }
 

@@ -7,9 +7,9 @@ pub mod verifier;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use loraforge_storage::BlobStore;
 use loraforge_storage::local::LocalStore;
 use loraforge_storage::s3::{S3Settings, S3Store};
-use loraforge_storage::BlobStore;
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use secrecy::{SecretSlice, SecretString};
@@ -50,7 +50,10 @@ pub fn local_backend() -> Backend {
     let base = Url::parse(LOCAL_BASE_URL).expect("url");
     let key = SecretSlice::from(LOCAL_SIGNING_KEY.to_vec());
     let store = LocalStore::new(&root, base, key).expect("local store");
-    Backend { store: Arc::new(store), kind: Kind::Local { root, _dir: dir } }
+    Backend {
+        store: Arc::new(store),
+        kind: Kind::Local { root, _dir: dir },
+    }
 }
 
 pub async fn s3_backend() -> Backend {
@@ -76,5 +79,11 @@ pub async fn s3_backend() -> Backend {
         .with_virtual_hosted_style_request(false)
         .build()
         .expect("raw s3 client");
-    Backend { store: Arc::new(store), kind: Kind::S3 { raw: Arc::new(raw), _server: server } }
+    Backend {
+        store: Arc::new(store),
+        kind: Kind::S3 {
+            raw: Arc::new(raw),
+            _server: server,
+        },
+    }
 }

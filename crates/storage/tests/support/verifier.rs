@@ -17,7 +17,10 @@ use url::Url;
 
 use super::{ACCESS_KEY, Kind, LOCAL_BASE_URL, LOCAL_SIGNING_KEY, REGION, SECRET_KEY};
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/verify_signed_url.py");
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/verify_signed_url.py"
+);
 
 /// What the link is for: S3 and our local route sign the method in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +106,12 @@ pub fn run(args: &[String], checks: &[(&Url, Method, DateTime<Utc>)]) -> Vec<Ver
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write the checks");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write the checks");
     let out = child.wait_with_output().expect("verifier output");
     let stdout = String::from_utf8_lossy(&out.stdout);
     // 0: all accepted, 1: some refused; anything else is the verifier itself failing.
@@ -114,7 +122,11 @@ pub fn run(args: &[String], checks: &[(&Url, Method, DateTime<Utc>)]) -> Vec<Ver
         String::from_utf8_lossy(&out.stderr)
     );
     let verdicts: Vec<Verdict> = stdout.lines().map(parse).collect();
-    assert_eq!(verdicts.len(), checks.len(), "one verdict per check: {stdout}");
+    assert_eq!(
+        verdicts.len(),
+        checks.len(),
+        "one verdict per check: {stdout}"
+    );
     verdicts
 }
 

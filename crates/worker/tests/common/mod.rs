@@ -41,12 +41,20 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(status: u16, code: &'static str, message: &'static str) -> Self {
-        Self { status, code, message }
+        Self {
+            status,
+            code,
+            message,
+        }
     }
 
     fn response(&self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap();
-        (status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        (
+            status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
     }
 }
 
@@ -103,9 +111,21 @@ pub struct Image {
 
 pub fn images() -> Vec<Image> {
     vec![
-        Image { file_name: "00.png", bytes: b"\x89PNG\r\n\x1a\n first".repeat(50), caption: "zxq, a photo" },
-        Image { file_name: "01.jpg", bytes: b"\xff\xd8\xff second".repeat(700), caption: "zxq, in a park" },
-        Image { file_name: "02.webp", bytes: b"RIFF....WEBP third".to_vec(), caption: "zxq, smiling" },
+        Image {
+            file_name: "00.png",
+            bytes: b"\x89PNG\r\n\x1a\n first".repeat(50),
+            caption: "zxq, a photo",
+        },
+        Image {
+            file_name: "01.jpg",
+            bytes: b"\xff\xd8\xff second".repeat(700),
+            caption: "zxq, in a park",
+        },
+        Image {
+            file_name: "02.webp",
+            bytes: b"RIFF....WEBP third".to_vec(),
+            caption: "zxq, smiling",
+        },
     ]
 }
 
@@ -143,7 +163,13 @@ impl Plane {
     }
 
     /// Serves a job with these images (stored under `datasets/…`) and intervals.
-    pub fn set_job(&self, attempt: u64, images: Vec<Image>, heartbeat_interval_s: f64, progress_interval_ms: u64) {
+    pub fn set_job(
+        &self,
+        attempt: u64,
+        images: Vec<Image>,
+        heartbeat_interval_s: f64,
+        progress_interval_ms: u64,
+    ) {
         let mut files = self.state.files.lock().unwrap();
         let images: Vec<Value> = images
             .into_iter()
@@ -155,8 +181,9 @@ impl Plane {
                 entry
             })
             .collect();
-        let validation: Vec<Value> =
-            (0..3).map(|i| json!({"key": validation_key(i), "url": self.link(&validation_key(i))})).collect();
+        let validation: Vec<Value> = (0..3)
+            .map(|i| json!({"key": validation_key(i), "url": self.link(&validation_key(i))}))
+            .collect();
         *self.state.job.lock().unwrap() = json!({
             "lora_id": LORA_ID,
             "attempt": attempt,
@@ -201,7 +228,10 @@ impl Plane {
     pub async fn wait_until(&self, what: &str, ready: impl Fn(&PlaneState) -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while !ready(&self.state) {
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -221,7 +251,11 @@ fn unauthorized(state: &PlaneState, headers: &HeaderMap, id: &str) -> Option<Res
     None
 }
 
-async fn get_job(State(s): State<Arc<PlaneState>>, UrlPath(id): UrlPath<String>, headers: HeaderMap) -> Response {
+async fn get_job(
+    State(s): State<Arc<PlaneState>>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
     s.job_gets.fetch_add(1, Ordering::SeqCst);
     if let Some(r) = unauthorized(&s, &headers, &id) {
         return r;
@@ -341,7 +375,12 @@ async fn put_file(
         return r;
     }
     s.puts.fetch_add(1, Ordering::SeqCst);
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     s.puts_seen.lock().unwrap().push(PutSeen {
         key: key.clone(),
         content_length: header("content-length"),
@@ -356,7 +395,8 @@ async fn put_file(
 
 /// Decrements `n` if it is positive; whether it was.
 fn take_one(n: &AtomicUsize) -> bool {
-    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1)).is_ok()
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+        .is_ok()
 }
 
 /// A test's scratch: `out` (the worker's job folder, not yet made) and `fake` (the fake
@@ -381,7 +421,11 @@ pub fn fake_trainer(fake_dir: &Path, env: &[(&str, &str)]) -> TrainerCommand {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_trainer.sh");
     let mut vars = vec![("FAKE_DIR".to_owned(), fake_dir.display().to_string())];
     vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    TrainerCommand { program: "/bin/sh".into(), args: vec![script.display().to_string()], env: vars }
+    TrainerCommand {
+        program: "/bin/sh".into(),
+        args: vec![script.display().to_string()],
+        env: vars,
+    }
 }
 
 /// A worker config for `plane`, with 10 ms retry pauses.
@@ -400,7 +444,10 @@ pub async fn run(config: WorkerConfig) -> (i32, String) {
 
 /// The last stdout line as JSON.
 pub fn last_line(stdout: &str) -> Value {
-    let line = stdout.lines().last().unwrap_or_else(|| panic!("no stdout line in {stdout:?}"));
+    let line = stdout
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no stdout line in {stdout:?}"));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
 }
 
@@ -410,7 +457,10 @@ pub fn sha256(bytes: &[u8]) -> String {
 
 /// What the fake trainer writes: `seq from 20000`.
 pub fn seq(from: u32) -> Vec<u8> {
-    (from..=20000).map(|n| format!("{n}\n")).collect::<String>().into_bytes()
+    (from..=20000)
+        .map(|n| format!("{n}\n"))
+        .collect::<String>()
+        .into_bytes()
 }
 
 pub fn validation_png(i: usize) -> Vec<u8> {
@@ -424,7 +474,11 @@ pub fn alive(pid: i32) -> bool {
 }
 
 pub fn read_pid(fake_dir: &Path) -> i32 {
-    std::fs::read_to_string(fake_dir.join("pid")).unwrap().trim().parse().unwrap()
+    std::fs::read_to_string(fake_dir.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 pub fn trainer_runs(fake_dir: &Path) -> Vec<String> {

@@ -674,7 +674,8 @@ impl Engine {
     /// (`max_runs` still bounds the job.)
     fn restart_spared(&self, run: &TrainingRun, counted: bool, message: String) -> (bool, String) {
         if counted && run.engine == self.settings.worker_id && run.created_at < self.started_at {
-            let note = "; the service restarted during this run, so it does not count as a failed attempt";
+            let note =
+                "; the service restarted during this run, so it does not count as a failed attempt";
             (false, format!("{message}{note}"))
         } else {
             (counted, message)

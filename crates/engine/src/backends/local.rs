@@ -165,7 +165,10 @@ fn group_alive(pgid: u32) -> bool {
     };
     entries.flatten().any(|e| {
         let name = e.file_name();
-        if !name.to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())) {
+        if !name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
             return false;
         }
         let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
@@ -222,7 +225,9 @@ async fn remove_dir(dir: &Path) {
     match tokio::fs::remove_dir_all(dir).await {
         Ok(()) => tracing::debug!(dir = %dir.display(), "scratch folder removed"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "could not remove a scratch folder"),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a scratch folder")
+        }
     }
 }
 
@@ -335,9 +340,7 @@ impl TrainingBackend for LocalBackend {
         // attempt's folder. (A folder of this attempt already there is from a launch of it that
         // failed before a process ran.)
         let handover = job_dir.join(HANDOVER);
-        if !tokio::fs::try_exists(&out).await?
-            && tokio::fs::try_exists(&handover).await?
-        {
+        if !tokio::fs::try_exists(&out).await? && tokio::fs::try_exists(&handover).await? {
             tokio::fs::rename(&handover, &out).await?;
             tracing::info!(lora = %launch.lora_id, attempt = launch.attempt, "continuing in what earlier attempts left");
         }

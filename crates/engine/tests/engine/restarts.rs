@@ -98,7 +98,10 @@ async fn a_run_that_trained_just_before_a_crash_is_published_once() {
     for _ in 0..3 {
         db.advance(Duration::from_secs(200));
         let idle = after.tick().await.unwrap();
-        assert!(idle.started.is_empty() && idle.published.is_empty(), "{idle:?}");
+        assert!(
+            idle.started.is_empty() && idle.published.is_empty(),
+            "{idle:?}"
+        );
     }
     assert_eq!(db.status(id).await, TrainingStatus::Completed);
     assert_eq!(db.runs(id).await.len(), 1, "trained once");
@@ -151,9 +154,7 @@ async fn attempts_never_share_a_folder_and_the_next_gets_what_the_last_one_kept(
         })
         .await;
     }
-    backend
-        .retire(&instance(&first.provider_id, lora, 1))
-        .await;
+    backend.retire(&instance(&first.provider_id, lora, 1)).await;
     backend
         .retire(&instance(&second.provider_id, lora, 2))
         .await;

@@ -199,7 +199,7 @@ class Soak:
         with self.lock:
             self.loras[lid] = {"training_status": "pending", "token": token, "n": n}
             self.created += 1
-        stuck_at = min(give_up, time.time() + self.args.stuck_min * 60)
+        stuck_at = time.time() + self.args.stuck_min * 60
         while time.time() < stuck_at:
             try:
                 status, s = request(self.svc, token, "GET", f"/api/v1/lora-models/{lid}/status")
@@ -220,20 +220,19 @@ class Soak:
             time.sleep(0.5)
 
     def driver(self, give_up):
-        while True:
+        # No new lifecycle after the deadline; those under way finish (or are stuck).
+        while time.time() < give_up:
             with self.lock:
                 if self.next >= self.args.n:
                     return
                 n = self.next
                 self.next += 1
             try:
-                self.lifecycle(n, give_up)
+                self.lifecycle(n, give_up + self.args.stuck_min * 60)
             except Exception as e:  # noqa: BLE001 - reported, the soak goes on
                 with self.lock:
                     self.errors.append(f"lifecycle {n}: {e}")
                 log(f"lifecycle {n}: {e}")
-            if time.time() > give_up:
-                return
 
     def in_flight(self):
         with self.lock:
@@ -358,13 +357,14 @@ def main():
     states = [s["training_status"] for s in soak.loras.values()]
     completed = states.count("completed")
     failed = states.count("failed") + states.count("cancelled")
-    lost = states.count("lost") + (args.n - soak.created)
+    lost = states.count("lost")
     stuck = sum(1 for s in states if s not in TERMINAL and s != "lost")
     for lid, s in soak.loras.items():
         if s["training_status"] != "completed":
             log(f"not completed: {lid} {s.get('training_status')} {s.get('error')}")
     report = {
-        "lifecycles": args.n,
+        "lifecycles_asked": args.n,
+        "lifecycles_started": soak.next,
         "created": soak.created,
         "completed": completed,
         "failed": failed,

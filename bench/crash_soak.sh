@@ -44,7 +44,7 @@ export LORAFORGE_VALIDATION_AUTO_APPROVE=true LORAFORGE_CREATES_PER_MINUTE=0
 export LORAFORGE_ENGINE_POLL_MS=500 LORAFORGE_WORKER_RETRY_DELAY_MS=500
 export LORAFORGE_LOG="${LORAFORGE_LOG:-info,sqlx=warn,tower_http=warn}"
 
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
+echo "machine: $(nproc --all) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
 python3 bench/crash_soak.py --bin "$bin" --dir "$work" --model "$work/models/tiny-sdxl" \
     --n "$n" --in-flight "$in_flight" --kill-min "$kill_min" --kill-max "$kill_max" \
     --steps "${STEPS:-30}" --seed "${SEED:-1}" --deadline-min "${DEADLINE_MIN:-240}" && rc=0 || rc=$?

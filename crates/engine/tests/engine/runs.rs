@@ -571,8 +571,10 @@ async fn a_slow_backend_never_stalls_the_tick() {
     let engine = db.engine(vec![slow as Arc<dyn TrainingBackend>], settings);
     let started = std::time::Instant::now();
     let report = engine.tick().await.unwrap();
+    // The backend never answers, so any bound shows the tick did not wait for it; a generous
+    // one keeps a busy CI box from failing a tick that merely ran slowly.
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(30),
         "{:?}",
         started.elapsed()
     );

@@ -15,17 +15,18 @@ use uuid::Uuid;
 use loraforge_db::{EventDetail, IdempotencyKey, LoraQuery};
 use loraforge_domain::keys::OutputKeys;
 use loraforge_domain::{
-    DatasetId, LoraId, LoraModel, LoraName, LoraSort, StatusEvent, TrainingParams, TrainingStatus,
+    DatasetId, LoraId, LoraModel, LoraName, LoraSort, StatusEvent, TextRule, TrainingParams,
+    TrainingStatus, text,
 };
 
 use crate::auth::AuthUser;
 use crate::create::{CreateLora, Created, create_lora};
-use crate::error::{ApiError, ApiResult, body_error};
+use crate::error::{ApiError, ApiResult, body_error, invalid_text};
 use crate::library_cache::LibraryCache;
 use crate::state::AppState;
 use crate::views::*;
 
-pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
+pub const MAX_DESCRIPTION_CHARS: usize = TextRule::DESCRIPTION.max_chars;
 const MAX_PAGE: u32 = 100;
 const DEFAULT_PAGE: u32 = 50;
 
@@ -189,7 +190,7 @@ pub async fn create(
     }
     let name = match obj.get("name") {
         Some(Value::String(s)) => {
-            LoraName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?
+            LoraName::parse(s).map_err(|e| invalid_text("invalid_name", &e))?
         }
         _ => {
             return Err(ApiError::bad_request(
@@ -256,31 +257,28 @@ pub(crate) fn parse_params(state: &AppState, v: Option<&Value>) -> ApiResult<Tra
         }
     };
     TrainingParams::from_json(params_in, &state.settings().param_limits).map_err(|e| {
-        ApiError::bad_request("invalid_params", e.to_string()).with("field", e.field.clone())
+        match &e.allowed {
+            // Well-formed, but not a model this operator lets the trainer download and run.
+            Some(allowed) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "base_model_not_allowed",
+                e.message.clone(),
+            )
+            .with("field", e.field.clone())
+            .with("allowed", allowed.clone()),
+            None => ApiError::bad_request("invalid_params", e.to_string())
+                .with("field", e.field.clone()),
+        }
     })
 }
 
+/// A description from JSON: a string (checked and normalised like all text, see
+/// `loraforge_domain::text`; blank is none) or null.
 pub(crate) fn parse_description(v: Option<&Value>) -> ApiResult<Option<String>> {
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => {
-            let s = s.trim();
-            if s.chars().count() > MAX_DESCRIPTION_CHARS {
-                return Err(ApiError::bad_request(
-                    "invalid_description",
-                    format!("description must be at most {MAX_DESCRIPTION_CHARS} characters"),
-                ));
-            }
-            if s.chars()
-                .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
-            {
-                return Err(ApiError::bad_request(
-                    "invalid_description",
-                    "description contains control characters",
-                ));
-            }
-            Ok(Some(s.to_owned()).filter(|s| !s.is_empty()))
-        }
+        Some(Value::String(s)) => text::clean_optional(Some(s), &TextRule::DESCRIPTION)
+            .map_err(|e| invalid_text("invalid_description", &e)),
         Some(_) => Err(ApiError::bad_request(
             "invalid_description",
             "description must be a string or null",

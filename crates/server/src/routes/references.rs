@@ -17,19 +17,18 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use loraforge_db::IdempotencyKey;
-use loraforge_domain::{LoraName, MonthlyWindow, TrainingStatus};
+use loraforge_domain::{LoraName, MonthlyWindow, TextRule, TrainingStatus, text};
 
 use crate::auth::AuthUser;
 use crate::create::{CreateLora, Created, create_lora, monthly_limit_reached};
 use crate::downloads::{self, UrlImage, download_all};
-use crate::error::{ApiError, ApiResult, body_error};
+use crate::error::{ApiError, ApiResult, body_error, invalid_text};
 use crate::intake::{IntakeError, store_dataset};
 use crate::routes::lora_models::{idempotency_header, parse_description, parse_params};
 use crate::state::AppState;
 
 /// References per request, across all characters.
 const MAX_REFERENCES: usize = 500;
-const MAX_CHARACTER_ID_CHARS: usize = 255;
 
 /// Body of `POST /api/v1/lora-models/from-references`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -107,17 +106,15 @@ pub async fn from_references(
             ),
         ));
     }
-    if let Some(r) = refs.iter().find(|r| {
-        r.character_id.trim().is_empty() || r.character_id.chars().count() > MAX_CHARACTER_ID_CHARS
-    }) {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            format!(
-                "character_id {:?} must be 1 to {MAX_CHARACTER_ID_CHARS} characters",
-                r.character_id
-            ),
-        ));
-    }
+    // Ids are grouped in their clean form, so "Ｃａｔ" and "Cat" are one character.
+    let refs = refs
+        .into_iter()
+        .map(|mut r| {
+            r.character_id = text::clean(&r.character_id, &TextRule::IDENTIFIER)
+                .map_err(|e| invalid_text("invalid_request", &e))?;
+            Ok(r)
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
     let description = parse_description(req.description.map(Value::String).as_ref())?;
     let params = parse_params(&state, req.params.as_ref())?;
     let idempotency = idempotency_header(&headers)?;

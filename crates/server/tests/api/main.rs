@@ -12,5 +12,6 @@ mod limits;
 mod lora_models;
 mod ops;
 mod references;
+mod text_input;
 mod url_intake;
 mod worker;

@@ -55,7 +55,31 @@ pub struct TrainingParams {
     /// Square training resolution in pixels (multiple of 64).
     pub resolution: u32,
     pub trigger_words: Vec<String>,
+    /// At most [`MAX_SEED`], the largest seed the trainer's generators take.
     pub seed: u64,
+    /// DreamBooth's prior preservation: present exactly when `training_type` is
+    /// [`TrainingType::Dreambooth`] (its fields sit beside the others on the wire and in the
+    /// trainer spec; a LoRA of type `lora` carries none of them).
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub prior_preservation: Option<PriorPreservation>,
+}
+
+/// DreamBooth-LoRA's prior preservation: the trainer generates `num_class_images` images of
+/// `class_prompt` with the base model (cached on the worker host, reused across jobs) and adds
+/// their denoising loss, times `prior_loss_weight`, to the instance loss, so the LoRA learns the
+/// subject without forgetting what the class looks like.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PriorPreservation {
+    /// What the subject is an instance of, e.g. "a photo of a person" (trimmed, 1 to
+    /// [`MAX_CLASS_PROMPT_CHARS`] characters, no control characters).
+    pub class_prompt: String,
+    pub num_class_images: u32,
+    pub prior_loss_weight: f64,
+}
+
+impl PriorPreservation {
+    pub const DEFAULT_NUM_CLASS_IMAGES: u32 = 50;
+    pub const DEFAULT_PRIOR_LOSS_WEIGHT: f64 = 1.0;
 }
 
 impl Default for TrainingParams {
@@ -78,6 +102,7 @@ impl Default for TrainingParams {
             resolution: 1024,
             trigger_words: Vec::new(),
             seed: 42,
+            prior_preservation: None,
         }
     }
 }
@@ -104,6 +129,37 @@ impl Default for ParamLimits {
 
 pub const MAX_STEPS: u32 = 10_000;
 pub const MAX_RESOLUTION: u32 = 1024;
+/// The trainer seeds torch generators with `seed + n`; it takes seeds up to `2^63 - 1`.
+pub const MAX_SEED: u64 = i64::MAX as u64;
+pub const MAX_CLASS_PROMPT_CHARS: usize = 300;
+/// Generating class images is the base model's inference at the training resolution: a few
+/// seconds each on a GPU, so 200 adds minutes, not hours, to a job.
+pub const NUM_CLASS_IMAGES_RANGE: (u32, u32) = (1, 200);
+pub const PRIOR_LOSS_WEIGHT_RANGE: (f64, f64) = (0.01, 10.0);
+
+/// The UNet modules a LoRA may target: every `Linear`/`Conv2d` of SDXL's UNet that peft adapts
+/// and that the kohya export names (`trainer/loraforge_trainer/export.py`). The trainer refuses
+/// any other (`spec.TARGET_MODULES`, checked against this list by
+/// `tests/trainer_spec_contract.rs`), so the control plane refuses them at submit time.
+pub const TARGET_MODULES: [&str; 17] = [
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "time_emb_proj",
+    "conv",
+    "conv_in",
+    "conv_out",
+    "linear_1",
+    "linear_2",
+];
 
 /// A parameter that is missing its mark. `field` is the JSON field name.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -111,19 +167,41 @@ pub const MAX_RESOLUTION: u32 = 1024;
 pub struct ParamError {
     pub field: String,
     pub message: String,
+    pub kind: ParamErrorKind,
+}
+
+/// Why a parameter is refused: the API answers each differently (400 `invalid_params`, 422
+/// `incompatible_params`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamErrorKind {
+    /// The value itself: wrong type, out of range, not an allowed entry, unknown field.
+    Invalid,
+    /// Each value is fine alone but not with the others (e.g. `class_prompt` on a `lora`, or a
+    /// `dreambooth` without one): the run could never be trained as asked.
+    Incompatible,
 }
 
 fn err(field: &str, message: impl Into<String>) -> ParamError {
     ParamError {
         field: field.to_owned(),
         message: message.into(),
+        kind: ParamErrorKind::Invalid,
+    }
+}
+
+fn conflict(field: &str, message: impl Into<String>) -> ParamError {
+    ParamError {
+        kind: ParamErrorKind::Incompatible,
+        ..err(field, message)
     }
 }
 
 /// Raw, unvalidated parameters as they arrive in a request (`params` object).
 pub type ParamsInput = Map<String, Value>;
 
-const KNOWN_FIELDS: [&str; 15] = [
+const DREAMBOOTH_FIELDS: [&str; 3] = ["class_prompt", "num_class_images", "prior_loss_weight"];
+
+const KNOWN_FIELDS: [&str; 18] = [
     "base_model",
     "type",
     "rank",
@@ -139,6 +217,9 @@ const KNOWN_FIELDS: [&str; 15] = [
     "resolution",
     "trigger_words",
     "seed",
+    "class_prompt",
+    "num_class_images",
+    "prior_loss_weight",
 ];
 
 impl TrainingParams {
@@ -174,12 +255,17 @@ impl TrainingParams {
             p.dropout = float_in(v, "dropout", 0.0, 0.9)?;
         }
         if let Some(v) = get("target_modules") {
-            p.target_modules = string_list(v, "target_modules", 1, 64, |s| {
-                !s.is_empty()
-                    && s.len() <= 128
-                    && s.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            p.target_modules = string_list(v, "target_modules", 1, TARGET_MODULES.len(), |s| {
+                TARGET_MODULES.contains(&s)
+            })
+            .map_err(|e| ParamError {
+                message: format!("{}; allowed: {}", e.message, TARGET_MODULES.join(", ")),
+                ..e
             })?;
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(dup) = p.target_modules.iter().find(|m| !seen.insert(m.as_str())) {
+                return Err(err("target_modules", format!("{dup} is listed twice")));
+            }
         }
         if let Some(v) = get("steps") {
             p.steps = int_in(v, "steps", limits.min_steps, MAX_STEPS)?;
@@ -230,12 +316,72 @@ impl TrainingParams {
             })?;
         }
         if let Some(v) = get("seed") {
-            p.seed = v
-                .as_u64()
-                .ok_or_else(|| err("seed", "must be a non-negative integer"))?;
+            p.seed = v.as_u64().filter(|s| *s <= MAX_SEED).ok_or_else(|| {
+                err(
+                    "seed",
+                    format!("must be a whole number from 0 to {MAX_SEED}"),
+                )
+            })?;
         }
+        p.prior_preservation = prior_preservation(p.training_type, &get)?;
         Ok(p)
     }
+}
+
+/// `class_prompt`, `num_class_images` and `prior_loss_weight`: required (the prompt) or
+/// defaulted for `dreambooth`, refused for `lora`, where they would silently do nothing.
+fn prior_preservation<'a>(
+    training_type: TrainingType,
+    get: &impl Fn(&str) -> Option<&'a Value>,
+) -> Result<Option<PriorPreservation>, ParamError> {
+    if training_type == TrainingType::Lora {
+        if let Some(field) = DREAMBOOTH_FIELDS.iter().find(|f| get(f).is_some()) {
+            return Err(conflict(
+                field,
+                "is used only with \"type\": \"dreambooth\"; remove it or set the type",
+            ));
+        }
+        return Ok(None);
+    }
+    let class_prompt = match get("class_prompt") {
+        None => {
+            return Err(conflict(
+                "class_prompt",
+                "is required with \"type\": \"dreambooth\": what the subject is an instance of, \
+                 e.g. \"a photo of a person\"",
+            ));
+        }
+        Some(v) => {
+            let raw = string(v, "class_prompt")?;
+            let s = raw.trim();
+            let n = s.chars().count();
+            if n == 0 || n > MAX_CLASS_PROMPT_CHARS {
+                return Err(err(
+                    "class_prompt",
+                    format!("must have 1 to {MAX_CLASS_PROMPT_CHARS} characters, got {n}"),
+                ));
+            }
+            if s.chars().any(char::is_control) {
+                return Err(err("class_prompt", "must not contain control characters"));
+            }
+            s.to_owned()
+        }
+    };
+    let (lo, hi) = NUM_CLASS_IMAGES_RANGE;
+    let num_class_images = match get("num_class_images") {
+        Some(v) => int_in(v, "num_class_images", lo, hi)?,
+        None => PriorPreservation::DEFAULT_NUM_CLASS_IMAGES,
+    };
+    let (lo, hi) = PRIOR_LOSS_WEIGHT_RANGE;
+    let prior_loss_weight = match get("prior_loss_weight") {
+        Some(v) => float_in(v, "prior_loss_weight", lo, hi)?,
+        None => PriorPreservation::DEFAULT_PRIOR_LOSS_WEIGHT,
+    };
+    Ok(Some(PriorPreservation {
+        class_prompt,
+        num_class_images,
+        prior_loss_weight,
+    }))
 }
 
 fn string(v: &Value, field: &str) -> Result<String, ParamError> {
@@ -482,11 +628,139 @@ mod tests {
 
     #[test]
     fn round_trips_through_json() {
-        let p = parse(json!({"type": "dreambooth", "optimizer": "adamw_8bit", "seed": 7})).unwrap();
+        let p = parse(json!({"type": "dreambooth", "class_prompt": "a dog", "optimizer": "adamw_8bit", "seed": 7}))
+            .unwrap();
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(v["type"], "dreambooth");
         assert_eq!(v["optimizer"], "adamw_8bit");
+        assert_eq!(v["class_prompt"], "a dog");
         let back: TrainingParams = serde_json::from_value(v).unwrap();
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn dreambooth_takes_a_class_prompt_and_defaults_the_rest() {
+        let p =
+            parse(json!({"type": "dreambooth", "class_prompt": "  a photo of a person "})).unwrap();
+        assert_eq!(p.training_type, TrainingType::Dreambooth);
+        assert_eq!(
+            p.prior_preservation,
+            Some(PriorPreservation {
+                class_prompt: "a photo of a person".into(),
+                num_class_images: 50,
+                prior_loss_weight: 1.0,
+            })
+        );
+        let p = parse(json!({"type": "dreambooth", "class_prompt": "a dog",
+            "num_class_images": 200, "prior_loss_weight": 0.01}))
+        .unwrap();
+        let pp = p.prior_preservation.unwrap();
+        assert_eq!((pp.num_class_images, pp.prior_loss_weight), (200, 0.01));
+        let pp = parse(json!({"type": "dreambooth", "class_prompt": "a dog",
+            "num_class_images": 1, "prior_loss_weight": 10}))
+        .unwrap()
+        .prior_preservation
+        .unwrap();
+        assert_eq!((pp.num_class_images, pp.prior_loss_weight), (1, 10.0));
+    }
+
+    #[test]
+    fn dreambooth_fields_are_range_checked() {
+        let db = |extra: Value| {
+            let mut v = json!({"type": "dreambooth", "class_prompt": "a dog"});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            parse(v).unwrap_err()
+        };
+        for (extra, field) in [
+            (json!({"num_class_images": 0}), "num_class_images"),
+            (json!({"num_class_images": 201}), "num_class_images"),
+            (json!({"num_class_images": "50"}), "num_class_images"),
+            (json!({"prior_loss_weight": 0.0}), "prior_loss_weight"),
+            (json!({"prior_loss_weight": 10.5}), "prior_loss_weight"),
+            (json!({"prior_loss_weight": "1"}), "prior_loss_weight"),
+            (json!({"class_prompt": ""}), "class_prompt"),
+            (json!({"class_prompt": "   "}), "class_prompt"),
+            (json!({"class_prompt": "a\u{7}dog"}), "class_prompt"),
+            (json!({"class_prompt": "x".repeat(301)}), "class_prompt"),
+            (json!({"class_prompt": 5}), "class_prompt"),
+        ] {
+            let e = db(extra.clone());
+            assert_eq!(
+                (e.field.as_str(), e.kind),
+                (field, ParamErrorKind::Invalid),
+                "{extra}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn combinations_the_trainer_cannot_train_are_incompatible() {
+        let e = parse(json!({"type": "dreambooth"})).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.kind),
+            ("class_prompt", ParamErrorKind::Incompatible)
+        );
+        assert!(e.message.contains("a photo of a person"), "{e}");
+        for field in DREAMBOOTH_FIELDS {
+            for ty in [json!("lora"), Value::Null] {
+                let mut v = json!({"type": ty});
+                v[field] = json!(if field == "class_prompt" {
+                    json!("a dog")
+                } else {
+                    json!(1)
+                });
+                let e = parse(v.clone()).unwrap_err();
+                assert_eq!(
+                    (e.field.as_str(), e.kind),
+                    (field, ParamErrorKind::Incompatible),
+                    "{v}"
+                );
+            }
+        }
+        // null means absent, as for every other field
+        assert!(parse(json!({"class_prompt": null, "num_class_images": null})).is_ok());
+    }
+
+    #[test]
+    fn a_lora_serializes_without_dreambooth_fields() {
+        let v = serde_json::to_value(parse(json!({})).unwrap()).unwrap();
+        for field in DREAMBOOTH_FIELDS {
+            assert!(v.get(field).is_none(), "{field} in {v}");
+        }
+        // a LoRA stored before DreamBooth existed still reads
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("class_prompt");
+        let back: TrainingParams = serde_json::from_value(old).unwrap();
+        assert_eq!(back.prior_preservation, None);
+    }
+
+    #[test]
+    fn target_modules_come_from_the_allow_list_once_each() {
+        let all: Vec<&str> = TARGET_MODULES.to_vec();
+        assert_eq!(
+            parse(json!({"target_modules": all}))
+                .unwrap()
+                .target_modules,
+            TARGET_MODULES
+        );
+        for bad in [
+            json!(["to_q", "nope"]),
+            json!(["to_q", "to_q"]),
+            json!(["0"]),
+            json!(["to_out"]),
+        ] {
+            let e = parse(json!({"target_modules": bad})).unwrap_err();
+            assert_eq!(e.field, "target_modules", "{bad}");
+        }
+    }
+
+    #[test]
+    fn seeds_stop_where_the_trainer_stops() {
+        assert_eq!(parse(json!({"seed": MAX_SEED})).unwrap().seed, MAX_SEED);
+        let e = parse(json!({"seed": MAX_SEED + 1})).unwrap_err();
+        assert_eq!(e.field, "seed");
+        assert!(parse(json!({"seed": -1})).is_err());
     }
 }

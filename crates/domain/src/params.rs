@@ -268,7 +268,8 @@ impl TrainingParams {
             }
         }
         if let Some(v) = get("steps") {
-            p.steps = int_in(v, "steps", limits.min_steps, MAX_STEPS)?;
+            // At least 1 whatever the configured floor: the trainer cannot train 0 steps.
+            p.steps = int_in(v, "steps", limits.min_steps.max(1), MAX_STEPS)?;
         }
         if let Some(v) = get("learning_rate") {
             p.learning_rate = float_in(v, "learning_rate", 1e-6, 1e-2)?;
@@ -297,7 +298,13 @@ impl TrainingParams {
             None => (p.steps / 10).min(100),
         };
         if let Some(v) = get("resolution") {
-            let r = int_in(v, "resolution", limits.min_resolution, MAX_RESOLUTION)?;
+            // At least 64 whatever the configured floor: the trainer's smallest resolution.
+            let r = int_in(
+                v,
+                "resolution",
+                limits.min_resolution.max(64),
+                MAX_RESOLUTION,
+            )?;
             if r % 64 != 0 {
                 return Err(err(
                     "resolution",

@@ -15,7 +15,8 @@ use uuid::Uuid;
 use loraforge_db::{EventDetail, IdempotencyKey, LoraQuery};
 use loraforge_domain::keys::OutputKeys;
 use loraforge_domain::{
-    DatasetId, LoraId, LoraModel, LoraName, LoraSort, StatusEvent, TrainingParams, TrainingStatus,
+    DatasetId, LoraId, LoraModel, LoraName, LoraSort, ParamErrorKind, StatusEvent, TrainingParams,
+    TrainingStatus,
 };
 
 use crate::auth::AuthUser;
@@ -256,7 +257,15 @@ pub(crate) fn parse_params(state: &AppState, v: Option<&Value>) -> ApiResult<Tra
         }
     };
     TrainingParams::from_json(params_in, &state.settings().param_limits).map_err(|e| {
-        ApiError::bad_request("invalid_params", e.to_string()).with("field", e.field.clone())
+        let (status, code) = match e.kind {
+            ParamErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid_params"),
+            // Each value is fine but the run could never be trained as asked: refused now
+            // rather than after spending a GPU slot.
+            ParamErrorKind::Incompatible => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "incompatible_params")
+            }
+        };
+        ApiError::new(status, code, e.to_string()).with("field", e.field.clone())
     })
 }
 

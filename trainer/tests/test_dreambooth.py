@@ -125,6 +125,24 @@ def test_a_second_job_reuses_the_cached_class_images(first, tiny_model, images, 
     assert any(not torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_resume_equals_the_uninterrupted_dreambooth_run(first, images):
+    """Stopped after 2 of 4 steps and resumed: the class batches and every random draw continue
+    where they were, so the weights equal the uninterrupted run's."""
+    tmp, out = first["tmp"], first["tmp"] / "out-resumed"
+    spec = {**first["spec"], "validation": {"enabled": False}}
+    cache = ("--class-images-cache", str(first["cache"]))
+    stopped = run_trainer(tmp, spec, images, out, *cache, "--max-steps-this-run", "2")
+    assert stopped.rc == 10 and stopped.last["step"] == 2, stopped.stdout
+    resumed = run_trainer(tmp, spec, images, out, *cache, "--resume")
+    assert resumed.rc == 0, resumed.stdout
+    assert resumed.last["resumed_from"] == 2
+    assert "caching_latents" not in [e["stage"] for e in resumed.of("stage")]
+    a, b = load_file(first["out"] / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-7)
+
+
 def test_another_class_prompt_is_another_set(tmp_path):
     key = classimages.set_key
     base = key("m", CLASS_PROMPT, 64, 3, 1, 2)

@@ -7,6 +7,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::text::{self, TextRule};
+mod prior;
+
+use prior::prior_preservation;
+pub use prior::{
+    MAX_CLASS_PROMPT_CHARS, NUM_CLASS_IMAGES_RANGE, PRIOR_LOSS_WEIGHT_RANGE, PriorPreservation,
+};
 
 pub const DEFAULT_BASE_MODEL: &str = "stabilityai/stable-diffusion-xl-base-1.0";
 
@@ -57,7 +63,13 @@ pub struct TrainingParams {
     /// Square training resolution in pixels (multiple of 64).
     pub resolution: u32,
     pub trigger_words: Vec<String>,
+    /// At most [`MAX_SEED`], the largest seed the trainer's generators take.
     pub seed: u64,
+    /// DreamBooth's prior preservation: present exactly when `training_type` is
+    /// [`TrainingType::Dreambooth`] (its fields sit beside the others on the wire and in the
+    /// trainer spec; a LoRA of type `lora` carries none of them).
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub prior_preservation: Option<PriorPreservation>,
 }
 
 impl Default for TrainingParams {
@@ -80,6 +92,7 @@ impl Default for TrainingParams {
             resolution: 1024,
             trigger_words: Vec::new(),
             seed: 42,
+            prior_preservation: None,
         }
     }
 }
@@ -112,6 +125,32 @@ impl Default for ParamLimits {
 
 pub const MAX_STEPS: u32 = 10_000;
 pub const MAX_RESOLUTION: u32 = 1024;
+/// The trainer seeds torch generators with `seed + n`; it takes seeds up to `2^63 - 1`.
+pub const MAX_SEED: u64 = i64::MAX as u64;
+
+/// The UNet modules a LoRA may target: every `Linear`/`Conv2d` of SDXL's UNet that peft adapts
+/// and that the kohya export names (`trainer/loraforge_trainer/export.py`). The trainer refuses
+/// any other (`spec.TARGET_MODULES`, checked against this list by
+/// `tests/trainer_spec_contract.rs`), so the control plane refuses them at submit time.
+pub const TARGET_MODULES: [&str; 17] = [
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "time_emb_proj",
+    "conv",
+    "conv_in",
+    "conv_out",
+    "linear_1",
+    "linear_2",
+];
 
 /// A parameter that is missing its mark. `field` is the JSON field name.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -122,20 +161,40 @@ pub struct ParamError {
     /// Set when the value is refused because the operator does not allow it (a base model off
     /// the allow-list): what is allowed. Such requests are well-formed but unprocessable.
     pub allowed: Option<Vec<String>>,
+    pub kind: ParamErrorKind,
 }
 
-fn err(field: &str, message: impl Into<String>) -> ParamError {
+/// Why a parameter is refused: the API answers each differently (400 `invalid_params`, 422
+/// `incompatible_params`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamErrorKind {
+    /// The value itself: wrong type, out of range, not an allowed entry, unknown field.
+    Invalid,
+    /// Each value is fine alone but not with the others (e.g. `class_prompt` on a `lora`, or a
+    /// `dreambooth` without one): the run could never be trained as asked.
+    Incompatible,
+}
+
+pub(super) fn err(field: &str, message: impl Into<String>) -> ParamError {
     ParamError {
         field: field.to_owned(),
         message: message.into(),
         allowed: None,
+        kind: ParamErrorKind::Invalid,
+    }
+}
+
+pub(super) fn conflict(field: &str, message: impl Into<String>) -> ParamError {
+    ParamError {
+        kind: ParamErrorKind::Incompatible,
+        ..err(field, message)
     }
 }
 
 /// Raw, unvalidated parameters as they arrive in a request (`params` object).
 pub type ParamsInput = Map<String, Value>;
 
-const KNOWN_FIELDS: [&str; 15] = [
+const KNOWN_FIELDS: [&str; 18] = [
     "base_model",
     "type",
     "rank",
@@ -151,6 +210,9 @@ const KNOWN_FIELDS: [&str; 15] = [
     "resolution",
     "trigger_words",
     "seed",
+    "class_prompt",
+    "num_class_images",
+    "prior_loss_weight",
 ];
 
 impl TrainingParams {
@@ -186,15 +248,21 @@ impl TrainingParams {
             p.dropout = float_in(v, "dropout", 0.0, 0.9)?;
         }
         if let Some(v) = get("target_modules") {
-            p.target_modules = string_list(v, "target_modules", 1, 64, |s| {
-                !s.is_empty()
-                    && s.len() <= 128
-                    && s.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            p.target_modules = string_list(v, "target_modules", 1, TARGET_MODULES.len(), |s| {
+                TARGET_MODULES.contains(&s)
+            })
+            .map_err(|e| ParamError {
+                message: format!("{}; allowed: {}", e.message, TARGET_MODULES.join(", ")),
+                ..e
             })?;
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(dup) = p.target_modules.iter().find(|m| !seen.insert(m.as_str())) {
+                return Err(err("target_modules", format!("{dup} is listed twice")));
+            }
         }
         if let Some(v) = get("steps") {
-            p.steps = int_in(v, "steps", limits.min_steps, MAX_STEPS)?;
+            // At least 1 whatever the configured floor: the trainer cannot train 0 steps.
+            p.steps = int_in(v, "steps", limits.min_steps.max(1), MAX_STEPS)?;
         }
         if let Some(v) = get("learning_rate") {
             p.learning_rate = float_in(v, "learning_rate", 1e-6, 1e-2)?;
@@ -223,7 +291,13 @@ impl TrainingParams {
             None => (p.steps / 10).min(100),
         };
         if let Some(v) = get("resolution") {
-            let r = int_in(v, "resolution", limits.min_resolution, MAX_RESOLUTION)?;
+            // At least 64 whatever the configured floor: the trainer's smallest resolution.
+            let r = int_in(
+                v,
+                "resolution",
+                limits.min_resolution.max(64),
+                MAX_RESOLUTION,
+            )?;
             if r % 64 != 0 {
                 return Err(err(
                     "resolution",
@@ -245,21 +319,25 @@ impl TrainingParams {
                 .collect::<Result<_, _>>()?;
         }
         if let Some(v) = get("seed") {
-            p.seed = v
-                .as_u64()
-                .ok_or_else(|| err("seed", "must be a non-negative integer"))?;
+            p.seed = v.as_u64().filter(|s| *s <= MAX_SEED).ok_or_else(|| {
+                err(
+                    "seed",
+                    format!("must be a whole number from 0 to {MAX_SEED}"),
+                )
+            })?;
         }
+        p.prior_preservation = prior_preservation(p.training_type, &get)?;
         Ok(p)
     }
 }
 
-fn string(v: &Value, field: &str) -> Result<String, ParamError> {
+pub(super) fn string(v: &Value, field: &str) -> Result<String, ParamError> {
     v.as_str()
         .map(str::to_owned)
         .ok_or_else(|| err(field, "must be a string"))
 }
 
-fn int_in(v: &Value, field: &str, min: u32, max: u32) -> Result<u32, ParamError> {
+pub(super) fn int_in(v: &Value, field: &str, min: u32, max: u32) -> Result<u32, ParamError> {
     let range = || format!("must be a whole number from {min} to {max}");
     let n = match v {
         Value::Number(n) => n.as_u64().or_else(|| {
@@ -276,7 +354,7 @@ fn int_in(v: &Value, field: &str, min: u32, max: u32) -> Result<u32, ParamError>
     Ok(n as u32)
 }
 
-fn float_in(v: &Value, field: &str, min: f64, max: f64) -> Result<f64, ParamError> {
+pub(super) fn float_in(v: &Value, field: &str, min: f64, max: f64) -> Result<f64, ParamError> {
     let f = v
         .as_f64()
         .filter(|f| f.is_finite())
@@ -600,11 +678,41 @@ mod tests {
 
     #[test]
     fn round_trips_through_json() {
-        let p = parse(json!({"type": "dreambooth", "optimizer": "adamw_8bit", "seed": 7})).unwrap();
+        let p = parse(json!({"type": "dreambooth", "class_prompt": "a dog", "optimizer": "adamw_8bit", "seed": 7}))
+            .unwrap();
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(v["type"], "dreambooth");
         assert_eq!(v["optimizer"], "adamw_8bit");
+        assert_eq!(v["class_prompt"], "a dog");
         let back: TrainingParams = serde_json::from_value(v).unwrap();
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn target_modules_come_from_the_allow_list_once_each() {
+        let all: Vec<&str> = TARGET_MODULES.to_vec();
+        assert_eq!(
+            parse(json!({"target_modules": all}))
+                .unwrap()
+                .target_modules,
+            TARGET_MODULES
+        );
+        for bad in [
+            json!(["to_q", "nope"]),
+            json!(["to_q", "to_q"]),
+            json!(["0"]),
+            json!(["to_out"]),
+        ] {
+            let e = parse(json!({"target_modules": bad})).unwrap_err();
+            assert_eq!(e.field, "target_modules", "{bad}");
+        }
+    }
+
+    #[test]
+    fn seeds_stop_where_the_trainer_stops() {
+        assert_eq!(parse(json!({"seed": MAX_SEED})).unwrap().seed, MAX_SEED);
+        let e = parse(json!({"seed": MAX_SEED + 1})).unwrap_err();
+        assert_eq!(e.field, "seed");
+        assert!(parse(json!({"seed": -1})).is_err());
     }
 }

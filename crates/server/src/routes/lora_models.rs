@@ -15,8 +15,8 @@ use uuid::Uuid;
 use loraforge_db::{EventDetail, IdempotencyKey, LoraQuery};
 use loraforge_domain::keys::OutputKeys;
 use loraforge_domain::{
-    DatasetId, LoraId, LoraModel, LoraName, LoraSort, StatusEvent, TextRule, TrainingParams,
-    TrainingStatus, text,
+    DatasetId, LoraId, LoraModel, LoraName, LoraSort, ParamErrorKind, StatusEvent, TextRule,
+    TrainingParams, TrainingStatus, text,
 };
 
 use crate::auth::AuthUser;
@@ -257,18 +257,25 @@ pub(crate) fn parse_params(state: &AppState, v: Option<&Value>) -> ApiResult<Tra
         }
     };
     TrainingParams::from_json(params_in, &state.settings().param_limits).map_err(|e| {
-        match &e.allowed {
+        if let Some(allowed) = &e.allowed {
             // Well-formed, but not a model this operator lets the trainer download and run.
-            Some(allowed) => ApiError::new(
+            return ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "base_model_not_allowed",
                 e.message.clone(),
             )
             .with("field", e.field.clone())
-            .with("allowed", allowed.clone()),
-            None => ApiError::bad_request("invalid_params", e.to_string())
-                .with("field", e.field.clone()),
+            .with("allowed", allowed.clone());
         }
+        let (status, code) = match e.kind {
+            ParamErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid_params"),
+            // Each value is fine but the run could never be trained as asked: refused now
+            // rather than after spending a GPU slot.
+            ParamErrorKind::Incompatible => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "incompatible_params")
+            }
+        };
+        ApiError::new(status, code, e.to_string()).with("field", e.field.clone())
     })
 }
 

@@ -6,7 +6,7 @@
 #
 #   bench/crash_soak.sh [N] [IN_FLIGHT] [KILL_MIN_S] [KILL_MAX_S]
 #   (defaults: 100 lifecycles, 4 in flight, a kill every 4-15 s; STEPS=30, SEED=1,
-#   SLOTS=2 training slots, DEADLINE_MIN=240, KEEP=1 keeps the work folder, LORAFORGE_BIN=path
+#   SLOTS=2 training slots, DEADLINE_MIN=240 (no new lifecycle after it), STUCK_MIN=20, KEEP=1 keeps the work folder, LORAFORGE_BIN=path
 #   uses that release binary instead of building one)
 #
 # Prints a JSON report: LoRAs completed / failed / lost / stuck, LoRAs trained again after a
@@ -47,5 +47,6 @@ export LORAFORGE_LOG="${LORAFORGE_LOG:-info,sqlx=warn,tower_http=warn}"
 echo "machine: $(nproc --all) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
 python3 bench/crash_soak.py --bin "$bin" --dir "$work" --model "$work/models/tiny-sdxl" \
     --n "$n" --in-flight "$in_flight" --kill-min "$kill_min" --kill-max "$kill_max" \
-    --steps "${STEPS:-30}" --seed "${SEED:-1}" --deadline-min "${DEADLINE_MIN:-240}" && rc=0 || rc=$?
+    --steps "${STEPS:-30}" --seed "${SEED:-1}" --deadline-min "${DEADLINE_MIN:-240}" \
+    --stuck-min "${STUCK_MIN:-20}" && rc=0 || rc=$?
 exit "$rc"

@@ -6,6 +6,7 @@
 
 pub mod caption;
 pub mod clock;
+pub mod creator;
 pub mod dataset;
 pub mod ids;
 pub mod keys;
@@ -15,12 +16,14 @@ pub mod money;
 pub mod name;
 pub mod outcome;
 pub mod params;
+pub mod quota;
 pub mod run;
 pub mod status;
 pub mod validation;
 
 pub use caption::caption_for_training;
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use creator::{DisplayName, DisplayNameError, default_display_name};
 pub use dataset::{Dataset, DatasetImage, DatasetRules, ImageFormat};
 pub use ids::{DatasetId, LoraId, RunId, UserId};
 pub use limits::{MonthlyWindow, UsageLimits};
@@ -29,6 +32,9 @@ pub use money::MicroUsd;
 pub use name::{LoraName, NameError};
 pub use outcome::{Disposition, OutcomeSpec};
 pub use params::{ParamError, ParamLimits, ParamsInput, TrainingParams, TrainingType};
+pub use quota::{
+    DailyWindow, DatasetQuota, DatasetRetention, DatasetUsage, QuotaExceeded, QuotaKind,
+};
 pub use run::{FileFacts, RunResult, TrainingRun, ValidationFacts};
 pub use status::{StatusEvent, TrainingStatus, TransitionError};
 pub use validation::Verdict;

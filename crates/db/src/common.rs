@@ -336,6 +336,15 @@ pub(crate) fn updated_data(description: Option<&str>) -> Value {
     json!({ "description": description })
 }
 
+/// The names of the final statuses (`completed`, `failed`, `cancelled`).
+pub(crate) fn final_statuses() -> Vec<&'static str> {
+    loraforge_domain::TrainingStatus::ALL
+        .iter()
+        .filter(|s| s.is_final())
+        .map(|s| s.as_str())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,13 +362,4 @@ mod tests {
         assert_eq!(search_words("a a A"), ["a"]);
         assert_eq!(search_words("1 2 3 4 5 6 7 8 9 10").len(), MAX_SEARCH_WORDS);
     }
-}
-
-/// The names of the final statuses (`completed`, `failed`, `cancelled`).
-pub(crate) fn final_statuses() -> Vec<&'static str> {
-    loraforge_domain::TrainingStatus::ALL
-        .iter()
-        .filter(|s| s.is_final())
-        .map(|s| s.as_str())
-        .collect()
 }

@@ -12,7 +12,9 @@ use sha2::{Digest, Sha256};
 use loraforge_checks::LoraRules;
 use loraforge_db::{ConnectOptions, Repository, redact_url};
 use loraforge_domain::LoraId;
-use loraforge_domain::{DatasetRules, ParamLimits, SystemClock, UsageLimits};
+use loraforge_domain::{
+    DatasetQuota, DatasetRetention, DatasetRules, ParamLimits, SystemClock, UsageLimits,
+};
 use loraforge_engine::backends::{LocalBackend, LocalBackendSettings};
 use loraforge_engine::{
     AfterTraining, Engine, EngineSettings, TrainingBackend, ValidationRules, WorkerTokens,
@@ -42,6 +44,17 @@ pub fn server_settings(s: &Settings) -> ServerSettings {
             max_pixels: s.image_max_megapixels.saturating_mul(1_000_000),
             allow_webp: s.allow_webp,
         },
+        dataset_quota: DatasetQuota {
+            datasets_per_day: s.datasets_per_day,
+            bytes_per_day: s.dataset_bytes_per_day,
+        },
+        dataset_retention: DatasetRetention {
+            unused_after: Duration::from_secs(s.unused_dataset_retention_secs),
+            trained_images_after: s
+                .trained_dataset_image_retention_secs
+                .map(Duration::from_secs),
+        },
+        show_creator_emails: s.show_creator_emails,
         param_limits: ParamLimits {
             min_steps: s.min_steps,
             min_resolution: s.min_resolution,

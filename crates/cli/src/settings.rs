@@ -53,6 +53,18 @@ pub struct Settings {
     pub image_max_megapixels: u64,
     /// Accept WebP images besides JPEG and PNG.
     pub allow_webp: bool,
+    /// Datasets a user may store per UTC calendar day.
+    pub datasets_per_day: u32,
+    /// Bytes of images a user may store per UTC calendar day (counted per dataset).
+    pub dataset_bytes_per_day: u64,
+    /// A dataset no LoRA uses is deleted this long after it was stored, seconds (default 7 days).
+    pub unused_dataset_retention_secs: u64,
+    /// The images of a dataset whose LoRAs have all finished are deleted this long after the last
+    /// finished, seconds; unset keeps them (LoRA files are never deleted).
+    pub trained_dataset_image_retention_secs: Option<u64>,
+    /// Show creators' e-mail addresses to every user in the library (off: display names only;
+    /// owners and admins still see the owner's address on a LoRA).
+    pub show_creator_emails: bool,
     /// Lifetime of signed download URLs, seconds.
     pub download_url_ttl_secs: u64,
     /// How long a library listing may be served from memory, milliseconds (0 = off). Changes made
@@ -196,6 +208,10 @@ impl Settings {
             .set_default("image_min_side", 512)?
             .set_default("image_max_megapixels", 40)?
             .set_default("allow_webp", false)?
+            .set_default("datasets_per_day", 50)?
+            .set_default("dataset_bytes_per_day", 2u64 * 1024 * 1024 * 1024)?
+            .set_default("unused_dataset_retention_secs", 7 * 86_400)?
+            .set_default("show_creator_emails", false)?
             .set_default("download_url_ttl_secs", 3600)?
             .set_default("library_cache_ms", 1000)?
             .set_default("image_url_allowed_hosts", Vec::<String>::new())?
@@ -530,6 +546,22 @@ impl Settings {
                 self.image_max_megapixels.to_string(),
             ),
             ("allow_webp", self.allow_webp.to_string()),
+            ("datasets_per_day", self.datasets_per_day.to_string()),
+            (
+                "dataset_bytes_per_day",
+                self.dataset_bytes_per_day.to_string(),
+            ),
+            (
+                "unused_dataset_retention_secs",
+                self.unused_dataset_retention_secs.to_string(),
+            ),
+            (
+                "trained_dataset_image_retention_secs",
+                self.trained_dataset_image_retention_secs
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "<kept>".into()),
+            ),
+            ("show_creator_emails", self.show_creator_emails.to_string()),
             (
                 "download_url_ttl_secs",
                 self.download_url_ttl_secs.to_string(),

@@ -72,6 +72,7 @@ pub(crate) struct LoraRecord {
     pub id: Uuid,
     pub user_id: Uuid,
     pub email: Option<String>,
+    pub display_name: Option<String>,
     pub name: String,
     pub description: Option<String>,
     pub dataset_id: Uuid,
@@ -110,6 +111,7 @@ impl LoraRecord {
             creator: CreatorRef {
                 id: self.user_id.into(),
                 email: self.email,
+                display_name: self.display_name,
             },
             status: parse_status(&self.status)?,
             dataset_id: self.dataset_id.into(),
@@ -143,6 +145,7 @@ pub(crate) struct SummaryRecord {
     pub id: Uuid,
     pub user_id: Uuid,
     pub email: Option<String>,
+    pub display_name: Option<String>,
     pub name: String,
     pub description: Option<String>,
     pub status: String,
@@ -160,6 +163,7 @@ impl SummaryRecord {
             creator: CreatorRef {
                 id: self.user_id.into(),
                 email: self.email,
+                display_name: self.display_name,
             },
             usage_count: to_u64(self.usage_count, "usage_count")?,
             created_at: self.created_at,
@@ -357,6 +361,15 @@ where
             held.insert((owner, key.clone()));
             (id, key)
         })
+        .collect()
+}
+
+/// The names of the final statuses (`completed`, `failed`, `cancelled`).
+pub(crate) fn final_statuses() -> Vec<&'static str> {
+    loraforge_domain::TrainingStatus::ALL
+        .iter()
+        .filter(|s| s.is_final())
+        .map(|s| s.as_str())
         .collect()
 }
 

@@ -19,9 +19,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use loraforge_domain::{
-    Dataset, DatasetId, LoraId, LoraModel, LoraName, LoraSort, LoraSummary, MicroUsd,
-    MonthlyWindow, Progress, RunId, StatusEvent, TrainingParams, TrainingRun, TrainingStatus,
-    TransitionError, UserId,
+    DailyWindow, Dataset, DatasetId, DatasetQuota, DatasetUsage, LoraId, LoraModel, LoraName,
+    LoraSort, LoraSummary, MicroUsd, MonthlyWindow, Progress, QuotaExceeded, RunId, StatusEvent,
+    TrainingParams, TrainingRun, TrainingStatus, TransitionError, UserId,
 };
 
 mod common;
@@ -51,6 +51,11 @@ pub enum DbError {
     Transition(#[from] TransitionError),
     #[error("the dataset does not exist or belongs to someone else")]
     DatasetNotFound,
+    #[error("daily dataset quota reached: {} of {} {} used", .0.used, .0.limit, .0.kind.as_str())]
+    DatasetQuotaReached(QuotaExceeded),
+    /// An image blob is being deleted by the sweep right now; storing it again must wait.
+    #[error("an image blob is being deleted; try again shortly")]
+    BlobBusy,
     #[error("unsupported database URL {0:?}; use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
     #[error("fault injected at {0:?}")]
@@ -70,7 +75,7 @@ impl DbError {
     /// Worth trying again unchanged (lost connection, pool timeout, serialization failure).
     pub fn is_retryable(&self) -> bool {
         match self {
-            DbError::Conflict => true,
+            DbError::Conflict | DbError::BlobBusy => true,
             DbError::Sqlx(e) => {
                 matches!(
                     e,
@@ -262,6 +267,43 @@ pub struct LoraEvent {
     pub at: DateTime<Utc>,
 }
 
+/// A LoRA an idempotency key names ([`Repository::idempotent_lora`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotentLora {
+    /// The hash of the request that first used the key.
+    pub request_hash: String,
+    pub lora: LoraModel,
+}
+
+/// A user's own record ([`Repository::user_profile`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserProfile {
+    pub id: UserId,
+    /// The latest e-mail seen in the user's token.
+    pub email: Option<String>,
+    /// The name they chose, if any.
+    pub display_name: Option<String>,
+}
+
+/// What [`Repository::sweep_datasets`] removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatasetCutoffs {
+    /// Datasets no LoRA uses, stored before this, are deleted.
+    pub unused_before: DateTime<Utc>,
+    /// The images of datasets whose LoRAs all finished (completed, failed, cancelled) before
+    /// this are removed; `None` keeps them.
+    pub trained_before: Option<DateTime<Utc>>,
+}
+
+/// What one [`Repository::sweep_datasets`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweptDatasets {
+    /// Datasets deleted with their images (no LoRA used them).
+    pub deleted: Vec<DatasetId>,
+    /// Datasets whose images were removed (their LoRAs finished long enough ago).
+    pub images_removed: Vec<DatasetId>,
+}
+
 /// A job handed to a worker by [`Repository::claim_next_job`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedJob {
@@ -409,7 +451,57 @@ pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
 
     /// Stores a dataset and all of its images in one transaction.
     async fn insert_dataset(&self, dataset: &Dataset) -> Result<()>;
+    /// Like [`Repository::insert_dataset`], under the owner's daily quota: in one per-user
+    /// critical section, the datasets and bytes the owner stored in the UTC day of
+    /// `dataset.created_at` plus this one must fit `quota` (`DatasetQuotaReached` otherwise).
+    async fn insert_dataset_within(&self, dataset: &Dataset, quota: DatasetQuota) -> Result<()>;
     async fn get_dataset(&self, id: DatasetId) -> Result<Option<Dataset>>;
+    /// Datasets (and their bytes) `user` stored inside `window`.
+    async fn dataset_usage(&self, user: UserId, window: DailyWindow) -> Result<DatasetUsage>;
+
+    /// Claims content-addressed image blobs before their bytes are written: each key is recorded
+    /// (or its claim renewed) at `now`, which keeps the sweep off it for its grace period.
+    /// `BlobBusy` (nothing claimed) when the sweep is deleting one of them.
+    async fn claim_blobs(&self, keys: &[String], now: DateTime<Utc>) -> Result<()>;
+
+    /// Deletes datasets no LoRA uses stored before `cutoffs.unused_before`, and removes the images
+    /// of datasets whose LoRAs all finished before `cutoffs.trained_before`, at most `limit` of
+    /// each, oldest first. Only rows: the blobs they referenced are left to
+    /// [`Repository::orphan_blobs`]. A dataset a LoRA uses is never deleted.
+    async fn sweep_datasets(
+        &self,
+        cutoffs: DatasetCutoffs,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<SweptDatasets>;
+
+    /// Image blobs no dataset references and nobody claimed since `claimed_before`, marked as being
+    /// deleted at `now` (with any still marked from an interrupted sweep), at most `limit`. The
+    /// caller deletes their bytes, then [`Repository::forget_blobs`].
+    async fn orphan_blobs(
+        &self,
+        claimed_before: DateTime<Utc>,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>>;
+
+    /// Forgets blobs whose bytes were deleted (only those still marked and unreferenced).
+    async fn forget_blobs(&self, keys: &[String]) -> Result<()>;
+
+    // --- users ------------------------------------------------------------------------------
+
+    /// The user's own record; `None` for a user the service has not seen yet.
+    async fn user_profile(&self, user: UserId) -> Result<Option<UserProfile>>;
+
+    /// Sets (or with `None` clears) the user's display name, creating the user's record (with
+    /// `email`, when given) if it does not exist yet.
+    async fn set_display_name(
+        &self,
+        user: UserId,
+        email: Option<&str>,
+        display_name: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<UserProfile>;
 
     // --- the library ------------------------------------------------------------------------
 
@@ -423,6 +515,11 @@ pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
     async fn create_lora(&self, new: NewLora, policy: MonthlyPolicy) -> Result<CreateOutcome>;
 
     async fn get_lora(&self, id: LoraId) -> Result<Option<LoraModel>>;
+
+    /// The LoRA an earlier create of `user` with idempotency key `key` made, with the hash of
+    /// that request; `None` if the key is unused. Lets a caller answer a replay (or refuse a
+    /// reused key) before doing any work; `create_lora` still decides under its lock.
+    async fn idempotent_lora(&self, user: UserId, key: &str) -> Result<Option<IdempotentLora>>;
 
     /// The public library: every user's LoRAs.
     async fn list_loras(&self, query: &LoraQuery) -> Result<Page<LoraSummary>>;

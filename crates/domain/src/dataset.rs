@@ -101,3 +101,10 @@ pub struct Dataset {
     pub images: Vec<DatasetImage>,
     pub created_at: DateTime<Utc>,
 }
+
+impl Dataset {
+    /// Bytes its images store (what the daily byte quota counts).
+    pub fn total_bytes(&self) -> u64 {
+        self.images.iter().map(|i| i.bytes).sum()
+    }
+}

@@ -28,6 +28,16 @@ pub fn dataset_image(user: UserId, dataset: DatasetId, index: usize, extension: 
     format!("datasets/{user}/{dataset}/{index:02}.{extension}")
 }
 
+/// Content-addressed dataset images live under this prefix.
+pub const IMAGE_BLOBS_PREFIX: &str = "dataset-images/sha256/";
+
+/// `dataset-images/sha256/{ab}/{sha256}.{ext}`: one stored image, named by the sha256 (lowercase
+/// hex) of its stored bytes, so the same bytes are stored once whichever datasets hold them.
+pub fn image_blob(sha256_hex: &str, extension: &str) -> String {
+    let fan_out = sha256_hex.get(..2).unwrap_or("00");
+    format!("{IMAGE_BLOBS_PREFIX}{fan_out}/{sha256_hex}.{extension}")
+}
+
 /// Where a LoRA's trained files go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputKeys {
@@ -77,6 +87,11 @@ mod tests {
             format!("training-checkpoints/{u}/{l}/attempt-3.pt")
         );
         assert!(checkpoint(u, l, 3).starts_with(&checkpoints_of(u, l)));
+        let hash = "ab".repeat(32);
+        assert_eq!(
+            image_blob(&hash, "png"),
+            format!("dataset-images/sha256/ab/{hash}.png")
+        );
         let d = DatasetId::new();
         assert_eq!(
             dataset_image(u, d, 3, "png"),

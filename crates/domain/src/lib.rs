@@ -6,6 +6,7 @@
 
 pub mod caption;
 pub mod clock;
+pub mod creator;
 pub mod dataset;
 pub mod ids;
 pub mod keys;
@@ -15,6 +16,7 @@ pub mod money;
 pub mod name;
 pub mod outcome;
 pub mod params;
+pub mod quota;
 pub mod run;
 pub mod status;
 pub mod text;
@@ -22,6 +24,7 @@ pub mod validation;
 
 pub use caption::caption_for_training;
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use creator::{DisplayName, DisplayNameError, default_display_name};
 pub use dataset::{Dataset, DatasetImage, DatasetRules, ImageFormat};
 pub use ids::{DatasetId, LoraId, RunId, UserId};
 pub use limits::{MonthlyWindow, UsageLimits};
@@ -32,6 +35,9 @@ pub use outcome::{Disposition, OutcomeSpec};
 pub use params::{
     ParamError, ParamErrorKind, ParamLimits, ParamsInput, PriorPreservation, TrainingParams,
     TrainingType,
+};
+pub use quota::{
+    DailyWindow, DatasetQuota, DatasetRetention, DatasetUsage, QuotaExceeded, QuotaKind,
 };
 pub use run::{FileFacts, RunResult, TrainingRun, ValidationFacts};
 pub use status::{StatusEvent, TrainingStatus, TransitionError};

@@ -5,11 +5,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::{DatasetId, LoraId, MicroUsd, TrainingParams, TrainingStatus, UserId};
 
-/// Who made a LoRA; the email is shown when known ("Cyberpunk Girl (by user@example.com)").
+/// Who made a LoRA. The e-mail is private (shown only where an operator opted in, or to its
+/// owner); everyone sees [`CreatorRef::public_name`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreatorRef {
     pub id: UserId,
     pub email: Option<String>,
+    /// The name the creator chose, if any.
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+impl CreatorRef {
+    /// The chosen display name, else one derived without revealing the e-mail.
+    pub fn public_name(&self) -> String {
+        self.display_name
+            .clone()
+            .unwrap_or_else(|| crate::default_display_name(self.id, self.email.as_deref()))
+    }
 }
 
 /// Live progress of a job, as the status endpoint shows it.

@@ -156,6 +156,17 @@ impl From<DbError> for ApiError {
                     e.to_string(),
                 )
             }
+            DbError::DatasetQuotaReached(q) => {
+                // The intake builds the full 429 itself (it knows resets_at).
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "dataset_quota_reached",
+                    e.to_string(),
+                )
+                .with("quota", q.kind.as_str())
+                .with("limit", q.limit)
+                .with("used", q.used)
+            }
             e if e.is_retryable() => ApiError::unavailable("database unavailable", &e),
             e => ApiError::internal("database error", &e),
         }
@@ -187,6 +198,11 @@ impl From<IntakeError> for ApiError {
             IntakeError::Rejected(report) => invalid_dataset_report(&report),
             IntakeError::Storage(e) => e.into(),
             IntakeError::Db(e) => e.into(),
+            IntakeError::QuotaReached {
+                exceeded,
+                window,
+                now,
+            } => crate::quota::dataset_quota_reached(exceeded, window, now),
             IntakeError::Internal(msg) => ApiError::internal("dataset intake failed", &msg),
         }
     }

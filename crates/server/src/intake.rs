@@ -1,13 +1,20 @@
 //! The one dataset path. Every way images come in — a multipart upload, a list of URLs, the
 //! reference images of a character — ends here: check the set (`checks::check_dataset`, off
 //! the async threads), turn rotated images upright, store every image, then record the dataset.
-//! A rejected set stores nothing; a dataset whose insert fails has its blobs removed.
+//! A rejected set stores nothing. Images are content-addressed (`keys::image_blob`, the sha256 of
+//! the stored bytes): the same bytes are stored once, and an image already in the store is not
+//! written again. Keys are claimed in the repository before their bytes are written, so the
+//! dataset sweep leaves them alone; a dataset whose insert fails leaves its blobs unreferenced,
+//! for the sweep to remove after its grace period (another dataset may share them).
 
 use bytes::Bytes;
 
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+
 use loraforge_checks::{DatasetReport, InputImage, check_dataset, normalize_orientation};
 use loraforge_db::DbError;
-use loraforge_domain::{Dataset, DatasetId, DatasetImage, UserId};
+use loraforge_domain::{DailyWindow, Dataset, DatasetId, DatasetImage, QuotaExceeded, UserId};
 use loraforge_storage::StorageError;
 
 use crate::state::AppState;
@@ -35,6 +42,13 @@ pub enum IntakeError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The dataset would pass the owner's daily quota; nothing was recorded.
+    #[error("daily dataset quota reached")]
+    QuotaReached {
+        exceeded: QuotaExceeded,
+        window: DailyWindow,
+        now: DateTime<Utc>,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -79,31 +93,36 @@ pub async fn store_dataset(
                 Ok(input)
             })
             .collect::<Result<Vec<_>, IntakeError>>()?;
-        Ok((upright, report))
+        let hashes: Vec<String> = upright
+            .iter()
+            .map(|i| hex::encode(Sha256::digest(&i.bytes)))
+            .collect();
+        Ok((upright.into_iter().zip(hashes).collect::<Vec<_>>(), report))
     })
     .await
     .map_err(|e| IntakeError::Internal(format!("dataset check panicked: {e}")))??;
 
     let id = DatasetId::new();
-    let mut stored: Vec<DatasetImage> = Vec::with_capacity(inputs.len());
-    for (idx, ((input, checked), caption)) in inputs
-        .into_iter()
-        .zip(&report.images)
-        .zip(captions)
-        .enumerate()
-    {
+    let now = state.now();
+    let mut planned = Vec::with_capacity(inputs.len());
+    for ((input, sha256), checked) in inputs.into_iter().zip(&report.images) {
         let format = checked
             .format
             .ok_or_else(|| IntakeError::Internal("accepted image without a format".into()))?;
-        let key = loraforge_domain::keys::dataset_image(user, id, idx, format.extension());
+        let key = loraforge_domain::keys::image_blob(&sha256, format.extension());
+        planned.push((input, checked, format, key));
+    }
+    let keys: Vec<String> = planned.iter().map(|p| p.3.clone()).collect();
+    state.repo().claim_blobs(&keys, now).await?;
+    let mut stored: Vec<DatasetImage> = Vec::with_capacity(planned.len());
+    for (idx, ((input, checked, format, key), caption)) in
+        planned.into_iter().zip(captions).enumerate()
+    {
         // The stored file is what is described: its own size and hash (it differs from the
         // upload when it was turned upright), and the upright dimensions from the check.
         let bytes = input.bytes.len() as u64;
         let content_hash = blake3::hash(&input.bytes).to_hex().to_string();
-        if let Err(e) = state.store().put(&key, Bytes::from(input.bytes)).await {
-            remove_blobs(state, &stored).await;
-            return Err(e.into());
-        }
+        put_blob(state, &key, input.bytes).await?;
         stored.push(DatasetImage {
             index: idx as u32,
             file_name: input.file_name,
@@ -120,20 +139,32 @@ pub async fn store_dataset(
         id,
         user_id: user,
         images: stored,
-        created_at: state.now(),
+        created_at: now,
     };
-    if let Err(e) = state.repo().insert_dataset(&dataset).await {
-        remove_blobs(state, &dataset.images).await;
-        return Err(e.into());
+    let quota = state.settings().dataset_quota;
+    match state.repo().insert_dataset_within(&dataset, quota).await {
+        Ok(()) => {}
+        Err(DbError::DatasetQuotaReached(exceeded)) => {
+            return Err(IntakeError::QuotaReached {
+                exceeded,
+                window: DailyWindow::containing(now),
+                now,
+            });
+        }
+        Err(e) => return Err(e.into()),
     }
     tracing::info!(dataset_id = %id, user_id = %user, images = dataset.images.len(), "dataset stored");
     Ok(StoredDataset { dataset, report })
 }
 
-async fn remove_blobs(state: &AppState, images: &[DatasetImage]) {
-    for img in images {
-        if let Err(e) = state.store().delete(&img.storage_key).await {
-            tracing::warn!(key = %img.storage_key, error = %e, "could not remove blob of a failed upload");
-        }
+/// Writes one content-addressed blob unless the store holds it already (same key, same size:
+/// the key is the hash of the bytes).
+async fn put_blob(state: &AppState, key: &str, bytes: Vec<u8>) -> Result<(), IntakeError> {
+    if let Some(meta) = state.store().head(key).await?
+        && meta.size == bytes.len() as u64
+    {
+        return Ok(());
     }
+    state.store().put(key, Bytes::from(bytes)).await?;
+    Ok(())
 }

@@ -5,12 +5,14 @@
 
 pub mod auth;
 pub mod create;
+pub mod dataset_sweep;
 pub mod downloads;
 pub mod error;
 pub mod intake;
 pub mod library_cache;
 pub mod maintenance;
 pub mod openapi;
+pub mod quota;
 pub mod rate_limit;
 pub mod routes;
 pub mod settings;
@@ -69,6 +71,7 @@ pub fn api_router(state: AppState) -> Router {
         .route("/api/v1/lora-models/{id}/status", get(lora_models::status))
         .route("/api/v1/lora-models/{id}/events", get(events::events))
         .route("/api/v1/lora-models/{id}/cancel", post(lora_models::cancel))
+        .route("/api/v1/me", get(me::me).patch(me::patch))
         .route("/api/v1/me/limits", get(me::limits))
         .route("/api/v1/admin/lora-models/{id}/review", post(admin::review))
         .route("/api/v1/worker/jobs/{id}", get(worker::job))

@@ -31,13 +31,16 @@ pub async fn sweep_validation_images(
     Ok(deleted)
 }
 
-/// Sweeps every `every` until `shutdown` resolves. Failures are logged; the next sweep retries.
+/// Sweeps every `every` until `shutdown` resolves: validation images past their 30 days, and the
+/// dataset sweep (`dataset_sweep`, one replica at a time). Failures are logged; the next sweep
+/// retries.
 pub async fn run(
     state: AppState,
     every: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let holder = format!("replica-{}", uuid::Uuid::new_v4());
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -48,6 +51,25 @@ pub async fn run(
                     Ok(0) => {}
                     Ok(n) => tracing::info!(deleted = n, "validation images past their 30 days removed"),
                     Err(e) => tracing::warn!(error = %e, "sweeping old validation images failed"),
+                }
+                let r = crate::dataset_sweep::sweep_datasets(
+                    state.repo(),
+                    state.store(),
+                    state.settings().dataset_retention,
+                    &holder,
+                    state.now(),
+                )
+                .await;
+                for e in &r.errors {
+                    tracing::warn!(error = %e, "the dataset sweep failed in part");
+                }
+                if !(r.datasets_deleted.is_empty() && r.images_removed.is_empty() && r.blobs_deleted.is_empty()) {
+                    tracing::info!(
+                        datasets_deleted = r.datasets_deleted.len(),
+                        images_removed = r.images_removed.len(),
+                        blobs_deleted = r.blobs_deleted.len(),
+                        "dataset sweep"
+                    );
                 }
             }
         }

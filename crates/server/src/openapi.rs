@@ -20,11 +20,11 @@ use crate::views;
         datasets::upload, datasets::from_urls, datasets::get,
         lora_models::list, lora_models::create, references::from_references, lora_models::get, lora_models::status,
         lora_models::cancel, lora_models::patch, events::events,
-        me::limits, admin::review,
+        me::me, me::patch, me::limits, admin::review,
     ),
     components(schemas(
         views::LoraList, views::LoraListItem, views::CreatorView, views::LoraDetails, views::StatusView, views::AttemptView, views::MoneyView,
-        views::CreateLoraResponse, views::LimitsView, views::ErrorBody, views::ErrorDetail,
+        views::CreateLoraResponse, views::LimitsView, views::MeView, views::DatasetQuotaView, me::PatchMe, views::ErrorBody, views::ErrorDetail,
         views::DatasetRefView, views::ReferenceImageView, views::ValidationView,
         datasets::DatasetView, datasets::DatasetImageView, datasets::FromUrlsRequest, datasets::UrlImageRequest,
         references::FromReferencesRequest, references::CharacterReference, references::FromReferencesResponse,
@@ -35,7 +35,7 @@ use crate::views;
     tags(
         (name = "library", description = "The public LoRA library and the lifecycle of each LoRA"),
         (name = "datasets", description = "Training images"),
-        (name = "account", description = "Your limits"),
+        (name = "account", description = "Your account (display name) and your limits"),
         (name = "ops", description = "Health checks"),
         (name = "admin", description = "Manual review of trained LoRAs (admin tokens only)"),
     )

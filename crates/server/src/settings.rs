@@ -4,13 +4,20 @@
 use std::time::Duration;
 
 use loraforge_checks::LoraRules;
-use loraforge_domain::{DatasetRules, ParamLimits, UsageLimits};
+use loraforge_domain::{DatasetQuota, DatasetRetention, DatasetRules, ParamLimits, UsageLimits};
 use loraforge_fetch::FetchSettings;
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub limits: UsageLimits,
     pub dataset_rules: DatasetRules,
+    /// Datasets and bytes of images a user may store per UTC day.
+    pub dataset_quota: DatasetQuota,
+    /// How long datasets are kept (the dataset sweep in `maintenance`).
+    pub dataset_retention: DatasetRetention,
+    /// Show creators' e-mail addresses in the library (an operator's opt-in; off: only display
+    /// names, and each owner sees their own address).
+    pub show_creator_emails: bool,
     pub param_limits: ParamLimits,
     /// How long a signed download URL stays valid.
     pub download_url_ttl: Duration,
@@ -93,6 +100,9 @@ impl Default for ServerSettings {
         Self {
             limits: UsageLimits::default(),
             dataset_rules: DatasetRules::default(),
+            dataset_quota: DatasetQuota::default(),
+            dataset_retention: DatasetRetention::default(),
+            show_creator_emails: false,
             param_limits: ParamLimits::default(),
             download_url_ttl: Duration::from_secs(3600),
             cors_origins: Vec::new(),

@@ -11,15 +11,21 @@ use loraforge_domain::{CreatorRef, LoraModel, LoraSummary, MicroUsd, TrainingRun
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreatorView {
     pub id: Uuid,
-    /// Shown as "Name (by email)" when known.
+    /// The name to show ("Cyberpunk Girl by Ann"): the one the creator chose
+    /// (`PATCH /api/v1/me`), else one derived without revealing their e-mail (`j***@e***.com`).
+    pub display_name: String,
+    /// The creator's e-mail: only to the creator themselves and admins, or to everyone where the
+    /// operator opted in (`LORAFORGE_SHOW_CREATOR_EMAILS`); null otherwise.
     pub email: Option<String>,
 }
 
-impl From<&CreatorRef> for CreatorView {
-    fn from(c: &CreatorRef) -> Self {
+impl CreatorView {
+    /// `show_email`: the viewer may see the address (see [`CreatorView::email`]).
+    pub fn of(c: &CreatorRef, show_email: bool) -> Self {
         Self {
             id: c.id.0,
-            email: c.email.clone(),
+            display_name: c.public_name(),
+            email: c.email.clone().filter(|_| show_email),
         }
     }
 }
@@ -36,15 +42,16 @@ pub struct LoraListItem {
     pub usage_count: u64,
 }
 
-impl From<&LoraSummary> for LoraListItem {
-    fn from(s: &LoraSummary) -> Self {
+impl LoraListItem {
+    /// `show_email`: the operator's `show_creator_emails` (a listing is shared by every viewer).
+    pub fn of(s: &LoraSummary, show_email: bool) -> Self {
         Self {
             id: s.id.0,
             name: s.name.clone(),
             description: s.description.clone(),
             training_status: s.status,
             created_at: s.created_at,
-            creator: (&s.creator).into(),
+            creator: CreatorView::of(&s.creator, show_email),
             usage_count: s.usage_count,
         }
     }
@@ -211,6 +218,29 @@ pub struct CreateLoraResponse {
     pub message: String,
 }
 
+/// Your own account.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MeView {
+    pub id: Uuid,
+    /// Your e-mail as your token carries it (only you see it).
+    pub email: Option<String>,
+    /// The name the library shows for you.
+    pub display_name: String,
+    /// Whether `display_name` is one you chose (false: derived from your account).
+    pub display_name_chosen: bool,
+}
+
+/// Today's dataset quota (UTC day).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DatasetQuotaView {
+    pub datasets_used: u32,
+    pub datasets_limit: u32,
+    pub bytes_used: u64,
+    pub bytes_limit: u64,
+    /// The next midnight UTC.
+    pub resets_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LimitsView {
     /// LoRAs counted this month (pending, queued, training, validating, completed).
@@ -221,6 +251,8 @@ pub struct LimitsView {
     pub resets_at: DateTime<Utc>,
     pub concurrent_jobs: u32,
     pub creates_per_minute: u32,
+    /// Datasets you may still store today.
+    pub datasets: DatasetQuotaView,
 }
 
 /// The error envelope every failure uses.

@@ -6,18 +6,36 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use loraforge_domain::{Dataset, DatasetId, DatasetImage, ImageFormat, TrainingStatus};
+use loraforge_domain::{
+    DailyWindow, Dataset, DatasetId, DatasetImage, DatasetQuota, DatasetUsage, ImageFormat,
+    TrainingStatus, UserId,
+};
 
 use super::PgRepository;
+use super::library::lock_user;
 use super::rows::ts;
 use crate::common::{corrupt, to_i64, to_u32, to_u64};
-use crate::{LibraryRow, Result};
+use crate::{DbError, LibraryRow, Result};
 
 /// Rows per `INSERT … SELECT FROM UNNEST(…)`.
 const BULK_CHUNK: usize = 10_000;
 
-pub(super) async fn insert_dataset(repo: &PgRepository, dataset: &Dataset) -> Result<()> {
+/// Inserts `dataset`; with a quota, only if it fits the owner's day (checked while the owner's
+/// lock row is held, so concurrent inserts of one user cannot both squeeze in).
+pub(super) async fn insert_dataset(
+    repo: &PgRepository,
+    dataset: &Dataset,
+    quota: Option<DatasetQuota>,
+) -> Result<()> {
     let id = dataset.id.as_uuid();
+    let total = to_i64(dataset.total_bytes(), "bytes")?;
+    let mut keys: Vec<String> = dataset
+        .images
+        .iter()
+        .map(|i| i.storage_key.clone())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
     let user = dataset.user_id.as_uuid();
     let at = ts(dataset.created_at);
     let mut idx = Vec::new();
@@ -41,17 +59,31 @@ pub(super) async fn insert_dataset(repo: &PgRepository, dataset: &Dataset) -> Re
         caption.push(img.caption.clone());
     }
     let done: Result<Option<()>> = in_write_tx!(repo, |conn| async {
+        if let Some(quota) = quota {
+            lock_user(conn, user, at).await?;
+            let usage = usage(conn, user, DailyWindow::containing(dataset.created_at)).await?;
+            quota
+                .admits(usage, dataset.total_bytes())
+                .map_err(DbError::DatasetQuotaReached)?;
+        }
+        // Renewing the claims keeps the sweep off these blobs (it marks only blobs unclaimed for
+        // its grace period; the row locks taken here make a concurrent mark wait and then see
+        // the renewed claim); a blob it is deleting now refuses the insert.
+        claim(conn, &keys, at, quota.is_some()).await?;
         sqlx::query("INSERT INTO users (id, created_at, updated_at) VALUES ($1, $2, $2) ON CONFLICT (id) DO NOTHING")
             .bind(user)
             .bind(at)
             .execute(&mut *conn)
             .await?;
-        sqlx::query("INSERT INTO datasets (id, user_id, created_at) VALUES ($1, $2, $3)")
-            .bind(id)
-            .bind(user)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO datasets (id, user_id, created_at, bytes) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(user)
+        .bind(at)
+        .bind(total)
+        .execute(&mut *conn)
+        .await?;
         sqlx::query(
             "INSERT INTO dataset_images (dataset_id, idx, file_name, format, width, height, bytes, content_hash, \
              storage_key, caption) \
@@ -73,6 +105,64 @@ pub(super) async fn insert_dataset(repo: &PgRepository, dataset: &Dataset) -> Re
         Ok(Some(()))
     });
     done.map(|_| ())
+}
+
+/// Claims image blobs at `at`. `strict`: each must have been claimed before (by the intake that
+/// wrote its bytes), so a blob the sweep deleted and forgot meanwhile is never referenced.
+/// `BlobBusy` when one is being deleted (or, strict, unknown).
+pub(super) async fn claim(
+    conn: &mut sqlx::PgConnection,
+    keys: &[String],
+    at: DateTime<Utc>,
+    strict: bool,
+) -> Result<()> {
+    let sql = if strict {
+        "UPDATE image_blobs SET claimed_at = $2 WHERE key = $1 AND deleting_since IS NULL"
+    } else {
+        "INSERT INTO image_blobs (key, claimed_at) VALUES ($1, $2) ON CONFLICT (key) \
+         DO UPDATE SET claimed_at = EXCLUDED.claimed_at WHERE image_blobs.deleting_since IS NULL"
+    };
+    for key in keys {
+        let n = sqlx::query(sql)
+            .bind(key)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        if n != 1 {
+            return Err(DbError::BlobBusy);
+        }
+    }
+    Ok(())
+}
+
+async fn usage(
+    conn: &mut sqlx::PgConnection,
+    user: Uuid,
+    window: DailyWindow,
+) -> Result<DatasetUsage> {
+    let (count, bytes): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(bytes), 0)::bigint FROM datasets \
+         WHERE user_id = $1 AND created_at >= $2 AND created_at < $3",
+    )
+    .bind(user)
+    .bind(window.start)
+    .bind(window.end)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(DatasetUsage {
+        datasets: to_u32(count, "count")?,
+        bytes: to_u64(bytes, "bytes")?,
+    })
+}
+
+pub(super) async fn dataset_usage(
+    pool: &PgPool,
+    user: UserId,
+    window: DailyWindow,
+) -> Result<DatasetUsage> {
+    let mut conn = pool.acquire().await?;
+    usage(&mut conn, user.as_uuid(), window).await
 }
 
 pub(super) async fn get_dataset(pool: &PgPool, id: DatasetId) -> Result<Option<Dataset>> {

@@ -80,10 +80,13 @@ async fn create_in_tx(
         }
     }
 
-    let owner: Option<Uuid> = sqlx::query_scalar("SELECT user_id FROM datasets WHERE id = $1")
-        .bind(new.dataset_id.as_uuid())
-        .fetch_optional(&mut *conn)
-        .await?;
+    // A dataset whose images the retention sweep removed cannot be trained again.
+    let owner: Option<Uuid> = sqlx::query_scalar(
+        "SELECT user_id FROM datasets WHERE id = $1 AND images_removed_at IS NULL",
+    )
+    .bind(new.dataset_id.as_uuid())
+    .fetch_optional(&mut *conn)
+    .await?;
     if owner != Some(user) {
         return Err(DbError::DatasetNotFound);
     }
@@ -317,7 +320,7 @@ pub(super) async fn list_loras(pool: &PgPool, query: &LoraQuery) -> Result<Page<
             .push(")");
         push_filters(&mut qb, query);
         qb.push(
-            ") SELECT h.id, h.user_id, u.email, h.name, h.description, h.training_status, h.usage_count, \
+            ") SELECT h.id, h.user_id, u.email, u.display_name, h.name, h.description, h.training_status, h.usage_count, \
              h.created_at, count(*) OVER () AS total FROM hits h LEFT JOIN users u ON u.id = h.user_id",
         );
         push_order_and_page(&mut qb, query, "h");
@@ -343,7 +346,7 @@ pub(super) async fn list_loras(pool: &PgPool, query: &LoraQuery) -> Result<Page<
 
     let mut qb = QueryBuilder::<Postgres>::new("SELECT ");
     qb.push(SUMMARY_COLUMNS)
-        .push(", u.email FROM lora_models m LEFT JOIN users u ON u.id = m.user_id WHERE TRUE");
+        .push(", u.email, u.display_name FROM lora_models m LEFT JOIN users u ON u.id = m.user_id WHERE TRUE");
     push_filters(&mut qb, query);
     push_order_and_page(&mut qb, query, "m");
     let rows = qb.build().fetch_all(&mut *conn).await?;

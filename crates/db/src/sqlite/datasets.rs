@@ -4,32 +4,54 @@ use std::collections::HashMap;
 
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-use loraforge_domain::{Dataset, DatasetId, DatasetImage, ImageFormat, TrainingStatus};
+use loraforge_domain::{
+    DailyWindow, Dataset, DatasetId, DatasetImage, DatasetQuota, DatasetUsage, ImageFormat,
+    TrainingStatus, UserId,
+};
 
 use super::SqliteRepository;
 use super::rows::{parse_ts, ts};
 use crate::common::{corrupt, to_i64, to_u32, to_u64};
-use crate::{LibraryRow, Result};
+use crate::{DbError, LibraryRow, Result};
 
 /// Rows per multi-row `INSERT` (at most 12 bound values each, under SQLite's 32,766).
 const BULK_CHUNK: usize = 2_000;
 
-pub(super) async fn insert_dataset(repo: &SqliteRepository, dataset: &Dataset) -> Result<()> {
+/// Inserts `dataset`; with a quota, only if it fits the owner's day (checked under the write
+/// lock every write transaction holds, so concurrent inserts cannot both squeeze in).
+pub(super) async fn insert_dataset(
+    repo: &SqliteRepository,
+    dataset: &Dataset,
+    quota: Option<DatasetQuota>,
+) -> Result<()> {
     let id = dataset.id.to_string();
     let user = dataset.user_id.to_string();
     let at = ts(dataset.created_at);
+    let total = to_i64(dataset.total_bytes(), "bytes")?;
     let done: Result<Option<()>> = in_write_tx!(repo, |conn| async {
+        if let Some(quota) = quota {
+            let usage = usage(conn, &user, DailyWindow::containing(dataset.created_at)).await?;
+            quota
+                .admits(usage, dataset.total_bytes())
+                .map_err(DbError::DatasetQuotaReached)?;
+        }
+        // Renewing the claims keeps the sweep off these blobs (it marks only blobs unclaimed for
+        // its grace period); a blob it is deleting now refuses the insert.
+        claim(conn, &image_keys(dataset), &at, quota.is_some()).await?;
         sqlx::query("INSERT INTO users (id, created_at, updated_at) VALUES ($1, $2, $2) ON CONFLICT (id) DO NOTHING")
             .bind(&user)
             .bind(&at)
             .execute(&mut *conn)
             .await?;
-        sqlx::query("INSERT INTO datasets (id, user_id, created_at) VALUES ($1, $2, $3)")
-            .bind(&id)
-            .bind(&user)
-            .bind(&at)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO datasets (id, user_id, created_at, bytes) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&id)
+        .bind(&user)
+        .bind(&at)
+        .bind(total)
+        .execute(&mut *conn)
+        .await?;
         for img in &dataset.images {
             sqlx::query(
                 "INSERT INTO dataset_images (dataset_id, idx, file_name, format, width, height, bytes, \
@@ -51,6 +73,75 @@ pub(super) async fn insert_dataset(repo: &SqliteRepository, dataset: &Dataset) -
         Ok(Some(()))
     });
     done.map(|_| ())
+}
+
+fn image_keys(dataset: &Dataset) -> Vec<&str> {
+    let mut keys: Vec<&str> = dataset
+        .images
+        .iter()
+        .map(|i| i.storage_key.as_str())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// Claims image blobs at `at`. `strict`: each must have been claimed before (by the intake that
+/// wrote its bytes), so a blob the sweep deleted and forgot meanwhile is never referenced.
+/// `BlobBusy` when one is being deleted (or, strict, unknown).
+pub(super) async fn claim(
+    conn: &mut sqlx::SqliteConnection,
+    keys: &[&str],
+    at: &str,
+    strict: bool,
+) -> Result<()> {
+    let sql = if strict {
+        "UPDATE image_blobs SET claimed_at = $2 WHERE key = $1 AND deleting_since IS NULL"
+    } else {
+        "INSERT INTO image_blobs (key, claimed_at) VALUES ($1, $2) ON CONFLICT (key) \
+         DO UPDATE SET claimed_at = excluded.claimed_at WHERE image_blobs.deleting_since IS NULL"
+    };
+    for key in keys {
+        let n = sqlx::query(sql)
+            .bind(key)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        if n != 1 {
+            return Err(DbError::BlobBusy);
+        }
+    }
+    Ok(())
+}
+
+async fn usage(
+    conn: &mut sqlx::SqliteConnection,
+    user: &str,
+    window: DailyWindow,
+) -> Result<DatasetUsage> {
+    let (count, bytes): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(bytes), 0) FROM datasets \
+         WHERE user_id = $1 AND created_at >= $2 AND created_at < $3",
+    )
+    .bind(user)
+    .bind(ts(window.start))
+    .bind(ts(window.end))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(DatasetUsage {
+        datasets: to_u32(count, "count")?,
+        bytes: to_u64(bytes, "bytes")?,
+    })
+}
+
+pub(super) async fn dataset_usage(
+    pool: &SqlitePool,
+    user: UserId,
+    window: DailyWindow,
+) -> Result<DatasetUsage> {
+    let mut conn = pool.acquire().await?;
+    usage(&mut conn, &user.to_string(), window).await
 }
 
 pub(super) async fn get_dataset(pool: &SqlitePool, id: DatasetId) -> Result<Option<Dataset>> {

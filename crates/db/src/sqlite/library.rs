@@ -51,10 +51,13 @@ async fn create_in_tx(
         }
     }
 
-    let owner: Option<String> = sqlx::query_scalar("SELECT user_id FROM datasets WHERE id = $1")
-        .bind(new.dataset_id.to_string())
-        .fetch_optional(&mut *conn)
-        .await?;
+    // A dataset whose images the retention sweep removed cannot be trained again.
+    let owner: Option<String> = sqlx::query_scalar(
+        "SELECT user_id FROM datasets WHERE id = $1 AND images_removed_at IS NULL",
+    )
+    .bind(new.dataset_id.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
     if owner.as_deref() != Some(user.as_str()) {
         return Err(DbError::DatasetNotFound);
     }
@@ -245,7 +248,7 @@ fn push_order_and_page(qb: &mut QueryBuilder<Sqlite>, query: &LoraQuery) {
         .push_bind(i64::try_from(query.offset).unwrap_or(i64::MAX));
 }
 
-const SUMMARY_SELECT: &str = "SELECT m.id, m.user_id, u.email, m.name, m.description, m.training_status, m.usage_count, m.created_at";
+const SUMMARY_SELECT: &str = "SELECT m.id, m.user_id, u.email, u.display_name, m.name, m.description, m.training_status, m.usage_count, m.created_at";
 
 pub(super) async fn list_loras(pool: &SqlitePool, query: &LoraQuery) -> Result<Page<LoraSummary>> {
     let words = query

@@ -14,20 +14,20 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 
 use loraforge_domain::{
-    Dataset, DatasetId, LoraId, LoraModel, LoraSummary, MicroUsd, MonthlyWindow, Progress, RunId,
-    StatusEvent, TrainingRun, UserId,
+    DailyWindow, Dataset, DatasetId, DatasetQuota, DatasetUsage, LoraId, LoraModel, LoraSummary,
+    MicroUsd, MonthlyWindow, Progress, RunId, StatusEvent, TrainingRun, UserId,
 };
 
 use crate::{
-    ClaimedJob, ConnectOptions, CreateOutcome, EventDetail, ExpiredLease, Faults, JobClaim,
-    LibraryRow, LoraEvent, LoraQuery, MonthlyPolicy, NewLora, NewRun, OpenRun, Page, Repository,
-    Result, RunningJob, Settle, StartDue,
+    ClaimedJob, ConnectOptions, CreateOutcome, DatasetCutoffs, EventDetail, ExpiredLease, Faults,
+    IdempotentLora, JobClaim, LibraryRow, LoraEvent, LoraQuery, MonthlyPolicy, NewLora, NewRun,
+    OpenRun, Page, Repository, Result, RunningJob, Settle, StartDue, SweptDatasets, UserProfile,
 };
 
 /// `SELECT` of every column `rows::lora_record` decodes; append a `WHERE`.
 macro_rules! lora_select {
     () => {
-        "SELECT m.id, m.user_id, u.email, m.name, m.description, m.dataset_id, m.params, \
+        "SELECT m.id, m.user_id, u.email, u.display_name, m.name, m.description, m.dataset_id, m.params, \
          m.training_status, m.stage, m.progress, m.estimated_remaining, m.error, m.usage_count, \
          m.storage_key, m.file_size, m.validation_image_keys, m.validation_passed, m.training_cost_micros, \
          m.status_message, m.created_at, m.updated_at, m.completed_at \
@@ -72,8 +72,10 @@ macro_rules! in_write_tx {
 mod datasets;
 mod jobs;
 mod library;
+mod retention;
 mod rows;
 mod runs;
+mod users;
 
 /// Address space each connection may map of the database file.
 const MMAP_BYTES: u64 = 1 << 30;
@@ -148,11 +150,63 @@ impl Repository for SqliteRepository {
     }
 
     async fn insert_dataset(&self, dataset: &Dataset) -> Result<()> {
-        datasets::insert_dataset(self, dataset).await
+        datasets::insert_dataset(self, dataset, None).await
+    }
+
+    async fn insert_dataset_within(&self, dataset: &Dataset, quota: DatasetQuota) -> Result<()> {
+        datasets::insert_dataset(self, dataset, Some(quota)).await
     }
 
     async fn get_dataset(&self, id: DatasetId) -> Result<Option<Dataset>> {
         datasets::get_dataset(&self.pool, id).await
+    }
+
+    async fn dataset_usage(&self, user: UserId, window: DailyWindow) -> Result<DatasetUsage> {
+        datasets::dataset_usage(&self.pool, user, window).await
+    }
+
+    async fn claim_blobs(&self, keys: &[String], now: DateTime<Utc>) -> Result<()> {
+        retention::claim_blobs(self, keys, now).await
+    }
+
+    async fn sweep_datasets(
+        &self,
+        cutoffs: DatasetCutoffs,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<SweptDatasets> {
+        retention::sweep_datasets(self, cutoffs, limit, now).await
+    }
+
+    async fn orphan_blobs(
+        &self,
+        claimed_before: DateTime<Utc>,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        retention::orphan_blobs(self, claimed_before, limit, now).await
+    }
+
+    async fn forget_blobs(&self, keys: &[String]) -> Result<()> {
+        retention::forget_blobs(self, keys).await
+    }
+
+    async fn user_profile(&self, user: UserId) -> Result<Option<UserProfile>> {
+        users::user_profile(&self.pool, user).await
+    }
+
+    async fn set_display_name(
+        &self,
+        user: UserId,
+        email: Option<&str>,
+        display_name: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<UserProfile> {
+        users::set_display_name(self, user, email, display_name, now).await
+    }
+
+    async fn idempotent_lora(&self, user: UserId, key: &str) -> Result<Option<IdempotentLora>> {
+        users::idempotent_lora(&self.pool, user, key).await
     }
 
     async fn create_lora(&self, new: NewLora, policy: MonthlyPolicy) -> Result<CreateOutcome> {

@@ -5,6 +5,7 @@
 //! server is unreachable.
 
 mod create;
+mod datasets;
 mod engine;
 mod helpers;
 mod library;
@@ -61,4 +62,11 @@ conformance! {
     library::list_sorts_filters_and_pages,
     library::search_matches_word_prefixes,
     library::search_follows_new_and_edited_loras,
+    datasets::dataset_quota_counts_the_day_and_refuses_past_it,
+    datasets::concurrent_dataset_inserts_stop_at_the_quota,
+    datasets::unused_datasets_go_and_shared_blobs_stay,
+    datasets::a_blob_being_deleted_cannot_be_claimed_or_referenced,
+    datasets::trained_datasets_keep_their_images_unless_retention_says_otherwise,
+    datasets::display_names_show_in_the_library,
+    datasets::idempotent_lora_answers_before_any_work,
 }

@@ -23,6 +23,7 @@ use crate::auth::AuthUser;
 use crate::downloads::{self, UrlImage, download_all};
 use crate::error::{ApiError, ApiResult, body_error, invalid_dataset, invalid_text};
 use crate::intake::{IntakeImage, StoredDataset, store_dataset};
+use crate::quota::check_dataset_quota;
 use crate::state::AppState;
 
 const MAX_CAPTION_BYTES: usize = 16 * 1024;
@@ -57,12 +58,15 @@ pub struct DatasetView {
     request_body(content_type = "multipart/form-data", description = "parts named `images`; `.txt` parts are captions"),
     responses((status = 201, body = DatasetView), (status = 400, body = crate::views::ErrorBody),
         (status = 413, body = crate::views::ErrorBody),
-        (status = 422, description = "invalid_dataset: every failing image with its reason", body = crate::views::ErrorBody)))]
+        (status = 422, description = "invalid_dataset: every failing image with its reason", body = crate::views::ErrorBody),
+        (status = 429, description = "dataset_quota_reached: the daily dataset quota, with limit, used and resets_at", body = crate::views::ErrorBody)))]
 pub async fn upload(
     State(state): State<AppState>,
     user: AuthUser,
     mp: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<DatasetView>)> {
+    // Before a byte of the body is read.
+    check_dataset_quota(&state, user.id).await?;
     let mut mp = mp.map_err(|e| {
         ApiError::bad_request(
             "invalid_multipart",
@@ -160,7 +164,8 @@ pub struct UrlImageRequest {
     request_body = FromUrlsRequest,
     responses((status = 201, body = DatasetView), (status = 400, body = crate::views::ErrorBody),
         (status = 403, description = "url_intake_disabled: the server allows no hosts", body = crate::views::ErrorBody),
-        (status = 422, description = "invalid_dataset: every URL that failed to download or failed the checks, with its reason", body = crate::views::ErrorBody)))]
+        (status = 422, description = "invalid_dataset: every URL that failed to download or failed the checks, with its reason", body = crate::views::ErrorBody),
+        (status = 429, description = "dataset_quota_reached: the daily dataset quota, with limit, used and resets_at", body = crate::views::ErrorBody)))]
 pub async fn from_urls(
     State(state): State<AppState>,
     user: AuthUser,
@@ -213,6 +218,8 @@ pub async fn from_urls(
         ));
     }
     let fetcher = downloads::fetcher(&state)?;
+    // Before anything is downloaded.
+    check_dataset_quota(&state, user.id).await?;
     let images = download_all(&state, fetcher, images).await?;
     let stored = store_dataset(&state, user.id, images).await?;
     Ok((StatusCode::CREATED, Json(dataset_view(&stored))))

@@ -133,7 +133,11 @@ pub async fn list(
 async fn library_page(state: &AppState, query: &LoraQuery) -> ApiResult<Bytes> {
     let page = state.repo().list_loras(query).await?;
     let list = LoraList {
-        items: page.items.iter().map(Into::into).collect(),
+        items: page
+            .items
+            .iter()
+            .map(|s| LoraListItem::of(s, state.settings().show_creator_emails))
+            .collect(),
         total: page.total,
         limit: query.limit,
         offset: query.offset,
@@ -438,7 +442,11 @@ async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResu
         progress: status.progress,
         estimated_remaining: status.estimated_remaining,
         error: status.error,
-        creator: (&lora.creator).into(),
+        // Owners and admins see the address; others only where the operator opted in.
+        creator: CreatorView::of(
+            &lora.creator,
+            owner || user.is_admin || state.settings().show_creator_emails,
+        ),
         usage_count: lora.usage_count,
         params: serde_json::to_value(&lora.params).unwrap_or(Value::Null),
         dataset: DatasetRefView {

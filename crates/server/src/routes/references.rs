@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use loraforge_db::IdempotencyKey;
+use loraforge_db::{DbError, IdempotencyKey};
 use loraforge_domain::{LoraName, MonthlyWindow, TextRule, TrainingStatus, text};
 
 use crate::auth::AuthUser;
@@ -24,6 +24,7 @@ use crate::create::{CreateLora, Created, create_lora, monthly_limit_reached};
 use crate::downloads::{self, UrlImage, download_all};
 use crate::error::{ApiError, ApiResult, body_error, invalid_text};
 use crate::intake::{IntakeError, store_dataset};
+use crate::quota::check_dataset_quota;
 use crate::routes::lora_models::{idempotency_header, parse_description, parse_params};
 use crate::state::AppState;
 
@@ -82,7 +83,8 @@ pub struct FromReferencesResponse {
     params(("Idempotency-Key" = Option<String>, Header, description = "retrying with the same key returns the first LoRAs")),
     responses((status = 202, body = FromReferencesResponse), (status = 400, body = crate::views::ErrorBody),
         (status = 403, description = "url_intake_disabled", body = crate::views::ErrorBody),
-        (status = 429, body = crate::views::ErrorBody)))]
+        (status = 422, description = "idempotency_key_reused", body = crate::views::ErrorBody),
+        (status = 429, description = "monthly_limit_reached or dataset_quota_reached", body = crate::views::ErrorBody)))]
 pub async fn from_references(
     State(state): State<AppState>,
     user: AuthUser,
@@ -132,26 +134,76 @@ pub async fn from_references(
     };
     let groups = group_by_character(refs);
 
-    // Nothing is downloaded for a user who cannot create anything this month — unless the
-    // request carries an idempotency key: a retry must replay its first result even at the limit.
-    if idempotency.is_none() && groups.iter().any(|g| g.refs.len() >= rules.min_images) {
-        let now = state.now();
-        let window = MonthlyWindow::containing(now);
-        let limit = state.settings().limits.monthly_loras;
-        match state.repo().count_monthly(user.id, window).await {
-            Ok(used) if used >= limit => {
-                return Err(monthly_limit_reached(window, now, used, limit));
+    // Replays first: a character whose create this key already made answers that LoRA, and a
+    // key used with another request answers 422 — both before anything is downloaded or stored.
+    let mut replayed = vec![false; groups.len()];
+    if let Some(k) = &idempotency {
+        for (i, group) in groups.iter().enumerate() {
+            let n = group.refs.len();
+            if n < rules.min_images || n > rules.max_images {
+                continue;
             }
-            Ok(_) => {}
-            // The create re-checks under its lock; a failing count only skips this shortcut.
-            Err(e) => {
-                tracing::warn!(error = %e, "monthly count failed; the creates will check again")
+            let name_raw = group
+                .name
+                .clone()
+                .unwrap_or_else(|| group.character_id.clone());
+            let key = character_key(k, group, &name_raw, &description, req.params.as_ref());
+            if let Some(prior) = state.repo().idempotent_lora(user.id, &key.key).await? {
+                if prior.request_hash != key.request_hash {
+                    return Err(DbError::IdempotencyKeyReused.into());
+                }
+                loras.push(CharacterLoraView {
+                    character_id: group.character_id.clone(),
+                    lora_id: prior.lora.id.0,
+                    dataset_id: prior.lora.dataset_id.0,
+                    status: prior.lora.status,
+                });
+                replayed[i] = true;
             }
         }
     }
 
+    // Nothing is downloaded or stored for a user who cannot create anything this month or store
+    // any dataset today; replays above are answered all the same.
+    let work = groups
+        .iter()
+        .zip(&replayed)
+        .any(|(g, r)| !r && (rules.min_images..=rules.max_images).contains(&g.refs.len()));
+    if work {
+        let now = state.now();
+        let window = MonthlyWindow::containing(now);
+        let limit = state.settings().limits.monthly_loras;
+        let refusal = match state.repo().count_monthly(user.id, window).await {
+            Ok(used) if used >= limit => Some(monthly_limit_reached(window, now, used, limit)),
+            Ok(_) => check_dataset_quota(&state, user.id).await.err(),
+            // The create re-checks under its lock; a failing count only skips this shortcut.
+            Err(e) => {
+                tracing::warn!(error = %e, "monthly count failed; the creates will check again");
+                check_dataset_quota(&state, user.id).await.err()
+            }
+        };
+        if let Some(e) = refusal {
+            if loras.is_empty() {
+                return Err(e);
+            }
+            for (g, r) in groups.iter().zip(&replayed) {
+                if !r {
+                    let msg = format!("character {} was skipped: {}", g.character_id, e.message);
+                    warn(&mut warnings, &g.character_id, e.code, msg);
+                }
+            }
+            return Ok((
+                StatusCode::ACCEPTED,
+                Json(FromReferencesResponse { loras, warnings }),
+            ));
+        }
+    }
+
     let mut first_create_error: Option<ApiError> = None;
-    for group in groups {
+    for (group, replayed) in groups.into_iter().zip(replayed) {
+        if replayed {
+            continue;
+        }
         let id = group.character_id.as_str();
         let n = group.refs.len();
         if n < rules.min_images {
@@ -236,6 +288,14 @@ pub async fn from_references(
                         reasons.join("; ")
                     ),
                 );
+                continue;
+            }
+            // The daily quota ran out part-way: the rest are skipped, said per character.
+            Err(e @ IntakeError::QuotaReached { .. }) => {
+                let e = ApiError::from(e);
+                let msg = format!("character {id} was skipped: {}", e.message);
+                warn(&mut warnings, id, e.code, msg);
+                first_create_error.get_or_insert(e);
                 continue;
             }
             Err(e) => return Err(e.into()),

@@ -52,7 +52,7 @@ async fn a_valid_upload_is_stored_and_readable_by_its_owner_only() {
         got["images"][0]["url"]
             .as_str()
             .unwrap()
-            .contains("/files/datasets/")
+            .contains("/files/dataset-images/sha256/")
     );
 
     let stranger = app.user();

@@ -114,7 +114,9 @@ async fn the_library_lists_every_users_loras_with_search_filters_sorts_and_pages
         .json()
         .await
         .unwrap();
-    assert_eq!(body["items"][0]["creator"]["email"], "alice@example.com");
+    // E-mails are private by default: a masked default name, no address.
+    assert_eq!(body["items"][0]["creator"]["display_name"], "a***@e***.com");
+    assert_eq!(body["items"][0]["creator"]["email"], Value::Null);
     assert_eq!(body["items"][0]["creator"]["id"], alice.id.to_string());
     assert_eq!(body["limit"], 1);
     assert_eq!(body["offset"], 0);

@@ -13,5 +13,6 @@ mod lora_models;
 mod ops;
 mod references;
 mod text_input;
+mod retention;
 mod url_intake;
 mod worker;

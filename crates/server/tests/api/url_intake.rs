@@ -387,8 +387,13 @@ async fn rotated_photos_are_stored_upright_with_upright_dimensions() {
 
     // The stored file itself is upright and carries no orientation.
     let id = got["dataset_id"].as_str().unwrap();
-    let stored =
-        std::fs::read(app.blob_root.join(format!("datasets/{}/{id}/00.jpg", u.id))).unwrap();
+    let dataset = app
+        .repo
+        .get_dataset(id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let stored = std::fs::read(app.blob_root.join(&dataset.images[0].storage_key)).unwrap();
     assert_ne!(stored, sideways);
     assert_eq!(phone["bytes"].as_u64(), Some(stored.len() as u64));
     let decoded = image::load_from_memory(&stored).unwrap();

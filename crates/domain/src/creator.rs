@@ -14,32 +14,22 @@ pub struct DisplayName(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DisplayNameError {
-    #[error("display_name must not be empty")]
-    Empty,
-    #[error("display_name must be at most {MAX_DISPLAY_NAME_CHARS} characters")]
-    TooLong,
-    #[error("display_name must not contain control characters")]
-    Control,
+    /// Empty, too long, or a control, bidi or invisible character (the one text rule,
+    /// [`crate::text`], with its reason, character and position).
+    #[error("{0}")]
+    Text(crate::text::TextError),
     #[error("display_name must not contain '@' (it is shown instead of an e-mail address)")]
     At,
 }
 
 impl DisplayName {
     pub fn parse(raw: &str) -> Result<Self, DisplayNameError> {
-        let name = raw.trim();
-        if name.is_empty() {
-            return Err(DisplayNameError::Empty);
-        }
-        if name.chars().count() > MAX_DISPLAY_NAME_CHARS {
-            return Err(DisplayNameError::TooLong);
-        }
-        if name.chars().any(char::is_control) {
-            return Err(DisplayNameError::Control);
-        }
+        let name = crate::text::clean(raw, &crate::text::TextRule::DISPLAY_NAME)
+            .map_err(DisplayNameError::Text)?;
         if name.contains('@') {
             return Err(DisplayNameError::At);
         }
-        Ok(Self(name.to_owned()))
+        Ok(Self(name))
     }
 
     pub fn as_str(&self) -> &str {
@@ -110,16 +100,18 @@ mod tests {
     #[test]
     fn display_names_are_trimmed_and_validated() {
         assert_eq!(DisplayName::parse("  Ann  ").unwrap().as_str(), "Ann");
-        assert_eq!(DisplayName::parse("   "), Err(DisplayNameError::Empty));
-        assert_eq!(
-            DisplayName::parse(&"x".repeat(51)),
-            Err(DisplayNameError::TooLong)
-        );
+        let reason = |raw: &str| match DisplayName::parse(raw) {
+            Err(DisplayNameError::Text(e)) => e.code(),
+            other => panic!("{raw:?}: {other:?}"),
+        };
+        assert_eq!(reason("   "), "empty");
+        assert_eq!(reason(&"x".repeat(51)), "too_long");
         assert!(DisplayName::parse(&"é".repeat(50)).is_ok());
-        assert_eq!(
-            DisplayName::parse("a\u{7}b"),
-            Err(DisplayNameError::Control)
-        );
+        assert_eq!(reason("a\u{7}b"), "control_character");
+        assert_eq!(reason("Ann\u{202e}nimda"), "bidi_control");
+        assert_eq!(reason("A\u{200b}nn"), "invisible_character");
+        // NFKC: a full-width name is stored as its plain form.
+        assert_eq!(DisplayName::parse("Ａｎｎ").unwrap().as_str(), "Ann");
         assert_eq!(DisplayName::parse("me@x.com"), Err(DisplayNameError::At));
     }
 }

@@ -58,6 +58,12 @@ impl TextRule {
         max_chars: 16 * 1024,
         required: false,
     };
+    pub const DISPLAY_NAME: Self = Self {
+        field: "display_name",
+        multiline: false,
+        max_chars: crate::creator::MAX_DISPLAY_NAME_CHARS,
+        required: true,
+    };
     pub const FILE_NAME: Self = Self {
         field: "file_name",
         multiline: false,

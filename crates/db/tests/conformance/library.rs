@@ -374,3 +374,115 @@ pub async fn search_follows_new_and_edited_loras(repo: Repo) {
         TrainingStatus::Queued
     );
 }
+
+/// A search finds its page by walking the sort's index (a prefix matching many rows) or by
+/// sorting the matches (a rare word); either way every page must be the library's own order,
+/// filtered. 120 rows with tied usage counts and times; "ka" matches 60 of them, "kab" 3.
+pub async fn search_pages_match_the_sorted_library(repo: Repo) {
+    let (u1, d1) = user(&repo).await;
+    let (u2, d2) = user(&repo).await;
+    let rows = (0..120)
+        .map(|i: i64| {
+            let word = match i {
+                _ if i % 40 == 0 => "Kaboom",
+                _ if i % 2 == 0 => "Kappa",
+                _ => "Lambda",
+            };
+            let (u, e, d) = if i % 3 == 0 {
+                (u1, Some("u1@example.com"), d1)
+            } else {
+                (u2, None, d2)
+            };
+            let status = if i % 5 == 0 {
+                TrainingStatus::Failed
+            } else {
+                TrainingStatus::Completed
+            };
+            let at = now() - Duration::days(5) + Duration::minutes(i % 13);
+            let name = format!("{word} n{i}");
+            row(u, e, d, &name, None, status, (i % 7) as u64, at)
+        })
+        .collect();
+    assert_eq!(repo.bulk_insert_library(rows).await.unwrap(), 120);
+
+    for sort in [LoraSort::Popular, LoraSort::Recent, LoraSort::Name] {
+        let mut library = repo
+            .list_loras(&LoraQuery {
+                limit: 100,
+                ..q(sort)
+            })
+            .await
+            .unwrap()
+            .items;
+        library.extend(
+            repo.list_loras(&LoraQuery {
+                limit: 100,
+                offset: 100,
+                ..q(sort)
+            })
+            .await
+            .unwrap()
+            .items,
+        );
+        assert_eq!(library.len(), 120);
+        for (prefix, matches) in [("ka", 60), ("kab", 3), ("kappa", 57), ("lam", 60)] {
+            let expected: Vec<&LoraSummary> = library
+                .iter()
+                .filter(|s| s.name.to_lowercase().starts_with(prefix))
+                .collect();
+            assert_eq!(expected.len(), matches, "{prefix}");
+            for (offset, limit) in [
+                (0, 5),
+                (0, 50),
+                (7, 11),
+                (55, 50),
+                (62, 3),
+                (63, 5),
+                (200, 5),
+            ] {
+                let page = repo
+                    .list_loras(&LoraQuery {
+                        search: Some(prefix.into()),
+                        offset,
+                        limit,
+                        ..q(sort)
+                    })
+                    .await
+                    .unwrap();
+                let want: Vec<_> = expected
+                    .iter()
+                    .skip(offset as usize)
+                    .take(limit as usize)
+                    .map(|s| (s.id, s.creator.email.clone()))
+                    .collect();
+                let got: Vec<_> = page
+                    .items
+                    .iter()
+                    .map(|s| (s.id, s.creator.email.clone()))
+                    .collect();
+                assert_eq!(
+                    got, want,
+                    "{prefix:?} {sort:?} offset {offset} limit {limit}"
+                );
+                assert_eq!(page.total, matches as u64, "{prefix:?} total");
+            }
+        }
+        // With a filter the page comes from the matches alone; same order, filtered.
+        let failed = repo
+            .list_loras(&LoraQuery {
+                search: Some("ka".into()),
+                status: Some(TrainingStatus::Failed),
+                limit: 100,
+                ..q(sort)
+            })
+            .await
+            .unwrap();
+        let want: Vec<_> = library
+            .iter()
+            .filter(|s| s.name.starts_with("Ka") && s.status == TrainingStatus::Failed)
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(failed.items.iter().map(|s| s.id).collect::<Vec<_>>(), want);
+        assert_eq!(failed.total, want.len() as u64);
+    }
+}

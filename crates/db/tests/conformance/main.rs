@@ -60,4 +60,5 @@ conformance! {
     library::list_sorts_filters_and_pages,
     library::search_matches_word_prefixes,
     library::search_follows_new_and_edited_loras,
+    library::search_pages_match_the_sorted_library,
 }

@@ -18,7 +18,8 @@
 # the database, a copy goes to the current build (which applies its newer migrations), both
 # servers run at once, every round measures old and new, and the script first checks that both
 # answer every search path with the same bytes.
-# LF_BENCH_ENGINES="sqlite" (or "postgres") runs one engine only.
+# LF_BENCH_ENGINES="sqlite" (or "postgres") runs one engine only; LF_BENCH_BIN=/path/to/loraforge
+# measures that binary as the current build instead of building one.
 # Needs: wrk, sqlite3, psql, PostgreSQL on 127.0.0.1:5432 (trust auth).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,8 +33,11 @@ for tool in wrk sqlite3 psql python3 curl; do
     command -v "$tool" >/dev/null || { echo "$tool is needed (apt-get install $tool)" >&2; exit 1; }
 done
 
-cargo build --release -q -p loraforge
-bin="$CARGO_TARGET_DIR/release/loraforge"
+bin="${LF_BENCH_BIN:-}"
+if [[ -z "$bin" ]]; then
+    cargo build --release -q -p loraforge
+    bin="$CARGO_TARGET_DIR/release/loraforge"
+fi
 work="$(mktemp -d)"
 pids=()
 pgdbs=()
@@ -79,10 +83,11 @@ write_paths() { # $1 = engine, $2 = database URL
     else
         names="$(psql -At "$2" -c "SELECT name FROM lora_models ORDER BY created_at, id LIMIT 200")"
     fi
-    python3 - "$LF_SEARCH_PATHS" <<<"$names" <<'PY'
+    printf '%s\n' "$names" >"$work/names.txt"
+    python3 - "$LF_SEARCH_PATHS" "$work/names.txt" <<'PY'
 import sys
 words = []
-for line in sys.stdin:
+for line in open(sys.argv[2]):
     for w in line.split():
         w = w.lower()
         if w.isalpha() and w not in words:

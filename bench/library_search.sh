@@ -188,7 +188,7 @@ for engine in dict.fromkeys(r[0] for r in rows):
             continue
         med = lambda i: st.median(float(r[i]) for r in sel)
         ratios = [float(r[3]) / float(r[6]) for r in sel]
-        ratio = "1.00" if what == "healthz" else f"{st.median(ratios):.3f} ({min(ratios):.3f}–{max(ratios):.3f})"
+        ratio = "1.00" if what == "healthz" else f"{st.median(ratios):.4f} ({min(ratios):.4f}–{max(ratios):.4f})"
         print(f"| {engine} | {label[what]} | {med(3):.0f} | {med(4):.2f} | {med(5):.2f} | {ratio} |")
 print(f"\nmedians over {sys.argv[2]} rounds of {sys.argv[3]} per measurement")
 PY

@@ -27,6 +27,31 @@ pub(crate) const MAX_SEARCH_WORDS: usize = 8;
 /// sorting costs one row lookup per match, `lookup_cost` times an index step (measured per
 /// engine, see docs/performance.md). A two-letter prefix matches thousands of rows, a word a few
 /// hundred: the first is found by walking, the second by sorting. Both give the same page.
+/// `total` and `total_exact` of a search from a count that stopped at `cap + 1`.
+pub(crate) fn capped_total(counted: i64, cap: u64) -> Result<(u64, bool)> {
+    let counted = u64::try_from(counted).map_err(|_| corrupt("negative count"))?;
+    Ok(if counted > cap {
+        (cap, false)
+    } else {
+        (counted, true)
+    })
+}
+
+/// Whether a search's page is found by walking the sort index: from the exact count as
+/// [`walk_sort_index`] decides, and always when a capped count says the matches are many and
+/// the page lies within the cap (the walk then costs at most (offset + limit) × rows / cap steps).
+pub(crate) fn walk_search(
+    total: u64,
+    exact: bool,
+    rows: u64,
+    offset: u64,
+    limit: u32,
+    lookup_cost: u64,
+) -> bool {
+    (!exact && offset.saturating_add(u64::from(limit)) <= total)
+        || walk_sort_index(total, rows, offset, limit, lookup_cost)
+}
+
 pub(crate) fn walk_sort_index(
     matches: u64,
     rows: u64,

@@ -10,9 +10,13 @@ use loraforge_domain::{LoraId, LoraModel, LoraSort, LoraSummary, MonthlyWindow, 
 use super::PgRepository;
 use super::rows::{fetch_lora, fetch_written, insert_event, status_names, summary_record, ts};
 use crate::common::{
-    corrupt, created_data, parse_status, search_words, to_u32, updated_data, walk_sort_index,
+    capped_total, corrupt, created_data, parse_status, search_words, to_u32, updated_data,
+    walk_search,
 };
-use crate::{CreateOutcome, DbError, FaultPoint, LoraQuery, MonthlyPolicy, NewLora, Page, Result};
+use crate::{
+    CreateOutcome, DbError, FaultPoint, LoraQuery, MonthlyPolicy, NewLora, Page, Result,
+    SEARCH_TOTAL_CAP,
+};
 
 pub(super) async fn create_lora(
     repo: &PgRepository,
@@ -279,6 +283,7 @@ pub(super) async fn list_loras(pool: &PgPool, query: &LoraQuery) -> Result<Page<
     Ok(Page {
         items: to_items(&rows)?,
         total: u64::try_from(total).map_err(|_| corrupt("negative count"))?,
+        total_exact: true,
     })
 }
 
@@ -297,25 +302,41 @@ async fn search_loras(
     query: &LoraQuery,
     tsq: &str,
 ) -> Result<Page<LoraSummary>> {
+    // At most SEARCH_TOTAL_CAP + 1 matches are counted (and rechecked on the heap): past the
+    // cap the total is a lower bound.
     let mut qb = QueryBuilder::<Postgres>::new(
-        "SELECT count(*), (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'lora_models'::regclass) \
-         FROM lora_models m WHERE m.search @@ to_tsquery('simple', ",
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM lora_models m WHERE m.search @@ to_tsquery('simple', ",
     );
     qb.push_bind(tsq).push(")");
     push_filters(&mut qb, query);
-    let (total, rows): (i64, Option<i64>) = qb.build_query_as().fetch_one(&mut *conn).await?;
-    let total = u64::try_from(total).map_err(|_| corrupt("negative count"))?;
-    if total <= query.offset {
+    qb.push(" LIMIT ")
+        .push_bind(i64::try_from(SEARCH_TOTAL_CAP + 1).unwrap_or(i64::MAX))
+        .push(
+            ") c), (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'lora_models'::regclass)",
+        );
+    let (total, rows): (Option<i64>, Option<i64>) =
+        qb.build_query_as().fetch_one(&mut *conn).await?;
+    let total = total.unwrap_or(0);
+    let (total, total_exact) = capped_total(total, SEARCH_TOTAL_CAP)?;
+    if total_exact && total <= query.offset {
         return Ok(Page {
             items: Vec::new(),
             total,
+            total_exact,
         });
     }
 
     let mut qb = QueryBuilder::<Postgres>::new("SELECT ");
     qb.push(SUMMARY_COLUMNS).push(", u.email FROM (");
     let rows = rows.and_then(|r| u64::try_from(r).ok()).unwrap_or(0);
-    if walk_sort_index(total, rows, query.offset, query.limit, LOOKUP_COST) {
+    if walk_search(
+        total,
+        total_exact,
+        rows,
+        query.offset,
+        query.limit,
+        LOOKUP_COST,
+    ) {
         // Walk the sort's index, testing each row. `IS TRUE` hides the condition from the GIN
         // index, so even a generic plan of this prepared statement walks instead of sorting.
         qb.push("SELECT m.id FROM lora_models m WHERE (m.search @@ to_tsquery('simple', ")
@@ -344,6 +365,7 @@ async fn search_loras(
     Ok(Page {
         items: to_items(&rows)?,
         total,
+        total_exact,
     })
 }
 

@@ -7,8 +7,13 @@ use loraforge_domain::{LoraId, LoraModel, LoraSort, LoraSummary, MonthlyWindow, 
 
 use super::SqliteRepository;
 use super::rows::{fetch_lora, fetch_written, insert_event, summary_record, ts};
-use crate::common::{corrupt, created_data, search_words, to_u32, updated_data, walk_sort_index};
-use crate::{CreateOutcome, DbError, FaultPoint, LoraQuery, MonthlyPolicy, NewLora, Page, Result};
+use crate::common::{
+    capped_total, corrupt, created_data, search_words, to_u32, updated_data, walk_search,
+};
+use crate::{
+    CreateOutcome, DbError, FaultPoint, LoraQuery, MonthlyPolicy, NewLora, Page, Result,
+    SEARCH_TOTAL_CAP,
+};
 
 pub(super) async fn create_lora(
     repo: &SqliteRepository,
@@ -252,6 +257,7 @@ pub(super) async fn list_loras(pool: &SqlitePool, query: &LoraQuery) -> Result<P
     Ok(Page {
         items: to_items(&rows)?,
         total: u64::try_from(total).map_err(|_| corrupt("negative count"))?,
+        total_exact: true,
     })
 }
 
@@ -274,25 +280,29 @@ async fn search_loras(
     // Without filters the full-text index alone counts the matches (its doclists, no table
     // reads; FTS5's prefix indexes `prefix = '2 3'` make a two- or three-letter prefix one
     // doclist). The triggers keep it exactly in step with lora_models.
-    let mut qb = QueryBuilder::<Sqlite>::new("SELECT (");
+    // At most SEARCH_TOTAL_CAP + 1 matches are counted: past the cap the total is a lower bound.
+    let mut qb = QueryBuilder::<Sqlite>::new("SELECT (SELECT count(*) FROM (");
     if filtered {
         qb.push(
-            "SELECT count(*) FROM lora_models_fts f CROSS JOIN lora_models m ON m.seq = f.rowid \
+            "SELECT 1 FROM lora_models_fts f CROSS JOIN lora_models m ON m.seq = f.rowid \
              WHERE lora_models_fts MATCH ",
         )
         .push_bind(fts);
         push_filters(&mut qb, query);
     } else {
-        qb.push("SELECT count(*) FROM lora_models_fts WHERE lora_models_fts MATCH ")
+        qb.push("SELECT 1 FROM lora_models_fts WHERE lora_models_fts MATCH ")
             .push_bind(fts);
     }
-    qb.push("), (SELECT coalesce(max(seq), 0) FROM lora_models)");
+    qb.push(" LIMIT ")
+        .push_bind(i64::try_from(SEARCH_TOTAL_CAP + 1).unwrap_or(i64::MAX))
+        .push(")), (SELECT coalesce(max(seq), 0) FROM lora_models)");
     let (total, rows): (i64, i64) = qb.build_query_as().fetch_one(&mut *conn).await?;
-    let total = u64::try_from(total).map_err(|_| corrupt("negative count"))?;
-    if total <= query.offset {
+    let (total, total_exact) = capped_total(total, SEARCH_TOTAL_CAP)?;
+    if total_exact && total <= query.offset {
         return Ok(Page {
             items: Vec::new(),
             total,
+            total_exact,
         });
     }
 
@@ -300,7 +310,16 @@ async fn search_loras(
     let mut qb = QueryBuilder::<Sqlite>::new(SUMMARY_SELECT);
     qb.push(" FROM (");
     let rows = u64::try_from(rows).unwrap_or(0);
-    if !filtered && walk_sort_index(total, rows, query.offset, query.limit, LOOKUP_COST) {
+    if !filtered
+        && walk_search(
+            total,
+            total_exact,
+            rows,
+            query.offset,
+            query.limit,
+            LOOKUP_COST,
+        )
+    {
         // Walk the sort's index (covering: the order columns and the rowid) and keep the entries
         // whose seq is among the matches; `+` keeps SQLite from turning the IN into lookups.
         qb.push(format!(
@@ -328,6 +347,7 @@ async fn search_loras(
     Ok(Page {
         items: to_items(&rows)?,
         total,
+        total_exact,
     })
 }
 

@@ -61,4 +61,5 @@ conformance! {
     library::search_matches_word_prefixes,
     library::search_follows_new_and_edited_loras,
     library::search_pages_match_the_sorted_library,
+    library::search_total_is_capped_and_flagged,
 }

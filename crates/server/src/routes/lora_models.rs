@@ -134,6 +134,7 @@ async fn library_page(state: &AppState, query: &LoraQuery) -> ApiResult<Bytes> {
     let list = LoraList {
         items: page.items.iter().map(Into::into).collect(),
         total: page.total,
+        total_exact: page.total_exact,
         limit: query.limit,
         offset: query.offset,
     };

@@ -17,7 +17,8 @@
 # LF_BENCH_BASELINE=/path/to/an/older/loraforge measures that binary too, side by side: it seeds
 # the database, a copy goes to the current build (which applies its newer migrations), both
 # servers run at once, every round measures old and new, and the script first checks that both
-# answer every search path with the same bytes.
+# answer every search path with the same items and totals (an older build's total taken capped
+# at LF_SEARCH_CAP, default 1,000 = SEARCH_TOTAL_CAP, when it has no total_exact).
 # LF_BENCH_ENGINES="sqlite" (or "postgres") runs one engine only; LF_BENCH_BIN=/path/to/loraforge
 # measures that binary as the current build instead of building one.
 # Needs: wrk, sqlite3, psql, PostgreSQL on 127.0.0.1:5432 (trust auth).
@@ -138,15 +139,26 @@ run_engine() {
     if [[ -n "$baseline" ]]; then
         start_server "$baseline" "$dir/old" "$old_url" 18481
         builds=(old new)
-        # Same answers, byte for byte, for every path.
-        local diffs=0
-        while read -r path; do
-            cmp -s <(curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:18481$path") \
-                   <(curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:18480$path") || {
-                diffs=$((diffs + 1)); echo "different answers for $path" >&2; }
-        done <"$LF_SEARCH_PATHS"
-        [[ "$diffs" == 0 ]] || { echo "$diffs paths answered differently by old and new" >&2; exit 1; }
-        echo "old and new answer all $(wc -l <"$LF_SEARCH_PATHS") search paths with the same bytes" >&2
+        # Same answers for every path: the same items; the new build's total is the old one
+        # capped at LF_SEARCH_CAP (1,000, SEARCH_TOTAL_CAP) with total_exact saying whether it was.
+        python3 - "$token" "$LF_SEARCH_PATHS" "${LF_SEARCH_CAP:-1000}" <<'PY' || exit 1
+import json, sys, urllib.request
+token, paths, cap = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def get(port, path):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"})
+    return json.load(urllib.request.urlopen(req))
+diffs = 0
+for path in open(paths).read().splitlines():
+    old, new = get(18481, path), get(18480, path)
+    if "total_exact" not in old:
+        old["total"], old["total_exact"] = min(old["total"], cap), old["total"] <= cap
+    if old != new:
+        diffs += 1
+        print(f"different answers for {path}", file=sys.stderr)
+if diffs:
+    sys.exit(f"{diffs} paths answered differently by old and new")
+PY
+        echo "old and new answer all $(wc -l <"$LF_SEARCH_PATHS") search paths with the same items and totals (capped)" >&2
     fi
     for r in $(seq 1 "$rounds"); do
         # Alternate the order inside a round so neither side always runs first.

@@ -386,6 +386,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn counts_past_the_cap_are_the_cap_and_not_exact() {
+        assert_eq!(capped_total(0, 1_000).unwrap(), (0, true));
+        assert_eq!(capped_total(1_000, 1_000).unwrap(), (1_000, true));
+        assert_eq!(capped_total(1_001, 1_000).unwrap(), (1_000, false));
+        assert!(capped_total(-1, 1_000).is_err());
+    }
+
+    #[test]
+    fn a_capped_count_walks_within_the_cap_and_sorts_past_it() {
+        // Postgres' lookup cost (2): 1,000 exact matches of 100k rows sort ...
+        assert!(!walk_search(1_000, true, 100_000, 0, 50, 2));
+        // ... but "1,000 or more" walks for a page within the cap,
+        assert!(walk_search(1_000, false, 100_000, 950, 50, 2));
+        // and sorts for a page past it.
+        assert!(!walk_search(1_000, false, 100_000, 960, 50, 2));
+    }
+
+    #[test]
     fn broad_searches_walk_the_index_and_narrow_ones_sort() {
         // 100k rows, first page of 50, a row lookup 15 index steps.
         assert!(

@@ -155,10 +155,11 @@ pub fn engine(
     local.max_concurrent = s.training_concurrency;
     // The worker stops the trainer with SIGTERM; the trainer finishes its step and checkpoints.
     local.kill_grace = Duration::from_secs(20);
-    local.env = vec![(
-        "LORAFORGE_WORKER_EXIT_WITH_PARENT".to_owned(),
-        "1".to_owned(),
-    )];
+    // A local worker outlives a crash of `serve` (its own process group, talking to the service
+    // over HTTP like any remote worker): the restarted service adopts and watches it, so a crash
+    // costs no training. A worker whose service never comes back stops itself once it has been
+    // unreachable for too long (`loraforge_worker::UNREACHABLE_LIMIT`).
+    local.env = Vec::new();
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     if let Some(n) = torch_threads(
         cores,

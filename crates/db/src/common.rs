@@ -19,6 +19,55 @@ pub(crate) const CAS_ATTEMPTS: usize = 5;
 /// At most this many words of a search string are used; the rest are ignored.
 pub(crate) const MAX_SEARCH_WORDS: usize = 8;
 
+/// How a search finds its page, given how many rows match (`matches`, counted first), how many
+/// rows the library holds (`rows`, an estimate is enough) and the page asked for.
+///
+/// Walking the sort order's index and keeping the entries that match stops after `offset + limit`
+/// matches, about `(offset + limit) × rows / matches` index steps; fetching every match and
+/// sorting costs one row lookup per match, `lookup_cost` times an index step (measured per
+/// engine, see docs/performance.md). A two-letter prefix matches thousands of rows, a word a few
+/// hundred: the first is found by walking, the second by sorting. Both give the same page.
+/// `total` and `total_exact` of a search from a count that stopped at `cap + 1`.
+pub(crate) fn capped_total(counted: i64, cap: u64) -> Result<(u64, bool)> {
+    let counted = u64::try_from(counted).map_err(|_| corrupt("negative count"))?;
+    Ok(if counted > cap {
+        (cap, false)
+    } else {
+        (counted, true)
+    })
+}
+
+/// Whether a search's page is found by walking the sort index: from the exact count as
+/// [`walk_sort_index`] decides, and always when a capped count says the matches are many and
+/// the page lies within the cap (the walk then costs at most (offset + limit) × rows / cap steps).
+pub(crate) fn walk_search(
+    total: u64,
+    exact: bool,
+    rows: u64,
+    offset: u64,
+    limit: u32,
+    lookup_cost: u64,
+) -> bool {
+    (!exact && offset.saturating_add(u64::from(limit)) <= total)
+        || walk_sort_index(total, rows, offset, limit, lookup_cost)
+}
+
+pub(crate) fn walk_sort_index(
+    matches: u64,
+    rows: u64,
+    offset: u64,
+    limit: u32,
+    lookup_cost: u64,
+) -> bool {
+    let wanted = u128::from(offset.saturating_add(u64::from(limit)));
+    let rows = u128::from(rows.max(matches));
+    let matches = u128::from(matches);
+    matches
+        .saturating_mul(matches)
+        .saturating_mul(u128::from(lookup_cost))
+        >= wanted.saturating_mul(rows)
+}
+
 /// Both engines keep microseconds; truncating before writing makes what is read back equal to
 /// what was written.
 pub(crate) fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
@@ -376,6 +425,49 @@ pub(crate) fn final_statuses() -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_past_the_cap_are_the_cap_and_not_exact() {
+        assert_eq!(capped_total(0, 1_000).unwrap(), (0, true));
+        assert_eq!(capped_total(1_000, 1_000).unwrap(), (1_000, true));
+        assert_eq!(capped_total(1_001, 1_000).unwrap(), (1_000, false));
+        assert!(capped_total(-1, 1_000).is_err());
+    }
+
+    #[test]
+    fn a_capped_count_walks_within_the_cap_and_sorts_past_it() {
+        // Postgres' lookup cost (2): 1,000 exact matches of 100k rows sort ...
+        assert!(!walk_search(1_000, true, 100_000, 0, 50, 2));
+        // ... but "1,000 or more" walks for a page within the cap,
+        assert!(walk_search(1_000, false, 100_000, 950, 50, 2));
+        // and sorts for a page past it.
+        assert!(!walk_search(1_000, false, 100_000, 960, 50, 2));
+    }
+
+    #[test]
+    fn broad_searches_walk_the_index_and_narrow_ones_sort() {
+        // 100k rows, first page of 50, a row lookup 15 index steps.
+        assert!(
+            walk_sort_index(9_800, 100_000, 0, 50, 15),
+            "a two-letter prefix"
+        );
+        assert!(!walk_sort_index(407, 100_000, 0, 50, 15), "a word");
+        assert!(
+            !walk_sort_index(0, 100_000, 0, 50, 15),
+            "nothing to walk for"
+        );
+        // Deep pages need more steps of the walk: the same prefix sorts instead.
+        assert!(!walk_sort_index(9_800, 100_000, 9_000, 50, 1));
+        // An estimate of the rows below the matches (stale statistics) is taken as the matches.
+        assert!(walk_sort_index(100, 0, 0, 50, 1));
+        assert!(walk_sort_index(
+            u64::MAX,
+            u64::MAX,
+            u64::MAX,
+            u32::MAX,
+            u64::MAX
+        ));
+    }
 
     #[test]
     fn search_words_strip_query_syntax() {

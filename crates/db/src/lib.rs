@@ -217,10 +217,20 @@ pub struct LoraQuery {
     pub offset: u64,
 }
 
+/// A search counts its matches exactly only up to this many (as GitHub's and Elasticsearch's
+/// search APIs do); past it, [`Page::total`] is this number and [`Page::total_exact`] is false.
+/// A two-letter prefix matches tens of thousands of LoRAs, and counting them all cost more than
+/// the page (docs/performance.md, issue 9). Pages past the cap are still served, found by
+/// sorting every match: slower, but correct.
+pub const SEARCH_TOTAL_CAP: u64 = 1_000;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page<T> {
     pub items: Vec<T>,
+    /// Every match, or [`SEARCH_TOTAL_CAP`] when a search matches more (then `total_exact` is
+    /// false and `total` is a lower bound).
     pub total: u64,
+    pub total_exact: bool,
 }
 
 /// Extra facts recorded with a status change.

@@ -60,7 +60,11 @@ impl LoraListItem {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LoraList {
     pub items: Vec<LoraListItem>,
+    /// Every LoRA selected; for a `search`, exact only up to 1,000 matches: past that this is
+    /// 1000 and `total_exact` is false ("1,000 or more").
     pub total: u64,
+    /// False when `total` is the search's count cap (a lower bound), true when it is exact.
+    pub total_exact: bool,
     pub limit: u32,
     pub offset: u64,
 }

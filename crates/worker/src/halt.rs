@@ -20,6 +20,8 @@ pub(crate) enum Halt {
     NotActive(String),
     /// 401/403/404 to a progress report (status and message).
     Refused(String),
+    /// No answer from the control plane for this long (it is down and has not come back).
+    Unreachable(std::time::Duration),
 }
 
 /// Records `h` unless the attempt is already halting.
@@ -117,6 +119,14 @@ impl Exit {
                 format!(
                     "the control plane says the job is no longer active ({message}); the worker stopped {during} \
                      and kept the job folder"
+                ),
+            ),
+            Halt::Unreachable(limit) => Exit::error(
+                "stopped",
+                format!(
+                    "the control plane did not answer for {}s, so the worker stopped {during}; the job folder \
+                     is kept and a later attempt continues from it",
+                    limit.as_secs()
                 ),
             ),
             Halt::Refused(message) => Exit::error(

@@ -316,15 +316,17 @@ async fn attempt(
     *reporter = Some((api.clone(), job.attempt));
 
     let (progress, progress_rx) = relay::feed();
+    let heartbeat_interval = Duration::try_from_secs_f64(job.heartbeat_interval_s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .unwrap_or(Duration::from_secs(10));
     let relay = Relay::start(
         api.clone(),
         RelaySettings {
             attempt: job.attempt,
             progress_interval: Duration::from_millis(job.progress_interval_ms),
-            heartbeat_interval: Duration::try_from_secs_f64(job.heartbeat_interval_s)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .unwrap_or(Duration::from_secs(10)),
+            heartbeat_interval,
+            unreachable_limit: unreachable_limit(heartbeat_interval),
         },
         progress_rx,
         halt_tx.clone(),
@@ -756,6 +758,13 @@ async fn upload_all(
         kohya,
         validation_images,
     })
+}
+
+/// How long a worker goes on without any answer from the control plane: 60 heartbeats (10 min
+/// at the default 10 s), at least 3 s. Long enough to ride out a restart of the service, which
+/// adopts the run; bounded so a worker whose service never returns stops (and checkpoints).
+fn unreachable_limit(heartbeat: Duration) -> Duration {
+    (heartbeat * 60).max(Duration::from_secs(3))
 }
 
 #[cfg(test)]

@@ -76,6 +76,10 @@ pub(crate) struct RelaySettings {
     pub attempt: u64,
     pub progress_interval: Duration,
     pub heartbeat_interval: Duration,
+    /// How long the control plane may stay unreachable (no answer at all, e.g. the service is
+    /// down) before the worker stops the attempt: a crash of the service is survived, a service
+    /// that never comes back does not leave a worker training for nobody.
+    pub unreachable_limit: Duration,
 }
 
 /// The running relay. Dropping it stops the task at once; [`Relay::finish`] posts what is left
@@ -132,6 +136,8 @@ async fn relay(
     let mut stage: Option<String> = None;
     let mut posted_step = 0;
     let mut last_post = Instant::now();
+    // The last time the control plane answered anything (even a refusal).
+    let mut last_answer = Instant::now();
     let mut last_step_post: Option<Instant> = None;
     let mut finishing = false;
     loop {
@@ -166,8 +172,19 @@ async fn relay(
                 last_step_post = Some(now);
             }
             match api.progress(&body).await {
-                Ok(()) => tracing::trace!(?body, "progress posted"),
+                Ok(()) => {
+                    last_answer = Instant::now();
+                    tracing::trace!(?body, "progress posted");
+                }
+                Err(e) if e.status().is_none() && last_answer.elapsed() > s.unreachable_limit => {
+                    tracing::warn!(error = %e, limit = ?s.unreachable_limit, "the control plane has been unreachable too long; stopping");
+                    crate::raise(&halt, Halt::Unreachable(s.unreachable_limit));
+                    return;
+                }
                 Err(e) => {
+                    if e.status().is_some() {
+                        last_answer = Instant::now();
+                    }
                     let halted = match e.status() {
                         Some(StatusCode::CONFLICT) => Some(Halt::NotActive(e.message())),
                         Some(

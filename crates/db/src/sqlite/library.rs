@@ -7,8 +7,13 @@ use loraforge_domain::{LoraId, LoraModel, LoraSort, LoraSummary, MonthlyWindow, 
 
 use super::SqliteRepository;
 use super::rows::{fetch_lora, fetch_written, insert_event, summary_record, ts};
-use crate::common::{corrupt, created_data, search_words, to_u32, updated_data};
-use crate::{CreateOutcome, DbError, FaultPoint, LoraQuery, MonthlyPolicy, NewLora, Page, Result};
+use crate::common::{
+    capped_total, corrupt, created_data, search_words, to_u32, updated_data, walk_search,
+};
+use crate::{
+    CreateOutcome, DbError, FaultPoint, LoraQuery, MonthlyPolicy, NewLora, Page, Result,
+    SEARCH_TOTAL_CAP,
+};
 
 pub(super) async fn create_lora(
     repo: &SqliteRepository,
@@ -236,17 +241,33 @@ fn push_filters(qb: &mut QueryBuilder<Sqlite>, query: &LoraQuery) {
     }
 }
 
-fn push_order_and_page(qb: &mut QueryBuilder<Sqlite>, query: &LoraQuery) {
-    qb.push(match query.sort {
+fn push_order(qb: &mut QueryBuilder<Sqlite>, sort: LoraSort) {
+    qb.push(match sort {
         LoraSort::Popular => " ORDER BY m.usage_count DESC, m.created_at DESC, m.id DESC",
         LoraSort::Recent => " ORDER BY m.created_at DESC, m.id DESC",
         LoraSort::Name => " ORDER BY lower(m.name), m.created_at DESC, m.id DESC",
     });
+}
+
+fn push_page(qb: &mut QueryBuilder<Sqlite>, query: &LoraQuery) {
     qb.push(" LIMIT ")
         .push_bind(i64::from(query.limit))
         .push(" OFFSET ")
         .push_bind(i64::try_from(query.offset).unwrap_or(i64::MAX));
 }
+
+/// The index whose order is `sort`'s (see migrations/sqlite/0001_init.sql).
+fn sort_index(sort: LoraSort) -> &'static str {
+    match sort {
+        LoraSort::Popular => "lora_models_popular",
+        LoraSort::Recent => "lora_models_recent",
+        LoraSort::Name => "lora_models_name",
+    }
+}
+
+/// A row lookup by `seq` (a b-tree descent into the wide table) costs about this many steps of a
+/// sort index (measured on a 100k-row library, docs/performance.md).
+const LOOKUP_COST: u64 = 15;
 
 const SUMMARY_SELECT: &str = "SELECT m.id, m.user_id, u.email, u.display_name, m.name, m.description, m.training_status, m.usage_count, m.created_at";
 
@@ -257,50 +278,15 @@ pub(super) async fn list_loras(pool: &SqlitePool, query: &LoraQuery) -> Result<P
         .map(search_words)
         .unwrap_or_default();
     let mut conn = pool.acquire().await?;
-    let to_items = |rows: &[sqlx::sqlite::SqliteRow]| {
-        rows.iter()
-            .map(|r| summary_record(r)?.into_summary())
-            .collect::<Result<Vec<_>>>()
-    };
-
     if !words.is_empty() {
-        let fts = fts5_query(&words);
-        // CROSS JOIN pins the FTS table as the outer loop. With a plain JOIN the planner may walk
-        // an index of lora_models and run the full-text query once per row instead. Page and
-        // total come from one pass over the matches.
-        let mut qb = QueryBuilder::<Sqlite>::new(SUMMARY_SELECT);
-        qb.push(
-            ", count(*) OVER () AS total FROM lora_models_fts f CROSS JOIN lora_models m ON m.seq = f.rowid \
-             LEFT JOIN users u ON u.id = m.user_id WHERE lora_models_fts MATCH ",
-        )
-        .push_bind(fts.clone());
-        push_filters(&mut qb, query);
-        push_order_and_page(&mut qb, query);
-        let rows = qb.build().fetch_all(&mut *conn).await?;
-        let total = match rows.first() {
-            Some(r) => sqlx::Row::try_get::<i64, _>(r, "total")?,
-            None if query.offset == 0 => 0,
-            // Paged past the end: the window saw no rows, so count on its own.
-            None => {
-                let mut qb = QueryBuilder::<Sqlite>::new(
-                    "SELECT count(*) FROM lora_models_fts f CROSS JOIN lora_models m ON m.seq = f.rowid \
-                     WHERE lora_models_fts MATCH ",
-                );
-                qb.push_bind(fts);
-                push_filters(&mut qb, query);
-                qb.build_query_scalar().fetch_one(&mut *conn).await?
-            }
-        };
-        return Ok(Page {
-            items: to_items(&rows)?,
-            total: u64::try_from(total).map_err(|_| corrupt("negative count"))?,
-        });
+        return search_loras(&mut conn, query, &fts5_query(&words)).await;
     }
 
     let mut qb = QueryBuilder::<Sqlite>::new(SUMMARY_SELECT);
     qb.push(" FROM lora_models m LEFT JOIN users u ON u.id = m.user_id WHERE 1 = 1");
     push_filters(&mut qb, query);
-    push_order_and_page(&mut qb, query);
+    push_order(&mut qb, query.sort);
+    push_page(&mut qb, query);
     let rows = qb.build().fetch_all(&mut *conn).await?;
     let mut qb = QueryBuilder::<Sqlite>::new("SELECT count(*) FROM lora_models m WHERE 1 = 1");
     push_filters(&mut qb, query);
@@ -308,6 +294,97 @@ pub(super) async fn list_loras(pool: &SqlitePool, query: &LoraQuery) -> Result<P
     Ok(Page {
         items: to_items(&rows)?,
         total: u64::try_from(total).map_err(|_| corrupt("negative count"))?,
+        total_exact: true,
+    })
+}
+
+fn to_items(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<LoraSummary>> {
+    rows.iter()
+        .map(|r| summary_record(r)?.into_summary())
+        .collect()
+}
+
+/// A search in three steps, each cheap whatever the word: count the matches, find the `seq`s of
+/// the page, then read those rows (and their creators) only. The old single query fetched, joined
+/// and sorted every match and buffered them all for `count(*) OVER ()`; a two-letter prefix
+/// (10,000–40,000 matches of 100,000) cost 20–65 ms of CPU that way.
+async fn search_loras(
+    conn: &mut SqliteConnection,
+    query: &LoraQuery,
+    fts: &str,
+) -> Result<Page<LoraSummary>> {
+    let filtered = query.status.is_some() || query.creator.is_some();
+    // Without filters the full-text index alone counts the matches (its doclists, no table
+    // reads; FTS5's prefix indexes `prefix = '2 3'` make a two- or three-letter prefix one
+    // doclist). The triggers keep it exactly in step with lora_models.
+    // At most SEARCH_TOTAL_CAP + 1 matches are counted: past the cap the total is a lower bound.
+    let mut qb = QueryBuilder::<Sqlite>::new("SELECT (SELECT count(*) FROM (");
+    if filtered {
+        qb.push(
+            "SELECT 1 FROM lora_models_fts f CROSS JOIN lora_models m ON m.seq = f.rowid \
+             WHERE lora_models_fts MATCH ",
+        )
+        .push_bind(fts);
+        push_filters(&mut qb, query);
+    } else {
+        qb.push("SELECT 1 FROM lora_models_fts WHERE lora_models_fts MATCH ")
+            .push_bind(fts);
+    }
+    qb.push(" LIMIT ")
+        .push_bind(i64::try_from(SEARCH_TOTAL_CAP + 1).unwrap_or(i64::MAX))
+        .push(")), (SELECT coalesce(max(seq), 0) FROM lora_models)");
+    let (total, rows): (i64, i64) = qb.build_query_as().fetch_one(&mut *conn).await?;
+    let (total, total_exact) = capped_total(total, SEARCH_TOTAL_CAP)?;
+    if total_exact && total <= query.offset {
+        return Ok(Page {
+            items: Vec::new(),
+            total,
+            total_exact,
+        });
+    }
+
+    // The page's rows, found one of two ways (see `walk_sort_index`), then read in full.
+    let mut qb = QueryBuilder::<Sqlite>::new(SUMMARY_SELECT);
+    qb.push(" FROM (");
+    let rows = u64::try_from(rows).unwrap_or(0);
+    if !filtered
+        && walk_search(
+            total,
+            total_exact,
+            rows,
+            query.offset,
+            query.limit,
+            LOOKUP_COST,
+        )
+    {
+        // Walk the sort's index (covering: the order columns and the rowid) and keep the entries
+        // whose seq is among the matches; `+` keeps SQLite from turning the IN into lookups.
+        qb.push(format!(
+            "SELECT m.seq FROM lora_models m INDEXED BY {} WHERE +m.seq IN \
+             (SELECT rowid FROM lora_models_fts WHERE lora_models_fts MATCH ",
+            sort_index(query.sort)
+        ))
+        .push_bind(fts)
+        .push(")");
+    } else {
+        // CROSS JOIN pins the FTS table as the outer loop. With a plain JOIN the planner may walk
+        // an index of lora_models and run the full-text query once per row instead.
+        qb.push(
+            "SELECT m.seq FROM lora_models_fts f CROSS JOIN lora_models m ON m.seq = f.rowid \
+             WHERE lora_models_fts MATCH ",
+        )
+        .push_bind(fts);
+        push_filters(&mut qb, query);
+    }
+    push_order(&mut qb, query.sort);
+    push_page(&mut qb, query);
+    qb.push(") p CROSS JOIN lora_models m ON m.seq = p.seq LEFT JOIN users u ON u.id = m.user_id");
+    push_order(&mut qb, query.sort);
+    let rows = qb.build().fetch_all(&mut *conn).await?;
+    Ok(Page {
+        items: to_items(&rows)?,
+        total,
+        total_exact,
     })
 }
 

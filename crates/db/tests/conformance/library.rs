@@ -2,7 +2,7 @@
 
 use chrono::Duration;
 
-use loraforge_db::{LoraQuery, Page};
+use loraforge_db::{LoraQuery, Page, SEARCH_TOTAL_CAP};
 use loraforge_domain::{LoraSort, LoraSummary, TrainingStatus, UserId};
 
 use crate::helpers::*;
@@ -185,7 +185,8 @@ pub async fn list_sorts_filters_and_pages(repo: Repo) {
         repo.list_loras(&nobody).await.unwrap(),
         Page {
             items: vec![],
-            total: 0
+            total: 0,
+            total_exact: true,
         }
     );
 
@@ -372,5 +373,233 @@ pub async fn search_follows_new_and_edited_loras(repo: Repo) {
     assert_eq!(
         search(&repo, "racer").await.items[0].status,
         TrainingStatus::Queued
+    );
+}
+
+/// A search finds its page by walking the sort's index (a prefix matching many rows) or by
+/// sorting the matches (a rare word); either way every page must be the library's own order,
+/// filtered. 120 rows with tied usage counts and times; "ka" matches 60 of them, "kab" 3.
+pub async fn search_pages_match_the_sorted_library(repo: Repo) {
+    let (u1, d1) = user(&repo).await;
+    let (u2, d2) = user(&repo).await;
+    let rows = (0..120)
+        .map(|i: i64| {
+            let word = match i {
+                _ if i % 40 == 0 => "Kaboom",
+                _ if i % 2 == 0 => "Kappa",
+                _ => "Lambda",
+            };
+            let (u, e, d) = if i % 3 == 0 {
+                (u1, Some("u1@example.com"), d1)
+            } else {
+                (u2, None, d2)
+            };
+            let status = if i % 5 == 0 {
+                TrainingStatus::Failed
+            } else {
+                TrainingStatus::Completed
+            };
+            let at = now() - Duration::days(5) + Duration::minutes(i % 13);
+            let name = format!("{word} n{i}");
+            row(u, e, d, &name, None, status, (i % 7) as u64, at)
+        })
+        .collect();
+    assert_eq!(repo.bulk_insert_library(rows).await.unwrap(), 120);
+
+    for sort in [LoraSort::Popular, LoraSort::Recent, LoraSort::Name] {
+        let mut library = repo
+            .list_loras(&LoraQuery {
+                limit: 100,
+                ..q(sort)
+            })
+            .await
+            .unwrap()
+            .items;
+        library.extend(
+            repo.list_loras(&LoraQuery {
+                limit: 100,
+                offset: 100,
+                ..q(sort)
+            })
+            .await
+            .unwrap()
+            .items,
+        );
+        assert_eq!(library.len(), 120);
+        for (prefix, matches) in [("ka", 60), ("kab", 3), ("kappa", 57), ("lam", 60)] {
+            let expected: Vec<&LoraSummary> = library
+                .iter()
+                .filter(|s| s.name.to_lowercase().starts_with(prefix))
+                .collect();
+            assert_eq!(expected.len(), matches, "{prefix}");
+            for (offset, limit) in [
+                (0, 5),
+                (0, 50),
+                (7, 11),
+                (55, 50),
+                (62, 3),
+                (63, 5),
+                (200, 5),
+            ] {
+                let page = repo
+                    .list_loras(&LoraQuery {
+                        search: Some(prefix.into()),
+                        offset,
+                        limit,
+                        ..q(sort)
+                    })
+                    .await
+                    .unwrap();
+                let want: Vec<_> = expected
+                    .iter()
+                    .skip(offset as usize)
+                    .take(limit as usize)
+                    .map(|s| (s.id, s.creator.email.clone()))
+                    .collect();
+                let got: Vec<_> = page
+                    .items
+                    .iter()
+                    .map(|s| (s.id, s.creator.email.clone()))
+                    .collect();
+                assert_eq!(
+                    got, want,
+                    "{prefix:?} {sort:?} offset {offset} limit {limit}"
+                );
+                assert_eq!(page.total, matches as u64, "{prefix:?} total");
+            }
+        }
+        // With a filter the page comes from the matches alone; same order, filtered.
+        let failed = repo
+            .list_loras(&LoraQuery {
+                search: Some("ka".into()),
+                status: Some(TrainingStatus::Failed),
+                limit: 100,
+                ..q(sort)
+            })
+            .await
+            .unwrap();
+        let want: Vec<_> = library
+            .iter()
+            .filter(|s| s.name.starts_with("Ka") && s.status == TrainingStatus::Failed)
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(failed.items.iter().map(|s| s.id).collect::<Vec<_>>(), want);
+        assert_eq!(failed.total, want.len() as u64);
+    }
+}
+
+/// A search counts exactly up to `SEARCH_TOTAL_CAP` matches; past it `total` is the cap and
+/// `total_exact` false, while pages (within the cap and past it) stay those of the sorted library.
+pub async fn search_total_is_capped_and_flagged(repo: Repo) {
+    let (u, d) = user(&repo).await;
+    let cap = SEARCH_TOTAL_CAP as i64;
+    let many = cap + 30;
+    let rows = (0..many + 5)
+        .map(|i: i64| {
+            let name = if i < many {
+                format!("Capword n{i}")
+            } else {
+                format!("Rare n{i}")
+            };
+            let status = if i % 2 == 0 {
+                TrainingStatus::Failed
+            } else {
+                TrainingStatus::Completed
+            };
+            let at = now() - Duration::days(5) + Duration::minutes(i % 17);
+            // Exactly `cap` rows say "exact" in their description.
+            let description = (i < cap).then_some("exact");
+            row(u, None, d, &name, description, status, (i % 7) as u64, at)
+        })
+        .collect();
+    assert_eq!(
+        repo.bulk_insert_library(rows).await.unwrap(),
+        (many + 5) as u64
+    );
+
+    let all = repo
+        .list_loras(&LoraQuery {
+            limit: 100,
+            ..q(LoraSort::Popular)
+        })
+        .await
+        .unwrap();
+    assert_eq!((all.total, all.total_exact), ((many + 5) as u64, true));
+    let mut library = Vec::new();
+    for offset in (0..many + 5).step_by(100) {
+        let page = repo
+            .list_loras(&LoraQuery {
+                limit: 100,
+                offset: offset as u64,
+                ..q(LoraSort::Popular)
+            })
+            .await
+            .unwrap();
+        library.extend(page.items.into_iter().map(|s| (s.id, s.name)));
+    }
+    let capwords: Vec<_> = library
+        .iter()
+        .filter(|(_, n)| n.starts_with("Capword"))
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(capwords.len() as i64, many);
+
+    for (offset, limit) in [
+        (0u64, 50u32),
+        (950, 50),
+        (990, 20),
+        (1_000, 50),
+        (1_020, 50),
+    ] {
+        let page = repo
+            .list_loras(&LoraQuery {
+                search: Some("cap".into()),
+                offset,
+                limit,
+                ..q(LoraSort::Popular)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (page.total, page.total_exact),
+            (SEARCH_TOTAL_CAP, false),
+            "offset {offset}"
+        );
+        let got: Vec<_> = page.items.iter().map(|s| s.id).collect();
+        let want: Vec<_> = capwords
+            .iter()
+            .skip(offset as usize)
+            .take(limit as usize)
+            .copied()
+            .collect();
+        assert_eq!(got, want, "offset {offset} limit {limit}");
+    }
+
+    // Under the cap the count is exact: a narrow word, a filter, two words.
+    let rare = search(&repo, "rare").await;
+    assert_eq!((rare.total, rare.total_exact), (5, true));
+    let failed = repo
+        .list_loras(&LoraQuery {
+            search: Some("capword".into()),
+            status: Some(TrainingStatus::Failed),
+            limit: 10,
+            ..q(LoraSort::Recent)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (failed.total, failed.total_exact),
+        ((many / 2) as u64, true)
+    );
+    // "n1" is a prefix of n1, n10–n19, n100–n199 and n1000–n1029.
+    let two = search(&repo, "capword n1").await;
+    assert_eq!((two.total, two.total_exact), (1 + 10 + 100 + 30, true));
+    // Exactly the cap is still exact; one more is not.
+    let at_cap = search(&repo, "exact").await;
+    assert_eq!((at_cap.total, at_cap.total_exact), (SEARCH_TOTAL_CAP, true));
+    let everything = search(&repo, "n").await;
+    assert_eq!(
+        (everything.total, everything.total_exact),
+        (SEARCH_TOTAL_CAP, false)
     );
 }

@@ -69,4 +69,6 @@ conformance! {
     datasets::trained_datasets_keep_their_images_unless_retention_says_otherwise,
     datasets::display_names_show_in_the_library,
     datasets::idempotent_lora_answers_before_any_work,
+    library::search_pages_match_the_sorted_library,
+    library::search_total_is_capped_and_flagged,
 }

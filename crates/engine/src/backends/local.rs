@@ -112,6 +112,9 @@ pub struct LocalBackend {
     /// Processes of an earlier engine on this host that this one was asked to end: when the
     /// SIGTERM went out.
     foreign_stops: Mutex<HashMap<String, Instant>>,
+    /// Runs an earlier engine on this host started that this one found still running and now
+    /// watches (adopted): stopped with this engine's own runs at shutdown.
+    adopted: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Ended runs remembered; older ones are forgotten first.
@@ -237,6 +240,7 @@ impl LocalBackend {
             settings,
             runs: Mutex::new(HashMap::new()),
             foreign_stops: Mutex::new(HashMap::new()),
+            adopted: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -283,6 +287,26 @@ impl LocalBackend {
 
     /// Ends a process an earlier engine on this host started: SIGTERM to its group, SIGKILL once
     /// `kill_grace` has passed. Gone when the process is.
+    /// SIGTERM to every adopted run still alive, SIGKILL to what is left after `kill_grace`.
+    async fn stop_adopted(&self) {
+        let adopted: Vec<String> = lock(&self.adopted).drain().collect();
+        let mut live: Vec<String> = adopted
+            .into_iter()
+            .filter(|p| !self.end_foreign(p))
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        tracing::info!(runs = live.len(), "stopping adopted local runs");
+        let deadline =
+            tokio::time::Instant::now() + self.settings.kill_grace + Duration::from_secs(2);
+        while !live.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // end_foreign is true once the group is gone, and escalates to SIGKILL in time.
+            live.retain(|p| !self.end_foreign(p));
+        }
+    }
+
     fn end_foreign(&self, provider: &str) -> bool {
         let Some((pid, start)) = parse_provider_id(provider) else {
             return true;
@@ -444,8 +468,14 @@ impl TrainingBackend for LocalBackend {
                         }
                     }
                     // Started by an earlier engine on this host (before a restart of the service).
+                    // Its worker outlives a crash of the service (it is not the service's
+                    // child in spirit: it keeps training and reporting over HTTP), so this
+                    // engine adopts it and watches it to its end.
                     None => match parse_provider_id(&i.provider_id) {
-                        Some((pid, start)) if still_running(pid, start) => Observed::Running,
+                        Some((pid, start)) if still_running(pid, start) => {
+                            lock(&self.adopted).insert(i.provider_id.clone());
+                            Observed::Running
+                        }
                         parsed => Observed::Ended {
                             outcome: "lost",
                             reason: Some(
@@ -554,6 +584,7 @@ impl TrainingBackend for LocalBackend {
 
     /// SIGTERM to every live run, then waits for them to end (SIGKILL after `kill_grace`).
     async fn shutdown(&self) {
+        self.stop_adopted().await;
         let phases: Vec<Arc<Mutex<Phase>>> = {
             let mut runs = lock(&self.runs);
             runs.values_mut()

@@ -139,6 +139,7 @@ async fn library_page(state: &AppState, query: &LoraQuery) -> ApiResult<Bytes> {
             .map(|s| LoraListItem::of(s, state.settings().show_creator_emails))
             .collect(),
         total: page.total,
+        total_exact: page.total_exact,
         limit: query.limit,
         offset: query.offset,
     };

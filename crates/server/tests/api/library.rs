@@ -9,6 +9,11 @@ async fn names(app: &TestApp, u: &User, query: &str) -> (Vec<String>, u64) {
     let resp = app.get(u, &format!("/api/v1/lora-models{query}")).await;
     assert_eq!(resp.status(), 200, "{query}");
     let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["total_exact"],
+        Value::Bool(true),
+        "a small library's totals are exact: {query}"
+    );
     let names = body["items"]
         .as_array()
         .unwrap()

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use loraforge_domain::UserId;
-use loraforge_server::{Application, JwtKeys};
+use loraforge_server::Application;
 
 use settings::{Overrides, Settings};
 
@@ -275,7 +275,7 @@ async fn main() -> anyhow::Result<()> {
             admin,
             ttl,
         } => {
-            let keys = JwtKeys::new(&settings.jwt_secret()?);
+            let keys = compose::jwt_keys(&settings)?;
             let token = keys
                 .issue(user, email, admin, ttl, chrono::Utc::now())
                 .context("signing the token")?;

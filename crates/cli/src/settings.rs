@@ -26,6 +26,11 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// HS256 secret for API tokens; when unset one is generated once into `<data_dir>/jwt-secret`.
     pub jwt_secret: Option<SecretString>,
+    /// Audiences (`aud`) a user's token may carry, one match enough; Supabase access tokens carry
+    /// `authenticated`. The first is put into tokens `loraforge token` issues.
+    pub jwt_audience: Vec<String>,
+    /// Accept user tokens without an `aud` claim too.
+    pub jwt_allow_missing_audience: bool,
     /// LoRAs per user per UTC calendar month.
     pub monthly_limit: u32,
     /// Jobs per user training at once; the rest wait as queued.
@@ -161,8 +166,9 @@ pub struct Overrides {
     pub bind: Option<String>,
 }
 
-const LIST_KEYS: [&str; 5] = [
+const LIST_KEYS: [&str; 6] = [
     "cors_origins",
+    "jwt_audience",
     "local_model_roots",
     "image_url_allowed_hosts",
     "backends",
@@ -175,6 +181,8 @@ impl Settings {
             .set_default("bind", "127.0.0.1:8080")?
             .set_default("data_dir", "./data")?
             .set_default("database_max_connections", 16)?
+            .set_default("jwt_audience", vec!["authenticated"])?
+            .set_default("jwt_allow_missing_audience", true)?
             .set_default("monthly_limit", 5)?
             .set_default("max_concurrent_jobs", 2)?
             .set_default("creates_per_minute", 10)?
@@ -266,6 +274,8 @@ impl Settings {
         }
         s.cors_origins.retain(|o| !o.trim().is_empty());
         s.image_url_allowed_hosts.retain(|h| !h.trim().is_empty());
+        s.jwt_audience.retain(|a| !a.trim().is_empty());
+        s.audience_policy()?;
         for h in &s.image_url_allowed_hosts {
             loraforge_fetch::HostPattern::parse(h)
                 .map_err(|e| anyhow::anyhow!("image_url_allowed_hosts: {e}"))?;
@@ -343,6 +353,15 @@ impl Settings {
             );
         }
         Ok(s)
+    }
+
+    /// Which audiences users' tokens may carry (`jwt_audience`, `jwt_allow_missing_audience`).
+    pub fn audience_policy(&self) -> anyhow::Result<loraforge_server::auth::AudiencePolicy> {
+        loraforge_server::auth::AudiencePolicy::new(
+            &self.jwt_audience,
+            self.jwt_allow_missing_audience,
+        )
+        .map_err(|e| anyhow::anyhow!("jwt_audience: {e}"))
     }
 
     pub fn database_url(&self) -> String {
@@ -491,6 +510,11 @@ impl Settings {
                 } else {
                     format!("<kept in {}>", self.data_dir.join("jwt-secret").display())
                 },
+            ),
+            ("jwt_audience", self.jwt_audience.join(",")),
+            (
+                "jwt_allow_missing_audience",
+                self.jwt_allow_missing_audience.to_string(),
             ),
             ("monthly_limit", self.monthly_limit.to_string()),
             ("max_concurrent_jobs", self.max_concurrent_jobs.to_string()),

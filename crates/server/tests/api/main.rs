@@ -5,6 +5,7 @@ mod image_server;
 
 mod auth;
 mod datasets;
+mod error_shapes;
 mod events;
 mod files;
 mod library;

@@ -372,8 +372,7 @@ pub fn storage_settings(s: &Settings, jwt: &SecretSlice<u8>) -> anyhow::Result<S
 
 /// The configured database, connected and migrated.
 pub async fn repository(s: &Settings) -> anyhow::Result<Arc<dyn Repository>> {
-    std::fs::create_dir_all(&s.data_dir)
-        .with_context(|| format!("creating data dir {}", s.data_dir.display()))?;
+    crate::settings::create_private_dir(&s.data_dir)?;
     let db_url = s.database_url();
     loraforge_db::connect(
         &db_url,

@@ -250,6 +250,7 @@ fn init_logging(format: &str) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    settings::restrict_umask();
     let cli = Cli::parse();
     let bind = match &cli.command {
         Command::Serve { bind } => bind.clone(),

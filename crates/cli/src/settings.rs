@@ -436,13 +436,46 @@ impl Settings {
             }
             return Ok(SecretSlice::from(trimmed.as_bytes().to_vec()));
         }
-        std::fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("creating data dir {}", self.data_dir.display()))?;
+        create_private_dir(&self.data_dir)?;
         let secret = hex::encode(rand::random::<[u8; 32]>());
         write_private(&path, secret.as_bytes())?;
         // Another process may have won the race to create it: read what is there.
         let stored = std::fs::read_to_string(&path)?;
         Ok(SecretSlice::from(stored.trim().as_bytes().to_vec()))
+    }
+}
+
+/// The data dir (and missing parents) created with mode 0700; an existing data dir that others
+/// can enter is tightened to 0700 (it holds the database, the secret and users' images).
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("creating data dir {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(dir)?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making data dir {} private", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Everything this process and its children (workers, trainers) create is private to its user:
+/// files 0600, folders 0700, whatever the umask it was started with. Job folders, downloaded
+/// images, trained files and the trainer's checkpoints are made by libraries and by Python,
+/// which take their mode from the umask.
+pub fn restrict_umask() {
+    #[cfg(unix)]
+    // SAFETY: umask only sets this process's file-creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
     }
 }
 

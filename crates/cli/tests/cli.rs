@@ -244,9 +244,27 @@ fn serve_runs_with_only_a_data_dir_and_accepts_its_own_tokens() {
             r.json::<serde_json::Value>().await.unwrap(),
         )
     });
+    // No trainer environment in this data dir: the engine runs but says it cannot train.
+    let ready: serde_json::Value = rt.block_on(async {
+        reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
     child.kill().unwrap();
     let _ = child.wait();
     assert_eq!(status, 200, "{limits}");
+    assert_eq!(ready["engine"]["running"], true, "{ready}");
+    assert_eq!(ready["engine"]["can_train"], false, "{ready}");
+    assert!(
+        ready["engine"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("setup-trainer"),
+        "{ready}"
+    );
     assert_eq!(limits["limit"], 5);
     assert!(dir.path().join("data/loraforge.db").exists());
     assert!(dir.path().join("data/blobs").is_dir());
@@ -273,6 +291,9 @@ fn assert_everything_is_private(root: &std::path::Path) {
         seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
     }
     for expected in ["data", "loraforge.db", "jwt-secret", "blobs"] {
-        assert!(seen.iter().any(|s| s == expected), "{expected} not in {seen:?}");
+        assert!(
+            seen.iter().any(|s| s == expected),
+            "{expected} not in {seen:?}"
+        );
     }
 }

@@ -150,7 +150,9 @@ mod tests {
         assert_eq!(cache.get(url, t0).await.as_deref(), Some(&b"body"[..]));
         // Another token for the same path is another entry, not this one.
         assert_eq!(
-            cache.get("https://img.example.com/a.png?token=other", t0).await,
+            cache
+                .get("https://img.example.com/a.png?token=other", t0)
+                .await,
             None
         );
         let entries: Vec<_> = std::fs::read_dir(cache.dir())

@@ -363,10 +363,7 @@ mod tests {
                 "/timeout",
                 get(|| async { (StatusCode::REQUEST_TIMEOUT, "") }),
             )
-            .route(
-                "/gateway",
-                get(|| async { StatusCode::GATEWAY_TIMEOUT }),
-            )
+            .route("/gateway", get(|| async { StatusCode::GATEWAY_TIMEOUT }))
             .route(
                 "/plain500",
                 get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "db password is hunter2") }),
@@ -399,7 +396,9 @@ mod tests {
             .headers()
             .get(header::CONTENT_TYPE)
             .map(|v| v.to_str().unwrap().to_owned());
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
         (status, ct, String::from_utf8(body.to_vec()).unwrap())
     }
 
@@ -417,11 +416,20 @@ mod tests {
             assert_eq!(ct.as_deref(), Some("application/json"), "{path}");
             let v: Value = serde_json::from_str(&body).unwrap();
             assert_eq!(v["error"]["code"], code, "{path}: {body}");
-            assert!(!body.contains("hunter2"), "a 5xx never shows its text: {body}");
-            assert!(!body.contains("payload says"), "nor a panic's message: {body}");
+            assert!(
+                !body.contains("hunter2"),
+                "a 5xx never shows its text: {body}"
+            );
+            assert!(
+                !body.contains("payload says"),
+                "nor a panic's message: {body}"
+            );
         }
         let (got, ct, body) = call("/ok").await;
-        assert_eq!((got.as_u16(), ct.as_deref(), body.as_str()), (200, Some("text/plain; charset=utf-8"), "fine"));
+        assert_eq!(
+            (got.as_u16(), ct.as_deref(), body.as_str()),
+            (200, Some("text/plain; charset=utf-8"), "fine")
+        );
     }
 
     #[test]

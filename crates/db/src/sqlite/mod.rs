@@ -430,7 +430,11 @@ mod file_mode_tests {
         repo.ping().await.unwrap();
         for suffix in ["", "-wal", "-shm"] {
             let path = dir.path().join(format!("loraforge.db{suffix}"));
-            assert!(path.exists(), "{} (WAL mode keeps it while open)", path.display());
+            assert!(
+                path.exists(),
+                "{} (WAL mode keeps it while open)",
+                path.display()
+            );
             assert_eq!(mode(&path), 0o600, "{}", path.display());
         }
         repo.close().await;

@@ -162,9 +162,8 @@ pub fn check_window(
     now: DateTime<Utc>,
     expired: &str,
 ) -> Result<(), ApiError> {
-    let exp = numeric_date(claims, "exp")?.ok_or_else(|| {
-        ApiError::unauthorized("invalid_token", "the token has no `exp` claim")
-    })?;
+    let exp = numeric_date(claims, "exp")?
+        .ok_or_else(|| ApiError::unauthorized("invalid_token", "the token has no `exp` claim"))?;
     let nbf = numeric_date(claims, "nbf")?;
     numeric_date(claims, "iat")?;
     let now = now.timestamp();
@@ -255,7 +254,10 @@ mod tests {
     fn audiences_are_a_string_or_a_list_and_one_match_is_enough() {
         let p = AudiencePolicy::default();
         let aud = |v: Value| audiences(&map(json!({ "aud": v })));
-        assert!(p.check(aud(json!("authenticated")).unwrap().as_deref()).is_ok());
+        assert!(
+            p.check(aud(json!("authenticated")).unwrap().as_deref())
+                .is_ok()
+        );
         assert!(
             p.check(aud(json!(["other", "authenticated"])).unwrap().as_deref())
                 .is_ok()
@@ -268,7 +270,11 @@ mod tests {
             assert_eq!(e.code, "invalid_audience", "{refused}");
         }
         let e = p
-            .check(aud(json!(["authenticated", super::super::WORKER_AUDIENCE])).unwrap().as_deref())
+            .check(
+                aud(json!(["authenticated", super::super::WORKER_AUDIENCE]))
+                    .unwrap()
+                    .as_deref(),
+            )
             .unwrap_err();
         assert_eq!(e.code, "invalid_audience");
         for malformed in [json!(1), json!([1]), json!({"a": 1})] {

@@ -196,15 +196,16 @@ impl JwtKeys {
         v.validate_nbf = false;
         v.validate_aud = false;
         v.required_spec_claims.clear();
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &v).map_err(
-            |e| match e.kind() {
-                ErrorKind::InvalidSignature => ApiError::unauthorized(
-                    "invalid_signature",
-                    "the token's signature is not valid for this server",
-                ),
-                _ => malformed(),
-            },
-        )?;
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &v).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::InvalidSignature => ApiError::unauthorized(
+                        "invalid_signature",
+                        "the token's signature is not valid for this server",
+                    ),
+                    _ => malformed(),
+                }
+            })?;
         Ok(data.claims)
     }
 

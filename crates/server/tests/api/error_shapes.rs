@@ -39,7 +39,11 @@ async fn json_error(resp: reqwest::Response, status: u16) -> Value {
 async fn unknown_routes_and_wrong_methods_answer_json() {
     let app = spawn_app().await;
     let e = json_error(
-        app.http.get(app.url("/no/such/route")).send().await.unwrap(),
+        app.http
+            .get(app.url("/no/such/route"))
+            .send()
+            .await
+            .unwrap(),
         404,
     )
     .await;

@@ -141,7 +141,11 @@ async fn other_audiences_and_supabase_keys_without_a_user_are_refused() {
         (with(base.clone(), "aud", json!("anon")), "invalid_audience"),
         (with(base.clone(), "aud", json!([])), "invalid_audience"),
         (
-            with(base.clone(), "aud", json!(["loraforge-worker", "authenticated"])),
+            with(
+                base.clone(),
+                "aud",
+                json!(["loraforge-worker", "authenticated"]),
+            ),
             "invalid_audience",
         ),
         (with(base.clone(), "aud", json!(7)), "invalid_token"),
@@ -185,7 +189,10 @@ async fn extreme_and_malformed_times_are_401_never_a_panic_or_a_wrap() {
     }
     // In range, but outside the window by more than the leeway.
     cases.push((with(base.clone(), "exp", json!(now - 31)), "token_expired"));
-    cases.push((with(base.clone(), "nbf", json!(now + 31)), "token_not_yet_valid"));
+    cases.push((
+        with(base.clone(), "nbf", json!(now + 31)),
+        "token_not_yet_valid",
+    ));
     cases.push((with(base.clone(), "exp", json!(0)), "token_expired"));
     let mut no_exp = base.clone();
     no_exp.as_object_mut().unwrap().remove("exp");
@@ -198,5 +205,8 @@ async fn extreme_and_malformed_times_are_401_never_a_panic_or_a_wrap() {
         assert_eq!(e["code"], *code, "{c}: {e}");
     }
     // The server is still up and still takes a good token after all of them.
-    assert_eq!(get(&app, &mint(SECRET, &[base])[0], ROUTE).await.status(), 200);
+    assert_eq!(
+        get(&app, &mint(SECRET, &[base])[0], ROUTE).await.status(),
+        200
+    );
 }

@@ -24,8 +24,11 @@ const RECHECK_EVERY: chrono::Duration = chrono::Duration::seconds(10);
 pub struct TrainerGate {
     trainer_python: Option<PathBuf>,
     venv: PathBuf,
-    checked: Mutex<Option<(DateTime<Utc>, Result<(), String>)>>,
+    checked: Mutex<Option<Checked>>,
 }
+
+/// When the environment was last looked at, and what was found.
+type Checked = (DateTime<Utc>, Result<(), String>);
 
 impl TrainerGate {
     pub fn new(trainer_python: Option<PathBuf>, venv: PathBuf) -> Self {

@@ -189,7 +189,7 @@ pub fn engine(
         },
     );
     let tokens = JwtWorkerTokens {
-        keys: JwtKeys::new(&s.jwt_secret()?),
+        keys: jwt_keys(s)?,
         ttl: job_url_ttl(s),
     };
     let mut backends: Vec<Arc<dyn TrainingBackend>> = Vec::new();
@@ -339,6 +339,11 @@ pub fn lora_rules(s: &Settings) -> LoraRules {
     }
 }
 
+/// The service's token keys: its secret and the operator's audience policy.
+pub fn jwt_keys(s: &Settings) -> anyhow::Result<JwtKeys> {
+    Ok(JwtKeys::new(&s.jwt_secret()?).with_audience(s.audience_policy()?))
+}
+
 /// Local signed links use a key derived from the JWT secret, so there is one secret to manage.
 fn file_signing_key(jwt: &SecretSlice<u8>) -> SecretSlice<u8> {
     let mut h = Sha256::new();
@@ -382,8 +387,7 @@ pub fn storage_settings(s: &Settings, jwt: &SecretSlice<u8>) -> anyhow::Result<S
 
 /// The configured database, connected and migrated.
 pub async fn repository(s: &Settings) -> anyhow::Result<Arc<dyn Repository>> {
-    std::fs::create_dir_all(&s.data_dir)
-        .with_context(|| format!("creating data dir {}", s.data_dir.display()))?;
+    crate::settings::create_private_dir(&s.data_dir)?;
     let db_url = s.database_url();
     loraforge_db::connect(
         &db_url,
@@ -405,7 +409,7 @@ pub fn app_state_with(s: &Settings, repo: Arc<dyn Repository>) -> anyhow::Result
         repo,
         store,
         Arc::new(SystemClock),
-        JwtKeys::new(&jwt_secret),
+        JwtKeys::new(&jwt_secret).with_audience(s.audience_policy()?),
         server_settings(s),
     ))
 }

@@ -2,6 +2,7 @@
 
 mod commands;
 mod compose;
+mod readiness;
 mod settings;
 mod trainer_env;
 
@@ -14,7 +15,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use loraforge_domain::UserId;
-use loraforge_server::{Application, JwtKeys};
+use loraforge_server::Application;
 
 use settings::{Overrides, Settings};
 
@@ -250,6 +251,7 @@ fn init_logging(format: &str) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    settings::restrict_umask();
     let cli = Cli::parse();
     let bind = match &cli.command {
         Command::Serve { bind } => bind.clone(),
@@ -275,7 +277,7 @@ async fn main() -> anyhow::Result<()> {
             admin,
             ttl,
         } => {
-            let keys = JwtKeys::new(&settings.jwt_secret()?);
+            let keys = compose::jwt_keys(&settings)?;
             let token = keys
                 .issue(user, email, admin, ttl, chrono::Utc::now())
                 .context("signing the token")?;
@@ -383,18 +385,53 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     let repo = compose::repository(&settings).await?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let state = compose::app_state_with(&settings, repo.clone())?.with_engine_wake(wake.clone());
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut state = state;
     let engine = if settings.engine_enabled {
         let callback = match &settings.worker_callback_url {
             Some(u) => url::Url::parse(u)
                 .with_context(|| format!("worker_callback_url {u:?} is not a URL"))?,
             None => loopback.clone(),
         };
-        let engine = compose::engine(&settings, repo, state.store_handle(), &callback)?;
+        let gate = Arc::new(readiness::TrainerGate::new(
+            settings.trainer_python.clone(),
+            settings.trainer_venv(),
+        ));
+        let health = Arc::new(loraforge_engine::EngineHealth::new());
+        let engine = compose::engine(&settings, repo, state.store_handle(), &callback)?
+            .with_gate(gate.clone())
+            .with_health(health.clone());
+        let report = readiness::EngineReport {
+            health: health.clone(),
+            gate,
+            backends: settings.backends.clone(),
+            stale_after: (engine.settings().poll_interval * 10).max(Duration::from_secs(120)),
+            clock: Arc::new(loraforge_domain::SystemClock),
+        };
+        if let Some(why) = loraforge_server::state::EngineProbe::status(&report).cannot_train {
+            tracing::warn!(reason = %why,
+                "no backend can train: LoRAs will wait queued (saying why) until one can; /readyz reports it");
+        }
+        state = state.with_engine_probe(Arc::new(report));
         tracing::info!(worker_id = %engine.settings().worker_id, slots = settings.training_concurrency, "job engine started");
-        Some(tokio::spawn(engine.run_with_wake(wake, async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        })))
+        let engine = Arc::new(engine);
+        let mut stopping = stop_rx.clone();
+        // A panic ends one loop, not the engine: it is logged with its message and the loop
+        // started again after a backoff (`loraforge_engine::supervise`).
+        Some(tokio::spawn(loraforge_engine::supervise(
+            health,
+            move || {
+                let engine = engine.clone();
+                let wake = wake.clone();
+                let mut stop = stop_rx.clone();
+                engine.run_shared(wake, async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                })
+            },
+            async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            },
+        )))
     } else {
         tracing::warn!(
             "the job engine is off (engine_enabled = false): created LoRAs wait as pending"

@@ -26,6 +26,11 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// HS256 secret for API tokens; when unset one is generated once into `<data_dir>/jwt-secret`.
     pub jwt_secret: Option<SecretString>,
+    /// Audiences (`aud`) a user's token may carry, one match enough; Supabase access tokens carry
+    /// `authenticated`. The first is put into tokens `loraforge token` issues.
+    pub jwt_audience: Vec<String>,
+    /// Accept user tokens without an `aud` claim too.
+    pub jwt_allow_missing_audience: bool,
     /// LoRAs per user per UTC calendar month.
     pub monthly_limit: u32,
     /// Jobs per user training at once; the rest wait as queued.
@@ -176,8 +181,9 @@ pub struct Overrides {
     pub bind: Option<String>,
 }
 
-const LIST_KEYS: [&str; 6] = [
+const LIST_KEYS: [&str; 7] = [
     "cors_origins",
+    "jwt_audience",
     "local_model_roots",
     "allowed_base_models",
     "image_url_allowed_hosts",
@@ -191,6 +197,8 @@ impl Settings {
             .set_default("bind", "127.0.0.1:8080")?
             .set_default("data_dir", "./data")?
             .set_default("database_max_connections", 16)?
+            .set_default("jwt_audience", vec!["authenticated"])?
+            .set_default("jwt_allow_missing_audience", true)?
             .set_default("monthly_limit", 5)?
             .set_default("max_concurrent_jobs", 2)?
             .set_default("creates_per_minute", 10)?
@@ -296,6 +304,8 @@ impl Settings {
             .collect();
         s.cors_origins.retain(|o| !o.trim().is_empty());
         s.image_url_allowed_hosts.retain(|h| !h.trim().is_empty());
+        s.jwt_audience.retain(|a| !a.trim().is_empty());
+        s.audience_policy()?;
         for h in &s.image_url_allowed_hosts {
             loraforge_fetch::HostPattern::parse(h)
                 .map_err(|e| anyhow::anyhow!("image_url_allowed_hosts: {e}"))?;
@@ -375,6 +385,15 @@ impl Settings {
         Ok(s)
     }
 
+    /// Which audiences users' tokens may carry (`jwt_audience`, `jwt_allow_missing_audience`).
+    pub fn audience_policy(&self) -> anyhow::Result<loraforge_server::auth::AudiencePolicy> {
+        loraforge_server::auth::AudiencePolicy::new(
+            &self.jwt_audience,
+            self.jwt_allow_missing_audience,
+        )
+        .map_err(|e| anyhow::anyhow!("jwt_audience: {e}"))
+    }
+
     pub fn database_url(&self) -> String {
         match &self.database_url {
             Some(u) => u.expose_secret().to_owned(),
@@ -447,13 +466,46 @@ impl Settings {
             }
             return Ok(SecretSlice::from(trimmed.as_bytes().to_vec()));
         }
-        std::fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("creating data dir {}", self.data_dir.display()))?;
+        create_private_dir(&self.data_dir)?;
         let secret = hex::encode(rand::random::<[u8; 32]>());
         write_private(&path, secret.as_bytes())?;
         // Another process may have won the race to create it: read what is there.
         let stored = std::fs::read_to_string(&path)?;
         Ok(SecretSlice::from(stored.trim().as_bytes().to_vec()))
+    }
+}
+
+/// The data dir (and missing parents) created with mode 0700; an existing data dir that others
+/// can enter is tightened to 0700 (it holds the database, the secret and users' images).
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("creating data dir {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(dir)?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making data dir {} private", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Everything this process and its children (workers, trainers) create is private to its user:
+/// files 0600, folders 0700, whatever the umask it was started with. Job folders, downloaded
+/// images, trained files and the trainer's checkpoints are made by libraries and by Python,
+/// which take their mode from the umask.
+pub fn restrict_umask() {
+    #[cfg(unix)]
+    // SAFETY: umask only sets this process's file-creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
     }
 }
 
@@ -521,6 +573,11 @@ impl Settings {
                 } else {
                     format!("<kept in {}>", self.data_dir.join("jwt-secret").display())
                 },
+            ),
+            ("jwt_audience", self.jwt_audience.join(",")),
+            (
+                "jwt_allow_missing_audience",
+                self.jwt_allow_missing_audience.to_string(),
             ),
             ("monthly_limit", self.monthly_limit.to_string()),
             ("max_concurrent_jobs", self.max_concurrent_jobs.to_string()),

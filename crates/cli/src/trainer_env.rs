@@ -145,7 +145,12 @@ pub fn venv_python(venv: &Path) -> PathBuf {
 
 /// The configured interpreter, checked to exist.
 fn interpreter(settings: &Settings) -> anyhow::Result<PathBuf> {
-    if let Some(p) = &settings.trainer_python {
+    find_interpreter(settings.trainer_python.as_deref(), &settings.trainer_venv())
+}
+
+/// The trainer's interpreter: `trainer_python` if set (it must exist), else the venv's.
+pub fn find_interpreter(trainer_python: Option<&Path>, venv: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(p) = trainer_python {
         let found = resolve_program(p);
         return match found {
             Some(p) => Ok(p),
@@ -156,8 +161,7 @@ fn interpreter(settings: &Settings) -> anyhow::Result<PathBuf> {
             ),
         };
     }
-    let venv = settings.trainer_venv();
-    let python = venv_python(&venv);
+    let python = venv_python(venv);
     if !python.is_file() {
         bail!(
             "the trainer's Python environment is not set up ({} does not exist); run `loraforge setup-trainer` \

@@ -197,7 +197,17 @@ fn serve_runs_with_only_a_data_dir_and_accepts_its_own_tokens() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut child = loraforge(dir.path())
+    let mut command = loraforge(dir.path());
+    // A permissive umask, as many hosts have: serve must make its files private regardless.
+    #[cfg(unix)]
+    // SAFETY: umask is async-signal-safe and touches only the child's file-creation mask.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            libc::umask(0o022);
+            Ok(())
+        });
+    }
+    let mut child = command
         .args([
             "--data-dir",
             "data",
@@ -247,10 +257,56 @@ fn serve_runs_with_only_a_data_dir_and_accepts_its_own_tokens() {
             r.json::<serde_json::Value>().await.unwrap(),
         )
     });
+    // No trainer environment in this data dir: the engine runs but says it cannot train.
+    let ready: serde_json::Value = rt.block_on(async {
+        reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
     child.kill().unwrap();
     let _ = child.wait();
     assert_eq!(status, 200, "{limits}");
+    assert_eq!(ready["engine"]["running"], true, "{ready}");
+    assert_eq!(ready["engine"]["can_train"], false, "{ready}");
+    assert!(
+        ready["engine"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("setup-trainer"),
+        "{ready}"
+    );
     assert_eq!(limits["limit"], 5);
     assert!(dir.path().join("data/loraforge.db").exists());
     assert!(dir.path().join("data/blobs").is_dir());
+    #[cfg(unix)]
+    assert_everything_is_private(&dir.path().join("data"));
+}
+
+/// Every folder under `root` (and `root`) is 0700 and every file 0600: the database and its
+/// WAL files hold e-mails, the secret signs tokens, blobs are users' images.
+#[cfg(unix)]
+fn assert_everything_is_private(root: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut seen = Vec::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(path) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{}", path.display());
+            todo.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
+        seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    for expected in ["data", "loraforge.db", "jwt-secret", "blobs"] {
+        assert!(
+            seen.iter().any(|s| s == expected),
+            "{expected} not in {seen:?}"
+        );
+    }
 }

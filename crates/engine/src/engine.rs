@@ -104,6 +104,23 @@ impl Router {
         })
     }
 
+    /// Why no backend may get a run now, when every one is refused by a gate (the trainer's
+    /// environment is missing, a budget is spent): each backend's first refusal. `None` while
+    /// any backend is admitted (cooling down or full is waiting, not refusal).
+    pub(crate) fn refusals(&self, now: DateTime<Utc>) -> Option<String> {
+        let reasons: Vec<String> = self
+            .backends
+            .iter()
+            .map(|b| {
+                self.gates
+                    .iter()
+                    .find_map(|g| g.admits(b.name(), now).err())
+                    .map(|why| format!("{}: {why}", b.name()))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+
     fn cool_down(&self, backend: &str, until: DateTime<Utc>) {
         self.cooling
             .lock()
@@ -125,6 +142,10 @@ pub struct Engine {
     /// When this engine was made: a run of this engine's name created earlier was started by a
     /// predecessor (the service restarted while it ran).
     started_at: DateTime<Utc>,
+    /// The refusal queued jobs were last told of, and when (`refusals.rs`).
+    pub(crate) explained: Mutex<Option<(String, DateTime<Utc>)>>,
+    /// Told of every finished tick (`/readyz` reads it).
+    health: Option<Arc<crate::EngineHealth>>,
 }
 
 /// How long a backend that had no capacity is left alone before it is asked again.
@@ -152,7 +173,16 @@ impl Engine {
             after,
             observed_at: Mutex::new(HashMap::new()),
             started_at,
+            explained: Mutex::new(None),
+            health: None,
         }
+    }
+
+    /// Records every finished tick in `health`.
+    #[must_use]
+    pub fn with_health(mut self, health: Arc<crate::EngineHealth>) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// Gives every launched attempt a worker token from `tokens`.
@@ -187,6 +217,24 @@ impl Engine {
         wake: Arc<tokio::sync::Notify>,
         shutdown: impl Future<Output = ()> + Send,
     ) {
+        self.run_loop(wake, shutdown).await;
+    }
+
+    /// [`Self::run_with_wake`] on a shared engine, so a supervisor can start the loop again after
+    /// a panic (`crate::supervise`).
+    pub async fn run_shared(
+        self: Arc<Self>,
+        wake: Arc<tokio::sync::Notify>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        self.run_loop(wake, shutdown).await;
+    }
+
+    async fn run_loop(
+        &self,
+        wake: Arc<tokio::sync::Notify>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
         tokio::pin!(shutdown);
         let mut interval = tokio::time::interval(self.settings.poll_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -215,7 +263,11 @@ impl Engine {
     }
 
     async fn tick_logged(&self) {
-        match self.tick().await {
+        let result = self.tick().await;
+        if let Some(health) = &self.health {
+            health.ticked(self.clock.now());
+        }
+        match result {
             Ok(report) => {
                 for e in &report.errors {
                     tracing::warn!(error = %e, "job engine");
@@ -989,6 +1041,7 @@ impl Engine {
         for s in steps {
             report.merge(s);
         }
+        self.explain_refusals(now, report).await;
         Ok(())
     }
 

@@ -14,7 +14,9 @@ mod after_training;
 mod backend;
 pub mod backends;
 mod engine;
+mod refusals;
 mod settings;
+pub mod supervise;
 mod sweep;
 
 pub use after_training::{AfterTraining, ValidationRules};
@@ -24,6 +26,7 @@ pub use backend::{
 };
 pub use engine::{Engine, LaunchGate, TickReport};
 pub use settings::{EngineSettings, human_duration};
+pub use supervise::{EngineHealth, HealthReport, supervise};
 pub use sweep::SweepReport;
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -294,3 +294,183 @@ pub fn invalid_dataset(
     .with("images", images)
     .with("errors", set_errors)
 }
+
+/// The stable code of an error response that no handler of ours wrote (axum's extractor
+/// rejections, the 405 of a route without that method, a layer's 408 or 413): by status.
+fn code_for_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        411 => "length_required",
+        413 => "payload_too_large",
+        414 => "uri_too_long",
+        415 => "unsupported_media_type",
+        429 => "rate_limited",
+        431 => "headers_too_large",
+        503 => "service_unavailable",
+        504 => "timeout",
+        400..=499 => "invalid_request",
+        _ => "internal_error",
+    }
+}
+
+/// Largest plain-text error body kept as the message of the JSON error that replaces it.
+const MAX_REJECTION_TEXT: usize = 300;
+
+/// Middleware: every error response leaves in the one JSON shape. Responses our handlers built
+/// (`application/json`) pass untouched; any other 4xx/5xx — axum's plain-text rejections (bad
+/// path or query, bad JSON, wrong content type, body too large), the empty 405, a timeout — is
+/// rewritten with a code chosen by status and, for 4xx, axum's explanation as the message.
+/// Headers such as `Allow` and `Retry-After` are kept.
+pub async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4 * MAX_REJECTION_TEXT)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let message = match (status.as_u16(), text) {
+        (405, _) => {
+            "this route does not take this method; the Allow header lists the ones it takes"
+                .to_owned()
+        }
+        (400..=499, Some(t)) => t.chars().take(MAX_REJECTION_TEXT).collect(),
+        (400..=499, None) => status
+            .canonical_reason()
+            .unwrap_or("the request was refused")
+            .to_owned(),
+        (503, _) => "the service is unavailable right now; try again in a moment".to_owned(),
+        (504, _) => "the request took too long and was stopped; try again".to_owned(),
+        _ => "something went wrong on our side; try again, and report it if it keeps happening"
+            .to_owned(),
+    };
+    let fresh = ApiError::new(status, code_for_status(status), message).into_response();
+    let (fresh_parts, body) = fresh.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        fresh_parts.headers[header::CONTENT_TYPE].clone(),
+    );
+    Response::from_parts(parts, body)
+}
+
+/// The 500 of a handler that panicked; the panic's message goes to the log, not to the caller.
+pub fn panic_response(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    ApiError::internal("handler panicked", &message).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::Request;
+    use axum::routing::get;
+    use tower::ServiceExt;
+    use tower_http::catch_panic::CatchPanicLayer;
+
+    use super::*;
+
+    /// A router with the same two outer layers as `api_router`, and handlers that fail the ways
+    /// layers and libraries do.
+    fn router() -> Router {
+        Router::new()
+            .route(
+                "/timeout",
+                get(|| async { (StatusCode::REQUEST_TIMEOUT, "") }),
+            )
+            .route("/gateway", get(|| async { StatusCode::GATEWAY_TIMEOUT }))
+            .route(
+                "/plain500",
+                get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "db password is hunter2") }),
+            )
+            .route(
+                "/ours",
+                get(|| async { ApiError::bad_request("invalid_name", "names are short") }),
+            )
+            .route("/ok", get(|| async { "fine" }))
+            .route(
+                "/panic",
+                get(|| async {
+                    if std::hint::black_box(true) {
+                        panic!("the payload says why");
+                    }
+                    "unreachable"
+                }),
+            )
+            .layer(CatchPanicLayer::custom(panic_response))
+            .layer(axum::middleware::map_response(json_errors))
+    }
+
+    async fn call(path: &str) -> (StatusCode, Option<String>, String) {
+        let resp = router()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, ct, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn layer_made_errors_timeouts_and_panics_become_the_json_shape() {
+        for (path, status, code) in [
+            ("/timeout", 408, "request_timeout"),
+            ("/gateway", 504, "timeout"),
+            ("/plain500", 500, "internal_error"),
+            ("/panic", 500, "internal_error"),
+            ("/ours", 400, "invalid_name"),
+        ] {
+            let (got, ct, body) = call(path).await;
+            assert_eq!(got.as_u16(), status, "{path}: {body}");
+            assert_eq!(ct.as_deref(), Some("application/json"), "{path}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["error"]["code"], code, "{path}: {body}");
+            assert!(
+                !body.contains("hunter2"),
+                "a 5xx never shows its text: {body}"
+            );
+            assert!(
+                !body.contains("payload says"),
+                "nor a panic's message: {body}"
+            );
+        }
+        let (got, ct, body) = call("/ok").await;
+        assert_eq!(
+            (got.as_u16(), ct.as_deref(), body.as_str()),
+            (200, Some("text/plain; charset=utf-8"), "fine")
+        );
+    }
+
+    #[test]
+    fn a_panics_message_is_read_from_either_payload_type() {
+        for payload in [
+            Box::new("static str") as Box<dyn std::any::Any + Send>,
+            Box::new(String::from("formatted")),
+            Box::new(42_u8),
+        ] {
+            assert_eq!(panic_response(payload).status(), 500);
+        }
+    }
+}

@@ -36,6 +36,28 @@ struct Inner {
     upload_faults: AtomicU32,
     /// Wakes this process's job engine on every change, when it runs one.
     engine_wake: Option<Arc<tokio::sync::Notify>>,
+    /// This process's job engine, as `/readyz` reports it, when it runs one.
+    engine_probe: Option<Arc<dyn EngineProbe>>,
+}
+
+/// What `/readyz` is told of this process's job engine (the composition root adapts the engine's
+/// own health record; the server knows no engine type).
+pub trait EngineProbe: Send + Sync + std::fmt::Debug {
+    fn status(&self) -> EngineStatus;
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStatus {
+    /// Its loop is running.
+    pub running: bool,
+    /// Seconds since its last tick finished (`None`: none yet).
+    pub last_tick_age_secs: Option<i64>,
+    /// A tick older than this means the loop is stuck.
+    pub stale_after_secs: i64,
+    /// Loops restarted after a panic.
+    pub restarts: u32,
+    /// Why no backend can train now (e.g. the trainer's environment is missing); `None`: some can.
+    pub cannot_train: Option<String>,
 }
 
 impl AppState {
@@ -65,6 +87,7 @@ impl AppState {
             fetcher,
             upload_faults,
             engine_wake: None,
+            engine_probe: None,
         }))
     }
 
@@ -109,6 +132,19 @@ impl AppState {
             }
         }
         self
+    }
+
+    /// Reports `probe` in `/readyz`. Call before sharing the state.
+    pub fn with_engine_probe(mut self, probe: Arc<dyn EngineProbe>) -> Self {
+        match Arc::get_mut(&mut self.0) {
+            Some(inner) => inner.engine_probe = Some(probe),
+            None => tracing::warn!("the engine probe is not set: the state was already shared"),
+        }
+        self
+    }
+
+    pub fn engine_probe(&self) -> Option<&dyn EngineProbe> {
+        self.0.engine_probe.as_deref()
     }
 
     /// Something about `id` changed: drops cached library listings, wakes SSE streams of this

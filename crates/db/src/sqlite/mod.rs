@@ -35,6 +35,43 @@ macro_rules! lora_select {
     };
 }
 
+/// The database holds users' e-mails: the file is created (or tightened to) 0600 before SQLite
+/// opens it, and SQLite gives its `-wal` and `-shm` files the database file's mode. Those two are
+/// tightened too when an older version left them readable.
+fn make_private(file: &std::path::Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let io = |e: std::io::Error| {
+            crate::DbError::Sqlx(sqlx::Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", file.display()),
+            )))
+        };
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(file)
+            .map_err(io)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = file.as_os_str().to_owned();
+            name.push(suffix);
+            let path = std::path::PathBuf::from(name);
+            if let Ok(meta) = std::fs::metadata(&path)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io)?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
+}
+
 /// Rolls back after an error; a failing rollback is only logged (the connection is discarded
 /// by the pool if it is broken), so the original error is what the caller sees.
 async fn rollback(tx: Transaction<'static, Sqlite>) {
@@ -95,7 +132,13 @@ impl SqliteRepository {
     /// Opens (creating if missing) the database at `url` (`sqlite://PATH`, `sqlite::memory:`)
     /// and applies `migrations/sqlite`.
     pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Self> {
-        let options = SqliteConnectOptions::from_str(url)?
+        let options = SqliteConnectOptions::from_str(url)?;
+        let file = options.get_filename().to_owned();
+        if !file.as_os_str().is_empty() && !url.contains(":memory:") && !url.contains("mode=memory")
+        {
+            make_private(&file)?;
+        }
+        let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -418,5 +461,56 @@ impl Repository for SqliteRepository {
 
     async fn bulk_insert_library(&self, rows: Vec<LibraryRow>) -> Result<u64> {
         datasets::bulk_insert_library(self, rows).await
+    }
+}
+
+#[cfg(all(test, unix))]
+mod file_mode_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn the_database_and_its_wal_and_shm_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("loraforge.db");
+        let url = format!("sqlite://{}", db.display());
+        let repo = SqliteRepository::connect(&url, &ConnectOptions::default())
+            .await
+            .unwrap();
+        repo.ping().await.unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let path = dir.path().join(format!("loraforge.db{suffix}"));
+            assert!(
+                path.exists(),
+                "{} (WAL mode keeps it while open)",
+                path.display()
+            );
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+        repo.close().await;
+
+        // A database an older version left world-readable is tightened when opened.
+        for suffix in ["", "-wal", "-shm"] {
+            let path = dir.path().join(format!("loraforge.db{suffix}"));
+            if path.exists() {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
+        }
+        let repo = SqliteRepository::connect(&url, &ConnectOptions::default())
+            .await
+            .unwrap();
+        repo.ping().await.unwrap();
+        assert_eq!(mode(&db), 0o600);
+        for suffix in ["-wal", "-shm"] {
+            let path = dir.path().join(format!("loraforge.db{suffix}"));
+            if path.exists() {
+                assert_eq!(mode(&path), 0o600, "{}", path.display());
+            }
+        }
     }
 }

@@ -8,4 +8,5 @@ mod dispatch;
 mod helpers;
 mod local;
 mod restarts;
+mod refusals;
 mod runs;

@@ -79,7 +79,7 @@ pub async fn put_file(
             "this upload link is not signed; ask the API for an upload URL",
         ));
     };
-    let body = body.map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
+    let body = body.map_err(crate::error::body_error)?;
     // Only trained files: a test of a failed upload means the LoRA's files, not its checkpoints.
     let trained_file = !key.starts_with(loraforge_domain::keys::CHECKPOINTS_PREFIX);
     if trained_file && state.take_upload_fault() {
@@ -93,6 +93,15 @@ pub async fn put_file(
     state
         .store()
         .put_signed(&key, &SignedQuery { expires, sig }, body, state.now())
-        .await?;
+        .await
+        .map_err(|e| match e {
+            // The storage error speaks of downloads; this link was an upload's.
+            loraforge_storage::StorageError::LinkExpired => ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "link_expired",
+                "the upload link has expired; a worker gets new links with its next attempt",
+            ),
+            e => e.into(),
+        })?;
     Ok(axum::http::StatusCode::CREATED)
 }

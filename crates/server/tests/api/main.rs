@@ -5,6 +5,7 @@ mod image_server;
 
 mod auth;
 mod datasets;
+mod error_shapes;
 mod events;
 mod files;
 mod library;
@@ -14,5 +15,6 @@ mod ops;
 mod references;
 mod text_input;
 mod retention;
+mod supabase_tokens;
 mod url_intake;
 mod worker;

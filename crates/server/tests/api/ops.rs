@@ -154,3 +154,93 @@ async fn oversized_json_bodies_are_refused() {
         .unwrap();
     assert_eq!(error_of(resp, 413).await["code"], "payload_too_large");
 }
+
+/// An engine whose status the test sets.
+#[derive(Debug, Default)]
+struct FakeEngine(std::sync::Mutex<loraforge_server::state::EngineStatus>);
+
+impl loraforge_server::state::EngineProbe for FakeEngine {
+    fn status(&self) -> loraforge_server::state::EngineStatus {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn readyz_reports_a_dead_or_stuck_engine_and_one_that_cannot_train() {
+    use loraforge_server::state::EngineStatus;
+    let app = spawn_app().await;
+    let probe = std::sync::Arc::new(FakeEngine::default());
+    let state = loraforge_server::AppState::new(
+        app.repo.clone(),
+        app.store.clone(),
+        app.clock.clone(),
+        loraforge_server::JwtKeys::new(&secrecy::SecretSlice::from(SECRET.to_vec())),
+        app.settings.clone(),
+    )
+    .with_engine_probe(probe.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        loraforge_server::Application::new(state, listener)
+            .run_until_stopped(std::future::pending()),
+    );
+    let readyz = || async {
+        let resp = app.http.get(format!("{base}/readyz")).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.unwrap())
+    };
+    let set = |s: EngineStatus| *probe.0.lock().unwrap() = s;
+    let alive = EngineStatus {
+        running: true,
+        last_tick_age_secs: Some(1),
+        stale_after_secs: 120,
+        restarts: 0,
+        cannot_train: None,
+    };
+
+    set(alive.clone());
+    let (status, body) = readyz().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["engine"]["ok"], true);
+    assert_eq!(body["engine"]["can_train"], true);
+
+    // Cannot train: the API still serves (200), and says why LoRAs wait.
+    set(EngineStatus {
+        cannot_train: Some("local: the trainer's Python environment is not set up".into()),
+        ..alive.clone()
+    });
+    let (status, body) = readyz().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["engine"]["can_train"], false);
+    assert!(
+        body["engine"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Python environment")
+    );
+
+    // Dead (between a panic and its restart) or stuck: not ready.
+    for (dead, what) in [
+        (
+            EngineStatus {
+                running: false,
+                restarts: 1,
+                ..alive.clone()
+            },
+            "not running",
+        ),
+        (
+            EngineStatus {
+                last_tick_age_secs: Some(121),
+                ..alive.clone()
+            },
+            "last tick too old",
+        ),
+    ] {
+        set(dead);
+        let (status, body) = readyz().await;
+        assert_eq!(status, 503, "{what}: {body}");
+        assert_eq!(body["status"], "not_ready", "{what}");
+        assert_eq!(body["engine"]["ok"], false, "{what}");
+    }
+}

@@ -390,7 +390,7 @@ async fn worker_and_user_tokens_do_not_cross_and_a_stopped_job_says_so() {
     );
     assert_eq!(
         error_of(worker_get(&app, &token, "/api/v1/lora-models").await, 401).await["code"],
-        "invalid_token"
+        "invalid_audience"
     );
     assert_eq!(
         error_of(worker_get(&app, &other_token, &path).await, 403).await["code"],

@@ -1,6 +1,9 @@
 //! Bearer-token auth: HS256 JWTs with Supabase-style claims. `sub` is the user's UUID; admin is
-//! `role = "admin"` or `app_metadata.role = "admin"`. Expiry is checked against the injected
-//! clock. Any other algorithm, `alg: none` included, is refused.
+//! `role = "admin"` or `app_metadata.role = "admin"`. `exp` and `nbf` are checked against the
+//! injected clock; `aud` against the operator's [`AudiencePolicy`] (Supabase access tokens carry
+//! `aud: "authenticated"`). Any other algorithm, `alg: none` included, is refused.
+
+mod claims;
 
 use std::time::Duration;
 
@@ -11,16 +14,17 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretSlice};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use chrono::{DateTime, Utc};
 use loraforge_domain::{LoraId, UserId};
 
+pub use claims::{AudiencePolicy, LEEWAY_SECS};
+
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Allowed clock skew when checking `exp`.
-const LEEWAY_SECS: i64 = 30;
-
+/// The claims of the tokens this service issues to users (`loraforge token`, tests).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
@@ -33,7 +37,6 @@ pub struct Claims {
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_metadata: Option<AppMetadata>,
-    /// Set only on worker tokens ([`WORKER_AUDIENCE`]), which user routes refuse.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<serde_json::Value>,
 }
@@ -80,6 +83,7 @@ pub struct AuthUser {
 pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    audience: AudiencePolicy,
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -89,14 +93,23 @@ impl std::fmt::Debug for JwtKeys {
 }
 
 impl JwtKeys {
+    /// Keys with the default [`AudiencePolicy`].
     pub fn new(secret: &SecretSlice<u8>) -> Self {
         Self {
             encoding: EncodingKey::from_secret(secret.expose_secret()),
             decoding: DecodingKey::from_secret(secret.expose_secret()),
+            audience: AudiencePolicy::default(),
         }
     }
 
-    /// A token for `user`, valid for `ttl` from `now`.
+    /// The audiences users' tokens may carry.
+    #[must_use]
+    pub fn with_audience(mut self, audience: AudiencePolicy) -> Self {
+        self.audience = audience;
+        self
+    }
+
+    /// A token for `user`, valid for `ttl` from `now`, for the first accepted audience.
     pub fn issue(
         &self,
         user: UserId,
@@ -108,11 +121,11 @@ impl JwtKeys {
         let claims = Claims {
             sub: user.to_string(),
             iat: Some(now.timestamp()),
-            exp: now.timestamp() + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
+            exp: expiry(now, ttl),
             email,
             role: Some(if admin { "admin" } else { "authenticated" }.to_owned()),
             app_metadata: None,
-            aud: None,
+            aud: self.audience.issued().map(Value::from),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
     }
@@ -132,26 +145,29 @@ impl JwtKeys {
             attempt,
             wid: worker_id.to_owned(),
             iat: now.timestamp(),
-            exp: now.timestamp() + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
+            exp: expiry(now, ttl),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
     }
 
     /// Checks a worker's bearer token.
     pub fn verify_worker(&self, token: &str, now: DateTime<Utc>) -> Result<WorkerAuth, ApiError> {
-        let c: WorkerClaims = self.decode(token, &["exp", "sub", "aud"])?;
-        if c.aud != WORKER_AUDIENCE {
+        let c = self.decode(token)?;
+        // The audience first: a user's token here is told so, not called malformed.
+        if claims::audiences(&c)?.as_deref() != Some(&[WORKER_AUDIENCE.to_owned()][..]) {
             return Err(ApiError::unauthorized(
                 "invalid_token",
-                "this route takes a worker's job token",
+                "this route takes a worker's job token, not a user's token",
             ));
         }
-        if c.exp + LEEWAY_SECS <= now.timestamp() {
-            return Err(ApiError::unauthorized(
-                "token_expired",
-                "the job token has expired; the job will be retried",
-            ));
-        }
+        claims::check_window(
+            &c,
+            now,
+            "the job token has expired; the job will be retried",
+        )?;
+        let c: WorkerClaims = serde_json::from_value(Value::Object(c)).map_err(|e| {
+            ApiError::unauthorized("invalid_token", format!("the job token is incomplete: {e}"))
+        })?;
         let lora_id = c.sub.parse::<LoraId>().map_err(|_| {
             ApiError::unauthorized("invalid_token", "the job token's `sub` must be a LoRA id")
         })?;
@@ -162,13 +178,9 @@ impl JwtKeys {
         })
     }
 
-    /// Checks signature, algorithm and the listed claims' presence; expiry is the caller's
-    /// (against the injected clock).
-    fn decode<C: serde::de::DeserializeOwned>(
-        &self,
-        token: &str,
-        required: &[&str],
-    ) -> Result<C, ApiError> {
+    /// Checks signature and algorithm and returns the claims as they are: every claim is read
+    /// and checked by the caller (times against the injected clock, audiences by policy).
+    fn decode(&self, token: &str) -> Result<Map<String, Value>, ApiError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| malformed())?;
         if header.alg != Algorithm::HS256 {
             return Err(ApiError::unauthorized(
@@ -180,53 +192,56 @@ impl JwtKeys {
             ));
         }
         let mut v = Validation::new(Algorithm::HS256);
-        // Expiry is checked by the caller against the injected clock; audiences likewise.
         v.validate_exp = false;
+        v.validate_nbf = false;
         v.validate_aud = false;
-        v.required_spec_claims = required.iter().map(|c| (*c).to_owned()).collect();
+        v.required_spec_claims.clear();
         let data =
-            jsonwebtoken::decode::<C>(token, &self.decoding, &v).map_err(|e| match e.kind() {
-                ErrorKind::InvalidSignature => ApiError::unauthorized(
-                    "invalid_signature",
-                    "the token's signature is not valid for this server",
-                ),
-                ErrorKind::MissingRequiredClaim(c) => {
-                    ApiError::unauthorized("invalid_token", format!("the token has no `{c}` claim"))
+            jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &v).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::InvalidSignature => ApiError::unauthorized(
+                        "invalid_signature",
+                        "the token's signature is not valid for this server",
+                    ),
+                    _ => malformed(),
                 }
-                _ => malformed(),
             })?;
         Ok(data.claims)
     }
 
     /// Checks a bearer token and returns who it is for.
     pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<AuthUser, ApiError> {
-        let c: Claims = self.decode(token, &["exp", "sub"])?;
-        if c.aud.is_some() {
-            return Err(ApiError::unauthorized(
-                "invalid_token",
-                "this token is not a user's API token",
-            ));
-        }
-        if c.exp + LEEWAY_SECS <= now.timestamp() {
-            return Err(ApiError::unauthorized(
-                "token_expired",
-                "the token has expired; sign in again for a new one",
-            ));
-        }
-        let id = c.sub.parse::<UserId>().map_err(|_| {
+        let c = self.decode(token)?;
+        self.audience.check(claims::audiences(&c)?.as_deref())?;
+        claims::check_window(
+            &c,
+            now,
+            "the token has expired; sign in again for a new one",
+        )?;
+        let id = claims::string(&c, "sub")?.parse::<UserId>().map_err(|_| {
             ApiError::unauthorized(
                 "invalid_token",
                 "the token's `sub` claim must be a user UUID",
             )
         })?;
-        let is_admin = c.role.as_deref() == Some("admin")
-            || c.app_metadata.as_ref().and_then(|m| m.role.as_deref()) == Some("admin");
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+        let role = text(c.get("role"));
+        let app_role = text(c.get("app_metadata").and_then(|m| m.get("role")));
+        let is_admin = role.as_deref() == Some("admin") || app_role.as_deref() == Some("admin");
         Ok(AuthUser {
             id,
-            email: c.email.filter(|e| !e.is_empty() && e.len() <= 320),
+            email: text(c.get("email")).filter(|e| !e.is_empty() && e.len() <= 320),
             is_admin,
         })
     }
+}
+
+/// `now + ttl` in seconds, at most the latest date a token may name (a ttl of centuries neither
+/// wraps into the past nor makes a token this server would refuse).
+fn expiry(now: DateTime<Utc>, ttl: Duration) -> i64 {
+    now.timestamp()
+        .saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))
+        .min(claims::MAX_NUMERIC_DATE)
 }
 
 fn malformed() -> ApiError {
@@ -377,7 +392,7 @@ mod tests {
             }
         );
         // A LoRA id is a UUID too, but a worker token is no user's token.
-        assert_eq!(k.verify(&t, now()).unwrap_err().code, "invalid_token");
+        assert_eq!(k.verify(&t, now()).unwrap_err().code, "invalid_audience");
         let user = k
             .issue(UserId::new(), None, true, Duration::from_secs(60), now())
             .unwrap();

@@ -214,7 +214,10 @@ pub async fn from_references(
                     &mut warnings,
                     id,
                     "download_failed",
-                    format!("character {id} was skipped: {}", reasons.join("; ")),
+                    format!(
+                        "character {id} was skipped: {}",
+                        crate::error::list_problems(&reasons)
+                    ),
                 );
                 continue;
             }
@@ -236,7 +239,7 @@ pub async fn from_references(
                     "invalid_dataset",
                     format!(
                         "character {id} was skipped; its images failed the checks: {}",
-                        reasons.join("; ")
+                        crate::error::list_problems(&reasons)
                     ),
                 );
                 continue;

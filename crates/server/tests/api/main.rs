@@ -7,6 +7,7 @@ mod auth;
 mod datasets;
 mod events;
 mod files;
+mod hostile;
 mod library;
 mod limits;
 mod lora_models;

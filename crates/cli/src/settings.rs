@@ -683,7 +683,10 @@ impl Settings {
                 "http_idle_timeout_secs",
                 self.http_idle_timeout_secs.to_string(),
             ),
-            ("http_max_connections", self.http_max_connections.to_string()),
+            (
+                "http_max_connections",
+                self.http_max_connections.to_string(),
+            ),
         ];
         Ok(rows
             .into_iter()

@@ -4,12 +4,17 @@
 //! hands in — no file or network I/O — and never panics on any input, so both entry points can
 //! be fuzzed directly.
 
+pub mod budget;
 pub mod image_check;
 pub mod lora_check;
 pub mod normalize;
 pub mod problem;
 
-pub use image_check::{DatasetReport, ImageReport, InputImage, check_dataset, check_image};
+pub use budget::{BudgetError, DecodeBudget, DecodePermit};
+pub use image_check::{
+    DECODE_BUSY, DatasetReport, ImageReport, InputImage, check_dataset, check_dataset_within,
+    check_image, check_image_within, decode_cost,
+};
 pub use lora_check::{
     AlphaSource, LoraError, LoraFormat, LoraReport, LoraRules, NonFiniteTensor, inspect_lora,
 };

@@ -21,7 +21,7 @@ use loraforge_engine::{
 };
 use loraforge_fetch::{FetchSettings, HostPattern};
 use loraforge_server::settings::{ValidationSettings, WorkerApiSettings};
-use loraforge_server::{AppState, JwtKeys, ServerSettings};
+use loraforge_server::{AppState, HttpSettings, JwtKeys, ServerSettings};
 use loraforge_storage::BlobStore;
 use loraforge_storage::StorageSettings;
 use loraforge_storage::s3::S3Settings;
@@ -78,6 +78,14 @@ pub fn server_settings(s: &Settings) -> ServerSettings {
         },
         lora_rules: lora_rules(s),
         debug_fail_uploads: s.debug_fail_uploads,
+        decode_budget_bytes: s.decode_budget_bytes,
+        decode_wait: Duration::from_secs(s.decode_wait_secs),
+        http: HttpSettings {
+            header_timeout: Duration::from_secs(s.http_header_timeout_secs.max(1)),
+            body_timeout: Duration::from_secs(s.http_body_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(s.http_idle_timeout_secs.max(1)),
+            max_connections: s.http_max_connections.max(1),
+        },
         ..ServerSettings::default()
     }
 }

@@ -166,6 +166,22 @@ pub struct Settings {
     pub validation_scorer: Option<String>,
     /// Testing only: refuse the first this-many worker uploads with 503.
     pub debug_fail_uploads: u32,
+    /// Bytes of decoded pixels all image checks together may hold at once; an image needing
+    /// more alone is refused (`too_large_to_decode`), others wait for room.
+    pub decode_budget_bytes: u64,
+    /// Longest an image check waits for room in the decode budget before the upload is
+    /// answered 503 `server_busy`, seconds.
+    pub decode_wait_secs: u64,
+    /// A request head must arrive within this many seconds of the connection opening or of the
+    /// previous response.
+    pub http_header_timeout_secs: u64,
+    /// Longest pause inside a request body before the request is answered 408, seconds.
+    pub http_body_timeout_secs: u64,
+    /// A keep-alive connection with no request in flight is closed after this many silent
+    /// seconds.
+    pub http_idle_timeout_secs: u64,
+    /// Connections served at once; more wait in the listen backlog.
+    pub http_max_connections: usize,
     /// An existing Python interpreter that has the trainer's pinned packages; when unset the
     /// venv at `trainer_venv` (made by `loraforge setup-trainer`) is used.
     pub trainer_python: Option<PathBuf>,
@@ -253,7 +269,13 @@ impl Settings {
             .set_default("worker_retry_delay_ms", 2000)?
             .set_default("validation_similarity_threshold", 0.7)?
             .set_default("validation_auto_approve", false)?
-            .set_default("debug_fail_uploads", 0)?;
+            .set_default("debug_fail_uploads", 0)?
+            .set_default("decode_budget_bytes", 192 * 1024 * 1024)?
+            .set_default("decode_wait_secs", 30)?
+            .set_default("http_header_timeout_secs", 30)?
+            .set_default("http_body_timeout_secs", 30)?
+            .set_default("http_idle_timeout_secs", 20)?
+            .set_default("http_max_connections", 1024)?;
 
         let file = over
             .config_file
@@ -751,6 +773,24 @@ impl Settings {
                 self.validation_scorer.clone().unwrap_or_default(),
             ),
             ("debug_fail_uploads", self.debug_fail_uploads.to_string()),
+            ("decode_budget_bytes", self.decode_budget_bytes.to_string()),
+            ("decode_wait_secs", self.decode_wait_secs.to_string()),
+            (
+                "http_header_timeout_secs",
+                self.http_header_timeout_secs.to_string(),
+            ),
+            (
+                "http_body_timeout_secs",
+                self.http_body_timeout_secs.to_string(),
+            ),
+            (
+                "http_idle_timeout_secs",
+                self.http_idle_timeout_secs.to_string(),
+            ),
+            (
+                "http_max_connections",
+                self.http_max_connections.to_string(),
+            ),
         ];
         Ok(rows
             .into_iter()

@@ -112,7 +112,17 @@ pub fn invalid_text(code: &'static str, e: &TextError) -> ApiError {
     err
 }
 
-/// A body that could not be read: too large (413) or broken off (400).
+/// 413 `payload_too_large` for a body over `limit` bytes (declared or read).
+pub fn payload_too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the request body is too large for this endpoint; send at most {limit} bytes"),
+    )
+    .with("limit_bytes", limit)
+}
+
+/// A body that could not be read: too large (413), too slow (408) or broken off (400).
 pub fn body_error(e: axum::extract::rejection::BytesRejection) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError::new(
@@ -121,9 +131,21 @@ pub fn body_error(e: axum::extract::rejection::BytesRejection) -> ApiError {
             "the request body is too large for this endpoint",
         );
     }
+    if crate::http::is_body_timeout(&e) {
+        return body_timeout();
+    }
     ApiError::bad_request(
         "invalid_request",
         format!("could not read the request body: {}", e.body_text()),
+    )
+}
+
+/// 408 `body_timeout`: the client paused too long in the middle of its request body.
+pub fn body_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        "the request body stopped arriving; send it again without long pauses",
     )
 }
 
@@ -196,6 +218,12 @@ impl From<IntakeError> for ApiError {
     fn from(e: IntakeError) -> Self {
         match e {
             IntakeError::Rejected(report) => invalid_dataset_report(&report),
+            IntakeError::Busy => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_busy",
+                "the server is busy checking other uploads; nothing was stored — send the same upload again in a minute",
+            )
+            .retry(30),
             IntakeError::Storage(e) => e.into(),
             IntakeError::Db(e) => e.into(),
             IntakeError::QuotaReached {
@@ -276,8 +304,23 @@ fn invalid_dataset_report(report: &DatasetReport) -> ApiError {
     )
 }
 
-/// The one shape of a refused dataset: a sentence listing every problem, plus `images` (each
-/// file's result) and `errors` (problems of the set as a whole).
+/// Problems named one by one in a message; the rest are counted, so an error body stays small
+/// whatever a request holds (each image's own problems are in `images`).
+pub const MAX_LISTED_PROBLEMS: usize = 10;
+
+/// `problems` joined with "; ", at most [`MAX_LISTED_PROBLEMS`] of them and a count of the rest.
+pub fn list_problems(problems: &[String]) -> String {
+    let shown = problems.len().min(MAX_LISTED_PROBLEMS);
+    let mut text = problems[..shown].join("; ");
+    if problems.len() > shown {
+        text.push_str(&format!("; and {} more", problems.len() - shown));
+    }
+    text
+}
+
+/// The one shape of a refused dataset: a sentence listing the problems (the first
+/// [`MAX_LISTED_PROBLEMS`]), plus `images` (each file's result) and `errors` (problems of the
+/// set as a whole).
 pub fn invalid_dataset(
     problems: Vec<String>,
     images: Vec<Value>,
@@ -288,7 +331,7 @@ pub fn invalid_dataset(
         "invalid_dataset",
         format!(
             "the dataset was not accepted and nothing was stored: {}",
-            problems.join("; ")
+            list_problems(&problems)
         ),
     )
     .with("images", images)

@@ -12,7 +12,10 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use loraforge_checks::{DatasetReport, InputImage, check_dataset, normalize_orientation};
+use loraforge_checks::{
+    DECODE_BUSY, DatasetReport, InputImage, check_dataset_within, decode_cost,
+    normalize_orientation,
+};
 use loraforge_db::DbError;
 use loraforge_domain::{DailyWindow, Dataset, DatasetId, DatasetImage, QuotaExceeded, UserId};
 use loraforge_storage::StorageError;
@@ -38,6 +41,9 @@ pub enum IntakeError {
     /// The images failed the checks; nothing was stored.
     #[error("the images failed the dataset checks")]
     Rejected(Box<DatasetReport>),
+    /// The images could not be checked in time: other checks held the decode budget.
+    #[error("the server is busy checking other images")]
+    Busy,
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -67,10 +73,18 @@ pub async fn store_dataset(
     images: Vec<IntakeImage>,
 ) -> Result<StoredDataset, IntakeError> {
     let rules = state.settings().dataset_rules.clone();
+    let budget = state.decode_budget();
     let (captions, inputs): (Vec<Option<String>>, Vec<InputImage>) =
         images.into_iter().map(|i| (i.caption, i.input)).unzip();
     let (inputs, report) = tokio::task::spawn_blocking(move || -> Result<_, IntakeError> {
-        let report = check_dataset(&inputs, &rules);
+        let report = check_dataset_within(&inputs, &rules, &budget);
+        let busy = report
+            .images
+            .iter()
+            .any(|i| i.errors.iter().any(|p| p.code == DECODE_BUSY));
+        if busy {
+            return Err(IntakeError::Busy);
+        }
         if !report.accepted {
             return Err(IntakeError::Rejected(Box::new(report)));
         }
@@ -81,6 +95,18 @@ pub async fn store_dataset(
                 if checked.orientation != 1 {
                     let format = checked.format.ok_or_else(|| {
                         IntakeError::Internal("accepted image without a format".into())
+                    })?;
+                    // Decoded and turned: two images' worth of pixels, from the same budget.
+                    let cost = decode_cost(&input.bytes)
+                        .unwrap_or(0)
+                        .saturating_mul(2)
+                        .min(budget.total());
+                    let _permit = budget.acquire(cost).map_err(|e| match e {
+                        loraforge_checks::BudgetError::Busy => IntakeError::Busy,
+                        e => IntakeError::Internal(format!(
+                            "turning {} upright: {e}",
+                            input.file_name
+                        )),
                     })?;
                     input.bytes = normalize_orientation(&input.bytes, format, checked.orientation)
                         .map_err(|e| {

@@ -8,6 +8,7 @@ pub mod create;
 pub mod dataset_sweep;
 pub mod downloads;
 pub mod error;
+pub mod http;
 pub mod intake;
 pub mod library_cache;
 pub mod maintenance;
@@ -25,6 +26,7 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
+use axum::middleware;
 use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -36,7 +38,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use auth::{AuthUser, JwtKeys};
 pub use error::ApiError;
-pub use settings::ServerSettings;
+pub use settings::{HttpSettings, ServerSettings};
 pub use state::AppState;
 
 use routes::{admin, datasets, events, files, health, lora_models, me, references, worker};
@@ -46,12 +48,17 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Every route of the service, with its middleware.
 pub fn api_router(state: AppState) -> Router {
     let settings = state.settings().clone();
+    // Each body limit is enforced twice: on the declared length before anything is read, and
+    // on the bytes as they are read (for bodies that declare none).
+    let declared = |limit: usize| middleware::from_fn_with_state(limit, http::refuse_declared_over);
     let upload = Router::new()
         .route("/api/v1/datasets", post(datasets::upload))
-        .layer(DefaultBodyLimit::max(settings.max_upload_bytes()));
+        .layer(DefaultBodyLimit::max(settings.max_upload_bytes()))
+        .layer(declared(settings.max_upload_bytes()));
     let file_upload = Router::new()
         .route("/files/{*key}", get(files::get_file).put(files::put_file))
-        .layer(DefaultBodyLimit::max(settings.max_file_upload_bytes()));
+        .layer(DefaultBodyLimit::max(settings.max_file_upload_bytes()))
+        .layer(declared(settings.max_file_upload_bytes()));
     let api = Router::new()
         .route("/api/v1/datasets/from-urls", post(datasets::from_urls))
         .route("/api/v1/datasets/{id}", get(datasets::get))
@@ -81,7 +88,8 @@ pub fn api_router(state: AppState) -> Router {
             "/api/v1/worker/jobs/{id}/checkpoint",
             post(worker::checkpoint),
         )
-        .layer(DefaultBodyLimit::max(settings.max_json_bytes));
+        .layer(DefaultBodyLimit::max(settings.max_json_bytes))
+        .layer(declared(settings.max_json_bytes));
     let mut router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -145,6 +153,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
 pub struct Application {
     listener: tokio::net::TcpListener,
     router: Router,
+    http: HttpSettings,
 }
 
 impl Application {
@@ -152,6 +161,7 @@ impl Application {
     pub fn new(state: AppState, listener: tokio::net::TcpListener) -> Self {
         Self {
             listener,
+            http: state.settings().http.clone(),
             router: api_router(state),
         }
     }
@@ -160,13 +170,12 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    /// Serves until `shutdown` resolves, then finishes in-flight requests. Connections are
+    /// capped and timed out as [`HttpSettings`] say ([`http::serve`]).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
+        http::serve(self.listener, self.router, self.http, shutdown).await
     }
 }

@@ -43,6 +43,40 @@ pub struct ServerSettings {
     /// tests can see a worker keep its files and retry.
     /// (Checkpoints are not refused: the trained files are what these tests are about.)
     pub debug_fail_uploads: u32,
+    /// Bytes of decoded pixels all image checks together may hold at once (estimated from each
+    /// header before decoding); an image needing more than this alone is refused
+    /// (`too_large_to_decode`), others wait for room.
+    pub decode_budget_bytes: u64,
+    /// Longest an image check waits for room in the decode budget before the upload is answered
+    /// 503 `server_busy`.
+    pub decode_wait: Duration,
+    /// Connection limits and timeouts of the HTTP server.
+    pub http: HttpSettings,
+}
+
+/// How long the HTTP server waits for a client, and how many it serves at once.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// A request's head (request line and headers) must arrive within this time of the
+    /// connection opening or of the previous response ending.
+    pub header_timeout: Duration,
+    /// Longest pause between two pieces of a request body before the request is abandoned.
+    pub body_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this long silent.
+    pub idle_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(20),
+            max_connections: 1024,
+        }
+    }
 }
 
 /// What the control plane tells and allows its workers.
@@ -114,6 +148,9 @@ impl Default for ServerSettings {
             validation: ValidationSettings::default(),
             lora_rules: LoraRules::default(),
             debug_fail_uploads: 0,
+            decode_budget_bytes: 192 * 1024 * 1024,
+            decode_wait: Duration::from_secs(30),
+            http: HttpSettings::default(),
         }
     }
 }
@@ -123,6 +160,12 @@ impl ServerSettings {
     pub fn max_file_upload_bytes(&self) -> usize {
         usize::try_from(self.lora_rules.max_bytes.max(32 * 1024 * 1024) + 1024 * 1024)
             .unwrap_or(usize::MAX)
+    }
+
+    /// Most parts a multipart upload may have: an image and a caption for each allowed image,
+    /// and one spare so that one part too many is reported as that.
+    pub fn max_upload_parts(&self) -> usize {
+        self.dataset_rules.max_images * 2 + 1
     }
 
     /// Largest multipart upload: every image at the size limit plus room for captions and

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
+use loraforge_checks::DecodeBudget;
 use loraforge_db::Repository;
 use loraforge_domain::{Clock, LoraId};
 use loraforge_fetch::Fetcher;
@@ -38,6 +39,8 @@ struct Inner {
     engine_wake: Option<Arc<tokio::sync::Notify>>,
     /// This process's job engine, as `/readyz` reports it, when it runs one.
     engine_probe: Option<Arc<dyn EngineProbe>>,
+    /// Decoded pixels in memory at once, for every request of this process.
+    decode_budget: Arc<DecodeBudget>,
 }
 
 /// What `/readyz` is told of this process's job engine (the composition root adapts the engine's
@@ -75,6 +78,10 @@ impl AppState {
             .map_err(|e| tracing::error!(error = %e, "URL downloads are unavailable"))
             .ok();
         let upload_faults = AtomicU32::new(settings.debug_fail_uploads);
+        let decode_budget = Arc::new(DecodeBudget::new(
+            settings.decode_budget_bytes,
+            settings.decode_wait,
+        ));
         Self(Arc::new(Inner {
             repo,
             store,
@@ -88,6 +95,7 @@ impl AppState {
             upload_faults,
             engine_wake: None,
             engine_probe: None,
+            decode_budget,
         }))
     }
 
@@ -113,6 +121,10 @@ impl AppState {
     /// Downloads user-supplied URLs under the configured allow-list and SSRF rules.
     pub fn fetcher(&self) -> Option<&Fetcher> {
         self.0.fetcher.as_ref()
+    }
+    /// The decode budget every image check of this process takes its memory from.
+    pub fn decode_budget(&self) -> Arc<DecodeBudget> {
+        self.0.decode_budget.clone()
     }
     pub fn create_limiter(&self) -> &RateLimiter {
         &self.0.create_limiter

@@ -7,7 +7,8 @@ use loraforge_domain::DatasetRules;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{ImageReport, check_image};
+use super::{ImageReport, UNLIMITED, check_image_within};
+use crate::budget::DecodeBudget;
 use crate::problem::Problem;
 
 /// Two images whose 64-bit difference hashes differ in at most this many bits are reported as
@@ -45,11 +46,22 @@ pub struct DatasetReport {
     pub accepted: bool,
 }
 
-/// Checks every image (in parallel) and then the set. CPU-bound: call it off async threads.
+/// Checks every image (in parallel) and then the set, without a decode budget. CPU-bound: call
+/// it off async threads.
 pub fn check_dataset(files: &[InputImage], rules: &DatasetRules) -> DatasetReport {
+    check_dataset_within(files, rules, &UNLIMITED)
+}
+
+/// Checks every image (in parallel, each decode within `budget`) and then the set. CPU-bound and
+/// may wait for the budget: call it off async threads.
+pub fn check_dataset_within(
+    files: &[InputImage],
+    rules: &DatasetRules,
+    budget: &DecodeBudget,
+) -> DatasetReport {
     let mut images: Vec<ImageReport> = files
         .par_iter()
-        .map(|f| check_image(&f.file_name, &f.bytes, rules))
+        .map(|f| check_image_within(&f.file_name, &f.bytes, rules, budget))
         .collect();
     let mut errors = Vec::new();
     let mut warnings = Vec::new();

@@ -24,7 +24,24 @@ pub struct Decoded {
     /// EXIF orientation 1–8; 1 when the file has none or it cannot be read.
     pub orientation: u8,
     /// The 64-bit difference hash of the upright image, or why decoding failed.
-    pub dhash: Result<u64, String>,
+    pub dhash: Result<u64, Failure>,
+}
+
+/// Why a decode failed, for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: String,
+    /// The data ended before every pixel the header declares.
+    pub incomplete: bool,
+}
+
+impl From<&str> for Failure {
+    fn from(reason: &str) -> Self {
+        Self {
+            reason: reason.to_owned(),
+            incomplete: false,
+        }
+    }
 }
 
 /// Reads orientation and, when `full_decode` is set, decodes every pixel.
@@ -38,7 +55,7 @@ pub fn decode(bytes: &[u8], format: ImageFormat, dims: (u32, u32), full_decode: 
         Ok(d) => d,
         Err(_) => Decoded {
             orientation: 1,
-            dhash: Err("the decoder crashed on it".to_owned()),
+            dhash: Err("the decoder crashed on it".into()),
         },
     }
 }
@@ -70,13 +87,13 @@ fn decode_inner(bytes: &[u8], format: ImageFormat, dims: (u32, u32), full_decode
     if decoder.dimensions() != dims {
         return Decoded {
             orientation: exif,
-            dhash: Err("its header and its image data disagree about its size".to_owned()),
+            dhash: Err("its header and its image data disagree about its size".into()),
         };
     }
     if !full_decode {
         return Decoded {
             orientation: exif,
-            dhash: Err("not decoded".to_owned()),
+            dhash: Err("not decoded".into()),
         };
     }
     let dhash = match DynamicImage::from_decoder(decoder) {
@@ -98,7 +115,34 @@ fn to_image_format(f: ImageFormat) -> image::ImageFormat {
 }
 
 /// Decoder errors as a short phrase for the user; limit errors say so plainly.
-fn describe(e: &image::ImageError) -> String {
+fn describe(e: &image::ImageError) -> Failure {
+    Failure {
+        reason: describe_reason(e),
+        incomplete: ends_early(e),
+    }
+}
+
+/// Whether the decoder ran out of data before the declared pixels (PNG: IDAT too short or the
+/// file cut off). The `image` crate passes the codec's error through only as text and a source.
+fn ends_early(e: &image::ImageError) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = source {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+        {
+            return true;
+        }
+        let text = err.to_string();
+        if text.contains("not have enough data") || text.contains("unexpected end") {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+fn describe_reason(e: &image::ImageError) -> String {
     match e {
         image::ImageError::Limits(_) => "it needs more memory to open than is allowed".to_owned(),
         other => {

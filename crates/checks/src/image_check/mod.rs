@@ -5,21 +5,44 @@
 
 mod dataset;
 mod decode;
+mod jpeg_scan;
 pub(crate) mod sniff;
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_budget;
+#[cfg(test)]
 mod tests_dataset;
+#[cfg(test)]
+mod tests_declared;
 #[cfg(test)]
 pub(crate) mod testutil;
 
 use loraforge_domain::{DatasetRules, ImageFormat};
 use serde::Serialize;
 
-pub use dataset::{DatasetReport, InputImage, NEAR_DUPLICATE_MAX_DISTANCE, check_dataset};
+pub use dataset::{
+    DatasetReport, InputImage, NEAR_DUPLICATE_MAX_DISTANCE, check_dataset, check_dataset_within,
+};
 
+use crate::budget::{BudgetError, DecodeBudget};
 use crate::problem::{Problem, format_bytes, format_megapixels};
+
+/// The code of an image that could not be checked because other decodes held the decode budget
+/// for too long: the server's load, not the image's fault (the server answers 503).
+pub const DECODE_BUSY: &str = "decode_busy";
+
+/// Checks without a decode budget: for one's own files on the command line, and tests.
+static UNLIMITED: DecodeBudget = DecodeBudget::unlimited();
+
+/// Memory a full check of `bytes` holds at its peak, from its header alone; `None` when it is
+/// not a supported image or its header cannot be read.
+pub fn decode_cost(bytes: &[u8]) -> Option<u64> {
+    let format = sniff::sniff_format(bytes)?;
+    let dims = sniff::header_dimensions(format, bytes).ok()?;
+    Some(sniff::decoded_bytes(format, bytes, dims))
+}
 
 /// The outcome for one uploaded file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -64,8 +87,19 @@ fn format_name(f: ImageFormat) -> &'static str {
     }
 }
 
-/// Checks one file. Never panics; every problem found is in the report.
+/// Checks one file without a decode budget. Never panics; every problem found is in the report.
 pub fn check_image(file_name: &str, bytes: &[u8], rules: &DatasetRules) -> ImageReport {
+    check_image_within(file_name, bytes, rules, &UNLIMITED)
+}
+
+/// Checks one file, decoding it only within `budget` (which it may wait for). Never panics;
+/// every problem found is in the report.
+pub fn check_image_within(
+    file_name: &str,
+    bytes: &[u8],
+    rules: &DatasetRules,
+    budget: &DecodeBudget,
+) -> ImageReport {
     let size = bytes.len() as u64;
     let mut report = ImageReport {
         file_name: file_name.to_owned(),
@@ -165,7 +199,34 @@ pub fn check_image(file_name: &str, bytes: &[u8], rules: &DatasetRules) -> Image
         return report;
     }
 
-    // 5. Orientation and full decode (skipped for files already refused as too large).
+    // 5. Orientation and full decode (skipped for files already refused as too large), within
+    // the decode budget shared by every request.
+    let _permit = if too_large {
+        None
+    } else {
+        let cost = sniff::decoded_bytes(format, bytes, (w, h));
+        match budget.acquire(cost) {
+            Ok(permit) => Some(permit),
+            Err(BudgetError::TooLarge { needed, total }) => {
+                report.width = Some(w);
+                report.height = Some(h);
+                let msg = format!(
+                    "{name} is {w}×{h} and needs {} of memory to check; this server checks images of at most {} — save it with fewer pixels or 8 bits per channel",
+                    format_bytes(needed),
+                    format_bytes(total)
+                );
+                err(&mut report, "too_large_to_decode", msg);
+                return report;
+            }
+            Err(BudgetError::Busy) => {
+                let msg = format!(
+                    "{name} could not be checked now: the server is busy checking other images; try again in a minute"
+                );
+                err(&mut report, DECODE_BUSY, msg);
+                return report;
+            }
+        }
+    };
     let decoded = decode::decode(bytes, format, (w, h), !too_large);
     report.orientation = decoded.orientation;
     let (uw, uh) = if matches!(decoded.orientation, 5..=8) {
@@ -193,9 +254,29 @@ pub fn check_image(file_name: &str, bytes: &[u8], rules: &DatasetRules) -> Image
             ImageFormat::Png => sniff::check_png_complete(bytes).map_err(|e| e.to_string()),
             ImageFormat::Webp => Ok(()),
         };
-        match decoded.dhash.and_then(|h| complete.map(|()| h)) {
-            Ok(hash) => report.perceptual_hash = Some(format!("{hash:016x}")),
-            Err(reason) => corrupt(&mut report, &reason),
+        // Decoders pad a JPEG scan that ends early and return an image; every declared block
+        // must be coded.
+        let coverage = match (format, &complete) {
+            (ImageFormat::Jpeg, Ok(())) => jpeg_scan::check_jpeg_coverage(bytes),
+            _ => Ok(()),
+        };
+        let incomplete = |r: &mut ImageReport, reason: &str| {
+            let msg = format!(
+                "{name} declares {w}×{h} pixels but its image data ends before all of them ({reason}); it may be cut off or altered — export it again and re-upload"
+            );
+            r.errors.push(Problem::new("incomplete_image", msg));
+        };
+        match (decoded.dhash, complete, coverage) {
+            (_, _, Err(e @ jpeg_scan::ScanError::Incomplete { .. })) => {
+                incomplete(&mut report, &e.to_string());
+            }
+            (Err(f), _, _) if f.incomplete => incomplete(&mut report, &f.reason),
+            (Err(f), _, _) => corrupt(&mut report, &f.reason),
+            (Ok(_), Err(reason), _) => corrupt(&mut report, &reason),
+            (Ok(_), Ok(()), Err(e)) => corrupt(&mut report, &e.to_string()),
+            (Ok(hash), Ok(()), Ok(())) => {
+                report.perceptual_hash = Some(format!("{hash:016x}"));
+            }
         }
     }
     report

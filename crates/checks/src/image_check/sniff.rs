@@ -251,3 +251,62 @@ pub fn check_png_complete(b: &[u8]) -> Result<(), HeaderError> {
         Err(HeaderError::EndsEarly)
     }
 }
+
+/// Bytes a full decode of this image holds at its peak, estimated from the header alone (so it
+/// is known before anything is allocated): the decoded pixels in the layout the decoder emits,
+/// plus a progressive JPEG's coefficient buffers and a lossy WebP's YUV frame. Errs on the high
+/// side; `(w, h)` are the header's dimensions.
+pub fn decoded_bytes(format: ImageFormat, bytes: &[u8], (w, h): (u32, u32)) -> u64 {
+    let pixels = u64::from(w) * u64::from(h);
+    match format {
+        ImageFormat::Png => {
+            // IHDR: width(4) height(4) bit depth(1) colour type(1). Palette and tRNS expand to
+            // RGB(A); 16-bit samples stay 16-bit.
+            let depth = bytes.get(24).copied().unwrap_or(16);
+            let channels: u64 = match bytes.get(25).copied().unwrap_or(6) {
+                0 | 4 => 2, // grey (tRNS may add alpha), grey + alpha
+                _ => 4,     // RGB (tRNS may add alpha), palette, RGBA
+            };
+            let sample = if depth == 16 { 2 } else { 1 };
+            pixels.saturating_mul(channels * sample)
+        }
+        ImageFormat::Jpeg => {
+            let (components, progressive) = jpeg_frame_kind(bytes).unwrap_or((4, true));
+            let out = if components == 1 { 1 } else { 3 };
+            // Progressive decoders keep every component's coefficients (i16) for the whole image.
+            let coefficients = if progressive { 2 * components } else { 0 };
+            pixels.saturating_mul(out + coefficients)
+        }
+        ImageFormat::Webp => {
+            // RGBA out, and for lossy data the YUV 4:2:0 frame (1.5 bytes per pixel) beside it.
+            pixels.saturating_mul(4 + 2)
+        }
+    }
+}
+
+/// The frame header's component count and whether it is progressive (SOF2, SOF6, SOF10, SOF14).
+fn jpeg_frame_kind(b: &[u8]) -> Option<(u64, bool)> {
+    let mut pos = 2;
+    loop {
+        if *b.get(pos)? != 0xFF {
+            return None;
+        }
+        while *b.get(pos)? == 0xFF {
+            pos += 1;
+        }
+        let marker = *b.get(pos)?;
+        pos += 1;
+        match marker {
+            0x01 | 0xD0..=0xD8 => continue,
+            0xD9 | 0xDA => return None,
+            _ => {}
+        }
+        let len = usize::from(be_u16(b, pos).ok()?);
+        if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
+            // length(2) precision(1) height(2) width(2) components(1)
+            let components = u64::from(*b.get(pos + 7)?).max(1);
+            return Some((components, matches!(marker, 0xC2 | 0xC6 | 0xCA | 0xCE)));
+        }
+        pos += len.max(2);
+    }
+}

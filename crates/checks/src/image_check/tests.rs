@@ -186,17 +186,19 @@ fn decoder_limits_are_pinned_to_the_header() {
 }
 
 #[test]
-fn truncated_png_is_corrupt() {
+fn truncated_png_is_incomplete() {
     let bytes = png_bytes(&noise(64, 64, 7));
     let r = check_image("cut.png", &bytes[..bytes.len() / 2], &small_rules());
-    assert_eq!(codes(&r), ["corrupt_image"]);
+    assert_eq!(codes(&r), ["incomplete_image"]);
     let msg = &r.errors[0].message;
     assert!(
-        msg.starts_with("cut.png could not be read as a PNG image ("),
+        msg.starts_with(
+            "cut.png declares 64×64 pixels but its image data ends before all of them ("
+        ),
         "{msg}"
     );
     assert!(
-        msg.ends_with("it may be damaged or incomplete — export it again and re-upload"),
+        msg.ends_with("it may be cut off or altered — export it again and re-upload"),
         "{msg}"
     );
 }

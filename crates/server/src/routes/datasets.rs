@@ -78,7 +78,25 @@ pub async fn upload(
     })?;
     let mut images: Vec<InputImage> = Vec::new();
     let mut captions: HashMap<String, String> = HashMap::new();
-    while let Some(field) = mp.next_field().await.map_err(multipart_error)? {
+    let max_parts = state.settings().max_upload_parts();
+    let max_image_bytes =
+        usize::try_from(state.settings().dataset_rules.max_bytes).unwrap_or(usize::MAX);
+    let mut parts = 0;
+    while let Some(mut field) = mp.next_field().await.map_err(multipart_error)? {
+        // Bounded before anything of the part is read: a request of 100,000 tiny parts costs
+        // no more than one of a few.
+        parts += 1;
+        if parts > max_parts {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_parts",
+                format!(
+                    "the upload has more than {max_parts} parts; send at most {} images and a caption for each",
+                    state.settings().dataset_rules.max_images
+                ),
+            )
+            .with("max_parts", max_parts));
+        }
         let part = field.name().unwrap_or_default().to_owned();
         let file_name = clean_file_name(field.file_name().unwrap_or(&part))?;
         let is_caption = file_name.to_ascii_lowercase().ends_with(".txt");
@@ -90,15 +108,33 @@ pub async fn upload(
                 ),
             ));
         }
-        let data: Bytes = field.bytes().await.map_err(multipart_error)?;
-        if is_caption {
-            if data.len() > MAX_CAPTION_BYTES {
-                return Err(ApiError::bad_request(
+        // Each part is read only up to its own limit, never to the body's.
+        let limit = if is_caption {
+            MAX_CAPTION_BYTES
+        } else {
+            max_image_bytes
+        };
+        let Some(data) = read_part(&mut field, limit).await? else {
+            return Err(if is_caption {
+                ApiError::bad_request(
                     "invalid_caption",
                     format!("{file_name} is longer than 16 KB; shorten the caption"),
-                ));
-            }
-            let text = String::from_utf8(data.to_vec()).map_err(|_| {
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "image_too_large",
+                    format!(
+                        "{file_name} is larger than {}; images must be at most that — export it at a lower quality",
+                        loraforge_checks::problem::format_bytes(limit as u64)
+                    ),
+                )
+                .with("file_name", file_name)
+                .with("limit_bytes", limit)
+            });
+        };
+        if is_caption {
+            let text = String::from_utf8(data).map_err(|_| {
                 ApiError::bad_request(
                     "invalid_caption",
                     format!("{file_name} is not UTF-8 text; save it as UTF-8"),
@@ -113,7 +149,7 @@ pub async fn upload(
         } else {
             images.push(InputImage {
                 file_name,
-                bytes: data.to_vec(),
+                bytes: data,
             });
         }
     }
@@ -307,6 +343,22 @@ fn image_view(i: &DatasetImage, warnings: Vec<String>, url: Option<String>) -> D
     }
 }
 
+/// The part's bytes, read chunk by chunk; `None` as soon as they pass `limit` (the rest is
+/// never read).
+async fn read_part(
+    field: &mut axum::extract::multipart::Field<'_>,
+    limit: usize,
+) -> ApiResult<Option<Vec<u8>>> {
+    let mut data = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if data.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        data.extend_from_slice(&chunk);
+    }
+    Ok(Some(data))
+}
+
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError::new(
@@ -314,6 +366,9 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
             "payload_too_large",
             "the upload is too large; send at most the allowed number of images, each within the size limit",
         );
+    }
+    if crate::http::is_body_timeout(&e) {
+        return crate::error::body_timeout();
     }
     ApiError::bad_request(
         "invalid_multipart",

@@ -263,7 +263,10 @@ pub async fn from_references(
                     &mut warnings,
                     id,
                     "download_failed",
-                    format!("character {id} was skipped: {}", reasons.join("; ")),
+                    format!(
+                        "character {id} was skipped: {}",
+                        crate::error::list_problems(&reasons)
+                    ),
                 );
                 continue;
             }
@@ -285,7 +288,7 @@ pub async fn from_references(
                     "invalid_dataset",
                     format!(
                         "character {id} was skipped; its images failed the checks: {}",
-                        reasons.join("; ")
+                        crate::error::list_problems(&reasons)
                     ),
                 );
                 continue;

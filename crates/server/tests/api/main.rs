@@ -8,6 +8,7 @@ mod datasets;
 mod error_shapes;
 mod events;
 mod files;
+mod hostile;
 mod library;
 mod limits;
 mod lora_models;

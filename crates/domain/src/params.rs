@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 pub const DEFAULT_BASE_MODEL: &str = "stabilityai/stable-diffusion-xl-base-1.0";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TrainingType {
     Lora,
@@ -16,6 +17,7 @@ pub enum TrainingType {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Optimizer {
     #[serde(rename = "adamw")]
@@ -25,6 +27,7 @@ pub enum Optimizer {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum LrScheduler {
     CosineWithWarmup,
@@ -105,6 +108,158 @@ impl Default for ParamLimits {
 pub const MAX_STEPS: u32 = 10_000;
 pub const MAX_RESOLUTION: u32 = 1024;
 
+/// Longest `base_model` accepted, in characters (a Hub id is at most 96 + 1 + 96).
+pub const MAX_BASE_MODEL_CHARS: usize = 1024;
+
+/// Characters of a string. Counted in `char`s, as the parser counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Text {
+    pub min_chars: usize,
+    pub max_chars: usize,
+    /// The parser's character check, as an ECMA-262 regular expression for the API schema
+    /// (`None`: any characters the parser's own check allows).
+    pub pattern: Option<&'static str>,
+}
+
+/// A whole number in `min..=max` that is a multiple of `multiple_of` (1: any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntRange {
+    pub min: u64,
+    pub max: u64,
+    pub multiple_of: u64,
+}
+
+impl IntRange {
+    const fn new(min: u64, max: u64) -> Self {
+        Self {
+            min,
+            max,
+            multiple_of: 1,
+        }
+    }
+
+    fn expectation(&self) -> String {
+        format!("must be a whole number from {} to {}", self.min, self.max)
+    }
+}
+
+/// A number in `min..=max`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FloatRange {
+    pub min: f64,
+    pub max: f64,
+}
+
+/// A list of `min_items..=max_items` strings, each as `item` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListRule {
+    pub min_items: usize,
+    pub max_items: usize,
+    pub item: Text,
+}
+
+/// What a parameter must be. The parser checks every value against its rule and the API schema
+/// publishes the same rule (`loraforge-server`'s `openapi.rs`), so the two cannot drift; each
+/// field of [`ParamsInput`] has exactly one, listed by [`ParamLimits::rules`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
+    Int(IntRange),
+    Float(FloatRange),
+    Text(Text),
+    List(ListRule),
+    /// One of an enum's values (the schema lists them from the enum itself).
+    OneOf,
+}
+
+impl Rule {
+    /// What a value must look like, for an error about a value of the wrong type.
+    fn expectation(&self) -> String {
+        match self {
+            Self::Int(r) => r.expectation(),
+            Self::Float(r) => format!("must be a number from {:e} to {:e}", r.min, r.max),
+            Self::Text(_) => "must be a string".to_owned(),
+            Self::List(_) => "must be a list of strings".to_owned(),
+            Self::OneOf => "must be one of the listed values".to_owned(),
+        }
+    }
+}
+
+pub const RANK: IntRange = IntRange::new(4, 128);
+pub const ALPHA: IntRange = IntRange::new(1, 128);
+pub const DROPOUT: FloatRange = FloatRange { min: 0.0, max: 0.9 };
+pub const LEARNING_RATE: FloatRange = FloatRange {
+    min: 1e-6,
+    max: 1e-2,
+};
+pub const BATCH_SIZE: IntRange = IntRange::new(1, 8);
+/// At most the run's `steps` as well (checked after `steps`).
+pub const LR_WARMUP_STEPS: IntRange = IntRange::new(0, MAX_STEPS as u64);
+pub const SEED: IntRange = IntRange::new(0, u64::MAX);
+pub const BASE_MODEL: Text = Text {
+    min_chars: 1,
+    max_chars: MAX_BASE_MODEL_CHARS,
+    pattern: None,
+};
+pub const TARGET_MODULES: ListRule = ListRule {
+    min_items: 1,
+    max_items: 64,
+    item: Text {
+        min_chars: 1,
+        max_chars: 128,
+        pattern: Some("^[A-Za-z0-9_.]+$"),
+    },
+};
+/// Each word trimmed, without control characters.
+pub const TRIGGER_WORDS: ListRule = ListRule {
+    min_items: 0,
+    max_items: 10,
+    item: Text {
+        min_chars: 1,
+        max_chars: 64,
+        // (No `\\p{…}`: the schema's readers include Python's `re`.)
+        pattern: Some(
+            "^[^\\s\\u0000-\\u001f\\u007f-\\u009f](?:[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f])?$",
+        ),
+    },
+};
+
+impl ParamLimits {
+    pub fn steps(&self) -> IntRange {
+        IntRange::new(u64::from(self.min_steps), u64::from(MAX_STEPS))
+    }
+
+    pub fn resolution(&self) -> IntRange {
+        IntRange {
+            min: u64::from(self.min_resolution),
+            max: u64::from(MAX_RESOLUTION),
+            multiple_of: 64,
+        }
+    }
+
+    /// Every field of a request's `params` with its rule, in the order of [`ParamsInput`]. The
+    /// one list the API schema's constraints come from; a field missing here fails the schema
+    /// test in `loraforge-server`.
+    pub fn rules(&self) -> Vec<(&'static str, Rule)> {
+        vec![
+            ("base_model", Rule::Text(BASE_MODEL)),
+            ("type", Rule::OneOf),
+            ("rank", Rule::Int(RANK)),
+            ("alpha", Rule::Int(ALPHA)),
+            ("dropout", Rule::Float(DROPOUT)),
+            ("target_modules", Rule::List(TARGET_MODULES)),
+            ("steps", Rule::Int(self.steps())),
+            ("learning_rate", Rule::Float(LEARNING_RATE)),
+            ("batch_size", Rule::Int(BATCH_SIZE)),
+            ("optimizer", Rule::OneOf),
+            ("lr_scheduler", Rule::OneOf),
+            ("lr_warmup_steps", Rule::Int(LR_WARMUP_STEPS)),
+            ("resolution", Rule::Int(self.resolution())),
+            ("trigger_words", Rule::List(TRIGGER_WORDS)),
+            ("seed", Rule::Int(SEED)),
+        ]
+    }
+}
+
 /// A parameter that is missing its mark. `field` is the JSON field name.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -120,194 +275,241 @@ fn err(field: &str, message: impl Into<String>) -> ParamError {
     }
 }
 
-/// Raw, unvalidated parameters as they arrive in a request (`params` object).
-pub type ParamsInput = Map<String, Value>;
-
-const KNOWN_FIELDS: [&str; 15] = [
-    "base_model",
-    "type",
-    "rank",
-    "alpha",
-    "dropout",
-    "target_modules",
-    "steps",
-    "learning_rate",
-    "batch_size",
-    "optimizer",
-    "lr_scheduler",
-    "lr_warmup_steps",
-    "resolution",
-    "trigger_words",
-    "seed",
-];
-
-impl TrainingParams {
-    /// Parses a request's `params` object over the defaults. Unknown fields are refused so a
-    /// typo (`"step": 10`) does not silently train with the default.
-    pub fn from_json(input: &ParamsInput, limits: &ParamLimits) -> Result<Self, ParamError> {
-        if let Some(unknown) = input.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
-            return Err(err(
-                unknown,
+impl ParamError {
+    /// The error for a `params` field serde could not read: `field` is the first path segment
+    /// under `params` (`None`: `params` itself is not an object), `detail` serde's message.
+    /// Names the field and says what it must be.
+    pub fn from_serde(field: Option<&str>, detail: &str, limits: &ParamLimits) -> Self {
+        let rules = limits.rules();
+        // deny_unknown_fields reports an unknown key at the object, with the key in backticks.
+        let unknown = detail
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(name, _)| name);
+        if let Some(name) = unknown {
+            let known: Vec<&str> = rules.iter().map(|(f, _)| *f).collect();
+            return err(
+                name,
                 format!(
                     "unknown parameter; known parameters are {}",
-                    KNOWN_FIELDS.join(", ")
+                    known.join(", ")
                 ),
-            ));
+            );
         }
-        let mut p = Self::default();
-        let get = |k: &str| input.get(k).filter(|v| !v.is_null());
+        match field {
+            Some(f) => match rules.iter().find(|(name, _)| *name == f) {
+                Some((_, Rule::OneOf)) | None => err(f, detail),
+                Some((_, rule)) => err(f, rule.expectation()),
+            },
+            None => err("params", format!("must be a JSON object ({detail})")),
+        }
+    }
+}
 
-        if let Some(v) = get("base_model") {
-            p.base_model = string(v, "base_model")?;
+/// A request's `params` as it arrives: every field optional (absent or null takes the default),
+/// unknown fields refused so a typo (`"step": 10`) does not silently train with the default.
+/// [`TrainingParams::from_input`] checks it against [`ParamLimits::rules`]. New parameters go
+/// here (with their rule in `rules`), and nowhere else in the wire format: the server parses
+/// request bodies with this type and its OpenAPI schema is generated from it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ParamsInput {
+    /// A Hugging Face model id (`owner/name`) or an absolute diffusers folder under one of the
+    /// server's model roots. Default `stabilityai/stable-diffusion-xl-base-1.0`.
+    pub base_model: Option<String>,
+    /// Default `lora`.
+    #[serde(rename = "type")]
+    pub training_type: Option<TrainingType>,
+    /// LoRA rank. Default 8.
+    pub rank: Option<u64>,
+    /// LoRA alpha. Default 32.
+    pub alpha: Option<u64>,
+    /// Default 0.1.
+    pub dropout: Option<f64>,
+    /// Modules the LoRA adapts. Default `to_k`, `to_q`, `to_v`, `to_out.0`.
+    pub target_modules: Option<Vec<String>>,
+    /// Training steps. Default 1500.
+    pub steps: Option<u64>,
+    /// Default 1e-4.
+    pub learning_rate: Option<f64>,
+    /// Default 1.
+    pub batch_size: Option<u64>,
+    /// Default `adamw`.
+    pub optimizer: Option<Optimizer>,
+    /// Default `cosine_with_warmup`.
+    pub lr_scheduler: Option<LrScheduler>,
+    /// At most `steps`. Default 10% of `steps`, at most 100.
+    pub lr_warmup_steps: Option<u64>,
+    /// Square training resolution in pixels, a multiple of 64. Default 1024.
+    pub resolution: Option<u64>,
+    /// Words put in front of every caption that lacks them. Default none.
+    pub trigger_words: Option<Vec<String>>,
+    /// Default 42.
+    pub seed: Option<u64>,
+}
+
+impl ParamsInput {
+    /// Reads a `params` JSON value; an error names the field that is wrong.
+    pub fn from_value(v: Value, limits: &ParamLimits) -> Result<Self, ParamError> {
+        serde_path_to_error::deserialize(v).map_err(|e| {
+            let field = e.path().iter().find_map(|seg| match seg {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                _ => None,
+            });
+            ParamError::from_serde(field.as_deref(), &e.inner().to_string(), limits)
+        })
+    }
+}
+
+impl TrainingParams {
+    /// Parses a `params` object over the defaults (the CLI's and the tests' way in).
+    pub fn from_json(input: &Map<String, Value>, limits: &ParamLimits) -> Result<Self, ParamError> {
+        let input = ParamsInput::from_value(Value::Object(input.clone()), limits)?;
+        Self::from_input(&input, limits)
+    }
+
+    /// Checks a request's `params` against [`ParamLimits::rules`], over the defaults.
+    pub fn from_input(input: &ParamsInput, limits: &ParamLimits) -> Result<Self, ParamError> {
+        let mut p = Self::default();
+        if let Some(v) = &input.base_model {
+            p.base_model = text(v, "base_model", BASE_MODEL)?;
         }
         validate_base_model(&p.base_model, &limits.local_model_roots)?;
-        if let Some(v) = get("type") {
-            p.training_type = enum_value(v, "type", &["lora", "dreambooth"])?;
+        if let Some(v) = input.training_type {
+            p.training_type = v;
         }
-        if let Some(v) = get("rank") {
-            p.rank = int_in(v, "rank", 4, 128)?;
+        if let Some(v) = input.rank {
+            p.rank = int(v, "rank", RANK)?;
         }
-        if let Some(v) = get("alpha") {
-            p.alpha = int_in(v, "alpha", 1, 128)?;
+        if let Some(v) = input.alpha {
+            p.alpha = int(v, "alpha", ALPHA)?;
         }
-        if let Some(v) = get("dropout") {
-            p.dropout = float_in(v, "dropout", 0.0, 0.9)?;
+        if let Some(v) = input.dropout {
+            p.dropout = float(v, "dropout", DROPOUT)?;
         }
-        if let Some(v) = get("target_modules") {
-            p.target_modules = string_list(v, "target_modules", 1, 64, |s| {
-                !s.is_empty()
-                    && s.len() <= 128
-                    && s.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        if let Some(v) = &input.target_modules {
+            p.target_modules = list(v, "target_modules", TARGET_MODULES, |s| {
+                s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
             })?;
         }
-        if let Some(v) = get("steps") {
-            p.steps = int_in(v, "steps", limits.min_steps, MAX_STEPS)?;
+        if let Some(v) = input.steps {
+            p.steps = int(v, "steps", limits.steps())?;
         }
-        if let Some(v) = get("learning_rate") {
-            p.learning_rate = float_in(v, "learning_rate", 1e-6, 1e-2)?;
+        if let Some(v) = input.learning_rate {
+            p.learning_rate = float(v, "learning_rate", LEARNING_RATE)?;
         }
-        if let Some(v) = get("batch_size") {
-            p.batch_size = int_in(v, "batch_size", 1, 8)?;
+        if let Some(v) = input.batch_size {
+            p.batch_size = int(v, "batch_size", BATCH_SIZE)?;
         }
-        if let Some(v) = get("optimizer") {
-            p.optimizer = enum_value(v, "optimizer", &["adamw", "adamw_8bit"])?;
+        if let Some(v) = input.optimizer {
+            p.optimizer = v;
         }
-        if let Some(v) = get("lr_scheduler") {
-            p.lr_scheduler = enum_value(
-                v,
-                "lr_scheduler",
-                &[
-                    "cosine_with_warmup",
-                    "constant",
-                    "constant_with_warmup",
-                    "linear",
-                ],
-            )?;
+        if let Some(v) = input.lr_scheduler {
+            p.lr_scheduler = v;
         }
-        p.lr_warmup_steps = match get("lr_warmup_steps") {
-            Some(v) => int_in(v, "lr_warmup_steps", 0, p.steps)?,
+        p.lr_warmup_steps = match input.lr_warmup_steps {
+            Some(v) => {
+                let w = int(v, "lr_warmup_steps", LR_WARMUP_STEPS)?;
+                if w > p.steps {
+                    return Err(err(
+                        "lr_warmup_steps",
+                        format!("{w} is more than the run's {} steps", p.steps),
+                    ));
+                }
+                w
+            }
             // 10% of the run, at most 100 steps.
             None => (p.steps / 10).min(100),
         };
-        if let Some(v) = get("resolution") {
-            let r = int_in(v, "resolution", limits.min_resolution, MAX_RESOLUTION)?;
-            if r % 64 != 0 {
-                return Err(err(
-                    "resolution",
-                    format!(
-                        "{r} is not a multiple of 64; use e.g. {}",
-                        (r / 64).max(1) * 64
-                    ),
-                ));
-            }
-            p.resolution = r;
+        if let Some(v) = input.resolution {
+            p.resolution = int(v, "resolution", limits.resolution())?;
         }
-        if let Some(v) = get("trigger_words") {
-            p.trigger_words = string_list(v, "trigger_words", 0, 10, |s| {
-                let n = s.chars().count();
-                (1..=64).contains(&n) && !s.chars().any(char::is_control) && s.trim() == s
+        if let Some(v) = &input.trigger_words {
+            p.trigger_words = list(v, "trigger_words", TRIGGER_WORDS, |s| {
+                !s.chars().any(char::is_control) && s.trim() == s
             })?;
         }
-        if let Some(v) = get("seed") {
-            p.seed = v
-                .as_u64()
-                .ok_or_else(|| err("seed", "must be a non-negative integer"))?;
+        if let Some(v) = input.seed {
+            p.seed = v;
         }
         Ok(p)
     }
 }
 
-fn string(v: &Value, field: &str) -> Result<String, ParamError> {
-    v.as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| err(field, "must be a string"))
-}
-
-fn int_in(v: &Value, field: &str, min: u32, max: u32) -> Result<u32, ParamError> {
-    let range = || format!("must be a whole number from {min} to {max}");
-    let n = match v {
-        Value::Number(n) => n.as_u64().or_else(|| {
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
-                .map(|f| f as u64)
-        }),
-        _ => None,
-    }
-    .ok_or_else(|| err(field, range()))?;
-    if n < u64::from(min) || n > u64::from(max) {
-        return Err(err(field, format!("{n} is out of range; {}", range())));
-    }
-    Ok(n as u32)
-}
-
-fn float_in(v: &Value, field: &str, min: f64, max: f64) -> Result<f64, ParamError> {
-    let f = v
-        .as_f64()
-        .filter(|f| f.is_finite())
-        .ok_or_else(|| err(field, format!("must be a number from {min:e} to {max:e}")))?;
-    if f < min || f > max {
+fn int<T: TryFrom<u64>>(n: u64, field: &str, r: IntRange) -> Result<T, ParamError> {
+    if n < r.min || n > r.max {
         return Err(err(
             field,
-            format!("{f:e} is out of range; use a value from {min:e} to {max:e}"),
+            format!("{n} is out of range; {}", r.expectation()),
+        ));
+    }
+    if n % r.multiple_of != 0 {
+        let m = r.multiple_of;
+        return Err(err(
+            field,
+            format!("{n} is not a multiple of {m}; use e.g. {}", (n / m).max(1) * m),
+        ));
+    }
+    T::try_from(n).map_err(|_| err(field, r.expectation()))
+}
+
+fn float(f: f64, field: &str, r: FloatRange) -> Result<f64, ParamError> {
+    if !f.is_finite() || f < r.min || f > r.max {
+        return Err(err(
+            field,
+            format!(
+                "{f:e} is out of range; use a value from {:e} to {:e}",
+                r.min, r.max
+            ),
         ));
     }
     Ok(f)
 }
 
-fn enum_value<T: serde::de::DeserializeOwned>(
-    v: &Value,
-    field: &str,
-    allowed: &[&str],
-) -> Result<T, ParamError> {
-    serde_json::from_value(v.clone())
-        .map_err(|_| err(field, format!("must be one of {}", allowed.join(", "))))
+fn chars_ok(s: &str, t: Text) -> bool {
+    (t.min_chars..=t.max_chars).contains(&s.chars().count())
 }
 
-fn string_list(
-    v: &Value,
+fn text(s: &str, field: &str, t: Text) -> Result<String, ParamError> {
+    if !chars_ok(s, t) {
+        return Err(err(
+            field,
+            format!("must be {} to {} characters", t.min_chars, t.max_chars),
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+fn list(
+    items: &[String],
     field: &str,
-    min_len: usize,
-    max_len: usize,
+    rule: ListRule,
     ok: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>, ParamError> {
-    let items = v
-        .as_array()
-        .ok_or_else(|| err(field, "must be a list of strings"))?;
-    if items.len() < min_len || items.len() > max_len {
+    let ListRule {
+        min_items,
+        max_items,
+        item,
+    } = rule;
+    if items.len() < min_items || items.len() > max_items {
         return Err(err(
             field,
             format!(
-                "must have {min_len} to {max_len} entries, got {}",
+                "must have {min_items} to {max_items} entries, got {}",
                 items.len()
             ),
         ));
     }
     items
         .iter()
-        .map(|item| match item.as_str() {
-            Some(s) if ok(s) => Ok(s.to_owned()),
-            _ => Err(err(field, format!("{item} is not an allowed entry"))),
+        .map(|s| {
+            if chars_ok(s, item) && ok(s) {
+                Ok(s.clone())
+            } else {
+                Err(err(field, format!("{s:?} is not an allowed entry")))
+            }
         })
         .collect()
 }
@@ -488,5 +690,102 @@ mod tests {
         assert_eq!(v["optimizer"], "adamw_8bit");
         let back: TrainingParams = serde_json::from_value(v).unwrap();
         assert_eq!(back, p);
+    }
+
+    /// Every rule [`ParamLimits::rules`] publishes is the one the parser enforces: its edges are
+    /// accepted and one step past them is refused, naming the field. With the server's schema
+    /// test (rules = schema), the schema cannot promise what the parser refuses.
+    #[test]
+    fn the_published_rules_are_the_ones_enforced() {
+        let limits = ParamLimits::default();
+        let rules = limits.rules();
+        let fields: Vec<&str> = rules.iter().map(|(f, _)| *f).collect();
+        let input_fields: Vec<String> = serde_json::to_value(ParamsInput::default())
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        let mut input_fields = input_fields;
+        input_fields.sort_unstable();
+        let mut sorted = fields.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, input_fields, "every input field has one rule");
+        let ok = |field: &str, v: Value| {
+            // lr_warmup_steps is also bounded by steps: give it the longest run.
+            let mut m = json!({ field: v });
+            if field == "lr_warmup_steps" {
+                m["steps"] = json!(MAX_STEPS);
+            }
+            TrainingParams::from_json(m.as_object().unwrap(), &limits)
+        };
+        let refused = |field: &str, v: Value| {
+            let e = ok(field, v.clone()).expect_err(&format!("{field}={v} is refused"));
+            assert_eq!(e.field, field, "{field}={v}: {e}");
+        };
+        let item = |t: Text, n: usize| "a".repeat(n.max(t.min_chars));
+        for (field, rule) in rules {
+            match rule {
+                Rule::Int(r) => {
+                    ok(field, json!(r.min)).unwrap();
+                    ok(field, json!(r.max)).unwrap();
+                    if r.min > 0 {
+                        refused(field, json!(r.min - 1));
+                    }
+                    if r.max < u64::MAX {
+                        refused(field, json!(r.max + 1));
+                    }
+                    if r.multiple_of > 1 {
+                        refused(field, json!(r.max - r.multiple_of / 2));
+                    }
+                    refused(field, json!(-1));
+                    refused(field, json!(1.5));
+                    refused(field, json!("8"));
+                }
+                Rule::Float(r) => {
+                    ok(field, json!(r.min)).unwrap();
+                    ok(field, json!(r.max)).unwrap();
+                    refused(field, json!(r.min - r.max.max(1e-3) * 1e-3));
+                    refused(field, json!(r.max * 1.001));
+                    refused(field, json!("0.1"));
+                }
+                Rule::Text(t) => {
+                    refused(field, json!("a".repeat(t.max_chars + 1)));
+                    if t.min_chars > 0 {
+                        refused(field, json!("a".repeat(t.min_chars - 1)));
+                    }
+                    refused(field, json!(5));
+                }
+                Rule::List(l) => {
+                    let list = |n: usize| json!(vec![item(l.item, 1); n]);
+                    ok(field, list(l.min_items)).unwrap();
+                    ok(field, list(l.max_items)).unwrap();
+                    ok(field, json!([item(l.item, l.item.max_chars)])).unwrap();
+                    refused(field, list(l.max_items + 1));
+                    if l.min_items > 0 {
+                        refused(field, list(l.min_items - 1));
+                    }
+                    refused(field, json!([item(l.item, l.item.max_chars + 1)]));
+                    refused(field, json!([""]));
+                    refused(field, json!("not a list"));
+                }
+                Rule::OneOf => refused(field, json!("no_such_value")),
+            }
+        }
+    }
+
+    #[test]
+    fn type_errors_name_the_field_and_the_range() {
+        let e = parse(json!({"rank": 1.5})).unwrap_err();
+        assert_eq!(e.field, "rank");
+        assert_eq!(e.message, "must be a whole number from 4 to 128");
+        let e = parse(json!({"optimizer": "sgd"})).unwrap_err();
+        assert_eq!(e.field, "optimizer");
+        assert!(e.message.contains("adamw_8bit"), "{e}");
+        let e = ParamsInput::from_value(json!(5), &ParamLimits::default()).unwrap_err();
+        assert_eq!(e.field, "params");
+        let e = parse(json!({"lr_warmup_steps": 200, "steps": 100})).unwrap_err();
+        assert_eq!(e.field, "lr_warmup_steps");
     }
 }

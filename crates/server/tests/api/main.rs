@@ -12,5 +12,6 @@ mod limits;
 mod lora_models;
 mod ops;
 mod references;
+mod schemathesis;
 mod url_intake;
 mod worker;

@@ -449,7 +449,10 @@ fn int<T: TryFrom<u64>>(n: u64, field: &str, r: IntRange) -> Result<T, ParamErro
         let m = r.multiple_of;
         return Err(err(
             field,
-            format!("{n} is not a multiple of {m}; use e.g. {}", (n / m).max(1) * m),
+            format!(
+                "{n} is not a multiple of {m}; use e.g. {}",
+                (n / m).max(1) * m
+            ),
         ));
     }
     T::try_from(n).map_err(|_| err(field, r.expectation()))

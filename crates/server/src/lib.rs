@@ -23,9 +23,9 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
 use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::IntoResponse;
-use axum::handler::Handler;
 use axum::routing::{MethodFilter, on};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -60,7 +60,11 @@ fn routes(settings: &ServerSettings) -> RouteTable {
         .route(Method::PUT, "/files/{*key}", files::put_file)
         .body_limit(settings.max_file_upload_bytes());
     let api = RouteTable::default()
-        .route(Method::POST, "/api/v1/datasets/from-urls", datasets::from_urls)
+        .route(
+            Method::POST,
+            "/api/v1/datasets/from-urls",
+            datasets::from_urls,
+        )
         .route(Method::GET, "/api/v1/datasets/{id}", datasets::get)
         .route(Method::GET, "/api/v1/lora-models", lora_models::list)
         .route(Method::POST, "/api/v1/lora-models", lora_models::create)
@@ -70,10 +74,26 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             references::from_references,
         )
         .route(Method::GET, "/api/v1/lora-models/{id}", lora_models::get)
-        .route(Method::PATCH, "/api/v1/lora-models/{id}", lora_models::patch)
-        .route(Method::GET, "/api/v1/lora-models/{id}/status", lora_models::status)
-        .route(Method::GET, "/api/v1/lora-models/{id}/events", events::events)
-        .route(Method::POST, "/api/v1/lora-models/{id}/cancel", lora_models::cancel)
+        .route(
+            Method::PATCH,
+            "/api/v1/lora-models/{id}",
+            lora_models::patch,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/lora-models/{id}/status",
+            lora_models::status,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/lora-models/{id}/events",
+            events::events,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/lora-models/{id}/cancel",
+            lora_models::cancel,
+        )
         .route(Method::GET, "/api/v1/me/limits", me::limits)
         .route(
             Method::POST,
@@ -81,9 +101,21 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             admin::review,
         )
         .route(Method::GET, "/api/v1/worker/jobs/{id}", worker::job)
-        .route(Method::POST, "/api/v1/worker/jobs/{id}/progress", worker::progress)
-        .route(Method::POST, "/api/v1/worker/jobs/{id}/result", worker::result)
-        .route(Method::POST, "/api/v1/worker/jobs/{id}/failure", worker::failure)
+        .route(
+            Method::POST,
+            "/api/v1/worker/jobs/{id}/progress",
+            worker::progress,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/worker/jobs/{id}/result",
+            worker::result,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/worker/jobs/{id}/failure",
+            worker::failure,
+        )
         .route(
             Method::POST,
             "/api/v1/worker/jobs/{id}/checkpoint",

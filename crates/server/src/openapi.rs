@@ -128,7 +128,10 @@ pub fn document(settings: &ServerSettings) -> utoipa::openapi::OpenApi {
         max_chars: MAX_DESCRIPTION_CHARS,
         pattern: None,
     };
-    apply_rule(&mut schemas["CreateLoraRequest"]["properties"]["name"], Rule::Text(name));
+    apply_rule(
+        &mut schemas["CreateLoraRequest"]["properties"]["name"],
+        Rule::Text(name),
+    );
     for body in ["CreateLoraRequest", "PatchLora", "FromReferencesRequest"] {
         apply_rule(
             &mut schemas[body]["properties"]["description"],
@@ -171,7 +174,10 @@ pub fn error_response(description: &str) -> Value {
 
 /// Writes `rule` into a property's schema (nullable or not; numeric keywords ignore null).
 fn apply_rule(schema: &mut Value, rule: Rule) {
-    assert!(schema.is_object(), "a property with a rule is in the schema");
+    assert!(
+        schema.is_object(),
+        "a property with a rule is in the schema"
+    );
     match rule {
         Rule::Int(r) => {
             schema["minimum"] = json!(r.min);
@@ -357,7 +363,10 @@ mod tests {
         let create = &doc["components"]["schemas"]["CreateLoraRequest"];
         assert_eq!(create["additionalProperties"], json!(false));
         assert_eq!(create["required"], json!(["name", "dataset_id"]));
-        assert_eq!(create["properties"]["name"]["maxLength"], json!(MAX_NAME_CHARS));
+        assert_eq!(
+            create["properties"]["name"]["maxLength"],
+            json!(MAX_NAME_CHARS)
+        );
         assert_eq!(
             create["properties"]["description"]["maxLength"],
             json!(MAX_DESCRIPTION_CHARS)

@@ -20,8 +20,8 @@ use loraforge_domain::{
 };
 
 use crate::auth::AuthUser;
-use crate::create::{CreateLora, Created, create_lora};
 use crate::body;
+use crate::create::{CreateLora, Created, create_lora};
 use crate::error::{ApiError, ApiResult, body_error};
 use crate::library_cache::LibraryCache;
 use crate::state::AppState;
@@ -180,8 +180,8 @@ pub async fn create(
     let body_json = body::json_value(&body)?;
     let req: CreateLoraRequest =
         body::from_value(body_json.clone()).map_err(|e| create_body_error(&state, &e))?;
-    let name =
-        LoraName::parse(&req.name).map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
+    let name = LoraName::parse(&req.name)
+        .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
     let description = parse_description(req.description.as_deref())?;
     let dataset_id = DatasetId(req.dataset_id);
     let params = check_params(&state, req.params.as_ref())?;
@@ -222,10 +222,13 @@ pub async fn create(
 fn create_body_error(state: &AppState, e: &body::BodyError) -> ApiError {
     match e.top_field() {
         Some("params") => params_body_error(state, e),
-        Some("name") => ApiError::bad_request("invalid_name", "name is required and must be a string"),
-        Some("description") => {
-            ApiError::bad_request("invalid_description", "description must be a string or null")
+        Some("name") => {
+            ApiError::bad_request("invalid_name", "name is required and must be a string")
         }
+        Some("description") => ApiError::bad_request(
+            "invalid_description",
+            "description must be a string or null",
+        ),
         Some("dataset_id") => ApiError::bad_request(
             "invalid_request",
             "dataset_id is required: the UUID returned by POST /api/v1/datasets",
@@ -237,7 +240,10 @@ fn create_body_error(state: &AppState, e: &body::BodyError) -> ApiError {
                 e.named_field().unwrap_or_default()
             ),
         ),
-        _ => ApiError::bad_request("invalid_json", format!("the body must be a JSON object: {}", e.message)),
+        _ => ApiError::bad_request(
+            "invalid_json",
+            format!("the body must be a JSON object: {}", e.message),
+        ),
     }
 }
 
@@ -253,7 +259,10 @@ fn invalid_params(e: &ParamError) -> ApiError {
 }
 
 /// A request's `params` (absent: all defaults) checked into training params.
-pub(crate) fn check_params(state: &AppState, input: Option<&ParamsInput>) -> ApiResult<TrainingParams> {
+pub(crate) fn check_params(
+    state: &AppState,
+    input: Option<&ParamsInput>,
+) -> ApiResult<TrainingParams> {
     let default = ParamsInput::default();
     TrainingParams::from_input(input.unwrap_or(&default), &state.settings().param_limits)
         .map_err(|e| invalid_params(&e))

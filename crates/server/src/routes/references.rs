@@ -20,9 +20,9 @@ use loraforge_db::IdempotencyKey;
 use loraforge_domain::{LoraName, MonthlyWindow, ParamsInput, TrainingStatus};
 
 use crate::auth::AuthUser;
+use crate::body;
 use crate::create::{CreateLora, Created, create_lora, monthly_limit_reached};
 use crate::downloads::{self, UrlImage, download_all};
-use crate::body;
 use crate::error::{ApiError, ApiResult, body_error};
 use crate::intake::{IntakeError, store_dataset};
 use crate::routes::lora_models::{

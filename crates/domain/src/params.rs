@@ -445,7 +445,7 @@ fn int<T: TryFrom<u64>>(n: u64, field: &str, r: IntRange) -> Result<T, ParamErro
             format!("{n} is out of range; {}", r.expectation()),
         ));
     }
-    if n % r.multiple_of != 0 {
+    if !n.is_multiple_of(r.multiple_of) {
         let m = r.multiple_of;
         return Err(err(
             field,

@@ -2,7 +2,8 @@
 //!
 //! One source for each part, so the document cannot drift from the server:
 //! - paths and statuses come from the handlers' `#[utoipa::path]` annotations, plus a 401 on
-//!   every operation that names a security scheme (added here, so none can be forgotten);
+//!   every operation that names a security scheme and a 503 on every one that reads the
+//!   database or the storage (added here, so none can be forgotten);
 //! - request bodies are the types the handlers deserialize (`CreateLoraRequest`,
 //!   `loraforge_domain::ParamsInput`, …), with `deny_unknown_fields` as `additionalProperties:
 //!   false`;
@@ -112,6 +113,7 @@ impl utoipa::Modify for SecuritySchemes {
 pub fn document(settings: &ServerSettings) -> utoipa::openapi::OpenApi {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document is JSON");
     add_unauthorized(&mut doc);
+    add_unavailable(&mut doc);
     let schemas = &mut doc["components"]["schemas"];
     let params = &mut schemas["ParamsInput"]["properties"];
     for (field, rule) in settings.param_limits.rules() {
@@ -160,6 +162,27 @@ fn add_unauthorized(doc: &mut Value) {
             op["responses"]["401"] = error_response(
                 "unauthorized: no token, or one that is invalid, expired or of the wrong kind",
             );
+        }
+    }
+}
+
+/// Every operation but the liveness check reads the database or the storage, and answers 503
+/// `service_unavailable` (with `Retry-After`) while one of them is down.
+fn add_unavailable(doc: &mut Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (_, item) in paths.iter_mut().filter(|(path, _)| *path != "/healthz") {
+        for op in item
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|i| i.values_mut())
+        {
+            if op["responses"].get("503").is_none() {
+                op["responses"]["503"] = error_response(
+                    "service_unavailable: the database or the storage is down; retry after Retry-After seconds",
+                );
+            }
         }
     }
 }
@@ -293,8 +316,11 @@ mod tests {
                 assert!(responses.contains_key("400"), "{method} {path}: 400");
                 assert!(responses.contains_key("413"), "{method} {path}: 413");
             }
+            if path != "/healthz" {
+                assert!(responses.contains_key("503"), "{method} {path}: 503");
+            }
             for (status, resp) in responses {
-                if status.starts_with('4') {
+                if status.starts_with('4') || (status == "503" && path != "/readyz") {
                     assert_eq!(
                         resp["content"]["application/json"]["schema"]["$ref"],
                         "#/components/schemas/ErrorBody",

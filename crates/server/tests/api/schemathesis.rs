@@ -75,6 +75,8 @@ async fn schemathesis_finds_no_server_errors_and_no_undocumented_answers() {
         .args(["--no-color", "--continue-on-failure", "--report", "har"])
         .arg("--report-har-path")
         .arg(&har_path)
+        // Its crash cache (`.schemathesis/`) goes to the temp dir, not the source tree.
+        .current_dir(report.path())
         .kill_on_drop(true)
         .output()
         .await

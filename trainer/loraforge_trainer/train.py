@@ -32,6 +32,10 @@ from .fsutil import atomic_write_bytes
 from .spec import Spec
 
 _HF_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# Every model's weights are read from safetensors files only: a pickled ``.bin`` can run code when
+# loaded, and remote code (``trust_remote_code``) is never allowed. Passed to every
+# ``from_pretrained`` that loads weights; a folder or repo without safetensors weights fails to load.
+SAFE_WEIGHTS = {"use_safetensors": True}
 # diffusers' get_scheduler names for the spec's lr_scheduler values.
 _SCHEDULERS = {
     "cosine_with_warmup": "cosine",
@@ -65,8 +69,10 @@ def _loading(what: str, fn, base: str, **kwargs):
     except (OSError, ValueError) as e:
         # A hub id that cannot be fetched now may be fetchable later; a broken local folder not.
         local = Path(base).is_dir()
-        raise TrainerError("bad_model" if local else "model_unavailable",
-                           f"cannot load {what} from {base}: {e}".splitlines()[0][:500],
+        reason = f"cannot load {what} from {base}: {e}".splitlines()[0][:500]
+        if "safetensors" in str(e):
+            reason += " (weights are loaded from .safetensors files only)"
+        raise TrainerError("bad_model" if local else "model_unavailable", reason,
                            retryable=not local) from e
 
 
@@ -127,7 +133,7 @@ def load_vae(base: str, device: torch.device):
     from diffusers import AutoencoderKL
 
     # Always fp32: SDXL's VAE overflows in fp16 (NaNs, black images).
-    vae = _loading("the VAE", AutoencoderKL.from_pretrained, base, subfolder="vae", dtype=torch.float32)
+    vae = _loading("the VAE", AutoencoderKL.from_pretrained, base, subfolder="vae", dtype=torch.float32, **SAFE_WEIGHTS)
     return vae.to(device).eval().requires_grad_(False)
 
 
@@ -146,8 +152,8 @@ def build_cache(spec: Spec, base: str, ds: Dataset, device: torch.device, vae) -
 
     tok1 = _loading("tokenizer", CLIPTokenizer.from_pretrained, base, subfolder="tokenizer")
     tok2 = _loading("tokenizer_2", CLIPTokenizer.from_pretrained, base, subfolder="tokenizer_2")
-    te1 = _loading("text_encoder", CLIPTextModel.from_pretrained, base, subfolder="text_encoder", dtype=torch.float32)
-    te2 = _loading("text_encoder_2", CLIPTextModelWithProjection.from_pretrained, base, subfolder="text_encoder_2", dtype=torch.float32)
+    te1 = _loading("text_encoder", CLIPTextModel.from_pretrained, base, subfolder="text_encoder", dtype=torch.float32, **SAFE_WEIGHTS)
+    te2 = _loading("text_encoder_2", CLIPTextModelWithProjection.from_pretrained, base, subfolder="text_encoder_2", dtype=torch.float32, **SAFE_WEIGHTS)
     te1.to(device).eval()
     te2.to(device).eval()
 
@@ -184,7 +190,7 @@ def load_unet_with_lora(spec: Spec, base: str, device: torch.device, dtype: torc
     from diffusers.models.attention_processor import AttnProcessor2_0
     from peft import LoraConfig
 
-    unet = _loading("the UNet", UNet2DConditionModel.from_pretrained, base, subfolder="unet", dtype=dtype)
+    unet = _loading("the UNet", UNet2DConditionModel.from_pretrained, base, subfolder="unet", dtype=dtype, **SAFE_WEIGHTS)
     unet.requires_grad_(False)
     # PyTorch scaled_dot_product_attention (flash / memory-efficient kernels on GPU).
     unet.set_attn_processor(AttnProcessor2_0())

@@ -14,6 +14,7 @@ from .dataset import Dataset
 from .errors import EXIT_VALIDATION, TrainerError
 from .events import emit, log
 from .fsutil import atomic_write
+from .train import SAFE_WEIGHTS
 
 
 def default_prompts(trigger: str) -> list[str]:
@@ -38,8 +39,8 @@ def _save_png(path: Path, image) -> Path:
 def generate(spec, base: str, lora_file: Path, device: torch.device, dtype: torch.dtype, out_dir: Path) -> tuple[list[Path], list[str], list[int]]:
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
-    vae = AutoencoderKL.from_pretrained(base, subfolder="vae", dtype=torch.float32)
-    pipe = StableDiffusionXLPipeline.from_pretrained(base, vae=vae, dtype=dtype)
+    vae = AutoencoderKL.from_pretrained(base, subfolder="vae", dtype=torch.float32, **SAFE_WEIGHTS)
+    pipe = StableDiffusionXLPipeline.from_pretrained(base, vae=vae, dtype=dtype, **SAFE_WEIGHTS)
     pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name="loraforge")
     pipe.to(device)
     pipe.unet.eval()
@@ -75,7 +76,7 @@ def score(scorer: str, images: list[Path], ds: Dataset, device: torch.device) ->
     from transformers import AutoImageProcessor, CLIPVisionModelWithProjection
 
     try:
-        model = CLIPVisionModelWithProjection.from_pretrained(scorer, local_files_only=True).to(device).eval()
+        model = CLIPVisionModelWithProjection.from_pretrained(scorer, local_files_only=True, **SAFE_WEIGHTS).to(device).eval()
         proc = AutoImageProcessor.from_pretrained(scorer, local_files_only=True)
     except (OSError, ValueError) as e:
         raise TrainerError("missing_scorer", f"cannot load the scoring model from {scorer}: {e}") from e

@@ -220,24 +220,42 @@ def test_options_bucketing_batches_and_uncached_latents(tmp_path, tiny_model):
     assert sorted(set(ds.buckets)) == [(64, 256), (128, 128), (256, 64)]
 
 
-def test_adamw_8bit_works_or_fails_clearly(tmp_path):
+def test_adamw_8bit_is_bitsandbytes_with_8_bit_state(tmp_path):
+    """bitsandbytes is pinned in requirements.lock, so the test environment has it: the 8-bit
+    branch must be taken, and its optimizer state must really be 8-bit."""
+    from loraforge_trainer.spec import parse_spec
+    from loraforge_trainer.train import make_optimizer
+
+    spec = parse_spec(make_spec(tmp_path, optimizer="adamw_8bit", learning_rate=1e-2))
+    # 4096 elements: bitsandbytes keeps smaller tensors' state in 32 bits.
+    p = torch.nn.Parameter(torch.ones(64, 64))
+    opt = make_optimizer(spec, [p])
+    assert type(opt).__name__ == "AdamW8bit" and type(opt).__module__.startswith("bitsandbytes")
+    (p * p).sum().backward()
+    opt.step()
+    assert p.data.mean().item() < 1.0, "a step moved the weights"
+    assert opt.state[p]["state1"].dtype == torch.uint8 and opt.state[p]["state2"].dtype == torch.uint8
+
+
+def test_adamw_8bit_without_bitsandbytes_fails_clearly(tmp_path, monkeypatch):
     from loraforge_trainer.errors import TrainerError
     from loraforge_trainer.spec import parse_spec
     from loraforge_trainer.train import make_optimizer
 
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` raises
     spec = parse_spec(make_spec(tmp_path, optimizer="adamw_8bit"))
-    p = torch.nn.Parameter(torch.zeros(4, 4))
-    try:
-        opt = make_optimizer(spec, [p])
-    except TrainerError as e:
-        assert e.code == "optimizer_unavailable" and "bitsandbytes" in e.reason
-        return
-    assert type(opt).__name__ == "AdamW8bit"
+    with pytest.raises(TrainerError) as e:
+        make_optimizer(spec, [torch.nn.Parameter(torch.zeros(4, 4))])
+    assert e.value.code == "optimizer_unavailable" and "bitsandbytes" in e.value.reason
+    # Plain AdamW does not need it.
+    assert type(make_optimizer(parse_spec(make_spec(tmp_path)), [torch.nn.Parameter(torch.zeros(4))])).__name__ == "AdamW"
 
 
 def test_sigterm_checkpoints_and_stops_then_resumes(tmp_path, tiny_model, images):
     """Preemption: SIGTERM mid-training → checkpoint, `stopped`, exit 10; --resume finishes."""
+    import queue
     import signal
+    import threading
     import time
 
     spec = make_spec(tiny_model, steps=400, checkpoint_every=1000, validation={"enabled": False})
@@ -246,16 +264,28 @@ def test_sigterm_checkpoints_and_stops_then_resumes(tmp_path, tiny_model, images
     cmd = [sys.executable, "-m", "loraforge_trainer", "train", "--spec", str(tmp_path / "spec.json"),
            "--images", str(images), "--out", str(tmp_path / "out")]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    # Lines are read by a thread, so a trainer that hangs without printing fails the test at
+    # the deadline instead of blocking it for ever.
+    got: queue.Queue[str | None] = queue.Queue()
+    reader = threading.Thread(target=lambda: ([got.put(x) for x in p.stdout], got.put(None)), daemon=True)
+    reader.start()
     lines = []
     deadline = time.monotonic() + 240
-    for line in p.stdout:
+    try:
+        while True:
+            line = got.get(timeout=max(0.0, deadline - time.monotonic()))
+            assert line is not None, f"the trainer ended before step 3: {lines}"
+            lines.append(json.loads(line))
+            if lines[-1]["event"] == "progress" and lines[-1]["step"] == 3:
+                p.send_signal(signal.SIGTERM)
+                break
+        p.wait(timeout=120)
+    except (queue.Empty, subprocess.TimeoutExpired):
+        p.kill()
+        pytest.fail(f"the trainer was silent or did not stop in time; lines so far: {lines}")
+    reader.join(timeout=30)
+    while (line := got.get(timeout=1)) is not None:
         lines.append(json.loads(line))
-        if lines[-1]["event"] == "progress" and lines[-1]["step"] == 3:
-            p.send_signal(signal.SIGTERM)
-            break
-        assert time.monotonic() < deadline
-    rest, _ = p.communicate(timeout=120)
-    lines += [json.loads(x) for x in rest.splitlines()]
     assert p.returncode == 10
     last = lines[-1]
     assert last["event"] == "stopped" and last["reason"] == "signal SIGTERM"

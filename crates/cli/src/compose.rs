@@ -46,6 +46,7 @@ pub fn server_settings(s: &Settings) -> ServerSettings {
             min_steps: s.min_steps,
             min_resolution: s.min_resolution,
             local_model_roots: s.local_model_roots.iter().map(|p| absolute(p)).collect(),
+            allowed_base_models: s.allowed_base_models.clone(),
         },
         download_url_ttl: Duration::from_secs(s.download_url_ttl_secs.max(1)),
         library_cache_ttl: Duration::from_millis(s.library_cache_ms),

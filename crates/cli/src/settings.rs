@@ -38,6 +38,9 @@ pub struct Settings {
     pub min_resolution: u32,
     /// Absolute folders a local base model may live in; default `<data_dir>/models`.
     pub local_model_roots: Vec<PathBuf>,
+    /// Base models users may train on: Hugging Face ids and absolute folders (comma-separated);
+    /// default SDXL base 1.0. Models under `local_model_roots` are allowed too.
+    pub allowed_base_models: Vec<String>,
     /// Images per dataset, inclusive bounds.
     pub dataset_min_images: usize,
     pub dataset_max_images: usize,
@@ -161,9 +164,10 @@ pub struct Overrides {
     pub bind: Option<String>,
 }
 
-const LIST_KEYS: [&str; 5] = [
+const LIST_KEYS: [&str; 6] = [
     "cors_origins",
     "local_model_roots",
+    "allowed_base_models",
     "image_url_allowed_hosts",
     "backends",
     "runpod_gpu_types",
@@ -181,6 +185,10 @@ impl Settings {
             .set_default("min_steps", 100)?
             .set_default("min_resolution", 256)?
             .set_default("local_model_roots", Vec::<String>::new())?
+            .set_default(
+                "allowed_base_models",
+                vec![loraforge_domain::params::DEFAULT_BASE_MODEL],
+            )?
             .set_default("dataset_min_images", 3)?
             .set_default("dataset_max_images", 20)?
             .set_default("image_min_bytes", 100 * 1024)?
@@ -264,6 +272,12 @@ impl Settings {
             s.local_model_roots
                 .push(absolute(&s.data_dir.join("models")));
         }
+        s.allowed_base_models = s
+            .allowed_base_models
+            .iter()
+            .map(|m| m.trim().to_owned())
+            .filter(|m| !m.is_empty())
+            .collect();
         s.cors_origins.retain(|o| !o.trim().is_empty());
         s.image_url_allowed_hosts.retain(|h| !h.trim().is_empty());
         for h in &s.image_url_allowed_hosts {
@@ -505,6 +519,7 @@ impl Settings {
                     .collect::<Vec<_>>()
                     .join(","),
             ),
+            ("allowed_base_models", self.allowed_base_models.join(",")),
             ("dataset_min_images", self.dataset_min_images.to_string()),
             ("dataset_max_images", self.dataset_max_images.to_string()),
             ("image_min_bytes", self.image_min_bytes.to_string()),

@@ -84,6 +84,19 @@ fn settings_layer_defaults_file_env_and_flags_in_that_order() {
         "https://a.example,https://b.example"
     );
     assert_eq!(config_value(&from_env, "data_dir"), "/tmp/env-data");
+    assert_eq!(
+        config_value(&from_env, "allowed_base_models"),
+        "stabilityai/stable-diffusion-xl-base-1.0",
+        "the default allow-list: SDXL base 1.0"
+    );
+    let allowed = stdout(loraforge(dir.path()).arg("config").env(
+        "LORAFORGE_ALLOWED_BASE_MODELS",
+        "org/house-model, /srv/models,",
+    ));
+    assert_eq!(
+        config_value(&allowed, "allowed_base_models"),
+        "org/house-model,/srv/models"
+    );
 
     let from_flag = stdout(
         loraforge(dir.path())

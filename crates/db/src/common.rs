@@ -332,6 +332,34 @@ pub(crate) fn updated_data(description: Option<&str>) -> Value {
     json!({ "description": description })
 }
 
+/// Name keys for LoRAs stored before keys existed (migration 0006), given as
+/// `(owner, id, name)` oldest first, next to the `(owner, key)` pairs already held: each gets
+/// its name's key unless an older LoRA of the same owner holds it; then `<key>` U+001F `<id>`,
+/// a key no name can have (keys hold no control characters), so both keep their names and the
+/// older one keeps the name's key.
+pub(crate) fn backfill_name_keys<U, I>(
+    taken: impl IntoIterator<Item = (U, String)>,
+    rows: Vec<(U, I, String)>,
+) -> Vec<(I, String)>
+where
+    U: Eq + std::hash::Hash + Clone,
+    I: std::fmt::Display,
+{
+    let mut held: std::collections::HashSet<(U, String)> = taken.into_iter().collect();
+    rows.into_iter()
+        .map(|(owner, id, name)| {
+            let key = loraforge_domain::text::name_key(&name);
+            let key = if held.contains(&(owner.clone(), key.clone())) {
+                format!("{key}\u{1f}{id}")
+            } else {
+                key
+            };
+            held.insert((owner, key.clone()));
+            (id, key)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,5 +376,34 @@ mod tests {
         assert_eq!(search_words("猫の騎士 café"), ["猫の騎士", "café"]);
         assert_eq!(search_words("a a A"), ["a"]);
         assert_eq!(search_words("1 2 3 4 5 6 7 8 9 10").len(), MAX_SEARCH_WORDS);
+    }
+}
+
+#[cfg(test)]
+mod name_key_tests {
+    use super::backfill_name_keys;
+
+    #[test]
+    fn the_oldest_keeps_the_key_and_later_collisions_get_their_own() {
+        let keys = backfill_name_keys(
+            [(1, "dog".to_owned())],
+            vec![
+                (1, "a", "Cat".to_owned()),
+                (1, "b", "CAT".to_owned()),
+                (2, "c", "cat".to_owned()),
+                (1, "d", "Dog".to_owned()),
+                (1, "e", "Ｃａｔ".to_owned()),
+            ],
+        );
+        assert_eq!(
+            keys,
+            [
+                ("a", "cat".to_owned()),
+                ("b", "cat\u{1f}b".to_owned()),
+                ("c", "cat".to_owned()),
+                ("d", "dog\u{1f}d".to_owned()),
+                ("e", "cat\u{1f}e".to_owned()),
+            ]
+        );
     }
 }

@@ -37,7 +37,11 @@ pub type Result<T, E = DbError> = std::result::Result<T, E>;
 pub enum DbError {
     #[error("not found")]
     NotFound,
-    #[error("you already have a LoRA named {0:?}; choose another name")]
+    /// Holds the name the owner already has (names are compared by `LoraName::key`, so it may
+    /// differ from the one asked for in case, width or invisible characters).
+    #[error(
+        "you already have a LoRA named {0:?} (names are compared ignoring case, width and invisible characters); choose another name"
+    )]
     DuplicateName(String),
     #[error("monthly limit reached: {used} of {limit} used")]
     MonthlyLimitReached { used: u32, limit: u32 },

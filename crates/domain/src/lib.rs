@@ -17,6 +17,7 @@ pub mod outcome;
 pub mod params;
 pub mod run;
 pub mod status;
+pub mod text;
 pub mod validation;
 
 pub use caption::caption_for_training;
@@ -31,4 +32,5 @@ pub use outcome::{Disposition, OutcomeSpec};
 pub use params::{ParamError, ParamLimits, ParamsInput, TrainingParams, TrainingType};
 pub use run::{FileFacts, RunResult, TrainingRun, ValidationFacts};
 pub use status::{StatusEvent, TrainingStatus, TransitionError};
+pub use text::{TextError, TextRule};
 pub use validation::Verdict;

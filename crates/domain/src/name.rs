@@ -4,37 +4,28 @@ use std::fmt;
 
 use serde::{Serialize, Serializer};
 
-pub const MAX_NAME_CHARS: usize = 255;
+use crate::text::{self, TextError, TextRule};
 
-/// A trimmed name of 1–255 characters with no control characters. Unique per user; other users
-/// may use the same name.
+pub const MAX_NAME_CHARS: usize = TextRule::NAME.max_chars;
+
+/// A name of 1–255 characters after [`text::clean`] (trimmed, NFKC, one space between words, no
+/// control, bidirectional or invisible characters). Unique per user by [`LoraName::key`]; other
+/// users may use the same name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LoraName(String);
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
-    #[error("name must not be empty; give the LoRA a name such as \"Cyberpunk Girl\"")]
-    Empty,
-    #[error("name is {0} characters long; use at most 255")]
-    TooLong(usize),
-    #[error("name contains a control character (such as a newline or tab); use plain text")]
-    ControlCharacter,
-}
+/// Why a name was refused: the one text error, with `field` "name".
+pub type NameError = TextError;
 
 impl LoraName {
     pub fn parse(raw: &str) -> Result<Self, NameError> {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() {
-            return Err(NameError::Empty);
-        }
-        let chars = trimmed.chars().count();
-        if chars > MAX_NAME_CHARS {
-            return Err(NameError::TooLong(chars));
-        }
-        if trimmed.chars().any(char::is_control) {
-            return Err(NameError::ControlCharacter);
-        }
-        Ok(Self(trimmed.to_owned()))
+        text::clean(raw, &TextRule::NAME).map(Self)
+    }
+
+    /// What names are compared by: two names with the same key are the same name to their
+    /// owner ("Cat", "CAT", "Ｃａｔ", "Cat" with a zero-width joiner inside an emoji…).
+    pub fn key(&self) -> String {
+        text::name_key(&self.0)
     }
 
     pub fn as_str(&self) -> &str {
@@ -76,8 +67,9 @@ mod tests {
 
     #[test]
     fn rejects_empty_and_whitespace() {
-        assert_eq!(LoraName::parse(""), Err(NameError::Empty));
-        assert_eq!(LoraName::parse(" \t\n "), Err(NameError::Empty));
+        let empty = Err(TextError::Empty { field: "name" });
+        assert_eq!(LoraName::parse(""), empty);
+        assert_eq!(LoraName::parse(" \t\n "), empty);
     }
 
     #[test]
@@ -85,18 +77,29 @@ mod tests {
         let ok = "é".repeat(255);
         assert!(LoraName::parse(&ok).is_ok());
         assert_eq!(
-            LoraName::parse(&"é".repeat(256)),
-            Err(NameError::TooLong(256))
+            LoraName::parse(&"é".repeat(256)).unwrap_err().code(),
+            "too_long"
         );
     }
 
     #[test]
-    fn rejects_inner_control_characters() {
-        assert_eq!(LoraName::parse("a\nb"), Err(NameError::ControlCharacter));
-        assert_eq!(LoraName::parse("a\u{7}b"), Err(NameError::ControlCharacter));
-        assert_eq!(
-            LoraName::parse("a\u{9b}b"),
-            Err(NameError::ControlCharacter)
-        );
+    fn rejects_inner_control_and_invisible_characters() {
+        for (raw, code) in [
+            ("a\nb", "control_character"),
+            ("a\u{7}b", "control_character"),
+            ("a\u{9b}b", "control_character"),
+            ("a\u{200b}b", "invisible_character"),
+            ("abc\u{202e}gpj.exe", "bidi_control"),
+        ] {
+            assert_eq!(LoraName::parse(raw).unwrap_err().code(), code, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn names_that_look_the_same_have_one_key() {
+        let key = |s: &str| LoraName::parse(s).unwrap().key();
+        assert_eq!(key("Cyberpunk Girl"), key("CYBERPUNK  girl"));
+        assert_eq!(key("Cyberpunk Girl"), key("Ｃｙｂｅｒｐｕｎｋ Ｇｉｒｌ"));
+        assert_eq!(LoraName::parse("Ｃａｔ").unwrap().as_str(), "Cat");
     }
 }

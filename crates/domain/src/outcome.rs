@@ -369,7 +369,10 @@ pub const OUTCOMES: &[OutcomeSpec] = &[
         COUNTED,
         "the training instance ended without a word from its worker",
     ),
-    observed("lease_expired", COUNTED, "the worker stopped reporting"),
+    // Workers' heartbeats and the engine's own observation of a running instance both extend
+    // the lease: it expires only when the engine that owned the run stopped watching it (a
+    // crash of the control plane), which is no fault of the job.
+    observed("lease_expired", NOT_COUNTED, "the worker stopped reporting"),
     observed("timed_out", Fail, "training took too long"),
     observed("cancelled", Moot, "the LoRA was cancelled"),
     observed("superseded", Moot, "the job moved on"),
@@ -493,6 +496,11 @@ mod tests {
             "a crash of the control plane"
         );
         assert_eq!(disposition("vanished", false), COUNTED);
+        assert_eq!(
+            disposition("lease_expired", false),
+            NOT_COUNTED,
+            "the engine that watched the run died"
+        );
         assert_eq!(disposition("upload_failed", false), COUNTED);
         assert_eq!(disposition("cancelled", false), Moot);
         assert_eq!(disposition("some_new_code", false), Fail);

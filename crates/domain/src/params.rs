@@ -6,6 +6,8 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::text::{self, TextRule};
+
 pub const DEFAULT_BASE_MODEL: &str = "stabilityai/stable-diffusion-xl-base-1.0";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +95,11 @@ pub struct ParamLimits {
     pub min_resolution: u32,
     /// Absolute folders under which a local base model may live.
     pub local_model_roots: Vec<PathBuf>,
+    /// The operator's allow-list of base models (`LORAFORGE_ALLOWED_BASE_MODELS`): Hugging Face
+    /// ids (matched ignoring ASCII case, as the Hub does) and absolute folders, which allow
+    /// every model under them like `local_model_roots`. The trainer downloads and runs what is
+    /// named here, so nothing else is accepted.
+    pub allowed_base_models: Vec<String>,
 }
 
 impl Default for ParamLimits {
@@ -101,6 +108,7 @@ impl Default for ParamLimits {
             min_steps: 100,
             min_resolution: 256,
             local_model_roots: Vec::new(),
+            allowed_base_models: vec![DEFAULT_BASE_MODEL.to_owned()],
         }
     }
 }
@@ -266,12 +274,16 @@ impl ParamLimits {
 pub struct ParamError {
     pub field: String,
     pub message: String,
+    /// Set when the value is refused because the operator does not allow it (a base model off
+    /// the allow-list): what is allowed. Such requests are well-formed but unprocessable.
+    pub allowed: Option<Vec<String>>,
 }
 
 fn err(field: &str, message: impl Into<String>) -> ParamError {
     ParamError {
         field: field.to_owned(),
         message: message.into(),
+        allowed: None,
     }
 }
 
@@ -373,9 +385,9 @@ impl TrainingParams {
     pub fn from_input(input: &ParamsInput, limits: &ParamLimits) -> Result<Self, ParamError> {
         let mut p = Self::default();
         if let Some(v) = &input.base_model {
-            p.base_model = text(v, "base_model", BASE_MODEL)?;
+            p.base_model = text_in(v, "base_model", BASE_MODEL)?;
         }
-        validate_base_model(&p.base_model, &limits.local_model_roots)?;
+        p.base_model = allowed_base_model(&p.base_model, limits)?;
         if let Some(v) = input.training_type {
             p.training_type = v;
         }
@@ -427,9 +439,13 @@ impl TrainingParams {
             p.resolution = int(v, "resolution", limits.resolution())?;
         }
         if let Some(v) = &input.trigger_words {
-            p.trigger_words = list(v, "trigger_words", TRIGGER_WORDS, |s| {
-                !s.chars().any(char::is_control) && s.trim() == s
-            })?;
+            p.trigger_words = list(v, "trigger_words", TRIGGER_WORDS, |_| true)?
+                .iter()
+                .map(|w| {
+                    text::clean(w, &TextRule::TRIGGER_WORD)
+                        .map_err(|e| err("trigger_words", e.to_string()))
+                })
+                .collect::<Result<_, _>>()?;
         }
         if let Some(v) = input.seed {
             p.seed = v;
@@ -475,7 +491,7 @@ fn chars_ok(s: &str, t: Text) -> bool {
     (t.min_chars..=t.max_chars).contains(&s.chars().count())
 }
 
-fn text(s: &str, field: &str, t: Text) -> Result<String, ParamError> {
+fn text_in(s: &str, field: &str, t: Text) -> Result<String, ParamError> {
     if !chars_ok(s, t) {
         return Err(err(
             field,
@@ -515,6 +531,47 @@ fn list(
             }
         })
         .collect()
+}
+
+/// `model` as the operator spelled it in `limits.allowed_base_models`, or a local folder under
+/// an allowed root; anything else is refused with the list of what is allowed.
+pub fn allowed_base_model(model: &str, limits: &ParamLimits) -> Result<String, ParamError> {
+    let (folders, ids): (Vec<&String>, Vec<&String>) = limits
+        .allowed_base_models
+        .iter()
+        .partition(|m| Path::new(m.as_str()).is_absolute());
+    if let Some(id) = ids.iter().find(|id| id.eq_ignore_ascii_case(model)) {
+        return Ok((*id).clone());
+    }
+    let roots: Vec<PathBuf> = limits
+        .local_model_roots
+        .iter()
+        .cloned()
+        .chain(folders.iter().map(PathBuf::from))
+        .collect();
+    if Path::new(model).is_absolute() && validate_base_model(model, &roots).is_ok() {
+        return Ok(model.to_owned());
+    }
+    let allowed: Vec<String> = ids
+        .iter()
+        .map(|id| (*id).clone())
+        .chain(roots.iter().map(|r| format!("{}/…", r.display())))
+        .collect();
+    let shown = if allowed.is_empty() {
+        "none are configured".to_owned()
+    } else {
+        allowed.join(", ")
+    };
+    Err(ParamError {
+        allowed: Some(allowed),
+        ..err(
+            "base_model",
+            format!(
+                "{model:?} is not a base model this server trains on; allowed: {shown} \
+                 (the operator's LORAFORGE_ALLOWED_BASE_MODELS)"
+            ),
+        )
+    })
 }
 
 /// A base model is a Hugging Face id (`owner/name`, the characters the Hub allows) or an
@@ -676,6 +733,68 @@ mod tests {
         assert!(validate_base_model("/data/models/tiny-sdxl", &roots).is_ok());
         assert!(validate_base_model("/data/models/../secrets", &roots).is_err());
         assert!(validate_base_model("/data/modelsX/tiny", &roots).is_err());
+    }
+
+    #[test]
+    fn only_allowed_base_models_are_accepted() {
+        let limits = ParamLimits {
+            local_model_roots: vec![PathBuf::from("/data/models")],
+            allowed_base_models: vec![
+                DEFAULT_BASE_MODEL.to_owned(),
+                "Org/Other-Model".to_owned(),
+                "/srv/extra".to_owned(),
+            ],
+            ..Default::default()
+        };
+        let ok = |m: &str| allowed_base_model(m, &limits);
+        assert_eq!(ok(DEFAULT_BASE_MODEL).unwrap(), DEFAULT_BASE_MODEL);
+        assert_eq!(
+            ok("org/other-model").unwrap(),
+            "Org/Other-Model",
+            "the operator's spelling"
+        );
+        assert_eq!(ok("/data/models/tiny").unwrap(), "/data/models/tiny");
+        assert_eq!(ok("/srv/extra/sdxl").unwrap(), "/srv/extra/sdxl");
+        for bad in [
+            "attacker/evil-model",
+            "stabilityai/stable-diffusion-xl-base-1.0-x",
+            "/data/models/../secrets",
+            "/etc",
+            "not a model",
+            "",
+        ] {
+            let e = ok(bad).unwrap_err();
+            assert_eq!(e.field, "base_model");
+            assert_eq!(
+                e.allowed.as_deref().unwrap(),
+                [
+                    DEFAULT_BASE_MODEL,
+                    "Org/Other-Model",
+                    "/data/models/…",
+                    "/srv/extra/…"
+                ],
+                "{bad}"
+            );
+            assert!(e.message.contains("Org/Other-Model"), "{}", e.message);
+        }
+        // The default list: SDXL base 1.0 only.
+        assert!(parse(json!({"base_model": "stabilityai/stable-diffusion-2-1"})).is_err());
+        assert!(parse(json!({"base_model": DEFAULT_BASE_MODEL})).is_ok());
+    }
+
+    #[test]
+    fn trigger_words_are_clean_text() {
+        let p = parse(json!({"trigger_words": ["  ｏｈｗｘ "]})).unwrap();
+        assert_eq!(p.trigger_words, ["ohwx"]);
+        for bad in ["a\u{200b}b", "x\u{202e}y", "", "a\nb"] {
+            let e = parse(json!({"trigger_words": [bad]})).unwrap_err();
+            assert_eq!(e.field, "trigger_words", "{bad:?}");
+        }
+        let e = parse(json!({"trigger_words": ["ok", "a\u{200b}b"]})).unwrap_err();
+        assert!(
+            e.message.contains("U+200B") && e.message.contains("position 2"),
+            "{e}"
+        );
     }
 
     #[test]

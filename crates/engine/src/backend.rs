@@ -216,9 +216,17 @@ pub trait TrainingBackend: Send + Sync + fmt::Debug + 'static {
         Ok(None)
     }
 
+    /// `instance` is confirmed gone and its job will run again: what the attempt left on this
+    /// backend (a scratch folder) may be handed to the job's next attempt or deleted. Called
+    /// before the engine records the instance gone, so the next attempt (which starts only once
+    /// it is recorded) finds what was handed over. Idempotent. Default: nothing.
+    async fn retire(&self, _instance: &Instance) {}
+
     /// The job of `lora` has ended for good and all its instances are gone: the backend may
-    /// delete what it kept for the job (scratch folders). Default: nothing.
-    async fn release(&self, _lora: LoraId) {}
+    /// delete what it kept for the job (scratch folders). `published`: the LoRA's files are
+    /// stored, so trained files an attempt kept unuploaded are of no more use either. Default:
+    /// nothing.
+    async fn release(&self, _lora: LoraId, _published: bool) {}
 
     /// The engine is stopping: ask every instance this process supervises to stop gracefully
     /// and wait for them within the backend's grace period. Default: nothing (instances

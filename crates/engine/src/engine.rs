@@ -122,6 +122,9 @@ pub struct Engine {
     pub(crate) after: AfterTraining,
     /// When each backend's instances were last observed (for `observe_every`).
     observed_at: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// When this engine was made: a run of this engine's name created earlier was started by a
+    /// predecessor (the service restarted while it ran).
+    started_at: DateTime<Utc>,
 }
 
 /// How long a backend that had no capacity is left alone before it is asked again.
@@ -135,6 +138,7 @@ impl Engine {
         settings: EngineSettings,
         after: AfterTraining,
     ) -> Self {
+        let started_at = clock.now();
         Self {
             repo,
             clock,
@@ -147,6 +151,7 @@ impl Engine {
             tokens: None,
             after,
             observed_at: Mutex::new(HashMap::new()),
+            started_at,
         }
     }
 
@@ -635,6 +640,7 @@ impl Engine {
                     .ok_or("the LoRA is gone")?;
                 match self.after.decide(&lora, run).await {
                     Ok(Settle::Requeue { counted, reason }) => {
+                        let (counted, reason) = self.restart_spared(run, counted, reason);
                         Ok(self.retry_or_fail(o, counted, reason))
                     }
                     Ok(settle) => Ok(settle),
@@ -653,9 +659,26 @@ impl Engine {
                     }
                 }
             }
-            Disposition::Retry { counted } => Ok(self.retry_or_fail(o, counted, message)),
+            Disposition::Retry { counted } => {
+                let (counted, message) = self.restart_spared(run, counted, message);
+                Ok(self.retry_or_fail(o, counted, message))
+            }
             Disposition::Fail => Ok(Settle::Fail { reason: message }),
             Disposition::Moot => Ok(Settle::Nothing),
+        }
+    }
+
+    /// A run this engine's predecessor started (the service crashed or restarted while it ran)
+    /// does not use up one of the job's attempts, whatever it ended with: its worker lost its
+    /// control plane, its files' links and its parent mid-run, which is no fault of the job.
+    /// (`max_runs` still bounds the job.)
+    fn restart_spared(&self, run: &TrainingRun, counted: bool, message: String) -> (bool, String) {
+        if counted && run.engine == self.settings.worker_id && run.created_at < self.started_at {
+            let note =
+                "; the service restarted during this run, so it does not count as a failed attempt";
+            (false, format!("{message}{note}"))
+        } else {
+            (counted, message)
         }
     }
 
@@ -765,6 +788,15 @@ impl Engine {
         if !termination.gone {
             return;
         }
+        let past_training = !matches!(
+            job_status,
+            TrainingStatus::Pending | TrainingStatus::Queued | TrainingStatus::Training
+        );
+        if !past_training {
+            // Before the record: the job's next attempt starts only once this one is recorded
+            // gone, and must find what this one handed over.
+            backend.retire(&instance_of(run)).await;
+        }
         let cost = cost_of(run, termination.billed_millis, now);
         match self.repo.record_instance_gone(run.id, cost, now).await {
             Ok(true) => {
@@ -772,11 +804,12 @@ impl Engine {
                 r.gone.push(lora);
                 // Past training for good: what the backend and the blob store kept for a resume
                 // is of no more use.
-                if !matches!(
-                    job_status,
-                    TrainingStatus::Pending | TrainingStatus::Queued | TrainingStatus::Training
-                ) {
-                    backend.release(lora).await;
+                if past_training {
+                    let published = matches!(
+                        job_status,
+                        TrainingStatus::Validating | TrainingStatus::Completed
+                    );
+                    backend.release(lora, published).await;
                     match self.repo.get_lora(lora).await {
                         Ok(Some(model)) => match self.after.forget_checkpoints(&model).await {
                             Ok(0) => {}

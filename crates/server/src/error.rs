@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 
 use loraforge_checks::{DatasetReport, Problem};
 use loraforge_db::DbError;
+use loraforge_domain::TextError;
 use loraforge_fetch::FetchError;
 use loraforge_storage::StorageError;
 
@@ -95,6 +96,20 @@ impl IntoResponse for ApiError {
         }
         resp
     }
+}
+
+/// Text a client sent that breaks its field's rule (`loraforge_domain::text`): 400 with `code`
+/// (`invalid_name`, `invalid_caption`, …), plus the stable `reason` (`empty`, `too_long`,
+/// `control_character`, `bidi_control`, `invisible_character`), the `field`, and for a refused
+/// character that `character` (`U+202E`) and its 1-based `position` in the text as sent.
+pub fn invalid_text(code: &'static str, e: &TextError) -> ApiError {
+    let mut err = ApiError::bad_request(code, e.to_string())
+        .with("reason", e.code())
+        .with("field", e.field());
+    if let Some((character, position)) = e.character() {
+        err = err.with("character", character).with("position", position);
+    }
+    err
 }
 
 /// A body that could not be read: too large (413) or broken off (400).

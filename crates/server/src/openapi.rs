@@ -340,7 +340,7 @@ mod tests {
             param_limits: ParamLimits {
                 min_steps: 7,
                 min_resolution: 128,
-                local_model_roots: Vec::new(),
+                ..ParamLimits::default()
             },
             ..ServerSettings::default()
         };

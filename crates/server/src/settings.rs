@@ -20,6 +20,9 @@ pub struct ServerSettings {
     pub max_json_bytes: usize,
     /// How long a library listing may be served from memory; zero turns the cache off.
     pub library_cache_ttl: Duration,
+    /// How often an open event stream re-reads the event log, for changes made by other
+    /// replicas (changes made through this process wake it at once).
+    pub events_poll_interval: Duration,
     /// Downloading images from URLs (`/datasets/from-urls`, `/lora-models/from-references`);
     /// off while its host allow-list is empty.
     pub url_intake: FetchSettings,
@@ -95,6 +98,7 @@ impl Default for ServerSettings {
             cors_origins: Vec::new(),
             max_json_bytes: 256 * 1024,
             library_cache_ttl: Duration::from_secs(1),
+            events_poll_interval: Duration::from_secs(2),
             url_intake: FetchSettings::default(),
             worker: WorkerApiSettings::default(),
             validation: ValidationSettings::default(),

@@ -68,7 +68,7 @@ pub async fn run(args: &TrainArgs, rules: &DatasetRules) -> i32 {
         &ParamLimits {
             min_steps: 1,
             min_resolution: 64,
-            local_model_roots: Vec::new(),
+            ..ParamLimits::default()
         },
     ) {
         eprintln!("error: --{}: {}", e.field.replace('_', "-"), e.message);

@@ -125,6 +125,7 @@ struct Columns {
     id: Vec<Uuid>,
     user: Vec<Uuid>,
     name: Vec<String>,
+    name_key: Vec<String>,
     description: Vec<Option<String>>,
     dataset: Vec<Uuid>,
     params: Vec<String>,
@@ -151,6 +152,7 @@ pub(super) async fn bulk_insert_library(repo: &PgRepository, rows: Vec<LibraryRo
         let Some(c) = chunks.last_mut() else { continue };
         c.id.push(r.id.as_uuid());
         c.user.push(r.owner.as_uuid());
+        c.name_key.push(r.name.key());
         c.name.push(r.name.into_inner());
         c.description.push(r.description);
         c.dataset.push(r.dataset_id.as_uuid());
@@ -183,13 +185,13 @@ pub(super) async fn bulk_insert_library(repo: &PgRepository, rows: Vec<LibraryRo
         for c in &chunks {
             sqlx::query(
                 "INSERT INTO lora_models (id, user_id, name, description, dataset_id, params, training_status, \
-                 progress, usage_count, created_at, updated_at, completed_at) \
+                 progress, usage_count, created_at, updated_at, completed_at, name_key) \
                  SELECT id, user_id, name, description, dataset_id, params::jsonb, status, \
                  CASE WHEN status = $10 THEN 100 ELSE 0 END, usage_count, created_at, created_at, \
-                 CASE WHEN status = $10 THEN created_at END \
+                 CASE WHEN status = $10 THEN created_at END, name_key \
                  FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::text[], \
-                 $8::bigint[], $9::timestamptz[]) \
-                 AS t(id, user_id, name, description, dataset_id, params, status, usage_count, created_at)",
+                 $8::bigint[], $9::timestamptz[], $11::text[]) \
+                 AS t(id, user_id, name, description, dataset_id, params, status, usage_count, created_at, name_key)",
             )
             .bind(&c.id)
             .bind(&c.user)
@@ -201,6 +203,7 @@ pub(super) async fn bulk_insert_library(repo: &PgRepository, rows: Vec<LibraryRo
             .bind(&c.usage_count)
             .bind(&c.created_at)
             .bind(completed)
+            .bind(&c.name_key)
             .execute(&mut *conn)
             .await?;
             sqlx::query(

@@ -88,14 +88,15 @@ async fn create_in_tx(
         return Err(DbError::DatasetNotFound);
     }
 
-    let taken: Option<i32> =
-        sqlx::query_scalar("SELECT 1 FROM lora_models WHERE user_id = $1 AND name = $2")
+    let name_key = new.name.key();
+    let taken: Option<String> =
+        sqlx::query_scalar("SELECT name FROM lora_models WHERE user_id = $1 AND name_key = $2")
             .bind(user)
-            .bind(name)
+            .bind(&name_key)
             .fetch_optional(&mut *conn)
             .await?;
-    if taken.is_some() {
-        return Err(DbError::DuplicateName(name.to_owned()));
+    if let Some(existing) = taken {
+        return Err(DbError::DuplicateName(existing));
     }
 
     let limit = own_limit.unwrap_or(policy.limit);
@@ -134,7 +135,7 @@ async fn create_in_tx(
     .await?;
     sqlx::query(
         "INSERT INTO lora_models (id, user_id, name, description, dataset_id, params, training_status, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+         created_at, updated_at, name_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
     )
     .bind(id)
     .bind(user)
@@ -144,6 +145,7 @@ async fn create_in_tx(
     .bind(Json(&new.params))
     .bind(TrainingStatus::Pending.as_str())
     .bind(now)
+    .bind(&name_key)
     .execute(&mut *conn)
     .await
     .map_err(|e| duplicate_name(e, name))?;
@@ -176,7 +178,51 @@ async fn create_in_tx(
     Ok(CreateOutcome::Created(fetch_written(conn, id).await?))
 }
 
-/// The unique index on (user_id, name) is the last line of defence against duplicates.
+/// Fills in the name key of LoRAs stored before keys existed (migration 0006), oldest first
+/// (`common::backfill_name_keys`), one replica at a time. Does nothing once every row has one.
+pub(super) async fn backfill_name_keys(pool: &PgPool) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    // Replicas starting together take turns; the second finds nothing left to do.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(NAME_KEY_BACKFILL_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+        "SELECT user_id, id, name FROM lora_models WHERE name_key IS NULL ORDER BY created_at, id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let taken: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT user_id, name_key FROM lora_models WHERE name_key IS NOT NULL")
+            .fetch_all(&mut *tx)
+            .await?;
+    let n = rows.len();
+    let (ids, keys): (Vec<Uuid>, Vec<String>) = crate::common::backfill_name_keys(taken, rows)
+        .into_iter()
+        .unzip();
+    sqlx::query(
+        "UPDATE lora_models m SET name_key = t.key FROM UNNEST($1::uuid[], $2::text[]) AS t(id, key) \
+         WHERE m.id = t.id",
+    )
+    .bind(&ids)
+    .bind(&keys)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(
+        loras = n,
+        "name keys filled in for LoRAs stored before them"
+    );
+    Ok(())
+}
+
+/// Advisory lock id of [`backfill_name_keys`] ("lfnamkey").
+const NAME_KEY_BACKFILL_LOCK: i64 = 0x6c66_6e61_6d6b_6579;
+
+/// The unique index on (user_id, name_key) is the last line of defence against duplicates.
 fn duplicate_name(e: sqlx::Error, name: &str) -> DbError {
     match &e {
         sqlx::Error::Database(d) if d.constraint() == Some("lora_models_user_name_key") => {

@@ -91,6 +91,7 @@ impl PgRepository {
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        library::backfill_name_keys(&pool).await?;
         Ok(Self {
             pool,
             faults: Faults::default(),

@@ -105,6 +105,7 @@ struct BulkRow {
     id: String,
     user: String,
     name: String,
+    name_key: String,
     description: Option<String>,
     dataset: String,
     params: String,
@@ -137,6 +138,7 @@ pub(super) async fn bulk_insert_library(
         encoded.push(BulkRow {
             id: r.id.to_string(),
             user: r.owner.to_string(),
+            name_key: r.name.key(),
             name: r.name.into_inner(),
             description: r.description,
             dataset: r.dataset_id.to_string(),
@@ -167,7 +169,7 @@ pub(super) async fn bulk_insert_library(
         for chunk in encoded.chunks(BULK_CHUNK) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO lora_models (id, user_id, name, description, dataset_id, params, training_status, \
-                 progress, usage_count, created_at, updated_at, completed_at) ",
+                 progress, usage_count, created_at, updated_at, completed_at, name_key) ",
             );
             qb.push_values(chunk, |mut b, r| {
                 b.push_bind(&r.id)
@@ -181,7 +183,8 @@ pub(super) async fn bulk_insert_library(
                     .push_bind(r.usage_count)
                     .push_bind(&r.created_at)
                     .push_bind(&r.created_at)
-                    .push_bind(&r.completed_at);
+                    .push_bind(&r.completed_at)
+                    .push_bind(&r.name_key);
             });
             qb.build().execute(&mut *conn).await?;
             let mut qb =

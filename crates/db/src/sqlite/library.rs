@@ -59,14 +59,15 @@ async fn create_in_tx(
         return Err(DbError::DatasetNotFound);
     }
 
-    let taken: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM lora_models WHERE user_id = $1 AND name = $2")
+    let name_key = new.name.key();
+    let taken: Option<String> =
+        sqlx::query_scalar("SELECT name FROM lora_models WHERE user_id = $1 AND name_key = $2")
             .bind(&user)
-            .bind(name)
+            .bind(&name_key)
             .fetch_optional(&mut *conn)
             .await?;
-    if taken.is_some() {
-        return Err(DbError::DuplicateName(name.to_owned()));
+    if let Some(existing) = taken {
+        return Err(DbError::DuplicateName(existing));
     }
 
     let own_limit: Option<Option<i64>> =
@@ -103,7 +104,7 @@ async fn create_in_tx(
     let params = serde_json::to_string(&new.params).map_err(|e| corrupt(format!("params: {e}")))?;
     sqlx::query(
         "INSERT INTO lora_models (id, user_id, name, description, dataset_id, params, training_status, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+         created_at, updated_at, name_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
     )
     .bind(&id)
     .bind(&user)
@@ -113,6 +114,7 @@ async fn create_in_tx(
     .bind(params)
     .bind(TrainingStatus::Pending.as_str())
     .bind(&now)
+    .bind(&name_key)
     .execute(&mut *conn)
     .await
     .map_err(|e| duplicate_name(e, name))?;
@@ -145,11 +147,43 @@ async fn create_in_tx(
     Ok(CreateOutcome::Created(fetch_written(conn, &id).await?))
 }
 
-/// The unique index on (user_id, name) is the last line of defence against duplicates.
+/// Fills in the name key of LoRAs stored before keys existed (migration 0006), under the write
+/// lock, oldest first (`common::backfill_name_keys`). Does nothing once every row has one.
+pub(super) async fn backfill_name_keys(pool: &SqlitePool) -> Result<()> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT user_id, id, name FROM lora_models WHERE name_key IS NULL ORDER BY created_at, id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let taken: Vec<(String, String)> =
+        sqlx::query_as("SELECT user_id, name_key FROM lora_models WHERE name_key IS NOT NULL")
+            .fetch_all(&mut *tx)
+            .await?;
+    let n = rows.len();
+    for (id, key) in crate::common::backfill_name_keys(taken, rows) {
+        sqlx::query("UPDATE lora_models SET name_key = $1 WHERE id = $2")
+            .bind(key)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(
+        loras = n,
+        "name keys filled in for LoRAs stored before them"
+    );
+    Ok(())
+}
+
+/// The unique index on (user_id, name_key) is the last line of defence against duplicates.
 fn duplicate_name(e: sqlx::Error, name: &str) -> DbError {
     match &e {
         sqlx::Error::Database(d)
-            if d.is_unique_violation() && d.message().contains("lora_models.name") =>
+            if d.is_unique_violation() && d.message().contains("lora_models.name_key") =>
         {
             DbError::DuplicateName(name.to_owned())
         }

@@ -118,6 +118,7 @@ impl SqliteRepository {
         }
         let pool = pool.connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        library::backfill_name_keys(&pool).await?;
         Ok(Self {
             pool,
             faults: Faults::default(),

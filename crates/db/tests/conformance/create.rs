@@ -153,22 +153,34 @@ pub async fn duplicate_name_per_user(repo: Repo) {
     assert_eq!(count_of(&repo, bob).await, 1);
 }
 
-pub async fn name_uniqueness_is_exact_after_trim(repo: Repo) {
+pub async fn names_are_unique_by_their_key(repo: Repo) {
     let (owner, ds) = user(&repo).await;
     create(&repo, new_lora(owner, ds, "Cyberpunk Girl", now())).await;
-    let trimmed = repo
-        .create_lora(
-            new_lora(owner, ds, "  Cyberpunk Girl\t", now()),
-            policy(100, now()),
-        )
+    // Trimmed, spaced, cased, full-width or with a joiner, it is the same name to its owner,
+    // and the refusal names the LoRA they already have.
+    for same in [
+        "  Cyberpunk Girl\t",
+        "cyberpunk girl",
+        "CYBERPUNK  GIRL",
+        "Ｃｙｂｅｒｐｕｎｋ Ｇｉｒｌ",
+    ] {
+        let again = repo
+            .create_lora(new_lora(owner, ds, same, now()), policy(100, now()))
+            .await;
+        assert!(
+            matches!(again, Err(DbError::DuplicateName(ref n)) if n == "Cyberpunk Girl"),
+            "{same:?}: {again:?}"
+        );
+    }
+    create(&repo, new_lora(owner, ds, "Cyberpunk Girls", now())).await;
+    create(&repo, new_lora(owner, ds, "Straße", now())).await;
+    let sharp = repo
+        .create_lora(new_lora(owner, ds, "STRASSE", now()), policy(100, now()))
         .await;
     assert!(
-        matches!(trimmed, Err(DbError::DuplicateName(ref n)) if n == "Cyberpunk Girl"),
-        "{trimmed:?}"
+        matches!(sharp, Err(DbError::DuplicateName(ref n)) if n == "Straße"),
+        "{sharp:?}"
     );
-    // Case and inner spacing make a different name.
-    create(&repo, new_lora(owner, ds, "cyberpunk girl", now())).await;
-    create(&repo, new_lora(owner, ds, "Cyberpunk  Girl", now())).await;
     assert_eq!(count_of(&repo, owner).await, 3);
 }
 

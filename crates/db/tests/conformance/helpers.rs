@@ -53,6 +53,35 @@ where
     F: FnOnce(Repo) -> Fut,
     Fut: Future<Output = ()>,
 {
+    with_postgres_database(|url| async move {
+        let repo = Arc::new(
+            PgRepository::connect(
+                &url,
+                &ConnectOptions {
+                    max_connections: 10,
+                },
+            )
+            .await
+            .expect("connect to test database"),
+        );
+        let result = AssertUnwindSafe(story(repo.clone() as Repo))
+            .catch_unwind()
+            .await;
+        repo.close().await;
+        if let Err(panic) = result {
+            resume_unwind(panic);
+        }
+    })
+    .await
+}
+
+/// Runs `story` with the URL of a fresh, empty database on the test Postgres server, dropped
+/// afterwards (even when the story panics).
+pub async fn with_postgres_database<F, Fut>(story: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let admin_url = std::env::var("LORAFORGE_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
     let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
@@ -68,25 +97,7 @@ where
         .await
         .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
     let url = database_url(&admin_url, &name);
-    let result = AssertUnwindSafe(async {
-        let repo = Arc::new(
-            PgRepository::connect(
-                &url,
-                &ConnectOptions {
-                    max_connections: 10,
-                },
-            )
-            .await
-            .expect("connect to test database"),
-        );
-        let result = AssertUnwindSafe(story(repo.clone() as Repo))
-            .catch_unwind()
-            .await;
-        repo.close().await;
-        result
-    })
-    .catch_unwind()
-    .await;
+    let result = AssertUnwindSafe(story(url)).catch_unwind().await;
     // Best effort: FORCE ends connections a panicking story left behind.
     let _ = sqlx::query(AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
@@ -94,9 +105,8 @@ where
     .execute(&mut admin)
     .await;
     let _ = admin.close().await;
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(panic)) | Err(panic) => resume_unwind(panic),
+    if let Err(panic) = result {
+        resume_unwind(panic);
     }
 }
 

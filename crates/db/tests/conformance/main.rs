@@ -9,6 +9,7 @@ mod engine;
 mod helpers;
 mod library;
 mod lifecycle;
+mod name_keys;
 
 macro_rules! conformance {
     ($($module:ident :: $story:ident),* $(,)?) => {
@@ -35,7 +36,7 @@ conformance! {
     create::dataset_round_trip,
     create::create_and_get,
     create::duplicate_name_per_user,
-    create::name_uniqueness_is_exact_after_trim,
+    create::names_are_unique_by_their_key,
     create::monthly_limit_counts_this_window_and_counted_statuses,
     create::concurrent_creates_stop_at_the_limit,
     create::idempotency_replay_and_mismatch,

@@ -1,16 +1,23 @@
 //! The `local` backend: one child process (`loraforge worker`) per run on this machine.
 //!
-//! A job's runs share its folder (`<work_dir>/<lora>/out`), so a later attempt resumes from the
-//! trainer's checkpoints and uploads files an earlier one trained but could not upload. They
-//! never share it at the same time: the engine starts a job's next run only once every earlier
-//! instance of it is confirmed gone. Each run gets its own process group, so stopping it reaches everything it started: SIGTERM to the
-//! group (the worker stops its trainer, which checkpoints), then SIGKILL after `kill_grace`. A
-//! supervisor task per run owns the child (`kill_on_drop`) and records how it ended. Dropping
-//! the backend kills every run it still has: a run nobody watches must not outlive its engine.
+//! Every attempt has its own scratch folder, `<work_dir>/<lora>/attempt-<n>`: two attempts never
+//! share mutable files, even when a crash of the service leaves an earlier attempt's worker
+//! still stopping (or a worker the service started but never recorded). What an attempt leaves
+//! there (the trainer's checkpoints; files trained but never uploaded, with `result.json`) is
+//! handed to the job's next attempt by the engine once the attempt's process group is confirmed
+//! gone ([`TrainingBackend::retire`]: the folder becomes `<lora>/handover`, which the next launch
+//! renames to its own folder), so a later attempt still resumes from the checkpoints and uploads
+//! what an earlier one trained. Only the attempt itself and, after it is gone, the engine touch
+//! an attempt's folder. Each run gets its own process group, so stopping it reaches everything
+//! it started: SIGTERM to the group (the worker stops its trainer, which checkpoints), then
+//! SIGKILL after `kill_grace`. A supervisor task per run owns the child (`kill_on_drop`) and
+//! records how it ended. Dropping the backend kills every run it still has: a run nobody watches
+//! must not outlive its engine.
 //!
 //! A run is named by `local:<pid>:<start time>` (the kernel's start time of the process, from
 //! `/proc`), so an engine restarted on the same host still recognises, and can end, a worker
-//! its predecessor started: an id whose process is gone, or is another process now, is gone.
+//! its predecessor started: such a run is gone once no process of its group is left (a worker
+//! that died before its trainer does not make the run gone).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -44,7 +51,7 @@ pub struct LocalBackendSettings {
     pub env: Vec<(String, String)>,
     /// Variables of this process the child must not inherit (the service's own secrets).
     pub env_remove: Vec<String>,
-    /// Where job folders live: `<work_dir>/<lora_id>/out`.
+    /// Where job folders live: `<work_dir>/<lora_id>/attempt-<n>`.
     pub work_dir: PathBuf,
     /// Runs at once on this host.
     pub max_concurrent: usize,
@@ -150,6 +157,80 @@ fn still_running(pid: u32, start: u64) -> bool {
     !matches!(state.flatten(), Some('Z' | 'X') | None)
 }
 
+/// A live (not zombie) process is in process group `pgid`: a run's trainer may outlive its
+/// worker, the group's first process.
+fn group_alive(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let name = e.file_name();
+        if !name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return false;
+        }
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            return false;
+        };
+        // Fields after the command: state, ppid, pgrp.
+        let mut fields = after.split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|p| p.parse::<u32>().ok());
+        pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
+    })
+}
+
+/// A run of an earlier engine: its worker still runs, or something of its group does.
+fn foreign_alive(pid: u32, start: u64) -> bool {
+    still_running(pid, start) || group_alive(pid)
+}
+
+/// The name of an attempt's scratch folder under the job's folder.
+fn attempt_dir(attempt: u32) -> String {
+    format!("attempt-{attempt}")
+}
+
+/// What an ended attempt left for the next one, under the job's folder.
+const HANDOVER: &str = "handover";
+
+/// The folder holds files trained but never uploaded (`result.json`, kept by the worker).
+async fn holds_trained_files(dir: &Path) -> bool {
+    use std::io::ErrorKind::{NotADirectory, NotFound};
+    match tokio::fs::metadata(dir.join("result.json")).await {
+        Ok(_) => true,
+        Err(e) if matches!(e.kind(), NotFound | NotADirectory) => false,
+        // Unreadable: assume it is there (a trained file is never deleted unpublished).
+        Err(_) => true,
+    }
+}
+
+/// The folder holds something a next attempt can use: trained files or the trainer's outputs
+/// (its checkpoints).
+async fn worth_handing_over(dir: &Path) -> bool {
+    if holds_trained_files(dir).await {
+        return true;
+    }
+    match tokio::fs::read_dir(dir.join("train")).await {
+        Ok(mut entries) => matches!(entries.next_entry().await, Ok(Some(_))),
+        Err(_) => false,
+    }
+}
+
+async fn remove_dir(dir: &Path) {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => tracing::debug!(dir = %dir.display(), "scratch folder removed"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a scratch folder")
+        }
+    }
+}
+
 impl LocalBackend {
     pub fn new(settings: LocalBackendSettings) -> Self {
         Self {
@@ -206,7 +287,7 @@ impl LocalBackend {
         let Some((pid, start)) = parse_provider_id(provider) else {
             return true;
         };
-        if !still_running(pid, start) {
+        if !foreign_alive(pid, start) {
             lock(&self.foreign_stops).remove(provider);
             return true;
         }
@@ -253,11 +334,16 @@ impl TrainingBackend for LocalBackend {
                 self.settings.max_concurrent
             )));
         }
-        let out = self
-            .settings
-            .work_dir
-            .join(launch.lora_id.to_string())
-            .join("out");
+        let job_dir = self.settings.work_dir.join(launch.lora_id.to_string());
+        let out = job_dir.join(attempt_dir(launch.attempt));
+        // What the job's earlier attempts left, handed over once they were gone, becomes this
+        // attempt's folder. (A folder of this attempt already there is from a launch of it that
+        // failed before a process ran.)
+        let handover = job_dir.join(HANDOVER);
+        if !tokio::fs::try_exists(&out).await? && tokio::fs::try_exists(&handover).await? {
+            tokio::fs::rename(&handover, &out).await?;
+            tracing::info!(lora = %launch.lora_id, attempt = launch.attempt, "continuing in what earlier attempts left");
+        }
         tokio::fs::create_dir_all(&out).await?;
 
         let mut cmd = Command::new(&self.settings.program);
@@ -360,13 +446,14 @@ impl TrainingBackend for LocalBackend {
                     // Started by an earlier engine on this host (before a restart of the service).
                     None => match parse_provider_id(&i.provider_id) {
                         Some((pid, start)) if still_running(pid, start) => Observed::Running,
-                        _ => Observed::Ended {
+                        parsed => Observed::Ended {
                             outcome: "lost",
                             reason: Some(
                                 "the service restarted and the run's worker had stopped with it"
                                     .into(),
                             ),
-                            gone: true,
+                            // Its trainer may still be stopping: gone with the last of its group.
+                            gone: parsed.is_none_or(|(pid, _)| !group_alive(pid)),
                         },
                     },
                 },
@@ -408,26 +495,61 @@ impl TrainingBackend for LocalBackend {
         ended(false)
     }
 
-    /// Deletes the job's folder (`<work_dir>/<lora_id>`): checkpoints and scratch. A folder that
-    /// still holds trained files whose upload never succeeded (`out/result.json`, kept by the
-    /// worker) is left where it is, with a warning: a trained file is never deleted unpublished.
-    async fn release(&self, lora: LoraId) {
-        let dir = self.settings.work_dir.join(lora.to_string());
-        if tokio::fs::try_exists(dir.join("out").join("result.json"))
-            .await
-            .unwrap_or(true)
-        {
-            tracing::warn!(lora = %lora, dir = %dir.display(),
-                "the job ended with trained files that were never uploaded; they are kept here");
+    /// The attempt's folder, its process group gone: handed over to the job's next attempt
+    /// (`<lora>/handover`) when it holds checkpoints or trained files, else deleted. Trained
+    /// files already handed over are never replaced by a folder without them.
+    async fn retire(&self, instance: &Instance) {
+        let job_dir = self.settings.work_dir.join(instance.lora_id.to_string());
+        let dir = job_dir.join(attempt_dir(instance.attempt));
+        if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
             return;
         }
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => tracing::debug!(dir = %dir.display(), "job folder removed"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        let handover = job_dir.join(HANDOVER);
+        if !worth_handing_over(&dir).await
+            || (holds_trained_files(&handover).await && !holds_trained_files(&dir).await)
+        {
+            remove_dir(&dir).await;
+            return;
+        }
+        remove_dir(&handover).await;
+        match tokio::fs::rename(&dir, &handover).await {
+            Ok(()) => {
+                tracing::info!(lora = %instance.lora_id, attempt = instance.attempt, "scratch folder handed to the next attempt")
+            }
             Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a job folder")
+                tracing::warn!(dir = %dir.display(), error = %e, "could not hand a scratch folder over; the next attempt starts afresh")
             }
         }
+    }
+
+    /// Deletes the job's folder (`<work_dir>/<lora_id>`): checkpoints and scratch of every
+    /// attempt. A folder that still holds trained files whose upload never succeeded
+    /// (`result.json` in an attempt's folder or the handover, kept by the worker) is left where
+    /// it is, with a warning: a trained file is never deleted unpublished. Once the LoRA is
+    /// published (a worker whose result was recorded but whose answer a crash cut off kept
+    /// them), they go too.
+    async fn release(&self, lora: LoraId, published: bool) {
+        let dir = self.settings.work_dir.join(lora.to_string());
+        if published {
+            remove_dir(&dir).await;
+            return;
+        }
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not read a job folder");
+                return;
+            }
+        };
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            if holds_trained_files(&entry.path()).await {
+                tracing::warn!(lora = %lora, dir = %entry.path().display(),
+                    "the job ended with trained files that were never uploaded; they are kept here");
+                return;
+            }
+        }
+        remove_dir(&dir).await;
     }
 
     /// SIGTERM to every live run, then waits for them to end (SIGKILL after `kill_grace`).

@@ -78,7 +78,7 @@ async fn a_worker_gets_its_environment_and_its_end_is_seen() {
             .path()
             .join("runs")
             .join(lora.to_string())
-            .join("out/env.txt"),
+            .join("attempt-1/env.txt"),
     )
     .unwrap();
     assert_eq!(env, format!("http://127.0.0.1:9\n{lora}\ntok-123\n"));
@@ -112,7 +112,7 @@ async fn stopping_a_run_stops_its_whole_group_and_a_finished_one_gets_a_grace() 
         .path()
         .join("runs")
         .join(lora.to_string())
-        .join("out/grandchild.pid");
+        .join("attempt-1/grandchild.pid");
     wait_for("the grandchild", || async { pidfile.exists() }).await;
     let grandchild: u32 = std::fs::read_to_string(&pidfile)
         .unwrap()
@@ -161,7 +161,7 @@ async fn a_worker_that_ignores_sigterm_is_killed_after_the_grace() {
         .path()
         .join("runs")
         .join(lora.to_string())
-        .join("out/env.txt");
+        .join("attempt-1/env.txt");
     wait_for("the worker to be ready", || async { env.exists() }).await;
     let asked = Instant::now();
     assert!(!backend.terminate(&i, Ending::Stop).await.unwrap().gone);
@@ -257,7 +257,7 @@ async fn the_engine_runs_a_job_on_the_local_backend_and_releases_its_folder() {
     );
     engine.tick().await.unwrap();
     let folder = db.dir.path().join("runs").join(id.to_string());
-    assert!(folder.join("out").exists());
+    assert!(folder.join("attempt-1").exists());
     // The worker could not report over the API (there is none here): its exit is the outcome.
     tick_until(&engine, "the job to fail", async |_| {
         db.status(id).await == TrainingStatus::Failed

@@ -7,4 +7,5 @@
 mod dispatch;
 mod helpers;
 mod local;
+mod restarts;
 mod runs;

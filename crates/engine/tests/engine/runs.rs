@@ -501,7 +501,8 @@ async fn postgres_a_failed_step_is_finished_by_the_next_tick() {
 }
 
 /// A replica died with a run on a shared backend: another replica reaps the job when its lease
-/// ends (the run's failure counts), ends the instance, and runs the job again.
+/// ends (not the job's fault: it does not use an attempt), ends the instance, and runs the job
+/// again.
 async fn a_dead_replicas_run_is_reaped_ended_and_run_again(db: Db) {
     let u = db.user().await;
     let id = db.lora(u, "Orphaned", 0).await;
@@ -540,6 +541,11 @@ async fn a_dead_replicas_run_is_reaped_ended_and_run_again(db: Db) {
     let runs = db.runs(id).await;
     assert_eq!(runs[0].outcome.as_deref(), Some("lease_expired"));
     assert_eq!((runs[1].attempt, runs[1].engine.as_str()), (2, "replica-b"));
+    assert_eq!(
+        db.open().await[0].job_failures,
+        0,
+        "the death of a replica is not the job's fault"
+    );
 }
 
 #[tokio::test]
@@ -565,8 +571,10 @@ async fn a_slow_backend_never_stalls_the_tick() {
     let engine = db.engine(vec![slow as Arc<dyn TrainingBackend>], settings);
     let started = std::time::Instant::now();
     let report = engine.tick().await.unwrap();
+    // The backend never answers, so any bound shows the tick did not wait for it; a generous
+    // one keeps a busy CI box from failing a tick that merely ran slowly.
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(30),
         "{:?}",
         started.elapsed()
     );

@@ -17,16 +17,15 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use loraforge_checks::InputImage;
-use loraforge_domain::{DatasetId, DatasetImage};
+use loraforge_domain::{DatasetId, DatasetImage, TextRule, text};
 
 use crate::auth::AuthUser;
 use crate::downloads::{self, UrlImage, download_all};
-use crate::error::{ApiError, ApiResult, body_error, invalid_dataset};
+use crate::error::{ApiError, ApiResult, body_error, invalid_dataset, invalid_text};
 use crate::intake::{IntakeImage, StoredDataset, store_dataset};
 use crate::state::AppState;
 
 const MAX_CAPTION_BYTES: usize = 16 * 1024;
-const MAX_FILE_NAME_CHARS: usize = 255;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DatasetImageView {
@@ -77,7 +76,7 @@ pub async fn upload(
     let mut captions: HashMap<String, String> = HashMap::new();
     while let Some(field) = mp.next_field().await.map_err(multipart_error)? {
         let part = field.name().unwrap_or_default().to_owned();
-        let file_name = clean_file_name(field.file_name().unwrap_or(&part));
+        let file_name = clean_file_name(field.file_name().unwrap_or(&part))?;
         let is_caption = file_name.to_ascii_lowercase().ends_with(".txt");
         if part != "images" && part != "captions" {
             return Err(ApiError::bad_request(
@@ -101,7 +100,12 @@ pub async fn upload(
                     format!("{file_name} is not UTF-8 text; save it as UTF-8"),
                 )
             })?;
-            captions.insert(stem(&file_name).to_owned(), text.trim().to_owned());
+            // Editors put a byte order mark at the start of UTF-8 files; it is not text.
+            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+            let caption = text::clean(text, &TextRule::CAPTION).map_err(|e| {
+                invalid_text("invalid_caption", &e).with("file_name", file_name.clone())
+            })?;
+            captions.insert(stem(&file_name).to_owned(), caption);
         } else {
             images.push(InputImage {
                 file_name,
@@ -215,26 +219,17 @@ pub async fn from_urls(
     Ok((StatusCode::CREATED, Json(dataset_view(&stored))))
 }
 
-/// A caption from JSON: trimmed, at most 16 KB, no control characters other than newlines/tabs.
+/// A caption from JSON: at most 16 KB, checked and normalised like every caption
+/// (`loraforge_domain::text`); blank is none.
 fn clean_caption(caption: Option<&str>, url: &str) -> ApiResult<Option<String>> {
-    let Some(c) = caption.map(str::trim).filter(|c| !c.is_empty()) else {
-        return Ok(None);
-    };
-    if c.len() > MAX_CAPTION_BYTES {
+    if caption.is_some_and(|c| c.len() > MAX_CAPTION_BYTES) {
         return Err(ApiError::bad_request(
             "invalid_caption",
             format!("the caption of {url} is longer than 16 KB; shorten it"),
         ));
     }
-    if c.chars()
-        .any(|ch| ch.is_control() && !matches!(ch, '\n' | '\t' | '\r'))
-    {
-        return Err(ApiError::bad_request(
-            "invalid_caption",
-            format!("the caption of {url} contains control characters"),
-        ));
-    }
-    Ok(Some(c.to_owned()))
+    text::clean_optional(caption, &TextRule::CAPTION)
+        .map_err(|e| invalid_text("invalid_caption", &e).with("url", url))
 }
 
 /// What a stored dataset looks like to its owner right after intake.
@@ -320,19 +315,18 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     )
 }
 
-/// The last path component, without control characters, at most 255 characters.
-fn clean_file_name(raw: &str) -> String {
+/// The last path component of a part's file name, checked and normalised like all text
+/// (`loraforge_domain::text`: no control, bidirectional or invisible characters, at most 255
+/// characters); "unnamed" when blank.
+fn clean_file_name(raw: &str) -> ApiResult<String> {
     let base = raw.rsplit(['/', '\\']).next().unwrap_or(raw);
-    let cleaned: String = base
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_FILE_NAME_CHARS)
-        .collect();
-    if cleaned.is_empty() {
+    let cleaned = text::clean(base, &TextRule::FILE_NAME)
+        .map_err(|e| invalid_text("invalid_file_name", &e))?;
+    Ok(if cleaned.is_empty() {
         "unnamed".to_owned()
     } else {
         cleaned
-    }
+    })
 }
 
 fn stem(file_name: &str) -> &str {
@@ -345,10 +339,22 @@ mod tests {
 
     #[test]
     fn file_names_lose_paths_and_control_characters() {
-        assert_eq!(clean_file_name("../../etc/passwd"), "passwd");
-        assert_eq!(clean_file_name("C:\\Users\\me\\photo.jpg"), "photo.jpg");
-        assert_eq!(clean_file_name("a\nb.png"), "ab.png");
-        assert_eq!(clean_file_name(""), "unnamed");
+        assert_eq!(clean_file_name("../../etc/passwd").unwrap(), "passwd");
+        assert_eq!(
+            clean_file_name("C:\\Users\\me\\photo.jpg").unwrap(),
+            "photo.jpg"
+        );
+        assert_eq!(clean_file_name("ｐｈｏｔｏ.png").unwrap(), "photo.png");
+        assert_eq!(clean_file_name("").unwrap(), "unnamed");
+        for (raw, reason) in [
+            ("a\nb.png", "control_character"),
+            ("dir/abc\u{202e}gnp.exe", "bidi_control"),
+            ("a\u{200b}.png", "invisible_character"),
+        ] {
+            let e = clean_file_name(raw).unwrap_err();
+            assert_eq!(e.code, "invalid_file_name");
+            assert_eq!(e.details["reason"], reason, "{raw:?}");
+        }
         assert_eq!(stem("photo.1.jpg"), "photo.1");
         assert_eq!(stem("noext"), "noext");
     }

@@ -2,8 +2,8 @@
 //!
 //! The stream replays the LoRA's event log after `Last-Event-ID` (header, or `last_event_id` in
 //! the query for EventSource polyfills), then waits for more: woken at once by changes made in
-//! this process, and polling the log every couple of seconds for changes made by other
-//! replicas. It ends after the event that puts the LoRA in a final status.
+//! this process, and polling the log every `events_poll_interval` (2 s) for changes made by
+//! other replicas. It ends after the event that puts the LoRA in a final status.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -26,8 +26,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::routes::lora_models::load;
 use crate::state::AppState;
 
-/// How often a waiting stream re-reads the event log (changes from other replicas).
-const POLL_EVERY: Duration = Duration::from_secs(2);
 const BATCH: u32 = 100;
 
 #[derive(Debug, Deserialize)]
@@ -160,7 +158,8 @@ impl Watch {
     }
 
     async fn wait_for_change(&mut self) {
-        let deadline = Instant::now() + POLL_EVERY;
+        // The poll interval: changes from other replicas.
+        let deadline = Instant::now() + self.state.settings().events_poll_interval;
         loop {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Err(_) => return,                                // poll interval passed

@@ -16,18 +16,18 @@ use loraforge_db::{EventDetail, IdempotencyKey, LoraQuery};
 use loraforge_domain::keys::OutputKeys;
 use loraforge_domain::{
     DatasetId, LoraId, LoraModel, LoraName, LoraSort, ParamError, ParamsInput, StatusEvent,
-    TrainingParams, TrainingStatus,
+    TextRule, TrainingParams, TrainingStatus, text,
 };
 
 use crate::auth::AuthUser;
 use crate::body;
 use crate::create::{CreateLora, Created, create_lora};
-use crate::error::{ApiError, ApiResult, body_error};
+use crate::error::{ApiError, ApiResult, body_error, invalid_text};
 use crate::library_cache::LibraryCache;
 use crate::state::AppState;
 use crate::views::*;
 
-pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
+pub const MAX_DESCRIPTION_CHARS: usize = TextRule::DESCRIPTION.max_chars;
 const MAX_PAGE: u32 = 100;
 const DEFAULT_PAGE: u32 = 50;
 
@@ -168,7 +168,7 @@ pub struct CreateLoraRequest {
         (status = 404, description = "dataset_not_found", body = ErrorBody),
         (status = 409, description = "duplicate_name", body = ErrorBody),
         (status = 413, description = "payload_too_large", body = ErrorBody),
-        (status = 422, description = "idempotency_key_reused", body = ErrorBody),
+        (status = 422, description = "idempotency_key_reused, or base_model_not_allowed (with `allowed`)", body = ErrorBody),
         (status = 429, description = "rate_limited or monthly_limit_reached (with Retry-After)", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -180,8 +180,7 @@ pub async fn create(
     let body_json = body::json_value(&body)?;
     let req: CreateLoraRequest =
         body::from_value(body_json.clone()).map_err(|e| create_body_error(&state, &e))?;
-    let name = LoraName::parse(&req.name)
-        .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
+    let name = LoraName::parse(&req.name).map_err(|e| invalid_text("invalid_name", &e))?;
     let description = parse_description(req.description.as_deref())?;
     let dataset_id = DatasetId(req.dataset_id);
     let params = check_params(&state, req.params.as_ref())?;
@@ -255,7 +254,19 @@ pub(crate) fn params_body_error(state: &AppState, e: &body::BodyError) -> ApiErr
 }
 
 fn invalid_params(e: &ParamError) -> ApiError {
-    ApiError::bad_request("invalid_params", e.to_string()).with("field", e.field.clone())
+    match &e.allowed {
+        // Well-formed, but not a model this operator lets the trainer download and run.
+        Some(allowed) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "base_model_not_allowed",
+            e.message.clone(),
+        )
+        .with("field", e.field.clone())
+        .with("allowed", allowed.clone()),
+        None => {
+            ApiError::bad_request("invalid_params", e.to_string()).with("field", e.field.clone())
+        }
+    }
 }
 
 /// A request's `params` (absent: all defaults) checked into training params.
@@ -268,26 +279,11 @@ pub(crate) fn check_params(
         .map_err(|e| invalid_params(&e))
 }
 
+/// A description (checked and normalised like all text, see `loraforge_domain::text`; blank
+/// is none) or none.
 pub(crate) fn parse_description(v: Option<&str>) -> ApiResult<Option<String>> {
-    let Some(s) = v else {
-        return Ok(None);
-    };
-    let s = s.trim();
-    if s.chars().count() > MAX_DESCRIPTION_CHARS {
-        return Err(ApiError::bad_request(
-            "invalid_description",
-            format!("description must be at most {MAX_DESCRIPTION_CHARS} characters"),
-        ));
-    }
-    if s.chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
-    {
-        return Err(ApiError::bad_request(
-            "invalid_description",
-            "description contains control characters",
-        ));
-    }
-    Ok(Some(s.to_owned()).filter(|s| !s.is_empty()))
+    text::clean_optional(v, &TextRule::DESCRIPTION)
+        .map_err(|e| invalid_text("invalid_description", &e))
 }
 
 fn idempotency_key(headers: &HeaderMap, body: &Value) -> ApiResult<Option<IdempotencyKey>> {

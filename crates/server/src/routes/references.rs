@@ -17,13 +17,13 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use loraforge_db::IdempotencyKey;
-use loraforge_domain::{LoraName, MonthlyWindow, ParamsInput, TrainingStatus};
+use loraforge_domain::{LoraName, MonthlyWindow, ParamsInput, TextRule, TrainingStatus, text};
 
 use crate::auth::AuthUser;
 use crate::body;
 use crate::create::{CreateLora, Created, create_lora, monthly_limit_reached};
 use crate::downloads::{self, UrlImage, download_all};
-use crate::error::{ApiError, ApiResult, body_error};
+use crate::error::{ApiError, ApiResult, body_error, invalid_text};
 use crate::intake::{IntakeError, store_dataset};
 use crate::routes::lora_models::{
     check_params, idempotency_header, params_body_error, parse_description,
@@ -32,7 +32,6 @@ use crate::state::AppState;
 
 /// References per request, across all characters.
 const MAX_REFERENCES: usize = 500;
-const MAX_CHARACTER_ID_CHARS: usize = 255;
 
 /// Body of `POST /api/v1/lora-models/from-references`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -87,7 +86,7 @@ pub struct FromReferencesResponse {
         (status = 403, description = "url_intake_disabled", body = crate::views::ErrorBody),
         (status = 409, description = "duplicate_name (when no character got a LoRA)", body = crate::views::ErrorBody),
         (status = 413, description = "payload_too_large", body = crate::views::ErrorBody),
-        (status = 422, description = "idempotency_key_reused, or invalid_dataset", body = crate::views::ErrorBody),
+        (status = 422, description = "idempotency_key_reused, invalid_dataset, or base_model_not_allowed (with `allowed`)", body = crate::views::ErrorBody),
         (status = 429, description = "rate_limited or monthly_limit_reached", body = crate::views::ErrorBody)))]
 pub async fn from_references(
     State(state): State<AppState>,
@@ -115,17 +114,15 @@ pub async fn from_references(
             ),
         ));
     }
-    if let Some(r) = refs.iter().find(|r| {
-        r.character_id.trim().is_empty() || r.character_id.chars().count() > MAX_CHARACTER_ID_CHARS
-    }) {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            format!(
-                "character_id {:?} must be 1 to {MAX_CHARACTER_ID_CHARS} characters",
-                r.character_id
-            ),
-        ));
-    }
+    // Ids are grouped in their clean form, so "Ｃａｔ" and "Cat" are one character.
+    let refs = refs
+        .into_iter()
+        .map(|mut r| {
+            r.character_id = text::clean(&r.character_id, &TextRule::IDENTIFIER)
+                .map_err(|e| invalid_text("invalid_request", &e))?;
+            Ok(r)
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
     let description = parse_description(req.description.as_deref())?;
     let params = check_params(&state, req.params.as_ref())?;
     let idempotency = idempotency_header(&headers)?;

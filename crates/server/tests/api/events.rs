@@ -7,8 +7,12 @@ use loraforge_domain::{Clock, LoraId, Progress, StatusEvent};
 
 use crate::helpers::*;
 
-/// Reads SSE frames until the server closes the stream (or a timeout trips the test).
-async fn read_events(resp: reqwest::Response) -> Vec<(String, String, Value)> {
+/// One SSE frame: id, event kind, data.
+type Frame = (String, String, Value);
+
+/// Sends each SSE frame of `resp` on the returned channel as it arrives; the channel closes when
+/// the server ends the stream.
+fn frames(resp: reqwest::Response) -> tokio::sync::mpsc::UnboundedReceiver<Frame> {
     assert_eq!(resp.status(), 200);
     assert!(
         resp.headers()["content-type"]
@@ -16,10 +20,10 @@ async fn read_events(resp: reqwest::Response) -> Vec<(String, String, Value)> {
             .unwrap()
             .starts_with("text/event-stream")
     );
-    let mut out = Vec::new();
-    let mut buf = String::new();
-    let mut stream = resp.bytes_stream();
-    let read = async {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut buf = String::new();
+        let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
             buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
             while let Some(end) = buf.find("\n\n") {
@@ -36,32 +40,62 @@ async fn read_events(resp: reqwest::Response) -> Vec<(String, String, Value)> {
                         data.push_str(v.trim());
                     }
                 }
-                if !ev.is_empty() {
-                    out.push((id, ev, serde_json::from_str(&data).unwrap()));
+                if !ev.is_empty()
+                    && tx
+                        .send((id, ev, serde_json::from_str(&data).unwrap()))
+                        .is_err()
+                {
+                    return;
                 }
             }
         }
-    };
-    tokio::time::timeout(Duration::from_secs(30), read)
+    });
+    rx
+}
+
+/// The next frame, or None when the stream ended (a timeout trips the test).
+async fn next_frame(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Frame>) -> Option<Frame> {
+    tokio::time::timeout(Duration::from_secs(30), rx.recv())
         .await
-        .expect("the stream should end after the final status");
+        .expect("no frame and no end of the stream within 30 s")
+}
+
+/// Reads SSE frames until the server closes the stream (or a timeout trips the test).
+async fn read_events(resp: reqwest::Response) -> Vec<Frame> {
+    let mut rx = frames(resp);
+    let mut out = Vec::new();
+    while let Some(f) = next_frame(&mut rx).await {
+        out.push(f);
+    }
     out
 }
 
 #[tokio::test]
 async fn the_event_stream_replays_history_follows_changes_and_ends_when_final() {
-    let app = spawn_app().await;
+    // No polling within the test: whatever arrives after the replay was pushed by a change.
+    let app = spawn_app_with(Engine::Sqlite, |s| {
+        s.events_poll_interval = Duration::from_secs(3600);
+    })
+    .await;
     let u = app.user();
     let ds = app.dataset(&u).await;
     let id = app.create_ok(&u, "streamed", &ds).await;
     let lid: LoraId = id.parse().unwrap();
     let url = app.url(&format!("/api/v1/lora-models/{id}/events"));
 
-    let reader = tokio::spawn({
-        let req = app.http.get(&url).bearer_auth(&u.token);
-        async move { read_events(req.send().await.unwrap()).await }
-    });
-    // Changes made while the stream is open arrive on it.
+    let resp = app
+        .http
+        .get(&url)
+        .bearer_auth(&u.token)
+        .send()
+        .await
+        .unwrap();
+    let mut rx = frames(resp);
+    // The replay: the stream is open and waiting once its history has arrived.
+    let mut events = vec![next_frame(&mut rx).await.expect("the created event")];
+    assert_eq!(events[0].1, "created");
+    // Changes made while the stream is open arrive on it. These two are written past the API
+    // (as another replica would), so they wake nobody…
     let now = app.clock.now();
     app.repo
         .apply_event(lid, StatusEvent::Enqueue, Default::default(), now)
@@ -73,12 +107,15 @@ async fn the_event_stream_replays_history_follows_changes_and_ends_when_final() 
         estimated_remaining: None,
     };
     app.repo.record_progress(lid, &progress, now).await.unwrap();
+    // …until the cancel through the API pushes the news, and the stream reads all three.
     let resp = app
         .post_json(&u, &format!("/api/v1/lora-models/{id}/cancel"), &json!({}))
         .await;
     assert_eq!(resp.status(), 200);
 
-    let events = reader.await.unwrap();
+    while let Some(f) = next_frame(&mut rx).await {
+        events.push(f);
+    }
     let kinds: Vec<_> = events.iter().map(|(_, k, _)| k.as_str()).collect();
     assert_eq!(kinds, ["created", "status", "progress", "status"]);
     assert_eq!(events[1].2["training_status"], "queued");

@@ -42,6 +42,7 @@ pub fn test_settings() -> ServerSettings {
             min_steps: 1,
             min_resolution: 64,
             local_model_roots: vec!["/models".into()],
+            ..ParamLimits::default()
         },
         // Off by default: many tests write through the repository directly, as another replica
         // would; the cache has tests of its own.

@@ -13,5 +13,6 @@ mod lora_models;
 mod ops;
 mod references;
 mod schemathesis;
+mod text_input;
 mod url_intake;
 mod worker;

@@ -95,7 +95,15 @@ pub struct PlaneState {
     pub result_failure: Mutex<Option<Failure>>,
     /// Progress posts are answered this late.
     pub progress_delay: Mutex<Duration>,
+    /// While set, every progress post is held until this file exists (the fake trainer's
+    /// `finished`), for at most [`GATE_LIMIT`]; posts that gave up waiting are counted in
+    /// `gate_timeouts`.
+    pub progress_gate: Mutex<Option<PathBuf>>,
+    pub gate_timeouts: AtomicUsize,
 }
+
+/// Longest a gated progress post waits for its file.
+pub const GATE_LIMIT: Duration = Duration::from_secs(30);
 
 pub struct Plane {
     pub base: String,
@@ -280,6 +288,17 @@ async fn post_progress(
     }
     let delay = *s.progress_delay.lock().unwrap();
     tokio::time::sleep(delay).await;
+    let gate = s.progress_gate.lock().unwrap().clone();
+    if let Some(gate) = gate {
+        let deadline = tokio::time::Instant::now() + GATE_LIMIT;
+        while !gate.exists() {
+            if tokio::time::Instant::now() >= deadline {
+                s.gate_timeouts.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let mut progress = s.progress.lock().unwrap();
     if let Some(k) = *s.progress_409_after.lock().unwrap()
         && progress.len() >= k

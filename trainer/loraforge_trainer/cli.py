@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out, if any")
     t.add_argument("--max-steps-this-run", type=int, default=None, metavar="N",
                    help="checkpoint and stop (exit 10) after N steps of this invocation")
+    t.add_argument("--class-images-cache", default=None, metavar="DIR",
+                   help="dreambooth: where class image sets are kept and reused across jobs "
+                        "(default: $LORAFORGE_CLASS_IMAGES_CACHE, else OUT/cache/class-images)")
     return p
 
 
@@ -56,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         _configure_threads()
         from .train import run
 
-        summary = run(spec, args.images, args.out, resume=args.resume, max_steps_this_run=args.max_steps_this_run)
+        summary = run(spec, args.images, args.out, resume=args.resume, max_steps_this_run=args.max_steps_this_run,
+                      class_images_cache=args.class_images_cache)
         stage("done")
         emit("done", job_id=spec.job_id, **summary)
         return EXIT_OK

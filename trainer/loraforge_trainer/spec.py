@@ -17,9 +17,34 @@ from typing import Any
 from .errors import SpecError, TrainerError
 from .events import log
 
+TYPES = ("lora", "dreambooth")
 OPTIMIZERS = ("adamw", "adamw_8bit")
 LR_SCHEDULERS = ("cosine_with_warmup", "constant", "constant_with_warmup", "linear")
 MIXED_PRECISION = ("auto", "no", "bf16")
+# Every Linear/Conv2d of the SDXL UNet that peft adapts and export.py names for kohya. The
+# control plane's list (crates/domain/src/params.rs, TARGET_MODULES) must equal this one
+# (crates/domain/tests/trainer_spec_contract.rs).
+TARGET_MODULES = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "time_emb_proj",
+    "conv",
+    "conv_in",
+    "conv_out",
+    "linear_1",
+    "linear_2",
+)
+# DreamBooth's prior preservation: required with type "dreambooth", refused with "lora".
+DREAMBOOTH_FIELDS = ("class_prompt", "num_class_images", "prior_loss_weight")
 
 REQUIRED = (
     "job_id",
@@ -40,6 +65,10 @@ REQUIRED = (
     "seed",
 )
 OPTIONAL = (
+    "class_prompt",
+    "num_class_images",
+    "prior_loss_weight",
+    "class_image_steps",
     "mixed_precision",
     "gradient_checkpointing",
     "cache_latents",
@@ -79,6 +108,10 @@ class Spec:
     resolution: int
     trigger_words: list[str]
     seed: int
+    class_prompt: str | None = None  # dreambooth only, as the next two
+    num_class_images: int | None = None
+    prior_loss_weight: float | None = None
+    class_image_steps: int = 25  # inference steps per class image
     mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
     cache_latents: bool = True
@@ -91,6 +124,10 @@ class Spec:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def prior_preservation(self) -> bool:
+        return self.type == "dreambooth"
+
     def training_fingerprint(self) -> str:
         """A hash of every field that changes the trained weights (not the job id, the
         checkpoint cadence or validation), stored in checkpoints so ``--resume`` refuses a
@@ -98,6 +135,10 @@ class Spec:
         d = self.to_json()
         for k in ("job_id", "checkpoint_every", "validation", "debug_fail_at_step"):
             d.pop(k, None)
+        if not self.prior_preservation:
+            # A LoRA's fingerprint stays what it was before DreamBooth existed.
+            for k in (*DREAMBOOTH_FIELDS, "class_image_steps"):
+                d.pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
@@ -193,8 +234,26 @@ def parse_spec(raw: Any) -> Spec:
     if isinstance(job_id, int) and not isinstance(job_id, bool):
         job_id = str(job_id)
     job_id = _str(job_id, "job_id")
-    if raw["type"] != "lora":
-        raise SpecError("type", f"this trainer trains \"lora\" only, got {json.dumps(raw['type'])}")
+    kind = _enum(raw["type"], "type", TYPES)
+    dreambooth: dict[str, Any] = {}
+    if kind == "dreambooth":
+        for k in ("class_prompt",):
+            if raw.get(k) is None:
+                raise SpecError(k, "is required with type \"dreambooth\"")
+        dreambooth = dict(
+            class_prompt=_str(raw["class_prompt"], "class_prompt"),
+            num_class_images=_int(raw.get("num_class_images", 50), "num_class_images", 1, 10_000),
+            prior_loss_weight=_float(raw.get("prior_loss_weight", 1.0), "prior_loss_weight", 0.0, 1e3, lo_open=True),
+            class_image_steps=_int(raw.get("class_image_steps", 25), "class_image_steps", 1, 200),
+        )
+    else:
+        for k in DREAMBOOTH_FIELDS:
+            if raw.get(k) is not None:
+                raise SpecError(k, "is used only with type \"dreambooth\"")
+    target_modules = _str_list(raw["target_modules"], "target_modules", non_empty=True)
+    for m in target_modules:
+        if m not in TARGET_MODULES:
+            raise SpecError("target_modules", f"{m!r} is not one of {', '.join(TARGET_MODULES)}")
 
     resolution = _int(raw["resolution"], "resolution", 64, 4096)
     if resolution % 64:
@@ -212,11 +271,11 @@ def parse_spec(raw: Any) -> Spec:
     return Spec(
         job_id=job_id,
         base_model=_str(raw["base_model"], "base_model"),
-        type="lora",
+        type=kind,
         rank=_int(raw["rank"], "rank", 1, 1024),
         alpha=_float(raw["alpha"], "alpha", 0.0, 1e6, lo_open=True),
         dropout=_float(raw["dropout"], "dropout", 0.0, 0.99),
-        target_modules=_str_list(raw["target_modules"], "target_modules", non_empty=True),
+        target_modules=target_modules,
         steps=steps,
         learning_rate=_float(raw["learning_rate"], "learning_rate", 0.0, 1.0, lo_open=True),
         batch_size=_int(raw["batch_size"], "batch_size", 1, 64),
@@ -234,6 +293,7 @@ def parse_spec(raw: Any) -> Spec:
         checkpoint_every=_int(raw.get("checkpoint_every", 250), "checkpoint_every", 1, 1_000_000),
         validation=_validation(raw.get("validation")),
         debug_fail_at_step=fail_at,
+        **dreambooth,
     )
 
 

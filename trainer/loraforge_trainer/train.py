@@ -7,6 +7,7 @@ import gc
 import hashlib
 import json
 import math
+import os
 import re
 import signal
 import time
@@ -24,6 +25,7 @@ from safetensors.torch import save as st_save
 from . import __version__
 from .buckets import plan_batches
 from .checkpoint import load_latest, save_checkpoint
+from .classimages import ensure_class_images
 from .dataset import Dataset, load_dataset, load_pixels
 from .errors import EXIT_OOM, EXIT_STOPPED, NonFiniteLoss, StopRequested, TrainerError
 from .events import emit, log, stage
@@ -147,7 +149,9 @@ def encode_latents(vae, pixels: torch.Tensor, generator: torch.Generator) -> tor
 
 
 @torch.no_grad()
-def build_cache(spec: Spec, base: str, ds: Dataset, device: torch.device, vae) -> Cache:
+def build_cache(spec: Spec, base: str, datasets: list[Dataset], device: torch.device, vae) -> list[Cache]:
+    """One :class:`Cache` per dataset (the subject's images, and DreamBooth's class images);
+    the text encoders are loaded once for all."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     tok1 = _loading("tokenizer", CLIPTokenizer.from_pretrained, base, subfolder="tokenizer")
@@ -158,25 +162,28 @@ def build_cache(spec: Spec, base: str, ds: Dataset, device: torch.device, vae) -
     te2.to(device).eval()
 
     stage("caching_latents")
-    prompt_embeds, pooled, time_ids, latents = [], [], [], []
-    gen = torch.Generator().manual_seed(spec.seed)
-    for i, it in enumerate(ds.items):
-        hidden = []
-        for tok, te in ((tok1, te1), (tok2, te2)):
-            ids = tok(it.caption, padding="max_length", max_length=tok.model_max_length,
-                      truncation=True, return_tensors="pt").input_ids.to(device)
-            out = te(ids, output_hidden_states=True)
-            hidden.append(out.hidden_states[-2][0])
-            if te is te2:
-                pooled.append(out.text_embeds[0].float().cpu())
-        prompt_embeds.append(torch.cat(hidden, dim=-1).float().cpu())
-        time_ids.append(torch.tensor(it.add_time_ids, dtype=torch.float32))
-        if spec.cache_latents:
-            px = torch.from_numpy(load_pixels(it))[None]
-            latents.append(encode_latents(vae, px, gen)[0].float().cpu())
-        log(f"cached {i + 1}/{len(ds.items)}: {it.path.name} bucket {it.bucket[0]}x{it.bucket[1]}")
+    caches = []
+    for ds in datasets:
+        prompt_embeds, pooled, time_ids, latents = [], [], [], []
+        gen = torch.Generator().manual_seed(spec.seed)
+        for i, it in enumerate(ds.items):
+            hidden = []
+            for tok, te in ((tok1, te1), (tok2, te2)):
+                ids = tok(it.caption, padding="max_length", max_length=tok.model_max_length,
+                          truncation=True, return_tensors="pt").input_ids.to(device)
+                out = te(ids, output_hidden_states=True)
+                hidden.append(out.hidden_states[-2][0])
+                if te is te2:
+                    pooled.append(out.text_embeds[0].float().cpu())
+            prompt_embeds.append(torch.cat(hidden, dim=-1).float().cpu())
+            time_ids.append(torch.tensor(it.add_time_ids, dtype=torch.float32))
+            if spec.cache_latents:
+                px = torch.from_numpy(load_pixels(it))[None]
+                latents.append(encode_latents(vae, px, gen)[0].float().cpu())
+            log(f"cached {i + 1}/{len(ds.items)}: {it.path.name} bucket {it.bucket[0]}x{it.bucket[1]}")
+        caches.append(Cache(prompt_embeds, pooled, time_ids, latents if spec.cache_latents else None))
     del te1, te2
-    return Cache(prompt_embeds, pooled, time_ids, latents if spec.cache_latents else None)
+    return caches
 
 
 def _free(device: torch.device) -> None:
@@ -273,8 +280,29 @@ def _set_rng_state(st: dict[str, Any], noise_gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def class_batch(n_class: int, batch_size: int, seed: int, step: int, perms: dict[int, list[int]]) -> list[int]:
+    """The class images trained beside step ``step``'s batch: consecutive slices of a shuffled
+    order of the class set, reshuffled each pass (a function of (seed, step) only, so a resumed
+    run sees the same ones). ``perms`` memoizes the orders by pass."""
+    picked = []
+    for k in range(step * batch_size, (step + 1) * batch_size):
+        rnd, pos = divmod(k, n_class)
+        if rnd not in perms:
+            g = torch.Generator().manual_seed((seed * 1_000_033 + rnd + 7_919) % (2**63))
+            perms[rnd] = torch.randperm(n_class, generator=g).tolist()
+        picked.append(perms[rnd][pos])
+    return picked
+
+
+def default_class_images_cache(out: Path) -> Path:
+    """``LORAFORGE_CLASS_IMAGES_CACHE`` (the worker sets it to a folder shared by the host's jobs),
+    else the job's own ``cache/class-images``."""
+    env = os.environ.get("LORAFORGE_CLASS_IMAGES_CACHE")
+    return Path(env) if env else out / "cache" / "class-images"
+
+
 def run(spec: Spec, images_dir: str, out_dir: str, resume: bool = False,
-        max_steps_this_run: int | None = None) -> dict[str, Any]:
+        max_steps_this_run: int | None = None, class_images_cache: str | None = None) -> dict[str, Any]:
     """One training run. Emits events; returns the summary that goes into the ``done`` event.
     Raises TrainerError / NonFiniteLoss / StopRequested."""
     t_start = time.monotonic()
@@ -302,21 +330,39 @@ def run(spec: Spec, images_dir: str, out_dir: str, resume: bool = False,
                                    "remove it or train into a new --out folder")
             log(f"resuming from {ckpt_path.name} (step {ckpt['step']})")
 
-    cache_path = out / "cache" / "latents.safetensors"
-    key = _cache_key(spec, base, ds)
-    cache = _load_disk_cache(cache_path, key, len(ds.items), spec.cache_latents)
+    # DreamBooth: the class images (from the host's cache, or generated now by the base model).
+    class_ds = None
+    class_set = None
+    if spec.prior_preservation:
+        cache_root = Path(class_images_cache) if class_images_cache else default_class_images_cache(out)
+        class_set = ensure_class_images(spec, base, cache_root, device, dtype)
+        emit("class_images", dir=str(class_set.folder), count=class_set.count, generated=class_set.generated)
+        _free(device)
+        class_ds = load_dataset(class_set.folder, [], spec.resolution)
+
+    wanted = [(out / "cache" / "latents.safetensors", ds)]
+    if class_ds is not None:
+        wanted.append((out / "cache" / "class-latents.safetensors", class_ds))
+    caches = [_load_disk_cache(p, _cache_key(spec, base, d), len(d.items), spec.cache_latents) for p, d in wanted]
     vae = None
-    if cache is None or not spec.cache_latents:
+    missing = [i for i, c in enumerate(caches) if c is None]
+    if missing or not spec.cache_latents:
         vae = load_vae(base, device)
-    if cache is None:
-        cache = build_cache(spec, base, ds, device, vae)
-        _save_disk_cache(cache_path, key, cache)
+    if missing:
+        built = build_cache(spec, base, [wanted[i][1] for i in missing], device, vae)
+        for i, c in zip(missing, built):
+            _save_disk_cache(wanted[i][0], _cache_key(spec, base, wanted[i][1]), c)
+            caches[i] = c
         _free(device)
     else:
-        log(f"using cached latents and text embeddings from {cache_path}")
-    pixels = None
+        log(f"using cached latents and text embeddings from {out / 'cache'}")
+    cache = caches[0]
+    class_cache = caches[1] if class_ds is not None else None
+    pixels = class_pixels = None
     if not spec.cache_latents:
         pixels = [torch.from_numpy(load_pixels(it)) for it in ds.items]
+        if class_ds is not None:
+            class_pixels = [torch.from_numpy(load_pixels(it)) for it in class_ds.items]
     elif vae is not None:
         del vae
         vae = None
@@ -373,6 +419,45 @@ def run(spec: Spec, images_dir: str, out_dir: str, resume: bool = False,
     autocast = (torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32 else nullcontext())
     n_batches = len(batches_for_epoch(ds, spec.batch_size, spec.seed, 0))
 
+    def denoise_loss(c: Cache, px: list[torch.Tensor] | None, batch: list[int]) -> torch.Tensor:
+        """The mean denoising loss of one batch of cached items (noise and timesteps from
+        ``noise_gen``)."""
+        if c.latents is not None:
+            latents = torch.stack([c.latents[i] for i in batch]).to(device)
+        else:
+            with torch.no_grad():
+                latents = encode_latents(vae, torch.stack([px[i] for i in batch]), noise_gen).float()
+        embeds = torch.stack([c.prompt_embeds[i] for i in batch]).to(device, dtype)
+        pooled = torch.stack([c.pooled[i] for i in batch]).to(device, dtype)
+        time_ids = torch.stack([c.time_ids[i] for i in batch]).to(device, dtype)
+
+        bsz = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=noise_gen).to(device)
+        if spec.noise_offset:
+            noise = noise + spec.noise_offset * torch.randn((bsz, latents.shape[1], 1, 1), generator=noise_gen).to(device)
+        timesteps = torch.randint(0, alphas_T, (bsz,), generator=noise_gen).to(device).long()
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        if pred_type == "epsilon":
+            target = noise
+        elif pred_type == "v_prediction":
+            target = noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            raise TrainerError("bad_model", f"unsupported prediction_type {pred_type!r}")
+
+        with autocast:
+            pred = unet(noisy.to(dtype), timesteps, encoder_hidden_states=embeds,
+                        added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        per_item = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if spec.min_snr_gamma is not None:
+            snr = compute_snr(noise_scheduler, timesteps)
+            w = torch.clamp(snr, max=spec.min_snr_gamma)
+            w = w / (snr + 1) if pred_type == "v_prediction" else w / snr
+            per_item = per_item * w
+        return per_item.mean()
+
+    class_perms: dict[int, list[int]] = {}
+    prior_loss_val: float | None = None
+
     stage("training")
     stop = _StopFlag()
     stop.install()
@@ -391,43 +476,26 @@ def run(spec: Spec, images_dir: str, out_dir: str, resume: bool = False,
                 epoch_cache = (epoch, batches_for_epoch(ds, spec.batch_size, spec.seed, epoch))
             batch = epoch_cache[1][idx]
 
-            if cache.latents is not None:
-                latents = torch.stack([cache.latents[i] for i in batch]).to(device)
-            else:
-                with torch.no_grad():
-                    latents = encode_latents(vae, torch.stack([pixels[i] for i in batch]), noise_gen).float()
-            embeds = torch.stack([cache.prompt_embeds[i] for i in batch]).to(device, dtype)
-            pooled = torch.stack([cache.pooled[i] for i in batch]).to(device, dtype)
-            time_ids = torch.stack([cache.time_ids[i] for i in batch]).to(device, dtype)
-
-            bsz = latents.shape[0]
-            noise = torch.randn(latents.shape, generator=noise_gen).to(device)
-            if spec.noise_offset:
-                noise = noise + spec.noise_offset * torch.randn((bsz, latents.shape[1], 1, 1), generator=noise_gen).to(device)
-            timesteps = torch.randint(0, alphas_T, (bsz,), generator=noise_gen).to(device).long()
-            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-            if pred_type == "epsilon":
-                target = noise
-            elif pred_type == "v_prediction":
-                target = noise_scheduler.get_velocity(latents, noise, timesteps)
-            else:
-                raise TrainerError("bad_model", f"unsupported prediction_type {pred_type!r}")
-
-            with autocast:
-                pred = unet(noisy.to(dtype), timesteps, encoder_hidden_states=embeds,
-                            added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
-            per_item = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-            if spec.min_snr_gamma is not None:
-                snr = compute_snr(noise_scheduler, timesteps)
-                w = torch.clamp(snr, max=spec.min_snr_gamma)
-                w = w / (snr + 1) if pred_type == "v_prediction" else w / snr
-                per_item = per_item * w
-            loss = per_item.mean()
+            loss = denoise_loss(cache, pixels, batch)
             if spec.debug_fail_at_step is not None and step + 1 == spec.debug_fail_at_step:
                 loss = loss * float("nan")
             loss_val = float(loss.detach())
             if not math.isfinite(loss_val):
                 raise NonFiniteLoss(step + 1, loss_val)
+            extra: dict[str, Any] = {}
+            if class_cache is not None:
+                # Prior preservation: the class images' loss, on its own graph (backward one
+                # after the other, so only one batch's activations are alive at a time).
+                loss.backward()
+                cbatch = class_batch(len(class_ds.items), spec.batch_size, spec.seed, step, class_perms)
+                prior = denoise_loss(class_cache, class_pixels, cbatch)
+                prior_val = float(prior.detach())
+                if not math.isfinite(prior_val):
+                    raise NonFiniteLoss(step + 1, prior_val)
+                loss = spec.prior_loss_weight * prior
+                extra = {"instance_loss": round(loss_val, 6), "prior_loss": round(prior_val, 6)}
+                prior_loss_val = prior_val
+                loss_val = loss_val + spec.prior_loss_weight * prior_val
 
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
@@ -444,7 +512,7 @@ def run(spec: Spec, images_dir: str, out_dir: str, resume: bool = False,
             eta = (spec.steps - done_steps) / it_s if it_s else None
             emit("progress", step=done_steps, total=spec.steps, loss=round(loss_val, 6),
                  lr=lr_sched.get_last_lr()[0], it_per_s=round(it_s, 4) if it_s else None,
-                 eta_s=round(eta, 1) if eta is not None else None)
+                 eta_s=round(eta, 1) if eta is not None else None, **extra)
 
             want_stop = stop.reason or (max_steps_this_run is not None and steps_this_run >= max_steps_this_run)
             if done_steps == spec.steps or done_steps % spec.checkpoint_every == 0 or want_stop:
@@ -485,6 +553,12 @@ def run(spec: Spec, images_dir: str, out_dir: str, resume: bool = False,
         "dtype": str(dtype).removeprefix("torch."),
         "peak_gpu_memory_bytes": peak_gpu_bytes,
     }
+    if class_set is not None:
+        summary["prior_preservation"] = {
+            "class_prompt": spec.class_prompt, "class_images": str(class_set.folder), "count": class_set.count,
+            "generated": class_set.generated, "prior_loss_weight": spec.prior_loss_weight,
+            "final_prior_loss": prior_loss_val,
+        }
     if spec.validation.enabled:
         from .validate import validate
 

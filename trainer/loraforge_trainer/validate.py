@@ -36,35 +36,46 @@ def _save_png(path: Path, image) -> Path:
     return atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
-def generate(spec, base: str, lora_file: Path, device: torch.device, dtype: torch.dtype, out_dir: Path) -> tuple[list[Path], list[str], list[int]]:
+def load_pipeline(base: str, device: torch.device, dtype: torch.dtype, lora_file: Path | None = None):
+    """The base model's SDXL pipeline (VAE in fp32), with ``lora_file`` loaded when given, in
+    eval mode on ``device``."""
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae", dtype=torch.float32, **SAFE_WEIGHTS)
     pipe = StableDiffusionXLPipeline.from_pretrained(base, vae=vae, dtype=dtype, **SAFE_WEIGHTS)
-    pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name="loraforge")
+    if lora_file is not None:
+        pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name="loraforge")
     pipe.to(device)
     pipe.unet.eval()
     pipe.set_progress_bar_config(disable=True)
+    return pipe
 
+
+@torch.inference_mode()
+def sample(pipe, prompts: list[str], seeds: list[int], steps: int, guidance_scale: float, resolution: int) -> list:
+    """One batch: image i from ``prompts[i]`` with a CPU generator seeded ``seeds[i]``; PIL images."""
+    gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+    latents = pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance_scale,
+                   height=resolution, width=resolution, generator=gens, output_type="latent").images
+    # Decode in fp32 ourselves: the pipeline only upcasts an fp16 VAE, and feeds bf16 latents to
+    # an fp32 VAE as they are.
+    vae = pipe.vae
+    latents = latents.to(vae.device, torch.float32) / vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift:
+        latents = latents + shift
+    decoded = vae.decode(latents, return_dict=False)[0]
+    return pipe.image_processor.postprocess(decoded, output_type="pil")
+
+
+def generate(spec, base: str, lora_file: Path, device: torch.device, dtype: torch.dtype, out_dir: Path) -> tuple[list[Path], list[str], list[int]]:
+    pipe = load_pipeline(base, device, dtype, lora_file)
     prompts = validation_prompts(spec)
     seed = spec.validation.seed if spec.validation.seed is not None else spec.seed
     seeds = [seed + i for i in range(len(prompts))]
-    gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-    with torch.inference_mode():
-        latents = pipe(prompt=prompts, num_inference_steps=spec.validation.steps,
-                       guidance_scale=spec.validation.guidance_scale, height=spec.resolution,
-                       width=spec.resolution, generator=gens, output_type="latent").images
-        # Decode in fp32 ourselves: the pipeline only upcasts an fp16 VAE, and feeds bf16
-        # latents to an fp32 VAE as they are.
-        vae = pipe.vae
-        latents = latents.to(vae.device, torch.float32) / vae.config.scaling_factor
-        shift = getattr(vae.config, "shift_factor", None)
-        if shift:
-            latents = latents + shift
-        decoded = vae.decode(latents, return_dict=False)[0]
-        images = pipe.image_processor.postprocess(decoded, output_type="pil")
+    images = sample(pipe, prompts, seeds, spec.validation.steps, spec.validation.guidance_scale, spec.resolution)
     paths = [_save_png(out_dir / "validation" / f"{i}.png", im) for i, im in enumerate(images)]
-    del pipe, vae
+    del pipe
     return paths, prompts, seeds
 
 

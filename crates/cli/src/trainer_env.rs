@@ -36,6 +36,10 @@ pub const TRAINER_SOURCES: &[(&str, &str)] = &[
         include_str!("../../../trainer/loraforge_trainer/checkpoint.py"),
     ),
     (
+        "classimages.py",
+        include_str!("../../../trainer/loraforge_trainer/classimages.py"),
+    ),
+    (
         "cli.py",
         include_str!("../../../trainer/loraforge_trainer/cli.py"),
     ),

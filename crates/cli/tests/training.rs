@@ -215,6 +215,11 @@ impl Service {
 
     /// Uploads 3 noise images and creates a LoRA on the tiny model; returns its id.
     async fn create(&self, token: &str, name: &str, steps: u32) -> String {
+        self.create_with(token, name, steps, json!({})).await
+    }
+
+    /// As [`Service::create`], with `extra` params added.
+    async fn create_with(&self, token: &str, name: &str, steps: u32, extra: Value) -> String {
         let mut form = reqwest::multipart::Form::new();
         for i in 0..3 {
             let part = reqwest::multipart::Part::bytes(noise_png(96, 96, i + 1))
@@ -232,7 +237,7 @@ impl Service {
         let status = resp.status().as_u16();
         let dataset: Value = resp.json().await.unwrap();
         assert_eq!(status, 201, "{dataset}");
-        let body = json!({
+        let mut body = json!({
             "name": name,
             "dataset_id": dataset["dataset_id"],
             "params": {
@@ -245,6 +250,9 @@ impl Service {
                 "trigger_words": ["zxq"],
             }
         });
+        for (k, v) in extra.as_object().expect("extra params are an object") {
+            body["params"][k] = v.clone();
+        }
         let (status, lora) = self
             .call(
                 token,
@@ -646,6 +654,65 @@ async fn cancel_mid_training_ends_within_30_s_and_leaves_no_process() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!folder.exists(), "{} is left behind", folder.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dreambooth_lora_generates_its_class_images_once_per_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start(dir.path(), &[]);
+    let token = svc.token(USER);
+    let params = json!({"type": "dreambooth", "class_prompt": "a photo of a person",
+        "num_class_images": 2, "prior_loss_weight": 0.5});
+    let first = svc
+        .create_with(&token, "Dreambooth one", 3, params.clone())
+        .await;
+    let done = svc.finished(&token, &first).await;
+    assert_eq!(
+        done["training_status"],
+        "completed",
+        "{done}\n{}",
+        svc.logs()
+    );
+    let stages: Vec<String> = svc
+        .events(&token, &first)
+        .await
+        .iter()
+        .filter_map(|e| e["data"]["stage"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        stages.iter().any(|s| s == "generating_class_images"),
+        "{stages:?}"
+    );
+    // The set lives in the host's cache, outside the job's folder, and outlives the job.
+    let cache = svc.data.join("cache/class-images");
+    let sets: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", cache.display(), svc.logs()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    let manifest = sets[0].join("manifest.json");
+    let made = std::fs::metadata(&manifest).unwrap().modified().unwrap();
+
+    // A second job with the same class set reuses it.
+    let second = svc.create_with(&token, "Dreambooth two", 3, params).await;
+    let done = svc.finished(&token, &second).await;
+    assert_eq!(done["training_status"], "completed", "{done}");
+    let stages: Vec<String> = svc
+        .events(&token, &second)
+        .await
+        .iter()
+        .filter_map(|e| e["data"]["stage"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        !stages.iter().any(|s| s == "generating_class_images"),
+        "{stages:?}"
+    );
+    assert_eq!(
+        std::fs::metadata(&manifest).unwrap().modified().unwrap(),
+        made
+    );
+    assert!(svc.children_alive().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

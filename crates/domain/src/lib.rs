@@ -29,7 +29,10 @@ pub use lora::{CreatorRef, LoraModel, LoraSort, LoraSummary, Progress};
 pub use money::MicroUsd;
 pub use name::{LoraName, NameError};
 pub use outcome::{Disposition, OutcomeSpec};
-pub use params::{ParamError, ParamLimits, ParamsInput, TrainingParams, TrainingType};
+pub use params::{
+    ParamError, ParamErrorKind, ParamLimits, ParamsInput, PriorPreservation, TrainingParams,
+    TrainingType,
+};
 pub use run::{FileFacts, RunResult, TrainingRun, ValidationFacts};
 pub use status::{StatusEvent, TrainingStatus, TransitionError};
 pub use text::{TextError, TextRule};

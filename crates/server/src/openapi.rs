@@ -218,10 +218,18 @@ fn apply_rule(schema: &mut Value, rule: Rule) {
             min_items,
             max_items,
             item,
+            allowed,
+            unique,
         }) => {
             schema["minItems"] = json!(min_items);
             schema["maxItems"] = json!(max_items);
             apply_text(&mut schema["items"], item);
+            if let Some(values) = allowed {
+                schema["items"]["enum"] = json!(values);
+            }
+            if unique {
+                schema["uniqueItems"] = json!(true);
+            }
         }
         Rule::OneOf => {}
     }
@@ -242,6 +250,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use loraforge_domain::ParamLimits;
+    use loraforge_domain::params::{MAX_SEED, TARGET_MODULES};
 
     use super::*;
 
@@ -380,11 +389,28 @@ mod tests {
                     assert_eq!(s["minItems"], json!(l.min_items), "{field}");
                     assert_eq!(s["maxItems"], json!(l.max_items), "{field}");
                     text_ok(&s["items"], l.item);
+                    assert_eq!(
+                        s["items"].get("enum"),
+                        l.allowed.map(|a| json!(a)).as_ref(),
+                        "{field}"
+                    );
+                    assert_eq!(
+                        s.get("uniqueItems"),
+                        l.unique.then_some(&json!(true)),
+                        "{field}"
+                    );
                 }
                 Rule::OneOf => assert!(s.to_string().contains("$ref"), "{field}: {s}"),
             }
         }
         assert_eq!(props["steps"]["minimum"], json!(7));
+        assert_eq!(props["seed"]["maximum"], json!(MAX_SEED));
+        let modules = &props["target_modules"];
+        assert_eq!(modules["items"]["enum"], json!(TARGET_MODULES));
+        assert_eq!(modules["uniqueItems"], json!(true));
+        for field in ["class_prompt", "num_class_images", "prior_loss_weight"] {
+            assert!(props.contains_key(field), "{field}");
+        }
         assert_eq!(props["resolution"]["minimum"], json!(128));
         let create = &doc["components"]["schemas"]["CreateLoraRequest"];
         assert_eq!(create["additionalProperties"], json!(false));

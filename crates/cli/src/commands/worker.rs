@@ -41,6 +41,15 @@ pub async fn run(settings: &Settings, server: url::Url, lora: String, out: PathB
         tracing::info!(hf_home = %home.display(), "base weights are cached here");
         env.push(("HF_HOME".to_owned(), home.display().to_string()));
     }
+    let class_images = class_images_cache(
+        std::env::var_os("LORAFORGE_CLASS_IMAGES_CACHE").map(PathBuf::from),
+        &settings.data_dir,
+        |p| p.is_dir(),
+    );
+    env.push((
+        "LORAFORGE_CLASS_IMAGES_CACHE".to_owned(),
+        class_images.display().to_string(),
+    ));
     let trainer = TrainerCommand {
         program: runtime.python,
         args: trainer_env::trainer_args(),
@@ -77,11 +86,32 @@ fn hf_home(
     if hf_home_set {
         return None;
     }
+    network_volume(is_dir).map(|p| p.join("huggingface"))
+}
+
+/// The network volume mounted on this host: `/runpod-volume` (RunPod serverless) or
+/// `/workspace` (a pod).
+fn network_volume(is_dir: impl Fn(&std::path::Path) -> bool) -> Option<PathBuf> {
     ["/runpod-volume", "/workspace"]
         .into_iter()
         .map(std::path::Path::new)
         .find(|p| is_dir(p))
-        .map(|p| p.join("huggingface"))
+        .map(std::path::Path::to_path_buf)
+}
+
+/// Where DreamBooth's class images are kept for every job on this host
+/// (`LORAFORGE_CLASS_IMAGES_CACHE` for the trainer), so a set made for one job is reused by the
+/// next: `LORAFORGE_CLASS_IMAGES_CACHE` when set; else the network volume when one is mounted
+/// (it outlives pods); else `<data_dir>/cache/class-images`.
+fn class_images_cache(
+    configured: Option<PathBuf>,
+    data_dir: &std::path::Path,
+    is_dir: impl Fn(&std::path::Path) -> bool,
+) -> PathBuf {
+    configured
+        .filter(|p| !p.as_os_str().is_empty())
+        .or_else(|| network_volume(is_dir).map(|v| v.join("loraforge").join("class-images")))
+        .unwrap_or_else(|| data_dir.join("cache").join("class-images"))
 }
 
 /// Completes on SIGTERM or SIGINT, or — with `exit_with_parent` — once the process that started
@@ -154,5 +184,24 @@ mod tests {
             Some("/workspace/huggingface".into())
         );
         assert_eq!(hf_home(None, false, none), None);
+    }
+
+    #[test]
+    fn class_images_are_shared_by_the_hosts_jobs() {
+        let data = std::path::Path::new("/data");
+        let none = |_: &std::path::Path| false;
+        let pod = |p: &std::path::Path| p == std::path::Path::new("/workspace");
+        assert_eq!(
+            class_images_cache(Some("/c".into()), data, pod),
+            PathBuf::from("/c")
+        );
+        assert_eq!(
+            class_images_cache(None, data, pod),
+            PathBuf::from("/workspace/loraforge/class-images")
+        );
+        assert_eq!(
+            class_images_cache(Some(PathBuf::new()), data, none),
+            PathBuf::from("/data/cache/class-images")
+        );
     }
 }

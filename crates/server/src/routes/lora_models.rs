@@ -15,8 +15,8 @@ use uuid::Uuid;
 use loraforge_db::{EventDetail, IdempotencyKey, LoraQuery};
 use loraforge_domain::keys::OutputKeys;
 use loraforge_domain::{
-    DatasetId, LoraId, LoraModel, LoraName, LoraSort, ParamError, ParamsInput, StatusEvent,
-    TextRule, TrainingParams, TrainingStatus, text,
+    DatasetId, LoraId, LoraModel, LoraName, LoraSort, ParamError, ParamErrorKind, ParamsInput,
+    StatusEvent, TextRule, TrainingParams, TrainingStatus, text,
 };
 
 use crate::auth::AuthUser;
@@ -168,7 +168,7 @@ pub struct CreateLoraRequest {
         (status = 404, description = "dataset_not_found", body = ErrorBody),
         (status = 409, description = "duplicate_name", body = ErrorBody),
         (status = 413, description = "payload_too_large", body = ErrorBody),
-        (status = 422, description = "idempotency_key_reused, or base_model_not_allowed (with `allowed`)", body = ErrorBody),
+        (status = 422, description = "idempotency_key_reused, base_model_not_allowed (with `allowed`), or incompatible_params (with `field`: e.g. `class_prompt` without `\"type\": \"dreambooth\"`)", body = ErrorBody),
         (status = 429, description = "rate_limited or monthly_limit_reached (with Retry-After)", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -264,7 +264,15 @@ fn invalid_params(e: &ParamError) -> ApiError {
         .with("field", e.field.clone())
         .with("allowed", allowed.clone()),
         None => {
-            ApiError::bad_request("invalid_params", e.to_string()).with("field", e.field.clone())
+            let (status, code) = match e.kind {
+                ParamErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid_params"),
+                // Each value is fine but the run could never be trained as asked: refused now
+                // rather than after spending a GPU slot.
+                ParamErrorKind::Incompatible => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "incompatible_params")
+                }
+            };
+            ApiError::new(status, code, e.to_string()).with("field", e.field.clone())
         }
     }
 }

@@ -86,7 +86,7 @@ pub struct FromReferencesResponse {
         (status = 403, description = "url_intake_disabled", body = crate::views::ErrorBody),
         (status = 409, description = "duplicate_name (when no character got a LoRA)", body = crate::views::ErrorBody),
         (status = 413, description = "payload_too_large", body = crate::views::ErrorBody),
-        (status = 422, description = "idempotency_key_reused, invalid_dataset, or base_model_not_allowed (with `allowed`)", body = crate::views::ErrorBody),
+        (status = 422, description = "idempotency_key_reused, invalid_dataset, base_model_not_allowed (with `allowed`), or incompatible_params (with `field`)", body = crate::views::ErrorBody),
         (status = 429, description = "rate_limited or monthly_limit_reached", body = crate::views::ErrorBody)))]
 pub async fn from_references(
     State(state): State<AppState>,

@@ -74,6 +74,59 @@ async fn names_are_unique_per_user_only() {
 }
 
 #[tokio::test]
+async fn params_that_could_never_train_together_are_422() {
+    let app = spawn_app_with(Engine::Sqlite, |s| s.limits.creates_per_minute = 0).await;
+    let u = app.user();
+    let ds = app.dataset(&u).await;
+    let cases = [
+        (json!({"type": "dreambooth"}), "class_prompt"),
+        (json!({"class_prompt": "a photo of a dog"}), "class_prompt"),
+        (
+            json!({"type": "lora", "num_class_images": 10}),
+            "num_class_images",
+        ),
+        (json!({"prior_loss_weight": 1.0}), "prior_loss_weight"),
+    ];
+    for (params, field) in cases {
+        let body = json!({"name": "ok", "dataset_id": ds, "params": params});
+        let e = error_of(app.post_json(&u, "/api/v1/lora-models", &body).await, 422).await;
+        assert_eq!(
+            (e["code"].as_str(), e["field"].as_str()),
+            (Some("incompatible_params"), Some(field)),
+            "{params}"
+        );
+    }
+    // out-of-range dreambooth values are plain invalid_params, like every other range
+    for (params, field) in [
+        (
+            json!({"type": "dreambooth", "class_prompt": "a dog", "num_class_images": 0}),
+            "num_class_images",
+        ),
+        (
+            json!({"type": "dreambooth", "class_prompt": "a dog", "prior_loss_weight": 50}),
+            "prior_loss_weight",
+        ),
+        (
+            json!({"target_modules": ["to_q", "nonexistent"]}),
+            "target_modules",
+        ),
+        (json!({"seed": u64::MAX}), "seed"),
+    ] {
+        let body = json!({"name": "ok", "dataset_id": ds, "params": params});
+        let e = error_of(app.post_json(&u, "/api/v1/lora-models", &body).await, 400).await;
+        assert_eq!(
+            (e["code"].as_str(), e["field"].as_str()),
+            (Some("invalid_params"), Some(field)),
+            "{params}"
+        );
+    }
+    let body = json!({"name": "ok", "dataset_id": ds,
+        "params": {"type": "dreambooth", "class_prompt": "a photo of a dog"}});
+    let resp = app.post_json(&u, "/api/v1/lora-models", &body).await;
+    assert_eq!(resp.status(), 202);
+}
+
+#[tokio::test]
 async fn bad_names_params_and_bodies_are_400_with_stable_codes() {
     let app = spawn_app_with(Engine::Sqlite, |s| s.limits.creates_per_minute = 0).await;
     let u = app.user();

@@ -90,8 +90,18 @@ async fn status_of(app: &TestApp, user: &User, id: &str) -> Value {
 
 /// A LoRA of `user` in `training`, claimed by [`ENGINE`]; returns its id and the worker token.
 async fn training_job(app: &TestApp, user: &User, name: &str) -> (String, String) {
+    let params = json!({"steps": 10, "resolution": 64, "trigger_words": ["zxq"]});
+    training_job_with(app, user, name, params).await
+}
+
+async fn training_job_with(
+    app: &TestApp,
+    user: &User,
+    name: &str,
+    params: Value,
+) -> (String, String) {
     let ds = app.dataset(user).await;
-    let body = json!({"name": name, "dataset_id": ds, "params": {"steps": 10, "resolution": 64, "trigger_words": ["zxq"]}});
+    let body = json!({"name": name, "dataset_id": ds, "params": params});
     let resp = app.post_json(user, "/api/v1/lora-models", &body).await;
     assert_eq!(resp.status(), 202);
     let id = resp.json::<Value>().await.unwrap()["lora_id"]
@@ -235,6 +245,26 @@ fn result_body(model_len: usize, images: usize, scores: Value) -> Value {
 
 fn with_small_loras(s: &mut loraforge_server::ServerSettings) {
     s.lora_rules.min_bytes = 100;
+}
+
+#[tokio::test]
+async fn a_dreambooth_job_hands_the_trainer_its_prior_preservation() {
+    let app = spawn_app_with(Engine::Sqlite, with_small_loras).await;
+    let user = app.user();
+    let params = json!({"steps": 10, "resolution": 64, "trigger_words": ["zxq"],
+        "type": "dreambooth", "class_prompt": "a photo of a person", "num_class_images": 4});
+    let (id, token) = training_job_with(&app, &user, "DreamBooth job", params).await;
+    let spec = &job(&app, &id, &token).await["trainer_spec"];
+    assert_eq!(spec["type"], "dreambooth");
+    assert_eq!(spec["class_prompt"], "a photo of a person");
+    assert_eq!(spec["num_class_images"], 4);
+    assert_eq!(spec["prior_loss_weight"], 1.0);
+    // and a plain LoRA's spec carries none of it
+    let (id, token) = training_job(&app, &user, "Plain job").await;
+    let spec = &job(&app, &id, &token).await["trainer_spec"];
+    for field in ["class_prompt", "num_class_images", "prior_loss_weight"] {
+        assert!(spec.get(field).is_none(), "{field} in {spec}");
+    }
 }
 
 #[tokio::test]

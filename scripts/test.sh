@@ -6,7 +6,9 @@
 # - PostgreSQL on 127.0.0.1:5432 with trust auth for user postgres (or LORAFORGE_TEST_POSTGRES_URL):
 #   started here when a local cluster exists but is down; installed with apt-get when missing and
 #   running as root on Debian/Ubuntu; otherwise it stops and says what to do.
-# - Python 3 with venv: a cached venv with moto_server (the S3 fake), via scripts/test-env.sh, and
+# - Python 3 with venv: a cached venv with moto_server (the S3 fake) and schemathesis (the API
+#   fuzzer that `cargo test` runs against a live server: crates/server/tests/api/schemathesis.rs,
+#   bounded and seeded), via scripts/test-env.sh, and
 #   the trainer's venv (torch, diffusers, peft; ~6 GB, ~3 GB to download the first time), via
 #   scripts/trainer-env.sh. Both are cached under ~/.cache/loraforge and rebuilt only when their
 #   pinned lock files change.
@@ -53,7 +55,7 @@ ensure_postgres() {
 
 say "checking PostgreSQL"
 ensure_postgres
-say "preparing the Python test env (moto_server)"
+say "preparing the Python test env (moto_server, schemathesis)"
 scripts/test-env.sh
 say "preparing the trainer's Python env"
 scripts/trainer-env.sh

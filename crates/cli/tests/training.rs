@@ -809,24 +809,13 @@ async fn kill_9_of_the_service_mid_training_then_a_restart_finishes_the_job() {
     )
     .await;
     svc.kill_9();
-    // Orphaned, the worker stops its trainer (which checkpoints) on its own. The bound is only
-    // "they end": twice the worker's 60 s SIGTERM grace, so a slow box never races the grace.
-    // That they ended by SIGTERM and a checkpoint, not by the grace's SIGKILL, is shown below:
-    // the next attempt resumes from that checkpoint.
-    let killed = Instant::now();
-    while !svc.children_alive().is_empty() {
-        assert!(
-            killed.elapsed() < Duration::from_secs(120),
-            "orphans still running: {:?}",
-            svc.children_alive()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!(
-        "orphans gone {:.2} s after SIGKILL",
-        killed.elapsed().as_secs_f64()
+    // The worker is not the service's to lose: it keeps training (its own process group,
+    // talking to the service over HTTP and riding out the minutes it is down), and the
+    // restarted service adopts its run. No attempt is spent and nothing is trained twice.
+    assert!(
+        !svc.children_alive().is_empty(),
+        "the worker outlives a crash of the service"
     );
-
     svc.restart();
     let done = svc.finished(&token, &id).await;
     assert_eq!(
@@ -836,20 +825,25 @@ async fn kill_9_of_the_service_mid_training_then_a_restart_finishes_the_job() {
         svc.logs()
     );
     let events = svc.events(&token, &id).await;
-    let requeue = events
+    assert!(
+        events.iter().all(|e| e["data"]["event"] != "requeue"),
+        "the run was adopted, not requeued: {events:?}"
+    );
+    let (_, details) = svc
+        .call(
+            &token,
+            reqwest::Method::GET,
+            &format!("/api/v1/lora-models/{id}"),
+            None,
+        )
+        .await;
+    let outcomes: Vec<&str> = details["attempts"]
+        .as_array()
+        .unwrap()
         .iter()
-        .find(|e| e["data"]["event"] == "requeue")
-        .expect("the lost run was requeued");
-    assert!(
-        requeue["data"]["error"].as_str().unwrap().contains("lost"),
-        "{requeue}"
-    );
-    // The second attempt resumed from the checkpoint the stopped trainer wrote.
-    let second = std::fs::read_to_string(&svc.log).unwrap();
-    assert!(
-        second.contains("resuming from step-"),
-        "no resume in the second run's log:\n{second}"
-    );
+        .map(|a| a["outcome"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(outcomes, ["trained"], "one run trained the LoRA: {details}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,15 +8,19 @@ use serde_json::{Map, Value};
 
 use crate::text::{self, TextRule};
 mod prior;
+mod rules;
 
 use prior::prior_preservation;
 pub use prior::{
-    MAX_CLASS_PROMPT_CHARS, NUM_CLASS_IMAGES_RANGE, PRIOR_LOSS_WEIGHT_RANGE, PriorPreservation,
+    CLASS_PROMPT, MAX_CLASS_PROMPT_CHARS, NUM_CLASS_IMAGES, NUM_CLASS_IMAGES_RANGE,
+    PRIOR_LOSS_WEIGHT, PRIOR_LOSS_WEIGHT_RANGE, PriorPreservation,
 };
+pub use rules::*;
 
 pub const DEFAULT_BASE_MODEL: &str = "stabilityai/stable-diffusion-xl-base-1.0";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TrainingType {
     Lora,
@@ -24,6 +28,7 @@ pub enum TrainingType {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Optimizer {
     #[serde(rename = "adamw")]
@@ -33,6 +38,7 @@ pub enum Optimizer {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum LrScheduler {
     CosineWithWarmup,
@@ -123,35 +129,6 @@ impl Default for ParamLimits {
     }
 }
 
-pub const MAX_STEPS: u32 = 10_000;
-pub const MAX_RESOLUTION: u32 = 1024;
-/// The trainer seeds torch generators with `seed + n`; it takes seeds up to `2^63 - 1`.
-pub const MAX_SEED: u64 = i64::MAX as u64;
-
-/// The UNet modules a LoRA may target: every `Linear`/`Conv2d` of SDXL's UNet that peft adapts
-/// and that the kohya export names (`trainer/loraforge_trainer/export.py`). The trainer refuses
-/// any other (`spec.TARGET_MODULES`, checked against this list by
-/// `tests/trainer_spec_contract.rs`), so the control plane refuses them at submit time.
-pub const TARGET_MODULES: [&str; 17] = [
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-    "proj_in",
-    "proj_out",
-    "ff.net.0.proj",
-    "ff.net.2",
-    "conv1",
-    "conv2",
-    "conv_shortcut",
-    "time_emb_proj",
-    "conv",
-    "conv_in",
-    "conv_out",
-    "linear_1",
-    "linear_2",
-];
-
 /// A parameter that is missing its mark. `field` is the JSON field name.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -191,126 +168,189 @@ pub(super) fn conflict(field: &str, message: impl Into<String>) -> ParamError {
     }
 }
 
-/// Raw, unvalidated parameters as they arrive in a request (`params` object).
-pub type ParamsInput = Map<String, Value>;
-
-const KNOWN_FIELDS: [&str; 18] = [
-    "base_model",
-    "type",
-    "rank",
-    "alpha",
-    "dropout",
-    "target_modules",
-    "steps",
-    "learning_rate",
-    "batch_size",
-    "optimizer",
-    "lr_scheduler",
-    "lr_warmup_steps",
-    "resolution",
-    "trigger_words",
-    "seed",
-    "class_prompt",
-    "num_class_images",
-    "prior_loss_weight",
-];
-
-impl TrainingParams {
-    /// Parses a request's `params` object over the defaults. Unknown fields are refused so a
-    /// typo (`"step": 10`) does not silently train with the default.
-    pub fn from_json(input: &ParamsInput, limits: &ParamLimits) -> Result<Self, ParamError> {
-        if let Some(unknown) = input.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
-            return Err(err(
-                unknown,
+impl ParamError {
+    /// The error for a `params` field serde could not read: `field` is the first path segment
+    /// under `params` (`None`: `params` itself is not an object), `detail` serde's message.
+    /// Names the field and says what it must be.
+    pub fn from_serde(field: Option<&str>, detail: &str, limits: &ParamLimits) -> Self {
+        let rules = limits.rules();
+        // deny_unknown_fields reports an unknown key at the object, with the key in backticks.
+        let unknown = detail
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(name, _)| name);
+        if let Some(name) = unknown {
+            let known: Vec<&str> = rules.iter().map(|(f, _)| *f).collect();
+            return err(
+                name,
                 format!(
                     "unknown parameter; known parameters are {}",
-                    KNOWN_FIELDS.join(", ")
+                    known.join(", ")
                 ),
-            ));
+            );
         }
-        let mut p = Self::default();
-        let get = |k: &str| input.get(k).filter(|v| !v.is_null());
+        match field {
+            Some(f) => match rules.iter().find(|(name, _)| *name == f) {
+                Some((_, Rule::OneOf)) | None => err(f, detail),
+                Some((_, rule)) => err(f, rule.expectation()),
+            },
+            None => err("params", format!("must be a JSON object ({detail})")),
+        }
+    }
+}
 
-        if let Some(v) = get("base_model") {
-            p.base_model = string(v, "base_model")?;
+/// A request's `params` as it arrives: every field optional (absent or null takes the default),
+/// unknown fields refused so a typo (`"step": 10`) does not silently train with the default.
+/// [`TrainingParams::from_input`] checks it against [`ParamLimits::rules`]. New parameters go
+/// here (with their rule in `rules`), and nowhere else in the wire format: the server parses
+/// request bodies with this type and its OpenAPI schema is generated from it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ParamsInput {
+    /// A Hugging Face model id (`owner/name`) or an absolute diffusers folder under one of the
+    /// server's model roots. Default `stabilityai/stable-diffusion-xl-base-1.0`.
+    pub base_model: Option<String>,
+    /// Default `lora`.
+    #[serde(rename = "type")]
+    pub training_type: Option<TrainingType>,
+    /// LoRA rank. Default 8.
+    #[serde(default, deserialize_with = "whole")]
+    pub rank: Option<u64>,
+    /// LoRA alpha. Default 32.
+    #[serde(default, deserialize_with = "whole")]
+    pub alpha: Option<u64>,
+    /// Default 0.1.
+    pub dropout: Option<f64>,
+    /// Modules the LoRA adapts. Default `to_k`, `to_q`, `to_v`, `to_out.0`.
+    pub target_modules: Option<Vec<String>>,
+    /// Training steps. Default 1500.
+    #[serde(default, deserialize_with = "whole")]
+    pub steps: Option<u64>,
+    /// Default 1e-4.
+    pub learning_rate: Option<f64>,
+    /// Default 1.
+    #[serde(default, deserialize_with = "whole")]
+    pub batch_size: Option<u64>,
+    /// Default `adamw`.
+    pub optimizer: Option<Optimizer>,
+    /// Default `cosine_with_warmup`.
+    pub lr_scheduler: Option<LrScheduler>,
+    /// At most `steps`. Default 10% of `steps`, at most 100.
+    #[serde(default, deserialize_with = "whole")]
+    pub lr_warmup_steps: Option<u64>,
+    /// Square training resolution in pixels, a multiple of 64. Default 1024.
+    #[serde(default, deserialize_with = "whole")]
+    pub resolution: Option<u64>,
+    /// Words put in front of every caption that lacks them. Default none.
+    pub trigger_words: Option<Vec<String>>,
+    /// Default 42.
+    #[serde(default, deserialize_with = "whole")]
+    pub seed: Option<u64>,
+    /// `dreambooth` only, and required there: what the subject is an instance of, e.g. "a photo
+    /// of a person" (trimmed).
+    pub class_prompt: Option<String>,
+    /// `dreambooth` only: class images the base model generates for prior preservation.
+    /// Default 50.
+    #[serde(default, deserialize_with = "whole")]
+    pub num_class_images: Option<u64>,
+    /// `dreambooth` only: weight of the prior loss. Default 1.
+    pub prior_loss_weight: Option<f64>,
+}
+
+/// A whole number written `8` or `8.0`: JSON Schema's `integer` is both, and a client that
+/// computes a step count in floating point should not be refused for it.
+fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                // (Saturates past u64::MAX; every rule's maximum is below it.)
+                .map(|f| f as u64)
+        })
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number")))
+}
+
+impl ParamsInput {
+    /// Reads a `params` JSON value; an error names the field that is wrong.
+    pub fn from_value(v: Value, limits: &ParamLimits) -> Result<Self, ParamError> {
+        serde_path_to_error::deserialize(v).map_err(|e| {
+            let field = e.path().iter().find_map(|seg| match seg {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                _ => None,
+            });
+            ParamError::from_serde(field.as_deref(), &e.inner().to_string(), limits)
+        })
+    }
+}
+
+impl TrainingParams {
+    /// Parses a `params` object over the defaults (the CLI's and the tests' way in).
+    pub fn from_json(input: &Map<String, Value>, limits: &ParamLimits) -> Result<Self, ParamError> {
+        let input = ParamsInput::from_value(Value::Object(input.clone()), limits)?;
+        Self::from_input(&input, limits)
+    }
+
+    /// Checks a request's `params` against [`ParamLimits::rules`], over the defaults.
+    pub fn from_input(input: &ParamsInput, limits: &ParamLimits) -> Result<Self, ParamError> {
+        let mut p = Self::default();
+        if let Some(v) = &input.base_model {
+            p.base_model = text_in(v, "base_model", BASE_MODEL)?;
         }
         p.base_model = allowed_base_model(&p.base_model, limits)?;
-        if let Some(v) = get("type") {
-            p.training_type = enum_value(v, "type", &["lora", "dreambooth"])?;
+        if let Some(v) = input.training_type {
+            p.training_type = v;
         }
-        if let Some(v) = get("rank") {
-            p.rank = int_in(v, "rank", 4, 128)?;
+        if let Some(v) = input.rank {
+            p.rank = int(v, "rank", RANK)?;
         }
-        if let Some(v) = get("alpha") {
-            p.alpha = int_in(v, "alpha", 1, 128)?;
+        if let Some(v) = input.alpha {
+            p.alpha = int(v, "alpha", ALPHA)?;
         }
-        if let Some(v) = get("dropout") {
-            p.dropout = float_in(v, "dropout", 0.0, 0.9)?;
+        if let Some(v) = input.dropout {
+            p.dropout = float(v, "dropout", DROPOUT)?;
         }
-        if let Some(v) = get("target_modules") {
-            p.target_modules = string_list(v, "target_modules", 1, TARGET_MODULES.len(), |s| {
-                TARGET_MODULES.contains(&s)
-            })
-            .map_err(|e| ParamError {
-                message: format!("{}; allowed: {}", e.message, TARGET_MODULES.join(", ")),
-                ..e
-            })?;
-            let mut seen = std::collections::BTreeSet::new();
-            if let Some(dup) = p.target_modules.iter().find(|m| !seen.insert(m.as_str())) {
-                return Err(err("target_modules", format!("{dup} is listed twice")));
+        if let Some(v) = &input.target_modules {
+            p.target_modules = list(v, "target_modules", TARGET_MODULE_LIST)?;
+        }
+        if let Some(v) = input.steps {
+            p.steps = int(v, "steps", limits.steps())?;
+        }
+        if let Some(v) = input.learning_rate {
+            p.learning_rate = float(v, "learning_rate", LEARNING_RATE)?;
+        }
+        if let Some(v) = input.batch_size {
+            p.batch_size = int(v, "batch_size", BATCH_SIZE)?;
+        }
+        if let Some(v) = input.optimizer {
+            p.optimizer = v;
+        }
+        if let Some(v) = input.lr_scheduler {
+            p.lr_scheduler = v;
+        }
+        p.lr_warmup_steps = match input.lr_warmup_steps {
+            Some(v) => {
+                let w = int(v, "lr_warmup_steps", LR_WARMUP_STEPS)?;
+                if w > p.steps {
+                    return Err(err(
+                        "lr_warmup_steps",
+                        format!("{w} is more than the run's {} steps", p.steps),
+                    ));
+                }
+                w
             }
-        }
-        if let Some(v) = get("steps") {
-            // At least 1 whatever the configured floor: the trainer cannot train 0 steps.
-            p.steps = int_in(v, "steps", limits.min_steps.max(1), MAX_STEPS)?;
-        }
-        if let Some(v) = get("learning_rate") {
-            p.learning_rate = float_in(v, "learning_rate", 1e-6, 1e-2)?;
-        }
-        if let Some(v) = get("batch_size") {
-            p.batch_size = int_in(v, "batch_size", 1, 8)?;
-        }
-        if let Some(v) = get("optimizer") {
-            p.optimizer = enum_value(v, "optimizer", &["adamw", "adamw_8bit"])?;
-        }
-        if let Some(v) = get("lr_scheduler") {
-            p.lr_scheduler = enum_value(
-                v,
-                "lr_scheduler",
-                &[
-                    "cosine_with_warmup",
-                    "constant",
-                    "constant_with_warmup",
-                    "linear",
-                ],
-            )?;
-        }
-        p.lr_warmup_steps = match get("lr_warmup_steps") {
-            Some(v) => int_in(v, "lr_warmup_steps", 0, p.steps)?,
             // 10% of the run, at most 100 steps.
             None => (p.steps / 10).min(100),
         };
-        if let Some(v) = get("resolution") {
-            // At least 64 whatever the configured floor: the trainer's smallest resolution.
-            let r = int_in(
-                v,
-                "resolution",
-                limits.min_resolution.max(64),
-                MAX_RESOLUTION,
-            )?;
-            if r % 64 != 0 {
-                return Err(err(
-                    "resolution",
-                    format!(
-                        "{r} is not a multiple of 64; use e.g. {}",
-                        (r / 64).max(1) * 64
-                    ),
-                ));
-            }
-            p.resolution = r;
+        if let Some(v) = input.resolution {
+            p.resolution = int(v, "resolution", limits.resolution())?;
         }
-        if let Some(v) = get("trigger_words") {
-            p.trigger_words = string_list(v, "trigger_words", 0, 10, |_| true)?
+        if let Some(v) = &input.trigger_words {
+            p.trigger_words = list(v, "trigger_words", TRIGGER_WORDS)?
                 .iter()
                 .map(|w| {
                     text::clean(w, &TextRule::TRIGGER_WORD)
@@ -318,89 +358,92 @@ impl TrainingParams {
                 })
                 .collect::<Result<_, _>>()?;
         }
-        if let Some(v) = get("seed") {
-            p.seed = v.as_u64().filter(|s| *s <= MAX_SEED).ok_or_else(|| {
-                err(
-                    "seed",
-                    format!("must be a whole number from 0 to {MAX_SEED}"),
-                )
-            })?;
+        if let Some(v) = input.seed {
+            p.seed = int(v, "seed", SEED)?;
         }
-        p.prior_preservation = prior_preservation(p.training_type, &get)?;
+        p.prior_preservation = prior_preservation(p.training_type, input)?;
         Ok(p)
     }
 }
 
-pub(super) fn string(v: &Value, field: &str) -> Result<String, ParamError> {
-    v.as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| err(field, "must be a string"))
-}
-
-pub(super) fn int_in(v: &Value, field: &str, min: u32, max: u32) -> Result<u32, ParamError> {
-    let range = || format!("must be a whole number from {min} to {max}");
-    let n = match v {
-        Value::Number(n) => n.as_u64().or_else(|| {
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
-                .map(|f| f as u64)
-        }),
-        _ => None,
-    }
-    .ok_or_else(|| err(field, range()))?;
-    if n < u64::from(min) || n > u64::from(max) {
-        return Err(err(field, format!("{n} is out of range; {}", range())));
-    }
-    Ok(n as u32)
-}
-
-pub(super) fn float_in(v: &Value, field: &str, min: f64, max: f64) -> Result<f64, ParamError> {
-    let f = v
-        .as_f64()
-        .filter(|f| f.is_finite())
-        .ok_or_else(|| err(field, format!("must be a number from {min:e} to {max:e}")))?;
-    if f < min || f > max {
+fn int<T: TryFrom<u64>>(n: u64, field: &str, r: IntRange) -> Result<T, ParamError> {
+    if n < r.min || n > r.max {
         return Err(err(
             field,
-            format!("{f:e} is out of range; use a value from {min:e} to {max:e}"),
+            format!("{n} is out of range; {}", r.expectation()),
+        ));
+    }
+    if !n.is_multiple_of(r.multiple_of) {
+        let m = r.multiple_of;
+        return Err(err(
+            field,
+            format!(
+                "{n} is not a multiple of {m}; use e.g. {}",
+                (n / m).max(1) * m
+            ),
+        ));
+    }
+    T::try_from(n).map_err(|_| err(field, r.expectation()))
+}
+
+fn float(f: f64, field: &str, r: FloatRange) -> Result<f64, ParamError> {
+    if !f.is_finite() || f < r.min || f > r.max {
+        return Err(err(
+            field,
+            format!(
+                "{f:e} is out of range; use a value from {:e} to {:e}",
+                r.min, r.max
+            ),
         ));
     }
     Ok(f)
 }
 
-fn enum_value<T: serde::de::DeserializeOwned>(
-    v: &Value,
-    field: &str,
-    allowed: &[&str],
-) -> Result<T, ParamError> {
-    serde_json::from_value(v.clone())
-        .map_err(|_| err(field, format!("must be one of {}", allowed.join(", "))))
+fn chars_ok(s: &str, t: Text) -> bool {
+    (t.min_chars..=t.max_chars).contains(&s.chars().count())
 }
 
-fn string_list(
-    v: &Value,
-    field: &str,
-    min_len: usize,
-    max_len: usize,
-    ok: impl Fn(&str) -> bool,
-) -> Result<Vec<String>, ParamError> {
-    let items = v
-        .as_array()
-        .ok_or_else(|| err(field, "must be a list of strings"))?;
-    if items.len() < min_len || items.len() > max_len {
+fn text_in(s: &str, field: &str, t: Text) -> Result<String, ParamError> {
+    if !chars_ok(s, t) {
+        return Err(err(
+            field,
+            format!("must be {} to {} characters", t.min_chars, t.max_chars),
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+fn list(items: &[String], field: &str, rule: ListRule) -> Result<Vec<String>, ParamError> {
+    let ListRule {
+        min_items,
+        max_items,
+        item,
+        allowed,
+        unique,
+    } = rule;
+    if items.len() < min_items || items.len() > max_items {
         return Err(err(
             field,
             format!(
-                "must have {min_len} to {max_len} entries, got {}",
+                "must have {min_items} to {max_items} entries, got {}",
                 items.len()
             ),
         ));
     }
+    let mut seen = std::collections::BTreeSet::new();
     items
         .iter()
-        .map(|item| match item.as_str() {
-            Some(s) if ok(s) => Ok(s.to_owned()),
-            _ => Err(err(field, format!("{item} is not an allowed entry"))),
+        .map(|s| {
+            if !chars_ok(s, item) || allowed.is_some_and(|a| !a.contains(&s.as_str())) {
+                let hint = allowed
+                    .map(|a| format!("; allowed: {}", a.join(", ")))
+                    .unwrap_or_default();
+                Err(err(field, format!("{s:?} is not an allowed entry{hint}")))
+            } else if unique && !seen.insert(s.as_str()) {
+                Err(err(field, format!("{s} is listed twice")))
+            } else {
+                Ok(s.clone())
+            }
         })
         .collect()
 }
@@ -689,30 +732,19 @@ mod tests {
     }
 
     #[test]
-    fn target_modules_come_from_the_allow_list_once_each() {
-        let all: Vec<&str> = TARGET_MODULES.to_vec();
-        assert_eq!(
-            parse(json!({"target_modules": all}))
-                .unwrap()
-                .target_modules,
-            TARGET_MODULES
-        );
-        for bad in [
-            json!(["to_q", "nope"]),
-            json!(["to_q", "to_q"]),
-            json!(["0"]),
-            json!(["to_out"]),
-        ] {
-            let e = parse(json!({"target_modules": bad})).unwrap_err();
-            assert_eq!(e.field, "target_modules", "{bad}");
-        }
-    }
-
-    #[test]
-    fn seeds_stop_where_the_trainer_stops() {
-        assert_eq!(parse(json!({"seed": MAX_SEED})).unwrap().seed, MAX_SEED);
-        let e = parse(json!({"seed": MAX_SEED + 1})).unwrap_err();
-        assert_eq!(e.field, "seed");
-        assert!(parse(json!({"seed": -1})).is_err());
+    fn type_errors_name_the_field_and_the_range() {
+        // A whole number may be written as a float (JSON Schema's integer), and only then.
+        let p = parse(json!({"rank": 8.0, "steps": 200.0, "seed": 0.0})).unwrap();
+        assert_eq!((p.rank, p.steps, p.seed), (8, 200, 0));
+        let e = parse(json!({"rank": 1.5})).unwrap_err();
+        assert_eq!(e.field, "rank");
+        assert_eq!(e.message, "must be a whole number from 4 to 128");
+        let e = parse(json!({"optimizer": "sgd"})).unwrap_err();
+        assert_eq!(e.field, "optimizer");
+        assert!(e.message.contains("adamw_8bit"), "{e}");
+        let e = ParamsInput::from_value(json!(5), &ParamLimits::default()).unwrap_err();
+        assert_eq!(e.field, "params");
+        let e = parse(json!({"lr_warmup_steps": 200, "steps": 100})).unwrap_err();
+        assert_eq!(e.field, "lr_warmup_steps");
     }
 }

@@ -71,6 +71,7 @@ impl TrainingRun {
 /// What a worker reports with a trained run (`POST /api/v1/worker/jobs/{id}/result`), kept on
 /// the run record and read by the after-training steps. The one definition of that body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunResult {
     pub attempt: u64,
     /// Seconds of the training loop itself.
@@ -89,6 +90,7 @@ pub struct RunResult {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileFacts {
     pub bytes: u64,
     #[serde(default)]
@@ -96,6 +98,7 @@ pub struct FileFacts {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ValidationFacts {
     /// Validation images uploaded (3 normally).
     pub images: usize,

@@ -4,6 +4,7 @@
 //! wake-up channel of SSE streams; everything durable is in the database or the blob store.
 
 pub mod auth;
+pub mod body;
 pub mod create;
 pub mod dataset_sweep;
 pub mod downloads;
@@ -25,15 +26,15 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
 use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, on};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
-use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use auth::{AuthUser, JwtKeys};
@@ -45,58 +46,141 @@ use routes::{admin, datasets, events, files, health, lora_models, me, references
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Every route the service serves, as `(method, path)` in the OpenAPI document's spelling
+/// (`{*key}` is `{key}`). The test in `openapi.rs` holds the document to it.
+pub fn served_routes(settings: &ServerSettings) -> Vec<(Method, String)> {
+    routes(settings).served
+}
+
+/// The routes, each registered once through [`RouteTable`] so the list of what is served
+/// cannot differ from what the router serves.
+fn routes(settings: &ServerSettings) -> RouteTable {
+    let upload = RouteTable::default()
+        .route(Method::POST, "/api/v1/datasets", datasets::upload)
+        .body_limit(settings.max_upload_bytes());
+    let files = RouteTable::default()
+        .route(Method::GET, "/files/{*key}", files::get_file)
+        .route(Method::PUT, "/files/{*key}", files::put_file)
+        .body_limit(settings.max_file_upload_bytes());
+    let api = RouteTable::default()
+        .route(
+            Method::POST,
+            "/api/v1/datasets/from-urls",
+            datasets::from_urls,
+        )
+        .route(Method::GET, "/api/v1/datasets/{id}", datasets::get)
+        .route(Method::GET, "/api/v1/lora-models", lora_models::list)
+        .route(Method::POST, "/api/v1/lora-models", lora_models::create)
+        .route(
+            Method::POST,
+            "/api/v1/lora-models/from-references",
+            references::from_references,
+        )
+        .route(Method::GET, "/api/v1/lora-models/{id}", lora_models::get)
+        .route(
+            Method::PATCH,
+            "/api/v1/lora-models/{id}",
+            lora_models::patch,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/lora-models/{id}/status",
+            lora_models::status,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/lora-models/{id}/events",
+            events::events,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/lora-models/{id}/cancel",
+            lora_models::cancel,
+        )
+        .route(Method::GET, "/api/v1/me", me::me)
+        .route(Method::PATCH, "/api/v1/me", me::patch)
+        .route(Method::GET, "/api/v1/me/limits", me::limits)
+        .route(
+            Method::POST,
+            "/api/v1/admin/lora-models/{id}/review",
+            admin::review,
+        )
+        .route(Method::GET, "/api/v1/worker/jobs/{id}", worker::job)
+        .route(
+            Method::POST,
+            "/api/v1/worker/jobs/{id}/progress",
+            worker::progress,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/worker/jobs/{id}/result",
+            worker::result,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/worker/jobs/{id}/failure",
+            worker::failure,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/worker/jobs/{id}/checkpoint",
+            worker::checkpoint,
+        )
+        .body_limit(settings.max_json_bytes);
+    RouteTable::default()
+        .route(Method::GET, "/healthz", health::healthz)
+        .route(Method::GET, "/readyz", health::readyz)
+        .merge(upload)
+        .merge(files)
+        .merge(api)
+}
+
+/// A router that keeps the list of what it serves: `route` registers the handler for exactly the
+/// method and path it lists.
+#[derive(Default)]
+struct RouteTable {
+    router: Router<AppState>,
+    served: Vec<(Method, String)>,
+}
+
+impl RouteTable {
+    fn route<H, T>(mut self, method: Method, path: &str, handler: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("a method axum can route");
+        self.router = self.router.route(path, on(filter, handler));
+        self.served.push((method, path.replace("{*", "{")));
+        self
+    }
+
+    /// Each body limit is enforced twice: on the declared length before anything is read, and
+    /// on the bytes as they are read (for bodies that declare none).
+    fn body_limit(mut self, bytes: usize) -> Self {
+        self.router =
+            self.router
+                .layer(DefaultBodyLimit::max(bytes))
+                .layer(middleware::from_fn_with_state(
+                    bytes,
+                    http::refuse_declared_over,
+                ));
+        self
+    }
+
+    fn merge(mut self, other: RouteTable) -> Self {
+        self.router = self.router.merge(other.router);
+        self.served.extend(other.served);
+        self
+    }
+}
+
 /// Every route of the service, with its middleware.
 pub fn api_router(state: AppState) -> Router {
     let settings = state.settings().clone();
-    // Each body limit is enforced twice: on the declared length before anything is read, and
-    // on the bytes as they are read (for bodies that declare none).
-    let declared = |limit: usize| middleware::from_fn_with_state(limit, http::refuse_declared_over);
-    let upload = Router::new()
-        .route("/api/v1/datasets", post(datasets::upload))
-        .layer(DefaultBodyLimit::max(settings.max_upload_bytes()))
-        .layer(declared(settings.max_upload_bytes()));
-    let file_upload = Router::new()
-        .route("/files/{*key}", get(files::get_file).put(files::put_file))
-        .layer(DefaultBodyLimit::max(settings.max_file_upload_bytes()))
-        .layer(declared(settings.max_file_upload_bytes()));
-    let api = Router::new()
-        .route("/api/v1/datasets/from-urls", post(datasets::from_urls))
-        .route("/api/v1/datasets/{id}", get(datasets::get))
-        .route(
-            "/api/v1/lora-models",
-            get(lora_models::list).post(lora_models::create),
-        )
-        .route(
-            "/api/v1/lora-models/from-references",
-            post(references::from_references),
-        )
-        .route(
-            "/api/v1/lora-models/{id}",
-            get(lora_models::get).patch(lora_models::patch),
-        )
-        .route("/api/v1/lora-models/{id}/status", get(lora_models::status))
-        .route("/api/v1/lora-models/{id}/events", get(events::events))
-        .route("/api/v1/lora-models/{id}/cancel", post(lora_models::cancel))
-        .route("/api/v1/me", get(me::me).patch(me::patch))
-        .route("/api/v1/me/limits", get(me::limits))
-        .route("/api/v1/admin/lora-models/{id}/review", post(admin::review))
-        .route("/api/v1/worker/jobs/{id}", get(worker::job))
-        .route("/api/v1/worker/jobs/{id}/progress", post(worker::progress))
-        .route("/api/v1/worker/jobs/{id}/result", post(worker::result))
-        .route("/api/v1/worker/jobs/{id}/failure", post(worker::failure))
-        .route(
-            "/api/v1/worker/jobs/{id}/checkpoint",
-            post(worker::checkpoint),
-        )
-        .layer(DefaultBodyLimit::max(settings.max_json_bytes))
-        .layer(declared(settings.max_json_bytes));
-    let mut router = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .merge(upload)
-        .merge(file_upload)
-        .merge(api)
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
+    let mut router = routes(&settings)
+        .router
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::document(&settings)))
         .fallback(not_found)
         .with_state(state);
 

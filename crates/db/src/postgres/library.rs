@@ -376,7 +376,8 @@ async fn search_loras(
     }
 
     let mut qb = QueryBuilder::<Postgres>::new("SELECT ");
-    qb.push(SUMMARY_COLUMNS).push(", u.email, u.display_name FROM (");
+    qb.push(SUMMARY_COLUMNS)
+        .push(", u.email, u.display_name FROM (");
     let rows = rows.and_then(|r| u64::try_from(r).ok()).unwrap_or(0);
     if walk_search(
         total,

@@ -1,9 +1,12 @@
 //! DreamBooth-LoRA's parameters: `class_prompt`, `num_class_images`, `prior_loss_weight`.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use super::{ParamError, TrainingType, conflict, err, float_in, int_in, string};
+use super::rules::TRIMMED_NO_CONTROL;
+use super::{
+    FloatRange, IntRange, ParamError, ParamsInput, Text, TrainingType, chars_ok, conflict, err,
+    float, int,
+};
 
 /// DreamBooth-LoRA's prior preservation: the trainer generates `num_class_images` images of
 /// `class_prompt` with the base model (cached on the worker host, reused across jobs) and adds
@@ -29,17 +32,38 @@ pub const MAX_CLASS_PROMPT_CHARS: usize = 300;
 pub const NUM_CLASS_IMAGES_RANGE: (u32, u32) = (1, 200);
 pub const PRIOR_LOSS_WEIGHT_RANGE: (f64, f64) = (0.01, 10.0);
 
+/// The rules of the three fields ([`super::ParamLimits::rules`]). The prompt is counted after
+/// trimming; the schema's pattern asks for it trimmed already.
+pub const CLASS_PROMPT: Text = Text {
+    min_chars: 1,
+    max_chars: MAX_CLASS_PROMPT_CHARS,
+    pattern: Some(TRIMMED_NO_CONTROL),
+};
+pub const NUM_CLASS_IMAGES: IntRange = IntRange::new(
+    NUM_CLASS_IMAGES_RANGE.0 as u64,
+    NUM_CLASS_IMAGES_RANGE.1 as u64,
+);
+pub const PRIOR_LOSS_WEIGHT: FloatRange = FloatRange {
+    min: PRIOR_LOSS_WEIGHT_RANGE.0,
+    max: PRIOR_LOSS_WEIGHT_RANGE.1,
+};
+
 pub(super) const DREAMBOOTH_FIELDS: [&str; 3] =
     ["class_prompt", "num_class_images", "prior_loss_weight"];
 
 /// `class_prompt`, `num_class_images` and `prior_loss_weight`: required (the prompt) or
 /// defaulted for `dreambooth`, refused for `lora`, where they would silently do nothing.
-pub(super) fn prior_preservation<'a>(
+pub(super) fn prior_preservation(
     training_type: TrainingType,
-    get: &impl Fn(&str) -> Option<&'a Value>,
+    input: &ParamsInput,
 ) -> Result<Option<PriorPreservation>, ParamError> {
     if training_type == TrainingType::Lora {
-        if let Some(field) = DREAMBOOTH_FIELDS.iter().find(|f| get(f).is_some()) {
+        let given = [
+            input.class_prompt.is_some(),
+            input.num_class_images.is_some(),
+            input.prior_loss_weight.is_some(),
+        ];
+        if let Some((field, _)) = DREAMBOOTH_FIELDS.iter().zip(given).find(|(_, g)| *g) {
             return Err(conflict(
                 field,
                 "is used only with \"type\": \"dreambooth\"; remove it or set the type",
@@ -47,7 +71,7 @@ pub(super) fn prior_preservation<'a>(
         }
         return Ok(None);
     }
-    let class_prompt = match get("class_prompt") {
+    let class_prompt = match &input.class_prompt {
         None => {
             return Err(conflict(
                 "class_prompt",
@@ -55,14 +79,15 @@ pub(super) fn prior_preservation<'a>(
                  e.g. \"a photo of a person\"",
             ));
         }
-        Some(v) => {
-            let raw = string(v, "class_prompt")?;
+        Some(raw) => {
             let s = raw.trim();
-            let n = s.chars().count();
-            if n == 0 || n > MAX_CLASS_PROMPT_CHARS {
+            if !chars_ok(s, CLASS_PROMPT) {
                 return Err(err(
                     "class_prompt",
-                    format!("must have 1 to {MAX_CLASS_PROMPT_CHARS} characters, got {n}"),
+                    format!(
+                        "must have 1 to {MAX_CLASS_PROMPT_CHARS} characters, got {}",
+                        s.chars().count()
+                    ),
                 ));
             }
             if s.chars().any(char::is_control) {
@@ -71,14 +96,12 @@ pub(super) fn prior_preservation<'a>(
             s.to_owned()
         }
     };
-    let (lo, hi) = NUM_CLASS_IMAGES_RANGE;
-    let num_class_images = match get("num_class_images") {
-        Some(v) => int_in(v, "num_class_images", lo, hi)?,
+    let num_class_images = match input.num_class_images {
+        Some(v) => int(v, "num_class_images", NUM_CLASS_IMAGES)?,
         None => PriorPreservation::DEFAULT_NUM_CLASS_IMAGES,
     };
-    let (lo, hi) = PRIOR_LOSS_WEIGHT_RANGE;
-    let prior_loss_weight = match get("prior_loss_weight") {
-        Some(v) => float_in(v, "prior_loss_weight", lo, hi)?,
+    let prior_loss_weight = match input.prior_loss_weight {
+        Some(v) => float(v, "prior_loss_weight", PRIOR_LOSS_WEIGHT)?,
         None => PriorPreservation::DEFAULT_PRIOR_LOSS_WEIGHT,
     };
     Ok(Some(PriorPreservation {
@@ -92,7 +115,7 @@ pub(super) fn prior_preservation<'a>(
 mod tests {
     use super::super::{ParamErrorKind, ParamLimits, TrainingParams};
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn parse(v: Value) -> Result<TrainingParams, ParamError> {
         TrainingParams::from_json(v.as_object().unwrap(), &ParamLimits::default())

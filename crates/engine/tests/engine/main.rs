@@ -7,6 +7,6 @@
 mod dispatch;
 mod helpers;
 mod local;
-mod restarts;
 mod refusals;
+mod restarts;
 mod runs;

@@ -37,7 +37,8 @@ pub struct ReviewBody {
 #[utoipa::path(post, path = "/api/v1/admin/lora-models/{id}/review", request_body = ReviewBody, tag = "admin",
     security(("bearer" = [])), params(("id" = Uuid, Path)),
     responses((status = 200, body = StatusView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 409, description = "not_in_review", body = ErrorBody),
+        (status = 413, description = "payload_too_large", body = ErrorBody)))]
 pub async fn review(
     State(state): State<AppState>,
     user: AuthUser,

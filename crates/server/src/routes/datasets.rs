@@ -57,7 +57,7 @@ pub struct DatasetView {
 #[utoipa::path(post, path = "/api/v1/datasets", tag = "datasets", security(("bearer" = [])),
     request_body(content_type = "multipart/form-data", description = "parts named `images`; `.txt` parts are captions"),
     responses((status = 201, body = DatasetView), (status = 400, body = crate::views::ErrorBody),
-        (status = 413, body = crate::views::ErrorBody),
+        (status = 413, description = "payload_too_large", body = crate::views::ErrorBody),
         (status = 422, description = "invalid_dataset: every failing image with its reason", body = crate::views::ErrorBody),
         (status = 429, description = "dataset_quota_reached: the daily dataset quota, with limit, used and resets_at", body = crate::views::ErrorBody)))]
 pub async fn upload(
@@ -200,6 +200,7 @@ pub struct UrlImageRequest {
     request_body = FromUrlsRequest,
     responses((status = 201, body = DatasetView), (status = 400, body = crate::views::ErrorBody),
         (status = 403, description = "url_intake_disabled: the server allows no hosts", body = crate::views::ErrorBody),
+        (status = 413, description = "payload_too_large", body = crate::views::ErrorBody),
         (status = 422, description = "invalid_dataset: every URL that failed to download or failed the checks, with its reason", body = crate::views::ErrorBody),
         (status = 429, description = "dataset_quota_reached: the daily dataset quota, with limit, used and resets_at", body = crate::views::ErrorBody)))]
 pub async fn from_urls(

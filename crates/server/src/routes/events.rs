@@ -62,8 +62,10 @@ impl From<&LoraEvent> for EventView {
 
 /// Live changes of one LoRA as Server-Sent Events (`event:` is the kind, `id:` the event id).
 #[utoipa::path(get, path = "/api/v1/lora-models/{id}/events", tag = "library", security(("bearer" = [])),
-    params(("id" = uuid::Uuid, Path), ("Last-Event-ID" = Option<i64>, Header, description = "resume after this event")),
+    params(("id" = uuid::Uuid, Path), ("Last-Event-ID" = Option<i64>, Header, description = "resume after this event"),
+        ("last_event_id" = Option<i64>, Query, description = "the same, for EventSource polyfills that cannot send headers")),
     responses((status = 200, description = "text/event-stream of EventView payloads", content_type = "text/event-stream"),
+        (status = 400, description = "invalid_query or an invalid Last-Event-ID", body = crate::views::ErrorBody),
         (status = 404, body = crate::views::ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,

@@ -10,13 +10,26 @@ use loraforge_storage::SignedQuery;
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
+use crate::views::ErrorBody;
 
-#[derive(Debug, Deserialize)]
+/// The signature of a link (both are required; a link without them is refused with 403).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FileQuery {
+    /// When the link expires, in Unix seconds.
     pub expires: Option<i64>,
+    /// The link's HMAC signature.
     pub sig: Option<String>,
 }
 
+/// Downloads a file through a signed, unexpired link from the API (local storage only; with
+/// S3 storage links point at the bucket and this route answers 404).
+#[utoipa::path(get, path = "/files/{key}", tag = "files",
+    params(("key" = String, Path, description = "the storage key (may contain `/`)"), FileQuery),
+    responses((status = 200, description = "the file's bytes, typed by its extension"),
+        (status = 400, body = ErrorBody),
+        (status = 403, description = "invalid_signature or link_expired", body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 pub async fn get_file(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -62,6 +75,15 @@ pub async fn get_file(
 
 /// `PUT /files/{key}?expires=&sig=`: a worker uploads a trained file through a signed upload
 /// link (local storage only; S3 takes presigned PUTs itself). The raw body is the object.
+#[utoipa::path(put, path = "/files/{key}", tag = "files",
+    params(("key" = String, Path, description = "the storage key (may contain `/`)"), FileQuery),
+    request_body(content = String, content_type = "application/octet-stream", description = "the file's bytes"),
+    responses((status = 201, description = "stored"),
+        (status = 400, body = ErrorBody),
+        (status = 403, description = "invalid_signature or link_expired", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 413, description = "larger than the file upload limit", body = ErrorBody),
+        (status = 503, description = "storage unavailable; try again", body = ErrorBody)))]
 pub async fn put_file(
     State(state): State<AppState>,
     Path(key): Path<String>,

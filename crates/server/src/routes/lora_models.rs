@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use utoipa::IntoParams;
 use uuid::Uuid;
@@ -15,11 +15,12 @@ use uuid::Uuid;
 use loraforge_db::{EventDetail, IdempotencyKey, LoraQuery};
 use loraforge_domain::keys::OutputKeys;
 use loraforge_domain::{
-    DatasetId, LoraId, LoraModel, LoraName, LoraSort, ParamErrorKind, StatusEvent, TextRule,
-    TrainingParams, TrainingStatus, text,
+    DatasetId, LoraId, LoraModel, LoraName, LoraSort, ParamError, ParamErrorKind, ParamsInput,
+    StatusEvent, TextRule, TrainingParams, TrainingStatus, text,
 };
 
 use crate::auth::AuthUser;
+use crate::body;
 use crate::create::{CreateLora, Created, create_lora};
 use crate::error::{ApiError, ApiResult, body_error, invalid_text};
 use crate::library_cache::LibraryCache;
@@ -148,27 +149,32 @@ async fn library_page(state: &AppState, query: &LoraQuery) -> ApiResult<Bytes> {
     Ok(Bytes::from(json))
 }
 
-/// Body of `POST /api/v1/lora-models`.
-#[derive(Debug, utoipa::ToSchema)]
-#[allow(dead_code)] // documents the body; the handler parses fields one by one for precise errors
+/// Body of `POST /api/v1/lora-models`: the type the handler parses the body with, and the one
+/// its OpenAPI schema is generated from (constraints added by `openapi::document`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateLoraRequest {
-    /// 1–255 characters, unique among your LoRAs.
-    name: String,
-    description: Option<String>,
+    /// 1–255 characters (trimmed), unique among your LoRAs.
+    pub name: String,
+    /// At most 10,000 characters; null or absent: none.
+    pub description: Option<String>,
     /// From `POST /api/v1/datasets`.
-    dataset_id: Uuid,
-    /// Training parameters; anything left out takes the default.
-    #[schema(value_type = Object)]
-    params: Option<Value>,
+    pub dataset_id: Uuid,
+    /// Training parameters; anything left out (or null) takes the default.
+    pub params: Option<ParamsInput>,
 }
 
 /// Creates a LoRA from one of your datasets and queues its training.
 #[utoipa::path(post, path = "/api/v1/lora-models", request_body = CreateLoraRequest, tag = "library",
     security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, description = "retrying with the same key returns the first result")),
-    responses((status = 202, body = CreateLoraResponse), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
-        (status = 429, body = ErrorBody)))]
+    responses((status = 202, body = CreateLoraResponse),
+        (status = 400, description = "invalid_json, invalid_request, invalid_name, invalid_description, invalid_params (with `field`) or invalid_idempotency_key", body = ErrorBody),
+        (status = 404, description = "dataset_not_found", body = ErrorBody),
+        (status = 409, description = "duplicate_name", body = ErrorBody),
+        (status = 413, description = "payload_too_large", body = ErrorBody),
+        (status = 422, description = "idempotency_key_reused, base_model_not_allowed (with `allowed`), or incompatible_params (with `field`: e.g. `class_prompt` without `\"type\": \"dreambooth\"`)", body = ErrorBody),
+        (status = 429, description = "rate_limited or monthly_limit_reached (with Retry-After)", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     user: AuthUser,
@@ -176,46 +182,13 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let body = body.map_err(body_error)?;
-    let body_json: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
-    })?;
-    let obj = body_json
-        .as_object()
-        .ok_or_else(|| ApiError::bad_request("invalid_json", "the body must be a JSON object"))?;
-    if let Some(k) = obj
-        .keys()
-        .find(|k| !["name", "description", "dataset_id", "params"].contains(&k.as_str()))
-    {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            format!(
-                "unknown field {k:?}; allowed fields are name, description, dataset_id, params"
-            ),
-        ));
-    }
-    let name = match obj.get("name") {
-        Some(Value::String(s)) => {
-            LoraName::parse(s).map_err(|e| invalid_text("invalid_name", &e))?
-        }
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_name",
-                "name is required and must be a string",
-            ));
-        }
-    };
-    let description = parse_description(obj.get("description"))?;
-    let dataset_id: DatasetId = obj
-        .get("dataset_id")
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_request",
-                "dataset_id is required: the UUID returned by POST /api/v1/datasets",
-            )
-        })?;
-    let params = parse_params(&state, obj.get("params"))?;
+    let body_json = body::json_value(&body)?;
+    let req: CreateLoraRequest =
+        body::from_value(body_json.clone()).map_err(|e| create_body_error(&state, &e))?;
+    let name = LoraName::parse(&req.name).map_err(|e| invalid_text("invalid_name", &e))?;
+    let description = parse_description(req.description.as_deref())?;
+    let dataset_id = DatasetId(req.dataset_id);
+    let params = check_params(&state, req.params.as_ref())?;
     let idempotency = idempotency_key(&headers, &body_json)?;
 
     let Created { lora, replayed } = create_lora(
@@ -248,54 +221,82 @@ pub async fn create(
     Ok(resp)
 }
 
-/// `params` of a create request: a JSON object (or absent) parsed into checked training params.
-pub(crate) fn parse_params(state: &AppState, v: Option<&Value>) -> ApiResult<TrainingParams> {
-    let empty = Map::new();
-    let params_in = match v {
-        None | Some(Value::Null) => &empty,
-        Some(Value::Object(m)) => m,
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_params",
-                "params must be a JSON object",
-            ));
+/// The 400 for a create body that does not fit [`CreateLoraRequest`], with the code of the
+/// field that is wrong.
+fn create_body_error(state: &AppState, e: &body::BodyError) -> ApiError {
+    match e.top_field() {
+        Some("params") => params_body_error(state, e),
+        Some("name") => {
+            ApiError::bad_request("invalid_name", "name is required and must be a string")
         }
-    };
-    TrainingParams::from_json(params_in, &state.settings().param_limits).map_err(|e| {
-        if let Some(allowed) = &e.allowed {
-            // Well-formed, but not a model this operator lets the trainer download and run.
-            return ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "base_model_not_allowed",
-                e.message.clone(),
-            )
-            .with("field", e.field.clone())
-            .with("allowed", allowed.clone());
-        }
-        let (status, code) = match e.kind {
-            ParamErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid_params"),
-            // Each value is fine but the run could never be trained as asked: refused now
-            // rather than after spending a GPU slot.
-            ParamErrorKind::Incompatible => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "incompatible_params")
-            }
-        };
-        ApiError::new(status, code, e.to_string()).with("field", e.field.clone())
-    })
-}
-
-/// A description from JSON: a string (checked and normalised like all text, see
-/// `loraforge_domain::text`; blank is none) or null.
-pub(crate) fn parse_description(v: Option<&Value>) -> ApiResult<Option<String>> {
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => text::clean_optional(Some(s), &TextRule::DESCRIPTION)
-            .map_err(|e| invalid_text("invalid_description", &e)),
-        Some(_) => Err(ApiError::bad_request(
+        Some("description") => ApiError::bad_request(
             "invalid_description",
             "description must be a string or null",
-        )),
+        ),
+        Some("dataset_id") => ApiError::bad_request(
+            "invalid_request",
+            "dataset_id is required: the UUID returned by POST /api/v1/datasets",
+        ),
+        _ if e.message.starts_with("unknown field") => ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "unknown field {:?}; allowed fields are name, description, dataset_id, params",
+                e.named_field().unwrap_or_default()
+            ),
+        ),
+        _ => ApiError::bad_request(
+            "invalid_json",
+            format!("the body must be a JSON object: {}", e.message),
+        ),
     }
+}
+
+/// 400 `invalid_params` for a body whose `params` serde could not read, naming the field.
+pub(crate) fn params_body_error(state: &AppState, e: &body::BodyError) -> ApiError {
+    let field = e.path.get(1).map(String::as_str);
+    let err = ParamError::from_serde(field, &e.message, &state.settings().param_limits);
+    invalid_params(&err)
+}
+
+fn invalid_params(e: &ParamError) -> ApiError {
+    match &e.allowed {
+        // Well-formed, but not a model this operator lets the trainer download and run.
+        Some(allowed) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "base_model_not_allowed",
+            e.message.clone(),
+        )
+        .with("field", e.field.clone())
+        .with("allowed", allowed.clone()),
+        None => {
+            let (status, code) = match e.kind {
+                ParamErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid_params"),
+                // Each value is fine but the run could never be trained as asked: refused now
+                // rather than after spending a GPU slot.
+                ParamErrorKind::Incompatible => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "incompatible_params")
+                }
+            };
+            ApiError::new(status, code, e.to_string()).with("field", e.field.clone())
+        }
+    }
+}
+
+/// A request's `params` (absent: all defaults) checked into training params.
+pub(crate) fn check_params(
+    state: &AppState,
+    input: Option<&ParamsInput>,
+) -> ApiResult<TrainingParams> {
+    let default = ParamsInput::default();
+    TrainingParams::from_input(input.unwrap_or(&default), &state.settings().param_limits)
+        .map_err(|e| invalid_params(&e))
+}
+
+/// A description (checked and normalised like all text, see `loraforge_domain::text`; blank
+/// is none) or none.
+pub(crate) fn parse_description(v: Option<&str>) -> ApiResult<Option<String>> {
+    text::clean_optional(v, &TextRule::DESCRIPTION)
+        .map_err(|e| invalid_text("invalid_description", &e))
 }
 
 fn idempotency_key(headers: &HeaderMap, body: &Value) -> ApiResult<Option<IdempotencyKey>> {
@@ -496,7 +497,7 @@ fn ensure_owner(lora: &LoraModel, user: &AuthUser, action: &str) -> ApiResult<()
 #[utoipa::path(post, path = "/api/v1/lora-models/{id}/cancel", tag = "library", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
     responses((status = 200, body = StatusView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody)))]
+        (status = 409, description = "invalid_state: the LoRA has finished", body = ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     user: AuthUser,
@@ -518,15 +519,22 @@ pub async fn cancel(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchLora {
-    /// New description; null clears it.
+    /// New description (at most 10,000 characters); null clears it.
+    #[serde(deserialize_with = "present")]
+    #[schema(required = true)]
     pub description: Option<String>,
+}
+
+/// A field that must be present but may be null (`Option` alone would also take it absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d)
 }
 
 /// Changes the description. Owner only.
 #[utoipa::path(patch, path = "/api/v1/lora-models/{id}", request_body = PatchLora, tag = "library",
     security(("bearer" = [])), params(("id" = Uuid, Path)),
     responses((status = 200, body = LoraDetails), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 413, description = "payload_too_large", body = ErrorBody)))]
 pub async fn patch(
     State(state): State<AppState>,
     user: AuthUser,
@@ -534,19 +542,13 @@ pub async fn patch(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<LoraDetails>> {
     let body = body.map_err(body_error)?;
-    let v: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
-    })?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| ApiError::bad_request("invalid_json", "the body must be a JSON object"))?;
-    if obj.keys().any(|k| k != "description") || !obj.contains_key("description") {
-        return Err(ApiError::bad_request(
+    let req: PatchLora = body::from_value(body::json_value(&body)?).map_err(|_| {
+        ApiError::bad_request(
             "invalid_request",
             "only `description` can be changed; send {\"description\": \"…\"}",
-        ));
-    }
-    let description = parse_description(obj.get("description"))?;
+        )
+    })?;
+    let description = parse_description(req.description.as_deref())?;
     let lora = load(&state, &id).await?;
     ensure_owner(&lora, &user, "edit")?;
     let lora = state

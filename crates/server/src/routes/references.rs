@@ -11,21 +11,24 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use loraforge_db::{DbError, IdempotencyKey};
-use loraforge_domain::{LoraName, MonthlyWindow, TextRule, TrainingStatus, text};
+use loraforge_domain::{LoraName, MonthlyWindow, ParamsInput, TextRule, TrainingStatus, text};
 
 use crate::auth::AuthUser;
+use crate::body;
 use crate::create::{CreateLora, Created, create_lora, monthly_limit_reached};
 use crate::downloads::{self, UrlImage, download_all};
 use crate::error::{ApiError, ApiResult, body_error, invalid_text};
 use crate::intake::{IntakeError, store_dataset};
 use crate::quota::check_dataset_quota;
-use crate::routes::lora_models::{idempotency_header, parse_description, parse_params};
+use crate::routes::lora_models::{
+    check_params, idempotency_header, params_body_error, parse_description,
+};
 use crate::state::AppState;
 
 /// References per request, across all characters.
@@ -37,8 +40,7 @@ const MAX_REFERENCES: usize = 500;
 pub struct FromReferencesRequest {
     pub character_references: Vec<CharacterReference>,
     /// Training parameters for every LoRA; anything left out takes the default.
-    #[schema(value_type = Option<Object>)]
-    pub params: Option<Value>,
+    pub params: Option<ParamsInput>,
     pub description: Option<String>,
 }
 
@@ -83,8 +85,10 @@ pub struct FromReferencesResponse {
     params(("Idempotency-Key" = Option<String>, Header, description = "retrying with the same key returns the first LoRAs")),
     responses((status = 202, body = FromReferencesResponse), (status = 400, body = crate::views::ErrorBody),
         (status = 403, description = "url_intake_disabled", body = crate::views::ErrorBody),
-        (status = 422, description = "idempotency_key_reused", body = crate::views::ErrorBody),
-        (status = 429, description = "monthly_limit_reached or dataset_quota_reached", body = crate::views::ErrorBody)))]
+        (status = 409, description = "duplicate_name (when no character got a LoRA)", body = crate::views::ErrorBody),
+        (status = 413, description = "payload_too_large", body = crate::views::ErrorBody),
+        (status = 422, description = "idempotency_key_reused, invalid_dataset, base_model_not_allowed (with `allowed`), or incompatible_params (with `field`)", body = crate::views::ErrorBody),
+        (status = 429, description = "rate_limited, monthly_limit_reached or dataset_quota_reached", body = crate::views::ErrorBody)))]
 pub async fn from_references(
     State(state): State<AppState>,
     user: AuthUser,
@@ -92,10 +96,13 @@ pub async fn from_references(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<FromReferencesResponse>)> {
     let body = body.map_err(body_error)?;
-    let req: FromReferencesRequest = serde_json::from_slice(&body).map_err(|e| {
+    let req: FromReferencesRequest = body::from_value(body::json_value(&body)?).map_err(|e| {
+        if e.top_field() == Some("params") {
+            return params_body_error(&state, &e);
+        }
         ApiError::bad_request(
             "invalid_json",
-            format!("{e}; send {{\"character_references\": [{{\"character_id\": \"…\", \"image_url\": \"https://…\"}}]}}"),
+            format!("{}; send {{\"character_references\": [{{\"character_id\": \"…\", \"image_url\": \"https://…\"}}]}}", e.message),
         )
     })?;
     let refs = req.character_references;
@@ -117,8 +124,8 @@ pub async fn from_references(
             Ok(r)
         })
         .collect::<ApiResult<Vec<_>>>()?;
-    let description = parse_description(req.description.map(Value::String).as_ref())?;
-    let params = parse_params(&state, req.params.as_ref())?;
+    let description = parse_description(req.description.as_deref())?;
+    let params = check_params(&state, req.params.as_ref())?;
     let idempotency = idempotency_header(&headers)?;
     let fetcher = downloads::fetcher(&state)?;
 
@@ -388,7 +395,7 @@ fn character_key(
     g: &CharacterGroup,
     name: &str,
     description: &Option<String>,
-    params: Option<&Value>,
+    params: Option<&ParamsInput>,
 ) -> IdempotencyKey {
     let id_hash = hex::encode(Sha256::digest(g.character_id.as_bytes()));
     let canonical = json!({

@@ -22,13 +22,15 @@ use crate::auth::WorkerAuth;
 use crate::error::{ApiError, ApiResult};
 use crate::routes::lora_models::load;
 use crate::state::AppState;
+use crate::views::ErrorBody;
 
 /// `GET /api/v1/worker/jobs/{id}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WorkerJob {
     pub lora_id: String,
     pub attempt: u32,
     /// Handed to the trainer as its `--spec` (trainer/README.md).
+    #[schema(value_type = Object)]
     pub trainer_spec: Value,
     pub images: Vec<JobImage>,
     pub uploads: Uploads,
@@ -38,7 +40,7 @@ pub struct WorkerJob {
 }
 
 /// Where the attempt uploads its checkpoints, and the one to resume from.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CheckpointPlan {
     /// `PUT` each new checkpoint here (the newest replaces the last), then `POST …/checkpoint`.
     pub upload: UploadTarget,
@@ -46,14 +48,14 @@ pub struct CheckpointPlan {
     pub resume: Option<ResumeFrom>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ResumeFrom {
     pub url: String,
     pub step: u64,
     pub bytes: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobImage {
     /// `NN.ext`: safe to use as a file name as is.
     pub file_name: String,
@@ -63,21 +65,21 @@ pub struct JobImage {
     pub caption: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Uploads {
     pub model: UploadTarget,
     pub kohya: UploadTarget,
     pub validation: Vec<UploadTarget>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UploadTarget {
     pub key: String,
     pub url: String,
 }
 
 /// `POST …/progress`: everything but `attempt` optional; only `attempt` is a heartbeat.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ProgressBody {
     pub attempt: u32,
     pub stage: Option<String>,
@@ -89,7 +91,7 @@ pub struct ProgressBody {
 
 /// `POST …/checkpoint`: the attempt uploaded a checkpoint of `step` (`bytes` long) to its
 /// checkpoint link.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CheckpointBody {
     pub attempt: u32,
     pub step: u64,
@@ -98,7 +100,7 @@ pub struct CheckpointBody {
 
 /// `POST …/failure`: how an attempt ended when it did not train (a code of
 /// `domain::outcome`, the reporter's reason, whether it may pass).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct FailureBody {
     pub attempt: u32,
     pub code: String,
@@ -109,11 +111,26 @@ pub struct FailureBody {
 
 /// The answer to a result or a failure: whether this report was recorded (a repeated or late
 /// one is not, and that is fine), and the LoRA's status now.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ReportAnswer {
     pub recorded: bool,
+    #[schema(value_type = String)]
     pub status: TrainingStatus,
     pub error: Option<String>,
+}
+
+/// The answer to a progress report.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProgressAnswer {
+    /// Always true: a worker whose attempt no longer holds the job gets 409 instead.
+    #[serde(rename = "continue")]
+    pub keep_going: bool,
+}
+
+/// The answer to a checkpoint report.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CheckpointAnswer {
+    pub recorded: bool,
 }
 
 /// Longest reason kept from a worker, in characters.
@@ -186,6 +203,9 @@ fn check_attempt(auth: &WorkerAuth, attempt: u32) -> ApiResult<()> {
 }
 
 /// The job of the token's attempt: the trainer's spec, signed image links, signed upload links.
+#[utoipa::path(get, path = "/api/v1/worker/jobs/{id}", tag = "worker", security(("worker" = [])), params(("id" = uuid::Uuid, Path, description = "the LoRA (job) id")),
+    responses((status = 200, body = WorkerJob), (status = 403, description = "forbidden: the token is for another LoRA", body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "job_not_active, or dataset_gone", body = ErrorBody)))]
 pub async fn job(
     State(state): State<AppState>,
     auth: WorkerAuth,
@@ -288,12 +308,16 @@ pub async fn job(
 }
 
 /// Progress and heartbeat.
+#[utoipa::path(post, path = "/api/v1/worker/jobs/{id}/progress", tag = "worker", request_body = ProgressBody, security(("worker" = [])), params(("id" = uuid::Uuid, Path, description = "the LoRA (job) id")),
+    responses((status = 200, body = ProgressAnswer), (status = 400, body = ErrorBody), (status = 403, description = "forbidden: the token is for another LoRA", body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "job_not_active: this attempt no longer holds the job", body = ErrorBody),
+        (status = 413, body = ErrorBody)))]
 pub async fn progress(
     State(state): State<AppState>,
     auth: WorkerAuth,
     Path(id): Path<String>,
     body: Result<Json<ProgressBody>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ProgressAnswer>> {
     let body = json_body(body)?;
     check_attempt(&auth, body.attempt)?;
     let lora = own_lora(&state, &auth, &id).await?;
@@ -306,7 +330,7 @@ pub async fn progress(
             .await?;
         state.notify_changed(lora.id);
     }
-    Ok(Json(json!({ "continue": true })))
+    Ok(Json(ProgressAnswer { keep_going: true }))
 }
 
 /// The progress after a worker's report.
@@ -340,12 +364,17 @@ fn next_progress(current: &Progress, body: &ProgressBody) -> ApiResult<Progress>
 
 /// A checkpoint was uploaded: it becomes the one the next attempt resumes from (the one before
 /// it is deleted).
+#[utoipa::path(post, path = "/api/v1/worker/jobs/{id}/checkpoint", tag = "worker", request_body = CheckpointBody, security(("worker" = [])), params(("id" = uuid::Uuid, Path, description = "the LoRA (job) id")),
+    responses((status = 200, body = CheckpointAnswer), (status = 400, body = ErrorBody), (status = 403, description = "forbidden: the token is for another LoRA", body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "job_not_active: this attempt no longer holds the job", body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 422, description = "upload_missing: the checkpoint is not stored at its link with that size", body = ErrorBody)))]
 pub async fn checkpoint(
     State(state): State<AppState>,
     auth: WorkerAuth,
     Path(id): Path<String>,
     body: Result<Json<CheckpointBody>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<CheckpointAnswer>> {
     let body = json_body(body)?;
     check_attempt(&auth, body.attempt)?;
     let lora = own_lora(&state, &auth, &id).await?;
@@ -385,7 +414,7 @@ pub async fn checkpoint(
         tracing::warn!(lora = %lora.id, key = %old, error = %e, "could not delete an older checkpoint");
     }
     tracing::info!(lora = %lora.id, attempt = auth.attempt, step = body.step, bytes = body.bytes, "checkpoint stored");
-    Ok(Json(json!({ "recorded": true })))
+    Ok(Json(CheckpointAnswer { recorded: true }))
 }
 
 /// The record of the token's attempt. A worker may report before the engine recorded its run
@@ -405,6 +434,11 @@ async fn attempt_run(state: &AppState, lora: &LoraModel, attempt: u32) -> ApiRes
 
 /// Training ended well and the files are uploaded: the result is recorded on the run and the
 /// engine runs the after-training steps (file check, LoRA check, validation, publish).
+#[utoipa::path(post, path = "/api/v1/worker/jobs/{id}/result", tag = "worker", request_body = RunResult, security(("worker" = [])), params(("id" = uuid::Uuid, Path, description = "the LoRA (job) id")),
+    responses((status = 200, body = ReportAnswer), (status = 400, body = ErrorBody), (status = 403, description = "forbidden: the token is for another LoRA", body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "job_not_active: this attempt no longer holds the job", body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 503, description = "run_not_recorded: report again in a moment", body = ErrorBody)))]
 pub async fn result(
     State(state): State<AppState>,
     auth: WorkerAuth,
@@ -441,6 +475,11 @@ pub async fn result(
 
 /// The attempt ended without training: its outcome is recorded on the run (unless another was
 /// first, e.g. the LoRA was cancelled) and the engine decides (a requeue or a failure).
+#[utoipa::path(post, path = "/api/v1/worker/jobs/{id}/failure", tag = "worker", request_body = FailureBody, security(("worker" = [])), params(("id" = uuid::Uuid, Path, description = "the LoRA (job) id")),
+    responses((status = 200, body = ReportAnswer), (status = 400, body = ErrorBody), (status = 403, description = "forbidden: the token is for another LoRA", body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "job_not_active: this attempt no longer holds the job", body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 503, description = "run_not_recorded: report again in a moment", body = ErrorBody)))]
 pub async fn failure(
     State(state): State<AppState>,
     auth: WorkerAuth,

@@ -1,4 +1,4 @@
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::*;
 
@@ -62,8 +62,19 @@ async fn openapi_document_lists_every_route_and_docs_are_served() {
         "{}",
         doc["openapi"]
     );
+    // What is served is the generated document, with this server's limits in it.
+    let generated =
+        serde_json::to_value(loraforge_server::openapi::document(&app.settings)).unwrap();
+    assert_eq!(doc, generated);
+    assert_eq!(
+        doc["components"]["schemas"]["ParamsInput"]["properties"]["steps"]["minimum"],
+        json!(app.settings.param_limits.min_steps)
+    );
     let paths = doc["paths"].as_object().unwrap();
     for p in [
+        "/api/v1/worker/jobs/{id}",
+        "/api/v1/worker/jobs/{id}/result",
+        "/files/{key}",
         "/healthz",
         "/readyz",
         "/api/v1/datasets",
@@ -78,6 +89,7 @@ async fn openapi_document_lists_every_route_and_docs_are_served() {
         assert!(paths.contains_key(p), "missing {p}");
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(doc["components"]["securitySchemes"]["worker"].is_object());
     let html = app.http.get(app.url("/docs/")).send().await.unwrap();
     assert_eq!(html.status(), 200);
     assert!(

@@ -808,6 +808,8 @@ async fn kill_9_of_the_service_mid_training_then_a_restart_finishes_the_job() {
         |s| s["stage"] == "training" && s["progress"].as_u64().is_some_and(|p| p >= 5),
     )
     .await;
+    // The worker keeps the address it was given: the restarted service takes the same one.
+    svc.bind = svc.url.trim_start_matches("http://").to_owned();
     svc.kill_9();
     // The worker is not the service's to lose: it keeps training (its own process group,
     // talking to the service over HTTP and riding out the minutes it is down), and the
@@ -827,7 +829,8 @@ async fn kill_9_of_the_service_mid_training_then_a_restart_finishes_the_job() {
     let events = svc.events(&token, &id).await;
     assert!(
         events.iter().all(|e| e["data"]["event"] != "requeue"),
-        "the run was adopted, not requeued: {events:?}"
+        "the run was adopted, not requeued: {events:?}\n{}",
+        svc.logs()
     );
     let (_, details) = svc
         .call(

@@ -319,6 +319,25 @@ impl Service {
         .await
     }
 
+    /// The outcome of each of the LoRA's runs, oldest first, and its details (owner's view).
+    async fn outcomes(&self, token: &str, id: &str) -> (Vec<String>, Value) {
+        let (_, details) = self
+            .call(
+                token,
+                reqwest::Method::GET,
+                &format!("/api/v1/lora-models/{id}"),
+                None,
+            )
+            .await;
+        let outcomes = details["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["outcome"].as_str().unwrap_or("").to_owned())
+            .collect();
+        (outcomes, details)
+    }
+
     async fn events(&self, token: &str, id: &str) -> Vec<Value> {
         let resp = self
             .http
@@ -832,20 +851,7 @@ async fn kill_9_of_the_service_mid_training_then_a_restart_finishes_the_job() {
         "the run was adopted, not requeued: {events:?}\n{}",
         svc.logs()
     );
-    let (_, details) = svc
-        .call(
-            &token,
-            reqwest::Method::GET,
-            &format!("/api/v1/lora-models/{id}"),
-            None,
-        )
-        .await;
-    let outcomes: Vec<&str> = details["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["outcome"].as_str().unwrap_or(""))
-        .collect();
+    let (outcomes, details) = svc.outcomes(&token, &id).await;
     assert_eq!(outcomes, ["trained"], "one run trained the LoRA: {details}");
 }
 
@@ -1100,20 +1106,7 @@ async fn a_pod_that_dies_mid_training_is_replaced_and_the_next_resumes_from_the_
         second_log.contains("resuming from step-"),
         "the second pod trained from scratch:\n{second_log}"
     );
-    let (_, details) = svc
-        .call(
-            &token,
-            reqwest::Method::GET,
-            &format!("/api/v1/lora-models/{id}"),
-            None,
-        )
-        .await;
-    let outcomes: Vec<&str> = details["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["outcome"].as_str().unwrap_or(""))
-        .collect();
+    let (outcomes, details) = svc.outcomes(&token, &id).await;
     assert_eq!(outcomes, ["vanished", "trained"], "{details}");
     // Nothing is left running, and the job's checkpoints are gone with it.
     let started = Instant::now();

@@ -9,9 +9,9 @@
 //!
 //! Privacy: on Unix the root folder is created with mode 0700, which keeps every file and
 //! sub-folder below it out of other users' reach whatever their own modes. `LocalFileSystem`
-//! creates files and sub-folders with the process umask (typically 0644/0755); a library cannot
-//! change that without changing the whole process's umask, which we do not do. A root that
-//! already exists is left as the operator made it, with a warning if other users can enter it.
+//! creates files and sub-folders with the process umask; this library does not change it, but the
+//! `loraforge` binary sets umask 077 at start, so they are 0600/0700 there. A root that already
+//! exists is left as the operator made it, with a warning if other users can enter it.
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;

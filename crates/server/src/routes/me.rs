@@ -54,7 +54,8 @@ pub async fn me(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json
 #[utoipa::path(patch, path = "/api/v1/me", tag = "account", security(("bearer" = [])),
     request_body = PatchMe,
     responses((status = 200, body = MeView), (status = 400, description = "invalid_json, invalid_display_name", body = crate::views::ErrorBody),
-        (status = 401, body = crate::views::ErrorBody)))]
+        (status = 401, body = crate::views::ErrorBody),
+        (status = 413, description = "payload_too_large", body = crate::views::ErrorBody)))]
 pub async fn patch(
     State(state): State<AppState>,
     user: AuthUser,

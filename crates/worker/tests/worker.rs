@@ -494,6 +494,55 @@ async fn heartbeats_keep_coming_while_the_trainer_is_silent() {
     );
 }
 
+/// A control plane gone for good (the service died and never came back) stops the worker once
+/// it has not answered for 60 heartbeats (at least 3 s): the trainer is stopped with SIGTERM (it
+/// checkpoints) and the attempt ends `stopped`, instead of training on for nobody.
+#[tokio::test]
+async fn a_control_plane_gone_for_good_stops_the_worker() {
+    let plane = Plane::start().await;
+    // 60 heartbeats of 0.02 s is 1.2 s: the 3 s floor applies.
+    plane.set_job(1, images(), 0.02, 100);
+    let Scratch {
+        dir: _dir,
+        out,
+        fake,
+    } = Scratch::new();
+    let trainer = fake_trainer(
+        &fake,
+        &[("FAKE_STEPS", "100000"), ("FAKE_STEP_SECONDS", "0.01")],
+    );
+    let worker = tokio::spawn(run(config(&plane, &out, trainer)));
+    plane
+        .wait_until("the trainer under way", |s| {
+            s.progress.lock().unwrap().len() >= 3
+        })
+        .await;
+    plane.go_away();
+    let (code, stdout) = tokio::time::timeout(Duration::from_secs(300), worker)
+        .await
+        .expect("the worker stops on its own long before its 1,000 s of steps")
+        .unwrap();
+
+    assert_eq!(code, 10, "stdout: {stdout}");
+    let line = last_line(&stdout);
+    assert_eq!(
+        (line["code"].as_str(), line["exit_code"].as_i64()),
+        (Some("stopped"), Some(10))
+    );
+    assert!(
+        line["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the control plane did not answer for 3s"),
+        "{line}"
+    );
+    assert!(
+        fake.join("stopped").exists(),
+        "the trainer got SIGTERM and checkpointed"
+    );
+    assert!(!alive(read_pid(&fake)), "no trainer process is left");
+}
+
 #[tokio::test]
 async fn fetching_the_job_retries_then_maps_refusals_to_exit_codes() {
     let dir = tempfile::tempdir().unwrap();

@@ -108,6 +108,8 @@ pub const GATE_LIMIT: Duration = Duration::from_secs(30);
 pub struct Plane {
     pub base: String,
     pub state: Arc<PlaneState>,
+    /// Notified by [`Plane::go_away`]: the server stops for good.
+    gone: Arc<tokio::sync::Notify>,
 }
 
 /// One dataset image for [`Plane::set_job`].
@@ -160,10 +162,23 @@ impl Plane {
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let plane = Plane { base, state };
+        let gone = Arc::new(tokio::sync::Notify::new());
+        let stop = gone.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.notified().await })
+                .await
+                .unwrap()
+        });
+        let plane = Plane { base, state, gone };
         plane.set_job(1, images(), 10.0, 100);
         plane
+    }
+
+    /// The control plane goes away for good (a service that died and never came back): it
+    /// stops listening and closes its connections; every later call fails to connect.
+    pub fn go_away(&self) {
+        self.gone.notify_one();
     }
 
     pub fn link(&self, key: &str) -> String {

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-pub use crate::replicate_config::{Faults, ReplicateConfig, TrainingCommand};
 use crate::process;
+pub use crate::replicate_config::{Faults, ReplicateConfig, TrainingCommand};
 
 /// A training's state as the fake keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +123,9 @@ impl TrainingRecord {
         }
         self.status = status;
         self.completed_at = Some(Utc::now());
-        let ran = self.started.map_or(0.000_003, |s| s.elapsed().as_secs_f64());
+        let ran = self
+            .started
+            .map_or(0.000_003, |s| s.elapsed().as_secs_f64());
         self.predict_time = Some(ran);
     }
 }
@@ -273,8 +275,10 @@ impl FakeReplicate {
     /// The next `count` API requests answer `status` without reaching the API.
     pub fn inject_status(&self, count: u32, status: u16) {
         let mut st = self.shared.lock();
-        st.injections
-            .extend(std::iter::repeat_n(Injection::Status(status), count as usize));
+        st.injections.extend(std::iter::repeat_n(
+            Injection::Status(status),
+            count as usize,
+        ));
     }
 
     /// The next `count` creates are carried out but answered 504, as when the answer is lost.

@@ -153,7 +153,11 @@ async fn execute(shared: &Arc<Shared>, id: &str, dir: &Path, files: Files) {
             Ok(child) => child,
             Err(e) => {
                 drop(st);
-                return fail(shared, id, &format!("the training command could not start: {e}"));
+                return fail(
+                    shared,
+                    id,
+                    &format!("the training command could not start: {e}"),
+                );
             }
         };
         let pid = child.id().map_or(0, |p| p as i32);

@@ -123,7 +123,10 @@ async fn create(
     body: Bytes,
 ) -> Response {
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return problem(StatusCode::BAD_REQUEST, "The request body is not valid JSON");
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "The request body is not valid JSON",
+        );
     };
     let Some(destination) = body.get("destination").and_then(Value::as_str) else {
         return problem(
@@ -144,7 +147,10 @@ async fn create(
             "input: This field must be an object.",
         );
     }
-    let webhook = body.get("webhook").and_then(Value::as_str).map(str::to_owned);
+    let webhook = body
+        .get("webhook")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let filter = body
         .get("webhook_events_filter")
         .and_then(Value::as_array)
@@ -266,16 +272,16 @@ async fn secret(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn weights(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    let path = shared.lock().trainings.get(&id).and_then(|t| t.weights.clone());
+    let path = shared
+        .lock()
+        .trainings
+        .get(&id)
+        .and_then(|t| t.weights.clone());
     let Some(path) = path else {
         return problem(StatusCode::NOT_FOUND, "Not found.");
     };
     match tokio::fs::read(&path).await {
-        Ok(bytes) => (
-            [(header::CONTENT_TYPE, "application/x-tar")],
-            bytes,
-        )
-            .into_response(),
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/x-tar")], bytes).into_response(),
         Err(_) => problem(StatusCode::NOT_FOUND, "Not found."),
     }
 }

@@ -122,7 +122,11 @@ impl ReplicateClient {
 
     /// `POST /models/{owner}/{name}/versions/{version}/trainings`: 201 with the training. Sent
     /// once (see [`crate::retry`]); prefer [`Self::create_training_once`].
-    pub async fn create_training(&self, model: &ModelRef, create: &CreateTraining) -> Result<Training> {
+    pub async fn create_training(
+        &self,
+        model: &ModelRef,
+        create: &CreateTraining,
+    ) -> Result<Training> {
         let url = self.url(&[
             "models",
             &model.owner,
@@ -136,12 +140,17 @@ impl ReplicateClient {
             body["webhook"] = json!(webhook);
             body["webhook_events_filter"] = json!(create.webhook_events_filter);
         }
-        let answer = http::send("create_training", &self.settings.retry, Idempotency::Create, || {
-            self.http
-                .post(url.clone())
-                .header(reqwest::header::AUTHORIZATION, self.authorization())
-                .json(&body)
-        })
+        let answer = http::send(
+            "create_training",
+            &self.settings.retry,
+            Idempotency::Create,
+            || {
+                self.http
+                    .post(url.clone())
+                    .header(reqwest::header::AUTHORIZATION, self.authorization())
+                    .json(&body)
+            },
+        )
         .await?;
         match answer.status {
             200 | 201 => decode(&answer.body),
@@ -255,11 +264,16 @@ impl ReplicateClient {
     /// when Replicate does not know it.
     pub async fn cancel(&self, id: &str) -> Result<Option<Training>> {
         let url = self.url(&["trainings", id, "cancel"]);
-        let answer = http::send("cancel", &self.settings.retry, Idempotency::Idempotent, || {
-            self.http
-                .post(url.clone())
-                .header(reqwest::header::AUTHORIZATION, self.authorization())
-        })
+        let answer = http::send(
+            "cancel",
+            &self.settings.retry,
+            Idempotency::Idempotent,
+            || {
+                self.http
+                    .post(url.clone())
+                    .header(reqwest::header::AUTHORIZATION, self.authorization())
+            },
+        )
         .await?;
         match answer.status {
             200 => decode(&answer.body).map(Some),
@@ -274,7 +288,10 @@ impl ReplicateClient {
     /// `GET /webhooks/default/secret`: the `whsec_…` key webhooks are signed with.
     pub async fn webhook_secret(&self) -> Result<SecretString> {
         let answer = self
-            .get("webhook_secret", self.url(&["webhooks", "default", "secret"]))
+            .get(
+                "webhook_secret",
+                self.url(&["webhooks", "default", "secret"]),
+            )
             .await?;
         if answer.status != 200 {
             return Err(ReplicateError::Rejected {

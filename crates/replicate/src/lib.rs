@@ -12,12 +12,15 @@
 //! found again by its `loraforge_instance` tag. Money is integer micro-dollars; the token lives
 //! in a [`secrecy::SecretString`].
 
+mod backend;
 mod client;
+mod deliver;
 mod error;
 mod http;
 pub mod retry;
 mod types;
 
+pub use backend::{ReplicateBackend, ReplicateBackendSettings};
 pub use client::{AuthScheme, ReplicateClient, ReplicateSettings};
 pub use error::{ReplicateError, Result};
 pub use retry::RetrySettings;

@@ -108,8 +108,14 @@ mod tests {
         assert_eq!(r.delay(0, None), Duration::from_millis(500));
         assert_eq!(r.delay(1, None), Duration::from_millis(1000));
         assert_eq!(r.delay(3, None), Duration::from_millis(4000));
-        assert_eq!(r.delay(0, Some(Duration::from_secs(7))), Duration::from_secs(7));
-        assert_eq!(r.delay(0, Some(Duration::from_secs(7200))), Duration::from_secs(60));
+        assert_eq!(
+            r.delay(0, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            r.delay(0, Some(Duration::from_secs(7200))),
+            Duration::from_secs(60)
+        );
         assert_eq!(r.delay(40, None), Duration::from_secs(60));
     }
 

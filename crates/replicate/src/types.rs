@@ -170,8 +170,7 @@ pub fn parse_slug_pair(text: &str) -> Result<(String, String), String> {
     let slug = |s: &str| {
         !s.is_empty()
             && s.len() <= 100
-            && s
-                .chars()
+            && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             && !s.starts_with('.')
     };
@@ -202,12 +201,19 @@ mod tests {
 
     #[test]
     fn model_refs() {
-        let m = ModelRef::parse("acme/lora-trainer:5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa")
-            .unwrap();
+        let m = ModelRef::parse(
+            "acme/lora-trainer:5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa",
+        )
+        .unwrap();
         assert_eq!(m.owner, "acme");
         assert_eq!(m.name, "lora-trainer");
-        assert_eq!(m.to_string().split_once(':').unwrap().0, "acme/lora-trainer");
-        for bad in ["acme/x", "acme:1", "/x:1", "acme/:1", "a/b:", "a/b:x/y", "a/b/c:1", "a b/c:1"] {
+        assert_eq!(
+            m.to_string().split_once(':').unwrap().0,
+            "acme/lora-trainer"
+        );
+        for bad in [
+            "acme/x", "acme:1", "/x:1", "acme/:1", "a/b:", "a/b:x/y", "a/b/c:1", "a b/c:1",
+        ] {
             assert!(ModelRef::parse(bad).is_err(), "{bad}");
         }
     }
@@ -233,7 +239,8 @@ mod tests {
         assert!(!starting.status.is_terminal());
         assert_eq!(starting.weights_url(), None);
         let odd: Training =
-            serde_json::from_value(json!({"id": "a", "status": "queued", "metrics": null})).unwrap();
+            serde_json::from_value(json!({"id": "a", "status": "queued", "metrics": null}))
+                .unwrap();
         assert_eq!(odd.status, TrainingStatus::Other("queued".into()));
     }
 }

@@ -67,7 +67,9 @@ async fn main() -> Result<(), String> {
         None => TrainingCommand::cog(args.python, args.repo),
     };
     for pair in &args.env {
-        let (k, v) = pair.split_once('=').ok_or(format!("{pair:?} is not KEY=VALUE"))?;
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or(format!("{pair:?} is not KEY=VALUE"))?;
         command = command.with_env(k, v);
     }
     let mut config = ReplicateConfig::new(args.token, command);

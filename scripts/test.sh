@@ -68,3 +68,5 @@ say "running the trainer's tests (pytest, CPU, tiny model built at test time)"
 (cd trainer && HF_HUB_OFFLINE=1 "$cache/venv-trainer/bin/python" -m pytest -q -p no:cacheprovider)
 say "running the RunPod serverless handler's tests (docker/tests, a fake loraforge, no SDK)"
 "$cache/venv-trainer/bin/python" -m pytest -q -p no:cacheprovider docker/tests
+say "running the Cog model's tests (cog/tests: cog/train.py end to end on the tiny model, no Cog needed)"
+(cd cog && HF_HUB_OFFLINE=1 "$cache/venv-trainer/bin/python" -m pytest -q -p no:cacheprovider tests)

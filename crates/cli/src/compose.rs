@@ -69,6 +69,8 @@ pub fn server_settings(s: &Settings) -> ServerSettings {
             lease: Duration::from_secs(s.job_lease_secs),
             url_ttl: job_url_ttl(s),
             checkpoint_every: s.checkpoint_every_steps,
+            // The dataset zip link in each job points here (Replicate downloads it).
+            public_url: s.public_url().ok(),
             ..WorkerApiSettings::default()
         },
         validation: ValidationSettings {
@@ -86,6 +88,7 @@ pub fn server_settings(s: &Settings) -> ServerSettings {
             idle_timeout: Duration::from_secs(s.http_idle_timeout_secs.max(1)),
             max_connections: s.http_max_connections.max(1),
         },
+        replicate_webhook_key: s.replicate_webhook_key(),
         ..ServerSettings::default()
     }
 }

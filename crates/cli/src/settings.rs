@@ -161,6 +161,10 @@ pub struct Settings {
     /// Steps between two training checkpoints (each is uploaded to the blob store, so a lost
     /// instance costs at most this many steps); default: the trainer's, 250.
     pub checkpoint_every_steps: Option<u32>,
+    /// The Replicate account's webhook signing secret (`whsec_…`, from Replicate's
+    /// `GET /v1/webhooks/default/secret`): `POST /api/v1/webhooks/replicate` verifies deliveries
+    /// with it; unset, that route answers 404. Secret.
+    pub replicate_webhook_secret: Option<SecretString>,
     /// Let remote workers call back to a loopback `public_url` (tests only: a real pod cannot
     /// reach it).
     pub allow_loopback_callbacks: bool,
@@ -409,6 +413,16 @@ impl Settings {
                 s.runpod_cloud_type
             );
         }
+        if s.replicate_webhook_secret
+            .as_ref()
+            .is_some_and(|w| w.expose_secret().trim().is_empty())
+        {
+            s.replicate_webhook_secret = None;
+        }
+        if let Some(w) = &s.replicate_webhook_secret {
+            loraforge_server::webhook::WebhookKey::parse(w.expose_secret())
+                .map_err(|e| anyhow::anyhow!("replicate_webhook_secret: {e}"))?;
+        }
         if s.checkpoint_every_steps == Some(0) {
             bail!("checkpoint_every_steps must be at least 1");
         }
@@ -429,6 +443,12 @@ impl Settings {
             );
         }
         Ok(s)
+    }
+
+    /// The Replicate webhook signing key, when a secret is set (checked by [`Settings::load`]).
+    pub fn replicate_webhook_key(&self) -> Option<loraforge_server::webhook::WebhookKey> {
+        let secret = self.replicate_webhook_secret.as_ref()?;
+        loraforge_server::webhook::WebhookKey::parse(secret.expose_secret()).ok()
     }
 
     /// Which audiences users' tokens may carry (`jwt_audience`, `jwt_allow_missing_audience`).
@@ -749,6 +769,10 @@ impl Settings {
             ),
             ("backends", self.backends.join(",")),
             ("runpod_api_key", secret(&self.runpod_api_key)),
+            (
+                "replicate_webhook_secret",
+                secret(&self.replicate_webhook_secret),
+            ),
             (
                 "runpod_graphql_url",
                 self.runpod_graphql_url

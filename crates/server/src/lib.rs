@@ -20,6 +20,8 @@ pub mod routes;
 pub mod settings;
 pub mod state;
 pub mod views;
+pub mod webhook;
+pub mod zip;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,7 +44,10 @@ pub use error::ApiError;
 pub use settings::{HttpSettings, ServerSettings};
 pub use state::AppState;
 
-use routes::{admin, datasets, events, files, health, lora_models, me, references, worker};
+use routes::{
+    admin, dataset_zip, datasets, events, files, health, lora_models, me, references, webhooks,
+    worker,
+};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -126,13 +131,26 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             "/api/v1/worker/jobs/{id}/checkpoint",
             worker::checkpoint,
         )
+        .route(
+            Method::GET,
+            "/api/v1/worker/jobs/{id}/dataset.zip",
+            dataset_zip::dataset_zip,
+        )
         .body_limit(settings.max_json_bytes);
+    let hooks = RouteTable::default()
+        .route(
+            Method::POST,
+            "/api/v1/webhooks/replicate",
+            webhooks::replicate,
+        )
+        .body_limit(webhooks::MAX_WEBHOOK_BYTES);
     RouteTable::default()
         .route(Method::GET, "/healthz", health::healthz)
         .route(Method::GET, "/readyz", health::readyz)
         .merge(upload)
         .merge(files)
         .merge(api)
+        .merge(hooks)
 }
 
 /// A router that keeps the list of what it serves: `route` registers the handler for exactly the

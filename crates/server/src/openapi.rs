@@ -25,7 +25,10 @@ use loraforge_domain::name::MAX_NAME_CHARS;
 use loraforge_domain::params::{ListRule, Rule, Text};
 
 use crate::routes::lora_models::MAX_DESCRIPTION_CHARS;
-use crate::routes::{admin, datasets, events, files, health, lora_models, me, references, worker};
+use crate::routes::{
+    admin, dataset_zip, datasets, events, files, health, lora_models, me, references, webhooks,
+    worker,
+};
 use crate::settings::ServerSettings;
 use crate::views;
 
@@ -35,7 +38,8 @@ use crate::views;
         title = "loraforge",
         description = "Train character LoRAs from a handful of images and keep them in a shared public library. \
             Every /api/v1 route needs `Authorization: Bearer <JWT>` (a user's token; the worker routes take \
-            the per-attempt worker token instead). Errors are \
+            the per-attempt worker token instead; the dataset zip link is signed in its query and the provider \
+            webhooks by their own signature headers). Errors are \
             `{\"error\": {\"code\": \"snake_case\", \"message\": \"…\"}}`."
     ),
     paths(
@@ -45,7 +49,7 @@ use crate::views;
         lora_models::cancel, lora_models::patch, events::events,
         me::me, me::patch, me::limits, admin::review,
         worker::job, worker::progress, worker::checkpoint, worker::result, worker::failure,
-        files::get_file, files::put_file,
+        files::get_file, files::put_file, dataset_zip::dataset_zip, webhooks::replicate,
     ),
     components(schemas(
         views::LoraList, views::LoraListItem, views::CreatorView, views::LoraDetails, views::StatusView, views::AttemptView, views::MoneyView,
@@ -55,7 +59,7 @@ use crate::views;
         references::FromReferencesRequest, references::CharacterReference, references::FromReferencesResponse,
         references::CharacterLoraView, references::CharacterWarning, events::EventView,
         lora_models::CreateLoraRequest, lora_models::PatchLora, admin::ReviewBody, admin::Decision,
-        loraforge_domain::ParamsInput,
+        loraforge_domain::ParamsInput, webhooks::WebhookAnswer,
     )),
     modifiers(&SecuritySchemes),
     tags(
@@ -66,6 +70,7 @@ use crate::views;
         (name = "admin", description = "Manual review of trained LoRAs (admin tokens only)"),
         (name = "worker", description = "The worker protocol (docs/worker-protocol.md): one training attempt, per-attempt token"),
         (name = "files", description = "Signed links to files on local storage (S3 storage hands out presigned URLs instead)"),
+        (name = "webhooks", description = "Providers' signed notifications (no user auth: the signature is the credential)"),
     )
 )]
 pub struct ApiDoc;

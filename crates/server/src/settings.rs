@@ -7,6 +7,8 @@ use loraforge_checks::LoraRules;
 use loraforge_domain::{DatasetQuota, DatasetRetention, DatasetRules, ParamLimits, UsageLimits};
 use loraforge_fetch::FetchSettings;
 
+use crate::webhook::WebhookKey;
+
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub limits: UsageLimits,
@@ -52,6 +54,9 @@ pub struct ServerSettings {
     pub decode_wait: Duration,
     /// Connection limits and timeouts of the HTTP server.
     pub http: HttpSettings,
+    /// The Replicate account's webhook signing key (`POST /api/v1/webhooks/replicate`); `None`:
+    /// the route answers 404 `webhook_not_configured`.
+    pub replicate_webhook_key: Option<WebhookKey>,
 }
 
 /// How long the HTTP server waits for a client, and how many it serves at once.
@@ -94,6 +99,9 @@ pub struct WorkerApiSettings {
     /// 250). Each checkpoint is uploaded to the blob store, so a lost instance costs at most this
     /// many steps.
     pub checkpoint_every: Option<u32>,
+    /// The control plane's URL as workers and providers reach it; the job's `dataset_zip` link
+    /// points here (`None`: no link is handed out).
+    pub public_url: Option<url::Url>,
 }
 
 impl Default for WorkerApiSettings {
@@ -104,6 +112,7 @@ impl Default for WorkerApiSettings {
             heartbeat_interval: Duration::from_secs(10),
             progress_interval: Duration::from_secs(1),
             checkpoint_every: None,
+            public_url: None,
         }
     }
 }
@@ -151,6 +160,7 @@ impl Default for ServerSettings {
             decode_budget_bytes: 192 * 1024 * 1024,
             decode_wait: Duration::from_secs(30),
             http: HttpSettings::default(),
+            replicate_webhook_key: None,
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::auth::JwtKeys;
 use crate::library_cache::LibraryCache;
 use crate::rate_limit::RateLimiter;
 use crate::settings::ServerSettings;
+use crate::webhook::SeenIds;
 
 #[derive(Clone, Debug)]
 pub struct AppState(Arc<Inner>);
@@ -41,6 +42,8 @@ struct Inner {
     engine_probe: Option<Arc<dyn EngineProbe>>,
     /// Decoded pixels in memory at once, for every request of this process.
     decode_budget: Arc<DecodeBudget>,
+    /// Webhook deliveries already taken (`routes/webhooks.rs`).
+    webhook_seen: SeenIds,
 }
 
 /// What `/readyz` is told of this process's job engine (the composition root adapts the engine's
@@ -96,6 +99,7 @@ impl AppState {
             engine_wake: None,
             engine_probe: None,
             decode_budget,
+            webhook_seen: SeenIds::default(),
         }))
     }
 
@@ -169,6 +173,19 @@ impl AppState {
         // No receivers is fine: nobody is watching.
         let _ = self.0.changes.send(id);
     }
+    /// Wakes this process's job engine (when it runs one) without naming a LoRA: a provider
+    /// said something changed, and the engine finds out what by observing its runs.
+    pub fn wake_engine(&self) {
+        if let Some(wake) = &self.0.engine_wake {
+            wake.notify_one();
+        }
+    }
+
+    /// Webhook ids this process has taken.
+    pub fn webhook_seen(&self) -> &SeenIds {
+        &self.0.webhook_seen
+    }
+
     /// Testing only: whether this upload is one of the first `debug_fail_uploads` to refuse.
     pub fn take_upload_fault(&self) -> bool {
         self.0

@@ -57,12 +57,29 @@ struct WorkerClaims {
     exp: i64,
 }
 
+/// The `aud` of a dataset zip link's signature (`routes/dataset_zip.rs`): a JWT under the same
+/// secret as worker tokens, good only for downloading one attempt's dataset.
+pub const DATASET_LINK_AUDIENCE: &str = "loraforge-dataset-zip";
+
+/// Claims of a dataset zip link: the attempt it was handed to, until its token expires.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DatasetLinkClaims {
+    aud: String,
+    /// The LoRA (job) id.
+    sub: String,
+    attempt: u32,
+    wid: String,
+    exp: i64,
+}
+
 /// The caller of a `/api/v1/worker` route: one attempt of one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerAuth {
     pub lora_id: LoraId,
     pub attempt: u32,
     pub worker_id: String,
+    /// When the token expires (Unix seconds); links handed to this attempt expire with it.
+    pub expires: i64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -175,6 +192,52 @@ impl JwtKeys {
             lora_id,
             attempt: c.attempt,
             worker_id: c.wid,
+            expires: c.exp,
+        })
+    }
+
+    /// The signature of a dataset zip link for `auth`'s attempt, expiring with its token.
+    pub fn sign_dataset_link(&self, auth: &WorkerAuth) -> Result<String, jsonwebtoken::errors::Error> {
+        let claims = DatasetLinkClaims {
+            aud: DATASET_LINK_AUDIENCE.to_owned(),
+            sub: auth.lora_id.to_string(),
+            attempt: auth.attempt,
+            wid: auth.worker_id.clone(),
+            exp: auth.expires,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+    }
+
+    /// Checks a dataset zip link's signature at `now` and returns the attempt it was handed to.
+    /// 403 `invalid_signature` for anything but a link this server signed (a worker's or a
+    /// user's token included), 403 `link_expired` from its expiry on (no leeway: the link is
+    /// re-issued with every `GET` of the job).
+    pub fn verify_dataset_link(&self, sig: &str, now: DateTime<Utc>) -> Result<WorkerAuth, ApiError> {
+        let invalid = || {
+            ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "invalid_signature",
+                "this dataset link's signature is not valid; take the link from the worker job",
+            )
+        };
+        let c = self.decode(sig).map_err(|_| invalid())?;
+        if claims::audiences(&c).ok().flatten().as_deref() != Some(&[DATASET_LINK_AUDIENCE.to_owned()][..]) {
+            return Err(invalid());
+        }
+        let c: DatasetLinkClaims = serde_json::from_value(Value::Object(c)).map_err(|_| invalid())?;
+        let lora_id = c.sub.parse::<LoraId>().map_err(|_| invalid())?;
+        if now.timestamp() >= c.exp {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "link_expired",
+                "this dataset link has expired; the next GET of the worker job hands out a new one",
+            ));
+        }
+        Ok(WorkerAuth {
+            lora_id,
+            attempt: c.attempt,
+            worker_id: c.wid,
+            expires: c.exp,
         })
     }
 
@@ -388,7 +451,8 @@ mod tests {
             WorkerAuth {
                 lora_id: lora,
                 attempt: 2,
-                worker_id: "engine-a".into()
+                worker_id: "engine-a".into(),
+                expires: now().timestamp() + 60,
             }
         );
         // A LoRA id is a UUID too, but a worker token is no user's token.
@@ -410,6 +474,42 @@ mod tests {
         ));
         assert_eq!(
             other.verify_worker(&t, now()).unwrap_err().code,
+            "invalid_signature"
+        );
+    }
+
+    #[test]
+    fn dataset_links_open_one_attempt_until_its_token_expires() {
+        let k = keys();
+        let t = k
+            .issue_worker(LoraId::new(), 3, "engine-a", Duration::from_secs(60), now())
+            .unwrap();
+        let auth = k.verify_worker(&t, now()).unwrap();
+        let sig = k.sign_dataset_link(&auth).unwrap();
+        assert_eq!(k.verify_dataset_link(&sig, now()).unwrap(), auth);
+        let at_expiry = now() + chrono::Duration::seconds(60);
+        assert_eq!(
+            k.verify_dataset_link(&sig, at_expiry).unwrap_err().code,
+            "link_expired"
+        );
+        // The link is no worker token, and neither a worker's nor a user's token is a link.
+        assert_eq!(k.verify_worker(&sig, now()).unwrap_err().code, "invalid_token");
+        assert_eq!(
+            k.verify_dataset_link(&t, now()).unwrap_err().code,
+            "invalid_signature"
+        );
+        let user = k
+            .issue(UserId::new(), None, true, Duration::from_secs(60), now())
+            .unwrap();
+        for bad in [user.as_str(), "", "x.y.z"] {
+            let e = k.verify_dataset_link(bad, now()).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.code), (403, "invalid_signature"));
+        }
+        let other = JwtKeys::new(&SecretSlice::from(
+            b"another-secret-another-secret-xx".to_vec(),
+        ));
+        assert_eq!(
+            other.verify_dataset_link(&sig, now()).unwrap_err().code,
             "invalid_signature"
         );
     }

@@ -1,6 +1,7 @@
 //! One module per resource, merged into one router by [`crate::api_router`].
 
 pub mod admin;
+pub mod dataset_zip;
 pub mod datasets;
 pub mod events;
 pub mod files;
@@ -8,4 +9,5 @@ pub mod health;
 pub mod lora_models;
 pub mod me;
 pub mod references;
+pub mod webhooks;
 pub mod worker;

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 use loraforge_db::JobClaim;
 use loraforge_domain::keys::{self, OutputKeys};
 use loraforge_domain::{
-    LoraModel, Progress, RunResult, TrainingRun, TrainingStatus, caption_for_training, outcome,
+    Dataset, LoraModel, Progress, RunResult, TrainingRun, TrainingStatus, caption_for_training,
+    outcome,
 };
 
 use crate::auth::WorkerAuth;
@@ -37,6 +38,11 @@ pub struct WorkerJob {
     pub checkpoint: CheckpointPlan,
     pub heartbeat_interval_s: u64,
     pub progress_interval_ms: u64,
+    /// A signed GET link (no bearer token needed, it expires with the job token) to a zip of
+    /// the images and their captions, laid out as the worker lays them out (`NN.ext` as in
+    /// `images`, `NN.txt` holding `caption`): for providers that run the trainer without the
+    /// worker (Replicate). Absent when the server has no public URL.
+    pub dataset_zip: Option<String>,
 }
 
 /// Where the attempt uploads its checkpoints, and the one to resume from.
@@ -70,6 +76,55 @@ pub struct Uploads {
     pub model: UploadTarget,
     pub kohya: UploadTarget,
     pub validation: Vec<UploadTarget>,
+}
+
+/// One image of a job as the trainer gets it: the one naming rule for the job's `images` and
+/// the dataset zip.
+#[derive(Debug, Clone)]
+pub(crate) struct TrainingImage {
+    /// `NN.ext`.
+    pub file_name: String,
+    /// `NN.txt`.
+    pub caption_name: String,
+    pub storage_key: String,
+    pub bytes: u64,
+    /// Already holds the trigger word.
+    pub caption: String,
+}
+
+/// The images of `dataset` as LoRA `lora` trains on them, in order.
+pub(crate) fn training_images(lora: &LoraModel, dataset: &Dataset) -> Vec<TrainingImage> {
+    dataset
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, img)| TrainingImage {
+            file_name: format!("{i:02}.{}", img.format.extension()),
+            caption_name: format!("{i:02}.txt"),
+            storage_key: img.storage_key.clone(),
+            bytes: img.bytes,
+            caption: caption_for_training(
+                img.caption.as_deref(),
+                &lora.params.trigger_words,
+                &lora.name,
+            ),
+        })
+        .collect()
+}
+
+/// The LoRA's dataset, or 409 `dataset_gone`.
+pub(crate) async fn dataset_of(state: &AppState, lora: &LoraModel) -> ApiResult<Dataset> {
+    state
+        .repo()
+        .get_dataset(lora.dataset_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "dataset_gone",
+                "the LoRA's dataset no longer exists",
+            )
+        })
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -141,7 +196,7 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
         .map_err(|e| ApiError::bad_request("invalid_json", e.body_text()))
 }
 
-fn not_active(lora: &LoraModel, why: &str) -> ApiError {
+pub(crate) fn not_active(lora: &LoraModel, why: &str) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         "job_not_active",
@@ -213,36 +268,23 @@ pub async fn job(
 ) -> ApiResult<Json<WorkerJob>> {
     let lora = own_lora(&state, &auth, &id).await?;
     let claim = hold(&state, &auth, &lora).await?;
-    let dataset = state
-        .repo()
-        .get_dataset(lora.dataset_id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "dataset_gone",
-                "the LoRA's dataset no longer exists",
-            )
-        })?;
+    let dataset = dataset_of(&state, &lora).await?;
     let settings = state.settings();
     let (now, ttl) = (state.now(), settings.worker.url_ttl);
     let mut images = Vec::with_capacity(dataset.images.len());
-    for (i, img) in dataset.images.iter().enumerate() {
+    for img in training_images(&lora, &dataset) {
         images.push(JobImage {
-            file_name: format!("{i:02}.{}", img.format.extension()),
             url: state
                 .store()
                 .signed_get_url(&img.storage_key, ttl, now)
                 .await?
                 .to_string(),
+            file_name: img.file_name,
             bytes: img.bytes,
-            caption: caption_for_training(
-                img.caption.as_deref(),
-                &lora.params.trigger_words,
-                &lora.name,
-            ),
+            caption: img.caption,
         });
     }
+    let dataset_zip = crate::routes::dataset_zip::link(&state, &auth)?;
     let keys = OutputKeys::of(lora.creator.id, lora.id);
     let target = async |key: &String| -> ApiResult<UploadTarget> {
         Ok(UploadTarget {
@@ -304,6 +346,7 @@ pub async fn job(
         heartbeat_interval_s: settings.worker.heartbeat_interval.as_secs().max(1),
         progress_interval_ms: u64::try_from(settings.worker.progress_interval.as_millis())
             .unwrap_or(1000),
+        dataset_zip,
     }))
 }
 

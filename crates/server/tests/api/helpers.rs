@@ -28,6 +28,9 @@ pub struct TestApp {
     pub blob_root: std::path::PathBuf,
     pub store: Arc<dyn loraforge_storage::BlobStore>,
     pub settings: ServerSettings,
+    /// The server's wake-up of "its job engine" (none runs here): tests see whether a request
+    /// woke it.
+    pub engine_wake: Arc<tokio::sync::Notify>,
     _dir: tempfile::TempDir,
     _pg: Option<loraforge_db::test_support::TestDatabase>,
 }
@@ -100,7 +103,9 @@ pub async fn spawn_app_with(
     .unwrap();
     let clock = Arc::new(ManualClock::new(start_time()));
     let mut settings = test_settings();
+    settings.worker.public_url = Some(Url::parse(&base).unwrap());
     configure(&mut settings);
+    let engine_wake = Arc::new(tokio::sync::Notify::new());
     let secret = SecretSlice::from(SECRET.to_vec());
     let state = AppState::new(
         repo.clone(),
@@ -108,7 +113,8 @@ pub async fn spawn_app_with(
         clock.clone(),
         JwtKeys::new(&secret),
         settings.clone(),
-    );
+    )
+    .with_engine_wake(engine_wake.clone());
     let app = Application::new(state, listener);
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     TestApp {
@@ -123,6 +129,7 @@ pub async fn spawn_app_with(
         blob_root,
         store,
         settings,
+        engine_wake,
         _dir: dir,
         _pg: pg,
     }

@@ -4,6 +4,7 @@ mod helpers;
 mod image_server;
 
 mod auth;
+mod dataset_zip;
 mod datasets;
 mod error_shapes;
 mod events;
@@ -19,4 +20,5 @@ mod schemathesis;
 mod supabase_tokens;
 mod text_input;
 mod url_intake;
+mod webhooks;
 mod worker;

@@ -89,7 +89,7 @@ async fn status_of(app: &TestApp, user: &User, id: &str) -> Value {
 }
 
 /// A LoRA of `user` in `training`, claimed by [`ENGINE`]; returns its id and the worker token.
-async fn training_job(app: &TestApp, user: &User, name: &str) -> (String, String) {
+pub(crate) async fn training_job(app: &TestApp, user: &User, name: &str) -> (String, String) {
     let params = json!({"steps": 10, "resolution": 64, "trigger_words": ["zxq"]});
     training_job_with(app, user, name, params).await
 }
@@ -160,7 +160,7 @@ async fn worker_post(app: &TestApp, token: &str, path: &str, body: &Value) -> re
         .unwrap()
 }
 
-async fn job(app: &TestApp, id: &str, token: &str) -> Value {
+pub(crate) async fn job(app: &TestApp, id: &str, token: &str) -> Value {
     let resp = worker_get(app, token, &format!("/api/v1/worker/jobs/{id}")).await;
     assert_eq!(resp.status(), 200);
     resp.json().await.unwrap()

@@ -199,10 +199,10 @@ pub fn engine(
             auto_approve: s.validation_auto_approve,
         },
     );
-    let tokens = JwtWorkerTokens {
+    let tokens = Arc::new(JwtWorkerTokens {
         keys: jwt_keys(s)?,
         ttl: job_url_ttl(s),
-    };
+    });
     let mut backends: Vec<Arc<dyn TrainingBackend>> = Vec::new();
     let mut settings = settings;
     for name in &s.backends {
@@ -216,17 +216,25 @@ pub fn engine(
                 settings.server_url = remote_server_url(s, "runpod-serverless")?;
                 backends.push(Arc::new(runpod_serverless_backend(s)?));
             }
+            "replicate" => {
+                settings.server_url = remote_server_url(s, "replicate")?;
+                backends.push(Arc::new(crate::compose_replicate::replicate_backend(
+                    s,
+                    &settings.server_url,
+                    tokens.clone(),
+                )?));
+            }
             other => bail!("unknown backend {other:?}"),
         }
     }
     if backends.is_empty() {
         bail!(
-            "no backend is configured (LORAFORGE_BACKENDS); use local, runpod and/or runpod-serverless"
+            "no backend is configured (LORAFORGE_BACKENDS); use local, runpod, runpod-serverless and/or replicate"
         );
     }
     Ok(
         Engine::new(repo, Arc::new(SystemClock), backends, settings, after)
-            .with_worker_tokens(Arc::new(tokens)),
+            .with_worker_tokens(tokens),
     )
 }
 

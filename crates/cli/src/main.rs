@@ -2,6 +2,7 @@
 
 mod commands;
 mod compose;
+mod compose_replicate;
 mod readiness;
 mod settings;
 mod trainer_env;

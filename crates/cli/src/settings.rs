@@ -109,7 +109,8 @@ pub struct Settings {
     /// Training runs at once on this host (the local backend's slots).
     pub training_concurrency: usize,
     /// Where training runs, in order of preference: `local` (this host), `runpod` (GPU pods),
-    /// `runpod-serverless` (jobs on a RunPod Serverless endpoint). A job goes to the first with
+    /// `runpod-serverless` (jobs on a RunPod Serverless endpoint), `replicate` (Replicate
+    /// trainings of our Cog model). A job goes to the first with
     /// room.
     pub backends: Vec<String>,
     /// RunPod API key (for `runpod` and `runpod-serverless`). Secret.
@@ -142,6 +143,21 @@ pub struct Settings {
     pub runpod_serverless_max_jobs: usize,
     /// How often the RunPod pods are listed to see ones that ended or vanished, seconds.
     pub runpod_observe_secs: u64,
+    /// Replicate API token (for `replicate`). Secret.
+    pub replicate_api_token: Option<SecretString>,
+    /// Replicate's API; default `https://api.replicate.com/v1`.
+    pub replicate_api_url: String,
+    /// The Cog model version trainings run (`cog/`), `owner/name:version`.
+    pub replicate_model: Option<String>,
+    /// The model (`owner/name`) trained versions go to; it must exist on Replicate.
+    pub replicate_destination: Option<String>,
+    /// What a second of a training's `predict_time` costs, decimal dollars (the default 0.0014
+    /// is an example, not any GPU's price: set yours).
+    pub replicate_price_per_second: String,
+    /// Replicate trainings at once, across every replica.
+    pub replicate_max_runs: usize,
+    /// How often the Replicate trainings are polled (webhooks only make it sooner), seconds.
+    pub replicate_observe_secs: u64,
     /// Steps between two training checkpoints (each is uploaded to the blob store, so a lost
     /// instance costs at most this many steps); default: the trainer's, 250.
     pub checkpoint_every_steps: Option<u32>,
@@ -266,6 +282,10 @@ impl Settings {
             .set_default("runpod_serverless_price_per_second", "0.00031")?
             .set_default("runpod_serverless_max_jobs", 10)?
             .set_default("runpod_observe_secs", 15)?
+            .set_default("replicate_api_url", "https://api.replicate.com/v1")?
+            .set_default("replicate_price_per_second", "0.0014")?
+            .set_default("replicate_max_runs", 4)?
+            .set_default("replicate_observe_secs", 10)?
             .set_default("allow_loopback_callbacks", false)?
             .set_default("job_timeout_secs", 2 * 3600)?
             .set_default("job_lease_secs", 120)?
@@ -370,12 +390,16 @@ impl Settings {
         s.backends.retain(|b| !b.trim().is_empty());
         s.runpod_gpu_types.retain(|g| !g.trim().is_empty());
         for b in &s.backends {
-            if !matches!(b.as_str(), "local" | "runpod" | "runpod-serverless") {
+            if !matches!(
+                b.as_str(),
+                "local" | "runpod" | "runpod-serverless" | "replicate"
+            ) {
                 bail!(
-                    "backends: unknown backend {b:?}; use local, runpod and/or runpod-serverless"
+                    "backends: unknown backend {b:?}; use local, runpod, runpod-serverless and/or replicate"
                 );
             }
         }
+        check_replicate(&s)?;
         if let Err(e) =
             loraforge_domain::MicroUsd::parse_dollars(&s.runpod_serverless_price_per_second)
         {
@@ -571,6 +595,40 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
+/// The `replicate_*` settings that are given must be well-formed, whether or not the backend is
+/// on (a typo should not wait for the day it is switched on).
+fn check_replicate(s: &Settings) -> anyhow::Result<()> {
+    if let Err(e) = loraforge_domain::MicroUsd::parse_dollars(&s.replicate_price_per_second) {
+        bail!("replicate_price_per_second must be decimal dollars per second like 0.0014: {e}");
+    }
+    if let Some(model) = s
+        .replicate_model
+        .as_deref()
+        .filter(|m| !m.trim().is_empty())
+        && let Err(e) = loraforge_replicate::ModelRef::parse(model.trim())
+    {
+        bail!("replicate_model: {e}");
+    }
+    if let Some(dest) = s
+        .replicate_destination
+        .as_deref()
+        .filter(|d| !d.trim().is_empty())
+        && let Err(e) = loraforge_replicate::parse_slug_pair(dest.trim())
+    {
+        bail!("replicate_destination: {e}");
+    }
+    if let Err(e) = url::Url::parse(&s.replicate_api_url) {
+        bail!(
+            "replicate_api_url {:?} is not a URL: {e}",
+            s.replicate_api_url
+        );
+    }
+    if s.replicate_max_runs == 0 {
+        bail!("replicate_max_runs must be at least 1");
+    }
+    Ok(())
+}
+
 pub fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_owned()
@@ -761,6 +819,25 @@ impl Settings {
                 self.runpod_serverless_max_jobs.to_string(),
             ),
             ("runpod_observe_secs", self.runpod_observe_secs.to_string()),
+            ("replicate_api_token", secret(&self.replicate_api_token)),
+            ("replicate_api_url", self.replicate_api_url.clone()),
+            (
+                "replicate_model",
+                self.replicate_model.clone().unwrap_or_default(),
+            ),
+            (
+                "replicate_destination",
+                self.replicate_destination.clone().unwrap_or_default(),
+            ),
+            (
+                "replicate_price_per_second",
+                self.replicate_price_per_second.clone(),
+            ),
+            ("replicate_max_runs", self.replicate_max_runs.to_string()),
+            (
+                "replicate_observe_secs",
+                self.replicate_observe_secs.to_string(),
+            ),
             (
                 "checkpoint_every_steps",
                 self.checkpoint_every_steps

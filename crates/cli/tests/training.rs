@@ -1459,3 +1459,135 @@ async fn no_process_left(runpod: &loraforge_fakes::FakeRunpod) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The Replicate backend, end to end: `serve` with `LORAFORGE_BACKENDS=replicate` against the
+/// contract fake, whose trainings run our Cog model's CLI (`cog/train.py`, which downloads the
+/// job's dataset zip from the service and runs the trainer as the worker does). The control plane
+/// plays the worker's part: it relays progress, downloads the tar, uploads the files and posts
+/// the result; the LoRA completes with its files and the attempt is billed by `predict_time` at
+/// the per-second price.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lora_trains_end_to_end_through_replicate() {
+    use loraforge_fakes::{FakeReplicate, ReplicateConfig, TrainingCommand};
+    let dir = tempfile::tempdir().unwrap();
+    let command = TrainingCommand::cog(trainer_python(), repo_root())
+        .with_env(
+            "LORAFORGE_TRAINER_PYTHON",
+            trainer_python().display().to_string(),
+        )
+        .with_env("LORAFORGE_TORCH_THREADS", "1")
+        .with_env("OMP_NUM_THREADS", "1")
+        .with_env("HF_HUB_OFFLINE", "1")
+        .with_env("HOME", dir.path().display().to_string());
+    let mut config = ReplicateConfig::new("r8-test", command).with_model("acme/loras");
+    config.work_dir = Some(dir.path().join("replicate"));
+    let replicate = FakeReplicate::start(config).await;
+    let base_url = replicate.base_url();
+    let svc = Service::start(
+        dir.path(),
+        &[
+            ("LORAFORGE_BACKENDS", "replicate"),
+            ("LORAFORGE_REPLICATE_API_TOKEN", "r8-test"),
+            ("LORAFORGE_REPLICATE_API_URL", &base_url),
+            (
+                "LORAFORGE_REPLICATE_MODEL",
+                "acme/loraforge-trainer:0a1b2c3d",
+            ),
+            ("LORAFORGE_REPLICATE_DESTINATION", "acme/loras"),
+            ("LORAFORGE_REPLICATE_PRICE_PER_SECOND", "0.0014"),
+            ("LORAFORGE_REPLICATE_OBSERVE_SECS", "1"),
+            ("LORAFORGE_ALLOW_LOOPBACK_CALLBACKS", "true"),
+        ],
+    );
+    let token = svc.token(USER);
+    let id = svc.create(&token, "Zxq on replicate", 10).await;
+    let done = svc.finished(&token, &id).await;
+    let stderr_logs = || {
+        let mut all = String::new();
+        for t in replicate.trainings() {
+            all.push_str(&format!("{}\n", t["logs"].as_str().unwrap_or("")));
+            let id = t["id"].as_str().unwrap_or("");
+            let path = dir.path().join("replicate").join(id).join("stderr.log");
+            all.push_str(&std::fs::read_to_string(path).unwrap_or_default());
+        }
+        all
+    };
+    assert_eq!(
+        done["training_status"],
+        "completed",
+        "{done}\n{}\n--- trainings ---\n{}",
+        svc.logs(),
+        stderr_logs()
+    );
+    // The LoRA's files are there: the downloads of the completed LoRA answer.
+    let (_, details) = svc
+        .call(
+            &token,
+            reqwest::Method::GET,
+            &format!("/api/v1/lora-models/{id}"),
+            None,
+        )
+        .await;
+    let trainings = replicate.trainings();
+    assert_eq!(trainings.len(), 1, "{trainings:?}");
+    let training = &trainings[0];
+    assert_eq!(training["status"], "succeeded", "{training}");
+    assert_eq!(training["destination"], "acme/loras");
+    assert_eq!(
+        training["input"]["loraforge_instance"].as_str(),
+        Some(format!("loraforge-{id}-1").as_str())
+    );
+    assert!(
+        training["webhook"]
+            .as_str()
+            .is_some_and(|w| w.ends_with("/api/v1/webhooks/replicate")),
+        "{training}"
+    );
+    for key in ["download_url", "kohya_download_url"] {
+        let url = details[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key}: {details}"));
+        let response = reqwest::get(url).await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{key}");
+        assert!(
+            response.bytes().await.unwrap().len() > 1000,
+            "{key} is a LoRA file"
+        );
+    }
+    // The attempt's record: where it ran, what it cost (predict_time × the price).
+    let started = Instant::now();
+    loop {
+        let (_, details) = svc
+            .call(
+                &token,
+                reqwest::Method::GET,
+                &format!("/api/v1/lora-models/{id}"),
+                None,
+            )
+            .await;
+        let attempt = &details["attempts"][0];
+        if attempt["cost"].is_object() {
+            assert_eq!(attempt["backend"].as_str(), Some("replicate"), "{details}");
+            assert_eq!(attempt["outcome"], "trained");
+            let seconds = replicate.trainings()[0]["metrics"]["predict_time"]
+                .as_f64()
+                .expect("a predict_time");
+            let millis = (seconds * 1000.0).round() as i64;
+            // 0.0014 $/s = 1400 µ$/s, billed through the per-hour price as the engine does.
+            let expected = (1400 * 3600 * millis + 1_800_000) / 3_600_000;
+            assert_eq!(
+                attempt["cost"]["micro_usd"].as_i64(),
+                Some(expected),
+                "{details}"
+            );
+            assert!(expected > 0);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the run's end was not recorded: {details}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(replicate.live_processes(), 0);
+}

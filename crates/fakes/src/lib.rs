@@ -12,6 +12,9 @@
 //! pods that just stay running, with no task or timer each (1,000 of them are cheap).
 //!
 //! Facts the contracts mark [U] are settings of [`FakeConfig`].
+//!
+//! [`FakeReplicate`] (module [`replicate`]) is the same kind of fake for Replicate's trainings
+//! API (§3): trainings run a configured command (our Cog model's `cog/train.py`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,6 +30,10 @@ mod gql;
 mod jobs;
 mod pods;
 mod process;
+pub mod replicate;
+mod replicate_config;
+mod replicate_run;
+mod replicate_server;
 mod server;
 mod state;
 
@@ -34,6 +41,10 @@ pub use config::{
     EndpointSpec, FakeConfig, GpuType, ImageSpec, TerminateUnknown, TerminatedPods, parse_price,
 };
 pub use pods::NO_CAPACITY_MESSAGE;
+pub use replicate::{
+    Delivery, FakeReplicate, FakeTrainingStatus, Faults, ReplicateConfig, TrainingCommand,
+};
+pub use replicate_run::sign_webhook;
 pub use state::{Call, CallOp};
 
 use state::{Injection, Shared};

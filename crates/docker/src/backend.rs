@@ -22,7 +22,7 @@ use loraforge_engine::{
     BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Termination, TrainingBackend,
 };
 
-use crate::error::{backend_error, is_gpu_unavailable, status_of, timed_out};
+use crate::error::{backend_error, status_of, timed_out};
 use crate::labels;
 use crate::settings::{DockerSettings, Gpus};
 
@@ -244,11 +244,13 @@ impl DockerBackend {
         .await?;
         let Err(e) = started else { return Ok(()) };
         let error = backend_error("starting a container", e);
-        let gpu = matches!(&error, BackendError::NoCapacity(m) if is_gpu_unavailable(m));
-        if gpu || matches!(error, BackendError::Permanent(_)) {
-            if let Err(cleanup) = self.remove(id).await {
-                tracing::warn!(container = %id, error = %cleanup, "removing a container that could not start");
-            }
+        // No GPU (`NoCapacity`) or a config Docker refuses: never worth starting again.
+        if matches!(
+            error,
+            BackendError::NoCapacity(_) | BackendError::Permanent(_)
+        ) && let Err(cleanup) = self.remove(id).await
+        {
+            tracing::warn!(container = %id, error = %cleanup, "removing a container that could not start");
         }
         Err(error)
     }

@@ -285,6 +285,14 @@ async fn containers_left_by_a_crash_are_found_by_label_and_removed() {
             .all(|q| q.contains("loraforge.managed%3Dtrue") && q.contains("all=true")),
         "listed by label, stopped ones too: {filters:?}"
     );
+    // bollard 0.21.1 builds its URLs without the `/v1.53` prefix (issue 736: the version is
+    // never sent, so the daemon's default applies). Should this fail after an upgrade, the
+    // version is sent: check the hosts' Docker speaks 1.53.
+    assert!(
+        fake.calls().iter().all(|c| c.version.is_none()),
+        "{:?}",
+        fake.calls()
+    );
 }
 
 #[tokio::test]

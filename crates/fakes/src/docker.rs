@@ -169,6 +169,8 @@ pub struct ContainerSnapshot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DockerCall {
     pub method: String,
+    /// The API version the path named (`1.53` from `/v1.53/…`), `None` without a prefix.
+    pub version: Option<String>,
     pub path: String,
     pub query: String,
     pub status: u16,

@@ -65,7 +65,9 @@ fn query_bool(q: &HashMap<String, String>, key: &str) -> bool {
 
 async fn handle(State(shared): State<Arc<DockerShared>>, request: Request) -> Response {
     let method = request.method().clone();
-    let path = strip_version(request.uri().path()).to_owned();
+    let raw = request.uri().path();
+    let path = strip_version(raw).to_owned();
+    let version = (path.len() < raw.len()).then(|| raw[2..raw.len() - path.len()].to_owned());
     let query = request.uri().query().unwrap_or("").to_owned();
     let body = match axum::body::to_bytes(request.into_body(), 4 << 20).await {
         Ok(b) => b,
@@ -93,6 +95,7 @@ async fn handle(State(shared): State<Arc<DockerShared>>, request: Request) -> Re
     };
     shared.lock().calls.push(DockerCall {
         method: method.to_string(),
+        version,
         path,
         query,
         status: response.status().as_u16(),

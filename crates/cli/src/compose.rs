@@ -223,13 +223,18 @@ pub fn engine(
                     &settings.server_url,
                     tokens.clone(),
                 )?));
+            "docker" => {
+                // A container has its own network namespace: loopback there is not this host.
+                settings.server_url = remote_server_url(s, "docker")?;
+                backends.push(Arc::new(docker_backend(s)?));
             }
             other => bail!("unknown backend {other:?}"),
         }
     }
     if backends.is_empty() {
         bail!(
-            "no backend is configured (LORAFORGE_BACKENDS); use local, runpod, runpod-serverless and/or replicate"
+            "no backend is configured (LORAFORGE_BACKENDS); use {}",
+            crate::settings::backend_choices()
         );
     }
     Ok(
@@ -295,6 +300,38 @@ fn runpod_backend(s: &Settings) -> anyhow::Result<loraforge_runpod::PodsBackend>
         pods.env.push(("HF_TOKEN".to_owned(), token));
     }
     Ok(PodsBackend::new(GraphqlClient::new(graphql), pods))
+}
+
+/// The Docker backend from the `docker_*` settings: containers of `docker_image` on
+/// `docker_host`.
+fn docker_backend(s: &Settings) -> anyhow::Result<loraforge_docker::DockerBackend> {
+    use loraforge_docker::{DockerBackend, DockerSettings, Gpus};
+    let image = s
+        .docker_image
+        .clone()
+        .filter(|i| !i.trim().is_empty())
+        .context("the docker backend needs LORAFORGE_DOCKER_IMAGE (the worker image)")?;
+    let mut docker = DockerSettings::new(image);
+    docker.gpus = Gpus::parse(&s.docker_gpus).map_err(|e| anyhow::anyhow!(e))?;
+    docker.memory_mb = s.docker_memory_mb.filter(|mb| *mb > 0);
+    docker.nano_cpus = s
+        .docker_cpus
+        .as_deref()
+        .map(loraforge_docker::parse_cpus)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    docker.network = s.docker_network.clone().filter(|n| !n.trim().is_empty());
+    docker.max_runs = s.docker_max_runs.max(1);
+    docker.observe_every = Duration::from_secs(s.docker_observe_secs.max(1));
+    // Base weights from the Hugging Face hub may need a token; the container gets it, nothing
+    // else of this process's environment.
+    if let Ok(token) = std::env::var("HF_TOKEN") {
+        docker.env.push(("HF_TOKEN".to_owned(), token));
+    }
+    // The client's own limit is the longest call's (a pull); each call has its own below it.
+    let client = loraforge_docker::connect(&s.docker_host, docker.pull_timeout)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(DockerBackend::new(client, docker))
 }
 
 /// The RunPod Serverless backend from the `runpod_*` settings: jobs on `runpod_endpoint_id`.

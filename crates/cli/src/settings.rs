@@ -10,6 +10,22 @@ use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::Deserialize;
 
+/// Every backend `LORAFORGE_BACKENDS` may name, in the order the docs list them.
+pub const BACKEND_NAMES: &[&str] = &[
+    "local",
+    "runpod",
+    "runpod-serverless",
+    "replicate",
+    "docker",
+    "aitoolkit",
+];
+
+/// `local, runpod, … and/or aitoolkit`, for messages.
+pub fn backend_choices() -> String {
+    let (last, rest) = BACKEND_NAMES.split_last().expect("backends are named");
+    format!("{} and/or {last}", rest.join(", "))
+}
+
 #[derive(Debug, Deserialize)]
 pub struct Settings {
     /// Address the HTTP server listens on.
@@ -110,8 +126,9 @@ pub struct Settings {
     pub training_concurrency: usize,
     /// Where training runs, in order of preference: `local` (this host), `runpod` (GPU pods),
     /// `runpod-serverless` (jobs on a RunPod Serverless endpoint), `replicate` (Replicate
-    /// trainings of our Cog model). A job goes to the first with
-    /// room.
+    /// trainings of our Cog model), `docker` (containers on a Docker host), `aitoolkit` (an
+    /// ai-toolkit UI's job queue) ([`BACKEND_NAMES`]). A job goes to the first admitted one
+    /// with room.
     pub backends: Vec<String>,
     /// RunPod API key (for `runpod` and `runpod-serverless`). Secret.
     pub runpod_api_key: Option<SecretString>,
@@ -158,6 +175,23 @@ pub struct Settings {
     pub replicate_max_runs: usize,
     /// How often the Replicate trainings are polled (webhooks only make it sooner), seconds.
     pub replicate_observe_secs: u64,
+    /// The Docker Engine the `docker` backend uses: `unix:///var/run/docker.sock` (default),
+    /// `tcp://HOST:PORT` or `http://HOST:PORT`.
+    pub docker_host: String,
+    /// The worker image containers run (`docker/worker.Dockerfile`); pulled when missing.
+    pub docker_image: Option<String>,
+    /// GPUs per container: `all` (default), a count, device ids (`0,1`), or `none` (CPU host).
+    pub docker_gpus: String,
+    /// Memory limit per container, MiB (none by default).
+    pub docker_memory_mb: Option<u64>,
+    /// CPU limit per container, in CPUs (`2`, `1.5`; none by default).
+    pub docker_cpus: Option<String>,
+    /// A Docker network to attach containers to (Docker's default bridge when unset).
+    pub docker_network: Option<String>,
+    /// Containers at once on the Docker host, across every replica.
+    pub docker_max_runs: usize,
+    /// How often the containers are listed to see ones that ended or vanished, seconds.
+    pub docker_observe_secs: u64,
     /// Steps between two training checkpoints (each is uploaded to the blob store, so a lost
     /// instance costs at most this many steps); default: the trainer's, 250.
     pub checkpoint_every_steps: Option<u32>,
@@ -286,6 +320,10 @@ impl Settings {
             .set_default("replicate_price_per_second", "0.0014")?
             .set_default("replicate_max_runs", 4)?
             .set_default("replicate_observe_secs", 10)?
+            .set_default("docker_host", "unix:///var/run/docker.sock")?
+            .set_default("docker_gpus", "all")?
+            .set_default("docker_max_runs", 1)?
+            .set_default("docker_observe_secs", 5)?
             .set_default("allow_loopback_callbacks", false)?
             .set_default("job_timeout_secs", 2 * 3600)?
             .set_default("job_lease_secs", 120)?
@@ -390,16 +428,19 @@ impl Settings {
         s.backends.retain(|b| !b.trim().is_empty());
         s.runpod_gpu_types.retain(|g| !g.trim().is_empty());
         for b in &s.backends {
-            if !matches!(
-                b.as_str(),
-                "local" | "runpod" | "runpod-serverless" | "replicate"
-            ) {
-                bail!(
-                    "backends: unknown backend {b:?}; use local, runpod, runpod-serverless and/or replicate"
-                );
+            if !BACKEND_NAMES.contains(&b.as_str()) {
+                bail!("backends: unknown backend {b:?}; use {}", backend_choices());
             }
         }
         check_replicate(&s)?;
+        if let Err(e) = loraforge_docker::Gpus::parse(&s.docker_gpus) {
+            bail!("{e}");
+        }
+        if let Some(cpus) = &s.docker_cpus
+            && let Err(e) = loraforge_docker::parse_cpus(cpus)
+        {
+            bail!("{e}");
+        }
         if let Err(e) =
             loraforge_domain::MicroUsd::parse_dollars(&s.runpod_serverless_price_per_second)
         {
@@ -838,6 +879,25 @@ impl Settings {
                 "replicate_observe_secs",
                 self.replicate_observe_secs.to_string(),
             ),
+            ("docker_host", self.docker_host.clone()),
+            (
+                "docker_image",
+                self.docker_image.clone().unwrap_or_default(),
+            ),
+            ("docker_gpus", self.docker_gpus.clone()),
+            (
+                "docker_memory_mb",
+                self.docker_memory_mb
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+            ),
+            ("docker_cpus", self.docker_cpus.clone().unwrap_or_default()),
+            (
+                "docker_network",
+                self.docker_network.clone().unwrap_or_default(),
+            ),
+            ("docker_max_runs", self.docker_max_runs.to_string()),
+            ("docker_observe_secs", self.docker_observe_secs.to_string()),
             (
                 "checkpoint_every_steps",
                 self.checkpoint_every_steps

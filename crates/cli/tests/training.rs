@@ -1058,6 +1058,100 @@ async fn a_lora_trains_end_to_end_on_a_runpod_pod() {
     no_process_left(&runpod).await;
 }
 
+/// The Docker backend, end to end: `serve` with `LORAFORGE_BACKENDS=docker` against the fake
+/// Docker Engine, which pulls the worker image and runs the container's `loraforge worker` as a
+/// local process (this build's binary, with only the image's and the container's environment);
+/// the LoRA completes, the container is removed and the attempt recorded as run on `docker`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lora_trains_end_to_end_in_a_docker_container() {
+    use loraforge_fakes::{DockerImage, FakeDocker, FakeDockerConfig, ImageSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let image_data = dir.path().join("image-data");
+    let worker_image = ImageSpec::idle()
+        .with_env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .with_env(
+            "LORAFORGE_TRAINER_PYTHON",
+            trainer_python().display().to_string(),
+        )
+        .with_env("LORAFORGE_DATA_DIR", image_data.display().to_string())
+        .with_env("LORAFORGE_WORKER_RETRY_DELAY_MS", "50")
+        .with_env("LORAFORGE_TORCH_THREADS", "1")
+        .with_env("OMP_NUM_THREADS", "1")
+        .with_env("HF_HUB_OFFLINE", "1");
+    let image = "ghcr.io/acme/loraforge-worker:test";
+    let mut config = FakeDockerConfig::default()
+        .with_gpus(1)
+        .with_registry_image(
+            image,
+            DockerImage::new(worker_image)
+                .with_program("loraforge", env!("CARGO_BIN_EXE_loraforge")),
+        );
+    config.logs_dir = Some(dir.path().join("pods"));
+    let docker = FakeDocker::start(config).await;
+    let host = docker.host();
+    let svc = Service::start(
+        dir.path(),
+        &[
+            ("LORAFORGE_BACKENDS", "docker"),
+            ("LORAFORGE_DOCKER_HOST", host.as_str()),
+            ("LORAFORGE_DOCKER_IMAGE", image),
+            ("LORAFORGE_DOCKER_MEMORY_MB", "8192"),
+            ("LORAFORGE_DOCKER_OBSERVE_SECS", "1"),
+            ("LORAFORGE_ALLOW_LOOPBACK_CALLBACKS", "true"),
+        ],
+    );
+    let token = svc.token(USER);
+    let id = svc.create(&token, "Zxq in a container", 10).await;
+    let done = svc.finished(&token, &id).await;
+    assert_eq!(
+        done["training_status"],
+        "completed",
+        "{done}\n{}\n--- containers ---\n{}",
+        svc.logs(),
+        pod_logs(dir.path())
+    );
+    let containers = docker.containers();
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    let c = &containers[0];
+    assert_eq!(c.name, format!("loraforge-{id}-1"));
+    assert_eq!(c.labels["loraforge.lora"], id);
+    assert_eq!(c.memory, Some(8192 * 1024 * 1024));
+    assert_eq!(c.device_requests[0].count, Some(-1), "all GPUs");
+    assert!(
+        c.env
+            .iter()
+            .any(|(k, v)| k == "LORAFORGE_LORA_ID" && *v == id)
+    );
+    let started = Instant::now();
+    loop {
+        let (_, details) = svc
+            .call(
+                &token,
+                reqwest::Method::GET,
+                &format!("/api/v1/lora-models/{id}"),
+                None,
+            )
+            .await;
+        let attempt = &details["attempts"][0];
+        if attempt["cost"].is_object() && docker.containers()[0].removed {
+            assert_eq!(
+                (attempt["backend"].as_str(), attempt["gpu_type"].as_str()),
+                (Some("docker"), Some("docker:all")),
+                "{details}"
+            );
+            assert_eq!(attempt["outcome"], "trained");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the container's end was not recorded: {details}\n{:?}",
+            docker.containers()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(docker.live_processes(), 0, "no worker left running");
+}
+
 /// A pod's host dies mid-training (the pod vanishes without a word from its worker): the job is
 /// requeued, a new pod resumes from the checkpoint the first one uploaded to the blob store, and
 /// the LoRA completes; both pods are gone, each attempt on record.

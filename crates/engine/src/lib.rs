@@ -13,6 +13,8 @@
 mod after_training;
 mod backend;
 pub mod backends;
+#[cfg(feature = "test-support")]
+pub mod conformance;
 mod engine;
 mod refusals;
 mod settings;

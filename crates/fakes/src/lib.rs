@@ -1,4 +1,5 @@
-//! Contract fakes of RunPod's pod (GraphQL) and Serverless APIs, written from
+//! Contract fakes of RunPod's pod (GraphQL) and Serverless APIs (and of the Docker Engine API:
+//! [`FakeDocker`], module [`docker`]), written from
 //! `shared/research/api-contracts.md` §1a and §2 rather than from our client, for tests and
 //! benchmarks. One axum server on a free local port ([`FakeRunpod::start`]) answers both APIs,
 //! and the returned handle inspects and steers it: capacity, injected 429/5xx, hosts dying,
@@ -26,6 +27,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 mod config;
+pub mod docker;
+mod docker_server;
 mod gql;
 mod jobs;
 mod pods;
@@ -40,6 +43,11 @@ mod state;
 pub use config::{
     EndpointSpec, FakeConfig, GpuType, ImageSpec, TerminateUnknown, TerminatedPods, parse_price,
 };
+pub use docker::{
+    ContainerSnapshot, ContainerStatus, DeviceRequestSeen, DockerCall, DockerImage, FakeDocker,
+    FakeDockerConfig,
+};
+pub use docker_server::FAKE_API_VERSION;
 pub use pods::NO_CAPACITY_MESSAGE;
 pub use replicate::{
     Delivery, FakeReplicate, FakeTrainingStatus, Faults, ReplicateConfig, TrainingCommand,

@@ -22,6 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+pub mod aitoolkit;
 mod config;
 mod gql;
 mod jobs;

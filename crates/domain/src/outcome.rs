@@ -387,6 +387,13 @@ pub const OUTCOMES: &[OutcomeSpec] = &[
         "the trained files are missing from storage",
     ),
     observed("start_failed", Fail, "training could not start"),
+    // A provider that runs the trainer itself (Replicate, ai-toolkit) said its run failed
+    // without the trainer saying why: the host's fault, not the job's.
+    observed(
+        "provider_failed",
+        NOT_COUNTED,
+        "the training provider ended the run with a failure of its own",
+    ),
 ];
 
 /// The table's row for `code`.

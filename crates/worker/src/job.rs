@@ -20,6 +20,10 @@ pub(crate) struct Job {
     pub heartbeat_interval_s: f64,
     #[serde(default = "default_progress_interval_ms")]
     pub progress_interval_ms: u64,
+    /// A signed GET link to a zip of the job's images and captions, for a provider that fetches
+    /// the dataset itself (absent from older control planes).
+    #[serde(default)]
+    pub dataset_zip: Option<String>,
 }
 
 fn default_heartbeat_interval_s() -> f64 {

@@ -13,7 +13,8 @@
 //!
 //! Modules: `api` (HTTP, errors, retries), `job` (wire types), `files` (downloads, uploads,
 //! hashes), `trainer` (the child process and its lines), `relay` (progress and heartbeats),
-//! `halt` (how an attempt ends), `layout` (the job folder).
+//! `halt` (how an attempt ends), `layout` (the job folder), `remote` (the worker's part played
+//! by the control plane for a provider that runs the trainer but not the worker).
 
 use std::fmt;
 use std::future::Future;
@@ -32,6 +33,7 @@ mod halt;
 mod job;
 mod layout;
 mod relay;
+pub mod remote;
 mod trainer;
 
 use api::{ControlPlane, Failed, retrying};
@@ -395,18 +397,7 @@ async fn attempt(
     }
 
     // The result.
-    let body = RunResult {
-        attempt: attempt_no,
-        train_seconds: kept.train_seconds(),
-        trainer_seconds: Some(kept.trainer_seconds),
-        model: uploaded.model,
-        kohya: Some(uploaded.kohya),
-        validation: ValidationFacts {
-            images: uploaded.validation_images,
-            scores: kept.scores(),
-        },
-        resumed_from: kept.resumed_from(),
-    };
+    let body = result_body(attempt_no, &kept, uploaded);
     match or_halt(
         &mut halt,
         retrying("posting the result", cfg.retry_delay, || api.result(&body)),
@@ -672,6 +663,22 @@ async fn trained(run: TrainerRun, attempt: u64, layout: &Layout) -> Result<Kept,
             )
         })?;
     Ok(kept)
+}
+
+/// The result body for outputs `kept` and `uploaded` by attempt `attempt`.
+fn result_body(attempt: u64, kept: &Kept, uploaded: Uploaded) -> RunResult {
+    RunResult {
+        attempt,
+        train_seconds: kept.train_seconds(),
+        trainer_seconds: Some(kept.trainer_seconds),
+        model: uploaded.model,
+        kohya: Some(uploaded.kohya),
+        validation: ValidationFacts {
+            images: uploaded.validation_images,
+            scores: kept.scores(),
+        },
+        resumed_from: kept.resumed_from(),
+    }
 }
 
 struct Uploaded {

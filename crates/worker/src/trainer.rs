@@ -190,53 +190,97 @@ fn signal(pid: Option<libc::pid_t>, sig: libc::c_int) {
     }
 }
 
-impl Said {
-    /// Takes in one stdout line.
-    fn take(&mut self, line: &str, progress: &Feed) {
+/// One stdout line of the trainer (`trainer/README.md`), as the worker reads it. The one
+/// reading of those lines: the worker's own trainer and a provider's logs (`remote`) both go
+/// through [`Line::parse`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Line {
+    Stage(String),
+    Progress(Step),
+    /// The line verbatim (it is reported as is).
+    Error(String),
+    /// The step it stopped at, when it says.
+    Stopped(Option<u64>),
+    Checkpoint {
+        step: u64,
+        path: String,
+    },
+    Done(serde_json::Value),
+    Validation(serde_json::Value),
+    /// JSON of another event, or a progress line without its numbers.
+    Other,
+}
+
+impl Line {
+    /// `None` for a blank line or one that is not JSON.
+    pub(crate) fn parse(line: &str) -> Option<Line> {
         let line = line.trim();
         if line.is_empty() {
-            return;
+            return None;
         }
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
-            tracing::debug!("trainer stdout (not JSON): {line}");
-            return;
-        };
+        let value = serde_json::from_str::<serde_json::Value>(line).ok()?;
         let event = value
             .get("event")
             .and_then(serde_json::Value::as_str)
             .unwrap_or_default();
-        match event {
-            "stage" => {
-                if let Some(stage) = value.get("stage").and_then(serde_json::Value::as_str) {
-                    tracing::info!(stage, "trainer stage");
-                    progress.stage(stage);
-                }
+        let num = |k: &str| value.get(k).and_then(serde_json::Value::as_f64);
+        let int = |k: &str| value.get(k).and_then(serde_json::Value::as_u64);
+        Some(match event {
+            "stage" => match value.get("stage").and_then(serde_json::Value::as_str) {
+                Some(stage) => Line::Stage(stage.to_owned()),
+                None => Line::Other,
+            },
+            "progress" => match (int("step"), int("total")) {
+                (Some(step), Some(total)) => Line::Progress(Step {
+                    step,
+                    total,
+                    loss: num("loss"),
+                    eta_s: num("eta_s"),
+                }),
+                _ => Line::Other,
+            },
+            "error" => Line::Error(line.to_owned()),
+            "stopped" => Line::Stopped(int("step")),
+            "checkpoint" => match (int("step"), value.get("path").and_then(|p| p.as_str())) {
+                (Some(step), Some(path)) => Line::Checkpoint {
+                    step,
+                    path: path.to_owned(),
+                },
+                _ => Line::Other,
+            },
+            "done" => Line::Done(value),
+            "validation" => Line::Validation(value),
+            _ => Line::Other,
+        })
+    }
+}
+
+impl Said {
+    /// Takes in one stdout line.
+    fn take(&mut self, line: &str, progress: &Feed) {
+        let Some(parsed) = Line::parse(line) else {
+            tracing::debug!("trainer stdout (not JSON): {}", line.trim());
+            return;
+        };
+        match parsed {
+            Line::Stage(stage) => {
+                tracing::info!(stage, "trainer stage");
+                progress.stage(&stage);
             }
-            "progress" => {
-                let num = |k: &str| value.get(k).and_then(serde_json::Value::as_f64);
-                let int = |k: &str| value.get(k).and_then(serde_json::Value::as_u64);
-                if let (Some(step), Some(total)) = (int("step"), int("total")) {
-                    tracing::debug!(step, total, "trainer progress");
-                    progress.step(Step {
-                        step,
-                        total,
-                        loss: num("loss"),
-                        eta_s: num("eta_s"),
-                    });
-                }
+            Line::Progress(step) => {
+                tracing::debug!(step = step.step, total = step.total, "trainer progress");
+                progress.step(step);
             }
-            "error" => {
+            Line::Error(line) => {
                 tracing::warn!("trainer error: {line}");
-                self.last_error = Some(line.to_owned());
+                self.last_error = Some(line);
             }
-            "stopped" => {
-                tracing::info!("trainer stopped: {line}");
-                self.stopped_at = value.get("step").and_then(serde_json::Value::as_u64);
+            Line::Stopped(step) => {
+                tracing::info!("trainer stopped: {}", line.trim());
+                self.stopped_at = step;
             }
-            "checkpoint" => {
-                let step = value.get("step").and_then(serde_json::Value::as_u64);
-                let path = value.get("path").and_then(serde_json::Value::as_str);
-                if let (Some(tx), Some(step), Some(path)) = (&self.checkpoints, step, path) {
+            Line::Checkpoint { step, path } => {
+                if let Some(tx) = &self.checkpoints {
                     tracing::debug!(step, "trainer checkpoint");
                     tx.send_replace(Some(Saved {
                         step,
@@ -244,9 +288,9 @@ impl Said {
                     }));
                 }
             }
-            "done" => self.done = Some(value),
-            "validation" => self.validation = Some(value),
-            _ => tracing::debug!("trainer: {line}"),
+            Line::Done(value) => self.done = Some(value),
+            Line::Validation(value) => self.validation = Some(value),
+            Line::Other => tracing::debug!("trainer: {}", line.trim()),
         }
     }
 }

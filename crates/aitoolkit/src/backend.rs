@@ -168,7 +168,10 @@ pub fn failure_code(log_tail: &str) -> &'static str {
     let text = log_tail.to_lowercase();
     if text.contains("out of memory") || text.contains("outofmemoryerror") {
         "out_of_memory"
-    } else if text.contains("nan detected") || text.contains("non-finite loss") || text.contains("loss is nan") {
+    } else if text.contains("nan detected")
+        || text.contains("non-finite loss")
+        || text.contains("loss is nan")
+    {
         "non_finite_loss"
     } else {
         PROVIDER_FAILED
@@ -189,7 +192,9 @@ impl AiToolkitBackend {
     }
 
     fn job_dir(&self, instance_name: &str) -> PathBuf {
-        self.settings.work_dir.join(sanitize_dataset_name(instance_name))
+        self.settings
+            .work_dir
+            .join(sanitize_dataset_name(instance_name))
     }
 
     /// The run's remote attempt: the launch's, else one with a token issued again.
@@ -198,7 +203,10 @@ impl AiToolkitBackend {
             return Some((t.remote.clone(), t.attempt));
         }
         let reissue = self.settings.reissue.as_ref()?;
-        let token = match reissue.tokens.issue(i.lora_id, i.attempt, &reissue.worker_id) {
+        let token = match reissue
+            .tokens
+            .issue(i.lora_id, i.attempt, &reissue.worker_id)
+        {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(lora = %i.lora_id, error = %e, "cannot issue a worker token for an ai-toolkit run");
@@ -285,7 +293,11 @@ impl AiToolkitBackend {
         Ok(())
     }
 
-    async fn launch_job(&self, launch: &Launch, remote: &RemoteAttempt) -> Result<Job, BackendError> {
+    async fn launch_job(
+        &self,
+        launch: &Launch,
+        remote: &RemoteAttempt,
+    ) -> Result<Job, BackendError> {
         let name = launch.instance_name.clone();
         if launch.retry {
             if let Some(job) = self.existing(&name).await? {
@@ -317,9 +329,13 @@ impl AiToolkitBackend {
             .toolkit_settings()
             .await
             .map_err(|e| backend_error("reading its settings", e))?;
-        let folder = format!("{}/{dataset}", folders.datasets_folder.trim_end_matches('/'));
-        let job_config = config::job_config(&job.trainer_spec, &name, &folder, &folders.training_folder)
-            .map_err(|e| BackendError::Permanent(e.to_string()))?;
+        let folder = format!(
+            "{}/{dataset}",
+            folders.datasets_folder.trim_end_matches('/')
+        );
+        let job_config =
+            config::job_config(&job.trainer_spec, &name, &folder, &folders.training_folder)
+                .map_err(|e| BackendError::Permanent(e.to_string()))?;
         match self
             .client
             .create_job(&name, &self.settings.gpu_ids, &job_config)
@@ -327,7 +343,9 @@ impl AiToolkitBackend {
         {
             Ok(job) => Ok(job),
             Err(e) if e.is_conflict() => self.existing(&name).await?.ok_or_else(|| {
-                BackendError::Transient(format!("ai-toolkit says job {name} exists but does not list it"))
+                BackendError::Transient(format!(
+                    "ai-toolkit says job {name} exists but does not list it"
+                ))
             }),
             Err(e) => Err(backend_error("creating the job", e)),
         }
@@ -355,12 +373,23 @@ impl AiToolkitBackend {
             JobStatus::Error => {
                 let tail = self.log_tail(&job.id).await;
                 let code = failure_code(&tail);
-                let reason = job.info.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "ai-toolkit reported an error".to_owned());
+                let reason = job
+                    .info
+                    .clone()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "ai-toolkit reported an error".to_owned());
                 self.report_failure(i, code, &reason).await;
-                Ok(Observed::Ended { outcome: code, reason: Some(reason), gone: false })
+                Ok(Observed::Ended {
+                    outcome: code,
+                    reason: Some(reason),
+                    gone: false,
+                })
             }
             JobStatus::Stopped => {
-                let ours = self.runs().get(&i.provider_id).is_some_and(|t| t.stopped_by_us);
+                let ours = self
+                    .runs()
+                    .get(&i.provider_id)
+                    .is_some_and(|t| t.stopped_by_us);
                 if ours {
                     return Ok(Observed::Ended {
                         outcome: "stopped",
@@ -370,7 +399,11 @@ impl AiToolkitBackend {
                 }
                 let reason = "the ai-toolkit job was stopped outside loraforge".to_owned();
                 self.report_failure(i, PROVIDER_FAILED, &reason).await;
-                Ok(Observed::Ended { outcome: PROVIDER_FAILED, reason: Some(reason), gone: false })
+                Ok(Observed::Ended {
+                    outcome: PROVIDER_FAILED,
+                    reason: Some(reason),
+                    gone: false,
+                })
             }
             JobStatus::Other(_) => Ok(Observed::Running),
         }
@@ -404,16 +437,21 @@ impl AiToolkitBackend {
                     tracing::warn!(job = %job.id, error = %e, "stopping an ai-toolkit job failed");
                 }
             }
-            Err(e) => tracing::warn!(job = %job.id, error = %e, "relaying ai-toolkit progress failed"),
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "relaying ai-toolkit progress failed")
+            }
         }
     }
 
     /// A completed job: deliver once (in a task), Running until the delivery ends.
     fn completed(&self, i: &Instance, job: &Job) -> Observed {
-        let Some((remote, attempt)) = self.remote(i) else {
+        let Some((remote, _)) = self.remote(i) else {
             return Observed::Ended {
                 outcome: "trained",
-                reason: Some("ai-toolkit completed the job but this engine cannot act for the attempt".to_owned()),
+                reason: Some(
+                    "ai-toolkit completed the job but this engine cannot act for the attempt"
+                        .to_owned(),
+                ),
                 gone: false,
             };
         };
@@ -425,7 +463,6 @@ impl AiToolkitBackend {
             let job = deliver::DeliverJob {
                 client: self.client.clone(),
                 remote: remote.clone(),
-                attempt,
                 job: job.clone(),
                 dir: self.job_dir(&i.instance_name).join("out"),
                 max_model_bytes: self.settings.max_model_bytes,
@@ -436,8 +473,16 @@ impl AiToolkitBackend {
         });
         match slot.state() {
             Delivery::Running => Observed::Running,
-            Delivery::Delivered => Observed::Ended { outcome: "trained", reason: None, gone: false },
-            Delivery::Failed { code, reason } => Observed::Ended { outcome: code, reason: Some(reason), gone: false },
+            Delivery::Delivered => Observed::Ended {
+                outcome: "trained",
+                reason: None,
+                gone: false,
+            },
+            Delivery::Failed { code, reason } => Observed::Ended {
+                outcome: code,
+                reason: Some(reason),
+                gone: false,
+            },
         }
     }
 
@@ -460,20 +505,27 @@ impl AiToolkitBackend {
 
     /// Reports the attempt's failure over the worker protocol, once.
     async fn report_failure(&self, i: &Instance, code: &str, reason: &str) {
-        if self.runs().get(&i.provider_id).is_some_and(|t| t.failure_reported) {
+        if self
+            .runs()
+            .get(&i.provider_id)
+            .is_some_and(|t| t.failure_reported)
+        {
             return;
         }
         let Some((remote, attempt)) = self.remote(i) else {
             return;
         };
-        let retryable = outcome::spec(code).is_none_or(|s| !matches!(s.disposition, outcome::Disposition::Fail));
+        let retryable = outcome::spec(code)
+            .is_none_or(|s| !matches!(s.disposition, outcome::Disposition::Fail));
         match remote.fail(attempt, code, reason, retryable).await {
             Ok(()) | Err(RemoteError::NotActive) => {
                 if let Some(t) = self.runs().get_mut(&i.provider_id) {
                     t.failure_reported = true;
                 }
             }
-            Err(e) => tracing::warn!(lora = %i.lora_id, error = %e, "reporting an ai-toolkit failure failed"),
+            Err(e) => {
+                tracing::warn!(lora = %i.lora_id, error = %e, "reporting an ai-toolkit failure failed")
+            }
         }
     }
 }
@@ -553,17 +605,27 @@ impl TrainingBackend for AiToolkitBackend {
             Ok(None) => {}
             Err(e) => return Err(backend_error("reading a job", e)),
         }
-        match self.client.delete_dataset(&sanitize_dataset_name(&i.instance_name)).await {
+        match self
+            .client
+            .delete_dataset(&sanitize_dataset_name(&i.instance_name))
+            .await
+        {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(backend_error("deleting the dataset", e)),
         }
         let _ = tokio::fs::remove_dir_all(self.job_dir(&i.instance_name)).await;
         self.runs().remove(&i.provider_id);
-        Ok(Termination { gone: true, billed_millis: None })
+        Ok(Termination {
+            gone: true,
+            billed_millis: None,
+        })
     }
 
-    async fn list_instances(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>, BackendError> {
+    async fn list_instances(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<Vec<(String, String)>>, BackendError> {
         let jobs = self
             .client
             .jobs()
@@ -586,7 +648,10 @@ mod tests {
     fn info_becomes_a_stage() {
         assert_eq!(stage_of("Loading model").as_deref(), Some("loading_model"));
         assert_eq!(stage_of("Training").as_deref(), Some("training"));
-        assert_eq!(stage_of("Generating Images - 1/3").as_deref(), Some("generating_images"));
+        assert_eq!(
+            stage_of("Generating Images - 1/3").as_deref(),
+            Some("generating_images")
+        );
         assert_eq!(stage_of("  "), None);
         assert_eq!(stage_of("123"), None);
         assert!(stage_of(&"a ".repeat(100)).is_some_and(|s| s.len() <= 64 && !s.ends_with('_')));
@@ -594,7 +659,10 @@ mod tests {
 
     #[test]
     fn failures_are_named_from_the_log() {
-        assert_eq!(failure_code("...\ntorch.OutOfMemoryError: CUDA out of memory. Tried"), "out_of_memory");
+        assert_eq!(
+            failure_code("...\ntorch.OutOfMemoryError: CUDA out of memory. Tried"),
+            "out_of_memory"
+        );
         assert_eq!(failure_code("loss is NaN at step 3"), "non_finite_loss");
         assert_eq!(failure_code("KeyError: 'x'"), PROVIDER_FAILED);
     }

@@ -500,6 +500,7 @@ impl AiToolkitClient {
         if !(200..300).contains(&status) {
             let body = response.bytes().await.map_err(transport)?;
             status_error(status, &body)?;
+            return Err(AiToolkitError::Decode(format!("unexpected HTTP {status}")));
         }
         if response.content_length().is_some_and(|n| n > max_bytes) {
             return Err(AiToolkitError::TooLarge { limit: max_bytes });

@@ -25,7 +25,10 @@ pub enum Delivery {
     Running,
     Delivered,
     /// It cannot be delivered: the run's outcome (a `domain::outcome` code) and why.
-    Failed { code: &'static str, reason: String },
+    Failed {
+        code: &'static str,
+        reason: String,
+    },
 }
 
 /// A delivery task's state, shared with the backend.
@@ -50,7 +53,6 @@ impl DeliverySlot {
 pub struct DeliverJob {
     pub client: AiToolkitClient,
     pub remote: RemoteAttempt,
-    pub attempt: u64,
     pub job: Job,
     /// Scratch folder (the worker's layout goes under it; removed at the end).
     pub dir: PathBuf,
@@ -85,7 +87,9 @@ type Failure = (&'static str, String);
 async fn run(d: &DeliverJob) -> Result<(), Failure> {
     let train = d.dir.join("train");
     let io = |e: std::io::Error| ("io_error", format!("scratch folder: {e}"));
-    tokio::fs::create_dir_all(train.join("validation")).await.map_err(io)?;
+    tokio::fs::create_dir_all(train.join("validation"))
+        .await
+        .map_err(io)?;
     let files = d
         .client
         .files(&d.job.id)
@@ -108,7 +112,12 @@ async fn run(d: &DeliverJob) -> Result<(), Failure> {
     let converted = tokio::task::spawn_blocking(move || kohya_to_diffusers(&bytes, unet))
         .await
         .map_err(|e| ("internal", format!("converting the LoRA: {e}")))?
-        .map_err(|e| ("missing_output", format!("ai-toolkit's LoRA cannot be converted: {e}")))?;
+        .map_err(|e| {
+            (
+                "missing_output",
+                format!("ai-toolkit's LoRA cannot be converted: {e}"),
+            )
+        })?;
     tokio::fs::write(train.join("model.safetensors"), converted)
         .await
         .map_err(io)?;
@@ -120,7 +129,10 @@ async fn run(d: &DeliverJob) -> Result<(), Failure> {
         match d.remote.deliver(&d.dir, &events, seconds).await {
             Ok(()) => return Ok(()),
             Err(RemoteError::NotActive) => {
-                return Err(("job_not_active", "the job no longer wants this attempt".to_owned()));
+                return Err((
+                    "job_not_active",
+                    "the job no longer wants this attempt".to_owned(),
+                ));
             }
             Err(e) if e.is_retryable() && tries + 1 < DELIVER_TRIES => {
                 tracing::info!(job = %d.job.id, error = %e, "delivering again");
@@ -154,7 +166,9 @@ async fn samples(d: &DeliverJob, dir: &Path) -> Vec<PathBuf> {
         }
         match to_png(&to).await {
             Ok(()) => written.push(to),
-            Err(e) => tracing::warn!(job = %d.job.id, error = %e, "an ai-toolkit sample is not an image"),
+            Err(e) => {
+                tracing::warn!(job = %d.job.id, error = %e, "an ai-toolkit sample is not an image")
+            }
         }
     }
     written
@@ -169,7 +183,8 @@ async fn to_png(path: &Path) -> Result<(), String> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
         let img = image::load_from_memory(&bytes).map_err(|e| e.to_string())?;
-        img.save_with_format(&path, image::ImageFormat::Png).map_err(|e| e.to_string())
+        img.save_with_format(&path, image::ImageFormat::Png)
+            .map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| e.to_string())?
@@ -178,7 +193,10 @@ async fn to_png(path: &Path) -> Result<(), String> {
 /// The trainer's lines the delivery reads (`validation`, `done`), from what ai-toolkit says.
 fn events(d: &DeliverJob, images: &[PathBuf]) -> String {
     let config = d.job.config().unwrap_or(Value::Null);
-    let sample = config.pointer("/config/process/0/sample").cloned().unwrap_or(Value::Null);
+    let sample = config
+        .pointer("/config/process/0/sample")
+        .cloned()
+        .unwrap_or(Value::Null);
     let seed = sample.get("seed").and_then(Value::as_u64).unwrap_or(0);
     let prompts: Vec<Value> = sample
         .get("samples")
@@ -186,7 +204,9 @@ fn events(d: &DeliverJob, images: &[PathBuf]) -> String {
         .map(|s| s.iter().filter_map(|p| p.get("prompt").cloned()).collect())
         .unwrap_or_default();
     let paths: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
-    let seeds: Vec<u64> = (0..paths.len() as u64).map(|i| seed.saturating_add(i)).collect();
+    let seeds: Vec<u64> = (0..paths.len() as u64)
+        .map(|i| seed.saturating_add(i))
+        .collect();
     let validation = json!({"event": "validation", "images": paths, "prompts": prompts, "seeds": seeds, "scores": null, "scorer": null});
     let done = json!({
         "event": "done",

@@ -12,11 +12,11 @@ pub mod config;
 mod deliver;
 mod error;
 
-pub use client::{
-    AiToolkitClient, ClientSettings, Job, JobStatus, Log, OutputFile, Queue, ToolkitSettings,
-};
 pub use backend::{
     AiToolkitBackend, AiToolkitBackendSettings, PROVIDER_FAILED, Reissue, failure_code, stage_of,
+};
+pub use client::{
+    AiToolkitClient, ClientSettings, Job, JobStatus, Log, OutputFile, Queue, ToolkitSettings,
 };
 pub use deliver::Delivery;
 pub use error::{AiToolkitError, Result};

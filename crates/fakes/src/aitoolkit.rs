@@ -189,7 +189,12 @@ impl FakeAiToolkit {
     }
 
     pub fn queue_running(&self, gpu_ids: &str) -> bool {
-        self.shared.lock().queues.get(gpu_ids).copied().unwrap_or(false)
+        self.shared
+            .lock()
+            .queues
+            .get(gpu_ids)
+            .copied()
+            .unwrap_or(false)
     }
 
     pub fn calls(&self) -> Vec<ToolkitCall> {

@@ -3,13 +3,13 @@
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
+use axum::Json;
 use axum::Router;
 use axum::extract::{Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Json;
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -18,7 +18,10 @@ use super::{Shared, ToolkitCall, ToolkitConfig, ToolkitJob};
 
 pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/api/auth", get(|| async { Json(json!({"isAuthenticated": true})) }))
+        .route(
+            "/api/auth",
+            get(|| async { Json(json!({"isAuthenticated": true})) }),
+        )
         .route("/api/settings", get(settings))
         .route("/api/datasets/create", post(create_dataset))
         .route("/api/datasets/list", get(list_datasets))
@@ -119,7 +122,13 @@ fn dataset_name(name: &str) -> String {
 /// The upload rule: `[^a-zA-Z0-9.-]` becomes `_`.
 fn file_name(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -173,7 +182,10 @@ async fn upload(State(shared): State<Arc<Shared>>, mut multipart: Multipart) -> 
         };
         match name.as_str() {
             "datasetName" => dataset = Some(String::from_utf8_lossy(&bytes).into_owned()),
-            "files" => files.push((file_name(fname.as_deref().unwrap_or("file")), bytes.to_vec())),
+            "files" => files.push((
+                file_name(fname.as_deref().unwrap_or("file")),
+                bytes.to_vec(),
+            )),
             _ => {}
         }
     }
@@ -263,7 +275,12 @@ struct JobsQuery {
 async fn get_jobs(State(shared): State<Arc<Shared>>, Query(q): Query<JobsQuery>) -> Json<Value> {
     let st = shared.lock();
     match q.id {
-        Some(id) => Json(st.jobs.iter().find(|j| j.id == id).map_or(Value::Null, ToolkitJob::row)),
+        Some(id) => Json(
+            st.jobs
+                .iter()
+                .find(|j| j.id == id)
+                .map_or(Value::Null, ToolkitJob::row),
+        ),
         None => Json(json!({"jobs": st.jobs.iter().map(ToolkitJob::row).collect::<Vec<_>>()})),
     }
 }
@@ -324,7 +341,11 @@ struct LogQuery {
 /// At most the last 5 MB on the first call; then from `offset`.
 const LOG_TAIL: u64 = 5 * 1024 * 1024;
 
-async fn job_log(State(shared): State<Arc<Shared>>, Path(id): Path<String>, Query(q): Query<LogQuery>) -> Response {
+async fn job_log(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Response {
     let Some(folder) = job_folder(&shared, &id) else {
         return error(StatusCode::NOT_FOUND, "Job not found");
     };
@@ -358,8 +379,13 @@ async fn job_files(State(shared): State<Arc<Shared>>, Path(id): Path<String>) ->
     let Some(folder) = job_folder(&shared, &id) else {
         return error(StatusCode::NOT_FOUND, "Job not found");
     };
-    let files = listed(&folder, |n| n.ends_with(".safetensors") || n == "optimizer.pt");
-    let files: Vec<Value> = files.into_iter().map(|(p, s)| json!({"path": p, "size": s})).collect();
+    let files = listed(&folder, |n| {
+        n.ends_with(".safetensors") || n == "optimizer.pt"
+    });
+    let files: Vec<Value> = files
+        .into_iter()
+        .map(|(p, s)| json!({"path": p, "size": s}))
+        .collect();
     Json(json!({ "files": files })).into_response()
 }
 
@@ -367,8 +393,11 @@ async fn job_samples(State(shared): State<Arc<Shared>>, Path(id): Path<String>) 
     let Some(folder) = job_folder(&shared, &id) else {
         return error(StatusCode::NOT_FOUND, "Job not found");
     };
-    let samples = listed(&folder.join("samples"), |n| n.ends_with(".png") || n.ends_with(".jpg"));
-    Json(json!({"samples": samples.into_iter().map(|(p, _)| p).collect::<Vec<_>>()})).into_response()
+    let samples = listed(&folder.join("samples"), |n| {
+        n.ends_with(".png") || n.ends_with(".jpg")
+    });
+    Json(json!({"samples": samples.into_iter().map(|(p, _)| p).collect::<Vec<_>>()}))
+        .into_response()
 }
 
 fn queue_row(gpu_ids: &str, running: bool) -> Value {
@@ -380,7 +409,10 @@ async fn queues(State(shared): State<Arc<Shared>>) -> Json<Value> {
     Json(json!({"queues": st.queues.iter().map(|(g, r)| queue_row(g, *r)).collect::<Vec<_>>()}))
 }
 
-async fn start_queue(State(shared): State<Arc<Shared>>, Path(gpu_ids): Path<String>) -> Json<Value> {
+async fn start_queue(
+    State(shared): State<Arc<Shared>>,
+    Path(gpu_ids): Path<String>,
+) -> Json<Value> {
     shared.lock().queues.insert(gpu_ids.clone(), true);
     Json(queue_row(&gpu_ids, true))
 }
@@ -392,11 +424,18 @@ async fn stop_queue(State(shared): State<Arc<Shared>>, Path(gpu_ids): Path<Strin
 
 /// `/api/files/{urlencoded abs path}`: only under the datasets or training roots.
 async fn file(State(shared): State<Arc<Shared>>, Path(path): Path<String>) -> Response {
-    let path = if path.starts_with('/') { path } else { format!("/{path}") };
+    let path = if path.starts_with('/') {
+        path
+    } else {
+        format!("/{path}")
+    };
     let Ok(real) = std::fs::canonicalize(&path) else {
         return error(StatusCode::NOT_FOUND, "File not found");
     };
-    let roots = [shared.config.datasets_folder(), shared.config.training_folder()];
+    let roots = [
+        shared.config.datasets_folder(),
+        shared.config.training_folder(),
+    ];
     let allowed = roots
         .iter()
         .filter_map(|r| std::fs::canonicalize(r).ok())
@@ -406,11 +445,17 @@ async fn file(State(shared): State<Arc<Shared>>, Path(path): Path<String>) -> Re
     }
     match tokio::fs::read(&real).await {
         Ok(bytes) => {
-            let name = real.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = real
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             (
                 [
                     (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-                    (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"{name}\""),
+                    ),
                 ],
                 bytes,
             )

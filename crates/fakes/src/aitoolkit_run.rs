@@ -26,13 +26,25 @@ pub(super) async fn queue_worker(shared: Arc<Shared>) {
 fn due_jobs(shared: &Shared) -> Vec<String> {
     let mut st = shared.lock();
     let mut due = Vec::new();
-    let queues: Vec<String> = st.queues.iter().filter(|(_, r)| **r).map(|(g, _)| g.clone()).collect();
+    let queues: Vec<String> = st
+        .queues
+        .iter()
+        .filter(|(_, r)| **r)
+        .map(|(g, _)| g.clone())
+        .collect();
     for gpu in queues {
-        let busy = st.jobs.iter().any(|j| j.gpu_ids == gpu && (j.status == "running" || j.status == "stopping"));
+        let busy = st
+            .jobs
+            .iter()
+            .any(|j| j.gpu_ids == gpu && (j.status == "running" || j.status == "stopping"));
         if busy {
             continue;
         }
-        if let Some(job) = st.jobs.iter_mut().find(|j| j.gpu_ids == gpu && j.status == "queued") {
+        if let Some(job) = st
+            .jobs
+            .iter_mut()
+            .find(|j| j.gpu_ids == gpu && j.status == "queued")
+        {
             job.status = "running".to_owned();
             job.info = "Starting".to_owned();
             job.step = 0;
@@ -73,13 +85,18 @@ pub(super) fn spec_from_config(config: &Value, job_id: &str) -> Result<Value, St
     let p = config
         .pointer("/config/process/0")
         .ok_or("job_config has no config.process[0]")?;
-    let get = |ptr: &str| p.pointer(ptr).cloned().ok_or(format!("job_config lacks {ptr}"));
+    let get = |ptr: &str| {
+        p.pointer(ptr)
+            .cloned()
+            .ok_or(format!("job_config lacks {ptr}"))
+    };
     let optimizer = match get("/train/optimizer")?.as_str() {
         Some("adamw8bit") => "adamw_8bit",
         Some("adamw") => "adamw",
         other => return Err(format!("unsupported optimizer {other:?}")),
     };
-    let scheduler = match get("/train/lr_scheduler")?.as_str() {
+    let scheduler_name = get("/train/lr_scheduler")?;
+    let scheduler = match scheduler_name.as_str() {
         Some("cosine") => "cosine_with_warmup",
         Some(s @ ("constant" | "constant_with_warmup" | "linear")) => s,
         other => return Err(format!("unsupported lr_scheduler {other:?}")),
@@ -114,7 +131,10 @@ pub(super) fn spec_from_config(config: &Value, job_id: &str) -> Result<Value, St
 async fn run_job(shared: Arc<Shared>, id: String) {
     let Some((name, config)) = ({
         let st = shared.lock();
-        st.jobs.iter().find(|j| j.id == id).map(|j| (j.name.clone(), j.job_config.clone()))
+        st.jobs
+            .iter()
+            .find(|j| j.id == id)
+            .map(|j| (j.name.clone(), j.job_config.clone()))
     }) else {
         return;
     };
@@ -140,8 +160,19 @@ async fn run_job(shared: Arc<Shared>, id: String) {
     }
 }
 
-async fn train(shared: &Shared, id: &str, name: &str, config: &str, folder: &Path, log: &Path) -> Result<(), String> {
-    let trainer = shared.config.trainer.clone().ok_or("no trainer is configured in this fake")?;
+async fn train(
+    shared: &Shared,
+    id: &str,
+    name: &str,
+    config: &str,
+    folder: &Path,
+    log: &Path,
+) -> Result<(), String> {
+    let trainer = shared
+        .config
+        .trainer
+        .clone()
+        .ok_or("no trainer is configured in this fake")?;
     let config: Value = serde_json::from_str(config).map_err(|e| format!("job_config: {e}"))?;
     let spec = spec_from_config(&config, &uuid::Uuid::new_v4().to_string())?;
     let images = config
@@ -159,7 +190,11 @@ async fn train(shared: &Shared, id: &str, name: &str, config: &str, folder: &Pat
     let spec_path = work.join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).map_err(|e| e.to_string())?;
     let out = work.join("out");
-    let stderr = std::fs::File::options().create(true).append(true).open(log).map_err(|e| e.to_string())?;
+    let stderr = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| e.to_string())?;
     let mut child = tokio::process::Command::new(&trainer.program)
         .args(&trainer.args)
         .arg("train")
@@ -187,7 +222,9 @@ async fn train(shared: &Shared, id: &str, name: &str, config: &str, folder: &Pat
         let mut lines = BufReader::new(stdout).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             append(log, &format!("{line}\n"));
-            let Ok(event) = serde_json::from_str::<Value>(&line) else { continue };
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
             match event.get("event").and_then(Value::as_str) {
                 Some("progress") => {
                     let step = event.get("step").and_then(Value::as_u64);
@@ -197,18 +234,33 @@ async fn train(shared: &Shared, id: &str, name: &str, config: &str, folder: &Pat
                     });
                 }
                 Some("stage") => {
-                    let stage = event.get("stage").and_then(Value::as_str).unwrap_or("").to_owned();
+                    let stage = event
+                        .get("stage")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned();
                     set(shared, id, |j| j.info = stage);
                 }
                 Some("checkpoint") => checkpoints.extend(event.get("step").and_then(Value::as_u64)),
-                Some("error") => last_error = event.get("reason").and_then(Value::as_str).map(str::to_owned),
+                Some("error") => {
+                    last_error = event
+                        .get("reason")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                }
                 _ => {}
             }
         }
     }
     let status = child.wait().await.map_err(|e| e.to_string())?;
     shared.lock().running.remove(id);
-    if shared.lock().jobs.iter().find(|j| j.id == id).is_none_or(|j| j.stop) {
+    if shared
+        .lock()
+        .jobs
+        .iter()
+        .find(|j| j.id == id)
+        .is_none_or(|j| j.stop)
+    {
         return Ok(()); // stopped: the stop route set the status
     }
     if !status.success() {
@@ -217,7 +269,8 @@ async fn train(shared: &Shared, id: &str, name: &str, config: &str, folder: &Pat
     // ai-toolkit's outputs: the final file, step saves, samples.
     let kohya = out.join("model.kohya.safetensors");
     let final_file = folder.join(format!("{name}.safetensors"));
-    std::fs::copy(&kohya, &final_file).map_err(|e| format!("saving {}: {e}", final_file.display()))?;
+    std::fs::copy(&kohya, &final_file)
+        .map_err(|e| format!("saving {}: {e}", final_file.display()))?;
     for step in checkpoints.iter().filter(|s| Some(**s) != total) {
         let _ = std::fs::copy(&kohya, folder.join(format!("{name}_{step:09}.safetensors")));
     }
@@ -251,4 +304,3 @@ pub(super) fn kill(shared: &Arc<Shared>, id: &str) {
         }
     });
 }
-

@@ -39,7 +39,10 @@ async fn main() -> std::io::Result<()> {
         program,
         args: vec!["-m".to_owned(), "loraforge_trainer".to_owned()],
         env: vec![
-            ("PYTHONPATH".to_owned(), args.trainer_path.display().to_string()),
+            (
+                "PYTHONPATH".to_owned(),
+                args.trainer_path.display().to_string(),
+            ),
             ("HF_HUB_OFFLINE".to_owned(), "1".to_owned()),
         ],
     });

@@ -142,6 +142,19 @@ pub struct Settings {
     pub runpod_serverless_max_jobs: usize,
     /// How often the RunPod pods are listed to see ones that ended or vanished, seconds.
     pub runpod_observe_secs: u64,
+    /// The ai-toolkit web UI the `aitoolkit` backend trains on (`http://host:8675`).
+    pub aitoolkit_url: Option<String>,
+    /// ai-toolkit's `AI_TOOLKIT_AUTH` token, sent as `Bearer`; none when the UI checks none.
+    /// Secret.
+    pub aitoolkit_token: Option<SecretString>,
+    /// ai-toolkit jobs at once, across every replica (one GPU queue runs one job).
+    pub aitoolkit_max_runs: usize,
+    /// The GPU queue ai-toolkit jobs go to (`gpu_ids`).
+    pub aitoolkit_gpu_ids: String,
+    /// What the ai-toolkit host costs per hour, decimal dollars; none records no cost.
+    pub aitoolkit_price_per_hour: Option<String>,
+    /// How often ai-toolkit's jobs are read (progress, end), seconds.
+    pub aitoolkit_observe_secs: u64,
     /// Steps between two training checkpoints (each is uploaded to the blob store, so a lost
     /// instance costs at most this many steps); default: the trainer's, 250.
     pub checkpoint_every_steps: Option<u32>,
@@ -262,6 +275,9 @@ impl Settings {
             .set_default("runpod_serverless_price_per_second", "0.00031")?
             .set_default("runpod_serverless_max_jobs", 10)?
             .set_default("runpod_observe_secs", 15)?
+            .set_default("aitoolkit_max_runs", 1)?
+            .set_default("aitoolkit_gpu_ids", "0")?
+            .set_default("aitoolkit_observe_secs", 10)?
             .set_default("allow_loopback_callbacks", false)?
             .set_default("job_timeout_secs", 2 * 3600)?
             .set_default("job_lease_secs", 120)?
@@ -366,10 +382,18 @@ impl Settings {
         s.backends.retain(|b| !b.trim().is_empty());
         s.runpod_gpu_types.retain(|g| !g.trim().is_empty());
         for b in &s.backends {
-            if !matches!(b.as_str(), "local" | "runpod" | "runpod-serverless") {
+            if !matches!(
+                b.as_str(),
+                "local" | "runpod" | "runpod-serverless" | "aitoolkit"
+            ) {
                 bail!(
-                    "backends: unknown backend {b:?}; use local, runpod and/or runpod-serverless"
+                    "backends: unknown backend {b:?}; use local, runpod, runpod-serverless and/or aitoolkit"
                 );
+            }
+        }
+        if let Some(price) = &s.aitoolkit_price_per_hour {
+            if let Err(e) = loraforge_domain::MicroUsd::parse_dollars(price) {
+                bail!("aitoolkit_price_per_hour must be decimal dollars per hour like 0.69: {e}");
             }
         }
         if let Err(e) =
@@ -737,6 +761,21 @@ impl Settings {
                 self.runpod_serverless_max_jobs.to_string(),
             ),
             ("runpod_observe_secs", self.runpod_observe_secs.to_string()),
+            (
+                "aitoolkit_url",
+                self.aitoolkit_url.clone().unwrap_or_default(),
+            ),
+            ("aitoolkit_token", secret(&self.aitoolkit_token)),
+            ("aitoolkit_max_runs", self.aitoolkit_max_runs.to_string()),
+            ("aitoolkit_gpu_ids", self.aitoolkit_gpu_ids.clone()),
+            (
+                "aitoolkit_price_per_hour",
+                self.aitoolkit_price_per_hour.clone().unwrap_or_default(),
+            ),
+            (
+                "aitoolkit_observe_secs",
+                self.aitoolkit_observe_secs.to_string(),
+            ),
             (
                 "checkpoint_every_steps",
                 self.checkpoint_every_steps

@@ -185,7 +185,7 @@ pub fn diffusers_module_name(sgm: &str, layout: UnetLayout) -> Option<String> {
 }
 
 /// Converts a kohya UNet LoRA file into the diffusers form (a new safetensors file). The source
-/// metadata is kept (kohya's `format` entry aside) and `lora_adapter_metadata` added.
+/// metadata is kept and `lora_adapter_metadata` added (as diffusers writes it).
 pub fn kohya_to_diffusers(bytes: &[u8], layout: UnetLayout) -> Result<Vec<u8>, ConvertError> {
     let header = parse_header(bytes)?;
     let mut out: Vec<(String, &super::header::TensorInfo)> = Vec::new();
@@ -244,12 +244,7 @@ pub fn kohya_to_diffusers(bytes: &[u8], layout: UnetLayout) -> Result<Vec<u8>, C
     }
     // No alpha tensors: kohya's rule is alpha = rank (scale 1).
     let alpha = alphas.first().copied().unwrap_or(rank as f64);
-    let mut metadata: BTreeMap<String, String> = header
-        .metadata
-        .iter()
-        .filter(|(k, _)| k.as_str() != "format")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut metadata = header.metadata.clone();
     let mut targets: Vec<&str> = out
         .iter()
         .filter_map(|(n, _)| n.strip_suffix(".lora_A.weight"))
@@ -260,23 +255,15 @@ pub fn kohya_to_diffusers(bytes: &[u8], layout: UnetLayout) -> Result<Vec<u8>, C
         "lora_adapter_metadata".to_owned(),
         json!({
             "unet.r": rank,
-            "unet.lora_alpha": json_number(alpha),
+            "unet.lora_alpha": alpha,
             "unet.target_modules": targets,
             "unet.lora_dropout": 0.0,
+            "unet.init_lora_weights": "gaussian",
             "unet.bias": "none",
         })
         .to_string(),
     );
     Ok(write(&header, bytes, out, metadata))
-}
-
-/// An integral alpha as a JSON integer (as PEFT configs hold it).
-fn json_number(x: f64) -> Value {
-    if x.fract() == 0.0 && x.abs() < 9.0e15 {
-        json!(x as i64)
-    } else {
-        json!(x)
-    }
 }
 
 /// A safetensors file of `tensors` (new name, source tensor) with their bytes from `source`.
@@ -448,7 +435,7 @@ mod tests {
             h.metadata.get("loraforge.base_model").map(String::as_str),
             Some("/m")
         );
-        assert!(!h.metadata.contains_key("format"));
+        assert_eq!(h.metadata.get("format").map(String::as_str), Some("pt"));
         // The bytes are the source's.
         let src_h = parse_header(&src).unwrap();
         let a = src_h

@@ -16,7 +16,8 @@ pub use image_check::{
     check_image, check_image_within, decode_cost,
 };
 pub use lora_check::{
-    AlphaSource, LoraError, LoraFormat, LoraReport, LoraRules, NonFiniteTensor, inspect_lora,
+    AlphaSource, ConvertError, LoraError, LoraFormat, LoraReport, LoraRules, NonFiniteTensor,
+    UnetLayout, inspect_lora, kohya_to_diffusers,
 };
 pub use normalize::{NormalizeError, normalize_orientation};
 pub use problem::Problem;

@@ -199,10 +199,13 @@ pub fn engine(
             auto_approve: s.validation_auto_approve,
         },
     );
-    let tokens = Arc::new(JwtWorkerTokens {
+    let tokens: Arc<dyn WorkerTokens> = Arc::new(JwtWorkerTokens {
         keys: jwt_keys(s)?,
         ttl: job_url_ttl(s),
     });
+    // The aitoolkit backend acts for its attempts from inside this process, so it calls the
+    // control plane where the local workers do.
+    let in_process_url = settings.server_url.clone();
     let mut backends: Vec<Arc<dyn TrainingBackend>> = Vec::new();
     let mut settings = settings;
     for name in &s.backends {
@@ -223,11 +226,17 @@ pub fn engine(
                     &settings.server_url,
                     tokens.clone(),
                 )?));
+            }
             "docker" => {
                 // A container has its own network namespace: loopback there is not this host.
                 settings.server_url = remote_server_url(s, "docker")?;
                 backends.push(Arc::new(docker_backend(s)?));
             }
+            "aitoolkit" => backends.push(Arc::new(aitoolkit_backend(
+                s,
+                &in_process_url,
+                Arc::clone(&tokens),
+            )?)),
             other => bail!("unknown backend {other:?}"),
         }
     }
@@ -263,6 +272,44 @@ fn is_loopback(url: &url::Url) -> bool {
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => true,
     }
+}
+
+/// The ai-toolkit backend from the `aitoolkit_*` settings. `server` is the control plane as
+/// this process reaches it; `tokens` issue an attempt's token again after a restart.
+fn aitoolkit_backend(
+    s: &Settings,
+    server: &str,
+    tokens: Arc<dyn WorkerTokens>,
+) -> anyhow::Result<loraforge_aitoolkit::AiToolkitBackend> {
+    use loraforge_aitoolkit::{
+        AiToolkitBackend, AiToolkitBackendSettings, AiToolkitClient, ClientSettings, Reissue,
+    };
+    use loraforge_domain::MicroUsd;
+    let url = s
+        .aitoolkit_url
+        .as_deref()
+        .context("the aitoolkit backend needs LORAFORGE_AITOOLKIT_URL (ai-toolkit's web UI)")?;
+    let url =
+        url::Url::parse(url).with_context(|| format!("aitoolkit_url {url:?} is not a URL"))?;
+    let client = AiToolkitClient::new(ClientSettings::new(url, s.aitoolkit_token.clone()))
+        .map_err(|e| anyhow::anyhow!("the ai-toolkit client: {e}"))?;
+    let mut settings = AiToolkitBackendSettings::new(absolute(&s.data_dir.join("aitoolkit")));
+    settings.max_runs = s.aitoolkit_max_runs.max(1);
+    settings.gpu_ids = s.aitoolkit_gpu_ids.clone();
+    settings.observe_every = Duration::from_secs(s.aitoolkit_observe_secs.max(1));
+    settings.max_model_bytes = s.lora_max_bytes.saturating_mul(2);
+    settings.price_per_hour = s
+        .aitoolkit_price_per_hour
+        .as_deref()
+        .map(MicroUsd::parse_dollars)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("aitoolkit_price_per_hour: {e}"))?;
+    settings.reissue = Some(Reissue {
+        server: server.to_owned(),
+        tokens,
+        worker_id: s.worker_id(),
+    });
+    Ok(AiToolkitBackend::new(client, settings))
 }
 
 /// The RunPod pods backend from the `runpod_*` settings.

@@ -192,6 +192,19 @@ pub struct Settings {
     pub docker_max_runs: usize,
     /// How often the containers are listed to see ones that ended or vanished, seconds.
     pub docker_observe_secs: u64,
+    /// The ai-toolkit web UI the `aitoolkit` backend trains on (`http://host:8675`).
+    pub aitoolkit_url: Option<String>,
+    /// ai-toolkit's `AI_TOOLKIT_AUTH` token, sent as `Bearer`; none when the UI checks none.
+    /// Secret.
+    pub aitoolkit_token: Option<SecretString>,
+    /// ai-toolkit jobs at once, across every replica (one GPU queue runs one job).
+    pub aitoolkit_max_runs: usize,
+    /// The GPU queue ai-toolkit jobs go to (`gpu_ids`).
+    pub aitoolkit_gpu_ids: String,
+    /// What the ai-toolkit host costs per hour, decimal dollars; none records no cost.
+    pub aitoolkit_price_per_hour: Option<String>,
+    /// How often ai-toolkit's jobs are read (progress, end), seconds.
+    pub aitoolkit_observe_secs: u64,
     /// Steps between two training checkpoints (each is uploaded to the blob store, so a lost
     /// instance costs at most this many steps); default: the trainer's, 250.
     pub checkpoint_every_steps: Option<u32>,
@@ -324,6 +337,9 @@ impl Settings {
             .set_default("docker_gpus", "all")?
             .set_default("docker_max_runs", 1)?
             .set_default("docker_observe_secs", 5)?
+            .set_default("aitoolkit_max_runs", 1)?
+            .set_default("aitoolkit_gpu_ids", "0")?
+            .set_default("aitoolkit_observe_secs", 10)?
             .set_default("allow_loopback_callbacks", false)?
             .set_default("job_timeout_secs", 2 * 3600)?
             .set_default("job_lease_secs", 120)?
@@ -440,6 +456,11 @@ impl Settings {
             && let Err(e) = loraforge_docker::parse_cpus(cpus)
         {
             bail!("{e}");
+        }
+        if let Some(price) = &s.aitoolkit_price_per_hour {
+            if let Err(e) = loraforge_domain::MicroUsd::parse_dollars(price) {
+                bail!("aitoolkit_price_per_hour must be decimal dollars per hour like 0.69: {e}");
+            }
         }
         if let Err(e) =
             loraforge_domain::MicroUsd::parse_dollars(&s.runpod_serverless_price_per_second)
@@ -898,6 +919,21 @@ impl Settings {
             ),
             ("docker_max_runs", self.docker_max_runs.to_string()),
             ("docker_observe_secs", self.docker_observe_secs.to_string()),
+            (
+                "aitoolkit_url",
+                self.aitoolkit_url.clone().unwrap_or_default(),
+            ),
+            ("aitoolkit_token", secret(&self.aitoolkit_token)),
+            ("aitoolkit_max_runs", self.aitoolkit_max_runs.to_string()),
+            ("aitoolkit_gpu_ids", self.aitoolkit_gpu_ids.clone()),
+            (
+                "aitoolkit_price_per_hour",
+                self.aitoolkit_price_per_hour.clone().unwrap_or_default(),
+            ),
+            (
+                "aitoolkit_observe_secs",
+                self.aitoolkit_observe_secs.to_string(),
+            ),
             (
                 "checkpoint_every_steps",
                 self.checkpoint_every_steps

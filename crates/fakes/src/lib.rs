@@ -26,6 +26,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+pub mod aitoolkit;
 mod config;
 pub mod docker;
 mod docker_server;

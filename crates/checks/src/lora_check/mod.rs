@@ -8,6 +8,7 @@ mod dtype;
 mod error;
 mod header;
 mod keys;
+mod kohya;
 mod scan;
 
 #[cfg(test)]
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use error::LoraError;
 pub use header::MAX_HEADER_BYTES;
 pub use keys::LoraFormat;
+pub use kohya::{ConvertError, UnetLayout, diffusers_module_name, kohya_to_diffusers};
 pub use scan::NonFiniteTensor;
 
 /// How many offending modules or tensors an error names.

@@ -243,6 +243,7 @@ pub(crate) struct RunRecord {
     pub instance_gone_at: Option<DateTime<Utc>>,
     pub terminate_failures: i64,
     pub next_terminate_at: Option<DateTime<Utc>>,
+    pub route_reason: Option<String>,
 }
 
 impl RunRecord {
@@ -252,6 +253,7 @@ impl RunRecord {
             lora_id: self.lora_id.into(),
             attempt: to_u32(self.attempt, "attempt")?,
             backend: self.backend,
+            route_reason: self.route_reason,
             engine: self.engine,
             instance_name: self.instance_name,
             provider_id: self.provider_id,
@@ -511,4 +513,30 @@ mod name_key_tests {
             ]
         );
     }
+}
+
+/// A stored breaker state.
+pub(crate) fn parse_breaker_state(s: &str) -> Result<loraforge_domain::breaker::BreakerState> {
+    loraforge_domain::breaker::BreakerState::parse(s)
+        .ok_or_else(|| corrupt(format!("breaker state {s:?}")))
+}
+
+/// Failures at or after this count toward opening `b`: within the window, and not before the
+/// breaker last closed.
+pub(crate) fn breaker_window_start(
+    b: &loraforge_domain::breaker::Breaker,
+    rules: &loraforge_domain::breaker::BreakerRules,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let start = now - rules.window;
+    b.counted_from.map_or(start, |from| from.max(start))
+}
+
+/// Failures older than this are pruned: past any window, kept a while so a late duplicate
+/// report of the same failure is still recognised.
+pub(crate) fn breaker_prune_before(
+    rules: &loraforge_domain::breaker::BreakerRules,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    now - rules.window - chrono::Duration::hours(24)
 }

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use loraforge_domain::breaker::{Breaker, BreakerEvent, BreakerRules, BreakerState};
 use loraforge_domain::{
     DailyWindow, Dataset, DatasetId, DatasetQuota, DatasetUsage, LoraId, LoraModel, LoraName,
     LoraSort, LoraSummary, MicroUsd, MonthlyWindow, Progress, QuotaExceeded, RunId, StatusEvent,
@@ -359,6 +360,8 @@ pub struct NewRun {
     pub lora_id: LoraId,
     pub attempt: u32,
     pub backend: String,
+    /// Why the router chose `backend` (shown with the run).
+    pub route_reason: Option<String>,
     pub engine: String,
     pub instance_name: String,
     pub provider_id: String,
@@ -420,6 +423,41 @@ pub struct RunningJob {
     pub lora_id: LoraId,
     pub started_at: DateTime<Utc>,
     pub attempt: u32,
+}
+
+/// A backend's circuit breaker with its provider-side failures in the window
+/// ([`Repository::breakers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerStatus {
+    pub breaker: Breaker,
+    /// Failures within the rules' window since the breaker last closed.
+    pub failures_in_window: u32,
+}
+
+/// What [`Repository::step_breaker`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerStep {
+    /// The breaker after the event.
+    pub breaker: Breaker,
+    /// The event changed the stored breaker (a probe claimed, a state changed). A probe claim
+    /// is won exactly when this is `true`.
+    pub changed: bool,
+    /// The state change, as recorded in `breaker_transitions`.
+    pub transition: Option<BreakerTransition>,
+    pub failures_in_window: u32,
+}
+
+/// One recorded change of a breaker's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerTransition {
+    pub id: i64,
+    pub backend: String,
+    pub from: BreakerState,
+    pub to: BreakerState,
+    pub reason: String,
+    /// The admin who forced it; `None` when the breaker decided.
+    pub forced_by: Option<String>,
+    pub at: DateTime<Utc>,
 }
 
 /// A claimed job whose run has not started yet and whose next start attempt is due
@@ -727,6 +765,32 @@ pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
 
     /// Jobs leased to `worker`, in `training`, with no run yet and a start attempt due at `now`.
     async fn starts_due(&self, worker: &str, now: DateTime<Utc>) -> Result<Vec<StartDue>>;
+
+    // --- circuit breakers ----------------------------------------------------------------
+
+    /// Applies `event` to `backend`'s breaker with `domain::breaker::step`, atomically across
+    /// replicas (one transaction holding the breaker's row): a failure is recorded once per key
+    /// and counted within `rules.window`; a probe claim is won by one caller only; every state
+    /// change is appended to the transitions.
+    async fn step_breaker(
+        &self,
+        backend: &str,
+        event: &BreakerEvent,
+        rules: &BreakerRules,
+        now: DateTime<Utc>,
+    ) -> Result<BreakerStep>;
+
+    /// Every stored breaker (a backend without one is closed), by name.
+    async fn breakers(&self, rules: &BreakerRules, now: DateTime<Utc>)
+    -> Result<Vec<BreakerStatus>>;
+
+    /// The newest transitions, newest first, of `backend` (all backends when `None`), at most
+    /// `limit`.
+    async fn breaker_transitions(
+        &self,
+        backend: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<BreakerTransition>>;
 
     // --- imports and benchmarks -------------------------------------------------------------
 

@@ -4,6 +4,7 @@
 //! it and it depends on none of them. Time comes in as an argument or through [`Clock`], so every
 //! rule can be tested at any instant.
 
+pub mod breaker;
 pub mod caption;
 pub mod clock;
 pub mod creator;

@@ -43,6 +43,20 @@ pub struct OutcomeSpec {
     pub disposition: Disposition,
     /// The start of the message people see, completed by the reporter's reason.
     pub headline: &'static str,
+    /// The provider running the instance is to blame (it lost or never started the instance),
+    /// not the job or the control plane: counts toward the backend's circuit breaker
+    /// (`crate::breaker`). Never a user's bad input, a diverged job, a validation or a cancel.
+    pub provider_fault: bool,
+}
+
+impl OutcomeSpec {
+    /// This row, marked as the provider's fault.
+    const fn provider(self) -> Self {
+        OutcomeSpec {
+            provider_fault: true,
+            ..self
+        }
+    }
 }
 
 /// Exit statuses of the trainer and the worker agent (`trainer/README.md`,
@@ -76,6 +90,7 @@ const fn row(
         origin,
         disposition,
         headline,
+        provider_fault: false,
     }
 }
 
@@ -90,6 +105,7 @@ const fn observed(
         origin: ControlPlane,
         disposition,
         headline,
+        provider_fault: false,
     }
 }
 
@@ -362,13 +378,14 @@ pub const OUTCOMES: &[OutcomeSpec] = &[
         "the checkpoint could not be downloaded",
     ),
     // What the control plane observes or decides.
-    observed("lost", NOT_COUNTED, "the run was lost"),
+    observed("lost", NOT_COUNTED, "the run was lost").provider(),
     observed("killed", COUNTED, "the worker was killed"),
     observed(
         "vanished",
         COUNTED,
         "the training instance ended without a word from its worker",
-    ),
+    )
+    .provider(),
     // Workers' heartbeats and the engine's own observation of a running instance both extend
     // the lease: it expires only when the engine that owned the run stopped watching it (a
     // crash of the control plane), which is no fault of the job.
@@ -386,14 +403,15 @@ pub const OUTCOMES: &[OutcomeSpec] = &[
         COUNTED,
         "the trained files are missing from storage",
     ),
-    observed("start_failed", Fail, "training could not start"),
+    observed("start_failed", Fail, "training could not start").provider(),
     // A provider that runs the trainer itself (Replicate, ai-toolkit) said its run failed
     // without the trainer saying why: the host's fault, not the job's.
     observed(
         "provider_failed",
         NOT_COUNTED,
         "the training provider ended the run with a failure of its own",
-    ),
+    )
+    .provider(),
 ];
 
 /// The table's row for `code`.
@@ -410,6 +428,11 @@ pub fn disposition(code: &str, retryable: bool) -> Disposition {
         Some(d) => d,
         None => Fail,
     }
+}
+
+/// Whether outcome `code` is the provider's fault (counts toward its backend's breaker).
+pub fn is_provider_fault(code: &str) -> bool {
+    spec(code).is_some_and(|s| s.provider_fault)
 }
 
 /// The exit status a worker uses for `code` (1 for codes without one).
@@ -513,6 +536,34 @@ mod tests {
         assert_eq!(disposition("some_new_code", false), Fail);
         assert_eq!(disposition("some_new_code", true), COUNTED);
         assert_eq!(disposition("model_unavailable", false), COUNTED);
+    }
+
+    #[test]
+    fn only_the_providers_failures_trip_a_breaker() {
+        for code in ["lost", "vanished", "start_failed"] {
+            assert!(is_provider_fault(code), "{code}");
+        }
+        for code in [
+            "trained",
+            "bad_input",
+            "non_finite_loss",
+            "validation_failed",
+            "cancelled",
+            "superseded",
+            "timed_out",
+            "lease_expired",
+            "shutdown",
+            "some_new_code",
+        ] {
+            assert!(!is_provider_fault(code), "{code}");
+        }
+        // The worker's and the trainer's own reports are never the provider's.
+        assert!(
+            OUTCOMES
+                .iter()
+                .filter(|s| s.provider_fault)
+                .all(|s| s.origin == ControlPlane)
+        );
     }
 
     #[test]

@@ -15,6 +15,10 @@ pub struct TrainingRun {
     /// 1 for the first run of the job, 2 for the next, …
     pub attempt: u32,
     pub backend: String,
+    /// Why the router chose this backend ("runpod: first in order", "local, after runpod:
+    /// circuit breaker open; …"); `None` on runs recorded before routing was recorded.
+    #[serde(default)]
+    pub route_reason: Option<String>,
     /// The engine (its worker id) that started the run and watches it.
     pub engine: String,
     /// The instance's name at the provider: a fixed prefix, the LoRA id and the attempt.

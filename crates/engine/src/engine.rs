@@ -14,7 +14,10 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 
-use loraforge_db::{DbError, EventDetail, NewRun, OpenRun, Repository, Settle};
+use loraforge_db::{
+    BreakerTransition, DbError, EventDetail, NewRun, OpenRun, Repository, Settle,
+};
+use loraforge_domain::breaker::BreakerEvent;
 use loraforge_domain::outcome::{self, Disposition, Origin};
 use loraforge_domain::run::instance_name;
 use loraforge_domain::{Clock, LoraId, MicroUsd, RunId, StatusEvent, TrainingRun, TrainingStatus};
@@ -25,6 +28,7 @@ use crate::backend::{
     BackendError, Ending, Instance, Launch, Observed, Scope, Termination, TrainingBackend,
     WorkerTokens,
 };
+use crate::router::{Choice, LaunchGate, Router};
 use crate::settings::{EngineSettings, chrono_duration, human_duration};
 
 /// What one tick did, for tests and logs.
@@ -52,6 +56,8 @@ pub struct TickReport {
     pub gone: Vec<LoraId>,
     /// Runs that are still going (lease extended).
     pub watched: Vec<LoraId>,
+    /// Circuit breaker changes this tick made (also in `breaker_transitions`).
+    pub breaker_transitions: Vec<BreakerTransition>,
     /// Per-job problems that did not stop the tick.
     pub errors: Vec<String>,
 }
@@ -73,59 +79,9 @@ impl TickReport {
             stopped_runs,
             gone,
             watched,
+            breaker_transitions,
             errors
         );
-    }
-}
-
-/// Asked before a run is launched on a backend; a circuit breaker or a budget says no here.
-pub trait LaunchGate: Send + Sync + std::fmt::Debug + 'static {
-    /// `Err(why)` when `backend` must not get a new run now.
-    fn admits(&self, backend: &str, now: DateTime<Utc>) -> std::result::Result<(), String>;
-}
-
-/// Picks the backend for the next run: the first, in the configured order, with room, not
-/// cooling down after it had no capacity, and admitted by every gate.
-#[derive(Debug)]
-pub(crate) struct Router {
-    pub(crate) backends: Vec<Arc<dyn TrainingBackend>>,
-    gates: Vec<Arc<dyn LaunchGate>>,
-    /// Backends that said "no capacity", until when they are left alone.
-    cooling: Mutex<HashMap<String, DateTime<Utc>>>,
-}
-
-impl Router {
-    fn pick(&self, room: &[usize], now: DateTime<Utc>) -> Option<usize> {
-        let cooling = self.cooling.lock().unwrap_or_else(|e| e.into_inner());
-        self.backends.iter().enumerate().position(|(i, b)| {
-            room[i] > 0
-                && cooling.get(b.name()).is_none_or(|until| *until <= now)
-                && self.gates.iter().all(|g| g.admits(b.name(), now).is_ok())
-        })
-    }
-
-    /// Why no backend may get a run now, when every one is refused by a gate (the trainer's
-    /// environment is missing, a budget is spent): each backend's first refusal. `None` while
-    /// any backend is admitted (cooling down or full is waiting, not refusal).
-    pub(crate) fn refusals(&self, now: DateTime<Utc>) -> Option<String> {
-        let reasons: Vec<String> = self
-            .backends
-            .iter()
-            .map(|b| {
-                self.gates
-                    .iter()
-                    .find_map(|g| g.admits(b.name(), now).err())
-                    .map(|why| format!("{}: {why}", b.name()))
-            })
-            .collect::<Option<Vec<_>>>()?;
-        (!reasons.is_empty()).then(|| reasons.join("; "))
-    }
-
-    fn cool_down(&self, backend: &str, until: DateTime<Utc>) {
-        self.cooling
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(backend.to_owned(), until);
     }
 }
 
@@ -163,11 +119,7 @@ impl Engine {
         Self {
             repo,
             clock,
-            router: Router {
-                backends,
-                gates: Vec::new(),
-                cooling: Mutex::new(HashMap::new()),
-            },
+            router: Router::new(backends, settings.breaker),
             settings,
             tokens: None,
             after,
@@ -633,6 +585,14 @@ impl Engine {
         r: &mut TickReport,
     ) -> Option<TrainingStatus> {
         let lora = run.lora_id;
+        if let Some(code) = run.outcome.as_deref()
+            && outcome::is_provider_fault(code)
+        {
+            // Keyed by the run, so replicas settling the same run count it once.
+            let why = run.message().unwrap_or_else(|| code.to_owned());
+            self.breaker_failure(&run.backend, format!("run:{}", run.id), why, now, r)
+                .await;
+        }
         let settle = match self.settlement(o, run, now).await {
             Ok(s) => s,
             Err(e) => {
@@ -989,13 +949,21 @@ impl Engine {
 
     async fn dispatch(&self, now: DateTime<Utc>, report: &mut TickReport) -> Result<()> {
         let mut room = self.room().await?;
-        let mut launches: Vec<(LoraId, u32, u32, usize)> = Vec::new();
+        self.router.refresh(&*self.repo, now).await?;
+        let mut launches: Vec<(LoraId, u32, u32, Choice)> = Vec::new();
         // Starts whose retry is due come before new claims: they are older.
         for due in self.repo.starts_due(&self.settings.worker_id, now).await? {
-            match self.router.pick(&room, now) {
-                Some(i) => {
-                    room[i] -= 1;
-                    launches.push((due.lora_id, due.attempt, due.start_failures, i));
+            match self.route(due.lora_id, &room, now, report).await {
+                Some(c) => {
+                    room[c.index] -= 1;
+                    launches.push((due.lora_id, due.attempt, due.start_failures, c));
+                }
+                None if self.router.refusals(now).is_some() => {
+                    // Every backend is refused (breakers open, gates shut): the job waits in the
+                    // queue, not on this engine, and is claimed again when one recovers.
+                    let why = self.router.refusals(now).unwrap_or_default();
+                    self.back_to_queue(due.lora_id, &crate::refusals::waiting_message(&why), now, report)
+                        .await;
                 }
                 None => {
                     // Keep the lease while waiting for room.
@@ -1016,8 +984,9 @@ impl Engine {
                 }
             }
         }
-        // Every claim gets a backend with room, so this ends when the room or the queue runs out.
-        while let Some(i) = self.router.pick(&room, now) {
+        // A job is claimed only while some backend could take it; the claim ends when the room,
+        // the admitted backends or the queue run out.
+        while self.router.may_route(&room, now) {
             let claimed = self
                 .repo
                 .claim_next_job(
@@ -1028,13 +997,26 @@ impl Engine {
                 )
                 .await?;
             let Some(job) = claimed else { break };
-            room[i] -= 1;
-            launches.push((job.lora.id, job.attempt, 0, i));
+            match self.route(job.lora.id, &room, now, report).await {
+                Some(c) => {
+                    room[c.index] -= 1;
+                    launches.push((job.lora.id, job.attempt, 0, c));
+                }
+                None => {
+                    // Another replica took the probe meanwhile: the breaker is now seen refusing.
+                    let why = self
+                        .router
+                        .refusals(now)
+                        .unwrap_or_else(|| "every backend is busy".to_owned());
+                    self.back_to_queue(job.lora.id, &crate::refusals::waiting_message(&why), now, report)
+                        .await;
+                }
+            }
         }
         let steps: Vec<BoxFuture<'_, TickReport>> = launches
             .into_iter()
-            .map(|(lora, attempt, failures, i)| {
-                self.launch(lora, attempt, failures, i, now).boxed()
+            .map(|(lora, attempt, failures, c)| {
+                self.launch(lora, attempt, failures, c, now).boxed()
             })
             .collect();
         let steps = self.all(steps).await;
@@ -1045,17 +1027,84 @@ impl Engine {
         Ok(())
     }
 
-    /// Launches attempt `attempt` of a job this engine has claimed on backend `i`.
+    async fn route(
+        &self,
+        lora: LoraId,
+        room: &[usize],
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) -> Option<Choice> {
+        self.router
+            .choose(
+                &*self.repo,
+                &self.settings.worker_id,
+                lora,
+                room,
+                now,
+                &mut report.breaker_transitions,
+                &mut report.errors,
+            )
+            .await
+    }
+
+    /// Puts a claimed job that has no run back in the queue without using an attempt.
+    async fn back_to_queue(
+        &self,
+        lora: LoraId,
+        message: &str,
+        now: DateTime<Utc>,
+        r: &mut TickReport,
+    ) {
+        self.router.forget(lora);
+        match self
+            .repo
+            .unclaim(lora, &self.settings.worker_id, message, now)
+            .await
+        {
+            Ok(true) => r.waiting.push(lora),
+            Ok(false) => {}
+            Err(e) => r
+                .errors
+                .push(format!("putting LoRA {lora} back in the queue: {e}")),
+        }
+    }
+
+    /// A provider-side failure of `backend`, for its circuit breaker.
+    pub(crate) async fn breaker_failure(
+        &self,
+        backend: &str,
+        key: String,
+        reason: String,
+        now: DateTime<Utc>,
+        r: &mut TickReport,
+    ) {
+        if let Err(e) = self
+            .router
+            .record(
+                &*self.repo,
+                backend,
+                BreakerEvent::Failure { key, reason },
+                now,
+                &mut r.breaker_transitions,
+            )
+            .await
+        {
+            r.errors
+                .push(format!("recording a failure of {backend} for its breaker: {e}"));
+        }
+    }
+
+    /// Launches attempt `attempt` of a job this engine has claimed on the chosen backend.
     async fn launch(
         &self,
         lora: LoraId,
         attempt: u32,
         failures: u32,
-        i: usize,
+        choice: Choice,
         now: DateTime<Utc>,
     ) -> TickReport {
         let mut r = TickReport::default();
-        let backend = &self.router.backends[i];
+        let backend = &self.router.backends[choice.index];
         let token = match &self.tokens {
             Some(t) => match t.issue(lora, attempt, &self.settings.worker_id) {
                 Ok(t) => t,
@@ -1084,11 +1133,28 @@ impl Engine {
             .await
         {
             Ok(launched) => {
+                self.router.forget(lora);
+                if choice.probe {
+                    let event = BreakerEvent::Launched {
+                        holder: self.settings.worker_id.clone(),
+                    };
+                    if let Err(e) = self
+                        .router
+                        .record(&*self.repo, backend.name(), event, now, &mut r.breaker_transitions)
+                        .await
+                    {
+                        r.errors.push(format!(
+                            "closing the breaker of {} after its probe: {e}",
+                            backend.name()
+                        ));
+                    }
+                }
                 let run = NewRun {
                     id: RunId::new(),
                     lora_id: lora,
                     attempt,
                     backend: backend.name().to_owned(),
+                    route_reason: Some(choice.reason.clone()),
                     engine: self.settings.worker_id.clone(),
                     instance_name: name.clone(),
                     provider_id: launched.provider_id.clone(),
@@ -1099,7 +1165,8 @@ impl Engine {
                 };
                 match self.repo.insert_run(&run).await {
                     Ok(_) => {
-                        tracing::info!(lora = %lora, attempt, backend = backend.name(), instance = %launched.provider_id, "run started");
+                        tracing::info!(lora = %lora, attempt, backend = backend.name(), instance = %launched.provider_id,
+                            route = %choice.reason, "run started");
                         r.started.push(lora);
                     }
                     Err(e) => {
@@ -1127,11 +1194,25 @@ impl Engine {
                     }
                 }
             }
-            Err(e) if e.is_capacity() => {
-                self.wait_for_capacity(lora, backend.name(), &e, now, &mut r)
-                    .await
+            Err(e) => {
+                // Provider-side failures count toward the backend's breaker; a permanent error
+                // (credentials, configuration) is the operator's, not the provider's.
+                if e.is_retryable() {
+                    let key = format!(
+                        "launch:{lora}:{attempt}:{failures}:{}",
+                        now.timestamp_micros()
+                    );
+                    self.breaker_failure(backend.name(), key, e.to_string(), now, &mut r)
+                        .await;
+                }
+                self.router.failed_on(lora, backend.name());
+                if e.is_capacity() {
+                    self.wait_for_capacity(lora, backend.name(), &e, now, &mut r)
+                        .await
+                } else {
+                    self.start_failed(lora, failures, &e, now, &mut r).await
+                }
             }
-            Err(e) => self.start_failed(lora, failures, &e, now, &mut r).await,
         }
         r
     }
@@ -1158,6 +1239,7 @@ impl Engine {
             .await
         {
             Ok(true) => {
+                self.router.forget(lora);
                 tracing::info!(lora = %lora, backend, "no capacity; the job waits in the queue");
                 r.waiting.push(lora);
             }
@@ -1181,7 +1263,14 @@ impl Engine {
             .and_then(|i| self.settings.start_retry_delays.get(i));
         match delay {
             Some(delay) if e.is_retryable() => {
-                let next = now + chrono_duration(*delay);
+                // Another backend can take it: try there at once (fallback) instead of waiting
+                // on the one that failed.
+                let room = self.room().await.unwrap_or_default();
+                let next = if self.router.has_fallback(id, &room, now) {
+                    now
+                } else {
+                    now + chrono_duration(*delay)
+                };
                 // The lease must outlast the wait.
                 let lease = next + chrono_duration(self.settings.lease);
                 let recorded = async {
@@ -1212,6 +1301,7 @@ impl Engine {
                         failures + 1
                     )
                 };
+                self.router.forget(id);
                 if self
                     .apply(id, StatusEvent::Fail, Some(reason), now, r)
                     .await

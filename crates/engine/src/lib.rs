@@ -17,6 +17,7 @@ pub mod backends;
 pub mod conformance;
 mod engine;
 mod refusals;
+mod router;
 mod settings;
 pub mod supervise;
 mod sweep;
@@ -26,7 +27,8 @@ pub use backend::{
     BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Termination,
     TrainingBackend, WorkerTokens,
 };
-pub use engine::{Engine, LaunchGate, TickReport};
+pub use engine::{Engine, TickReport};
+pub use router::LaunchGate;
 pub use settings::{EngineSettings, human_duration};
 pub use supervise::{EngineHealth, HealthReport, supervise};
 pub use sweep::SweepReport;

@@ -46,6 +46,10 @@ pub struct EngineSettings {
     /// How long the after-training steps may keep failing to read the stored files before the
     /// job fails. Default 30 min.
     pub after_training_give_up: Duration,
+    /// The circuit breaker of every backend (`domain::breaker`): 3 provider-side failures within
+    /// 10 min open it, a probe is let through after 30 min, an abandoned probe is given to
+    /// another replica after 5 min.
+    pub breaker: loraforge_domain::breaker::BreakerRules,
 }
 
 impl Default for EngineSettings {
@@ -75,6 +79,7 @@ impl Default for EngineSettings {
             ],
             after_training_give_up: Duration::from_secs(30 * 60),
             sweep_interval: Duration::from_secs(3600),
+            breaker: loraforge_domain::breaker::BreakerRules::default(),
         }
     }
 }

@@ -94,6 +94,7 @@ pub(super) fn run_record(row: &PgRow) -> Result<RunRecord> {
         instance_gone_at: row.try_get("instance_gone_at")?,
         terminate_failures: i64::from(row.try_get::<i32, _>("terminate_failures")?),
         next_terminate_at: row.try_get("next_terminate_at")?,
+        route_reason: row.try_get("route_reason")?,
     })
 }
 

@@ -106,6 +106,7 @@ macro_rules! in_write_tx {
     }};
 }
 
+mod breakers;
 mod datasets;
 mod jobs;
 mod library;
@@ -457,6 +458,32 @@ impl Repository for SqliteRepository {
 
     async fn starts_due(&self, worker: &str, now: DateTime<Utc>) -> Result<Vec<StartDue>> {
         jobs::starts_due(&self.pool, worker, now).await
+    }
+
+    async fn step_breaker(
+        &self,
+        backend: &str,
+        event: &loraforge_domain::breaker::BreakerEvent,
+        rules: &loraforge_domain::breaker::BreakerRules,
+        now: DateTime<Utc>,
+    ) -> Result<crate::BreakerStep> {
+        breakers::step_breaker(self, backend, event, rules, now).await
+    }
+
+    async fn breakers(
+        &self,
+        rules: &loraforge_domain::breaker::BreakerRules,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<crate::BreakerStatus>> {
+        breakers::breakers(&self.pool, rules, now).await
+    }
+
+    async fn breaker_transitions(
+        &self,
+        backend: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<crate::BreakerTransition>> {
+        breakers::breaker_transitions(&self.pool, backend, limit).await
     }
 
     async fn bulk_insert_library(&self, rows: Vec<LibraryRow>) -> Result<u64> {

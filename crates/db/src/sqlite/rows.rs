@@ -116,6 +116,7 @@ pub(super) fn run_record(row: &SqliteRow) -> Result<RunRecord> {
         instance_gone_at: opt_time(row, "instance_gone_at")?,
         terminate_failures: row.try_get("terminate_failures")?,
         next_terminate_at: opt_time(row, "next_terminate_at")?,
+        route_reason: row.try_get("route_reason")?,
     })
 }
 

@@ -18,7 +18,7 @@ macro_rules! run_columns {
     () => {
         "r.id, r.lora_id, r.attempt, r.backend, r.engine, r.instance_name, r.provider_id, r.gpu_type, \
          r.price_per_hour_micros, r.created_at, r.started_at, r.ended_at, r.outcome, r.reason, r.result, \
-         r.settled_at, r.cost_micros, r.instance_gone_at, r.terminate_failures, r.next_terminate_at"
+         r.settled_at, r.cost_micros, r.instance_gone_at, r.terminate_failures, r.next_terminate_at, r.route_reason"
     };
 }
 
@@ -55,7 +55,7 @@ pub(super) async fn insert_run(repo: &SqliteRepository, run: &NewRun) -> Result<
         }
         sqlx::query(
             "INSERT INTO training_runs (id, lora_id, attempt, backend, engine, instance_name, provider_id, gpu_type, \
-             price_per_hour_micros, created_at, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             price_per_hour_micros, created_at, started_at, route_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&id)
         .bind(&lora)
@@ -68,6 +68,7 @@ pub(super) async fn insert_run(repo: &SqliteRepository, run: &NewRun) -> Result<
         .bind(run.price_per_hour.map(MicroUsd::micros))
         .bind(ts(run.created_at))
         .bind(ts(run.started_at))
+        .bind(&run.route_reason)
         .execute(&mut *conn)
         .await?;
         sqlx::query("UPDATE training_jobs SET run_id = $1, start_failures = 0, next_attempt_at = NULL WHERE lora_id = $2")

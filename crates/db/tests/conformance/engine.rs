@@ -252,6 +252,7 @@ fn new_run(lora: LoraId, attempt: u32, engine: &str, at: i64) -> NewRun {
         lora_id: lora,
         attempt,
         backend: "runpod".into(),
+        route_reason: Some("runpod: first in order".into()),
         engine: engine.into(),
         instance_name: format!("loraforge-{lora}-{attempt}"),
         provider_id: format!("pod-{lora}-{attempt}"),
@@ -410,6 +411,11 @@ pub async fn runs_are_recorded_settled_and_ended_once(repo: Repo) {
         .expect("claimable once gone");
     assert_eq!((again.lora.id, again.attempt), (a, 2));
     let run_a2 = repo.insert_run(&new_run(a, 2, "w3", 5)).await.unwrap();
+    assert_eq!(
+        run_a2.route_reason.as_deref(),
+        Some("runpod: first in order"),
+        "why the router chose the backend is kept with the run"
+    );
     assert_eq!(
         repo.runs_of(a)
             .await

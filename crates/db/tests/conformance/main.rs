@@ -4,6 +4,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`). The Postgres tests fail, never skip, when the
 //! server is unreachable.
 
+mod breakers;
 mod create;
 mod datasets;
 mod engine;
@@ -50,6 +51,10 @@ conformance! {
     lifecycle::claim_is_fifo_and_leases,
     lifecycle::claim_skips_users_at_max_active,
     lifecycle::concurrent_claimers_never_double_claim,
+    breakers::a_breaker_opens_probes_once_and_closes,
+    breakers::failures_count_once_per_key_and_only_in_the_window,
+    breakers::concurrent_probe_claims_have_one_winner,
+    breakers::operators_force_and_every_transition_is_kept,
     engine::heartbeat_extends_only_the_holders_lease,
     engine::job_claim_names_the_holder_and_the_attempt,
     engine::concurrent_heartbeats_and_claims_keep_one_holder,

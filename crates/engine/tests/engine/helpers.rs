@@ -304,6 +304,8 @@ pub struct ScriptedInstance {
 #[derive(Debug, Default)]
 struct Script {
     next_launches: VecDeque<BackendError>,
+    /// Every `launch` call, failed or not.
+    launch_calls: usize,
     instances: HashMap<String, ScriptedInstance>,
     order: Vec<String>,
     terminates: Vec<(String, Ending)>,
@@ -405,6 +407,16 @@ impl Scripted {
         self.script().order.len()
     }
 
+    /// Calls to `launch`, failed or not.
+    pub fn launch_calls(&self) -> usize {
+        self.script().launch_calls
+    }
+
+    /// Scripted launch failures not used yet (each is one call the engine has not made).
+    pub fn fail_pending(&self) -> usize {
+        self.script().next_launches.len()
+    }
+
     pub fn live(&self) -> usize {
         self.script()
             .instances
@@ -434,6 +446,7 @@ impl TrainingBackend for Scripted {
 
     async fn launch(&self, launch: &Launch) -> Result<Launched, BackendError> {
         let mut s = self.script();
+        s.launch_calls += 1;
         if let Some(e) = s.next_launches.pop_front() {
             return Err(e);
         }

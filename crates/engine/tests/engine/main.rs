@@ -4,6 +4,8 @@
 //! (`tests/fixtures/worker_process.sh`, which behaves toward its parent as `loraforge worker`
 //! does).
 
+mod breaker;
+mod chaos;
 mod dispatch;
 mod helpers;
 mod local;

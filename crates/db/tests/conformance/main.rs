@@ -12,6 +12,7 @@ mod helpers;
 mod library;
 mod lifecycle;
 mod name_keys;
+mod search_terms;
 
 macro_rules! conformance {
     ($($module:ident :: $story:ident),* $(,)?) => {
@@ -76,4 +77,5 @@ conformance! {
     datasets::idempotent_lora_answers_before_any_work,
     library::search_pages_match_the_sorted_library,
     library::search_total_is_capped_and_flagged,
+    search_terms::term_search_is_the_sorted_library_filtered,
 }

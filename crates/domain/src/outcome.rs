@@ -378,7 +378,8 @@ pub const OUTCOMES: &[OutcomeSpec] = &[
         "the checkpoint could not be downloaded",
     ),
     // What the control plane observes or decides.
-    observed("lost", NOT_COUNTED, "the run was lost").provider(),
+    // A restart of the service, not the provider: it never trips a breaker.
+    observed("lost", NOT_COUNTED, "the run was lost"),
     observed("killed", COUNTED, "the worker was killed"),
     observed(
         "vanished",
@@ -540,10 +541,11 @@ mod tests {
 
     #[test]
     fn only_the_providers_failures_trip_a_breaker() {
-        for code in ["lost", "vanished", "start_failed"] {
+        for code in ["vanished", "start_failed", "provider_failed"] {
             assert!(is_provider_fault(code), "{code}");
         }
         for code in [
+            "lost",
             "trained",
             "bad_input",
             "non_finite_loss",

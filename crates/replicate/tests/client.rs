@@ -355,3 +355,95 @@ async fn trainings_run_to_succeeded_or_failed_with_logs_and_metrics() {
     assert!(failed.weights_url().is_none());
     assert_eq!(fake.live_processes(), 0);
 }
+
+/// What a webhook receiver got: (id, timestamp, signature, body).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, String)>>>;
+
+async fn webhook_receiver() -> (String, Received) {
+    let received: Received = Default::default();
+    let seen = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let seen = seen.clone();
+            async move {
+                let h = |k: &str| {
+                    headers
+                        .get(k)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                seen.lock().unwrap().push((
+                    h("webhook-id"),
+                    h("webhook-timestamp"),
+                    h("webhook-signature"),
+                    body,
+                ));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), received)
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_filtered_duplicated_and_replayed_as_configured() {
+    let dataset = dataset_server().await;
+    let (hook, received) = webhook_receiver().await;
+    let fake = fake_with(packing_script(), |c| {
+        c.duplicate_webhooks = 1;
+        c.replay_webhooks = true;
+    })
+    .await;
+    let c = client(&fake, TOKEN, AuthScheme::Bearer);
+    let mut request = create("loraforge-w-1", &dataset);
+    request.webhook = Some(hook);
+    request.webhook_events_filter = vec!["start".to_owned(), "completed".to_owned()];
+    let t = c.create_training(&model(), &request).await.unwrap();
+    wait_terminal(&c, &t.id).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.lock().unwrap().len() < 5 {
+        assert!(Instant::now() < deadline, "{:?}", received.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = received.lock().unwrap().clone();
+    for (id, ts, signature, body) in &got {
+        let ts: i64 = ts.parse().unwrap();
+        let expected = loraforge_fakes::sign_webhook(ReplicateConfig::DEFAULT_SECRET, id, ts, body);
+        assert_eq!(
+            Some(signature.clone()),
+            expected,
+            "signed over id.timestamp.body"
+        );
+    }
+    let status = |body: &str| {
+        serde_json::from_str::<serde_json::Value>(body).unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let statuses: Vec<String> = got.iter().map(|g| status(&g.3)).collect();
+    // start ×2 (duplicate), completed ×2 (duplicate), then the start replayed; no `logs`.
+    assert_eq!(
+        statuses,
+        [
+            "processing",
+            "processing",
+            "succeeded",
+            "succeeded",
+            "processing"
+        ],
+        "{got:?}"
+    );
+    assert_eq!(got[0].0, got[1].0, "a duplicate keeps its webhook-id");
+    assert_eq!(got[2].0, got[3].0);
+    assert_ne!(got[0].0, got[2].0);
+    assert_eq!(
+        got[4], got[0],
+        "a replay is the same delivery, signature and all"
+    );
+}

@@ -1695,3 +1695,75 @@ async fn cancelling_a_lora_cancels_its_replicate_training() {
     let s = svc.status(&token, &id).await;
     assert_eq!(s["training_status"], "cancelled");
 }
+
+/// `serve` killed with SIGKILL while its LoRA trains on Replicate: the training goes on there,
+/// and the restarted service (its tokens gone with the process) issues the attempt's token
+/// again, picks the training up, relays its progress and brings its files home. Nothing is
+/// created twice and no attempt is spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicate_training_outlives_a_kill_9_of_serve_and_the_restart_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (replicate, mut svc) = replicate_service(dir.path(), cog_command(dir.path(), None)).await;
+    let token = svc.token(USER);
+    let id = svc.create(&token, "Survivor on replicate", 60).await;
+    svc.wait(
+        &token,
+        &id,
+        "training relayed from Replicate",
+        Duration::from_secs(180),
+        |s| s["stage"] == "training" && s["progress"].as_u64().is_some_and(|p| p >= 3),
+    )
+    .await;
+    // The public URL (the dataset link, the webhook) stays the same across the restart.
+    svc.bind = svc.url.trim_start_matches("http://").to_owned();
+    svc.kill_9();
+    assert_eq!(replicate.live_processes(), 1, "the training goes on");
+    svc.restart();
+    let done = svc.finished(&token, &id).await;
+    assert_eq!(
+        done["training_status"],
+        "completed",
+        "{done}\n{}\n{}",
+        svc.logs(),
+        replicate_logs(&replicate, dir.path())
+    );
+    let (outcomes, details) = svc.outcomes(&token, &id).await;
+    assert_eq!(outcomes, ["trained"], "one run trained the LoRA: {details}");
+    assert_eq!(replicate.trainings().len(), 1, "nothing created twice");
+}
+
+/// A training that Replicate fails without a word from the trainer (its host died): the
+/// attempt ends `provider_failed`, which is not the job's fault, and the job runs again on a new
+/// training and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicate_host_failure_runs_the_job_again_and_it_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (replicate, svc) = replicate_service(dir.path(), cog_command(dir.path(), None)).await;
+    let token = svc.token(USER);
+    let id = svc.create(&token, "Host dies on replicate", 30).await;
+    svc.wait(
+        &token,
+        &id,
+        "training relayed from Replicate",
+        Duration::from_secs(180),
+        |s| s["stage"] == "training" && s["progress"].as_u64().is_some_and(|p| p >= 1),
+    )
+    .await;
+    let first = replicate.trainings()[0]["id"].as_str().unwrap().to_owned();
+    assert!(replicate.fail_training(&first, "the GPU host died"));
+    let done = svc.finished(&token, &id).await;
+    assert_eq!(
+        done["training_status"],
+        "completed",
+        "{done}\n{}\n{}",
+        svc.logs(),
+        replicate_logs(&replicate, dir.path())
+    );
+    let (outcomes, details) = svc.outcomes(&token, &id).await;
+    assert_eq!(outcomes, ["provider_failed", "trained"], "{details}");
+    let trainings = replicate.trainings();
+    assert_eq!(trainings.len(), 2, "{trainings:?}");
+    assert_eq!(trainings[0]["status"], "failed");
+    assert_eq!(trainings[1]["status"], "succeeded");
+    assert_eq!(replicate.live_processes(), 0);
+}

@@ -447,3 +447,42 @@ async fn webhooks_are_signed_filtered_duplicated_and_replayed_as_configured() {
         "a replay is the same delivery, signature and all"
     );
 }
+
+/// Which of `n` reads fail on a fake with random faults (`rate`, `seed`).
+async fn fault_pattern(seed: u64, n: usize) -> Vec<bool> {
+    let fake = fake_with(TrainingCommand::shell("true"), |c| {
+        c.faults = Some(loraforge_fakes::Faults {
+            rate: 0.3,
+            seed,
+            status: 503,
+        })
+    })
+    .await;
+    let mut settings = ReplicateSettings::new(SecretString::from(TOKEN.to_owned()));
+    settings.base_url = fake.base_url().parse().unwrap();
+    settings.retry = RetrySettings::none();
+    let c = ReplicateClient::new(settings).unwrap();
+    let mut failed = Vec::with_capacity(n);
+    for _ in 0..n {
+        match c.list_trainings().await {
+            Ok(_) => failed.push(false),
+            Err(ReplicateError::Server { status: 503, .. }) => failed.push(true),
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    failed
+}
+
+#[tokio::test]
+async fn random_faults_follow_their_seed() {
+    let a = fault_pattern(42, 200).await;
+    let b = fault_pattern(42, 200).await;
+    let c = fault_pattern(7, 200).await;
+    assert_eq!(a, b, "the same seed fails the same requests");
+    assert_ne!(a, c, "another seed fails others");
+    let rate = a.iter().filter(|f| **f).count();
+    assert!(
+        (40..=80).contains(&rate),
+        "about 30 % of 200 failed: {rate}"
+    );
+}

@@ -136,6 +136,36 @@ fn secrets_never_appear_in_the_config_listing() {
     );
 }
 
+/// The account secret of api-contracts.md §3's test vector.
+const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+#[test]
+fn the_replicate_webhook_secret_is_checked_and_never_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let listing = stdout(
+        loraforge(dir.path())
+            .arg("config")
+            .env("LORAFORGE_REPLICATE_WEBHOOK_SECRET", WEBHOOK_SECRET),
+    );
+    assert!(!listing.contains("C2FVsBQIhrsc"), "leaked:\n{listing}");
+    assert_eq!(config_value(&listing, "replicate_webhook_secret"), "<set>");
+    let out = loraforge(dir.path())
+        .arg("config")
+        .env(
+            "LORAFORGE_REPLICATE_WEBHOOK_SECRET",
+            "whsec_not base64 at all!",
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("replicate_webhook_secret"), "{err}");
+    assert!(
+        !err.contains("not base64 at all"),
+        "the secret is not repeated: {err}"
+    );
+}
+
 #[test]
 fn a_bad_setting_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -215,6 +245,7 @@ fn serve_runs_with_only_a_data_dir_and_accepts_its_own_tokens() {
             "--bind",
             &format!("127.0.0.1:{port}"),
         ])
+        .env("LORAFORGE_REPLICATE_WEBHOOK_SECRET", WEBHOOK_SECRET)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -257,6 +288,27 @@ fn serve_runs_with_only_a_data_dir_and_accepts_its_own_tokens() {
             r.json::<serde_json::Value>().await.unwrap(),
         )
     });
+    // The Replicate webhook secret reached the route: a signed delivery is taken.
+    let webhook = rt.block_on(async {
+        let key = loraforge_server::webhook::WebhookKey::parse(WEBHOOK_SECRET).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let body = br#"{"id":"t1","status":"succeeded"}"#;
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/api/v1/webhooks/replicate"))
+            .header("webhook-id", "msg_1")
+            .header("webhook-timestamp", now.to_string())
+            .header("webhook-signature", key.sign("msg_1", now, body))
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(webhook, 200);
     // No trainer environment in this data dir: the engine runs but says it cannot train.
     let ready: serde_json::Value = rt.block_on(async {
         reqwest::get(format!("http://127.0.0.1:{port}/readyz"))

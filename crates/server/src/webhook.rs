@@ -63,7 +63,10 @@ impl WebhookKey {
 
     /// The `webhook-signature` value this key gives a delivery (for tests and fakes).
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
-        let tag = self.mac(id, &timestamp.to_string(), body).finalize().into_bytes();
+        let tag = self
+            .mac(id, &timestamp.to_string(), body)
+            .finalize()
+            .into_bytes();
         format!("v1,{}", STANDARD.encode(tag))
     }
 }
@@ -200,10 +203,16 @@ mod tests {
     fn the_documented_test_vector_verifies() {
         let key = WebhookKey::parse(SECRET).unwrap();
         assert_eq!(key.sign(ID, 1_700_000_000, BODY), SIGNATURE);
-        assert_eq!(verify(&key, delivery(SIGNATURE), BODY, at(1_700_000_000)), Ok(ID));
+        assert_eq!(
+            verify(&key, delivery(SIGNATURE), BODY, at(1_700_000_000)),
+            Ok(ID)
+        );
         // Among other entries (rotated secrets, future versions), in any position.
         let several = format!("v2,AAAA v1,bm90IGl0 {SIGNATURE}");
-        assert_eq!(verify(&key, delivery(&several), BODY, at(1_700_000_100)), Ok(ID));
+        assert_eq!(
+            verify(&key, delivery(&several), BODY, at(1_700_000_100)),
+            Ok(ID)
+        );
         // Without the prefix the secret is the same key.
         let bare = WebhookKey::parse(SECRET.trim_start_matches("whsec_")).unwrap();
         assert!(verify(&bare, delivery(SIGNATURE), BODY, at(1_700_000_000)).is_ok());
@@ -213,27 +222,56 @@ mod tests {
     fn anything_changed_is_an_invalid_signature() {
         let key = WebhookKey::parse(SECRET).unwrap();
         let now = at(1_700_000_000);
-        let invalid = |r: Result<&str, WebhookError>| matches!(r, Err(WebhookError::InvalidSignature(_)));
+        let invalid =
+            |r: Result<&str, WebhookError>| matches!(r, Err(WebhookError::InvalidSignature(_)));
         let tampered = br#"{"id":"zz4ibbonubfz7carwiefibzgga","status":"failed"}"#;
         assert!(invalid(verify(&key, delivery(SIGNATURE), tampered, now)));
-        let other_id = Delivery { id: Some("msg_other"), ..delivery(SIGNATURE) };
+        let other_id = Delivery {
+            id: Some("msg_other"),
+            ..delivery(SIGNATURE)
+        };
         assert!(invalid(verify(&key, other_id, BODY, now)));
-        let other_ts = Delivery { timestamp: Some("1700000001"), ..delivery(SIGNATURE) };
+        let other_ts = Delivery {
+            timestamp: Some("1700000001"),
+            ..delivery(SIGNATURE)
+        };
         assert!(invalid(verify(&key, other_ts, BODY, now)));
-        for sig in ["", "v1,", "v1,!!!", "zXQj/fN7fKtFI8gIQxVo6jHkxMa7j2zRj/l6mc54CV4=", "v2,zXQj/fN7fKtFI8gIQxVo6jHkxMa7j2zRj/l6mc54CV4="] {
+        for sig in [
+            "",
+            "v1,",
+            "v1,!!!",
+            "zXQj/fN7fKtFI8gIQxVo6jHkxMa7j2zRj/l6mc54CV4=",
+            "v2,zXQj/fN7fKtFI8gIQxVo6jHkxMa7j2zRj/l6mc54CV4=",
+        ] {
             assert!(invalid(verify(&key, delivery(sig), BODY, now)), "{sig:?}");
         }
-        let other_key = WebhookKey::parse("whsec_c2VjcmV0LWtleS1vZi1hbm90aGVyLWFjY291bnQ=").unwrap();
+        let other_key =
+            WebhookKey::parse("whsec_c2VjcmV0LWtleS1vZi1hbm90aGVyLWFjY291bnQ=").unwrap();
         assert!(invalid(verify(&other_key, delivery(SIGNATURE), BODY, now)));
         // The key is the decoded base64, not the text (the documentation's known mistake).
         let text_key = WebhookKey(Arc::new(SecretSlice::from(SECRET.as_bytes()[6..].to_vec())));
         assert!(invalid(verify(&text_key, delivery(SIGNATURE), BODY, now)));
         for missing in [
-            Delivery { id: None, ..delivery(SIGNATURE) },
-            Delivery { timestamp: None, ..delivery(SIGNATURE) },
-            Delivery { signature: None, ..delivery(SIGNATURE) },
-            Delivery { timestamp: Some("soon"), ..delivery(SIGNATURE) },
-            Delivery { id: Some(""), ..delivery(SIGNATURE) },
+            Delivery {
+                id: None,
+                ..delivery(SIGNATURE)
+            },
+            Delivery {
+                timestamp: None,
+                ..delivery(SIGNATURE)
+            },
+            Delivery {
+                signature: None,
+                ..delivery(SIGNATURE)
+            },
+            Delivery {
+                timestamp: Some("soon"),
+                ..delivery(SIGNATURE)
+            },
+            Delivery {
+                id: Some(""),
+                ..delivery(SIGNATURE)
+            },
         ] {
             assert!(invalid(verify(&key, missing, BODY, now)));
         }

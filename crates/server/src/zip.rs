@@ -255,7 +255,11 @@ mod tests {
 
     #[test]
     fn entries_come_back_with_their_bytes_and_crcs() {
-        let zip = archive(&[("00.png", b"\x89PNG fake"), ("00.txt", b"zxq, a cat"), ("01.jpg", b"")]);
+        let zip = archive(&[
+            ("00.png", b"\x89PNG fake"),
+            ("00.txt", b"zxq, a cat"),
+            ("01.jpg", b""),
+        ]);
         let back = read_back(&zip);
         assert_eq!(
             back,

@@ -197,7 +197,10 @@ impl JwtKeys {
     }
 
     /// The signature of a dataset zip link for `auth`'s attempt, expiring with its token.
-    pub fn sign_dataset_link(&self, auth: &WorkerAuth) -> Result<String, jsonwebtoken::errors::Error> {
+    pub fn sign_dataset_link(
+        &self,
+        auth: &WorkerAuth,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let claims = DatasetLinkClaims {
             aud: DATASET_LINK_AUDIENCE.to_owned(),
             sub: auth.lora_id.to_string(),
@@ -212,7 +215,11 @@ impl JwtKeys {
     /// 403 `invalid_signature` for anything but a link this server signed (a worker's or a
     /// user's token included), 403 `link_expired` from its expiry on (no leeway: the link is
     /// re-issued with every `GET` of the job).
-    pub fn verify_dataset_link(&self, sig: &str, now: DateTime<Utc>) -> Result<WorkerAuth, ApiError> {
+    pub fn verify_dataset_link(
+        &self,
+        sig: &str,
+        now: DateTime<Utc>,
+    ) -> Result<WorkerAuth, ApiError> {
         let invalid = || {
             ApiError::new(
                 axum::http::StatusCode::FORBIDDEN,
@@ -221,10 +228,13 @@ impl JwtKeys {
             )
         };
         let c = self.decode(sig).map_err(|_| invalid())?;
-        if claims::audiences(&c).ok().flatten().as_deref() != Some(&[DATASET_LINK_AUDIENCE.to_owned()][..]) {
+        if claims::audiences(&c).ok().flatten().as_deref()
+            != Some(&[DATASET_LINK_AUDIENCE.to_owned()][..])
+        {
             return Err(invalid());
         }
-        let c: DatasetLinkClaims = serde_json::from_value(Value::Object(c)).map_err(|_| invalid())?;
+        let c: DatasetLinkClaims =
+            serde_json::from_value(Value::Object(c)).map_err(|_| invalid())?;
         let lora_id = c.sub.parse::<LoraId>().map_err(|_| invalid())?;
         if now.timestamp() >= c.exp {
             return Err(ApiError::new(
@@ -493,7 +503,10 @@ mod tests {
             "link_expired"
         );
         // The link is no worker token, and neither a worker's nor a user's token is a link.
-        assert_eq!(k.verify_worker(&sig, now()).unwrap_err().code, "invalid_token");
+        assert_eq!(
+            k.verify_worker(&sig, now()).unwrap_err().code,
+            "invalid_token"
+        );
         assert_eq!(
             k.verify_dataset_link(&t, now()).unwrap_err().code,
             "invalid_signature"

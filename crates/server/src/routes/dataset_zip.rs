@@ -49,9 +49,13 @@ pub(crate) fn link(state: &AppState, auth: &WorkerAuth) -> ApiResult<Option<Stri
         .jwt()
         .sign_dataset_link(auth)
         .map_err(|e| ApiError::internal("signing a dataset link", &e))?;
-    let mut url = base
-        .join(&format!("api/v1/worker/jobs/{}/dataset.zip", auth.lora_id))
-        .map_err(|e| ApiError::internal("the dataset link", &e))?;
+    // Appended to the base's path (a public URL may carry a prefix, with or without a slash).
+    let mut url = url::Url::parse(&format!(
+        "{}/api/v1/worker/jobs/{}/dataset.zip",
+        base.as_str().trim_end_matches('/'),
+        auth.lora_id
+    ))
+    .map_err(|e| ApiError::internal("the dataset link", &e))?;
     url.query_pairs_mut().append_pair("sig", &sig);
     Ok(Some(url.to_string()))
 }

@@ -75,21 +75,37 @@ pub async fn replicate(
             tracing::warn!(error = %e, "refused a stale Replicate webhook");
             ApiError::unauthorized(
                 "stale_webhook",
-                format!("{e}; replays are refused (check this server's clock if deliveries are fresh)"),
+                format!(
+                    "{e}; replays are refused (check this server's clock if deliveries are fresh)"
+                ),
             )
         }
     })?;
     let training: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("the webhook body is not a JSON object: {e}")))?;
+        .map_err(|e| {
+            ApiError::bad_request(
+                "invalid_json",
+                format!("the webhook body is not a JSON object: {e}"),
+            )
+        })?;
     let text = |k: &str| training.get(k).and_then(|v| v.as_str()).unwrap_or("-");
     if !state.webhook_seen().first_time(id, state.now()) {
-        tracing::info!(webhook_id = id, training = text("id"), "a Replicate webhook again; ignored");
+        tracing::info!(
+            webhook_id = id,
+            training = text("id"),
+            "a Replicate webhook again; ignored"
+        );
         return Ok(Json(WebhookAnswer {
             received: true,
             duplicate: true,
         }));
     }
-    tracing::info!(webhook_id = id, training = text("id"), status = text("status"), "Replicate webhook");
+    tracing::info!(
+        webhook_id = id,
+        training = text("id"),
+        status = text("status"),
+        "Replicate webhook"
+    );
     state.wake_engine();
     Ok(Json(WebhookAnswer {
         received: true,

@@ -48,7 +48,9 @@ async fn the_zip_holds_exactly_the_jobs_images_and_captions() {
     let user = app.user();
     let (id, token) = training_job(&app, &user, "zipped").await;
     let job = job(&app, &id, &token).await;
-    let link = job["dataset_zip"].as_str().expect("the job has a dataset_zip link");
+    let link = job["dataset_zip"]
+        .as_str()
+        .expect("the job has a dataset_zip link");
     assert!(link.starts_with(&app.url(&format!("/api/v1/worker/jobs/{id}/dataset.zip?sig="))));
 
     // No bearer token: the signature is the credential.
@@ -76,13 +78,17 @@ async fn the_zip_holds_exactly_the_jobs_images_and_captions() {
             .await
             .unwrap();
         assert_eq!(data.len() as u64, img["bytes"].as_u64().unwrap());
-        expected.push(json!({"name": name, "sha256": sha256_hex(&data), "size": data.len(),
-            "mode": "0o100644", "text": null}));
+        expected.push(
+            json!({"name": name, "sha256": sha256_hex(&data), "size": data.len(),
+            "mode": "0o100644", "text": null}),
+        );
         let caption = img["caption"].as_str().unwrap();
         assert!(caption.contains("zxq"), "captions hold the trigger word");
         let stem = name.split('.').next().unwrap();
-        expected.push(json!({"name": format!("{stem}.txt"), "sha256": sha256_hex(caption.as_bytes()),
-            "size": caption.len(), "mode": "0o100644", "text": caption}));
+        expected.push(
+            json!({"name": format!("{stem}.txt"), "sha256": sha256_hex(caption.as_bytes()),
+            "size": caption.len(), "mode": "0o100644", "text": caption}),
+        );
     }
     assert_eq!(expected.len(), 6, "3 images and their captions");
     assert_eq!(read_zip(&bytes), Value::Array(expected));
@@ -117,7 +123,10 @@ async fn a_link_opens_only_its_own_job_while_the_attempt_holds_it() {
     // The same signature on another job's path.
     let (other, _) = training_job(&app, &user, "other").await;
     let e = error_of(
-        get(app.url(&format!("/api/v1/worker/jobs/{other}/dataset.zip?sig={sig}"))).await,
+        get(app.url(&format!(
+            "/api/v1/worker/jobs/{other}/dataset.zip?sig={sig}"
+        )))
+        .await,
         403,
     )
     .await;
@@ -125,7 +134,11 @@ async fn a_link_opens_only_its_own_job_while_the_attempt_holds_it() {
 
     // The job moves on (cancelled): the link no longer opens.
     let cancelled = app
-        .post_json(&user, &format!("/api/v1/lora-models/{id}/cancel"), &json!({}))
+        .post_json(
+            &user,
+            &format!("/api/v1/lora-models/{id}/cancel"),
+            &json!({}),
+        )
         .await;
     assert_eq!(cancelled.status(), 200);
     let e = error_of(get(link.clone()).await, 409).await;

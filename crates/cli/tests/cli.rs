@@ -167,6 +167,73 @@ fn the_replicate_webhook_secret_is_checked_and_never_listed() {
 }
 
 #[test]
+fn the_replicate_settings_are_checked_and_the_token_never_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let listing = stdout(
+        loraforge(dir.path())
+            .arg("config")
+            .env("LORAFORGE_REPLICATE_API_TOKEN", "r8_super_secret_token")
+            .env(
+                "LORAFORGE_REPLICATE_MODEL",
+                "acme/loraforge-trainer:0a1b2c3d",
+            )
+            .env("LORAFORGE_REPLICATE_DESTINATION", "acme/loras")
+            .env("LORAFORGE_REPLICATE_PRICE_PER_SECOND", "0.000975"),
+    );
+    assert!(
+        !listing.contains("r8_super_secret_token"),
+        "leaked:\n{listing}"
+    );
+    assert_eq!(config_value(&listing, "replicate_api_token"), "<set>");
+    assert_eq!(
+        config_value(&listing, "replicate_model"),
+        "acme/loraforge-trainer:0a1b2c3d"
+    );
+    assert_eq!(
+        config_value(&listing, "replicate_api_url"),
+        "https://api.replicate.com/v1"
+    );
+    assert_eq!(config_value(&listing, "replicate_max_runs"), "4");
+    for (key, value, expected) in [
+        (
+            "LORAFORGE_REPLICATE_MODEL",
+            "acme/trainer",
+            "replicate_model",
+        ),
+        (
+            "LORAFORGE_REPLICATE_DESTINATION",
+            "no-slash",
+            "replicate_destination",
+        ),
+        (
+            "LORAFORGE_REPLICATE_PRICE_PER_SECOND",
+            "cheap",
+            "replicate_price_per_second",
+        ),
+        ("LORAFORGE_REPLICATE_MAX_RUNS", "0", "replicate_max_runs"),
+    ] {
+        let out = loraforge(dir.path())
+            .arg("config")
+            .env(key, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{key}={value} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{key}: {err}");
+    }
+    // The backend itself refuses to start without its token, model and destination.
+    let out = loraforge(dir.path())
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("LORAFORGE_BACKENDS", "replicate")
+        .env("LORAFORGE_ALLOW_LOOPBACK_CALLBACKS", "true")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("LORAFORGE_REPLICATE_API_TOKEN"), "{err}");
+}
+
+#[test]
 fn a_bad_setting_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = loraforge(dir.path())

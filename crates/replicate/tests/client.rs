@@ -355,3 +355,134 @@ async fn trainings_run_to_succeeded_or_failed_with_logs_and_metrics() {
     assert!(failed.weights_url().is_none());
     assert_eq!(fake.live_processes(), 0);
 }
+
+/// What a webhook receiver got: (id, timestamp, signature, body).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, String)>>>;
+
+async fn webhook_receiver() -> (String, Received) {
+    let received: Received = Default::default();
+    let seen = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let seen = seen.clone();
+            async move {
+                let h = |k: &str| {
+                    headers
+                        .get(k)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                seen.lock().unwrap().push((
+                    h("webhook-id"),
+                    h("webhook-timestamp"),
+                    h("webhook-signature"),
+                    body,
+                ));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), received)
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_filtered_duplicated_and_replayed_as_configured() {
+    let dataset = dataset_server().await;
+    let (hook, received) = webhook_receiver().await;
+    let fake = fake_with(packing_script(), |c| {
+        c.duplicate_webhooks = 1;
+        c.replay_webhooks = true;
+    })
+    .await;
+    let c = client(&fake, TOKEN, AuthScheme::Bearer);
+    let mut request = create("loraforge-w-1", &dataset);
+    request.webhook = Some(hook);
+    request.webhook_events_filter = vec!["start".to_owned(), "completed".to_owned()];
+    let t = c.create_training(&model(), &request).await.unwrap();
+    wait_terminal(&c, &t.id).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.lock().unwrap().len() < 5 {
+        assert!(Instant::now() < deadline, "{:?}", received.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = received.lock().unwrap().clone();
+    for (id, ts, signature, body) in &got {
+        let ts: i64 = ts.parse().unwrap();
+        let expected = loraforge_fakes::sign_webhook(ReplicateConfig::DEFAULT_SECRET, id, ts, body);
+        assert_eq!(
+            Some(signature.clone()),
+            expected,
+            "signed over id.timestamp.body"
+        );
+    }
+    let status = |body: &str| {
+        serde_json::from_str::<serde_json::Value>(body).unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let statuses: Vec<String> = got.iter().map(|g| status(&g.3)).collect();
+    // start ×2 (duplicate), completed ×2 (duplicate), then the start replayed; no `logs`.
+    assert_eq!(
+        statuses,
+        [
+            "processing",
+            "processing",
+            "succeeded",
+            "succeeded",
+            "processing"
+        ],
+        "{got:?}"
+    );
+    assert_eq!(got[0].0, got[1].0, "a duplicate keeps its webhook-id");
+    assert_eq!(got[2].0, got[3].0);
+    assert_ne!(got[0].0, got[2].0);
+    assert_eq!(
+        got[4], got[0],
+        "a replay is the same delivery, signature and all"
+    );
+}
+
+/// Which of `n` reads fail on a fake with random faults (`rate`, `seed`).
+async fn fault_pattern(seed: u64, n: usize) -> Vec<bool> {
+    let fake = fake_with(TrainingCommand::shell("true"), |c| {
+        c.faults = Some(loraforge_fakes::Faults {
+            rate: 0.3,
+            seed,
+            status: 503,
+        })
+    })
+    .await;
+    let mut settings = ReplicateSettings::new(SecretString::from(TOKEN.to_owned()));
+    settings.base_url = fake.base_url().parse().unwrap();
+    settings.retry = RetrySettings::none();
+    let c = ReplicateClient::new(settings).unwrap();
+    let mut failed = Vec::with_capacity(n);
+    for _ in 0..n {
+        match c.list_trainings().await {
+            Ok(_) => failed.push(false),
+            Err(ReplicateError::Server { status: 503, .. }) => failed.push(true),
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    failed
+}
+
+#[tokio::test]
+async fn random_faults_follow_their_seed() {
+    let a = fault_pattern(42, 200).await;
+    let b = fault_pattern(42, 200).await;
+    let c = fault_pattern(7, 200).await;
+    assert_eq!(a, b, "the same seed fails the same requests");
+    assert_ne!(a, c, "another seed fails others");
+    let rate = a.iter().filter(|f| **f).count();
+    assert!(
+        (40..=80).contains(&rate),
+        "about 30 % of 200 failed: {rate}"
+    );
+}

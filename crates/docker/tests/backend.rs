@@ -463,3 +463,31 @@ async fn the_fake_also_answers_on_a_unix_socket() {
     );
     assert!(fake.container(&id).is_some());
 }
+
+#[tokio::test]
+async fn a_flaky_daemon_fails_transiently_and_the_same_seed_fails_the_same_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut outcomes = Vec::new();
+    for _ in 0..2 {
+        let mut config = FakeDockerConfig::default()
+            .with_gpus(1)
+            .with_image(IMAGE, image(dir.path(), "exec sleep 300"));
+        config.fail_rate = 0.5;
+        config.seed = 42;
+        let fake = FakeDocker::start(config).await;
+        let b = backend(&fake, settings());
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            match b.observe(&[]).await {
+                Ok(_) => seen.push(true),
+                Err(e) => {
+                    assert!(matches!(e, BackendError::Transient(_)), "{e:?}");
+                    seen.push(false);
+                }
+            }
+        }
+        assert!(seen.contains(&true) && seen.contains(&false), "{seen:?}");
+        outcomes.push(seen);
+    }
+    assert_eq!(outcomes[0], outcomes[1], "repeatable from the seed");
+}

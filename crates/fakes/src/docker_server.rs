@@ -128,7 +128,7 @@ async fn dispatch(
             "Os": "linux", "Arch": "amd64", "KernelVersion": "fake",
         }))
         .into_response(),
-        ("POST", ["images", "create"]) => pull(shared, q),
+        ("POST", ["images", "create"]) => pull(shared, q).await,
         ("GET", ["images", rest @ .., "json"]) if !rest.is_empty() => {
             inspect_image(shared, &rest.join("/"))
         }
@@ -147,7 +147,8 @@ async fn dispatch(
     }
 }
 
-fn pull(shared: &DockerShared, q: &HashMap<String, String>) -> Response {
+async fn pull(shared: &DockerShared, q: &HashMap<String, String>) -> Response {
+    tokio::time::sleep(shared.config.pull_delay).await;
     let Some(from) = q.get("fromImage").filter(|f| !f.is_empty()) else {
         return error(StatusCode::BAD_REQUEST, "fromImage is required");
     };

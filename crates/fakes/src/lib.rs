@@ -25,6 +25,7 @@ use serde_json::Value;
 
 mod config;
 pub mod docker;
+mod docker_list;
 mod docker_server;
 mod gql;
 mod jobs;

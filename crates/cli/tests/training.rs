@@ -1152,6 +1152,66 @@ async fn a_lora_trains_end_to_end_in_a_docker_container() {
     assert_eq!(docker.live_processes(), 0, "no worker left running");
 }
 
+/// A container of this service that no run owns (left by a `serve` that crashed before recording
+/// its run) is found by its labels when `serve` starts and removed by the orphan sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphan_container_is_removed_when_serve_starts() {
+    use loraforge_fakes::{DockerImage, FakeDocker, FakeDockerConfig, ImageSpec};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sleeper = dir.path().join("sleeper");
+    std::fs::write(&sleeper, "#!/bin/sh\nexec sleep 300\n").unwrap();
+    std::fs::set_permissions(&sleeper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let image = "ghcr.io/acme/loraforge-worker:test";
+    let docker = FakeDocker::start(
+        FakeDockerConfig::default().with_gpus(1).with_image(
+            image,
+            DockerImage::new(ImageSpec::idle().with_env("PATH", "/usr/bin:/bin"))
+                .with_program("loraforge", &sleeper),
+        ),
+    )
+    .await;
+    let orphan_name = format!("loraforge-{}-1", uuid_like());
+    let crashed = loraforge_docker::DockerBackend::new(
+        loraforge_docker::connect(&docker.host(), Duration::from_secs(10)).unwrap(),
+        loraforge_docker::DockerSettings::new(image),
+    );
+    let orphan = {
+        use loraforge_engine::TrainingBackend;
+        crashed
+            .launch(&loraforge_engine::Launch {
+                lora_id: uuid_like().parse().unwrap(),
+                attempt: 1,
+                instance_name: orphan_name.clone(),
+                server: "http://127.0.0.1:9".into(),
+                token: "t".into(),
+                retry: false,
+            })
+            .await
+            .unwrap()
+            .provider_id
+    };
+    let host = docker.host();
+    let _svc = Service::start(
+        dir.path(),
+        &[
+            ("LORAFORGE_BACKENDS", "docker"),
+            ("LORAFORGE_DOCKER_HOST", host.as_str()),
+            ("LORAFORGE_DOCKER_IMAGE", image),
+            ("LORAFORGE_ALLOW_LOOPBACK_CALLBACKS", "true"),
+        ],
+    );
+    let started = Instant::now();
+    while !docker.container(&orphan).unwrap().removed {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the orphan was not swept: {:?}",
+            docker.containers()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A pod's host dies mid-training (the pod vanishes without a word from its worker): the job is
 /// requeued, a new pod resumes from the checkpoint the first one uploaded to the blob store, and
 /// the LoRA completes; both pods are gone, each attempt on record.

@@ -29,6 +29,8 @@ use crate::settings::{DockerSettings, Gpus};
 pub struct DockerBackend {
     docker: Docker,
     settings: DockerSettings,
+    /// The pull of the image under way, if any.
+    pull: tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), BackendError>>>>,
     /// When the engine first asked to end each finished run's container (by container id): it
     /// is stopped only once `finish_grace` has passed since.
     finish_asked: Mutex<HashMap<String, Instant>>,
@@ -71,11 +73,47 @@ fn exit_outcome(code: i64) -> &'static str {
     outcome::from_exit(code).code
 }
 
+/// A launch that waits for the image to arrive.
+fn pulling(image: &str) -> BackendError {
+    BackendError::NoCapacity(format!(
+        "the worker image {image} is being pulled onto the Docker host"
+    ))
+}
+
+/// Pulls `image`; a failure says what to fix.
+async fn pull_image(docker: Docker, image: String, limit: Duration) -> Result<(), BackendError> {
+    let options = CreateImageOptions {
+        from_image: Some(image.clone()),
+        ..Default::default()
+    };
+    let pull = docker
+        .create_image(Some(options), None, None)
+        .try_collect::<Vec<_>>();
+    match within("pulling the image", limit, pull).await? {
+        Ok(_) => {
+            tracing::info!(%image, "worker image pulled");
+            Ok(())
+        }
+        Err(e) => {
+            let retry = status_of(&e).is_some_and(|s| s >= 500 || s == 429);
+            let message = format!(
+                "the worker image {image} is not on the Docker host and could not be pulled: {e}; check LORAFORGE_DOCKER_IMAGE and the host's registry login (docker login)"
+            );
+            Err(if retry {
+                BackendError::Transient(message)
+            } else {
+                BackendError::Permanent(message)
+            })
+        }
+    }
+}
+
 impl DockerBackend {
     pub fn new(docker: Docker, settings: DockerSettings) -> Self {
         Self {
             docker,
             settings,
+            pull: tokio::sync::Mutex::new(None),
             finish_asked: Mutex::new(HashMap::new()),
         }
     }
@@ -122,26 +160,29 @@ impl DockerBackend {
             Err(e) if status_of(&e) == Some(404) => {}
             Err(e) => return Err(backend_error("inspecting the image", e)),
         }
-        tracing::info!(%image, "pulling the worker image");
-        let options = CreateImageOptions {
-            from_image: Some(image.clone()),
-            ..Default::default()
+        // A pull of a multi-GB image outlasts the engine's limit on a launch, so it runs in its
+        // own task: a launch waits for it up to `pull_wait`, then leaves the job queued (no
+        // capacity here for now) and a later launch finds the pull done or still going.
+        let Ok(mut pull) = self.pull.try_lock() else {
+            return Err(pulling(image));
         };
-        let pull = self
-            .docker
-            .create_image(Some(options), None, None)
-            .try_collect::<Vec<_>>();
-        match within("pulling the image", self.settings.pull_timeout, pull).await? {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let retry = status_of(&e).is_some_and(|s| s >= 500 || s == 429);
-                let message = format!(
-                    "the worker image {image} is not on the Docker host and could not be pulled: {e}; check LORAFORGE_DOCKER_IMAGE and the host's registry login (docker login)"
-                );
-                Err(if retry {
-                    BackendError::Transient(message)
-                } else {
-                    BackendError::Permanent(message)
+        if pull.is_none() {
+            tracing::info!(%image, "pulling the worker image");
+            *pull = Some(tokio::spawn(pull_image(
+                self.docker.clone(),
+                image.clone(),
+                self.settings.pull_timeout,
+            )));
+        }
+        let Some(task) = pull.as_mut() else {
+            return Err(pulling(image));
+        };
+        match tokio::time::timeout(self.settings.pull_wait, task).await {
+            Err(_) => Err(pulling(image)),
+            Ok(done) => {
+                *pull = None;
+                done.unwrap_or_else(|e| {
+                    Err(BackendError::Transient(format!("pulling the image: {e}")))
                 })
             }
         }

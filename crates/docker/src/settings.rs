@@ -115,6 +115,9 @@ pub struct DockerSettings {
     pub call_timeout: Duration,
     /// Limit on pulling the image.
     pub pull_timeout: Duration,
+    /// How long a launch waits for a pull it started or found (below the engine's limit on a
+    /// launch, 30 s); a pull still going then leaves the job queued until a later launch.
+    pub pull_wait: Duration,
     /// How often the engine lists the containers.
     pub observe_every: Duration,
 }
@@ -135,6 +138,7 @@ impl DockerSettings {
             finish_grace: Duration::from_secs(30),
             call_timeout: Duration::from_secs(30),
             pull_timeout: Duration::from_secs(30 * 60),
+            pull_wait: Duration::from_secs(15),
             observe_every: Duration::from_secs(5),
         }
     }

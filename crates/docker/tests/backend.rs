@@ -35,6 +35,7 @@ fn settings() -> DockerSettings {
     s.finish_grace = Duration::from_millis(200);
     s.call_timeout = Duration::from_secs(5);
     s.pull_timeout = Duration::from_secs(5);
+    s.pull_wait = Duration::from_secs(5);
     s
 }
 
@@ -462,4 +463,69 @@ async fn the_fake_also_answers_on_a_unix_socket() {
         [(id.clone(), l.instance_name.clone())]
     );
     assert!(fake.container(&id).is_some());
+}
+
+#[tokio::test]
+async fn a_flaky_daemon_fails_transiently_and_the_same_seed_fails_the_same_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut outcomes = Vec::new();
+    for _ in 0..2 {
+        let mut config = FakeDockerConfig::default()
+            .with_gpus(1)
+            .with_image(IMAGE, image(dir.path(), "exec sleep 300"));
+        config.fail_rate = 0.5;
+        config.seed = 42;
+        let fake = FakeDocker::start(config).await;
+        let b = backend(&fake, settings());
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            match b.observe(&[]).await {
+                Ok(_) => seen.push(true),
+                Err(e) => {
+                    assert!(matches!(e, BackendError::Transient(_)), "{e:?}");
+                    seen.push(false);
+                }
+            }
+        }
+        assert!(seen.contains(&true) && seen.contains(&false), "{seen:?}");
+        outcomes.push(seen);
+    }
+    assert_eq!(outcomes[0], outcomes[1], "repeatable from the seed");
+}
+
+#[tokio::test]
+async fn a_slow_pull_leaves_the_job_waiting_until_the_image_is_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = FakeDockerConfig::default()
+        .with_gpus(1)
+        .with_registry_image(IMAGE, image(dir.path(), "exec sleep 300"));
+    config.pull_delay = Duration::from_millis(800);
+    let fake = FakeDocker::start(config).await;
+    let mut s = settings();
+    s.pull_wait = Duration::from_millis(100);
+    let b = backend(&fake, s);
+    let err = b
+        .launch(&launch(LoraId::new(), 1, false))
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_capacity() && err.to_string().contains("being pulled"),
+        "{err:?}"
+    );
+    // A launch meanwhile does not start a second pull.
+    let err = b
+        .launch(&launch(LoraId::new(), 1, false))
+        .await
+        .unwrap_err();
+    assert!(err.is_capacity(), "{err:?}");
+    eventually("the pulled image to be used", || async {
+        b.launch(&launch(LoraId::new(), 1, false)).await.ok()
+    })
+    .await;
+    let pulls = fake
+        .calls()
+        .iter()
+        .filter(|c| c.path == "/images/create")
+        .count();
+    assert_eq!(pulls, 1, "one pull");
 }

@@ -62,6 +62,8 @@ pub struct FakeDockerConfig {
     pub registry: HashMap<String, DockerImage>,
     /// Every pull fails with this message (404, as Docker answers a pull it cannot make).
     pub pull_error: Option<String>,
+    /// How long a pull takes (default 0).
+    pub pull_delay: Duration,
     /// GPUs on the host: a container asking for more (or for any, when 0) fails to start with
     /// Docker's "could not select device driver" error.
     pub gpus: u32,
@@ -80,6 +82,7 @@ impl Default for FakeDockerConfig {
             images: HashMap::new(),
             registry: HashMap::new(),
             pull_error: None,
+            pull_delay: Duration::ZERO,
             gpus: 0,
             fail_rate: 0.0,
             seed: 1,

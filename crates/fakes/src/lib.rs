@@ -29,6 +29,7 @@ use serde_json::Value;
 pub mod aitoolkit;
 mod config;
 pub mod docker;
+mod docker_list;
 mod docker_server;
 mod gql;
 mod jobs;

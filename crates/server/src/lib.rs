@@ -42,7 +42,7 @@ pub use error::ApiError;
 pub use settings::{HttpSettings, ServerSettings};
 pub use state::AppState;
 
-use routes::{admin, datasets, events, files, health, lora_models, me, references, worker};
+use routes::{admin, admin_backends, datasets, events, files, health, lora_models, me, references, worker};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -104,6 +104,12 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             Method::POST,
             "/api/v1/admin/lora-models/{id}/review",
             admin::review,
+        )
+        .route(Method::GET, "/api/v1/admin/backends", admin_backends::list)
+        .route(
+            Method::POST,
+            "/api/v1/admin/backends/{name}/breaker",
+            admin_backends::force,
         )
         .route(Method::GET, "/api/v1/worker/jobs/{id}", worker::job)
         .route(

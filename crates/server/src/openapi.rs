@@ -25,7 +25,7 @@ use loraforge_domain::name::MAX_NAME_CHARS;
 use loraforge_domain::params::{ListRule, Rule, Text};
 
 use crate::routes::lora_models::MAX_DESCRIPTION_CHARS;
-use crate::routes::{admin, datasets, events, files, health, lora_models, me, references, worker};
+use crate::routes::{admin, admin_backends, datasets, events, files, health, lora_models, me, references, worker};
 use crate::settings::ServerSettings;
 use crate::views;
 
@@ -43,7 +43,7 @@ use crate::views;
         datasets::upload, datasets::from_urls, datasets::get,
         lora_models::list, lora_models::create, references::from_references, lora_models::get, lora_models::status,
         lora_models::cancel, lora_models::patch, events::events,
-        me::me, me::patch, me::limits, admin::review,
+        me::me, me::patch, me::limits, admin::review, admin_backends::list, admin_backends::force,
         worker::job, worker::progress, worker::checkpoint, worker::result, worker::failure,
         files::get_file, files::put_file,
     ),
@@ -55,6 +55,8 @@ use crate::views;
         references::FromReferencesRequest, references::CharacterReference, references::FromReferencesResponse,
         references::CharacterLoraView, references::CharacterWarning, events::EventView,
         lora_models::CreateLoraRequest, lora_models::PatchLora, admin::ReviewBody, admin::Decision,
+        admin_backends::BackendsView, admin_backends::BackendView, admin_backends::TransitionView,
+        admin_backends::ForceBreaker, admin_backends::ForcedState,
         loraforge_domain::ParamsInput,
     )),
     modifiers(&SecuritySchemes),
@@ -63,7 +65,7 @@ use crate::views;
         (name = "datasets", description = "Training images"),
         (name = "account", description = "Your account (display name) and your limits"),
         (name = "ops", description = "Health checks"),
-        (name = "admin", description = "Manual review of trained LoRAs (admin tokens only)"),
+        (name = "admin", description = "Manual review of trained LoRAs and the training backends' circuit breakers (admin tokens only)"),
         (name = "worker", description = "The worker protocol (docs/worker-protocol.md): one training attempt, per-attempt token"),
         (name = "files", description = "Signed links to files on local storage (S3 storage hands out presigned URLs instead)"),
     )

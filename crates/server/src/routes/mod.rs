@@ -1,6 +1,7 @@
 //! One module per resource, merged into one router by [`crate::api_router`].
 
 pub mod admin;
+pub mod admin_backends;
 pub mod datasets;
 pub mod events;
 pub mod files;

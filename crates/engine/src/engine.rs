@@ -153,6 +153,11 @@ impl Engine {
         &self.settings
     }
 
+    /// The backends, in the router's order.
+    pub fn backends(&self) -> &[Arc<dyn TrainingBackend>] {
+        &self.router.backends
+    }
+
     /// Ticks every `poll_interval` until `shutdown` resolves, then asks the backends to stop their
     /// runs gracefully (the trainer checkpoints; the next engine requeues and resumes the jobs).
     /// A failing tick is logged and the next one tries again.

@@ -579,7 +579,8 @@ pub fn absolute(p: &Path) -> PathBuf {
 impl Settings {
     /// The circuit breakers' rules from these settings.
     pub fn breaker_rules(&self) -> loraforge_domain::breaker::BreakerRules {
-        let secs = |v: u64| chrono::Duration::seconds(i64::try_from(v.max(1)).unwrap_or(i64::MAX / 1000));
+        let secs =
+            |v: u64| chrono::Duration::seconds(i64::try_from(v.max(1)).unwrap_or(i64::MAX / 1000));
         loraforge_domain::breaker::BreakerRules {
             failures_to_open: self.breaker_failures.max(1),
             window: secs(self.breaker_window_secs),

@@ -14,9 +14,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 
-use loraforge_db::{
-    BreakerTransition, DbError, EventDetail, NewRun, OpenRun, Repository, Settle,
-};
+use loraforge_db::{BreakerTransition, DbError, EventDetail, NewRun, OpenRun, Repository, Settle};
 use loraforge_domain::breaker::BreakerEvent;
 use loraforge_domain::outcome::{self, Disposition, Origin};
 use loraforge_domain::run::instance_name;
@@ -967,8 +965,13 @@ impl Engine {
                     // Every backend is refused (breakers open, gates shut): the job waits in the
                     // queue, not on this engine, and is claimed again when one recovers.
                     let why = self.router.refusals(now).unwrap_or_default();
-                    self.back_to_queue(due.lora_id, &crate::refusals::waiting_message(&why), now, report)
-                        .await;
+                    self.back_to_queue(
+                        due.lora_id,
+                        &crate::refusals::waiting_message(&why),
+                        now,
+                        report,
+                    )
+                    .await;
                 }
                 None => {
                     // Keep the lease while waiting for room.
@@ -1013,8 +1016,13 @@ impl Engine {
                         .router
                         .refusals(now)
                         .unwrap_or_else(|| "every backend is busy".to_owned());
-                    self.back_to_queue(job.lora.id, &crate::refusals::waiting_message(&why), now, report)
-                        .await;
+                    self.back_to_queue(
+                        job.lora.id,
+                        &crate::refusals::waiting_message(&why),
+                        now,
+                        report,
+                    )
+                    .await;
                 }
             }
         }
@@ -1094,8 +1102,9 @@ impl Engine {
             )
             .await
         {
-            r.errors
-                .push(format!("recording a failure of {backend} for its breaker: {e}"));
+            r.errors.push(format!(
+                "recording a failure of {backend} for its breaker: {e}"
+            ));
         }
     }
 
@@ -1145,7 +1154,13 @@ impl Engine {
                     };
                     if let Err(e) = self
                         .router
-                        .record(&*self.repo, backend.name(), event, now, &mut r.breaker_transitions)
+                        .record(
+                            &*self.repo,
+                            backend.name(),
+                            event,
+                            now,
+                            &mut r.breaker_transitions,
+                        )
                         .await
                     {
                         r.errors.push(format!(

@@ -101,7 +101,9 @@ impl Router {
                 until.format("%H:%M:%S UTC")
             ));
         }
-        self.gates.iter().find_map(|g| g.admits(b.name(), now).err())
+        self.gates
+            .iter()
+            .find_map(|g| g.admits(b.name(), now).err())
     }
 
     /// Whether some backend could take a run now (a due probe counts): dispatch claims a job
@@ -130,7 +132,10 @@ impl Router {
         transitions: &mut Vec<BreakerTransition>,
         errors: &mut Vec<String>,
     ) -> Option<Choice> {
-        let failed: Vec<String> = lock(&self.failed_on).get(&lora).cloned().unwrap_or_default();
+        let failed: Vec<String> = lock(&self.failed_on)
+            .get(&lora)
+            .cloned()
+            .unwrap_or_default();
         let mut skipped: Vec<String> = Vec::new();
         // First the backends this job has not failed on, then (only) those it has.
         for retry_pass in [false, true] {
@@ -213,20 +218,23 @@ impl Router {
     /// (each backend's first refusal). `None` while any backend is admitted (cooling down or full
     /// is waiting, not refusal).
     pub(crate) fn refusals(&self, now: DateTime<Utc>) -> Option<String> {
-        let reasons: Vec<String> = self
-            .backends
-            .iter()
-            .map(|b| {
-                let gated = self.gates.iter().find_map(|g| g.admits(b.name(), now).err());
-                let why = gated.or_else(|| {
-                    match self.breaker(b.name()).admission(&self.rules, now) {
-                        Admission::Refuse { why, .. } => Some(why),
-                        _ => None,
-                    }
-                });
-                why.map(|why| format!("{}: {why}", b.name()))
-            })
-            .collect::<Option<Vec<_>>>()?;
+        let reasons: Vec<String> =
+            self.backends
+                .iter()
+                .map(|b| {
+                    let gated = self
+                        .gates
+                        .iter()
+                        .find_map(|g| g.admits(b.name(), now).err());
+                    let why = gated.or_else(|| {
+                        match self.breaker(b.name()).admission(&self.rules, now) {
+                            Admission::Refuse { why, .. } => Some(why),
+                            _ => None,
+                        }
+                    });
+                    why.map(|why| format!("{}: {why}", b.name()))
+                })
+                .collect::<Option<Vec<_>>>()?;
         (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
@@ -251,7 +259,10 @@ impl Router {
     /// Whether another backend than those job `lora` failed on could take it now (its retry then
     /// goes there at once instead of waiting).
     pub(crate) fn has_fallback(&self, lora: LoraId, room: &[usize], now: DateTime<Utc>) -> bool {
-        let failed: Vec<String> = lock(&self.failed_on).get(&lora).cloned().unwrap_or_default();
+        let failed: Vec<String> = lock(&self.failed_on)
+            .get(&lora)
+            .cloned()
+            .unwrap_or_default();
         (0..self.backends.len()).any(|i| {
             let name = self.backends[i].name();
             !failed.iter().any(|f| f == name)

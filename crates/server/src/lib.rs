@@ -42,7 +42,9 @@ pub use error::ApiError;
 pub use settings::{HttpSettings, ServerSettings};
 pub use state::AppState;
 
-use routes::{admin, admin_backends, datasets, events, files, health, lora_models, me, references, worker};
+use routes::{
+    admin, admin_backends, datasets, events, files, health, lora_models, me, references, worker,
+};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

@@ -25,7 +25,9 @@ use loraforge_domain::name::MAX_NAME_CHARS;
 use loraforge_domain::params::{ListRule, Rule, Text};
 
 use crate::routes::lora_models::MAX_DESCRIPTION_CHARS;
-use crate::routes::{admin, admin_backends, datasets, events, files, health, lora_models, me, references, worker};
+use crate::routes::{
+    admin, admin_backends, datasets, events, files, health, lora_models, me, references, worker,
+};
 use crate::settings::ServerSettings;
 use crate::views;
 

@@ -106,11 +106,20 @@ fn require_admin(user: &AuthUser) -> ApiResult<()> {
     if user.is_admin {
         Ok(())
     } else {
-        Err(ApiError::forbidden("only admins can see and steer backends"))
+        Err(ApiError::forbidden(
+            "only admins can see and steer backends",
+        ))
     }
 }
 
-async fn view(state: &AppState, info: &BackendInfo, position: usize, b: Breaker, failures: u32, live: usize) -> ApiResult<BackendView> {
+async fn view(
+    state: &AppState,
+    info: &BackendInfo,
+    position: usize,
+    b: Breaker,
+    failures: u32,
+    live: usize,
+) -> ApiResult<BackendView> {
     let rules = state.breaker_rules();
     let transitions = state
         .repo()
@@ -192,7 +201,10 @@ pub async fn force(
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "backend_not_found",
-            format!("no backend is named {name:?}; configured: {}", known.join(", ")),
+            format!(
+                "no backend is named {name:?}; configured: {}",
+                known.join(", ")
+            ),
         ));
     };
     let body: ForceBreaker = from_value(json_value(&body)?).map_err(|e| {
@@ -242,6 +254,14 @@ pub async fn force(
         .filter(|o| o.run.backend == info.name)
         .count();
     Ok(Json(
-        view(&state, &info, position, step.breaker, step.failures_in_window, live).await?,
+        view(
+            &state,
+            &info,
+            position,
+            step.breaker,
+            step.failures_in_window,
+            live,
+        )
+        .await?,
     ))
 }

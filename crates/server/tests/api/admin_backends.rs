@@ -14,7 +14,11 @@ async fn admins_see_the_backends_and_force_their_breakers() {
     let r = app.get(&user, "/api/v1/admin/backends").await;
     assert_eq!(r.status(), 403);
     let r = app
-        .post_json(&user, "/api/v1/admin/backends/runpod/breaker", &json!({"state": "open"}))
+        .post_json(
+            &user,
+            "/api/v1/admin/backends/runpod/breaker",
+            &json!({"state": "open"}),
+        )
         .await;
     assert_eq!(r.status(), 403);
 
@@ -42,13 +46,27 @@ async fn admins_see_the_backends_and_force_their_breakers() {
 
     // Unknown backend: 404 with a stable code; a bad state: 422; not JSON: 400.
     let r = app
-        .post_json(&admin, "/api/v1/admin/backends/nope/breaker", &json!({"state": "open"}))
+        .post_json(
+            &admin,
+            "/api/v1/admin/backends/nope/breaker",
+            &json!({"state": "open"}),
+        )
         .await;
     assert_eq!(r.status(), 404);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "backend_not_found");
-    assert!(e["error"]["message"].as_str().unwrap().contains("runpod, local"));
-    for bad in [json!({"state": "half_open"}), json!({"state": "ajar"}), json!({}), json!({"state": "open", "x": 1})] {
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("runpod, local")
+    );
+    for bad in [
+        json!({"state": "half_open"}),
+        json!({"state": "ajar"}),
+        json!({}),
+        json!({"state": "open", "x": 1}),
+    ] {
         let r = app
             .post_json(&admin, "/api/v1/admin/backends/runpod/breaker", &bad)
             .await;
@@ -85,11 +103,19 @@ async fn admins_see_the_backends_and_force_their_breakers() {
 
     // Forcing the same state again changes nothing; closing is recorded too.
     let again = app
-        .post_json(&admin, "/api/v1/admin/backends/runpod/breaker", &json!({"state": "open"}))
+        .post_json(
+            &admin,
+            "/api/v1/admin/backends/runpod/breaker",
+            &json!({"state": "open"}),
+        )
         .await;
     assert_eq!(again.status(), 200);
     let r = app
-        .post_json(&admin, "/api/v1/admin/backends/runpod/breaker", &json!({"state": "closed", "reason": "back"}))
+        .post_json(
+            &admin,
+            "/api/v1/admin/backends/runpod/breaker",
+            &json!({"state": "closed", "reason": "back"}),
+        )
         .await;
     assert_eq!(r.status(), 200);
     let body: Value = app
@@ -106,6 +132,13 @@ async fn admins_see_the_backends_and_force_their_breakers() {
         .iter()
         .map(|t| (t["from"].as_str().unwrap(), t["to"].as_str().unwrap()))
         .collect();
-    assert_eq!(history, [("open", "closed"), ("closed", "open")], "newest first");
-    assert_eq!(body["backends"][1]["breaker_state"], "closed", "local untouched");
+    assert_eq!(
+        history,
+        [("open", "closed"), ("closed", "open")],
+        "newest first"
+    );
+    assert_eq!(
+        body["backends"][1]["breaker_state"], "closed",
+        "local untouched"
+    );
 }

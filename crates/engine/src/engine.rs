@@ -1054,8 +1054,7 @@ impl Engine {
                 lora,
                 room,
                 now,
-                &mut report.breaker_transitions,
-                &mut report.errors,
+                report,
             )
             .await
     }

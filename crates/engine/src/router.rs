@@ -14,6 +14,7 @@ use loraforge_db::{BreakerTransition, Repository};
 use loraforge_domain::LoraId;
 use loraforge_domain::breaker::{Admission, Breaker, BreakerEvent, BreakerRules};
 
+use crate::TickReport;
 use crate::backend::TrainingBackend;
 
 /// Asked before a run is launched on a backend; a budget (or the trainer's readiness) says no
@@ -121,7 +122,7 @@ impl Router {
 
     /// Chooses the backend for job `lora`'s next run, claiming a due half-open probe for
     /// `holder` in the database when it comes to that (one replica gets it). Backends its start
-    /// failed on in this claim come last. `transitions` collects the breaker changes made.
+    /// failed on in this claim come last. The breaker changes made go to `report`.
     pub(crate) async fn choose(
         &self,
         repo: &dyn Repository,
@@ -129,8 +130,7 @@ impl Router {
         lora: LoraId,
         room: &[usize],
         now: DateTime<Utc>,
-        transitions: &mut Vec<BreakerTransition>,
-        errors: &mut Vec<String>,
+        report: &mut TickReport,
     ) -> Option<Choice> {
         let failed: Vec<String> = lock(&self.failed_on)
             .get(&lora)
@@ -170,7 +170,7 @@ impl Router {
                         match repo.step_breaker(name, &event, &self.rules, now).await {
                             Ok(step) => {
                                 let won = step.changed;
-                                transitions.extend(step.transition);
+                                report.breaker_transitions.extend(step.transition);
                                 self.remember(step.breaker);
                                 if !won {
                                     if !retry_pass {
@@ -183,7 +183,9 @@ impl Router {
                                 true
                             }
                             Err(e) => {
-                                errors.push(format!("claiming the probe of {name}: {e}"));
+                                report
+                                    .errors
+                                    .push(format!("claiming the probe of {name}: {e}"));
                                 continue;
                             }
                         }

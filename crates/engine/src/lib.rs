@@ -13,6 +13,7 @@
 mod after_training;
 mod backend;
 pub mod backends;
+mod dispatch;
 mod engine;
 mod refusals;
 mod router;

@@ -103,7 +103,9 @@ impl Engine {
                     launches.push((job.lora.id, job.attempt, 0, c));
                 }
                 None => {
-                    // Another replica took the probe meanwhile: the breaker is now seen refusing.
+                    // Another replica took the probe meanwhile (or claiming it failed): the job
+                    // goes back and the next tick routes again, so a failing database never makes
+                    // this loop claim the same job over and over.
                     let why = self
                         .router
                         .refusals(now)
@@ -115,6 +117,7 @@ impl Engine {
                         report,
                     )
                     .await;
+                    break;
                 }
             }
         }

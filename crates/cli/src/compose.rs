@@ -189,6 +189,7 @@ pub fn engine(
         job_timeout: Duration::from_secs(s.job_timeout_secs.max(1)),
         max_active_per_user: s.max_concurrent_jobs,
         server_url: callback_url.as_str().trim_end_matches('/').to_owned(),
+        breaker: s.breaker_rules(),
         ..EngineSettings::default()
     };
     let after = AfterTraining::new(

@@ -221,6 +221,17 @@ pub struct Settings {
     pub job_lease_secs: u64,
     /// Time between two rounds of the job engine, milliseconds.
     pub engine_poll_ms: u64,
+    /// Provider-side failures of one backend (launch errors that may pass, lost or vanished
+    /// runs) within `breaker_window_secs` that open its circuit breaker.
+    pub breaker_failures: u32,
+    /// The window in which a backend's failures are counted, seconds.
+    pub breaker_window_secs: u64,
+    /// How long an open breaker keeps runs off its backend before one probe is let through,
+    /// seconds.
+    pub breaker_open_secs: u64,
+    /// A half-open probe whose engine neither launched nor failed within this is given to another
+    /// replica, seconds.
+    pub breaker_probe_timeout_secs: u64,
     /// The URL workers call back to; default: this server's bound address on loopback.
     pub worker_callback_url: Option<String>,
     /// First pause between retries of a worker's HTTP calls, milliseconds (doubles: 3 retries).
@@ -344,6 +355,10 @@ impl Settings {
             .set_default("job_timeout_secs", 2 * 3600)?
             .set_default("job_lease_secs", 120)?
             .set_default("engine_poll_ms", 1000)?
+            .set_default("breaker_failures", 3)?
+            .set_default("breaker_window_secs", 600)?
+            .set_default("breaker_open_secs", 1800)?
+            .set_default("breaker_probe_timeout_secs", 300)?
             .set_default("worker_retry_delay_ms", 2000)?
             .set_default("validation_similarity_threshold", 0.7)?
             .set_default("validation_auto_approve", false)?
@@ -702,6 +717,18 @@ pub fn absolute(p: &Path) -> PathBuf {
 }
 
 impl Settings {
+    /// The circuit breakers' rules from these settings.
+    pub fn breaker_rules(&self) -> loraforge_domain::breaker::BreakerRules {
+        let secs =
+            |v: u64| chrono::Duration::seconds(i64::try_from(v.max(1)).unwrap_or(i64::MAX / 1000));
+        loraforge_domain::breaker::BreakerRules {
+            failures_to_open: self.breaker_failures.max(1),
+            window: secs(self.breaker_window_secs),
+            open_for: secs(self.breaker_open_secs),
+            probe_timeout: secs(self.breaker_probe_timeout_secs),
+        }
+    }
+
     /// The effective configuration as `KEY = value` lines with their environment names; secrets
     /// are shown only as set or unset.
     pub fn describe(&self) -> anyhow::Result<String> {
@@ -947,6 +974,13 @@ impl Settings {
             ("job_timeout_secs", self.job_timeout_secs.to_string()),
             ("job_lease_secs", self.job_lease_secs.to_string()),
             ("engine_poll_ms", self.engine_poll_ms.to_string()),
+            ("breaker_failures", self.breaker_failures.to_string()),
+            ("breaker_window_secs", self.breaker_window_secs.to_string()),
+            ("breaker_open_secs", self.breaker_open_secs.to_string()),
+            (
+                "breaker_probe_timeout_secs",
+                self.breaker_probe_timeout_secs.to_string(),
+            ),
             (
                 "worker_callback_url",
                 self.worker_callback_url

@@ -782,8 +782,11 @@ pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<BreakerStep>;
 
     /// Every stored breaker (a backend without one is closed), by name.
-    async fn breakers(&self, rules: &BreakerRules, now: DateTime<Utc>)
-    -> Result<Vec<BreakerStatus>>;
+    async fn breakers(
+        &self,
+        rules: &BreakerRules,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<BreakerStatus>>;
 
     /// The newest transitions, newest first, of `backend` (all backends when `None`), at most
     /// `limit`.

@@ -257,7 +257,14 @@ pub fn step(
             to(Closed, "the probe's launch was accepted".to_owned(), None)
         }
         (_, BreakerEvent::Launched { .. }) => None,
-        (from, BreakerEvent::Force { to: target, reason, by }) => {
+        (
+            from,
+            BreakerEvent::Force {
+                to: target,
+                reason,
+                by,
+            },
+        ) => {
             if from == *target || *target == HalfOpen {
                 return None;
             }
@@ -272,7 +279,9 @@ mod tests {
     use chrono::TimeZone;
 
     fn t0() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).single().expect("valid")
+        Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0)
+            .single()
+            .expect("valid")
     }
 
     fn failure() -> BreakerEvent {
@@ -309,33 +318,64 @@ mod tests {
         assert_eq!(step(&b, &failure(), 2, &rules, now), None);
         let (open, t) = step(&b, &failure(), 3, &rules, now).expect("opens");
         let t = t.expect("a transition");
-        assert_eq!((t.from, t.to, t.forced_by), (BreakerState::Closed, BreakerState::Open, None));
-        assert!(t.reason.contains("3 provider-side failures within 10 min; last: 503"));
+        assert_eq!(
+            (t.from, t.to, t.forced_by),
+            (BreakerState::Closed, BreakerState::Open, None)
+        );
+        assert!(
+            t.reason
+                .contains("3 provider-side failures within 10 min; last: 503")
+        );
         assert_eq!(open.opened_at, Some(now));
         // Open: refused until 30 min have passed, and no probe before.
         let almost = now + Duration::minutes(30) - Duration::seconds(1);
-        assert!(matches!(open.admission(&rules, almost), Admission::Refuse { next_probe_at, .. } if next_probe_at == now + Duration::minutes(30)));
+        assert!(
+            matches!(open.admission(&rules, almost), Admission::Refuse { next_probe_at, .. } if next_probe_at == now + Duration::minutes(30))
+        );
         assert_eq!(step(&open, &claim("a"), 0, &rules, almost), None);
-        assert_eq!(step(&open, &failure(), 9, &rules, almost), None, "open: failures change nothing");
+        assert_eq!(
+            step(&open, &failure(), 9, &rules, almost),
+            None,
+            "open: failures change nothing"
+        );
         // 30 min: one probe, to the first who asks.
         let due = now + Duration::minutes(30);
         assert_eq!(open.admission(&rules, due), Admission::ProbeDue);
         let (half, t) = step(&open, &claim("a"), 0, &rules, due).expect("probe");
-        assert_eq!(t.map(|t| (t.from, t.to)), Some((BreakerState::Open, BreakerState::HalfOpen)));
+        assert_eq!(
+            t.map(|t| (t.from, t.to)),
+            Some((BreakerState::Open, BreakerState::HalfOpen))
+        );
         assert_eq!(half.probe_holder.as_deref(), Some("a"));
-        assert_eq!(step(&half, &claim("b"), 0, &rules, due), None, "one probe only");
-        assert!(matches!(half.admission(&rules, due), Admission::Refuse { .. }));
+        assert_eq!(
+            step(&half, &claim("b"), 0, &rules, due),
+            None,
+            "one probe only"
+        );
+        assert!(matches!(
+            half.admission(&rules, due),
+            Admission::Refuse { .. }
+        ));
         // Somebody else's launch (a run admitted before) does not close it; the probe's does.
         assert_eq!(step(&half, &launched("b"), 0, &rules, due), None);
         let (closed, t) = step(&half, &launched("a"), 0, &rules, due).expect("closes");
-        assert_eq!(t.map(|t| (t.from, t.to)), Some((BreakerState::HalfOpen, BreakerState::Closed)));
+        assert_eq!(
+            t.map(|t| (t.from, t.to)),
+            Some((BreakerState::HalfOpen, BreakerState::Closed))
+        );
         assert_eq!(closed.counted_from, Some(due));
         assert_eq!(closed.probe_holder, None);
         // A failing probe opens it again, for another 30 min.
         let later = due + Duration::minutes(1);
         let (reopened, t) = step(&half, &failure(), 1, &rules, later).expect("reopens");
-        assert_eq!(t.map(|t| (t.from, t.to)), Some((BreakerState::HalfOpen, BreakerState::Open)));
-        assert_eq!(reopened.next_probe_at(&rules), Some(later + Duration::minutes(30)));
+        assert_eq!(
+            t.map(|t| (t.from, t.to)),
+            Some((BreakerState::HalfOpen, BreakerState::Open))
+        );
+        assert_eq!(
+            reopened.next_probe_at(&rules),
+            Some(later + Duration::minutes(30))
+        );
     }
 
     #[test]
@@ -347,8 +387,12 @@ mod tests {
         b.opened_at = Some(now - Duration::minutes(30));
         b.probe_holder = Some("dead".into());
         b.probe_started_at = Some(now);
-        assert_eq!(step(&b, &claim("b"), 0, &rules, now + Duration::minutes(4)), None);
-        let (next, t) = step(&b, &claim("b"), 0, &rules, now + Duration::minutes(5)).expect("taken over");
+        assert_eq!(
+            step(&b, &claim("b"), 0, &rules, now + Duration::minutes(4)),
+            None
+        );
+        let (next, t) =
+            step(&b, &claim("b"), 0, &rules, now + Duration::minutes(5)).expect("taken over");
         assert_eq!(t, None, "still half-open: no transition");
         assert_eq!(next.probe_holder.as_deref(), Some("b"));
     }
@@ -363,15 +407,27 @@ mod tests {
             reason: "maintenance".into(),
             by: "admin-1".into(),
         };
-        assert_eq!(step(&b, &force(BreakerState::Closed), 0, &rules, now), None, "already closed");
-        assert_eq!(step(&b, &force(BreakerState::HalfOpen), 0, &rules, now), None);
+        assert_eq!(
+            step(&b, &force(BreakerState::Closed), 0, &rules, now),
+            None,
+            "already closed"
+        );
+        assert_eq!(
+            step(&b, &force(BreakerState::HalfOpen), 0, &rules, now),
+            None
+        );
         let (open, t) = step(&b, &force(BreakerState::Open), 0, &rules, now).expect("forced");
         let t = t.expect("transition");
         assert_eq!(t.forced_by.as_deref(), Some("admin-1"));
         assert_eq!(t.reason, "forced: maintenance");
         assert_eq!(open.state, BreakerState::Open);
-        let (closed, _) = step(&open, &force(BreakerState::Closed), 0, &rules, now).expect("forced");
+        let (closed, _) =
+            step(&open, &force(BreakerState::Closed), 0, &rules, now).expect("forced");
         assert_eq!(closed.state, BreakerState::Closed);
-        assert_eq!(closed.counted_from, Some(now), "old failures no longer count");
+        assert_eq!(
+            closed.counted_from,
+            Some(now),
+            "old failures no longer count"
+        );
     }
 }

@@ -14,21 +14,16 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 
-use loraforge_db::{
-    BreakerTransition, DbError, EventDetail, NewRun, OpenRun, Repository, Settle,
-};
-use loraforge_domain::breaker::BreakerEvent;
+use loraforge_db::{BreakerTransition, DbError, EventDetail, OpenRun, Repository, Settle};
 use loraforge_domain::outcome::{self, Disposition, Origin};
-use loraforge_domain::run::instance_name;
 use loraforge_domain::{Clock, LoraId, MicroUsd, RunId, StatusEvent, TrainingRun, TrainingStatus};
 
 use crate::Result;
 use crate::after_training::AfterTraining;
 use crate::backend::{
-    BackendError, Ending, Instance, Launch, Observed, Scope, Termination, TrainingBackend,
-    WorkerTokens,
+    BackendError, Ending, Instance, Observed, Scope, Termination, TrainingBackend, WorkerTokens,
 };
-use crate::router::{Choice, LaunchGate, Router};
+use crate::router::{LaunchGate, Router};
 use crate::settings::{EngineSettings, chrono_duration, human_duration};
 
 /// What one tick did, for tests and logs.
@@ -63,7 +58,7 @@ pub struct TickReport {
 }
 
 impl TickReport {
-    fn merge(&mut self, o: TickReport) {
+    pub(crate) fn merge(&mut self, o: TickReport) {
         macro_rules! extend {
             ($($f:ident),*) => { $(self.$f.extend(o.$f);)* };
         }
@@ -91,7 +86,7 @@ pub struct Engine {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) router: Router,
     pub(crate) settings: EngineSettings,
-    tokens: Option<Arc<dyn WorkerTokens>>,
+    pub(crate) tokens: Option<Arc<dyn WorkerTokens>>,
     pub(crate) after: AfterTraining,
     /// When each backend's instances were last observed (for `observe_every`).
     observed_at: Mutex<HashMap<String, DateTime<Utc>>>,
@@ -105,7 +100,7 @@ pub struct Engine {
 }
 
 /// How long a backend that had no capacity is left alone before it is asked again.
-const CAPACITY_COOL_DOWN: Duration = Duration::from_secs(60);
+pub(crate) const CAPACITY_COOL_DOWN: Duration = Duration::from_secs(60);
 
 impl Engine {
     pub fn new(
@@ -151,6 +146,11 @@ impl Engine {
 
     pub fn settings(&self) -> &EngineSettings {
         &self.settings
+    }
+
+    /// The backends, in the router's order.
+    pub fn backends(&self) -> &[Arc<dyn TrainingBackend>] {
+        &self.router.backends
     }
 
     /// Ticks every `poll_interval` until `shutdown` resolves, then asks the backends to stop their
@@ -244,7 +244,7 @@ impl Engine {
         Ok(report)
     }
 
-    fn lease_from(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+    pub(crate) fn lease_from(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         now + chrono_duration(self.settings.lease)
     }
 
@@ -269,7 +269,7 @@ impl Engine {
     }
 
     /// Runs `steps`, at most `concurrency` at a time.
-    async fn all<T: Send>(&self, steps: Vec<BoxFuture<'_, T>>) -> Vec<T> {
+    pub(crate) async fn all<T: Send>(&self, steps: Vec<BoxFuture<'_, T>>) -> Vec<T> {
         stream::iter(steps)
             .buffer_unordered(self.settings.concurrency.max(1))
             .collect()
@@ -292,7 +292,7 @@ impl Engine {
 
     /// Applies `event` through the status machine. `false` when the job moved on meanwhile (a
     /// cancel raced us): that is not an error, the next tick sees the new status.
-    async fn apply(
+    pub(crate) async fn apply(
         &self,
         id: LoraId,
         event: StatusEvent,
@@ -922,394 +922,6 @@ impl Engine {
             }
         }
         Ok(())
-    }
-
-    // --- dispatch ---------------------------------------------------------------------------
-
-    /// Free room per backend: its limit less its instances not confirmed gone (this engine's for
-    /// per-engine backends, everyone's for shared ones).
-    async fn room(&self) -> Result<Vec<usize>> {
-        let open = self.repo.open_runs().await?;
-        Ok(self
-            .router
-            .backends
-            .iter()
-            .map(|b| {
-                let used = open
-                    .iter()
-                    .filter(|o| o.run.backend == b.name())
-                    .filter(|o| {
-                        b.scope() == Scope::Shared || o.run.engine == self.settings.worker_id
-                    })
-                    .count();
-                b.max_runs().saturating_sub(used)
-            })
-            .collect())
-    }
-
-    async fn dispatch(&self, now: DateTime<Utc>, report: &mut TickReport) -> Result<()> {
-        let mut room = self.room().await?;
-        self.router.refresh(&*self.repo, now).await?;
-        let mut launches: Vec<(LoraId, u32, u32, Choice)> = Vec::new();
-        // Starts whose retry is due come before new claims: they are older.
-        for due in self.repo.starts_due(&self.settings.worker_id, now).await? {
-            match self.route(due.lora_id, &room, now, report).await {
-                Some(c) => {
-                    room[c.index] -= 1;
-                    launches.push((due.lora_id, due.attempt, due.start_failures, c));
-                }
-                None if self.router.refusals(now).is_some() => {
-                    // Every backend is refused (breakers open, gates shut): the job waits in the
-                    // queue, not on this engine, and is claimed again when one recovers.
-                    let why = self.router.refusals(now).unwrap_or_default();
-                    self.back_to_queue(due.lora_id, &crate::refusals::waiting_message(&why), now, report)
-                        .await;
-                }
-                None => {
-                    // Keep the lease while waiting for room.
-                    if let Err(e) = self
-                        .repo
-                        .heartbeat(
-                            due.lora_id,
-                            &self.settings.worker_id,
-                            self.lease_from(now),
-                            now,
-                        )
-                        .await
-                    {
-                        report
-                            .errors
-                            .push(format!("heartbeat of LoRA {}: {e}", due.lora_id));
-                    }
-                }
-            }
-        }
-        // A job is claimed only while some backend could take it; the claim ends when the room,
-        // the admitted backends or the queue run out.
-        while self.router.may_route(&room, now) {
-            let claimed = self
-                .repo
-                .claim_next_job(
-                    &self.settings.worker_id,
-                    self.settings.max_active_per_user,
-                    self.lease_from(now),
-                    now,
-                )
-                .await?;
-            let Some(job) = claimed else { break };
-            match self.route(job.lora.id, &room, now, report).await {
-                Some(c) => {
-                    room[c.index] -= 1;
-                    launches.push((job.lora.id, job.attempt, 0, c));
-                }
-                None => {
-                    // Another replica took the probe meanwhile: the breaker is now seen refusing.
-                    let why = self
-                        .router
-                        .refusals(now)
-                        .unwrap_or_else(|| "every backend is busy".to_owned());
-                    self.back_to_queue(job.lora.id, &crate::refusals::waiting_message(&why), now, report)
-                        .await;
-                }
-            }
-        }
-        let steps: Vec<BoxFuture<'_, TickReport>> = launches
-            .into_iter()
-            .map(|(lora, attempt, failures, c)| {
-                self.launch(lora, attempt, failures, c, now).boxed()
-            })
-            .collect();
-        let steps = self.all(steps).await;
-        for s in steps {
-            report.merge(s);
-        }
-        self.explain_refusals(now, report).await;
-        Ok(())
-    }
-
-    async fn route(
-        &self,
-        lora: LoraId,
-        room: &[usize],
-        now: DateTime<Utc>,
-        report: &mut TickReport,
-    ) -> Option<Choice> {
-        self.router
-            .choose(
-                &*self.repo,
-                &self.settings.worker_id,
-                lora,
-                room,
-                now,
-                &mut report.breaker_transitions,
-                &mut report.errors,
-            )
-            .await
-    }
-
-    /// Puts a claimed job that has no run back in the queue without using an attempt.
-    async fn back_to_queue(
-        &self,
-        lora: LoraId,
-        message: &str,
-        now: DateTime<Utc>,
-        r: &mut TickReport,
-    ) {
-        self.router.forget(lora);
-        match self
-            .repo
-            .unclaim(lora, &self.settings.worker_id, message, now)
-            .await
-        {
-            Ok(true) => r.waiting.push(lora),
-            Ok(false) => {}
-            Err(e) => r
-                .errors
-                .push(format!("putting LoRA {lora} back in the queue: {e}")),
-        }
-    }
-
-    /// A provider-side failure of `backend`, for its circuit breaker.
-    pub(crate) async fn breaker_failure(
-        &self,
-        backend: &str,
-        key: String,
-        reason: String,
-        now: DateTime<Utc>,
-        r: &mut TickReport,
-    ) {
-        if let Err(e) = self
-            .router
-            .record(
-                &*self.repo,
-                backend,
-                BreakerEvent::Failure { key, reason },
-                now,
-                &mut r.breaker_transitions,
-            )
-            .await
-        {
-            r.errors
-                .push(format!("recording a failure of {backend} for its breaker: {e}"));
-        }
-    }
-
-    /// Launches attempt `attempt` of a job this engine has claimed on the chosen backend.
-    async fn launch(
-        &self,
-        lora: LoraId,
-        attempt: u32,
-        failures: u32,
-        choice: Choice,
-        now: DateTime<Utc>,
-    ) -> TickReport {
-        let mut r = TickReport::default();
-        let backend = &self.router.backends[choice.index];
-        let token = match &self.tokens {
-            Some(t) => match t.issue(lora, attempt, &self.settings.worker_id) {
-                Ok(t) => t,
-                Err(e) => {
-                    // The lease stays with us; if this keeps failing the reaper requeues the job.
-                    r.errors.push(format!("worker token for LoRA {lora}: {e}"));
-                    return r;
-                }
-            },
-            None => String::new(),
-        };
-        let name = instance_name(&self.settings.instance_prefix, lora, attempt);
-        let launch = Launch {
-            lora_id: lora,
-            attempt,
-            instance_name: name.clone(),
-            server: self.settings.server_url.clone(),
-            token,
-            retry: failures > 0,
-        };
-        match self
-            .with_timeout(
-                &format!("launching on {}", backend.name()),
-                backend.launch(&launch),
-            )
-            .await
-        {
-            Ok(launched) => {
-                self.router.forget(lora);
-                if choice.probe {
-                    let event = BreakerEvent::Launched {
-                        holder: self.settings.worker_id.clone(),
-                    };
-                    if let Err(e) = self
-                        .router
-                        .record(&*self.repo, backend.name(), event, now, &mut r.breaker_transitions)
-                        .await
-                    {
-                        r.errors.push(format!(
-                            "closing the breaker of {} after its probe: {e}",
-                            backend.name()
-                        ));
-                    }
-                }
-                let run = NewRun {
-                    id: RunId::new(),
-                    lora_id: lora,
-                    attempt,
-                    backend: backend.name().to_owned(),
-                    route_reason: Some(choice.reason.clone()),
-                    engine: self.settings.worker_id.clone(),
-                    instance_name: name.clone(),
-                    provider_id: launched.provider_id.clone(),
-                    gpu_type: launched.gpu_type,
-                    price_per_hour: launched.price_per_hour,
-                    created_at: now,
-                    started_at: self.clock.now(),
-                };
-                match self.repo.insert_run(&run).await {
-                    Ok(_) => {
-                        tracing::info!(lora = %lora, attempt, backend = backend.name(), instance = %launched.provider_id,
-                            route = %choice.reason, "run started");
-                        r.started.push(lora);
-                    }
-                    Err(e) => {
-                        // Without a record nobody would watch the instance: end it now. (The job moved
-                        // on, or the database failed; the lease then expires and the job is reaped.)
-                        r.errors.push(format!(
-                            "recording run {attempt} of LoRA {lora}: {e}; ending its instance"
-                        ));
-                        let instance = Instance {
-                            provider_id: launched.provider_id,
-                            instance_name: name,
-                            lora_id: lora,
-                            attempt,
-                        };
-                        if let Err(e) = self
-                            .with_timeout(
-                                "ending an unrecorded instance",
-                                backend.terminate(&instance, Ending::Stop),
-                            )
-                            .await
-                        {
-                            tracing::error!(lora = %lora, instance = %instance.provider_id, error = %e,
-                                "operator alert: an unrecorded instance could not be ended; the orphan sweep must find it");
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                // Provider-side failures count toward the backend's breaker; a permanent error
-                // (credentials, configuration) is the operator's, not the provider's.
-                if e.is_retryable() {
-                    let key = format!(
-                        "launch:{lora}:{attempt}:{failures}:{}",
-                        now.timestamp_micros()
-                    );
-                    self.breaker_failure(backend.name(), key, e.to_string(), now, &mut r)
-                        .await;
-                }
-                self.router.failed_on(lora, backend.name());
-                if e.is_capacity() {
-                    self.wait_for_capacity(lora, backend.name(), &e, now, &mut r)
-                        .await
-                } else {
-                    self.start_failed(lora, failures, &e, now, &mut r).await
-                }
-            }
-        }
-        r
-    }
-
-    /// No backend had a GPU: the job goes back to the queue (no attempt used) with a message
-    /// saying why, and the backend is left alone for a while.
-    async fn wait_for_capacity(
-        &self,
-        lora: LoraId,
-        backend: &str,
-        e: &BackendError,
-        now: DateTime<Utc>,
-        r: &mut TickReport,
-    ) {
-        let until = now + chrono_duration(CAPACITY_COOL_DOWN);
-        self.router.cool_down(backend, until);
-        let message = format!(
-            "waiting for a GPU: {backend} has none available ({e}); trying again from {}",
-            until.format("%H:%M:%S UTC")
-        );
-        match self
-            .repo
-            .unclaim(lora, &self.settings.worker_id, &message, now)
-            .await
-        {
-            Ok(true) => {
-                self.router.forget(lora);
-                tracing::info!(lora = %lora, backend, "no capacity; the job waits in the queue");
-                r.waiting.push(lora);
-            }
-            Ok(false) => {}
-            Err(e) => r
-                .errors
-                .push(format!("putting LoRA {lora} back in the queue: {e}")),
-        }
-    }
-
-    async fn start_failed(
-        &self,
-        id: LoraId,
-        failures: u32,
-        e: &BackendError,
-        now: DateTime<Utc>,
-        r: &mut TickReport,
-    ) {
-        let delay = usize::try_from(failures)
-            .ok()
-            .and_then(|i| self.settings.start_retry_delays.get(i));
-        match delay {
-            Some(delay) if e.is_retryable() => {
-                // Another backend can take it: try there at once (fallback) instead of waiting
-                // on the one that failed.
-                let room = self.room().await.unwrap_or_default();
-                let next = if self.router.has_fallback(id, &room, now) {
-                    now
-                } else {
-                    now + chrono_duration(*delay)
-                };
-                // The lease must outlast the wait.
-                let lease = next + chrono_duration(self.settings.lease);
-                let recorded = async {
-                    self.repo
-                        .record_start_failure(id, &e.to_string(), next)
-                        .await?;
-                    self.repo
-                        .heartbeat(id, &self.settings.worker_id, lease, now)
-                        .await
-                }
-                .await;
-                match recorded {
-                    Ok(_) => {
-                        tracing::info!(lora = %id, error = %e, retry_at = %next, "start failed; will retry");
-                        r.start_retries.push(id);
-                    }
-                    Err(db) => r
-                        .errors
-                        .push(format!("recording a failed start of LoRA {id}: {db}")),
-                }
-            }
-            _ => {
-                let reason = if failures == 0 {
-                    format!("training could not start: {e}")
-                } else {
-                    format!(
-                        "training could not start after {} attempts: {e}",
-                        failures + 1
-                    )
-                };
-                self.router.forget(id);
-                if self
-                    .apply(id, StatusEvent::Fail, Some(reason), now, r)
-                    .await
-                {
-                    r.failed.push(id);
-                }
-            }
-        }
     }
 }
 

@@ -15,6 +15,7 @@ mod backend;
 pub mod backends;
 #[cfg(feature = "test-support")]
 pub mod conformance;
+mod dispatch;
 mod engine;
 mod refusals;
 mod router;

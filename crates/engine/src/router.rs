@@ -14,6 +14,7 @@ use loraforge_db::{BreakerTransition, Repository};
 use loraforge_domain::LoraId;
 use loraforge_domain::breaker::{Admission, Breaker, BreakerEvent, BreakerRules};
 
+use crate::TickReport;
 use crate::backend::TrainingBackend;
 
 /// Asked before a run is launched on a backend; a budget (or the trainer's readiness) says no
@@ -101,7 +102,9 @@ impl Router {
                 until.format("%H:%M:%S UTC")
             ));
         }
-        self.gates.iter().find_map(|g| g.admits(b.name(), now).err())
+        self.gates
+            .iter()
+            .find_map(|g| g.admits(b.name(), now).err())
     }
 
     /// Whether some backend could take a run now (a due probe counts): dispatch claims a job
@@ -119,7 +122,7 @@ impl Router {
 
     /// Chooses the backend for job `lora`'s next run, claiming a due half-open probe for
     /// `holder` in the database when it comes to that (one replica gets it). Backends its start
-    /// failed on in this claim come last. `transitions` collects the breaker changes made.
+    /// failed on in this claim come last. The breaker changes made go to `report`.
     pub(crate) async fn choose(
         &self,
         repo: &dyn Repository,
@@ -127,10 +130,12 @@ impl Router {
         lora: LoraId,
         room: &[usize],
         now: DateTime<Utc>,
-        transitions: &mut Vec<BreakerTransition>,
-        errors: &mut Vec<String>,
+        report: &mut TickReport,
     ) -> Option<Choice> {
-        let failed: Vec<String> = lock(&self.failed_on).get(&lora).cloned().unwrap_or_default();
+        let failed: Vec<String> = lock(&self.failed_on)
+            .get(&lora)
+            .cloned()
+            .unwrap_or_default();
         let mut skipped: Vec<String> = Vec::new();
         // First the backends this job has not failed on, then (only) those it has.
         for retry_pass in [false, true] {
@@ -165,7 +170,7 @@ impl Router {
                         match repo.step_breaker(name, &event, &self.rules, now).await {
                             Ok(step) => {
                                 let won = step.changed;
-                                transitions.extend(step.transition);
+                                report.breaker_transitions.extend(step.transition);
                                 self.remember(step.breaker);
                                 if !won {
                                     if !retry_pass {
@@ -178,7 +183,9 @@ impl Router {
                                 true
                             }
                             Err(e) => {
-                                errors.push(format!("claiming the probe of {name}: {e}"));
+                                report
+                                    .errors
+                                    .push(format!("claiming the probe of {name}: {e}"));
                                 continue;
                             }
                         }
@@ -213,20 +220,23 @@ impl Router {
     /// (each backend's first refusal). `None` while any backend is admitted (cooling down or full
     /// is waiting, not refusal).
     pub(crate) fn refusals(&self, now: DateTime<Utc>) -> Option<String> {
-        let reasons: Vec<String> = self
-            .backends
-            .iter()
-            .map(|b| {
-                let gated = self.gates.iter().find_map(|g| g.admits(b.name(), now).err());
-                let why = gated.or_else(|| {
-                    match self.breaker(b.name()).admission(&self.rules, now) {
-                        Admission::Refuse { why, .. } => Some(why),
-                        _ => None,
-                    }
-                });
-                why.map(|why| format!("{}: {why}", b.name()))
-            })
-            .collect::<Option<Vec<_>>>()?;
+        let reasons: Vec<String> =
+            self.backends
+                .iter()
+                .map(|b| {
+                    let gated = self
+                        .gates
+                        .iter()
+                        .find_map(|g| g.admits(b.name(), now).err());
+                    let why = gated.or_else(|| {
+                        match self.breaker(b.name()).admission(&self.rules, now) {
+                            Admission::Refuse { why, .. } => Some(why),
+                            _ => None,
+                        }
+                    });
+                    why.map(|why| format!("{}: {why}", b.name()))
+                })
+                .collect::<Option<Vec<_>>>()?;
         (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
@@ -251,7 +261,10 @@ impl Router {
     /// Whether another backend than those job `lora` failed on could take it now (its retry then
     /// goes there at once instead of waiting).
     pub(crate) fn has_fallback(&self, lora: LoraId, room: &[usize], now: DateTime<Utc>) -> bool {
-        let failed: Vec<String> = lock(&self.failed_on).get(&lora).cloned().unwrap_or_default();
+        let failed: Vec<String> = lock(&self.failed_on)
+            .get(&lora)
+            .cloned()
+            .unwrap_or_default();
         (0..self.backends.len()).any(|i| {
             let name = self.backends[i].name();
             !failed.iter().any(|f| f == name)

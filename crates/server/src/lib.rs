@@ -45,8 +45,8 @@ pub use settings::{HttpSettings, ServerSettings};
 pub use state::AppState;
 
 use routes::{
-    admin, dataset_zip, datasets, events, files, health, lora_models, me, references, webhooks,
-    worker,
+    admin, admin_backends, dataset_zip, datasets, events, files, health, lora_models, me, references,
+    webhooks, worker,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -109,6 +109,12 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             Method::POST,
             "/api/v1/admin/lora-models/{id}/review",
             admin::review,
+        )
+        .route(Method::GET, "/api/v1/admin/backends", admin_backends::list)
+        .route(
+            Method::POST,
+            "/api/v1/admin/backends/{name}/breaker",
+            admin_backends::force,
         )
         .route(Method::GET, "/api/v1/worker/jobs/{id}", worker::job)
         .route(

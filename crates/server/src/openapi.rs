@@ -26,8 +26,8 @@ use loraforge_domain::params::{ListRule, Rule, Text};
 
 use crate::routes::lora_models::MAX_DESCRIPTION_CHARS;
 use crate::routes::{
-    admin, dataset_zip, datasets, events, files, health, lora_models, me, references, webhooks,
-    worker,
+    admin, admin_backends, dataset_zip, datasets, events, files, health, lora_models, me, references,
+    webhooks, worker,
 };
 use crate::settings::ServerSettings;
 use crate::views;
@@ -47,7 +47,7 @@ use crate::views;
         datasets::upload, datasets::from_urls, datasets::get,
         lora_models::list, lora_models::create, references::from_references, lora_models::get, lora_models::status,
         lora_models::cancel, lora_models::patch, events::events,
-        me::me, me::patch, me::limits, admin::review,
+        me::me, me::patch, me::limits, admin::review, admin_backends::list, admin_backends::force,
         worker::job, worker::progress, worker::checkpoint, worker::result, worker::failure,
         files::get_file, files::put_file, dataset_zip::dataset_zip, webhooks::replicate,
     ),
@@ -59,6 +59,8 @@ use crate::views;
         references::FromReferencesRequest, references::CharacterReference, references::FromReferencesResponse,
         references::CharacterLoraView, references::CharacterWarning, events::EventView,
         lora_models::CreateLoraRequest, lora_models::PatchLora, admin::ReviewBody, admin::Decision,
+        admin_backends::BackendsView, admin_backends::BackendView, admin_backends::TransitionView,
+        admin_backends::ForceBreaker, admin_backends::ForcedState,
         loraforge_domain::ParamsInput, webhooks::WebhookAnswer,
     )),
     modifiers(&SecuritySchemes),
@@ -67,7 +69,7 @@ use crate::views;
         (name = "datasets", description = "Training images"),
         (name = "account", description = "Your account (display name) and your limits"),
         (name = "ops", description = "Health checks"),
-        (name = "admin", description = "Manual review of trained LoRAs (admin tokens only)"),
+        (name = "admin", description = "Manual review of trained LoRAs and the training backends' circuit breakers (admin tokens only)"),
         (name = "worker", description = "The worker protocol (docs/worker-protocol.md): one training attempt, per-attempt token"),
         (name = "files", description = "Signed links to files on local storage (S3 storage hands out presigned URLs instead)"),
         (name = "webhooks", description = "Providers' signed notifications (no user auth: the signature is the credential)"),

@@ -9,6 +9,7 @@ use tokio::sync::broadcast;
 
 use loraforge_checks::DecodeBudget;
 use loraforge_db::Repository;
+use loraforge_domain::breaker::BreakerRules;
 use loraforge_domain::{Clock, LoraId};
 use loraforge_fetch::Fetcher;
 use loraforge_storage::BlobStore;
@@ -40,10 +41,24 @@ struct Inner {
     engine_wake: Option<Arc<tokio::sync::Notify>>,
     /// This process's job engine, as `/readyz` reports it, when it runs one.
     engine_probe: Option<Arc<dyn EngineProbe>>,
+    /// The configured training backends, in the router's order, and their breakers' rules
+    /// (`GET /api/v1/admin/backends`).
+    backends: Vec<BackendInfo>,
+    breaker_rules: BreakerRules,
     /// Decoded pixels in memory at once, for every request of this process.
     decode_budget: Arc<DecodeBudget>,
     /// Webhook deliveries already taken (`routes/webhooks.rs`).
     webhook_seen: SeenIds,
+}
+
+/// A configured training backend, as the composition root describes it to the admin view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendInfo {
+    pub name: String,
+    /// Runs at once: per engine for a host's own processes, in all for a provider's API.
+    pub max_runs: usize,
+    /// Its instances are reachable from any replica (a provider's API), not only this host.
+    pub shared: bool,
 }
 
 /// What `/readyz` is told of this process's job engine (the composition root adapts the engine's
@@ -98,6 +113,8 @@ impl AppState {
             upload_faults,
             engine_wake: None,
             engine_probe: None,
+            backends: Vec::new(),
+            breaker_rules: BreakerRules::default(),
             decode_budget,
             webhook_seen: SeenIds::default(),
         }))
@@ -157,6 +174,27 @@ impl AppState {
             None => tracing::warn!("the engine probe is not set: the state was already shared"),
         }
         self
+    }
+
+    /// Names the configured backends (in order) and the rules of their breakers, for the admin
+    /// view. Call before sharing the state.
+    pub fn with_backends(mut self, backends: Vec<BackendInfo>, rules: BreakerRules) -> Self {
+        match Arc::get_mut(&mut self.0) {
+            Some(inner) => {
+                inner.backends = backends;
+                inner.breaker_rules = rules;
+            }
+            None => tracing::warn!("the backends are not set: the state was already shared"),
+        }
+        self
+    }
+
+    pub fn backends(&self) -> &[BackendInfo] {
+        &self.0.backends
+    }
+
+    pub fn breaker_rules(&self) -> &BreakerRules {
+        &self.0.breaker_rules
     }
 
     pub fn engine_probe(&self) -> Option<&dyn EngineProbe> {

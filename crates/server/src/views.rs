@@ -130,6 +130,9 @@ pub struct AttemptView {
     pub attempt: u32,
     /// Where it ran: `local`, `runpod`, …
     pub backend: String,
+    /// Why the router chose that backend ("runpod: first in order", "local; fallback after
+    /// runpod: circuit breaker open; …"); null for runs older than routing records.
+    pub route_reason: Option<String>,
     pub gpu_type: Option<String>,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
@@ -146,6 +149,7 @@ impl From<&TrainingRun> for AttemptView {
         Self {
             attempt: r.attempt,
             backend: r.backend.clone(),
+            route_reason: r.route_reason.clone(),
             gpu_type: r.gpu_type.clone(),
             started_at: r.started_at,
             ended_at: r.ended_at,

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
-use sqlx::{Row, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Row};
 
 use loraforge_domain::breaker::{self, Breaker, BreakerEvent, BreakerRules};
 

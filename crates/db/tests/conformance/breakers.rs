@@ -34,13 +34,22 @@ async fn step(repo: &Repo, event: BreakerEvent, at: i64) -> BreakerStep {
 pub async fn a_breaker_opens_probes_once_and_closes(repo: Repo) {
     let rules = BreakerRules::default();
     assert!(repo.breakers(&rules, t(0)).await.unwrap().is_empty());
-    assert_eq!(step(&repo, failure("a"), 0).await.breaker.state, BreakerState::Closed);
+    assert_eq!(
+        step(&repo, failure("a"), 0).await.breaker.state,
+        BreakerState::Closed
+    );
     let second = step(&repo, failure("b"), 1).await;
-    assert_eq!((second.breaker.state, second.failures_in_window), (BreakerState::Closed, 2));
+    assert_eq!(
+        (second.breaker.state, second.failures_in_window),
+        (BreakerState::Closed, 2)
+    );
     let third = step(&repo, failure("c"), 2).await;
     assert_eq!(third.breaker.state, BreakerState::Open);
     let opened = third.transition.expect("recorded");
-    assert_eq!((opened.from, opened.to), (BreakerState::Closed, BreakerState::Open));
+    assert_eq!(
+        (opened.from, opened.to),
+        (BreakerState::Closed, BreakerState::Open)
+    );
     assert_eq!(third.breaker.opened_at, Some(t(2)));
 
     // No probe before 30 min; then one, to the first caller.
@@ -48,7 +57,10 @@ pub async fn a_breaker_opens_probes_once_and_closes(repo: Repo) {
     let probe = step(&repo, claim("e1"), 32).await;
     assert!(probe.changed);
     assert_eq!(probe.breaker.state, BreakerState::HalfOpen);
-    assert!(!step(&repo, claim("e2"), 32).await.changed, "a second replica gets no probe");
+    assert!(
+        !step(&repo, claim("e2"), 32).await.changed,
+        "a second replica gets no probe"
+    );
 
     // The probe fails: open again, for a new 30 min.
     let reopened = step(&repo, failure("probe-1"), 33).await;
@@ -70,7 +82,10 @@ pub async fn a_breaker_opens_probes_once_and_closes(repo: Repo) {
     )
     .await;
     assert_eq!(closed.breaker.state, BreakerState::Closed);
-    assert_eq!(closed.failures_in_window, 0, "failures before the close no longer count");
+    assert_eq!(
+        closed.failures_in_window, 0,
+        "failures before the close no longer count"
+    );
 
     let listed = repo.breakers(&rules, t(64)).await.unwrap();
     assert_eq!(listed.len(), 1);
@@ -85,7 +100,13 @@ pub async fn a_breaker_opens_probes_once_and_closes(repo: Repo) {
     use BreakerState::{Closed, HalfOpen, Open};
     assert_eq!(
         history,
-        [(HalfOpen, Closed), (Open, HalfOpen), (HalfOpen, Open), (Open, HalfOpen), (Closed, Open)],
+        [
+            (HalfOpen, Closed),
+            (Open, HalfOpen),
+            (HalfOpen, Open),
+            (Open, HalfOpen),
+            (Closed, Open)
+        ],
         "newest first"
     );
 }
@@ -93,12 +114,18 @@ pub async fn a_breaker_opens_probes_once_and_closes(repo: Repo) {
 pub async fn failures_count_once_per_key_and_only_in_the_window(repo: Repo) {
     step(&repo, failure("run-1"), 0).await;
     let again = step(&repo, failure("run-1"), 1).await;
-    assert_eq!(again.failures_in_window, 1, "the same failure reported twice counts once");
+    assert_eq!(
+        again.failures_in_window, 1,
+        "the same failure reported twice counts once"
+    );
     assert!(!again.changed);
     step(&repo, failure("run-2"), 1).await;
     // Ten minutes later the first has left the window: two in it, still closed.
     let later = step(&repo, failure("run-3"), 11).await;
-    assert_eq!((later.breaker.state, later.failures_in_window), (BreakerState::Closed, 2));
+    assert_eq!(
+        (later.breaker.state, later.failures_in_window),
+        (BreakerState::Closed, 2)
+    );
     let open = step(&repo, failure("run-4"), 11).await;
     assert_eq!(open.breaker.state, BreakerState::Open);
     // Other backends are untouched.
@@ -106,7 +133,10 @@ pub async fn failures_count_once_per_key_and_only_in_the_window(repo: Repo) {
         .step_breaker("local", &failure("x"), &BreakerRules::default(), t(11))
         .await
         .unwrap();
-    assert_eq!((other.breaker.state, other.failures_in_window), (BreakerState::Closed, 1));
+    assert_eq!(
+        (other.breaker.state, other.failures_in_window),
+        (BreakerState::Closed, 1)
+    );
 }
 
 pub async fn concurrent_probe_claims_have_one_winner(repo: Repo) {
@@ -144,12 +174,21 @@ pub async fn operators_force_and_every_transition_is_kept(repo: Repo) {
     let t1 = forced.transition.expect("recorded");
     assert_eq!(t1.forced_by.as_deref(), Some("admin-7"));
     assert_eq!(t1.reason, "forced: provider maintenance");
-    assert!(!step(&repo, force(BreakerState::Open, "again"), 1).await.changed);
+    assert!(
+        !step(&repo, force(BreakerState::Open, "again"), 1)
+            .await
+            .changed
+    );
     let closed = step(&repo, force(BreakerState::Closed, "back"), 2).await;
     assert_eq!(closed.breaker.state, BreakerState::Closed);
     let kept = repo.breaker_transitions(Some("runpod"), 1).await.unwrap();
     assert_eq!(kept.len(), 1, "the limit holds");
     assert_eq!(kept[0].to, BreakerState::Closed);
     assert_eq!(kept[0].at, t(2));
-    assert!(repo.breaker_transitions(Some("local"), 10).await.unwrap().is_empty());
+    assert!(
+        repo.breaker_transitions(Some("local"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

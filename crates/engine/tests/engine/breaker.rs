@@ -70,8 +70,15 @@ async fn the_whole_cycle(db: Db) {
     let report = engine.tick().await.unwrap();
     assert_eq!(report.started, [next]);
     let why = db.run(next).await.route_reason.unwrap_or_default();
-    assert!(why.contains("runpod: circuit breaker open; next probe at 10:30:00 UTC"), "{why}");
-    assert_eq!(primary.launch_calls(), 3, "no call to the primary while open");
+    assert!(
+        why.contains("runpod: circuit breaker open; next probe at 10:30:00 UTC"),
+        "{why}"
+    );
+    assert_eq!(
+        primary.launch_calls(),
+        3,
+        "no call to the primary while open"
+    );
 
     // 30 min after opening: one probe, whose accepted launch closes the breaker; the replica
     // then finds it closed.
@@ -79,7 +86,11 @@ async fn the_whole_cycle(db: Db) {
     let probe_job = db.lora(u, "Probe", 20).await;
     let fallback_before = fallback.launches();
     let report = engine.tick().await.unwrap();
-    assert_eq!(states(&report), [(Open, HalfOpen), (HalfOpen, Closed)], "{report:?}");
+    assert_eq!(
+        states(&report),
+        [(Open, HalfOpen), (HalfOpen, Closed)],
+        "{report:?}"
+    );
     assert_eq!(report.started, [probe_job]);
     let probe_run = db.run(probe_job).await;
     assert_eq!(probe_run.backend, "runpod");
@@ -106,7 +117,11 @@ async fn the_whole_cycle(db: Db) {
     let opened_at = db.now();
     db.advance(Duration::from_secs(1));
     let report = engine.tick().await.unwrap();
-    assert_eq!(report.started.len(), 3, "the retries go to the fallback: {report:?}");
+    assert_eq!(
+        report.started.len(),
+        3,
+        "the retries go to the fallback: {report:?}"
+    );
     db.advance(Duration::from_secs(30 * 60));
     let probe_2 = db.lora(u, "Probe 2", 40).await;
     let probe_3 = db.lora(u, "Probe 3", 41).await;
@@ -115,12 +130,30 @@ async fn the_whole_cycle(db: Db) {
     let (a, b) = (racing.0.unwrap(), racing.1.unwrap());
     let mut all = states(&a);
     all.extend(states(&b));
-    assert_eq!(all, [(Open, HalfOpen), (HalfOpen, Open)], "one probe in all: {a:?} {b:?}");
-    assert_eq!(primary.fail_pending(), 0, "the probe called the primary once");
-    let stored = db.repo.breakers(&Default::default(), db.now()).await.unwrap();
-    let runpod = stored.iter().find(|s| s.breaker.backend == "runpod").unwrap();
+    assert_eq!(
+        all,
+        [(Open, HalfOpen), (HalfOpen, Open)],
+        "one probe in all: {a:?} {b:?}"
+    );
+    assert_eq!(
+        primary.fail_pending(),
+        0,
+        "the probe called the primary once"
+    );
+    let stored = db
+        .repo
+        .breakers(&Default::default(), db.now())
+        .await
+        .unwrap();
+    let runpod = stored
+        .iter()
+        .find(|s| s.breaker.backend == "runpod")
+        .unwrap();
     assert_eq!(runpod.breaker.state, Open);
-    assert!(runpod.breaker.opened_at.unwrap() > opened_at, "a new 30 min");
+    assert!(
+        runpod.breaker.opened_at.unwrap() > opened_at,
+        "a new 30 min"
+    );
     // The failed probe's job goes on on the fallback.
     db.advance(Duration::from_secs(1));
     engine.tick().await.unwrap();
@@ -130,9 +163,17 @@ async fn the_whole_cycle(db: Db) {
     }
 
     // Every transition the ticks reported is in the table, in order.
-    let table = db.repo.breaker_transitions(Some("runpod"), 100).await.unwrap();
+    let table = db
+        .repo
+        .breaker_transitions(Some("runpod"), 100)
+        .await
+        .unwrap();
     assert_eq!(
-        table.iter().rev().map(|t| (t.from, t.to)).collect::<Vec<_>>(),
+        table
+            .iter()
+            .rev()
+            .map(|t| (t.from, t.to))
+            .collect::<Vec<_>>(),
         [
             (Closed, Open),
             (Open, HalfOpen),
@@ -158,7 +199,10 @@ async fn postgres_the_breakers_whole_cycle() {
 async fn with_every_backend_open_loras_wait_queued_saying_when_the_next_probe_is() {
     let db = Db::sqlite().await;
     let only = Scripted::new("runpod", 10);
-    let engine = db.engine(vec![only.clone() as Arc<dyn TrainingBackend>], settings("e1"));
+    let engine = db.engine(
+        vec![only.clone() as Arc<dyn TrainingBackend>],
+        settings("e1"),
+    );
     let u = db.user().await;
     let id = db.lora(u, "Waits", 1).await;
     for _ in 0..3 {
@@ -202,9 +246,11 @@ async fn a_diverged_job_or_bad_input_never_trips_the_breaker_but_vanished_instan
         ids.push(db.lora(u, &format!("J{i}"), i).await);
     }
     engine.tick().await.unwrap();
-    db.report_failure(ids[0], "non_finite_loss", "loss is NaN").await;
+    db.report_failure(ids[0], "non_finite_loss", "loss is NaN")
+        .await;
     db.report_failure(ids[1], "bad_input", "no images").await;
-    db.report_failure(ids[2], "validation_failed", "no samples").await;
+    db.report_failure(ids[2], "validation_failed", "no samples")
+        .await;
     let report = engine.tick().await.unwrap();
     assert!(report.breaker_transitions.is_empty(), "{report:?}");
     for id in &ids[3..6] {
@@ -218,7 +264,15 @@ async fn a_diverged_job_or_bad_input_never_trips_the_breaker_but_vanished_instan
         );
     }
     let report = engine.tick().await.unwrap();
-    assert_eq!(states(&report), [(BreakerState::Closed, BreakerState::Open)], "{report:?}");
-    let stored = db.repo.breakers(&Default::default(), db.now()).await.unwrap();
+    assert_eq!(
+        states(&report),
+        [(BreakerState::Closed, BreakerState::Open)],
+        "{report:?}"
+    );
+    let stored = db
+        .repo
+        .breakers(&Default::default(), db.now())
+        .await
+        .unwrap();
     assert_eq!(stored[0].failures_in_window, 3);
 }

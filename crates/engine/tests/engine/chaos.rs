@@ -12,8 +12,7 @@ use async_trait::async_trait;
 
 use loraforge_domain::{LoraId, TrainingStatus};
 use loraforge_engine::{
-    BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Termination,
-    TrainingBackend,
+    BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Termination, TrainingBackend,
 };
 
 use crate::helpers::*;
@@ -70,7 +69,11 @@ impl Chaotic {
 
     /// Whether this call fails (30 %).
     fn fails(&self) -> bool {
-        let fail = self.rng.lock().unwrap_or_else(|e| e.into_inner()).chance(30);
+        let fail = self
+            .rng
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .chance(30);
         let mut s = self.state();
         s.calls += 1;
         s.failed_calls += u64::from(fail);
@@ -239,7 +242,10 @@ async fn fifty_loras_across_two_failing_backends_all_end_and_nothing_is_left() {
             .collect();
         assert!(trained_runs.len() <= 1, "{id} trained twice: {runs:#?}");
         if let Some(t) = trained_runs.first() {
-            assert!(runs.iter().all(|r| r.attempt <= t.attempt), "{id} ran again after training");
+            assert!(
+                runs.iter().all(|r| r.attempt <= t.attempt),
+                "{id} ran again after training"
+            );
         }
         match lora.status {
             TrainingStatus::Completed => {
@@ -266,7 +272,10 @@ async fn fifty_loras_across_two_failing_backends_all_end_and_nothing_is_left() {
     // Every transition the breaker made is recorded, and nothing else.
     let mut table = db.repo.breaker_transitions(None, 100_000).await.unwrap();
     table.reverse();
-    assert_eq!(table, reported, "the transitions table is what the breaker did");
+    assert_eq!(
+        table, reported,
+        "the transitions table is what the breaker did"
+    );
     assert!(!table.is_empty(), "30 % failures open breakers");
     let calls = a.state().calls + b.state().calls;
     let failed_calls = a.state().failed_calls + b.state().failed_calls;

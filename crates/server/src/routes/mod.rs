@@ -1,6 +1,7 @@
 //! One module per resource, merged into one router by [`crate::api_router`].
 
 pub mod admin;
+pub mod admin_backends;
 pub mod dataset_zip;
 pub mod datasets;
 pub mod events;

@@ -14,6 +14,7 @@ use url::Url;
 
 use loraforge_db::Repository;
 use loraforge_domain::{Clock, ManualClock, ParamLimits, UserId};
+use loraforge_server::state::BackendInfo;
 use loraforge_server::{AppState, Application, JwtKeys, ServerSettings};
 use loraforge_storage::StorageSettings;
 
@@ -113,6 +114,21 @@ pub async fn spawn_app_with(
         clock.clone(),
         JwtKeys::new(&secret),
         settings.clone(),
+    )
+    .with_backends(
+        vec![
+            BackendInfo {
+                name: "runpod".into(),
+                max_runs: 4,
+                shared: true,
+            },
+            BackendInfo {
+                name: "local".into(),
+                max_runs: 1,
+                shared: false,
+            },
+        ],
+        Default::default(),
     )
     .with_engine_wake(engine_wake.clone());
     let app = Application::new(state, listener);

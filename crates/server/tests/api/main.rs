@@ -3,6 +3,7 @@
 mod helpers;
 mod image_server;
 
+mod admin_backends;
 mod auth;
 mod dataset_zip;
 mod datasets;

@@ -125,6 +125,7 @@ async fn training_job_with(
         lora_id: lora,
         attempt: 1,
         backend: "elsewhere".into(),
+        route_reason: Some("elsewhere: first in order".into()),
         engine: ENGINE.into(),
         instance_name: format!("loraforge-{lora}-1"),
         provider_id: "instance-1".into(),
@@ -896,6 +897,10 @@ async fn a_failure_the_worker_reports_is_recorded_once_and_decided_by_its_code()
     assert_eq!(
         attempts[0]["message"],
         "training diverged: non-finite loss at step 3"
+    );
+    assert_eq!(
+        attempts[0]["route_reason"], "elsewhere: first in order",
+        "why the router chose the backend is shown with the attempt"
     );
     assert_eq!(
         attempts[0]["cost"],

@@ -133,7 +133,6 @@ async fn training_job_with(
         price_per_hour: None,
         created_at: now,
         started_at: now,
-        route_reason: None,
     };
     app.repo.insert_run(&run).await.unwrap();
     let token = app

@@ -309,15 +309,19 @@ impl Engine {
                 }
             }
             Err(e) => {
-                // Provider-side failures count toward the backend's breaker; a permanent error
-                // (credentials, configuration) is the operator's, not the provider's.
-                if e.is_retryable() {
-                    let key = format!(
-                        "launch:{lora}:{attempt}:{failures}:{}",
-                        now.timestamp_micros()
-                    );
-                    self.breaker_failure(backend.name(), key, e.to_string(), now, &mut r)
-                        .await;
+                // Every failed start is the backend's, never the job's (its input was checked
+                // before it was queued): it counts toward the breaker, so a backend that cannot
+                // start runs (down, full, or misconfigured: bad credentials, a missing image)
+                // is soon skipped.
+                let key = format!(
+                    "launch:{lora}:{attempt}:{failures}:{}",
+                    now.timestamp_micros()
+                );
+                self.breaker_failure(backend.name(), key, e.to_string(), now, &mut r)
+                    .await;
+                if !e.is_retryable() {
+                    tracing::error!(backend = backend.name(), error = %e,
+                        "operator alert: a backend refused a launch for good; check its settings");
                 }
                 self.router.failed_on(lora, backend.name());
                 if e.is_capacity() {
@@ -375,12 +379,13 @@ impl Engine {
         let delay = usize::try_from(failures)
             .ok()
             .and_then(|i| self.settings.start_retry_delays.get(i));
+        // Another backend can take it: try there at once (fallback) instead of waiting on the
+        // one that failed, even when that one can never start it as configured.
+        let room = self.room().await.unwrap_or_default();
+        let fallback = self.router.has_fallback(id, &room, now);
         match delay {
-            Some(delay) if e.is_retryable() => {
-                // Another backend can take it: try there at once (fallback) instead of waiting
-                // on the one that failed.
-                let room = self.room().await.unwrap_or_default();
-                let next = if self.router.has_fallback(id, &room, now) {
+            Some(delay) if e.is_retryable() || fallback => {
+                let next = if fallback {
                     now
                 } else {
                     now + chrono_duration(*delay)

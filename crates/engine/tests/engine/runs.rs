@@ -354,6 +354,35 @@ async fn a_launch_that_fails_for_now_is_retried_and_one_that_never_can_fails_the
 }
 
 #[tokio::test]
+async fn a_backend_that_can_never_start_a_run_falls_back_instead_of_failing_the_job() {
+    let db = Db::sqlite().await;
+    let u = db.user().await;
+    let id = db.lora(u, "Misconfigured", 0).await;
+    let pods = Scripted::new("pods", 1);
+    let spare = Scripted::new("spare", 1);
+    pods.fail_next_launch(BackendError::Permanent("the image does not exist".into()));
+    let engine = db.engine(
+        vec![
+            pods.clone() as Arc<dyn TrainingBackend>,
+            spare.clone() as Arc<dyn TrainingBackend>,
+        ],
+        settings("e1"),
+    );
+    let mut started = Vec::new();
+    for _ in 0..3 {
+        let report = engine.tick().await.unwrap();
+        assert!(report.failed.is_empty(), "{report:?}");
+        started.extend(report.started);
+    }
+    assert_eq!(started, [id]);
+    let run = db.run(id).await;
+    assert_eq!(run.backend, "spare");
+    let why = run.route_reason.unwrap_or_default();
+    assert!(why.contains("pods"), "{why}");
+    assert_eq!(spare.launches(), 1);
+}
+
+#[tokio::test]
 async fn an_instance_that_will_not_end_is_tried_again_with_backoff() {
     let db = Db::sqlite().await;
     let u = db.user().await;

@@ -30,7 +30,10 @@ fn repo_root() -> PathBuf {
 
 fn trainer_env() -> Vec<(String, String)> {
     vec![
-        ("PYTHONPATH".into(), repo_root().join("trainer").display().to_string()),
+        (
+            "PYTHONPATH".into(),
+            repo_root().join("trainer").display().to_string(),
+        ),
         ("HF_HUB_OFFLINE".into(), "1".into()),
         ("OMP_NUM_THREADS".into(), "1".into()),
         ("LORAFORGE_TORCH_THREADS".into(), "1".into()),
@@ -49,7 +52,11 @@ fn tiny_model() -> &'static Path {
                 .envs(trainer_env())
                 .output()
                 .expect("run python");
-            assert!(out.status.success(), "building the tiny model failed: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "building the tiny model failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             (dir, model)
         })
         .1
@@ -64,7 +71,9 @@ async fn fake_aitoolkit(dir: &Path) -> FakeAiToolkit {
         args: vec!["-m".into(), "loraforge_trainer".into()],
         env: trainer_env(),
     });
-    FakeAiToolkit::start(config, 0).await.expect("fake ai-toolkit")
+    FakeAiToolkit::start(config, 0)
+        .await
+        .expect("fake ai-toolkit")
 }
 
 /// `loraforge serve` training on ai-toolkit; SIGTERM then SIGKILL on drop.
@@ -96,7 +105,10 @@ impl Service {
             ("LORAFORGE_VALIDATION_AUTO_APPROVE", "true"),
             ("LORAFORGE_ENGINE_POLL_MS", "200"),
             ("LORAFORGE_CREATES_PER_MINUTE", "0"),
-            ("LORAFORGE_LOG", "info,sqlx=warn,tower_http=warn,loraforge_aitoolkit=debug"),
+            (
+                "LORAFORGE_LOG",
+                "info,sqlx=warn,tower_http=warn,loraforge_aitoolkit=debug",
+            ),
         ]
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -114,18 +126,35 @@ impl Service {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start serve");
-        let mut s = Service { child, dir: dir.to_owned(), data, log, url: String::new(), http: reqwest::Client::new() };
+        let mut s = Service {
+            child,
+            dir: dir.to_owned(),
+            data,
+            log,
+            url: String::new(),
+            http: reqwest::Client::new(),
+        };
         let started = Instant::now();
         loop {
             let text = std::fs::read_to_string(&s.log).unwrap_or_default();
             if let Some(line) = text.lines().find(|l| l.contains("loraforge listening")) {
                 let line = strip_ansi(line);
-                let addr = line.split("addr=").nth(1).and_then(|s| s.split_whitespace().next()).expect("addr=");
-                let addr: String = addr.chars().filter(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+                let addr = line
+                    .split("addr=")
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next())
+                    .expect("addr=");
+                let addr: String = addr
+                    .chars()
+                    .filter(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
                 s.url = format!("http://{addr}");
                 return s;
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "serve did not start:\n{text}");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "serve did not start:\n{text}"
+            );
             if let Some(status) = s.child.try_wait().unwrap() {
                 panic!("serve exited ({status}):\n{text}");
             }
@@ -138,13 +167,27 @@ impl Service {
     }
 
     fn token(&self) -> String {
-        let out = loraforge(&self.dir).args(["token", "--user", USER, "--data-dir"]).arg(&self.data).output().expect("token");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = loraforge(&self.dir)
+            .args(["token", "--user", USER, "--data-dir"])
+            .arg(&self.data)
+            .output()
+            .expect("token");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
     async fn get(&self, token: &str, path: &str) -> Value {
-        let resp = self.http.get(format!("{}{path}", self.url)).bearer_auth(token).send().await.expect("request");
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
         assert_eq!(resp.status().as_u16(), 200, "GET {path}");
         resp.json().await.unwrap()
     }
@@ -152,10 +195,18 @@ impl Service {
     async fn create(&self, token: &str, name: &str, steps: u32) -> String {
         let mut form = reqwest::multipart::Form::new();
         for i in 0..3 {
-            let part = reqwest::multipart::Part::bytes(noise_png(96, 96, i + 1)).file_name(format!("img{i}.png"));
+            let part = reqwest::multipart::Part::bytes(noise_png(96, 96, i + 1))
+                .file_name(format!("img{i}.png"));
             form = form.part("images", part.mime_str("image/png").unwrap());
         }
-        let resp = self.http.post(format!("{}/api/v1/datasets", self.url)).bearer_auth(token).multipart(form).send().await.unwrap();
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/datasets", self.url))
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status().as_u16(), 201);
         let dataset: Value = resp.json().await.unwrap();
         let body = json!({
@@ -164,7 +215,14 @@ impl Service {
             "params": {"base_model": tiny_model().display().to_string(), "steps": steps, "resolution": 64,
                        "rank": 4, "alpha": 8, "lr_warmup_steps": 0, "trigger_words": ["zxq"]},
         });
-        let resp = self.http.post(format!("{}/api/v1/lora-models", self.url)).bearer_auth(token).json(&body).send().await.unwrap();
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/lora-models", self.url))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status().as_u16(), 202);
         let lora: Value = resp.json().await.unwrap();
         lora["lora_id"].as_str().expect("id").to_owned()
@@ -173,8 +231,13 @@ impl Service {
     async fn finished(&self, token: &str, id: &str, fake: &FakeAiToolkit) -> Value {
         let started = Instant::now();
         loop {
-            let s = self.get(token, &format!("/api/v1/lora-models/{id}/status")).await;
-            if matches!(s["training_status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+            let s = self
+                .get(token, &format!("/api/v1/lora-models/{id}/status"))
+                .await;
+            if matches!(
+                s["training_status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            ) {
                 return s;
             }
             assert!(
@@ -190,7 +253,8 @@ impl Service {
     /// Waits until ai-toolkit holds neither a job nor a dataset (the backend cleaned up).
     async fn cleaned_up(&self, fake: &FakeAiToolkit) {
         let started = Instant::now();
-        while !(fake.jobs().is_empty() && fake.datasets().is_empty() && fake.live_processes() == 0) {
+        while !(fake.jobs().is_empty() && fake.datasets().is_empty() && fake.live_processes() == 0)
+        {
             assert!(
                 started.elapsed() < Duration::from_secs(60),
                 "ai-toolkit still holds jobs {:?} / datasets {:?}\n{}",
@@ -232,16 +296,32 @@ async fn the_tiny_model_trains_end_to_end_through_ai_toolkit() {
     let token = svc.token();
     let id = svc.create(&token, "Zxq on ai-toolkit", 4).await;
     let done = svc.finished(&token, &id, &fake).await;
-    assert_eq!(done["training_status"], "completed", "{done}\n{}", svc.logs());
+    assert_eq!(
+        done["training_status"],
+        "completed",
+        "{done}\n{}",
+        svc.logs()
+    );
     svc.cleaned_up(&fake).await;
 
     // The backend started the stopped GPU queue itself; it sent its token on every API call.
     assert!(fake.queue_running("0"));
     let calls = fake.calls();
-    assert!(calls.iter().any(|c| c.path == "/api/queue/0/start"), "{calls:?}");
+    assert!(
+        calls.iter().any(|c| c.path == "/api/queue/0/start"),
+        "{calls:?}"
+    );
     assert!(calls.iter().all(|c| c.status != 401), "{calls:?}");
-    for route in ["/api/datasets/create", "/api/datasets/upload", "/api/jobs", "/api/datasets/delete"] {
-        assert!(calls.iter().any(|c| c.path == route), "{route} never called: {calls:?}");
+    for route in [
+        "/api/datasets/create",
+        "/api/datasets/upload",
+        "/api/jobs",
+        "/api/datasets/delete",
+    ] {
+        assert!(
+            calls.iter().any(|c| c.path == route),
+            "{route} never called: {calls:?}"
+        );
     }
 
     // The run is on record with its backend and outcome; the published file is our diffusers
@@ -250,12 +330,31 @@ async fn the_tiny_model_trains_end_to_end_through_ai_toolkit() {
     let attempt = &details["attempts"][0];
     assert_eq!(attempt["backend"], "aitoolkit", "{details}");
     assert_eq!(attempt["outcome"], "trained", "{details}");
-    let url = details["download_url"].as_str().or_else(|| details["lora_file_url"].as_str()).map(str::to_owned);
+    let url = details["download_url"]
+        .as_str()
+        .or_else(|| details["lora_file_url"].as_str())
+        .map(str::to_owned);
     let url = url.unwrap_or_else(|| panic!("no download link in {details}"));
-    let url = if url.starts_with("http") { url } else { format!("{}{url}", svc.url) };
-    let bytes = svc.http.get(&url).send().await.unwrap().bytes().await.unwrap();
-    let rules = loraforge_checks::LoraRules { min_bytes: 0, ..Default::default() };
-    let report = loraforge_checks::inspect_lora(&bytes, &rules).expect("the published LoRA passes the check");
+    let url = if url.starts_with("http") {
+        url
+    } else {
+        format!("{}{url}", svc.url)
+    };
+    let bytes = svc
+        .http
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let rules = loraforge_checks::LoraRules {
+        min_bytes: 0,
+        ..Default::default()
+    };
+    let report = loraforge_checks::inspect_lora(&bytes, &rules)
+        .expect("the published LoRA passes the check");
     assert_eq!(report.format, loraforge_checks::LoraFormat::Diffusers);
     assert_eq!((report.rank, report.alpha), (4, Some(8.0)));
 }
@@ -274,7 +373,13 @@ async fn an_ai_toolkit_error_fails_the_lora_with_the_reason_from_its_log() {
     let done = svc.finished(&token, &id, &fake).await;
     assert_eq!(done["training_status"], "failed", "{done}\n{}", svc.logs());
     let details = svc.get(&token, &format!("/api/v1/lora-models/{id}")).await;
-    assert_eq!(details["attempts"][0]["outcome"], "out_of_memory", "{details}");
-    assert!(details.to_string().contains("CUDA out of memory"), "{details}");
+    assert_eq!(
+        details["attempts"][0]["outcome"], "out_of_memory",
+        "{details}"
+    );
+    assert!(
+        details.to_string().contains("CUDA out of memory"),
+        "{details}"
+    );
     svc.cleaned_up(&fake).await;
 }

@@ -78,18 +78,18 @@ async fn fake_aitoolkit(dir: &Path) -> FakeAiToolkit {
 
 /// `loraforge serve` training on ai-toolkit; SIGTERM then SIGKILL on drop.
 struct Service {
-    child: Child,
+    child: Option<Child>,
     dir: PathBuf,
     data: PathBuf,
+    env: Vec<(String, String)>,
     log: PathBuf,
+    starts: usize,
     url: String,
     http: reqwest::Client,
 }
 
 impl Service {
     fn start(dir: &Path, aitoolkit: &FakeAiToolkit) -> Service {
-        let data = dir.join("data");
-        let log = dir.join("serve.log");
         let url = aitoolkit.url();
         let env: Vec<(String, String)> = [
             ("LORAFORGE_BACKENDS", "aitoolkit"),
@@ -117,26 +117,37 @@ impl Service {
             tiny_model().parent().unwrap().display().to_string(),
         )])
         .collect();
-        let child = loraforge(dir)
-            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .envs(env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start serve");
         let mut s = Service {
-            child,
+            child: None,
             dir: dir.to_owned(),
-            data,
-            log,
+            data: dir.join("data"),
+            env,
+            log: PathBuf::new(),
+            starts: 0,
             url: String::new(),
             http: reqwest::Client::new(),
         };
+        s.spawn();
+        s
+    }
+
+    /// (Re)starts `serve` on a free port with the same data dir.
+    fn spawn(&mut self) {
+        self.log = self.dir.join(format!("serve-{}.log", self.starts));
+        self.starts += 1;
+        let child = loraforge(&self.dir)
+            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(&self.data)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&self.log).unwrap())
+            .spawn()
+            .expect("start serve");
+        self.child = Some(child);
         let started = Instant::now();
         loop {
-            let text = std::fs::read_to_string(&s.log).unwrap_or_default();
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             if let Some(line) = text.lines().find(|l| l.contains("loraforge listening")) {
                 let line = strip_ansi(line);
                 let addr = line
@@ -148,22 +159,34 @@ impl Service {
                     .chars()
                     .filter(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
                     .collect();
-                s.url = format!("http://{addr}");
-                return s;
+                self.url = format!("http://{addr}");
+                return;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(60),
                 "serve did not start:\n{text}"
             );
-            if let Some(status) = s.child.try_wait().unwrap() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("serve exited ({status}):\n{text}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
+    fn kill_9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+    }
+
     fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        (0..self.starts)
+            .map(|i| {
+                let t = std::fs::read_to_string(self.dir.join(format!("serve-{i}.log")))
+                    .unwrap_or_default();
+                format!("--- serve-{i}.log ---\n{t}")
+            })
+            .collect()
     }
 
     fn token(&self) -> String {
@@ -228,6 +251,17 @@ impl Service {
         lora["lora_id"].as_str().expect("id").to_owned()
     }
 
+    async fn post(&self, token: &str, path: &str) -> u16 {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
+        resp.status().as_u16()
+    }
+
     async fn finished(&self, token: &str, id: &str, fake: &FakeAiToolkit) -> Value {
         let started = Instant::now();
         loop {
@@ -269,17 +303,20 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         // SAFETY: kill(2) on our own child's pid; no memory is touched.
-        unsafe { libc_kill(self.child.id() as i32, 15) };
+        unsafe { libc_kill(child.id() as i32, 15) };
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(30) {
-            if self.child.try_wait().ok().flatten().is_some() {
+            if child.try_wait().ok().flatten().is_some() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -380,6 +417,124 @@ async fn an_ai_toolkit_error_fails_the_lora_with_the_reason_from_its_log() {
     assert!(
         details.to_string().contains("CUDA out of memory"),
         "{details}"
+    );
+    svc.cleaned_up(&fake).await;
+}
+
+/// Waits until ai-toolkit's job for `lora` runs past its first step; returns its id.
+async fn training(fake: &FakeAiToolkit, lora: &str, attempt: u32, svc: &Service) -> String {
+    let name = format!("loraforge-{lora}-{attempt}");
+    let started = Instant::now();
+    loop {
+        if let Some(job) = fake
+            .jobs()
+            .into_iter()
+            .find(|j| j.name == name && j.status == "running" && j.step >= 1)
+        {
+            return job.id;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{name} never trained: {:?}\n{}",
+            fake.jobs(),
+            svc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn attempts(svc: &Service, token: &str, id: &str) -> Vec<String> {
+    let details = svc.get(token, &format!("/api/v1/lora-models/{id}")).await;
+    details["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_mid_training_stops_the_ai_toolkit_job_and_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_aitoolkit(dir.path()).await;
+    let svc = Service::start(dir.path(), &fake);
+    let token = svc.token();
+    let id = svc.create(&token, "Zxq cancelled", 400).await;
+    training(&fake, &id, 1, &svc).await;
+    assert_eq!(
+        svc.post(&token, &format!("/api/v1/lora-models/{id}/cancel"))
+            .await,
+        200
+    );
+    let done = svc.finished(&token, &id, &fake).await;
+    assert_eq!(done["training_status"], "cancelled", "{done}");
+    svc.cleaned_up(&fake).await;
+    // The job's folder goes once its trainer has exited.
+    let output = dir.path().join("aitoolkit/output");
+    let started = Instant::now();
+    while output.read_dir().unwrap().next().is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the job's folder is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_stopped_outside_loraforge_is_a_provider_failure_and_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_aitoolkit(dir.path()).await;
+    let svc = Service::start(dir.path(), &fake);
+    let token = svc.token();
+    let id = svc.create(&token, "Zxq stopped by hand", 40).await;
+    let job = training(&fake, &id, 1, &svc).await;
+    // Someone presses Stop in ai-toolkit's UI.
+    let stopped = reqwest::Client::new()
+        .get(format!("{}/api/jobs/{job}/stop", fake.url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stopped.status().as_u16(), 200);
+    let done = svc.finished(&token, &id, &fake).await;
+    assert_eq!(
+        done["training_status"],
+        "completed",
+        "{done}\n{}",
+        svc.logs()
+    );
+    assert_eq!(
+        attempts(&svc, &token, &id).await,
+        vec!["provider_failed", "trained"]
+    );
+    svc.cleaned_up(&fake).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_9_of_serve_the_restarted_service_brings_the_ai_toolkit_run_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_aitoolkit(dir.path()).await;
+    let mut svc = Service::start(dir.path(), &fake);
+    let token = svc.token();
+    let id = svc.create(&token, "Zxq survives a crash", 60).await;
+    training(&fake, &id, 1, &svc).await;
+    svc.kill_9();
+    // ai-toolkit trains on without us; the restarted service acts for the attempt with a token
+    // issued again, relays progress and delivers the result.
+    svc.spawn();
+    let done = svc.finished(&token, &id, &fake).await;
+    assert_eq!(
+        done["training_status"],
+        "completed",
+        "{done}\n{}",
+        svc.logs()
+    );
+    assert_eq!(
+        attempts(&svc, &token, &id).await,
+        vec!["trained"],
+        "{}",
+        svc.logs()
     );
     svc.cleaned_up(&fake).await;
 }

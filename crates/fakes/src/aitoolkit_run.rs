@@ -158,6 +158,10 @@ async fn run_job(shared: Arc<Shared>, id: String) {
             end(&shared, &id, "error", &e);
         }
     }
+    // Deleted while it ran: what the stopping trainer wrote on its way out goes too.
+    if !shared.lock().jobs.iter().any(|j| j.id == id) {
+        let _ = std::fs::remove_dir_all(&folder);
+    }
 }
 
 async fn train(

@@ -105,6 +105,8 @@ impl Service {
             ("LORAFORGE_VALIDATION_AUTO_APPROVE", "true"),
             ("LORAFORGE_ENGINE_POLL_MS", "200"),
             ("LORAFORGE_CREATES_PER_MINUTE", "0"),
+            // Step saves next to the final file: the backend must take the final one.
+            ("LORAFORGE_CHECKPOINT_EVERY_STEPS", "2"),
             (
                 "LORAFORGE_LOG",
                 "info,sqlx=warn,tower_http=warn,loraforge_aitoolkit=debug",
@@ -360,6 +362,20 @@ async fn the_tiny_model_trains_end_to_end_through_ai_toolkit() {
             "{route} never called: {calls:?}"
         );
     }
+
+    // ai-toolkit listed step saves too (`_000000002`); the final file is the one downloaded.
+    let downloads: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.path.starts_with("/api/files/") && c.path.ends_with(".safetensors"))
+        .map(|c| c.path.as_str())
+        .collect();
+    assert_eq!(downloads.len(), 1, "{downloads:?}");
+    assert!(
+        downloads[0].ends_with(&format!("loraforge-{id}-1.safetensors")),
+        "{downloads:?}"
+    );
+    let step_saves = fake.step_saves_seen();
+    assert!(step_saves > 0, "the fake wrote no step saves");
 
     // The run is on record with its backend and outcome; the published file is our diffusers
     // form (converted from ai-toolkit's kohya file) and passes the LoRA check.

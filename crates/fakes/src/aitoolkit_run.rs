@@ -276,7 +276,9 @@ async fn train(
     std::fs::copy(&kohya, &final_file)
         .map_err(|e| format!("saving {}: {e}", final_file.display()))?;
     for step in checkpoints.iter().filter(|s| Some(**s) != total) {
-        let _ = std::fs::copy(&kohya, folder.join(format!("{name}_{step:09}.safetensors")));
+        if std::fs::copy(&kohya, folder.join(format!("{name}_{step:09}.safetensors"))).is_ok() {
+            shared.lock().step_saves += 1;
+        }
     }
     let samples = folder.join("samples");
     std::fs::create_dir_all(&samples).map_err(|e| e.to_string())?;

@@ -28,37 +28,72 @@ impl MicroUsd {
         MicroUsd(dollars.saturating_mul(PER_DOLLAR))
     }
 
-    /// Parses decimal dollars (`"0.44"`, `"12"`, `"0.0000005"`, an optional leading `$`), as
+    /// Parses decimal dollars (`"0.44"`, `"12"`, `".5"`, `"0.0000005"`, exponent notation as
+    /// providers' JSON numbers print (`"5e-7"`, `"1.5E2"`), an optional leading `$` or `+`), as
     /// text so no float rounding creeps in; digits past the sixth decimal round half up.
     /// Negative amounts and anything else are refused.
     pub fn parse_dollars(text: &str) -> Result<Self, MoneyError> {
-        let bad = || MoneyError(text.to_owned());
+        let bad = || MoneyError(text.chars().take(40).collect());
         let t = text.trim();
         let t = t.strip_prefix('$').unwrap_or(t);
-        let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
+        let t = t.strip_prefix('+').unwrap_or(t);
+        let (mantissa, exponent) = match t.find(['e', 'E']) {
+            Some(at) => {
+                let exp: i32 = t[at + 1..].parse().map_err(|_| bad())?;
+                (&t[..at], exp)
+            }
+            None => (t, 0),
+        };
+        let (whole, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
         if whole.is_empty() && frac.is_empty() {
             return Err(bad());
         }
-        if !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        if !whole
+            .bytes()
+            .chain(frac.bytes())
+            .all(|b| b.is_ascii_digit())
+        {
             return Err(bad());
         }
-        let whole: i64 = if whole.is_empty() {
-            0
-        } else {
-            whole.parse().map_err(|_| bad())?
-        };
+        // Every digit's power of ten in micro-dollars once the exponent moved the point.
+        let point = whole.len() as i64 + i64::from(exponent);
         let mut micros: i64 = 0;
-        for (i, b) in frac.bytes().take(6).enumerate() {
-            micros += i64::from(b - b'0') * 10_i64.pow(5 - i as u32);
+        for (k, d) in whole
+            .bytes()
+            .chain(frac.bytes())
+            .map(|b| b - b'0')
+            .enumerate()
+        {
+            let place = point - 1 - k as i64 + 6;
+            if place < 0 {
+                // The first digit past the sixth decimal rounds half up; the rest do not matter.
+                if place == -1 && d >= 5 {
+                    micros = micros.checked_add(1).ok_or_else(bad)?;
+                }
+                break;
+            }
+            if d == 0 {
+                continue;
+            }
+            let scale = 10_i64
+                .checked_pow(u32::try_from(place).map_err(|_| bad())?)
+                .ok_or_else(bad)?;
+            micros = i64::from(d)
+                .checked_mul(scale)
+                .and_then(|v| micros.checked_add(v))
+                .ok_or_else(bad)?;
         }
-        if frac.as_bytes().get(6).is_some_and(|b| *b >= b'5') {
-            micros += 1;
+        Ok(MicroUsd(micros))
+    }
+
+    /// Parses a provider's price, a JSON number (`0.34`, read back from the shortest text that
+    /// gives the same `f64`, which is the decimal the provider wrote) or a numeric string.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, MoneyError> {
+        match value {
+            serde_json::Value::Number(n) => Self::parse_dollars(&n.to_string()),
+            serde_json::Value::String(s) => Self::parse_dollars(s),
+            other => Err(MoneyError(other.to_string().chars().take(40).collect())),
         }
-        whole
-            .checked_mul(PER_DOLLAR)
-            .and_then(|w| w.checked_add(micros))
-            .map(MicroUsd)
-            .ok_or_else(bad)
     }
 
     /// The cost of `millis` milliseconds at `self` per hour, rounded half up to the micro-dollar.
@@ -124,6 +159,12 @@ mod tests {
             ("0.0000004", 0),
             ("0.1234564", 123_456),
             ("12.000001", 12_000_001),
+            ("+3.", 3_000_000),
+            ("0.9999995", 1_000_000),
+            ("5e-7", 1),
+            ("1.5E2", 150_000_000),
+            ("34e-2", 340_000),
+            ("1e3", 1_000_000_000),
         ] {
             assert_eq!(
                 MicroUsd::parse_dollars(text),
@@ -135,13 +176,38 @@ mod tests {
             "",
             ".",
             "-1",
-            "1e3",
+            "-0.34",
+            "1e",
+            "0x10",
+            "1,5",
+            "NaN",
+            "inf",
+            " - 1",
+            "1e400",
             "0.3x",
             "abc",
             "1.2.3",
             "99999999999999999",
         ] {
             assert!(MicroUsd::parse_dollars(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn provider_json_numbers_and_strings() {
+        use serde_json::json;
+        for (value, micros) in [
+            (json!(0.34), 340_000),
+            (json!("0.74"), 740_000),
+            (json!(1), 1_000_000),
+            (json!(0.0000005), 1),
+            (json!(0.79), 790_000),
+            (json!(2.49), 2_490_000),
+        ] {
+            assert_eq!(MicroUsd::from_json(&value), Ok(MicroUsd(micros)), "{value}");
+        }
+        for bad in [json!(true), json!(null), json!(-1), json!("garbage")] {
+            assert!(MicroUsd::from_json(&bad).is_err(), "{bad}");
         }
     }
 

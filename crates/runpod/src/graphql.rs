@@ -11,7 +11,6 @@ use url::Url;
 
 use crate::error::{Result, RunpodError, truncate_body};
 use crate::http::{self, Answer};
-use crate::money::micros_from_json;
 use crate::retry::{Idempotency, RetrySettings};
 
 /// The substring RunPod's out-of-capacity message is recognised by (third-party code matches the
@@ -253,7 +252,9 @@ impl TryFrom<WirePod> for Pod {
         let cost_per_hour_micros = match wire.cost_per_hr {
             None | Some(Value::Null) => None,
             Some(v) => Some(
-                micros_from_json(&v).map_err(|e| RunpodError::Decode(format!("costPerHr: {e}")))?,
+                loraforge_domain::MicroUsd::from_json(&v)
+                    .map_err(|e| RunpodError::Decode(format!("costPerHr: {e}")))?
+                    .micros(),
             ),
         };
         let runtime_up = matches!(wire.runtime, Some(ref v) if !v.is_null());

@@ -16,7 +16,6 @@
 mod error;
 mod graphql;
 mod http;
-pub mod money;
 mod pods;
 pub mod retry;
 mod serverless;

@@ -299,11 +299,11 @@ impl AiToolkitBackend {
         remote: &RemoteAttempt,
     ) -> Result<Job, BackendError> {
         let name = launch.instance_name.clone();
-        if launch.retry {
-            if let Some(job) = self.existing(&name).await? {
-                tracing::info!(job = %job.id, %name, "ai-toolkit job of an earlier launch found; using it");
-                return Ok(job);
-            }
+        if launch.retry
+            && let Some(job) = self.existing(&name).await?
+        {
+            tracing::info!(job = %job.id, %name, "ai-toolkit job of an earlier launch found; using it");
+            return Ok(job);
         }
         let job = remote
             .job()
@@ -582,10 +582,12 @@ impl TrainingBackend for AiToolkitBackend {
 
     async fn terminate(&self, i: &Instance, _ending: Ending) -> Result<Termination, BackendError> {
         // A delivery still running is of no use any more.
-        if let Some(t) = self.runs().get_mut(&i.provider_id) {
-            if let Some(slot) = &t.delivery {
-                slot.abort();
-            }
+        if let Some(slot) = self
+            .runs()
+            .get(&i.provider_id)
+            .and_then(|t| t.delivery.as_ref())
+        {
+            slot.abort();
         }
         match self.client.job(&i.provider_id).await {
             Ok(Some(job)) => {

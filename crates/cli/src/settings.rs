@@ -472,10 +472,10 @@ impl Settings {
         {
             bail!("{e}");
         }
-        if let Some(price) = &s.aitoolkit_price_per_hour {
-            if let Err(e) = loraforge_domain::MicroUsd::parse_dollars(price) {
-                bail!("aitoolkit_price_per_hour must be decimal dollars per hour like 0.69: {e}");
-            }
+        if let Some(price) = &s.aitoolkit_price_per_hour
+            && let Err(e) = loraforge_domain::MicroUsd::parse_dollars(price)
+        {
+            bail!("aitoolkit_price_per_hour must be decimal dollars per hour like 0.69: {e}");
         }
         if let Err(e) =
             loraforge_domain::MicroUsd::parse_dollars(&s.runpod_serverless_price_per_second)

@@ -124,6 +124,8 @@ pub(crate) struct State {
     pub failures: Vec<(String, String)>,
     /// Live trainer process groups, by job id.
     pub running: BTreeMap<String, i32>,
+    /// Step saves written so far (all jobs).
+    pub step_saves: usize,
 }
 
 #[derive(Debug)]
@@ -212,6 +214,11 @@ impl FakeAiToolkit {
             .lock()
             .failures
             .push((info.to_owned(), log.to_owned()));
+    }
+
+    /// How many step saves (`<name>_<step>.safetensors`) jobs have written.
+    pub fn step_saves_seen(&self) -> usize {
+        self.shared.lock().step_saves
     }
 
     /// Live trainer processes.

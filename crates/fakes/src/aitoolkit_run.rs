@@ -158,6 +158,10 @@ async fn run_job(shared: Arc<Shared>, id: String) {
             end(&shared, &id, "error", &e);
         }
     }
+    // Deleted while it ran: what the stopping trainer wrote on its way out goes too.
+    if !shared.lock().jobs.iter().any(|j| j.id == id) {
+        let _ = std::fs::remove_dir_all(&folder);
+    }
 }
 
 async fn train(
@@ -272,7 +276,9 @@ async fn train(
     std::fs::copy(&kohya, &final_file)
         .map_err(|e| format!("saving {}: {e}", final_file.display()))?;
     for step in checkpoints.iter().filter(|s| Some(**s) != total) {
-        let _ = std::fs::copy(&kohya, folder.join(format!("{name}_{step:09}.safetensors")));
+        if std::fs::copy(&kohya, folder.join(format!("{name}_{step:09}.safetensors"))).is_ok() {
+            shared.lock().step_saves += 1;
+        }
     }
     let samples = folder.join("samples");
     std::fs::create_dir_all(&samples).map_err(|e| e.to_string())?;

@@ -294,7 +294,7 @@ fn write(
         offset += len;
     }
     let mut json = Value::Object(head).to_string().into_bytes();
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut file = Vec::with_capacity(8 + json.len() + offset as usize);

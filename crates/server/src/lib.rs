@@ -45,8 +45,8 @@ pub use settings::{HttpSettings, ServerSettings};
 pub use state::AppState;
 
 use routes::{
-    admin, admin_backends, dataset_zip, datasets, events, files, health, lora_models, me, references,
-    webhooks, worker,
+    admin, admin_backends, dataset_zip, datasets, events, files, health, lora_models, me,
+    references, webhooks, worker,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

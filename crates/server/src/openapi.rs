@@ -26,8 +26,8 @@ use loraforge_domain::params::{ListRule, Rule, Text};
 
 use crate::routes::lora_models::MAX_DESCRIPTION_CHARS;
 use crate::routes::{
-    admin, admin_backends, dataset_zip, datasets, events, files, health, lora_models, me, references,
-    webhooks, worker,
+    admin, admin_backends, dataset_zip, datasets, events, files, health, lora_models, me,
+    references, webhooks, worker,
 };
 use crate::settings::ServerSettings;
 use crate::views;

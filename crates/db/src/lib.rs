@@ -29,7 +29,6 @@ mod common;
 pub mod postgres;
 pub mod seed;
 pub mod sqlite;
-mod terms;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 

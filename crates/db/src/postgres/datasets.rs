@@ -305,7 +305,6 @@ pub(super) async fn bulk_insert_library(repo: &PgRepository, rows: Vec<LibraryRo
             .execute(&mut *conn)
             .await?;
         }
-        super::terms::index_pending(conn).await?;
         Ok(Some(count))
     });
     done.map(|n| n.unwrap_or(0))

@@ -158,7 +158,6 @@ async fn create_in_tx(
     .execute(&mut *conn)
     .await
     .map_err(|e| duplicate_name(e, name))?;
-    super::terms::index_pending(conn).await?;
     sqlx::query("INSERT INTO training_jobs (lora_id, created_at) VALUES ($1, $2)")
         .bind(id)
         .bind(now)
@@ -317,9 +316,6 @@ pub(super) async fn list_loras(pool: &PgPool, query: &LoraQuery) -> Result<Page<
         .unwrap_or_default();
     let mut conn = pool.acquire().await?;
     if !words.is_empty() {
-        if let Some(plan) = super::terms::plan(&mut conn, query, &words).await? {
-            return super::terms::search(&mut conn, query, &plan).await;
-        }
         return search_loras(&mut conn, query, &tsquery(&words)).await;
     }
 
@@ -432,7 +428,6 @@ pub(super) async fn update_description(
     let id = id.as_uuid();
     let now = ts(now);
     let updated = in_write_tx!(repo, |conn| async {
-        super::terms::unindex(conn, id).await?;
         let status: Option<String> = sqlx::query_scalar(
             "UPDATE lora_models SET description = $1, updated_at = $2 WHERE id = $3 RETURNING training_status",
         )
@@ -444,7 +439,6 @@ pub(super) async fn update_description(
         let Some(status) = status else {
             return Ok(None);
         };
-        super::terms::index_pending(conn).await?;
         insert_event(
             conn,
             id,

@@ -74,7 +74,6 @@ mod library;
 mod retention;
 mod rows;
 mod runs;
-mod terms;
 mod users;
 
 /// How long to wait for a pooled connection before failing (the error is retryable).
@@ -96,7 +95,6 @@ impl PgRepository {
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         library::backfill_name_keys(&pool).await?;
-        terms::index_all(&pool).await?;
         Ok(Self {
             pool,
             faults: Faults::default(),

@@ -113,7 +113,6 @@ mod library;
 mod retention;
 mod rows;
 mod runs;
-mod terms;
 mod users;
 
 /// Address space each connection may map of the database file.
@@ -166,7 +165,6 @@ impl SqliteRepository {
         let pool = pool.connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         library::backfill_name_keys(&pool).await?;
-        terms::index_all(&pool).await?;
         Ok(Self {
             pool,
             faults: Faults::default(),

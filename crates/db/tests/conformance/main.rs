@@ -12,7 +12,6 @@ mod helpers;
 mod library;
 mod lifecycle;
 mod name_keys;
-mod search_terms;
 
 macro_rules! conformance {
     ($($module:ident :: $story:ident),* $(,)?) => {
@@ -77,5 +76,4 @@ conformance! {
     datasets::idempotent_lora_answers_before_any_work,
     library::search_pages_match_the_sorted_library,
     library::search_total_is_capped_and_flagged,
-    search_terms::term_search_is_the_sorted_library_filtered,
 }

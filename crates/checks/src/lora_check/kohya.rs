@@ -1,15 +1,32 @@
-//! kohya → diffusers: turns a kohya-style SDXL UNet LoRA (`lora_unet_<sgm name with _>` +
-//! `.lora_down.weight`, `.lora_up.weight`, `.alpha`; what ai-toolkit and sd-scripts save, and
-//! what our trainer writes as `model.kohya.safetensors`) into the diffusers form our trainer
-//! writes as `model.safetensors` (`unet.<diffusers module>.lora_A.weight` / `.lora_B.weight`,
-//! the alpha in the `lora_adapter_metadata` JSON as `lora_alpha`).
+//! kohya → diffusers: turns an SDXL UNet LoRA as kohya-style tools save it into the diffusers
+//! form our trainer writes as `model.safetensors` (`unet.<diffusers module>.lora_A.weight` /
+//! `.lora_B.weight`, the alpha in the `lora_adapter_metadata` JSON as `lora_alpha`).
 //!
-//! The module names are the inverse of `trainer/loraforge_trainer/export.py::sgm_module_name`
-//! (the sgm/LDM block numbering kohya-ss uses for SDXL), which needs the UNet's
-//! `layers_per_block` (2 for SDXL and for our tiny test model). Tensor bytes are copied as they
-//! are (same dtype, same shape); the header is parsed with the same bounds checks as
-//! [`inspect_lora`](super::inspect_lora). Text-encoder modules, mixed alphas and names that do
-//! not map are refused with the offending name, never guessed.
+//! Accepted UNet key forms (module + `.lora_down.weight`, `.lora_up.weight`, optional `.alpha`,
+//! unless noted), which may not name the same module twice:
+//! - sgm/LDM names, as sd-scripts, our trainer's `model.kohya.safetensors` and ai-toolkit before
+//!   July 2024 (its `stable_diffusion_locon_sdxl.json` keymap) write:
+//!   `lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_k`. The names are the inverse of
+//!   `trainer/loraforge_trainer/export.py::sgm_module_name`, which needs the UNet's
+//!   `layers_per_block` (2 for SDXL and for our tiny test model).
+//! - diffusers module paths flattened with `_`, what ai-toolkit writes for SDXL since it dropped
+//!   that keymap (`toolkit/lora_special.py` names each module `lora_unet` + its diffusers path
+//!   with `.` → `_`): `lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_k`.
+//!   The `_` are resolved against the SDXL UNet's module grammar ([`super::unet_names`]).
+//! - ai-toolkit's `peft_format` (a `network_kwargs` option): `unet.<diffusers path>` +
+//!   `.lora_A.weight` / `.lora_B.weight` and no alpha (ai-toolkit then trains with alpha = rank).
+//!
+//! Text-encoder LoRA tensors (`lora_te_`, `lora_te1_`, `lora_te2_`, `text_encoder.`,
+//! `text_encoder_2.`; ai-toolkit writes them when `train_text_encoder` is on) are refused, since
+//! our trainer and inference apply a UNet LoRA only and dropping a trained text encoder would
+//! change what the LoRA does — unless every text-encoder module is a no-op (its down or up
+//! weights all zero), in which case they are dropped and the count is recorded in the output's
+//! `loraforge.dropped_text_encoder_modules` metadata.
+//!
+//! Tensor bytes are copied as they are (same dtype, same shape); the header is parsed with the
+//! same bounds checks as [`inspect_lora`](super::inspect_lora). Mixed alphas and names that do
+//! not map are refused with the offending name, never guessed. Without alpha tensors the alpha
+//! is the rank (scale 1), as kohya and PEFT-format ai-toolkit files mean it.
 
 use std::collections::BTreeMap;
 
@@ -17,8 +34,9 @@ use serde_json::{Map, Value, json};
 
 use super::LoraError;
 use super::header::{Header, parse_header};
-use super::keys::{LoraFormat, Role, classify};
-use super::scan::read_scalar;
+use super::keys::{Role, classify};
+use super::scan::{all_zero, read_scalar};
+use super::unet_names::{Resolved, index, is_unet_module, resolve_flat};
 
 /// What the converter needs to know of the UNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,13 +56,22 @@ pub enum ConvertError {
     #[error("not a readable safetensors file: {0}")]
     File(#[from] LoraError),
     #[error(
-        "tensor {0:?} is not a kohya UNet LoRA tensor (expected lora_unet_….lora_down.weight, .lora_up.weight or .alpha)"
+        "tensor {0:?} is not an SDXL UNet LoRA tensor (expected lora_unet_<module>.lora_down.weight, .lora_up.weight or .alpha, or unet.<module>.lora_A.weight / .lora_B.weight)"
     )]
     UnknownKey(String),
-    #[error("tensor {0:?} belongs to a text encoder; only UNet LoRAs can be converted")]
+    #[error(
+        "tensor {0:?} is a trained text-encoder LoRA weight; only UNet LoRAs can be converted (retrain with the text encoder off)"
+    )]
     TextEncoder(String),
-    #[error("kohya module {0:?} has no diffusers SDXL UNet name")]
+    #[error("module {0:?} has no diffusers SDXL UNet name")]
     UnknownModule(String),
+    #[error("module {name:?} could be any of the UNet modules {candidates:?}")]
+    AmbiguousModule {
+        name: String,
+        candidates: Vec<String>,
+    },
+    #[error("modules {0:?} and {1:?} are the same UNet module ({2})")]
+    DuplicateModule(String, String, String),
     #[error("module {0:?} lacks its lora_down or lora_up tensor")]
     Unpaired(String),
     #[error("module {module:?} has an alpha that is not a scalar number")]
@@ -112,15 +139,13 @@ fn resnet(rest: &str) -> Option<String> {
     })
 }
 
-fn num(s: &str) -> Option<u32> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
+/// The inverse of export.py's `sgm_module_name`: an sgm (dotted) UNet module → its diffusers
+/// name, when that is a module of the UNet grammar ([`is_unet_module`]).
+pub fn diffusers_module_name(sgm: &str, layout: UnetLayout) -> Option<String> {
+    sgm_to_diffusers(sgm, layout).filter(|name| is_unet_module(name, layout))
 }
 
-/// The inverse of export.py's `sgm_module_name`: an sgm (dotted) UNet module → its diffusers name.
-pub fn diffusers_module_name(sgm: &str, layout: UnetLayout) -> Option<String> {
+fn sgm_to_diffusers(sgm: &str, layout: UnetLayout) -> Option<String> {
     const TOP: &[(&str, &str)] = &[
         ("input_blocks.0.0", "conv_in"),
         ("time_embed.0", "time_embedding.linear_1"),
@@ -138,7 +163,7 @@ pub fn diffusers_module_name(sgm: &str, layout: UnetLayout) -> Option<String> {
     let mut it = sgm.splitn(4, '.');
     let block = it.next()?;
     if block == "middle_block" {
-        let k = num(it.next()?)?;
+        let k = index(it.next()?)?;
         let rest = [it.next()?, it.next().unwrap_or("")]
             .iter()
             .filter(|s| !s.is_empty())
@@ -151,8 +176,8 @@ pub fn diffusers_module_name(sgm: &str, layout: UnetLayout) -> Option<String> {
             _ => None,
         };
     }
-    let n = num(it.next()?)?;
-    let m = num(it.next()?)?;
+    let n = index(it.next()?)?;
+    let m = index(it.next()?)?;
     let rest = it.next().unwrap_or("");
     match block {
         "input_blocks" if n >= 1 => {
@@ -184,38 +209,102 @@ pub fn diffusers_module_name(sgm: &str, layout: UnetLayout) -> Option<String> {
     }
 }
 
-/// Converts a kohya UNet LoRA file into the diffusers form (a new safetensors file). The source
-/// metadata is kept and `lora_adapter_metadata` added (as diffusers writes it).
+/// Text-encoder prefixes (kohya, ai-toolkit's PEFT format, diffusers).
+const TEXT_ENCODER_PREFIXES: &[&str] = &[
+    "lora_te_",
+    "lora_te1_",
+    "lora_te2_",
+    "lora_te.",
+    "lora_te1.",
+    "lora_te2.",
+    "text_encoder.",
+    "text_encoder_2.",
+];
+
+/// The diffusers UNet module (dotted, no `unet.`) a LoRA module name stands for.
+fn unet_module(module: &str, tensor: &str, layout: UnetLayout) -> Result<String, ConvertError> {
+    if let Some(dotted_name) = module.strip_prefix("unet.") {
+        return is_unet_module(dotted_name, layout)
+            .then(|| dotted_name.to_owned())
+            .ok_or_else(|| ConvertError::UnknownModule(module.to_owned()));
+    }
+    let Some(flat) = module.strip_prefix("lora_unet_") else {
+        return Err(ConvertError::UnknownKey(tensor.to_owned()));
+    };
+    // sgm names start with input_blocks/middle_block/output_blocks/time_embed/label_emb/out,
+    // diffusers paths never do, so at most one of the two can match.
+    if let Some(name) = diffusers_module_name(&dotted(flat), layout) {
+        return Ok(name);
+    }
+    match resolve_flat(flat, layout) {
+        Resolved::One(name) => Ok(name),
+        Resolved::Many(candidates) => Err(ConvertError::AmbiguousModule {
+            name: module.to_owned(),
+            candidates,
+        }),
+        Resolved::None => Err(ConvertError::UnknownModule(module.to_owned())),
+    }
+}
+
+/// A module's tensors as the converter collects them.
+#[derive(Default)]
+struct Seen {
+    source: String,
+    down: bool,
+    up: bool,
+}
+
+/// A text-encoder module: for each of down and up, `Some(all zero)` once seen.
+#[derive(Default)]
+struct TextEncoderModule<'a> {
+    down: Option<(bool, &'a str)>,
+    up: Option<bool>,
+}
+
+/// Converts an SDXL UNet LoRA file in one of the forms above into the diffusers form (a new
+/// safetensors file). The source metadata is kept and `lora_adapter_metadata` added (as
+/// diffusers writes it).
 pub fn kohya_to_diffusers(bytes: &[u8], layout: UnetLayout) -> Result<Vec<u8>, ConvertError> {
     let header = parse_header(bytes)?;
     let mut out: Vec<(String, &super::header::TensorInfo)> = Vec::new();
-    let mut modules: BTreeMap<String, (bool, bool)> = BTreeMap::new();
+    let mut modules: BTreeMap<String, Seen> = BTreeMap::new();
+    let mut text_encoder: BTreeMap<&str, TextEncoderModule> = BTreeMap::new();
     let mut alphas: Vec<f64> = Vec::new();
     let mut rank = 0u64;
     for t in &header.tensors {
-        if t.name.starts_with("lora_te") {
-            return Err(ConvertError::TextEncoder(t.name.clone()));
-        }
-        let Some((format, module, role)) = classify(&t.name) else {
+        let Some((_, module, role)) = classify(&t.name) else {
             return Err(ConvertError::UnknownKey(t.name.clone()));
         };
-        let Some(kohya) = module.strip_prefix("lora_unet_") else {
-            return Err(ConvertError::UnknownKey(t.name.clone()));
-        };
-        if format.is_some_and(|f| f != LoraFormat::Kohya) {
-            return Err(ConvertError::UnknownKey(t.name.clone()));
+        if TEXT_ENCODER_PREFIXES.iter().any(|p| module.starts_with(p)) {
+            let zero = all_zero(t.dtype, header.data(bytes, t));
+            let entry = text_encoder.entry(module).or_default();
+            match role {
+                Role::Down => entry.down = Some((zero, t.name.as_str())),
+                Role::Up => entry.up = Some(zero),
+                Role::Alpha => {}
+            }
+            continue;
         }
-        let name = diffusers_module_name(&dotted(kohya), layout)
-            .ok_or_else(|| ConvertError::UnknownModule(module.to_owned()))?;
-        let entry = modules.entry(module.to_owned()).or_default();
+        let name = unet_module(module, &t.name, layout)?;
+        let entry = modules.entry(name.clone()).or_insert_with(|| Seen {
+            source: module.to_owned(),
+            ..Seen::default()
+        });
+        if entry.source != module {
+            return Err(ConvertError::DuplicateModule(
+                entry.source.clone(),
+                module.to_owned(),
+                name,
+            ));
+        }
         match role {
             Role::Down => {
-                entry.0 = true;
+                entry.down = true;
                 rank = rank.max(t.shape.first().copied().unwrap_or(0));
                 out.push((format!("unet.{name}.lora_A.weight"), t));
             }
             Role::Up => {
-                entry.1 = true;
+                entry.up = true;
                 out.push((format!("unet.{name}.lora_B.weight"), t));
             }
             Role::Alpha => {
@@ -232,8 +321,18 @@ pub fn kohya_to_diffusers(bytes: &[u8], layout: UnetLayout) -> Result<Vec<u8>, C
             }
         }
     }
-    if let Some((m, _)) = modules.iter().find(|(_, (d, u))| !(*d && *u)) {
-        return Err(ConvertError::Unpaired(m.clone()));
+    if let Some(m) = modules.values().find(|m| !(m.down && m.up)) {
+        return Err(ConvertError::Unpaired(m.source.clone()));
+    }
+    for (module, te) in &text_encoder {
+        match (te.down, te.up) {
+            (Some((down_zero, tensor)), Some(up_zero)) => {
+                if !(down_zero || up_zero) {
+                    return Err(ConvertError::TextEncoder(tensor.to_owned()));
+                }
+            }
+            _ => return Err(ConvertError::Unpaired((*module).to_owned())),
+        }
     }
     if out.is_empty() {
         return Err(ConvertError::Empty);
@@ -245,6 +344,12 @@ pub fn kohya_to_diffusers(bytes: &[u8], layout: UnetLayout) -> Result<Vec<u8>, C
     // No alpha tensors: kohya's rule is alpha = rank (scale 1).
     let alpha = alphas.first().copied().unwrap_or(rank as f64);
     let mut metadata = header.metadata.clone();
+    if !text_encoder.is_empty() {
+        metadata.insert(
+            "loraforge.dropped_text_encoder_modules".to_owned(),
+            text_encoder.len().to_string(),
+        );
+    }
     let mut targets: Vec<&str> = out
         .iter()
         .filter_map(|(n, _)| n.strip_suffix(".lora_A.weight"))
@@ -307,231 +412,5 @@ fn write(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::testutil::Writer;
-    use super::super::{LoraRules, inspect_lora};
-    use super::*;
-
-    #[test]
-    fn sgm_names_map_back_to_diffusers() {
-        let l = UnetLayout::SDXL;
-        let cases = [
-            (
-                "input_blocks.4.1.transformer_blocks.0.attn1.to_q",
-                "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
-            ),
-            (
-                "input_blocks.5.1.proj_in",
-                "down_blocks.1.attentions.1.proj_in",
-            ),
-            (
-                "input_blocks.1.0.in_layers.2",
-                "down_blocks.0.resnets.0.conv1",
-            ),
-            (
-                "input_blocks.2.0.emb_layers.1",
-                "down_blocks.0.resnets.1.time_emb_proj",
-            ),
-            (
-                "input_blocks.4.0.skip_connection",
-                "down_blocks.1.resnets.0.conv_shortcut",
-            ),
-            ("input_blocks.3.0.op", "down_blocks.0.downsamplers.0.conv"),
-            ("input_blocks.6.0.op", "down_blocks.1.downsamplers.0.conv"),
-            (
-                "middle_block.1.transformer_blocks.9.ff.net.2",
-                "mid_block.attentions.0.transformer_blocks.9.ff.net.2",
-            ),
-            ("middle_block.2.out_layers.3", "mid_block.resnets.1.conv2"),
-            ("output_blocks.2.2.conv", "up_blocks.0.upsamplers.0.conv"),
-            ("output_blocks.8.1.conv", "up_blocks.2.upsamplers.0.conv"),
-            (
-                "output_blocks.4.1.transformer_blocks.0.attn2.to_out.0",
-                "up_blocks.1.attentions.1.transformer_blocks.0.attn2.to_out.0",
-            ),
-            (
-                "output_blocks.7.0.out_layers.3",
-                "up_blocks.2.resnets.1.conv2",
-            ),
-            ("time_embed.0", "time_embedding.linear_1"),
-        ];
-        for (sgm, want) in cases {
-            assert_eq!(
-                diffusers_module_name(sgm, l).as_deref(),
-                Some(want),
-                "{sgm}"
-            );
-        }
-        for bad in [
-            "input_blocks.3.0.in_layers.2",
-            "output_blocks.1.3.x",
-            "nowhere.1.1",
-            "input_blocks.x.1.proj_in",
-            "middle_block.5.x",
-        ] {
-            assert_eq!(diffusers_module_name(bad, l), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn underscored_names_are_split_at_known_words() {
-        assert_eq!(
-            dotted("output_blocks_4_1_transformer_blocks_0_attn2_to_out_0"),
-            "output_blocks.4.1.transformer_blocks.0.attn2.to_out.0"
-        );
-        assert_eq!(
-            dotted("input_blocks_1_0_in_layers_2"),
-            "input_blocks.1.0.in_layers.2"
-        );
-        assert_eq!(
-            dotted("middle_block_1_transformer_blocks_0_ff_net_0_proj"),
-            "middle_block.1.transformer_blocks.0.ff.net.0.proj"
-        );
-    }
-
-    fn kohya_file() -> Vec<u8> {
-        Writer::new()
-            .meta("format", "pt")
-            .meta("loraforge.base_model", "/m")
-            .f16(
-                "lora_unet_input_blocks_4_1_proj_in.lora_down.weight",
-                &[4, 8],
-            )
-            .f16("lora_unet_input_blocks_4_1_proj_in.lora_up.weight", &[8, 4])
-            .scalar_f32("lora_unet_input_blocks_4_1_proj_in.alpha", 8.0)
-            .f16(
-                "lora_unet_output_blocks_2_2_conv.lora_down.weight",
-                &[4, 8, 3, 3],
-            )
-            .f16(
-                "lora_unet_output_blocks_2_2_conv.lora_up.weight",
-                &[8, 4, 1, 1],
-            )
-            .scalar_f32("lora_unet_output_blocks_2_2_conv.alpha", 8.0)
-            .build()
-    }
-
-    #[test]
-    fn converts_into_a_diffusers_file_the_check_accepts() {
-        let src = kohya_file();
-        let out = kohya_to_diffusers(&src, UnetLayout::SDXL).unwrap();
-        let report = inspect_lora(
-            &out,
-            &LoraRules {
-                min_bytes: 0,
-                ..LoraRules::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(report.format, LoraFormat::Diffusers);
-        assert_eq!(report.rank, 4);
-        assert_eq!(report.alpha, Some(8.0));
-        assert_eq!(report.modules, 2);
-        let h = parse_header(&out).unwrap();
-        let names: Vec<&str> = h.tensors.iter().map(|t| t.name.as_str()).collect();
-        assert!(names.contains(&"unet.down_blocks.1.attentions.0.proj_in.lora_A.weight"));
-        assert!(names.contains(&"unet.up_blocks.0.upsamplers.0.conv.lora_B.weight"));
-        assert_eq!(
-            h.metadata.get("loraforge.base_model").map(String::as_str),
-            Some("/m")
-        );
-        assert_eq!(h.metadata.get("format").map(String::as_str), Some("pt"));
-        // The bytes are the source's.
-        let src_h = parse_header(&src).unwrap();
-        let a = src_h
-            .tensors
-            .iter()
-            .find(|t| t.name == "lora_unet_input_blocks_4_1_proj_in.lora_down.weight")
-            .unwrap();
-        let b = h
-            .tensors
-            .iter()
-            .find(|t| t.name == "unet.down_blocks.1.attentions.0.proj_in.lora_A.weight")
-            .unwrap();
-        assert_eq!(src_h.data(&src, a), h.data(&out, b));
-        assert_eq!(b.shape, vec![4, 8]);
-    }
-
-    #[test]
-    fn hostile_inputs_are_refused_with_the_reason() {
-        let l = UnetLayout::SDXL;
-        assert!(matches!(
-            kohya_to_diffusers(b"garbage", l),
-            Err(ConvertError::File(_))
-        ));
-        let mut truncated = kohya_file();
-        truncated.truncate(truncated.len() - 3);
-        assert!(matches!(
-            kohya_to_diffusers(&truncated, l),
-            Err(ConvertError::File(_))
-        ));
-        let unknown = Writer::new().f16("model.weight", &[2, 2]).build();
-        assert_eq!(
-            kohya_to_diffusers(&unknown, l),
-            Err(ConvertError::UnknownKey("model.weight".into()))
-        );
-        let te = Writer::new()
-            .f16(
-                "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
-                &[4, 8],
-            )
-            .build();
-        assert!(matches!(
-            kohya_to_diffusers(&te, l),
-            Err(ConvertError::TextEncoder(_))
-        ));
-        let nowhere = Writer::new()
-            .f16("lora_unet_nowhere_1_1_x.lora_down.weight", &[4, 8])
-            .f16("lora_unet_nowhere_1_1_x.lora_up.weight", &[8, 4])
-            .build();
-        assert!(matches!(
-            kohya_to_diffusers(&nowhere, l),
-            Err(ConvertError::UnknownModule(_))
-        ));
-        let unpaired = Writer::new()
-            .f16(
-                "lora_unet_input_blocks_4_1_proj_in.lora_down.weight",
-                &[4, 8],
-            )
-            .build();
-        assert!(matches!(
-            kohya_to_diffusers(&unpaired, l),
-            Err(ConvertError::Unpaired(_))
-        ));
-        let mixed = Writer::new()
-            .f16(
-                "lora_unet_input_blocks_4_1_proj_in.lora_down.weight",
-                &[4, 8],
-            )
-            .f16("lora_unet_input_blocks_4_1_proj_in.lora_up.weight", &[8, 4])
-            .scalar_f32("lora_unet_input_blocks_4_1_proj_in.alpha", 8.0)
-            .f16(
-                "lora_unet_input_blocks_4_1_proj_out.lora_down.weight",
-                &[4, 8],
-            )
-            .f16(
-                "lora_unet_input_blocks_4_1_proj_out.lora_up.weight",
-                &[8, 4],
-            )
-            .scalar_f32("lora_unet_input_blocks_4_1_proj_out.alpha", 4.0)
-            .build();
-        assert!(matches!(
-            kohya_to_diffusers(&mixed, l),
-            Err(ConvertError::MixedAlphas(_))
-        ));
-        let nan_alpha = Writer::new()
-            .f16(
-                "lora_unet_input_blocks_4_1_proj_in.lora_down.weight",
-                &[4, 8],
-            )
-            .f16("lora_unet_input_blocks_4_1_proj_in.lora_up.weight", &[8, 4])
-            .scalar_f32("lora_unet_input_blocks_4_1_proj_in.alpha", f32::NAN)
-            .build();
-        assert!(matches!(
-            kohya_to_diffusers(&nan_alpha, l),
-            Err(ConvertError::BadAlpha { .. })
-        ));
-        let empty = Writer::new().build();
-        assert!(kohya_to_diffusers(&empty, l).is_err());
-    }
-}
+#[path = "tests_kohya.rs"]
+mod tests;

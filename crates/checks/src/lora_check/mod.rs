@@ -10,6 +10,7 @@ mod header;
 mod keys;
 mod kohya;
 mod scan;
+mod unet_names;
 
 #[cfg(test)]
 mod tests;

@@ -127,6 +127,25 @@ fn classify_non_finite(d: Dtype, bytes: &[u8]) -> (u64, u64) {
     (nan, inf)
 }
 
+/// Whether every element is zero (`-0.0` included); a dtype without a zero (F8_E8M0) never is.
+pub fn all_zero(d: Dtype, bytes: &[u8]) -> bool {
+    fn masked<const N: usize>(bytes: &[u8], mask: u64) -> bool {
+        bytes.chunks(N).all(|c| {
+            let mut word = [0u8; 8];
+            word[..c.len()].copy_from_slice(c);
+            u64::from_le_bytes(word) & mask == 0
+        })
+    }
+    match d {
+        Dtype::F16 | Dtype::Bf16 => masked::<2>(bytes, 0x7fff),
+        Dtype::F32 | Dtype::C64 => masked::<4>(bytes, 0x7fff_ffff),
+        Dtype::F64 => masked::<8>(bytes, 0x7fff_ffff_ffff_ffff),
+        Dtype::F8E5M2 | Dtype::F8E4M3 => bytes.iter().all(|b| b & 0x7f == 0),
+        Dtype::F8E8M0 => bytes.is_empty(),
+        _ => bytes.iter().all(|b| *b == 0),
+    }
+}
+
 /// A scalar's value as f64, for alpha tensors; `None` if it is not a single float or integer.
 pub fn read_scalar(d: Dtype, bytes: &[u8]) -> Option<f64> {
     Some(match (d, bytes.len()) {

@@ -6,7 +6,7 @@ use anyhow::bail;
 use super::Settings;
 
 /// Every backend `LORAFORGE_BACKENDS` may name, in the order the docs list them.
-pub const BACKEND_NAMES: &[&str] = &[
+pub(crate) const BACKEND_NAMES: &[&str] = &[
     "local",
     "runpod",
     "runpod-serverless",
@@ -16,7 +16,7 @@ pub const BACKEND_NAMES: &[&str] = &[
 ];
 
 /// `local, runpod, … and/or aitoolkit`, for messages.
-pub fn backend_choices() -> String {
+pub(crate) fn backend_choices() -> String {
     let (last, rest) = BACKEND_NAMES.split_last().expect("backends are named");
     format!("{} and/or {last}", rest.join(", "))
 }

@@ -14,7 +14,7 @@ mod backends;
 mod describe;
 mod private;
 
-pub use backends::{BACKEND_NAMES, backend_choices};
+pub use backends::backend_choices;
 use private::write_private;
 pub use private::{absolute, create_private_dir, restrict_umask};
 
@@ -119,7 +119,7 @@ pub struct Settings {
     /// Where training runs, in order of preference: `local` (this host), `runpod` (GPU pods),
     /// `runpod-serverless` (jobs on a RunPod Serverless endpoint), `replicate` (Replicate
     /// trainings of our Cog model), `docker` (containers on a Docker host), `aitoolkit` (an
-    /// ai-toolkit UI's job queue) ([`BACKEND_NAMES`]). A job goes to the first admitted one
+    /// ai-toolkit UI's job queue) (`backends::BACKEND_NAMES`). A job goes to the first admitted one
     /// with room.
     pub backends: Vec<String>,
     /// RunPod API key (for `runpod` and `runpod-serverless`). Secret.

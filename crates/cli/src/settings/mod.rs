@@ -14,7 +14,7 @@ mod backends;
 mod describe;
 mod private;
 
-pub use backends::backend_choices;
+pub(crate) use backends::backend_choices;
 use private::write_private;
 pub use private::{absolute, create_private_dir, restrict_umask};
 

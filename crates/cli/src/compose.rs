@@ -371,6 +371,12 @@ fn docker_backend(s: &Settings) -> anyhow::Result<loraforge_docker::DockerBacken
     docker.network = s.docker_network.clone().filter(|n| !n.trim().is_empty());
     docker.max_runs = s.docker_max_runs.max(1);
     docker.observe_every = Duration::from_secs(s.docker_observe_secs.max(1));
+    docker.price_per_hour = s
+        .docker_price_per_hour
+        .as_deref()
+        .map(loraforge_domain::MicroUsd::parse_dollars)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("docker_price_per_hour: {e}"))?;
     // Base weights from the Hugging Face hub may need a token; the container gets it, nothing
     // else of this process's environment.
     if let Ok(token) = std::env::var("HF_TOKEN") {

@@ -417,7 +417,7 @@ impl TrainingBackend for DockerBackend {
         let launched = |id: String| Launched {
             provider_id: id,
             gpu_type: self.settings.gpus.describe(),
-            price_per_hour: None,
+            price_per_hour: self.settings.price_per_hour,
         };
         // A retried launch whose first answer was lost may have made (and started) the container.
         if launch.retry

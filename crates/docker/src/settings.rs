@@ -120,6 +120,9 @@ pub struct DockerSettings {
     pub pull_wait: Duration,
     /// How often the engine lists the containers.
     pub observe_every: Duration,
+    /// What the Docker host costs per hour while a container runs (recorded on each run; the
+    /// engine bills from the run's start to its container's confirmed removal). `None`: no cost.
+    pub price_per_hour: Option<loraforge_domain::MicroUsd>,
 }
 
 impl DockerSettings {
@@ -140,6 +143,7 @@ impl DockerSettings {
             pull_timeout: Duration::from_secs(30 * 60),
             pull_wait: Duration::from_secs(15),
             observe_every: Duration::from_secs(5),
+            price_per_hour: None,
         }
     }
 }

@@ -107,6 +107,7 @@ async fn a_container_gets_the_workers_env_gpus_limits_and_labels_and_is_removed_
     s.memory_mb = Some(2048);
     s.nano_cpus = Some(parse_cpus("1.5").unwrap());
     s.network = Some("loraforge-net".into());
+    s.price_per_hour = Some(loraforge_domain::MicroUsd::parse_dollars("0.69").unwrap());
     s.env = vec![
         ("HF_TOKEN".into(), "hf-abc".into()),
         ("OUT".into(), out.display().to_string()),
@@ -115,6 +116,11 @@ async fn a_container_gets_the_workers_env_gpus_limits_and_labels_and_is_removed_
     let l = launch(LoraId::new(), 1, false);
     let launched = b.launch(&l).await.unwrap();
     assert_eq!(launched.gpu_type.as_deref(), Some("docker:all"));
+    assert_eq!(
+        launched.price_per_hour,
+        Some(loraforge_domain::MicroUsd(690_000)),
+        "the host's price is recorded on the run"
+    );
 
     let c = fake.container(&launched.provider_id).unwrap();
     assert_eq!(c.name, l.instance_name);
@@ -365,6 +371,7 @@ async fn a_host_without_the_gpus_asked_for_has_no_capacity() {
             .is_empty()
     );
     assert_eq!(launched.gpu_type, None);
+    assert_eq!(launched.price_per_hour, None, "no price set: no cost");
 }
 
 #[tokio::test]

@@ -37,10 +37,15 @@ pub(super) fn check(s: &Settings) -> anyhow::Result<()> {
     {
         bail!("{e}");
     }
-    if let Some(price) = &s.aitoolkit_price_per_hour
-        && let Err(e) = loraforge_domain::MicroUsd::parse_dollars(price)
-    {
-        bail!("aitoolkit_price_per_hour must be decimal dollars per hour like 0.69: {e}");
+    for (key, price) in [
+        ("aitoolkit_price_per_hour", &s.aitoolkit_price_per_hour),
+        ("docker_price_per_hour", &s.docker_price_per_hour),
+    ] {
+        if let Some(price) = price
+            && let Err(e) = loraforge_domain::MicroUsd::parse_dollars(price)
+        {
+            bail!("{key} must be decimal dollars per hour like 0.69: {e}");
+        }
     }
     Ok(())
 }

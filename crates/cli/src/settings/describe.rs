@@ -247,6 +247,10 @@ impl Settings {
                 self.aitoolkit_price_per_hour.clone().unwrap_or_default(),
             ),
             (
+                "docker_price_per_hour",
+                self.docker_price_per_hour.clone().unwrap_or_default(),
+            ),
+            (
                 "aitoolkit_observe_secs",
                 self.aitoolkit_observe_secs.to_string(),
             ),

@@ -195,6 +195,9 @@ pub struct Settings {
     pub aitoolkit_gpu_ids: String,
     /// What the ai-toolkit host costs per hour, decimal dollars; none records no cost.
     pub aitoolkit_price_per_hour: Option<String>,
+    /// What the Docker host costs per hour while a container runs, decimal dollars; none records
+    /// no cost.
+    pub docker_price_per_hour: Option<String>,
     /// How often ai-toolkit's jobs are read (progress, end), seconds.
     pub aitoolkit_observe_secs: u64,
     /// Steps between two training checkpoints (each is uploaded to the blob store, so a lost

@@ -376,16 +376,8 @@ impl FakeDocker {
     }
 
     pub async fn try_start(config: FakeDockerConfig) -> io::Result<Self> {
-        let (logs_dir, temp_logs) = match &config.logs_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir)?;
-                (dir.clone(), None)
-            }
-            None => {
-                let temp = tempfile::Builder::new().prefix("fake-docker-").tempdir()?;
-                (temp.path().to_owned(), Some(temp))
-            }
-        };
+        let (logs_dir, temp_logs) =
+            crate::folder_or_temp(config.logs_dir.as_deref(), "fake-docker-")?;
         let listener = tokio::net::TcpListener::bind(config.bind).await?;
         let addr = listener.local_addr()?;
         let unix = match &config.unix_socket {

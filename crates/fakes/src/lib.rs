@@ -145,6 +145,24 @@ pub struct JobSnapshot {
     pub log_path: PathBuf,
 }
 
+/// A fake's working folder: `configured` (created), else a new temporary one (named with
+/// `prefix`) that lives as long as the returned guard.
+pub(crate) fn folder_or_temp(
+    configured: Option<&Path>,
+    prefix: &str,
+) -> io::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match configured {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            Ok((dir.to_owned(), None))
+        }
+        None => {
+            let temp = tempfile::Builder::new().prefix(prefix).tempdir()?;
+            Ok((temp.path().to_owned(), Some(temp)))
+        }
+    }
+}
+
 /// A running fake. Dropping it stops the server and kills every process it started.
 pub struct FakeRunpod {
     shared: Arc<Shared>,
@@ -172,16 +190,8 @@ impl FakeRunpod {
     }
 
     pub async fn try_start(config: FakeConfig) -> io::Result<Self> {
-        let (logs_dir, temp_logs) = match &config.logs_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir)?;
-                (dir.clone(), None)
-            }
-            None => {
-                let temp = tempfile::Builder::new().prefix("fake-runpod-").tempdir()?;
-                (temp.path().to_owned(), Some(temp))
-            }
-        };
+        let (logs_dir, temp_logs) =
+            crate::folder_or_temp(config.logs_dir.as_deref(), "fake-runpod-")?;
         let listener = tokio::net::TcpListener::bind(config.bind).await?;
         let addr = listener.local_addr()?;
         let shared = Shared::new(config, logs_dir);

@@ -195,18 +195,8 @@ impl FakeReplicate {
     }
 
     pub async fn try_start(config: ReplicateConfig) -> io::Result<Self> {
-        let (work_dir, temp) = match &config.work_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir)?;
-                (dir.clone(), None)
-            }
-            None => {
-                let temp = tempfile::Builder::new()
-                    .prefix("fake-replicate-")
-                    .tempdir()?;
-                (temp.path().to_owned(), Some(temp))
-            }
-        };
+        let (work_dir, temp) =
+            crate::folder_or_temp(config.work_dir.as_deref(), "fake-replicate-")?;
         let listener = tokio::net::TcpListener::bind(config.bind).await?;
         let addr = listener.local_addr()?;
         let http = reqwest::Client::builder()

@@ -91,20 +91,5 @@ async fn once(request: reqwest::RequestBuilder) -> Result<Answer, Failure> {
 
 /// A transport error's text without the URL, with its causes.
 pub(crate) fn transport(error: reqwest::Error) -> ReplicateError {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "could not connect"
-    } else {
-        "request failed"
-    };
-    let error = error.without_url();
-    let mut text = format!("{kind}: {error}");
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    ReplicateError::Transport(text)
+    ReplicateError::Transport(loraforge_stdx::http_error_text(error))
 }

@@ -97,22 +97,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 /// A transport error's text without the URL (which may carry `?api_key=`), with its causes.
 pub(crate) fn transport(error: reqwest::Error) -> RunpodError {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "could not connect"
-    } else {
-        "request failed"
-    };
-    let error = error.without_url();
-    let mut text = format!("{kind}: {error}");
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    RunpodError::Transport(text)
+    RunpodError::Transport(loraforge_stdx::http_error_text(error))
 }
 
 #[cfg(test)]

@@ -33,6 +33,29 @@ pub async fn next_line(reader: &mut (impl AsyncBufRead + Unpin), max: usize) -> 
     }
 }
 
+/// A transport error's text for logs and run records: what went wrong ("timed out", "could not
+/// connect", "request failed") and every cause, without the URL (a provider's URL may carry a
+/// key or a signature).
+#[cfg(feature = "reqwest")]
+pub fn http_error_text(error: reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    };
+    let error = error.without_url();
+    let mut text = format!("{kind}: {error}");
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::BufReader;
@@ -63,27 +86,4 @@ mod tests {
         );
         assert_eq!(next_line(&mut r, MAX).await, None);
     }
-}
-
-/// A transport error's text for logs and run records: what went wrong ("timed out", "could not
-/// connect", "request failed") and every cause, without the URL (a provider's URL may carry a
-/// key or a signature).
-#[cfg(feature = "reqwest")]
-pub fn http_error_text(error: reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "could not connect"
-    } else {
-        "request failed"
-    };
-    let error = error.without_url();
-    let mut text = format!("{kind}: {error}");
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

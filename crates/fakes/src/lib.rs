@@ -41,6 +41,7 @@ mod replicate_run;
 mod replicate_server;
 mod server;
 mod state;
+pub mod trainer;
 
 pub use config::{
     EndpointSpec, FakeConfig, GpuType, ImageSpec, TerminateUnknown, TerminatedPods, parse_price,

@@ -1,71 +1,14 @@
 //! Shared set-up: the fake ai-toolkit, the trainer's interpreter, the tiny model.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::Duration;
 
 use loraforge_aitoolkit::{AiToolkitClient, ClientSettings};
 use loraforge_fakes::aitoolkit::{FakeAiToolkit, ToolkitConfig, ToolkitTrainer};
 
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repo root")
-}
-
-/// The trainer venv's interpreter (`scripts/trainer-env.sh`), or LORAFORGE_TEST_TRAINER_PYTHON.
-pub fn trainer_python() -> PathBuf {
-    if let Some(p) = std::env::var_os("LORAFORGE_TEST_TRAINER_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("HOME").expect("HOME");
-    let cache = std::env::var_os("LORAFORGE_CACHE")
-        .map_or_else(|| Path::new(&home).join(".cache/loraforge"), PathBuf::from);
-    let python = cache.join("venv-trainer/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/trainer-env.sh (scripts/test.sh does)",
-        python.display()
-    );
-    python
-}
-
-pub fn trainer_env() -> Vec<(String, String)> {
-    vec![
-        (
-            "PYTHONPATH".into(),
-            repo_root().join("trainer").display().to_string(),
-        ),
-        ("HF_HUB_OFFLINE".into(), "1".into()),
-        ("OMP_NUM_THREADS".into(), "1".into()),
-        ("LORAFORGE_TORCH_THREADS".into(), "1".into()),
-    ]
-}
-
-/// The tiny SDXL-shaped pipeline, built once per test binary.
-pub fn tiny_model() -> &'static Path {
-    static MODEL: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &MODEL
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let model = dir.path().join("tiny-sdxl");
-            let out = std::process::Command::new(trainer_python())
-                .args(["-m", "loraforge_trainer.testing", "tiny-sdxl"])
-                .arg(&model)
-                .envs(trainer_env())
-                .output()
-                .expect("run python");
-            assert!(
-                out.status.success(),
-                "building the tiny model failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            (dir, model)
-        })
-        .1
-}
+#[allow(unused_imports)] // each test binary uses some
+pub use loraforge_fakes::trainer::{repo_root, tiny_model, trainer_env, trainer_python};
 
 pub fn trainer() -> ToolkitTrainer {
     ToolkitTrainer {

@@ -5,7 +5,7 @@
 
 pub mod service;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// `loraforge` in `dir`, with every `LORAFORGE_*` variable of this process removed.
@@ -54,20 +54,4 @@ pub fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// The trainer's venv interpreter (`scripts/trainer-env.sh` builds it; `scripts/test.sh` runs
-/// that first), or LORAFORGE_TEST_TRAINER_PYTHON. Missing, the test fails and says so.
-pub fn trainer_python() -> PathBuf {
-    if let Some(p) = std::env::var_os("LORAFORGE_TEST_TRAINER_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("HOME").expect("HOME");
-    let cache = std::env::var_os("LORAFORGE_CACHE")
-        .map_or_else(|| Path::new(&home).join(".cache/loraforge"), PathBuf::from);
-    let python = cache.join("venv-trainer/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/trainer-env.sh (scripts/test.sh does)",
-        python.display()
-    );
-    python
-}
+pub use loraforge_fakes::trainer::trainer_python;

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use loraforge_fakes::ImageSpec;
@@ -13,49 +12,8 @@ use serde_json::{Value, json};
 
 use super::{loraforge, noise_png, strip_ansi, trainer_python};
 
-/// The checkout's root (the trainer's sources are under `trainer/`).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repo root")
-}
-
-/// The environment the trainer runs with in these tests: our sources, offline, one torch thread.
-pub fn trainer_env() -> Vec<(String, String)> {
-    vec![
-        (
-            "PYTHONPATH".into(),
-            repo_root().join("trainer").display().to_string(),
-        ),
-        ("HF_HUB_OFFLINE".into(), "1".into()),
-        ("OMP_NUM_THREADS".into(), "1".into()),
-        ("LORAFORGE_TORCH_THREADS".into(), "1".into()),
-    ]
-}
-
-/// The tiny SDXL-shaped pipeline, built once per test binary.
-pub fn tiny_model() -> &'static Path {
-    static MODEL: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &MODEL
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let model = dir.path().join("tiny-sdxl");
-            let out = std::process::Command::new(trainer_python())
-                .args(["-m", "loraforge_trainer.testing", "tiny-sdxl"])
-                .arg(&model)
-                .envs(trainer_env())
-                .output()
-                .expect("run python");
-            assert!(
-                out.status.success(),
-                "building the tiny model failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            (dir, model)
-        })
-        .1
-}
+#[allow(unused_imports)] // each test binary uses some
+pub use loraforge_fakes::trainer::{repo_root, tiny_model, trainer_env};
 
 /// A running `loraforge serve`, stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Service {

@@ -19,6 +19,7 @@ mod dispatch;
 mod engine;
 mod refusals;
 mod router;
+mod runs;
 mod settings;
 pub mod supervise;
 mod sweep;

@@ -104,7 +104,8 @@ impl ToolkitJob {
     }
 }
 
-/// One API call the fake answered: method and path (no query).
+/// One API call the fake took: method, path (no query) and the status it answered (0 while the
+/// call is still being answered).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolkitCall {
     pub method: String,

@@ -61,6 +61,17 @@ async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
             _ => None,
         }
     };
+    // The call is on record before its handler runs, so a test that sees the handler's effect
+    // (a dataset gone) also sees the call; its status is filled in once answered (0 until then).
+    let index = {
+        let mut st = shared.lock();
+        st.calls.push(ToolkitCall {
+            method,
+            path: path.clone(),
+            status: 0,
+        });
+        st.calls.len() - 1
+    };
     let response = if let Some(status) = injected {
         error(
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -71,11 +82,9 @@ async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
     } else {
         next.run(request).await
     };
-    shared.lock().calls.push(ToolkitCall {
-        method,
-        path,
-        status: response.status().as_u16(),
-    });
+    if let Some(call) = shared.lock().calls.get_mut(index) {
+        call.status = response.status().as_u16();
+    }
     response
 }
 

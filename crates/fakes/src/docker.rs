@@ -168,7 +168,8 @@ pub struct ContainerSnapshot {
     pub log_path: PathBuf,
 }
 
-/// One request the fake answered: method, path without the version prefix, status.
+/// One request the fake took: method, path without the version prefix, status (0 while it is
+/// still being answered).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DockerCall {
     pub method: String,

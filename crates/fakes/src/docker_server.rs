@@ -86,6 +86,19 @@ async fn handle(State(shared): State<Arc<DockerShared>>, request: Request) -> Re
             (shared.config.fail_rate > 0.0 && st.draw() < shared.config.fail_rate).then_some(500)
         })
     };
+    // On record before it is answered (status 0 until then): a test that sees the call's effect
+    // also sees the call.
+    let index = {
+        let mut st = shared.lock();
+        st.calls.push(DockerCall {
+            method: method.to_string(),
+            version,
+            path: path.clone(),
+            query: query.clone(),
+            status: 0,
+        });
+        st.calls.len() - 1
+    };
     let response = match injected {
         Some(status) => error(
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -93,13 +106,9 @@ async fn handle(State(shared): State<Arc<DockerShared>>, request: Request) -> Re
         ),
         None => dispatch(&shared, &method, &path, &query_map(&query), &body).await,
     };
-    shared.lock().calls.push(DockerCall {
-        method: method.to_string(),
-        version,
-        path,
-        query,
-        status: response.status().as_u16(),
-    });
+    if let Some(call) = shared.lock().calls.get_mut(index) {
+        call.status = response.status().as_u16();
+    }
     response
 }
 

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use ledger::LedgerStore;
 use loraforge_domain::breaker::{Breaker, BreakerEvent, BreakerRules, BreakerState};
 use loraforge_domain::{
     DailyWindow, Dataset, DatasetId, DatasetQuota, DatasetUsage, LoraId, LoraModel, LoraName,
@@ -26,6 +27,7 @@ use loraforge_domain::{
 };
 
 mod common;
+pub mod ledger;
 pub mod postgres;
 pub mod seed;
 pub mod sqlite;
@@ -488,7 +490,7 @@ pub struct LibraryRow {
 }
 
 #[async_trait]
-pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
+pub trait Repository: Send + Sync + std::fmt::Debug + 'static + ledger::LedgerStore {
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<()>;
 

@@ -5,6 +5,7 @@
 //! rule can be tested at any instant.
 
 pub mod breaker;
+pub mod budget;
 pub mod caption;
 pub mod clock;
 pub mod creator;

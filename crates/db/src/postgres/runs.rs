@@ -251,25 +251,41 @@ pub(super) async fn record_instance_gone(
 ) -> Result<bool> {
     repo.faults.check(FaultPoint::InstanceGone)?;
     let run_id = id.as_uuid();
-    let now = ts(now);
+    let at = ts(now);
     let recorded = in_write_tx!(repo, |conn| async {
-        let lora: Option<Uuid> = sqlx::query_scalar(
+        let run: Option<(Uuid, String)> = sqlx::query_as(
             "UPDATE training_runs SET instance_gone_at = $1, cost_micros = $2 \
-             WHERE id = $3 AND instance_gone_at IS NULL RETURNING lora_id",
+             WHERE id = $3 AND instance_gone_at IS NULL RETURNING lora_id, backend",
         )
-        .bind(now)
+        .bind(at)
         .bind(cost.micros())
         .bind(run_id)
         .fetch_optional(&mut *conn)
         .await?;
-        let Some(lora) = lora else { return Ok(None) };
-        sqlx::query(
-            "UPDATE lora_models SET training_cost_micros = training_cost_micros + $1 WHERE id = $2",
+        let Some((lora, backend)) = run else {
+            return Ok(None);
+        };
+        let user: Uuid = sqlx::query_scalar(
+            "UPDATE lora_models SET training_cost_micros = training_cost_micros + $1 WHERE id = $2 \
+             RETURNING user_id",
         )
         .bind(cost.micros())
         .bind(lora)
-        .execute(&mut *conn)
+        .fetch_one(&mut *conn)
         .await?;
+        // The ledger's entry for the run, in the same commit (training_cost = sum of entries).
+        let entry = crate::ledger::NewCostEntry {
+            lora_id: lora.into(),
+            user_id: user.into(),
+            backend: Some(backend),
+            kind: loraforge_domain::budget::CostKind::Gpu,
+            month: loraforge_domain::budget::month_key(now),
+            amount: cost,
+            run_id: Some(id),
+            idempotency_key: loraforge_domain::budget::gpu_entry_key(id),
+            created_at: now,
+        };
+        super::ledger::insert_entry(conn, &entry).await?;
         Ok(Some(()))
     })?;
     Ok(recorded.is_some())

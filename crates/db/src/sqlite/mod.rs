@@ -109,6 +109,7 @@ macro_rules! in_write_tx {
 mod breakers;
 mod datasets;
 mod jobs;
+mod ledger;
 mod library;
 mod retention;
 mod rows;

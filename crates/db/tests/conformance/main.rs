@@ -9,6 +9,7 @@ mod create;
 mod datasets;
 mod engine;
 mod helpers;
+mod ledger;
 mod library;
 mod lifecycle;
 mod name_keys;
@@ -76,4 +77,6 @@ conformance! {
     datasets::idempotent_lora_answers_before_any_work,
     library::search_pages_match_the_sorted_library,
     library::search_total_is_capped_and_flagged,
+    ledger::run_costs_are_ledger_entries_and_training_cost_is_their_sum,
+    ledger::the_budget_override_and_alert_claims_are_shared,
 }

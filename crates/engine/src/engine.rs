@@ -237,6 +237,8 @@ impl Engine {
         self.time_out(now, &mut report).await?;
         self.advance_runs(now, &mut report).await?;
         self.reap(now, &mut report).await?;
+        let gate_errors = self.router.refresh_gates(now).await;
+        report.errors.extend(gate_errors);
         self.dispatch(now, &mut report).await?;
         Ok(report)
     }

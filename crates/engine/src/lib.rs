@@ -13,6 +13,8 @@
 mod after_training;
 mod backend;
 pub mod backends;
+mod budget;
+mod budget_metrics;
 #[cfg(feature = "test-support")]
 pub mod conformance;
 mod dispatch;
@@ -29,6 +31,7 @@ pub use backend::{
     BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Termination,
     TrainingBackend, WorkerTokens,
 };
+pub use budget::{BudgetGate, BudgetRefresh, BudgetSettings};
 pub use engine::{Engine, TickReport};
 pub use router::LaunchGate;
 pub use settings::{EngineSettings, human_duration};

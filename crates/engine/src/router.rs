@@ -22,6 +22,16 @@ use crate::backend::TrainingBackend;
 pub trait LaunchGate: Send + Sync + std::fmt::Debug + 'static {
     /// `Err(why)` when `backend` must not get a new run now.
     fn admits(&self, backend: &str, now: DateTime<Utc>) -> std::result::Result<(), String>;
+
+    /// Brings the state `admits` answers from up to date (a budget reads the ledger here); the
+    /// engine awaits it once per tick, before dispatch. `Err(why)` is reported in the tick and
+    /// the gate keeps answering from its previous state.
+    fn refresh(
+        &self,
+        _now: DateTime<Utc>,
+    ) -> futures::future::BoxFuture<'_, std::result::Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// The backend chosen for a run.
@@ -77,6 +87,17 @@ impl Router {
             map.insert(s.breaker.backend.clone(), s.breaker);
         }
         Ok(())
+    }
+
+    /// Refreshes every gate ([`LaunchGate::refresh`]); the failures, for the tick's report.
+    pub(crate) async fn refresh_gates(&self, now: DateTime<Utc>) -> Vec<String> {
+        let mut errors = Vec::new();
+        for g in &self.gates {
+            if let Err(e) = g.refresh(now).await {
+                errors.push(e);
+            }
+        }
+        errors
     }
 
     fn breaker(&self, backend: &str) -> Breaker {

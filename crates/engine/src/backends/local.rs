@@ -60,6 +60,9 @@ pub struct LocalBackendSettings {
     pub kill_grace: Duration,
     /// How long a worker that finished may take to exit on its own before it is stopped.
     pub finish_grace: Duration,
+    /// What this host costs per hour while a run goes (`LORAFORGE_LOCAL_PRICE_PER_HOUR`; none
+    /// or 0 records runs at no cost).
+    pub price_per_hour: Option<loraforge_domain::MicroUsd>,
 }
 
 impl LocalBackendSettings {
@@ -74,6 +77,7 @@ impl LocalBackendSettings {
             max_concurrent: 1,
             kill_grace: Duration::from_secs(10),
             finish_grace: Duration::from_secs(10),
+            price_per_hour: None,
         }
     }
 }
@@ -436,7 +440,7 @@ impl TrainingBackend for LocalBackend {
         Ok(Launched {
             provider_id: id,
             gpu_type: None,
-            price_per_hour: None,
+            price_per_hour: self.settings.price_per_hour,
         })
     }
 

@@ -5,6 +5,7 @@
 //! does).
 
 mod breaker;
+mod budget;
 mod chaos;
 mod dispatch;
 mod helpers;

@@ -19,6 +19,7 @@ pub mod rate_limit;
 pub mod routes;
 pub mod settings;
 pub mod state;
+pub mod storage_accrual;
 pub mod views;
 pub mod webhook;
 pub mod zip;
@@ -45,8 +46,8 @@ pub use settings::{HttpSettings, ServerSettings};
 pub use state::AppState;
 
 use routes::{
-    admin, admin_backends, dataset_zip, datasets, events, files, health, lora_models, me,
-    references, webhooks, worker,
+    admin, admin_backends, admin_costs, dataset_zip, datasets, events, files, health, lora_models,
+    me, references, webhooks, worker,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -116,6 +117,9 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             "/api/v1/admin/backends/{name}/breaker",
             admin_backends::force,
         )
+        .route(Method::GET, "/api/v1/admin/budget", admin_costs::get_budget)
+        .route(Method::PUT, "/api/v1/admin/budget", admin_costs::put_budget)
+        .route(Method::GET, "/api/v1/admin/stats", admin_costs::stats)
         .route(Method::GET, "/api/v1/worker/jobs/{id}", worker::job)
         .route(
             Method::POST,

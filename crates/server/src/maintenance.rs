@@ -31,8 +31,9 @@ pub async fn sweep_validation_images(
     Ok(deleted)
 }
 
-/// Sweeps every `every` until `shutdown` resolves: validation images past their 30 days, and the
-/// dataset sweep (`dataset_sweep`, one replica at a time). Failures are logged; the next sweep
+/// Sweeps every `every` until `shutdown` resolves: validation images past their 30 days, the
+/// month's storage costs (`storage_accrual`, idempotent) and the dataset sweep (`dataset_sweep`,
+/// one replica at a time). Failures are logged; the next sweep
 /// retries.
 pub async fn run(
     state: AppState,
@@ -51,6 +52,20 @@ pub async fn run(
                     Ok(0) => {}
                     Ok(n) => tracing::info!(deleted = n, "validation images past their 30 days removed"),
                     Err(e) => tracing::warn!(error = %e, "sweeping old validation images failed"),
+                }
+                let now = state.now();
+                let month = loraforge_domain::budget::month_key(now);
+                match crate::storage_accrual::accrue_storage(
+                    state.repo(),
+                    state.settings().costs.storage_price_per_gb_month,
+                    &month,
+                    now,
+                )
+                .await
+                {
+                    Ok(a) if a.charged > 0 => tracing::info!(month = %month, loras = a.charged, amount = %a.amount, "storage costs recorded"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "recording storage costs failed"),
                 }
                 let r = crate::dataset_sweep::sweep_datasets(
                     state.repo(),

@@ -26,8 +26,8 @@ use loraforge_domain::params::{ListRule, Rule, Text};
 
 use crate::routes::lora_models::MAX_DESCRIPTION_CHARS;
 use crate::routes::{
-    admin, admin_backends, dataset_zip, datasets, events, files, health, lora_models, me,
-    references, webhooks, worker,
+    admin, admin_backends, admin_costs, dataset_zip, datasets, events, files, health, lora_models,
+    me, references, webhooks, worker,
 };
 use crate::settings::ServerSettings;
 use crate::views;
@@ -48,6 +48,7 @@ use crate::views;
         lora_models::list, lora_models::create, references::from_references, lora_models::get, lora_models::status,
         lora_models::cancel, lora_models::patch, events::events,
         me::me, me::patch, me::limits, admin::review, admin_backends::list, admin_backends::force,
+        admin_costs::get_budget, admin_costs::put_budget, admin_costs::stats,
         worker::job, worker::progress, worker::checkpoint, worker::result, worker::failure,
         files::get_file, files::put_file, dataset_zip::dataset_zip, webhooks::replicate,
     ),
@@ -61,6 +62,8 @@ use crate::views;
         lora_models::CreateLoraRequest, lora_models::PatchLora, admin::ReviewBody, admin::Decision,
         admin_backends::BackendsView, admin_backends::BackendView, admin_backends::TransitionView,
         admin_backends::ForceBreaker, admin_backends::ForcedState,
+        admin_costs::BudgetView, admin_costs::SetBudget, admin_costs::StatsView,
+        admin_costs::SpendLine, admin_costs::UserCount, admin_costs::ReuseCount,
         loraforge_domain::ParamsInput, webhooks::WebhookAnswer,
     )),
     modifiers(&SecuritySchemes),

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use loraforge_checks::LoraRules;
-use loraforge_domain::{DatasetQuota, DatasetRetention, DatasetRules, ParamLimits, UsageLimits};
+use loraforge_domain::{
+    DatasetQuota, DatasetRetention, DatasetRules, MicroUsd, ParamLimits, UsageLimits,
+};
 use loraforge_fetch::FetchSettings;
 
 use crate::webhook::WebhookKey;
@@ -57,6 +59,29 @@ pub struct ServerSettings {
     /// The Replicate account's webhook signing key (`POST /api/v1/webhooks/replicate`); `None`:
     /// the route answers 404 `webhook_not_configured`.
     pub replicate_webhook_key: Option<WebhookKey>,
+    /// The system budget and the storage price (`LORAFORGE_MONTHLY_BUDGET_USD`, …).
+    pub costs: CostSettings,
+}
+
+/// Money settings the API and the maintenance loop need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CostSettings {
+    /// The monthly budget when no admin set one (`PUT /api/v1/admin/budget` overrides it).
+    pub monthly_budget: MicroUsd,
+    /// The budget warning's threshold, percent.
+    pub alert_percent: u32,
+    /// What a GB (10^9 bytes) of stored LoRA files costs per month.
+    pub storage_price_per_gb_month: MicroUsd,
+}
+
+impl Default for CostSettings {
+    fn default() -> Self {
+        Self {
+            monthly_budget: MicroUsd::from_dollars(200),
+            alert_percent: 75,
+            storage_price_per_gb_month: MicroUsd(23_000),
+        }
+    }
 }
 
 /// How long the HTTP server waits for a client, and how many it serves at once.
@@ -161,6 +186,7 @@ impl Default for ServerSettings {
             decode_wait: Duration::from_secs(30),
             http: HttpSettings::default(),
             replicate_webhook_key: None,
+            costs: CostSettings::default(),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod admin_backends;
+pub mod admin_costs;
 pub mod dataset_zip;
 pub mod datasets;
 pub mod events;

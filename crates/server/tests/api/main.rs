@@ -4,6 +4,7 @@ mod helpers;
 mod image_server;
 
 mod admin_backends;
+mod admin_costs;
 mod auth;
 mod dataset_zip;
 mod datasets;

@@ -17,7 +17,8 @@ use loraforge_domain::{
 };
 use loraforge_engine::backends::{LocalBackend, LocalBackendSettings};
 use loraforge_engine::{
-    AfterTraining, Engine, EngineSettings, TrainingBackend, ValidationRules, WorkerTokens,
+    AfterTraining, BudgetGate, Engine, EngineSettings, TrainingBackend, ValidationRules,
+    WorkerTokens,
 };
 use loraforge_fetch::{FetchSettings, HostPattern};
 use loraforge_server::settings::{ValidationSettings, WorkerApiSettings};
@@ -89,6 +90,7 @@ pub fn server_settings(s: &Settings) -> ServerSettings {
             max_connections: s.http_max_connections.max(1),
         },
         replicate_webhook_key: s.replicate_webhook_key(),
+        costs: s.cost_settings(),
         ..ServerSettings::default()
     }
 }
@@ -164,6 +166,7 @@ pub fn engine(
     args.extend(["--out", "{out}"].map(str::to_owned));
     local.args_template = args;
     local.max_concurrent = s.training_concurrency;
+    local.price_per_hour = s.local_price()?;
     // The worker stops the trainer with SIGTERM; the trainer finishes its step and checkpoints.
     local.kill_grace = Duration::from_secs(20);
     // A local worker outlives a crash of `serve` (its own process group, talking to the service
@@ -247,9 +250,12 @@ pub fn engine(
             crate::settings::backend_choices()
         );
     }
+    // The system budget: asked before every launch, refreshed by every tick.
+    let budget = Arc::new(BudgetGate::new(repo.clone(), s.budget_settings()));
     Ok(
         Engine::new(repo, Arc::new(SystemClock), backends, settings, after)
-            .with_worker_tokens(tokens),
+            .with_worker_tokens(tokens)
+            .with_gate(budget),
     )
 }
 

@@ -297,6 +297,16 @@ impl Settings {
                 self.validation_scorer.clone().unwrap_or_default(),
             ),
             ("debug_fail_uploads", self.debug_fail_uploads.to_string()),
+            ("monthly_budget_usd", self.monthly_budget_usd.clone()),
+            (
+                "budget_alert_percent",
+                self.budget_alert_percent.to_string(),
+            ),
+            (
+                "storage_price_per_gb_month",
+                self.storage_price_per_gb_month.clone(),
+            ),
+            ("local_price_per_hour", self.local_price_per_hour.clone()),
             ("decode_budget_bytes", self.decode_budget_bytes.to_string()),
             ("decode_wait_secs", self.decode_wait_secs.to_string()),
             (

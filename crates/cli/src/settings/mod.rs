@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::Deserialize;
 
 mod backends;
+mod costs;
 mod describe;
 mod private;
 
@@ -239,6 +240,17 @@ pub struct Settings {
     pub validation_scorer: Option<String>,
     /// Testing only: refuse the first this-many worker uploads with 503.
     pub debug_fail_uploads: u32,
+    /// The system budget per UTC month, decimal dollars; new jobs wait queued once the month's
+    /// spend plus what running jobs are expected to cost would pass it. An admin's
+    /// `PUT /api/v1/admin/budget` overrides it.
+    pub monthly_budget_usd: String,
+    /// The budget warning alert's threshold, percent of the budget (1–100).
+    pub budget_alert_percent: u32,
+    /// What a GB (10^9 bytes) of stored LoRA files costs per month, decimal dollars (the cost
+    /// ledger's `storage` entries).
+    pub storage_price_per_gb_month: String,
+    /// What this host costs per hour while a `local` run goes, decimal dollars (0: free).
+    pub local_price_per_hour: String,
     /// Bytes of decoded pixels all image checks together may hold at once; an image needing
     /// more alone is refused (`too_large_to_decode`), others wait for room.
     pub decode_budget_bytes: u64,
@@ -358,6 +370,10 @@ impl Settings {
             .set_default("validation_similarity_threshold", 0.7)?
             .set_default("validation_auto_approve", false)?
             .set_default("debug_fail_uploads", 0)?
+            .set_default("monthly_budget_usd", "200")?
+            .set_default("budget_alert_percent", 75)?
+            .set_default("storage_price_per_gb_month", "0.023")?
+            .set_default("local_price_per_hour", "0")?
             .set_default("decode_budget_bytes", 192 * 1024 * 1024)?
             .set_default("decode_wait_secs", 30)?
             .set_default("http_header_timeout_secs", 30)?
@@ -454,6 +470,7 @@ impl Settings {
         s.backends.retain(|b| !b.trim().is_empty());
         s.runpod_gpu_types.retain(|g| !g.trim().is_empty());
         backends::check(&s)?;
+        costs::check(&s)?;
         if let Err(e) =
             loraforge_domain::MicroUsd::parse_dollars(&s.runpod_serverless_price_per_second)
         {

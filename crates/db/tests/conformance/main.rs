@@ -6,6 +6,7 @@
 
 mod breakers;
 mod create;
+mod credits;
 mod datasets;
 mod engine;
 mod helpers;
@@ -76,4 +77,8 @@ conformance! {
     datasets::idempotent_lora_answers_before_any_work,
     library::search_pages_match_the_sorted_library,
     library::search_total_is_capped_and_flagged,
+    credits::grants_reserves_and_history_add_up,
+    credits::concurrent_creates_never_overdraw,
+    credits::a_crash_between_reserve_and_deduct_charges_once,
+    credits::failure_and_cancel_refund_in_full,
 }

@@ -57,6 +57,19 @@ pub struct ServerSettings {
     /// The Replicate account's webhook signing key (`POST /api/v1/webhooks/replicate`); `None`:
     /// the route answers 404 `webhook_not_configured`.
     pub replicate_webhook_key: Option<WebhookKey>,
+    /// Quotes and credits (`LORAFORGE_CREDITS`, the backends' prices).
+    pub credits: CreditSettings,
+}
+
+/// Quotes (`POST /api/v1/quotes`) and credits (seed 003).
+#[derive(Debug, Clone, Default)]
+pub struct CreditSettings {
+    /// Creates reserve their quote from the owner's credits; off: no credits are kept.
+    pub enabled: bool,
+    /// Each backend's configured price per hour, by backend name (per-second prices × 3600). A
+    /// backend missing here (RunPod pods: priced per pod at launch; `local`) is quoted from its
+    /// runs' recorded prices, or without a cost.
+    pub prices_per_hour: std::collections::BTreeMap<String, loraforge_domain::MicroUsd>,
 }
 
 /// How long the HTTP server waits for a client, and how many it serves at once.
@@ -161,6 +174,7 @@ impl Default for ServerSettings {
             decode_wait: Duration::from_secs(30),
             http: HttpSettings::default(),
             replicate_webhook_key: None,
+            credits: CreditSettings::default(),
         }
     }
 }

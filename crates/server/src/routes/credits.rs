@@ -150,8 +150,10 @@ pub struct GrantView {
 #[utoipa::path(post, path = "/api/v1/admin/users/{id}/credits", request_body = GrantBody, tag = "admin",
     security(("bearer" = [])), params(("id" = Uuid, Path)),
     responses((status = 201, body = GrantView),
-        (status = 400, description = "invalid_json, invalid_user_id or invalid_amount", body = ErrorBody),
+        (status = 400, description = "invalid_json or invalid_amount", body = ErrorBody),
         (status = 403, body = ErrorBody),
+        (status = 404, description = "not_found: the id is not a user id (a UUID)", body = ErrorBody),
+        (status = 413, description = "payload_too_large", body = ErrorBody),
         (status = 422, description = "reason_required or invalid_reason", body = ErrorBody)))]
 pub async fn grant(
     State(state): State<AppState>,
@@ -162,12 +164,8 @@ pub async fn grant(
     if !user.is_admin {
         return Err(ApiError::forbidden("only admins can grant credits"));
     }
-    let target: UserId = id.parse().map_err(|_| {
-        ApiError::bad_request(
-            "invalid_user_id",
-            "the user id must be a UUID (the JWT subject)",
-        )
-    })?;
+    // Any UUID is a user: credits may be granted before the user's first request.
+    let target: UserId = id.parse().map_err(|_| ApiError::not_found("user"))?;
     let Json(body) = body.map_err(|e| {
         ApiError::bad_request(
             "invalid_json",

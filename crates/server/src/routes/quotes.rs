@@ -42,6 +42,7 @@ pub struct QuoteBody {
     responses((status = 200, body = QuotesView),
         (status = 400, description = "invalid_json, invalid_request or invalid_params (with `field`)", body = ErrorBody),
         (status = 401, body = ErrorBody),
+        (status = 413, description = "payload_too_large", body = ErrorBody),
         (status = 422, description = "base_model_not_allowed or incompatible_params", body = ErrorBody)))]
 pub async fn create_quote(
     State(state): State<AppState>,

@@ -48,7 +48,8 @@ fn entry_row(row: &SqliteRow) -> Result<CreditEntry> {
     })
 }
 
-/// Inserts one entry; a per-LoRA kind already written is skipped (`false`).
+/// Inserts one entry and returns its id; a per-LoRA kind already written is skipped (`None`).
+#[allow(clippy::too_many_arguments)] // one per column of the entry
 async fn insert_entry(
     conn: &mut SqliteConnection,
     user: &str,

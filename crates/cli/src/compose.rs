@@ -91,7 +91,39 @@ pub fn server_settings(s: &Settings) -> ServerSettings {
         },
         replicate_webhook_key: s.replicate_webhook_key(),
         costs: s.cost_settings(),
+        credits: credit_settings(s),
         ..ServerSettings::default()
+    }
+}
+
+/// Credits on or off, and each backend's configured price per hour for quotes (settings are
+/// checked at load, so a price that does not parse is left out rather than failing here). RunPod
+/// pods and `local` have no configured price: their quotes use the prices their runs recorded.
+fn credit_settings(s: &Settings) -> loraforge_server::settings::CreditSettings {
+    let per_hour = |p: &str| loraforge_domain::MicroUsd::parse_dollars(p).ok();
+    let per_second =
+        |p: &str| per_hour(p).map(|m| loraforge_domain::MicroUsd(m.0.saturating_mul(3600)));
+    let prices = [
+        (
+            "docker",
+            s.docker_price_per_hour.as_deref().and_then(per_hour),
+        ),
+        (
+            "aitoolkit",
+            s.aitoolkit_price_per_hour.as_deref().and_then(per_hour),
+        ),
+        (
+            "runpod-serverless",
+            per_second(&s.runpod_serverless_price_per_second),
+        ),
+        ("replicate", per_second(&s.replicate_price_per_second)),
+    ];
+    loraforge_server::settings::CreditSettings {
+        enabled: s.credits == "on",
+        prices_per_hour: prices
+            .into_iter()
+            .filter_map(|(name, p)| Some((name.to_owned(), p?)))
+            .collect(),
     }
 }
 

@@ -429,3 +429,24 @@ fn assert_everything_is_private(root: &std::path::Path) {
         );
     }
 }
+
+#[test]
+fn credits_are_off_by_default_and_only_on_or_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let listing = stdout(loraforge(dir.path()).arg("config"));
+    assert_eq!(config_value(&listing, "credits"), "off");
+    let listing = stdout(
+        loraforge(dir.path())
+            .arg("config")
+            .env("LORAFORGE_CREDITS", "on"),
+    );
+    assert_eq!(config_value(&listing, "credits"), "on");
+    let out = loraforge(dir.path())
+        .arg("config")
+        .env("LORAFORGE_CREDITS", "maybe")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("credits must be on or off"), "{err}");
+}

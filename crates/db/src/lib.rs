@@ -28,11 +28,16 @@ use loraforge_domain::{
 
 mod common;
 pub mod ledger;
+pub mod credits;
 pub mod postgres;
 pub mod seed;
 pub mod sqlite;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+
+pub use credits::{
+    CreditEntry, CreditStore, CreditSummary, DueReservation, NewCreditGrant, SettledCredits,
+};
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
@@ -48,6 +53,12 @@ pub enum DbError {
     DuplicateName(String),
     #[error("monthly limit reached: {used} of {limit} used")]
     MonthlyLimitReached { used: u32, limit: u32 },
+    /// The create's reservation does not fit the owner's available credits (nothing created).
+    #[error("not enough credits: {} available, {} needed", .summary.available.0, .price.0)]
+    InsufficientCredits {
+        summary: CreditSummary,
+        price: MicroUsd,
+    },
     #[error("this Idempotency-Key was already used for a different request")]
     IdempotencyKeyReused,
     #[error(transparent)]
@@ -175,6 +186,10 @@ pub struct NewLora {
     pub dataset_id: DatasetId,
     pub params: TrainingParams,
     pub idempotency: Option<IdempotencyKey>,
+    /// With credits on: the amount reserved from the owner's credits in the create's
+    /// transaction (`InsufficientCredits` when it does not fit what is available). `None`: no
+    /// reservation (credits off). An idempotent replay reserves nothing.
+    pub reserve: Option<MicroUsd>,
     pub now: DateTime<Utc>,
 }
 
@@ -490,7 +505,7 @@ pub struct LibraryRow {
 }
 
 #[async_trait]
-pub trait Repository: Send + Sync + std::fmt::Debug + 'static + ledger::LedgerStore {
+pub trait Repository: Send + Sync + std::fmt::Debug + 'static + ledger::LedgerStore + CreditStore {
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<()>;
 

@@ -1,6 +1,7 @@
 //! The one way a LoRA is created, shared by `POST /api/v1/lora-models` and the reference-image
 //! intake: per-user rate limit, then the repository's atomic create (idempotency key, dataset
-//! ownership, duplicate name, monthly limit), then a wake-up for SSE streams.
+//! ownership, duplicate name, monthly limit and, with credits on, the reservation of the quote),
+//! then a wake-up for SSE streams.
 
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -49,6 +50,15 @@ pub async fn create_lora(
     }
     let window = MonthlyWindow::containing(now);
     let limit = state.settings().limits.monthly_loras;
+    // With credits on, the quote of the first backend in router order is reserved in the
+    // create's own transaction (402 `insufficient_credits` when it does not fit).
+    let reserve = if state.settings().credits.enabled {
+        Some(crate::quotes::reservation(
+            &crate::quotes::quote(state, &input.params).await?,
+        ))
+    } else {
+        None
+    };
     let new = NewLora {
         id: LoraId::new(),
         owner: user.id,
@@ -58,6 +68,7 @@ pub async fn create_lora(
         dataset_id: input.dataset_id,
         params: input.params,
         idempotency: input.idempotency,
+        reserve,
         now,
     };
     let outcome = match state

@@ -189,6 +189,26 @@ impl From<DbError> for ApiError {
                 .with("limit", q.limit)
                 .with("used", q.used)
             }
+            DbError::InsufficientCredits { summary, price } => {
+                use crate::quotes::usd;
+                ApiError::new(
+                    StatusCode::PAYMENT_REQUIRED,
+                    "insufficient_credits",
+                    format!(
+                        "this training is quoted at ${} and you have ${} of credits available (${} held for trainings in progress); ask an admin for credits or lower steps or resolution",
+                        usd(price),
+                        usd(summary.available),
+                        usd(summary.reserved)
+                    ),
+                )
+                .with("balance_micros", summary.balance.0)
+                .with("balance_usd", usd(summary.balance))
+                .with("reserved_micros", summary.reserved.0)
+                .with("available_micros", summary.available.0)
+                .with("available_usd", usd(summary.available))
+                .with("price_micros", price.0)
+                .with("price_usd", usd(price))
+            }
             e if e.is_retryable() => ApiError::unavailable("database unavailable", &e),
             e => ApiError::internal("database error", &e),
         }

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod body;
 pub mod create;
+pub mod credits;
 pub mod dataset_sweep;
 pub mod downloads;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod library_cache;
 pub mod maintenance;
 pub mod openapi;
 pub mod quota;
+pub mod quotes;
 pub mod rate_limit;
 pub mod routes;
 pub mod settings;
@@ -45,6 +47,8 @@ pub use error::ApiError;
 pub use settings::{HttpSettings, ServerSettings};
 pub use state::AppState;
 
+use routes::credits as credit_routes;
+use routes::quotes as quote_routes;
 use routes::{
     admin, admin_backends, admin_costs, dataset_zip, datasets, events, files, health, lora_models,
     me, references, webhooks, worker,
@@ -106,6 +110,13 @@ fn routes(settings: &ServerSettings) -> RouteTable {
         .route(Method::GET, "/api/v1/me", me::me)
         .route(Method::PATCH, "/api/v1/me", me::patch)
         .route(Method::GET, "/api/v1/me/limits", me::limits)
+        .route(Method::GET, "/api/v1/me/credits", credit_routes::mine)
+        .route(Method::POST, "/api/v1/quotes", quote_routes::create_quote)
+        .route(
+            Method::POST,
+            "/api/v1/admin/users/{id}/credits",
+            credit_routes::grant,
+        )
         .route(
             Method::POST,
             "/api/v1/admin/lora-models/{id}/review",

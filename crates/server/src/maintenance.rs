@@ -34,6 +34,9 @@ pub async fn sweep_validation_images(
 /// Sweeps every `every` until `shutdown` resolves: validation images past their 30 days, the
 /// month's storage costs (`storage_accrual`, idempotent) and the dataset sweep (`dataset_sweep`,
 /// one replica at a time). Failures are logged; the next sweep
+/// Sweeps every `every` until `shutdown` resolves: validation images past their 30 days, and the
+/// dataset sweep (`dataset_sweep`, one replica at a time); and settles credit reservations every
+/// `credits::RECONCILE_EVERY` (`credits::reconcile_credits`). Failures are logged; the next sweep
 /// retries.
 pub async fn run(
     state: AppState,
@@ -44,9 +47,23 @@ pub async fn run(
     let holder = format!("replica-{}", uuid::Uuid::new_v4());
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut credits = tokio::time::interval(crate::credits::RECONCILE_EVERY.min(every));
+    credits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = &mut shutdown => return,
+            _ = credits.tick() => {
+                // Settles reservations of finished LoRAs (credits on or not: one left by a
+                // time credits were on is still settled).
+                match crate::credits::reconcile_credits(state.repo(), state.now()).await {
+                    Ok(r) if r.charged + r.refunded > 0 => tracing::info!(
+                        charged = r.charged, refunded = r.refunded, deducted_micros = r.deducted.0,
+                        "credit reservations settled"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "settling credit reservations failed; the next round retries"),
+                }
+            }
             _ = interval.tick() => {
                 match sweep_validation_images(state.store(), state.now(), VALIDATION_IMAGE_TTL).await {
                     Ok(0) => {}

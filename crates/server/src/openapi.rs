@@ -28,6 +28,8 @@ use crate::routes::lora_models::MAX_DESCRIPTION_CHARS;
 use crate::routes::{
     admin, admin_backends, admin_costs, dataset_zip, datasets, events, files, health, lora_models,
     me, references, webhooks, worker,
+    admin, admin_backends, credits, dataset_zip, datasets, events, files, health, lora_models, me,
+    quotes, references, webhooks, worker,
 };
 use crate::settings::ServerSettings;
 use crate::views;
@@ -51,6 +53,7 @@ use crate::views;
         admin_costs::get_budget, admin_costs::put_budget, admin_costs::stats,
         worker::job, worker::progress, worker::checkpoint, worker::result, worker::failure,
         files::get_file, files::put_file, dataset_zip::dataset_zip, webhooks::replicate,
+        quotes::create_quote, credits::mine, credits::grant,
     ),
     components(schemas(
         views::LoraList, views::LoraListItem, views::CreatorView, views::LoraDetails, views::StatusView, views::AttemptView, views::MoneyView,
@@ -65,6 +68,8 @@ use crate::views;
         admin_costs::BudgetView, admin_costs::SetBudget, admin_costs::StatsView,
         admin_costs::SpendLine, admin_costs::UserCount, admin_costs::ReuseCount,
         loraforge_domain::ParamsInput, webhooks::WebhookAnswer,
+        quotes::QuoteBody, crate::quotes::QuotesView, crate::quotes::QuoteView,
+        credits::CreditsView, credits::CreditEntryView, credits::GrantBody, credits::GrantView,
     )),
     modifiers(&SecuritySchemes),
     tags(

@@ -82,6 +82,19 @@ impl Default for CostSettings {
             storage_price_per_gb_month: MicroUsd(23_000),
         }
     }
+    /// Quotes and credits (`LORAFORGE_CREDITS`, the backends' prices).
+    pub credits: CreditSettings,
+}
+
+/// Quotes (`POST /api/v1/quotes`) and credits (seed 003).
+#[derive(Debug, Clone, Default)]
+pub struct CreditSettings {
+    /// Creates reserve their quote from the owner's credits; off: no credits are kept.
+    pub enabled: bool,
+    /// Each backend's configured price per hour, by backend name (per-second prices × 3600). A
+    /// backend missing here (RunPod pods: priced per pod at launch; `local`) is quoted from its
+    /// runs' recorded prices, or without a cost.
+    pub prices_per_hour: std::collections::BTreeMap<String, loraforge_domain::MicroUsd>,
 }
 
 /// How long the HTTP server waits for a client, and how many it serves at once.
@@ -187,6 +200,7 @@ impl Default for ServerSettings {
             http: HttpSettings::default(),
             replicate_webhook_key: None,
             costs: CostSettings::default(),
+            credits: CreditSettings::default(),
         }
     }
 }

@@ -97,6 +97,7 @@ impl Settings {
                     .unwrap_or_else(|| "<kept>".into()),
             ),
             ("show_creator_emails", self.show_creator_emails.to_string()),
+            ("credits", self.credits.clone()),
             (
                 "download_url_ttl_secs",
                 self.download_url_ttl_secs.to_string(),

@@ -79,6 +79,10 @@ pub struct Settings {
     /// Show creators' e-mail addresses to every user in the library (off: display names only;
     /// owners and admins still see the owner's address on a LoRA).
     pub show_creator_emails: bool,
+    /// `on`: a create reserves its quote from the owner's credits (402 when they do not cover
+    /// it), a completed LoRA is charged its actual cost, a failed or cancelled one refunded;
+    /// `off` (default): no credits are charged.
+    pub credits: String,
     /// Lifetime of signed download URLs, seconds.
     pub download_url_ttl_secs: u64,
     /// How long a library listing may be served from memory, milliseconds (0 = off). Changes made
@@ -321,6 +325,7 @@ impl Settings {
             .set_default("dataset_bytes_per_day", 2u64 * 1024 * 1024 * 1024)?
             .set_default("unused_dataset_retention_secs", 7 * 86_400)?
             .set_default("show_creator_emails", false)?
+            .set_default("credits", "off")?
             .set_default("download_url_ttl_secs", 3600)?
             .set_default("library_cache_ms", 1000)?
             .set_default("image_url_allowed_hosts", Vec::<String>::new())?
@@ -477,6 +482,9 @@ impl Settings {
             bail!(
                 "runpod_serverless_price_per_second must be decimal dollars per second like 0.00031: {e}"
             );
+        }
+        if !matches!(s.credits.as_str(), "on" | "off") {
+            bail!("credits must be on or off, not {:?}", s.credits);
         }
         if !matches!(s.runpod_cloud_type.as_str(), "all" | "secure" | "community") {
             bail!(

@@ -131,6 +131,9 @@ async fn create_in_tx(
         .bind(&now)
         .execute(&mut *conn)
         .await?;
+    if let Some(price) = new.reserve {
+        super::credits::reserve_in_tx(conn, &user, &id, price, &now).await?;
+    }
     insert_event(
         conn,
         &id,

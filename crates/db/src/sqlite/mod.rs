@@ -107,6 +107,7 @@ macro_rules! in_write_tx {
 }
 
 mod breakers;
+mod credits;
 mod datasets;
 mod jobs;
 mod ledger;

@@ -6,6 +6,7 @@
 
 mod breakers;
 mod create;
+mod credits;
 mod datasets;
 mod engine;
 mod helpers;
@@ -79,4 +80,8 @@ conformance! {
     library::search_total_is_capped_and_flagged,
     ledger::run_costs_are_ledger_entries_and_training_cost_is_their_sum,
     ledger::the_budget_override_and_alert_claims_are_shared,
+    credits::grants_reserves_and_history_add_up,
+    credits::concurrent_creates_never_overdraw,
+    credits::a_crash_between_reserve_and_deduct_charges_once,
+    credits::failure_and_cancel_refund_in_full,
 }

@@ -107,6 +107,7 @@ pub async fn review(
         .apply_event(lora.id, event, detail, state.now())
         .await?;
     state.notify_changed(lora.id);
+    crate::credits::settle_lora(state.repo(), &lora, state.now()).await;
     tracing::info!(lora = %lora.id, admin = %user.id, decision = ?body.decision, "LoRA reviewed");
     Ok(Json(StatusView::from(&lora)))
 }

@@ -149,6 +149,14 @@ async fn library_page(state: &AppState, query: &LoraQuery) -> ApiResult<Bytes> {
     Ok(Bytes::from(json))
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CreateParams {
+    /// `true`: check the body and answer 200 with its quotes (as `POST /api/v1/quotes`);
+    /// nothing is created or reserved.
+    pub dry_run: Option<bool>,
+}
+
 /// Body of `POST /api/v1/lora-models`: the type the handler parses the body with, and the one
 /// its OpenAPI schema is generated from (constraints added by `openapi::document`).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -167,8 +175,10 @@ pub struct CreateLoraRequest {
 /// Creates a LoRA from one of your datasets and queues its training.
 #[utoipa::path(post, path = "/api/v1/lora-models", request_body = CreateLoraRequest, tag = "library",
     security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "retrying with the same key returns the first result")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "retrying with the same key returns the first result"), CreateParams),
     responses((status = 202, body = CreateLoraResponse),
+        (status = 200, description = "dry_run=true: the quotes, nothing created", body = crate::quotes::QuotesView),
+        (status = 402, description = "insufficient_credits (with balance_micros, available_micros, price_micros and their _usd strings)", body = ErrorBody),
         (status = 400, description = "invalid_json, invalid_request, invalid_name, invalid_description, invalid_params (with `field`) or invalid_idempotency_key", body = ErrorBody),
         (status = 404, description = "dataset_not_found", body = ErrorBody),
         (status = 409, description = "duplicate_name", body = ErrorBody),
@@ -179,8 +189,10 @@ pub async fn create(
     State(state): State<AppState>,
     user: AuthUser,
     headers: HeaderMap,
+    query: Result<Query<CreateParams>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let body = body.map_err(body_error)?;
     let body_json = body::json_value(&body)?;
     let req: CreateLoraRequest =
@@ -190,6 +202,11 @@ pub async fn create(
     let dataset_id = DatasetId(req.dataset_id);
     let params = check_params(&state, req.params.as_ref())?;
     let idempotency = idempotency_key(&headers, &body_json)?;
+    if query.dry_run.unwrap_or(false) {
+        // Checked like a create, then quoted; nothing is stored or reserved.
+        let quotes = crate::quotes::quote(&state, &params).await?;
+        return Ok((StatusCode::OK, Json(quotes)).into_response());
+    }
 
     let Created { lora, replayed } = create_lora(
         &state,
@@ -511,6 +528,7 @@ pub async fn cancel(
         .apply_event(lora.id, StatusEvent::Cancel, detail, state.now())
         .await?;
     state.notify_changed(lora.id);
+    crate::credits::settle_lora(state.repo(), &lora, state.now()).await;
     tracing::info!(lora_id = %lora.id, "LoRA cancelled");
     Ok(Json(StatusView::from(&lora)))
 }

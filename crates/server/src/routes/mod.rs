@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod admin_backends;
 pub mod admin_costs;
+pub mod credits;
 pub mod dataset_zip;
 pub mod datasets;
 pub mod events;
@@ -10,6 +11,7 @@ pub mod files;
 pub mod health;
 pub mod lora_models;
 pub mod me;
+pub mod quotes;
 pub mod references;
 pub mod webhooks;
 pub mod worker;

@@ -6,6 +6,7 @@ mod image_server;
 mod admin_backends;
 mod admin_costs;
 mod auth;
+mod credits;
 mod dataset_zip;
 mod datasets;
 mod error_shapes;

@@ -89,6 +89,11 @@ pub fn server_settings(s: &Settings) -> ServerSettings {
             max_connections: s.http_max_connections.max(1),
         },
         replicate_webhook_key: s.replicate_webhook_key(),
+        client_webhooks: loraforge_server::ClientWebhookSettings {
+            allow_private_addresses: s.webhook_allow_private_addresses,
+            timeout: Duration::from_secs(s.webhook_timeout_secs.max(1)),
+            ..loraforge_server::ClientWebhookSettings::default()
+        },
         ..ServerSettings::default()
     }
 }

@@ -31,6 +31,12 @@ pub mod seed;
 pub mod sqlite;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+pub mod webhooks;
+
+pub use webhooks::{
+    AttemptNext, DueDelivery, LoraWebhook, NewDelivery, NewWebhook, PendingWebhookEvent,
+    WebhookAttempt, WebhookBatch, WebhookDelivery, WebhookStore,
+};
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
@@ -173,6 +179,8 @@ pub struct NewLora {
     pub dataset_id: DatasetId,
     pub params: TrainingParams,
     pub idempotency: Option<IdempotencyKey>,
+    /// A client webhook, stored with the LoRA in the create's transaction.
+    pub webhook: Option<NewWebhook>,
     pub now: DateTime<Utc>,
 }
 
@@ -488,7 +496,7 @@ pub struct LibraryRow {
 }
 
 #[async_trait]
-pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
+pub trait Repository: Send + Sync + std::fmt::Debug + 'static + WebhookStore {
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<()>;
 

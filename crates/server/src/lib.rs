@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod client_webhooks;
 pub mod create;
 pub mod dataset_sweep;
 pub mod downloads;
@@ -41,7 +42,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use auth::{AuthUser, JwtKeys};
 pub use error::ApiError;
-pub use settings::{HttpSettings, ServerSettings};
+pub use settings::{ClientWebhookSettings, HttpSettings, ServerSettings};
 pub use state::AppState;
 
 use routes::{
@@ -105,6 +106,21 @@ fn routes(settings: &ServerSettings) -> RouteTable {
         .route(Method::GET, "/api/v1/me", me::me)
         .route(Method::PATCH, "/api/v1/me", me::patch)
         .route(Method::GET, "/api/v1/me/limits", me::limits)
+        .route(
+            Method::GET,
+            "/api/v1/me/webhook-secret",
+            routes::client_webhooks::secret,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/me/webhook-secret/rotate",
+            routes::client_webhooks::rotate,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/lora-models/{id}/webhooks",
+            routes::client_webhooks::deliveries,
+        )
         .route(
             Method::POST,
             "/api/v1/admin/lora-models/{id}/review",

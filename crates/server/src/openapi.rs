@@ -26,8 +26,8 @@ use loraforge_domain::params::{ListRule, Rule, Text};
 
 use crate::routes::lora_models::MAX_DESCRIPTION_CHARS;
 use crate::routes::{
-    admin, admin_backends, dataset_zip, datasets, events, files, health, lora_models, me,
-    references, webhooks, worker,
+    admin, admin_backends, client_webhooks, dataset_zip, datasets, events, files, health,
+    lora_models, me, references, webhooks, worker,
 };
 use crate::settings::ServerSettings;
 use crate::views;
@@ -50,6 +50,7 @@ use crate::views;
         me::me, me::patch, me::limits, admin::review, admin_backends::list, admin_backends::force,
         worker::job, worker::progress, worker::checkpoint, worker::result, worker::failure,
         files::get_file, files::put_file, dataset_zip::dataset_zip, webhooks::replicate,
+        client_webhooks::secret, client_webhooks::rotate, client_webhooks::deliveries,
     ),
     components(schemas(
         views::LoraList, views::LoraListItem, views::CreatorView, views::LoraDetails, views::StatusView, views::AttemptView, views::MoneyView,
@@ -62,6 +63,8 @@ use crate::views;
         admin_backends::BackendsView, admin_backends::BackendView, admin_backends::TransitionView,
         admin_backends::ForceBreaker, admin_backends::ForcedState,
         loraforge_domain::ParamsInput, webhooks::WebhookAnswer,
+        client_webhooks::WebhookSecretView, client_webhooks::WebhookDeliveriesView,
+        client_webhooks::WebhookDeliveryView, client_webhooks::WebhookAttemptView,
     )),
     modifiers(&SecuritySchemes),
     tags(

@@ -187,6 +187,7 @@ pub fn new_lora(owner: UserId, dataset: DatasetId, lora_name: &str, now: DateTim
         dataset_id: dataset,
         params: TrainingParams::default(),
         idempotency: None,
+        webhook: None,
         now,
     }
 }

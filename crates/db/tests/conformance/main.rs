@@ -12,6 +12,7 @@ mod helpers;
 mod library;
 mod lifecycle;
 mod name_keys;
+mod webhooks;
 
 macro_rules! conformance {
     ($($module:ident :: $story:ident),* $(,)?) => {
@@ -76,4 +77,7 @@ conformance! {
     datasets::idempotent_lora_answers_before_any_work,
     library::search_pages_match_the_sorted_library,
     library::search_total_is_capped_and_flagged,
+    webhooks::webhook_is_stored_with_the_lora_and_secrets_are_stable,
+    webhooks::batches_move_the_cursor_once,
+    webhooks::deliveries_are_leased_attempted_and_logged,
 }

@@ -170,6 +170,7 @@ impl Db {
             dataset_id: dataset,
             params: TrainingParams::default(),
             idempotency: None,
+            webhook: None,
             now: created,
         };
         let policy = MonthlyPolicy {

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod admin_backends;
+pub mod client_webhooks;
 pub mod dataset_zip;
 pub mod datasets;
 pub mod events;

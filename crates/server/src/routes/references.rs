@@ -320,6 +320,7 @@ pub async fn from_references(
             dataset_id,
             params: params.clone(),
             idempotency: key,
+            webhook: None,
         };
         match create_lora(&state, &user, input).await {
             Ok(Created { lora, .. }) => loras.push(CharacterLoraView {

@@ -5,6 +5,7 @@ mod image_server;
 
 mod admin_backends;
 mod auth;
+mod client_webhooks;
 mod dataset_zip;
 mod datasets;
 mod error_shapes;

@@ -18,7 +18,7 @@ requirements="$here/requirements-test.txt"
 source "$here/pinned-venv.sh"
 
 venv_works() {
-    "$venv/bin/python" -c 'import moto.server' >/dev/null 2>&1 &&
+    "$venv/bin/python" -c 'import moto.server, standardwebhooks' >/dev/null 2>&1 &&
         "$venv/bin/st" --version >/dev/null 2>&1
 }
 pinned_venv venv-test "$requirements" venv_works

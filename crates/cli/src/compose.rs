@@ -92,6 +92,11 @@ pub fn server_settings(s: &Settings) -> ServerSettings {
         replicate_webhook_key: s.replicate_webhook_key(),
         costs: s.cost_settings(),
         credits: credit_settings(s),
+        client_webhooks: loraforge_server::ClientWebhookSettings {
+            allow_private_addresses: s.webhook_allow_private_addresses,
+            timeout: Duration::from_secs(s.webhook_timeout_secs.max(1)),
+            ..loraforge_server::ClientWebhookSettings::default()
+        },
         ..ServerSettings::default()
     }
 }

@@ -458,6 +458,13 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
             let _ = sweep_stop.wait_for(|stop| *stop).await;
         },
     ));
+    let mut webhooks_stop = stop_tx.subscribe();
+    let webhooks = tokio::spawn(loraforge_server::client_webhooks::run(
+        state.clone(),
+        async move {
+            let _ = webhooks_stop.wait_for(|stop| *stop).await;
+        },
+    ));
     let app = Application::new(state, listener);
     tracing::info!(%addr, data_dir = %settings.data_dir.display(), database = %loraforge_db::redact_url(&settings.database_url()),
         "loraforge listening; API docs at http://{addr}/docs");
@@ -471,6 +478,7 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
         let _ = engine.await;
     }
     let _ = sweeps.await;
+    let _ = webhooks.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -34,6 +34,12 @@ pub mod seed;
 pub mod sqlite;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+pub mod webhooks;
+
+pub use webhooks::{
+    AttemptNext, DueDelivery, LoraWebhook, NewDelivery, NewWebhook, PendingWebhookEvent,
+    WebhookAttempt, WebhookBatch, WebhookDelivery, WebhookStore,
+};
 
 pub use credits::{
     CreditEntry, CreditStore, CreditSummary, DueReservation, NewCreditGrant, SettledCredits,
@@ -190,6 +196,8 @@ pub struct NewLora {
     /// transaction (`InsufficientCredits` when it does not fit what is available). `None`: no
     /// reservation (credits off). An idempotent replay reserves nothing.
     pub reserve: Option<MicroUsd>,
+    /// A client webhook, stored with the LoRA in the create's transaction.
+    pub webhook: Option<NewWebhook>,
     pub now: DateTime<Utc>,
 }
 
@@ -505,7 +513,7 @@ pub struct LibraryRow {
 }
 
 #[async_trait]
-pub trait Repository: Send + Sync + std::fmt::Debug + 'static + ledger::LedgerStore + CreditStore {
+pub trait Repository: Send + Sync + std::fmt::Debug + 'static + ledger::LedgerStore + CreditStore + WebhookStore {
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<()>;
 

@@ -25,6 +25,7 @@ pub mod run;
 pub mod status;
 pub mod text;
 pub mod validation;
+pub mod webhooks;
 
 pub use caption::caption_for_training;
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -10,6 +10,7 @@ mod download;
 mod error;
 mod policy;
 mod resolver;
+mod vetted;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub use cache::DiskCache;
 pub use download::Downloaded;
 pub use error::FetchError;
 pub use policy::{HostPattern, forbidden_reason};
+pub use vetted::{check_shape, vet_url, vetted_client};
 
 pub type Result<T, E = FetchError> = std::result::Result<T, E>;
 

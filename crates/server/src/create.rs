@@ -6,7 +6,7 @@
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 
-use loraforge_db::{CreateOutcome, DbError, IdempotencyKey, MonthlyPolicy, NewLora};
+use loraforge_db::{CreateOutcome, DbError, IdempotencyKey, MonthlyPolicy, NewLora, NewWebhook};
 use loraforge_domain::limits::monthly_limit_message;
 use loraforge_domain::{DatasetId, LoraId, LoraModel, LoraName, MonthlyWindow, TrainingParams};
 
@@ -22,6 +22,8 @@ pub struct CreateLora {
     pub dataset_id: DatasetId,
     pub params: TrainingParams,
     pub idempotency: Option<IdempotencyKey>,
+    /// A checked client webhook (`client_webhooks::parse_webhook`).
+    pub webhook: Option<NewWebhook>,
 }
 
 #[derive(Debug)]
@@ -69,6 +71,7 @@ pub async fn create_lora(
         params: input.params,
         idempotency: input.idempotency,
         reserve,
+        webhook: input.webhook,
         now,
     };
     let outcome = match state

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod client_webhooks;
 pub mod create;
 pub mod credits;
 pub mod dataset_sweep;
@@ -44,7 +45,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use auth::{AuthUser, JwtKeys};
 pub use error::ApiError;
-pub use settings::{HttpSettings, ServerSettings};
+pub use settings::{ClientWebhookSettings, HttpSettings, ServerSettings};
 pub use state::AppState;
 
 use routes::credits as credit_routes;
@@ -116,6 +117,21 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             Method::POST,
             "/api/v1/admin/users/{id}/credits",
             credit_routes::grant,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/me/webhook-secret",
+            routes::client_webhooks::secret,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/me/webhook-secret/rotate",
+            routes::client_webhooks::rotate,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/lora-models/{id}/webhooks",
+            routes::client_webhooks::deliveries,
         )
         .route(
             Method::POST,

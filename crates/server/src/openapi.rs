@@ -30,6 +30,8 @@ use crate::routes::{
     me, references, webhooks, worker,
     admin, admin_backends, credits, dataset_zip, datasets, events, files, health, lora_models, me,
     quotes, references, webhooks, worker,
+    admin, admin_backends, client_webhooks, dataset_zip, datasets, events, files, health,
+    lora_models, me, references, webhooks, worker,
 };
 use crate::settings::ServerSettings;
 use crate::views;
@@ -54,6 +56,7 @@ use crate::views;
         worker::job, worker::progress, worker::checkpoint, worker::result, worker::failure,
         files::get_file, files::put_file, dataset_zip::dataset_zip, webhooks::replicate,
         quotes::create_quote, credits::mine, credits::grant,
+        client_webhooks::secret, client_webhooks::rotate, client_webhooks::deliveries,
     ),
     components(schemas(
         views::LoraList, views::LoraListItem, views::CreatorView, views::LoraDetails, views::StatusView, views::AttemptView, views::MoneyView,
@@ -70,6 +73,8 @@ use crate::views;
         loraforge_domain::ParamsInput, webhooks::WebhookAnswer,
         quotes::QuoteBody, crate::quotes::QuotesView, crate::quotes::QuoteView,
         credits::CreditsView, credits::CreditEntryView, credits::GrantBody, credits::GrantView,
+        client_webhooks::WebhookSecretView, client_webhooks::WebhookDeliveriesView,
+        client_webhooks::WebhookDeliveryView, client_webhooks::WebhookAttemptView,
     )),
     modifiers(&SecuritySchemes),
     tags(

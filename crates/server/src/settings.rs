@@ -95,6 +95,31 @@ pub struct CreditSettings {
     /// backend missing here (RunPod pods: priced per pod at launch; `local`) is quoted from its
     /// runs' recorded prices, or without a cost.
     pub prices_per_hour: std::collections::BTreeMap<String, loraforge_domain::MicroUsd>,
+    /// Webhooks to clients (a LoRA's `webhook`): the address rule and the delivery loop.
+    pub client_webhooks: ClientWebhookSettings,
+}
+
+/// How client webhooks are checked and delivered (`client_webhooks`).
+#[derive(Debug, Clone)]
+pub struct ClientWebhookSettings {
+    /// Allow webhook URLs on loopback, private and link-local addresses (tests, closed
+    /// networks). Off: such a URL is refused at create (422 `invalid_webhook`) and never
+    /// connected to.
+    pub allow_private_addresses: bool,
+    /// Time allowed for one delivery attempt (connect, send, answer).
+    pub timeout: Duration,
+    /// How often the outbox is turned into deliveries and due deliveries are sent.
+    pub interval: Duration,
+}
+
+impl Default for ClientWebhookSettings {
+    fn default() -> Self {
+        Self {
+            allow_private_addresses: false,
+            timeout: Duration::from_secs(10),
+            interval: Duration::from_secs(2),
+        }
+    }
 }
 
 /// How long the HTTP server waits for a client, and how many it serves at once.
@@ -201,6 +226,7 @@ impl Default for ServerSettings {
             replicate_webhook_key: None,
             costs: CostSettings::default(),
             credits: CreditSettings::default(),
+            client_webhooks: ClientWebhookSettings::default(),
         }
     }
 }

@@ -112,6 +112,14 @@ impl Settings {
                 self.image_url_allow_private_addresses.to_string(),
             ),
             (
+                "webhook_allow_private_addresses",
+                self.webhook_allow_private_addresses.to_string(),
+            ),
+            (
+                "webhook_timeout_secs",
+                self.webhook_timeout_secs.to_string(),
+            ),
+            (
                 "download_cache_ttl_secs",
                 self.download_cache_ttl_secs.to_string(),
             ),

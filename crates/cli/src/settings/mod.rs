@@ -94,6 +94,11 @@ pub struct Settings {
     /// Let image URLs reach loopback, private, link-local and other non-public addresses
     /// (closed networks and tests only: it opens the server to SSRF).
     pub image_url_allow_private_addresses: bool,
+    /// Let client webhooks (a LoRA's `webhook`) reach loopback, private, link-local and other
+    /// non-public addresses (closed networks and tests only: it opens the server to SSRF).
+    pub webhook_allow_private_addresses: bool,
+    /// Time for one webhook delivery attempt, seconds.
+    pub webhook_timeout_secs: u64,
     /// How long a downloaded image is reused from `<data_dir>/cache/downloads`, seconds (0 = off).
     pub download_cache_ttl_secs: u64,
     /// Time for one download attempt (connect, headers and body), seconds.
@@ -330,6 +335,8 @@ impl Settings {
             .set_default("library_cache_ms", 1000)?
             .set_default("image_url_allowed_hosts", Vec::<String>::new())?
             .set_default("image_url_allow_private_addresses", false)?
+            .set_default("webhook_allow_private_addresses", false)?
+            .set_default("webhook_timeout_secs", 10)?
             .set_default("download_cache_ttl_secs", 3600)?
             .set_default("download_timeout_secs", 30)?
             .set_default("lora_min_bytes", 5 * 1024 * 1024)?

@@ -77,6 +77,7 @@ mod retention;
 mod rows;
 mod runs;
 mod users;
+mod webhooks;
 
 /// How long to wait for a pooled connection before failing (the error is retryable).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -143,6 +143,9 @@ async fn create_in_tx(
         &now,
     )
     .await?;
+    if let Some(hook) = &new.webhook {
+        super::webhooks::insert_webhook(conn, &id, hook, &now).await?;
+    }
     if let Some(key) = &new.idempotency {
         sqlx::query(
             "INSERT INTO idempotency_keys (user_id, key, request_hash, lora_id, created_at) VALUES ($1, $2, $3, $4, $5)",

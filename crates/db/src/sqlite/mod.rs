@@ -116,6 +116,7 @@ mod retention;
 mod rows;
 mod runs;
 mod users;
+mod webhooks;
 
 /// Address space each connection may map of the database file.
 const MMAP_BYTES: u64 = 1 << 30;

@@ -188,6 +188,7 @@ pub fn new_lora(owner: UserId, dataset: DatasetId, lora_name: &str, now: DateTim
         params: TrainingParams::default(),
         idempotency: None,
         reserve: None,
+        webhook: None,
         now,
     }
 }

@@ -14,6 +14,7 @@ mod ledger;
 mod library;
 mod lifecycle;
 mod name_keys;
+mod webhooks;
 
 macro_rules! conformance {
     ($($module:ident :: $story:ident),* $(,)?) => {
@@ -84,4 +85,7 @@ conformance! {
     credits::concurrent_creates_never_overdraw,
     credits::a_crash_between_reserve_and_deduct_charges_once,
     credits::failure_and_cancel_refund_in_full,
+    webhooks::webhook_is_stored_with_the_lora_and_secrets_are_stable,
+    webhooks::batches_move_the_cursor_once,
+    webhooks::deliveries_are_leased_attempted_and_logged,
 }

@@ -171,6 +171,7 @@ impl Db {
             params: TrainingParams::default(),
             idempotency: None,
             reserve: None,
+            webhook: None,
             now: created,
         };
         let policy = MonthlyPolicy {

@@ -170,6 +170,12 @@ pub struct CreateLoraRequest {
     pub dataset_id: Uuid,
     /// Training parameters; anything left out (or null) takes the default.
     pub params: Option<ParamsInput>,
+    /// An http(s) URL to POST this LoRA's events to (Standard Webhooks signatures under your
+    /// `GET /api/v1/me/webhook-secret`). Must be a public address.
+    #[schema(max_length = 2048)]
+    pub webhook: Option<String>,
+    /// Which events to send: start, progress, completed, failed, cancelled. Absent: all.
+    pub webhook_events_filter: Option<Vec<String>>,
 }
 
 /// Creates a LoRA from one of your datasets and queues its training.
@@ -183,7 +189,7 @@ pub struct CreateLoraRequest {
         (status = 404, description = "dataset_not_found", body = ErrorBody),
         (status = 409, description = "duplicate_name", body = ErrorBody),
         (status = 413, description = "payload_too_large", body = ErrorBody),
-        (status = 422, description = "idempotency_key_reused, base_model_not_allowed (with `allowed`), or incompatible_params (with `field`: e.g. `class_prompt` without `\"type\": \"dreambooth\"`)", body = ErrorBody),
+        (status = 422, description = "invalid_webhook (with `field`), idempotency_key_reused, base_model_not_allowed (with `allowed`), or incompatible_params (with `field`: e.g. `class_prompt` without `\"type\": \"dreambooth\"`)", body = ErrorBody),
         (status = 429, description = "rate_limited or monthly_limit_reached (with Retry-After)", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -207,6 +213,12 @@ pub async fn create(
         let quotes = crate::quotes::quote(&state, &params).await?;
         return Ok((StatusCode::OK, Json(quotes)).into_response());
     }
+    let webhook = crate::client_webhooks::parse_webhook(
+        &state,
+        req.webhook.as_deref(),
+        req.webhook_events_filter.as_deref(),
+    )
+    .await?;
 
     let Created { lora, replayed } = create_lora(
         &state,
@@ -217,6 +229,7 @@ pub async fn create(
             dataset_id,
             params,
             idempotency,
+            webhook,
         },
     )
     .await?;
@@ -250,6 +263,13 @@ fn create_body_error(state: &AppState, e: &body::BodyError) -> ApiError {
             "invalid_description",
             "description must be a string or null",
         ),
+        Some("webhook") => {
+            ApiError::bad_request("invalid_request", "webhook must be a URL string or null")
+        }
+        Some("webhook_events_filter") => ApiError::bad_request(
+            "invalid_request",
+            "webhook_events_filter must be a list of event names (start, progress, completed, failed, cancelled)",
+        ),
         Some("dataset_id") => ApiError::bad_request(
             "invalid_request",
             "dataset_id is required: the UUID returned by POST /api/v1/datasets",
@@ -257,7 +277,7 @@ fn create_body_error(state: &AppState, e: &body::BodyError) -> ApiError {
         _ if e.message.starts_with("unknown field") => ApiError::bad_request(
             "invalid_request",
             format!(
-                "unknown field {:?}; allowed fields are name, description, dataset_id, params",
+                "unknown field {:?}; allowed fields are name, description, dataset_id, params, webhook, webhook_events_filter",
                 e.named_field().unwrap_or_default()
             ),
         ),

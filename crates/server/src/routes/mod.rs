@@ -4,6 +4,7 @@ pub mod admin;
 pub mod admin_backends;
 pub mod admin_costs;
 pub mod credits;
+pub mod client_webhooks;
 pub mod dataset_zip;
 pub mod datasets;
 pub mod events;

@@ -42,6 +42,11 @@ pub struct FromReferencesRequest {
     /// Training parameters for every LoRA; anything left out takes the default.
     pub params: Option<ParamsInput>,
     pub description: Option<String>,
+    /// A webhook for every LoRA created (as on `POST /api/v1/lora-models`).
+    #[schema(max_length = 2048)]
+    pub webhook: Option<String>,
+    /// Which events to send: start, progress, completed, failed, cancelled. Absent: all.
+    pub webhook_events_filter: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -87,7 +92,7 @@ pub struct FromReferencesResponse {
         (status = 403, description = "url_intake_disabled", body = crate::views::ErrorBody),
         (status = 409, description = "duplicate_name (when no character got a LoRA)", body = crate::views::ErrorBody),
         (status = 413, description = "payload_too_large", body = crate::views::ErrorBody),
-        (status = 422, description = "idempotency_key_reused, invalid_dataset, base_model_not_allowed (with `allowed`), or incompatible_params (with `field`)", body = crate::views::ErrorBody),
+        (status = 422, description = "invalid_webhook (with `field`), idempotency_key_reused, invalid_dataset, base_model_not_allowed (with `allowed`), or incompatible_params (with `field`)", body = crate::views::ErrorBody),
         (status = 429, description = "rate_limited, monthly_limit_reached or dataset_quota_reached", body = crate::views::ErrorBody)))]
 pub async fn from_references(
     State(state): State<AppState>,
@@ -126,6 +131,12 @@ pub async fn from_references(
         .collect::<ApiResult<Vec<_>>>()?;
     let description = parse_description(req.description.as_deref())?;
     let params = check_params(&state, req.params.as_ref())?;
+    let webhook = crate::client_webhooks::parse_webhook(
+        &state,
+        req.webhook.as_deref(),
+        req.webhook_events_filter.as_deref(),
+    )
+    .await?;
     let idempotency = idempotency_header(&headers)?;
     let fetcher = downloads::fetcher(&state)?;
 
@@ -320,6 +331,7 @@ pub async fn from_references(
             dataset_id,
             params: params.clone(),
             idempotency: key,
+            webhook: webhook.clone(),
         };
         match create_lora(&state, &user, input).await {
             Ok(Created { lora, .. }) => loras.push(CharacterLoraView {

@@ -7,6 +7,7 @@ mod admin_backends;
 mod admin_costs;
 mod auth;
 mod credits;
+mod client_webhooks;
 mod dataset_zip;
 mod datasets;
 mod error_shapes;

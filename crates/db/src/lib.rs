@@ -26,6 +26,8 @@ use loraforge_domain::{
 };
 
 mod common;
+pub mod metrics;
+pub use metrics::{MetricsStore, OpsSnapshot, RunTotals, SeededRuns};
 pub mod postgres;
 pub mod seed;
 pub mod sqlite;
@@ -488,7 +490,7 @@ pub struct LibraryRow {
 }
 
 #[async_trait]
-pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
+pub trait Repository: Send + Sync + std::fmt::Debug + 'static + metrics::MetricsStore {
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<()>;
 

@@ -110,6 +110,7 @@ mod breakers;
 mod datasets;
 mod jobs;
 mod library;
+mod metrics;
 mod retention;
 mod rows;
 mod runs;

@@ -11,6 +11,7 @@ mod engine;
 mod helpers;
 mod library;
 mod lifecycle;
+mod metrics;
 mod name_keys;
 
 macro_rules! conformance {
@@ -76,4 +77,6 @@ conformance! {
     datasets::idempotent_lora_answers_before_any_work,
     library::search_pages_match_the_sorted_library,
     library::search_total_is_capped_and_flagged,
+    metrics::the_snapshot_counts_statuses_queue_runs_breakers_and_alerts,
+    metrics::seeded_runs_are_ended_for_finished_loras_and_live_for_training_ones,
 }

@@ -13,6 +13,8 @@ pub mod http;
 pub mod intake;
 pub mod library_cache;
 pub mod maintenance;
+pub mod metrics;
+pub mod metrics_collector;
 pub mod openapi;
 pub mod quota;
 pub mod rate_limit;
@@ -44,6 +46,7 @@ pub use error::ApiError;
 pub use settings::{HttpSettings, ServerSettings};
 pub use state::AppState;
 
+use routes::metrics as metrics_route;
 use routes::{
     admin, admin_backends, dataset_zip, datasets, events, files, health, lora_models, me,
     references, webhooks, worker,
@@ -153,6 +156,7 @@ fn routes(settings: &ServerSettings) -> RouteTable {
     RouteTable::default()
         .route(Method::GET, "/healthz", health::healthz)
         .route(Method::GET, "/readyz", health::readyz)
+        .route(Method::GET, "/metrics", metrics_route::metrics)
         .merge(upload)
         .merge(files)
         .merge(api)
@@ -214,6 +218,8 @@ pub fn api_router(state: AppState) -> Router {
     router
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(axum::middleware::map_response(error::json_errors))
+        // Outside the error rewriting and the panic catcher, so it sees the final status.
+        .layer(axum::middleware::from_fn(metrics::record_http))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                 let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");

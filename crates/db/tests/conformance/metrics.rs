@@ -2,7 +2,7 @@
 
 use chrono::Duration;
 
-use loraforge_db::{MetricsStore, NewRun, OpsSnapshot, RunTotals};
+use loraforge_db::{NewRun, OpsSnapshot, RunTotals};
 use loraforge_domain::breaker::{BreakerEvent, BreakerRules, BreakerState};
 use loraforge_domain::{LoraId, MicroUsd, RunId, StatusEvent, TrainingStatus};
 

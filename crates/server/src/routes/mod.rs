@@ -9,6 +9,7 @@ pub mod files;
 pub mod health;
 pub mod lora_models;
 pub mod me;
+pub mod metrics;
 pub mod references;
 pub mod webhooks;
 pub mod worker;

@@ -92,7 +92,7 @@ deadline = time.time() + 60
 while True:
     status, body, _ = get("/metrics")
     text = body.decode()
-    line = next((l for l in text.splitlines() if l.startswith("loraforge_live_runs")), None)
+    line = next((l for l in text.splitlines() if l.startswith("loraforge_metrics_collect_seconds ")), None)
     if line or time.time() > deadline:
         break
     time.sleep(0.5)

@@ -198,6 +198,10 @@ enum Command {
         users: usize,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Also give every finished LoRA one ended run and this many `training` LoRAs an open
+        /// (live) run; 0 seeds no runs.
+        #[arg(long, default_value_t = 0)]
+        live_runs: u32,
     },
 }
 
@@ -340,7 +344,12 @@ async fn main() -> anyhow::Result<()> {
             };
             std::process::exit(commands::train::run(&args, &rules).await)
         }
-        Command::BenchSeed { count, users, seed } => {
+        Command::BenchSeed {
+            count,
+            users,
+            seed,
+            live_runs,
+        } => {
             let repo = compose::repository(&settings).await?;
             let started = std::time::Instant::now();
             let seeded =
@@ -351,6 +360,10 @@ async fn main() -> anyhow::Result<()> {
                 seeded.users.len(),
                 started.elapsed().as_secs_f64()
             );
+            if live_runs > 0 {
+                let runs = repo.seed_runs(live_runs).await?;
+                eprintln!("seeded {} ended and {} live runs", runs.ended, runs.live);
+            }
             println!("{}", seeded.vocabulary[0]);
             Ok(())
         }
@@ -385,9 +398,18 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     }
     let repo = compose::repository(&settings).await?;
     let wake = Arc::new(tokio::sync::Notify::new());
-    let state = compose::app_state_with(&settings, repo.clone())?.with_engine_wake(wake.clone());
+    let mut state =
+        compose::app_state_with(&settings, repo.clone())?.with_engine_wake(wake.clone());
+    if settings.metrics_enabled {
+        // The one recorder of this process: every part records through the `metrics` facade.
+        let handle =
+            loraforge_server::metrics::install().context("installing the metrics recorder")?;
+        state = state.with_metrics(loraforge_server::metrics::MetricsEndpoint::new(
+            handle,
+            settings.metrics_token.clone(),
+        ));
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut state = state;
     let engine = if settings.engine_enabled {
         let callback = match &settings.worker_callback_url {
             Some(u) => url::Url::parse(u)
@@ -465,6 +487,16 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
             let _ = webhooks_stop.wait_for(|stop| *stop).await;
         },
     ));
+    let collector = settings.metrics_enabled.then(|| {
+        let mut stop = stop_tx.subscribe();
+        tokio::spawn(loraforge_server::metrics_collector::run(
+            state.clone(),
+            loraforge_server::metrics_collector::EVERY,
+            async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            },
+        ))
+    });
     let app = Application::new(state, listener);
     tracing::info!(%addr, data_dir = %settings.data_dir.display(), database = %loraforge_db::redact_url(&settings.database_url()),
         "loraforge listening; API docs at http://{addr}/docs");
@@ -479,6 +511,9 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     }
     let _ = sweeps.await;
     let _ = webhooks.await;
+    if let Some(collector) = collector {
+        let _ = collector.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

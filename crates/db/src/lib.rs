@@ -29,6 +29,8 @@ use loraforge_domain::{
 mod common;
 pub mod ledger;
 pub mod credits;
+pub mod metrics;
+pub use metrics::{MetricsStore, OpsSnapshot, RunTotals, SeededRuns};
 pub mod postgres;
 pub mod seed;
 pub mod sqlite;
@@ -513,7 +515,7 @@ pub struct LibraryRow {
 }
 
 #[async_trait]
-pub trait Repository: Send + Sync + std::fmt::Debug + 'static + ledger::LedgerStore + CreditStore + WebhookStore {
+pub trait Repository: Send + Sync + std::fmt::Debug + 'static + ledger::LedgerStore + CreditStore + WebhookStore + metrics::MetricsStore {
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<()>;
 

@@ -15,6 +15,8 @@ pub mod http;
 pub mod intake;
 pub mod library_cache;
 pub mod maintenance;
+pub mod metrics;
+pub mod metrics_collector;
 pub mod openapi;
 pub mod quota;
 pub mod quotes;
@@ -50,6 +52,7 @@ pub use state::AppState;
 
 use routes::credits as credit_routes;
 use routes::quotes as quote_routes;
+use routes::metrics as metrics_route;
 use routes::{
     admin, admin_backends, admin_costs, dataset_zip, datasets, events, files, health, lora_models,
     me, references, webhooks, worker,
@@ -184,6 +187,7 @@ fn routes(settings: &ServerSettings) -> RouteTable {
     RouteTable::default()
         .route(Method::GET, "/healthz", health::healthz)
         .route(Method::GET, "/readyz", health::readyz)
+        .route(Method::GET, "/metrics", metrics_route::metrics)
         .merge(upload)
         .merge(files)
         .merge(api)
@@ -245,6 +249,8 @@ pub fn api_router(state: AppState) -> Router {
     router
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(axum::middleware::map_response(error::json_errors))
+        // Outside the error rewriting and the panic catcher, so it sees the final status.
+        .layer(axum::middleware::from_fn(metrics::record_http))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                 let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");

@@ -32,6 +32,8 @@ use crate::routes::{
     quotes, references, webhooks, worker,
     admin, admin_backends, client_webhooks, dataset_zip, datasets, events, files, health,
     lora_models, me, references, webhooks, worker,
+    admin, admin_backends, dataset_zip, datasets, events, files, health, lora_models, me, metrics,
+    references, webhooks, worker,
 };
 use crate::settings::ServerSettings;
 use crate::views;
@@ -47,7 +49,7 @@ use crate::views;
             `{\"error\": {\"code\": \"snake_case\", \"message\": \"…\"}}`."
     ),
     paths(
-        health::healthz, health::readyz,
+        health::healthz, health::readyz, metrics::metrics,
         datasets::upload, datasets::from_urls, datasets::get,
         lora_models::list, lora_models::create, references::from_references, lora_models::get, lora_models::status,
         lora_models::cancel, lora_models::patch, events::events,
@@ -81,7 +83,7 @@ use crate::views;
         (name = "library", description = "The public LoRA library and the lifecycle of each LoRA"),
         (name = "datasets", description = "Training images"),
         (name = "account", description = "Your account (display name) and your limits"),
-        (name = "ops", description = "Health checks"),
+        (name = "ops", description = "Health checks and Prometheus metrics"),
         (name = "admin", description = "Manual review of trained LoRAs and the training backends' circuit breakers (admin tokens only)"),
         (name = "worker", description = "The worker protocol (docs/worker-protocol.md): one training attempt, per-attempt token"),
         (name = "files", description = "Signed links to files on local storage (S3 storage hands out presigned URLs instead)"),

@@ -16,6 +16,7 @@ use loraforge_storage::BlobStore;
 
 use crate::auth::JwtKeys;
 use crate::library_cache::LibraryCache;
+use crate::metrics::MetricsEndpoint;
 use crate::rate_limit::RateLimiter;
 use crate::settings::ServerSettings;
 use crate::webhook::SeenIds;
@@ -49,6 +50,8 @@ struct Inner {
     decode_budget: Arc<DecodeBudget>,
     /// Webhook deliveries already taken (`routes/webhooks.rs`).
     webhook_seen: SeenIds,
+    /// `GET /metrics`: the installed recorder and the scrape token; `None`: no recorder (404).
+    metrics: Option<MetricsEndpoint>,
 }
 
 /// A configured training backend, as the composition root describes it to the admin view.
@@ -117,6 +120,7 @@ impl AppState {
             breaker_rules: BreakerRules::default(),
             decode_budget,
             webhook_seen: SeenIds::default(),
+            metrics: None,
         }))
     }
 
@@ -187,6 +191,19 @@ impl AppState {
             None => tracing::warn!("the backends are not set: the state was already shared"),
         }
         self
+    }
+
+    /// Serves `GET /metrics` from this recorder's handle. Call before sharing the state.
+    pub fn with_metrics(mut self, metrics: MetricsEndpoint) -> Self {
+        match Arc::get_mut(&mut self.0) {
+            Some(inner) => inner.metrics = Some(metrics),
+            None => tracing::warn!("metrics are not served: the state was already shared"),
+        }
+        self
+    }
+
+    pub fn metrics(&self) -> Option<&MetricsEndpoint> {
+        self.0.metrics.as_ref()
     }
 
     pub fn backends(&self) -> &[BackendInfo] {

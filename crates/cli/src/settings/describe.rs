@@ -160,6 +160,8 @@ impl Settings {
                 "replicate_webhook_secret",
                 secret(&self.replicate_webhook_secret),
             ),
+            ("metrics_enabled", self.metrics_enabled.to_string()),
+            ("metrics_token", secret(&self.metrics_token)),
             (
                 "runpod_graphql_url",
                 self.runpod_graphql_url

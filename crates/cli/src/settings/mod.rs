@@ -217,6 +217,10 @@ pub struct Settings {
     /// `GET /v1/webhooks/default/secret`): `POST /api/v1/webhooks/replicate` verifies deliveries
     /// with it; unset, that route answers 404. Secret.
     pub replicate_webhook_secret: Option<SecretString>,
+    /// Record Prometheus metrics and serve them at `GET /metrics` (`serve` only).
+    pub metrics_enabled: bool,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <this>`; unset, it is open. Secret.
+    pub metrics_token: Option<SecretString>,
     /// Let remote workers call back to a loopback `public_url` (tests only: a real pod cannot
     /// reach it).
     pub allow_loopback_callbacks: bool,
@@ -331,6 +335,7 @@ impl Settings {
             .set_default("unused_dataset_retention_secs", 7 * 86_400)?
             .set_default("show_creator_emails", false)?
             .set_default("credits", "off")?
+            .set_default("metrics_enabled", true)?
             .set_default("download_url_ttl_secs", 3600)?
             .set_default("library_cache_ms", 1000)?
             .set_default("image_url_allowed_hosts", Vec::<String>::new())?

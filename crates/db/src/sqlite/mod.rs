@@ -112,6 +112,7 @@ mod datasets;
 mod jobs;
 mod ledger;
 mod library;
+mod metrics;
 mod retention;
 mod rows;
 mod runs;

@@ -13,6 +13,7 @@ mod helpers;
 mod ledger;
 mod library;
 mod lifecycle;
+mod metrics;
 mod name_keys;
 mod webhooks;
 
@@ -88,4 +89,6 @@ conformance! {
     webhooks::webhook_is_stored_with_the_lora_and_secrets_are_stable,
     webhooks::batches_move_the_cursor_once,
     webhooks::deliveries_are_leased_attempted_and_logged,
+    metrics::the_snapshot_counts_statuses_queue_runs_breakers_and_alerts,
+    metrics::seeded_runs_are_ended_for_finished_loras_and_live_for_training_ones,
 }

@@ -13,6 +13,7 @@ pub mod health;
 pub mod lora_models;
 pub mod me;
 pub mod quotes;
+pub mod metrics;
 pub mod references;
 pub mod webhooks;
 pub mod worker;

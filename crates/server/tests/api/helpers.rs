@@ -69,6 +69,15 @@ pub async fn spawn_app_with(
     engine: Engine,
     configure: impl FnOnce(&mut ServerSettings),
 ) -> TestApp {
+    spawn_app_with_state(engine, configure, |state| state).await
+}
+
+/// As [`spawn_app_with`], and `extend` adds to the server's state before it serves (metrics).
+pub async fn spawn_app_with_state(
+    engine: Engine,
+    configure: impl FnOnce(&mut ServerSettings),
+    extend: impl FnOnce(AppState) -> AppState,
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let (repo, pg) = match engine {
         Engine::Sqlite => {
@@ -131,7 +140,7 @@ pub async fn spawn_app_with(
         Default::default(),
     )
     .with_engine_wake(engine_wake.clone());
-    let app = Application::new(state, listener);
+    let app = Application::new(extend(state), listener);
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     TestApp {
         base,

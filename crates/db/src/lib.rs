@@ -25,12 +25,17 @@ use loraforge_domain::{
     TrainingParams, TrainingRun, TrainingStatus, TransitionError, UserId,
 };
 
+pub mod alerts;
 mod common;
 pub mod postgres;
 pub mod seed;
 pub mod sqlite;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+
+pub use alerts::{
+    AlertDelivery, AlertQuery, AlertRecord, AlertStore, DeliveryAttempt, DueDelivery, Raised,
+};
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
@@ -488,7 +493,7 @@ pub struct LibraryRow {
 }
 
 #[async_trait]
-pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
+pub trait Repository: Send + Sync + std::fmt::Debug + 'static + AlertStore {
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<()>;
 
@@ -721,7 +726,8 @@ pub trait Repository: Send + Sync + std::fmt::Debug + 'static {
 
     // --- operations ---------------------------------------------------------------------------
 
-    /// Records an operator alert.
+    /// Records an operator alert, deduplicated within the configured cooldown (see
+    /// [`alerts`]; the same path as [`AlertStore::raise_alert`]).
     async fn record_alert(
         &self,
         kind: &str,

@@ -67,6 +67,7 @@ macro_rules! in_write_tx {
     }};
 }
 
+mod alerts;
 mod breakers;
 mod datasets;
 mod jobs;
@@ -83,6 +84,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct PgRepository {
     pool: PgPool,
     faults: Faults,
+    /// `AlertStore::set_alert_cooldown`, in seconds.
+    alert_cooldown_secs: std::sync::atomic::AtomicU64,
 }
 
 impl PgRepository {
@@ -98,6 +101,9 @@ impl PgRepository {
         Ok(Self {
             pool,
             faults: Faults::default(),
+            alert_cooldown_secs: std::sync::atomic::AtomicU64::new(
+                crate::alerts::DEFAULT_ALERT_COOLDOWN.as_secs(),
+            ),
         })
     }
 
@@ -346,7 +352,7 @@ impl Repository for PgRepository {
         message: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        runs::record_alert(&self.pool, kind, subject, message, now).await
+        alerts::record_alert(self, kind, subject, message, now).await
     }
 
     async fn alerts(&self, limit: u32) -> Result<Vec<crate::Alert>> {

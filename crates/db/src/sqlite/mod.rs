@@ -106,6 +106,7 @@ macro_rules! in_write_tx {
     }};
 }
 
+mod alerts;
 mod breakers;
 mod datasets;
 mod jobs;
@@ -127,6 +128,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct SqliteRepository {
     pool: SqlitePool,
     faults: Faults,
+    /// `AlertStore::set_alert_cooldown`, in seconds.
+    alert_cooldown_secs: std::sync::atomic::AtomicU64,
 }
 
 impl SqliteRepository {
@@ -168,6 +171,9 @@ impl SqliteRepository {
         Ok(Self {
             pool,
             faults: Faults::default(),
+            alert_cooldown_secs: std::sync::atomic::AtomicU64::new(
+                crate::alerts::DEFAULT_ALERT_COOLDOWN.as_secs(),
+            ),
         })
     }
 
@@ -417,7 +423,7 @@ impl Repository for SqliteRepository {
         message: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        runs::record_alert(&self.pool, kind, subject, message, now).await
+        alerts::record_alert(self, kind, subject, message, now).await
     }
 
     async fn alerts(&self, limit: u32) -> Result<Vec<crate::Alert>> {

@@ -4,6 +4,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`). The Postgres tests fail, never skip, when the
 //! server is unreachable.
 
+mod alerts;
 mod breakers;
 mod create;
 mod datasets;
@@ -35,6 +36,10 @@ macro_rules! conformance {
 }
 
 conformance! {
+    alerts::alerts_dedup_within_the_cooldown,
+    alerts::concurrent_raises_make_one_alert,
+    alerts::acknowledged_alerts_close_and_page,
+    alerts::deliveries_are_due_retried_and_done,
     create::dataset_round_trip,
     create::create_and_get,
     create::duplicate_name_per_user,

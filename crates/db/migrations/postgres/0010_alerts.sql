@@ -1,0 +1,23 @@
+-- Alerts grow dedup and delivery (issue 11). An occurrence of the same (kind, subject) within the
+-- cooldown of the open alert's first sighting bumps `count`/`last_seen` instead of adding a row;
+-- an acknowledged alert is closed, so the next occurrence is a new row (delivered again).
+ALTER TABLE alerts ADD COLUMN first_seen timestamptz;
+ALTER TABLE alerts ADD COLUMN last_seen timestamptz;
+ALTER TABLE alerts ADD COLUMN count bigint NOT NULL DEFAULT 1;
+ALTER TABLE alerts ADD COLUMN acknowledged_at timestamptz;
+ALTER TABLE alerts ADD COLUMN acknowledged_by text;
+UPDATE alerts SET first_seen = created_at, last_seen = created_at;
+CREATE INDEX alerts_open ON alerts (kind, subject, id) WHERE acknowledged_at IS NULL;
+
+-- One row per (alert, channel) once the deliverer has tried it: `slack`, `webhook`, `email`.
+-- `delivered_at` or `gave_up_at` set = done; otherwise retried at `next_attempt_at`.
+CREATE TABLE alert_deliveries (
+    alert_id        bigint NOT NULL REFERENCES alerts (id),
+    channel         text NOT NULL,
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz,
+    last_error      text,
+    delivered_at    timestamptz,
+    gave_up_at      timestamptz,
+    PRIMARY KEY (alert_id, channel)
+);

@@ -27,6 +27,8 @@ use loraforge_domain::{
 
 pub mod alerts;
 mod common;
+pub mod finish_mails;
+pub mod monitors;
 pub mod postgres;
 pub mod seed;
 pub mod sqlite;
@@ -36,6 +38,9 @@ pub mod test_support;
 pub use alerts::{
     AlertDelivery, AlertQuery, AlertRecord, AlertStore, DeliveryAttempt, DueDelivery, Raised,
 };
+
+pub use finish_mails::{FinishMailStore, FinishedLora};
+pub use monitors::{MonitorStats, MonitorStore, StuckCleanup};
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
@@ -493,7 +498,9 @@ pub struct LibraryRow {
 }
 
 #[async_trait]
-pub trait Repository: Send + Sync + std::fmt::Debug + 'static + AlertStore {
+pub trait Repository:
+    Send + Sync + std::fmt::Debug + 'static + AlertStore + MonitorStore + FinishMailStore
+{
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<()>;
 

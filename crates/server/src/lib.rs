@@ -3,9 +3,11 @@
 //! [`error::ApiError`]. It owns no state of its own beyond per-process rate limits and the
 //! wake-up channel of SSE streams; everything durable is in the database or the blob store.
 
+pub mod alerts;
 pub mod auth;
 pub mod body;
 pub mod create;
+pub mod creator_mail;
 pub mod dataset_sweep;
 pub mod downloads;
 pub mod error;
@@ -13,6 +15,7 @@ pub mod http;
 pub mod intake;
 pub mod library_cache;
 pub mod maintenance;
+pub mod monitors;
 pub mod openapi;
 pub mod quota;
 pub mod rate_limit;
@@ -45,8 +48,8 @@ pub use settings::{HttpSettings, ServerSettings};
 pub use state::AppState;
 
 use routes::{
-    admin, admin_backends, dataset_zip, datasets, events, files, health, lora_models, me,
-    references, webhooks, worker,
+    admin, admin_alerts, admin_backends, dataset_zip, datasets, events, files, health, lora_models,
+    me, me_notifications, references, webhooks, worker,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -106,6 +109,16 @@ fn routes(settings: &ServerSettings) -> RouteTable {
         .route(Method::PATCH, "/api/v1/me", me::patch)
         .route(Method::GET, "/api/v1/me/limits", me::limits)
         .route(
+            Method::GET,
+            "/api/v1/me/notifications",
+            me_notifications::get,
+        )
+        .route(
+            Method::PUT,
+            "/api/v1/me/notifications",
+            me_notifications::put,
+        )
+        .route(
             Method::POST,
             "/api/v1/admin/lora-models/{id}/review",
             admin::review,
@@ -115,6 +128,12 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             Method::POST,
             "/api/v1/admin/backends/{name}/breaker",
             admin_backends::force,
+        )
+        .route(Method::GET, "/api/v1/admin/alerts", admin_alerts::list)
+        .route(
+            Method::POST,
+            "/api/v1/admin/alerts/{id}/ack",
+            admin_alerts::ack,
         )
         .route(Method::GET, "/api/v1/worker/jobs/{id}", worker::job)
         .route(

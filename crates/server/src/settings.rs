@@ -57,6 +57,10 @@ pub struct ServerSettings {
     /// The Replicate account's webhook signing key (`POST /api/v1/webhooks/replicate`); `None`:
     /// the route answers 404 `webhook_not_configured`.
     pub replicate_webhook_key: Option<WebhookKey>,
+    /// The operator monitors' thresholds (`monitors::run_monitors`, run by `maintenance`).
+    pub monitors: crate::monitors::MonitorSettings,
+    /// Whether creators are e-mailed when a LoRA finishes (an SMTP server is configured).
+    pub finish_mails: bool,
 }
 
 /// How long the HTTP server waits for a client, and how many it serves at once.
@@ -161,6 +165,8 @@ impl Default for ServerSettings {
             decode_wait: Duration::from_secs(30),
             http: HttpSettings::default(),
             replicate_webhook_key: None,
+            monitors: crate::monitors::MonitorSettings::default(),
+            finish_mails: false,
         }
     }
 }

@@ -21,3 +21,14 @@ CREATE TABLE alert_deliveries (
     gave_up_at      timestamptz,
     PRIMARY KEY (alert_id, channel)
 );
+
+-- Creators' e-mails when their LoRA finishes: the owner's choice (NULL = on, the default) and one
+-- row per LoRA mailed (or skipped), so each LoRA is mailed once, across crashes too.
+ALTER TABLE users ADD COLUMN email_on_finish boolean;
+CREATE TABLE lora_finish_mails (
+    lora_id   uuid PRIMARY KEY REFERENCES lora_models (id),
+    status    text NOT NULL,
+    outcome   text NOT NULL,
+    detail    text,
+    at        timestamptz NOT NULL
+);

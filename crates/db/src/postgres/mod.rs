@@ -70,8 +70,10 @@ macro_rules! in_write_tx {
 mod alerts;
 mod breakers;
 mod datasets;
+mod finish_mails;
 mod jobs;
 mod library;
+mod monitors;
 mod retention;
 mod rows;
 mod runs;

@@ -272,3 +272,66 @@ pub async fn deliveries_are_due_retried_and_done(repo: Repo) {
             .any(|d| d.alert.id == a.id)
     );
 }
+
+pub async fn finished_loras_are_mailed_once_and_opt_out_is_kept(repo: Repo) {
+    let (owner, ds) = user(&repo).await;
+    assert!(repo.email_on_finish(owner).await.unwrap(), "on by default");
+    let done = create(&repo, new_lora(owner, ds, "Done", t(0))).await;
+    let failed = create(&repo, new_lora(owner, ds, "Broke", t(0))).await;
+    let running = create(&repo, new_lora(owner, ds, "Running", t(0))).await;
+    drive(
+        &repo,
+        done.id,
+        loraforge_domain::TrainingStatus::Completed,
+        t(1),
+    )
+    .await;
+    drive(
+        &repo,
+        failed.id,
+        loraforge_domain::TrainingStatus::Failed,
+        t(2),
+    )
+    .await;
+    drive(
+        &repo,
+        running.id,
+        loraforge_domain::TrainingStatus::Training,
+        t(2),
+    )
+    .await;
+
+    let due = repo.finished_unmailed(t(0), 10).await.unwrap();
+    let got: Vec<_> = due.iter().map(|f| (f.lora_id, f.status.as_str())).collect();
+    assert_eq!(got, vec![(done.id, "completed"), (failed.id, "failed")]);
+    assert!(due.iter().all(|f| f.email_on_finish));
+    assert!(
+        repo.finished_unmailed(t(3), 10).await.unwrap().is_empty(),
+        "older than since"
+    );
+
+    repo.record_finish_mail(done.id, "completed", "sent", None, t(3))
+        .await
+        .unwrap();
+    repo.record_finish_mail(done.id, "completed", "failed", Some("again"), t(4))
+        .await
+        .unwrap();
+    let due = repo.finished_unmailed(t(0), 10).await.unwrap();
+    assert_eq!(
+        due.iter().map(|f| f.lora_id).collect::<Vec<_>>(),
+        vec![failed.id]
+    );
+
+    repo.set_email_on_finish(owner, Some("me@example.com"), false, t(5))
+        .await
+        .unwrap();
+    assert!(!repo.email_on_finish(owner).await.unwrap());
+    let due = repo.finished_unmailed(t(0), 10).await.unwrap();
+    assert!(!due[0].email_on_finish);
+    repo.set_email_on_finish(owner, None, true, t(6))
+        .await
+        .unwrap();
+    assert!(repo.email_on_finish(owner).await.unwrap());
+    let due = repo.finished_unmailed(t(0), 10).await.unwrap();
+    assert_eq!(due[0].email.as_deref(), Some("me@example.com"));
+}

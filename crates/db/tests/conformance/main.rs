@@ -40,6 +40,7 @@ conformance! {
     alerts::concurrent_raises_make_one_alert,
     alerts::acknowledged_alerts_close_and_page,
     alerts::deliveries_are_due_retried_and_done,
+    alerts::finished_loras_are_mailed_once_and_opt_out_is_kept,
     create::dataset_round_trip,
     create::create_and_get,
     create::duplicate_name_per_user,

@@ -1,6 +1,7 @@
 //! One module per resource, merged into one router by [`crate::api_router`].
 
 pub mod admin;
+pub mod admin_alerts;
 pub mod admin_backends;
 pub mod dataset_zip;
 pub mod datasets;
@@ -9,6 +10,7 @@ pub mod files;
 pub mod health;
 pub mod lora_models;
 pub mod me;
+pub mod me_notifications;
 pub mod references;
 pub mod webhooks;
 pub mod worker;

@@ -4,6 +4,7 @@ mod helpers;
 mod image_server;
 
 mod admin_backends;
+mod alerts;
 mod auth;
 mod dataset_zip;
 mod datasets;
@@ -14,6 +15,7 @@ mod hostile;
 mod library;
 mod limits;
 mod lora_models;
+mod monitors;
 mod ops;
 mod references;
 mod retention;

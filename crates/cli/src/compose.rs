@@ -89,6 +89,9 @@ pub fn server_settings(s: &Settings) -> ServerSettings {
             max_connections: s.http_max_connections.max(1),
         },
         replicate_webhook_key: s.replicate_webhook_key(),
+        // Checked by `Settings::load`.
+        monitors: s.monitor_settings().unwrap_or_default(),
+        finish_mails: s.mailer().ok().flatten().is_some(),
         ..ServerSettings::default()
     }
 }

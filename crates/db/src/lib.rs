@@ -26,6 +26,7 @@ use loraforge_domain::{
 };
 
 pub mod alerts;
+pub mod archival;
 mod common;
 pub mod finish_mails;
 pub mod monitors;
@@ -39,6 +40,7 @@ pub use alerts::{
     AlertDelivery, AlertQuery, AlertRecord, AlertStore, DeliveryAttempt, DueDelivery, Raised,
 };
 
+pub use archival::{ArchivalCandidate, ArchivalStore};
 pub use finish_mails::{FinishMailStore, FinishedLora};
 pub use monitors::{MonitorStats, MonitorStore, StuckCleanup};
 
@@ -499,7 +501,14 @@ pub struct LibraryRow {
 
 #[async_trait]
 pub trait Repository:
-    Send + Sync + std::fmt::Debug + 'static + AlertStore + MonitorStore + FinishMailStore
+    Send
+    + Sync
+    + std::fmt::Debug
+    + 'static
+    + AlertStore
+    + MonitorStore
+    + FinishMailStore
+    + ArchivalStore
 {
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<()>;

@@ -48,8 +48,8 @@ pub use settings::{HttpSettings, ServerSettings};
 pub use state::AppState;
 
 use routes::{
-    admin, admin_alerts, admin_backends, dataset_zip, datasets, events, files, health, lora_models,
-    me, me_notifications, references, webhooks, worker,
+    admin, admin_alerts, admin_archival, admin_backends, dataset_zip, datasets, events, files,
+    health, lora_models, me, me_notifications, references, webhooks, worker,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -130,6 +130,16 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             admin_backends::force,
         )
         .route(Method::GET, "/api/v1/admin/alerts", admin_alerts::list)
+        .route(
+            Method::GET,
+            "/api/v1/admin/archival-review",
+            admin_archival::review,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/admin/archival-review",
+            admin_archival::approve,
+        )
         .route(
             Method::POST,
             "/api/v1/admin/alerts/{id}/ack",

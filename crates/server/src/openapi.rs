@@ -26,8 +26,8 @@ use loraforge_domain::params::{ListRule, Rule, Text};
 
 use crate::routes::lora_models::MAX_DESCRIPTION_CHARS;
 use crate::routes::{
-    admin, admin_alerts, admin_backends, dataset_zip, datasets, events, files, health, lora_models,
-    me, me_notifications, references, webhooks, worker,
+    admin, admin_alerts, admin_archival, admin_backends, dataset_zip, datasets, events, files,
+    health, lora_models, me, me_notifications, references, webhooks, worker,
 };
 use crate::settings::ServerSettings;
 use crate::views;
@@ -49,6 +49,7 @@ use crate::views;
         lora_models::cancel, lora_models::patch, events::events,
         me::me, me::patch, me::limits, admin::review, admin_backends::list, admin_backends::force,
         admin_alerts::list, admin_alerts::ack, me_notifications::get, me_notifications::put,
+        admin_archival::review, admin_archival::approve,
         worker::job, worker::progress, worker::checkpoint, worker::result, worker::failure,
         files::get_file, files::put_file, dataset_zip::dataset_zip, webhooks::replicate,
     ),
@@ -64,6 +65,8 @@ use crate::views;
         admin_backends::ForceBreaker, admin_backends::ForcedState,
         admin_alerts::AlertList, admin_alerts::AlertView, admin_alerts::DeliveryView,
         me_notifications::NotificationsView, me_notifications::PutNotifications,
+        admin_archival::ArchivalReview, admin_archival::ArchivalCandidateView, admin_archival::ApproveArchival,
+        admin_archival::ArchivalApproved,
         loraforge_domain::ParamsInput, webhooks::WebhookAnswer,
     )),
     modifiers(&SecuritySchemes),

@@ -32,3 +32,13 @@ CREATE TABLE lora_finish_mails (
     detail    text,
     at        timestamptz NOT NULL
 );
+
+-- The monthly archival review: an admin's approval of archiving a LoRA not used for months. Only
+-- recorded; nothing is moved or deleted.
+CREATE TABLE archival_approvals (
+    id          bigserial PRIMARY KEY,
+    lora_id     uuid NOT NULL REFERENCES lora_models (id),
+    approved_by text NOT NULL,
+    approved_at timestamptz NOT NULL
+);
+CREATE INDEX archival_approvals_lora ON archival_approvals (lora_id);

@@ -32,3 +32,13 @@ CREATE TABLE lora_finish_mails (
     detail    TEXT,
     at        TEXT NOT NULL
 );
+
+-- The monthly archival review: an admin's approval of archiving a LoRA not used for months. Only
+-- recorded; nothing is moved or deleted.
+CREATE TABLE archival_approvals (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    lora_id     TEXT NOT NULL REFERENCES lora_models (id),
+    approved_by TEXT NOT NULL,
+    approved_at TEXT NOT NULL
+);
+CREATE INDEX archival_approvals_lora ON archival_approvals (lora_id);

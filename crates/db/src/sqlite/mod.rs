@@ -107,6 +107,7 @@ macro_rules! in_write_tx {
 }
 
 mod alerts;
+mod archival;
 mod breakers;
 mod datasets;
 mod finish_mails;

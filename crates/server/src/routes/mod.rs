@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod admin_alerts;
+pub mod admin_archival;
 pub mod admin_backends;
 pub mod dataset_zip;
 pub mod datasets;

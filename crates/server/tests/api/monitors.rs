@@ -164,3 +164,94 @@ async fn monitors_fire_once_per_cooldown_sqlite() {
 async fn monitors_fire_once_per_cooldown_postgres() {
     monitors_story(Engine::Postgres).await;
 }
+
+#[tokio::test]
+async fn the_archival_review_lists_old_loras_and_records_approvals() {
+    use loraforge_db::TrainedFiles;
+    use serde_json::{Value, json};
+
+    let app = spawn_app().await;
+    let user = app.user();
+    let admin = app.user_with(Some("ops@example.com".into()), true);
+    let ds = app.dataset(&user).await;
+    let old = app.create_ok(&user, "Old one", &ds).await;
+    let old: LoraId = old.parse().unwrap();
+    let now = app.clock.now();
+    for (ev, detail) in [
+        (StatusEvent::Enqueue, EventDetail::default()),
+        (StatusEvent::Start, EventDetail::default()),
+        (
+            StatusEvent::BeginValidation,
+            EventDetail {
+                outputs: Some(TrainedFiles {
+                    storage_key: format!("lora-models/{}/{old}/model.safetensors", user.id),
+                    file_size: 2_000_000_000,
+                    validation_image_keys: vec![],
+                }),
+                ..EventDetail::default()
+            },
+        ),
+        (StatusEvent::Complete, EventDetail::default()),
+    ] {
+        app.repo.apply_event(old, ev, detail, now).await.unwrap();
+    }
+
+    assert_eq!(
+        app.get(&user, "/api/v1/admin/archival-review")
+            .await
+            .status(),
+        403
+    );
+    // Not 6 months old yet.
+    let r: Value = app
+        .get(&admin, "/api/v1/admin/archival-review")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["candidates"], json!([]));
+    assert!(r["basis"].as_str().unwrap().contains("not tracked"));
+
+    app.clock.advance(Span::days(200));
+    let r: Value = app
+        .get(&admin, "/api/v1/admin/archival-review")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["candidates"][0]["lora_id"], old.to_string());
+    assert_eq!(r["candidates"][0]["stored_bytes"], 2_000_000_000u64);
+    // 2 GB at $0.023 per GB-month.
+    assert_eq!(r["candidates"][0]["monthly_cost"]["micro_usd"], 46_000);
+    assert!(r["candidates"][0]["approved_at"].is_null());
+    assert_eq!(r["total_bytes"], 2_000_000_000u64);
+
+    let r = app
+        .post_json(
+            &admin,
+            "/api/v1/admin/archival-review",
+            &json!({"lora_ids": [old.to_string(), LoraId::new().to_string(), "nope"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["approved"], json!([old.to_string()]));
+    assert_eq!(body["unknown"].as_array().unwrap().len(), 2);
+    let r: Value = app
+        .get(&admin, "/api/v1/admin/archival-review")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(r["candidates"][0]["approved_at"].is_string());
+    // Nothing moved: the LoRA is still completed with its file.
+    let lora = app.repo.get_lora(old).await.unwrap().unwrap();
+    assert_eq!(lora.status, TrainingStatus::Completed);
+    let e = error_of(
+        app.post_json(&admin, "/api/v1/admin/archival-review", &json!({"ids": []}))
+            .await,
+        422,
+    )
+    .await;
+    assert_eq!(e["code"], "invalid_archival_approval");
+}

@@ -97,6 +97,9 @@ pub fn server_settings(s: &Settings) -> ServerSettings {
             timeout: Duration::from_secs(s.webhook_timeout_secs.max(1)),
             ..loraforge_server::ClientWebhookSettings::default()
         },
+        // Checked by `Settings::load`.
+        monitors: s.monitor_settings().unwrap_or_default(),
+        finish_mails: s.mailer().ok().flatten().is_some(),
         ..ServerSettings::default()
     }
 }

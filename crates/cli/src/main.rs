@@ -397,6 +397,9 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
         settings.public_url = Some(loopback.to_string());
     }
     let repo = compose::repository(&settings).await?;
+    loraforge_db::AlertStore::set_alert_cooldown(repo.as_ref(), settings.alert_cooldown()?);
+    let alert_channels = settings.alert_channels()?;
+    let alert_repo = repo.clone();
     let wake = Arc::new(tokio::sync::Notify::new());
     let mut state =
         compose::app_state_with(&settings, repo.clone())?.with_engine_wake(wake.clone());
@@ -497,6 +500,33 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
             },
         ))
     });
+    let mut delivery_stop = stop_tx.subscribe();
+    let delivery = tokio::spawn(loraforge_server::alerts::run(
+        alert_repo.clone(),
+        Arc::new(loraforge_domain::SystemClock),
+        alert_channels,
+        loraforge_server::alerts::DeliveryPolicy::default(),
+        Duration::from_secs(30),
+        async move {
+            let _ = delivery_stop.wait_for(|stop| *stop).await;
+        },
+    ));
+    let creator_mail = match settings.mailer()? {
+        Some(mailer) => {
+            let mut stop = stop_tx.subscribe();
+            Some(tokio::spawn(loraforge_server::creator_mail::run(
+                alert_repo.clone(),
+                Arc::new(loraforge_domain::SystemClock),
+                mailer,
+                settings.public_url()?,
+                Duration::from_secs(30),
+                async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                },
+            )))
+        }
+        None => None,
+    };
     let app = Application::new(state, listener);
     tracing::info!(%addr, data_dir = %settings.data_dir.display(), database = %loraforge_db::redact_url(&settings.database_url()),
         "loraforge listening; API docs at http://{addr}/docs");
@@ -513,6 +543,9 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     let _ = webhooks.await;
     if let Some(collector) = collector {
         let _ = collector.await;
+    let _ = delivery.await;
+    if let Some(mail) = creator_mail {
+        let _ = mail.await;
     }
     tracing::info!("stopped");
     Ok(())

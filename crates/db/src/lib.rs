@@ -26,11 +26,15 @@ use loraforge_domain::{
     TrainingParams, TrainingRun, TrainingStatus, TransitionError, UserId,
 };
 
+pub mod alerts;
+pub mod archival;
 mod common;
 pub mod ledger;
 pub mod credits;
 pub mod metrics;
 pub use metrics::{MetricsStore, OpsSnapshot, RunTotals, SeededRuns};
+pub mod finish_mails;
+pub mod monitors;
 pub mod postgres;
 pub mod seed;
 pub mod sqlite;
@@ -46,6 +50,14 @@ pub use webhooks::{
 pub use credits::{
     CreditEntry, CreditStore, CreditSummary, DueReservation, NewCreditGrant, SettledCredits,
 };
+
+pub use alerts::{
+    AlertDelivery, AlertQuery, AlertRecord, AlertStore, DeliveryAttempt, DueDelivery, Raised,
+};
+
+pub use archival::{ArchivalCandidate, ArchivalStore};
+pub use finish_mails::{FinishMailStore, FinishedLora};
+pub use monitors::{MonitorStats, MonitorStore, StuckCleanup};
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
@@ -515,7 +527,16 @@ pub struct LibraryRow {
 }
 
 #[async_trait]
-pub trait Repository: Send + Sync + std::fmt::Debug + 'static + ledger::LedgerStore + CreditStore + WebhookStore + metrics::MetricsStore {
+pub trait Repository: Send + Sync + std::fmt::Debug + 'static + ledger::LedgerStore + CreditStore + WebhookStore + metrics::MetricsStore + pub trait Repository: {
+    Send
+    + Sync
+    + std::fmt::Debug
+    + 'static
+    + AlertStore
+    + MonitorStore
+    + FinishMailStore
+    + ArchivalStore
+{
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<()>;
 
@@ -748,7 +769,8 @@ pub trait Repository: Send + Sync + std::fmt::Debug + 'static + ledger::LedgerSt
 
     // --- operations ---------------------------------------------------------------------------
 
-    /// Records an operator alert.
+    /// Records an operator alert, deduplicated within the configured cooldown (see
+    /// [`alerts`]; the same path as [`AlertStore::raise_alert`]).
     async fn record_alert(
         &self,
         kind: &str,

@@ -3,11 +3,13 @@
 //! [`error::ApiError`]. It owns no state of its own beyond per-process rate limits and the
 //! wake-up channel of SSE streams; everything durable is in the database or the blob store.
 
+pub mod alerts;
 pub mod auth;
 pub mod body;
 pub mod client_webhooks;
 pub mod create;
 pub mod credits;
+pub mod creator_mail;
 pub mod dataset_sweep;
 pub mod downloads;
 pub mod error;
@@ -17,6 +19,7 @@ pub mod library_cache;
 pub mod maintenance;
 pub mod metrics;
 pub mod metrics_collector;
+pub mod monitors;
 pub mod openapi;
 pub mod quota;
 pub mod quotes;
@@ -56,6 +59,8 @@ use routes::metrics as metrics_route;
 use routes::{
     admin, admin_backends, admin_costs, dataset_zip, datasets, events, files, health, lora_models,
     me, references, webhooks, worker,
+    admin, admin_alerts, admin_archival, admin_backends, dataset_zip, datasets, events, files,
+    health, lora_models, me, me_notifications, references, webhooks, worker,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -137,6 +142,16 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             routes::client_webhooks::deliveries,
         )
         .route(
+            Method::GET,
+            "/api/v1/me/notifications",
+            me_notifications::get,
+        )
+        .route(
+            Method::PUT,
+            "/api/v1/me/notifications",
+            me_notifications::put,
+        )
+        .route(
             Method::POST,
             "/api/v1/admin/lora-models/{id}/review",
             admin::review,
@@ -150,6 +165,22 @@ fn routes(settings: &ServerSettings) -> RouteTable {
         .route(Method::GET, "/api/v1/admin/budget", admin_costs::get_budget)
         .route(Method::PUT, "/api/v1/admin/budget", admin_costs::put_budget)
         .route(Method::GET, "/api/v1/admin/stats", admin_costs::stats)
+        .route(Method::GET, "/api/v1/admin/alerts", admin_alerts::list)
+        .route(
+            Method::GET,
+            "/api/v1/admin/archival-review",
+            admin_archival::review,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/admin/archival-review",
+            admin_archival::approve,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/admin/alerts/{id}/ack",
+            admin_alerts::ack,
+        )
         .route(Method::GET, "/api/v1/worker/jobs/{id}", worker::job)
         .route(
             Method::POST,

@@ -37,6 +37,8 @@ pub async fn sweep_validation_images(
 /// Sweeps every `every` until `shutdown` resolves: validation images past their 30 days, and the
 /// dataset sweep (`dataset_sweep`, one replica at a time); and settles credit reservations every
 /// `credits::RECONCILE_EVERY` (`credits::reconcile_credits`). Failures are logged; the next sweep
+/// dataset sweep (`dataset_sweep`, one replica at a time) and the operator monitors
+/// (`monitors::run_monitors_leased`, one replica at a time). Failures are logged; the next sweep
 /// retries.
 pub async fn run(
     state: AppState,
@@ -94,6 +96,17 @@ pub async fn run(
                 .await;
                 for e in &r.errors {
                     tracing::warn!(error = %e, "the dataset sweep failed in part");
+                }
+                let m = crate::monitors::run_monitors_leased(
+                    state.repo(),
+                    &state.settings().monitors,
+                    &holder,
+                    every.max(Duration::from_secs(60)),
+                    state.now(),
+                )
+                .await;
+                for e in &m.errors {
+                    tracing::warn!(error = %e, "a monitor failed");
                 }
                 if !(r.datasets_deleted.is_empty() && r.images_removed.is_empty() && r.blobs_deleted.is_empty()) {
                     tracing::info!(

@@ -34,6 +34,8 @@ use crate::routes::{
     lora_models, me, references, webhooks, worker,
     admin, admin_backends, dataset_zip, datasets, events, files, health, lora_models, me, metrics,
     references, webhooks, worker,
+    admin, admin_alerts, admin_archival, admin_backends, dataset_zip, datasets, events, files,
+    health, lora_models, me, me_notifications, references, webhooks, worker,
 };
 use crate::settings::ServerSettings;
 use crate::views;
@@ -55,6 +57,8 @@ use crate::views;
         lora_models::cancel, lora_models::patch, events::events,
         me::me, me::patch, me::limits, admin::review, admin_backends::list, admin_backends::force,
         admin_costs::get_budget, admin_costs::put_budget, admin_costs::stats,
+        admin_alerts::list, admin_alerts::ack, me_notifications::get, me_notifications::put,
+        admin_archival::review, admin_archival::approve,
         worker::job, worker::progress, worker::checkpoint, worker::result, worker::failure,
         files::get_file, files::put_file, dataset_zip::dataset_zip, webhooks::replicate,
         quotes::create_quote, credits::mine, credits::grant,
@@ -72,6 +76,10 @@ use crate::views;
         admin_backends::ForceBreaker, admin_backends::ForcedState,
         admin_costs::BudgetView, admin_costs::SetBudget, admin_costs::StatsView,
         admin_costs::SpendLine, admin_costs::UserCount, admin_costs::ReuseCount,
+        admin_alerts::AlertList, admin_alerts::AlertView, admin_alerts::DeliveryView,
+        me_notifications::NotificationsView, me_notifications::PutNotifications,
+        admin_archival::ArchivalReview, admin_archival::ArchivalCandidateView, admin_archival::ApproveArchival,
+        admin_archival::ArchivalApproved,
         loraforge_domain::ParamsInput, webhooks::WebhookAnswer,
         quotes::QuoteBody, crate::quotes::QuotesView, crate::quotes::QuoteView,
         credits::CreditsView, credits::CreditEntryView, credits::GrantBody, credits::GrantView,

@@ -120,6 +120,10 @@ impl Default for ClientWebhookSettings {
             interval: Duration::from_secs(2),
         }
     }
+    /// The operator monitors' thresholds (`monitors::run_monitors`, run by `maintenance`).
+    pub monitors: crate::monitors::MonitorSettings,
+    /// Whether creators are e-mailed when a LoRA finishes (an SMTP server is configured).
+    pub finish_mails: bool,
 }
 
 /// How long the HTTP server waits for a client, and how many it serves at once.
@@ -227,6 +231,8 @@ impl Default for ServerSettings {
             costs: CostSettings::default(),
             credits: CreditSettings::default(),
             client_webhooks: ClientWebhookSettings::default(),
+            monitors: crate::monitors::MonitorSettings::default(),
+            finish_mails: false,
         }
     }
 }

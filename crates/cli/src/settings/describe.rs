@@ -336,7 +336,47 @@ impl Settings {
                 "http_max_connections",
                 self.http_max_connections.to_string(),
             ),
+            (
+                "alert_cooldown",
+                format!("{}s", self.alert_cooldown()?.as_secs()),
+            ),
+            (
+                "alert_slack_webhook_url",
+                secret(&self.alert_slack_webhook_url),
+            ),
+            ("alert_webhook_url", secret(&self.alert_webhook_url)),
+            ("alert_email_to", self.alert_email_to().join(",")),
+            ("smtp_url", secret(&self.smtp_url)),
+            ("mail_from", self.mail_from.clone().unwrap_or_default()),
         ];
+        let m = self.monitor_settings()?;
+        let mut rows = rows;
+        rows.extend([
+            (
+                "monitor_training_alert_after",
+                format!("{}s", m.training_alert_after.as_secs()),
+            ),
+            (
+                "monitor_training_cancel_after",
+                format!("{}s", m.training_cancel_after.as_secs()),
+            ),
+            (
+                "monitor_failure_rate_percent",
+                m.failure_rate_percent.to_string(),
+            ),
+            (
+                "monitor_failure_min_samples",
+                m.failure_min_samples.to_string(),
+            ),
+            ("monitor_max_avg_cost", m.max_avg_cost.to_string()),
+            ("monitor_loras_per_month", m.loras_per_month.to_string()),
+            (
+                "storage_price_per_gb_month",
+                m.storage_price_per_gb_month.to_string(),
+            ),
+            ("monitor_max_storage_cost", m.max_storage_cost.to_string()),
+            ("monitor_cleanup_failures", m.cleanup_failures.to_string()),
+        ]);
         Ok(rows
             .into_iter()
             .map(|(k, v)| format!("{k:<34} = {v:<40}  # LORAFORGE_{}", k.to_uppercase()))

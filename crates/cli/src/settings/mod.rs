@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::Deserialize;
 
+mod alerts;
 mod backends;
 mod costs;
 mod describe;
@@ -285,6 +286,41 @@ pub struct Settings {
     pub trainer_python: Option<PathBuf>,
     /// Where `loraforge setup-trainer` builds the trainer's venv; default `<data_dir>/trainer-venv`.
     pub trainer_venv: Option<PathBuf>,
+    /// Another occurrence of an open alert (same kind and subject) within this long of its first
+    /// sighting is counted on it, not sent again: `3600`, `90s`, `30m`, `1h`, `2d`; default 1h.
+    pub alert_cooldown: Option<String>,
+    /// A Slack incoming webhook URL alerts are posted to (`{"text": …}`). Secret.
+    pub alert_slack_webhook_url: Option<SecretString>,
+    /// A URL alerts are posted to as JSON (id, kind, subject, message, count, first_seen,
+    /// last_seen). Secret.
+    pub alert_webhook_url: Option<SecretString>,
+    /// Operators' e-mail addresses alerts are sent to, comma-separated (needs `smtp_url`).
+    pub alert_email_to: Option<String>,
+    /// The SMTP server for e-mail: `smtp://host:25` (plain), `smtp://user:pass@host:587?tls=required`
+    /// (STARTTLS) or `smtps://user:pass@host:465` (TLS). Secret.
+    pub smtp_url: Option<SecretString>,
+    /// The sender of e-mails, `loraforge <noreply@example.com>` or an address.
+    pub mail_from: Option<String>,
+    /// Alert on a job training longer than this (duration like `alert_cooldown`); default 2h.
+    pub monitor_training_alert_after: Option<String>,
+    /// Cancel a job training longer than this; default 3h.
+    pub monitor_training_cancel_after: Option<String>,
+    /// Alert when more than this percent of the LoRAs finished in 24 h failed; default 10.
+    pub monitor_failure_rate_percent: Option<u32>,
+    /// … once at least this many finished; default 10.
+    pub monitor_failure_min_samples: Option<u64>,
+    /// Alert when LoRAs completed this month cost more than this on average, decimal dollars;
+    /// default 2.50.
+    pub monitor_max_avg_cost: Option<String>,
+    /// LoRAs expected per month; more created this month than this prorated to today alerts;
+    /// default 1000.
+    pub monitor_loras_per_month: Option<u64>,
+    /// What storing one GB (10⁹ bytes) costs per month, decimal dollars; default 0.023.
+    pub storage_price_per_gb_month: Option<String>,
+    /// Alert when stored LoRA files cost more than this per month, decimal dollars; default 100.
+    pub monitor_max_storage_cost: Option<String>,
+    /// Alert on a run whose instance is not gone after this many failed terminations; default 3.
+    pub monitor_cleanup_failures: Option<u32>,
 }
 
 /// Flags that override everything else.
@@ -527,6 +563,7 @@ impl Settings {
                 "job_lease_secs must be at least 10 seconds (workers send a heartbeat every 10 s)"
             );
         }
+        s.check_alerts()?;
         if !matches!(s.log_format.as_str(), "text" | "json") {
             bail!(
                 "log_format must be `text` or `json`, not {:?}",

@@ -67,13 +67,17 @@ macro_rules! in_write_tx {
     }};
 }
 
+mod alerts;
+mod archival;
 mod breakers;
 mod credits;
 mod datasets;
+mod finish_mails;
 mod jobs;
 mod ledger;
 mod library;
 mod metrics;
+mod monitors;
 mod retention;
 mod rows;
 mod runs;
@@ -87,6 +91,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct PgRepository {
     pool: PgPool,
     faults: Faults,
+    /// `AlertStore::set_alert_cooldown`, in seconds.
+    alert_cooldown_secs: std::sync::atomic::AtomicU64,
 }
 
 impl PgRepository {
@@ -102,6 +108,9 @@ impl PgRepository {
         Ok(Self {
             pool,
             faults: Faults::default(),
+            alert_cooldown_secs: std::sync::atomic::AtomicU64::new(
+                crate::alerts::DEFAULT_ALERT_COOLDOWN.as_secs(),
+            ),
         })
     }
 
@@ -350,7 +359,7 @@ impl Repository for PgRepository {
         message: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        runs::record_alert(&self.pool, kind, subject, message, now).await
+        alerts::record_alert(self, kind, subject, message, now).await
     }
 
     async fn alerts(&self, limit: u32) -> Result<Vec<crate::Alert>> {

@@ -106,13 +106,17 @@ macro_rules! in_write_tx {
     }};
 }
 
+mod alerts;
+mod archival;
 mod breakers;
 mod credits;
 mod datasets;
+mod finish_mails;
 mod jobs;
 mod ledger;
 mod library;
 mod metrics;
+mod monitors;
 mod retention;
 mod rows;
 mod runs;
@@ -131,6 +135,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct SqliteRepository {
     pool: SqlitePool,
     faults: Faults,
+    /// `AlertStore::set_alert_cooldown`, in seconds.
+    alert_cooldown_secs: std::sync::atomic::AtomicU64,
 }
 
 impl SqliteRepository {
@@ -172,6 +178,9 @@ impl SqliteRepository {
         Ok(Self {
             pool,
             faults: Faults::default(),
+            alert_cooldown_secs: std::sync::atomic::AtomicU64::new(
+                crate::alerts::DEFAULT_ALERT_COOLDOWN.as_secs(),
+            ),
         })
     }
 
@@ -421,7 +430,7 @@ impl Repository for SqliteRepository {
         message: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        runs::record_alert(&self.pool, kind, subject, message, now).await
+        alerts::record_alert(self, kind, subject, message, now).await
     }
 
     async fn alerts(&self, limit: u32) -> Result<Vec<crate::Alert>> {

@@ -374,23 +374,6 @@ pub(super) async fn unclaim(
     Ok(done.is_some())
 }
 
-pub(super) async fn record_alert(
-    pool: &SqlitePool,
-    kind: &str,
-    subject: &str,
-    message: &str,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    sqlx::query("INSERT INTO alerts (kind, subject, message, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(kind)
-        .bind(subject)
-        .bind(message)
-        .bind(ts(now))
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
 pub(super) async fn alerts(pool: &SqlitePool, limit: u32) -> Result<Vec<crate::Alert>> {
     let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
         "SELECT id, kind, subject, message, created_at FROM alerts ORDER BY id DESC LIMIT $1",

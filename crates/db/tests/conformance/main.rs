@@ -4,6 +4,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`). The Postgres tests fail, never skip, when the
 //! server is unreachable.
 
+mod alerts;
 mod breakers;
 mod create;
 mod credits;
@@ -39,6 +40,11 @@ macro_rules! conformance {
 }
 
 conformance! {
+    alerts::alerts_dedup_within_the_cooldown,
+    alerts::concurrent_raises_make_one_alert,
+    alerts::acknowledged_alerts_close_and_page,
+    alerts::deliveries_are_due_retried_and_done,
+    alerts::finished_loras_are_mailed_once_and_opt_out_is_kept,
     create::dataset_round_trip,
     create::create_and_get,
     create::duplicate_name_per_user,

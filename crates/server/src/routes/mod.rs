@@ -1,6 +1,8 @@
 //! One module per resource, merged into one router by [`crate::api_router`].
 
 pub mod admin;
+pub mod admin_alerts;
+pub mod admin_archival;
 pub mod admin_backends;
 pub mod admin_costs;
 pub mod credits;
@@ -14,6 +16,7 @@ pub mod lora_models;
 pub mod me;
 pub mod quotes;
 pub mod metrics;
+pub mod me_notifications;
 pub mod references;
 pub mod webhooks;
 pub mod worker;

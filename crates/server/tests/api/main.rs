@@ -5,6 +5,7 @@ mod image_server;
 
 mod admin_backends;
 mod admin_costs;
+mod alerts;
 mod auth;
 mod credits;
 mod client_webhooks;
@@ -17,6 +18,7 @@ mod hostile;
 mod library;
 mod limits;
 mod lora_models;
+mod monitors;
 mod ops;
 mod references;
 mod retention;

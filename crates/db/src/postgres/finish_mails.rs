@@ -1,0 +1,104 @@
+//! [`FinishMailStore`] on Postgres.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use loraforge_domain::{LoraId, UserId};
+
+use super::PgRepository;
+use crate::Result;
+use crate::finish_mails::{FinishMailStore, FinishedLora, parse_lora};
+
+type Row = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<bool>,
+);
+
+#[async_trait]
+impl FinishMailStore for PgRepository {
+    async fn email_on_finish(&self, user: UserId) -> Result<bool> {
+        let on: Option<Option<bool>> =
+            sqlx::query_scalar("SELECT email_on_finish FROM users WHERE id = $1")
+                .bind(user.as_uuid())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(on.flatten().unwrap_or(true))
+    }
+
+    async fn set_email_on_finish(
+        &self,
+        user: UserId,
+        email: Option<&str>,
+        on: bool,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO users (id, email, email_on_finish, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
+             ON CONFLICT (id) DO UPDATE SET email = coalesce(EXCLUDED.email, users.email), \
+             email_on_finish = EXCLUDED.email_on_finish, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(user.as_uuid())
+        .bind(email)
+        .bind(on)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn finished_unmailed(
+        &self,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<FinishedLora>> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT m.id::text, m.name, m.training_status, m.error, u.email, u.email_on_finish \
+             FROM lora_models m LEFT JOIN users u ON u.id = m.user_id \
+             WHERE m.training_status IN ('completed', 'failed') AND m.updated_at >= $1 \
+             AND NOT EXISTS (SELECT 1 FROM lora_finish_mails f WHERE f.lora_id = m.id) \
+             ORDER BY m.updated_at LIMIT $2",
+        )
+        .bind(since)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, name, status, error, email, on)| {
+                Ok(FinishedLora {
+                    lora_id: parse_lora(&id)?,
+                    name,
+                    status,
+                    error,
+                    email,
+                    email_on_finish: on.unwrap_or(true),
+                })
+            })
+            .collect()
+    }
+
+    async fn record_finish_mail(
+        &self,
+        lora: LoraId,
+        status: &str,
+        outcome: &str,
+        detail: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO lora_finish_mails (lora_id, status, outcome, detail, at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (lora_id) DO NOTHING",
+        )
+        .bind(lora.as_uuid())
+        .bind(status)
+        .bind(outcome)
+        .bind(detail)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

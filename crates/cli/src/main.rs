@@ -543,6 +543,7 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     let _ = webhooks.await;
     if let Some(collector) = collector {
         let _ = collector.await;
+    }
     let _ = delivery.await;
     if let Some(mail) = creator_mail {
         let _ = mail.await;

@@ -68,7 +68,7 @@ pub struct AlertDelivery {
 
 /// An alert due on a channel, with the attempts made so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DueDelivery {
+pub struct DueAlertDelivery {
     pub alert: AlertRecord,
     pub attempts: u32,
 }
@@ -126,7 +126,7 @@ pub trait AlertStore: Send + Sync {
         since: DateTime<Utc>,
         now: DateTime<Utc>,
         limit: u32,
-    ) -> Result<Vec<DueDelivery>>;
+    ) -> Result<Vec<DueAlertDelivery>>;
 
     /// Records one attempt to deliver `alert_id` on `channel` (counts an attempt).
     async fn record_delivery(

@@ -86,7 +86,7 @@ pub struct MonthStats {
     pub total_uses: u64,
     /// The most used LoRAs (id, name, usage count), most first.
     pub most_used: Vec<(LoraId, String, u64)>,
-    /// Alerts recorded in the month (alerts have no acknowledgement yet: each is open).
+    /// Open alerts: not yet acknowledged.
     pub alerts: u64,
 }
 

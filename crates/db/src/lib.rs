@@ -29,8 +29,8 @@ use loraforge_domain::{
 pub mod alerts;
 pub mod archival;
 mod common;
-pub mod ledger;
 pub mod credits;
+pub mod ledger;
 pub mod metrics;
 pub use metrics::{MetricsStore, OpsSnapshot, RunTotals, SeededRuns};
 pub mod finish_mails;
@@ -52,7 +52,7 @@ pub use credits::{
 };
 
 pub use alerts::{
-    AlertDelivery, AlertQuery, AlertRecord, AlertStore, DeliveryAttempt, DueDelivery, Raised,
+    AlertDelivery, AlertQuery, AlertRecord, AlertStore, DeliveryAttempt, DueAlertDelivery, Raised,
 };
 
 pub use archival::{ArchivalCandidate, ArchivalStore};
@@ -527,11 +527,15 @@ pub struct LibraryRow {
 }
 
 #[async_trait]
-pub trait Repository: Send + Sync + std::fmt::Debug + 'static + ledger::LedgerStore + CreditStore + WebhookStore + metrics::MetricsStore + pub trait Repository: {
+pub trait Repository:
     Send
     + Sync
     + std::fmt::Debug
     + 'static
+    + ledger::LedgerStore
+    + CreditStore
+    + WebhookStore
+    + metrics::MetricsStore
     + AlertStore
     + MonitorStore
     + FinishMailStore

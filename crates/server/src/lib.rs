@@ -8,8 +8,8 @@ pub mod auth;
 pub mod body;
 pub mod client_webhooks;
 pub mod create;
-pub mod credits;
 pub mod creator_mail;
+pub mod credits;
 pub mod dataset_sweep;
 pub mod downloads;
 pub mod error;
@@ -54,13 +54,11 @@ pub use settings::{ClientWebhookSettings, HttpSettings, ServerSettings};
 pub use state::AppState;
 
 use routes::credits as credit_routes;
-use routes::quotes as quote_routes;
 use routes::metrics as metrics_route;
+use routes::quotes as quote_routes;
 use routes::{
-    admin, admin_backends, admin_costs, dataset_zip, datasets, events, files, health, lora_models,
-    me, references, webhooks, worker,
-    admin, admin_alerts, admin_archival, admin_backends, dataset_zip, datasets, events, files,
-    health, lora_models, me, me_notifications, references, webhooks, worker,
+    admin, admin_alerts, admin_archival, admin_backends, admin_costs, dataset_zip, datasets,
+    events, files, health, lora_models, me, me_notifications, references, webhooks, worker,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -31,15 +31,11 @@ pub async fn sweep_validation_images(
     Ok(deleted)
 }
 
-/// Sweeps every `every` until `shutdown` resolves: validation images past their 30 days, the
-/// month's storage costs (`storage_accrual`, idempotent) and the dataset sweep (`dataset_sweep`,
-/// one replica at a time). Failures are logged; the next sweep
-/// Sweeps every `every` until `shutdown` resolves: validation images past their 30 days, and the
-/// dataset sweep (`dataset_sweep`, one replica at a time); and settles credit reservations every
-/// `credits::RECONCILE_EVERY` (`credits::reconcile_credits`). Failures are logged; the next sweep
-/// dataset sweep (`dataset_sweep`, one replica at a time) and the operator monitors
-/// (`monitors::run_monitors_leased`, one replica at a time). Failures are logged; the next sweep
-/// retries.
+/// Sweeps every `every` until `shutdown` resolves: validation images past their 30 days, this
+/// month's storage costs (`storage_accrual`, idempotent), the dataset sweep (`dataset_sweep`, one
+/// replica at a time) and the operator monitors (`monitors::run_monitors_leased`, one replica at a
+/// time); and settles credit reservations every `credits::RECONCILE_EVERY`
+/// (`credits::reconcile_credits`). Failures are logged; the next round retries.
 pub async fn run(
     state: AppState,
     every: Duration,

@@ -26,16 +26,9 @@ use loraforge_domain::params::{ListRule, Rule, Text};
 
 use crate::routes::lora_models::MAX_DESCRIPTION_CHARS;
 use crate::routes::{
-    admin, admin_backends, admin_costs, dataset_zip, datasets, events, files, health, lora_models,
-    me, references, webhooks, worker,
-    admin, admin_backends, credits, dataset_zip, datasets, events, files, health, lora_models, me,
+    admin, admin_alerts, admin_archival, admin_backends, admin_costs, client_webhooks, credits,
+    dataset_zip, datasets, events, files, health, lora_models, me, me_notifications, metrics,
     quotes, references, webhooks, worker,
-    admin, admin_backends, client_webhooks, dataset_zip, datasets, events, files, health,
-    lora_models, me, references, webhooks, worker,
-    admin, admin_backends, dataset_zip, datasets, events, files, health, lora_models, me, metrics,
-    references, webhooks, worker,
-    admin, admin_alerts, admin_archival, admin_backends, dataset_zip, datasets, events, files,
-    health, lora_models, me, me_notifications, references, webhooks, worker,
 };
 use crate::settings::ServerSettings;
 use crate::views;

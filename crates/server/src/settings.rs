@@ -61,6 +61,14 @@ pub struct ServerSettings {
     pub replicate_webhook_key: Option<WebhookKey>,
     /// The system budget and the storage price (`LORAFORGE_MONTHLY_BUDGET_USD`, …).
     pub costs: CostSettings,
+    /// Quotes and credits (`LORAFORGE_CREDITS`, the backends' prices).
+    pub credits: CreditSettings,
+    /// Webhooks to clients (a LoRA's `webhook`): the address rule and the delivery loop.
+    pub client_webhooks: ClientWebhookSettings,
+    /// The operator monitors' thresholds (`monitors::run_monitors`, run by `maintenance`).
+    pub monitors: crate::monitors::MonitorSettings,
+    /// Whether creators are e-mailed when a LoRA finishes (an SMTP server is configured).
+    pub finish_mails: bool,
 }
 
 /// Money settings the API and the maintenance loop need.
@@ -82,8 +90,6 @@ impl Default for CostSettings {
             storage_price_per_gb_month: MicroUsd(23_000),
         }
     }
-    /// Quotes and credits (`LORAFORGE_CREDITS`, the backends' prices).
-    pub credits: CreditSettings,
 }
 
 /// Quotes (`POST /api/v1/quotes`) and credits (seed 003).
@@ -95,8 +101,6 @@ pub struct CreditSettings {
     /// backend missing here (RunPod pods: priced per pod at launch; `local`) is quoted from its
     /// runs' recorded prices, or without a cost.
     pub prices_per_hour: std::collections::BTreeMap<String, loraforge_domain::MicroUsd>,
-    /// Webhooks to clients (a LoRA's `webhook`): the address rule and the delivery loop.
-    pub client_webhooks: ClientWebhookSettings,
 }
 
 /// How client webhooks are checked and delivered (`client_webhooks`).
@@ -120,10 +124,6 @@ impl Default for ClientWebhookSettings {
             interval: Duration::from_secs(2),
         }
     }
-    /// The operator monitors' thresholds (`monitors::run_monitors`, run by `maintenance`).
-    pub monitors: crate::monitors::MonitorSettings,
-    /// Whether creators are e-mailed when a LoRA finishes (an SMTP server is configured).
-    pub finish_mails: bool,
 }
 
 /// How long the HTTP server waits for a client, and how many it serves at once.

@@ -148,11 +148,7 @@ impl Settings {
                 d.max_avg_cost,
             )?,
             loras_per_month: self.monitor_loras_per_month.unwrap_or(d.loras_per_month),
-            storage_price_per_gb_month: dollars(
-                &self.storage_price_per_gb_month,
-                "storage_price_per_gb_month",
-                d.storage_price_per_gb_month,
-            )?,
+            storage_price_per_gb_month: self.storage_price()?,
             max_storage_cost: dollars(
                 &self.monitor_max_storage_cost,
                 "monitor_max_storage_cost",

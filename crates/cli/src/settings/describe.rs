@@ -370,10 +370,6 @@ impl Settings {
             ),
             ("monitor_max_avg_cost", m.max_avg_cost.to_string()),
             ("monitor_loras_per_month", m.loras_per_month.to_string()),
-            (
-                "storage_price_per_gb_month",
-                m.storage_price_per_gb_month.to_string(),
-            ),
             ("monitor_max_storage_cost", m.max_storage_cost.to_string()),
             ("monitor_cleanup_failures", m.cleanup_failures.to_string()),
         ]);

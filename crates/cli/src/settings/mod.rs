@@ -315,8 +315,6 @@ pub struct Settings {
     /// LoRAs expected per month; more created this month than this prorated to today alerts;
     /// default 1000.
     pub monitor_loras_per_month: Option<u64>,
-    /// What storing one GB (10⁹ bytes) costs per month, decimal dollars; default 0.023.
-    pub storage_price_per_gb_month: Option<String>,
     /// Alert when stored LoRA files cost more than this per month, decimal dollars; default 100.
     pub monitor_max_storage_cost: Option<String>,
     /// Alert on a run whose instance is not gone after this many failed terminations; default 3.

@@ -13,7 +13,7 @@ use super::PgRepository;
 use super::rows::ts;
 use crate::Result;
 use crate::alerts::{
-    AlertDelivery, AlertQuery, AlertRecord, AlertStore, DeliveryAttempt, DueDelivery, Raised,
+    AlertDelivery, AlertQuery, AlertRecord, AlertStore, DeliveryAttempt, DueAlertDelivery, Raised,
     attempt_columns, chrono_cooldown,
 };
 
@@ -179,7 +179,7 @@ impl AlertStore for PgRepository {
         since: DateTime<Utc>,
         now: DateTime<Utc>,
         limit: u32,
-    ) -> Result<Vec<DueDelivery>> {
+    ) -> Result<Vec<DueAlertDelivery>> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             alert_columns!(),
@@ -198,7 +198,7 @@ impl AlertStore for PgRepository {
         .await?;
         rows.iter()
             .map(|row| {
-                Ok(DueDelivery {
+                Ok(DueAlertDelivery {
                     alert: alert_row(row)?,
                     attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
                 })

@@ -63,7 +63,7 @@ impl MetricsStore for PgRepository {
                 parse_breaker_state(&row.try_get::<String, _>("state")?)?,
             ));
         }
-        for row in sqlx::query("SELECT kind, COUNT(*) AS n FROM alerts GROUP BY kind ORDER BY kind")
+        for row in sqlx::query("SELECT kind, COUNT(*) AS n FROM alerts WHERE acknowledged_at IS NULL GROUP BY kind ORDER BY kind")
             .fetch_all(&self.pool)
             .await?
         {

@@ -13,7 +13,7 @@ use super::SqliteRepository;
 use super::rows::{parse_ts, ts};
 use crate::Result;
 use crate::alerts::{
-    AlertDelivery, AlertQuery, AlertRecord, AlertStore, DeliveryAttempt, DueDelivery, Raised,
+    AlertDelivery, AlertQuery, AlertRecord, AlertStore, DeliveryAttempt, DueAlertDelivery, Raised,
     attempt_columns, chrono_cooldown,
 };
 
@@ -176,7 +176,7 @@ impl AlertStore for SqliteRepository {
         since: DateTime<Utc>,
         now: DateTime<Utc>,
         limit: u32,
-    ) -> Result<Vec<DueDelivery>> {
+    ) -> Result<Vec<DueAlertDelivery>> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             alert_columns!(),
@@ -195,7 +195,7 @@ impl AlertStore for SqliteRepository {
         .await?;
         rows.iter()
             .map(|row| {
-                Ok(DueDelivery {
+                Ok(DueAlertDelivery {
                     alert: alert_row(row)?,
                     attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
                 })

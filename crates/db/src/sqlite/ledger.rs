@@ -291,13 +291,11 @@ impl LedgerStore for SqliteRepository {
         .bind(i64::from(top))
         .fetch_all(&self.pool)
         .await?;
-        let alerts: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM alerts WHERE created_at >= $1 AND created_at < $2",
-        )
-        .bind(&start)
-        .bind(&end)
-        .fetch_one(&self.pool)
-        .await?;
+        // Open alerts: not acknowledged, whenever they were raised.
+        let alerts: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM alerts WHERE acknowledged_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
         Ok(MonthStats {
             completed: count(completed),
             failed: count(failed),

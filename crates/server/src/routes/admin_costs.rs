@@ -203,7 +203,7 @@ pub struct StatsView {
     /// Every LoRA's uses added up (`usage_count`; nothing counts uses yet, so 0 until it does).
     pub total_uses: u64,
     pub most_used: Vec<ReuseCount>,
-    /// Alerts raised this month (alerts have no acknowledgement yet: each is open).
+    /// Alerts not yet acknowledged (`POST /api/v1/admin/alerts/{id}/ack`).
     pub open_alerts: u64,
 }
 

@@ -17,8 +17,27 @@ cd "$(dirname "$0")/.."
 rounds="${1:-4}"
 runs="${2:-3}"
 steps="${3:-10}"
-off_env=(LORAFORGE_METRICS_ENABLED=false ${LF_BOOKKEEPING_OFF:-})
-on_env=(LORAFORGE_METRICS_ENABLED=true ${LF_BOOKKEEPING_ON:-})
+# A webhook receiver on loopback answering 204 to every delivery, for "on".
+hook_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+python3 - "$hook_port" <<'PY' &
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(204); self.end_headers()
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+hook_pid=$!
+trap 'kill $hook_pid 2>/dev/null' EXIT
+# Off: no metrics recorder, no credits, no webhook, runs free (no ledger amounts). On: every
+# piece of bookkeeping issue 11 adds: the recorder and its collector, credits reserved and
+# settled, a priced local backend (ledger entries, the budget gate's sums), a client webhook per
+# LoRA delivered to the receiver above.
+off_env=(LORAFORGE_METRICS_ENABLED=false LORAFORGE_CREDITS=off LF_WEBHOOK_URL= ${LF_BOOKKEEPING_OFF:-})
+on_env=(LORAFORGE_METRICS_ENABLED=true LORAFORGE_CREDITS=on LORAFORGE_LOCAL_PRICE_PER_HOUR=0.50
+    LORAFORGE_WEBHOOK_ALLOW_PRIVATE_ADDRESSES=true LF_WEBHOOK_URL="http://127.0.0.1:$hook_port/hook"
+    ${LF_BOOKKEEPING_ON:-})
 
 median_of() { # the "median" row's overhead of a lifecycle_overhead.sh table, in ms
     awk -F'|' '$2 ~ /median/ { gsub(/ /, "", $6); printf "%.0f", $6 * 1000 }'

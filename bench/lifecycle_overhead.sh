@@ -42,6 +42,13 @@ env -u LORAFORGE_DATABASE_URL -u LORAFORGE_STORAGE_URL \
 serve_pid=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 token=$("$bin" token --data-dir "$work/data" --user 6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f --ttl 1h)
+# With LORAFORGE_CREDITS=on the user needs credits: an admin grants $1,000 first.
+if [ "${LORAFORGE_CREDITS:-off}" = on ]; then
+    admin=$("$bin" token --data-dir "$work/data" --user 0d0a0b0c-1d1e-4f10-8a11-121314151617 --admin --ttl 1h)
+    curl -sf -X POST -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
+        "http://127.0.0.1:$port/api/v1/admin/users/6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f/credits" \
+        -d '{"amount_usd":"1000","reason":"benchmark"}' >/dev/null
+fi
 
 "$py" - "http://127.0.0.1:$port" "$token" "$work/models/tiny" "$runs" "$steps" "$work/serve.log" <<'PY'
 import io, json, os, random, statistics, sys, time, urllib.request, uuid, zlib, struct
@@ -75,7 +82,9 @@ for run in range(runs):
     ds = upload()["dataset_id"]
     body = json.dumps({"name": f"bench {run} {uuid.uuid4().hex[:6]}", "dataset_id": ds,
                        "params": {"base_model": model, "steps": steps, "resolution": 64, "rank": 4,
-                                  "lr_warmup_steps": 0, "trigger_words": ["zxq"]}}).encode()
+                                  "lr_warmup_steps": 0, "trigger_words": ["zxq"]},
+                       # LF_WEBHOOK_URL: every event of the LoRA is POSTed there (client webhooks).
+                       **({"webhook": os.environ["LF_WEBHOOK_URL"]} if os.environ.get("LF_WEBHOOK_URL") else {})}).encode()
     t0 = time.monotonic()
     lora = call("POST", "/api/v1/lora-models", body, {"Content-Type": "application/json"})["lora_id"]
     while True:

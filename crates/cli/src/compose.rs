@@ -106,7 +106,8 @@ pub fn server_settings(s: &Settings) -> ServerSettings {
 
 /// Credits on or off, and each backend's configured price per hour for quotes (settings are
 /// checked at load, so a price that does not parse is left out rather than failing here). RunPod
-/// pods and `local` have no configured price: their quotes use the prices their runs recorded.
+/// pods have no configured price (each pod's comes from the API at launch): their quotes use the
+/// prices their runs recorded. `local` is priced only when `local_price_per_hour` is above 0.
 fn credit_settings(s: &Settings) -> loraforge_server::settings::CreditSettings {
     let per_hour = |p: &str| loraforge_domain::MicroUsd::parse_dollars(p).ok();
     let per_second =
@@ -125,6 +126,7 @@ fn credit_settings(s: &Settings) -> loraforge_server::settings::CreditSettings {
             per_second(&s.runpod_serverless_price_per_second),
         ),
         ("replicate", per_second(&s.replicate_price_per_second)),
+        ("local", s.local_price().ok().flatten()),
     ];
     loraforge_server::settings::CreditSettings {
         enabled: s.credits == "on",

@@ -52,6 +52,8 @@ pub struct BudgetGate {
     repo: Arc<dyn Repository>,
     settings: BudgetSettings,
     state: Mutex<Option<BudgetStatus>>,
+    /// (month, level) this process already claimed or saw claimed: not asked again every tick.
+    claimed: Mutex<std::collections::HashSet<(String, &'static str)>>,
 }
 
 impl BudgetGate {
@@ -60,6 +62,7 @@ impl BudgetGate {
             repo,
             settings,
             state: Mutex::new(None),
+            claimed: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -81,11 +84,24 @@ impl BudgetGate {
                 if level > reached {
                     break;
                 }
+                let key = (status.month.clone(), level.as_str());
                 if self
+                    .claimed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&key)
+                {
+                    continue;
+                }
+                let won = self
                     .repo
                     .claim_budget_alert(&status.month, level.as_str(), now)
-                    .await?
-                {
+                    .await?;
+                self.claimed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key);
+                if won {
                     let message = alert_message(level, &status, self.settings.alert_percent);
                     tracing::warn!(kind = level.alert_kind(), %message, "budget alert");
                     self.repo

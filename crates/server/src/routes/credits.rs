@@ -20,12 +20,16 @@ use crate::state::AppState;
 use crate::views::ErrorBody;
 
 const MAX_PAGE: u32 = 100;
+/// The deepest page start: a history is read newest first, so this is far past any real one.
+const MAX_OFFSET: u64 = 1_000_000;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct HistoryParams {
     /// 1–100, default 50.
     pub limit: Option<u32>,
+    /// Entries to skip, 0–1,000,000; default 0.
+    #[param(maximum = 1_000_000)]
     pub offset: Option<u64>,
 }
 
@@ -115,6 +119,12 @@ pub async fn mine(
         ));
     }
     let offset = q.offset.unwrap_or(0);
+    if offset > MAX_OFFSET {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("offset must be from 0 to {MAX_OFFSET}"),
+        ));
+    }
     let summary = state.repo().credit_summary(user.id).await?;
     let history = state.repo().credit_history(user.id, limit, offset).await?;
     Ok(Json(summary_view(

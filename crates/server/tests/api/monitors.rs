@@ -165,6 +165,140 @@ async fn monitors_fire_once_per_cooldown_postgres() {
     monitors_story(Engine::Postgres).await;
 }
 
+/// Takes a created LoRA through one run on the `runpod` backend, as the engine would: the run is
+/// recorded; with `finish`, the LoRA completes with a 2.5 GB file and the run's instance is gone
+/// at `cost`; without it, the run stays open and its instance refuses to end 3 times.
+async fn one_run(app: &TestApp, id: &str, finish: Option<MicroUsd>) -> LoraId {
+    use loraforge_db::{NewRun, TrainedFiles};
+    use loraforge_domain::RunId;
+
+    let id = training(app, id).await;
+    let now = app.clock.now();
+    let repo = app.repo.as_ref();
+    let run = repo
+        .insert_run(&NewRun {
+            id: RunId::new(),
+            lora_id: id,
+            attempt: 1,
+            backend: "runpod".into(),
+            route_reason: None,
+            engine: "engine-1".into(),
+            instance_name: format!("loraforge-{id}-1"),
+            provider_id: format!("pod-{id}"),
+            gpu_type: Some("NVIDIA L4".into()),
+            price_per_hour: Some(MicroUsd(1_000_000)),
+            created_at: now,
+            started_at: now,
+        })
+        .await
+        .unwrap();
+    let Some(cost) = finish else {
+        for n in 1..=3 {
+            let tries = repo
+                .record_terminate_failure(run.id, "the provider answered 500", now)
+                .await
+                .unwrap();
+            assert_eq!(tries, n);
+        }
+        return id;
+    };
+    repo.record_run_outcome(run.id, "trained", None, None, now)
+        .await
+        .unwrap();
+    let files = TrainedFiles {
+        storage_key: format!("lora-models/u/{id}/model.safetensors"),
+        file_size: 2_500_000_000,
+        validation_image_keys: vec![],
+    };
+    repo.apply_event(
+        id,
+        StatusEvent::BeginValidation,
+        EventDetail {
+            outputs: Some(files),
+            ..EventDetail::default()
+        },
+        now,
+    )
+    .await
+    .unwrap();
+    let done = repo
+        .apply_event(
+            id,
+            StatusEvent::Complete,
+            EventDetail {
+                validation_passed: Some(true),
+                ..EventDetail::default()
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.status, TrainingStatus::Completed);
+    assert!(repo.record_instance_gone(run.id, cost, now).await.unwrap());
+    id
+}
+
+/// The money and cleanup monitors: a month whose one completed LoRA cost $3 (above $2.50 on
+/// average), 2.5 GB of stored files at the default $0.023/GB-month against a $0.01 limit, and a
+/// run whose instance would not end after 3 tries: each alerted once, not again within the
+/// cooldown, and again once it has passed.
+async fn money_monitors_story(engine: Engine) {
+    let app = spawn_app_with(engine, |_| {}).await;
+    let user = app.user();
+    let dataset = app.dataset(&user).await;
+    let priced = app.create_ok(&user, "Priced", &dataset).await;
+    one_run(&app, &priced, Some(MicroUsd::from_dollars(3))).await;
+    let stuck = app.create_ok(&user, "Stuck", &dataset).await;
+    one_run(&app, &stuck, None).await;
+    let settings = MonitorSettings {
+        max_storage_cost: MicroUsd(10_000),
+        ..settings()
+    };
+
+    let money = ["cost_per_lora", "failed_cleanup", "storage_cost"];
+    let r = run_monitors(app.repo.as_ref(), &settings, app.clock.now()).await;
+    assert!(r.errors.is_empty(), "{r:?}");
+    let mut kinds: Vec<&str> = r
+        .new_kinds()
+        .into_iter()
+        .filter(|k| money.contains(k))
+        .collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, money, "{r:?}");
+
+    // Within the cooldown: seen again (counted), not new.
+    app.clock.advance(Span::seconds(600));
+    let r = run_monitors(app.repo.as_ref(), &settings, app.clock.now()).await;
+    assert!(r.new_kinds().iter().all(|k| !money.contains(k)), "{r:?}");
+    for k in money {
+        assert!(
+            r.raised.iter().any(|(kind, _, new)| kind == k && !new),
+            "{k} not seen again: {r:?}"
+        );
+    }
+
+    // Past the cooldown (6 h in `settings`): alerted anew.
+    app.clock.advance(Span::seconds(6 * 3600));
+    let r = run_monitors(app.repo.as_ref(), &settings, app.clock.now()).await;
+    let mut kinds: Vec<&str> = r
+        .new_kinds()
+        .into_iter()
+        .filter(|k| money.contains(k))
+        .collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, money, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn money_and_cleanup_monitors_fire_once_per_cooldown_sqlite() {
+    money_monitors_story(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn money_and_cleanup_monitors_fire_once_per_cooldown_postgres() {
+    money_monitors_story(Engine::Postgres).await;
+}
+
 #[tokio::test]
 async fn the_archival_review_lists_old_loras_and_records_approvals() {
     use loraforge_db::TrainedFiles;

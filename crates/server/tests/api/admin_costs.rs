@@ -5,10 +5,9 @@
 use serde_json::{Value, json};
 
 use loraforge_db::EventDetail;
-use loraforge_db::TrainedFiles;
 use loraforge_db::ledger::NewCostEntry;
 use loraforge_domain::budget::{CostKind, month_key};
-use loraforge_domain::{Clock, LoraId, MicroUsd, StatusEvent, TrainingStatus, UserId};
+use loraforge_domain::{Clock, LoraId, MicroUsd, StatusEvent, UserId};
 use loraforge_server::storage_accrual::accrue_storage;
 
 use crate::helpers::*;
@@ -38,35 +37,7 @@ async fn completed_lora(app: &TestApp, user: &User) -> LoraId {
         .unwrap()
         .unwrap();
     assert_eq!(job.lora.id, id);
-    let files = TrainedFiles {
-        storage_key: format!("lora-models/{}/{id}/model.safetensors", user.id),
-        file_size: 2_500_000_000,
-        validation_image_keys: vec![],
-    };
-    repo.apply_event(
-        id,
-        StatusEvent::BeginValidation,
-        EventDetail {
-            outputs: Some(files),
-            ..EventDetail::default()
-        },
-        now,
-    )
-    .await
-    .unwrap();
-    let done = repo
-        .apply_event(
-            id,
-            StatusEvent::Complete,
-            EventDetail {
-                validation_passed: Some(true),
-                ..EventDetail::default()
-            },
-            now,
-        )
-        .await
-        .unwrap();
-    assert_eq!(done.status, TrainingStatus::Completed);
+    app.publish(id, 2_500_000_000, now).await;
     id
 }
 

@@ -264,6 +264,44 @@ impl TestApp {
             .unwrap()
             .to_owned()
     }
+
+    /// Takes a LoRA in `training` to `completed` the way the engine publishes one: validation
+    /// begins with its model file (`file_size` bytes) recorded, then passes.
+    pub async fn publish(&self, id: loraforge_domain::LoraId, file_size: u64, now: DateTime<Utc>) {
+        use loraforge_db::{EventDetail, TrainedFiles};
+        use loraforge_domain::{StatusEvent, TrainingStatus};
+        let files = TrainedFiles {
+            storage_key: format!("lora-models/u/{id}/model.safetensors"),
+            file_size,
+            validation_image_keys: vec![],
+        };
+        self.repo
+            .apply_event(
+                id,
+                StatusEvent::BeginValidation,
+                EventDetail {
+                    outputs: Some(files),
+                    ..EventDetail::default()
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let done = self
+            .repo
+            .apply_event(
+                id,
+                StatusEvent::Complete,
+                EventDetail {
+                    validation_passed: Some(true),
+                    ..EventDetail::default()
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        assert_eq!(done.status, TrainingStatus::Completed);
+    }
 }
 
 /// A PNG of random pixels: incompressible, so it is large enough for the size window, and

@@ -169,7 +169,7 @@ async fn monitors_fire_once_per_cooldown_postgres() {
 /// recorded; with `finish`, the LoRA completes with a 2.5 GB file and the run's instance is gone
 /// at `cost`; without it, the run stays open and its instance refuses to end 3 times.
 async fn one_run(app: &TestApp, id: &str, finish: Option<MicroUsd>) -> LoraId {
-    use loraforge_db::{NewRun, TrainedFiles};
+    use loraforge_db::NewRun;
     use loraforge_domain::RunId;
 
     let id = training(app, id).await;
@@ -205,35 +205,7 @@ async fn one_run(app: &TestApp, id: &str, finish: Option<MicroUsd>) -> LoraId {
     repo.record_run_outcome(run.id, "trained", None, None, now)
         .await
         .unwrap();
-    let files = TrainedFiles {
-        storage_key: format!("lora-models/u/{id}/model.safetensors"),
-        file_size: 2_500_000_000,
-        validation_image_keys: vec![],
-    };
-    repo.apply_event(
-        id,
-        StatusEvent::BeginValidation,
-        EventDetail {
-            outputs: Some(files),
-            ..EventDetail::default()
-        },
-        now,
-    )
-    .await
-    .unwrap();
-    let done = repo
-        .apply_event(
-            id,
-            StatusEvent::Complete,
-            EventDetail {
-                validation_passed: Some(true),
-                ..EventDetail::default()
-            },
-            now,
-        )
-        .await
-        .unwrap();
-    assert_eq!(done.status, TrainingStatus::Completed);
+    app.publish(id, 2_500_000_000, now).await;
     assert!(repo.record_instance_gone(run.id, cost, now).await.unwrap());
     id
 }

@@ -117,11 +117,8 @@ async fn a_lora_trains_end_to_end_and_loads_in_diffusers() {
     assert!(stdout.contains("\"ok\": true"), "{stdout}");
 
     // Nothing left behind: no worker, and the job's scratch folder is gone.
-    assert!(
-        svc.children_alive().is_empty(),
-        "{:?}",
-        svc.children_alive()
-    );
+    let left = svc.children_left_after(Duration::from_secs(10)).await;
+    assert!(left.is_empty(), "{left:?}");
     let jobs = svc.data.join("jobs").join(&id);
     assert!(
         !jobs.join("out").exists(),
@@ -203,11 +200,8 @@ async fn a_lora_trains_end_to_end_on_postgres_and_s3() {
     let log = strip_ansi(&std::fs::read_to_string(&svc.log).unwrap());
     assert!(log.contains("database=postgres://"), "{log}");
     assert!(!svc.data.join("loraforge.db").exists());
-    assert!(
-        svc.children_alive().is_empty(),
-        "{:?}",
-        svc.children_alive()
-    );
+    let left = svc.children_left_after(Duration::from_secs(10)).await;
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,7 +295,8 @@ async fn a_dreambooth_lora_generates_its_class_images_once_per_host() {
         std::fs::metadata(&manifest).unwrap().modified().unwrap(),
         made
     );
-    assert!(svc.children_alive().is_empty());
+    let left = svc.children_left_after(Duration::from_secs(10)).await;
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,7 +316,8 @@ async fn a_nan_loss_fails_the_lora_with_a_clear_reason() {
         .call(&token, reqwest::Method::GET, "/api/v1/me/limits", None)
         .await;
     assert_eq!(limits["used"], 0, "{limits}");
-    assert!(svc.children_alive().is_empty());
+    let left = svc.children_left_after(Duration::from_secs(10)).await;
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -412,6 +412,19 @@ impl Service {
         }
         found
     }
+
+    /// What is still alive after `within`: a worker reports the LoRA's end before it exits,
+    /// so a test that just saw "completed" gives it a moment to go.
+    pub async fn children_left_after(&self, within: Duration) -> Vec<String> {
+        let started = Instant::now();
+        loop {
+            let alive = self.children_alive();
+            if alive.is_empty() || started.elapsed() >= within {
+                return alive;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 impl Drop for Service {

@@ -12,6 +12,8 @@
 #   the trainer's venv (torch, diffusers, peft; ~6 GB, ~3 GB to download the first time), via
 #   scripts/trainer-env.sh. Both are cached under ~/.cache/loraforge and rebuilt only when their
 #   pinned lock files change.
+# - Chromium and chromedriver (Debian's `chromium`, `chromium-driver`), for the web UI's tests in
+#   a real headless browser: installed with apt-get when missing and running as root.
 # Build output is cached in ~/.cache/loraforge/target so a fresh clone doesn't rebuild every crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,8 +55,25 @@ ensure_postgres() {
     die "PostgreSQL is not reachable on 127.0.0.1:5432. Start one with trust auth for user postgres, or set LORAFORGE_TEST_POSTGRES_URL"
 }
 
+# Headless Chromium and its WebDriver for the web UI's tests: Debian's packages (no browser
+# download at test time).
+ensure_chromium() {
+    if command -v chromedriver >/dev/null && { command -v chromium >/dev/null || [[ -x /usr/lib/chromium/chromium ]]; }; then
+        return 0
+    fi
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        say "installing chromium and chromium-driver (apt-get)"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+        die "the web UI's tests need Chromium and chromedriver: install Debian's \`chromium\` and \`chromium-driver\` (or set LORAFORGE_CHROMIUM and LORAFORGE_CHROMEDRIVER)"
+    fi
+}
+
 say "checking PostgreSQL"
 ensure_postgres
+say "checking Chromium and chromedriver (web UI tests)"
+ensure_chromium
 say "preparing the Python test env (moto_server, schemathesis)"
 scripts/test-env.sh
 say "preparing the trainer's Python env"

@@ -13,6 +13,7 @@ mod dataset_zip;
 mod datasets;
 mod error_shapes;
 mod events;
+mod generation;
 mod files;
 mod hostile;
 mod library;

@@ -14,8 +14,7 @@ use crate::Result;
 pub trait HandoffStore: Send + Sync {
     /// The newest (by creation) `completed` LoRA made for `character_id`, whoever owns it: the
     /// library is public.
-    async fn newest_completed_of_character(&self, character_id: &str)
-    -> Result<Option<LoraModel>>;
+    async fn newest_completed_of_character(&self, character_id: &str) -> Result<Option<LoraModel>>;
 
     /// Records the model file's sha256 (lowercase hex) unless one is recorded already; a second
     /// writer with the same file changes nothing.

@@ -39,9 +39,9 @@ pub mod monitors;
 pub mod postgres;
 pub mod seed;
 pub mod sqlite;
-pub mod usage;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+pub mod usage;
 pub mod webhooks;
 
 pub use webhooks::{
@@ -59,8 +59,8 @@ pub use alerts::{
 
 pub use archival::{ArchivalCandidate, ArchivalStore};
 pub use finish_mails::{FinishMailStore, FinishedLora};
-pub use monitors::{MonitorStats, MonitorStore, StuckCleanup};
 pub use handoff::HandoffStore;
+pub use monitors::{MonitorStats, MonitorStore, StuckCleanup};
 pub use usage::{DayUses, UsageStore};
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;

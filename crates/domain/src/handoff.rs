@@ -88,7 +88,9 @@ impl FallbackReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Completed with a stored file: check that the file is there, then hand it out.
-    CheckFile { storage_key: String },
+    CheckFile {
+        storage_key: String,
+    },
     Fallback(FallbackReason),
 }
 
@@ -153,7 +155,9 @@ pub fn recommended_scale(_params: &TrainingParams) -> f64 {
 
 /// A lowercase 64-digit hex sha256, as the worker reports and the resolve hands out.
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]

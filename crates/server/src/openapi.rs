@@ -27,8 +27,8 @@ use loraforge_domain::params::{ListRule, Rule, Text};
 use crate::routes::lora_models::MAX_DESCRIPTION_CHARS;
 use crate::routes::{
     admin, admin_alerts, admin_archival, admin_backends, admin_costs, client_webhooks, credits,
-    dataset_zip, datasets, events, files, generation, health, lora_models, lora_usage, me, me_notifications, metrics,
-    quotes, references, webhooks, worker,
+    dataset_zip, datasets, events, files, generation, health, lora_models, lora_usage, me,
+    me_notifications, metrics, quotes, references, webhooks, worker,
 };
 use crate::settings::ServerSettings;
 use crate::views;

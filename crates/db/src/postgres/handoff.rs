@@ -12,10 +12,7 @@ use crate::{DbError, Result};
 
 #[async_trait]
 impl HandoffStore for PgRepository {
-    async fn newest_completed_of_character(
-        &self,
-        character_id: &str,
-    ) -> Result<Option<LoraModel>> {
+    async fn newest_completed_of_character(&self, character_id: &str) -> Result<Option<LoraModel>> {
         // Served by lora_models_character (character_id, training_status, created_at).
         let row = sqlx::query(concat!(
             lora_select!(),

@@ -296,7 +296,8 @@ fn push_handoff_filters(qb: &mut QueryBuilder<Postgres>, query: &LoraQuery) {
         qb.push(" AND m.character_id = ").push_bind(c.clone());
     }
     if let Some(j) = &query.triggered_by_job_id {
-        qb.push(" AND m.triggered_by_job_id = ").push_bind(j.clone());
+        qb.push(" AND m.triggered_by_job_id = ")
+            .push_bind(j.clone());
     }
 }
 
@@ -325,8 +326,7 @@ fn push_page(qb: &mut QueryBuilder<Postgres>, query: &LoraQuery) {
 /// sort index with the search as a filter (measured on a 100k-row library, docs/performance.md).
 const LOOKUP_COST: u64 = 2;
 
-const SUMMARY_COLUMNS: &str =
-    "m.id, m.user_id, m.name, m.description, m.training_status, m.usage_count, m.created_at, \
+const SUMMARY_COLUMNS: &str = "m.id, m.user_id, m.name, m.description, m.training_status, m.usage_count, m.created_at, \
      m.character_id, m.triggered_by_job_id";
 
 pub(super) async fn list_loras(pool: &PgPool, query: &LoraQuery) -> Result<Page<LoraSummary>> {

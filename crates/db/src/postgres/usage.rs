@@ -9,9 +9,9 @@ use loraforge_domain::{LoraId, UserId};
 
 use super::PgRepository;
 use super::rows::ts;
+use crate::Result;
 use crate::common::to_u64;
 use crate::usage::{DayUses, UsageStore, distinct_sorted};
-use crate::Result;
 
 #[async_trait]
 impl UsageStore for PgRepository {
@@ -47,10 +47,12 @@ impl UsageStore for PgRepository {
             .fetch_all(&mut *conn)
             .await?;
             if !new.is_empty() {
-                sqlx::query("UPDATE lora_models SET usage_count = usage_count + 1 WHERE id = ANY($1)")
-                    .bind(&new)
-                    .execute(&mut *conn)
-                    .await?;
+                sqlx::query(
+                    "UPDATE lora_models SET usage_count = usage_count + 1 WHERE id = ANY($1)",
+                )
+                .bind(&new)
+                .execute(&mut *conn)
+                .await?;
             }
             Ok(Some(new))
         })?

@@ -257,7 +257,8 @@ fn push_handoff_filters(qb: &mut QueryBuilder<Sqlite>, query: &LoraQuery) {
         qb.push(" AND m.character_id = ").push_bind(c.clone());
     }
     if let Some(j) = &query.triggered_by_job_id {
-        qb.push(" AND m.triggered_by_job_id = ").push_bind(j.clone());
+        qb.push(" AND m.triggered_by_job_id = ")
+            .push_bind(j.clone());
     }
 }
 

@@ -7,9 +7,9 @@ use loraforge_domain::{LoraId, UserId};
 
 use super::SqliteRepository;
 use super::rows::ts;
+use crate::Result;
 use crate::common::{corrupt, to_u64};
 use crate::usage::{DayUses, UsageStore, distinct_sorted};
-use crate::Result;
 
 const DAY: &str = "%Y-%m-%d";
 
@@ -47,10 +47,12 @@ impl UsageStore for SqliteRepository {
                 .rows_affected()
                     == 1;
                 if new {
-                    sqlx::query("UPDATE lora_models SET usage_count = usage_count + 1 WHERE id = $1")
-                        .bind(&id)
-                        .execute(&mut *conn)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE lora_models SET usage_count = usage_count + 1 WHERE id = $1",
+                    )
+                    .bind(&id)
+                    .execute(&mut *conn)
+                    .await?;
                     counted.push(*lora);
                 }
             }

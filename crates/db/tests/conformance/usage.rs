@@ -4,7 +4,6 @@
 
 use chrono::{Duration, NaiveDate};
 
-use loraforge_db::{HandoffStore, UsageStore};
 use loraforge_domain::{LoraId, StatusEvent, TrainingStatus, UserId};
 
 use crate::helpers::*;
@@ -30,10 +29,16 @@ pub async fn uses_count_once_per_generation_and_by_day(repo: Repo) {
 
     let mut want = vec![a, b];
     want.sort();
-    let counted = repo.record_uses("g1", &[b, a, b], gen_user, day1).await.unwrap();
+    let counted = repo
+        .record_uses("g1", &[b, a, b], gen_user, day1)
+        .await
+        .unwrap();
     assert_eq!(counted, want, "each LoRA once, in id order");
     assert_eq!((count(&repo, a).await, count(&repo, b).await), (1, 1));
-    let again = repo.record_uses("g1", &[a, b], gen_user, day1).await.unwrap();
+    let again = repo
+        .record_uses("g1", &[a, b], gen_user, day1)
+        .await
+        .unwrap();
     assert!(again.is_empty(), "a retry counts nothing: {again:?}");
     assert_eq!((count(&repo, a).await, count(&repo, b).await), (1, 1));
     assert_eq!(
@@ -44,12 +49,20 @@ pub async fn uses_count_once_per_generation_and_by_day(repo: Repo) {
         repo.record_uses("g3", &[a], gen_user, day2).await.unwrap(),
         vec![a]
     );
-    assert!(repo.record_uses("g4", &[], gen_user, day2).await.unwrap().is_empty());
+    assert!(
+        repo.record_uses("g4", &[], gen_user, day2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(count(&repo, a).await, 3);
 
     let d1 = day1.date_naive();
     let d2 = day2.date_naive();
-    let days = repo.uses_by_day(a, d1 - Duration::days(5), d2).await.unwrap();
+    let days = repo
+        .uses_by_day(a, d1 - Duration::days(5), d2)
+        .await
+        .unwrap();
     let got: Vec<(NaiveDate, u64)> = days.iter().map(|d| (d.day, d.uses)).collect();
     assert_eq!(got, vec![(d1, 2), (d2, 1)]);
     let only_first = repo.uses_by_day(a, d1, d1).await.unwrap();
@@ -94,16 +107,45 @@ pub async fn a_characters_newest_completed_lora_and_its_file_facts(repo: Repo) {
     let new = lora_for(&repo, "New", Some("hero"), 1).await;
     let newer = lora_for(&repo, "Newer", Some("hero"), 2).await;
     let other = lora_for(&repo, "Other", Some("villain"), 3).await;
-    assert!(repo.newest_completed_of_character("hero").await.unwrap().is_none());
+    assert!(
+        repo.newest_completed_of_character("hero")
+            .await
+            .unwrap()
+            .is_none()
+    );
     for id in [old, new, other] {
-        drive(&repo, id, TrainingStatus::Completed, now() + Duration::minutes(5)).await;
+        drive(
+            &repo,
+            id,
+            TrainingStatus::Completed,
+            now() + Duration::minutes(5),
+        )
+        .await;
     }
-    drive(&repo, newer, TrainingStatus::Training, now() + Duration::minutes(5)).await;
-    let found = repo.newest_completed_of_character("hero").await.unwrap().unwrap();
-    assert_eq!(found.id, new, "newest completed, not the newer one in training");
+    drive(
+        &repo,
+        newer,
+        TrainingStatus::Training,
+        now() + Duration::minutes(5),
+    )
+    .await;
+    let found = repo
+        .newest_completed_of_character("hero")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        found.id, new,
+        "newest completed, not the newer one in training"
+    );
     assert_eq!(found.character_id.as_deref(), Some("hero"));
     assert_eq!(found.triggered_by_job_id.as_deref(), Some("job-New"));
-    assert!(repo.newest_completed_of_character("nobody").await.unwrap().is_none());
+    assert!(
+        repo.newest_completed_of_character("nobody")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // The first sha256 recorded stays.
     let sha = "a".repeat(64);
@@ -115,24 +157,50 @@ pub async fn a_characters_newest_completed_lora_and_its_file_facts(repo: Repo) {
     let t0 = now() + Duration::minutes(10);
     assert_eq!(repo.note_file_missing(new, t0).await.unwrap(), t0);
     assert_eq!(
-        repo.note_file_missing(new, t0 + Duration::minutes(3)).await.unwrap(),
+        repo.note_file_missing(new, t0 + Duration::minutes(3))
+            .await
+            .unwrap(),
         t0
     );
     assert_eq!(
-        repo.get_lora(new).await.unwrap().unwrap().file_missing_since,
+        repo.get_lora(new)
+            .await
+            .unwrap()
+            .unwrap()
+            .file_missing_since,
         Some(t0)
     );
     repo.clear_file_missing(new).await.unwrap();
-    assert_eq!(repo.get_lora(new).await.unwrap().unwrap().file_missing_since, None);
+    assert_eq!(
+        repo.get_lora(new)
+            .await
+            .unwrap()
+            .unwrap()
+            .file_missing_since,
+        None
+    );
     let t1 = t0 + Duration::minutes(20);
     assert_eq!(repo.note_file_missing(new, t1).await.unwrap(), t1);
-    assert!(repo.note_file_missing(LoraId::new(), t1).await.unwrap_err().is_not_found());
+    assert!(
+        repo.note_file_missing(LoraId::new(), t1)
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
 
     // A lost file fails a completed LoRA through the status machine; nothing else can.
     let failed = apply(&repo, new, StatusEvent::FileLost, t1).await.unwrap();
     assert_eq!(failed.status, TrainingStatus::Failed);
-    assert!(apply(&repo, newer, StatusEvent::FileLost, t1).await.is_err());
+    assert!(
+        apply(&repo, newer, StatusEvent::FileLost, t1)
+            .await
+            .is_err()
+    );
     assert!(apply(&repo, old, StatusEvent::Fail, t1).await.is_err());
-    let found = repo.newest_completed_of_character("hero").await.unwrap().unwrap();
+    let found = repo
+        .newest_completed_of_character("hero")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(found.id, old, "a failed LoRA is no longer handed out");
 }

@@ -17,10 +17,9 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use loraforge_db::{EventDetail, HandoffStore, UsageStore};
+use loraforge_db::EventDetail;
 use loraforge_domain::handoff::{
-    self, FallbackReason, MAX_CHARACTERS, MAX_REFERENCE_IMAGES, MAX_URL_CHARS, MissingFile,
-    Verdict,
+    self, FallbackReason, MAX_CHARACTERS, MAX_REFERENCE_IMAGES, MAX_URL_CHARS, MissingFile, Verdict,
 };
 use loraforge_domain::keys::OutputKeys;
 use loraforge_domain::{LoraId, LoraModel, RunResult, StatusEvent, TextRule, TrainingStatus, text};
@@ -154,12 +153,9 @@ pub async fn resolve(
     })?;
     let (generation_id, characters) = check_request(req)?;
     let now = state.now();
-    let answers = futures::future::join_all(
-        characters
-            .iter()
-            .map(|c| resolve_character(&state, c, now)),
-    )
-    .await;
+    let answers =
+        futures::future::join_all(characters.iter().map(|c| resolve_character(&state, c, now)))
+            .await;
     let handed: Vec<LoraId> = answers.iter().filter_map(|(_, l)| *l).collect();
     if !handed.is_empty()
         && let Err(e) = state

@@ -10,8 +10,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use loraforge_db::UsageStore;
-
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::routes::lora_models::load;
@@ -81,10 +79,7 @@ pub async fn usage(
         .take_while(|d| *d <= to)
         .map(|day| DayUsesView {
             day,
-            uses: counted
-                .iter()
-                .find(|c| c.day == day)
-                .map_or(0, |c| c.uses),
+            uses: counted.iter().find(|c| c.day == day).map_or(0, |c| c.uses),
         })
         .collect();
     Ok(Json(UsageView {

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use loraforge_db::EventDetail;
-use loraforge_domain::{LoraId, StatusEvent, TrainingStatus};
+use loraforge_domain::{Clock, LoraId, StatusEvent, TrainingStatus};
 
 use crate::helpers::{Engine, TestApp, User, error_of, spawn_app_with};
 
@@ -240,7 +240,10 @@ async fn resolve_story(engine: Engine) {
     assert_eq!(details["character_id"], "hero");
     assert_eq!(details["triggered_by_job_id"], "job-hero");
     let list: Value = app
-        .get(&generator, "/api/v1/lora-models?character_id=hero&sort=popular")
+        .get(
+            &generator,
+            "/api/v1/lora-models?character_id=hero&sort=popular",
+        )
         .await
         .json()
         .await
@@ -408,8 +411,7 @@ async fn concurrent_story(engine: Engine) {
     for round in 0..3 {
         let body = json!({"generation_id": format!("retry-{round}"), "characters": [
             {"character_id": "a"}, {"character_id": "b"}, {"character_id": "a"}]});
-        let answers =
-            futures::future::join_all((0..8).map(|_| resolve(&app, &owner, &body))).await;
+        let answers = futures::future::join_all((0..8).map(|_| resolve(&app, &owner, &body))).await;
         for got in &answers {
             assert_eq!(got["characters"][0]["mode"], "lora", "{got}");
             assert_eq!(got["characters"][2]["lora_id"], a.to_string());
@@ -434,23 +436,66 @@ async fn malformed_requests_are_400_with_codes() {
     let app = app(Engine::Sqlite).await;
     let user = app.user();
     let long_url = format!("https://img.example/{}", "a".repeat(2048));
-    let fifty_one: Vec<Value> = (0..51).map(|i| json!({"character_id": format!("c{i}")})).collect();
-    let many_refs: Vec<String> = (0..51).map(|i| format!("https://img.example/{i}.png")).collect();
+    let fifty_one: Vec<Value> = (0..51)
+        .map(|i| json!({"character_id": format!("c{i}")}))
+        .collect();
+    let many_refs: Vec<String> = (0..51)
+        .map(|i| format!("https://img.example/{i}.png"))
+        .collect();
     let cases = [
         (json!([]), "invalid_json"),
-        (json!({"characters": [{"character_id": "a"}]}), "invalid_json"),
-        (json!({"generation_id": "g", "characters": [{"character_id": "a"}], "x": 1}), "invalid_json"),
-        (json!({"generation_id": "g", "characters": [{"character_id": 5}]}), "invalid_json"),
-        (json!({"generation_id": "g", "characters": [{"lora_id": "x"}]}), "invalid_json"),
-        (json!({"generation_id": "  ", "characters": [{"character_id": "a"}]}), "invalid_generation_id"),
-        (json!({"generation_id": "g", "characters": []}), "invalid_request"),
-        (json!({"generation_id": "g", "characters": fifty_one}), "invalid_request"),
-        (json!({"generation_id": "g", "characters": [{"character_id": ""}]}), "invalid_character_id"),
-        (json!({"generation_id": "g", "characters": [{"character_id": "a\u{0}b"}]}), "invalid_character_id"),
-        (json!({"generation_id": "g", "characters": [{"character_id": "x".repeat(256)}]}), "invalid_character_id"),
-        (json!({"generation_id": "g", "characters": [{"character_id": "a", "reference_images": many_refs}]}), "invalid_request"),
-        (json!({"generation_id": "g", "characters": [{"character_id": "a", "reference_images": [long_url]}]}), "invalid_request"),
-        (json!({"generation_id": "g", "characters": [{"character_id": "a", "reference_images": [""]}]}), "invalid_request"),
+        (
+            json!({"characters": [{"character_id": "a"}]}),
+            "invalid_json",
+        ),
+        (
+            json!({"generation_id": "g", "characters": [{"character_id": "a"}], "x": 1}),
+            "invalid_json",
+        ),
+        (
+            json!({"generation_id": "g", "characters": [{"character_id": 5}]}),
+            "invalid_json",
+        ),
+        (
+            json!({"generation_id": "g", "characters": [{"lora_id": "x"}]}),
+            "invalid_json",
+        ),
+        (
+            json!({"generation_id": "  ", "characters": [{"character_id": "a"}]}),
+            "invalid_generation_id",
+        ),
+        (
+            json!({"generation_id": "g", "characters": []}),
+            "invalid_request",
+        ),
+        (
+            json!({"generation_id": "g", "characters": fifty_one}),
+            "invalid_request",
+        ),
+        (
+            json!({"generation_id": "g", "characters": [{"character_id": ""}]}),
+            "invalid_character_id",
+        ),
+        (
+            json!({"generation_id": "g", "characters": [{"character_id": "a\u{0}b"}]}),
+            "invalid_character_id",
+        ),
+        (
+            json!({"generation_id": "g", "characters": [{"character_id": "x".repeat(256)}]}),
+            "invalid_character_id",
+        ),
+        (
+            json!({"generation_id": "g", "characters": [{"character_id": "a", "reference_images": many_refs}]}),
+            "invalid_request",
+        ),
+        (
+            json!({"generation_id": "g", "characters": [{"character_id": "a", "reference_images": [long_url]}]}),
+            "invalid_request",
+        ),
+        (
+            json!({"generation_id": "g", "characters": [{"character_id": "a", "reference_images": [""]}]}),
+            "invalid_request",
+        ),
     ];
     for (body, code) in cases {
         let e = error_of(app.post_json(&user, RESOLVE, &body).await, 400).await;

@@ -141,6 +141,10 @@ pub(crate) struct LoraRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    pub character_id: Option<String>,
+    pub triggered_by_job_id: Option<String>,
+    pub sha256: Option<String>,
+    pub file_missing_since: Option<DateTime<Utc>>,
 }
 
 impl LoraRecord {
@@ -184,6 +188,10 @@ impl LoraRecord {
             created_at: self.created_at,
             updated_at: self.updated_at,
             completed_at: self.completed_at,
+            character_id: self.character_id,
+            triggered_by_job_id: self.triggered_by_job_id,
+            sha256: self.sha256,
+            file_missing_since: self.file_missing_since,
         })
     }
 }
@@ -200,6 +208,8 @@ pub(crate) struct SummaryRecord {
     pub status: String,
     pub usage_count: i64,
     pub created_at: DateTime<Utc>,
+    pub character_id: Option<String>,
+    pub triggered_by_job_id: Option<String>,
 }
 
 impl SummaryRecord {
@@ -216,6 +226,8 @@ impl SummaryRecord {
             },
             usage_count: to_u64(self.usage_count, "usage_count")?,
             created_at: self.created_at,
+            character_id: self.character_id,
+            triggered_by_job_id: self.triggered_by_job_id,
         })
     }
 }

@@ -34,6 +34,7 @@ pub mod ledger;
 pub mod metrics;
 pub use metrics::{MetricsStore, OpsSnapshot, RunTotals, SeededRuns};
 pub mod finish_mails;
+pub mod handoff;
 pub mod monitors;
 pub mod names;
 pub mod postgres;
@@ -41,6 +42,7 @@ pub mod seed;
 pub mod sqlite;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+pub mod usage;
 pub mod webhooks;
 
 pub use webhooks::{
@@ -58,8 +60,10 @@ pub use alerts::{
 
 pub use archival::{ArchivalCandidate, ArchivalStore};
 pub use finish_mails::{FinishMailStore, FinishedLora};
+pub use handoff::HandoffStore;
 pub use monitors::{MonitorStats, MonitorStore, StuckCleanup};
 pub use names::{NameStore, NameUse};
+pub use usage::{DayUses, UsageStore};
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
@@ -215,6 +219,10 @@ pub struct NewLora {
     /// A client webhook, stored with the LoRA in the create's transaction.
     pub webhook: Option<NewWebhook>,
     pub now: DateTime<Utc>,
+    /// The generator's character this LoRA is for (cleaned identifier), if any.
+    pub character_id: Option<String>,
+    /// The generation job that asked for it (cleaned identifier), if any.
+    pub triggered_by_job_id: Option<String>,
 }
 
 /// `Idempotency-Key` header plus a hash of the request body: the same key with another body is
@@ -257,6 +265,10 @@ pub struct LoraQuery {
     pub sort: LoraSort,
     pub limit: u32,
     pub offset: u64,
+    /// Only LoRAs made for this character.
+    pub character_id: Option<String>,
+    /// Only LoRAs this generation job asked for.
+    pub triggered_by_job_id: Option<String>,
 }
 
 /// A search counts its matches exactly only up to this many (as GitHub's and Elasticsearch's
@@ -543,6 +555,8 @@ pub trait Repository:
     + FinishMailStore
     + NameStore
     + ArchivalStore
+    + UsageStore
+    + HandoffStore
 {
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<()>;

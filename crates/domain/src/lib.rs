@@ -11,6 +11,7 @@ pub mod clock;
 pub mod creator;
 pub mod credit;
 pub mod dataset;
+pub mod handoff;
 pub mod ids;
 pub mod keys;
 pub mod limits;

@@ -62,6 +62,18 @@ pub struct LoraModel {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The character (the generator's id) this LoRA was trained for, if any.
+    #[serde(default)]
+    pub character_id: Option<String>,
+    /// The generation job that asked for this LoRA, if any.
+    #[serde(default)]
+    pub triggered_by_job_id: Option<String>,
+    /// Lowercase hex sha256 of the model file, once a resolve has recorded it.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// When a resolve first found the file missing from storage (cleared when found again).
+    #[serde(default)]
+    pub file_missing_since: Option<DateTime<Utc>>,
 }
 
 /// One row of the library listing.
@@ -74,6 +86,10 @@ pub struct LoraSummary {
     pub creator: CreatorRef,
     pub usage_count: u64,
     pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub character_id: Option<String>,
+    #[serde(default)]
+    pub triggered_by_job_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -112,6 +112,11 @@ pub enum StatusEvent {
     Fail,
     /// The owner cancelled.
     Cancel,
+    /// A completed LoRA's file is gone from storage for good (the generator's hand-off found it
+    /// missing on two checks 10 minutes apart, `handoff::MISSING_FOR_GOOD_AFTER`). Its own event
+    /// rather than `Fail` from `completed`: `Fail` stays refused on final statuses, so a late
+    /// worker report can never fail a finished LoRA; only this verified loss can.
+    FileLost,
 }
 
 impl StatusEvent {
@@ -124,6 +129,7 @@ impl StatusEvent {
             Self::Requeue => "requeue",
             Self::Fail => "fail",
             Self::Cancel => "cancel",
+            Self::FileLost => "file_lost",
         }
     }
 }
@@ -150,6 +156,7 @@ pub fn transition(
         (S::Training, E::Requeue) => S::Queued,
         (s, E::Fail) if !s.is_final() => S::Failed,
         (s, E::Cancel) if !s.is_final() => S::Cancelled,
+        (S::Completed, E::FileLost) => S::Failed,
         _ => return Err(TransitionError { from, event }),
     };
     Ok(to)
@@ -168,7 +175,7 @@ mod tests {
     use StatusEvent as E;
     use TrainingStatus as S;
 
-    const EVENTS: [StatusEvent; 7] = [
+    const EVENTS: [StatusEvent; 8] = [
         E::Enqueue,
         E::Start,
         E::BeginValidation,
@@ -176,6 +183,7 @@ mod tests {
         E::Requeue,
         E::Fail,
         E::Cancel,
+        E::FileLost,
     ];
 
     /// The whole table, written out: every (status, event) pair and its expected outcome.
@@ -188,6 +196,7 @@ mod tests {
             (S::Training, E::Requeue) => Some(S::Queued),
             (S::Pending | S::Queued | S::Training | S::Validating, E::Fail) => Some(S::Failed),
             (S::Pending | S::Queued | S::Training | S::Validating, E::Cancel) => Some(S::Cancelled),
+            (S::Completed, E::FileLost) => Some(S::Failed),
             _ => None,
         }
     }
@@ -202,15 +211,19 @@ mod tests {
                 allowed += usize::from(got.is_some());
             }
         }
-        // 5 forward edges + requeue + fail and cancel from 4 non-final states.
-        assert_eq!(allowed, 5 + 8);
+        // 5 forward edges + requeue + fail and cancel from 4 non-final states + a lost file.
+        assert_eq!(allowed, 5 + 8 + 1);
     }
 
     #[test]
-    fn final_states_accept_no_event() {
+    fn final_states_accept_no_event_but_a_lost_file_of_a_completed_one() {
         for from in [S::Completed, S::Failed, S::Cancelled] {
             assert!(from.is_final());
             for ev in EVENTS {
+                if (from, ev) == (S::Completed, E::FileLost) {
+                    assert_eq!(transition(from, ev), Ok(S::Failed));
+                    continue;
+                }
                 let err = transition(from, ev).unwrap_err();
                 assert_eq!(err, TransitionError { from, event: ev });
             }

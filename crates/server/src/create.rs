@@ -24,6 +24,10 @@ pub struct CreateLora {
     pub idempotency: Option<IdempotencyKey>,
     /// A checked client webhook (`client_webhooks::parse_webhook`).
     pub webhook: Option<NewWebhook>,
+    /// The generator's character (cleaned identifier).
+    pub character_id: Option<String>,
+    /// The generation job that asked for it (cleaned identifier).
+    pub triggered_by_job_id: Option<String>,
 }
 
 #[derive(Debug)]
@@ -73,6 +77,8 @@ pub async fn create_lora(
         reserve,
         webhook: input.webhook,
         now,
+        character_id: input.character_id,
+        triggered_by_job_id: input.triggered_by_job_id,
     };
     let outcome = match state
         .repo()

@@ -115,6 +115,16 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             lora_models::cancel,
         )
         .route(Method::GET, "/api/v1/lora-names/check", names::check)
+        .route(
+            Method::GET,
+            "/api/v1/lora-models/{id}/usage",
+            routes::lora_usage::usage,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/generation/resolve",
+            routes::generation::resolve,
+        )
         .route(Method::GET, "/api/v1/me", me::me)
         .route(Method::PATCH, "/api/v1/me", me::patch)
         .route(Method::GET, "/api/v1/me/limits", me::limits)

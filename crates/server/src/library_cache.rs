@@ -81,7 +81,7 @@ impl LibraryCache {
     /// The cache key of a validated query: every field that changes the answer.
     pub fn key(q: &LoraQuery) -> String {
         format!(
-            "{:?}|{}|{:?}|{:?}|{}|{}",
+            "{:?}|{}|{:?}|{:?}|{}|{}|{:?}|{:?}",
             q.status,
             q.search
                 .as_deref()
@@ -91,7 +91,9 @@ impl LibraryCache {
             q.creator,
             q.sort,
             q.limit,
-            q.offset
+            q.offset,
+            q.character_id,
+            q.triggered_by_job_id
         )
     }
 
@@ -211,6 +213,23 @@ mod tests {
             k(&base),
             k(&LoraQuery {
                 search: Some("a".into()),
+                ..base.clone()
+            })
+        );
+        assert_ne!(
+            k(&base),
+            k(&LoraQuery {
+                character_id: Some("c".into()),
+                ..base.clone()
+            })
+        );
+        assert_ne!(
+            k(&LoraQuery {
+                character_id: Some("c".into()),
+                ..base.clone()
+            }),
+            k(&LoraQuery {
+                triggered_by_job_id: Some("c".into()),
                 ..base.clone()
             })
         );

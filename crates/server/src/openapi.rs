@@ -27,8 +27,8 @@ use loraforge_domain::params::{ListRule, Rule, Text};
 use crate::routes::lora_models::MAX_DESCRIPTION_CHARS;
 use crate::routes::{
     admin, admin_alerts, admin_archival, admin_backends, admin_costs, client_webhooks, credits,
-    dataset_zip, datasets, events, files, health, lora_models, me, me_notifications, metrics,
-    names, quotes, references, webhooks, worker,
+    dataset_zip, datasets, events, files, generation, health, lora_models, lora_usage, me,
+    me_notifications, metrics, names, quotes, references, webhooks, worker,
 };
 use crate::settings::ServerSettings;
 use crate::views;
@@ -56,6 +56,7 @@ use crate::views;
         files::get_file, files::put_file, dataset_zip::dataset_zip, webhooks::replicate,
         quotes::create_quote, credits::mine, credits::grant,
         client_webhooks::secret, client_webhooks::rotate, client_webhooks::deliveries,
+        generation::resolve, lora_usage::usage,
     ),
     components(schemas(
         views::LoraList, views::LoraListItem, views::CreatorView, views::LoraDetails, views::StatusView, views::AttemptView, views::MoneyView,
@@ -79,6 +80,9 @@ use crate::views;
         credits::CreditsView, credits::CreditEntryView, credits::GrantBody, credits::GrantView,
         client_webhooks::WebhookSecretView, client_webhooks::WebhookDeliveriesView,
         client_webhooks::WebhookDeliveryView, client_webhooks::WebhookAttemptView,
+        generation::ResolveRequest, generation::CharacterRequest, generation::ResolveResponse,
+        generation::CharacterAnswer, generation::LoraAnswer, generation::FallbackAnswer,
+        lora_usage::UsageView, lora_usage::DayUsesView,
     )),
     modifiers(&SecuritySchemes),
     tags(
@@ -90,6 +94,7 @@ use crate::views;
         (name = "worker", description = "The worker protocol (docs/worker-protocol.md): one training attempt, per-attempt token"),
         (name = "files", description = "Signed links to files on local storage (S3 storage hands out presigned URLs instead)"),
         (name = "webhooks", description = "Providers' signed notifications (no user auth: the signature is the credential)"),
+        (name = "generation", description = "The video generator's hand-off: which LoRA (or reference images) to use per character"),
     )
 )]
 pub struct ApiDoc;

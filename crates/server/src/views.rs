@@ -40,6 +40,10 @@ pub struct LoraListItem {
     pub created_at: DateTime<Utc>,
     pub creator: CreatorView,
     pub usage_count: u64,
+    /// The generator's character this LoRA was trained for.
+    pub character_id: Option<String>,
+    /// The generation job that asked for it.
+    pub triggered_by_job_id: Option<String>,
 }
 
 impl LoraListItem {
@@ -53,6 +57,8 @@ impl LoraListItem {
             created_at: s.created_at,
             creator: CreatorView::of(&s.creator, show_email),
             usage_count: s.usage_count,
+            character_id: s.character_id.clone(),
+            triggered_by_job_id: s.triggered_by_job_id.clone(),
         }
     }
 }
@@ -216,6 +222,10 @@ pub struct LoraDetails {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The generator's character this LoRA was trained for.
+    pub character_id: Option<String>,
+    /// The generation job that asked for it.
+    pub triggered_by_job_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -144,7 +144,8 @@ async fn create_in_tx(
     .await?;
     sqlx::query(
         "INSERT INTO lora_models (id, user_id, name, description, dataset_id, params, training_status, \
-         created_at, updated_at, name_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
+         created_at, updated_at, name_key, character_id, triggered_by_job_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11)",
     )
     .bind(id)
     .bind(user)
@@ -155,6 +156,8 @@ async fn create_in_tx(
     .bind(TrainingStatus::Pending.as_str())
     .bind(now)
     .bind(&name_key)
+    .bind(&new.character_id)
+    .bind(&new.triggered_by_job_id)
     .execute(&mut *conn)
     .await
     .map_err(|e| duplicate_name(e, name))?;
@@ -284,6 +287,18 @@ fn push_filters(qb: &mut QueryBuilder<Postgres>, query: &LoraQuery) {
     if let Some(creator) = query.creator {
         qb.push(" AND m.user_id = ").push_bind(creator.as_uuid());
     }
+    push_handoff_filters(qb, query);
+}
+
+/// The hand-off's filters (migration 0012): the character and the generation job.
+fn push_handoff_filters(qb: &mut QueryBuilder<Postgres>, query: &LoraQuery) {
+    if let Some(c) = &query.character_id {
+        qb.push(" AND m.character_id = ").push_bind(c.clone());
+    }
+    if let Some(j) = &query.triggered_by_job_id {
+        qb.push(" AND m.triggered_by_job_id = ")
+            .push_bind(j.clone());
+    }
 }
 
 fn push_order(qb: &mut QueryBuilder<Postgres>, sort: LoraSort, alias: &str) {
@@ -311,8 +326,8 @@ fn push_page(qb: &mut QueryBuilder<Postgres>, query: &LoraQuery) {
 /// sort index with the search as a filter (measured on a 100k-row library, docs/performance.md).
 const LOOKUP_COST: u64 = 2;
 
-const SUMMARY_COLUMNS: &str =
-    "m.id, m.user_id, m.name, m.description, m.training_status, m.usage_count, m.created_at";
+const SUMMARY_COLUMNS: &str = "m.id, m.user_id, m.name, m.description, m.training_status, m.usage_count, m.created_at, \
+     m.character_id, m.triggered_by_job_id";
 
 pub(super) async fn list_loras(pool: &PgPool, query: &LoraQuery) -> Result<Page<LoraSummary>> {
     let words = query

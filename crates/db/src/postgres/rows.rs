@@ -50,6 +50,10 @@ pub(super) fn lora_record(row: &PgRow) -> Result<LoraRecord> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         completed_at: row.try_get("completed_at")?,
+        character_id: row.try_get("character_id")?,
+        triggered_by_job_id: row.try_get("triggered_by_job_id")?,
+        sha256: row.try_get("sha256")?,
+        file_missing_since: row.try_get("file_missing_since")?,
     })
 }
 
@@ -66,6 +70,8 @@ pub(super) fn summary_record(row: &PgRow) -> Result<SummaryRecord> {
         status: row.try_get("training_status")?,
         usage_count: row.try_get("usage_count")?,
         created_at: row.try_get("created_at")?,
+        character_id: row.try_get("character_id")?,
+        triggered_by_job_id: row.try_get("triggered_by_job_id")?,
     })
 }
 

@@ -112,7 +112,8 @@ async fn create_in_tx(
     let params = serde_json::to_string(&new.params).map_err(|e| corrupt(format!("params: {e}")))?;
     sqlx::query(
         "INSERT INTO lora_models (id, user_id, name, description, dataset_id, params, training_status, \
-         created_at, updated_at, name_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
+         created_at, updated_at, name_key, character_id, triggered_by_job_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11)",
     )
     .bind(&id)
     .bind(&user)
@@ -123,6 +124,8 @@ async fn create_in_tx(
     .bind(TrainingStatus::Pending.as_str())
     .bind(&now)
     .bind(&name_key)
+    .bind(&new.character_id)
+    .bind(&new.triggered_by_job_id)
     .execute(&mut *conn)
     .await
     .map_err(|e| duplicate_name(e, name))?;
@@ -245,6 +248,18 @@ fn push_filters(qb: &mut QueryBuilder<Sqlite>, query: &LoraQuery) {
     if let Some(creator) = query.creator {
         qb.push(" AND m.user_id = ").push_bind(creator.to_string());
     }
+    push_handoff_filters(qb, query);
+}
+
+/// The hand-off's filters (migration 0012): the character and the generation job.
+fn push_handoff_filters(qb: &mut QueryBuilder<Sqlite>, query: &LoraQuery) {
+    if let Some(c) = &query.character_id {
+        qb.push(" AND m.character_id = ").push_bind(c.clone());
+    }
+    if let Some(j) = &query.triggered_by_job_id {
+        qb.push(" AND m.triggered_by_job_id = ")
+            .push_bind(j.clone());
+    }
 }
 
 fn push_order(qb: &mut QueryBuilder<Sqlite>, sort: LoraSort) {
@@ -275,7 +290,7 @@ fn sort_index(sort: LoraSort) -> &'static str {
 /// sort index (measured on a 100k-row library, docs/performance.md).
 const LOOKUP_COST: u64 = 15;
 
-const SUMMARY_SELECT: &str = "SELECT m.id, m.user_id, u.email, u.display_name, m.name, m.description, m.training_status, m.usage_count, m.created_at";
+const SUMMARY_SELECT: &str = "SELECT m.id, m.user_id, u.email, u.display_name, m.name, m.description, m.training_status, m.usage_count, m.created_at, m.character_id, m.triggered_by_job_id";
 
 pub(super) async fn list_loras(pool: &SqlitePool, query: &LoraQuery) -> Result<Page<LoraSummary>> {
     let words = query
@@ -319,7 +334,10 @@ async fn search_loras(
     query: &LoraQuery,
     fts: &str,
 ) -> Result<Page<LoraSummary>> {
-    let filtered = query.status.is_some() || query.creator.is_some();
+    let filtered = query.status.is_some()
+        || query.creator.is_some()
+        || query.character_id.is_some()
+        || query.triggered_by_job_id.is_some();
     // Without filters the full-text index alone counts the matches (its doclists, no table
     // reads; FTS5's prefix indexes `prefix = '2 3'` make a two- or three-letter prefix one
     // doclist). The triggers keep it exactly in step with lora_models.

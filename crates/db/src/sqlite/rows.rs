@@ -71,6 +71,10 @@ pub(super) fn lora_record(row: &SqliteRow) -> Result<LoraRecord> {
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
         completed_at: opt_time(row, "completed_at")?,
+        character_id: row.try_get("character_id")?,
+        triggered_by_job_id: row.try_get("triggered_by_job_id")?,
+        sha256: row.try_get("sha256")?,
+        file_missing_since: opt_time(row, "file_missing_since")?,
     })
 }
 
@@ -87,6 +91,8 @@ pub(super) fn summary_record(row: &SqliteRow) -> Result<SummaryRecord> {
         status: row.try_get("training_status")?,
         usage_count: row.try_get("usage_count")?,
         created_at: time(row, "created_at")?,
+        character_id: row.try_get("character_id")?,
+        triggered_by_job_id: row.try_get("triggered_by_job_id")?,
     })
 }
 

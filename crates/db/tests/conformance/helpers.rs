@@ -190,6 +190,8 @@ pub fn new_lora(owner: UserId, dataset: DatasetId, lora_name: &str, now: DateTim
         reserve: None,
         webhook: None,
         now,
+        character_id: None,
+        triggered_by_job_id: None,
     }
 }
 

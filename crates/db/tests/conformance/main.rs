@@ -17,6 +17,7 @@ mod lifecycle;
 mod metrics;
 mod name_keys;
 mod names;
+mod usage;
 mod webhooks;
 
 macro_rules! conformance {
@@ -99,4 +100,7 @@ conformance! {
     webhooks::deliveries_are_leased_attempted_and_logged,
     metrics::the_snapshot_counts_statuses_queue_runs_breakers_and_alerts,
     metrics::seeded_runs_are_ended_for_finished_loras_and_live_for_training_ones,
+    usage::uses_count_once_per_generation_and_by_day,
+    usage::concurrent_retries_of_a_generation_count_once,
+    usage::a_characters_newest_completed_lora_and_its_file_facts,
 }

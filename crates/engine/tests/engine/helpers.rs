@@ -173,6 +173,8 @@ impl Db {
             reserve: None,
             webhook: None,
             now: created,
+            character_id: None,
+            triggered_by_job_id: None,
         };
         let policy = MonthlyPolicy {
             limit: 1000,

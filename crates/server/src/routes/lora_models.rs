@@ -45,6 +45,10 @@ pub struct ListParams {
     /// 1–100, default 50.
     pub limit: Option<u32>,
     pub offset: Option<u64>,
+    /// Only LoRAs trained for this character (the generator's id).
+    pub character_id: Option<String>,
+    /// Only LoRAs this generation job asked for.
+    pub triggered_by_job_id: Option<String>,
 }
 
 /// The public library: every user's LoRAs.
@@ -108,6 +112,8 @@ pub async fn list(
         sort,
         limit,
         offset,
+        character_id: identifier_filter(q.character_id.as_deref(), &CHARACTER_ID)?,
+        triggered_by_job_id: identifier_filter(q.triggered_by_job_id.as_deref(), &JOB_ID)?,
     };
     let now = state.now();
     let cache = state.library_cache();
@@ -128,6 +134,34 @@ pub async fn list(
         }
     };
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The rule for `character_id` (`TextRule::IDENTIFIER`, as the reference intake cleans it).
+pub(crate) const CHARACTER_ID: TextRule = TextRule::IDENTIFIER;
+/// The rule for `triggered_by_job_id`: an identifier like a character's.
+pub(crate) const JOB_ID: TextRule = TextRule {
+    field: "triggered_by_job_id",
+    ..TextRule::IDENTIFIER
+};
+
+/// An identifier filter of the listing, cleaned like the stored value (blank: no filter).
+fn identifier_filter(v: Option<&str>, rule: &TextRule) -> ApiResult<Option<String>> {
+    match v.filter(|s| !s.trim().is_empty()) {
+        None => Ok(None),
+        Some(s) => text::clean(s, rule)
+            .map(Some)
+            .map_err(|e| invalid_text("invalid_query", &e)),
+    }
+}
+
+/// An optional identifier of a create body, cleaned (blank or null: none).
+pub(crate) fn parse_identifier(v: Option<&str>, rule: &TextRule) -> ApiResult<Option<String>> {
+    match v.filter(|s| !s.trim().is_empty()) {
+        None => Ok(None),
+        Some(s) => text::clean(s, rule)
+            .map(Some)
+            .map_err(|e| invalid_text("invalid_request", &e)),
+    }
 }
 
 /// One page of the library as JSON, straight from the database.
@@ -176,6 +210,13 @@ pub struct CreateLoraRequest {
     pub webhook: Option<String>,
     /// Which events to send: start, progress, completed, failed, cancelled. Absent: all.
     pub webhook_events_filter: Option<Vec<String>>,
+    /// The generator's character this LoRA is for (at most 255 characters); the resolve's
+    /// "newest completed LoRA of the character" finds it by this.
+    #[schema(max_length = 255)]
+    pub character_id: Option<String>,
+    /// The generation job that asked for this LoRA (at most 255 characters).
+    #[schema(max_length = 255)]
+    pub triggered_by_job_id: Option<String>,
 }
 
 /// Creates a LoRA from one of your datasets and queues its training.
@@ -207,6 +248,8 @@ pub async fn create(
     let description = parse_description(req.description.as_deref())?;
     let dataset_id = DatasetId(req.dataset_id);
     let params = check_params(&state, req.params.as_ref())?;
+    let character_id = parse_identifier(req.character_id.as_deref(), &CHARACTER_ID)?;
+    let triggered_by_job_id = parse_identifier(req.triggered_by_job_id.as_deref(), &JOB_ID)?;
     let idempotency = idempotency_key(&headers, &body_json)?;
     if query.dry_run.unwrap_or(false) {
         // Checked like a create, then quoted; nothing is stored or reserved.
@@ -230,6 +273,8 @@ pub async fn create(
             params,
             idempotency,
             webhook,
+            character_id,
+            triggered_by_job_id,
         },
     )
     .await?;
@@ -270,6 +315,13 @@ fn create_body_error(state: &AppState, e: &body::BodyError) -> ApiError {
             "invalid_request",
             "webhook_events_filter must be a list of event names (start, progress, completed, failed, cancelled)",
         ),
+        Some("character_id" | "triggered_by_job_id") => ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "{} must be a string of at most 255 characters or null",
+                e.top_field().unwrap_or_default()
+            ),
+        ),
         Some("dataset_id") => ApiError::bad_request(
             "invalid_request",
             "dataset_id is required: the UUID returned by POST /api/v1/datasets",
@@ -277,7 +329,7 @@ fn create_body_error(state: &AppState, e: &body::BodyError) -> ApiError {
         _ if e.message.starts_with("unknown field") => ApiError::bad_request(
             "invalid_request",
             format!(
-                "unknown field {:?}; allowed fields are name, description, dataset_id, params, webhook, webhook_events_filter",
+                "unknown field {:?}; allowed fields are name, description, dataset_id, params, webhook, webhook_events_filter, character_id, triggered_by_job_id",
                 e.named_field().unwrap_or_default()
             ),
         ),
@@ -506,6 +558,8 @@ async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResu
         created_at: lora.created_at,
         updated_at: lora.updated_at,
         completed_at: lora.completed_at,
+        character_id: lora.character_id.clone(),
+        triggered_by_job_id: lora.triggered_by_job_id.clone(),
     })
 }
 

@@ -27,7 +27,8 @@ use crate::error::{ApiError, ApiResult, body_error, invalid_text};
 use crate::intake::{IntakeError, store_dataset};
 use crate::quota::check_dataset_quota;
 use crate::routes::lora_models::{
-    check_params, idempotency_header, params_body_error, parse_description,
+    JOB_ID, check_params, idempotency_header, params_body_error, parse_description,
+    parse_identifier,
 };
 use crate::state::AppState;
 
@@ -47,6 +48,11 @@ pub struct FromReferencesRequest {
     pub webhook: Option<String>,
     /// Which events to send: start, progress, completed, failed, cancelled. Absent: all.
     pub webhook_events_filter: Option<Vec<String>>,
+    /// The video generation job that sent these references (at most 255 characters; `job_id`
+    /// is accepted too): kept on every LoRA created, and filterable in the library.
+    #[serde(alias = "job_id")]
+    #[schema(max_length = 255)]
+    pub triggered_by_job_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -130,6 +136,7 @@ pub async fn from_references(
         })
         .collect::<ApiResult<Vec<_>>>()?;
     let description = parse_description(req.description.as_deref())?;
+    let triggered_by_job_id = parse_identifier(req.triggered_by_job_id.as_deref(), &JOB_ID)?;
     let params = check_params(&state, req.params.as_ref())?;
     let webhook = crate::client_webhooks::parse_webhook(
         &state,
@@ -332,6 +339,8 @@ pub async fn from_references(
             params: params.clone(),
             idempotency: key,
             webhook: webhook.clone(),
+            character_id: Some(id.to_owned()),
+            triggered_by_job_id: triggered_by_job_id.clone(),
         };
         match create_lora(&state, &user, input).await {
             Ok(Created { lora, .. }) => loras.push(CharacterLoraView {

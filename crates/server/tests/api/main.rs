@@ -14,6 +14,7 @@ mod datasets;
 mod error_shapes;
 mod events;
 mod files;
+mod generation;
 mod hostile;
 mod library;
 mod limits;

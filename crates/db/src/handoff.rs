@@ -1,0 +1,29 @@
+//! What the generator's hand-off (`POST /api/v1/generation/resolve`) reads and writes beyond the
+//! library: a character's newest completed LoRA, the model file's sha256 once known, and the
+//! time a completed LoRA's file was first found missing (migration 0012). Failing a LoRA whose
+//! file is gone still goes through [`crate::Repository::apply_event`].
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use loraforge_domain::{LoraId, LoraModel};
+
+use crate::Result;
+
+#[async_trait]
+pub trait HandoffStore: Send + Sync {
+    /// The newest (by creation) `completed` LoRA made for `character_id`, whoever owns it: the
+    /// library is public.
+    async fn newest_completed_of_character(&self, character_id: &str) -> Result<Option<LoraModel>>;
+
+    /// Records the model file's sha256 (lowercase hex) unless one is recorded already; a second
+    /// writer with the same file changes nothing.
+    async fn record_sha256(&self, lora: LoraId, sha256: &str) -> Result<()>;
+
+    /// A check found the LoRA's file missing at `now`: keeps the first time it was found missing
+    /// and returns it (`now` on the first miss).
+    async fn note_file_missing(&self, lora: LoraId, now: DateTime<Utc>) -> Result<DateTime<Utc>>;
+
+    /// A check found the file: forgets an earlier miss (a store that was catching up).
+    async fn clear_file_missing(&self, lora: LoraId) -> Result<()>;
+}

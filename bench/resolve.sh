@@ -100,7 +100,7 @@ PY
         -d "$body" "http://127.0.0.1:$port/api/v1/generation/resolve")"
     local loras; loras="$(grep -o '"mode":"lora"' <<<"$answer" | wc -l)"
     [[ "$loras" == 10 ]] || { echo "warm-up answered $loras LoRAs of 10: $answer" >&2; exit 1; }
-    local out; out="$(LF_TOKEN="$token" wrk -t2 -c"$conns" -d"$duration" --latency -s "$lua" "http://127.0.0.1:$port")"
+    local out; out="$(LF_TOKEN="$token" wrk -t"$(( conns < 2 ? conns : 2 ))" -c"$conns" -d"$duration" --latency -s "$lua" "http://127.0.0.1:$port")"
     local bad; bad="$(awk '/^bad_answers/ {print $2}' <<<"$out")"
     local non2xx; non2xx="$(awk '/Non-2xx/ {print $NF}' <<<"$out")"
     if [[ "$bad" != 0 || -n "$non2xx" ]]; then echo "$out" >&2; echo "bad answers: $bad, non-2xx: ${non2xx:-0}" >&2; exit 1; fi

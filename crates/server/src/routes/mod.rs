@@ -18,5 +18,6 @@ pub mod me_notifications;
 pub mod metrics;
 pub mod quotes;
 pub mod references;
+pub mod selector_asset;
 pub mod webhooks;
 pub mod worker;

@@ -58,8 +58,8 @@ use routes::metrics as metrics_route;
 use routes::quotes as quote_routes;
 use routes::{
     admin, admin_alerts, admin_archival, admin_backends, admin_costs, dataset_zip, datasets,
-    events, files, health, lora_models, me, me_notifications, references, selector_asset, webhooks,
-    worker,
+    events, files, health, lora_models, me, me_notifications, names, references, selector_asset,
+    webhooks, worker,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -115,6 +115,7 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             "/api/v1/lora-models/{id}/cancel",
             lora_models::cancel,
         )
+        .route(Method::GET, "/api/v1/lora-names/check", names::check)
         .route(Method::GET, "/api/v1/me", me::me)
         .route(Method::PATCH, "/api/v1/me", me::patch)
         .route(Method::GET, "/api/v1/me/limits", me::limits)

@@ -16,6 +16,7 @@ pub mod lora_models;
 pub mod me;
 pub mod me_notifications;
 pub mod metrics;
+pub mod names;
 pub mod quotes;
 pub mod references;
 pub mod selector_asset;

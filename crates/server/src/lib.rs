@@ -58,7 +58,8 @@ use routes::metrics as metrics_route;
 use routes::quotes as quote_routes;
 use routes::{
     admin, admin_alerts, admin_archival, admin_backends, admin_costs, dataset_zip, datasets,
-    events, files, health, lora_models, me, me_notifications, names, references, webhooks, worker,
+    events, files, health, lora_models, me, me_notifications, names, references, selector_asset,
+    webhooks, worker,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -228,6 +229,8 @@ fn routes(settings: &ServerSettings) -> RouteTable {
         .route(Method::GET, "/healthz", health::healthz)
         .route(Method::GET, "/readyz", health::readyz)
         .route(Method::GET, "/metrics", metrics_route::metrics)
+        .route(Method::GET, "/ui/lora-selector.js", selector_asset::script)
+        .route(Method::GET, "/ui/selector-demo.html", selector_asset::demo)
         .merge(upload)
         .merge(files)
         .merge(api)

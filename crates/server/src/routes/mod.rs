@@ -21,5 +21,6 @@ pub mod metrics;
 pub mod names;
 pub mod quotes;
 pub mod references;
+pub mod selector_asset;
 pub mod webhooks;
 pub mod worker;

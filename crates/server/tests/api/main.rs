@@ -25,6 +25,7 @@ mod ops;
 mod references;
 mod retention;
 mod schemathesis;
+mod selector_asset;
 mod supabase_tokens;
 mod text_input;
 mod url_intake;

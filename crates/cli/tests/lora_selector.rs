@@ -175,7 +175,9 @@ async fn events(browser: &Browser) -> Vec<Value> {
 /// Waits until the last `change` event's detail is `want`.
 async fn wait_event(browser: &Browser, want: Value) {
     let script = format!(
-        "const e = window.loraEvents; return e.length > 0 && JSON.stringify(e[e.length - 1]) === {};",
+        "const e = window.loraEvents; if (e.length === 0) return false; \
+         const last = e[e.length - 1]; \
+         return JSON.stringify(last, Object.keys(last).sort()) === {};",
         serde_json::to_string(&want.to_string()).unwrap()
     );
     let ok = tokio::time::timeout(

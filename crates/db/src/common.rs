@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use loraforge_domain::{
-    CreatorRef, LoraModel, LoraSummary, MicroUsd, Progress, StatusEvent, TrainingParams,
+    CreatorRef, Hidden, LoraModel, LoraSummary, MicroUsd, Progress, StatusEvent, TrainingParams,
     TrainingRun, TrainingStatus,
 };
 
@@ -141,6 +141,27 @@ pub(crate) struct LoraRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    pub hidden: HiddenRecord,
+}
+
+/// The moderation columns of a `lora_models` row (`hidden_at`, `hidden_reason`, `hidden_by`).
+#[derive(Debug, Default)]
+pub(crate) struct HiddenRecord {
+    pub at: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+    pub by: Option<Uuid>,
+}
+
+impl HiddenRecord {
+    /// Hidden when `hidden_at` is set; the reason and the admin come with it.
+    pub fn into_hidden(self) -> Option<Hidden> {
+        let at = self.at?;
+        Some(Hidden {
+            at,
+            reason: self.reason.unwrap_or_default(),
+            by: self.by.unwrap_or_default().into(),
+        })
+    }
 }
 
 impl LoraRecord {
@@ -184,6 +205,7 @@ impl LoraRecord {
             created_at: self.created_at,
             updated_at: self.updated_at,
             completed_at: self.completed_at,
+            hidden: self.hidden.into_hidden(),
         })
     }
 }
@@ -200,6 +222,7 @@ pub(crate) struct SummaryRecord {
     pub status: String,
     pub usage_count: i64,
     pub created_at: DateTime<Utc>,
+    pub hidden: HiddenRecord,
 }
 
 impl SummaryRecord {
@@ -216,6 +239,7 @@ impl SummaryRecord {
             },
             usage_count: to_u64(self.usage_count, "usage_count")?,
             created_at: self.created_at,
+            hidden: self.hidden.into_hidden(),
         })
     }
 }

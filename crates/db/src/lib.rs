@@ -32,6 +32,7 @@ mod common;
 pub mod credits;
 pub mod ledger;
 pub mod metrics;
+pub mod moderation;
 pub use metrics::{MetricsStore, OpsSnapshot, RunTotals, SeededRuns};
 pub mod finish_mails;
 pub mod monitors;
@@ -58,6 +59,9 @@ pub use alerts::{
 pub use archival::{ArchivalCandidate, ArchivalStore};
 pub use finish_mails::{FinishMailStore, FinishedLora};
 pub use monitors::{MonitorStats, MonitorStore, StuckCleanup};
+pub use moderation::{
+    Filed, HideOutcome, ModerationStore, NewReport, Report, ReportQuery, ReportRow, ReportState,
+};
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
@@ -255,6 +259,9 @@ pub struct LoraQuery {
     pub sort: LoraSort,
     pub limit: u32,
     pub offset: u64,
+    /// Also list LoRAs an admin hid (an admin's listing, an owner's own); `false` (the default,
+    /// the public library): hidden LoRAs are left out of the rows and the total.
+    pub include_hidden: bool,
 }
 
 /// A search counts its matches exactly only up to this many (as GitHub's and Elasticsearch's
@@ -540,6 +547,7 @@ pub trait Repository:
     + MonitorStore
     + FinishMailStore
     + ArchivalStore
+    + ModerationStore
 {
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<()>;

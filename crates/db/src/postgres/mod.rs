@@ -28,7 +28,8 @@ macro_rules! lora_select {
         "SELECT m.id, m.user_id, u.email, u.display_name, m.name, m.description, m.dataset_id, m.params, \
          m.training_status, m.stage, m.progress, m.estimated_remaining, m.error, m.usage_count, \
          m.storage_key, m.file_size, m.validation_image_keys, m.validation_passed, m.training_cost_micros, \
-         m.status_message, m.created_at, m.updated_at, m.completed_at \
+         m.status_message, m.created_at, m.updated_at, m.completed_at, \
+         m.hidden_at, m.hidden_reason, m.hidden_by \
          FROM lora_models m LEFT JOIN users u ON u.id = m.user_id"
     };
 }
@@ -77,6 +78,7 @@ mod jobs;
 mod ledger;
 mod library;
 mod metrics;
+mod moderation;
 mod monitors;
 mod retention;
 mod rows;

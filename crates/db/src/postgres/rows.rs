@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use loraforge_domain::{LoraModel, TrainingStatus};
 
-use crate::common::{LoraRecord, RunRecord, SummaryRecord, corrupt, micros, parse_status};
+use crate::common::{HiddenRecord, LoraRecord, RunRecord, SummaryRecord, corrupt, micros, parse_status};
 use crate::{LoraEvent, Result};
 
 /// Postgres keeps microseconds; truncating here makes what is read back equal what was written.
@@ -50,8 +50,19 @@ pub(super) fn lora_record(row: &PgRow) -> Result<LoraRecord> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         completed_at: row.try_get("completed_at")?,
+        hidden: hidden_record(row)?,
     })
 }
+
+/// Decodes the moderation columns (`hidden_at`, `hidden_reason`, `hidden_by`) of a row.
+pub(super) fn hidden_record(row: &PgRow) -> Result<HiddenRecord> {
+    Ok(HiddenRecord {
+        at: row.try_get("hidden_at")?,
+        reason: row.try_get("hidden_reason")?,
+        by: row.try_get("hidden_by")?,
+    })
+}
+
 
 /// Decodes a library listing row (id, user_id, email, name, description, training_status,
 /// usage_count, created_at).
@@ -66,6 +77,7 @@ pub(super) fn summary_record(row: &PgRow) -> Result<SummaryRecord> {
         status: row.try_get("training_status")?,
         usage_count: row.try_get("usage_count")?,
         created_at: row.try_get("created_at")?,
+        hidden: hidden_record(row)?,
     })
 }
 

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use loraforge_domain::{LoraModel, TrainingStatus};
 
-use crate::common::{LoraRecord, RunRecord, SummaryRecord, corrupt, micros, parse_status};
+use crate::common::{HiddenRecord, LoraRecord, RunRecord, SummaryRecord, corrupt, micros, parse_status};
 use crate::{LoraEvent, Result};
 
 /// A timestamp as stored: UTC, RFC 3339, always six fractional digits, so that comparing the
@@ -71,8 +71,22 @@ pub(super) fn lora_record(row: &SqliteRow) -> Result<LoraRecord> {
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
         completed_at: opt_time(row, "completed_at")?,
+        hidden: hidden_record(row)?,
     })
 }
+
+/// Decodes the moderation columns (`hidden_at`, `hidden_reason`, `hidden_by`) of a row.
+pub(super) fn hidden_record(row: &SqliteRow) -> Result<HiddenRecord> {
+    let by: Option<String> = row.try_get("hidden_by")?;
+    Ok(HiddenRecord {
+        at: opt_time(row, "hidden_at")?,
+        reason: row.try_get("hidden_reason")?,
+        by: by
+            .map(|s| Uuid::parse_str(&s).map_err(|e| corrupt(format!("hidden_by {s:?}: {e}"))))
+            .transpose()?,
+    })
+}
+
 
 /// Decodes a library listing row (id, user_id, email, name, description, training_status,
 /// usage_count, created_at).
@@ -87,6 +101,7 @@ pub(super) fn summary_record(row: &SqliteRow) -> Result<SummaryRecord> {
         status: row.try_get("training_status")?,
         usage_count: row.try_get("usage_count")?,
         created_at: time(row, "created_at")?,
+        hidden: hidden_record(row)?,
     })
 }
 

@@ -15,6 +15,7 @@ mod ledger;
 mod library;
 mod lifecycle;
 mod metrics;
+mod moderation;
 mod name_keys;
 mod webhooks;
 
@@ -97,4 +98,7 @@ conformance! {
     webhooks::deliveries_are_leased_attempted_and_logged,
     metrics::the_snapshot_counts_statuses_queue_runs_breakers_and_alerts,
     metrics::seeded_runs_are_ended_for_finished_loras_and_live_for_training_ones,
+    moderation::reports_are_one_open_per_reporter_and_listed_with_their_lora,
+    moderation::hiding_resolves_open_reports_and_keeps_the_first_hide,
+    moderation::the_library_leaves_hidden_loras_out_unless_asked,
 }

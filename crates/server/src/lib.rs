@@ -50,7 +50,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use auth::{AuthUser, JwtKeys};
 pub use error::ApiError;
-pub use settings::{ClientWebhookSettings, HttpSettings, ServerSettings};
+pub use settings::{ClientWebhookSettings, HttpSettings, ModerationSettings, ServerSettings};
 pub use state::AppState;
 
 use routes::credits as credit_routes;
@@ -113,6 +113,31 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             Method::POST,
             "/api/v1/lora-models/{id}/cancel",
             lora_models::cancel,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/lora-models/{id}/reports",
+            routes::reports::create,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/admin/reports",
+            routes::admin_reports::list,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/admin/reports/{id}/dismiss",
+            routes::admin_reports::dismiss,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/admin/lora-models/{id}/hide",
+            routes::admin_reports::hide,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/admin/lora-models/{id}/unhide",
+            routes::admin_reports::unhide,
         )
         .route(Method::GET, "/api/v1/me", me::me)
         .route(Method::PATCH, "/api/v1/me", me::patch)

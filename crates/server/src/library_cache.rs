@@ -81,7 +81,7 @@ impl LibraryCache {
     /// The cache key of a validated query: every field that changes the answer.
     pub fn key(q: &LoraQuery) -> String {
         format!(
-            "{:?}|{}|{:?}|{:?}|{}|{}",
+            "{:?}|{}|{:?}|{:?}|{}|{}|{}",
             q.status,
             q.search
                 .as_deref()
@@ -91,7 +91,9 @@ impl LibraryCache {
             q.creator,
             q.sort,
             q.limit,
-            q.offset
+            q.offset,
+            // The owner's own listing (hidden ones too) is not the public one of the same creator.
+            q.include_hidden
         )
     }
 
@@ -211,6 +213,13 @@ mod tests {
             k(&base),
             k(&LoraQuery {
                 search: Some("a".into()),
+                ..base.clone()
+            })
+        );
+        assert_ne!(
+            k(&base),
+            k(&LoraQuery {
+                include_hidden: true,
                 ..base.clone()
             })
         );

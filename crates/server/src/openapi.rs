@@ -28,7 +28,7 @@ use crate::routes::lora_models::MAX_DESCRIPTION_CHARS;
 use crate::routes::{
     admin, admin_alerts, admin_archival, admin_backends, admin_costs, client_webhooks, credits,
     dataset_zip, datasets, events, files, health, lora_models, me, me_notifications, metrics,
-    quotes, references, webhooks, worker,
+    quotes, references, reports, admin_reports, webhooks, worker,
 };
 use crate::settings::ServerSettings;
 use crate::views;
@@ -56,6 +56,8 @@ use crate::views;
         files::get_file, files::put_file, dataset_zip::dataset_zip, webhooks::replicate,
         quotes::create_quote, credits::mine, credits::grant,
         client_webhooks::secret, client_webhooks::rotate, client_webhooks::deliveries,
+        reports::create, admin_reports::list, admin_reports::hide, admin_reports::unhide,
+        admin_reports::dismiss,
     ),
     components(schemas(
         views::LoraList, views::LoraListItem, views::CreatorView, views::LoraDetails, views::StatusView, views::AttemptView, views::MoneyView,
@@ -78,6 +80,9 @@ use crate::views;
         credits::CreditsView, credits::CreditEntryView, credits::GrantBody, credits::GrantView,
         client_webhooks::WebhookSecretView, client_webhooks::WebhookDeliveriesView,
         client_webhooks::WebhookDeliveryView, client_webhooks::WebhookAttemptView,
+        views::HiddenView, reports::ReportBody, reports::ReportView, admin_reports::AdminReportList,
+        admin_reports::AdminReportView, admin_reports::ReportedLoraView, admin_reports::HideBody,
+        admin_reports::ModerationView,
     )),
     modifiers(&SecuritySchemes),
     tags(
@@ -88,6 +93,7 @@ use crate::views;
         (name = "admin", description = "Manual review of trained LoRAs and the training backends' circuit breakers (admin tokens only)"),
         (name = "worker", description = "The worker protocol (docs/worker-protocol.md): one training attempt, per-attempt token"),
         (name = "files", description = "Signed links to files on local storage (S3 storage hands out presigned URLs instead)"),
+        (name = "moderation", description = "Reporting LoRAs; admins review reports and hide or unhide LoRAs (hidden LoRAs are never deleted)"),
         (name = "webhooks", description = "Providers' signed notifications (no user auth: the signature is the credential)"),
     )
 )]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use loraforge_domain::{CreatorRef, LoraModel, LoraSummary, MicroUsd, TrainingRun, TrainingStatus};
+use loraforge_domain::{CreatorRef, Hidden, LoraModel, LoraSummary, MicroUsd, TrainingRun, TrainingStatus};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreatorView {
@@ -40,6 +40,27 @@ pub struct LoraListItem {
     pub created_at: DateTime<Utc>,
     pub creator: CreatorView,
     pub usage_count: u64,
+    /// Set when an admin hid it; listed only to its owner (`creator` = their id) and to admins
+    /// (`include_hidden=true`). Absent when visible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<HiddenView>,
+}
+
+/// Why and since when an admin hid a LoRA (its owner and admins see this).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HiddenView {
+    pub at: DateTime<Utc>,
+    /// The admin's reason, for the owner.
+    pub reason: String,
+}
+
+impl From<&Hidden> for HiddenView {
+    fn from(h: &Hidden) -> Self {
+        Self {
+            at: h.at,
+            reason: h.reason.clone(),
+        }
+    }
 }
 
 impl LoraListItem {
@@ -53,6 +74,7 @@ impl LoraListItem {
             created_at: s.created_at,
             creator: CreatorView::of(&s.creator, show_email),
             usage_count: s.usage_count,
+            hidden: s.hidden.as_ref().map(HiddenView::from),
         }
     }
 }
@@ -216,6 +238,10 @@ pub struct LoraDetails {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// Set when an admin hid it (only its owner and admins can see a hidden LoRA). Absent when
+    /// visible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<HiddenView>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -21,6 +21,7 @@ mod lora_models;
 mod monitors;
 mod ops;
 mod references;
+mod reports;
 mod retention;
 mod schemathesis;
 mod supabase_tokens;

@@ -58,10 +58,10 @@ pub use alerts::{
 
 pub use archival::{ArchivalCandidate, ArchivalStore};
 pub use finish_mails::{FinishMailStore, FinishedLora};
-pub use monitors::{MonitorStats, MonitorStore, StuckCleanup};
 pub use moderation::{
     Filed, HideOutcome, ModerationStore, NewReport, Report, ReportQuery, ReportRow, ReportState,
 };
+pub use monitors::{MonitorStats, MonitorStore, StuckCleanup};
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 

@@ -26,9 +26,9 @@ use loraforge_domain::params::{ListRule, Rule, Text};
 
 use crate::routes::lora_models::MAX_DESCRIPTION_CHARS;
 use crate::routes::{
-    admin, admin_alerts, admin_archival, admin_backends, admin_costs, client_webhooks, credits,
-    dataset_zip, datasets, events, files, health, lora_models, me, me_notifications, metrics,
-    quotes, references, reports, admin_reports, webhooks, worker,
+    admin, admin_alerts, admin_archival, admin_backends, admin_costs, admin_reports,
+    client_webhooks, credits, dataset_zip, datasets, events, files, health, lora_models, me,
+    me_notifications, metrics, quotes, references, reports, webhooks, worker,
 };
 use crate::settings::ServerSettings;
 use crate::views;

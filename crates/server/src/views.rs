@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use loraforge_domain::{CreatorRef, Hidden, LoraModel, LoraSummary, MicroUsd, TrainingRun, TrainingStatus};
+use loraforge_domain::{
+    CreatorRef, Hidden, LoraModel, LoraSummary, MicroUsd, TrainingRun, TrainingStatus,
+};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreatorView {

@@ -10,7 +10,9 @@ use uuid::Uuid;
 
 use loraforge_domain::{LoraModel, TrainingStatus};
 
-use crate::common::{HiddenRecord, LoraRecord, RunRecord, SummaryRecord, corrupt, micros, parse_status};
+use crate::common::{
+    HiddenRecord, LoraRecord, RunRecord, SummaryRecord, corrupt, micros, parse_status,
+};
 use crate::{LoraEvent, Result};
 
 /// Postgres keeps microseconds; truncating here makes what is read back equal what was written.
@@ -62,7 +64,6 @@ pub(super) fn hidden_record(row: &PgRow) -> Result<HiddenRecord> {
         by: row.try_get("hidden_by")?,
     })
 }
-
 
 /// Decodes a library listing row (id, user_id, email, name, description, training_status,
 /// usage_count, created_at).

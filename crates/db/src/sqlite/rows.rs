@@ -9,7 +9,9 @@ use uuid::Uuid;
 
 use loraforge_domain::{LoraModel, TrainingStatus};
 
-use crate::common::{HiddenRecord, LoraRecord, RunRecord, SummaryRecord, corrupt, micros, parse_status};
+use crate::common::{
+    HiddenRecord, LoraRecord, RunRecord, SummaryRecord, corrupt, micros, parse_status,
+};
 use crate::{LoraEvent, Result};
 
 /// A timestamp as stored: UTC, RFC 3339, always six fractional digits, so that comparing the
@@ -86,7 +88,6 @@ pub(super) fn hidden_record(row: &SqliteRow) -> Result<HiddenRecord> {
             .transpose()?,
     })
 }
-
 
 /// Decodes a library listing row (id, user_id, email, name, description, training_status,
 /// usage_count, created_at).

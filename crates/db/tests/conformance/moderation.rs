@@ -3,9 +3,7 @@
 
 use chrono::Duration;
 
-use loraforge_db::{
-    DbError, Filed, LoraQuery, NewReport, Report, ReportQuery, ReportState,
-};
+use loraforge_db::{DbError, Filed, LoraQuery, NewReport, Report, ReportQuery, ReportState};
 use loraforge_domain::{LoraId, LoraSort, ReportReason, Resolution, UserId};
 
 use crate::helpers::*;
@@ -57,7 +55,10 @@ pub async fn reports_are_one_open_per_reporter_and_listed_with_their_lora(repo: 
     assert_eq!(first.details.as_deref(), Some("details 1"));
     assert_eq!(first.created_at, now() + Duration::minutes(1));
     assert!(first.is_open() && first.resolution.is_none() && first.resolved_by.is_none());
-    assert_eq!(repo.get_report(first.id).await.unwrap(), Some(first.clone()));
+    assert_eq!(
+        repo.get_report(first.id).await.unwrap(),
+        Some(first.clone())
+    );
 
     // The same reporter again, while the first is open: nothing stored, the open one returned.
     match repo
@@ -81,7 +82,11 @@ pub async fn reports_are_one_open_per_reporter_and_listed_with_their_lora(repo: 
     let page = repo.list_reports(&open()).await.unwrap();
     assert_eq!(page.total, 3);
     let names: Vec<_> = page.items.iter().map(|r| r.lora_name.as_str()).collect();
-    assert_eq!(names, ["Shady", "Shady", "Fine"], "the queue is oldest first");
+    assert_eq!(
+        names,
+        ["Shady", "Shady", "Fine"],
+        "the queue is oldest first"
+    );
     assert_eq!(page.items[0].open_reports_of_lora, 2);
     assert_eq!(page.items[2].open_reports_of_lora, 1);
     assert_eq!(page.items[0].creator.id, owner);
@@ -119,13 +124,22 @@ pub async fn hiding_resolves_open_reports_and_keeps_the_first_hide(repo: Repo) {
     let (admin, admin2) = (UserId::new(), UserId::new());
     let t = now() + Duration::hours(1);
 
-    let hid = repo.hide_lora(lora.id, "breaks rule 3", admin, t).await.unwrap();
+    let hid = repo
+        .hide_lora(lora.id, "breaks rule 3", admin, t)
+        .await
+        .unwrap();
     assert!(hid.newly_hidden);
     assert_eq!(hid.resolved_reports, 2);
     let hidden = hid.lora.hidden.clone().expect("hidden");
-    assert_eq!((hidden.at, hidden.reason.as_str(), hidden.by), (t, "breaks rule 3", admin));
+    assert_eq!(
+        (hidden.at, hidden.reason.as_str(), hidden.by),
+        (t, "breaks rule 3", admin)
+    );
     assert!(hid.lora.is_hidden());
-    assert_eq!(repo.get_lora(lora.id).await.unwrap().unwrap().hidden, Some(hidden.clone()));
+    assert_eq!(
+        repo.get_lora(lora.id).await.unwrap().unwrap().hidden,
+        Some(hidden.clone())
+    );
     for id in [ra.id, rb.id] {
         let r = repo.get_report(id).await.unwrap().unwrap();
         assert_eq!(r.resolution, Some(Resolution::Hidden));
@@ -133,7 +147,11 @@ pub async fn hiding_resolves_open_reports_and_keeps_the_first_hide(repo: Repo) {
     }
 
     // Again, later, by another admin: the first hide stays; a report filed meanwhile is resolved.
-    let (rc, _) = file(&repo, report(lora.id, UserId::new(), ReportReason::Spam, 90)).await;
+    let (rc, _) = file(
+        &repo,
+        report(lora.id, UserId::new(), ReportReason::Spam, 90),
+    )
+    .await;
     let again = repo
         .hide_lora(lora.id, "other words", admin2, t + Duration::hours(1))
         .await
@@ -148,12 +166,23 @@ pub async fn hiding_resolves_open_reports_and_keeps_the_first_hide(repo: Repo) {
 
     let listed = repo.list_reports(&resolved()).await.unwrap();
     assert_eq!(listed.total, 3);
-    assert!(listed.items.iter().all(|r| r.hidden.is_some() && r.open_reports_of_lora == 0));
-    assert_eq!(listed.items[0].report.id, rc.id, "most recently resolved first");
+    assert!(
+        listed
+            .items
+            .iter()
+            .all(|r| r.hidden.is_some() && r.open_reports_of_lora == 0)
+    );
+    assert_eq!(
+        listed.items[0].report.id, rc.id,
+        "most recently resolved first"
+    );
     assert_eq!(repo.list_reports(&open()).await.unwrap().total, 0);
 
     // Dismissing a report resolved by the hide keeps its resolution.
-    let kept = repo.dismiss_report(ra.id, admin2, t + Duration::hours(3)).await.unwrap();
+    let kept = repo
+        .dismiss_report(ra.id, admin2, t + Duration::hours(3))
+        .await
+        .unwrap();
     assert_eq!(kept.resolution, Some(Resolution::Hidden));
     assert_eq!(kept.resolved_at, Some(t));
     assert!(matches!(
@@ -171,7 +200,10 @@ pub async fn hiding_resolves_open_reports_and_keeps_the_first_hide(repo: Repo) {
         repo.hide_lora(LoraId::new(), "x", admin, t).await,
         Err(DbError::NotFound)
     ));
-    assert!(matches!(repo.unhide_lora(LoraId::new()).await, Err(DbError::NotFound)));
+    assert!(matches!(
+        repo.unhide_lora(LoraId::new()).await,
+        Err(DbError::NotFound)
+    ));
 }
 
 pub async fn the_library_leaves_hidden_loras_out_unless_asked(repo: Repo) {
@@ -185,7 +217,9 @@ pub async fn the_library_leaves_hidden_loras_out_unless_asked(repo: Repo) {
         .await;
         ids.push(l.id);
     }
-    repo.hide_lora(ids[1], "no", UserId::new(), now()).await.unwrap();
+    repo.hide_lora(ids[1], "no", UserId::new(), now())
+        .await
+        .unwrap();
 
     for sort in [LoraSort::Recent, LoraSort::Popular, LoraSort::Name] {
         for search in [None, Some("cyber".to_owned())] {
@@ -199,8 +233,15 @@ pub async fn the_library_leaves_hidden_loras_out_unless_asked(repo: Repo) {
                 .await
                 .unwrap();
             let names: Vec<_> = public.items.iter().map(|s| s.name.as_str()).collect();
-            assert!(!names.contains(&"Cyber Dog"), "{sort:?} {search:?}: {names:?}");
-            assert_eq!(public.total, if search.is_some() { 1 } else { 2 }, "{sort:?} {search:?}");
+            assert!(
+                !names.contains(&"Cyber Dog"),
+                "{sort:?} {search:?}: {names:?}"
+            );
+            assert_eq!(
+                public.total,
+                if search.is_some() { 1 } else { 2 },
+                "{sort:?} {search:?}"
+            );
             assert!(public.items.iter().all(|s| s.hidden.is_none()));
 
             let all = repo
@@ -213,7 +254,11 @@ pub async fn the_library_leaves_hidden_loras_out_unless_asked(repo: Repo) {
                 })
                 .await
                 .unwrap();
-            assert_eq!(all.total, if search.is_some() { 2 } else { 3 }, "{sort:?} {search:?}");
+            assert_eq!(
+                all.total,
+                if search.is_some() { 2 } else { 3 },
+                "{sort:?} {search:?}"
+            );
             let dog = all.items.iter().find(|s| s.id == ids[1]).expect("listed");
             assert_eq!(dog.hidden.as_ref().map(|h| h.reason.as_str()), Some("no"));
         }

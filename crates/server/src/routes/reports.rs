@@ -77,14 +77,15 @@ impl From<&Report> for ReportView {
 /// The 400 for a report whose reason or details break their rules.
 fn report_input_error(e: &ReportInputError) -> ApiError {
     match e {
-        ReportInputError::UnknownReason(_) => ApiError::bad_request("invalid_reason", e.to_string())
-            .with(
+        ReportInputError::UnknownReason(_) => {
+            ApiError::bad_request("invalid_reason", e.to_string()).with(
                 "allowed",
                 ReportReason::ALL
                     .iter()
                     .map(|r| r.as_str())
                     .collect::<Vec<_>>(),
-            ),
+            )
+        }
         ReportInputError::DetailsRequired => {
             ApiError::bad_request("details_required", e.to_string())
         }

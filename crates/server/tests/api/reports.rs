@@ -54,24 +54,51 @@ async fn moderation_story(engine: Engine) {
     assert_eq!(names(&app, &stranger, "?search=shady").await, ["Shady Cat"]);
 
     // Bad reports.
-    let e = error_of(report(&app, &r1, &shady, json!({"reason": "nsfw"})).await, 400).await;
+    let e = error_of(
+        report(&app, &r1, &shady, json!({"reason": "nsfw"})).await,
+        400,
+    )
+    .await;
     assert_eq!(e["code"], "invalid_reason");
-    assert!(e["allowed"].as_array().unwrap().contains(&json!("copyright")));
-    let e = error_of(report(&app, &r1, &shady, json!({"reason": "other"})).await, 400).await;
+    assert!(
+        e["allowed"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("copyright"))
+    );
+    let e = error_of(
+        report(&app, &r1, &shady, json!({"reason": "other"})).await,
+        400,
+    )
+    .await;
     assert_eq!(e["code"], "details_required");
     let long = "x".repeat(1001);
     let e = error_of(
-        report(&app, &r1, &shady, json!({"reason": "spam", "details": long})).await,
+        report(
+            &app,
+            &r1,
+            &shady,
+            json!({"reason": "spam", "details": long}),
+        )
+        .await,
         400,
     )
     .await;
     assert_eq!(e["code"], "invalid_details");
     let e = error_of(report(&app, &r1, &shady, json!({"why": "spam"})).await, 400).await;
     assert_eq!(e["code"], "invalid_request");
-    let e = error_of(report(&app, &owner, &shady, json!({"reason": "spam"})).await, 400).await;
+    let e = error_of(
+        report(&app, &owner, &shady, json!({"reason": "spam"})).await,
+        400,
+    )
+    .await;
     assert_eq!(e["code"], "own_lora");
     let missing = loraforge_domain::LoraId::new().to_string();
-    error_of(report(&app, &r1, &missing, json!({"reason": "spam"})).await, 404).await;
+    error_of(
+        report(&app, &r1, &missing, json!({"reason": "spam"})).await,
+        404,
+    )
+    .await;
 
     // Three reports; a second one by the same person while open is 409.
     let resp = report(
@@ -86,7 +113,11 @@ async fn moderation_story(engine: Engine) {
     assert_eq!(first["reason"], "other");
     assert_eq!(first["details"], "uses my\nface", "details are cleaned");
     assert_eq!(first["status"], "open");
-    let e = error_of(report(&app, &r1, &shady, json!({"reason": "spam"})).await, 409).await;
+    let e = error_of(
+        report(&app, &r1, &shady, json!({"reason": "spam"})).await,
+        409,
+    )
+    .await;
     assert_eq!(e["code"], "already_reported");
     assert_eq!(e["report_id"], first["id"]);
     assert_eq!(
@@ -97,17 +128,30 @@ async fn moderation_story(engine: Engine) {
     );
     assert_eq!(reported_alerts(&app, &shady).await, 0, "2 < 3 open reports");
     assert_eq!(
-        report(&app, &r3, &shady, json!({"reason": "copyright", "details": "mine"}))
-            .await
-            .status(),
+        report(
+            &app,
+            &r3,
+            &shady,
+            json!({"reason": "copyright", "details": "mine"})
+        )
+        .await
+        .status(),
         201
     );
-    assert_eq!(reported_alerts(&app, &shady).await, 1, "the third raises the alert");
+    assert_eq!(
+        reported_alerts(&app, &shady).await,
+        1,
+        "the third raises the alert"
+    );
 
     // The admin queue.
     let e = error_of(app.get(&r1, "/api/v1/admin/reports").await, 403).await;
     assert_eq!(e["code"], "forbidden");
-    error_of(app.get(&admin, "/api/v1/admin/reports?status=closed").await, 400).await;
+    error_of(
+        app.get(&admin, "/api/v1/admin/reports?status=closed").await,
+        400,
+    )
+    .await;
     let queue: Value = app
         .get(&admin, "/api/v1/admin/reports")
         .await
@@ -130,7 +174,11 @@ async fn moderation_story(engine: Engine) {
     )
     .await;
     assert_eq!(e["code"], "forbidden");
-    let e = error_of(app.post_json(&admin, &hide, &json!({"reason": " "})).await, 400).await;
+    let e = error_of(
+        app.post_json(&admin, &hide, &json!({"reason": " "})).await,
+        400,
+    )
+    .await;
     assert_eq!(e["code"], "invalid_reason");
     let resp = app
         .post_json(
@@ -339,7 +387,9 @@ async fn reports_are_rate_limited_per_user() {
     let (busy, other) = (app.user(), app.user());
     for id in &ids[..2] {
         assert_eq!(
-            report(&app, &busy, id, json!({"reason": "spam"})).await.status(),
+            report(&app, &busy, id, json!({"reason": "spam"}))
+                .await
+                .status(),
             201
         );
     }

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use loraforge_domain::{
-    CreatorRef, LoraModel, LoraSummary, MicroUsd, Progress, StatusEvent, TrainingParams,
+    CreatorRef, Hidden, LoraModel, LoraSummary, MicroUsd, Progress, StatusEvent, TrainingParams,
     TrainingRun, TrainingStatus,
 };
 
@@ -145,6 +145,27 @@ pub(crate) struct LoraRecord {
     pub triggered_by_job_id: Option<String>,
     pub sha256: Option<String>,
     pub file_missing_since: Option<DateTime<Utc>>,
+    pub hidden: HiddenRecord,
+}
+
+/// The moderation columns of a `lora_models` row (`hidden_at`, `hidden_reason`, `hidden_by`).
+#[derive(Debug, Default)]
+pub(crate) struct HiddenRecord {
+    pub at: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+    pub by: Option<Uuid>,
+}
+
+impl HiddenRecord {
+    /// Hidden when `hidden_at` is set; the reason and the admin come with it.
+    pub fn into_hidden(self) -> Option<Hidden> {
+        let at = self.at?;
+        Some(Hidden {
+            at,
+            reason: self.reason.unwrap_or_default(),
+            by: self.by.unwrap_or_default().into(),
+        })
+    }
 }
 
 impl LoraRecord {
@@ -192,6 +213,7 @@ impl LoraRecord {
             triggered_by_job_id: self.triggered_by_job_id,
             sha256: self.sha256,
             file_missing_since: self.file_missing_since,
+            hidden: self.hidden.into_hidden(),
         })
     }
 }
@@ -210,6 +232,7 @@ pub(crate) struct SummaryRecord {
     pub created_at: DateTime<Utc>,
     pub character_id: Option<String>,
     pub triggered_by_job_id: Option<String>,
+    pub hidden: HiddenRecord,
 }
 
 impl SummaryRecord {
@@ -228,6 +251,7 @@ impl SummaryRecord {
             created_at: self.created_at,
             character_id: self.character_id,
             triggered_by_job_id: self.triggered_by_job_id,
+            hidden: self.hidden.into_hidden(),
         })
     }
 }

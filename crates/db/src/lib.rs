@@ -32,6 +32,7 @@ mod common;
 pub mod credits;
 pub mod ledger;
 pub mod metrics;
+pub mod moderation;
 pub use metrics::{MetricsStore, OpsSnapshot, RunTotals, SeededRuns};
 pub mod finish_mails;
 pub mod handoff;
@@ -61,6 +62,9 @@ pub use alerts::{
 pub use archival::{ArchivalCandidate, ArchivalStore};
 pub use finish_mails::{FinishMailStore, FinishedLora};
 pub use handoff::HandoffStore;
+pub use moderation::{
+    Filed, HideOutcome, ModerationStore, NewReport, Report, ReportQuery, ReportRow, ReportState,
+};
 pub use monitors::{MonitorStats, MonitorStore, StuckCleanup};
 pub use names::{NameStore, NameUse};
 pub use usage::{DayUses, UsageStore};
@@ -269,6 +273,9 @@ pub struct LoraQuery {
     pub character_id: Option<String>,
     /// Only LoRAs this generation job asked for.
     pub triggered_by_job_id: Option<String>,
+    /// Also list LoRAs an admin hid (an admin's listing, an owner's own); `false` (the default,
+    /// the public library): hidden LoRAs are left out of the rows and the total.
+    pub include_hidden: bool,
 }
 
 /// A search counts its matches exactly only up to this many (as GitHub's and Elasticsearch's
@@ -557,6 +564,7 @@ pub trait Repository:
     + ArchivalStore
     + UsageStore
     + HandoffStore
+    + ModerationStore
 {
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<()>;

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::moderation::Hidden;
 use crate::{DatasetId, LoraId, MicroUsd, TrainingParams, TrainingStatus, UserId};
 
 /// Who made a LoRA. The e-mail is private (shown only where an operator opted in, or to its
@@ -74,6 +75,24 @@ pub struct LoraModel {
     /// When a resolve first found the file missing from storage (cleared when found again).
     #[serde(default)]
     pub file_missing_since: Option<DateTime<Utc>>,
+    // --- moderation (`crate::moderation`) ---
+    /// Set while an admin has the LoRA hidden from the library; `None`: visible.
+    #[serde(default)]
+    pub hidden: Option<Hidden>,
+}
+
+impl LoraModel {
+    /// Hidden by an admin: only its owner and admins may see it, and it must not be applied
+    /// for anyone else (a generation falls back, reason `hidden`).
+    pub fn is_hidden(&self) -> bool {
+        self.hidden.is_some()
+    }
+
+    /// Whether `viewer` may see this LoRA at all: everyone while it is visible; once hidden,
+    /// its owner and admins only (others get a 404, as if it did not exist).
+    pub fn visible_to(&self, viewer: UserId, is_admin: bool) -> bool {
+        !self.is_hidden() || is_admin || self.creator.id == viewer
+    }
 }
 
 /// One row of the library listing.
@@ -90,6 +109,9 @@ pub struct LoraSummary {
     pub character_id: Option<String>,
     #[serde(default)]
     pub triggered_by_job_id: Option<String>,
+    /// Set when hidden (only listings that include hidden LoRAs return such rows).
+    #[serde(default)]
+    pub hidden: Option<Hidden>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -45,6 +45,8 @@ impl Engine {
             .list_loras(&LoraQuery {
                 status: Some(TrainingStatus::Queued),
                 limit: BATCH,
+                // A hidden LoRA still trains; its owner sees why it waits.
+                include_hidden: true,
                 ..LoraQuery::default()
             })
             .await

@@ -50,17 +50,13 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use auth::{AuthUser, JwtKeys};
 pub use error::ApiError;
-pub use settings::{ClientWebhookSettings, HttpSettings, ServerSettings};
+pub use settings::{ClientWebhookSettings, HttpSettings, ModerationSettings, ServerSettings};
 pub use state::AppState;
 
 use routes::credits as credit_routes;
 use routes::metrics as metrics_route;
 use routes::quotes as quote_routes;
-use routes::{
-    admin, admin_alerts, admin_archival, admin_backends, admin_costs, dataset_zip, datasets,
-    events, files, health, lora_models, me, me_notifications, names, references, selector_asset,
-    webhooks, worker,
-};
+use routes::{admin, admin_alerts, admin_archival, admin_backends, admin_costs, dataset_zip, datasets, events, files, health, lora_models, me, me_notifications, names, references, selector_asset, webhooks, worker};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -125,6 +121,30 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             Method::POST,
             "/api/v1/generation/resolve",
             routes::generation::resolve,
+        .route(
+            Method::POST,
+            "/api/v1/lora-models/{id}/reports",
+            routes::reports::create,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/admin/reports",
+            routes::admin_reports::list,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/admin/reports/{id}/dismiss",
+            routes::admin_reports::dismiss,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/admin/lora-models/{id}/hide",
+            routes::admin_reports::hide,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/admin/lora-models/{id}/unhide",
+            routes::admin_reports::unhide,
         )
         .route(Method::GET, "/api/v1/me", me::me)
         .route(Method::PATCH, "/api/v1/me", me::patch)

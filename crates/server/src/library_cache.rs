@@ -81,7 +81,7 @@ impl LibraryCache {
     /// The cache key of a validated query: every field that changes the answer.
     pub fn key(q: &LoraQuery) -> String {
         format!(
-            "{:?}|{}|{:?}|{:?}|{}|{}|{:?}|{:?}",
+            "{:?}|{}|{:?}|{:?}|{}|{}|{:?}|{:?}|{}",
             q.status,
             q.search
                 .as_deref()
@@ -93,7 +93,9 @@ impl LibraryCache {
             q.limit,
             q.offset,
             q.character_id,
-            q.triggered_by_job_id
+            q.triggered_by_job_id,
+            // The owner's own listing (hidden ones too) is not the public one of the same creator.
+            q.include_hidden
         )
     }
 
@@ -230,6 +232,13 @@ mod tests {
             }),
             k(&LoraQuery {
                 triggered_by_job_id: Some("c".into()),
+                ..base.clone()
+            })
+        );
+        assert_ne!(
+            k(&base),
+            k(&LoraQuery {
+                include_hidden: true,
                 ..base.clone()
             })
         );

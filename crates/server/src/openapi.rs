@@ -25,11 +25,7 @@ use loraforge_domain::name::MAX_NAME_CHARS;
 use loraforge_domain::params::{ListRule, Rule, Text};
 
 use crate::routes::lora_models::MAX_DESCRIPTION_CHARS;
-use crate::routes::{
-    admin, admin_alerts, admin_archival, admin_backends, admin_costs, client_webhooks, credits,
-    dataset_zip, datasets, events, files, generation, health, lora_models, lora_usage, me,
-    me_notifications, metrics, names, quotes, references, webhooks, worker,
-};
+use crate::routes::{admin, admin_alerts, admin_archival, admin_backends, admin_costs, client_webhooks, credits, dataset_zip, datasets, events, files, generation, health, lora_models, lora_usage, me, me_notifications, metrics, names, quotes, references, webhooks, worker, admin_reports, reports};
 use crate::settings::ServerSettings;
 use crate::views;
 
@@ -57,6 +53,8 @@ use crate::views;
         quotes::create_quote, credits::mine, credits::grant,
         client_webhooks::secret, client_webhooks::rotate, client_webhooks::deliveries,
         generation::resolve, lora_usage::usage,
+        reports::create, admin_reports::list, admin_reports::hide, admin_reports::unhide,
+        admin_reports::dismiss,
     ),
     components(schemas(
         views::LoraList, views::LoraListItem, views::CreatorView, views::LoraDetails, views::StatusView, views::AttemptView, views::MoneyView,
@@ -83,6 +81,9 @@ use crate::views;
         generation::ResolveRequest, generation::CharacterRequest, generation::ResolveResponse,
         generation::CharacterAnswer, generation::LoraAnswer, generation::FallbackAnswer,
         lora_usage::UsageView, lora_usage::DayUsesView,
+        views::HiddenView, reports::ReportBody, reports::ReportView, admin_reports::AdminReportList,
+        admin_reports::AdminReportView, admin_reports::ReportedLoraView, admin_reports::HideBody,
+        admin_reports::ModerationView,
     )),
     modifiers(&SecuritySchemes),
     tags(
@@ -93,6 +94,7 @@ use crate::views;
         (name = "admin", description = "Manual review of trained LoRAs and the training backends' circuit breakers (admin tokens only)"),
         (name = "worker", description = "The worker protocol (docs/worker-protocol.md): one training attempt, per-attempt token"),
         (name = "files", description = "Signed links to files on local storage (S3 storage hands out presigned URLs instead)"),
+        (name = "moderation", description = "Reporting LoRAs; admins review reports and hide or unhide LoRAs (hidden LoRAs are never deleted)"),
         (name = "webhooks", description = "Providers' signed notifications (no user auth: the signature is the credential)"),
         (name = "generation", description = "The video generator's hand-off: which LoRA (or reference images) to use per character"),
     )

@@ -69,6 +69,27 @@ pub struct ServerSettings {
     pub monitors: crate::monitors::MonitorSettings,
     /// Whether creators are e-mailed when a LoRA finishes (an SMTP server is configured).
     pub finish_mails: bool,
+    /// Reports of LoRAs and hiding them (`routes/reports.rs`, `routes/admin_reports.rs`).
+    pub moderation: ModerationSettings,
+}
+
+/// Content moderation: how often a user may report, and when reports raise an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModerationSettings {
+    /// Reports one user may file per minute (a token bucket per user and process); 0: no limit.
+    pub reports_per_minute: u32,
+    /// A LoRA with this many open reports raises the `lora_reported` operator alert (deduplicated
+    /// within the alert cooldown); 0 turns the alert off.
+    pub alert_after_reports: u32,
+}
+
+impl Default for ModerationSettings {
+    fn default() -> Self {
+        Self {
+            reports_per_minute: 10,
+            alert_after_reports: 3,
+        }
+    }
 }
 
 /// Money settings the API and the maintenance loop need.
@@ -233,6 +254,7 @@ impl Default for ServerSettings {
             client_webhooks: ClientWebhookSettings::default(),
             monitors: crate::monitors::MonitorSettings::default(),
             finish_mails: false,
+            moderation: ModerationSettings::default(),
         }
     }
 }

@@ -52,6 +52,8 @@ struct Inner {
     webhook_seen: SeenIds,
     /// `GET /metrics`: the installed recorder and the scrape token; `None`: no recorder (404).
     metrics: Option<MetricsEndpoint>,
+    /// Reports per user (`ModerationSettings::reports_per_minute`).
+    report_limiter: RateLimiter,
 }
 
 /// A configured training backend, as the composition root describes it to the admin view.
@@ -94,6 +96,7 @@ impl AppState {
     ) -> Self {
         let (changes, _) = broadcast::channel(1024);
         let create_limiter = RateLimiter::new(settings.limits.creates_per_minute);
+        let report_limiter = RateLimiter::new(settings.moderation.reports_per_minute);
         let library_cache = LibraryCache::new(settings.library_cache_ttl);
         let fetcher = Fetcher::new(settings.url_intake.clone(), clock.clone())
             .map_err(|e| tracing::error!(error = %e, "URL downloads are unavailable"))
@@ -121,6 +124,7 @@ impl AppState {
             decode_budget,
             webhook_seen: SeenIds::default(),
             metrics: None,
+            report_limiter,
         }))
     }
 
@@ -153,6 +157,10 @@ impl AppState {
     }
     pub fn create_limiter(&self) -> &RateLimiter {
         &self.0.create_limiter
+    }
+
+    pub fn report_limiter(&self) -> &RateLimiter {
+        &self.0.report_limiter
     }
 
     pub fn library_cache(&self) -> &LibraryCache {

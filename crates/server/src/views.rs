@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use loraforge_domain::{CreatorRef, LoraModel, LoraSummary, MicroUsd, TrainingRun, TrainingStatus};
+use loraforge_domain::{
+    CreatorRef, Hidden, LoraModel, LoraSummary, MicroUsd, TrainingRun, TrainingStatus,
+};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreatorView {
@@ -44,6 +46,27 @@ pub struct LoraListItem {
     pub character_id: Option<String>,
     /// The generation job that asked for it.
     pub triggered_by_job_id: Option<String>,
+    /// Set when an admin hid it; listed only to its owner (`creator` = their id) and to admins
+    /// (`include_hidden=true`). Absent when visible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<HiddenView>,
+}
+
+/// Why and since when an admin hid a LoRA (its owner and admins see this).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HiddenView {
+    pub at: DateTime<Utc>,
+    /// The admin's reason, for the owner.
+    pub reason: String,
+}
+
+impl From<&Hidden> for HiddenView {
+    fn from(h: &Hidden) -> Self {
+        Self {
+            at: h.at,
+            reason: h.reason.clone(),
+        }
+    }
 }
 
 impl LoraListItem {
@@ -59,6 +82,7 @@ impl LoraListItem {
             usage_count: s.usage_count,
             character_id: s.character_id.clone(),
             triggered_by_job_id: s.triggered_by_job_id.clone(),
+            hidden: s.hidden.as_ref().map(HiddenView::from),
         }
     }
 }
@@ -226,6 +250,10 @@ pub struct LoraDetails {
     pub character_id: Option<String>,
     /// The generation job that asked for it.
     pub triggered_by_job_id: Option<String>,
+    /// Set when an admin hid it (only its owner and admins can see a hidden LoRA). Absent when
+    /// visible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<HiddenView>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

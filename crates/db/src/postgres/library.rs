@@ -287,6 +287,10 @@ fn push_filters(qb: &mut QueryBuilder<Postgres>, query: &LoraQuery) {
     if let Some(creator) = query.creator {
         qb.push(" AND m.user_id = ").push_bind(creator.as_uuid());
     }
+    if !query.include_hidden {
+        // Matches the `…_visible` partial indexes (migration 0013).
+        qb.push(" AND m.hidden_at IS NULL");
+    }
     push_handoff_filters(qb, query);
 }
 
@@ -327,7 +331,7 @@ fn push_page(qb: &mut QueryBuilder<Postgres>, query: &LoraQuery) {
 const LOOKUP_COST: u64 = 2;
 
 const SUMMARY_COLUMNS: &str = "m.id, m.user_id, m.name, m.description, m.training_status, m.usage_count, m.created_at, \
-     m.character_id, m.triggered_by_job_id";
+     m.character_id, m.triggered_by_job_id, m.hidden_at, m.hidden_reason, m.hidden_by";
 
 pub(super) async fn list_loras(pool: &PgPool, query: &LoraQuery) -> Result<Page<LoraSummary>> {
     let words = query

@@ -10,7 +10,9 @@ use uuid::Uuid;
 
 use loraforge_domain::{LoraModel, TrainingStatus};
 
-use crate::common::{LoraRecord, RunRecord, SummaryRecord, corrupt, micros, parse_status};
+use crate::common::{
+    HiddenRecord, LoraRecord, RunRecord, SummaryRecord, corrupt, micros, parse_status,
+};
 use crate::{LoraEvent, Result};
 
 /// Postgres keeps microseconds; truncating here makes what is read back equal what was written.
@@ -54,6 +56,16 @@ pub(super) fn lora_record(row: &PgRow) -> Result<LoraRecord> {
         triggered_by_job_id: row.try_get("triggered_by_job_id")?,
         sha256: row.try_get("sha256")?,
         file_missing_since: row.try_get("file_missing_since")?,
+        hidden: hidden_record(row)?,
+    })
+}
+
+/// Decodes the moderation columns (`hidden_at`, `hidden_reason`, `hidden_by`) of a row.
+pub(super) fn hidden_record(row: &PgRow) -> Result<HiddenRecord> {
+    Ok(HiddenRecord {
+        at: row.try_get("hidden_at")?,
+        reason: row.try_get("hidden_reason")?,
+        by: row.try_get("hidden_by")?,
     })
 }
 
@@ -72,6 +84,7 @@ pub(super) fn summary_record(row: &PgRow) -> Result<SummaryRecord> {
         created_at: row.try_get("created_at")?,
         character_id: row.try_get("character_id")?,
         triggered_by_job_id: row.try_get("triggered_by_job_id")?,
+        hidden: hidden_record(row)?,
     })
 }
 

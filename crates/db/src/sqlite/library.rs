@@ -248,6 +248,10 @@ fn push_filters(qb: &mut QueryBuilder<Sqlite>, query: &LoraQuery) {
     if let Some(creator) = query.creator {
         qb.push(" AND m.user_id = ").push_bind(creator.to_string());
     }
+    if !query.include_hidden {
+        // Implies the `…_visible` partial indexes' condition, so they can serve it (0013).
+        qb.push(" AND m.hidden_at IS NULL");
+    }
     push_handoff_filters(qb, query);
 }
 
@@ -277,12 +281,16 @@ fn push_page(qb: &mut QueryBuilder<Sqlite>, query: &LoraQuery) {
         .push_bind(i64::try_from(query.offset).unwrap_or(i64::MAX));
 }
 
-/// The index whose order is `sort`'s (see migrations/sqlite/0001_init.sql).
-fn sort_index(sort: LoraSort) -> &'static str {
-    match sort {
-        LoraSort::Popular => "lora_models_popular",
-        LoraSort::Recent => "lora_models_recent",
-        LoraSort::Name => "lora_models_name",
+/// The index whose order is `sort`'s (see migrations/sqlite/0001_init.sql), or its partial copy
+/// holding visible rows only (0013) when hidden LoRAs are left out.
+fn sort_index(sort: LoraSort, include_hidden: bool) -> &'static str {
+    match (sort, include_hidden) {
+        (LoraSort::Popular, true) => "lora_models_popular",
+        (LoraSort::Recent, true) => "lora_models_recent",
+        (LoraSort::Name, true) => "lora_models_name",
+        (LoraSort::Popular, false) => "lora_models_popular_visible",
+        (LoraSort::Recent, false) => "lora_models_recent_visible",
+        (LoraSort::Name, false) => "lora_models_name_visible",
     }
 }
 
@@ -290,7 +298,8 @@ fn sort_index(sort: LoraSort) -> &'static str {
 /// sort index (measured on a 100k-row library, docs/performance.md).
 const LOOKUP_COST: u64 = 15;
 
-const SUMMARY_SELECT: &str = "SELECT m.id, m.user_id, u.email, u.display_name, m.name, m.description, m.training_status, m.usage_count, m.created_at, m.character_id, m.triggered_by_job_id";
+const SUMMARY_SELECT: &str = "SELECT m.id, m.user_id, u.email, u.display_name, m.name, m.description, m.training_status, m.usage_count, m.created_at, \
+     m.character_id, m.triggered_by_job_id, m.hidden_at, m.hidden_reason, m.hidden_by";
 
 pub(super) async fn list_loras(pool: &SqlitePool, query: &LoraQuery) -> Result<Page<LoraSummary>> {
     let words = query
@@ -342,8 +351,10 @@ async fn search_loras(
     // reads; FTS5's prefix indexes `prefix = '2 3'` make a two- or three-letter prefix one
     // doclist). The triggers keep it exactly in step with lora_models.
     // At most SEARCH_TOTAL_CAP + 1 matches are counted: past the cap the total is a lower bound.
+    // Leaving hidden LoRAs out needs each match's row, so the public library's count reads at
+    // most SEARCH_TOTAL_CAP + 1 (plus the hidden ones among the matches) rows by rowid.
     let mut qb = QueryBuilder::<Sqlite>::new("SELECT (SELECT count(*) FROM (");
-    if filtered {
+    if filtered || !query.include_hidden {
         qb.push(
             "SELECT 1 FROM lora_models_fts f CROSS JOIN lora_models m ON m.seq = f.rowid \
              WHERE lora_models_fts MATCH ",
@@ -383,13 +394,17 @@ async fn search_loras(
     {
         // Walk the sort's index (covering: the order columns and the rowid) and keep the entries
         // whose seq is among the matches; `+` keeps SQLite from turning the IN into lookups.
+        // Without hidden LoRAs the walk is over the partial index of visible rows.
         qb.push(format!(
             "SELECT m.seq FROM lora_models m INDEXED BY {} WHERE +m.seq IN \
              (SELECT rowid FROM lora_models_fts WHERE lora_models_fts MATCH ",
-            sort_index(query.sort)
+            sort_index(query.sort, query.include_hidden)
         ))
         .push_bind(fts)
         .push(")");
+        if !query.include_hidden {
+            qb.push(" AND m.hidden_at IS NULL");
+        }
     } else {
         // CROSS JOIN pins the FTS table as the outer loop. With a plain JOIN the planner may walk
         // an index of lora_models and run the full-text query once per row instead.

@@ -9,7 +9,9 @@ use uuid::Uuid;
 
 use loraforge_domain::{LoraModel, TrainingStatus};
 
-use crate::common::{LoraRecord, RunRecord, SummaryRecord, corrupt, micros, parse_status};
+use crate::common::{
+    HiddenRecord, LoraRecord, RunRecord, SummaryRecord, corrupt, micros, parse_status,
+};
 use crate::{LoraEvent, Result};
 
 /// A timestamp as stored: UTC, RFC 3339, always six fractional digits, so that comparing the
@@ -75,6 +77,19 @@ pub(super) fn lora_record(row: &SqliteRow) -> Result<LoraRecord> {
         triggered_by_job_id: row.try_get("triggered_by_job_id")?,
         sha256: row.try_get("sha256")?,
         file_missing_since: opt_time(row, "file_missing_since")?,
+        hidden: hidden_record(row)?,
+    })
+}
+
+/// Decodes the moderation columns (`hidden_at`, `hidden_reason`, `hidden_by`) of a row.
+pub(super) fn hidden_record(row: &SqliteRow) -> Result<HiddenRecord> {
+    let by: Option<String> = row.try_get("hidden_by")?;
+    Ok(HiddenRecord {
+        at: opt_time(row, "hidden_at")?,
+        reason: row.try_get("hidden_reason")?,
+        by: by
+            .map(|s| Uuid::parse_str(&s).map_err(|e| corrupt(format!("hidden_by {s:?}: {e}"))))
+            .transpose()?,
     })
 }
 
@@ -93,6 +108,7 @@ pub(super) fn summary_record(row: &SqliteRow) -> Result<SummaryRecord> {
         created_at: time(row, "created_at")?,
         character_id: row.try_get("character_id")?,
         triggered_by_job_id: row.try_get("triggered_by_job_id")?,
+        hidden: hidden_record(row)?,
     })
 }
 

@@ -15,6 +15,7 @@ mod ledger;
 mod library;
 mod lifecycle;
 mod metrics;
+mod moderation;
 mod name_keys;
 mod names;
 mod usage;
@@ -103,4 +104,7 @@ conformance! {
     usage::uses_count_once_per_generation_and_by_day,
     usage::concurrent_retries_of_a_generation_count_once,
     usage::a_characters_newest_completed_lora_and_its_file_facts,
+    moderation::reports_are_one_open_per_reporter_and_listed_with_their_lora,
+    moderation::hiding_resolves_open_reports_and_keeps_the_first_hide,
+    moderation::the_library_leaves_hidden_loras_out_unless_asked,
 }

@@ -13,7 +13,7 @@ use loraforge_db::WebhookDelivery;
 use crate::auth::AuthUser;
 use crate::client_webhooks::new_secret;
 use crate::error::{ApiError, ApiResult};
-use crate::routes::lora_models::load;
+use crate::routes::lora_models::load_visible;
 use crate::state::AppState;
 use crate::views::ErrorBody;
 
@@ -130,7 +130,7 @@ pub async fn deliveries(
     user: AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<WebhookDeliveriesView>> {
-    let lora = load(&state, &id).await?;
+    let lora = load_visible(&state, &id, &user).await?;
     if lora.creator.id != user.id && !user.is_admin {
         return Err(ApiError::forbidden(
             "only the LoRA's creator or an admin can see its webhook deliveries",

@@ -23,7 +23,7 @@ use loraforge_domain::{LoraId, TrainingStatus};
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
-use crate::routes::lora_models::load;
+use crate::routes::lora_models::load_visible;
 use crate::state::AppState;
 
 const BATCH: u32 = 100;
@@ -69,13 +69,13 @@ impl From<&LoraEvent> for EventView {
         (status = 404, body = crate::views::ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
     Path(id): Path<String>,
     headers: HeaderMap,
     q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let lora = load(&state, &id).await?;
+    let lora = load_visible(&state, &id, &user).await?;
     let after = match headers.get("last-event-id") {
         Some(v) => v
             .to_str()

@@ -49,15 +49,19 @@ pub struct ListParams {
     pub character_id: Option<String>,
     /// Only LoRAs this generation job asked for.
     pub triggered_by_job_id: Option<String>,
+    /// Admins only: also list LoRAs an admin hid (each with `hidden`). Hidden LoRAs are never
+    /// listed to others, except to their owner when `creator` is the owner's own id.
+    pub include_hidden: Option<bool>,
 }
 
-/// The public library: every user's LoRAs.
+/// The public library: every user's LoRAs. Hidden LoRAs are left out (see `include_hidden`).
 #[utoipa::path(get, path = "/api/v1/lora-models", params(ListParams), tag = "library",
     security(("bearer" = [])),
-    responses((status = 200, body = LoraList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = LoraList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "forbidden: `include_hidden` without an admin token", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
     q: Result<Query<ListParams>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
@@ -105,6 +109,13 @@ pub async fn list(
         ));
     }
     let offset = q.offset.unwrap_or(0);
+    if q.include_hidden == Some(true) && !user.is_admin {
+        return Err(ApiError::forbidden(
+            "only admins can list hidden LoRAs; to see your own, list with creator=<your user id>",
+        ));
+    }
+    // An owner listing their own LoRAs sees the hidden ones too, with why.
+    let include_hidden = q.include_hidden == Some(true) || creator == Some(user.id);
     let query = LoraQuery {
         status,
         search,
@@ -114,6 +125,7 @@ pub async fn list(
         offset,
         character_id: identifier_filter(q.character_id.as_deref(), &CHARACTER_ID)?,
         triggered_by_job_id: identifier_filter(q.triggered_by_job_id.as_deref(), &JOB_ID)?,
+        include_hidden,
     };
     let now = state.now();
     let cache = state.library_cache();
@@ -428,6 +440,21 @@ pub(crate) async fn load(state: &AppState, id: &str) -> ApiResult<LoraModel> {
         .ok_or_else(|| ApiError::not_found("LoRA"))
 }
 
+/// [`load`] for `user`: a LoRA an admin hid is 404 to everyone but its owner and admins, as if
+/// it did not exist (`LoraModel::visible_to`).
+pub(crate) async fn load_visible(
+    state: &AppState,
+    id: &str,
+    user: &AuthUser,
+) -> ApiResult<LoraModel> {
+    let lora = load(state, id).await?;
+    if lora.visible_to(user.id, user.is_admin) {
+        Ok(lora)
+    } else {
+        Err(ApiError::not_found("LoRA"))
+    }
+}
+
 /// Everything about one LoRA, with a signed download URL once it is completed.
 #[utoipa::path(get, path = "/api/v1/lora-models/{id}", tag = "library", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
@@ -437,7 +464,7 @@ pub async fn get(
     user: AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<LoraDetails>> {
-    let lora = load(&state, &id).await?;
+    let lora = load_visible(&state, &id, &user).await?;
     Ok(Json(details(&state, &lora, &user).await?))
 }
 
@@ -480,9 +507,12 @@ async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResu
         .into_iter()
         .flatten()
         .collect();
+    // A hidden LoRA's file is handed out to its owner only (links given before may still run
+    // out their TTL).
+    let downloadable = owner || !lora.is_hidden();
     let (download_url, kohya_download_url, download_url_expires_at) =
         match (&lora.storage_key, lora.status) {
-            (Some(key), TrainingStatus::Completed) => {
+            (Some(key), TrainingStatus::Completed) if downloadable => {
                 let kohya = match OutputKeys::kohya_of(key) {
                     Some(kohya_key) => match state.store().head(&kohya_key).await? {
                         Some(_) => Some(
@@ -560,6 +590,7 @@ async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResu
         completed_at: lora.completed_at,
         character_id: lora.character_id.clone(),
         triggered_by_job_id: lora.triggered_by_job_id.clone(),
+        hidden: lora.hidden.as_ref().map(HiddenView::from),
     })
 }
 
@@ -569,10 +600,12 @@ async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResu
     responses((status = 200, body = StatusView), (status = 404, body = ErrorBody)))]
 pub async fn status(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<StatusView>> {
-    Ok(Json(StatusView::from(&load(&state, &id).await?)))
+    Ok(Json(StatusView::from(
+        &load_visible(&state, &id, &user).await?,
+    )))
 }
 
 fn ensure_owner(lora: &LoraModel, user: &AuthUser, action: &str) -> ApiResult<()> {
@@ -594,7 +627,7 @@ pub async fn cancel(
     user: AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<StatusView>> {
-    let lora = load(&state, &id).await?;
+    let lora = load_visible(&state, &id, &user).await?;
     ensure_owner(&lora, &user, "cancel")?;
     let detail = EventDetail::because("cancelled by its creator");
     let lora = state
@@ -641,7 +674,7 @@ pub async fn patch(
         )
     })?;
     let description = parse_description(req.description.as_deref())?;
-    let lora = load(&state, &id).await?;
+    let lora = load_visible(&state, &id, &user).await?;
     ensure_owner(&lora, &user, "edit")?;
     let lora = state
         .repo()

@@ -23,6 +23,7 @@ mod monitors;
 mod names;
 mod ops;
 mod references;
+mod reports;
 mod retention;
 mod schemathesis;
 mod selector_asset;

@@ -13,7 +13,7 @@ use crate::Result;
 #[async_trait]
 pub trait HandoffStore: Send + Sync {
     /// The newest (by creation) `completed` LoRA made for `character_id`, whoever owns it: the
-    /// library is public.
+    /// library is public. Hidden LoRAs (moderation) are passed over.
     async fn newest_completed_of_character(&self, character_id: &str) -> Result<Option<LoraModel>>;
 
     /// Records the model file's sha256 (lowercase hex) unless one is recorded already; a second

@@ -44,7 +44,7 @@ pub enum FallbackReason {
     NotFound,
     /// The LoRA is completed but its file is not in storage.
     FileMissing,
-    /// Reserved for LoRAs their owner or an admin hid from the library.
+    /// An admin hid the LoRA from the library (moderation): it is not handed out to anyone.
     Hidden,
     /// The blob store errored while checking the file: fall back, try again next generation.
     StorageUnavailable,
@@ -104,6 +104,9 @@ pub fn verdict(lora: Option<&LoraModel>, named: bool) -> Verdict {
             FallbackReason::NoLora
         });
     };
+    if lora.is_hidden() {
+        return Verdict::Fallback(FallbackReason::Hidden);
+    }
     let reason = match lora.status {
         TrainingStatus::Pending
         | TrainingStatus::Queued
@@ -195,6 +198,7 @@ mod tests {
             triggered_by_job_id: None,
             sha256: None,
             file_missing_since: None,
+            hidden: None,
         }
     }
 

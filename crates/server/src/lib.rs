@@ -56,7 +56,11 @@ pub use state::AppState;
 use routes::credits as credit_routes;
 use routes::metrics as metrics_route;
 use routes::quotes as quote_routes;
-use routes::{admin, admin_alerts, admin_archival, admin_backends, admin_costs, dataset_zip, datasets, events, files, health, lora_models, me, me_notifications, names, references, selector_asset, webhooks, worker};
+use routes::{
+    admin, admin_alerts, admin_archival, admin_backends, admin_costs, dataset_zip, datasets,
+    events, files, health, lora_models, me, me_notifications, names, references, selector_asset,
+    webhooks, worker,
+};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -121,6 +125,7 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             Method::POST,
             "/api/v1/generation/resolve",
             routes::generation::resolve,
+        )
         .route(
             Method::POST,
             "/api/v1/lora-models/{id}/reports",

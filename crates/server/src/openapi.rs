@@ -25,7 +25,12 @@ use loraforge_domain::name::MAX_NAME_CHARS;
 use loraforge_domain::params::{ListRule, Rule, Text};
 
 use crate::routes::lora_models::MAX_DESCRIPTION_CHARS;
-use crate::routes::{admin, admin_alerts, admin_archival, admin_backends, admin_costs, client_webhooks, credits, dataset_zip, datasets, events, files, generation, health, lora_models, lora_usage, me, me_notifications, metrics, names, quotes, references, webhooks, worker, admin_reports, reports};
+use crate::routes::{
+    admin, admin_alerts, admin_archival, admin_backends, admin_costs, admin_reports,
+    client_webhooks, credits, dataset_zip, datasets, events, files, generation, health,
+    lora_models, lora_usage, me, me_notifications, metrics, names, quotes, references, reports,
+    webhooks, worker,
+};
 use crate::settings::ServerSettings;
 use crate::views;
 

@@ -16,7 +16,7 @@ impl HandoffStore for PgRepository {
         // Served by lora_models_character (character_id, training_status, created_at).
         let row = sqlx::query(concat!(
             lora_select!(),
-            " WHERE m.character_id = $1 AND m.training_status = 'completed' \
+            " WHERE m.character_id = $1 AND m.training_status = 'completed' AND m.hidden_at IS NULL \
               ORDER BY m.created_at DESC, m.id DESC LIMIT 1"
         ))
         .bind(character_id)

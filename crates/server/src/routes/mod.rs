@@ -22,7 +22,7 @@ pub mod metrics;
 pub mod names;
 pub mod quotes;
 pub mod references;
-pub mod selector_asset;
 pub mod reports;
+pub mod selector_asset;
 pub mod webhooks;
 pub mod worker;

@@ -36,6 +36,7 @@ pub use metrics::{MetricsStore, OpsSnapshot, RunTotals, SeededRuns};
 pub mod finish_mails;
 pub mod monitors;
 pub mod postgres;
+pub mod samples;
 pub mod seed;
 pub mod sqlite;
 #[cfg(feature = "test-support")]
@@ -58,6 +59,9 @@ pub use alerts::{
 pub use archival::{ArchivalCandidate, ArchivalStore};
 pub use finish_mails::{FinishMailStore, FinishedLora};
 pub use monitors::{MonitorStats, MonitorStore, StuckCleanup};
+pub use samples::{
+    BatchInsert, NewSampleBatch, SampleBatch, SampleImage, SampleInstance, SampleStore,
+};
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
@@ -540,6 +544,7 @@ pub trait Repository:
     + MonitorStore
     + FinishMailStore
     + ArchivalStore
+    + SampleStore
 {
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<()>;

@@ -22,6 +22,7 @@ pub mod params;
 pub mod quota;
 pub mod quote;
 pub mod run;
+pub mod sample_wire;
 pub mod samples;
 pub mod status;
 pub mod text;

@@ -62,7 +62,7 @@ pub struct PromptInput {
     /// 0..2⁵³−1; default: derived from the batch id (different per prompt).
     #[cfg_attr(
         feature = "openapi",
-        schema(minimum = 0, maximum = 9007199254740991_u64)
+        schema(minimum = 0, maximum = 9007199254740991)
     )]
     pub seed: Option<u64>,
     /// The LoRA's strength, 0–2 (default 1.0).
@@ -308,6 +308,12 @@ pub fn transition(from: SampleStatus, event: SampleEvent) -> Option<SampleStatus
     }
 }
 
+/// Whether an attempt that ended with outcome `code` is worth another attempt: everything but
+/// bad input (a LoRA file or base model that cannot load renders no better next time).
+pub fn failure_is_retryable(code: &str) -> bool {
+    crate::outcome::spec(code).is_none_or(|s| s.exit != Some(crate::outcome::exit::BAD_INPUT))
+}
+
 /// The wait before attempt `attempts + 1` after `attempts` failed ones: 10 s, then 40 s (×4).
 pub fn retry_delay(attempts: u32) -> Duration {
     Duration::from_secs(10 * 4u64.pow(attempts.saturating_sub(1).min(8)))
@@ -450,6 +456,15 @@ mod tests {
         for s in SampleStatus::ALL {
             assert_eq!(SampleStatus::parse(s.as_str()), Some(s));
         }
+    }
+
+    #[test]
+    fn bad_input_is_not_retried() {
+        assert!(!failure_is_retryable("bad_lora"));
+        assert!(!failure_is_retryable("missing_model"));
+        assert!(failure_is_retryable("sample_failed"));
+        assert!(failure_is_retryable("lost"));
+        assert!(failure_is_retryable("internal"));
     }
 
     #[test]

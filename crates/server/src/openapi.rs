@@ -28,7 +28,7 @@ use crate::routes::lora_models::MAX_DESCRIPTION_CHARS;
 use crate::routes::{
     admin, admin_alerts, admin_archival, admin_backends, admin_costs, client_webhooks, credits,
     dataset_zip, datasets, events, files, health, lora_models, me, me_notifications, metrics,
-    quotes, references, webhooks, worker,
+    quotes, references, samples, webhooks, worker, worker_samples,
 };
 use crate::settings::ServerSettings;
 use crate::views;
@@ -56,8 +56,16 @@ use crate::views;
         files::get_file, files::put_file, dataset_zip::dataset_zip, webhooks::replicate,
         quotes::create_quote, credits::mine, credits::grant,
         client_webhooks::secret, client_webhooks::rotate, client_webhooks::deliveries,
+        samples::create, samples::list, samples::get,
+        worker_samples::job, worker_samples::result, worker_samples::failure,
     ),
     components(schemas(
+        samples::SampleBatchView, samples::SampleImageView, samples::SampleBatchList,
+        loraforge_domain::samples::SampleRequestInput, loraforge_domain::samples::PromptInput,
+        loraforge_domain::sample_wire::SampleJob, loraforge_domain::sample_wire::SampleTrainerImage,
+        loraforge_domain::sample_wire::SampleUpload, loraforge_domain::sample_wire::SampleResult,
+        loraforge_domain::sample_wire::SampleStored, loraforge_domain::sample_wire::SampleFailure,
+        loraforge_domain::sample_wire::SampleReportAnswer,
         views::LoraList, views::LoraListItem, views::CreatorView, views::LoraDetails, views::StatusView, views::AttemptView, views::MoneyView,
         views::CreateLoraResponse, views::LimitsView, views::MeView, views::DatasetQuotaView, me::PatchMe, views::ErrorBody, views::ErrorDetail,
         views::DatasetRefView, views::ReferenceImageView, views::ValidationView,

@@ -81,6 +81,7 @@ mod monitors;
 mod retention;
 mod rows;
 mod runs;
+mod samples;
 mod users;
 mod webhooks;
 

@@ -18,5 +18,7 @@ pub mod me_notifications;
 pub mod metrics;
 pub mod quotes;
 pub mod references;
+pub mod samples;
 pub mod webhooks;
 pub mod worker;
+pub mod worker_samples;

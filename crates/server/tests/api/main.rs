@@ -22,6 +22,7 @@ mod monitors;
 mod ops;
 mod references;
 mod retention;
+mod samples;
 mod schemathesis;
 mod supabase_tokens;
 mod text_input;

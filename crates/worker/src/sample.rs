@@ -321,7 +321,10 @@ async fn run_trainer(t: &TrainerCommand, spec: &Path, out: &Path) -> Option<Exit
         }
     };
     let Some(stdout) = child.stdout.take() else {
-        return Some(Exit::error("trainer_failed", "the sampler's stdout is not a pipe"));
+        return Some(Exit::error(
+            "trainer_failed",
+            "the sampler's stdout is not a pipe",
+        ));
     };
     let mut lines = BufReader::new(stdout).lines();
     let mut last_error: Option<String> = None;

@@ -154,9 +154,9 @@ impl SampleStore for SqliteRepository {
     }
 
     async fn sample_batch(&self, id: SampleBatchId) -> Result<Option<SampleBatch>> {
-        let rows: Vec<BatchRow> = sqlx::query_as(&format!(
+        let rows: Vec<BatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {BATCH_COLUMNS} FROM lora_sample_batches WHERE id = $1"
-        ))
+        )))
         .bind(id.to_string())
         .fetch_all(&self.pool)
         .await?;
@@ -169,10 +169,10 @@ impl SampleStore for SqliteRepository {
         requester: Option<UserId>,
         limit: u32,
     ) -> Result<Vec<SampleBatch>> {
-        let rows: Vec<BatchRow> = sqlx::query_as(&format!(
+        let rows: Vec<BatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {BATCH_COLUMNS} FROM lora_sample_batches WHERE lora_id = $1 \
              AND ($2 IS NULL OR user_id = $2) ORDER BY created_at DESC, id DESC LIMIT $3"
-        ))
+        )))
         .bind(lora.to_string())
         .bind(requester.map(|u| u.to_string()))
         .bind(i64::from(limit))
@@ -182,11 +182,11 @@ impl SampleStore for SqliteRepository {
     }
 
     async fn due_sample_batches(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<SampleBatch>> {
-        let rows: Vec<BatchRow> = sqlx::query_as(&format!(
+        let rows: Vec<BatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {BATCH_COLUMNS} FROM lora_sample_batches WHERE status = 'queued' \
              AND next_attempt_at <= $1 AND (backend IS NULL OR instance_gone_at IS NOT NULL) \
              ORDER BY next_attempt_at, id LIMIT $2"
-        ))
+        )))
         .bind(ts(now))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -305,10 +305,10 @@ impl SampleStore for SqliteRepository {
     }
 
     async fn open_sample_instances(&self) -> Result<Vec<SampleBatch>> {
-        let rows: Vec<BatchRow> = sqlx::query_as(&format!(
+        let rows: Vec<BatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {BATCH_COLUMNS} FROM lora_sample_batches \
              WHERE backend IS NOT NULL AND instance_gone_at IS NULL ORDER BY id"
-        ))
+        )))
         .fetch_all(&self.pool)
         .await?;
         self.batches(rows).await

@@ -81,9 +81,9 @@ impl AudiencePolicy {
                 ),
             )),
             Some(list)
-                if list.iter().any(|a| {
-                    a == super::WORKER_AUDIENCE || a == super::SAMPLE_WORKER_AUDIENCE
-                }) =>
+                if list
+                    .iter()
+                    .any(|a| a == super::WORKER_AUDIENCE || a == super::SAMPLE_WORKER_AUDIENCE) =>
             {
                 Err(ApiError::unauthorized(
                     "invalid_audience",

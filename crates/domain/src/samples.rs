@@ -60,7 +60,7 @@ pub struct PromptInput {
     #[cfg_attr(feature = "openapi", schema(max_length = 1000))]
     pub negative_prompt: Option<String>,
     /// 0..2⁵³−1; default: derived from the batch id (different per prompt).
-    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 9007199254740991))]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub seed: Option<u64>,
     /// The LoRA's strength, 0–2 (default 1.0).
     #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 2.0))]

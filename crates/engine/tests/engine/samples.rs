@@ -36,7 +36,12 @@ async fn batch(db: &Db, lora: LoraId, owner: loraforge_domain::UserId) -> Sample
         user_id: owner,
         spec,
     };
-    match db.repo.insert_sample_batch(&new, 2, db.now()).await.unwrap() {
+    match db
+        .repo
+        .insert_sample_batch(&new, 2, db.now())
+        .await
+        .unwrap()
+    {
         BatchInsert::Inserted(_) => id,
         other => panic!("{other:?}"),
     }
@@ -82,7 +87,10 @@ async fn failed_attempts_are_retried_with_backoff_then_fail(db: Db) {
 
     // Running: nothing changes.
     let r = engine.tick().await.unwrap();
-    assert!(r.samples_failed.is_empty() && r.samples_started.is_empty(), "{r:?}");
+    assert!(
+        r.samples_failed.is_empty() && r.samples_started.is_empty(),
+        "{r:?}"
+    );
 
     // The worker died without a word: the backend's account fails the attempt.
     gpu.set_instance(
@@ -98,7 +106,10 @@ async fn failed_attempts_are_retried_with_backoff_then_fail(db: Db) {
     assert_eq!(r.samples_gone, [b]);
     let got = db.repo.sample_batch(b).await.unwrap().unwrap();
     assert_eq!(got.status, SampleStatus::Queued);
-    assert_eq!(got.last_error.as_deref(), Some("lost: the worker was killed"));
+    assert_eq!(
+        got.last_error.as_deref(),
+        Some("lost: the worker was killed")
+    );
     assert_eq!(gpu.launches(), 1);
 
     // Not before the backoff.
@@ -151,7 +162,10 @@ async fn a_completed_batch_has_its_instance_ended(db: Db) {
     let b = batch(&db, lora, owner).await;
     let gpu = Scripted::with_samples("gpu", 1);
     let engine = db
-        .engine(vec![gpu.clone() as Arc<dyn TrainingBackend>], settings("e1"))
+        .engine(
+            vec![gpu.clone() as Arc<dyn TrainingBackend>],
+            settings("e1"),
+        )
         .with_worker_tokens(Arc::new(FixedTokens));
     engine.tick().await.unwrap();
     let (pid, _) = gpu.latest().unwrap();
@@ -162,7 +176,10 @@ async fn a_completed_batch_has_its_instance_ended(db: Db) {
     // The worker reported its images.
     assert!(db.repo.complete_sample_batch(b, 1, db.now()).await.unwrap());
     let r = engine.tick().await.unwrap();
-    assert!(gpu.terminates().contains(&(pid.clone(), Ending::Finished)), "{r:?}");
+    assert!(
+        gpu.terminates().contains(&(pid.clone(), Ending::Finished)),
+        "{r:?}"
+    );
     assert_eq!(r.samples_gone, [b]);
     assert_eq!(
         db.repo.sample_batch(b).await.unwrap().unwrap().status,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use loraforge_db::EventDetail;
-use loraforge_domain::{LoraId, SampleBatchId, StatusEvent};
+use loraforge_domain::{Clock, LoraId, SampleBatchId, StatusEvent};
 
 use crate::helpers::*;
 
@@ -443,7 +443,7 @@ macro_rules! on_both {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name(spawn_app().await).await
+                    super::$name(crate::helpers::spawn_app().await).await
                 }
             )*
         }
@@ -451,7 +451,10 @@ macro_rules! on_both {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name(spawn_app_with(Engine::Postgres, |_| {}).await).await
+                    super::$name(
+                        crate::helpers::spawn_app_with(crate::helpers::Engine::Postgres, |_| {}).await,
+                    )
+                    .await
                 }
             )*
         }

@@ -53,7 +53,7 @@ fn launch(lora: LoraId, attempt: u32, retry: bool) -> Launch {
         instance_name: format!("loraforge-{lora}-{attempt}"),
         server: "http://127.0.0.1:8080".into(),
         token: "tok-123".into(),
-        retryNone,
+        retry,
         task: loraforge_engine::Task::Train,
     }
 }

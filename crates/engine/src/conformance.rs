@@ -55,7 +55,7 @@ impl<'a> Subject<'a> {
             instance_name: instance_name(prefix, lora, attempt),
             server: "http://127.0.0.1:9".to_owned(),
             token: "conformance-token".to_owned(),
-            retryNone,
+            retry,
             task: crate::backend::Task::Train,
         }
     }

@@ -18,7 +18,7 @@ fn launch(lora: LoraId, attempt: u32, retry: bool) -> Launch {
         instance_name: format!("loraforge-{lora}-{attempt}"),
         server: "https://control.example".into(),
         token: "tok".into(),
-        retryNone,
+        retry,
         task: loraforge_engine::Task::Train,
     }
 }

@@ -1,7 +1,8 @@
-"""``python -m loraforge_trainer train --spec SPEC.json --images DIR --out DIR [--resume]``.
+"""``python -m loraforge_trainer train --spec SPEC.json --images DIR --out DIR [--resume]`` and
+``python -m loraforge_trainer sample --spec SAMPLE.json --out DIR``.
 
-Every run ends with exactly one of: a ``done`` event (exit 0), a ``stopped`` event (exit 10),
-or an ``error`` event (``code``, ``reason``; exit 1-5). See README.md.
+Every run ends with exactly one of: a ``done`` event (exit 0), a ``stopped`` event (exit 10,
+training only), or an ``error`` event (``code``, ``reason``; exit 1-5). See README.md.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--class-images-cache", default=None, metavar="DIR",
                    help="dreambooth: where class image sets are kept and reused across jobs "
                         "(default: $LORAFORGE_CLASS_IMAGES_CACHE, else OUT/cache/class-images)")
+    s = sub.add_parser("sample", help="render images with a trained LoRA, as a generator would")
+    s.add_argument("--spec", required=True, help="sample spec JSON file (base model, LoRA file, images)")
+    s.add_argument("--out", required=True, help="output folder: <index>.png per image")
     return p
 
 
@@ -47,10 +51,23 @@ def _configure_threads() -> None:
         torch.set_num_threads(int(n))
 
 
+def _sample(args) -> int:
+    from .sample import load_sample_spec, run
+
+    spec = load_sample_spec(args.spec)
+    _configure_threads()
+    summary = run(spec, args.out)
+    stage("done")
+    emit("done", **summary)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         args = _parser().parse_args(argv)
+        if args.command == "sample":
+            return _sample(args)
         from .spec import load_spec
 
         spec = load_spec(args.spec)

@@ -219,6 +219,36 @@ def make_images(folder: str | Path, trigger: str = "zxq", sizes=((96, 64), (64, 
     return folder
 
 
+def make_random_lora(base: str | Path, path: str | Path, seed: int = 0, rank: int = 4, std: float = 0.5) -> Path:
+    """A diffusers-format UNet LoRA file for ``base`` (what the trainer writes) with random
+    ``lora_A`` and ``lora_B`` (std ``std``), strong enough to change every rendered image; for
+    tests of sampling without a training run first."""
+    from types import SimpleNamespace
+
+    import torch
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from .export import diffusers_state_and_metadata
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(str(base), subfolder="unet", use_safetensors=True)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                init_lora_weights="gaussian"))
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, std)
+    state = {k: v.detach().float().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+    tensors, meta = diffusers_state_and_metadata(state, SimpleNamespace(rank=rank, alpha=float(rank)))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
 def main(argv: list[str]) -> int:
     makers = {"tiny-sdxl": make_tiny_sdxl, "sdxl-sized": make_sdxl_sized,
               "tiny-clip-vision": make_tiny_clip_vision, "images": make_images}

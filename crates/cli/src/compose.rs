@@ -156,6 +156,16 @@ impl WorkerTokens for JwtWorkerTokens {
             .issue_worker(lora, attempt, worker_id, self.ttl, chrono::Utc::now())
             .map_err(|e| e.to_string())
     }
+
+    fn issue_sample(
+        &self,
+        batch: loraforge_domain::SampleBatchId,
+        attempt: u32,
+    ) -> Result<String, String> {
+        self.keys
+            .issue_sample_worker(batch, attempt, self.ttl, chrono::Utc::now())
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// The service's own credentials among environment variable names: a worker holds only its job

@@ -64,6 +64,10 @@ pub const TRAINER_SOURCES: &[(&str, &str)] = &[
         include_str!("../../../trainer/loraforge_trainer/fsutil.py"),
     ),
     (
+        "sample.py",
+        include_str!("../../../trainer/loraforge_trainer/sample.py"),
+    ),
+    (
         "spec.py",
         include_str!("../../../trainer/loraforge_trainer/spec.py"),
     ),

@@ -121,6 +121,7 @@ async fn an_orphan_container_is_removed_when_serve_starts() {
                 server: "http://127.0.0.1:9".into(),
                 token: "t".into(),
                 retry: false,
+                task: loraforge_engine::Task::Train,
             })
             .await
             .unwrap()

@@ -39,6 +39,7 @@ pub mod handoff;
 pub mod monitors;
 pub mod names;
 pub mod postgres;
+pub mod samples;
 pub mod seed;
 pub mod sqlite;
 #[cfg(feature = "test-support")]
@@ -67,6 +68,9 @@ pub use moderation::{
 };
 pub use monitors::{MonitorStats, MonitorStore, StuckCleanup};
 pub use names::{NameStore, NameUse};
+pub use samples::{
+    BatchInsert, NewSampleBatch, SampleBatch, SampleImage, SampleInstance, SampleStore,
+};
 pub use usage::{DayUses, UsageStore};
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
@@ -565,6 +569,7 @@ pub trait Repository:
     + UsageStore
     + HandoffStore
     + ModerationStore
+    + SampleStore
 {
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<()>;

@@ -54,6 +54,7 @@ fn launch(lora: LoraId, attempt: u32, retry: bool) -> Launch {
         server: "http://127.0.0.1:8080".into(),
         token: "tok-123".into(),
         retry,
+        task: loraforge_engine::Task::Train,
     }
 }
 

@@ -66,3 +66,7 @@ id_type!(
     /// One run (attempt) of a LoRA's training job on some backend.
     RunId
 );
+id_type!(
+    /// A batch of sample images rendered with a completed LoRA.
+    SampleBatchId
+);

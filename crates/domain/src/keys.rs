@@ -2,7 +2,7 @@
 //! the sweeps and the worker protocol use these too.
 
 use crate::validation::VALIDATION_IMAGES;
-use crate::{DatasetId, LoraId, UserId};
+use crate::{DatasetId, LoraId, SampleBatchId, UserId};
 
 /// Validation images live under this prefix (and are swept after 30 days).
 pub const VALIDATION_IMAGES_PREFIX: &str = "lora-validation-images/";
@@ -36,6 +36,14 @@ pub const IMAGE_BLOBS_PREFIX: &str = "dataset-images/sha256/";
 pub fn image_blob(sha256_hex: &str, extension: &str) -> String {
     let fan_out = sha256_hex.get(..2).unwrap_or("00");
     format!("{IMAGE_BLOBS_PREFIX}{fan_out}/{sha256_hex}.{extension}")
+}
+
+/// Sample images rendered with a completed LoRA live under this prefix (kept with the LoRA).
+pub const SAMPLE_IMAGES_PREFIX: &str = "lora-samples/";
+
+/// `lora-samples/{user}/{lora}/{batch}/{i}.png`: image `i` of one sample batch.
+pub fn sample_image(user: UserId, lora: LoraId, batch: SampleBatchId, index: usize) -> String {
+    format!("{SAMPLE_IMAGES_PREFIX}{user}/{lora}/{batch}/{index}.png")
 }
 
 /// Where a LoRA's trained files go.
@@ -91,6 +99,11 @@ mod tests {
         assert_eq!(
             image_blob(&hash, "png"),
             format!("dataset-images/sha256/ab/{hash}.png")
+        );
+        let b = SampleBatchId::new();
+        assert_eq!(
+            sample_image(u, l, b, 1),
+            format!("lora-samples/{u}/{l}/{b}/1.png")
         );
         let d = DatasetId::new();
         assert_eq!(

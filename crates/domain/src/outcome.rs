@@ -243,6 +243,21 @@ pub const OUTCOMES: &[OutcomeSpec] = &[
         Fail,
         "the training job is invalid",
     ),
+    // The sampler's (`trainer sample`): a LoRA file the pipeline cannot load, a render that failed.
+    row(
+        "bad_lora",
+        exit::BAD_INPUT,
+        Trainer,
+        Fail,
+        "the LoRA file could not be loaded",
+    ),
+    row(
+        "sample_failed",
+        exit::INTERNAL,
+        Trainer,
+        COUNTED,
+        "the sample images could not be rendered",
+    ),
     row(
         "missing_scorer",
         exit::BAD_INPUT,

@@ -11,10 +11,24 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use loraforge_domain::{LoraId, MicroUsd};
+use loraforge_domain::{LoraId, MicroUsd, SampleBatchId};
+
+/// What a launched worker does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Task {
+    /// Train attempt `attempt` of the LoRA's job.
+    #[default]
+    Train,
+    /// Render sample batch `batch` with the (completed) LoRA; `attempt` is the batch's.
+    Sample { batch: SampleBatchId },
+}
+
+/// The worker's environment variable naming a sample batch (absent: train).
+pub const SAMPLE_BATCH_ENV: &str = "LORAFORGE_SAMPLE_BATCH";
 
 /// What an instance needs to run one attempt: the worker's environment
-/// (`LORAFORGE_SERVER`, `LORAFORGE_LORA_ID`, `LORAFORGE_WORKER_TOKEN`) and its name.
+/// (`LORAFORGE_SERVER`, `LORAFORGE_LORA_ID`, `LORAFORGE_WORKER_TOKEN`, and
+/// `LORAFORGE_SAMPLE_BATCH` for sample work) and its name.
 #[derive(Clone)]
 pub struct Launch {
     pub lora_id: LoraId,
@@ -29,6 +43,8 @@ pub struct Launch {
     /// An earlier launch of this attempt failed: its instance may exist after all (an answer
     /// lost in transit), so a backend that cannot create idempotently looks for it first.
     pub retry: bool,
+    /// Training (the default) or a sample batch.
+    pub task: Task,
 }
 
 impl fmt::Debug for Launch {
@@ -40,6 +56,7 @@ impl fmt::Debug for Launch {
             .field("server", &self.server)
             .field("token", &"<redacted>")
             .field("retry", &self.retry)
+            .field("task", &self.task)
             .finish()
     }
 }
@@ -47,11 +64,15 @@ impl fmt::Debug for Launch {
 impl Launch {
     /// The worker's environment variables.
     pub fn worker_env(&self) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("LORAFORGE_SERVER".to_owned(), self.server.clone()),
             ("LORAFORGE_LORA_ID".to_owned(), self.lora_id.to_string()),
             ("LORAFORGE_WORKER_TOKEN".to_owned(), self.token.clone()),
-        ]
+        ];
+        if let Task::Sample { batch } = self.task {
+            env.push((SAMPLE_BATCH_ENV.to_owned(), batch.to_string()));
+        }
+        env
     }
 }
 
@@ -172,6 +193,12 @@ pub(crate) fn io_is_retryable(e: &std::io::Error) -> bool {
 /// hands the result to the backend.
 pub trait WorkerTokens: Send + Sync + fmt::Debug + 'static {
     fn issue(&self, lora: LoraId, attempt: u32, worker_id: &str) -> Result<String, String>;
+
+    /// The credential of attempt `attempt` of sample batch `batch`. Default: none can be issued
+    /// (sample work is then not launched).
+    fn issue_sample(&self, _batch: SampleBatchId, _attempt: u32) -> Result<String, String> {
+        Err("this control plane issues no sample tokens".to_owned())
+    }
 }
 
 #[async_trait]
@@ -183,6 +210,13 @@ pub trait TrainingBackend: Send + Sync + fmt::Debug + 'static {
     fn max_runs(&self) -> usize;
 
     fn scope(&self) -> Scope;
+
+    /// Whether this backend runs our worker image/binary and so can render sample batches
+    /// (`Task::Sample`). Backends that train through someone else's trainer (Replicate's cog
+    /// model, ai-toolkit) cannot. Default: false.
+    fn runs_samples(&self) -> bool {
+        false
+    }
 
     /// How often the engine asks about this backend's instances (a provider's API has rate
     /// limits; a local process table has none).

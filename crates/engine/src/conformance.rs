@@ -56,6 +56,7 @@ impl<'a> Subject<'a> {
             server: "http://127.0.0.1:9".to_owned(),
             token: "conformance-token".to_owned(),
             retry,
+            task: crate::backend::Task::Train,
         }
     }
 

@@ -23,7 +23,7 @@ impl Engine {
 
     /// Free room per backend: its limit less its instances not confirmed gone (this engine's for
     /// per-engine backends, everyone's for shared ones).
-    async fn room(&self) -> Result<Vec<usize>> {
+    pub(crate) async fn room(&self) -> Result<Vec<usize>> {
         let open = self.repo.open_runs().await?;
         Ok(self
             .router
@@ -232,6 +232,7 @@ impl Engine {
             server: self.settings.server_url.clone(),
             token,
             retry: failures > 0,
+            task: crate::backend::Task::Train,
         };
         match self
             .with_timeout(

@@ -50,6 +50,10 @@ pub struct TickReport {
     pub watched: Vec<LoraId>,
     /// Circuit breaker changes this tick made (also in `breaker_transitions`).
     pub breaker_transitions: Vec<BreakerTransition>,
+    /// Sample batch attempts launched / completed-or-failed instances ended / attempts failed.
+    pub samples_started: Vec<loraforge_domain::SampleBatchId>,
+    pub samples_gone: Vec<loraforge_domain::SampleBatchId>,
+    pub samples_failed: Vec<loraforge_domain::SampleBatchId>,
     /// Per-job problems that did not stop the tick.
     pub errors: Vec<String>,
 }
@@ -72,6 +76,9 @@ impl TickReport {
             gone,
             watched,
             breaker_transitions,
+            samples_started,
+            samples_gone,
+            samples_failed,
             errors
         );
     }
@@ -240,6 +247,8 @@ impl Engine {
         let gate_errors = self.router.refresh_gates(now).await;
         report.errors.extend(gate_errors);
         self.dispatch(now, &mut report).await?;
+        // After training's dispatch: sample batches take the room training left.
+        self.advance_samples(now, &mut report).await?;
         Ok(report)
     }
 

@@ -22,14 +22,15 @@ mod engine;
 mod refusals;
 mod router;
 mod runs;
+mod samples;
 mod settings;
 pub mod supervise;
 mod sweep;
 
 pub use after_training::{AfterTraining, ValidationRules};
 pub use backend::{
-    BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Termination,
-    TrainingBackend, WorkerTokens,
+    BackendError, Ending, Instance, Launch, Launched, Observed, SAMPLE_BATCH_ENV, Scope, Task,
+    Termination, TrainingBackend, WorkerTokens,
 };
 pub use budget::{BudgetGate, BudgetRefresh, BudgetSettings};
 pub use engine::{Engine, TickReport};

@@ -128,6 +128,21 @@ impl Router {
             .find_map(|g| g.admits(b.name(), now).err())
     }
 
+    /// The first backend (in order) that runs sample work and could take a run now: room, not
+    /// cooling down, every gate admits and its breaker admits outright (a half-open probe is
+    /// left to training, whose launch decides it).
+    pub(crate) fn choose_for_samples(&self, room: &[usize], now: DateTime<Utc>) -> Option<usize> {
+        (0..self.backends.len()).find(|&i| {
+            self.backends[i].runs_samples()
+                && self.blocked(i, room, now).is_none()
+                && matches!(
+                    self.breaker(self.backends[i].name())
+                        .admission(&self.rules, now),
+                    Admission::Admit
+                )
+        })
+    }
+
     /// Whether some backend could take a run now (a due probe counts): dispatch claims a job
     /// only then.
     pub(crate) fn may_route(&self, room: &[usize], now: DateTime<Utc>) -> bool {

@@ -19,6 +19,7 @@ fn launch(lora: LoraId, attempt: u32, retry: bool) -> Launch {
         server: "https://control.example".into(),
         token: "tok".into(),
         retry,
+        task: loraforge_engine::Task::Train,
     }
 }
 

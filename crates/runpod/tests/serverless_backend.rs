@@ -59,6 +59,7 @@ fn launch() -> Launch {
         server: "http://control.test".to_owned(),
         token: "worker-token-secret".to_owned(),
         retry: false,
+        task: loraforge_engine::Task::Train,
     }
 }
 

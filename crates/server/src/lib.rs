@@ -58,8 +58,8 @@ use routes::metrics as metrics_route;
 use routes::quotes as quote_routes;
 use routes::{
     admin, admin_alerts, admin_archival, admin_backends, admin_costs, dataset_zip, datasets,
-    events, files, health, lora_models, me, me_notifications, names, references, selector_asset,
-    webhooks, worker,
+    events, files, health, lora_models, me, me_notifications, names, references, samples,
+    selector_asset, webhooks, worker, worker_samples,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -150,6 +150,36 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             Method::POST,
             "/api/v1/admin/lora-models/{id}/unhide",
             routes::admin_reports::unhide,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/lora-models/{id}/samples",
+            samples::create,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/lora-models/{id}/samples",
+            samples::list,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/lora-models/{id}/samples/{batch}",
+            samples::get,
+        )
+        .route(
+            Method::GET,
+            "/api/v1/worker/samples/{id}",
+            worker_samples::job,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/worker/samples/{id}/result",
+            worker_samples::result,
+        )
+        .route(
+            Method::POST,
+            "/api/v1/worker/samples/{id}/failure",
+            worker_samples::failure,
         )
         .route(Method::GET, "/api/v1/me", me::me)
         .route(Method::PATCH, "/api/v1/me", me::patch)

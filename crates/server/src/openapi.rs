@@ -29,7 +29,7 @@ use crate::routes::{
     admin, admin_alerts, admin_archival, admin_backends, admin_costs, admin_reports,
     client_webhooks, credits, dataset_zip, datasets, events, files, generation, health,
     lora_models, lora_usage, me, me_notifications, metrics, names, quotes, references, reports,
-    webhooks, worker,
+    samples, webhooks, worker, worker_samples,
 };
 use crate::settings::ServerSettings;
 use crate::views;
@@ -60,8 +60,16 @@ use crate::views;
         generation::resolve, lora_usage::usage,
         reports::create, admin_reports::list, admin_reports::hide, admin_reports::unhide,
         admin_reports::dismiss,
+        samples::create, samples::list, samples::get,
+        worker_samples::job, worker_samples::result, worker_samples::failure,
     ),
     components(schemas(
+        samples::SampleBatchView, samples::SampleImageView, samples::SampleBatchList,
+        loraforge_domain::samples::SampleRequestInput, loraforge_domain::samples::PromptInput,
+        loraforge_domain::sample_wire::SampleJob, loraforge_domain::sample_wire::SampleTrainerImage,
+        loraforge_domain::sample_wire::SampleUpload, loraforge_domain::sample_wire::SampleResult,
+        loraforge_domain::sample_wire::SampleStored, loraforge_domain::sample_wire::SampleFailure,
+        loraforge_domain::sample_wire::SampleReportAnswer,
         views::LoraList, views::LoraListItem, views::CreatorView, views::LoraDetails, views::StatusView, views::AttemptView, views::MoneyView,
         views::CreateLoraResponse, views::LimitsView, views::MeView, views::DatasetQuotaView, me::PatchMe, views::ErrorBody, views::ErrorDetail,
         views::DatasetRefView, views::ReferenceImageView, views::ValidationView,

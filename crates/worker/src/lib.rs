@@ -34,6 +34,7 @@ mod job;
 mod layout;
 mod relay;
 pub mod remote;
+mod sample;
 mod trainer;
 
 use api::{ControlPlane, Failed, retrying};
@@ -49,6 +50,7 @@ use layout::{Layout, cleanup, load_kept};
 /// The worker's exit codes (`docs/worker-protocol.md`), from the one outcome table; the
 /// trainer's own pass through.
 pub use loraforge_domain::outcome::exit;
+pub use sample::{SampleConfig, run_sample};
 
 /// How long the last checkpoint may take to finish uploading when training ends (a stop request
 /// writes one on the way out).

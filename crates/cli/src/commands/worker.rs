@@ -55,6 +55,22 @@ pub async fn run(settings: &Settings, server: url::Url, lora: String, out: PathB
         args: trainer_env::trainer_args(),
         env,
     };
+    if let Some(batch) = std::env::var(loraforge_engine::SAMPLE_BATCH_ENV)
+        .ok()
+        .filter(|b| !b.is_empty())
+    {
+        let config = loraforge_worker::SampleConfig {
+            server,
+            batch,
+            token,
+            out,
+            trainer,
+            retry_delay: Duration::from_millis(settings.worker_retry_delay_ms.max(1)),
+            debug_fail: std::env::var("LORAFORGE_WORKER_DEBUG_FAIL_SAMPLES")
+                .is_ok_and(|v| v == "1"),
+        };
+        return loraforge_worker::run_sample(config, std::io::stdout()).await;
+    }
     let mut config = WorkerConfig::new(server, lora, token, out, trainer);
     config.retry_delay = Duration::from_millis(settings.worker_retry_delay_ms.max(1));
     config.debug_fail_at_step = std::env::var("LORAFORGE_WORKER_DEBUG_FAIL_AT_STEP")

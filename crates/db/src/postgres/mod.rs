@@ -86,6 +86,7 @@ mod names;
 mod retention;
 mod rows;
 mod runs;
+mod samples;
 mod usage;
 mod users;
 mod webhooks;

@@ -125,6 +125,7 @@ mod names;
 mod retention;
 mod rows;
 mod runs;
+mod samples;
 mod usage;
 mod users;
 mod webhooks;

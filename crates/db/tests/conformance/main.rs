@@ -18,6 +18,7 @@ mod metrics;
 mod moderation;
 mod name_keys;
 mod names;
+mod samples;
 mod usage;
 mod webhooks;
 
@@ -43,6 +44,10 @@ macro_rules! conformance {
 }
 
 conformance! {
+    samples::sample_batches_insert_list_and_limit_open_ones,
+    samples::concurrent_sample_requests_stop_at_the_open_limit,
+    samples::sample_attempts_claim_launch_complete_and_end,
+    samples::failed_sample_attempts_back_off_then_fail,
     alerts::alerts_dedup_within_the_cooldown,
     alerts::concurrent_raises_make_one_alert,
     alerts::acknowledged_alerts_close_and_page,

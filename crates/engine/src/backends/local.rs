@@ -34,7 +34,8 @@ use loraforge_domain::{LoraId, outcome};
 use loraforge_stdx::next_line;
 
 use crate::backend::{
-    BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Termination, TrainingBackend,
+    BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Task, Termination,
+    TrainingBackend,
 };
 
 /// How the local backend runs a job.
@@ -355,6 +356,10 @@ impl TrainingBackend for LocalBackend {
         Scope::Engine
     }
 
+    fn runs_samples(&self) -> bool {
+        true
+    }
+
     async fn launch(&self, launch: &Launch) -> Result<Launched, BackendError> {
         if self.live_runs() >= self.settings.max_concurrent {
             return Err(BackendError::NoCapacity(format!(
@@ -363,15 +368,25 @@ impl TrainingBackend for LocalBackend {
             )));
         }
         let job_dir = self.settings.work_dir.join(launch.lora_id.to_string());
-        let out = job_dir.join(attempt_dir(launch.attempt));
-        // What the job's earlier attempts left, handed over once they were gone, becomes this
-        // attempt's folder. (A folder of this attempt already there is from a launch of it that
-        // failed before a process ran.)
-        let handover = job_dir.join(HANDOVER);
-        if !tokio::fs::try_exists(&out).await? && tokio::fs::try_exists(&handover).await? {
-            tokio::fs::rename(&handover, &out).await?;
-            tracing::info!(lora = %launch.lora_id, attempt = launch.attempt, "continuing in what earlier attempts left");
-        }
+        let out = match launch.task {
+            Task::Train => {
+                let out = job_dir.join(attempt_dir(launch.attempt));
+                // What the job's earlier attempts left, handed over once they were gone,
+                // becomes this attempt's folder. (A folder of this attempt already there is
+                // from a launch of it that failed before a process ran.)
+                let handover = job_dir.join(HANDOVER);
+                if !tokio::fs::try_exists(&out).await? && tokio::fs::try_exists(&handover).await? {
+                    tokio::fs::rename(&handover, &out).await?;
+                    tracing::info!(lora = %launch.lora_id, attempt = launch.attempt, "continuing in what earlier attempts left");
+                }
+                out
+            }
+            // A sample attempt's own scratch folder; its worker empties it once the images are
+            // stored (nothing is handed over between sample attempts).
+            Task::Sample { batch } => job_dir
+                .join("samples")
+                .join(format!("{batch}-{}", launch.attempt)),
+        };
         tokio::fs::create_dir_all(&out).await?;
 
         let mut cmd = Command::new(&self.settings.program);

@@ -325,6 +325,8 @@ struct Script {
 pub struct Scripted {
     pub name: String,
     pub max: usize,
+    /// Offered sample batches (`TrainingBackend::runs_samples`).
+    pub samples: bool,
     pub scope: Scope,
     pub price: Option<MicroUsd>,
     script: Mutex<Script>,
@@ -335,10 +337,32 @@ impl Scripted {
         Arc::new(Self {
             name: name.to_owned(),
             max,
+            samples: false,
             scope: Scope::Shared,
             price: Some(MicroUsd::parse_dollars("0.72").expect("price")),
             script: Mutex::new(Script::default()),
         })
+    }
+
+    /// A scripted backend that also renders sample batches.
+    pub fn with_samples(name: &str, max: usize) -> Arc<Self> {
+        let mut s = Arc::try_unwrap(Self::new(name, max)).expect("a fresh Arc");
+        s.samples = true;
+        Arc::new(s)
+    }
+
+    /// The latest instance launched (of any LoRA or batch).
+    pub fn latest(&self) -> Option<(String, ScriptedInstance)> {
+        let s = self.script();
+        let id = s.order.last()?.clone();
+        s.instances.get(&id).map(|i| (id, i.clone()))
+    }
+
+    /// Sets what instance `provider_id` looks like.
+    pub fn set_instance(&self, provider_id: &str, state: Observed) {
+        if let Some(i) = self.script().instances.get_mut(provider_id) {
+            i.state = state;
+        }
     }
 
     fn script(&self) -> std::sync::MutexGuard<'_, Script> {
@@ -442,6 +466,10 @@ impl TrainingBackend for Scripted {
 
     fn max_runs(&self) -> usize {
         self.max
+    }
+
+    fn runs_samples(&self) -> bool {
+        self.samples
     }
 
     fn scope(&self) -> Scope {
@@ -638,5 +666,13 @@ pub struct FixedTokens;
 impl loraforge_engine::WorkerTokens for FixedTokens {
     fn issue(&self, lora: LoraId, attempt: u32, worker_id: &str) -> Result<String, String> {
         Ok(format!("token-{lora}-{attempt}-{worker_id}"))
+    }
+
+    fn issue_sample(
+        &self,
+        batch: loraforge_domain::SampleBatchId,
+        attempt: u32,
+    ) -> Result<String, String> {
+        Ok(format!("sample-token-{batch}-{attempt}"))
     }
 }

@@ -20,6 +20,7 @@ fn launch(lora: LoraId, attempt: u32) -> Launch {
         server: "http://127.0.0.1:9".into(),
         token: "tok-123".into(),
         retry: false,
+        task: loraforge_engine::Task::Train,
     }
 }
 

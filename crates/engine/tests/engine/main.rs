@@ -13,3 +13,4 @@ mod local;
 mod refusals;
 mod restarts;
 mod runs;
+mod samples;

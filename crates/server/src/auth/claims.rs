@@ -43,7 +43,10 @@ impl AudiencePolicy {
             .map(|a| a.trim().to_owned())
             .filter(|a| !a.is_empty())
             .collect();
-        if accepted.iter().any(|a| a == super::WORKER_AUDIENCE) {
+        if accepted
+            .iter()
+            .any(|a| a == super::WORKER_AUDIENCE || a == super::SAMPLE_WORKER_AUDIENCE)
+        {
             return Err(format!(
                 "`{}` is the audience of workers' job tokens and cannot be a user audience",
                 super::WORKER_AUDIENCE
@@ -77,7 +80,11 @@ impl AudiencePolicy {
                     self.accepted.join(", ")
                 ),
             )),
-            Some(list) if list.iter().any(|a| a == super::WORKER_AUDIENCE) => {
+            Some(list)
+                if list
+                    .iter()
+                    .any(|a| a == super::WORKER_AUDIENCE || a == super::SAMPLE_WORKER_AUDIENCE) =>
+            {
                 Err(ApiError::unauthorized(
                     "invalid_audience",
                     "this is a worker's job token; user routes take a user's token",

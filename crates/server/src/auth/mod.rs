@@ -4,6 +4,7 @@
 //! `aud: "authenticated"`). Any other algorithm, `alg: none` included, is refused.
 
 mod claims;
+mod sample_token;
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use chrono::{DateTime, Utc};
 use loraforge_domain::{LoraId, UserId};
 
 pub use claims::{AudiencePolicy, LEEWAY_SECS};
+pub use sample_token::{SAMPLE_WORKER_AUDIENCE, SampleWorkerAuth};
 
 use crate::error::ApiError;
 use crate::state::AppState;

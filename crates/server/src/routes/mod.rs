@@ -23,6 +23,8 @@ pub mod names;
 pub mod quotes;
 pub mod references;
 pub mod reports;
+pub mod samples;
 pub mod selector_asset;
 pub mod webhooks;
 pub mod worker;
+pub mod worker_samples;

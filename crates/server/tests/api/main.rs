@@ -25,6 +25,7 @@ mod ops;
 mod references;
 mod reports;
 mod retention;
+mod samples;
 mod schemathesis;
 mod selector_asset;
 mod supabase_tokens;

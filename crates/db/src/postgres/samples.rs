@@ -1,0 +1,334 @@
+//! [`SampleStore`] on Postgres: an insert holds a transaction-scoped advisory lock on its user,
+//! so the open count and the insert cannot interleave with another request of the same user.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use loraforge_domain::samples::{SampleEvent, SampleStatus};
+use loraforge_domain::{LoraId, SampleBatchId, UserId};
+
+use super::PgRepository;
+use crate::Result;
+use crate::samples::{
+    BatchInsert, NewSampleBatch, SampleBatch, SampleImage, SampleInstance, SampleStore,
+    after_failure, check, instance_of, parse_id, status, u32_of,
+};
+
+const BATCH_COLUMNS: &str = "id::text, lora_id::text, user_id::text, status, steps, attempts, next_attempt_at, last_error, \
+     backend, engine, provider_id, instance_name, instance_gone_at, created_at, updated_at, finished_at";
+
+type BatchRow = (
+    String,
+    String,
+    String,
+    String,
+    i32,
+    i32,
+    DateTime<Utc>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
+
+type ImageRow = (i32, String, Option<String>, i64, f64, i32, i32, String);
+
+impl PgRepository {
+    async fn images_of(&self, id: uuid::Uuid) -> Result<Vec<SampleImage>> {
+        let rows: Vec<ImageRow> = sqlx::query_as(
+            "SELECT idx, prompt, negative_prompt, seed, scale, width, height, storage_key \
+             FROM lora_samples WHERE batch_id = $1 ORDER BY idx",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(
+                |(idx, prompt, negative_prompt, seed, scale, w, h, storage_key)| {
+                    Ok(SampleImage {
+                        index: u32_of(idx.into(), "sample index")?,
+                        prompt,
+                        negative_prompt,
+                        seed: u64::try_from(seed)
+                            .map_err(|_| crate::DbError::Corrupt(format!("seed {seed}")))?,
+                        scale,
+                        width: u32_of(w.into(), "width")?,
+                        height: u32_of(h.into(), "height")?,
+                        storage_key,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    async fn batches(&self, rows: Vec<BatchRow>) -> Result<Vec<SampleBatch>> {
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: SampleBatchId = parse_id(&r.0, "sample batch")?;
+            let images = self.images_of(id.as_uuid()).await?;
+            out.push(SampleBatch {
+                id,
+                lora_id: parse_id(&r.1, "LoRA")?,
+                user_id: parse_id(&r.2, "user")?,
+                status: status(&r.3)?,
+                steps: u32_of(r.4.into(), "steps")?,
+                attempts: u32_of(r.5.into(), "attempts")?,
+                next_attempt_at: r.6,
+                last_error: r.7,
+                instance: instance_of(r.8, r.9, r.10, r.11),
+                instance_gone_at: r.12,
+                created_at: r.13,
+                updated_at: r.14,
+                finished_at: r.15,
+                images,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl SampleStore for PgRepository {
+    async fn insert_sample_batch(
+        &self,
+        batch: &NewSampleBatch,
+        max_open: u32,
+        now: DateTime<Utc>,
+    ) -> Result<BatchInsert> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('samples:' || $1, 0))")
+            .bind(batch.user_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM lora_sample_batches WHERE user_id = $1 AND status IN ('queued', 'rendering')",
+        )
+        .bind(batch.user_id.as_uuid())
+        .fetch_one(&mut *tx)
+        .await?;
+        if open >= i64::from(max_open) {
+            return Ok(BatchInsert::TooManyOpen {
+                open: u32_of(open, "open batches")?,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO lora_sample_batches (id, lora_id, user_id, status, steps, attempts, next_attempt_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'queued', $4, 0, $5, $5, $5)",
+        )
+        .bind(batch.id.as_uuid())
+        .bind(batch.lora_id.as_uuid())
+        .bind(batch.user_id.as_uuid())
+        .bind(batch.spec.steps as i32)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for im in batch.images() {
+            sqlx::query(
+                "INSERT INTO lora_samples (batch_id, idx, prompt, negative_prompt, seed, scale, width, height, storage_key, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(batch.id.as_uuid())
+            .bind(im.index as i32)
+            .bind(&im.prompt)
+            .bind(&im.negative_prompt)
+            .bind(i64::try_from(im.seed).unwrap_or(i64::MAX))
+            .bind(im.scale)
+            .bind(im.width as i32)
+            .bind(im.height as i32)
+            .bind(&im.storage_key)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        let inserted = self
+            .sample_batch(batch.id)
+            .await?
+            .ok_or(crate::DbError::NotFound)?;
+        Ok(BatchInsert::Inserted(inserted))
+    }
+
+    async fn sample_batch(&self, id: SampleBatchId) -> Result<Option<SampleBatch>> {
+        let rows: Vec<BatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {BATCH_COLUMNS} FROM lora_sample_batches WHERE id = $1"
+        )))
+        .bind(id.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(self.batches(rows).await?.pop())
+    }
+
+    async fn sample_batches_of(
+        &self,
+        lora: LoraId,
+        requester: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<SampleBatch>> {
+        let rows: Vec<BatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {BATCH_COLUMNS} FROM lora_sample_batches WHERE lora_id = $1 \
+             AND ($2 IS NULL OR user_id = $2) ORDER BY created_at DESC, id DESC LIMIT $3"
+        )))
+        .bind(lora.as_uuid())
+        .bind(requester.map(|u| u.as_uuid()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        self.batches(rows).await
+    }
+
+    async fn due_sample_batches(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<SampleBatch>> {
+        let rows: Vec<BatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {BATCH_COLUMNS} FROM lora_sample_batches WHERE status = 'queued' \
+             AND next_attempt_at <= $1 AND (backend IS NULL OR instance_gone_at IS NOT NULL) \
+             ORDER BY next_attempt_at, id LIMIT $2"
+        )))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        self.batches(rows).await
+    }
+
+    async fn claim_sample_batch(
+        &self,
+        id: SampleBatchId,
+        attempts_seen: u32,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let to = check(SampleStatus::Queued, SampleEvent::Launched)?;
+        let done = sqlx::query(
+            "UPDATE lora_sample_batches SET status = $1, attempts = attempts + 1, backend = NULL, engine = NULL, \
+             provider_id = NULL, instance_name = NULL, instance_gone_at = NULL, updated_at = $2 \
+             WHERE id = $3 AND status = 'queued' AND attempts = $4 AND next_attempt_at <= $2 \
+             AND (backend IS NULL OR instance_gone_at IS NOT NULL)",
+        )
+        .bind(to.as_str())
+        .bind(now)
+        .bind(id.as_uuid())
+        .bind(attempts_seen as i32)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn record_sample_instance(
+        &self,
+        id: SampleBatchId,
+        attempt: u32,
+        instance: &SampleInstance,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE lora_sample_batches SET backend = $1, provider_id = $2, instance_name = $3, \
+             instance_gone_at = NULL, updated_at = $4, engine = $7 WHERE id = $5 AND attempts = $6 AND backend IS NULL",
+        )
+        .bind(&instance.backend)
+        .bind(&instance.provider_id)
+        .bind(&instance.instance_name)
+        .bind(now)
+        .bind(id.as_uuid())
+        .bind(attempt as i32)
+        .bind(&instance.engine)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn unclaim_sample_batch(
+        &self,
+        id: SampleBatchId,
+        attempt: u32,
+        retry_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE lora_sample_batches SET status = 'queued', attempts = attempts - 1, next_attempt_at = $1, \
+             updated_at = $2 WHERE id = $3 AND status = 'rendering' AND attempts = $4 AND backend IS NULL",
+        )
+        .bind(retry_at)
+        .bind(now)
+        .bind(id.as_uuid())
+        .bind(attempt as i32)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn complete_sample_batch(
+        &self,
+        id: SampleBatchId,
+        attempt: u32,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let to = check(SampleStatus::Rendering, SampleEvent::Rendered)?;
+        let done = sqlx::query(
+            "UPDATE lora_sample_batches SET status = $1, last_error = NULL, updated_at = $2, finished_at = $2 \
+             WHERE id = $3 AND status = 'rendering' AND attempts = $4",
+        )
+        .bind(to.as_str())
+        .bind(now)
+        .bind(id.as_uuid())
+        .bind(attempt as i32)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn fail_sample_attempt(
+        &self,
+        id: SampleBatchId,
+        attempt: u32,
+        reason: &str,
+        retryable: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SampleStatus>> {
+        let (to, next, finished) = after_failure(attempt, retryable, now);
+        let done = sqlx::query(
+            "UPDATE lora_sample_batches SET status = $1, next_attempt_at = $2, finished_at = $3, \
+             last_error = $4, updated_at = $5 WHERE id = $6 AND status = 'rendering' AND attempts = $7",
+        )
+        .bind(to.as_str())
+        .bind(next)
+        .bind(finished)
+        .bind(reason)
+        .bind(now)
+        .bind(id.as_uuid())
+        .bind(attempt as i32)
+        .execute(&self.pool)
+        .await?;
+        Ok((done.rows_affected() == 1).then_some(to))
+    }
+
+    async fn open_sample_instances(&self) -> Result<Vec<SampleBatch>> {
+        let rows: Vec<BatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {BATCH_COLUMNS} FROM lora_sample_batches \
+             WHERE backend IS NOT NULL AND instance_gone_at IS NULL ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        self.batches(rows).await
+    }
+
+    async fn record_sample_instance_gone(
+        &self,
+        id: SampleBatchId,
+        provider_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE lora_sample_batches SET instance_gone_at = $1, updated_at = $1 \
+             WHERE id = $2 AND provider_id = $3 AND instance_gone_at IS NULL",
+        )
+        .bind(now)
+        .bind(id.as_uuid())
+        .bind(provider_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

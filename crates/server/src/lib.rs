@@ -50,15 +50,16 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use auth::{AuthUser, JwtKeys};
 pub use error::ApiError;
-pub use settings::{ClientWebhookSettings, HttpSettings, ServerSettings};
+pub use settings::{ClientWebhookSettings, HttpSettings, LocalSignIn, ServerSettings, UiSettings};
 pub use state::AppState;
 
 use routes::credits as credit_routes;
 use routes::metrics as metrics_route;
 use routes::quotes as quote_routes;
 use routes::{
-    admin, admin_alerts, admin_archival, admin_backends, admin_costs, dataset_zip, datasets,
-    events, files, health, lora_models, me, me_notifications, references, webhooks, worker,
+    admin, admin_alerts, admin_archival, admin_backends, admin_costs, auth_local, dataset_zip,
+    datasets, events, files, health, lora_models, me, me_notifications, params, references, ui,
+    webhooks, worker,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -117,6 +118,13 @@ fn routes(settings: &ServerSettings) -> RouteTable {
         .route(Method::GET, "/api/v1/me", me::me)
         .route(Method::PATCH, "/api/v1/me", me::patch)
         .route(Method::GET, "/api/v1/me/limits", me::limits)
+        .route(Method::GET, "/api/v1/params", params::params)
+        .route(
+            Method::GET,
+            "/api/v1/auth/local",
+            auth_local::availability,
+        )
+        .route(Method::POST, "/api/v1/auth/local", auth_local::sign_in)
         .route(Method::GET, "/api/v1/me/credits", credit_routes::mine)
         .route(Method::POST, "/api/v1/quotes", quote_routes::create_quote)
         .route(
@@ -213,6 +221,10 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             webhooks::replicate,
         )
         .body_limit(webhooks::MAX_WEBHOOK_BYTES);
+    // The web UI (not API routes: `ui::UI_ROUTES`, left out of the OpenAPI document).
+    let web = RouteTable::default()
+        .route(Method::GET, "/", ui::index)
+        .route(Method::GET, "/ui/{file}", ui::file);
     RouteTable::default()
         .route(Method::GET, "/healthz", health::healthz)
         .route(Method::GET, "/readyz", health::readyz)
@@ -221,6 +233,7 @@ fn routes(settings: &ServerSettings) -> RouteTable {
         .merge(files)
         .merge(api)
         .merge(hooks)
+        .merge(web)
 }
 
 /// A router that keeps the list of what it serves: `route` registers the handler for exactly the

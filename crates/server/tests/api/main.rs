@@ -26,5 +26,6 @@ mod schemathesis;
 mod supabase_tokens;
 mod text_input;
 mod url_intake;
+mod web_ui;
 mod webhooks;
 mod worker;

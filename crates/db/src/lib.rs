@@ -35,6 +35,7 @@ pub mod metrics;
 pub use metrics::{MetricsStore, OpsSnapshot, RunTotals, SeededRuns};
 pub mod finish_mails;
 pub mod monitors;
+pub mod names;
 pub mod postgres;
 pub mod seed;
 pub mod sqlite;
@@ -58,6 +59,7 @@ pub use alerts::{
 pub use archival::{ArchivalCandidate, ArchivalStore};
 pub use finish_mails::{FinishMailStore, FinishedLora};
 pub use monitors::{MonitorStats, MonitorStore, StuckCleanup};
+pub use names::{NameStore, NameUse};
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
@@ -539,6 +541,7 @@ pub trait Repository:
     + AlertStore
     + MonitorStore
     + FinishMailStore
+    + NameStore
     + ArchivalStore
 {
     /// A cheap round trip, for `/readyz`.

@@ -58,8 +58,8 @@ use routes::metrics as metrics_route;
 use routes::quotes as quote_routes;
 use routes::{
     admin, admin_alerts, admin_archival, admin_backends, admin_costs, auth_local, dataset_zip,
-    datasets, events, files, health, lora_models, me, me_notifications, params, references, ui,
-    webhooks, worker,
+    datasets, events, files, health, lora_models, me, me_notifications, names, params,
+    references, ui, webhooks, worker,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -115,6 +115,7 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             "/api/v1/lora-models/{id}/cancel",
             lora_models::cancel,
         )
+        .route(Method::GET, "/api/v1/lora-names/check", names::check)
         .route(Method::GET, "/api/v1/me", me::me)
         .route(Method::PATCH, "/api/v1/me", me::patch)
         .route(Method::GET, "/api/v1/me/limits", me::limits)

@@ -28,7 +28,7 @@ use crate::routes::lora_models::MAX_DESCRIPTION_CHARS;
 use crate::routes::{
     admin, admin_alerts, admin_archival, admin_backends, admin_costs, auth_local, client_webhooks,
     credits, dataset_zip, datasets, events, files, health, lora_models, me, me_notifications,
-    metrics, params, quotes, references, webhooks, worker,
+    metrics, names, params, quotes, references, webhooks, worker,
 };
 use crate::settings::ServerSettings;
 use crate::views;
@@ -50,7 +50,7 @@ use crate::views;
         lora_models::cancel, lora_models::patch, events::events,
         me::me, me::patch, me::limits, admin::review, admin_backends::list, admin_backends::force,
         admin_costs::get_budget, admin_costs::put_budget, admin_costs::stats,
-        admin_alerts::list, admin_alerts::ack, me_notifications::get, me_notifications::put,
+        admin_alerts::list, admin_alerts::ack, me_notifications::get, me_notifications::put, names::check,
         admin_archival::review, admin_archival::approve,
         worker::job, worker::progress, worker::checkpoint, worker::result, worker::failure,
         files::get_file, files::put_file, dataset_zip::dataset_zip, webhooks::replicate,
@@ -72,6 +72,7 @@ use crate::views;
         admin_costs::SpendLine, admin_costs::UserCount, admin_costs::ReuseCount,
         admin_alerts::AlertList, admin_alerts::AlertView, admin_alerts::DeliveryView,
         me_notifications::NotificationsView, me_notifications::PutNotifications,
+        names::NameCheckView, names::NameProblem,
         admin_archival::ArchivalReview, admin_archival::ArchivalCandidateView, admin_archival::ApproveArchival,
         admin_archival::ArchivalApproved,
         loraforge_domain::ParamsInput, webhooks::WebhookAnswer,

@@ -78,6 +78,7 @@ mod ledger;
 mod library;
 mod metrics;
 mod monitors;
+mod names;
 mod retention;
 mod rows;
 mod runs;

@@ -16,6 +16,7 @@ mod library;
 mod lifecycle;
 mod metrics;
 mod name_keys;
+mod names;
 mod webhooks;
 
 macro_rules! conformance {
@@ -48,6 +49,7 @@ conformance! {
     create::dataset_round_trip,
     create::create_and_get,
     create::duplicate_name_per_user,
+    names::name_use_tells_yours_from_others,
     create::names_are_unique_by_their_key,
     create::monthly_limit_counts_this_window_and_counted_statuses,
     create::concurrent_creates_stop_at_the_limit,

@@ -17,6 +17,7 @@ pub mod lora_models;
 pub mod me;
 pub mod me_notifications;
 pub mod metrics;
+pub mod names;
 pub mod params;
 pub mod quotes;
 pub mod references;

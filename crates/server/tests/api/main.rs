@@ -19,6 +19,7 @@ mod library;
 mod limits;
 mod lora_models;
 mod monitors;
+mod names;
 mod ops;
 mod references;
 mod retention;

@@ -126,7 +126,8 @@ fn ui_settings(s: &Settings) -> loraforge_server::UiSettings {
     ]
     .iter()
     .flatten()
-    .filter_map(|u| origin(u))
+    .map(String::as_str)
+    .filter_map(origin)
     .collect();
     loraforge_server::UiSettings {
         local_sign_in: local.then(|| loraforge_server::LocalSignIn {

@@ -55,8 +55,11 @@ async fn create_through_the_form(b: &Browser, svc: &Service, name: &str, dir: &P
         .map(|p| p.display().to_string())
         .collect();
     b.find("#images").await.send_keys(&all.join("\n")).await;
-    b.wait_for("4 previews", "return document.querySelectorAll('#previews li').length === 4;")
-        .await;
+    b.wait_for(
+        "4 previews",
+        "return document.querySelectorAll('#previews li').length === 4;",
+    )
+    .await;
     b.find("#upload").await.click().await;
     // The server's reason for the bad image, beside that image.
     let problem = b
@@ -66,12 +69,19 @@ async fn create_through_the_form(b: &Browser, svc: &Service, name: &str, dir: &P
         .await;
     assert!(problem.contains("40"), "{problem}");
     assert_eq!(
-        b.eval("return document.querySelector(\"li[data-file='face0.png'] .problems\").textContent;", vec![]).await,
+        b.eval(
+            "return document.querySelector(\"li[data-file='face0.png'] .problems\").textContent;",
+            vec![]
+        )
+        .await,
         json!(""),
         "good images carry no problem"
     );
     b.screenshot(&screenshots().join("new-lora.png")).await;
-    b.find("li[data-file='tiny.png'] button").await.click().await;
+    b.find("li[data-file='tiny.png'] button")
+        .await
+        .click()
+        .await;
     b.find("#upload").await.click().await;
     b.wait_text("#upload-ok", "Uploaded 3 images").await;
 
@@ -89,13 +99,22 @@ async fn create_through_the_form(b: &Browser, svc: &Service, name: &str, dir: &P
     set("rank", "4".into()).await;
     set("alpha", "8".into()).await;
     set("lr_warmup_steps", "0".into()).await;
-    b.wait_for("the create button", "return !document.querySelector('#create').disabled;")
-        .await;
+    b.wait_for(
+        "the create button",
+        "return !document.querySelector('#create').disabled;",
+    )
+    .await;
     b.find("#create").await.click().await;
     let url = b
-        .wait_for("the LoRA's page", "return location.hash.startsWith('#/loras/') && location.hash;")
+        .wait_for(
+            "the LoRA's page",
+            "return location.hash.startsWith('#/loras/') && location.hash;",
+        )
         .await;
-    url.as_str().unwrap().trim_start_matches("#/loras/").to_owned()
+    url.as_str()
+        .unwrap()
+        .trim_start_matches("#/loras/")
+        .to_owned()
 }
 
 /// Marks the page so a reload would show (the mark is gone), and records every status the
@@ -120,7 +139,10 @@ async fn a_person_signs_in_uploads_creates_watches_downloads_and_finds_a_lora() 
 
     // One click on this computer: the service is on loopback with a generated secret.
     b.goto(&format!("{}/", svc.url)).await;
-    b.find("#local-signin:not([hidden]) #signin-local").await.click().await;
+    b.find("#local-signin:not([hidden]) #signin-local")
+        .await
+        .click()
+        .await;
     b.wait_text("#who", "(admin)").await;
     b.find("#signout").await.click().await;
 
@@ -135,10 +157,20 @@ async fn a_person_signs_in_uploads_creates_watches_downloads_and_finds_a_lora() 
     let id = create_through_the_form(&b, &svc, name, dir.path()).await;
     b.wait_text("#lora-name", name).await;
     watch_statuses(&b).await;
-    b.wait_text_within("#lora-status", "completed", TRAINING).await;
-    let seen = b.eval("return window.__noReload === true && window.__seen;", vec![]).await;
+    b.find_within("#lora-status [data-status='completed']", TRAINING)
+        .await;
+    let seen = b
+        .eval(
+            "return window.__noReload === true && window.__seen;",
+            vec![],
+        )
+        .await;
     assert!(seen.is_array(), "the page was reloaded: {seen}");
-    assert_eq!(seen.as_array().unwrap().last(), Some(&json!("completed")), "{seen}");
+    assert_eq!(
+        seen.as_array().unwrap().last(),
+        Some(&json!("completed")),
+        "{seen}"
+    );
     b.wait_text("#progress-text", "100%").await;
     b.find("#download-kohya").await;
     b.screenshot(&screenshots().join("lora.png")).await;
@@ -149,19 +181,32 @@ async fn a_person_signs_in_uploads_creates_watches_downloads_and_finds_a_lora() 
     assert_eq!(bytes.status(), 200);
     let bytes = bytes.bytes().await.unwrap();
     let (_, details) = svc.details(&svc.token(USER), &id).await;
-    assert_eq!(Some(bytes.len() as u64), details["file_size"].as_u64(), "{details}");
+    assert_eq!(
+        Some(bytes.len() as u64),
+        details["file_size"].as_u64(),
+        "{details}"
+    );
 
     // Found by search, as you type.
     b.goto(&format!("{}/#/library", svc.url)).await;
     b.find("#search").await.send_keys("web test").await;
-    b.wait_text(&format!("li[data-id='{id}'] a.name"), "Zxq the web tester (by").await;
-    b.wait_for("search timing", "return window.__lf.searchMs.length > 0;").await;
+    b.wait_text(
+        &format!("li[data-id='{id}'] a.name"),
+        "Zxq the web tester (by",
+    )
+    .await;
+    b.wait_for("search timing", "return window.__lf.searchMs.length > 0;")
+        .await;
     b.screenshot(&screenshots().join("library.png")).await;
 
     // Keyboard only: Tab from the top of the page to the LoRA's link, Enter opens it.
     b.goto(&format!("{}/#/library", svc.url)).await;
     b.find(&format!("li[data-id='{id}']")).await;
-    b.eval("document.activeElement?.blur(); document.body.focus(); return true;", vec![]).await;
+    b.eval(
+        "document.activeElement?.blur(); document.body.focus(); return true;",
+        vec![],
+    )
+    .await;
     let mut reached = false;
     for i in 0..30 {
         // Keys go to whatever has focus (the page itself before the first Tab).
@@ -178,11 +223,20 @@ async fn a_person_signs_in_uploads_creates_watches_downloads_and_finds_a_lora() 
     assert!(reached, "Tab never reached the LoRA's link");
     // The focused element is visibly outlined.
     let outline = b
-        .eval("return getComputedStyle(document.activeElement).outlineStyle;", vec![])
+        .eval(
+            "return getComputedStyle(document.activeElement).outlineStyle;",
+            vec![],
+        )
         .await;
     assert_ne!(outline, json!("none"), "focus is visible");
     b.find(":focus").await.send_keys(ENTER).await;
     b.wait_text("#lora-name", name).await;
+
+    // The name is checked as you type: this one is taken by you.
+    b.goto(&format!("{}/#/new", svc.url)).await;
+    b.find("#name").await.send_keys(name).await;
+    b.wait_text("#name-check", "You already have a LoRA with this name")
+        .await;
 
     // A phone: 375 px wide, nothing scrolls sideways on the main pages.
     b.set_viewport(375, 700).await;
@@ -191,9 +245,15 @@ async fn a_person_signs_in_uploads_creates_watches_downloads_and_finds_a_lora() 
         b.find("h1").await;
         b.find("main h1 + *").await;
         let over = b
-            .eval("return document.documentElement.scrollWidth - window.innerWidth;", vec![])
+            .eval(
+                "return document.documentElement.scrollWidth - window.innerWidth;",
+                vec![],
+            )
             .await;
-        assert!(over.as_i64().unwrap() <= 0, "{page} scrolls sideways by {over} px");
+        assert!(
+            over.as_i64().unwrap() <= 0,
+            "{page} scrolls sideways by {over} px"
+        );
     }
     b.goto(&format!("{}/#/library", svc.url)).await;
     b.find(&format!("li[data-id='{id}']")).await;
@@ -205,7 +265,10 @@ async fn a_person_signs_in_uploads_creates_watches_downloads_and_finds_a_lora() 
 async fn an_admin_approves_a_lora_waiting_for_review() {
     let dir = tempfile::tempdir().unwrap();
     // No scorer and no auto-approval: a trained LoRA waits in `validating` for an admin.
-    let svc = Service::start(dir.path(), &[("LORAFORGE_VALIDATION_AUTO_APPROVE", "false")]);
+    let svc = Service::start(
+        dir.path(),
+        &[("LORAFORGE_VALIDATION_AUTO_APPROVE", "false")],
+    );
     let token = svc.token(USER);
     let id = svc.create(&token, "Needs a look", 4).await;
     svc.wait(&token, &id, "review", TRAINING, |s| {
@@ -227,6 +290,6 @@ async fn an_admin_approves_a_lora_waiting_for_review() {
     assert_eq!(s["training_status"], "completed", "{s}");
     // The creator's page shows it approved.
     b.goto(&format!("{}/#/loras/{id}", svc.url)).await;
-    b.wait_text("#lora-status", "completed").await;
+    b.find("#lora-status [data-status='completed']").await;
     no_page_errors(&b).await;
 }

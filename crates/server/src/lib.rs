@@ -58,8 +58,8 @@ use routes::metrics as metrics_route;
 use routes::quotes as quote_routes;
 use routes::{
     admin, admin_alerts, admin_archival, admin_backends, admin_costs, auth_local, dataset_zip,
-    datasets, events, files, health, lora_models, me, me_notifications, names, params,
-    references, ui, webhooks, worker,
+    datasets, events, files, health, lora_models, me, me_notifications, names, params, references,
+    ui, webhooks, worker,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -120,11 +120,7 @@ fn routes(settings: &ServerSettings) -> RouteTable {
         .route(Method::PATCH, "/api/v1/me", me::patch)
         .route(Method::GET, "/api/v1/me/limits", me::limits)
         .route(Method::GET, "/api/v1/params", params::params)
-        .route(
-            Method::GET,
-            "/api/v1/auth/local",
-            auth_local::availability,
-        )
+        .route(Method::GET, "/api/v1/auth/local", auth_local::availability)
         .route(Method::POST, "/api/v1/auth/local", auth_local::sign_in)
         .route(Method::GET, "/api/v1/me/credits", credit_routes::mine)
         .route(Method::POST, "/api/v1/quotes", quote_routes::create_quote)

@@ -155,10 +155,25 @@ mod tests {
     fn another_sites_page_is_refused() {
         let host = ("host", "127.0.0.1:8080");
         assert!(same_origin(&parts(&[host])));
-        assert!(same_origin(&parts(&[host, ("origin", "http://127.0.0.1:8080")])));
-        assert!(same_origin(&parts(&[host, ("sec-fetch-site", "same-origin")])));
-        assert!(!same_origin(&parts(&[host, ("origin", "https://evil.example")])));
-        assert!(!same_origin(&parts(&[host, ("sec-fetch-site", "cross-site")])));
-        assert!(!same_origin(&parts(&[host, ("sec-fetch-site", "same-site")])));
+        assert!(same_origin(&parts(&[
+            host,
+            ("origin", "http://127.0.0.1:8080")
+        ])));
+        assert!(same_origin(&parts(&[
+            host,
+            ("sec-fetch-site", "same-origin")
+        ])));
+        assert!(!same_origin(&parts(&[
+            host,
+            ("origin", "https://evil.example")
+        ])));
+        assert!(!same_origin(&parts(&[
+            host,
+            ("sec-fetch-site", "cross-site")
+        ])));
+        assert!(!same_origin(&parts(&[
+            host,
+            ("sec-fetch-site", "same-site")
+        ])));
     }
 }

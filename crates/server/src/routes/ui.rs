@@ -97,7 +97,10 @@ fn serve(state: &AppState, headers: &HeaderMap, i: usize) -> Response {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         (
-            [(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(asset.content_type),
+            )],
             asset.bytes,
         )
             .into_response()
@@ -110,13 +113,16 @@ fn serve(state: &AppState, headers: &HeaderMap, i: usize) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     if asset.content_type == HTML {
-        if let Ok(csp) = HeaderValue::from_str(&content_security_policy(
-            &state.settings().ui.asset_origins,
-        )) {
+        if let Ok(csp) =
+            HeaderValue::from_str(&content_security_policy(&state.settings().ui.asset_origins))
+        {
             h.insert(header::CONTENT_SECURITY_POLICY, csp);
         }
         // Pages show signed links: never hand them to another site in a Referer.
-        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        h.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
         h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     }
     resp
@@ -153,8 +159,7 @@ pub fn content_security_policy(asset_origins: &[String]) -> String {
 /// `scheme://host[:port]` and nothing that could end the directive or add another.
 fn is_origin(o: &str) -> bool {
     (o.starts_with("http://") || o.starts_with("https://"))
-        && o
-            .chars()
+        && o.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '/' | '.' | '-' | '[' | ']'))
 }
 
@@ -185,7 +190,10 @@ mod tests {
             "http://evil; script-src *".into(),
         ]);
         assert!(csp.contains("script-src 'self';"), "{csp}");
-        assert!(csp.contains("img-src 'self' blob: data: https: http://127.0.0.1:9000;"), "{csp}");
+        assert!(
+            csp.contains("img-src 'self' blob: data: https: http://127.0.0.1:9000;"),
+            "{csp}"
+        );
         assert!(!csp.contains("evil"), "{csp}");
     }
 
@@ -193,7 +201,10 @@ mod tests {
     fn if_none_match_is_compared_weakly_and_lists_are_split() {
         let etag = HeaderValue::from_static("\"abc\"");
         let mut h = HeaderMap::new();
-        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"x\", W/\"abc\""));
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"x\", W/\"abc\""),
+        );
         assert!(matches_etag(&h, &etag));
         h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"x\""));
         assert!(!matches_etag(&h, &etag));

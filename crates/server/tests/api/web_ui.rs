@@ -19,11 +19,17 @@ async fn the_shell_and_its_files_are_served_with_etags_and_a_strict_policy() {
     assert_eq!(index.status(), StatusCode::OK);
     assert_eq!(index.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
     assert_eq!(index.headers()[CACHE_CONTROL], "no-cache");
-    let csp = index.headers()[CONTENT_SECURITY_POLICY].to_str().unwrap().to_owned();
+    let csp = index.headers()[CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(csp.contains("default-src 'self'"), "{csp}");
     assert!(csp.contains("script-src 'self';"), "{csp}");
     let etag = index.headers()[ETAG].clone();
-    assert!(etag.to_str().unwrap().starts_with('"'), "a strong ETag: {etag:?}");
+    assert!(
+        etag.to_str().unwrap().starts_with('"'),
+        "a strong ETag: {etag:?}"
+    );
     let body = index.text().await.unwrap();
     assert!(body.contains("/ui/app.js"), "{body}");
 
@@ -67,7 +73,12 @@ async fn local_sign_in_is_offered_only_when_the_composition_root_allows_it() {
         .await
         .unwrap();
     assert_eq!(v["available"], false);
-    let r = app.http.post(app.url("/api/v1/auth/local")).send().await.unwrap();
+    let r = app
+        .http
+        .post(app.url("/api/v1/auth/local"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "local_sign_in_unavailable");
@@ -148,12 +159,7 @@ async fn local_sign_in_is_offered_only_when_the_composition_root_allows_it() {
 async fn the_parameter_ranges_are_the_servers_configured_ones() {
     let app = spawn_app().await;
     let user = app.user();
-    let v: Value = app
-        .get(&user, "/api/v1/params")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: Value = app.get(&user, "/api/v1/params").await.json().await.unwrap();
     let field = |name: &str| {
         v["fields"]
             .as_array()
@@ -174,9 +180,17 @@ async fn the_parameter_ranges_are_the_servers_configured_ones() {
         field("optimizer")["allowed"],
         serde_json::json!(["adamw", "adamw_8bit"])
     );
-    assert_eq!(field("target_modules")["allowed"].as_array().unwrap().len(), 17);
+    assert_eq!(
+        field("target_modules")["allowed"].as_array().unwrap().len(),
+        17
+    );
     assert_eq!(v["defaults"]["rank"], 8);
     assert_eq!(v["defaults"]["steps"], 1500);
-    let anonymous = app.http.get(app.url("/api/v1/params")).send().await.unwrap();
+    let anonymous = app
+        .http
+        .get(app.url("/api/v1/params"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
 }

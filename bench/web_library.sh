@@ -34,7 +34,7 @@ for v in $(env | grep -o '^LORAFORGE_[A-Z_]*'); do unset "$v"; done
 export LORAFORGE_LOG=warn
 
 "$bin" bench-seed --data-dir "$work/data" --count "$count" >/dev/null
-"$bin" serve --data-dir "$work/data" --bind 127.0.0.1:0 2>"$work/serve.log" &
+LORAFORGE_LOG=info "$bin" serve --data-dir "$work/data" --bind 127.0.0.1:0 2>"$work/serve.log" &
 pids+=($!)
 for _ in $(seq 200); do
     grep -q "loraforge listening" "$work/serve.log" && break

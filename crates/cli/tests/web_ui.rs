@@ -173,6 +173,14 @@ async fn a_person_signs_in_uploads_creates_watches_downloads_and_finds_a_lora() 
     );
     b.wait_text("#progress-text", "100%").await;
     b.find("#download-kohya").await;
+    // A finished LoRA offers no cancel, and nothing empty shows as "null".
+    let shown = b
+        .eval(
+            "return [getComputedStyle(document.querySelector('#cancel')).display, document.querySelector('main').innerText.includes('null')];",
+            vec![],
+        )
+        .await;
+    assert_eq!(shown, json!(["none", false]), "{shown}");
     b.screenshot(&screenshots().join("lora.png")).await;
 
     // The download link works: the same bytes as the stored file.

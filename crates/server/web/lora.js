@@ -35,7 +35,7 @@ export async function renderLora(main, { arg: id, me }) {
   main.replaceChildren(
     h('div', { class: 'head' }, h('h1', { id: 'lora-name' }, lora.name), statusBadge),
     h('p', { class: 'muted' }, `by ${creatorName(lora.creator)} · created ${fmtDate(lora.created_at)} · ${lora.usage_count} uses`),
-    lora.description ? h('p', {}, lora.description) : null,
+    lora.description ? h('p', {}, lora.description) : '',
     h('section', { class: 'card', 'aria-labelledby': 'st-h' }, h('h2', { id: 'st-h' }, 'Status'), progress, progressText, stages, errorBox,
       owner ? h('p', {}, cancel) : null),
     downloads, validation, attempts, samples, usage,
@@ -159,10 +159,10 @@ async function optionalSections(id, samples, usage, signal) {
       usage.hidden = false;
       const days = u.days || u.daily || u.items || [];
       usage.replaceChildren(h('h2', {}, 'Usage (30 days)'),
-        u.total != null ? h('p', {}, `${u.total} uses`) : null,
+        u.total != null ? h('p', {}, `${u.total} uses`) : '',
         Array.isArray(days) && days.length ? h('div', { class: 'scroll' }, h('table', {},
           h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Day'), h('th', { scope: 'col' }, 'Uses'))),
-          h('tbody', {}, days.map((d) => h('tr', {}, h('td', {}, d.day || d.date || ''), h('td', {}, d.count ?? d.uses ?? '')))))) : null);
+          h('tbody', {}, days.map((d) => h('tr', {}, h('td', {}, d.day || d.date || ''), h('td', {}, d.count ?? d.uses ?? '')))))) : '');
     }
   } catch { /* hidden */ }
 }

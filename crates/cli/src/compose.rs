@@ -100,7 +100,42 @@ pub fn server_settings(s: &Settings) -> ServerSettings {
         // Checked by `Settings::load`.
         monitors: s.monitor_settings().unwrap_or_default(),
         finish_mails: s.mailer().ok().flatten().is_some(),
+        ui: ui_settings(s),
         ..ServerSettings::default()
+    }
+}
+
+/// The local admin of the one-click sign-in (`/api/v1/auth/local`): one fixed id, so a person's
+/// LoRAs stay theirs across restarts; tokens for it are signed with this data dir's secret only.
+pub const LOCAL_ADMIN: uuid::Uuid = uuid::Uuid::from_u128(0x00000000_0000_4000_8000_10ca1ad00001);
+
+/// One-click local sign-in only on a loopback bind with a secret the service generated itself
+/// (a configured secret means someone else mints tokens: they decide who is admin); and the
+/// origins signed links point at (local files' public URL, an S3 endpoint) for the UI's CSP.
+fn ui_settings(s: &Settings) -> loraforge_server::UiSettings {
+    let local = s.bind.ip().is_loopback() && s.jwt_secret.is_none();
+    let origin = |u: &str| {
+        url::Url::parse(u)
+            .ok()
+            .map(|u| u.origin().ascii_serialization())
+            .filter(|o| o != "null")
+    };
+    let asset_origins = [
+        s.public_url().ok().map(|u| u.to_string()),
+        s.s3_endpoint.clone(),
+    ]
+    .iter()
+    .flatten()
+    .map(String::as_str)
+    .filter_map(origin)
+    .collect();
+    loraforge_server::UiSettings {
+        local_sign_in: local.then(|| loraforge_server::LocalSignIn {
+            user: loraforge_domain::UserId(LOCAL_ADMIN),
+            email: "admin@localhost".to_owned(),
+            ttl: Duration::from_secs(12 * 3600),
+        }),
+        asset_origins,
     }
 }
 

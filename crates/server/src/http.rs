@@ -65,9 +65,9 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: pause rather than spin.
                     tracing::warn!(error = %e, "accepting a connection failed");
@@ -90,13 +90,16 @@ pub async fn serve(
             let body_timeout = settings.body_timeout;
             hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let guard = activity.enter();
-                let req = req.map(|inner| {
+                let mut req = req.map(|inner| {
                     Body::new(TimeoutBody {
                         inner,
                         timeout: body_timeout,
                         sleep: None,
                     })
                 });
+                // Who connected: the one-click local sign-in answers loopback peers only.
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
                 let router = router.clone();
                 async move {
                     let resp = match router.oneshot(req).await {

@@ -50,6 +50,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use auth::{AuthUser, JwtKeys};
 pub use error::ApiError;
+pub use settings::{ClientWebhookSettings, HttpSettings, LocalSignIn, ServerSettings, UiSettings};
 pub use settings::{ClientWebhookSettings, HttpSettings, ModerationSettings, ServerSettings};
 pub use state::AppState;
 
@@ -57,9 +58,9 @@ use routes::credits as credit_routes;
 use routes::metrics as metrics_route;
 use routes::quotes as quote_routes;
 use routes::{
-    admin, admin_alerts, admin_archival, admin_backends, admin_costs, dataset_zip, datasets,
-    events, files, health, lora_models, me, me_notifications, names, references, samples,
-    selector_asset, webhooks, worker, worker_samples,
+    admin, admin_alerts, admin_archival, admin_backends, admin_costs, auth_local, dataset_zip,
+    datasets, events, files, health, lora_models, me, me_notifications, names, params, references,
+    samples, selector_asset, ui, webhooks, worker, worker_samples,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -184,6 +185,9 @@ fn routes(settings: &ServerSettings) -> RouteTable {
         .route(Method::GET, "/api/v1/me", me::me)
         .route(Method::PATCH, "/api/v1/me", me::patch)
         .route(Method::GET, "/api/v1/me/limits", me::limits)
+        .route(Method::GET, "/api/v1/params", params::params)
+        .route(Method::GET, "/api/v1/auth/local", auth_local::availability)
+        .route(Method::POST, "/api/v1/auth/local", auth_local::sign_in)
         .route(Method::GET, "/api/v1/me/credits", credit_routes::mine)
         .route(Method::POST, "/api/v1/quotes", quote_routes::create_quote)
         .route(
@@ -280,6 +284,10 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             webhooks::replicate,
         )
         .body_limit(webhooks::MAX_WEBHOOK_BYTES);
+    // The web UI (not API routes: `ui::UI_ROUTES`, left out of the OpenAPI document).
+    let web = RouteTable::default()
+        .route(Method::GET, "/", ui::index)
+        .route(Method::GET, "/ui/{file}", ui::file);
     RouteTable::default()
         .route(Method::GET, "/healthz", health::healthz)
         .route(Method::GET, "/readyz", health::readyz)
@@ -290,6 +298,7 @@ fn routes(settings: &ServerSettings) -> RouteTable {
         .merge(files)
         .merge(api)
         .merge(hooks)
+        .merge(web)
 }
 
 /// A router that keeps the list of what it serves: `route` registers the handler for exactly the

@@ -26,10 +26,10 @@ use loraforge_domain::params::{ListRule, Rule, Text};
 
 use crate::routes::lora_models::MAX_DESCRIPTION_CHARS;
 use crate::routes::{
-    admin, admin_alerts, admin_archival, admin_backends, admin_costs, admin_reports,
+    admin, admin_alerts, admin_archival, admin_backends, admin_costs, admin_reports, auth_local,
     client_webhooks, credits, dataset_zip, datasets, events, files, generation, health,
-    lora_models, lora_usage, me, me_notifications, metrics, names, quotes, references, reports,
-    samples, webhooks, worker, worker_samples,
+    lora_models, lora_usage, me, me_notifications, metrics, names, params, quotes, references,
+    reports, samples, webhooks, worker, worker_samples,
 };
 use crate::settings::ServerSettings;
 use crate::views;
@@ -62,6 +62,7 @@ use crate::views;
         admin_reports::dismiss,
         samples::create, samples::list, samples::get,
         worker_samples::job, worker_samples::result, worker_samples::failure,
+        params::params, auth_local::availability, auth_local::sign_in,
     ),
     components(schemas(
         samples::SampleBatchView, samples::SampleImageView, samples::SampleBatchList,
@@ -97,6 +98,7 @@ use crate::views;
         views::HiddenView, reports::ReportBody, reports::ReportView, admin_reports::AdminReportList,
         admin_reports::AdminReportView, admin_reports::ReportedLoraView, admin_reports::HideBody,
         admin_reports::ModerationView,
+        params::ParamsView, auth_local::LocalAvailability, auth_local::LocalToken,
     )),
     modifiers(&SecuritySchemes),
     tags(
@@ -317,11 +319,14 @@ mod tests {
     #[test]
     fn the_document_has_exactly_the_served_routes() {
         let settings = ServerSettings::default();
+        // The web UI's routes serve files, not the API: the one exception, listed in one place.
         let served: BTreeSet<(String, String)> = crate::served_routes(&settings)
             .into_iter()
-            // Exception: `/ui/…` are browser assets (the embeddable LoRA selector's script and
-            // its demo page), not API operations, so they are served but not documented.
-            .filter(|(_, p)| !p.starts_with("/ui/"))
+            // `/ui/…` (the UI's files, the selector's script and demo page) and `/` are browser
+            // assets, not API operations: served, not documented.
+            .filter(|(_, p)| {
+                !crate::routes::ui::UI_ROUTES.contains(&p.as_str()) && !p.starts_with("/ui/")
+            })
             .map(|(m, p)| (m.to_string(), p))
             .collect();
         let doc = doc_json(&settings);
@@ -355,8 +360,11 @@ mod tests {
                 .flat_map(|r| r.as_object().unwrap().keys().cloned())
                 .collect();
             // Signed in themselves: the dataset zip link (its query) and providers' webhooks.
+            // The local sign-in takes no token: a loopback peer on a loopback-bound service is
+            // its credential (`routes/auth_local.rs`).
             let signed = path == "/api/v1/worker/jobs/{id}/dataset.zip"
-                || path.starts_with("/api/v1/webhooks/");
+                || path.starts_with("/api/v1/webhooks/")
+                || path == "/api/v1/auth/local";
             let wanted = if signed {
                 vec![]
             } else if path.starts_with("/api/v1/worker/") {

@@ -31,5 +31,6 @@ mod selector_asset;
 mod supabase_tokens;
 mod text_input;
 mod url_intake;
+mod web_ui;
 mod webhooks;
 mod worker;

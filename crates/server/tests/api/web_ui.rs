@@ -1,0 +1,196 @@
+//! The web UI's files (`routes/ui.rs`), its one-click local sign-in (`routes/auth_local.rs`) and
+//! the parameter ranges its form reads (`routes/params.rs`).
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use serde_json::Value;
+
+use loraforge_domain::UserId;
+use loraforge_server::LocalSignIn;
+
+use crate::helpers::{Engine, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn the_shell_and_its_files_are_served_with_etags_and_a_strict_policy() {
+    let app = spawn_app().await;
+    let index = app.http.get(app.url("/")).send().await.unwrap();
+    assert_eq!(index.status(), StatusCode::OK);
+    assert_eq!(index.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
+    assert_eq!(index.headers()[CACHE_CONTROL], "no-cache");
+    let csp = index.headers()[CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    assert!(csp.contains("script-src 'self';"), "{csp}");
+    let etag = index.headers()[ETAG].clone();
+    assert!(
+        etag.to_str().unwrap().starts_with('"'),
+        "a strong ETag: {etag:?}"
+    );
+    let body = index.text().await.unwrap();
+    assert!(body.contains("/ui/app.js"), "{body}");
+
+    // Unchanged: 304 with the same ETag and no body.
+    let again = app
+        .http
+        .get(app.url("/"))
+        .header(IF_NONE_MATCH, etag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(again.headers()[ETAG], etag);
+    assert!(again.bytes().await.unwrap().is_empty());
+
+    let js = app.http.get(app.url("/ui/app.js")).send().await.unwrap();
+    assert_eq!(js.status(), StatusCode::OK);
+    assert_eq!(js.headers()[CONTENT_TYPE], "text/javascript; charset=utf-8");
+    assert!(js.headers().get(CONTENT_SECURITY_POLICY).is_none());
+    assert_ne!(js.headers()[ETAG], etag, "each file its own ETag");
+
+    for missing in ["/ui/nope.js", "/ui/..%2FCargo.toml", "/ui/"] {
+        let r = app.http.get(app.url(missing)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{missing}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "not_found", "{missing}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn local_sign_in_is_offered_only_when_the_composition_root_allows_it() {
+    // Off (a configured secret, or a non-loopback bind): not offered, and POST is a 404.
+    let app = spawn_app().await;
+    let v: Value = app
+        .http
+        .get(app.url("/api/v1/auth/local"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["available"], false);
+    let r = app
+        .http
+        .post(app.url("/api/v1/auth/local"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "local_sign_in_unavailable");
+
+    let admin = UserId(uuid::Uuid::from_u128(7));
+    let app = spawn_app_with(Engine::Sqlite, |s| {
+        s.ui.local_sign_in = Some(LocalSignIn {
+            user: admin,
+            email: "admin@localhost".into(),
+            ttl: Duration::from_secs(3600),
+        });
+    })
+    .await;
+    let v: Value = app
+        .http
+        .get(app.url("/api/v1/auth/local"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["available"], true);
+    // Another site's page in the same browser is a loopback peer too: refused.
+    let r = app
+        .http
+        .post(app.url("/api/v1/auth/local"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // A DNS name rebound to 127.0.0.1: not a loopback Host, not offered.
+    let r = app
+        .http
+        .post(app.url("/api/v1/auth/local"))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    let r = app
+        .http
+        .post(app.url("/api/v1/auth/local"))
+        .header("origin", app.base.clone())
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["user_id"], admin.0.to_string());
+    let token = v["token"].as_str().unwrap();
+    // The token is an admin's and works on the API.
+    let me: Value = app
+        .http
+        .get(app.url("/api/v1/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["id"], admin.0.to_string(), "{me}");
+    let backends = app
+        .http
+        .get(app.url("/api/v1/admin/backends"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(backends.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_parameter_ranges_are_the_servers_configured_ones() {
+    let app = spawn_app().await;
+    let user = app.user();
+    let v: Value = app.get(&user, "/api/v1/params").await.json().await.unwrap();
+    let field = |name: &str| {
+        v["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {v}"))
+            .clone()
+    };
+    // test_settings: min_steps 1, min_resolution 64.
+    assert_eq!(field("steps")["min"], 1);
+    assert_eq!(field("steps")["max"], 10_000);
+    assert_eq!(field("resolution")["min"], 64);
+    assert_eq!(field("resolution")["multiple_of"], 64);
+    assert_eq!(field("rank")["kind"], "int");
+    assert_eq!(field("learning_rate")["kind"], "float");
+    assert_eq!(
+        field("optimizer")["allowed"],
+        serde_json::json!(["adamw", "adamw_8bit"])
+    );
+    assert_eq!(
+        field("target_modules")["allowed"].as_array().unwrap().len(),
+        17
+    );
+    assert_eq!(v["defaults"]["rank"], 8);
+    assert_eq!(v["defaults"]["steps"], 1500);
+    let anonymous = app
+        .http
+        .get(app.url("/api/v1/params"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+}

@@ -1,0 +1,175 @@
+// One LoRA: status, live progress over SSE (no reload), stages, validation, attempts and cost
+// (owner), downloads, samples and usage (when those routes exist), cancel (owner).
+
+import { api, optional, streamEvents } from './api.js';
+import { h, badge, fmtDate, fmtDuration, fmtBytes, creatorName, errorBanner, toast, FINAL } from './dom.js';
+
+const STAGES = ['pending', 'queued', 'training', 'validating', 'completed'];
+
+export async function renderLora(main, { arg: id, me }) {
+  const ctrl = new AbortController();
+  main.replaceChildren(h('h1', {}, h('span', { class: 'muted' }, 'Loading…')));
+  let lora;
+  try {
+    lora = await api(`/api/v1/lora-models/${encodeURIComponent(id)}`, { signal: ctrl.signal });
+  } catch (e) {
+    main.replaceChildren(h('h1', {}, 'LoRA'), errorBanner(e), h('p', {}, h('a', { href: '#/library' }, 'Back to the library')));
+    return null;
+  }
+  const owner = me && lora.creator?.id === me.id;
+
+  const statusBadge = h('span', { id: 'lora-status' }, badge(lora.training_status));
+  const bar = h('div', {});
+  const progress = h('div', { class: 'progress', role: 'progressbar', id: 'progress', 'aria-label': 'Training progress',
+    'aria-valuemin': 0, 'aria-valuemax': 100 }, bar);
+  const progressText = h('p', { id: 'progress-text', class: 'muted' });
+  const stages = h('ol', { class: 'stages', 'aria-label': 'Stages' });
+  const errorBox = h('div', { id: 'lora-error' });
+  const cancel = h('button', { type: 'button', class: 'danger', id: 'cancel', hidden: true }, 'Cancel training');
+  const downloads = h('section', { id: 'downloads', 'aria-labelledby': 'dl-h' });
+  const validation = h('section', { id: 'validation' });
+  const attempts = h('section', { id: 'attempts' });
+  const samples = h('section', { id: 'samples', hidden: true });
+  const usage = h('section', { id: 'usage', hidden: true });
+
+  main.replaceChildren(
+    h('div', { class: 'head' }, h('h1', { id: 'lora-name' }, lora.name), statusBadge),
+    h('p', { class: 'muted' }, `by ${creatorName(lora.creator)} · created ${fmtDate(lora.created_at)} · ${lora.usage_count} uses`),
+    lora.description ? h('p', {}, lora.description) : '',
+    h('section', { class: 'card', 'aria-labelledby': 'st-h' }, h('h2', { id: 'st-h' }, 'Status'), progress, progressText, stages, errorBox,
+      owner ? h('p', {}, cancel) : null),
+    downloads, validation, attempts, samples, usage,
+    h('section', {}, h('h2', {}, 'Parameters'), facts(lora.params)));
+
+  function showStatus(s) {
+    statusBadge.replaceChildren(badge(s.training_status));
+    const pct = s.training_status === 'completed' ? 100 : (s.progress ?? 0);
+    bar.style.width = pct + '%';
+    progress.setAttribute('aria-valuenow', pct);
+    const parts = [`${pct}%`];
+    if (s.stage) parts.push(s.stage);
+    if (s.estimated_remaining != null && !FINAL.has(s.training_status)) parts.push(`about ${fmtDuration(s.estimated_remaining)} left`);
+    if (s.status_message) parts.push(s.status_message);
+    progressText.textContent = parts.join(' · ');
+    const at = STAGES.indexOf(s.training_status);
+    stages.replaceChildren(...STAGES.map((st, i) => h('li', {
+      class: st === s.training_status ? 'now' : (at > i || s.training_status === 'completed' ? 'done' : ''),
+      'aria-current': st === s.training_status ? 'step' : null }, st)));
+    if (s.training_status === 'failed' || s.training_status === 'cancelled') {
+      stages.append(h('li', { class: 'now' }, s.training_status));
+    }
+    errorBox.replaceChildren(s.error ? h('div', { class: 'banner', role: 'alert' }, s.error) : '');
+    cancel.hidden = !owner || FINAL.has(s.training_status);
+  }
+
+  function showDetails(l) {
+    showStatus(l);
+    downloads.replaceChildren();
+    if (l.download_url || l.kohya_download_url) {
+      downloads.append(h('h2', { id: 'dl-h' }, 'Download'), h('p', { class: 'row' },
+        l.download_url ? h('a', { class: 'button', id: 'download-diffusers', href: l.download_url, download: `${l.name}.safetensors` }, 'Diffusers / PEFT') : null,
+        l.kohya_download_url ? h('a', { class: 'button secondary', id: 'download-kohya', href: l.kohya_download_url, download: `${l.name}-kohya.safetensors` }, 'kohya (ComfyUI, A1111)') : null),
+        h('p', { class: 'muted' }, `${fmtBytes(l.file_size)}${l.download_url_expires_at ? ' · links valid until ' + fmtDate(l.download_url_expires_at) : ''}`));
+    }
+    validation.replaceChildren();
+    const v = l.validation || {};
+    if (v.passed != null || v.image_urls?.length) {
+      validation.append(h('h2', {}, 'Validation'),
+        h('p', { id: 'validation-result' }, v.passed == null ? 'Waiting for review.' : v.passed ? 'Passed.' : 'Did not pass.'),
+        h('div', { class: 'grid' }, (v.image_urls || []).map((u, i) =>
+          h('img', { class: 'thumb', src: u, alt: `Validation image ${i + 1}`, width: 256, height: 256, loading: 'lazy' }))));
+    }
+    attempts.replaceChildren();
+    if (owner && l.attempts?.length) {
+      attempts.append(h('h2', {}, 'Attempts and cost'),
+        h('p', {}, `Training cost: ${l.training_cost?.display ?? '—'}`),
+        h('div', { class: 'scroll' }, h('table', {},
+          h('thead', {}, h('tr', {}, ['#', 'Backend', 'GPU', 'Started', 'Ended', 'Outcome', 'Cost'].map((t) => h('th', { scope: 'col' }, t)))),
+          h('tbody', {}, l.attempts.map((a) => h('tr', {},
+            h('td', {}, a.attempt), h('td', {}, a.backend), h('td', {}, a.gpu_type || ''),
+            h('td', {}, fmtDate(a.started_at)), h('td', {}, fmtDate(a.ended_at)),
+            h('td', {}, a.outcome || 'running', a.message ? h('div', { class: 'muted' }, a.message) : ''),
+            h('td', {}, a.cost?.display || '')))))));
+    }
+  }
+
+  showDetails(lora);
+  optionalSections(id, samples, usage, ctrl.signal);
+
+  cancel.addEventListener('click', async () => {
+    if (!confirm(`Cancel training "${lora.name}"?`)) return;
+    cancel.disabled = true;
+    try {
+      showStatus(await api(`/api/v1/lora-models/${id}/cancel`, { method: 'POST' }));
+      toast('Cancelled.');
+    } catch (e) { errorBox.replaceChildren(errorBanner(e)); }
+    cancel.disabled = false;
+  });
+
+  if (!FINAL.has(lora.training_status)) follow(id, ctrl.signal, showStatus, showDetails);
+  return () => ctrl.abort();
+}
+
+/** Follows the event stream; each event refreshes the status, a final one the details too. */
+async function follow(id, signal, showStatus, showDetails) {
+  let last = null;
+  let refreshing = null;
+  const refresh = async (final) => {
+    if (final) { showDetails(await api(`/api/v1/lora-models/${id}`, { signal })); return true; }
+    const s = await api(`/api/v1/lora-models/${id}/status`, { signal });
+    showStatus(s);
+    if (FINAL.has(s.training_status)) showDetails(await api(`/api/v1/lora-models/${id}`, { signal }));
+    return FINAL.has(s.training_status);
+  };
+  for (let tries = 0; !signal.aborted && tries < 50; tries++) {
+    let ended = false;
+    try {
+      await streamEvents(`/api/v1/lora-models/${id}/events`, { signal, lastEventId: last, onEvent: (ev) => {
+        last = ev.id || last;
+        const final = ev.event === 'status' && FINAL.has(ev.data?.training_status);
+        if (final) ended = true;
+        // One refresh at a time; a burst of progress events coalesces into the next one.
+        refreshing = (refreshing || Promise.resolve()).then(() => refresh(final)).catch(() => {});
+      } });
+      await refreshing;
+      if (ended || await refresh(false)) return;
+    } catch (e) {
+      if (signal.aborted) return;
+      if (e.status && e.status < 500) return;
+    }
+    // The stream dropped (a restart, a proxy): wait a moment and resume after the last event.
+    await new Promise((r) => setTimeout(r, Math.min(1000 * (tries + 1), 10000)));
+  }
+}
+
+async function optionalSections(id, samples, usage, signal) {
+  try {
+    const s = await optional(`/api/v1/lora-models/${id}/samples`, { signal });
+    const items = s && (Array.isArray(s) ? s : s.samples || s.items || []);
+    if (items) {
+      samples.hidden = false;
+      samples.replaceChildren(h('h2', {}, 'Samples'), items.length ? h('div', { class: 'grid' }, items.map((it, i) =>
+        h('figure', { class: 'sample' }, h('img', { class: 'thumb', src: it.url || it.image_url, alt: it.prompt || `Sample ${i + 1}`, width: 256, height: 256, loading: 'lazy' }),
+          it.prompt ? h('figcaption', { class: 'muted' }, it.prompt) : null))) : h('p', { class: 'muted' }, 'No samples yet.'));
+    }
+  } catch { /* the section stays hidden */ }
+  try {
+    const u = await optional(`/api/v1/lora-models/${id}/usage?days=30`, { signal });
+    if (u) {
+      usage.hidden = false;
+      const days = u.days || u.daily || u.items || [];
+      usage.replaceChildren(h('h2', {}, 'Usage (30 days)'),
+        u.total != null ? h('p', {}, `${u.total} uses`) : '',
+        Array.isArray(days) && days.length ? h('div', { class: 'scroll' }, h('table', {},
+          h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Day'), h('th', { scope: 'col' }, 'Uses'))),
+          h('tbody', {}, days.map((d) => h('tr', {}, h('td', {}, d.day || d.date || ''), h('td', {}, d.count ?? d.uses ?? '')))))) : '');
+    }
+  } catch { /* hidden */ }
+}
+
+function facts(params) {
+  if (!params) return '';
+  return h('dl', { class: 'facts' }, Object.entries(params).flatMap(([k, v]) =>
+    [h('dt', {}, k), h('dd', {}, Array.isArray(v) ? v.join(', ') : String(v))]));
+}
+

@@ -50,8 +50,10 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use auth::{AuthUser, JwtKeys};
 pub use error::ApiError;
-pub use settings::{ClientWebhookSettings, HttpSettings, LocalSignIn, ServerSettings, UiSettings};
-pub use settings::{ClientWebhookSettings, HttpSettings, ModerationSettings, ServerSettings};
+pub use settings::{
+    ClientWebhookSettings, HttpSettings, LocalSignIn, ModerationSettings, ServerSettings,
+    UiSettings,
+};
 pub use state::AppState;
 
 use routes::credits as credit_routes;

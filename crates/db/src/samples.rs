@@ -91,7 +91,7 @@ pub struct SampleBatch {
 /// What [`SampleStore::insert_sample_batch`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BatchInsert {
-    Inserted(SampleBatch),
+    Inserted(Box<SampleBatch>),
     /// The owner already has `open` batches queued or rendering (nothing inserted).
     TooManyOpen {
         open: u32,

@@ -182,7 +182,7 @@ pub fn default_seed(batch: SampleBatchId, index: usize) -> u64 {
 
 fn side(field: &'static str, value: Option<u32>) -> Result<u32, SampleError> {
     let v = value.unwrap_or(DEFAULT_SIDE);
-    if !(MIN_SIDE..=MAX_SIDE).contains(&v) || v % SIDE_MULTIPLE != 0 {
+    if !(MIN_SIDE..=MAX_SIDE).contains(&v) || !v.is_multiple_of(SIDE_MULTIPLE) {
         return Err(SampleError::Side { field, value: v });
     }
     Ok(v)

@@ -150,7 +150,7 @@ impl SampleStore for SqliteRepository {
             .sample_batch(batch.id)
             .await?
             .ok_or(crate::DbError::NotFound)?;
-        Ok(BatchInsert::Inserted(inserted))
+        Ok(BatchInsert::Inserted(Box::new(inserted)))
     }
 
     async fn sample_batch(&self, id: SampleBatchId) -> Result<Option<SampleBatch>> {

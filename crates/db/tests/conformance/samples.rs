@@ -50,7 +50,7 @@ async fn lora(repo: &Repo) -> (UserId, LoraId) {
 
 fn inserted(r: BatchInsert) -> loraforge_db::SampleBatch {
     match r {
-        BatchInsert::Inserted(b) => b,
+        BatchInsert::Inserted(b) => *b,
         other => panic!("not inserted: {other:?}"),
     }
 }

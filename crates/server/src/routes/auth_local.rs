@@ -113,10 +113,11 @@ fn host_is_loopback(parts: &Parts) -> bool {
 /// and `Origin` (when sent) is this very host.
 fn same_origin(parts: &Parts) -> bool {
     let text = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(site) = text("sec-fetch-site") {
-        if site != "same-origin" && site != "none" {
-            return false;
-        }
+    if let Some(site) = text("sec-fetch-site")
+        && site != "same-origin"
+        && site != "none"
+    {
+        return false;
     }
     match (text("origin"), text("host")) {
         (None, _) => true,

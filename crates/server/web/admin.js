@@ -86,11 +86,21 @@ async function loadBackends(box) {
 
 async function loadReports(box) {
   let r;
-  try { r = await optional('/api/v1/admin/reports'); } catch { return; }
+  try { r = await optional('/api/v1/admin/reports?status=open'); } catch { return; }
   if (!r) return;
-  const items = Array.isArray(r) ? r : r.reports || r.items || [];
+  // {items: [{report: {id, reason, details, …}, lora: {id, name, creator, hidden, open_reports}}]}
+  const items = r.items || [];
   box.hidden = false;
-  box.replaceChildren(h('h2', { id: 'rp-h' }, 'Reports'), items.length ? h('ul', {}, items.map((it) =>
-    h('li', {}, it.lora_id ? h('a', { href: `#/loras/${it.lora_id}` }, it.lora_name || it.lora_id) : '', ' ', it.reason || it.message || JSON.stringify(it)))) :
-    h('p', { class: 'muted' }, 'No reports.'));
+  box.replaceChildren(h('h2', { id: 'rp-h' }, `Open reports (${r.total ?? items.length})`), items.length ? h('ul', { class: 'reports' }, items.map(({ report, lora }) => {
+    const actions = h('span', { class: 'actions' });
+    const act = (label, path, json) => h('button', { type: 'button', onclick: async () => {
+      try { await api(path, { method: 'POST', ...(json ? { json } : {}) }); actions.replaceChildren(h('span', { class: 'muted' }, `${label}: done`)); }
+      catch (e) { toast(e.message); }
+    } }, label);
+    actions.append(
+      lora.hidden ? h('span', { class: 'muted' }, 'hidden') : act('Hide', `/api/v1/admin/lora-models/${lora.id}/hide`, { reason: `Reported: ${report.reason}` }),
+      ' ', act('Dismiss', `/api/v1/admin/reports/${report.id}/dismiss`));
+    return h('li', {}, h('a', { href: `#/loras/${lora.id}` }, `${lora.name} (by ${creatorName(lora.creator)})`), ' — ',
+      report.reason, report.details ? `: ${report.details}` : '', ` · ${lora.open_reports} open · ${fmtDate(report.created_at)} `, actions);
+  })) : h('p', { class: 'muted' }, 'No open reports.'));
 }

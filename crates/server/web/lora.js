@@ -38,8 +38,13 @@ export async function renderLora(main, { arg: id, me }) {
     lora.description ? h('p', {}, lora.description) : '',
     h('section', { class: 'card', 'aria-labelledby': 'st-h' }, h('h2', { id: 'st-h' }, 'Status'), progress, progressText, stages, errorBox,
       owner ? h('p', {}, cancel) : null),
-    downloads, validation, attempts, samples, usage,
-    h('section', {}, h('h2', {}, 'Parameters'), facts(lora.params)));
+    lora.hidden ? h('p', { class: 'banner', role: 'note', id: 'hidden-note' },
+      `Hidden from the library by an admin since ${fmtDate(lora.hidden.at)}: ${lora.hidden.reason}`) : '',
+    downloads, validation, attempts, samples,
+    lora.training_status === 'completed' ? tryIt(id, samples, ctrl.signal) : '',
+    usage,
+    h('section', {}, h('h2', {}, 'Parameters'), facts(lora.params)),
+    owner ? '' : reportForm(id));
 
   function showStatus(s) {
     statusBadge.replaceChildren(badge(s.training_status));
@@ -142,27 +147,71 @@ async function follow(id, signal, showStatus, showDetails) {
   }
 }
 
+/** "Try it": render sample images with this LoRA (POST …/samples); the section refreshes. */
+function tryIt(id, samples, signal) {
+  const prompt = h('input', { id: 'sample-prompt', required: true, maxlength: 1000, placeholder: 'a portrait in the rain' });
+  const out = h('p', { class: 'muted', role: 'status' });
+  const form = h('form', { class: 'card', 'aria-labelledby': 'try-h' }, h('h2', { id: 'try-h' }, 'Try it'),
+    h('label', { for: 'sample-prompt' }, 'Prompt'), prompt, h('button', { type: 'submit' }, 'Render a sample'), out);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    try {
+      await api(`/api/v1/lora-models/${id}/samples`, { method: 'POST', json: { prompts: [{ prompt: prompt.value }] } });
+      out.textContent = 'Queued: it renders on a training GPU; the Samples section shows it when done.';
+      optionalSections(id, samples, null, signal);
+    } catch (e) { out.replaceChildren(errorBanner(e)); }
+  });
+  return form;
+}
+
+const REPORT_REASONS = ['sexual_content', 'minor', 'violence', 'hate', 'impersonation', 'copyright', 'spam', 'other'];
+
+/** Report this LoRA to the admins (POST …/reports). */
+function reportForm(id) {
+  const reason = h('select', { id: 'report-reason' }, REPORT_REASONS.map((r) => h('option', { value: r }, r.replace('_', ' '))));
+  const details = h('textarea', { id: 'report-details', maxlength: 1000, rows: 2 });
+  const out = h('p', { role: 'status' });
+  const form = h('form', {}, h('label', { for: 'report-reason' }, 'Reason'), reason,
+    h('label', { for: 'report-details' }, 'Details (required for "other")'), details,
+    h('button', { type: 'submit', class: 'secondary' }, 'Send report'), out);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    try {
+      await api(`/api/v1/lora-models/${id}/reports`, { method: 'POST',
+        json: { reason: reason.value, ...(details.value.trim() ? { details: details.value } : {}) } });
+      out.textContent = 'Thank you: the admins will look at it.';
+    } catch (e) { out.replaceChildren(errorBanner(e)); }
+  });
+  return h('details', { id: 'report' }, h('summary', {}, 'Report this LoRA'), form);
+}
+
 async function optionalSections(id, samples, usage, signal) {
   try {
     const s = await optional(`/api/v1/lora-models/${id}/samples`, { signal });
-    const items = s && (Array.isArray(s) ? s : s.samples || s.items || []);
-    if (items) {
+    // {batches: [{status, images: [{prompt, url, …}]}]}: images of finished batches carry links.
+    const batches = s && Array.isArray(s.batches) ? s.batches : null;
+    if (batches) {
+      const items = batches.flatMap((b) => (b.images || []).filter((i) => i.url));
+      const open = batches.filter((b) => b.status === 'queued' || b.status === 'rendering').length;
       samples.hidden = false;
-      samples.replaceChildren(h('h2', {}, 'Samples'), items.length ? h('div', { class: 'grid' }, items.map((it, i) =>
+      samples.replaceChildren(h('h2', {}, 'Samples'),
+        open ? h('p', { class: 'muted', role: 'status' }, `${open} sample batch${open > 1 ? 'es' : ''} rendering…`) : '',
+        items.length ? h('div', { class: 'grid' }, items.map((it, i) =>
         h('figure', { class: 'sample' }, h('img', { class: 'thumb', src: it.url || it.image_url, alt: it.prompt || `Sample ${i + 1}`, width: 256, height: 256, loading: 'lazy' }),
           it.prompt ? h('figcaption', { class: 'muted' }, it.prompt) : null))) : h('p', { class: 'muted' }, 'No samples yet.'));
     }
   } catch { /* the section stays hidden */ }
+  if (!usage) return;
   try {
     const u = await optional(`/api/v1/lora-models/${id}/usage?days=30`, { signal });
     if (u) {
       usage.hidden = false;
-      const days = u.days || u.daily || u.items || [];
+      const days = (u.by_day || []).filter((d) => d.uses > 0);
       usage.replaceChildren(h('h2', {}, 'Usage (30 days)'),
         u.total != null ? h('p', {}, `${u.total} uses`) : '',
         Array.isArray(days) && days.length ? h('div', { class: 'scroll' }, h('table', {},
           h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Day'), h('th', { scope: 'col' }, 'Uses'))),
-          h('tbody', {}, days.map((d) => h('tr', {}, h('td', {}, d.day || d.date || ''), h('td', {}, d.count ?? d.uses ?? '')))))) : '');
+          h('tbody', {}, days.map((d) => h('tr', {}, h('td', {}, d.day), h('td', {}, String(d.uses))))))) : '');
     }
   } catch { /* hidden */ }
 }

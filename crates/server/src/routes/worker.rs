@@ -531,20 +531,9 @@ pub async fn failure(
 ) -> ApiResult<Json<ReportAnswer>> {
     let body = json_body(body)?;
     check_attempt(&auth, body.attempt)?;
-    if !outcome::is_valid_code(&body.code) || body.code == "trained" {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            "`code` must be an outcome code of docs/worker-protocol.md (1–64 of a-z, 0-9 and _), not `trained`",
-        ));
-    }
+    let reason = failure_reason(&body.code, body.reason.as_deref())?;
     let lora = own_lora(&state, &auth, &id).await?;
     let run = attempt_run(&state, &lora, auth.attempt).await?;
-    let reason: Option<String> = body.reason.as_deref().map(|r| {
-        r.chars()
-            .filter(|c| !c.is_control())
-            .take(MAX_REASON)
-            .collect()
-    });
     let facts = serde_json::json!({ "retryable": body.retryable });
     let recorded = state
         .repo()
@@ -562,5 +551,23 @@ pub async fn failure(
         recorded,
         status: lora.status,
         error: lora.error,
+    }))
+}
+
+/// A failure report's `code` (an outcome code of docs/worker-protocol.md, not `trained`) and its
+/// reason for people, without control characters and at most `MAX_REASON` characters. Training
+/// and sample workers report failures with the same two fields.
+pub(crate) fn failure_reason(code: &str, reason: Option<&str>) -> ApiResult<Option<String>> {
+    if !outcome::is_valid_code(code) || code == "trained" {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "`code` must be an outcome code of docs/worker-protocol.md (1–64 of a-z, 0-9 and _), not `trained`",
+        ));
+    }
+    Ok(reason.map(|r| {
+        r.chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_REASON)
+            .collect()
     }))
 }

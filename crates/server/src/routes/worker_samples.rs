@@ -11,18 +11,16 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
 use loraforge_db::SampleBatch;
+use loraforge_domain::SampleBatchId;
 use loraforge_domain::sample_wire::{
     SampleFailure, SampleJob, SampleReportAnswer, SampleResult, SampleTrainerImage, SampleUpload,
 };
 use loraforge_domain::samples::{SampleSpec, SampleStatus, failure_is_retryable};
-use loraforge_domain::{SampleBatchId, outcome};
 
 use crate::auth::SampleWorkerAuth;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::views::ErrorBody;
-
-const MAX_REASON: usize = 2000;
 
 /// The token's batch, rendering the token's attempt.
 async fn own_batch(state: &AppState, auth: &SampleWorkerAuth, id: &str) -> ApiResult<SampleBatch> {
@@ -196,19 +194,8 @@ pub async fn failure(
 ) -> ApiResult<Json<SampleReportAnswer>> {
     let body = json_body(body)?;
     check_attempt(&auth, body.attempt)?;
-    if !outcome::is_valid_code(&body.code) || body.code == "trained" {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            "`code` must be an outcome code of docs/worker-protocol.md, not `trained`",
-        ));
-    }
+    let detail = crate::routes::worker::failure_reason(&body.code, body.reason.as_deref())?;
     let b = own_batch(&state, &auth, &id).await?;
-    let detail: Option<String> = body.reason.as_deref().map(|r| {
-        r.chars()
-            .filter(|c| !c.is_control())
-            .take(MAX_REASON)
-            .collect()
-    });
     let reason = match detail {
         Some(d) if !d.is_empty() => format!("{}: {d}", body.code),
         _ => body.code.clone(),

@@ -102,6 +102,8 @@ async fn samples_render_with_the_trained_lora_and_failures_are_retried_then_fail
     );
 
     // The sampler fails every time: 3 attempts, then failed with the trainer's reason.
+    // The first service must be gone, or its engine (without the variable) takes the retries.
+    svc.kill_9();
     svc.env
         .push(("LORAFORGE_WORKER_DEBUG_FAIL_SAMPLES".into(), "1".into()));
     svc.restart();

@@ -85,8 +85,13 @@ impl Service {
         s
     }
 
-    /// (Re)starts the process on a new port with the same data dir.
+    /// (Re)starts the process (on `bind`) with the same data dir; stop the running one first
+    /// (`kill_9`), or two engines would share the database.
     pub fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "the service is still running: stop it (kill_9) before restart"
+        );
         let n = std::fs::read_dir(&self.dir).unwrap().filter(|e| {
             e.as_ref()
                 .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("serve-"))

@@ -149,7 +149,8 @@ fn request_error(e: &body::BodyError) -> ApiError {
         (status = 400, description = "invalid_json, invalid_request, invalid_prompt_count, invalid_prompt, invalid_seed, invalid_scale, invalid_size or invalid_steps", body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "not_completed: the LoRA has no trained file yet", body = ErrorBody),
-        (status = 429, description = "too_many_sample_batches: the caller already has 2 batches queued or rendering", body = ErrorBody)))]
+        (status = 429, description = "too_many_sample_batches: the caller already has 2 batches queued or rendering", body = ErrorBody),
+        (status = 413, description = "payload_too_large", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     user: AuthUser,

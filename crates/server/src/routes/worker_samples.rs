@@ -141,7 +141,8 @@ pub async fn job(
     security(("worker" = [])), params(("id" = uuid::Uuid, Path, description = "the sample batch id")),
     responses((status = 200, body = SampleReportAnswer), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, description = "job_not_active", body = ErrorBody),
-        (status = 422, description = "missing_upload: an image is not in the store", body = ErrorBody)))]
+        (status = 422, description = "missing_upload: an image is not in the store", body = ErrorBody),
+        (status = 413, description = "payload_too_large", body = ErrorBody)))]
 pub async fn result(
     State(state): State<AppState>,
     auth: SampleWorkerAuth,
@@ -185,7 +186,8 @@ pub async fn result(
 #[utoipa::path(post, path = "/api/v1/worker/samples/{id}/failure", tag = "worker", request_body = SampleFailure,
     security(("worker" = [])), params(("id" = uuid::Uuid, Path, description = "the sample batch id")),
     responses((status = 200, body = SampleReportAnswer), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, description = "job_not_active", body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 409, description = "job_not_active", body = ErrorBody),
+        (status = 413, description = "payload_too_large", body = ErrorBody)))]
 pub async fn failure(
     State(state): State<AppState>,
     auth: SampleWorkerAuth,

@@ -12,27 +12,35 @@
 //! - nothing is ever deleted from `lora_models`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use faults::{FaultPoint, Faults};
 pub use ledger::LedgerStore;
-use loraforge_domain::breaker::{Breaker, BreakerEvent, BreakerRules, BreakerState};
+pub use library::{LibraryRow, LoraQuery, Page, SEARCH_TOTAL_CAP};
+use loraforge_domain::breaker::{BreakerEvent, BreakerRules};
 use loraforge_domain::{
     DailyWindow, Dataset, DatasetId, DatasetQuota, DatasetUsage, LoraId, LoraModel, LoraName,
-    LoraSort, LoraSummary, MicroUsd, MonthlyWindow, Progress, QuotaExceeded, RunId, StatusEvent,
+    LoraSummary, MicroUsd, MonthlyWindow, Progress, QuotaExceeded, RunId, StatusEvent,
     TrainingParams, TrainingRun, TrainingStatus, TransitionError, UserId,
+};
+pub use runs::{
+    Alert, BreakerStatus, BreakerStep, BreakerTransition, ClaimedJob, ExpiredLease, JobClaim,
+    NewRun, OpenRun, PublishVerdict, RunningJob, Settle, StartDue,
 };
 
 pub mod alerts;
 pub mod archival;
 mod common;
 pub mod credits;
+mod faults;
 pub mod ledger;
+mod library;
 pub mod metrics;
 pub mod moderation;
+mod runs;
 pub use metrics::{MetricsStore, OpsSnapshot, RunTotals, SeededRuns};
 pub mod finish_mails;
 pub mod handoff;
@@ -138,76 +146,6 @@ impl DbError {
     }
 }
 
-/// Places where tests can make the repository fail on purpose (meilisearch-style failure
-/// injection). Each armed point fires once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultPoint {
-    /// The monthly-limit count inside `create_lora`; the create must fail open.
-    MonthlyCount,
-    /// Recording a run's outcome (`record_run_outcome`), e.g. the worker's result.
-    RunOutcome,
-    /// Settling a run (`settle_run`): a requeue, a failure or the publish of a trained LoRA.
-    Settle,
-    /// Recording that a run's instance is gone (`record_instance_gone`), with its cost.
-    InstanceGone,
-}
-
-impl FaultPoint {
-    pub const ALL: [FaultPoint; 4] = [
-        FaultPoint::MonthlyCount,
-        FaultPoint::RunOutcome,
-        FaultPoint::Settle,
-        FaultPoint::InstanceGone,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FaultPoint::MonthlyCount => "monthly_count",
-            FaultPoint::RunOutcome => "run_outcome",
-            FaultPoint::Settle => "settle",
-            FaultPoint::InstanceGone => "instance_gone",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<FaultPoint> {
-        FaultPoint::ALL.into_iter().find(|p| p.as_str() == s)
-    }
-
-    fn index(self) -> usize {
-        FaultPoint::ALL
-            .iter()
-            .position(|p| *p == self)
-            .expect("listed")
-    }
-}
-
-/// Armed fault points; each arming makes the point fail once.
-#[derive(Debug, Default)]
-pub struct Faults {
-    armed: [std::sync::atomic::AtomicU32; 4],
-}
-
-impl Faults {
-    /// Makes `point` fail once more.
-    pub fn arm(&self, point: FaultPoint) {
-        self.armed[point.index()].fetch_add(1, Ordering::SeqCst);
-    }
-    /// True once per arming of `point`.
-    pub fn fire(&self, point: FaultPoint) -> bool {
-        self.armed[point.index()]
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-    }
-    /// `Err(Injected)` once per arming of `point`.
-    pub fn check(&self, point: FaultPoint) -> Result<()> {
-        if self.fire(point) {
-            Err(DbError::Injected(point))
-        } else {
-            Ok(())
-        }
-    }
-}
-
 /// A new LoRA and its training job, as the API hands it to the repository.
 #[derive(Debug, Clone)]
 pub struct NewLora {
@@ -261,41 +199,6 @@ impl CreateOutcome {
             CreateOutcome::Created(l) | CreateOutcome::Replayed(l) => l,
         }
     }
-}
-
-/// A library query. `search` matches words in name and description by prefix,
-/// case-insensitively ("cyber" finds "Cyberpunk Girl"); every word must match.
-#[derive(Debug, Clone, Default)]
-pub struct LoraQuery {
-    pub status: Option<TrainingStatus>,
-    pub search: Option<String>,
-    pub creator: Option<UserId>,
-    pub sort: LoraSort,
-    pub limit: u32,
-    pub offset: u64,
-    /// Only LoRAs made for this character.
-    pub character_id: Option<String>,
-    /// Only LoRAs this generation job asked for.
-    pub triggered_by_job_id: Option<String>,
-    /// Also list LoRAs an admin hid (an admin's listing, an owner's own); `false` (the default,
-    /// the public library): hidden LoRAs are left out of the rows and the total.
-    pub include_hidden: bool,
-}
-
-/// A search counts its matches exactly only up to this many (as GitHub's and Elasticsearch's
-/// search APIs do); past it, [`Page::total`] is this number and [`Page::total_exact`] is false.
-/// A two-letter prefix matches tens of thousands of LoRAs, and counting them all cost more than
-/// the page (docs/performance.md, issue 9). Pages past the cap are still served, found by
-/// sorting every match: slower, but correct.
-pub const SEARCH_TOTAL_CAP: u64 = 1_000;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    /// Every match, or [`SEARCH_TOTAL_CAP`] when a search matches more (then `total_exact` is
-    /// false and `total` is a lower bound).
-    pub total: u64,
-    pub total_exact: bool,
 }
 
 /// Extra facts recorded with a status change.
@@ -377,178 +280,6 @@ pub struct SweptDatasets {
     pub deleted: Vec<DatasetId>,
     /// Datasets whose images were removed (their LoRAs finished long enough ago).
     pub images_removed: Vec<DatasetId>,
-}
-
-/// A job handed to a worker by [`Repository::claim_next_job`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClaimedJob {
-    pub lora: LoraModel,
-    pub worker: String,
-    pub lease_until: DateTime<Utc>,
-    /// 1 on the first run, 2 after one requeue, …
-    pub attempt: u32,
-}
-
-/// A run whose instance is not confirmed gone ([`Repository::open_runs`]), with what the engine
-/// needs to know of its job.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OpenRun {
-    pub run: TrainingRun,
-    pub job_status: TrainingStatus,
-    /// The run is its job's current run (a requeue or a newer run makes it stale).
-    pub current: bool,
-    /// The engine holding the job's lease, if leased.
-    pub job_worker: Option<String>,
-    /// Runs of the job that failed through their own fault so far.
-    pub job_failures: u32,
-    /// The job's latest attempt number (every run counts).
-    pub job_attempt: u32,
-}
-
-/// An operator alert ([`Repository::record_alert`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Alert {
-    pub id: i64,
-    /// e.g. `orphan_instance`.
-    pub kind: String,
-    /// What it is about (an instance, a LoRA).
-    pub subject: String,
-    pub message: String,
-    pub created_at: DateTime<Utc>,
-}
-
-/// A run a backend accepted, for [`Repository::insert_run`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewRun {
-    pub id: RunId,
-    pub lora_id: LoraId,
-    pub attempt: u32,
-    pub backend: String,
-    /// Why the router chose `backend` (shown with the run).
-    pub route_reason: Option<String>,
-    pub engine: String,
-    pub instance_name: String,
-    pub provider_id: String,
-    pub gpu_type: Option<String>,
-    pub price_per_hour: Option<MicroUsd>,
-    pub created_at: DateTime<Utc>,
-    pub started_at: DateTime<Utc>,
-}
-
-/// What the job does about a run's outcome ([`Repository::settle_run`]).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Settle {
-    /// Back to the queue; `counted`: the run's failure uses up one of the job's attempts.
-    Requeue { counted: bool, reason: String },
-    /// The job fails.
-    Fail { reason: String },
-    /// The trained files passed their check: `validating`, then the verdict, in one commit.
-    Publish {
-        files: TrainedFiles,
-        verdict: PublishVerdict,
-    },
-    /// The trained file failed its check: `failed`, with the files recorded.
-    Reject { files: TrainedFiles, reason: String },
-    /// The job already moved on: only mark the run settled.
-    Nothing,
-}
-
-/// The quality verdict a publish applies.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PublishVerdict {
-    Complete,
-    Fail(String),
-    /// Waits in `validating` for an admin's review (stage `awaiting_review`).
-    Review,
-}
-
-/// The current claim on a job ([`Repository::job_claim`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobClaim {
-    /// The engine holding the lease; `None` while queued.
-    pub worker: Option<String>,
-    pub attempt: u32,
-    pub lease_until: Option<DateTime<Utc>>,
-    /// The newest checkpoint in the blob store: its key and step.
-    pub checkpoint: Option<(String, u64)>,
-}
-
-/// A job in `training` whose lease has ended ([`Repository::expired_leases`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExpiredLease {
-    pub lora_id: LoraId,
-    pub attempt: u32,
-    pub lease_until: DateTime<Utc>,
-}
-
-/// A job in `training` longer than some cutoff ([`Repository::jobs_running_longer_than`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunningJob {
-    pub lora_id: LoraId,
-    pub started_at: DateTime<Utc>,
-    pub attempt: u32,
-}
-
-/// A backend's circuit breaker with its provider-side failures in the window
-/// ([`Repository::breakers`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BreakerStatus {
-    pub breaker: Breaker,
-    /// Failures within the rules' window since the breaker last closed.
-    pub failures_in_window: u32,
-}
-
-/// What [`Repository::step_breaker`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BreakerStep {
-    /// The breaker after the event.
-    pub breaker: Breaker,
-    /// The event changed the stored breaker (a probe claimed, a state changed). A probe claim
-    /// is won exactly when this is `true`.
-    pub changed: bool,
-    /// The state change, as recorded in `breaker_transitions`.
-    pub transition: Option<BreakerTransition>,
-    pub failures_in_window: u32,
-}
-
-/// One recorded change of a breaker's state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BreakerTransition {
-    pub id: i64,
-    pub backend: String,
-    pub from: BreakerState,
-    pub to: BreakerState,
-    pub reason: String,
-    /// The admin who forced it; `None` when the breaker decided.
-    pub forced_by: Option<String>,
-    pub at: DateTime<Utc>,
-}
-
-/// A claimed job whose run has not started yet and whose next start attempt is due
-/// ([`Repository::starts_due`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StartDue {
-    pub lora_id: LoraId,
-    pub attempt: u32,
-    /// Failed start attempts so far in this claim.
-    pub start_failures: u32,
-}
-
-/// One LoRA for [`Repository::bulk_insert_library`]: a finished library entry as an import or a
-/// benchmark describes it.
-#[derive(Debug, Clone)]
-pub struct LibraryRow {
-    pub id: LoraId,
-    pub owner: UserId,
-    pub owner_email: Option<String>,
-    pub name: LoraName,
-    pub description: Option<String>,
-    /// Must exist (see [`Repository::insert_dataset`]); its owner is not checked.
-    pub dataset_id: DatasetId,
-    pub params: TrainingParams,
-    pub status: TrainingStatus,
-    pub usage_count: u64,
-    pub created_at: DateTime<Utc>,
 }
 
 #[async_trait]

@@ -12,9 +12,22 @@ use crate::Result;
 
 #[async_trait]
 pub trait HandoffStore: Send + Sync {
-    /// The newest (by creation) `completed` LoRA made for `character_id`, whoever owns it: the
-    /// library is public. Hidden LoRAs (moderation) are passed over.
-    async fn newest_completed_of_character(&self, character_id: &str) -> Result<Option<LoraModel>>;
+    /// For each of `character_ids`, the newest (by creation) `completed` LoRA made for it,
+    /// whoever owns it: the library is public. Hidden LoRAs (moderation) are passed over. One
+    /// query for all of them (index `lora_models_character_ready`); characters without one are
+    /// absent from the answer, which is in no particular order.
+    async fn newest_completed_of_characters(
+        &self,
+        character_ids: &[String],
+    ) -> Result<Vec<LoraModel>>;
+
+    /// [`HandoffStore::newest_completed_of_characters`] of one character.
+    async fn newest_completed_of_character(&self, character_id: &str) -> Result<Option<LoraModel>> {
+        Ok(self
+            .newest_completed_of_characters(&[character_id.to_owned()])
+            .await?
+            .pop())
+    }
 
     /// Records the model file's sha256 (lowercase hex) unless one is recorded already; a second
     /// writer with the same file changes nothing.

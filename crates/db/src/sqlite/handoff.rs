@@ -12,17 +12,24 @@ use crate::{DbError, Result};
 
 #[async_trait]
 impl HandoffStore for SqliteRepository {
-    async fn newest_completed_of_character(&self, character_id: &str) -> Result<Option<LoraModel>> {
-        // Served by lora_models_character (character_id, training_status, created_at).
-        let row = sqlx::query(concat!(
+    async fn newest_completed_of_characters(
+        &self,
+        character_ids: &[String],
+    ) -> Result<Vec<LoraModel>> {
+        if character_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One probe of lora_models_character_ready per character.
+        let rows = sqlx::query(concat!(
             lora_select!(),
-            " WHERE m.character_id = $1 AND m.training_status = 'completed' AND m.hidden_at IS NULL \
-              ORDER BY m.created_at DESC, m.id DESC LIMIT 1"
+            " WHERE m.id IN (SELECT (SELECT i.id FROM lora_models i INDEXED BY lora_models_character_ready \
+               WHERE i.character_id = c.value AND i.training_status = 'completed' AND i.hidden_at IS NULL \
+               ORDER BY i.created_at DESC, i.id DESC LIMIT 1) FROM json_each($1) c)"
         ))
-        .bind(character_id)
-        .fetch_optional(&self.pool)
+        .bind(serde_json::to_string(character_ids).map_err(|e| DbError::Corrupt(e.to_string()))?)
+        .fetch_all(&self.pool)
         .await?;
-        row.map(|r| lora_record(&r)?.into_model()).transpose()
+        rows.iter().map(|r| lora_record(r)?.into_model()).collect()
     }
 
     async fn record_sha256(&self, lora: LoraId, sha256: &str) -> Result<()> {

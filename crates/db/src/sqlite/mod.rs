@@ -76,7 +76,7 @@ fn make_private(file: &std::path::Path) -> Result<()> {
 
 /// Rolls back after an error; a failing rollback is only logged (the connection is discarded
 /// by the pool if it is broken), so the original error is what the caller sees.
-async fn rollback(tx: Transaction<'static, Sqlite>) {
+async fn rollback(tx: WriteTx) {
     if let Err(e) = tx.rollback().await {
         tracing::warn!(error = %e, "sqlite rollback failed");
     }
@@ -138,9 +138,44 @@ const CACHE_KIB: i64 = 16 * 1024;
 /// How long a connection waits for the write lock before giving up with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A write transaction (`BEGIN IMMEDIATE`) with this process's turn to write
+/// ([`SqliteRepository::write_tx`]). Derefs to the connection; `commit` or `rollback` ends it.
+pub(crate) struct WriteTx {
+    tx: Transaction<'static, Sqlite>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl WriteTx {
+    async fn commit(self) -> std::result::Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    async fn rollback(self) -> std::result::Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::SqliteConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
+
 #[derive(Debug)]
 pub struct SqliteRepository {
     pool: SqlitePool,
+    /// This process's writers take turns here before `BEGIN IMMEDIATE`: waiting on SQLite's lock
+    /// instead means its busy handler's sleeps (1, 2, 5 … 100 ms), which under concurrent writes
+    /// gave the hand-off a p99 of over a second (docs/performance.md). Other processes on the
+    /// same file (CLI commands) still meet the busy timeout.
+    writers: std::sync::Arc<tokio::sync::Mutex<()>>,
     faults: Faults,
     /// `AlertStore::set_alert_cooldown`, in seconds.
     alert_cooldown_secs: std::sync::atomic::AtomicU64,
@@ -184,6 +219,7 @@ impl SqliteRepository {
         library::backfill_name_keys(&pool).await?;
         Ok(Self {
             pool,
+            writers: std::sync::Arc::default(),
             faults: Faults::default(),
             alert_cooldown_secs: std::sync::atomic::AtomicU64::new(
                 crate::alerts::DEFAULT_ALERT_COOLDOWN.as_secs(),
@@ -197,8 +233,12 @@ impl SqliteRepository {
     }
 
     /// A transaction holding the write lock from the start.
-    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    async fn write_tx(&self) -> Result<WriteTx> {
+        let turn = self.writers.clone().lock_owned().await;
+        Ok(WriteTx {
+            tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            _turn: turn,
+        })
     }
 }
 

@@ -146,6 +146,30 @@ pub async fn a_characters_newest_completed_lora_and_its_file_facts(repo: Repo) {
             .unwrap()
             .is_none()
     );
+    // All at once: one answer per character that has one, duplicates asked once.
+    let mut many: Vec<_> = repo
+        .newest_completed_of_characters(&[
+            "hero".to_owned(),
+            "nobody".to_owned(),
+            "villain".to_owned(),
+            "hero".to_owned(),
+        ])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.character_id.unwrap(), l.id))
+        .collect();
+    many.sort();
+    assert_eq!(
+        many,
+        vec![("hero".to_owned(), new), ("villain".to_owned(), other)]
+    );
+    assert!(
+        repo.newest_completed_of_characters(&[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // The first sha256 recorded stays.
     let sha = "a".repeat(64);

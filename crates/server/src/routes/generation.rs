@@ -3,9 +3,12 @@
 //! images back with a stable reason. Only a malformed request is a 4xx; every LoRA problem
 //! (training, failed, unknown, file gone, store down) is a `reference_images` answer.
 //!
-//! The characters are resolved concurrently (their lookups and file checks overlap); the uses
+//! The characters named by character id are looked up in one query; the rest of each answer
+//! (a named LoRA's lookup, the file checks, the signed links) is resolved concurrently. The uses
 //! of the LoRAs handed out are recorded afterwards in one transaction, once per generation.
 //! Which answer each status gets is `loraforge_domain::handoff`.
+
+use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -153,9 +156,14 @@ pub async fn resolve(
     })?;
     let (generation_id, characters) = check_request(req)?;
     let now = state.now();
-    let answers =
-        futures::future::join_all(characters.iter().map(|c| resolve_character(&state, c, now)))
-            .await;
+    // The characters named without a LoRA: their newest completed LoRAs in one query.
+    let by_character = newest_by_character(&state, &characters).await;
+    let answers = futures::future::join_all(
+        characters
+            .iter()
+            .map(|c| resolve_character(&state, c, &by_character, now)),
+    )
+    .await;
     let handed: Vec<LoraId> = answers.iter().filter_map(|(_, l)| *l).collect();
     if !handed.is_empty()
         && let Err(e) = state
@@ -225,9 +233,38 @@ fn check_request(req: ResolveRequest) -> ApiResult<(String, Vec<Character>)> {
 }
 
 /// One character's answer, and the LoRA it hands out (to count as a use).
+/// The newest completed LoRA of each character named without a LoRA id, by character id;
+/// `Err` (logged) when the store could not answer.
+async fn newest_by_character(
+    state: &AppState,
+    characters: &[Character],
+) -> Result<HashMap<String, LoraModel>, ()> {
+    let mut ids: Vec<String> = characters
+        .iter()
+        .filter(|c| c.lora_id.is_none())
+        .map(|c| c.character_id.clone())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    match state.repo().newest_completed_of_characters(&ids).await {
+        Ok(loras) => Ok(loras
+            .into_iter()
+            .filter_map(|l| Some((l.character_id.clone()?, l)))
+            .collect()),
+        Err(e) => {
+            tracing::warn!(error = %e, "looking up the characters' LoRAs failed; falling back to reference images");
+            Err(())
+        }
+    }
+}
+
 async fn resolve_character(
     state: &AppState,
     c: &Character,
+    by_character: &Result<HashMap<String, LoraModel>, ()>,
     now: DateTime<Utc>,
 ) -> (CharacterAnswer, Option<LoraId>) {
     let fallback = |reason: FallbackReason, lora: Option<&LoraModel>| {
@@ -249,12 +286,11 @@ async fn resolve_character(
             Ok(id) => state.repo().get_lora(id).await,
             Err(_) => Ok(None),
         },
-        None => {
-            state
-                .repo()
-                .newest_completed_of_character(&c.character_id)
-                .await
-        }
+        None => match by_character {
+            Ok(found) => Ok(found.get(&c.character_id).cloned()),
+            // Logged once in `newest_by_character`.
+            Err(()) => return fallback(FallbackReason::StorageUnavailable, None),
+        },
     };
     let lora = match found {
         Ok(l) => l,

@@ -4,6 +4,8 @@
 -- is measured, not skipped as a retry). Any answer other than 200 with 10 "lora" modes counts as
 -- an error and fails the script.
 local token = os.getenv("LF_TOKEN")
+-- Unique per wrk run, so a later run on the same database never repeats a generation id.
+local run = os.getenv("LF_RUN") or "0"
 local chars = {}
 for i = 0, 9 do
     chars[#chars + 1] = string.format(
@@ -28,7 +30,7 @@ end
 function request()
     counter = counter + 1
     return wrk.format("POST", "/api/v1/generation/resolve", headers,
-        '{"generation_id":"bench-' .. tid .. '-' .. counter .. tail)
+        '{"generation_id":"bench-' .. run .. '-' .. tid .. '-' .. counter .. tail)
 end
 
 function response(status, hdrs, body)

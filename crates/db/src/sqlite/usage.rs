@@ -29,34 +29,39 @@ impl UsageStore for SqliteRepository {
         let day = now.date_naive().format(DAY).to_string();
         let at = ts(now);
         let user = user.to_string();
+        let ids = serde_json::to_string(&loras.iter().map(|l| l.to_string()).collect::<Vec<_>>())
+            .map_err(|e| corrupt(e.to_string()))?;
+        // Two statements whatever the number of LoRAs: the new pairs, then their counters.
         let counted = in_write_tx!(self, |conn| async {
-            let mut counted = Vec::new();
-            for lora in &loras {
-                let id = lora.to_string();
-                let new = sqlx::query(
-                    "INSERT INTO lora_uses (generation_id, lora_id, user_id, day, created_at) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (generation_id, lora_id) DO NOTHING",
+            let new: Vec<String> = sqlx::query_scalar(
+                "INSERT INTO lora_uses (generation_id, lora_id, user_id, day, created_at) \
+                 SELECT $1, value, $2, $3, $4 FROM json_each($5) WHERE true \
+                 ON CONFLICT (generation_id, lora_id) DO NOTHING RETURNING lora_id",
+            )
+            .bind(generation_id)
+            .bind(&user)
+            .bind(&day)
+            .bind(&at)
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?;
+            if !new.is_empty() {
+                let new_ids = serde_json::to_string(&new).map_err(|e| corrupt(e.to_string()))?;
+                sqlx::query(
+                    "UPDATE lora_models SET usage_count = usage_count + 1 \
+                     WHERE id IN (SELECT value FROM json_each($1))",
                 )
-                .bind(generation_id)
-                .bind(&id)
-                .bind(&user)
-                .bind(&day)
-                .bind(&at)
+                .bind(&new_ids)
                 .execute(&mut *conn)
-                .await?
-                .rows_affected()
-                    == 1;
-                if new {
-                    sqlx::query(
-                        "UPDATE lora_models SET usage_count = usage_count + 1 WHERE id = $1",
-                    )
-                    .bind(&id)
-                    .execute(&mut *conn)
-                    .await?;
-                    counted.push(*lora);
-                }
+                .await?;
             }
-            Ok(Some(counted))
+            Ok(Some(
+                loras
+                    .iter()
+                    .copied()
+                    .filter(|l| new.contains(&l.to_string()))
+                    .collect::<Vec<_>>(),
+            ))
         })?;
         Ok(counted.unwrap_or_default())
     }

@@ -76,7 +76,7 @@ use crate::views;
         views::DatasetRefView, views::ReferenceImageView, views::ValidationView,
         datasets::DatasetView, datasets::DatasetImageView, datasets::FromUrlsRequest, datasets::UrlImageRequest,
         references::FromReferencesRequest, references::CharacterReference, references::FromReferencesResponse,
-        references::CharacterLoraView, references::CharacterWarning, events::EventView,
+        references::CharacterLoraView, references::CharacterWarning, events::EventView, events::UnavailableView,
         lora_models::CreateLoraRequest, lora_models::PatchLora, admin::ReviewBody, admin::Decision,
         admin_backends::BackendsView, admin_backends::BackendView, admin_backends::TransitionView,
         admin_backends::ForceBreaker, admin_backends::ForcedState,

@@ -348,7 +348,8 @@ async fn hand_out(
     })
 }
 
-/// The model file's sha256: as recorded, else from the run that trained it (what the worker
+/// The model file's sha256: as recorded (at publish, `engine::AfterTraining`), else — for LoRAs
+/// published before the hash was recorded there — from the run that trained it (what the worker
 /// hashed before uploading, when its size matches the stored file), else hashed from the blob
 /// once. Either way it is recorded, so each LoRA is hashed at most once.
 async fn sha256_of(
@@ -366,9 +367,7 @@ async fn sha256_of(
             .rev()
             .filter_map(|r| r.result.clone())
             .filter_map(|v| serde_json::from_value::<RunResult>(v).ok())
-            .find(|r| r.model.bytes == size)
-            .and_then(|r| r.model.sha256)
-            .filter(|s| handoff::is_sha256_hex(s)),
+            .find_map(|r| handoff::reported_sha256(&r.model, size).map(str::to_owned)),
         Err(e) => {
             tracing::warn!(error = %e, lora_id = %lora.id, "reading the runs failed; hashing the file");
             None

@@ -390,7 +390,8 @@ async fn sha256_of(
 
 /// Scenario 8: a completed LoRA's file is not in the store. Alerts the operator (deduplicated
 /// by the alerts' cooldown), remembers the first miss, and fails the LoRA once the file has been
-/// missing on two checks at least `MISSING_FOR_GOOD_AFTER` apart. Returns the LoRA as it is now.
+/// missing on two checks at least `MISSING_FOR_GOOD_AFTER` apart, giving its owner back what it
+/// cost them as for any failed training. Returns the LoRA as it is now.
 async fn file_missing(state: &AppState, lora: LoraModel, now: DateTime<Utc>) -> LoraModel {
     let repo = state.repo();
     let first = match repo.note_file_missing(lora.id, now).await {
@@ -424,6 +425,10 @@ async fn file_missing(state: &AppState, lora: LoraModel, now: DateTime<Utc>) -> 
         Ok(failed) => {
             state.notify_changed(failed.id);
             tracing::warn!(lora_id = %failed.id, "LoRA failed: its file is gone from storage");
+            // A failed LoRA costs its owner nothing: the charge goes back (or the reservation,
+            // if it was not charged yet), once, whoever else settles it. Failed LoRAs leave the
+            // monthly count by their status.
+            crate::credits::settle_lora(repo, &failed, now).await;
             failed
         }
         // A concurrent resolve failed it first (or it changed meanwhile): answer what we have.

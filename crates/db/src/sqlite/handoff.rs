@@ -7,26 +7,25 @@ use loraforge_domain::{LoraId, LoraModel};
 
 use super::SqliteRepository;
 use super::rows::{lora_record, parse_ts, ts};
-use crate::handoff::HandoffStore;
+use crate::handoff::{
+    CLEAR_FILE_MISSING, HandoffStore, NEWEST_COMPLETED_OF_CHARACTER, NOTE_FILE_MISSING,
+    RECORD_SHA256,
+};
 use crate::{DbError, Result};
 
 #[async_trait]
 impl HandoffStore for SqliteRepository {
     async fn newest_completed_of_character(&self, character_id: &str) -> Result<Option<LoraModel>> {
-        // Served by lora_models_character (character_id, training_status, created_at).
-        let row = sqlx::query(concat!(
-            lora_select!(),
-            " WHERE m.character_id = $1 AND m.training_status = 'completed' AND m.hidden_at IS NULL \
-              ORDER BY m.created_at DESC, m.id DESC LIMIT 1"
-        ))
-        .bind(character_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let sql = format!("{}{NEWEST_COMPLETED_OF_CHARACTER}", lora_select!());
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(character_id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| lora_record(&r)?.into_model()).transpose()
     }
 
     async fn record_sha256(&self, lora: LoraId, sha256: &str) -> Result<()> {
-        sqlx::query("UPDATE lora_models SET sha256 = $1 WHERE id = $2 AND sha256 IS NULL")
+        sqlx::query(RECORD_SHA256)
             .bind(sha256)
             .bind(lora.to_string())
             .execute(&self.pool)
@@ -35,25 +34,19 @@ impl HandoffStore for SqliteRepository {
     }
 
     async fn note_file_missing(&self, lora: LoraId, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
-        let first: Option<String> = sqlx::query_scalar(
-            "UPDATE lora_models SET file_missing_since = coalesce(file_missing_since, $1) \
-             WHERE id = $2 RETURNING file_missing_since",
-        )
-        .bind(ts(now))
-        .bind(lora.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
+        let first: Option<String> = sqlx::query_scalar(NOTE_FILE_MISSING)
+            .bind(ts(now))
+            .bind(lora.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
         parse_ts(&first.ok_or(DbError::NotFound)?)
     }
 
     async fn clear_file_missing(&self, lora: LoraId) -> Result<()> {
-        sqlx::query(
-            "UPDATE lora_models SET file_missing_since = NULL \
-             WHERE id = $1 AND file_missing_since IS NOT NULL",
-        )
-        .bind(lora.to_string())
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(CLEAR_FILE_MISSING)
+            .bind(lora.to_string())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 }

@@ -100,6 +100,10 @@ pub fn server_settings(s: &Settings) -> ServerSettings {
         // Checked by `Settings::load`.
         monitors: s.monitor_settings().unwrap_or_default(),
         finish_mails: s.mailer().ok().flatten().is_some(),
+        moderation: loraforge_server::settings::ModerationSettings {
+            reports_per_minute: s.reports_per_minute,
+            alert_after_reports: s.report_alert_threshold,
+        },
         ui: ui_settings(s),
         ..ServerSettings::default()
     }
@@ -619,7 +623,27 @@ pub fn app_state_with(s: &Settings, repo: Arc<dyn Repository>) -> anyhow::Result
 
 #[cfg(test)]
 mod tests {
-    use super::{secret_variables, torch_threads};
+    use super::{secret_variables, server_settings, torch_threads};
+    use crate::settings::{Overrides, Settings};
+
+    #[test]
+    fn the_moderation_settings_reach_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("loraforge.toml");
+        std::fs::write(
+            &file,
+            "reports_per_minute = 4\nreport_alert_threshold = 0\n",
+        )
+        .unwrap();
+        let s = Settings::load(&Overrides {
+            config_file: Some(file),
+            data_dir: Some(dir.path().to_owned()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        let m = server_settings(&s).moderation;
+        assert_eq!((m.reports_per_minute, m.alert_after_reports), (4, 0));
+    }
 
     #[test]
     fn concurrent_trainers_split_the_cores_unless_the_operator_chose() {

@@ -450,3 +450,52 @@ fn credits_are_off_by_default_and_only_on_or_off() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("credits must be on or off"), "{err}");
 }
+
+#[test]
+fn moderation_settings_are_listed_layered_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let defaults = stdout(loraforge(dir.path()).arg("config"));
+    assert_eq!(config_value(&defaults, "reports_per_minute"), "10");
+    assert_eq!(config_value(&defaults, "report_alert_threshold"), "3");
+    assert!(
+        defaults.contains("# LORAFORGE_REPORTS_PER_MINUTE"),
+        "{defaults}"
+    );
+    assert!(
+        defaults.contains("# LORAFORGE_REPORT_ALERT_THRESHOLD"),
+        "{defaults}"
+    );
+
+    std::fs::write(
+        dir.path().join("loraforge.toml"),
+        "reports_per_minute = 2\nreport_alert_threshold = 5\n",
+    )
+    .unwrap();
+    let from_file = stdout(loraforge(dir.path()).arg("config"));
+    assert_eq!(config_value(&from_file, "reports_per_minute"), "2");
+    assert_eq!(config_value(&from_file, "report_alert_threshold"), "5");
+    // 0 turns each off (as `ModerationSettings` documents), and the environment wins.
+    let from_env = stdout(
+        loraforge(dir.path())
+            .arg("config")
+            .env("LORAFORGE_REPORTS_PER_MINUTE", "0")
+            .env("LORAFORGE_REPORT_ALERT_THRESHOLD", "0"),
+    );
+    assert_eq!(config_value(&from_env, "reports_per_minute"), "0");
+    assert_eq!(config_value(&from_env, "report_alert_threshold"), "0");
+
+    for (var, value) in [
+        ("LORAFORGE_REPORTS_PER_MINUTE", "lots"),
+        ("LORAFORGE_REPORT_ALERT_THRESHOLD", "-1"),
+    ] {
+        let out = loraforge(dir.path())
+            .arg("config")
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{var}={value} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let key = var.trim_start_matches("LORAFORGE_").to_lowercase();
+        assert!(err.contains(&key), "{var}={value}: {err}");
+    }
+}

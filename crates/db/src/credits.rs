@@ -7,13 +7,14 @@
 //! - the ledger is the truth: balance, reserved and available are sums of its entries;
 //! - a create with [`crate::NewLora::reserve`] reserves in the same transaction as the LoRA's
 //!   insert, under the per-user lock, or fails with `InsufficientCredits` and inserts nothing;
-//! - [`CreditStore::settle_reservation`] writes each of a LoRA's release / deduct / refund at most
-//!   once, whatever crashes or repeats around it.
+//! - [`CreditStore::settle_reservation`] writes each of a LoRA's release / deduct / refund /
+//!   reimburse at most once, whatever crashes, repeats or races around it, and only what the
+//!   LoRA's status at that moment calls for (`domain::credit::settlement_entries`).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use loraforge_domain::credit::{CreditKind, Settlement};
+use loraforge_domain::credit::{CreditKind, LoraCredits, Settlement};
 use loraforge_domain::quote::QuoteSample;
 use loraforge_domain::{LoraId, MicroUsd, TrainingStatus, UserId};
 
@@ -69,7 +70,8 @@ pub struct NewCreditGrant {
     pub now: DateTime<Utc>,
 }
 
-/// A reservation with neither release nor refund yet whose LoRA has finished.
+/// A reservation whose LoRA has finished and has entries due: neither release nor refund yet,
+/// or charged and then failed (its file lost) without a reimbursement yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueReservation {
     pub lora_id: LoraId,
@@ -85,6 +87,19 @@ pub struct SettledCredits {
     pub deducted: Option<MicroUsd>,
     /// The reservation released (after a deduct) or refunded.
     pub returned: Option<MicroUsd>,
+    /// The charge given back: the LoRA failed after it was charged (its file was lost).
+    pub reimbursed: Option<MicroUsd>,
+}
+
+impl SettledCredits {
+    /// Counts one entry this settlement wrote.
+    pub(crate) fn note(&mut self, kind: CreditKind, amount: MicroUsd) {
+        match kind {
+            CreditKind::Deduct => self.deducted = Some(MicroUsd(-amount.0)),
+            CreditKind::Reimburse => self.reimbursed = Some(amount),
+            _ => self.returned = Some(amount),
+        }
+    }
 }
 
 #[async_trait]
@@ -104,14 +119,16 @@ pub trait CreditStore: Send + Sync {
     async fn add_credits(&self, grant: NewCreditGrant) -> Result<CreditEntry>;
 
     /// Reservations not yet released or refunded whose LoRA is completed (and every instance of
-    /// it confirmed gone, so its cost is final), failed or cancelled; oldest first, at most
-    /// `limit`.
+    /// it confirmed gone, so its cost is final), failed or cancelled; and those of LoRAs charged
+    /// and then failed (a lost file) not yet reimbursed. Oldest first, at most `limit`.
     async fn due_reservations(&self, limit: u32) -> Result<Vec<DueReservation>>;
 
     /// Settles the LoRA's reservation in one transaction: `Charge` deducts the LoRA's
-    /// `training_cost` and releases the reservation, `Refund` refunds it. Entries already written
-    /// (by an earlier call, another replica) are not written again; nothing is written when the
-    /// LoRA has no reservation.
+    /// `training_cost` and releases the reservation, `Refund` refunds it, or reimburses the
+    /// charge of a LoRA that failed after it (`domain::credit::settlement_entries`). Settlements
+    /// of one LoRA are serialized; entries already written (by an earlier call, another replica)
+    /// are not written again; nothing is written when the LoRA has no reservation, or when its
+    /// status no longer calls for `settlement` (the caller decided on an older status).
     async fn settle_reservation(
         &self,
         lora: LoraId,
@@ -140,23 +157,69 @@ pub(crate) fn entry_reason(kind: CreditKind) -> &'static str {
         CreditKind::Release => "the reservation, returned once the actual cost was charged",
         CreditKind::Deduct => "the actual training cost",
         CreditKind::Refund => "the reservation, returned in full: training failed or was cancelled",
+        CreditKind::Reimburse => {
+            "the training cost, returned: the LoRA's file was lost from storage and the LoRA failed"
+        }
         CreditKind::Grant | CreditKind::Adjust => "by an admin",
     }
 }
 
-/// The entries a settlement writes, as (kind, signed amount), given the reservation and the
-/// LoRA's actual cost.
-pub(crate) fn settlement_entries(
-    settlement: Settlement,
-    reserved: MicroUsd,
-    cost: MicroUsd,
-) -> Vec<(CreditKind, MicroUsd)> {
-    match settlement {
-        Settlement::Charge => vec![
-            (CreditKind::Deduct, MicroUsd(-cost.0)),
-            (CreditKind::Release, reserved),
-        ],
-        Settlement::Refund => vec![(CreditKind::Refund, reserved)],
+/// Both engines' due reservations (`CreditStore::due_reservations`), oldest first; `$1` is the
+/// limit.
+pub(crate) const DUE_RESERVATIONS: &str = "SELECT r.lora_id, r.user_id, r.amount_micros, l.training_status \
+     FROM credit_entries r JOIN lora_models l ON l.id = r.lora_id \
+     WHERE r.kind = 'reserve' AND ( \
+       (NOT EXISTS (SELECT 1 FROM credit_entries s WHERE s.lora_id = r.lora_id \
+                    AND s.kind IN ('release', 'refund')) \
+        AND (l.training_status IN ('failed', 'cancelled') \
+             OR (l.training_status = 'completed' AND NOT EXISTS ( \
+                 SELECT 1 FROM training_runs t WHERE t.lora_id = l.id AND t.instance_gone_at IS NULL)))) \
+       OR (l.training_status = 'failed' \
+           AND EXISTS (SELECT 1 FROM credit_entries d WHERE d.lora_id = r.lora_id AND d.kind = 'deduct') \
+           AND NOT EXISTS (SELECT 1 FROM credit_entries m WHERE m.lora_id = r.lora_id AND m.kind = 'reimburse'))) \
+     ORDER BY r.id LIMIT $1";
+
+/// What a settlement finds, read after the reservation's row is locked: the owner, the
+/// reservation, the LoRA's cost and status, and its entries so far. `$1` is the LoRA.
+pub(crate) const SETTLEMENT_STATE: &str = "SELECT r.user_id, r.amount_micros, l.training_cost_micros, l.training_status, \
+     (SELECT COUNT(*) FROM credit_entries s WHERE s.lora_id = r.lora_id AND s.kind IN ('release', 'refund')) AS returned, \
+     (SELECT -d.amount_micros FROM credit_entries d WHERE d.lora_id = r.lora_id AND d.kind = 'deduct') AS deducted, \
+     (SELECT COUNT(*) FROM credit_entries m WHERE m.lora_id = r.lora_id AND m.kind = 'reimburse') AS reimbursed \
+     FROM credit_entries r JOIN lora_models l ON l.id = r.lora_id WHERE r.lora_id = $1 AND r.kind = 'reserve'";
+
+/// The columns of [`SETTLEMENT_STATE`] after the owner, decoded.
+pub(crate) struct SettlementState {
+    pub status: TrainingStatus,
+    pub held: LoraCredits,
+    pub cost: MicroUsd,
+}
+
+impl SettlementState {
+    /// Decodes a [`SETTLEMENT_STATE`] row; its columns have the same types on both engines.
+    pub fn from_row<R>(row: &R) -> Result<Self>
+    where
+        R: sqlx::Row,
+        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        &'static str: sqlx::ColumnIndex<R>,
+    {
+        let reserve: i64 = row.try_get("amount_micros")?;
+        let status: String = row.try_get("training_status")?;
+        Ok(SettlementState {
+            status: crate::common::parse_status(&status)?,
+            held: LoraCredits {
+                reserved: MicroUsd(-reserve),
+                returned: row.try_get::<i64, _>("returned")? > 0,
+                deducted: row.try_get::<Option<i64>, _>("deducted")?.map(MicroUsd),
+                reimbursed: row.try_get::<i64, _>("reimbursed")? > 0,
+            },
+            cost: MicroUsd(row.try_get("training_cost_micros")?),
+        })
+    }
+
+    /// The entries `settlement` writes now.
+    pub fn entries(&self, settlement: Settlement) -> Vec<(CreditKind, MicroUsd)> {
+        loraforge_domain::credit::settlement_entries(settlement, self.status, self.held, self.cost)
     }
 }
 

@@ -40,3 +40,19 @@ pub trait HandoffStore: Send + Sync {
     /// A check found the file: forgets an earlier miss (a store that was catching up).
     async fn clear_file_missing(&self, lora: LoraId) -> Result<()>;
 }
+
+// The statements both engines run (they differ only in how ids and times are bound): the
+// rules — the first hash and the first miss kept — live here once.
+
+/// `$1` the sha256, `$2` the LoRA: the first recorded hash stays.
+pub(crate) const RECORD_SHA256: &str =
+    "UPDATE lora_models SET sha256 = $1 WHERE id = $2 AND sha256 IS NULL";
+
+/// `$1` now, `$2` the LoRA; returns the first miss.
+pub(crate) const NOTE_FILE_MISSING: &str = "UPDATE lora_models \
+     SET file_missing_since = coalesce(file_missing_since, $1) WHERE id = $2 \
+     RETURNING file_missing_since";
+
+/// `$1` the LoRA.
+pub(crate) const CLEAR_FILE_MISSING: &str = "UPDATE lora_models SET file_missing_since = NULL \
+     WHERE id = $1 AND file_missing_since IS NOT NULL";

@@ -228,6 +228,9 @@ pub struct TrainedFiles {
     /// `lora-models/{user}/{lora}/model.safetensors`.
     pub storage_key: String,
     pub file_size: u64,
+    /// The model file's lowercase hex sha256, when known (the after-training service always
+    /// knows it); recorded with the files, replacing an earlier file's.
+    pub sha256: Option<String>,
     /// `lora-validation-images/{user}/{lora}/validation/{i}.png`, in order.
     pub validation_image_keys: Vec<String>,
 }

@@ -187,3 +187,45 @@ pub(crate) fn report_filter(state: ReportState) -> &'static str {
         ReportState::Resolved => " WHERE r.resolved_at IS NOT NULL",
     }
 }
+
+/// One page of a report listing, each report with its LoRA's name, creator, hidden state and
+/// open-report count; `$1` is the limit, `$2` the offset.
+pub(crate) fn list_reports_sql(state: ReportState) -> String {
+    format!(
+        "SELECT {REPORT_COLUMNS}, m.name AS lora_name, m.user_id, u.email, u.display_name, \
+         m.hidden_at, m.hidden_reason, m.hidden_by, \
+         (SELECT count(*) FROM lora_reports o WHERE o.lora_id = r.lora_id AND o.resolved_at IS NULL) AS open_reports \
+         FROM lora_reports r JOIN lora_models m ON m.id = r.lora_id LEFT JOIN users u ON u.id = m.user_id{}{} \
+         LIMIT $1 OFFSET $2",
+        report_filter(state),
+        report_order(state)
+    )
+}
+
+/// Every report in `state`.
+pub(crate) fn count_reports_sql(state: ReportState) -> String {
+    format!(
+        "SELECT count(*) FROM lora_reports r{}",
+        report_filter(state)
+    )
+}
+
+// The writes both engines run (they differ only in how ids and times are bound).
+
+/// `$1` the LoRA: how many open reports it has.
+pub(crate) const OPEN_REPORTS_OF: &str =
+    "SELECT count(*) FROM lora_reports WHERE lora_id = $1 AND resolved_at IS NULL";
+
+/// `$1` now, `$2` the admin, `$3` `Resolution::Hidden`, `$4` the LoRA: its open reports resolved.
+pub(crate) const RESOLVE_OPEN_REPORTS: &str = "UPDATE lora_reports \
+     SET resolved_at = $1, resolved_by = $2, resolution = $3 \
+     WHERE lora_id = $4 AND resolved_at IS NULL";
+
+/// `$1` now, `$2` the admin, `$3` `Resolution::Dismissed`, `$4` the report, if still open.
+pub(crate) const DISMISS_REPORT: &str = "UPDATE lora_reports \
+     SET resolved_at = $1, resolved_by = $2, resolution = $3 \
+     WHERE id = $4 AND resolved_at IS NULL";
+
+/// `$1` the LoRA: visible again.
+pub(crate) const UNHIDE_LORA: &str = "UPDATE lora_models \
+     SET hidden_at = NULL, hidden_reason = NULL, hidden_by = NULL WHERE id = $1";

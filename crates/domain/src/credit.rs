@@ -3,11 +3,16 @@
 //! Every entry's `amount` is its signed effect on what the user may still spend (`available`):
 //! `grant` +, `adjust` ±, `reserve` − (the quote held at create), `release` + (the reservation
 //! given back once the actual cost is known), `deduct` − (the actual cost), `refund` + (the
-//! reservation given back in full when training failed or was cancelled). So
-//! `available = Σ amount`, `reserved = −Σ amount over reserve/release/refund` and
-//! `balance = available + reserved` (what the user has, held or not). A LoRA has at most one
-//! entry of each of `reserve`, `release`, `deduct`, `refund` (a unique key), so a settlement
-//! that runs twice charges once.
+//! reservation given back in full when training failed or was cancelled), `reimburse` + (the
+//! deducted cost given back when a completed LoRA failed later: its file was lost from storage,
+//! PRD 4 Scenario 8). So `available = Σ amount`, `reserved = −Σ amount over
+//! reserve/release/refund` and `balance = available + reserved` (what the user has, held or
+//! not). A LoRA has at most one entry of each per-LoRA kind (a unique key), so a settlement that
+//! runs twice charges, refunds or reimburses once.
+//!
+//! A failed LoRA costs its owner nothing, whenever it failed: before it was charged the
+//! reservation is refunded; after (a completed LoRA whose file is gone for good), the charge is
+//! reimbursed. Either way the LoRA's entries sum to zero.
 //!
 //! A completed LoRA is charged its actual training cost even above its reservation (the GPU time
 //! was spent); the balance may then go below zero, and no create is accepted until it is topped
@@ -15,7 +20,7 @@
 
 use serde::Serialize;
 
-use crate::TrainingStatus;
+use crate::{MicroUsd, TrainingStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -26,16 +31,18 @@ pub enum CreditKind {
     Release,
     Deduct,
     Refund,
+    Reimburse,
 }
 
 impl CreditKind {
-    pub const ALL: [CreditKind; 6] = [
+    pub const ALL: [CreditKind; 7] = [
         CreditKind::Grant,
         CreditKind::Adjust,
         CreditKind::Reserve,
         CreditKind::Release,
         CreditKind::Deduct,
         CreditKind::Refund,
+        CreditKind::Reimburse,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +53,7 @@ impl CreditKind {
             CreditKind::Release => "release",
             CreditKind::Deduct => "deduct",
             CreditKind::Refund => "refund",
+            CreditKind::Reimburse => "reimburse",
         }
     }
 
@@ -64,8 +72,52 @@ impl CreditKind {
 pub enum Settlement {
     /// Trained and published: deduct the actual cost, release the reservation.
     Charge,
-    /// Failed or cancelled: refund the reservation in full.
+    /// Failed or cancelled: refund the reservation in full; or, when the LoRA was charged
+    /// already (completed, then failed: its file was lost), reimburse the charge.
     Refund,
+}
+
+/// A LoRA's per-LoRA ledger entries so far, as a settlement finds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoraCredits {
+    /// What the reservation holds (positive).
+    pub reserved: MicroUsd,
+    /// The reservation was released or refunded.
+    pub returned: bool,
+    /// The actual cost charged (positive), if it was.
+    pub deducted: Option<MicroUsd>,
+    pub reimbursed: bool,
+}
+
+/// The entries a settlement of a LoRA in `status` writes, as (kind, signed amount), given what
+/// its ledger holds and its actual training cost. Empty when there is nothing (more) to write,
+/// or when `status` does not call for `settlement` (decided on an older status: a completed
+/// LoRA whose file was lost meanwhile is not charged, the next round reimburses or refunds it).
+pub fn settlement_entries(
+    settlement: Settlement,
+    status: TrainingStatus,
+    held: LoraCredits,
+    cost: MicroUsd,
+) -> Vec<(CreditKind, MicroUsd)> {
+    if self::settlement(status) != Some(settlement) {
+        return Vec::new();
+    }
+    match (settlement, held.returned) {
+        (Settlement::Charge, false) => vec![
+            (CreditKind::Deduct, MicroUsd(-cost.0)),
+            (CreditKind::Release, held.reserved),
+        ],
+        (Settlement::Refund, false) => vec![(CreditKind::Refund, held.reserved)],
+        // Charged, then failed (only a completed LoRA's lost file fails it after its charge):
+        // the charge goes back, once.
+        (Settlement::Refund, true) => match held.deducted {
+            Some(charged) if status == TrainingStatus::Failed && !held.reimbursed => {
+                vec![(CreditKind::Reimburse, charged)]
+            }
+            _ => Vec::new(),
+        },
+        (Settlement::Charge, true) => Vec::new(),
+    }
 }
 
 /// `None` while the LoRA may still train (its reservation stays open).
@@ -95,6 +147,59 @@ mod tests {
             .filter(|k| !k.per_lora())
             .collect();
         assert_eq!(free, [CreditKind::Grant, CreditKind::Adjust]);
+    }
+
+    #[test]
+    fn every_failed_lora_nets_to_zero_and_nothing_is_written_twice() {
+        use TrainingStatus::*;
+        let (r, c) = (MicroUsd(500_000), MicroUsd(620_000));
+        let open = LoraCredits {
+            reserved: r,
+            ..LoraCredits::default()
+        };
+        let charged = LoraCredits {
+            returned: true,
+            deducted: Some(c),
+            ..open
+        };
+        let sum = |e: &[(CreditKind, MicroUsd)]| e.iter().map(|(_, m)| m.0).sum::<i64>();
+        // Completed: charged the actual cost, the reservation released.
+        let charge = settlement_entries(Settlement::Charge, Completed, open, c);
+        assert_eq!(
+            charge,
+            [
+                (CreditKind::Deduct, MicroUsd(-c.0)),
+                (CreditKind::Release, r)
+            ]
+        );
+        // Failed or cancelled before a charge: the reservation refunded; with the reserve the
+        // LoRA nets to zero.
+        for status in [Failed, Cancelled] {
+            let refund = settlement_entries(Settlement::Refund, status, open, c);
+            assert_eq!(refund, [(CreditKind::Refund, r)]);
+            assert_eq!(sum(&refund) - r.0, 0);
+        }
+        // Failed after the charge (its file lost): the charge reimbursed, and the LoRA nets to
+        // zero again (reserve, deduct, release, reimburse).
+        let reimburse = settlement_entries(Settlement::Refund, Failed, charged, c);
+        assert_eq!(reimburse, [(CreditKind::Reimburse, c)]);
+        assert_eq!(-r.0 + sum(&charge) + sum(&reimburse), 0);
+        // Never twice, never for a LoRA that did not fail.
+        let done = LoraCredits {
+            reimbursed: true,
+            ..charged
+        };
+        assert!(settlement_entries(Settlement::Refund, Failed, done, c).is_empty());
+        assert!(settlement_entries(Settlement::Refund, Completed, charged, c).is_empty());
+        assert!(settlement_entries(Settlement::Charge, Completed, charged, c).is_empty());
+        // Decided on a status that changed meanwhile: nothing.
+        assert!(settlement_entries(Settlement::Charge, Failed, open, c).is_empty());
+        assert!(settlement_entries(Settlement::Refund, Queued, open, c).is_empty());
+        let refunded = LoraCredits {
+            returned: true,
+            ..open
+        };
+        assert!(settlement_entries(Settlement::Refund, Failed, refunded, c).is_empty());
     }
 
     #[test]

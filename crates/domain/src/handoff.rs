@@ -163,6 +163,16 @@ pub fn is_sha256_hex(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// The sha256 a worker reported for a file, if it can stand for the stored file: the worker
+/// hashed the file before uploading it, so its hash is trusted when the stored file has the size
+/// the worker reported and the hash is well formed. `None`: hash the stored file.
+pub fn reported_sha256(reported: &crate::FileFacts, stored_bytes: u64) -> Option<&str> {
+    reported
+        .sha256
+        .as_deref()
+        .filter(|s| reported.bytes == stored_bytes && is_sha256_hex(s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +293,23 @@ mod tests {
         assert!(!is_sha256_hex(&"A".repeat(64)));
         assert!(!is_sha256_hex(&"a".repeat(63)));
         assert!(!is_sha256_hex(&"g".repeat(64)));
+    }
+
+    #[test]
+    fn a_reported_hash_stands_for_the_file_only_at_its_size_and_well_formed() {
+        let sha = "ab".repeat(32);
+        let facts = |sha256: Option<&str>| crate::FileFacts {
+            bytes: 10,
+            sha256: sha256.map(str::to_owned),
+        };
+        assert_eq!(reported_sha256(&facts(Some(&sha)), 10), Some(sha.as_str()));
+        assert_eq!(
+            reported_sha256(&facts(Some(&sha)), 11),
+            None,
+            "another size"
+        );
+        assert_eq!(reported_sha256(&facts(Some(&sha.to_uppercase())), 10), None);
+        assert_eq!(reported_sha256(&facts(Some("abc")), 10), None);
+        assert_eq!(reported_sha256(&facts(None), 10), None);
     }
 }

@@ -1,6 +1,6 @@
 //! After training (PRD 2, steps 12–19): a run reported that it trained and uploaded its files;
 //! check what is really stored, run the LoRA file check on it, apply the validation rule, and
-//! say how the job settles. Reading only: the decision is applied by `Repository::settle_run`
+//! say how the job settles (with the model file's sha256, which the hand-off hands out). Reading only: the decision is applied by `Repository::settle_run`
 //! in one commit, so a crash at any line leaves the run unsettled and the engine decides again
 //! on its next tick (every step is idempotent). Fed by the worker's result (recorded on the run
 //! by the API) and, later, by backends that poll a provider for their results.
@@ -9,10 +9,12 @@ use std::sync::Arc;
 
 use loraforge_checks::LoraRules;
 use loraforge_db::{PublishVerdict, Settle, TrainedFiles};
+use loraforge_domain::handoff;
 use loraforge_domain::keys::OutputKeys;
 use loraforge_domain::validation::{VALIDATION_IMAGES, Verdict, judge};
 use loraforge_domain::{LoraModel, RunResult, TrainingRun, outcome};
 use loraforge_storage::BlobStore;
+use sha2::{Digest, Sha256};
 
 /// PRD 2's validation rule, as configured.
 #[derive(Debug, Clone)]
@@ -146,19 +148,28 @@ impl AfterTraining {
             }
             image_keys.push(key.clone());
         }
-        let files = TrainedFiles {
-            storage_key: keys.model.clone(),
-            file_size: result.model.bytes,
-            validation_image_keys: image_keys,
-        };
-
         let bytes = self.store.get(&keys.model).await.map_err(storage)?;
         let rules = self.lora_rules.clone();
-        let check = tokio::task::spawn_blocking(move || {
-            loraforge_checks::inspect_lora(&bytes, &rules).map(|_| ())
+        // The stored file's size is the reported one (checked above), so the worker's hash
+        // stands for it; without one, the bytes read for the check are hashed. Recorded with
+        // the files, so the hand-off never hashes a LoRA published here.
+        let reported =
+            handoff::reported_sha256(&result.model, result.model.bytes).map(str::to_owned);
+        let (check, sha256) = tokio::task::spawn_blocking(move || {
+            let sha256 = reported.unwrap_or_else(|| hex::encode(Sha256::digest(&bytes)));
+            (
+                loraforge_checks::inspect_lora(&bytes, &rules).map(|_| ()),
+                sha256,
+            )
         })
         .await
         .map_err(|e| format!("the LoRA file check did not finish: {e}"))?;
+        let files = TrainedFiles {
+            storage_key: keys.model.clone(),
+            file_size: result.model.bytes,
+            sha256: Some(sha256),
+            validation_image_keys: image_keys,
+        };
         if let Err(problem) = check {
             return Ok(Settle::Reject {
                 files,

@@ -3,8 +3,8 @@
 //! (`loraforge_db::CreditStore`); this module decides when to settle.
 //!
 //! `reconcile_credits` is steppable (one round, `now` passed in): the maintenance loop runs it
-//! every [`RECONCILE_EVERY`], and routes that end a LoRA (cancel, an admin's review) call
-//! [`settle_lora`] at once. A crash anywhere leaves either no settlement (the next round writes
+//! every [`RECONCILE_EVERY`], and what ends a LoRA (cancel, an admin's review, the hand-off
+//! failing a completed LoRA whose file is gone) calls [`settle_lora`] at once. A crash anywhere leaves either no settlement (the next round writes
 //! it) or a whole one (the next round finds nothing due): never two.
 
 use std::time::Duration;
@@ -28,6 +28,8 @@ pub struct ReconcileReport {
     pub charged: u32,
     /// Failed or cancelled LoRAs refunded.
     pub refunded: u32,
+    /// LoRAs charged and then failed (their file lost) whose charge was given back.
+    pub reimbursed: u32,
     /// Sum of the actual costs deducted.
     pub deducted: MicroUsd,
 }
@@ -50,9 +52,9 @@ pub async fn reconcile_credits(
     Ok(report)
 }
 
-/// Settles `lora`'s reservation now if it failed or was cancelled (a completed LoRA waits for
-/// the reconciler, which knows when its cost is final). Failures are logged: the reconciler
-/// retries.
+/// Settles `lora`'s reservation now if it failed or was cancelled: refunded, or its charge
+/// reimbursed when it failed after completing (a completed LoRA waits for the reconciler, which
+/// knows when its cost is final). Failures are logged: the reconciler retries.
 pub async fn settle_lora(repo: &dyn Repository, lora: &LoraModel, now: DateTime<Utc>) {
     let Some(s) = settlement(lora.status) else {
         return;
@@ -66,6 +68,9 @@ pub async fn settle_lora(repo: &dyn Repository, lora: &LoraModel, now: DateTime<
 }
 
 fn count(report: &mut ReconcileReport, settled: SettledCredits) {
+    if settled.reimbursed.is_some() {
+        report.reimbursed += 1;
+    }
     match settled.deducted {
         Some(cost) => {
             report.charged += 1;

@@ -62,7 +62,7 @@ use routes::quotes as quote_routes;
 use routes::{
     admin, admin_alerts, admin_archival, admin_backends, admin_costs, auth_local, dataset_zip,
     datasets, events, files, health, lora_models, me, me_notifications, names, params, references,
-    samples, selector_asset, ui, webhooks, worker, worker_samples,
+    samples, ui, webhooks, worker, worker_samples,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -294,8 +294,6 @@ fn routes(settings: &ServerSettings) -> RouteTable {
         .route(Method::GET, "/healthz", health::healthz)
         .route(Method::GET, "/readyz", health::readyz)
         .route(Method::GET, "/metrics", metrics_route::metrics)
-        .route(Method::GET, "/ui/lora-selector.js", selector_asset::script)
-        .route(Method::GET, "/ui/selector-demo.html", selector_asset::demo)
         .merge(upload)
         .merge(files)
         .merge(api)

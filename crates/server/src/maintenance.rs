@@ -54,9 +54,9 @@ pub async fn run(
                 // Settles reservations of finished LoRAs (credits on or not: one left by a
                 // time credits were on is still settled).
                 match crate::credits::reconcile_credits(state.repo(), state.now()).await {
-                    Ok(r) if r.charged + r.refunded > 0 => tracing::info!(
-                        charged = r.charged, refunded = r.refunded, deducted_micros = r.deducted.0,
-                        "credit reservations settled"
+                    Ok(r) if r.charged + r.refunded + r.reimbursed > 0 => tracing::info!(
+                        charged = r.charged, refunded = r.refunded, reimbursed = r.reimbursed,
+                        deducted_micros = r.deducted.0, "credit reservations settled"
                     ),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "settling credit reservations failed; the next round retries"),

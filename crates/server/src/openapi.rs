@@ -76,7 +76,7 @@ use crate::views;
         views::DatasetRefView, views::ReferenceImageView, views::ValidationView,
         datasets::DatasetView, datasets::DatasetImageView, datasets::FromUrlsRequest, datasets::UrlImageRequest,
         references::FromReferencesRequest, references::CharacterReference, references::FromReferencesResponse,
-        references::CharacterLoraView, references::CharacterWarning, events::EventView,
+        references::CharacterLoraView, references::CharacterWarning, events::EventView, events::UnavailableView,
         lora_models::CreateLoraRequest, lora_models::PatchLora, admin::ReviewBody, admin::Decision,
         admin_backends::BackendsView, admin_backends::BackendView, admin_backends::TransitionView,
         admin_backends::ForceBreaker, admin_backends::ForcedState,
@@ -322,11 +322,9 @@ mod tests {
         // The web UI's routes serve files, not the API: the one exception, listed in one place.
         let served: BTreeSet<(String, String)> = crate::served_routes(&settings)
             .into_iter()
-            // `/ui/…` (the UI's files, the selector's script and demo page) and `/` are browser
-            // assets, not API operations: served, not documented.
-            .filter(|(_, p)| {
-                !crate::routes::ui::UI_ROUTES.contains(&p.as_str()) && !p.starts_with("/ui/")
-            })
+            // `/ui/{file}` (the UI's files, the selector's script and demo page: one asset
+            // table) and `/` are browser assets, not API operations: served, not documented.
+            .filter(|(_, p)| !crate::routes::ui::UI_ROUTES.contains(&p.as_str()))
             .map(|(m, p)| (m.to_string(), p))
             .collect();
         let doc = doc_json(&settings);

@@ -60,6 +60,11 @@ impl Settings {
             ("monthly_limit", self.monthly_limit.to_string()),
             ("max_concurrent_jobs", self.max_concurrent_jobs.to_string()),
             ("creates_per_minute", self.creates_per_minute.to_string()),
+            ("reports_per_minute", self.reports_per_minute.to_string()),
+            (
+                "report_alert_threshold",
+                self.report_alert_threshold.to_string(),
+            ),
             ("min_steps", self.min_steps.to_string()),
             ("min_resolution", self.min_resolution.to_string()),
             (

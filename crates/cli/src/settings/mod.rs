@@ -47,6 +47,10 @@ pub struct Settings {
     pub max_concurrent_jobs: u32,
     /// LoRA creates per user per minute (0 = unlimited).
     pub creates_per_minute: u32,
+    /// Reports of LoRAs one user may file per minute (0 = unlimited).
+    pub reports_per_minute: u32,
+    /// Open reports of one LoRA that raise the `lora_reported` operator alert (0 = no alert).
+    pub report_alert_threshold: u32,
     /// Lowest accepted `steps` (004 says 100; lower it to train tiny test models).
     pub min_steps: u32,
     /// Lowest accepted `resolution`, pixels (004 says 256).
@@ -341,6 +345,7 @@ const LIST_KEYS: [&str; 7] = [
 
 impl Settings {
     pub fn load(over: &Overrides) -> anyhow::Result<Self> {
+        let moderation = loraforge_server::settings::ModerationSettings::default();
         let mut b = config::Config::builder()
             .set_default("bind", "127.0.0.1:8080")?
             .set_default("data_dir", "./data")?
@@ -350,6 +355,8 @@ impl Settings {
             .set_default("monthly_limit", 5)?
             .set_default("max_concurrent_jobs", 2)?
             .set_default("creates_per_minute", 10)?
+            .set_default("reports_per_minute", moderation.reports_per_minute)?
+            .set_default("report_alert_threshold", moderation.alert_after_reports)?
             .set_default("min_steps", 100)?
             .set_default("min_resolution", 256)?
             .set_default("local_model_roots", Vec::<String>::new())?

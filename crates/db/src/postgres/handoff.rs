@@ -7,7 +7,10 @@ use loraforge_domain::{LoraId, LoraModel};
 
 use super::PgRepository;
 use super::rows::{lora_record, ts};
-use crate::handoff::HandoffStore;
+use crate::handoff::{
+    CLEAR_FILE_MISSING, HandoffStore, NOTE_FILE_MISSING,
+    RECORD_SHA256,
+};
 use crate::{DbError, Result};
 
 #[async_trait]
@@ -33,7 +36,7 @@ impl HandoffStore for PgRepository {
     }
 
     async fn record_sha256(&self, lora: LoraId, sha256: &str) -> Result<()> {
-        sqlx::query("UPDATE lora_models SET sha256 = $1 WHERE id = $2 AND sha256 IS NULL")
+        sqlx::query(RECORD_SHA256)
             .bind(sha256)
             .bind(lora.as_uuid())
             .execute(&self.pool)
@@ -42,25 +45,19 @@ impl HandoffStore for PgRepository {
     }
 
     async fn note_file_missing(&self, lora: LoraId, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
-        let first: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "UPDATE lora_models SET file_missing_since = coalesce(file_missing_since, $1) \
-             WHERE id = $2 RETURNING file_missing_since",
-        )
-        .bind(ts(now))
-        .bind(lora.as_uuid())
-        .fetch_optional(&self.pool)
-        .await?;
+        let first: Option<DateTime<Utc>> = sqlx::query_scalar(NOTE_FILE_MISSING)
+            .bind(ts(now))
+            .bind(lora.as_uuid())
+            .fetch_optional(&self.pool)
+            .await?;
         first.ok_or(DbError::NotFound)
     }
 
     async fn clear_file_missing(&self, lora: LoraId) -> Result<()> {
-        sqlx::query(
-            "UPDATE lora_models SET file_missing_since = NULL \
-             WHERE id = $1 AND file_missing_since IS NOT NULL",
-        )
-        .bind(lora.as_uuid())
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(CLEAR_FILE_MISSING)
+            .bind(lora.as_uuid())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 }

@@ -73,13 +73,17 @@ pub(super) async fn change_status(
         return Ok(None);
     }
     if let Some(files) = &detail.outputs {
-        sqlx::query("UPDATE lora_models SET storage_key = $1, file_size = $2, validation_image_keys = $3 WHERE id = $4")
-            .bind(&files.storage_key)
-            .bind(i64::try_from(files.file_size).unwrap_or(i64::MAX))
-            .bind(sqlx::types::Json(&files.validation_image_keys))
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "UPDATE lora_models SET storage_key = $1, file_size = $2, validation_image_keys = $3, \
+             sha256 = $4 WHERE id = $5",
+        )
+        .bind(&files.storage_key)
+        .bind(i64::try_from(files.file_size).unwrap_or(i64::MAX))
+        .bind(sqlx::types::Json(&files.validation_image_keys))
+        .bind(&files.sha256)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     }
     if let Some(passed) = detail.validation_passed {
         sqlx::query("UPDATE lora_models SET validation_passed = $1 WHERE id = $2")

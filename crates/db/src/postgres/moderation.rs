@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
+use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use loraforge_domain::{CreatorRef, LoraId, LoraModel, Resolution, UserId};
@@ -16,8 +16,9 @@ use super::PgRepository;
 use super::rows::{fetch_lora, fetch_written, hidden_record, ts};
 use crate::common::{corrupt, to_u32, to_u64};
 use crate::moderation::{
-    Filed, HideOutcome, ModerationStore, NewReport, REPORT_COLUMNS, Report, ReportQuery,
-    ReportRecord, ReportRow, report_filter, report_order,
+    DISMISS_REPORT, Filed, HideOutcome, ModerationStore, NewReport, OPEN_REPORTS_OF,
+    REPORT_COLUMNS, RESOLVE_OPEN_REPORTS, Report, ReportQuery, ReportRecord, ReportRow,
+    UNHIDE_LORA, count_reports_sql, list_reports_sql,
 };
 use crate::{DbError, Page, Result};
 
@@ -86,12 +87,10 @@ async fn file_in_tx(conn: &mut PgConnection, new: &NewReport) -> Result<Filed> {
     let report = fetch_report(conn, id)
         .await?
         .ok_or_else(|| corrupt(format!("report {id} vanished inside its transaction")))?;
-    let open: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM lora_reports WHERE lora_id = $1 AND resolved_at IS NULL",
-    )
-    .bind(lora)
-    .fetch_one(&mut *conn)
-    .await?;
+    let open: i64 = sqlx::query_scalar(OPEN_REPORTS_OF)
+        .bind(lora)
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(Filed::Created {
         report,
         open_reports: to_u32(open, "count")?,
@@ -126,17 +125,14 @@ async fn hide_in_tx(
         .execute(&mut *conn)
         .await?;
     }
-    let resolved = sqlx::query(
-        "UPDATE lora_reports SET resolved_at = $1, resolved_by = $2, resolution = $3 \
-         WHERE lora_id = $4 AND resolved_at IS NULL",
-    )
-    .bind(now)
-    .bind(by.as_uuid())
-    .bind(Resolution::Hidden.as_str())
-    .bind(id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    let resolved = sqlx::query(RESOLVE_OPEN_REPORTS)
+        .bind(now)
+        .bind(by.as_uuid())
+        .bind(Resolution::Hidden.as_str())
+        .bind(id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
     Ok(Some(HideOutcome {
         lora: fetch_written(conn, id).await?,
         newly_hidden,
@@ -158,19 +154,11 @@ impl ModerationStore for PgRepository {
 
     async fn list_reports(&self, query: &ReportQuery) -> Result<Page<ReportRow>> {
         let mut conn = self.pool.acquire().await?;
-        let mut qb = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {REPORT_COLUMNS}, m.name AS lora_name, m.user_id, u.email, u.display_name, \
-             m.hidden_at, m.hidden_reason, m.hidden_by, \
-             (SELECT count(*) FROM lora_reports o WHERE o.lora_id = r.lora_id AND o.resolved_at IS NULL) AS open_reports \
-             FROM lora_reports r JOIN lora_models m ON m.id = r.lora_id LEFT JOIN users u ON u.id = m.user_id"
-        ));
-        qb.push(report_filter(query.state))
-            .push(report_order(query.state))
-            .push(" LIMIT ")
-            .push_bind(i64::from(query.limit))
-            .push(" OFFSET ")
-            .push_bind(i64::try_from(query.offset).unwrap_or(i64::MAX));
-        let rows = qb.build().fetch_all(&mut *conn).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(list_reports_sql(query.state)))
+            .bind(i64::from(query.limit))
+            .bind(i64::try_from(query.offset).unwrap_or(i64::MAX))
+            .fetch_all(&mut *conn)
+            .await?;
         let items = rows
             .iter()
             .map(|row| {
@@ -187,12 +175,9 @@ impl ModerationStore for PgRepository {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM lora_reports r{}",
-            report_filter(query.state)
-        )))
-        .fetch_one(&mut *conn)
-        .await?;
+        let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count_reports_sql(query.state)))
+            .fetch_one(&mut *conn)
+            .await?;
         Ok(Page {
             items,
             total: to_u64(total, "count")?,
@@ -217,13 +202,10 @@ impl ModerationStore for PgRepository {
     async fn unhide_lora(&self, id: LoraId) -> Result<LoraModel> {
         let id = id.as_uuid();
         let lora = in_write_tx!(self, |conn| async {
-            sqlx::query(
-                "UPDATE lora_models SET hidden_at = NULL, hidden_reason = NULL, hidden_by = NULL \
-                 WHERE id = $1",
-            )
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query(UNHIDE_LORA)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
             fetch_lora(conn, id).await
         })?;
         lora.ok_or(DbError::NotFound)
@@ -231,16 +213,13 @@ impl ModerationStore for PgRepository {
 
     async fn dismiss_report(&self, id: i64, by: UserId, now: DateTime<Utc>) -> Result<Report> {
         let report = in_write_tx!(self, |conn| async {
-            sqlx::query(
-                "UPDATE lora_reports SET resolved_at = $1, resolved_by = $2, resolution = $3 \
-                 WHERE id = $4 AND resolved_at IS NULL",
-            )
-            .bind(ts(now))
-            .bind(by.as_uuid())
-            .bind(Resolution::Dismissed.as_str())
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query(DISMISS_REPORT)
+                .bind(ts(now))
+                .bind(by.as_uuid())
+                .bind(Resolution::Dismissed.as_str())
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
             fetch_report(conn, id).await
         })?;
         report.ok_or(DbError::NotFound)

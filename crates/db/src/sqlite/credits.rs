@@ -13,7 +13,9 @@ use loraforge_domain::{LoraId, MicroUsd, UserId};
 use super::SqliteRepository;
 use super::rows::{parse_ts, ts};
 use crate::common::{corrupt, parse_status, to_i64};
-use crate::credits::{check_reserve, entry_reason, quote_sample, settlement_entries};
+use crate::credits::{
+    DUE_RESERVATIONS, SETTLEMENT_STATE, SettlementState, check_reserve, entry_reason, quote_sample,
+};
 use crate::{
     CreditEntry, CreditStore, CreditSummary, DueReservation, NewCreditGrant, Result, SettledCredits,
 };
@@ -159,20 +161,10 @@ impl CreditStore for SqliteRepository {
     }
 
     async fn due_reservations(&self, limit: u32) -> Result<Vec<DueReservation>> {
-        let rows = sqlx::query(
-            "SELECT r.lora_id, r.user_id, r.amount_micros, l.training_status \
-             FROM credit_entries r JOIN lora_models l ON l.id = r.lora_id \
-             WHERE r.kind = 'reserve' \
-               AND NOT EXISTS (SELECT 1 FROM credit_entries s WHERE s.lora_id = r.lora_id \
-                               AND s.kind IN ('release', 'refund')) \
-               AND (l.training_status IN ('failed', 'cancelled') \
-                    OR (l.training_status = 'completed' AND NOT EXISTS ( \
-                        SELECT 1 FROM training_runs t WHERE t.lora_id = l.id AND t.instance_gone_at IS NULL))) \
-             ORDER BY r.id LIMIT $1",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(DUE_RESERVATIONS)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(DueReservation {
@@ -192,44 +184,33 @@ impl CreditStore for SqliteRepository {
         now: DateTime<Utc>,
     ) -> Result<SettledCredits> {
         let lora_s = lora.to_string();
+        // The write lock serializes settlements (and status changes) across connections.
         let mut tx = self.write_tx().await?;
-        let reserve: Option<(String, i64, i64)> = sqlx::query_as(
-            "SELECT r.user_id, r.amount_micros, l.training_cost_micros FROM credit_entries r \
-             JOIN lora_models l ON l.id = r.lora_id WHERE r.lora_id = $1 AND r.kind = 'reserve'",
-        )
-        .bind(&lora_s)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((user, amount, cost)) = reserve else {
-            tx.commit().await?;
-            return Ok(SettledCredits::default());
-        };
-        let done: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM credit_entries WHERE lora_id = $1 AND kind IN ('release', 'refund')",
-        )
-        .bind(&lora_s)
-        .fetch_one(&mut *tx)
-        .await?;
+        let row = sqlx::query(SETTLEMENT_STATE)
+            .bind(&lora_s)
+            .fetch_optional(&mut *tx)
+            .await?;
         let mut out = SettledCredits::default();
-        if done == 0 {
+        if let Some(row) = row {
+            let user: String = row.try_get("user_id")?;
+            let state = SettlementState::from_row(&row)?;
             let now = ts(now);
-            for (kind, value) in settlement_entries(settlement, MicroUsd(-amount), MicroUsd(cost)) {
-                let written = insert_entry(
+            for (kind, value) in state.entries(settlement) {
+                let reason = entry_reason(kind);
+                if insert_entry(
                     &mut tx,
                     &user,
                     Some(&lora_s),
                     kind,
                     value,
-                    entry_reason(kind),
+                    reason,
                     None,
                     &now,
                 )
                 .await?
-                .is_some();
-                match (kind, written) {
-                    (CreditKind::Deduct, true) => out.deducted = Some(MicroUsd(-value.0)),
-                    (_, true) => out.returned = Some(value),
-                    _ => {}
+                .is_some()
+                {
+                    out.note(kind, value);
                 }
             }
         }

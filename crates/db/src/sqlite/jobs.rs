@@ -74,13 +74,17 @@ pub(super) async fn change_status(
     if let Some(files) = &detail.outputs {
         let keys = serde_json::to_string(&files.validation_image_keys)
             .map_err(|e| DbError::Corrupt(e.to_string()))?;
-        sqlx::query("UPDATE lora_models SET storage_key = $1, file_size = $2, validation_image_keys = $3 WHERE id = $4")
-            .bind(&files.storage_key)
-            .bind(i64::try_from(files.file_size).unwrap_or(i64::MAX))
-            .bind(keys)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "UPDATE lora_models SET storage_key = $1, file_size = $2, validation_image_keys = $3, \
+             sha256 = $4 WHERE id = $5",
+        )
+        .bind(&files.storage_key)
+        .bind(i64::try_from(files.file_size).unwrap_or(i64::MAX))
+        .bind(keys)
+        .bind(&files.sha256)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     }
     if let Some(passed) = detail.validation_passed {
         sqlx::query("UPDATE lora_models SET validation_passed = $1 WHERE id = $2")

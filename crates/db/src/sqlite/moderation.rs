@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
 use loraforge_domain::{CreatorRef, LoraId, LoraModel, Resolution, UserId};
@@ -15,8 +15,9 @@ use super::SqliteRepository;
 use super::rows::{fetch_lora, fetch_written, hidden_record, parse_ts, ts};
 use crate::common::{corrupt, to_u32, to_u64};
 use crate::moderation::{
-    Filed, HideOutcome, ModerationStore, NewReport, REPORT_COLUMNS, Report, ReportQuery,
-    ReportRecord, ReportRow, report_filter, report_order,
+    DISMISS_REPORT, Filed, HideOutcome, ModerationStore, NewReport, OPEN_REPORTS_OF,
+    REPORT_COLUMNS, RESOLVE_OPEN_REPORTS, Report, ReportQuery, ReportRecord, ReportRow,
+    UNHIDE_LORA, count_reports_sql, list_reports_sql,
 };
 use crate::{DbError, Page, Result};
 
@@ -61,12 +62,10 @@ async fn fetch_report(conn: &mut SqliteConnection, id: i64) -> Result<Option<Rep
 }
 
 async fn open_reports_of(conn: &mut SqliteConnection, lora: &str) -> Result<u32> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM lora_reports WHERE lora_id = $1 AND resolved_at IS NULL",
-    )
-    .bind(lora)
-    .fetch_one(&mut *conn)
-    .await?;
+    let n: i64 = sqlx::query_scalar(OPEN_REPORTS_OF)
+        .bind(lora)
+        .fetch_one(&mut *conn)
+        .await?;
     to_u32(n, "count")
 }
 
@@ -139,17 +138,14 @@ async fn hide_in_tx(
         .execute(&mut *conn)
         .await?;
     }
-    let resolved = sqlx::query(
-        "UPDATE lora_reports SET resolved_at = $1, resolved_by = $2, resolution = $3 \
-         WHERE lora_id = $4 AND resolved_at IS NULL",
-    )
-    .bind(&now)
-    .bind(&by)
-    .bind(Resolution::Hidden.as_str())
-    .bind(id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    let resolved = sqlx::query(RESOLVE_OPEN_REPORTS)
+        .bind(&now)
+        .bind(&by)
+        .bind(Resolution::Hidden.as_str())
+        .bind(id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
     Ok(Some(HideOutcome {
         lora: fetch_written(conn, id).await?,
         newly_hidden,
@@ -171,19 +167,11 @@ impl ModerationStore for SqliteRepository {
 
     async fn list_reports(&self, query: &ReportQuery) -> Result<Page<ReportRow>> {
         let mut conn = self.pool.acquire().await?;
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {REPORT_COLUMNS}, m.name AS lora_name, m.user_id, u.email, u.display_name, \
-             m.hidden_at, m.hidden_reason, m.hidden_by, \
-             (SELECT count(*) FROM lora_reports o WHERE o.lora_id = r.lora_id AND o.resolved_at IS NULL) AS open_reports \
-             FROM lora_reports r JOIN lora_models m ON m.id = r.lora_id LEFT JOIN users u ON u.id = m.user_id"
-        ));
-        qb.push(report_filter(query.state))
-            .push(report_order(query.state))
-            .push(" LIMIT ")
-            .push_bind(i64::from(query.limit))
-            .push(" OFFSET ")
-            .push_bind(i64::try_from(query.offset).unwrap_or(i64::MAX));
-        let rows = qb.build().fetch_all(&mut *conn).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(list_reports_sql(query.state)))
+            .bind(i64::from(query.limit))
+            .bind(i64::try_from(query.offset).unwrap_or(i64::MAX))
+            .fetch_all(&mut *conn)
+            .await?;
         let items = rows
             .iter()
             .map(|row| {
@@ -200,12 +188,9 @@ impl ModerationStore for SqliteRepository {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM lora_reports r{}",
-            report_filter(query.state)
-        )))
-        .fetch_one(&mut *conn)
-        .await?;
+        let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count_reports_sql(query.state)))
+            .fetch_one(&mut *conn)
+            .await?;
         Ok(Page {
             items,
             total: to_u64(total, "count")?,
@@ -230,13 +215,10 @@ impl ModerationStore for SqliteRepository {
     async fn unhide_lora(&self, id: LoraId) -> Result<LoraModel> {
         let id = id.to_string();
         let lora = in_write_tx!(self, |conn| async {
-            sqlx::query(
-                "UPDATE lora_models SET hidden_at = NULL, hidden_reason = NULL, hidden_by = NULL \
-                 WHERE id = $1",
-            )
-            .bind(&id)
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query(UNHIDE_LORA)
+                .bind(&id)
+                .execute(&mut *conn)
+                .await?;
             fetch_lora(conn, &id).await
         })?;
         lora.ok_or(DbError::NotFound)
@@ -244,16 +226,13 @@ impl ModerationStore for SqliteRepository {
 
     async fn dismiss_report(&self, id: i64, by: UserId, now: DateTime<Utc>) -> Result<Report> {
         let report = in_write_tx!(self, |conn| async {
-            sqlx::query(
-                "UPDATE lora_reports SET resolved_at = $1, resolved_by = $2, resolution = $3 \
-                 WHERE id = $4 AND resolved_at IS NULL",
-            )
-            .bind(ts(now))
-            .bind(by.to_string())
-            .bind(Resolution::Dismissed.as_str())
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query(DISMISS_REPORT)
+                .bind(ts(now))
+                .bind(by.to_string())
+                .bind(Resolution::Dismissed.as_str())
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
             fetch_report(conn, id).await
         })?;
         report.ok_or(DbError::NotFound)

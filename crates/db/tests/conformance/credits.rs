@@ -229,6 +229,7 @@ pub async fn a_crash_between_reserve_and_deduct_charges_once(repo: Repo) {
         [SettledCredits {
             deducted: Some(MicroUsd(600_000)),
             returned: Some(MicroUsd(2_000_000)),
+            reimbursed: None,
         }]
     );
     assert!(reconcile(&repo).await.is_empty());
@@ -301,5 +302,107 @@ pub async fn failure_and_cancel_refund_in_full(repo: Repo) {
             .unwrap(),
         SettledCredits::default()
     );
+    assert_ledger_agrees(&repo, owner).await;
+}
+
+/// PRD 4 Scenario 8: a completed LoRA whose file is gone for good fails, and a failed LoRA costs
+/// its owner nothing. Charged already: the charge is reimbursed, once, however many settle it
+/// at once. Not charged yet: a charge decided on `completed` writes nothing and the reservation
+/// is refunded in full. Either way the LoRA leaves the monthly count.
+pub async fn a_lost_file_gives_back_what_the_lora_cost_once(repo: Repo) {
+    let owner = UserId::new();
+    grant(&repo, owner, 10_000_000).await;
+    let window = loraforge_domain::MonthlyWindow::containing(t(0));
+
+    // Charged, then its file is lost.
+    let (charged, run) = trained(&repo, owner, "Charged then lost", 2_000_000).await;
+    assert!(
+        repo.record_instance_gone(run, MicroUsd(600_000), t(12))
+            .await
+            .unwrap()
+    );
+    reconcile(&repo).await;
+    assert_eq!(
+        repo.credit_summary(owner).await.unwrap().available,
+        MicroUsd(9_400_000)
+    );
+    assert_eq!(repo.count_monthly(owner, window).await.unwrap(), 1);
+    apply(&repo, charged, StatusEvent::FileLost, t(20))
+        .await
+        .unwrap();
+    assert_eq!(repo.count_monthly(owner, window).await.unwrap(), 0);
+    let due = repo.due_reservations(100).await.unwrap();
+    assert_eq!(
+        due.iter()
+            .map(|d| (d.lora_id, d.status))
+            .collect::<Vec<_>>(),
+        [(charged, TrainingStatus::Failed)]
+    );
+    // Two resolves racing, each settling the LoRA it failed, and then the reconciler.
+    let (a, b) = tokio::join!(
+        repo.settle_reservation(charged, Settlement::Refund, t(21)),
+        repo.settle_reservation(charged, Settlement::Refund, t(21)),
+    );
+    let written: Vec<SettledCredits> = [a.unwrap(), b.unwrap()]
+        .into_iter()
+        .filter(|s| *s != SettledCredits::default())
+        .collect();
+    assert_eq!(
+        written,
+        [SettledCredits {
+            reimbursed: Some(MicroUsd(600_000)),
+            ..SettledCredits::default()
+        }]
+    );
+    assert!(reconcile(&repo).await.is_empty(), "reimbursed once");
+    let entries = repo.credit_history(owner, 100, 0).await.unwrap();
+    assert_eq!(count(&entries, charged, CreditKind::Reimburse), 1);
+    assert_eq!(count(&entries, charged, CreditKind::Refund), 0);
+    let net: i64 = entries
+        .iter()
+        .filter(|e| e.lora_id == Some(charged))
+        .map(|e| e.amount.0)
+        .sum();
+    assert_eq!(net, 0, "the lost LoRA cost its owner nothing");
+    let s = repo.credit_summary(owner).await.unwrap();
+    assert_eq!(
+        (s.balance.0, s.reserved.0, s.available.0),
+        (10_000_000, 0, 10_000_000)
+    );
+    assert_ledger_agrees(&repo, owner).await;
+
+    // Lost before its charge: the reconciler had decided to charge it, too late.
+    let (early, run) = trained(&repo, owner, "Lost before its charge", 1_000_000).await;
+    assert!(
+        repo.record_instance_gone(run, MicroUsd(300_000), t(12))
+            .await
+            .unwrap()
+    );
+    apply(&repo, early, StatusEvent::FileLost, t(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        repo.settle_reservation(early, Settlement::Charge, t(21))
+            .await
+            .unwrap(),
+        SettledCredits::default(),
+        "no charge for a failed LoRA"
+    );
+    let settled = reconcile(&repo).await;
+    assert_eq!(
+        settled,
+        [SettledCredits {
+            returned: Some(MicroUsd(1_000_000)),
+            ..SettledCredits::default()
+        }]
+    );
+    let entries = repo.credit_history(owner, 100, 0).await.unwrap();
+    assert_eq!(count(&entries, early, CreditKind::Deduct), 0);
+    assert_eq!(count(&entries, early, CreditKind::Reimburse), 0);
+    assert_eq!(
+        repo.credit_summary(owner).await.unwrap().available,
+        MicroUsd(10_000_000)
+    );
+    assert_eq!(repo.count_monthly(owner, window).await.unwrap(), 0);
     assert_ledger_agrees(&repo, owner).await;
 }

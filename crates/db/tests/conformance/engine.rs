@@ -471,6 +471,7 @@ pub async fn runs_are_recorded_settled_and_ended_once(repo: Repo) {
     let files = TrainedFiles {
         storage_key: "lora-models/u/l/model.safetensors".into(),
         file_size: 1234,
+        sha256: Some("ab".repeat(32)),
         validation_image_keys: vec!["v0".into()],
     };
     repo.record_run_outcome(
@@ -508,6 +509,8 @@ pub async fn runs_are_recorded_settled_and_ended_once(repo: Repo) {
             Some(true)
         )
     );
+    // The file's hash is recorded with it: the hand-off has nothing to hash.
+    assert_eq!(done.sha256, Some("ab".repeat(32)));
     let statuses: Vec<String> = repo
         .events_after(b, 0, 100)
         .await
@@ -524,6 +527,7 @@ pub async fn a_review_wait_and_a_rejected_file_are_recorded(repo: Repo) {
     let files = TrainedFiles {
         storage_key: "k".into(),
         file_size: 1,
+        sha256: None,
         validation_image_keys: Vec::new(),
     };
     for (id, w) in [(r, "w1"), (x, "w2")] {

@@ -90,6 +90,7 @@ pub async fn run_costs_are_ledger_entries_and_training_cost_is_their_sum(repo: R
     let files = TrainedFiles {
         storage_key: format!("lora-models/{owner_a}/{a}/model.safetensors"),
         file_size: 2_500_000_000,
+        sha256: None,
         validation_image_keys: vec![],
     };
     repo.settle_run(

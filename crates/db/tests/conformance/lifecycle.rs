@@ -386,6 +386,7 @@ pub async fn trained_files_and_verdict_are_recorded_with_the_change(repo: Repo) 
     let files = TrainedFiles {
         storage_key: format!("lora-models/{owner}/{}/model.safetensors", lora.id),
         file_size: 231_872,
+        sha256: None,
         validation_image_keys: (0..3)
             .map(|i| format!("lora-validation-images/x/validation/{i}.png"))
             .collect(),

@@ -101,6 +101,7 @@ conformance! {
     credits::concurrent_creates_never_overdraw,
     credits::a_crash_between_reserve_and_deduct_charges_once,
     credits::failure_and_cancel_refund_in_full,
+    credits::a_lost_file_gives_back_what_the_lora_cost_once,
     webhooks::webhook_is_stored_with_the_lora_and_secrets_are_stable,
     webhooks::batches_move_the_cursor_once,
     webhooks::deliveries_are_leased_attempted_and_logged,

@@ -210,6 +210,11 @@ impl Db {
     /// Reports, as a worker would over the API, that the latest run of `id` trained: stores a
     /// valid LoRA file, the kohya file and three validation images, and records the result.
     pub async fn report_trained(&self, id: LoraId) {
+        self.report_trained_with_sha(id, None).await;
+    }
+
+    /// [`Db::report_trained`], the worker reporting `sha256` as the model file's hash.
+    pub async fn report_trained_with_sha(&self, id: LoraId, sha256: Option<&str>) {
         let lora = self.get(id).await;
         let keys = OutputKeys::of(lora.creator.id, lora.id);
         let model = tiny_lora();
@@ -232,7 +237,7 @@ impl Db {
             "attempt": run.attempt,
             "train_seconds": 1.5,
             "trainer_seconds": 3.0,
-            "model": {"bytes": model.len(), "sha256": null},
+            "model": {"bytes": model.len(), "sha256": sha256},
             "kohya": {"bytes": model.len(), "sha256": null},
             "validation": {"images": 3, "scores": null},
         });

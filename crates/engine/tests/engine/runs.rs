@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sha2::Digest;
+
 use loraforge_db::{EventDetail, FaultPoint};
 use loraforge_domain::{MicroUsd, StatusEvent, TrainingStatus};
 use loraforge_engine::{BackendError, Ending, EngineSettings, Observed, TrainingBackend};
@@ -62,6 +64,12 @@ async fn a_trained_run_is_published_and_its_instance_ended_with_its_cost(db: Db)
     assert_eq!(lora.status, TrainingStatus::Completed);
     assert_eq!(lora.validation_passed, Some(true));
     assert!(lora.storage_key.unwrap().ends_with("/model.safetensors"));
+    // The worker reported no hash: the stored file was hashed at publish, so the hand-off's
+    // first resolve has nothing to hash.
+    assert_eq!(
+        lora.sha256,
+        Some(hex::encode(sha2::Sha256::digest(tiny_lora())))
+    );
     assert_eq!(lora.training_cost, MicroUsd(1_080_000));
     let run = db.run(id).await;
     assert_eq!(run.cost, Some(MicroUsd(1_080_000)));
@@ -94,6 +102,26 @@ async fn sqlite_a_trained_run_is_published_and_its_instance_ended_with_its_cost(
 #[tokio::test]
 async fn postgres_a_trained_run_is_published_and_its_instance_ended_with_its_cost() {
     a_trained_run_is_published_and_its_instance_ended_with_its_cost(Db::postgres().await).await;
+}
+
+/// A worker hashes the model file before uploading it: when the stored file has the size it
+/// reported, that hash is what publishing records (the file is not hashed again).
+#[tokio::test]
+async fn publishing_records_the_hash_the_worker_reported() {
+    let db = Db::sqlite().await;
+    let u = db.user().await;
+    let id = db.lora(u, "Hashed", 0).await;
+    let pods = Scripted::new("pods", 1);
+    let engine = db.engine(
+        vec![pods.clone() as Arc<dyn TrainingBackend>],
+        settings("e1"),
+    );
+    engine.tick().await.unwrap();
+    let reported = "5e".repeat(32);
+    db.report_trained_with_sha(id, Some(&reported)).await;
+    let done = engine.tick().await.unwrap();
+    assert_eq!(done.published, [id], "{done:?}");
+    assert_eq!(db.get(id).await.sha256, Some(reported));
 }
 
 #[tokio::test]

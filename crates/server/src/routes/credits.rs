@@ -37,7 +37,8 @@ pub struct HistoryParams {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CreditEntryView {
     pub id: i64,
-    /// grant, adjust, reserve, release, deduct or refund.
+    /// grant, adjust, reserve, release, deduct, refund or reimburse (a charge given back when
+    /// the LoRA failed later: its file was lost).
     pub kind: String,
     /// Signed effect on what you may spend, in micro-dollars.
     pub amount_micros: i64,

@@ -4,6 +4,12 @@
 //! the query for EventSource polyfills), then waits for more: woken at once by changes made in
 //! this process, and polling the log every `events_poll_interval` (2 s) for changes made by
 //! other replicas. It ends after the event that puts the LoRA in a final status.
+//!
+//! Visibility is checked at every read of the log, not only when the stream opens: once an
+//! admin hides the LoRA (woken at once by the hide on this process, within the poll interval on
+//! others), a stream opened by anyone but its owner or an admin gets one last `unavailable`
+//! event and ends, as the LoRA's pages now answer them 404. The owner's and admins' streams go
+//! on.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -19,7 +25,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use loraforge_db::LoraEvent;
-use loraforge_domain::{LoraId, TrainingStatus};
+use loraforge_domain::{LoraId, TrainingStatus, UserId};
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
@@ -47,6 +53,19 @@ pub struct EventView {
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
+/// The `data:` of the last event (`event: unavailable`) of a stream whose LoRA its viewer may no
+/// longer see (an admin hid it). It has no `id:`: resuming after it is a 404.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UnavailableView {
+    pub lora_id: uuid::Uuid,
+    /// Always `not_found`: to its viewer, the LoRA is gone as if deleted.
+    pub code: String,
+    pub message: String,
+}
+
+/// The `event:` name of [`UnavailableView`].
+pub const UNAVAILABLE_EVENT: &str = "unavailable";
+
 impl From<&LoraEvent> for EventView {
     fn from(e: &LoraEvent) -> Self {
         Self {
@@ -64,7 +83,7 @@ impl From<&LoraEvent> for EventView {
 #[utoipa::path(get, path = "/api/v1/lora-models/{id}/events", tag = "library", security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path), ("Last-Event-ID" = Option<i64>, Header, description = "resume after this event"),
         ("last_event_id" = Option<i64>, Query, description = "the same, for EventSource polyfills that cannot send headers")),
-    responses((status = 200, description = "text/event-stream of EventView payloads", content_type = "text/event-stream"),
+    responses((status = 200, description = "text/event-stream of EventView payloads; a viewer who is neither the owner nor an admin gets a last `unavailable` event (UnavailableView) when the LoRA is hidden, then the stream ends", content_type = "text/event-stream"),
         (status = 400, description = "invalid_query or an invalid Last-Event-ID", body = crate::views::ErrorBody),
         (status = 404, body = crate::views::ErrorBody)))]
 pub async fn events(
@@ -92,13 +111,18 @@ pub async fn events(
     let watch = Watch {
         state: state.clone(),
         id: lora.id,
+        viewer: user.id,
+        is_admin: user.is_admin,
         cursor: after,
         rx: state.subscribe_changes(),
         buf: VecDeque::new(),
     };
     let stream = futures::stream::unfold(Some(watch), |w| async move {
         let mut w = w?;
-        let ev = w.next().await?;
+        let ev = match w.next().await? {
+            Next::Event(ev) => ev,
+            Next::Unavailable => return Some((Ok(unavailable(w.id)), None)),
+        };
         let ends = ev.kind == "status" && ev.status.is_final() && w.buf.is_empty();
         let sse = Event::default()
             .id(ev.id.to_string())
@@ -110,9 +134,32 @@ pub async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
+/// The last event of a stream whose LoRA was hidden from its viewer.
+fn unavailable(id: LoraId) -> Event {
+    let view = UnavailableView {
+        lora_id: id.0,
+        code: "not_found".to_owned(),
+        message: "this LoRA is no longer available".to_owned(),
+    };
+    Event::default()
+        .event(UNAVAILABLE_EVENT)
+        .json_data(view)
+        .unwrap_or_else(|_| Event::default().event(UNAVAILABLE_EVENT))
+}
+
+/// What [`Watch::next`] found.
+enum Next {
+    Event(LoraEvent),
+    /// The viewer may no longer see the LoRA: say so and end.
+    Unavailable,
+}
+
 struct Watch {
     state: AppState,
     id: LoraId,
+    /// Who opened the stream: whether they may still see the LoRA is checked at every read.
+    viewer: UserId,
+    is_admin: bool,
     cursor: i64,
     rx: broadcast::Receiver<LoraId>,
     buf: VecDeque<LoraEvent>,
@@ -120,14 +167,17 @@ struct Watch {
 
 impl Watch {
     /// The next event, waiting for one if needed; None ends the stream.
-    async fn next(&mut self) -> Option<LoraEvent> {
+    async fn next(&mut self) -> Option<Next> {
         loop {
             if let Some(ev) = self.buf.pop_front() {
-                return Some(ev);
+                return Some(Next::Event(ev));
             }
             // Status first, events second: a status change and its event commit together, so
             // if the LoRA was already final here, its final event is in the read below.
             let was_final = match self.state.repo().get_lora(self.id).await {
+                Ok(Some(l)) if !l.visible_to(self.viewer, self.is_admin) => {
+                    return Some(Next::Unavailable);
+                }
                 Ok(Some(l)) => l.status.is_final(),
                 Ok(None) => return None,
                 Err(e) => {

@@ -384,7 +384,8 @@ async fn hand_out(
     })
 }
 
-/// The model file's sha256: as recorded, else from the run that trained it (what the worker
+/// The model file's sha256: as recorded (at publish, `engine::AfterTraining`), else — for LoRAs
+/// published before the hash was recorded there — from the run that trained it (what the worker
 /// hashed before uploading, when its size matches the stored file), else hashed from the blob
 /// once. Either way it is recorded, so each LoRA is hashed at most once.
 async fn sha256_of(
@@ -402,9 +403,7 @@ async fn sha256_of(
             .rev()
             .filter_map(|r| r.result.clone())
             .filter_map(|v| serde_json::from_value::<RunResult>(v).ok())
-            .find(|r| r.model.bytes == size)
-            .and_then(|r| r.model.sha256)
-            .filter(|s| handoff::is_sha256_hex(s)),
+            .find_map(|r| handoff::reported_sha256(&r.model, size).map(str::to_owned)),
         Err(e) => {
             tracing::warn!(error = %e, lora_id = %lora.id, "reading the runs failed; hashing the file");
             None
@@ -427,7 +426,8 @@ async fn sha256_of(
 
 /// Scenario 8: a completed LoRA's file is not in the store. Alerts the operator (deduplicated
 /// by the alerts' cooldown), remembers the first miss, and fails the LoRA once the file has been
-/// missing on two checks at least `MISSING_FOR_GOOD_AFTER` apart. Returns the LoRA as it is now.
+/// missing on two checks at least `MISSING_FOR_GOOD_AFTER` apart, giving its owner back what it
+/// cost them as for any failed training. Returns the LoRA as it is now.
 async fn file_missing(state: &AppState, lora: LoraModel, now: DateTime<Utc>) -> LoraModel {
     let repo = state.repo();
     let first = match repo.note_file_missing(lora.id, now).await {
@@ -461,6 +461,10 @@ async fn file_missing(state: &AppState, lora: LoraModel, now: DateTime<Utc>) -> 
         Ok(failed) => {
             state.notify_changed(failed.id);
             tracing::warn!(lora_id = %failed.id, "LoRA failed: its file is gone from storage");
+            // A failed LoRA costs its owner nothing: the charge goes back (or the reservation,
+            // if it was not charged yet), once, whoever else settles it. Failed LoRAs leave the
+            // monthly count by their status.
+            crate::credits::settle_lora(repo, &failed, now).await;
             failed
         }
         // A concurrent resolve failed it first (or it changed meanwhile): answer what we have.

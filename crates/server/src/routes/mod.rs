@@ -26,7 +26,6 @@ pub mod quotes;
 pub mod references;
 pub mod reports;
 pub mod samples;
-pub mod selector_asset;
 pub mod ui;
 pub mod webhooks;
 pub mod worker;

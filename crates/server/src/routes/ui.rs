@@ -1,11 +1,15 @@
-//! The web UI: static files built into the binary from `crates/server/web/`, served at `/` (the
-//! app shell) and `/ui/{file}`. No build step: the files are plain HTML, CSS and ES modules.
+//! The web UI and the embeddable `<lora-selector>`: static files built into the binary from
+//! `crates/server/web/`, served at `/` (the app shell) and `/ui/{file}`. No build step: the files
+//! are plain HTML, CSS and ES modules. Not API operations, so not in the OpenAPI document
+//! ([`UI_ROUTES`]).
 //!
-//! Every file is one line of [`ASSETS`]; each answer carries a strong `ETag` (the SHA-256 of the
-//! bytes, computed once per process) and `Cache-Control: no-cache`, so browsers revalidate and
-//! get `304 Not Modified` until the binary changes. HTML carries a strict
-//! Content-Security-Policy: scripts, styles and frames from this origin only; images and
-//! requests also from `https:` (S3 presigned links) and the configured asset origins.
+//! Every file is one line of [`ASSETS`], with its [`Served`] policy for the headers that differ.
+//! Each answer carries a strong `ETag` (the SHA-256 of the bytes, computed once per process), so
+//! browsers revalidate and get `304 Not Modified` until the binary changes. The app's HTML
+//! carries a strict Content-Security-Policy: scripts, styles and frames from this origin only;
+//! images and requests also from `https:` (S3 presigned links) and the configured asset origins.
+//! The selector's script (`/ui/lora-selector.js`, a stable path host apps load) may be loaded
+//! from any origin; its demo host page has a policy of its own.
 
 use std::sync::LazyLock;
 
@@ -23,15 +27,44 @@ pub struct Asset {
     pub path: &'static str,
     pub content_type: &'static str,
     pub bytes: &'static [u8],
+    pub served: Served,
 }
 
-/// An [`Asset`] built from `crates/server/web/<path>`.
+/// How an asset is served, beyond its type, ETag and `X-Content-Type-Options: nosniff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// A file of the app: `Cache-Control: no-cache` (revalidated each time, 304 until the
+    /// binary changes); HTML gets the app's strict policy ([`content_security_policy`]).
+    App,
+    /// The `<lora-selector>` module host apps load from other origins. Browsers fetch module
+    /// scripts in CORS mode; it is public and sent without credentials, so any origin may load
+    /// it (`Access-Control-Allow-Origin: *`) whatever `cors_origins` says (the API calls it
+    /// makes still need the host's origin there). Cached for [`EMBED_MAX_AGE`].
+    Embeddable,
+    /// The selector's demo host page: its inline module script and styles are allowed by its
+    /// own policy ([`DEMO_POLICY`]); cached like the script it shows.
+    Demo,
+}
+
+/// `Cache-Control` of the selector's script and demo: host apps see a new release within 5
+/// minutes, then revalidate with the ETag.
+const EMBED_MAX_AGE: &str = "public, max-age=300";
+
+/// The demo host page's policy: same-origin everything, its own inline script and styles.
+pub const DEMO_POLICY: &str = "default-src 'self'; script-src 'self' 'unsafe-inline'; \
+     style-src 'self' 'unsafe-inline'; frame-ancestors 'none'";
+
+/// An [`Asset`] built from `crates/server/web/<path>`, served as an app file unless told.
 macro_rules! asset {
     ($path:literal, $content_type:expr) => {
+        asset!($path, $content_type, Served::App)
+    };
+    ($path:literal, $content_type:expr, $served:expr) => {
         Asset {
             path: $path,
             content_type: $content_type,
             bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/", $path)),
+            served: $served,
         }
     };
 }
@@ -54,7 +87,14 @@ pub static ASSETS: &[Asset] = &[
     asset!("new.js", JS),
     asset!("admin.js", JS),
     asset!("icon.svg", SVG),
+    asset!("lora-selector.js", JS, Served::Embeddable),
+    asset!("selector-demo.html", HTML, Served::Demo),
 ];
+
+/// The asset served at `/ui/{path}`.
+pub fn asset(path: &str) -> Option<&'static Asset> {
+    ASSETS.iter().find(|a| a.path == path)
+}
 
 /// The routes that are the UI rather than the API: served, but not in the OpenAPI document
 /// (`openapi.rs`'s coverage test leaves exactly these out).
@@ -107,15 +147,29 @@ fn serve(state: &AppState, headers: &HeaderMap, i: usize) -> Response {
     };
     let h = resp.headers_mut();
     h.insert(header::ETAG, etag.clone());
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    let cache = match asset.served {
+        Served::App => "no-cache",
+        Served::Embeddable | Served::Demo => EMBED_MAX_AGE,
+    };
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    if asset.served == Served::Embeddable {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+    }
     if asset.content_type == HTML {
-        if let Ok(csp) =
-            HeaderValue::from_str(&content_security_policy(&state.settings().ui.asset_origins))
-        {
+        let csp = match asset.served {
+            Served::Demo => Ok(HeaderValue::from_static(DEMO_POLICY)),
+            Served::App | Served::Embeddable => {
+                HeaderValue::from_str(&content_security_policy(&state.settings().ui.asset_origins))
+            }
+        };
+        if let Ok(csp) = csp {
             h.insert(header::CONTENT_SECURITY_POLICY, csp);
         }
         // Pages show signed links: never hand them to another site in a Referer.
@@ -181,6 +235,17 @@ mod tests {
             );
         }
         assert_eq!(ASSETS[0].path, "index.html", "the shell is served at /");
+        assert_eq!(ASSETS[0].served, Served::App);
+        let embeddable: Vec<_> = ASSETS
+            .iter()
+            .filter(|a| a.served == Served::Embeddable)
+            .map(|a| a.path)
+            .collect();
+        assert_eq!(
+            embeddable,
+            ["lora-selector.js"],
+            "only the selector is for other sites"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use loraforge_db::{EventDetail, LoraQuery, NewRun};
+use loraforge_db::{EventDetail, LoraQuery, NewRun, TrainedFiles};
 use loraforge_domain::{Clock, LoraId, MicroUsd, RunId, StatusEvent};
 use loraforge_server::credits::reconcile_credits;
 
@@ -255,26 +255,50 @@ async fn train(app: &TestApp, id: &str, backend: &str, cost: i64) {
     repo.record_run_outcome(run.id, "trained", None, None, ended)
         .await
         .unwrap();
-    for ev in [StatusEvent::BeginValidation, StatusEvent::Complete] {
-        repo.apply_event(id, ev, EventDetail::default(), ended)
-            .await
-            .unwrap();
-    }
+    // Its model file's key is recorded as a publish records it (the file itself is not stored).
+    let files = TrainedFiles {
+        storage_key: format!("lora-models/u/{id}/model.safetensors"),
+        file_size: 7,
+        sha256: None,
+        validation_image_keys: vec![],
+    };
+    let validating = EventDetail {
+        outputs: Some(files),
+        ..EventDetail::default()
+    };
+    repo.apply_event(id, StatusEvent::BeginValidation, validating, ended)
+        .await
+        .unwrap();
+    repo.apply_event(id, StatusEvent::Complete, EventDetail::default(), ended)
+        .await
+        .unwrap();
     repo.record_instance_gone(run.id, MicroUsd(cost), ended)
         .await
         .unwrap();
 }
 
+/// LoRAs of `u` counted toward this month's limit.
+async fn monthly_used(app: &TestApp, u: &User) -> u64 {
+    let limits: Value = app.get(u, "/api/v1/me/limits").await.json().await.unwrap();
+    limits["used"].as_u64().unwrap()
+}
+
+/// A user granted $10 whose LoRA `name` reserved its quote and trained on `runpod` for $0.25.
+async fn trained_with_credits(engine: Engine, name: &str) -> (TestApp, User, String) {
+    let app = spawn_app_with(engine, priced(true)).await;
+    let u = app.user();
+    let admin = app.user_with(None, true);
+    assert_eq!(grant(&app, &admin, &u, "10").await.status(), 201);
+    let ds = app.dataset(&u).await;
+    let id = app.create_ok(&u, name, &ds).await;
+    train(&app, &id, "runpod", 250_000).await;
+    (app, u, id)
+}
+
 #[tokio::test]
 async fn a_completed_lora_is_charged_its_actual_cost_once_and_teaches_the_quotes() {
     for engine in [Engine::Sqlite, Engine::Postgres] {
-        let app = spawn_app_with(engine, priced(true)).await;
-        let u = app.user();
-        let admin = app.user_with(None, true);
-        assert_eq!(grant(&app, &admin, &u, "10").await.status(), 201);
-        let ds = app.dataset(&u).await;
-        let id = app.create_ok(&u, "Trained", &ds).await;
-        train(&app, &id, "runpod", 250_000).await;
+        let (app, u, _) = trained_with_credits(engine, "Trained").await;
         // A crash left the reservation unsettled; the reconciler runs twice.
         let first = reconcile_credits(app.repo.as_ref(), app.clock.now())
             .await
@@ -321,5 +345,69 @@ async fn a_completed_lora_is_charged_its_actual_cost_once_and_teaches_the_quotes
         // At the run's recorded $1/h.
         assert_eq!(runpod["expected_cost_micros"], 500_000);
         assert_eq!(q["quotes"][1]["method"], "fallback");
+    }
+}
+
+/// PRD 4 Scenario 8 and the money: a completed, charged LoRA whose file is gone for good is
+/// failed by the generator's resolve, and that resolve gives the charge back at once (a failed
+/// LoRA costs nothing); the LoRA leaves the monthly count. Repeats and the reconciler add nothing.
+#[tokio::test]
+async fn a_lora_failed_for_a_lost_file_gets_its_charge_back_once() {
+    for engine in [Engine::Sqlite, Engine::Postgres] {
+        let (app, u, id) = trained_with_credits(engine, "Lost").await;
+        reconcile_credits(app.repo.as_ref(), app.clock.now())
+            .await
+            .unwrap();
+        assert_eq!(credits_of(&app, &u).await["available_micros"], 9_750_000);
+        assert_eq!(monthly_used(&app, &u).await, 1);
+
+        // The file is not in the store: a first miss, then gone for good 10 minutes later.
+        let body =
+            json!({"generation_id": "g", "characters": [{"character_id": "c", "lora_id": id}]});
+        for _ in 0..2 {
+            let resp = app.post_json(&u, "/api/v1/generation/resolve", &body).await;
+            let got: Value = resp.json().await.unwrap();
+            assert_eq!(got["characters"][0]["reason"], "file_missing", "{got}");
+            app.clock.advance(chrono::Duration::minutes(10));
+        }
+        let lora = app
+            .repo
+            .get_lora(id.parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(lora.status, loraforge_domain::TrainingStatus::Failed);
+
+        // Given back by the resolve itself, before any reconciler round.
+        let c = credits_of(&app, &u).await;
+        assert_eq!(
+            (
+                &c["balance_micros"],
+                &c["reserved_micros"],
+                &c["available_micros"]
+            ),
+            (&json!(10_000_000), &json!(0), &json!(10_000_000))
+        );
+        assert_eq!(c["history"][0]["kind"], "reimburse");
+        assert_eq!(c["history"][0]["amount_micros"], 250_000);
+        assert_eq!(c["history"][0]["lora_id"], id.as_str());
+        assert_eq!(
+            monthly_used(&app, &u).await,
+            0,
+            "a failed LoRA does not count"
+        );
+        let r = reconcile_credits(app.repo.as_ref(), app.clock.now())
+            .await
+            .unwrap();
+        assert_eq!((r.charged, r.refunded, r.reimbursed), (0, 0, 0));
+        app.post_json(&u, "/api/v1/generation/resolve", &body).await;
+        let c = credits_of(&app, &u).await;
+        let reimbursed = c["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "reimburse")
+            .count();
+        assert_eq!(reimbursed, 1);
     }
 }

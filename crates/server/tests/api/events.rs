@@ -150,3 +150,82 @@ async fn the_event_stream_replays_history_follows_changes_and_ends_when_final() 
         .unwrap();
     assert_eq!(error_of(resp, 400).await["code"], "invalid_request");
 }
+
+#[tokio::test]
+async fn hiding_a_lora_ends_the_streams_of_everyone_but_its_owner_and_admins() {
+    // No polling: the hide itself must reach the open streams.
+    let app = spawn_app_with(Engine::Sqlite, |s| {
+        s.events_poll_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let owner = app.user();
+    let other = app.user();
+    let admin = app.user_with(None, true);
+    let ds = app.dataset(&owner).await;
+    let id = app.create_ok(&owner, "watched", &ds).await;
+    let url = app.url(&format!("/api/v1/lora-models/{id}/events"));
+    let open = |token: String| {
+        let (http, url) = (app.http.clone(), url.clone());
+        async move {
+            let resp = http.get(&url).bearer_auth(token).send().await.unwrap();
+            let mut rx = frames(resp);
+            let first = next_frame(&mut rx).await.expect("the created event");
+            assert_eq!(first.1, "created");
+            rx
+        }
+    };
+    let mut others = open(other.token.clone()).await;
+    let mut owners = open(owner.token.clone()).await;
+    let mut admins = open(admin.token.clone()).await;
+
+    let resp = app
+        .post_json(
+            &admin,
+            &format!("/api/v1/admin/lora-models/{id}/hide"),
+            &json!({"reason": "impersonation"}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+
+    // Someone else's stream: one last `unavailable` event without an id, then the end.
+    let (event_id, kind, data) = next_frame(&mut others).await.expect("unavailable");
+    assert_eq!(kind, "unavailable");
+    assert_eq!(event_id, "", "nothing to resume after");
+    assert_eq!(data["lora_id"], id);
+    assert_eq!(data["code"], "not_found");
+    assert!(next_frame(&mut others).await.is_none(), "the stream ended");
+    // Opening it again is a 404, as for every page of a hidden LoRA.
+    let resp = app
+        .http
+        .get(&url)
+        .bearer_auth(&other.token)
+        .send()
+        .await
+        .unwrap();
+    error_of(resp, 404).await;
+
+    // The owner's and the admin's streams go on: the owner's cancel reaches both.
+    let resp = app
+        .post_json(
+            &owner,
+            &format!("/api/v1/lora-models/{id}/cancel"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    for rx in [&mut owners, &mut admins] {
+        let mut kinds = Vec::new();
+        while let Some((_, kind, data)) = next_frame(rx).await {
+            if kind == "status" {
+                assert_eq!(data["training_status"], "cancelled");
+            }
+            kinds.push(kind);
+        }
+        assert!(!kinds.contains(&"unavailable".to_owned()), "{kinds:?}");
+        assert_eq!(
+            kinds.last().map(String::as_str),
+            Some("status"),
+            "{kinds:?}"
+        );
+    }
+}

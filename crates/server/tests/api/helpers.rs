@@ -273,6 +273,7 @@ impl TestApp {
         let files = TrainedFiles {
             storage_key: format!("lora-models/u/{id}/model.safetensors"),
             file_size,
+            sha256: None,
             validation_image_keys: vec![],
         };
         self.repo

@@ -27,7 +27,6 @@ mod reports;
 mod retention;
 mod samples;
 mod schemathesis;
-mod selector_asset;
 mod supabase_tokens;
 mod text_input;
 mod url_intake;

@@ -292,6 +292,7 @@ async fn the_archival_review_lists_old_loras_and_records_approvals() {
                 outputs: Some(TrainedFiles {
                     storage_key: format!("lora-models/{}/{old}/model.safetensors", user.id),
                     file_size: 2_000_000_000,
+                    sha256: None,
                     validation_image_keys: vec![],
                 }),
                 ..EventDetail::default()

@@ -1,5 +1,8 @@
 //! The web UI's files (`routes/ui.rs`), its one-click local sign-in (`routes/auth_local.rs`) and
-//! the parameter ranges its form reads (`routes/params.rs`).
+//! the parameter ranges its form reads (`routes/params.rs`); and, from the same asset table,
+//! `/ui/lora-selector.js` and `/ui/selector-demo.html`: served with the content types browsers
+//! need for a module script, loadable from any origin, and the API's CORS as configured (the
+//! browser test `crates/cli/tests/lora_selector.rs` runs the element itself).
 
 use std::time::Duration;
 
@@ -193,4 +196,129 @@ async fn the_parameter_ranges_are_the_servers_configured_ones() {
         .await
         .unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_selector_script_is_a_module_any_origin_may_load() {
+    let app = spawn_app().await;
+    let resp = app
+        .http
+        .get(app.url("/ui/lora-selector.js"))
+        .header("origin", "https://host.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers().clone();
+    assert_eq!(h["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(h["access-control-allow-origin"], "*");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h[CACHE_CONTROL], "public, max-age=300");
+    let etag = h[ETAG].clone();
+    let body = resp.text().await.unwrap();
+    let committed = loraforge_server::routes::ui::asset("lora-selector.js").unwrap();
+    assert_eq!(body.as_bytes(), committed.bytes, "the file as committed");
+    assert!(body.contains("customElements.define('lora-selector'"));
+    // Revalidated like every asset: 304 with the same ETag, still loadable from anywhere.
+    let again = app
+        .http
+        .get(app.url("/ui/lora-selector.js"))
+        .header("origin", "https://host.example")
+        .header(IF_NONE_MATCH, etag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(again.headers()[ETAG], etag);
+    assert_eq!(again.headers()["access-control-allow-origin"], "*");
+    // The app's own files are not for other sites.
+    let app_js = app
+        .http
+        .get(app.url("/ui/app.js"))
+        .header("origin", "https://host.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        app_js
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn the_demo_page_is_html_that_loads_the_script_from_its_own_origin() {
+    let app = spawn_app().await;
+    let resp = app
+        .http
+        .get(app.url("/ui/selector-demo.html"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/html; charset=utf-8");
+    let csp = resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    // Its own policy: the page's inline module script runs (the app's policy forbids it).
+    assert!(csp.contains("script-src 'self' 'unsafe-inline'"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    let etag = resp.headers()[ETAG].clone();
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("<lora-selector"));
+    assert!(body.contains("import './lora-selector.js'"));
+    let again = app
+        .http
+        .get(app.url("/ui/selector-demo.html"))
+        .header(IF_NONE_MATCH, etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+}
+
+/// With `cors_origins` naming the host app, the host may both load the script and call the API
+/// with a bearer token (the preflight the element's requests cause is answered).
+#[tokio::test]
+async fn a_configured_host_origin_may_load_the_script_and_call_the_api() {
+    let app = spawn_app_with(Engine::Sqlite, |s| {
+        s.cors_origins = vec!["https://host.example".into()]
+    })
+    .await;
+    let resp = app
+        .http
+        .get(app.url("/ui/lora-selector.js"))
+        .header("origin", "https://host.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://host.example"
+    );
+    let resp = app
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            app.url("/api/v1/lora-models?status=completed"),
+        )
+        .header("origin", "https://host.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://host.example"
+    );
+    let allowed = resp.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("authorization"), "{allowed}");
 }

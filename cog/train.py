@@ -12,9 +12,10 @@ with stdin closed. The trainer's stdout JSON lines are passed through on stdout 
 Two ways in, one code path (`run_training`):
 
 * Cog (`cog.yaml`: `train: "train.py:train"`): inputs `dataset_url` (a signed GET link to a zip of
-  `NN.png|jpg|jpeg|webp` + `NN.txt`, served by the control plane's dataset zip route) and `spec`
-  (the job's trainer spec as JSON text); output `TrainingOutput(weights=<weights.tar>)`. A failed
-  training raises, with the last `{"event":"error",…}` line as the message.
+  `NN.png|jpg|jpeg|webp` + `NN.txt`, served by the control plane's dataset zip route), `spec`
+  (the job's trainer spec as JSON text) and `loraforge_instance` (the attempt's tag, ignored);
+  output `TrainingOutput(weights=<weights.tar>)`. A failed training raises, with the last
+  `{"event":"error",…}` line as the message.
 * CLI, without Cog installed (the fake Replicate of the tests runs this):
 
       python cog/train.py --dataset-url URL --spec SPEC.json --output weights.tar [--work DIR]
@@ -567,7 +568,16 @@ if _cog is not None:
             description="Signed GET link to a zip of the dataset: NN.png|jpg|jpeg|webp images with NN.txt captions"
         ),
         spec: str = _cog.Input(description="The trainer spec (JSON object), as loraforge's worker gets it"),
+        loraforge_instance: str = _cog.Input(
+            default="",
+            description="loraforge's name for this attempt; only a tag the control plane finds the training by "
+            "(a create whose answer was lost is not made twice). Ignored by the training.",
+        ),
     ) -> TrainingOutput:
+        # `loraforge_instance` (crates/replicate's INSTANCE_TAG) is declared so that a Cog that
+        # refuses undeclared inputs takes the create, and so that it stays in the training's
+        # `input`; it changes nothing here.
+        del loraforge_instance
         try:
             parsed = json.loads(spec)
         except ValueError as e:

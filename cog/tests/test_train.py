@@ -288,8 +288,9 @@ def _fake_cog() -> types.ModuleType:
     cog = types.ModuleType("cog")
 
     class Input:
-        def __init__(self, description=None, **kw):
+        def __init__(self, description=None, default=None, **kw):
             self.description = description
+            self.default = default
 
     class BaseModel:
         def __init_subclass__(cls, **kw):
@@ -311,8 +312,9 @@ def test_the_cog_entry(tmp_path, server, tiny_model, dataset, monkeypatch, capfd
     module = importlib.reload(cog_train)
     try:
         sig = inspect.signature(module.train)
-        assert list(sig.parameters) == ["dataset_url", "spec"]
+        assert list(sig.parameters) == ["dataset_url", "spec", "loraforge_instance"]
         assert all(p.annotation is str for p in sig.parameters.values())
+        assert sig.parameters["loraforge_instance"].default.default == "", "optional"
         assert sig.return_annotation is module.TrainingOutput
         assert [f.name for f in dataclasses.fields(module.TrainingOutput)] == ["weights"]
 
@@ -328,7 +330,11 @@ def test_the_cog_entry(tmp_path, server, tiny_model, dataset, monkeypatch, capfd
             module.train(dataset_url=server.url("/ds.zip"), spec="nope")
         assert json.loads(str(e.value))["code"] == "bad_job"
 
-        out = module.train(dataset_url=server.url("/ds.zip"), spec=json.dumps(make_spec(tiny_model, steps=1)))
+        out = module.train(
+            dataset_url=server.url("/ds.zip"),
+            spec=json.dumps(make_spec(tiny_model, steps=1)),
+            loraforge_instance="loraforge-0193-1",
+        )
         assert isinstance(out.weights, Path) and out.weights.name == "weights.tar"
         with tarfile.open(out.weights) as tar:
             assert [m.name for m in tar.getmembers()] == EXPECTED_MEMBERS
@@ -336,3 +342,33 @@ def test_the_cog_entry(tmp_path, server, tiny_model, dataset, monkeypatch, capfd
         monkeypatch.delitem(sys.modules, "cog")
         importlib.reload(cog_train)
     assert cog_train._cog is None, "without Cog the CLI still imports"
+
+
+def test_the_instance_tag_is_a_declared_input_the_training_ignores(tmp_path, monkeypatch):
+    """The control plane tags each training with input `loraforge_instance` (INSTANCE_TAG in
+    crates/replicate) to find it again; a Cog that refuses undeclared inputs takes it only if
+    train() declares it, and the training must not depend on it."""
+    import importlib
+    import inspect
+
+    types_rs = (REPO / "crates/replicate/src/types.rs").read_text()
+    tag = re.search(r'pub const INSTANCE_TAG: &str = "(\w+)";', types_rs).group(1)
+    monkeypatch.setitem(sys.modules, "cog", _fake_cog())
+    module = importlib.reload(cog_train)
+    try:
+        assert tag in inspect.signature(module.train).parameters, "the tag the Rust side sends is declared"
+        calls = []
+
+        def run_training(dataset_url, spec, output, work=None):
+            calls.append((dataset_url, spec, work))
+            output.write_bytes(b"tar")
+
+        monkeypatch.setattr(module, "run_training", run_training)
+        spec = {"steps": 1}
+        tagged = module.train(dataset_url="http://127.0.0.1:9/ds.zip", spec=json.dumps(spec), **{tag: "loraforge-x-1"})
+        untagged = module.train(dataset_url="http://127.0.0.1:9/ds.zip", spec=json.dumps(spec))
+        assert calls == [("http://127.0.0.1:9/ds.zip", spec, None)] * 2, "the tag changes nothing"
+        assert tagged.weights.read_bytes() == untagged.weights.read_bytes() == b"tar"
+    finally:
+        monkeypatch.delitem(sys.modules, "cog")
+        importlib.reload(cog_train)

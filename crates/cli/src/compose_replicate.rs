@@ -53,7 +53,11 @@ pub fn replicate_backend(
     settings.max_runs = s.replicate_max_runs.max(1);
     settings.price_per_second = Some(price);
     settings.observe_every = Duration::from_secs(s.replicate_observe_secs.max(1));
-    settings.webhook = Some(format!("{server}{WEBHOOK_PATH}"));
+    // Without the account's signing secret the route refuses every delivery (404), so
+    // Replicate is not asked to send any: polling alone follows the trainings.
+    settings.webhook = s
+        .replicate_webhook_key()
+        .map(|_| format!("{server}{WEBHOOK_PATH}"));
     settings.server = server.to_owned();
     settings.tokens = Some(tokens);
     settings.worker_id = s.worker_id();

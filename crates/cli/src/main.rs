@@ -438,20 +438,23 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
             tracing::warn!(reason = %why,
                 "no backend can train: LoRAs will wait queued (saying why) until one can; /readyz reports it");
         }
-        state = state.with_engine_probe(Arc::new(report)).with_backends(
-            engine
-                .backends()
-                .iter()
-                .map(|b| loraforge_server::state::BackendInfo {
-                    name: b.name().to_owned(),
-                    max_runs: b.max_runs(),
-                    shared: b.scope() == loraforge_engine::Scope::Shared,
-                })
-                .collect(),
-            engine.settings().breaker,
-        );
-        tracing::info!(worker_id = %engine.settings().worker_id, slots = settings.training_concurrency, "job engine started");
         let engine = Arc::new(engine);
+        state = state
+            .with_engine_probe(Arc::new(report))
+            .with_engine_nudge(Arc::new(readiness::EngineNudger(engine.clone())))
+            .with_backends(
+                engine
+                    .backends()
+                    .iter()
+                    .map(|b| loraforge_server::state::BackendInfo {
+                        name: b.name().to_owned(),
+                        max_runs: b.max_runs(),
+                        shared: b.scope() == loraforge_engine::Scope::Shared,
+                    })
+                    .collect(),
+                engine.settings().breaker,
+            );
+        tracing::info!(worker_id = %engine.settings().worker_id, slots = settings.training_concurrency, "job engine started");
         let mut stopping = stop_rx.clone();
         // A panic ends one loop, not the engine: it is logged with its message and the loop
         // started again after a backoff (`loraforge_engine::supervise`).

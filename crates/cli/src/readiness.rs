@@ -9,8 +9,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use loraforge_domain::Clock;
-use loraforge_engine::{EngineHealth, LaunchGate};
-use loraforge_server::state::{EngineProbe, EngineStatus};
+use loraforge_engine::{Engine, EngineHealth, LaunchGate};
+use loraforge_server::state::{EngineNudge, EngineProbe, EngineStatus};
 
 use crate::trainer_env::find_interpreter;
 
@@ -101,6 +101,17 @@ impl EngineProbe for EngineReport {
             restarts: h.restarts,
             cannot_train: refusals.filter(|r| !r.is_empty()).map(|r| r.join("; ")),
         }
+    }
+}
+
+/// Provider webhooks reach the engine through this: the named backend's runs are observed at
+/// the next tick (`Engine::nudge`), which the server's wake-up then starts.
+#[derive(Debug)]
+pub struct EngineNudger(pub Arc<Engine>);
+
+impl EngineNudge for EngineNudger {
+    fn observe_soon(&self, backend: &str) {
+        self.0.nudge(backend);
     }
 }
 

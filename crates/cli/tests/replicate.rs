@@ -44,27 +44,44 @@ async fn replicate_service(
     dir: &Path,
     command: loraforge_fakes::TrainingCommand,
 ) -> (loraforge_fakes::FakeReplicate, Service) {
+    replicate_service_with(dir, command, &[]).await
+}
+
+/// [`replicate_service`] with `extra` settings after the defaults (which they override). The
+/// fake model declares exactly our Cog model's inputs (`cog/train.py`'s `train()`), and `serve`
+/// has the account's webhook secret, so trainings ask for signed webhooks.
+async fn replicate_service_with(
+    dir: &Path,
+    command: loraforge_fakes::TrainingCommand,
+    extra: &[(&str, &str)],
+) -> (loraforge_fakes::FakeReplicate, Service) {
     use loraforge_fakes::{FakeReplicate, ReplicateConfig};
-    let mut config = ReplicateConfig::new("r8-test", command).with_model("acme/loras");
+    use loraforge_replicate::INSTANCE_TAG;
+    let mut config = ReplicateConfig::new("r8-test", command)
+        .with_model("acme/loras")
+        .with_declared_inputs(&["dataset_url", "spec", INSTANCE_TAG]);
     config.work_dir = Some(dir.join("replicate"));
     let replicate = FakeReplicate::start(config).await;
     let base_url = replicate.base_url();
-    let svc = Service::start(
-        dir,
-        &[
-            ("LORAFORGE_BACKENDS", "replicate"),
-            ("LORAFORGE_REPLICATE_API_TOKEN", "r8-test"),
-            ("LORAFORGE_REPLICATE_API_URL", &base_url),
-            (
-                "LORAFORGE_REPLICATE_MODEL",
-                "acme/loraforge-trainer:0a1b2c3d",
-            ),
-            ("LORAFORGE_REPLICATE_DESTINATION", "acme/loras"),
-            ("LORAFORGE_REPLICATE_PRICE_PER_SECOND", "0.0014"),
-            ("LORAFORGE_REPLICATE_OBSERVE_SECS", "1"),
-            ("LORAFORGE_ALLOW_LOOPBACK_CALLBACKS", "true"),
-        ],
-    );
+    let mut env = vec![
+        ("LORAFORGE_BACKENDS", "replicate"),
+        ("LORAFORGE_REPLICATE_API_TOKEN", "r8-test"),
+        ("LORAFORGE_REPLICATE_API_URL", &base_url),
+        (
+            "LORAFORGE_REPLICATE_MODEL",
+            "acme/loraforge-trainer:0a1b2c3d",
+        ),
+        ("LORAFORGE_REPLICATE_DESTINATION", "acme/loras"),
+        ("LORAFORGE_REPLICATE_PRICE_PER_SECOND", "0.0014"),
+        ("LORAFORGE_REPLICATE_OBSERVE_SECS", "1"),
+        (
+            "LORAFORGE_REPLICATE_WEBHOOK_SECRET",
+            ReplicateConfig::DEFAULT_SECRET,
+        ),
+        ("LORAFORGE_ALLOW_LOOPBACK_CALLBACKS", "true"),
+    ];
+    env.extend_from_slice(extra);
+    let svc = Service::start(dir, &env);
     (replicate, svc)
 }
 
@@ -296,5 +313,216 @@ async fn a_replicate_host_failure_runs_the_job_again_and_it_completes() {
     assert_eq!(trainings.len(), 2, "{trainings:?}");
     assert_eq!(trainings[0]["status"], "failed");
     assert_eq!(trainings[1]["status"], "succeeded");
+    assert_eq!(replicate.live_processes(), 0);
+}
+
+/// With the webhook secret set, Replicate's signed webhooks drive the run: polled only every
+/// 10 minutes here, the LoRA still completes within a minute or two, because each delivery (the
+/// fake signs them as Replicate does) makes the engine read the training at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_webhooks_make_the_engine_look_at_once_despite_a_long_poll_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let (replicate, svc) = replicate_service_with(
+        dir.path(),
+        cog_command(dir.path(), None),
+        &[("LORAFORGE_REPLICATE_OBSERVE_SECS", "600")],
+    )
+    .await;
+    let token = svc.token(USER);
+    let created = Instant::now();
+    let id = svc.create(&token, "Zxq by webhook", 5).await;
+    let done = svc.finished(&token, &id).await;
+    let took = created.elapsed();
+    assert_eq!(
+        done["training_status"],
+        "completed",
+        "{done}\n{}\n{}",
+        svc.logs(),
+        replicate_logs(&replicate, dir.path())
+    );
+    // The engine looked at the training when launching it; after that, only the webhooks made it
+    // look before the 600 s poll.
+    assert!(took < Duration::from_secs(300), "took {took:?}");
+    let deliveries = replicate.deliveries();
+    let events: Vec<(&str, Option<u16>)> = deliveries
+        .iter()
+        .map(|d| (d.event.as_str(), d.answered))
+        .collect();
+    assert!(
+        events.contains(&("start", Some(200))) && events.contains(&("completed", Some(200))),
+        "the fake's signed deliveries were taken: {events:?}"
+    );
+    let logs = svc.logs();
+    assert!(
+        logs.matches("Replicate webhook").count() >= 2,
+        "both deliveries reached the route:\n{logs}"
+    );
+    // The training's own record: it asked for exactly those events.
+    let training = &replicate.trainings()[0];
+    assert_eq!(
+        training["webhook_events_filter"],
+        serde_json::json!(["start", "completed"])
+    );
+}
+
+/// Without the webhook secret the route refuses every delivery, so trainings are created
+/// without a `webhook` (polling alone follows them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_webhook_secret_trainings_ask_for_no_webhooks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (replicate, svc) = replicate_service_with(
+        dir.path(),
+        cog_command(dir.path(), None),
+        &[("LORAFORGE_REPLICATE_WEBHOOK_SECRET", "")],
+    )
+    .await;
+    let token = svc.token(USER);
+    let id = svc.create(&token, "No hooks", 5000).await;
+    let started = Instant::now();
+    while replicate.trainings().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no training was created:\n{}",
+            svc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let training = &replicate.trainings()[0];
+    assert!(training["webhook"].is_null(), "{training}");
+    let (code, body) = svc.cancel(&token, &id).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(replicate.deliveries().is_empty());
+}
+
+/// An admin token for the service's data dir.
+fn admin_token(svc: &Service) -> String {
+    let out = common::loraforge(&svc.dir)
+        .args(["token", "--user", USER, "--admin", "--data-dir"])
+        .arg(&svc.data)
+        .output()
+        .expect("token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Provider → provider fallback, end to end: `LORAFORGE_BACKENDS=runpod,replicate` with RunPod
+/// hard down (every call 503) and Replicate training for real. The first LoRA's launch on RunPod
+/// fails, which opens RunPod's breaker (one failure opens it here), and the LoRA goes to
+/// Replicate at once; the second, created while the breaker is open, goes straight to Replicate
+/// without a call to RunPod. Both complete; the run records say why; the admin view shows the
+/// open breaker and its transition; RunPod saw no launch after its breaker opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_runpod_hard_down_loras_fall_back_to_replicate_and_the_breaker_spares_runpod() {
+    use loraforge_fakes::{FakeConfig, FakeRunpod};
+    let dir = tempfile::tempdir().unwrap();
+    let runpod =
+        FakeRunpod::start(FakeConfig::new("rp-test-key").with_gpu("NVIDIA A40", 2, "0.79")).await;
+    runpod.inject_status(u32::MAX, 503, None);
+    let graphql = runpod.graphql_url();
+    let (replicate, svc) = replicate_service_with(
+        dir.path(),
+        cog_command(dir.path(), None),
+        &[
+            ("LORAFORGE_BACKENDS", "runpod,replicate"),
+            ("LORAFORGE_RUNPOD_API_KEY", "rp-test-key"),
+            ("LORAFORGE_RUNPOD_GRAPHQL_URL", &graphql),
+            (
+                "LORAFORGE_RUNPOD_IMAGE",
+                "ghcr.io/acme/loraforge-worker:test",
+            ),
+            ("LORAFORGE_RUNPOD_GPU_TYPES", "NVIDIA A40"),
+            ("LORAFORGE_BREAKER_FAILURES", "1"),
+        ],
+    )
+    .await;
+    let token = svc.token(USER);
+    let admin = admin_token(&svc);
+    let first = svc.create(&token, "Falls back", 5).await;
+    svc.wait(
+        &token,
+        &first,
+        "the first LoRA to train on Replicate",
+        Duration::from_secs(120),
+        |s| s["training_status"] == "training" && !replicate.trainings().is_empty(),
+    )
+    .await;
+    let second_created = chrono::Utc::now();
+    let second = svc.create(&token, "Skips runpod", 5).await;
+    for id in [&first, &second] {
+        let done = svc.finished(&token, id).await;
+        assert_eq!(
+            done["training_status"],
+            "completed",
+            "{done}\n{}\n{}",
+            svc.logs(),
+            replicate_logs(&replicate, dir.path())
+        );
+    }
+
+    // Why each run went where it did.
+    let (_, details) = svc.details(&token, &first).await;
+    let attempts = details["attempts"].as_array().unwrap();
+    assert_eq!(
+        attempts.len(),
+        1,
+        "the failed start used no attempt: {details}"
+    );
+    assert_eq!(attempts[0]["backend"], "replicate");
+    let reason = attempts[0]["route_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("replicate; fallback after runpod: "),
+        "{details}"
+    );
+    let (_, details) = svc.details(&token, &second).await;
+    let reason = details["attempts"][0]["route_reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("fallback after runpod: circuit breaker open"),
+        "{details}"
+    );
+
+    // The admin view: RunPod's breaker is open, with the transition that opened it.
+    let (code, view) = svc
+        .call(&admin, reqwest::Method::GET, "/api/v1/admin/backends", None)
+        .await;
+    assert_eq!(code, 200, "{view}");
+    let backends = view["backends"].as_array().unwrap();
+    assert_eq!(backends[0]["name"], "runpod");
+    assert_eq!(backends[0]["breaker_state"], "open", "{view}");
+    let transitions = backends[0]["transitions"].as_array().unwrap();
+    assert_eq!(transitions.len(), 1, "{view}");
+    assert_eq!(
+        (&transitions[0]["from"], &transitions[0]["to"]),
+        (&"closed".into(), &"open".into())
+    );
+    assert!(
+        transitions[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("503")),
+        "{view}"
+    );
+    assert_eq!(backends[1]["name"], "replicate");
+    assert_eq!(backends[1]["breaker_state"], "closed");
+
+    // What RunPod saw: one launch, refused, the one that opened the breaker; none for the LoRA
+    // created while it was open.
+    let requests = runpod.requests();
+    let deploys: Vec<_> = requests
+        .iter()
+        .filter(|r| r.operation == "podFindAndDeployOnDemand")
+        .collect();
+    assert_eq!(deploys.len(), 1, "{requests:?}");
+    assert_eq!(deploys[0].status, 503);
+    assert!(
+        deploys[0].at < second_created,
+        "{requests:?}; second LoRA at {second_created}"
+    );
+    assert!(runpod.pods().is_empty() && runpod.calls().is_empty());
+    assert_eq!(replicate.trainings().len(), 2);
     assert_eq!(replicate.live_processes(), 0);
 }

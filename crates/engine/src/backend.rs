@@ -148,6 +148,14 @@ pub enum BackendError {
     /// The call can never succeed as configured (bad credentials, missing program, bad image).
     #[error("{0}")]
     Permanent(String),
+    /// The provider asked us to slow down (HTTP 429) and did nothing: not a failure of the
+    /// provider (it does not count toward the circuit breaker). `retry_after`: how long it asked
+    /// to wait, when it said.
+    #[error("{message}")]
+    Throttled {
+        message: String,
+        retry_after: Option<Duration>,
+    },
 }
 
 impl BackendError {
@@ -155,12 +163,24 @@ impl BackendError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            BackendError::NoCapacity(_) | BackendError::Transient(_)
+            BackendError::NoCapacity(_)
+                | BackendError::Transient(_)
+                | BackendError::Throttled { .. }
         )
     }
 
     pub fn is_capacity(&self) -> bool {
         matches!(self, BackendError::NoCapacity(_))
+    }
+
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, BackendError::Throttled { .. })
+    }
+
+    /// Whether this says something about the provider's health (a circuit breaker counts it):
+    /// everything but a request to slow down.
+    pub fn is_provider_failure(&self) -> bool {
+        !self.is_throttled()
     }
 }
 

@@ -1,7 +1,8 @@
 //! Dispatch: claims queued jobs while some backend could take them, routes each (`router.rs`),
 //! launches it, records the run with why its backend was chosen, and handles failed launches: a
 //! provider-side failure is counted for the backend's circuit breaker, and the retry goes to the
-//! next admitted backend at once (fallback); no capacity → back to the queue.
+//! next admitted backend at once (fallback); no capacity or a 429 → back to the queue, the
+//! backend left alone for a while (a 429 is not counted for the breaker).
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
@@ -15,6 +16,13 @@ use loraforge_domain::{LoraId, RunId, StatusEvent};
 use crate::Result;
 use crate::backend::{BackendError, Ending, Instance, Launch, Scope};
 use crate::engine::{CAPACITY_COOL_DOWN, Engine, TickReport};
+
+/// The least and the most a backend that answered 429 is left alone (its `Retry-After` within
+/// these; the least when it gave none).
+const THROTTLE_WAIT: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(5 * 60),
+);
 use crate::router::Choice;
 use crate::settings::chrono_duration;
 
@@ -108,7 +116,7 @@ impl Engine {
                     // this loop claim the same job over and over.
                     let why = self
                         .router
-                        .refusals(now)
+                        .wait_reason(&room, now)
                         .unwrap_or_else(|| "every backend is busy".to_owned());
                     self.back_to_queue(
                         job.lora.id,
@@ -131,7 +139,7 @@ impl Engine {
         for s in steps {
             report.merge(s);
         }
-        self.explain_refusals(now, report).await;
+        self.explain_refusals(&room, now, report).await;
         Ok(())
     }
 
@@ -313,19 +321,22 @@ impl Engine {
                 // Every failed start is the backend's, never the job's (its input was checked
                 // before it was queued): it counts toward the breaker, so a backend that cannot
                 // start runs (down, full, or misconfigured: bad credentials, a missing image)
-                // is soon skipped.
-                let key = format!(
-                    "launch:{lora}:{attempt}:{failures}:{}",
-                    now.timestamp_micros()
-                );
-                self.breaker_failure(backend.name(), key, e.to_string(), now, &mut r)
-                    .await;
+                // is soon skipped. A request to slow down (429) is not a failure: the backend
+                // is only left alone for as long as it asked.
+                if e.is_provider_failure() {
+                    let key = format!(
+                        "launch:{lora}:{attempt}:{failures}:{}",
+                        now.timestamp_micros()
+                    );
+                    self.breaker_failure(backend.name(), key, e.to_string(), now, &mut r)
+                        .await;
+                }
                 if !e.is_retryable() {
                     tracing::error!(backend = backend.name(), error = %e,
                         "operator alert: a backend refused a launch for good; check its settings");
                 }
                 self.router.failed_on(lora, backend.name());
-                if e.is_capacity() {
+                if e.is_capacity() || e.is_throttled() {
                     self.wait_for_capacity(lora, backend.name(), &e, now, &mut r)
                         .await
                 } else {
@@ -336,8 +347,10 @@ impl Engine {
         r
     }
 
-    /// No backend had a GPU: the job goes back to the queue (no attempt used) with a message
-    /// saying why, and the backend is left alone for a while.
+    /// No backend had a GPU, or it asked us to slow down: the job goes back to the queue (no
+    /// attempt used) with a message saying why, and the backend is left alone for a while (as
+    /// long as it asked, within [`THROTTLE_WAIT`]; else [`CAPACITY_COOL_DOWN`]). Claimed again,
+    /// the job goes to another backend meanwhile if one can take it.
     async fn wait_for_capacity(
         &self,
         lora: LoraId,
@@ -346,10 +359,24 @@ impl Engine {
         now: DateTime<Utc>,
         r: &mut TickReport,
     ) {
-        let until = now + chrono_duration(CAPACITY_COOL_DOWN);
-        self.router.cool_down(backend, until);
+        let (wait, cooling, waiting) = match e {
+            BackendError::Throttled { retry_after, .. } => (
+                retry_after
+                    .unwrap_or(THROTTLE_WAIT.0)
+                    .clamp(THROTTLE_WAIT.0, THROTTLE_WAIT.1),
+                "asked us to slow down (429)",
+                format!("waiting: {backend} asked us to slow down"),
+            ),
+            _ => (
+                CAPACITY_COOL_DOWN,
+                "no capacity",
+                format!("waiting for a GPU: {backend} has none available"),
+            ),
+        };
+        let until = now + chrono_duration(wait);
+        self.router.cool_down_because(backend, until, cooling);
         let message = format!(
-            "waiting for a GPU: {backend} has none available ({e}); trying again from {}",
+            "{waiting} ({e}); trying again from {}",
             until.format("%H:%M:%S UTC")
         );
         match self
@@ -359,7 +386,7 @@ impl Engine {
         {
             Ok(true) => {
                 self.router.forget(lora);
-                tracing::info!(lora = %lora, backend, "no capacity; the job waits in the queue");
+                tracing::info!(lora = %lora, backend, error = %e, "no capacity or throttled; the job waits in the queue");
                 r.waiting.push(lora);
             }
             Ok(false) => {}

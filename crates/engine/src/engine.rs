@@ -157,6 +157,16 @@ impl Engine {
         &self.router.backends
     }
 
+    /// The provider said something changed on `backend` (a webhook): its runs are observed at
+    /// the next tick, whatever its `observe_every` (which then counts from that observation).
+    /// Wake the loop too for the next tick to come now. An unknown name does nothing.
+    pub fn nudge(&self, backend: &str) {
+        self.observed_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(backend);
+    }
+
     /// Ticks every `poll_interval` until `shutdown` resolves, then asks the backends to stop their
     /// runs gracefully (the trainer checkpoints; the next engine requeues and resumes the jobs).
     /// A failing tick is logged and the next one tries again.

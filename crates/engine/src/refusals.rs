@@ -1,6 +1,7 @@
-//! When no backend may train at all (every one refused by a gate: the trainer's environment is
-//! missing, a budget is spent), queued LoRAs wait where they are, unclaimed, and say why in their
-//! status message, instead of being launched into a certain failure.
+//! When no backend may train at all (every one refused by a gate — the trainer's environment is
+//! missing, a budget is spent — or by its open circuit breaker, or full while the others refuse),
+//! queued LoRAs wait where they are, unclaimed, and say why in their status message, instead of
+//! being launched into a certain failure.
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -23,10 +24,16 @@ pub(crate) fn waiting_message(why: &str) -> String {
 }
 
 impl Engine {
-    /// Sets the status message of queued LoRAs when every backend is refused, once per change of
-    /// reason and every [`REEXPLAIN_EVERY`].
-    pub(crate) async fn explain_refusals(&self, now: DateTime<Utc>, report: &mut TickReport) {
-        let Some(why) = self.router.refusals(now) else {
+    /// Sets the status message of queued LoRAs when no backend may take a run and some refuses
+    /// (`Router::wait_reason`; `room`: what dispatch left), once per change of reason and every
+    /// [`REEXPLAIN_EVERY`].
+    pub(crate) async fn explain_refusals(
+        &self,
+        room: &[usize],
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) {
+        let Some(why) = self.router.wait_reason(room, now) else {
             *self.explained.lock().unwrap_or_else(|e| e.into_inner()) = None;
             return;
         };

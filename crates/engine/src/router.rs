@@ -1,5 +1,5 @@
 //! The router picks the backend of each new run: the first, in the configured order
-//! (`LORAFORGE_BACKENDS`), with room, not cooling down after it had no capacity, admitted by
+//! (`LORAFORGE_BACKENDS`), with room, not cooling down after it had no capacity or answered 429, admitted by
 //! every [`LaunchGate`] (the trainer's environment, a budget) and by its circuit breaker
 //! (`domain::breaker`, stored in the database so replicas agree). A job whose start just failed on
 //! a backend goes to the next admitted one (fallback) before that one is tried again. Why it
@@ -49,8 +49,8 @@ pub(crate) struct Router {
     pub(crate) backends: Vec<Arc<dyn TrainingBackend>>,
     pub(crate) gates: Vec<Arc<dyn LaunchGate>>,
     pub(crate) rules: BreakerRules,
-    /// Backends that said "no capacity", until when they are left alone.
-    cooling: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Backends that said "no capacity" or "slow down": until when they are left alone, and why.
+    cooling: Mutex<HashMap<String, (DateTime<Utc>, &'static str)>>,
     /// The breakers as last read or changed by this engine (refreshed every dispatch).
     breakers: Mutex<HashMap<String, Breaker>>,
     /// The backends a job's start failed on during its current claim, so its next try goes to
@@ -117,9 +117,9 @@ impl Router {
         if room.get(i).copied().unwrap_or(0) == 0 {
             return Some(format!("full ({} runs at once)", b.max_runs()));
         }
-        if let Some(until) = lock(&self.cooling).get(b.name()).filter(|u| **u > now) {
+        if let Some((until, why)) = lock(&self.cooling).get(b.name()).filter(|c| c.0 > now) {
             return Some(format!(
-                "no capacity; asked again from {}",
+                "{why}; asked again from {}",
                 until.format("%H:%M:%S UTC")
             ));
         }
@@ -276,8 +276,41 @@ impl Router {
         (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
+    /// Why queued jobs wait, for their status message: when no backend may take a run now and
+    /// at least one refuses (a gate, an open breaker), each backend's reason — refused, full
+    /// (`room`) or cooling down after it had no capacity. `None` while some backend could take a
+    /// run, and while every one is merely full or cooling down (the queue then moves as runs
+    /// end; `queued` says it).
+    pub(crate) fn wait_reason(&self, room: &[usize], now: DateTime<Utc>) -> Option<String> {
+        let mut refused = false;
+        let reasons: Vec<String> = (0..self.backends.len())
+            .map(|i| {
+                let name = self.backends[i].name();
+                let gated = self.gates.iter().find_map(|g| g.admits(name, now).err());
+                let why = gated.or_else(|| match self.breaker(name).admission(&self.rules, now) {
+                    Admission::Refuse { why, .. } => Some(why),
+                    _ => None,
+                });
+                if let Some(why) = why {
+                    refused = true;
+                    return Some(format!("{name}: {why}"));
+                }
+                self.blocked(i, room, now)
+                    .map(|why| format!("{name}: {why}"))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        (refused && !reasons.is_empty()).then(|| reasons.join("; "))
+    }
+
+    /// `backend` had no capacity: it is left alone until `until`.
     pub(crate) fn cool_down(&self, backend: &str, until: DateTime<Utc>) {
-        lock(&self.cooling).insert(backend.to_owned(), until);
+        self.cool_down_because(backend, until, "no capacity");
+    }
+
+    /// `backend` is left alone until `until`, because of `why` (said in route reasons and
+    /// waiting messages).
+    pub(crate) fn cool_down_because(&self, backend: &str, until: DateTime<Utc>, why: &'static str) {
+        lock(&self.cooling).insert(backend.to_owned(), (until, why));
     }
 
     /// Job `lora`'s start failed on `backend`: its next try goes elsewhere first.

@@ -69,6 +69,9 @@ pub struct FakeDockerConfig {
     pub gpus: u32,
     /// Requests answering 500 at random, with this probability (0.0–1.0) from `seed`.
     pub fail_rate: f64,
+    /// Container creates that make their container and then answer 500 (the answer lost on
+    /// its way back), with this probability, drawn after `fail_rate`.
+    pub lose_rate: f64,
     pub seed: u64,
     /// Where `<container id>.log` goes; `None` → a temporary directory owned by the fake.
     pub logs_dir: Option<PathBuf>,
@@ -85,6 +88,7 @@ impl Default for FakeDockerConfig {
             pull_delay: Duration::ZERO,
             gpus: 0,
             fail_rate: 0.0,
+            lose_rate: 0.0,
             seed: 1,
             logs_dir: None,
         }
@@ -204,6 +208,8 @@ pub(crate) struct DockerState {
     pub inject: Option<(u32, u16)>,
     /// The next `n` creates make the container and then answer 500 (an answer lost in transit).
     pub lose_creates: u32,
+    /// Creates whose answer was lost so far.
+    pub lost_answers: u32,
     pub rng: u64,
     pub shutting_down: bool,
 }
@@ -475,6 +481,11 @@ impl FakeDocker {
     /// The next `count` creates make their container but answer 500, as when the answer is lost.
     pub fn lose_create_answers(&self, count: u32) {
         self.shared.lock().lose_creates = count;
+    }
+
+    /// Container creates carried out whose answer was lost (answered 500).
+    pub fn lost_answers(&self) -> u32 {
+        self.shared.lock().lost_answers
     }
 
     /// The kernel's OOM killer ends the container's process: SIGKILL, `OOMKilled: true`, exit 137.

@@ -364,8 +364,14 @@ fn create(shared: &Arc<DockerShared>, q: &HashMap<String, String>, body: &[u8]) 
             exited,
         },
     );
-    if st.lose_creates > 0 {
+    let lost = if st.lose_creates > 0 {
         st.lose_creates -= 1;
+        true
+    } else {
+        shared.config.lose_rate > 0.0 && st.draw() < shared.config.lose_rate
+    };
+    if lost {
+        st.lost_answers += 1;
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "fake Docker: the answer was lost",

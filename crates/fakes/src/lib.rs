@@ -56,7 +56,7 @@ pub use replicate::{
     Delivery, FakeReplicate, FakeTrainingStatus, Faults, ReplicateConfig, TrainingCommand,
 };
 pub use replicate_run::sign_webhook;
-pub use state::{Call, CallOp};
+pub use state::{Call, CallOp, RequestSeen};
 
 use state::{Injection, Shared};
 
@@ -247,7 +247,8 @@ impl FakeRunpod {
     }
 
     /// The next `count` requests to either API answer HTTP `status` (with `Retry-After:
-    /// <seconds>` when given) without reaching the API.
+    /// <seconds>` when given) without reaching the API (`u32::MAX`: the provider is hard down).
+    /// They are in [`Self::requests`], not in [`Self::calls`].
     pub fn inject_status(&self, count: u32, status: u16, retry_after: Option<Duration>) {
         self.shared.lock().inject = Some(Injection {
             remaining: count,
@@ -313,6 +314,11 @@ impl FakeRunpod {
             .get(from..)
             .map(<[Call]>::to_vec)
             .unwrap_or_default()
+    }
+
+    /// Every request received, in order, with what it was answered (refused ones included).
+    pub fn requests(&self) -> Vec<RequestSeen> {
+        self.shared.lock().requests.clone()
     }
 
     /// Processes started by the fake that have not been reaped yet.

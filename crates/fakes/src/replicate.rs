@@ -151,6 +151,9 @@ pub(crate) struct State {
     pub deliveries: Vec<Delivery>,
     pub creates: u32,
     pub cancels: u32,
+    /// Requests carried out whose answer was replaced by a 504 (`lose_create_answers`, and
+    /// `Faults::lose_rate`).
+    pub lost_answers: u32,
     pub shutting_down: bool,
 }
 
@@ -219,6 +222,7 @@ impl FakeReplicate {
                 deliveries: Vec::new(),
                 creates: 0,
                 cancels: 0,
+                lost_answers: 0,
                 shutting_down: false,
             }),
         });
@@ -295,6 +299,11 @@ impl FakeReplicate {
     pub fn counts(&self) -> (u32, u32) {
         let st = self.shared.lock();
         (st.creates, st.cancels)
+    }
+
+    /// Requests carried out whose answer was lost (answered 504).
+    pub fn lost_answers(&self) -> u32 {
+        self.shared.lock().lost_answers
     }
 
     /// Every webhook delivery attempt, in order.

@@ -57,12 +57,27 @@ impl TrainingCommand {
 
 /// Random failures: each API request (not the weights download, not webhooks) answers
 /// `status` with probability `rate`, drawn from a generator seeded with `seed` (the same seed
-/// gives the same sequence of failures for the same sequence of requests).
+/// gives the same sequence of failures for the same sequence of requests). Of the creates and
+/// cancels that got through, a share `lose_rate` is carried out but answered 504, as when the
+/// answer is lost on its way back.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Faults {
     pub rate: f64,
     pub seed: u64,
     pub status: u16,
+    pub lose_rate: f64,
+}
+
+impl Faults {
+    /// `rate` of the requests answer `status`, none is lost.
+    pub fn failing(rate: f64, seed: u64, status: u16) -> Self {
+        Self {
+            rate,
+            seed,
+            status,
+            lose_rate: 0.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +109,10 @@ pub struct ReplicateConfig {
     pub max_dataset_bytes: u64,
     /// SIGTERM → SIGKILL grace on cancel (default 2 s).
     pub kill_grace: Duration,
+    /// The inputs the model version's `train()` declares: a create whose `input` names another
+    /// is refused with 422, as a Cog runtime that forbids undeclared inputs does (replicate/cog
+    /// before #2943 answered `Unexpected field …`). `None` takes any input (default).
+    pub declared_inputs: Option<Vec<String>>,
 }
 
 impl ReplicateConfig {
@@ -115,7 +134,14 @@ impl ReplicateConfig {
             faults: None,
             max_dataset_bytes: 512 << 20,
             kill_grace: Duration::from_secs(2),
+            declared_inputs: None,
         }
+    }
+
+    /// Only `inputs` are declared by the model (see [`Self::declared_inputs`]).
+    pub fn with_declared_inputs(mut self, inputs: &[&str]) -> Self {
+        self.declared_inputs = Some(inputs.iter().map(|i| (*i).to_owned()).collect());
+        self
     }
 
     pub fn with_model(mut self, owner_name: impl Into<String>) -> Self {

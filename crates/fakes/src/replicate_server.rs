@@ -90,8 +90,53 @@ async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
                 StatusCode::from_u16(faults.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return problem(status, "a random fault injected by the fake");
         }
+        if faults.lose_rate > 0.0 && request.method() == axum::http::Method::POST {
+            let response = next.run(request).await;
+            let lose = response.status().is_success() && {
+                let mut st = shared.lock();
+                let lose = next_random(&mut st.rng) < faults.lose_rate;
+                st.lost_answers += u32::from(lose);
+                lose
+            };
+            return if lose {
+                problem(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+            } else {
+                response
+            };
+        }
     }
     next.run(request).await
+}
+
+/// 422 for inputs the model does not declare, in the shape of Replicate's input validation
+/// (`title`, `detail`, `invalid_fields[]` of `{type, field, description}`).
+fn invalid_input(undeclared: &[&String]) -> Response {
+    let invalid: Vec<Value> = undeclared
+        .iter()
+        .map(|name| {
+            json!({
+                "type": "additional_property_not_allowed",
+                "field": "input",
+                "description": format!("Additional property {name} is not allowed"),
+            })
+        })
+        .collect();
+    let names: Vec<&str> = undeclared.iter().map(|n| n.as_str()).collect();
+    let mut response = (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        axum::Json(json!({
+            "title": "Input validation failed",
+            "detail": format!("- input: Additional property {} is not allowed", names.join(", ")),
+            "status": 422,
+            "invalid_fields": invalid,
+        })),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
 }
 
 fn throttled(shared: &Shared) -> Response {
@@ -141,11 +186,20 @@ async fn create(
         );
     }
     let input = body.get("input").cloned().unwrap_or(Value::Null);
-    if !input.is_object() {
+    let Some(fields) = input.as_object() else {
         return problem(
             StatusCode::UNPROCESSABLE_ENTITY,
             "input: This field must be an object.",
         );
+    };
+    if let Some(declared) = &shared.config.declared_inputs {
+        let undeclared: Vec<&String> = fields
+            .keys()
+            .filter(|k| !declared.iter().any(|d| d == *k))
+            .collect();
+        if !undeclared.is_empty() {
+            return invalid_input(&undeclared);
+        }
     }
     let webhook = body
         .get("webhook")
@@ -190,6 +244,7 @@ async fn create(
         st.trainings.insert(id.clone(), record);
         let lose = st.lose_create_answer > 0;
         st.lose_create_answer = st.lose_create_answer.saturating_sub(1);
+        st.lost_answers += u32::from(lose);
         (answer, lose)
     };
     tokio::spawn(replicate_run::run(Arc::clone(&shared), id));

@@ -26,8 +26,52 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Answers the next n requests with the injected status, whatever they are.
+/// Largest request body the fake reads (its APIs take small JSON documents).
+const MAX_BODY: usize = 2 << 20;
+
+/// What a request asks for, for the request log: the GraphQL root field, or the serverless
+/// route's verb.
+fn operation_of(path: &str, body: &[u8]) -> String {
+    if path == "/graphql" {
+        let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let variables = request
+            .get("variables")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        return request
+            .get("query")
+            .and_then(Value::as_str)
+            .and_then(|q| gql::parse_root(q, &variables).ok())
+            .map_or_else(|| "graphql".to_owned(), |root| root.name);
+    }
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .nth(2)
+        .unwrap_or(path)
+        .to_owned()
+}
+
+/// Logs every request ([`crate::RequestSeen`]) and answers the next n with the injected status,
+/// whatever they are.
 async fn inject(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large for the fake").into_response();
+    };
+    let operation = operation_of(parts.uri.path(), &body);
+    let request = Request::from_parts(parts, axum::body::Body::from(body));
+    let at = chrono::Utc::now();
+    let response = answer(&shared, request, next).await;
+    shared.lock().requests.push(crate::RequestSeen {
+        at,
+        operation,
+        status: response.status().as_u16(),
+    });
+    response
+}
+
+async fn answer(shared: &Shared, request: Request, next: Next) -> Response {
     let injected = {
         let mut st = shared.lock();
         match st.inject.as_mut() {

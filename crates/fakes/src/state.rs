@@ -57,6 +57,8 @@ pub(crate) struct State {
     pub procs: HashMap<u64, i32>,
     pub next_proc: u64,
     pub calls: Vec<Call>,
+    /// Every request received, answered or refused, in order.
+    pub requests: Vec<RequestSeen>,
     pub inject: Option<Injection>,
     /// Set when the fake is dropped: nothing new is started.
     pub shutting_down: bool,
@@ -84,6 +86,19 @@ pub(crate) struct Injection {
     pub remaining: u32,
     pub status: u16,
     pub retry_after: Option<Duration>,
+}
+
+/// One request the fake received (to either API), whatever it was answered: also those an
+/// injected failure refused, which never reach [`Call`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestSeen {
+    /// When it arrived.
+    pub at: DateTime<Utc>,
+    /// The GraphQL root field (`podFindAndDeployOnDemand`, `pod`, `myself`, …; `graphql` when
+    /// the body is not a query), or the serverless route (`run`, `status`, `cancel`, `health`).
+    pub operation: String,
+    /// The HTTP status it was answered.
+    pub status: u16,
 }
 
 /// One operation the fake received, in order.

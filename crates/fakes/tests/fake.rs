@@ -189,6 +189,54 @@ async fn runpod_python_style_inline_graphql_works_end_to_end() {
     );
 }
 
+/// A provider hard down: every request answers 503 before reaching the API, so no pod is made
+/// and no call is logged, but each request is in the request log with its operation and status.
+#[tokio::test]
+async fn a_hard_down_fake_refuses_everything_and_logs_each_request() {
+    let fake = FakeRunpod::start(FakeConfig::new(KEY).with_gpu(GPU, 1, "0.79")).await;
+    fake.inject_status(u32::MAX, 503, None);
+    let http = reqwest::Client::new();
+    let url = format!("{}?api_key={KEY}", fake.graphql_url());
+    let deploy = r#"mutation { podFindAndDeployOnDemand(input: {gpuTypeId: "NVIDIA RTX A6000", imageName: "x", name: "y"}) { id } }"#;
+    for query in [deploy, "query { myself { pods { id } } }", deploy] {
+        let (status, _) = gql(&http, &url, query).await;
+        assert_eq!(status, 503);
+    }
+    let health = http
+        .get(format!("{}/ep/health", fake.serverless_base_url()))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 503);
+    let seen: Vec<(String, u16)> = fake
+        .requests()
+        .into_iter()
+        .map(|r| (r.operation, r.status))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("podFindAndDeployOnDemand".to_owned(), 503),
+            ("myself".to_owned(), 503),
+            ("podFindAndDeployOnDemand".to_owned(), 503),
+            ("health".to_owned(), 503),
+        ]
+    );
+    assert!(fake.calls().is_empty() && fake.pods().is_empty());
+
+    // Back up: answered requests are logged too.
+    fake.inject_status(0, 503, None);
+    let (status, _) = gql(&http, &url, deploy).await;
+    assert_eq!(status, 200);
+    let last = fake.requests().pop().unwrap();
+    assert_eq!(
+        (last.operation.as_str(), last.status),
+        ("podFindAndDeployOnDemand", 200)
+    );
+    assert_eq!(fake.pods().len(), 1);
+}
+
 #[tokio::test]
 async fn terminate_escalates_to_sigkill_after_the_grace() {
     let mut config = FakeConfig::new(KEY).with_gpu(GPU, 1, "0.79").with_image(

@@ -64,7 +64,9 @@ pub struct ReplicateBackendSettings {
     pub price_per_second: Option<MicroUsd>,
     /// How often the engine polls the trainings. Default 10 s.
     pub observe_every: Duration,
-    /// Where Replicate posts the training's events (`<server>/api/v1/webhooks/replicate`).
+    /// Where Replicate posts the training's events (`<server>/api/v1/webhooks/replicate`);
+    /// `None`: no webhooks (set it only where deliveries are verified: an unsigned one is
+    /// refused).
     pub webhook: Option<String>,
     /// The control plane's URL as the worker protocol is reached (for attempts picked up after
     /// a restart; a launch brings its own).
@@ -163,7 +165,16 @@ fn backend_error(what: &str, e: ReplicateError) -> BackendError {
         ReplicateError::Unauthorized(_) => {
             BackendError::Permanent(format!("{what}: {e} (check LORAFORGE_REPLICATE_API_TOKEN)"))
         }
+        ReplicateError::Rejected { status: 422, .. } => BackendError::Permanent(format!(
+            "{what}: {e} (LORAFORGE_REPLICATE_MODEL must be a version of our cog/ model, whose \
+             train() declares dataset_url, spec and {INSTANCE_TAG})"
+        )),
         ReplicateError::Rejected { .. } => BackendError::Permanent(format!("{what}: {e}")),
+        // Replicate is fine, we are too fast: wait as asked, not a failure of the provider.
+        ReplicateError::RateLimited { retry_after } => BackendError::Throttled {
+            message: format!("{what}: {e}"),
+            retry_after,
+        },
         e => BackendError::Transient(format!("{what}: {e}")),
     }
 }
@@ -569,5 +580,54 @@ impl TrainingBackend for ReplicateBackend {
                 .filter_map(|t| Some((t.id.clone(), t.instance_tag()?.to_owned())))
                 .collect(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicate_errors_map_to_what_the_engine_does_next() {
+        // 429: slow down, not a failure of the provider; the wait goes with it.
+        let throttled = backend_error(
+            "creating a Replicate training",
+            ReplicateError::RateLimited {
+                retry_after: Some(Duration::from_secs(3)),
+            },
+        );
+        match &throttled {
+            BackendError::Throttled {
+                message,
+                retry_after,
+            } => {
+                assert_eq!(*retry_after, Some(Duration::from_secs(3)));
+                assert!(message.contains("HTTP 429"), "{message}");
+            }
+            other => panic!("expected Throttled, got {other:?}"),
+        }
+        assert!(throttled.is_retryable() && !throttled.is_provider_failure());
+        // 422: the model does not take our inputs; never worth repeating, and it says where to look.
+        let refused = backend_error(
+            "creating a Replicate training",
+            ReplicateError::Rejected {
+                status: 422,
+                detail: "- input: Additional property loraforge_instance is not allowed".into(),
+            },
+        );
+        assert!(
+            matches!(&refused, BackendError::Permanent(m) if m.contains("LORAFORGE_REPLICATE_MODEL") && m.contains(INSTANCE_TAG)),
+            "{refused:?}"
+        );
+        assert!(
+            backend_error(
+                "x",
+                ReplicateError::Server {
+                    status: 503,
+                    body: String::new()
+                }
+            )
+            .is_provider_failure()
+        );
     }
 }

@@ -187,6 +187,48 @@ async fn a_missing_destination_is_a_404_with_the_detail() {
     );
 }
 
+/// A model that declares only `dataset_url` and `spec` refuses the instance tag with 422 (as a
+/// Cog runtime forbidding undeclared inputs does): the create fails for good, with the field
+/// named, and nothing is created. Our Cog model declares the tag (`cog/train.py`), so the same
+/// create against its input list goes through.
+#[tokio::test]
+async fn an_undeclared_input_is_refused_with_422_and_a_declared_tag_is_taken() {
+    let narrow = fake_with(TrainingCommand::shell("true"), |c| {
+        c.declared_inputs = Some(vec!["dataset_url".into(), "spec".into()]);
+    })
+    .await;
+    let c = client(&narrow, TOKEN, AuthScheme::Bearer);
+    let err = c
+        .create_training(&model(), &create("loraforge-x-1", "http://127.0.0.1:9/x"))
+        .await
+        .unwrap_err();
+    match &err {
+        ReplicateError::Rejected {
+            status: 422,
+            detail,
+        } => {
+            assert!(detail.contains(INSTANCE_TAG), "{detail}")
+        }
+        other => panic!("expected a 422, got {other:?}"),
+    }
+    assert!(!err.is_retryable());
+    assert_eq!(narrow.counts().0, 0, "nothing was created");
+    assert!(narrow.trainings().is_empty());
+
+    let ours = fake_with(TrainingCommand::shell("true"), |c| {
+        *c = c
+            .clone()
+            .with_declared_inputs(&["dataset_url", "spec", INSTANCE_TAG]);
+    })
+    .await;
+    let c = client(&ours, TOKEN, AuthScheme::Bearer);
+    let training = c
+        .create_training(&model(), &create("loraforge-x-1", "http://127.0.0.1:9/x"))
+        .await
+        .unwrap();
+    assert_eq!(training.instance_tag(), Some("loraforge-x-1"));
+}
+
 #[tokio::test]
 async fn pages_are_followed_by_their_next_links() {
     let fake = fake_with(TrainingCommand::shell("true"), |c| {
@@ -451,11 +493,7 @@ async fn webhooks_are_signed_filtered_duplicated_and_replayed_as_configured() {
 /// Which of `n` reads fail on a fake with random faults (`rate`, `seed`).
 async fn fault_pattern(seed: u64, n: usize) -> Vec<bool> {
     let fake = fake_with(TrainingCommand::shell("true"), |c| {
-        c.faults = Some(loraforge_fakes::Faults {
-            rate: 0.3,
-            seed,
-            status: 503,
-        })
+        c.faults = Some(loraforge_fakes::Faults::failing(0.3, seed, 503))
     })
     .await;
     let mut settings = ReplicateSettings::new(SecretString::from(TOKEN.to_owned()));

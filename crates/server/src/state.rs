@@ -42,6 +42,8 @@ struct Inner {
     engine_wake: Option<Arc<tokio::sync::Notify>>,
     /// This process's job engine, as `/readyz` reports it, when it runs one.
     engine_probe: Option<Arc<dyn EngineProbe>>,
+    /// Makes this process's job engine observe a backend's runs at its next tick.
+    engine_nudge: Option<Arc<dyn EngineNudge>>,
     /// The configured training backends, in the router's order, and their breakers' rules
     /// (`GET /api/v1/admin/backends`).
     backends: Vec<BackendInfo>,
@@ -70,6 +72,13 @@ pub struct BackendInfo {
 /// own health record; the server knows no engine type).
 pub trait EngineProbe: Send + Sync + std::fmt::Debug {
     fn status(&self) -> EngineStatus;
+}
+
+/// How a provider's webhook reaches this process's job engine (the composition root adapts the
+/// engine; the server knows no engine type): the engine observes `backend`'s runs at its next
+/// tick instead of waiting for that backend's poll interval.
+pub trait EngineNudge: Send + Sync + std::fmt::Debug {
+    fn observe_soon(&self, backend: &str);
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -119,6 +128,7 @@ impl AppState {
             upload_faults,
             engine_wake: None,
             engine_probe: None,
+            engine_nudge: None,
             backends: Vec::new(),
             breaker_rules: BreakerRules::default(),
             decode_budget,
@@ -188,6 +198,16 @@ impl AppState {
         self
     }
 
+    /// Lets provider webhooks make the job engine observe a backend sooner
+    /// ([`Self::nudge_engine`]). Call before sharing the state.
+    pub fn with_engine_nudge(mut self, nudge: Arc<dyn EngineNudge>) -> Self {
+        match Arc::get_mut(&mut self.0) {
+            Some(inner) => inner.engine_nudge = Some(nudge),
+            None => tracing::warn!("the engine nudge is not set: the state was already shared"),
+        }
+        self
+    }
+
     /// Names the configured backends (in order) and the rules of their breakers, for the admin
     /// view. Call before sharing the state.
     pub fn with_backends(mut self, backends: Vec<BackendInfo>, rules: BreakerRules) -> Self {
@@ -242,6 +262,15 @@ impl AppState {
         if let Some(wake) = &self.0.engine_wake {
             wake.notify_one();
         }
+    }
+
+    /// A provider said something changed on `backend`: this process's job engine (when it runs
+    /// one) observes that backend's runs at once, not only when its poll interval has passed.
+    pub fn nudge_engine(&self, backend: &str) {
+        if let Some(nudge) = &self.0.engine_nudge {
+            nudge.observe_soon(backend);
+        }
+        self.wake_engine();
     }
 
     /// Webhook ids this process has taken.

@@ -220,7 +220,8 @@ pub struct Settings {
     pub checkpoint_every_steps: Option<u32>,
     /// The Replicate account's webhook signing secret (`whsec_…`, from Replicate's
     /// `GET /v1/webhooks/default/secret`): `POST /api/v1/webhooks/replicate` verifies deliveries
-    /// with it; unset, that route answers 404. Secret.
+    /// with it and makes the engine observe the trainings at once; unset, that route answers 404
+    /// and trainings are created without a `webhook` (polling alone follows them). Secret.
     pub replicate_webhook_secret: Option<SecretString>,
     /// Record Prometheus metrics and serve them at `GET /metrics` (`serve` only).
     pub metrics_enabled: bool,

@@ -276,3 +276,91 @@ async fn a_diverged_job_or_bad_input_never_trips_the_breaker_but_vanished_instan
         .unwrap();
     assert_eq!(stored[0].failures_in_window, 3);
 }
+
+/// A 429 on a launch says "slow down", not "broken": it never counts toward the breaker. The job
+/// goes back to the queue (no attempt used) saying so, goes to the next backend meanwhile if
+/// one can take it, and the throttled backend is asked again once its `Retry-After` has passed.
+#[tokio::test]
+async fn a_throttled_launch_waits_as_asked_and_never_trips_the_breaker() {
+    let db = Db::sqlite().await;
+    let replicate = Scripted::new("replicate", 10);
+    let engine = db.engine(
+        vec![replicate.clone() as Arc<dyn TrainingBackend>],
+        settings("e1"),
+    );
+    let u = db.user().await;
+    let id = db.lora(u, "Throttled", 1).await;
+    let throttled = || BackendError::Throttled {
+        message: "creating a Replicate training: Replicate rate limit hit (HTTP 429)".into(),
+        retry_after: Some(Duration::from_secs(20)),
+    };
+    for _ in 0..5 {
+        replicate.fail_next_launch(throttled());
+    }
+    let report = engine.tick().await.unwrap();
+    assert_eq!(report.waiting, [id], "{report:?}");
+    let lora = db.get(id).await;
+    assert_eq!(lora.status, TrainingStatus::Queued);
+    let message = lora.status_message.unwrap_or_default();
+    assert!(
+        message.starts_with("waiting: replicate asked us to slow down")
+            && message.ends_with("trying again from 10:00:20 UTC"),
+        "{message}"
+    );
+    // Left alone until then: no call.
+    db.advance(Duration::from_secs(19));
+    engine.tick().await.unwrap();
+    assert_eq!(replicate.launch_calls(), 1);
+    // Asked again every 20 s, four more 429s: still closed, no transition, no attempt used.
+    for _ in 0..4 {
+        db.advance(Duration::from_secs(2));
+        let report = engine.tick().await.unwrap();
+        assert!(report.breaker_transitions.is_empty(), "{report:?}");
+        db.advance(Duration::from_secs(18));
+    }
+    assert_eq!(replicate.launch_calls(), 5);
+    assert_eq!(replicate.fail_pending(), 0);
+    let stored = db
+        .repo
+        .breakers(&Default::default(), db.now())
+        .await
+        .unwrap();
+    assert!(
+        stored
+            .iter()
+            .all(|b| b.failures_in_window == 0 && b.breaker.state == BreakerState::Closed),
+        "{stored:?}"
+    );
+    db.advance(Duration::from_secs(2));
+    let report = engine.tick().await.unwrap();
+    assert_eq!(report.started, [id], "{report:?}");
+    assert_eq!(db.run(id).await.attempt, 1, "no attempt was used");
+
+    // With a second backend the job does not wait: it goes there while the first cools down.
+    let db = Db::sqlite().await;
+    let first = Scripted::new("replicate", 10);
+    let second = Scripted::new("docker", 10);
+    let engine = db.engine(
+        vec![
+            first.clone() as Arc<dyn TrainingBackend>,
+            second.clone() as Arc<dyn TrainingBackend>,
+        ],
+        settings("e1"),
+    );
+    let u = db.user().await;
+    let id = db.lora(u, "Elsewhere", 1).await;
+    first.fail_next_launch(throttled());
+    engine.tick().await.unwrap();
+    db.advance(Duration::from_secs(1));
+    let report = engine.tick().await.unwrap();
+    assert_eq!(report.started, [id], "{report:?}");
+    let run = db.run(id).await;
+    assert_eq!(run.backend, "docker");
+    assert!(
+        run.route_reason
+            .as_deref()
+            .is_some_and(|r| r
+                .contains("replicate: asked us to slow down (429); asked again from 10:00:20 UTC")),
+        "{run:?}"
+    );
+}

@@ -2,7 +2,8 @@
 //! (a fixed seed), runs that sometimes vanish, 50 LoRAs, an engine stepped on a `ManualClock`
 //! until every LoRA has ended. Every LoRA ends `completed` or `failed` with a reason, none is
 //! trained twice, no instance is left on either backend, and every breaker transition the engine
-//! made is in the transitions table.
+//! made is in the transitions table (`chaos_check.rs`). `chaos_real.rs` does the same on the
+//! real Replicate and Docker backends.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use loraforge_engine::{
     BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Termination, TrainingBackend,
 };
 
+use crate::chaos_check::{all_ended, check_ended};
 use crate::helpers::*;
 
 /// xorshift64*: a small deterministic generator, so the test needs no crate and replays exactly.
@@ -212,16 +214,7 @@ async fn fifty_loras_across_two_failing_backends_all_end_and_nothing_is_left() {
             }
         }
         db.advance(Duration::from_secs(30));
-        let mut done = true;
-        for id in &loras {
-            if !matches!(
-                db.status(*id).await,
-                TrainingStatus::Completed | TrainingStatus::Failed
-            ) {
-                done = false;
-                break;
-            }
-        }
+        let done = all_ended(&db, &loras).await;
         if done && a.live().is_empty() && b.live().is_empty() {
             break;
         }
@@ -230,62 +223,21 @@ async fn fifty_loras_across_two_failing_backends_all_end_and_nothing_is_left() {
             "not done after {ticks} ticks (25 h on the clock): stuck LoRAs"
         );
     }
-    // Each LoRA ended, with a reason when it failed; a completed one trained exactly once, and
-    // no run of it started after the one that trained.
-    let (mut completed, mut failed) = (0, 0);
-    for id in &loras {
-        let lora = db.get(*id).await;
-        let runs = db.runs(*id).await;
-        let trained_runs: Vec<_> = runs
-            .iter()
-            .filter(|r| r.outcome.as_deref() == Some("trained"))
-            .collect();
-        assert!(trained_runs.len() <= 1, "{id} trained twice: {runs:#?}");
-        if let Some(t) = trained_runs.first() {
-            assert!(
-                runs.iter().all(|r| r.attempt <= t.attempt),
-                "{id} ran again after training"
-            );
-        }
-        match lora.status {
-            TrainingStatus::Completed => {
-                completed += 1;
-                assert_eq!(trained_runs.len(), 1);
-            }
-            TrainingStatus::Failed => {
-                failed += 1;
-                assert!(
-                    lora.error.as_deref().is_some_and(|e| !e.is_empty()),
-                    "{id} failed without a reason"
-                );
-            }
-            other => panic!("{id} ended {other}"),
-        }
-        assert!(
-            runs.iter().all(|r| r.is_instance_gone()),
-            "{id} has a run whose instance is not confirmed gone"
-        );
-        assert!(runs.iter().all(|r| r.route_reason.is_some()));
-    }
+    let ended = check_ended(&db, &loras, reported).await;
     assert!(trained.values().all(|n| *n == 1));
     assert!(a.live().is_empty() && b.live().is_empty(), "instances left");
-    // Every transition the breaker made is recorded, and nothing else.
-    let mut table = db.repo.breaker_transitions(None, 100_000).await.unwrap();
-    table.reverse();
-    // One tick's transitions come from concurrent launches: reported in the order they finished,
-    // numbered in the order they committed.
-    reported.sort_by_key(|t| t.id);
-    assert_eq!(
-        table, reported,
-        "the transitions table is what the breaker did"
-    );
-    assert!(!table.is_empty(), "30 % failures open breakers");
     let calls = a.state().calls + b.state().calls;
     let failed_calls = a.state().failed_calls + b.state().failed_calls;
     println!(
-        "chaos: {completed} completed, {failed} failed, {ticks} ticks, {} transitions, {calls} provider calls ({failed_calls} failed), {:?}",
-        table.len(),
+        "chaos: {} completed, {} failed, {ticks} ticks, {} transitions, {calls} provider calls ({failed_calls} failed), {:?}",
+        ended.completed,
+        ended.failed,
+        ended.transitions,
         started.elapsed()
     );
-    assert!(completed >= 40, "most LoRAs complete: {completed}");
+    assert!(
+        ended.completed >= 40,
+        "most LoRAs complete: {}",
+        ended.completed
+    );
 }

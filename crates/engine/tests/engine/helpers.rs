@@ -44,10 +44,10 @@ pub struct Db {
     _pg: Option<TestDatabase>,
 }
 
-fn store(dir: &std::path::Path) -> Arc<dyn BlobStore> {
+fn store(dir: &std::path::Path, public: url::Url) -> Arc<dyn BlobStore> {
     let store = LocalStore::new(
         dir.join("blobs"),
-        url::Url::parse("http://127.0.0.1:1").expect("url"),
+        public,
         Arc::new(SecretSlice::from(vec![7u8; 32])),
     )
     .expect("store");
@@ -56,6 +56,11 @@ fn store(dir: &std::path::Path) -> Arc<dyn BlobStore> {
 
 impl Db {
     pub async fn sqlite() -> Db {
+        Self::sqlite_serving_at(url::Url::parse("http://127.0.0.1:1").expect("url")).await
+    }
+
+    /// SQLite, with the blob store's signed links pointing at `public` (a server a test runs).
+    pub async fn sqlite_serving_at(public: url::Url) -> Db {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("engine.db").display());
         let repo = SqliteRepository::connect(&url, &ConnectOptions { max_connections: 8 })
@@ -64,7 +69,7 @@ impl Db {
         Db {
             repo: Arc::new(repo),
             clock: Arc::new(ManualClock::new(start_time())),
-            store: store(dir.path()),
+            store: store(dir.path(), public),
             dir,
             _pg: None,
         }
@@ -86,7 +91,10 @@ impl Db {
         Db {
             repo: Arc::new(repo),
             clock: Arc::new(ManualClock::new(start_time())),
-            store: store(dir.path()),
+            store: store(
+                dir.path(),
+                url::Url::parse("http://127.0.0.1:1").expect("url"),
+            ),
             dir,
             _pg: Some(pg),
         }
@@ -321,6 +329,8 @@ struct Script {
     terminate_errors: u32,
     /// Instances that end only on the second terminate call.
     slow_to_end: bool,
+    /// `observe` calls.
+    observes: usize,
 }
 
 /// An in-memory backend: instances the tests start, end and make vanish at will. It tests the
@@ -334,6 +344,8 @@ pub struct Scripted {
     pub samples: bool,
     pub scope: Scope,
     pub price: Option<MicroUsd>,
+    /// `TrainingBackend::observe_every` (default zero: every tick).
+    pub observe_every: Duration,
     script: Mutex<Script>,
 }
 
@@ -345,8 +357,21 @@ impl Scripted {
             samples: false,
             scope: Scope::Shared,
             price: Some(MicroUsd::parse_dollars("0.72").expect("price")),
+            observe_every: Duration::ZERO,
             script: Mutex::new(Script::default()),
         })
+    }
+
+    /// A scripted backend the engine observes at most every `every` (a provider's poll interval).
+    pub fn observed_every(name: &str, max: usize, every: Duration) -> Arc<Self> {
+        let mut s = Arc::try_unwrap(Self::new(name, max)).expect("a fresh Arc");
+        s.observe_every = every;
+        Arc::new(s)
+    }
+
+    /// Calls to `observe`.
+    pub fn observes(&self) -> usize {
+        self.script().observes
     }
 
     /// A scripted backend that also renders sample batches.
@@ -481,6 +506,10 @@ impl TrainingBackend for Scripted {
         self.scope
     }
 
+    fn observe_every(&self) -> Duration {
+        self.observe_every
+    }
+
     async fn launch(&self, launch: &Launch) -> Result<Launched, BackendError> {
         let mut s = self.script();
         s.launch_calls += 1;
@@ -509,7 +538,8 @@ impl TrainingBackend for Scripted {
     }
 
     async fn observe(&self, instances: &[Instance]) -> Result<Vec<Observed>, BackendError> {
-        let s = self.script();
+        let mut s = self.script();
+        s.observes += 1;
         Ok(instances
             .iter()
             .map(|i| match s.instances.get(&i.provider_id) {

@@ -7,9 +7,12 @@
 mod breaker;
 mod budget;
 mod chaos;
+mod chaos_check;
+mod chaos_real;
 mod dispatch;
 mod helpers;
 mod local;
+mod nudge;
 mod refusals;
 mod restarts;
 mod runs;

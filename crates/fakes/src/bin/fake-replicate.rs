@@ -81,11 +81,11 @@ async fn main() -> Result<(), String> {
     config.replay_webhooks = args.replay_webhooks;
     config.work_dir = args.work_dir;
     if args.fault_rate > 0.0 {
-        config.faults = Some(Faults {
-            rate: args.fault_rate.min(1.0),
-            seed: args.fault_seed,
-            status: args.fault_status,
-        });
+        config.faults = Some(Faults::failing(
+            args.fault_rate.min(1.0),
+            args.fault_seed,
+            args.fault_status,
+        ));
     }
     let fake = FakeReplicate::try_start(config)
         .await

@@ -2,10 +2,12 @@
 //! (`start`, `completed`, …; `shared/research/api-contracts.md` §3).
 //!
 //! The delivery is only a nudge: once its Standard Webhooks signature (`crate::webhook`) checks
-//! out under `LORAFORGE_REPLICATE_WEBHOOK_SECRET`, the job engine of this process is woken and
-//! observes its runs at once, reading the training's state from Replicate's API as its polling
-//! would (the body is never trusted for an outcome, so a forged or reordered delivery cannot
-//! settle a run). Deliveries are deduplicated by `webhook-id` (a retry keeps its id): a replay
+//! out under `LORAFORGE_REPLICATE_WEBHOOK_SECRET`, the job engine of this process observes the
+//! `replicate` backend's runs at its next tick, which comes at once, without waiting for the
+//! backend's poll interval (`LORAFORGE_REPLICATE_OBSERVE_SECS`); it reads the training's state
+//! from Replicate's API as its polling would (the body is never trusted for an outcome, so a
+//! forged or reordered delivery cannot settle a run). Only this replica's engine is nudged: a run
+//! another replica started is seen by that replica's polling. Deliveries are deduplicated by `webhook-id` (a retry keeps its id): a replay
 //! or duplicate is answered 200 and does nothing. Not behind user auth: the signature is the
 //! credential.
 
@@ -21,6 +23,9 @@ use crate::state::AppState;
 use crate::views::ErrorBody;
 use crate::webhook::{self, Delivery, WebhookError};
 
+/// The backend whose runs a Replicate delivery is about (its name in `LORAFORGE_BACKENDS`).
+pub const REPLICATE_BACKEND: &str = "replicate";
+
 /// Largest webhook body taken, bytes (a Training object with its logs; Replicate's logs can be
 /// long, the rest is small).
 pub const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
@@ -33,7 +38,7 @@ pub struct WebhookAnswer {
     pub duplicate: bool,
 }
 
-/// Takes a signed Replicate webhook and wakes the job engine.
+/// Takes a signed Replicate webhook and makes the job engine observe the Replicate runs now.
 #[utoipa::path(post, path = "/api/v1/webhooks/replicate", tag = "webhooks",
     params(
         ("webhook-id" = Option<String>, Header, description = "the delivery's id (the same on retries)"),
@@ -106,7 +111,7 @@ pub async fn replicate(
         status = text("status"),
         "Replicate webhook"
     );
-    state.wake_engine();
+    state.nudge_engine(REPLICATE_BACKEND);
     Ok(Json(WebhookAnswer {
         received: true,
         duplicate: false,

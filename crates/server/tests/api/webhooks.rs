@@ -1,11 +1,14 @@
 //! `POST /api/v1/webhooks/replicate`: Standard Webhooks signatures against the injected clock,
-//! deliveries deduplicated by `webhook-id`, and a valid one wakes the job engine.
+//! deliveries deduplicated by `webhook-id`, and a valid one makes the job engine observe the
+//! Replicate backend at once.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use loraforge_domain::Clock;
+use loraforge_server::state::EngineNudge;
 use loraforge_server::webhook::WebhookKey;
 
 use crate::helpers::*;
@@ -15,9 +18,27 @@ const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 const PATH: &str = "/api/v1/webhooks/replicate";
 
 async fn app_with_secret() -> TestApp {
-    spawn_app_with(Engine::Sqlite, |s| {
-        s.replicate_webhook_key = Some(WebhookKey::parse(SECRET).unwrap());
-    })
+    app_with_nudges(Arc::default()).await
+}
+
+/// The backends the server asked its engine to observe at once, in order.
+#[derive(Debug, Default)]
+struct Nudges(Mutex<Vec<String>>);
+
+impl EngineNudge for Nudges {
+    fn observe_soon(&self, backend: &str) {
+        self.0.lock().unwrap().push(backend.to_owned());
+    }
+}
+
+async fn app_with_nudges(nudges: Arc<Nudges>) -> TestApp {
+    spawn_app_with_state(
+        Engine::Sqlite,
+        |s| {
+            s.replicate_webhook_key = Some(WebhookKey::parse(SECRET).unwrap());
+        },
+        |state| state.with_engine_nudge(nudges),
+    )
     .await
 }
 
@@ -87,6 +108,25 @@ async fn a_valid_delivery_wakes_the_engine_once_and_repeats_do_nothing() {
     let resp = deliver(&app, "msg_2", now + 60, &training("failed"), None).await;
     assert_eq!(resp.status(), 200);
     assert!(woke(&app).await);
+}
+
+/// A delivery makes the engine observe the Replicate backend's runs now, not after its poll
+/// interval; a duplicate does not.
+#[tokio::test]
+async fn a_valid_delivery_nudges_the_replicate_backend_once() {
+    let nudges = Arc::new(Nudges::default());
+    let app = app_with_nudges(nudges.clone()).await;
+    let now = app.clock.now().timestamp();
+    let body = training("succeeded");
+    assert_eq!(deliver(&app, "msg_1", now, &body, None).await.status(), 200);
+    assert_eq!(deliver(&app, "msg_1", now, &body, None).await.status(), 200);
+    let bad = deliver(&app, "msg_2", now, &body, Some("v1,AAAA")).await;
+    assert_eq!(bad.status(), 401);
+    assert_eq!(*nudges.0.lock().unwrap(), ["replicate"]);
+    assert!(
+        woke(&app).await,
+        "and the engine is woken for its next tick"
+    );
 }
 
 #[tokio::test]

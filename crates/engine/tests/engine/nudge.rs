@@ -1,0 +1,78 @@
+//! A provider's webhook nudges the engine (`Engine::nudge`): the backend's runs are observed at the
+//! next tick instead of after its `observe_every`, which then counts from that observation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use loraforge_engine::{Observed, TrainingBackend};
+
+use crate::helpers::*;
+
+async fn a_nudge_makes_the_next_tick_observe_the_backend(db: Db) {
+    let u = db.user().await;
+    let id = db.lora(u, "Nudged", 0).await;
+    let provider = Scripted::observed_every("replicate", 4, Duration::from_secs(60));
+    let other = Scripted::new("runpod", 4);
+    let engine = db.engine(
+        vec![
+            provider.clone() as Arc<dyn TrainingBackend>,
+            other.clone() as Arc<dyn TrainingBackend>,
+        ],
+        settings("e1"),
+    );
+    assert_eq!(engine.tick().await.unwrap().started, [id]);
+    // The engine's first look at the backend is not held back.
+    db.advance(Duration::from_secs(1));
+    assert_eq!(engine.tick().await.unwrap().watched, [id]);
+    assert_eq!(provider.observes(), 1);
+
+    // The training ends on the provider; polling alone would see it a minute after the last look.
+    provider.set(
+        id,
+        Observed::Ended {
+            outcome: "provider_failed",
+            reason: Some("the GPU host died".into()),
+            gone: true,
+        },
+    );
+    db.advance(Duration::from_secs(5));
+    engine.tick().await.unwrap();
+    assert_eq!(provider.observes(), 1, "within observe_every: not asked");
+    assert!(db.run(id).await.outcome.is_none());
+
+    // Nudging another backend, or one not configured, changes nothing here.
+    engine.nudge("runpod");
+    engine.nudge("no-such-backend");
+    db.advance(Duration::from_secs(1));
+    engine.tick().await.unwrap();
+    assert_eq!(provider.observes(), 1);
+
+    // The webhook arrives: the next tick observes, 7 s after the last look, and settles the run.
+    engine.nudge("replicate");
+    let report = engine.tick().await.unwrap();
+    assert_eq!(provider.observes(), 2);
+    assert_eq!(
+        db.runs(id).await[0].outcome.as_deref(),
+        Some("provider_failed")
+    );
+    assert_eq!(report.requeued, [id], "{report:?}");
+
+    // The poll interval counts from the nudged look: 31 s later the backend (where the job's
+    // next run went) has not been asked again.
+    db.advance(Duration::from_secs(1));
+    engine.tick().await.unwrap();
+    let observed = provider.observes();
+    db.advance(Duration::from_secs(30));
+    engine.tick().await.unwrap();
+    assert_eq!(provider.observes(), observed, "held back by observe_every");
+}
+
+#[tokio::test]
+async fn sqlite_a_nudge_makes_the_next_tick_observe_the_backend() {
+    a_nudge_makes_the_next_tick_observe_the_backend(Db::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_a_nudge_makes_the_next_tick_observe_the_backend() {
+    a_nudge_makes_the_next_tick_observe_the_backend(Db::postgres().await).await;
+}

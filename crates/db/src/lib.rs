@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use ledger::LedgerStore;
 use loraforge_domain::breaker::{Breaker, BreakerEvent, BreakerRules, BreakerState};
+use loraforge_domain::validation::ValidationScores;
 use loraforge_domain::{
     DailyWindow, Dataset, DatasetId, DatasetQuota, DatasetUsage, LoraId, LoraModel, LoraName,
     LoraSort, LoraSummary, MicroUsd, MonthlyWindow, Progress, QuotaExceeded, RunId, StatusEvent,
@@ -280,6 +281,10 @@ pub struct LoraQuery {
     /// Also list LoRAs an admin hid (an admin's listing, an owner's own); `false` (the default,
     /// the public library): hidden LoRAs are left out of the rows and the total.
     pub include_hidden: bool,
+    /// Only LoRAs waiting for an admin's review: in `validating` with their checks done and
+    /// no scoring model or automatic approval to decide (stage
+    /// [`AWAITING_REVIEW`](loraforge_domain::validation::AWAITING_REVIEW)).
+    pub awaiting_review: bool,
 }
 
 /// A search counts its matches exactly only up to this many (as GitHub's and Elasticsearch's
@@ -307,6 +312,9 @@ pub struct EventDetail {
     pub outputs: Option<TrainedFiles>,
     /// The validation verdict, recorded with the change (`Complete` / `Fail` after validation).
     pub validation_passed: Option<bool>,
+    /// The scoring model's scores and the threshold the rule used, recorded with the change
+    /// (`BeginValidation` of a publish judged by scores).
+    pub validation_scores: Option<ValidationScores>,
 }
 
 impl EventDetail {
@@ -446,6 +454,8 @@ pub enum Settle {
     Publish {
         files: TrainedFiles,
         verdict: PublishVerdict,
+        /// The scores the verdict was judged by, kept with the LoRA; `None` without a scorer.
+        scores: Option<ValidationScores>,
     },
     /// The trained file failed its check: `failed`, with the files recorded.
     Reject { files: TrainedFiles, reason: String },

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use loraforge_checks::LoraRules;
 use loraforge_db::{PublishVerdict, Settle, TrainedFiles};
 use loraforge_domain::keys::OutputKeys;
-use loraforge_domain::validation::{VALIDATION_IMAGES, Verdict, judge};
+use loraforge_domain::validation::{VALIDATION_IMAGES, ValidationScores, Verdict, judge};
 use loraforge_domain::{LoraModel, RunResult, TrainingRun, outcome};
 use loraforge_storage::BlobStore;
 
@@ -176,6 +176,16 @@ impl AfterTraining {
             Verdict::Fail(reason) => PublishVerdict::Fail(reason),
             Verdict::NeedsReview => PublishVerdict::Review,
         };
-        Ok(Settle::Publish { files, verdict })
+        // Kept with the LoRA, with the threshold of this decision: its page shows each image's
+        // score and whether it passed, whatever the setting is later.
+        let scores = result.validation.scores.map(|scores| ValidationScores {
+            scores,
+            threshold: v.similarity_threshold,
+        });
+        Ok(Settle::Publish {
+            files,
+            verdict,
+            scores,
+        })
     }
 }

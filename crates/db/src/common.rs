@@ -11,6 +11,8 @@ use loraforge_domain::{
     TrainingRun, TrainingStatus,
 };
 
+use loraforge_domain::validation::{AWAITING_REVIEW, ValidationScores};
+
 use crate::{DbError, EventDetail, PublishVerdict, Result, Settle};
 
 /// How many attempts a compare-and-set gets before giving up with [`DbError::Conflict`].
@@ -136,6 +138,8 @@ pub(crate) struct LoraRecord {
     pub file_size: Option<i64>,
     pub validation_image_keys: Value,
     pub validation_passed: Option<bool>,
+    /// JSON of [`ValidationScores`], or NULL.
+    pub validation_scores: Option<Value>,
     pub training_cost_micros: i64,
     pub status_message: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -174,6 +178,11 @@ impl LoraRecord {
             .map_err(|e| corrupt(format!("params of LoRA {}: {e}", self.id)))?;
         let validation_image_keys: Vec<String> = serde_json::from_value(self.validation_image_keys)
             .map_err(|e| corrupt(format!("validation_image_keys of LoRA {}: {e}", self.id)))?;
+        let validation_scores: Option<ValidationScores> = self
+            .validation_scores
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| corrupt(format!("validation_scores of LoRA {}: {e}", self.id)))?;
         let percent = u8::try_from(self.progress)
             .ok()
             .filter(|p| *p <= 100)
@@ -204,6 +213,7 @@ impl LoraRecord {
             file_size: self.file_size.map(|v| to_u64(v, "file_size")).transpose()?,
             validation_image_keys,
             validation_passed: self.validation_passed,
+            validation_scores,
             training_cost: MicroUsd(self.training_cost_micros),
             status_message: self.status_message,
             created_at: self.created_at,
@@ -344,15 +354,21 @@ pub(crate) fn settle_steps(settle: &Settle) -> (Vec<SettleStep>, Option<Progress
                     error: Some(reason.clone()),
                     outputs: Some(files.clone()),
                     validation_passed: None,
+                    validation_scores: None,
                 },
             )],
             None,
         ),
-        Settle::Publish { files, verdict } => {
+        Settle::Publish {
+            files,
+            verdict,
+            scores,
+        } => {
             let begin = step(
                 StatusEvent::BeginValidation,
                 EventDetail {
                     outputs: Some(files.clone()),
+                    validation_scores: scores.clone(),
                     ..EventDetail::default()
                 },
             );
@@ -378,7 +394,7 @@ pub(crate) fn settle_steps(settle: &Settle) -> (Vec<SettleStep>, Option<Progress
                             EventDetail {
                                 error: Some(reason.clone()),
                                 validation_passed: Some(false),
-                                outputs: None,
+                                ..EventDetail::default()
                             },
                         ),
                     ],
@@ -387,7 +403,7 @@ pub(crate) fn settle_steps(settle: &Settle) -> (Vec<SettleStep>, Option<Progress
                 PublishVerdict::Review => (
                     vec![begin],
                     Some(Progress {
-                        stage: Some("awaiting_review".into()),
+                        stage: Some(AWAITING_REVIEW.into()),
                         percent: 100,
                         estimated_remaining: None,
                     }),
@@ -396,6 +412,16 @@ pub(crate) fn settle_steps(settle: &Settle) -> (Vec<SettleStep>, Option<Progress
         }
         Settle::Nothing => (Vec::new(), None),
     }
+}
+
+/// The listing condition of [`LoraQuery::awaiting_review`](crate::LoraQuery::awaiting_review)
+/// (`AND …`). Literal values rather than bound ones, so the partial index of migration 0018
+/// (`lora_models_awaiting_review`) can serve it on both engines.
+pub(crate) fn awaiting_review_filter() -> String {
+    format!(
+        " AND m.training_status = '{}' AND m.stage = '{AWAITING_REVIEW}'",
+        TrainingStatus::Validating.as_str()
+    )
 }
 
 /// Data of a "created" event.

@@ -21,6 +21,7 @@ pub use faults::{FaultPoint, Faults};
 pub use ledger::LedgerStore;
 pub use library::{LibraryRow, LoraQuery, Page, SEARCH_TOTAL_CAP};
 use loraforge_domain::breaker::{BreakerEvent, BreakerRules};
+use loraforge_domain::validation::ValidationScores;
 use loraforge_domain::{
     DailyWindow, Dataset, DatasetId, DatasetQuota, DatasetUsage, LoraId, LoraModel, LoraName,
     LoraSummary, MicroUsd, MonthlyWindow, Progress, QuotaExceeded, RunId, StatusEvent,
@@ -210,6 +211,9 @@ pub struct EventDetail {
     pub outputs: Option<TrainedFiles>,
     /// The validation verdict, recorded with the change (`Complete` / `Fail` after validation).
     pub validation_passed: Option<bool>,
+    /// The scoring model's scores and the threshold the rule used, recorded with the change
+    /// (`BeginValidation` of a publish judged by scores).
+    pub validation_scores: Option<ValidationScores>,
 }
 
 impl EventDetail {

@@ -23,6 +23,10 @@ pub struct LoraQuery {
     /// Also list LoRAs an admin hid (an admin's listing, an owner's own); `false` (the default,
     /// the public library): hidden LoRAs are left out of the rows and the total.
     pub include_hidden: bool,
+    /// Only LoRAs waiting for an admin's review: in `validating` with their checks done and
+    /// no scoring model or automatic approval to decide (stage
+    /// [`AWAITING_REVIEW`](loraforge_domain::validation::AWAITING_REVIEW)).
+    pub awaiting_review: bool,
 }
 
 /// A search counts its matches exactly only up to this many (as GitHub's and Elasticsearch's

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use loraforge_domain::breaker::{Breaker, BreakerState};
+use loraforge_domain::validation::ValidationScores;
 use loraforge_domain::{LoraId, LoraModel, MicroUsd, RunId, TrainingRun, TrainingStatus};
 
 use crate::TrainedFiles;
@@ -74,6 +75,8 @@ pub enum Settle {
     Publish {
         files: TrainedFiles,
         verdict: PublishVerdict,
+        /// The scores the verdict was judged by, kept with the LoRA; `None` without a scorer.
+        scores: Option<ValidationScores>,
     },
     /// The trained file failed its check: `failed`, with the files recorded.
     Reject { files: TrainedFiles, reason: String },

@@ -199,6 +199,7 @@ mod tests {
             file_size: None,
             validation_image_keys: Vec::new(),
             validation_passed: None,
+            validation_scores: None,
             training_cost: MicroUsd(0),
             status_message: None,
             created_at: now,

@@ -56,6 +56,10 @@ pub struct LoraModel {
     pub file_size: Option<u64>,
     pub validation_image_keys: Vec<String>,
     pub validation_passed: Option<bool>,
+    /// The scoring model's scores of the validation images and the threshold the rule used;
+    /// `None` when no scoring model judged them (a person did, or the operator auto-approves).
+    #[serde(default)]
+    pub validation_scores: Option<crate::validation::ValidationScores>,
     /// The sum of its runs' costs.
     pub training_cost: MicroUsd,
     /// Why it is where it is, when that is not an error ("waiting for a GPU: …").
@@ -86,6 +90,12 @@ impl LoraModel {
     /// for anyone else (a generation falls back, reason `hidden`).
     pub fn is_hidden(&self) -> bool {
         self.hidden.is_some()
+    }
+
+    /// Waits in `validating` for an admin's decision (see [`crate::validation::AWAITING_REVIEW`]).
+    pub fn awaits_review(&self) -> bool {
+        self.status == crate::TrainingStatus::Validating
+            && self.progress.stage.as_deref() == Some(crate::validation::AWAITING_REVIEW)
     }
 
     /// Whether `viewer` may see this LoRA at all: everyone while it is visible; once hidden,

@@ -3,10 +3,41 @@
 //! above a threshold; without one, a person decides (the admin review), unless the operator
 //! chose to approve automatically.
 
+use serde::{Deserialize, Serialize};
+
 /// Validation images PRD 2 asks for.
 pub const VALIDATION_IMAGES: usize = 3;
 /// Of those, how many must pass.
 pub const REQUIRED_PASSING: usize = 2;
+
+/// The progress stage of a LoRA that waits in `validating` for a person's decision: its checks
+/// are done, no scoring model judged it and the operator does not approve automatically. The
+/// admin's review queue lists exactly these, and only these can be reviewed.
+pub const AWAITING_REVIEW: &str = "awaiting_review";
+
+/// The similarity scores a scoring model gave a LoRA's validation images, in image order, and
+/// the threshold the rule judged them by (kept with the LoRA: the operator may change the
+/// setting later).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationScores {
+    pub scores: Vec<f64>,
+    pub threshold: f64,
+}
+
+impl ValidationScores {
+    /// Whether image `index` passed; `None` past the last score.
+    pub fn passed(&self, index: usize) -> Option<bool> {
+        self.scores
+            .get(index)
+            .map(|s| image_passes(*s, self.threshold))
+    }
+}
+
+/// One validation image counts as the character: its score is a number at or above the
+/// threshold (NaN never passes).
+pub fn image_passes(score: f64, threshold: f64) -> bool {
+    score.is_finite() && score >= threshold
+}
 
 /// What to do with a LoRA whose validation images are in.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,7 +73,7 @@ pub fn judge(images: usize, scores: Option<&[f64]>, threshold: f64, auto_approve
     }
     let passing = scores
         .iter()
-        .filter(|s| s.is_finite() && **s >= threshold)
+        .filter(|s| image_passes(**s, threshold))
         .count();
     if passing >= REQUIRED_PASSING {
         Verdict::Pass
@@ -96,6 +127,19 @@ mod tests {
             judge(3, Some(&[0.9, 0.9]), 0.7, true),
             Verdict::Fail(_)
         ));
+    }
+
+    #[test]
+    fn each_image_passes_at_or_above_the_threshold() {
+        let v = ValidationScores {
+            scores: vec![0.91, 0.7, 0.2, f64::NAN],
+            threshold: 0.7,
+        };
+        let each: Vec<Option<bool>> = (0..5).map(|i| v.passed(i)).collect();
+        assert_eq!(
+            each,
+            [Some(true), Some(true), Some(false), Some(false), None]
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use loraforge_checks::LoraRules;
 use loraforge_db::{PublishVerdict, Settle, TrainedFiles};
 use loraforge_domain::handoff;
 use loraforge_domain::keys::OutputKeys;
-use loraforge_domain::validation::{VALIDATION_IMAGES, Verdict, judge};
+use loraforge_domain::validation::{VALIDATION_IMAGES, ValidationScores, Verdict, judge};
 use loraforge_domain::{LoraModel, RunResult, TrainingRun, outcome};
 use loraforge_storage::BlobStore;
 use sha2::{Digest, Sha256};
@@ -187,6 +187,16 @@ impl AfterTraining {
             Verdict::Fail(reason) => PublishVerdict::Fail(reason),
             Verdict::NeedsReview => PublishVerdict::Review,
         };
-        Ok(Settle::Publish { files, verdict })
+        // Kept with the LoRA, with the threshold of this decision: its page shows each image's
+        // score and whether it passed, whatever the setting is later.
+        let scores = result.validation.scores.map(|scores| ValidationScores {
+            scores,
+            threshold: v.similarity_threshold,
+        });
+        Ok(Settle::Publish {
+            files,
+            verdict,
+            scores,
+        })
     }
 }

@@ -81,7 +81,7 @@ impl LibraryCache {
     /// The cache key of a validated query: every field that changes the answer.
     pub fn key(q: &LoraQuery) -> String {
         format!(
-            "{:?}|{}|{:?}|{:?}|{}|{}|{:?}|{:?}|{}",
+            "{:?}|{}|{:?}|{:?}|{}|{}|{:?}|{:?}|{}|{}",
             q.status,
             q.search
                 .as_deref()
@@ -95,7 +95,8 @@ impl LibraryCache {
             q.character_id,
             q.triggered_by_job_id,
             // The owner's own listing (hidden ones too) is not the public one of the same creator.
-            q.include_hidden
+            q.include_hidden,
+            q.awaiting_review
         )
     }
 
@@ -239,6 +240,13 @@ mod tests {
             k(&base),
             k(&LoraQuery {
                 include_hidden: true,
+                ..base.clone()
+            })
+        );
+        assert_ne!(
+            k(&base),
+            k(&LoraQuery {
+                awaiting_review: true,
                 ..base.clone()
             })
         );

@@ -73,7 +73,7 @@ use crate::views;
         loraforge_domain::sample_wire::SampleReportAnswer,
         views::LoraList, views::LoraListItem, views::CreatorView, views::LoraDetails, views::StatusView, views::AttemptView, views::MoneyView,
         views::CreateLoraResponse, views::LimitsView, views::MeView, views::DatasetQuotaView, me::PatchMe, views::ErrorBody, views::ErrorDetail,
-        views::DatasetRefView, views::ReferenceImageView, views::ValidationView,
+        views::DatasetRefView, views::ReferenceImageView, views::ValidationView, views::ValidationImageView,
         datasets::DatasetView, datasets::DatasetImageView, datasets::FromUrlsRequest, datasets::UrlImageRequest,
         references::FromReferencesRequest, references::CharacterReference, references::FromReferencesResponse,
         references::CharacterLoraView, references::CharacterWarning, events::EventView, events::UnavailableView,

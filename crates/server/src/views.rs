@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use loraforge_domain::validation::REQUIRED_PASSING;
 use loraforge_domain::{
     CreatorRef, Hidden, LoraModel, LoraSummary, MicroUsd, TrainingRun, TrainingStatus,
 };
@@ -205,11 +206,60 @@ pub struct DatasetRefView {
     pub image_count: usize,
 }
 
+/// PRD 2's quality check of a trained LoRA: its validation images, each with the scoring
+/// model's similarity score, and the verdict.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ValidationView {
+    /// The verdict: true passed (or approved in review), false failed (or rejected), null not
+    /// decided yet (training, or waiting for an admin's review).
     pub passed: Option<bool>,
-    /// Signed URLs of the validation images; they are kept 30 days, after which none are listed.
+    /// The lowest similarity an image needed to count, as the rule used it when it judged this
+    /// LoRA (the setting may have changed since); null when no scoring model judged it.
+    pub threshold: Option<f64>,
+    /// How many validation images must reach `threshold` (2 of the 3).
+    pub required_passing: u32,
+    /// Each validation image in order, with its score.
+    pub images: Vec<ValidationImageView>,
+    /// Signed URLs of the validation images still kept (`images[].url` without the nulls), for
+    /// older clients; the images are kept 30 days, after which none are listed.
     pub image_urls: Vec<String>,
+}
+
+/// One validation image and how it scored.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ValidationImageView {
+    /// 0, 1, 2: the image's place (the trainer's prompt and seed order).
+    pub index: u32,
+    /// Signed, expiring URL; null once the image is past its 30 days.
+    pub url: Option<String>,
+    /// The scoring model's similarity to the training images (mean cosine of CLIP image
+    /// embeddings); null without a scoring model.
+    pub score: Option<f64>,
+    /// `score` ≥ `threshold`; null without a score.
+    pub passed: Option<bool>,
+}
+
+impl ValidationView {
+    /// `urls`: each validation image's signed URL in order, `None` where it is no longer kept.
+    pub fn of(lora: &LoraModel, urls: Vec<Option<String>>) -> Self {
+        let scores = lora.validation_scores.as_ref();
+        let count = urls.len().max(scores.map_or(0, |s| s.scores.len()));
+        let images = (0..count)
+            .map(|i| ValidationImageView {
+                index: u32::try_from(i).unwrap_or(u32::MAX),
+                url: urls.get(i).cloned().flatten(),
+                score: scores.and_then(|s| s.scores.get(i).copied()),
+                passed: scores.and_then(|s| s.passed(i)),
+            })
+            .collect();
+        Self {
+            passed: lora.validation_passed,
+            threshold: scores.map(|s| s.threshold),
+            required_passing: u32::try_from(REQUIRED_PASSING).unwrap_or(u32::MAX),
+            images,
+            image_urls: urls.into_iter().flatten().collect(),
+        }
+    }
 }
 
 /// Everything about one LoRA.

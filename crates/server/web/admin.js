@@ -1,4 +1,5 @@
-// Admin: the review queue (LoRAs in `validating` waiting for a decision), alerts (ack), the
+// Admin: the review queue (LoRAs waiting for a person: `validating` with their checks done,
+// `awaiting_review=true`, hidden ones included), alerts (ack), the
 // training backends, and — in its own section below a separator — reports, when that route
 // exists.
 
@@ -24,7 +25,7 @@ async function loadReview(box) {
   const body = h('div');
   box.replaceChildren(box.firstChild, body);
   let page;
-  try { page = await api('/api/v1/lora-models?status=validating&sort=recent&limit=50'); } catch (e) { body.append(errorBanner(e)); return; }
+  try { page = await api('/api/v1/lora-models?awaiting_review=true&include_hidden=true&sort=recent&limit=50'); } catch (e) { body.append(errorBanner(e)); return; }
   if (!page.items.length) { body.append(h('p', { class: 'muted', id: 'review-empty' }, 'Nothing is waiting for review.')); return; }
   const list = h('ul', { class: 'loras' });
   for (const l of page.items) {
@@ -42,7 +43,7 @@ async function loadReview(box) {
     const li = h('li', { class: 'lora-row wrap', 'data-id': l.id },
       badge(l.training_status),
       h('div', { class: 'main' }, h('a', { class: 'name', href: `#/loras/${l.id}` }, `${l.name} (by ${creatorName(l.creator)})`),
-        h('div', { class: 'meta' }, fmtDate(l.created_at))),
+        h('div', { class: 'meta' }, fmtDate(l.created_at), l.hidden ? ` · hidden: ${l.hidden.reason}` : '')),
       h('div', { class: 'row grow' },
         h('label', { for: `reason-${l.id}`, class: 'visually-hidden' }, `Reason for ${l.name}`), reason,
         h('button', { type: 'button', class: 'approve', onclick: () => decide('approve') }, 'Approve'),
@@ -93,14 +94,14 @@ async function loadReports(box) {
   box.hidden = false;
   box.replaceChildren(h('h2', { id: 'rp-h' }, `Open reports (${r.total ?? items.length})`), items.length ? h('ul', { class: 'reports' }, items.map(({ report, lora }) => {
     const actions = h('span', { class: 'actions' });
-    const act = (label, path, json) => h('button', { type: 'button', onclick: async () => {
+    const act = (label, path, json) => h('button', { type: 'button', class: label.toLowerCase(), onclick: async () => {
       try { await api(path, { method: 'POST', ...(json ? { json } : {}) }); actions.replaceChildren(h('span', { class: 'muted' }, `${label}: done`)); }
       catch (e) { toast(e.message); }
     } }, label);
     actions.append(
       lora.hidden ? h('span', { class: 'muted' }, 'hidden') : act('Hide', `/api/v1/admin/lora-models/${lora.id}/hide`, { reason: `Reported: ${report.reason}` }),
       ' ', act('Dismiss', `/api/v1/admin/reports/${report.id}/dismiss`));
-    return h('li', {}, h('a', { href: `#/loras/${lora.id}` }, `${lora.name} (by ${creatorName(lora.creator)})`), ' — ',
+    return h('li', { 'data-report': report.id, 'data-lora': lora.id }, h('a', { href: `#/loras/${lora.id}` }, `${lora.name} (by ${creatorName(lora.creator)})`), ' — ',
       report.reason, report.details ? `: ${report.details}` : '', ` · ${lora.open_reports} open · ${fmtDate(report.created_at)} `, actions);
   })) : h('p', { class: 'muted' }, 'No open reports.'));
 }

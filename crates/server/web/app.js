@@ -1,6 +1,8 @@
 // The app shell: hash routing (#/library, #/loras/{id}, #/new, #/mine, #/admin), the session,
 // and the navigation. Each page module exports render(main, ctx) and may return a cleanup
-// function (closing an event stream) that runs when the page is left.
+// function (closing an event stream) that runs when the page is left. A route may carry a query
+// (`#/library?q=cyber&sort=name`): ctx.params; a page that keeps its state there writes it with
+// history.pushState/replaceState (no hashchange), and back/forward re-render from it.
 
 import { session, api, ApiError } from './api.js';
 import { h, toast } from './dom.js';
@@ -29,9 +31,10 @@ const pages = {
 
 function parseHash() {
   const raw = location.hash.replace(/^#\/?/, '');
-  const [path] = raw.split('?');
+  const i = raw.indexOf('?');
+  const path = i < 0 ? raw : raw.slice(0, i);
   const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
-  return { page: parts[0] || 'library', arg: parts[1] };
+  return { page: parts[0] || 'library', arg: parts[1], params: new URLSearchParams(i < 0 ? '' : raw.slice(i + 1)) };
 }
 
 async function route() {
@@ -43,7 +46,7 @@ async function route() {
     return;
   }
   nav.hidden = false;
-  const { page, arg } = parseHash();
+  const { page, arg, params } = parseHash();
   for (const a of nav.querySelectorAll('a[data-page]')) {
     if (a.dataset.page === page) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
@@ -58,7 +61,7 @@ async function route() {
     // The library needs no account details: its first page is not held up by /me.
     const mePromise = whoAmI();
     if (page === 'library') mePromise.catch(() => {});
-    const ctx = { arg, me: page === 'library' ? null : await mePromise, navigate };
+    const ctx = { arg, params, me: page === 'library' ? null : await mePromise, navigate };
     const done = await render(ctx);
     if (typeof done === 'function') cleanup = done;
   } catch (e) {

@@ -2,6 +2,11 @@
 // API ("Load more"), never the whole list. Sets performance marks for bench/web_library.sh:
 // `lf-first-rows` when the first rows are painted, and window.__lf.searchMs (last keystroke →
 // results painted, debounce included) after each search.
+//
+// The state lives in the route's query, so a reload, back/forward and a shared link show the
+// same list: `#/library?q=cyber&sort=name&status=completed&page=2` (`page`: pages of 30 shown).
+// Picking a sort or a status adds a history entry; typing and "Load more" replace the current
+// one (a back press does not step through every keystroke). Defaults are left out of the URL.
 
 import { api } from './api.js';
 import { h, badge, fmtDate, debounce, creatorName, errorBanner, STATUSES } from './dom.js';
@@ -10,7 +15,7 @@ const PAGE = 30;
 const DEBOUNCE_MS = 60;
 window.__lf = window.__lf || { searchMs: [] };
 
-export function renderLibrary(main, { me, mine }) {
+export function renderLibrary(main, { me, mine, params = new URLSearchParams() }) {
   const title = mine ? 'My LoRAs' : 'Library';
   const search = h('input', { type: 'search', id: 'search', name: 'search', autocomplete: 'off',
     placeholder: 'Name or description', 'aria-controls': 'loras' });
@@ -20,7 +25,14 @@ export function renderLibrary(main, { me, mine }) {
     h('option', { value: 'name' }, 'Name'));
   const status = h('select', { id: 'status', name: 'status' },
     h('option', { value: '' }, 'Any status'), STATUSES.map((s) => h('option', { value: s }, s)));
-  if (!mine) status.value = '';
+  const defaultSort = sort.options[0].value;
+  // The state from the URL; values the controls do not offer fall back to the defaults.
+  search.value = params.get('q') || '';
+  sort.value = params.get('sort') || defaultSort;
+  if (sort.selectedIndex < 0) sort.value = defaultSort;
+  status.value = params.get('status') || '';
+  if (status.selectedIndex < 0) status.value = '';
+  const wantPages = Math.min(Math.max(parseInt(params.get('page'), 10) || 1, 1), 20);
   const list = h('ul', { class: 'loras', id: 'loras', 'aria-busy': 'true', 'aria-label': title });
   const summary = h('p', { class: 'muted', id: 'summary', 'aria-live': 'polite' }, '\u00a0');
   const more = h('button', { type: 'button', class: 'secondary', id: 'load-more', hidden: true }, 'Load more');
@@ -34,6 +46,7 @@ export function renderLibrary(main, { me, mine }) {
     msg, list, h('div', { class: 'pager' }, summary, more));
 
   let offset = 0;
+  let pages = 0;
   let ctrl = null;
   let lastKeyAt = null;
   let first = true;
@@ -45,6 +58,8 @@ export function renderLibrary(main, { me, mine }) {
     badge(l.training_status),
     h('div', { class: 'main' },
       h('a', { class: 'name', href: `#/loras/${l.id}` }, `${l.name} (by ${creatorName(l.creator)})`),
+      // Only the owner (My LoRAs) and admins get hidden rows: say so, and why.
+      l.hidden ? h('div', { class: 'hidden-note error' }, `Hidden by an admin: ${l.hidden.reason}`) : '',
       h('div', { class: 'meta' }, l.description ? l.description + ' · ' : '', fmtDate(l.created_at))),
     h('span', { class: 'uses', title: 'times used' }, `${l.usage_count} use${l.usage_count === 1 ? '' : 's'}`));
 
@@ -69,6 +84,7 @@ export function renderLibrary(main, { me, mine }) {
       return;
     }
     msg.replaceChildren();
+    pages = append ? pages + 1 : 1;
     const rows = page.items.map(row);
     if (append) list.append(...rows); else list.replaceChildren(...rows);
     offset = page.offset + page.items.length;
@@ -94,11 +110,28 @@ export function renderLibrary(main, { me, mine }) {
     }, 0));
   }
 
-  const searchSoon = debounce(() => load(false), DEBOUNCE_MS);
-  search.addEventListener('input', () => { lastKeyAt = performance.now(); searchSoon(); });
-  sort.addEventListener('change', () => { lastKeyAt = null; load(false); });
-  status.addEventListener('change', () => { lastKeyAt = null; load(false); });
-  more.addEventListener('click', () => { lastKeyAt = null; load(true); });
-  load(false);
+  /** Writes the controls' state into the route's query (see the top of this file). */
+  function keep(push) {
+    const q = new URLSearchParams();
+    if (search.value.trim()) q.set('q', search.value.trim());
+    if (sort.value !== defaultSort) q.set('sort', sort.value);
+    if (status.value) q.set('status', status.value);
+    if (pages > 1) q.set('page', String(pages));
+    const hash = `#/${mine ? 'mine' : 'library'}${q.toString() ? '?' + q : ''}`;
+    if (hash === location.hash) return;
+    if (push) history.pushState(null, '', hash); else history.replaceState(null, '', hash);
+  }
+
+  let restoring = true; // until the person changes something
+  const searchSoon = debounce(() => { keep(false); load(false); }, DEBOUNCE_MS);
+  search.addEventListener('input', () => { restoring = false; lastKeyAt = performance.now(); searchSoon(); });
+  sort.addEventListener('change', () => { restoring = false; lastKeyAt = null; pages = 1; keep(true); load(false); });
+  status.addEventListener('change', () => { restoring = false; lastKeyAt = null; pages = 1; keep(true); load(false); });
+  more.addEventListener('click', async () => { restoring = false; lastKeyAt = null; await load(true); keep(false); });
+  (async () => {
+    await load(false);
+    // A shared or reloaded `page=N`: the same rows again, one page after the other.
+    while (restoring && pages >= 1 && pages < wantPages && !more.hidden) await load(true);
+  })();
   return () => ctrl?.abort();
 }

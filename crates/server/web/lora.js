@@ -1,5 +1,6 @@
-// One LoRA: status, live progress over SSE (no reload), stages, validation, attempts and cost
-// (owner), downloads, samples and usage (when those routes exist), cancel (owner).
+// One LoRA: status, live progress over SSE (no reload), stages, validation images with their
+// scores, attempts and cost (owner), downloads, "Try it" samples (refreshed while they render),
+// usage, report (others), cancel (owner).
 
 import { api, optional, streamEvents } from './api.js';
 import { h, badge, fmtDate, fmtDuration, fmtBytes, creatorName, errorBanner, toast, FINAL } from './dom.js';
@@ -30,6 +31,7 @@ export async function renderLora(main, { arg: id, me }) {
   const validation = h('section', { id: 'validation' });
   const attempts = h('section', { id: 'attempts' });
   const samples = h('section', { id: 'samples', hidden: true });
+  const tryBox = h('div', {}); // "Try it", once the LoRA is completed (also when it completes here)
   const usage = h('section', { id: 'usage', hidden: true });
 
   main.replaceChildren(
@@ -41,7 +43,7 @@ export async function renderLora(main, { arg: id, me }) {
     lora.hidden ? h('p', { class: 'banner', role: 'note', id: 'hidden-note' },
       `Hidden from the library by an admin since ${fmtDate(lora.hidden.at)}: ${lora.hidden.reason}`) : '',
     downloads, validation, attempts, samples,
-    lora.training_status === 'completed' ? tryIt(id, samples, ctrl.signal) : '',
+    tryBox,
     usage,
     h('section', {}, h('h2', {}, 'Parameters'), facts(lora.params)),
     owner ? '' : reportForm(id));
@@ -76,14 +78,8 @@ export async function renderLora(main, { arg: id, me }) {
         l.kohya_download_url ? h('a', { class: 'button secondary', id: 'download-kohya', href: l.kohya_download_url, download: `${l.name}-kohya.safetensors` }, 'kohya (ComfyUI, A1111)') : null),
         h('p', { class: 'muted' }, `${fmtBytes(l.file_size)}${l.download_url_expires_at ? ' · links valid until ' + fmtDate(l.download_url_expires_at) : ''}`));
     }
-    validation.replaceChildren();
-    const v = l.validation || {};
-    if (v.passed != null || v.image_urls?.length) {
-      validation.append(h('h2', {}, 'Validation'),
-        h('p', { id: 'validation-result' }, v.passed == null ? 'Waiting for review.' : v.passed ? 'Passed.' : 'Did not pass.'),
-        h('div', { class: 'grid' }, (v.image_urls || []).map((u, i) =>
-          h('img', { class: 'thumb', src: u, alt: `Validation image ${i + 1}`, width: 256, height: 256, loading: 'lazy' }))));
-    }
+    showValidation(validation, l);
+    if (l.training_status === 'completed' && !tryBox.firstChild) tryBox.append(tryIt(id, samples, ctrl.signal));
     attempts.replaceChildren();
     if (owner && l.attempts?.length) {
       attempts.append(h('h2', {}, 'Attempts and cost'),
@@ -113,6 +109,35 @@ export async function renderLora(main, { arg: id, me }) {
 
   if (!FINAL.has(lora.training_status)) follow(id, ctrl.signal, showStatus, showDetails);
   return () => ctrl.abort();
+}
+
+const score = (x) => Number(x).toFixed(2);
+
+/** The validation images, each with its score and whether it reached the threshold. */
+function showValidation(box, l) {
+  box.replaceChildren();
+  const v = l.validation || {};
+  // `images` carries the scores; older servers sent only `image_urls`.
+  const images = v.images || (v.image_urls || []).map((url, index) => ({ index, url }));
+  if (v.passed == null && !images.length) return;
+  const verdict = v.passed != null ? (v.passed ? 'Passed.' : 'Did not pass.')
+    : l.stage === 'awaiting_review' ? 'Waiting for an admin\u2019s review.' : 'Not judged yet.';
+  const rule = v.threshold != null
+    ? `At least ${v.required_passing} of ${images.length} images need a similarity of ${score(v.threshold)} or more.`
+    : images.length ? 'No scoring model judged these images.' : '';
+  box.setAttribute('aria-labelledby', 'val-h');
+  box.append(h('h2', { id: 'val-h' }, 'Validation'),
+    h('p', { id: 'validation-result' }, verdict, ' ', h('span', { class: 'muted', id: 'validation-rule' }, rule)),
+    h('ul', { class: 'grid validation', id: 'validation-images' }, images.map((im) => {
+      const label = `Validation image ${im.index + 1}`;
+      const judged = im.passed == null ? h('span', { class: 'muted' }, 'no score')
+        : [`score ${score(im.score)} `, h('strong', { class: im.passed ? 'ok' : 'error' }, im.passed ? '\u2713 passed' : '\u2717 below')];
+      return h('li', { 'data-index': im.index, 'data-passed': im.passed == null ? null : String(im.passed) },
+        h('figure', {},
+          im.url ? h('img', { class: 'thumb', src: im.url, alt: label, width: 256, height: 256, loading: 'lazy' })
+            : h('div', { class: 'thumb gone', role: 'img', 'aria-label': `${label} (no longer kept)` }),
+          h('figcaption', { class: 'score' }, `#${im.index + 1}: `, judged)));
+    })));
 }
 
 /** Follows the event stream; each event refreshes the status, a final one the details too. */
@@ -150,18 +175,44 @@ async function follow(id, signal, showStatus, showDetails) {
 /** "Try it": render sample images with this LoRA (POST …/samples); the section refreshes. */
 function tryIt(id, samples, signal) {
   const prompt = h('input', { id: 'sample-prompt', required: true, maxlength: 1000, placeholder: 'a portrait in the rain' });
-  const out = h('p', { class: 'muted', role: 'status' });
-  const form = h('form', { class: 'card', 'aria-labelledby': 'try-h' }, h('h2', { id: 'try-h' }, 'Try it'),
-    h('label', { for: 'sample-prompt' }, 'Prompt'), prompt, h('button', { type: 'submit' }, 'Render a sample'), out);
+  // The API's ranges (`loraforge_domain::samples`); the server checks them again.
+  const num = (fid, attrs) => h('input', { type: 'number', id: fid, required: true, ...attrs });
+  const size = num('sample-size', { min: 64, max: 2048, step: 64, value: 1024 });
+  const steps = num('sample-steps', { min: 1, max: 100, step: 1, value: 30 });
+  const scale = num('sample-scale', { min: 0, max: 2, step: 0.05, value: 1 });
+  const out = h('p', { class: 'muted', role: 'status', id: 'sample-message' });
+  const submit = h('button', { type: 'submit', id: 'sample-submit' }, 'Render a sample');
+  const field = (input, label, hint) => h('div', {}, h('label', { for: input.id }, label, h('span', { class: 'hint' }, ` (${hint})`)), input);
+  const form = h('form', { class: 'card stack', id: 'try-it', 'aria-labelledby': 'try-h' }, h('h2', { id: 'try-h' }, 'Try it'),
+    h('div', {}, h('label', { for: 'sample-prompt' }, 'Prompt'), prompt),
+    h('div', { class: 'params' }, field(size, 'Size in pixels', 'square, 64–2048, a multiple of 64'),
+      field(steps, 'Steps', '1–100'), field(scale, 'LoRA strength', '0–2; 0 renders without it')),
+    submit, out);
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
+    if (!form.reportValidity()) return;
+    submit.disabled = true;
     try {
-      await api(`/api/v1/lora-models/${id}/samples`, { method: 'POST', json: { prompts: [{ prompt: prompt.value }] } });
-      out.textContent = 'Queued: it renders on a training GPU; the Samples section shows it when done.';
-      optionalSections(id, samples, null, signal);
+      const side = Number(size.value);
+      await api(`/api/v1/lora-models/${id}/samples`, { method: 'POST', json: {
+        prompts: [{ prompt: prompt.value, scale: Number(scale.value) }], width: side, height: side, steps: Number(steps.value) } });
+      out.replaceChildren('Queued: it renders on a training GPU; the Samples section shows it when done.');
+      watchSamples(id, samples, signal);
     } catch (e) { out.replaceChildren(errorBanner(e)); }
+    submit.disabled = false;
   });
   return form;
+}
+
+/** Refreshes the Samples section every 2 s while a batch is queued or rendering. */
+async function watchSamples(id, samples, signal) {
+  if (samples.dataset.watching) return;
+  samples.dataset.watching = '1';
+  try {
+    while (!signal.aborted && await loadSamples(id, samples, signal) > 0) {
+      await new Promise((r) => setTimeout(r, 2000));
+    }
+  } finally { delete samples.dataset.watching; }
 }
 
 const REPORT_REASONS = ['sexual_content', 'minor', 'violence', 'hate', 'impersonation', 'copyright', 'spam', 'other'];
@@ -185,22 +236,30 @@ function reportForm(id) {
   return h('details', { id: 'report' }, h('summary', {}, 'Report this LoRA'), form);
 }
 
+/** Draws the Samples section; resolves to the number of batches still queued or rendering. */
+async function loadSamples(id, samples, signal) {
+  let s;
+  try { s = await optional(`/api/v1/lora-models/${id}/samples`, { signal }); } catch { return 0; }
+  // {batches: [{id, status, error, images: [{prompt, url, …}]}]}: finished batches carry links.
+  const batches = s && Array.isArray(s.batches) ? s.batches : null;
+  if (!batches) return 0;
+  const items = batches.flatMap((b) => (b.images || []).filter((i) => i.url));
+  const open = batches.filter((b) => b.status === 'queued' || b.status === 'rendering');
+  const failed = batches.filter((b) => b.status === 'failed' && b.error);
+  samples.hidden = false;
+  samples.setAttribute('aria-labelledby', 'samples-h');
+  samples.replaceChildren(h('h2', { id: 'samples-h' }, 'Samples'),
+    open.length ? h('p', { class: 'muted', role: 'status', id: 'samples-open' },
+      open.map((b) => h('span', { class: 'batch', 'data-batch': b.id, 'data-status': b.status }, `A batch is ${b.status}… `))) : '',
+    failed.slice(0, 1).map((b) => h('p', { class: 'notice' }, `The last failed batch: ${b.error}`)),
+    items.length ? h('div', { class: 'grid', id: 'sample-images' }, items.map((it, i) =>
+      h('figure', { class: 'sample' }, h('img', { class: 'thumb', src: it.url, alt: it.prompt || `Sample ${i + 1}`, width: 256, height: 256, loading: 'lazy' }),
+        it.prompt ? h('figcaption', { class: 'muted' }, it.prompt) : null))) : h('p', { class: 'muted' }, 'No samples yet.'));
+  return open.length;
+}
+
 async function optionalSections(id, samples, usage, signal) {
-  try {
-    const s = await optional(`/api/v1/lora-models/${id}/samples`, { signal });
-    // {batches: [{status, images: [{prompt, url, …}]}]}: images of finished batches carry links.
-    const batches = s && Array.isArray(s.batches) ? s.batches : null;
-    if (batches) {
-      const items = batches.flatMap((b) => (b.images || []).filter((i) => i.url));
-      const open = batches.filter((b) => b.status === 'queued' || b.status === 'rendering').length;
-      samples.hidden = false;
-      samples.replaceChildren(h('h2', {}, 'Samples'),
-        open ? h('p', { class: 'muted', role: 'status' }, `${open} sample batch${open > 1 ? 'es' : ''} rendering…`) : '',
-        items.length ? h('div', { class: 'grid' }, items.map((it, i) =>
-        h('figure', { class: 'sample' }, h('img', { class: 'thumb', src: it.url || it.image_url, alt: it.prompt || `Sample ${i + 1}`, width: 256, height: 256, loading: 'lazy' }),
-          it.prompt ? h('figcaption', { class: 'muted' }, it.prompt) : null))) : h('p', { class: 'muted' }, 'No samples yet.'));
-    }
-  } catch { /* the section stays hidden */ }
+  if (await loadSamples(id, samples, signal) > 0) watchSamples(id, samples, signal);
   if (!usage) return;
   try {
     const u = await optional(`/api/v1/lora-models/${id}/usage?days=30`, { signal });

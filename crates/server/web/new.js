@@ -50,9 +50,12 @@ export async function renderNew(main, { navigate }) {
   // Images: picker, drag and drop, keyboard.
   drop.addEventListener('click', () => picker.click());
   drop.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); picker.click(); } });
-  drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
+  // dragenter and dragover must be cancelled for the zone to accept a drop.
+  const over = (e) => { e.preventDefault(); if (e.dataTransfer) e.dataTransfer.dropEffect = 'copy'; drop.classList.add('over'); };
+  drop.addEventListener('dragenter', over);
+  drop.addEventListener('dragover', over);
   drop.addEventListener('dragleave', () => drop.classList.remove('over'));
-  drop.addEventListener('drop', (e) => { e.preventDefault(); drop.classList.remove('over'); add([...e.dataTransfer.files]); });
+  drop.addEventListener('drop', (e) => { e.preventDefault(); drop.classList.remove('over'); add([...(e.dataTransfer?.files || [])]); });
   picker.addEventListener('change', () => { add([...picker.files]); picker.value = ''; });
 
   function add(list) {

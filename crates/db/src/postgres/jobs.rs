@@ -85,6 +85,13 @@ pub(super) async fn change_status(
         .execute(&mut *conn)
         .await?;
     }
+    if let Some(scores) = &detail.validation_scores {
+        sqlx::query("UPDATE lora_models SET validation_scores = $1 WHERE id = $2")
+            .bind(sqlx::types::Json(scores))
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
     if let Some(passed) = detail.validation_passed {
         sqlx::query("UPDATE lora_models SET validation_passed = $1 WHERE id = $2")
             .bind(passed)

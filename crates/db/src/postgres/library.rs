@@ -291,6 +291,9 @@ fn push_filters(qb: &mut QueryBuilder<Postgres>, query: &LoraQuery) {
         // Matches the `…_visible` partial indexes (migration 0013).
         qb.push(" AND m.hidden_at IS NULL");
     }
+    if query.awaiting_review {
+        qb.push(crate::common::awaiting_review_filter());
+    }
     push_handoff_filters(qb, query);
 }
 

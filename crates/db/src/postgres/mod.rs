@@ -27,7 +27,7 @@ macro_rules! lora_select {
     () => {
         "SELECT m.id, m.user_id, u.email, u.display_name, m.name, m.description, m.dataset_id, m.params, \
          m.training_status, m.stage, m.progress, m.estimated_remaining, m.error, m.usage_count, \
-         m.storage_key, m.file_size, m.validation_image_keys, m.validation_passed, m.training_cost_micros, \
+         m.storage_key, m.file_size, m.validation_image_keys, m.validation_passed, m.validation_scores, m.training_cost_micros, \
          m.status_message, m.created_at, m.updated_at, m.completed_at, \
          m.character_id, m.triggered_by_job_id, m.sha256, m.file_missing_since, \
          m.hidden_at, m.hidden_reason, m.hidden_by \

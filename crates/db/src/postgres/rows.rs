@@ -47,6 +47,9 @@ pub(super) fn lora_record(row: &PgRow) -> Result<LoraRecord> {
         file_size: row.try_get("file_size")?,
         validation_image_keys: json(row, "validation_image_keys")?,
         validation_passed: row.try_get("validation_passed")?,
+        validation_scores: row
+            .try_get::<Option<Json<Value>>, _>("validation_scores")?
+            .map(|j| j.0),
         training_cost_micros: row.try_get("training_cost_micros")?,
         status_message: row.try_get("status_message")?,
         created_at: row.try_get("created_at")?,

@@ -86,6 +86,14 @@ pub(super) async fn change_status(
         .execute(&mut *conn)
         .await?;
     }
+    if let Some(scores) = &detail.validation_scores {
+        let scores = serde_json::to_string(scores).map_err(|e| DbError::Corrupt(e.to_string()))?;
+        sqlx::query("UPDATE lora_models SET validation_scores = $1 WHERE id = $2")
+            .bind(scores)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
     if let Some(passed) = detail.validation_passed {
         sqlx::query("UPDATE lora_models SET validation_passed = $1 WHERE id = $2")
             .bind(passed)

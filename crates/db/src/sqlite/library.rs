@@ -252,6 +252,9 @@ fn push_filters(qb: &mut QueryBuilder<Sqlite>, query: &LoraQuery) {
         // Implies the `…_visible` partial indexes' condition, so they can serve it (0013).
         qb.push(" AND m.hidden_at IS NULL");
     }
+    if query.awaiting_review {
+        qb.push(crate::common::awaiting_review_filter());
+    }
     push_handoff_filters(qb, query);
 }
 
@@ -344,6 +347,7 @@ async fn search_loras(
     fts: &str,
 ) -> Result<Page<LoraSummary>> {
     let filtered = query.status.is_some()
+        || query.awaiting_review
         || query.creator.is_some()
         || query.character_id.is_some()
         || query.triggered_by_job_id.is_some();

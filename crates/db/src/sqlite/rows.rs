@@ -68,6 +68,12 @@ pub(super) fn lora_record(row: &SqliteRow) -> Result<LoraRecord> {
         file_size: row.try_get("file_size")?,
         validation_image_keys: json(row, "validation_image_keys")?,
         validation_passed: row.try_get("validation_passed")?,
+        validation_scores: row
+            .try_get::<Option<String>, _>("validation_scores")?
+            .map(|s| {
+                serde_json::from_str(&s).map_err(|e| corrupt(format!("validation_scores: {e}")))
+            })
+            .transpose()?,
         training_cost_micros: row.try_get("training_cost_micros")?,
         status_message: row.try_get("status_message")?,
         created_at: time(row, "created_at")?,

@@ -489,6 +489,7 @@ pub async fn runs_are_recorded_settled_and_ended_once(repo: Repo) {
             Settle::Publish {
                 files: files.clone(),
                 verdict: PublishVerdict::Complete,
+                scores: None,
             },
             t(9),
         )
@@ -543,6 +544,7 @@ pub async fn a_review_wait_and_a_rejected_file_are_recorded(repo: Repo) {
             Settle::Publish {
                 files: files.clone(),
                 verdict: PublishVerdict::Review,
+                scores: None,
             }
         } else {
             Settle::Reject {

@@ -98,6 +98,7 @@ pub async fn run_costs_are_ledger_entries_and_training_cost_is_their_sum(repo: R
         Settle::Publish {
             files,
             verdict: PublishVerdict::Complete,
+            scores: None,
         },
         t(31),
     )

@@ -18,6 +18,7 @@ mod metrics;
 mod moderation;
 mod name_keys;
 mod names;
+mod review;
 mod samples;
 mod usage;
 mod webhooks;
@@ -80,6 +81,7 @@ conformance! {
     engine::expired_leases_and_long_runs_are_found,
     engine::runs_are_recorded_settled_and_ended_once,
     engine::a_review_wait_and_a_rejected_file_are_recorded,
+    review::scores_are_kept_and_the_review_queue_holds_only_loras_waiting_for_a_person,
     engine::a_claim_without_capacity_is_undone_with_a_message,
     engine::pending_ids_are_oldest_first,
     engine::start_failures_wait_for_their_time,

@@ -1,5 +1,7 @@
 //! Admin routes. `POST /api/v1/admin/lora-models/{id}/review`: PRD 2's Phase 1 manual review of
-//! a LoRA waiting in `validating` (no scoring model, no auto-approval).
+//! a LoRA waiting in `validating` for a person (its checks done, no scoring model, no
+//! auto-approval: stage `awaiting_review`). The queue of such LoRAs is the library listing
+//! with `awaiting_review=true` (`routes/lora_models.rs`).
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -8,6 +10,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 
 use loraforge_db::EventDetail;
+use loraforge_domain::validation::AWAITING_REVIEW;
 use loraforge_domain::{StatusEvent, TrainingStatus};
 
 use crate::auth::AuthUser;
@@ -33,7 +36,8 @@ pub struct ReviewBody {
 }
 
 /// Approves (→ `completed`) or rejects (→ `failed`, not counted toward the monthly limit) a LoRA
-/// waiting for review in `validating`. Admins only.
+/// waiting for review (`validating`, stage `awaiting_review`: listed by
+/// `GET /api/v1/lora-models?awaiting_review=true`). Admins only.
 #[utoipa::path(post, path = "/api/v1/admin/lora-models/{id}/review", request_body = ReviewBody, tag = "admin",
     security(("bearer" = [])), params(("id" = Uuid, Path)),
     responses((status = 200, body = StatusView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -68,16 +72,21 @@ pub async fn review(
         ));
     }
     let lora = load(&state, &id).await?;
-    if lora.status != TrainingStatus::Validating {
+    if !lora.awaits_review() {
+        let why = if lora.status == TrainingStatus::Validating {
+            "the LoRA's automatic checks have not finished".to_owned()
+        } else {
+            format!("the LoRA is {}", lora.status)
+        };
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_in_review",
             format!(
-                "the LoRA is {}; only LoRAs waiting in `validating` can be reviewed",
-                lora.status
+                "{why}; only LoRAs waiting for review (`validating`, stage `{AWAITING_REVIEW}`) can be reviewed"
             ),
         )
-        .with("training_status", lora.status.as_str()));
+        .with("training_status", lora.status.as_str())
+        .with("stage", lora.progress.stage.clone()));
     }
     let (event, detail) = match body.decision {
         Decision::Approve => (

@@ -52,6 +52,10 @@ pub struct ListParams {
     /// Admins only: also list LoRAs an admin hid (each with `hidden`). Hidden LoRAs are never
     /// listed to others, except to their owner when `creator` is the owner's own id.
     pub include_hidden: Option<bool>,
+    /// `true`: only LoRAs waiting for an admin's review (in `validating` with their checks
+    /// done, stage `awaiting_review`), the ones `POST /api/v1/admin/lora-models/{id}/review`
+    /// decides. The admin's review queue is `?awaiting_review=true&include_hidden=true`.
+    pub awaiting_review: Option<bool>,
 }
 
 /// The public library: every user's LoRAs. Hidden LoRAs are left out (see `include_hidden`).
@@ -126,6 +130,7 @@ pub async fn list(
         character_id: identifier_filter(q.character_id.as_deref(), &CHARACTER_ID)?,
         triggered_by_job_id: identifier_filter(q.triggered_by_job_id.as_deref(), &JOB_ID)?,
         include_hidden,
+        awaiting_review: q.awaiting_review == Some(true),
     };
     let now = state.now();
     let cache = state.library_cache();
@@ -503,10 +508,7 @@ async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResu
                 None => Ok(None),
             }
         }))
-        .await?
-        .into_iter()
-        .flatten()
-        .collect();
+        .await?;
     // A hidden LoRA's file is handed out to its owner only (links given before may still run
     // out their TTL).
     let downloadable = owner || !lora.is_hidden();
@@ -575,10 +577,7 @@ async fn details(state: &AppState, lora: &LoraModel, user: &AuthUser) -> ApiResu
             image_count: dataset.as_ref().map_or(0, |d| d.images.len()),
         },
         reference_images,
-        validation: ValidationView {
-            passed: lora.validation_passed,
-            image_urls: validation_urls,
-        },
+        validation: ValidationView::of(lora, validation_urls),
         file_size: lora.file_size,
         download_url,
         kohya_download_url,

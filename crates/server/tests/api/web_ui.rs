@@ -1,19 +1,24 @@
-//! The web UI's files (`routes/ui.rs`), its one-click local sign-in (`routes/auth_local.rs`) and
-//! the parameter ranges its form reads (`routes/params.rs`); and, from the same asset table,
-//! `/ui/lora-selector.js` and `/ui/selector-demo.html`: served with the content types browsers
-//! need for a module script, loadable from any origin, and the API's CORS as configured (the
-//! browser test `crates/cli/tests/lora_selector.rs` runs the element itself).
+//! The web UI's files (`routes/ui.rs`), its one-click local sign-in (`routes/auth_local.rs`), the
+//! parameter ranges its form reads (`routes/params.rs`), and what its pages show: the admin's
+//! review queue (`awaiting_review=true`) and a LoRA's validation images with their scores; and,
+//! from the same asset table, `/ui/lora-selector.js` and `/ui/selector-demo.html`: served with
+//! the content types browsers need for a module script, loadable from any origin, and the API's
+//! CORS as configured (the browser test `crates/cli/tests/lora_selector.rs` runs the element
+//! itself).
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use loraforge_domain::UserId;
+use loraforge_db::{EventDetail, TrainedFiles};
+use loraforge_domain::keys::OutputKeys;
+use loraforge_domain::validation::{AWAITING_REVIEW, ValidationScores};
+use loraforge_domain::{Clock, LoraId, Progress, StatusEvent, UserId};
 use loraforge_server::LocalSignIn;
 
-use crate::helpers::{Engine, spawn_app, spawn_app_with};
+use crate::helpers::{Engine, TestApp, User, error_of, noise_png, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn the_shell_and_its_files_are_served_with_etags_and_a_strict_policy() {
@@ -321,4 +326,230 @@ async fn a_configured_host_origin_may_load_the_script_and_call_the_api() {
         .unwrap()
         .to_ascii_lowercase();
     assert!(allowed.contains("authorization"), "{allowed}");
+
+/// Takes a new LoRA to `validating` as a publish does (its files recorded, `scores` with them).
+async fn to_validating(
+    app: &TestApp,
+    id: LoraId,
+    keys: Vec<String>,
+    scores: Option<ValidationScores>,
+) {
+    let now = app.clock.now();
+    for event in [StatusEvent::Enqueue, StatusEvent::Start] {
+        app.repo
+            .apply_event(id, event, EventDetail::default(), now)
+            .await
+            .unwrap();
+    }
+    let files = TrainedFiles {
+        storage_key: format!("lora-models/u/{id}/model.safetensors"),
+        file_size: 1234,
+        validation_image_keys: keys,
+    };
+    app.repo
+        .apply_event(
+            id,
+            StatusEvent::BeginValidation,
+            EventDetail {
+                outputs: Some(files),
+                validation_scores: scores,
+                ..EventDetail::default()
+            },
+            now,
+        )
+        .await
+        .unwrap();
+}
+
+async fn list(app: &TestApp, user: &User, query: &str) -> Vec<String> {
+    let resp = app.get(user, &format!("/api/v1/lora-models?{query}")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v: Value = resp.json().await.unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn the_review_queue_lists_only_loras_waiting_for_a_person(engine: Engine) {
+    let app = spawn_app_with(engine, |_| {}).await;
+    let user = app.user();
+    let admin = app.user_with(None, true);
+    let ds = app.dataset(&user).await;
+    let waits: LoraId = app
+        .create_ok(&user, "Waits for a look", &ds)
+        .await
+        .parse()
+        .unwrap();
+    let checking: LoraId = app
+        .create_ok(&user, "Still checking", &ds)
+        .await
+        .parse()
+        .unwrap();
+    app.create_ok(&user, "Only pending", &ds).await;
+    to_validating(&app, waits, Vec::new(), None).await;
+    // What the engine records when no scoring model or auto-approval decides (`Settle`'s review).
+    app.repo
+        .record_progress(
+            waits,
+            &Progress {
+                stage: Some(AWAITING_REVIEW.into()),
+                percent: 100,
+                estimated_remaining: None,
+            },
+            app.clock.now(),
+        )
+        .await
+        .unwrap();
+    to_validating(&app, checking, Vec::new(), None).await;
+
+    let queue = "awaiting_review=true&include_hidden=true&sort=recent";
+    assert_eq!(list(&app, &admin, queue).await, ["Waits for a look"]);
+    assert_eq!(
+        list(&app, &admin, &format!("{queue}&search=look")).await,
+        ["Waits for a look"]
+    );
+    let mut validating = list(&app, &admin, "status=validating").await;
+    validating.sort();
+    assert_eq!(validating, ["Still checking", "Waits for a look"]);
+
+    // One still being checked cannot be decided yet; the reason says so.
+    let review = |id: LoraId| format!("/api/v1/admin/lora-models/{id}/review");
+    let err = error_of(
+        app.post_json(&admin, &review(checking), &json!({"decision": "approve"}))
+            .await,
+        409,
+    )
+    .await;
+    assert_eq!(
+        (
+            err["code"].as_str(),
+            err["training_status"].as_str(),
+            &err["stage"]
+        ),
+        (Some("not_in_review"), Some("validating"), &Value::Null),
+        "{err}"
+    );
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("automatic checks have not finished"),
+        "{err}"
+    );
+    let resp = app
+        .post_json(&admin, &review(waits), &json!({"decision": "approve"}))
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(list(&app, &admin, queue).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_review_queue_lists_only_loras_waiting_for_a_person_on_sqlite() {
+    the_review_queue_lists_only_loras_waiting_for_a_person(Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_review_queue_lists_only_loras_waiting_for_a_person_on_postgres() {
+    the_review_queue_lists_only_loras_waiting_for_a_person(Engine::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_loras_details_give_each_validation_image_its_score_and_the_threshold() {
+    let app = spawn_app().await;
+    let user = app.user();
+    let other = app.user();
+    let ds = app.dataset(&user).await;
+    let id: LoraId = app.create_ok(&user, "Scored", &ds).await.parse().unwrap();
+    let keys = OutputKeys::of(user.id, id).validation;
+    for (i, key) in keys.iter().enumerate() {
+        app.store
+            .put(key, noise_png(64, 64, i as u64).into())
+            .await
+            .unwrap();
+    }
+    // Judged at 0.72, a threshold the operator may change later: the page keeps this one.
+    let scores = ValidationScores {
+        scores: vec![0.91, 0.72, 0.2],
+        threshold: 0.72,
+    };
+    to_validating(&app, id, keys.clone(), Some(scores)).await;
+    app.repo
+        .apply_event(
+            id,
+            StatusEvent::Complete,
+            EventDetail {
+                validation_passed: Some(true),
+                ..EventDetail::default()
+            },
+            app.clock.now(),
+        )
+        .await
+        .unwrap();
+
+    // Everyone who may see the LoRA sees its validation.
+    let v: Value = app
+        .get(&other, &format!("/api/v1/lora-models/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let v = &v["validation"];
+    assert_eq!(
+        (&v["passed"], &v["threshold"], &v["required_passing"]),
+        (&json!(true), &json!(0.72), &json!(2)),
+        "{v}"
+    );
+    let images = v["images"].as_array().unwrap();
+    let judged: Vec<(u64, f64, bool)> = images
+        .iter()
+        .map(|i| {
+            (
+                i["index"].as_u64().unwrap(),
+                i["score"].as_f64().unwrap(),
+                i["passed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(judged, [(0, 0.91, true), (1, 0.72, true), (2, 0.2, false)]);
+    // Each URL is a working signed link to that image, and `image_urls` lists the same ones.
+    for (i, img) in images.iter().enumerate() {
+        let url = img["url"].as_str().unwrap();
+        assert_eq!(v["image_urls"][i], url, "{v}");
+        let body = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+        assert_eq!(body.as_ref(), noise_png(64, 64, i as u64).as_slice());
+    }
+
+    // Past 30 days the sweep deletes an image: its score stays, its link goes.
+    app.store.delete(&keys[1]).await.unwrap();
+    let v: Value = app
+        .get(&user, &format!("/api/v1/lora-models/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let v = &v["validation"];
+    assert_eq!(
+        (&v["images"][1]["url"], &v["images"][1]["score"]),
+        (&Value::Null, &json!(0.72)),
+        "{v}"
+    );
+    assert_eq!(v["image_urls"].as_array().unwrap().len(), 2, "{v}");
+
+    // Without a scoring model: images without scores, and no threshold.
+    let plain: LoraId = app.create_ok(&user, "Unscored", &ds).await.parse().unwrap();
+    to_validating(&app, plain, Vec::new(), None).await;
+    let v: Value = app
+        .get(&user, &format!("/api/v1/lora-models/{plain}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&v["validation"]["threshold"], &v["validation"]["images"]),
+        (&Value::Null, &json!([])),
+        "{v}"
+    );
 }

@@ -519,6 +519,23 @@ async fn completes_with_its_files(engine: Engine) {
         details["validation"]["image_urls"].as_array().map(Vec::len),
         Some(3)
     );
+    // The worker's scores are kept with the threshold the rule used, one per image.
+    let judged: Vec<(Value, Value)> = details["validation"]["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["score"].clone(), i["passed"].clone()))
+        .collect();
+    assert_eq!(
+        judged,
+        [
+            (json!(0.91), json!(true)),
+            (json!(0.7), json!(true)),
+            (json!(0.2), json!(false))
+        ],
+        "{details}"
+    );
+    assert_eq!(details["validation"]["threshold"], 0.7);
     // Past their 30 days the sweep deletes the images: then no links, rather than dead ones.
     std::fs::remove_dir_all(
         app.blob_root

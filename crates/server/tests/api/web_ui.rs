@@ -326,6 +326,7 @@ async fn a_configured_host_origin_may_load_the_script_and_call_the_api() {
         .unwrap()
         .to_ascii_lowercase();
     assert!(allowed.contains("authorization"), "{allowed}");
+}
 
 /// Takes a new LoRA to `validating` as a publish does (its files recorded, `scores` with them).
 async fn to_validating(

@@ -7,10 +7,7 @@ use loraforge_domain::{LoraId, LoraModel};
 
 use super::PgRepository;
 use super::rows::{lora_record, ts};
-use crate::handoff::{
-    CLEAR_FILE_MISSING, HandoffStore, NOTE_FILE_MISSING,
-    RECORD_SHA256,
-};
+use crate::handoff::{CLEAR_FILE_MISSING, HandoffStore, NOTE_FILE_MISSING, RECORD_SHA256};
 use crate::{DbError, Result};
 
 #[async_trait]

@@ -57,6 +57,8 @@ async fn published(
         storage_key: format!("lora-models/u/{}/model.safetensors", l.id),
         file_size: 1234,
         validation_image_keys: (0..3).map(|i| format!("v{i}")).collect(),
+
+        sha256: None,
     };
     repo.settle_run(
         run.id,

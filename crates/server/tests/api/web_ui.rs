@@ -346,6 +346,8 @@ async fn to_validating(
         storage_key: format!("lora-models/u/{id}/model.safetensors"),
         file_size: 1234,
         validation_image_keys: keys,
+
+        sha256: None,
     };
     app.repo
         .apply_event(

@@ -78,7 +78,8 @@ pub use moderation::{
 pub use monitors::{MonitorStats, MonitorStore, StuckCleanup};
 pub use names::{NameStore, NameUse};
 pub use samples::{
-    BatchInsert, NewSampleBatch, SampleBatch, SampleImage, SampleInstance, SampleStore,
+    BatchInsert, NewSampleBatch, SampleBatch, SampleBatchPage, SampleImage, SampleInstance,
+    SampleStore,
 };
 pub use usage::{DayUses, UsageStore};
 

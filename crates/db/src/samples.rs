@@ -1,7 +1,8 @@
 //! Sample batches (`0014_samples.sql`): images rendered with a completed LoRA. A batch is created
 //! with its images' prompts, seeds, scales and storage keys (`keys::sample_image`); the engine
 //! claims due batches (`queued`, due, no earlier instance still alive), records the instance it
-//! launched, and the worker's result completes the batch, or a failure requeues it with the
+//! launched, the worker's fetch and heartbeats record when it was last heard of (`0017`), and
+//! the worker's result completes the batch, or a failure requeues it with the
 //! domain's backoff until `samples::MAX_ATTEMPTS`. Every status change goes through
 //! `domain::samples::transition` and is written with a compare-and-set on (status, attempts), so
 //! a stale attempt's report never touches a newer attempt.
@@ -82,10 +83,23 @@ pub struct SampleBatch {
     /// The latest attempt's instance, once launched.
     pub instance: Option<SampleInstance>,
     pub instance_gone_at: Option<DateTime<Utc>>,
+    /// When the current attempt's worker was last heard of (its fetch, then each heartbeat);
+    /// `None` before its first word. Reset by each claim.
+    pub heard_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// The last change of the batch's state: while `rendering`, when the attempt was claimed,
+    /// then when its instance was recorded (heartbeats leave it alone).
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub images: Vec<SampleImage>,
+}
+
+/// One page of a LoRA's batches ([`SampleStore::sample_batches_of`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleBatchPage {
+    pub batches: Vec<SampleBatch>,
+    /// Every batch the listing's filter matches, on any page.
+    pub total: u64,
 }
 
 /// What [`SampleStore::insert_sample_batch`] did.
@@ -111,13 +125,15 @@ pub trait SampleStore: Send + Sync {
 
     async fn sample_batch(&self, id: SampleBatchId) -> Result<Option<SampleBatch>>;
 
-    /// A LoRA's batches (only `requester`'s when given), newest first, at most `limit`.
+    /// A LoRA's batches (only `requester`'s when given), newest first: `limit` of them after the
+    /// first `offset`, and how many there are in all.
     async fn sample_batches_of(
         &self,
         lora: LoraId,
         requester: Option<UserId>,
         limit: u32,
-    ) -> Result<Vec<SampleBatch>>;
+        offset: u64,
+    ) -> Result<SampleBatchPage>;
 
     /// `queued` batches due at `now` whose earlier instance (if any) is confirmed gone, oldest
     /// first, at most `limit`.
@@ -132,7 +148,8 @@ pub trait SampleStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<bool>;
 
-    /// Records the instance attempt `attempt` was launched on.
+    /// Records the instance attempt `attempt` was launched on. False when the batch no longer
+    /// renders that attempt (its claim was given up meanwhile) or has an instance already.
     async fn record_sample_instance(
         &self,
         id: SampleBatchId,
@@ -172,8 +189,18 @@ pub trait SampleStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Option<SampleStatus>>;
 
-    /// Batches with an instance not yet confirmed gone (any status), for the engine to watch.
-    async fn open_sample_instances(&self) -> Result<Vec<SampleBatch>>;
+    /// The batches the engine watches: those with an instance not yet confirmed gone (any
+    /// status), and those rendering (an attempt claimed, its instance maybe not recorded yet).
+    async fn watched_sample_batches(&self) -> Result<Vec<SampleBatch>>;
+
+    /// The worker of attempt `attempt` was heard of at `now` (`heard_at`). False when the batch
+    /// no longer renders that attempt.
+    async fn record_sample_heartbeat(
+        &self,
+        id: SampleBatchId,
+        attempt: u32,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
 
     /// The instance `provider_id` of batch `id` is confirmed gone.
     async fn record_sample_instance_gone(

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::outcome::{self, Disposition};
-use crate::{LoraId, MicroUsd, RunId};
+use crate::{LoraId, MicroUsd, RunId, SampleBatchId};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainingRun {
@@ -111,17 +111,50 @@ pub struct ValidationFacts {
     pub scores: Option<Vec<f64>>,
 }
 
+/// Who an instance of this service works for, as its name says ([`parse_instance_name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceOwner {
+    /// Attempt `attempt` of the training job of `lora` ([`instance_name`]).
+    Run { lora: LoraId, attempt: u32 },
+    /// Attempt `attempt` of sample batch `batch` ([`sample_instance_name`]).
+    Sample { batch: SampleBatchId, attempt: u32 },
+}
+
+/// What follows the prefix in a sample attempt's name. Never the start of a LoRA id (a UUID), so
+/// the two kinds of names cannot be mistaken for each other.
+const SAMPLE_MARK: &str = "sample-";
+
 /// The instance name of attempt `attempt` of `lora` under `prefix` (`loraforge-{lora}-{attempt}`):
 /// the orphan sweep reads them back with [`parse_instance_name`].
 pub fn instance_name(prefix: &str, lora: LoraId, attempt: u32) -> String {
     format!("{prefix}{lora}-{attempt}")
 }
 
-/// The LoRA and attempt an instance name made by [`instance_name`] with `prefix` names.
-pub fn parse_instance_name(prefix: &str, name: &str) -> Option<(LoraId, u32)> {
+/// The instance name of attempt `attempt` of sample batch `batch` under `prefix`
+/// (`loraforge-sample-{batch}-{attempt}`), read back by [`parse_instance_name`].
+pub fn sample_instance_name(prefix: &str, batch: SampleBatchId, attempt: u32) -> String {
+    format!("{prefix}{SAMPLE_MARK}{batch}-{attempt}")
+}
+
+/// Whose instance a name made by [`instance_name`] or [`sample_instance_name`] with `prefix`
+/// is; `None` for any other name (another service's, or one of ours made by hand).
+pub fn parse_instance_name(prefix: &str, name: &str) -> Option<InstanceOwner> {
     let rest = name.strip_prefix(prefix)?;
-    let (lora, attempt) = rest.rsplit_once('-')?;
-    Some((lora.parse().ok()?, attempt.parse().ok()?))
+    let (id, attempt) = rest.rsplit_once('-')?;
+    if attempt.is_empty() || !attempt.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let attempt = attempt.parse().ok()?;
+    Some(match id.strip_prefix(SAMPLE_MARK) {
+        Some(batch) => InstanceOwner::Sample {
+            batch: batch.parse().ok()?,
+            attempt,
+        },
+        None => InstanceOwner::Run {
+            lora: id.parse().ok()?,
+            attempt,
+        },
+    })
 }
 
 #[cfg(test)]
@@ -133,12 +166,55 @@ mod tests {
         let lora = LoraId::new();
         let name = instance_name("loraforge-", lora, 3);
         assert_eq!(name, format!("loraforge-{lora}-3"));
-        assert_eq!(parse_instance_name("loraforge-", &name), Some((lora, 3)));
+        assert_eq!(
+            parse_instance_name("loraforge-", &name),
+            Some(InstanceOwner::Run { lora, attempt: 3 })
+        );
         assert_eq!(parse_instance_name("other-", &name), None);
         assert_eq!(parse_instance_name("loraforge-", "loraforge-nope-3"), None);
         assert_eq!(
             parse_instance_name("loraforge-", &format!("loraforge-{lora}-x")),
             None
+        );
+        assert_eq!(
+            parse_instance_name("loraforge-", &format!("loraforge-{lora}-+3")),
+            None,
+            "only the digits we write"
+        );
+        assert_eq!(
+            parse_instance_name("loraforge-", &format!("loraforge-{lora}-")),
+            None
+        );
+    }
+
+    #[test]
+    fn sample_instance_names_round_trip_and_are_never_runs() {
+        let batch = SampleBatchId::new();
+        let name = sample_instance_name("loraforge-", batch, 2);
+        assert_eq!(name, format!("loraforge-sample-{batch}-2"));
+        assert_eq!(
+            parse_instance_name("loraforge-", &name),
+            Some(InstanceOwner::Sample { batch, attempt: 2 })
+        );
+        // Under another prefix, or with a broken id or attempt, it is nobody's.
+        assert_eq!(parse_instance_name("lf-", &name), None);
+        assert_eq!(
+            parse_instance_name("loraforge-", "loraforge-sample-nope-2"),
+            None
+        );
+        assert_eq!(
+            parse_instance_name("loraforge-", &format!("loraforge-sample-{batch}-two")),
+            None
+        );
+        // A custom prefix works the same for both kinds.
+        let lora = LoraId::new();
+        assert_eq!(
+            parse_instance_name("acme-lf-", &instance_name("acme-lf-", lora, 1)),
+            Some(InstanceOwner::Run { lora, attempt: 1 })
+        );
+        assert_eq!(
+            parse_instance_name("acme-lf-", &sample_instance_name("acme-lf-", batch, 1)),
+            Some(InstanceOwner::Sample { batch, attempt: 1 })
         );
     }
 }

@@ -63,6 +63,23 @@ pub struct SampleJob {
     pub images: Vec<SampleTrainerImage>,
     /// One per image, in order.
     pub uploads: Vec<SampleUpload>,
+    /// Seconds between the worker's heartbeats while it renders and uploads
+    /// (`POST …/heartbeat`); the engine fails an attempt not heard of within its lease.
+    #[serde(default = "default_heartbeat_interval_s")]
+    pub heartbeat_interval_s: f64,
+}
+
+/// What a worker assumes when a control plane sends no interval (one older than heartbeats).
+fn default_heartbeat_interval_s() -> f64 {
+    10.0
+}
+
+/// `POST /api/v1/worker/samples/{id}/heartbeat`: the attempt's worker is alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SampleHeartbeat {
+    pub attempt: u32,
 }
 
 /// One stored image of a result.

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::SampleBatchId;
@@ -316,6 +317,31 @@ pub fn retry_delay(attempts: u32) -> Duration {
     Duration::from_secs(10 * 4u64.pow(attempts.saturating_sub(1).min(8)))
 }
 
+/// Whether a rendering attempt's worker has not been heard of for longer than `window`, so the
+/// attempt is failed `lease_expired` and retried: the engine's lease, the window within which a
+/// training job must hear from its worker (or its engine) or be reaped. The worker is heard of
+/// when it fetches its batch and with every heartbeat (`heard_at`: the latest); a worker that
+/// hangs or loses the control plane is so found in minutes, not after the render time limit.
+/// Before its first word:
+/// - an attempt whose instance is recorded (`launched`) is starting (a pod pulling its image):
+///   the backend's account of the instance and the render time limit bound it;
+/// - one whose instance was never recorded (the engine that claimed it stopped in the middle of
+///   the launch) is silent once `window` has passed since the claim (`since`).
+pub fn worker_silent(
+    since: DateTime<Utc>,
+    heard_at: Option<DateTime<Utc>>,
+    launched: bool,
+    now: DateTime<Utc>,
+    window: Duration,
+) -> bool {
+    let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+    match heard_at {
+        Some(heard) => now - heard > window,
+        None if launched => false,
+        None => now - since > window,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,5 +494,30 @@ mod tests {
     fn backoff_is_10_then_40_seconds() {
         assert_eq!(retry_delay(1), Duration::from_secs(10));
         assert_eq!(retry_delay(2), Duration::from_secs(40));
+    }
+
+    #[test]
+    fn a_worker_unheard_of_for_the_window_is_silent() {
+        let t0: DateTime<Utc> = "2026-11-23T10:00:00Z".parse().unwrap();
+        let window = Duration::from_secs(300);
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        // Heard of: the window runs from its latest word, launched or not.
+        for launched in [true, false] {
+            assert!(!worker_silent(t0, Some(at(100)), launched, at(400), window));
+            assert!(worker_silent(t0, Some(at(100)), launched, at(401), window));
+        }
+        // Never heard of, its instance recorded: starting, never silent by this rule.
+        assert!(!worker_silent(t0, None, true, at(86_400), window));
+        // Never heard of and never launched: the claim's engine stopped mid-launch.
+        assert!(!worker_silent(t0, None, false, at(300), window));
+        assert!(worker_silent(t0, None, false, at(301), window));
+        // An absurd window never overflows.
+        assert!(!worker_silent(
+            t0,
+            Some(t0),
+            true,
+            at(86_400),
+            Duration::MAX
+        ));
     }
 }

@@ -3,6 +3,8 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
 
 use loraforge_domain::samples::{SampleEvent, SampleStatus};
 use loraforge_domain::{LoraId, SampleBatchId, UserId};
@@ -11,31 +13,12 @@ use super::SqliteRepository;
 use super::rows::{parse_ts, ts};
 use crate::Result;
 use crate::samples::{
-    BatchInsert, NewSampleBatch, SampleBatch, SampleImage, SampleInstance, SampleStore,
-    after_failure, check, instance_of, parse_id, status, u32_of,
+    BatchInsert, NewSampleBatch, SampleBatch, SampleBatchPage, SampleImage, SampleInstance,
+    SampleStore, after_failure, check, instance_of, parse_id, status, u32_of,
 };
 
 const BATCH_COLUMNS: &str = "id, lora_id, user_id, status, steps, attempts, next_attempt_at, last_error, \
-     backend, engine, provider_id, instance_name, instance_gone_at, created_at, updated_at, finished_at";
-
-type BatchRow = (
-    String,
-    String,
-    String,
-    String,
-    i64,
-    i64,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    String,
-    String,
-    Option<String>,
-);
+     backend, engine, provider_id, instance_name, instance_gone_at, heard_at, created_at, updated_at, finished_at";
 
 type ImageRow = (i64, String, Option<String>, i64, f64, i64, i64, String);
 
@@ -71,24 +54,31 @@ impl SqliteRepository {
             .collect()
     }
 
-    async fn batches(&self, rows: Vec<BatchRow>) -> Result<Vec<SampleBatch>> {
+    async fn batches(&self, rows: Vec<SqliteRow>) -> Result<Vec<SampleBatch>> {
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let images = self.images_of(&r.0).await?;
+            let id: String = r.try_get("id")?;
+            let images = self.images_of(&id).await?;
             out.push(SampleBatch {
-                id: parse_id(&r.0, "sample batch")?,
-                lora_id: parse_id(&r.1, "LoRA")?,
-                user_id: parse_id(&r.2, "user")?,
-                status: status(&r.3)?,
-                steps: u32_of(r.4, "steps")?,
-                attempts: u32_of(r.5, "attempts")?,
-                next_attempt_at: parse_ts(&r.6)?,
-                last_error: r.7,
-                instance: instance_of(r.8, r.9, r.10, r.11),
-                instance_gone_at: opt_ts(r.12)?,
-                created_at: parse_ts(&r.13)?,
-                updated_at: parse_ts(&r.14)?,
-                finished_at: opt_ts(r.15)?,
+                id: parse_id(&id, "sample batch")?,
+                lora_id: parse_id(r.try_get("lora_id")?, "LoRA")?,
+                user_id: parse_id(r.try_get("user_id")?, "user")?,
+                status: status(r.try_get("status")?)?,
+                steps: u32_of(r.try_get("steps")?, "steps")?,
+                attempts: u32_of(r.try_get("attempts")?, "attempts")?,
+                next_attempt_at: parse_ts(r.try_get("next_attempt_at")?)?,
+                last_error: r.try_get("last_error")?,
+                instance: instance_of(
+                    r.try_get("backend")?,
+                    r.try_get("engine")?,
+                    r.try_get("provider_id")?,
+                    r.try_get("instance_name")?,
+                ),
+                instance_gone_at: opt_ts(r.try_get("instance_gone_at")?)?,
+                heard_at: opt_ts(r.try_get("heard_at")?)?,
+                created_at: parse_ts(r.try_get("created_at")?)?,
+                updated_at: parse_ts(r.try_get("updated_at")?)?,
+                finished_at: opt_ts(r.try_get("finished_at")?)?,
                 images,
             });
         }
@@ -154,7 +144,7 @@ impl SampleStore for SqliteRepository {
     }
 
     async fn sample_batch(&self, id: SampleBatchId) -> Result<Option<SampleBatch>> {
-        let rows: Vec<BatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {BATCH_COLUMNS} FROM lora_sample_batches WHERE id = $1"
         )))
         .bind(id.to_string())
@@ -168,21 +158,33 @@ impl SampleStore for SqliteRepository {
         lora: LoraId,
         requester: Option<UserId>,
         limit: u32,
-    ) -> Result<Vec<SampleBatch>> {
-        let rows: Vec<BatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        offset: u64,
+    ) -> Result<SampleBatchPage> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {BATCH_COLUMNS} FROM lora_sample_batches WHERE lora_id = $1 \
-             AND ($2 IS NULL OR user_id = $2) ORDER BY created_at DESC, id DESC LIMIT $3"
+             AND ($2 IS NULL OR user_id = $2) ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
         )))
         .bind(lora.to_string())
         .bind(requester.map(|u| u.to_string()))
         .bind(i64::from(limit))
+        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
-        self.batches(rows).await
+        let total: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM lora_sample_batches WHERE lora_id = $1 AND ($2 IS NULL OR user_id = $2)",
+        )
+        .bind(lora.to_string())
+        .bind(requester.map(|u| u.to_string()))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(SampleBatchPage {
+            batches: self.batches(rows).await?,
+            total: u64::try_from(total).unwrap_or(0),
+        })
     }
 
     async fn due_sample_batches(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<SampleBatch>> {
-        let rows: Vec<BatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {BATCH_COLUMNS} FROM lora_sample_batches WHERE status = 'queued' \
              AND next_attempt_at <= $1 AND (backend IS NULL OR instance_gone_at IS NOT NULL) \
              ORDER BY next_attempt_at, id LIMIT $2"
@@ -203,7 +205,7 @@ impl SampleStore for SqliteRepository {
         let to = check(SampleStatus::Queued, SampleEvent::Launched)?;
         let done = sqlx::query(
             "UPDATE lora_sample_batches SET status = $1, attempts = attempts + 1, backend = NULL, engine = NULL, \
-             provider_id = NULL, instance_name = NULL, instance_gone_at = NULL, updated_at = $2 \
+             provider_id = NULL, instance_name = NULL, instance_gone_at = NULL, heard_at = NULL, updated_at = $2 \
              WHERE id = $3 AND status = 'queued' AND attempts = $4 AND next_attempt_at <= $2 \
              AND (backend IS NULL OR instance_gone_at IS NOT NULL)",
         )
@@ -225,7 +227,8 @@ impl SampleStore for SqliteRepository {
     ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE lora_sample_batches SET backend = $1, provider_id = $2, instance_name = $3, \
-             instance_gone_at = NULL, updated_at = $4, engine = $7 WHERE id = $5 AND attempts = $6 AND backend IS NULL",
+             instance_gone_at = NULL, updated_at = $4, engine = $7 \
+             WHERE id = $5 AND status = 'rendering' AND attempts = $6 AND backend IS NULL",
         )
         .bind(&instance.backend)
         .bind(&instance.provider_id)
@@ -304,14 +307,32 @@ impl SampleStore for SqliteRepository {
         Ok((done.rows_affected() == 1).then_some(to))
     }
 
-    async fn open_sample_instances(&self) -> Result<Vec<SampleBatch>> {
-        let rows: Vec<BatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    async fn watched_sample_batches(&self) -> Result<Vec<SampleBatch>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {BATCH_COLUMNS} FROM lora_sample_batches \
-             WHERE backend IS NOT NULL AND instance_gone_at IS NULL ORDER BY id"
+             WHERE (backend IS NOT NULL AND instance_gone_at IS NULL) OR status = 'rendering' ORDER BY id"
         )))
         .fetch_all(&self.pool)
         .await?;
         self.batches(rows).await
+    }
+
+    async fn record_sample_heartbeat(
+        &self,
+        id: SampleBatchId,
+        attempt: u32,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE lora_sample_batches SET heard_at = $1 \
+             WHERE id = $2 AND status = 'rendering' AND attempts = $3",
+        )
+        .bind(ts(now))
+        .bind(id.to_string())
+        .bind(i64::from(attempt))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn record_sample_instance_gone(

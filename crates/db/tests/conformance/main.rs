@@ -49,6 +49,8 @@ conformance! {
     samples::concurrent_sample_requests_stop_at_the_open_limit,
     samples::sample_attempts_claim_launch_complete_and_end,
     samples::failed_sample_attempts_back_off_then_fail,
+    samples::sample_listings_page_newest_first,
+    samples::sample_heartbeats_record_when_the_worker_was_heard_of,
     alerts::alerts_dedup_within_the_cooldown,
     alerts::concurrent_raises_make_one_alert,
     alerts::acknowledged_alerts_close_and_page,

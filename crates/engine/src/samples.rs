@@ -2,40 +2,47 @@
 //! the tick, after training's dispatch:
 //!
 //! 1. every batch instance this engine looks after (its own on a `Scope::Engine` backend, any
-//!    on a shared one) is observed: an instance that ended while its batch still renders that
-//!    attempt — the worker reported nothing — fails the attempt with the backend's account
-//!    (retried with the domain's backoff, 3 attempts); an attempt rendering longer than
-//!    [`SAMPLE_TIMEOUT`] is failed `timed_out`; an instance whose batch moved on (completed,
-//!    failed, requeued) is ended until the backend confirms it gone, then recorded gone, so no
-//!    instance outlives its attempt;
-//! 2. due batches are claimed (compare-and-set, one replica wins) and launched on the first
+//!    on a shared one) is observed, one call per backend at its `observe_every` (as runs are):
+//!    an instance that ended while its batch still renders that attempt — the worker reported
+//!    nothing — fails the attempt with the backend's account (retried with the domain's
+//!    backoff, 3 attempts); an instance whose batch moved on (completed, failed, requeued) is
+//!    ended until the backend confirms it gone, then recorded gone, so no instance outlives its
+//!    attempt;
+//! 2. every rendering attempt (on any replica, like the reaper) whose worker has not been heard
+//!    of within the engine's lease (`domain::samples::worker_silent`: its fetch and heartbeats)
+//!    is failed `lease_expired`, and one rendering longer than [`SAMPLE_TIMEOUT`] `timed_out`;
+//!    its instance is stopped;
+//! 3. due batches are claimed (compare-and-set, one replica wins) and launched on the first
 //!    backend that runs sample work and has room after training (the router's room, cool-down,
-//!    gates and breakers), with a per-attempt sample token; no room → the claim is undone
-//!    without using an attempt.
+//!    gates and breakers), with a per-attempt sample token and the name
+//!    `domain::run::sample_instance_name` (which the orphan sweep reads back); no room → the
+//!    claim is undone without using an attempt.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use futures::future::BoxFuture;
 
 use loraforge_db::{SampleBatch, SampleInstance};
 use loraforge_domain::SampleBatchId;
-use loraforge_domain::samples::{SampleStatus, failure_is_retryable};
+use loraforge_domain::run::sample_instance_name;
+use loraforge_domain::samples::{SampleStatus, failure_is_retryable, worker_silent};
 
 use crate::Result;
 use crate::backend::{Ending, Instance, Launch, Observed, Scope, Task, TrainingBackend};
 use crate::engine::{CAPACITY_COOL_DOWN, Engine, TickReport};
-use crate::settings::chrono_duration;
+use crate::settings::{chrono_duration, human_duration};
 
 /// Longest a sample attempt may render before it is failed and its instance stopped.
 pub const SAMPLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Batches launched per tick at most.
 const LAUNCHES_PER_TICK: u32 = 8;
 
-/// `loraforge-sample-<batch>-<attempt>`: a sample attempt's instance name (never a training
-/// run's `loraforge-<lora>-<attempt>` prefix of a LoRA id, since batch ids are not LoRA ids).
-pub fn sample_instance_name(prefix: &str, batch: SampleBatchId, attempt: u32) -> String {
-    format!("{prefix}sample-{batch}-{attempt}")
-}
+/// A watched batch and its instance as its backend is told of it.
+type Watched<'a> = (&'a SampleBatch, Instance);
 
 impl Engine {
     pub(crate) async fn advance_samples(
@@ -46,13 +53,14 @@ impl Engine {
         if !self.router.backends.iter().any(|b| b.runs_samples()) {
             return Ok(());
         }
-        let open = self.repo.open_sample_instances().await?;
-        for b in &open {
-            if let Err(e) = self.watch_sample(b, now, report).await {
+        let watched = self.repo.watched_sample_batches().await?;
+        let observed = self.observe_samples(now, &watched, report).await;
+        for b in &watched {
+            if let Err(e) = self.watch_sample(b, observed.get(&b.id), now, report).await {
                 report.errors.push(format!("sample batch {}: {e}", b.id));
             }
         }
-        self.launch_samples(&open, now, report).await
+        self.launch_samples(&watched, now, report).await
     }
 
     fn sample_backend(
@@ -64,62 +72,159 @@ impl Engine {
             .then_some(backend)
     }
 
-    async fn watch_sample(
+    /// Asks each backend about the sample instances this engine looks after: one call per
+    /// backend, concurrently, once its `observe_every` has passed since the last (kept apart from
+    /// the runs' own pace, so neither starves the other).
+    async fn observe_samples(
+        &self,
+        now: DateTime<Utc>,
+        watched: &[SampleBatch],
+        report: &mut TickReport,
+    ) -> HashMap<SampleBatchId, Observed> {
+        let mut by_backend: HashMap<&str, Vec<Watched<'_>>> = HashMap::new();
+        for b in watched {
+            let Some(inst) = &b.instance else { continue };
+            if self.sample_backend(inst).is_none() {
+                continue;
+            }
+            by_backend
+                .entry(inst.backend.as_str())
+                .or_default()
+                .push((b, sample_instance(b, inst)));
+        }
+        let due: Vec<(&Arc<dyn TrainingBackend>, Vec<Watched<'_>>)> = {
+            let mut last = self.observed_at.lock().unwrap_or_else(|e| e.into_inner());
+            by_backend
+                .into_iter()
+                .filter_map(|(name, batches)| {
+                    let backend = self.backend(name)?;
+                    let key = format!("{name} (samples)");
+                    let every = chrono_duration(backend.observe_every());
+                    if last.get(&key).is_some_and(|at| now < *at + every) {
+                        return None;
+                    }
+                    last.insert(key, now);
+                    Some((backend, batches))
+                })
+                .collect()
+        };
+        let calls: Vec<BoxFuture<'_, _>> = due
+            .into_iter()
+            .map(|(backend, batches)| {
+                async move {
+                    let instances: Vec<Instance> = batches.iter().map(|(_, i)| i.clone()).collect();
+                    let what = format!("observing the sample instances on {}", backend.name());
+                    let seen = self.with_timeout(&what, backend.observe(&instances)).await;
+                    (backend.name().to_owned(), batches, seen)
+                }
+                .boxed()
+            })
+            .collect();
+        let mut observed = HashMap::new();
+        for (name, batches, seen) in futures::future::join_all(calls).await {
+            match seen {
+                Ok(states) if states.len() == batches.len() => {
+                    observed.extend(batches.iter().map(|(b, _)| b.id).zip(states));
+                }
+                Ok(states) => report.errors.push(format!(
+                    "backend {name} answered for {} of {} sample instances; ignored",
+                    states.len(),
+                    batches.len()
+                )),
+                Err(e) => report
+                    .errors
+                    .push(format!("observing the sample instances on {name}: {e}")),
+            }
+        }
+        observed
+    }
+
+    /// Why a rendering attempt is over though its worker said nothing: not heard of within the
+    /// lease, or rendering too long.
+    fn sample_overdue(
         &self,
         b: &SampleBatch,
         now: DateTime<Utc>,
+    ) -> Option<(&'static str, String)> {
+        if worker_silent(
+            b.updated_at,
+            b.heard_at,
+            b.instance.is_some(),
+            now,
+            self.settings.lease,
+        ) {
+            let why = match b.heard_at {
+                Some(at) => format!(
+                    "the worker was last heard of at {} (more than {} ago)",
+                    at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    human_duration(self.settings.lease)
+                ),
+                None => format!(
+                    "the attempt was claimed at {} but its launch was never recorded (the engine that \
+                     launched it stopped?)",
+                    b.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
+                ),
+            };
+            return Some(("lease_expired", why));
+        }
+        (b.instance.is_some() && now - b.updated_at > chrono_duration(SAMPLE_TIMEOUT)).then(|| {
+            (
+                "timed_out",
+                format!(
+                    "the attempt rendered longer than {}",
+                    human_duration(SAMPLE_TIMEOUT)
+                ),
+            )
+        })
+    }
+
+    async fn watch_sample(
+        &self,
+        b: &SampleBatch,
+        observed: Option<&Observed>,
+        now: DateTime<Utc>,
         report: &mut TickReport,
     ) -> std::result::Result<(), String> {
+        let mut rendering = b.status == SampleStatus::Rendering;
+        let mut stop = false;
+        if rendering && let Some((code, why)) = self.sample_overdue(b, now) {
+            self.fail_sample(b, code, &why, report, now).await?;
+            rendering = false;
+            stop = true;
+        }
         let Some(inst) = &b.instance else {
             return Ok(());
         };
         let Some(backend) = self.sample_backend(inst) else {
             return Ok(());
         };
-        let instance = Instance {
-            provider_id: inst.provider_id.clone(),
-            instance_name: inst.instance_name.clone(),
-            lora_id: b.lora_id,
-            attempt: b.attempts,
-        };
-        let observed = self
-            .with_timeout(
-                &format!("observing on {}", backend.name()),
-                backend.observe(std::slice::from_ref(&instance)),
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .pop()
-            .unwrap_or(Observed::Running);
-        let rendering = b.status == SampleStatus::Rendering;
         let (ending, gone_now) = match observed {
-            Observed::Running if rendering => {
-                if now - b.updated_at <= chrono_duration(SAMPLE_TIMEOUT) {
-                    return Ok(());
-                }
-                self.fail_sample(b, "timed_out", "the attempt rendered too long", report, now)
-                    .await?;
-                (Ending::Stop, false)
-            }
-            Observed::Running => (Ending::Finished, false),
-            Observed::Ended {
+            Some(Observed::Ended {
                 outcome,
                 reason,
                 gone,
-            } => {
+            }) => {
                 if rendering {
                     // The worker said nothing: the backend's account is the outcome.
-                    let why = reason.unwrap_or_else(|| "the worker ended without a report".into());
+                    let why = reason
+                        .clone()
+                        .unwrap_or_else(|| "the worker ended without a report".into());
                     self.fail_sample(b, outcome, &why, report, now).await?;
                 }
-                (Ending::Stop, gone)
+                (Ending::Stop, *gone)
             }
+            Some(Observed::Running) if rendering => return Ok(()),
+            Some(Observed::Running) if !stop => (Ending::Finished, false),
+            Some(Observed::Running) => (Ending::Stop, false),
+            // Not looked at this tick: only an attempt failed just now is stopped at once.
+            None if stop => (Ending::Stop, false),
+            None => return Ok(()),
         };
         let gone = gone_now
             || self
                 .with_timeout(
                     &format!("ending on {}", backend.name()),
-                    backend.terminate(&instance, ending),
+                    backend.terminate(&sample_instance(b, inst), ending),
                 )
                 .await
                 .map_err(|e| e.to_string())?
@@ -239,7 +344,8 @@ impl Engine {
                         .record_sample_instance(b.id, attempt, &inst, now)
                         .await?
                     {
-                        // Cannot happen while we hold the claim; never leave it unwatched.
+                        // The claim was given up meanwhile (the launch outlasted the lease): never leave
+                        // the instance unwatched.
                         let _ = backend
                             .terminate(
                                 &Instance {
@@ -286,5 +392,15 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+/// A batch's instance as its backend is told of it (keyed by provider id; the LoRA for logs).
+fn sample_instance(b: &SampleBatch, inst: &SampleInstance) -> Instance {
+    Instance {
+        provider_id: inst.provider_id.clone(),
+        instance_name: inst.instance_name.clone(),
+        lora_id: b.lora_id,
+        attempt: b.attempts,
     }
 }

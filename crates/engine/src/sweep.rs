@@ -1,10 +1,14 @@
-//! The orphan sweep (PRD 4, scenario 4): instances of this service that no live run owns are
-//! terminated, and checkpoints left by jobs past training are deleted. Runs at start and every
-//! `sweep_interval`, one replica at a time; it sleeps between tries, so it is not part of `tick`.
+//! The orphan sweep (PRD 4, scenario 4): instances of this service that no live run or sample
+//! batch owns are terminated, and checkpoints left by jobs past training are deleted. Runs at
+//! start and every `sweep_interval`, one replica at a time; it sleeps between tries, so it is not
+//! part of `tick`. Whose an instance is comes from its name (`domain::run::parse_instance_name`:
+//! a training attempt's or a sample attempt's).
 
 use std::time::Duration;
 
-use loraforge_db::OpenRun;
+use loraforge_db::{OpenRun, SampleBatch};
+use loraforge_domain::run::{InstanceOwner, parse_instance_name};
+use loraforge_domain::samples::SampleStatus;
 use loraforge_domain::{LoraId, TrainingStatus};
 
 use crate::backend::{Ending, Instance};
@@ -38,10 +42,13 @@ impl Engine {
     // --- the orphan sweep (PRD 4, scenario 4) -------------------------------------------------
 
     /// Lists every backend's instances named with this service's prefix and ends those no live
-    /// run owns: 3 tries with a pause between them, then an operator alert. An instance is owned
-    /// when a run not confirmed gone has its provider id, or while its job's current attempt is
-    /// being launched (its name's attempt, the job training and leased). One replica sweeps at a
-    /// time (a lease in the database). Sleeps between tries: not part of `tick`.
+    /// run or sample batch owns: 3 tries with a pause between them, then an operator alert. A
+    /// training instance is owned when a run not confirmed gone has its provider id, or while its
+    /// job's current attempt is being launched (its name's attempt, the job training and leased);
+    /// a sample instance when a batch's instance not confirmed gone has its provider id, or while
+    /// its batch's attempt is being launched (rendering at its name's attempt, no instance
+    /// recorded yet). One replica sweeps at a time (a lease in the database). Sleeps between
+    /// tries: not part of `tick`.
     pub async fn sweep_orphans(&self) -> SweepReport {
         let mut report = SweepReport::default();
         let now = self.clock.now();
@@ -69,6 +76,15 @@ impl Engine {
                 return report;
             }
         };
+        let samples = match self.repo.watched_sample_batches().await {
+            Ok(s) => s,
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("reading the sample batches: {e}"));
+                return report;
+            }
+        };
         let prefix = &self.settings.instance_prefix;
         for backend in &self.router.backends {
             let listed = match self
@@ -86,14 +102,33 @@ impl Engine {
             };
             report.seen += listed.len();
             for (provider_id, name) in listed {
-                if self.owned(&open, backend.name(), &provider_id, &name).await {
-                    continue;
-                }
-                let Some((lora, attempt)) =
-                    loraforge_domain::run::parse_instance_name(prefix, &name)
-                else {
+                let Some(owner) = parse_instance_name(prefix, &name) else {
                     // The prefix matched but the name is not one of ours: leave it to people.
                     continue;
+                };
+                let owned = match owner {
+                    InstanceOwner::Run { lora, attempt } => {
+                        self.owns_run(&open, backend.name(), &provider_id, lora, attempt)
+                            .await
+                    }
+                    InstanceOwner::Sample { batch, attempt } => {
+                        self.owns_sample(&samples, backend.name(), &provider_id, batch, attempt)
+                            .await
+                    }
+                };
+                if owned {
+                    continue;
+                }
+                let (lora, attempt) = match owner {
+                    InstanceOwner::Run { lora, attempt } => (lora, attempt),
+                    // The batch's LoRA, for the backend's logs (none when the batch is unknown).
+                    InstanceOwner::Sample { batch, attempt } => (
+                        match self.repo.sample_batch(batch).await {
+                            Ok(Some(b)) => b.lora_id,
+                            _ => LoraId(uuid::Uuid::nil()),
+                        },
+                        attempt,
+                    ),
                 };
                 tracing::warn!(backend = backend.name(), instance = %provider_id, %name, "orphaned instance; terminating it");
                 let instance = Instance {
@@ -189,19 +224,21 @@ impl Engine {
         }
     }
 
-    /// Whether a listed instance belongs to a live run (or to a launch in progress).
-    async fn owned(&self, open: &[OpenRun], backend: &str, provider_id: &str, name: &str) -> bool {
+    /// Whether a listed training instance belongs to a live run (or to a launch in progress).
+    async fn owns_run(
+        &self,
+        open: &[OpenRun],
+        backend: &str,
+        provider_id: &str,
+        lora: LoraId,
+        attempt: u32,
+    ) -> bool {
         if open
             .iter()
             .any(|o| o.run.backend == backend && o.run.provider_id == provider_id)
         {
             return true;
         }
-        let Some((lora, attempt)) =
-            loraforge_domain::run::parse_instance_name(&self.settings.instance_prefix, name)
-        else {
-            return false;
-        };
         // A launch whose run is not recorded yet: the job is training, leased, at this attempt.
         match (
             self.repo.job_claim(lora).await,
@@ -220,6 +257,35 @@ impl Engine {
             // When in doubt, keep it: the next sweep looks again.
             (Err(_), _) | (_, Err(_)) => true,
             _ => false,
+        }
+    }
+
+    /// Whether a listed sample instance belongs to a batch: its recorded instance (not confirmed
+    /// gone), or a launch in progress (the batch rendering this attempt, no instance recorded
+    /// yet; the engine gives such a claim up after its lease, `engine::samples`).
+    async fn owns_sample(
+        &self,
+        watched: &[SampleBatch],
+        backend: &str,
+        provider_id: &str,
+        batch: loraforge_domain::SampleBatchId,
+        attempt: u32,
+    ) -> bool {
+        let recorded = |b: &SampleBatch| {
+            b.instance
+                .as_ref()
+                .is_some_and(|i| i.backend == backend && i.provider_id == provider_id)
+        };
+        if watched.iter().any(recorded) {
+            return true;
+        }
+        match self.repo.sample_batch(batch).await {
+            Ok(Some(b)) => {
+                b.status == SampleStatus::Rendering && b.attempts == attempt && b.instance.is_none()
+            }
+            Ok(None) => false,
+            // When in doubt, keep it: the next sweep looks again.
+            Err(_) => true,
         }
     }
 }

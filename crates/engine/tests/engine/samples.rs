@@ -2,6 +2,8 @@
 //! an instance that ends without a report fails its attempt (retried after 10 s, then 40 s, then
 //! failed with the reason), every ended attempt's instance is ended until gone, a completed
 //! batch's instance is ended as finished, and backends that cannot render are never offered one.
+//! A worker not heard of within the lease fails its attempt `lease_expired` (as does a claim
+//! whose launch was never recorded); the orphan sweep ends sample instances no batch owns.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,7 +156,7 @@ async fn failed_attempts_are_retried_with_backoff_then_fail(db: Db) {
     db.advance(Duration::from_secs(3600));
     engine.tick().await.unwrap();
     assert_eq!(gpu.launches(), 3, "no fourth attempt");
-    assert!(db.repo.open_sample_instances().await.unwrap().is_empty());
+    assert!(db.repo.watched_sample_batches().await.unwrap().is_empty());
 }
 
 async fn a_completed_batch_has_its_instance_ended(db: Db) {
@@ -194,6 +196,171 @@ async fn a_completed_batch_has_its_instance_ended(db: Db) {
     );
 }
 
+async fn a_silent_worker_fails_its_attempt_within_the_lease(db: Db) {
+    let (lora, owner) = idle_lora(&db).await;
+    let b = batch(&db, lora, owner).await;
+    let gpu = Scripted::with_samples("gpu", 4);
+    let engine = db
+        .engine(
+            vec![gpu.clone() as Arc<dyn TrainingBackend>],
+            settings("e1"),
+        )
+        .with_worker_tokens(Arc::new(FixedTokens));
+    let lease = settings("e1").lease;
+    assert_eq!(lease, Duration::from_secs(300));
+    engine.tick().await.unwrap();
+    let (pid, _) = gpu.latest().unwrap();
+
+    // Not heard of yet, its instance running: starting (a pod pulls its image), not silent.
+    db.advance(Duration::from_secs(600));
+    let r = engine.tick().await.unwrap();
+    assert!(r.samples_failed.is_empty(), "{r:?}");
+    // The worker fetches its batch, then its heartbeats keep the attempt.
+    assert!(
+        db.repo
+            .record_sample_heartbeat(b, 1, db.now())
+            .await
+            .unwrap()
+    );
+    db.advance(Duration::from_secs(240));
+    assert!(
+        db.repo
+            .record_sample_heartbeat(b, 1, db.now())
+            .await
+            .unwrap()
+    );
+    db.advance(lease);
+    let r = engine.tick().await.unwrap();
+    assert!(r.samples_failed.is_empty(), "exactly the lease: {r:?}");
+    assert!(!gpu.is_terminated(&pid));
+
+    // One second more without a word: failed, its instance stopped, retried after the backoff.
+    db.advance(Duration::from_secs(1));
+    let r = engine.tick().await.unwrap();
+    assert_eq!(r.samples_failed, [b], "{r:?}");
+    assert_eq!(r.samples_gone, [b]);
+    assert!(gpu.terminates().contains(&(pid.clone(), Ending::Stop)));
+    let got = db.repo.sample_batch(b).await.unwrap().unwrap();
+    assert_eq!((got.status, got.attempts), (SampleStatus::Queued, 1));
+    let error = got.last_error.unwrap();
+    assert!(
+        error.starts_with("lease_expired: the worker was last heard of at"),
+        "{error}"
+    );
+    assert!(
+        !db.repo
+            .record_sample_heartbeat(b, 1, db.now())
+            .await
+            .unwrap(),
+        "a late heartbeat of the failed attempt is refused"
+    );
+    db.advance(Duration::from_secs(10));
+    let r = engine.tick().await.unwrap();
+    assert_eq!(r.samples_started, [b]);
+    assert_eq!(gpu.launches(), 2);
+}
+
+async fn a_claim_whose_launch_was_never_recorded_is_given_up(db: Db) {
+    let (lora, owner) = idle_lora(&db).await;
+    let b = batch(&db, lora, owner).await;
+    // Another engine claimed attempt 1 and stopped before it recorded a launch.
+    assert!(db.repo.claim_sample_batch(b, 0, db.now()).await.unwrap());
+    let gpu = Scripted::with_samples("gpu", 4);
+    let engine = db
+        .engine(
+            vec![gpu.clone() as Arc<dyn TrainingBackend>],
+            settings("e1"),
+        )
+        .with_worker_tokens(Arc::new(FixedTokens));
+    db.advance(Duration::from_secs(300));
+    let r = engine.tick().await.unwrap();
+    assert!(
+        r.samples_failed.is_empty() && r.samples_started.is_empty(),
+        "{r:?}"
+    );
+    db.advance(Duration::from_secs(1));
+    let r = engine.tick().await.unwrap();
+    assert_eq!(r.samples_failed, [b], "{r:?}");
+    let got = db.repo.sample_batch(b).await.unwrap().unwrap();
+    assert_eq!((got.status, got.attempts), (SampleStatus::Queued, 1));
+    assert!(
+        got.last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("lease_expired: the attempt was claimed at")),
+        "{got:?}"
+    );
+    // Nothing to end; attempt 2 starts after the backoff.
+    assert!(gpu.terminates().is_empty());
+    db.advance(Duration::from_secs(10));
+    let r = engine.tick().await.unwrap();
+    assert_eq!(r.samples_started, [b]);
+    assert_eq!(gpu.latest().unwrap().1.attempt, 2);
+}
+
+async fn the_sweep_ends_sample_instances_no_batch_owns(db: Db) {
+    let (lora, owner) = idle_lora(&db).await;
+    let (lora2, owner2) = idle_lora(&db).await;
+    let live = batch(&db, lora, owner).await;
+    let pods = Scripted::with_samples("pods", 8);
+    let engine = db
+        .engine(
+            vec![pods.clone() as Arc<dyn TrainingBackend>],
+            settings("e1"),
+        )
+        .with_worker_tokens(Arc::new(FixedTokens));
+    engine.tick().await.unwrap();
+    let (live_pod, inst) = pods.latest().unwrap();
+    assert_eq!(inst.name, format!("loraforge-sample-{live}-1"));
+
+    // A finished batch whose pod was recorded gone but lingers (a provider's lie, a crash).
+    let done = batch(&db, lora, owner).await;
+    engine.tick().await.unwrap();
+    let (done_pod, _) = pods.latest().unwrap();
+    assert!(
+        db.repo
+            .complete_sample_batch(done, 1, db.now())
+            .await
+            .unwrap()
+    );
+    db.repo
+        .record_sample_instance_gone(done, &done_pod, db.now())
+        .await
+        .unwrap();
+    // A launch in progress: attempt 1 of another batch claimed, its pod made, not yet recorded.
+    let launching = batch(&db, lora2, owner2).await;
+    assert!(
+        db.repo
+            .claim_sample_batch(launching, 0, db.now())
+            .await
+            .unwrap()
+    );
+    let launching_pod = pods.plant(&format!("loraforge-sample-{launching}-1"));
+    // Left by a crash: a batch nobody knows, and a second pod of the live batch's attempt.
+    let unknown = pods.plant(&format!("loraforge-sample-{}-1", SampleBatchId::new()));
+    let twin = pods.plant(&format!("loraforge-sample-{live}-1"));
+    let stale = pods.plant(&format!("loraforge-sample-{live}-7"));
+
+    let report = engine.sweep_orphans().await;
+    assert!(report.swept && report.errors.is_empty(), "{report:?}");
+    assert_eq!(report.seen, 6, "{report:?}");
+    let mut ended = report.terminated.clone();
+    ended.sort();
+    let mut expected = vec![
+        done_pod.clone(),
+        unknown.clone(),
+        twin.clone(),
+        stale.clone(),
+    ];
+    expected.sort();
+    assert_eq!(ended, expected, "{report:?}");
+    for kept in [&live_pod, &launching_pod] {
+        assert!(!pods.is_terminated(kept), "{kept}");
+    }
+    for gone in &expected {
+        assert!(pods.is_terminated(gone), "{gone}");
+    }
+}
+
 #[tokio::test]
 async fn sqlite_failed_sample_attempts_are_retried_with_backoff_then_fail() {
     failed_attempts_are_retried_with_backoff_then_fail(Db::sqlite().await).await;
@@ -212,4 +379,29 @@ async fn sqlite_a_completed_sample_batch_has_its_instance_ended() {
 #[tokio::test]
 async fn postgres_a_completed_sample_batch_has_its_instance_ended() {
     a_completed_batch_has_its_instance_ended(Db::postgres().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_silent_sample_worker_fails_its_attempt_within_the_lease() {
+    a_silent_worker_fails_its_attempt_within_the_lease(Db::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_a_silent_sample_worker_fails_its_attempt_within_the_lease() {
+    a_silent_worker_fails_its_attempt_within_the_lease(Db::postgres().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_sample_claim_whose_launch_was_never_recorded_is_given_up() {
+    a_claim_whose_launch_was_never_recorded_is_given_up(Db::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_the_sweep_ends_sample_instances_no_batch_owns() {
+    the_sweep_ends_sample_instances_no_batch_owns(Db::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_the_sweep_ends_sample_instances_no_batch_owns() {
+    the_sweep_ends_sample_instances_no_batch_owns(Db::postgres().await).await;
 }

@@ -184,6 +184,11 @@ fn routes(settings: &ServerSettings) -> RouteTable {
             "/api/v1/worker/samples/{id}/failure",
             worker_samples::failure,
         )
+        .route(
+            Method::POST,
+            "/api/v1/worker/samples/{id}/heartbeat",
+            worker_samples::heartbeat,
+        )
         .route(Method::GET, "/api/v1/me", me::me)
         .route(Method::PATCH, "/api/v1/me", me::patch)
         .route(Method::GET, "/api/v1/me/limits", me::limits)

@@ -62,6 +62,7 @@ use crate::views;
         admin_reports::dismiss,
         samples::create, samples::list, samples::get,
         worker_samples::job, worker_samples::result, worker_samples::failure,
+        worker_samples::heartbeat,
         params::params, auth_local::availability, auth_local::sign_in,
     ),
     components(schemas(
@@ -70,7 +71,7 @@ use crate::views;
         loraforge_domain::sample_wire::SampleJob, loraforge_domain::sample_wire::SampleTrainerImage,
         loraforge_domain::sample_wire::SampleUpload, loraforge_domain::sample_wire::SampleResult,
         loraforge_domain::sample_wire::SampleStored, loraforge_domain::sample_wire::SampleFailure,
-        loraforge_domain::sample_wire::SampleReportAnswer,
+        loraforge_domain::sample_wire::SampleReportAnswer, loraforge_domain::sample_wire::SampleHeartbeat,
         views::LoraList, views::LoraListItem, views::CreatorView, views::LoraDetails, views::StatusView, views::AttemptView, views::MoneyView,
         views::CreateLoraResponse, views::LimitsView, views::MeView, views::DatasetQuotaView, me::PatchMe, views::ErrorBody, views::ErrorDetail,
         views::DatasetRefView, views::ReferenceImageView, views::ValidationView, views::ValidationImageView,

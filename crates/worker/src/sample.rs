@@ -2,8 +2,12 @@
 //! (`GET /api/v1/worker/samples/{id}`), download the LoRA file from its signed link, run the
 //! trainer's `sample` command (`trainer/loraforge_trainer/sample.py`), upload each PNG to its
 //! signed PUT link, post the result; on any failure post it (`…/failure`) and print the error
-//! line. The scratch folder is emptied at the end either way (nothing here is worth keeping:
-//! the next attempt renders again). The token and signed links are never logged.
+//! line. From the fetch until the result a heartbeat goes out every `heartbeat_interval_s`
+//! (`…/heartbeat`), so the engine sees a dead or cut-off worker within its lease; a heartbeat
+//! answered 409 (the attempt is over: failed by the engine, or the batch moved on) stops the
+//! sampler and ends the attempt. The scratch folder is emptied at the end either way (nothing
+//! here is worth keeping: the next attempt renders again). The token and signed links are never
+//! logged.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -15,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use url::Url;
 
 use loraforge_domain::sample_wire::{
-    SampleFailure, SampleJob, SampleResult, SampleStored, SampleTrainerImage,
+    SampleFailure, SampleHeartbeat, SampleJob, SampleResult, SampleStored, SampleTrainerImage,
 };
 
 use crate::api::{self, CallError, Failed, retrying, success};
@@ -135,7 +139,19 @@ pub async fn run_sample(cfg: SampleConfig, mut stdout: impl std::io::Write + Sen
             }
         };
     tracing::info!(batch = %cfg.batch, attempt = job.attempt, images = job.images.len(), "sample batch fetched");
-    let exit = render_and_upload(&cfg, &api, &job, &out).await;
+    let interval = Duration::try_from_secs_f64(job.heartbeat_interval_s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .unwrap_or(Duration::from_secs(10));
+    // The heartbeats end before the result is posted, so none can meet the batch completed.
+    let stored = tokio::select! {
+        stored = render_and_store(&cfg, &api, &job, &out) => stored,
+        over = heartbeats(&api, job.attempt, interval) => Err(over),
+    };
+    let exit = match stored {
+        Ok(images) => report(&cfg, &api, job.attempt, images).await,
+        Err(exit) => exit,
+    };
     remove_tree(&out.join("images")).await;
     let _ = tokio::fs::remove_file(out.join("model.safetensors")).await;
     let _ = tokio::fs::remove_file(out.join("sample.json")).await;
@@ -165,17 +181,51 @@ fn finish(exit: Exit, stdout: &mut impl std::io::Write) -> i32 {
     exit.code
 }
 
-async fn render_and_upload(cfg: &SampleConfig, api: &Api, job: &SampleJob, out: &Path) -> Exit {
+/// Posts a heartbeat every `interval` for as long as it is polled; returns only when one is
+/// answered 409 (the attempt is no longer the batch's). Other failures are logged and the beat
+/// goes on: the engine's lease, not this worker, decides when silence is too long.
+async fn heartbeats(api: &Api, attempt: u32, interval: Duration) -> Exit {
+    let body = SampleHeartbeat { attempt };
+    loop {
+        tokio::time::sleep(interval).await;
+        match api.post("heartbeat", &body).await {
+            Ok(()) => tracing::debug!("heartbeat"),
+            Err(e) if e.status().is_some_and(|s| s.as_u16() == 409) => {
+                tracing::warn!(error = %e.message(), "the attempt is over; stopping the sampler");
+                return Exit::error("job_not_active", e.message());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "a heartbeat failed; the next goes out as usual")
+            }
+        }
+    }
+}
+
+/// Downloads the LoRA, renders and uploads every image: what the result reports, or how the
+/// attempt ends. Dropped when a heartbeat learns the attempt is over (the sampler, spawned with
+/// `kill_on_drop`, is killed with it).
+async fn render_and_store(
+    cfg: &SampleConfig,
+    api: &Api,
+    job: &SampleJob,
+    out: &Path,
+) -> Result<Vec<SampleStored>, Exit> {
     if job.uploads.len() != job.images.len() {
-        return Exit::error("bad_job", "the batch has not one upload per image");
+        return Err(Exit::error(
+            "bad_job",
+            "the batch has not one upload per image",
+        ));
     }
     if let Err(e) = tokio::fs::create_dir_all(out.join("images")).await {
-        return Exit::error("io_error", format!("cannot create {}: {e}", out.display()));
+        return Err(Exit::error(
+            "io_error",
+            format!("cannot create {}: {e}", out.display()),
+        ));
     }
     // 1. The LoRA file.
     let lora = out.join("model.safetensors");
     let Ok(url) = Url::parse(&job.lora_url) else {
-        return Exit::error("bad_job", "the LoRA link is not a URL");
+        return Err(Exit::error("bad_job", "the LoRA link is not a URL"));
     };
     let bytes = job.lora_bytes.unwrap_or(MAX_LORA_BYTES).min(MAX_LORA_BYTES);
     if let Err(Failed { error, .. }) = retrying("downloading the LoRA", cfg.retry_delay, || {
@@ -183,10 +233,10 @@ async fn render_and_upload(cfg: &SampleConfig, api: &Api, job: &SampleJob, out: 
     })
     .await
     {
-        return Exit::error(
+        return Err(Exit::error(
             "control_plane_unreachable",
             format!("downloading the LoRA file: {}", error.message()),
-        );
+        ));
     }
     // 2. Render.
     #[derive(Serialize)]
@@ -205,26 +255,29 @@ async fn render_and_upload(cfg: &SampleConfig, api: &Api, job: &SampleJob, out: 
     let spec_path = out.join("sample.json");
     let json = serde_json::to_vec(&spec).unwrap_or_default();
     if let Err(e) = tokio::fs::write(&spec_path, json).await {
-        return Exit::error("io_error", format!("cannot write the sample spec: {e}"));
+        return Err(Exit::error(
+            "io_error",
+            format!("cannot write the sample spec: {e}"),
+        ));
     }
     if let Some(failed) = run_trainer(&cfg.trainer, &spec_path, &out.join("images")).await {
-        return failed;
+        return Err(failed);
     }
-    // 3. Upload, then report.
+    // 3. Upload.
     let mut stored = Vec::with_capacity(job.uploads.len());
     for up in &job.uploads {
         let path = out.join("images").join(format!("{}.png", up.index));
         let size = match tokio::fs::metadata(&path).await {
             Ok(m) if m.len() > 0 => m.len(),
             _ => {
-                return Exit::error(
+                return Err(Exit::error(
                     "missing_output",
                     format!("the sampler wrote no image {}", up.index),
-                );
+                ));
             }
         };
         let Ok(url) = Url::parse(&up.url) else {
-            return Exit::error("bad_job", "an upload link is not a URL");
+            return Err(Exit::error("bad_job", "an upload link is not a URL"));
         };
         if let Err(Failed { error, .. }) =
             retrying(&format!("uploading {}", up.key), cfg.retry_delay, || {
@@ -232,10 +285,10 @@ async fn render_and_upload(cfg: &SampleConfig, api: &Api, job: &SampleJob, out: 
             })
             .await
         {
-            return Exit::error(
+            return Err(Exit::error(
                 "upload_failed",
                 format!("uploading {}: {}", up.key, error.message()),
-            );
+            ));
         }
         stored.push(SampleStored {
             index: up.index,
@@ -243,10 +296,12 @@ async fn render_and_upload(cfg: &SampleConfig, api: &Api, job: &SampleJob, out: 
             bytes: size,
         });
     }
-    let result = SampleResult {
-        attempt: job.attempt,
-        images: stored,
-    };
+    Ok(stored)
+}
+
+/// Posts the result: every image is stored.
+async fn report(cfg: &SampleConfig, api: &Api, attempt: u32, images: Vec<SampleStored>) -> Exit {
+    let result = SampleResult { attempt, images };
     match retrying("reporting the result", cfg.retry_delay, || {
         api.post("result", &result)
     })

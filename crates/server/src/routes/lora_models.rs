@@ -28,8 +28,9 @@ use crate::state::AppState;
 use crate::views::*;
 
 pub const MAX_DESCRIPTION_CHARS: usize = TextRule::DESCRIPTION.max_chars;
-const MAX_PAGE: u32 = 100;
-const DEFAULT_PAGE: u32 = 50;
+/// The library's page sizes, which every listing that pages like it shares.
+pub(crate) const MAX_PAGE: u32 = 100;
+pub(crate) const DEFAULT_PAGE: u32 = 50;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

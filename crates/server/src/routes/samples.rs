@@ -6,13 +6,13 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use loraforge_db::{BatchInsert, NewSampleBatch, SampleBatch};
@@ -24,12 +24,19 @@ use loraforge_domain::{LoraModel, SampleBatchId, TrainingStatus};
 use crate::auth::AuthUser;
 use crate::body;
 use crate::error::{ApiError, ApiResult, body_error};
-use crate::routes::lora_models::load;
+use crate::routes::lora_models::{DEFAULT_PAGE, MAX_PAGE, load};
 use crate::state::AppState;
 use crate::views::ErrorBody;
 
-/// Batches a listing shows (newest first).
-const LIST_LIMIT: u32 = 50;
+/// The listing's query: pages as the library's (`GET /api/v1/lora-models`) do.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SampleListParams {
+    /// 1–100, default 50.
+    pub limit: Option<u32>,
+    /// Batches to skip (newest first), default 0.
+    pub offset: Option<u64>,
+}
 
 /// One image of a batch.
 #[derive(Debug, Serialize, ToSchema)]
@@ -66,9 +73,14 @@ pub struct SampleBatchView {
     pub images: Vec<SampleImageView>,
 }
 
+/// One page of batches, newest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SampleBatchList {
     pub batches: Vec<SampleBatchView>,
+    /// Batches on every page (the caller's own; an admin's: everyone's).
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u64,
 }
 
 async fn view(state: &AppState, b: &SampleBatch) -> ApiResult<SampleBatchView> {
@@ -193,26 +205,44 @@ pub async fn create(
     }
 }
 
-/// The caller's sample batches of a LoRA (admins: everyone's), newest first, at most 50.
+/// The caller's sample batches of a LoRA (admins: everyone's), newest first, a page at a time
+/// (`limit` 1–100, default 50, and `offset`, as the library pages).
 #[utoipa::path(get, path = "/api/v1/lora-models/{id}/samples", tag = "library",
-    security(("bearer" = [])), params(("id" = Uuid, Path)),
-    responses((status = 200, body = SampleBatchList), (status = 404, body = ErrorBody)))]
+    security(("bearer" = [])), params(("id" = Uuid, Path), SampleListParams),
+    responses((status = 200, body = SampleBatchList),
+        (status = 400, description = "invalid_query: a bad `limit` or `offset`", body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
+    q: Result<Query<SampleListParams>, QueryRejection>,
 ) -> ApiResult<Json<SampleBatchList>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be from 1 to {MAX_PAGE}"),
+        ));
+    }
+    let offset = q.offset.unwrap_or(0);
     let lora = load(&state, &id).await?;
     let requester = (!user.is_admin).then_some(user.id);
-    let rows = state
+    let page = state
         .repo()
-        .sample_batches_of(lora.id, requester, LIST_LIMIT)
+        .sample_batches_of(lora.id, requester, limit, offset)
         .await?;
-    let mut batches = Vec::with_capacity(rows.len());
-    for b in &rows {
+    let mut batches = Vec::with_capacity(page.batches.len());
+    for b in &page.batches {
         batches.push(view(&state, b).await?);
     }
-    Ok(Json(SampleBatchList { batches }))
+    Ok(Json(SampleBatchList {
+        batches,
+        total: page.total,
+        limit,
+        offset,
+    }))
 }
 
 /// One sample batch (the caller's own; admins: any).

@@ -1,9 +1,11 @@
 //! The worker protocol's sample routes: a sample worker (token audience
 //! `loraforge-sample-worker`, [`SampleWorkerAuth`]) fetches its batch (base model, a signed link
-//! to the LoRA file, the images to render, signed upload links), then reports the stored images
-//! or its failure. Every call checks that the batch still renders the token's attempt, so a
-//! stale attempt cannot report into a newer one. What happens next (retry, fail, ending the
-//! instance) is the engine's (`engine::samples`).
+//! to the LoRA file, the images to render, signed upload links), sends heartbeats while it
+//! renders and uploads, then reports the stored images or its failure. Every call checks that
+//! the batch still renders the token's attempt, so a stale attempt cannot report into a newer
+//! one; the fetch and each heartbeat record when the worker was last heard of, which the engine
+//! holds against its lease (`domain::samples::worker_silent`). What happens next (retry, fail,
+//! ending the instance) is the engine's (`engine::samples`).
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -13,7 +15,8 @@ use axum::http::StatusCode;
 use loraforge_db::SampleBatch;
 use loraforge_domain::SampleBatchId;
 use loraforge_domain::sample_wire::{
-    SampleFailure, SampleJob, SampleReportAnswer, SampleResult, SampleTrainerImage, SampleUpload,
+    SampleFailure, SampleHeartbeat, SampleJob, SampleReportAnswer, SampleResult,
+    SampleTrainerImage, SampleUpload,
 };
 use loraforge_domain::samples::{SampleSpec, SampleStatus, failure_is_retryable};
 
@@ -36,18 +39,24 @@ async fn own_batch(state: &AppState, auth: &SampleWorkerAuth, id: &str) -> ApiRe
         .await?
         .ok_or_else(|| ApiError::not_found("sample batch"))?;
     if b.status != SampleStatus::Rendering || b.attempts != auth.attempt {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "job_not_active",
-            format!(
-                "attempt {} of this batch is no longer rendering (the batch is {}, attempt {})",
-                auth.attempt,
-                b.status.as_str(),
-                b.attempts
-            ),
+        return Err(not_active(
+            auth,
+            &format!("the batch is {}, attempt {}", b.status.as_str(), b.attempts),
         ));
     }
     Ok(b)
+}
+
+/// 409 `job_not_active`: the token's attempt is not the one rendering.
+fn not_active(auth: &SampleWorkerAuth, now: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "job_not_active",
+        format!(
+            "attempt {} of this batch is no longer rendering ({now})",
+            auth.attempt
+        ),
+    )
 }
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
@@ -79,6 +88,11 @@ pub async fn job(
     Path(id): Path<String>,
 ) -> ApiResult<Json<SampleJob>> {
     let b = own_batch(&state, &auth, &id).await?;
+    // The worker's first word: from now on its heartbeats must keep coming.
+    state
+        .repo()
+        .record_sample_heartbeat(b.id, auth.attempt, state.now())
+        .await?;
     let lora = state
         .repo()
         .get_lora(b.lora_id)
@@ -133,6 +147,38 @@ pub async fn job(
         lora_bytes,
         images: SampleTrainerImage::of(&spec),
         uploads,
+        heartbeat_interval_s: state.settings().worker.heartbeat_interval.as_secs().max(1) as f64,
+    }))
+}
+
+/// The attempt's worker is alive: renders and uploads go on. An attempt not heard of within the
+/// engine's lease is failed `lease_expired` and retried.
+#[utoipa::path(post, path = "/api/v1/worker/samples/{id}/heartbeat", tag = "worker", request_body = SampleHeartbeat,
+    security(("worker" = [])), params(("id" = uuid::Uuid, Path, description = "the sample batch id")),
+    responses((status = 200, description = "`recorded` true and `status` rendering", body = SampleReportAnswer),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "job_not_active: the batch no longer renders this attempt; stop", body = ErrorBody),
+        (status = 413, description = "payload_too_large", body = ErrorBody)))]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    auth: SampleWorkerAuth,
+    Path(id): Path<String>,
+    body: Result<Json<SampleHeartbeat>, JsonRejection>,
+) -> ApiResult<Json<SampleReportAnswer>> {
+    let body = json_body(body)?;
+    check_attempt(&auth, body.attempt)?;
+    let b = own_batch(&state, &auth, &id).await?;
+    let recorded = state
+        .repo()
+        .record_sample_heartbeat(b.id, auth.attempt, state.now())
+        .await?;
+    if !recorded {
+        // The attempt moved on between the check and the write.
+        return Err(not_active(&auth, "no longer rendering"));
+    }
+    Ok(Json(SampleReportAnswer {
+        recorded,
+        status: SampleStatus::Rendering.as_str().to_owned(),
     }))
 }
 

@@ -1,6 +1,7 @@
-//! Sample batches over HTTP: validation codes, 404/409/429, listing with signed links once
-//! completed, and the worker's sample routes (token audience, attempt checks, uploads checked
-//! before a batch completes, failures retried then failed) on SQLite and Postgres.
+//! Sample batches over HTTP: validation codes, 404/409/429, listing a page at a time with signed
+//! links once completed, and the worker's sample routes (token audience, attempt checks,
+//! heartbeats, uploads checked before a batch completes, failures retried then failed) on SQLite
+//! and Postgres.
 
 use std::time::Duration;
 
@@ -113,9 +114,10 @@ async fn validation_and_conflicts(app: TestApp) {
     // Nothing was stored by the refusals.
     assert!(
         app.repo
-            .sample_batches_of(lora, None, 10)
+            .sample_batches_of(lora, None, 10, 0)
             .await
             .unwrap()
+            .batches
             .is_empty()
     );
     // No token: 401.
@@ -299,6 +301,58 @@ async fn the_worker_renders_uploads_and_reports(app: TestApp) {
     };
     assert_eq!(job["attempt"], 1);
     assert_eq!(job["batch_id"], batch.to_string());
+    assert_eq!(job["heartbeat_interval_s"], 10.0);
+    // The fetch is the worker's first word.
+    let heard = app
+        .repo
+        .sample_batch(batch)
+        .await
+        .unwrap()
+        .unwrap()
+        .heard_at;
+    assert_eq!(heard, Some(app.clock.now()));
+    // Heartbeats: the token's attempt only.
+    app.clock.advance(chrono::Duration::seconds(10));
+    let beat = worker_post(
+        &app,
+        &token,
+        &format!("{path}/heartbeat"),
+        &json!({"attempt": 1}),
+    )
+    .await;
+    assert_eq!(beat.status(), 200);
+    assert_eq!(
+        beat.json::<Value>().await.unwrap(),
+        json!({"recorded": true, "status": "rendering"})
+    );
+    let heard = app
+        .repo
+        .sample_batch(batch)
+        .await
+        .unwrap()
+        .unwrap()
+        .heard_at;
+    assert_eq!(heard, Some(app.clock.now()));
+    for bad in [
+        json!({"attempt": 2}),
+        json!({}),
+        json!({"attempt": 1, "extra": true}),
+    ] {
+        let resp = worker_post(&app, &token, &format!("{path}/heartbeat"), &bad).await;
+        assert_eq!(
+            error_of(resp, 400).await["code"],
+            "invalid_request",
+            "{bad}"
+        );
+    }
+    let resp = worker_post(
+        &app,
+        &user.token,
+        &format!("{path}/heartbeat"),
+        &json!({"attempt": 1}),
+    )
+    .await;
+    assert_eq!(resp.status(), 401, "a user token is no worker's");
     assert_eq!(job["images"].as_array().unwrap().len(), 2);
     assert_eq!(job["images"][0]["steps"], 2);
     assert_eq!(job["images"][0]["guidance_scale"], 7.0);
@@ -351,9 +405,17 @@ async fn the_worker_renders_uploads_and_reports(app: TestApp) {
     assert_eq!(resp.status(), 200);
     let answer: Value = resp.json().await.unwrap();
     assert_eq!(answer, json!({"recorded": true, "status": "completed"}));
-    // A repeated report finds the attempt over.
+    // A repeated report, or a late heartbeat, finds the attempt over.
     let again = worker_post(&app, &token, &format!("{path}/result"), &result).await;
     assert_eq!(error_of(again, 409).await["code"], "job_not_active");
+    let late = worker_post(
+        &app,
+        &token,
+        &format!("{path}/heartbeat"),
+        &json!({"attempt": 1}),
+    )
+    .await;
+    assert_eq!(error_of(late, 409).await["code"], "job_not_active");
 
     let done: Value = app
         .get(
@@ -437,6 +499,68 @@ async fn failures_are_retried_then_fail(app: TestApp) {
     create_ok(&app, &user, lora, &body(1)).await;
 }
 
+async fn listings_page_like_the_library(app: TestApp) {
+    let user = app.user();
+    let lora = completed_lora(&app, &user).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let b = create_ok(&app, &user, lora, &body(1)).await;
+        let id: SampleBatchId = b["id"].as_str().unwrap().parse().unwrap();
+        // Each finishes, so the open limit does not stop the next.
+        let now = app.clock.now();
+        assert!(app.repo.claim_sample_batch(id, 0, now).await.unwrap());
+        assert!(app.repo.complete_sample_batch(id, 1, now).await.unwrap());
+        app.clock.advance(chrono::Duration::seconds(1));
+        ids.push(id.to_string());
+    }
+    ids.reverse();
+    let list = |query: &'static str| {
+        let app = &app;
+        let user = &user;
+        async move {
+            app.get(user, &format!("/api/v1/lora-models/{lora}/samples{query}"))
+                .await
+        }
+    };
+    let page = |v: &Value| -> Vec<String> {
+        v["batches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all: Value = list("").await.json().await.unwrap();
+    assert_eq!(page(&all), ids, "newest first");
+    assert_eq!(
+        (
+            all["total"].as_u64(),
+            all["limit"].as_u64(),
+            all["offset"].as_u64()
+        ),
+        (Some(5), Some(50), Some(0))
+    );
+    let second: Value = list("?limit=2&offset=2").await.json().await.unwrap();
+    assert_eq!(page(&second), ids[2..4].to_vec());
+    assert_eq!(
+        (
+            second["total"].as_u64(),
+            second["limit"].as_u64(),
+            second["offset"].as_u64()
+        ),
+        (Some(5), Some(2), Some(2))
+    );
+    let past: Value = list("?limit=100&offset=5").await.json().await.unwrap();
+    assert!(page(&past).is_empty());
+    assert_eq!(past["total"], 5);
+    for bad in ["?limit=0", "?limit=101", "?limit=x", "?offset=-1"] {
+        let e = error_of(list(bad).await, 400).await;
+        assert_eq!(e["code"], "invalid_query", "{bad}: {e}");
+    }
+    let e = error_of(list("?limit=101").await, 400).await;
+    assert!(e["message"].as_str().unwrap().contains("1 to 100"), "{e}");
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -466,4 +590,5 @@ on_both!(
     create_list_get_and_the_open_limit,
     the_worker_renders_uploads_and_reports,
     failures_are_retried_then_fail,
+    listings_page_like_the_library,
 );

@@ -5,7 +5,8 @@ The control plane submits a job whose input is
     {"server": URL, "lora_id": ID, "token": TOKEN, "env": {optional NAME: "value", ...}}
 
 and this handler runs `loraforge worker` (no flags) with LORAFORGE_SERVER, LORAFORGE_LORA_ID and
-LORAFORGE_WORKER_TOKEN set from it, plus the optional extra variables. The worker's stderr is
+LORAFORGE_WORKER_TOKEN set from it, plus the optional extra variables. A sample batch's attempt
+names its batch there (LORAFORGE_SAMPLE_BATCH), which puts the worker in sample mode. The worker's stderr is
 this process's stderr (RunPod's log); its stdout (nothing, or on failure one last
 `{"event":"error",...}` line; docs/worker-protocol.md) is read here and also copied to stderr.
 The handler returns

@@ -147,6 +147,18 @@ def test_env_is_passed_and_the_token_never_printed(rh, tmp_path, monkeypatch, ca
     assert TOKEN not in json.dumps(out)
 
 
+def test_a_sample_batch_in_env_runs_the_worker_in_sample_mode(rh, tmp_path, monkeypatch):
+    # The control plane's sample attempts name their batch in `env`
+    # (crates/runpod/src/serverless_backend.rs); the worker reads it as its sample mode.
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    batch = "0193a1b2-0000-7000-8000-00000000b0a7"
+    out = asyncio.run(rh.handler(job(env={"LORAFORGE_SAMPLE_BATCH": batch})))
+    assert out == {"exit_code": 0, "outcome": None}
+    env = record(tmp_path)["env"]
+    assert env["LORAFORGE_SAMPLE_BATCH"] == batch
+    assert env["LORAFORGE_WORKER_TOKEN"] == TOKEN
+
+
 def test_exit_code_and_last_json_line_are_returned(rh, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("FAKE_MODE", "fail")
     out = asyncio.run(rh.handler(job()))

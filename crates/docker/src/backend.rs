@@ -19,7 +19,8 @@ use futures::TryStreamExt;
 
 use loraforge_domain::outcome;
 use loraforge_engine::{
-    BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Termination, TrainingBackend,
+    BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Task, Termination,
+    TrainingBackend,
 };
 
 use crate::error::{backend_error, status_of, timed_out};
@@ -191,12 +192,15 @@ impl DockerBackend {
     fn create_body(&self, launch: &Launch) -> ContainerCreateBody {
         let mut env = launch.worker_env();
         env.extend(self.settings.env.iter().cloned());
-        let labels = HashMap::from([
+        let mut labels = HashMap::from([
             (labels::INSTANCE.to_owned(), launch.instance_name.clone()),
             (labels::LORA.to_owned(), launch.lora_id.to_string()),
             (labels::ATTEMPT.to_owned(), launch.attempt.to_string()),
             (labels::MANAGED.to_owned(), "true".to_owned()),
         ]);
+        if let Task::Sample { batch } = launch.task {
+            labels.insert(labels::SAMPLE_BATCH.to_owned(), batch.to_string());
+        }
         let gpu = |count: Option<i64>, ids: Option<Vec<String>>| DeviceRequest {
             driver: Some("nvidia".to_owned()),
             count,
@@ -407,6 +411,15 @@ impl TrainingBackend for DockerBackend {
 
     fn scope(&self) -> Scope {
         Scope::Shared
+    }
+
+    /// A container runs the worker image, whose `loraforge worker` renders a batch when its
+    /// environment names one (`LORAFORGE_SAMPLE_BATCH`). The container is named
+    /// `domain::run::sample_instance_name` (which the orphan sweep reads back) and carries the
+    /// `loraforge.managed` label the sweep's listing filters on, like a training container, and
+    /// `loraforge.sample_batch` for people; observe and terminate go by container id.
+    fn runs_samples(&self) -> bool {
+        true
     }
 
     fn observe_every(&self) -> Duration {

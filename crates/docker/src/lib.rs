@@ -1,8 +1,8 @@
 //! The `docker` backend: one container of the worker image (`docker/worker.Dockerfile`) per
-//! training attempt on a Docker host, through the Docker Engine API with bollard. The container
-//! runs `loraforge worker` with the same environment a RunPod pod gets and calls back to the
-//! control plane over the worker protocol; the backend adds only what Docker alone sees (a
-//! container that exited, was OOM-killed or disappeared) and ends containers.
+//! training attempt (or sample batch attempt) on a Docker host, through the Docker Engine API
+//! with bollard. The container runs `loraforge worker` with the same environment a RunPod pod
+//! gets and calls back to the control plane over the worker protocol; the backend adds only what
+//! Docker alone sees (a container that exited, was OOM-killed or disappeared) and ends containers.
 //!
 //! - Launch: the image is pulled when the host lacks it; the container is created under the
 //!   attempt's instance name with `loraforge.*` labels, GPUs as device requests and the per-job
@@ -31,8 +31,12 @@ pub use settings::{DockerSettings, Gpus, connect, parse_cpus};
 pub mod labels {
     /// The instance (attempt) name; also the container's name.
     pub const INSTANCE: &str = "loraforge.instance";
+    /// The LoRA trained, or sampled by a sample batch.
     pub const LORA: &str = "loraforge.lora";
+    /// The training job's attempt, or the sample batch's.
     pub const ATTEMPT: &str = "loraforge.attempt";
+    /// The sample batch, on a container that renders one (absent on training containers).
+    pub const SAMPLE_BATCH: &str = "loraforge.sample_batch";
     /// `true` on every container this backend made: what listings filter on.
     pub const MANAGED: &str = "loraforge.managed";
 }

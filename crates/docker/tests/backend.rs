@@ -165,6 +165,66 @@ async fn a_container_gets_the_workers_env_gpus_limits_and_labels_and_is_removed_
     .await;
 }
 
+/// A sample batch's attempt: the container is named and labelled for the batch, its worker gets
+/// the batch in its environment, and it is found and ended by id like a training container.
+#[tokio::test]
+async fn a_sample_batch_attempt_gets_its_batch_and_is_found_and_ended_like_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("seen.txt");
+    let fake = FakeDocker::start(FakeDockerConfig::default().with_gpus(1).with_image(
+        IMAGE,
+        image(
+            dir.path(),
+            "echo \"$LORAFORGE_SAMPLE_BATCH\" > \"$OUT\"; exec sleep 300",
+        ),
+    ))
+    .await;
+    let mut s = settings();
+    s.env = vec![("OUT".into(), out.display().to_string())];
+    let b = backend(&fake, s);
+    assert!(b.runs_samples());
+    let batch = loraforge_domain::SampleBatchId::new();
+    let mut l = launch(LoraId::new(), 2, false);
+    l.task = loraforge_engine::Task::Sample { batch };
+    l.instance_name = loraforge_domain::run::sample_instance_name("loraforge-", batch, 2);
+    let id = b.launch(&l).await.unwrap().provider_id;
+    let c = fake.container(&id).unwrap();
+    assert_eq!(c.name, format!("loraforge-sample-{batch}-2"));
+    assert_eq!(c.labels["loraforge.sample_batch"], batch.to_string());
+    assert_eq!(c.labels["loraforge.lora"], l.lora_id.to_string());
+    assert_eq!(c.labels["loraforge.attempt"], "2");
+    let seen = eventually("the worker's output", || async {
+        std::fs::read_to_string(&out).ok().filter(|s| !s.is_empty())
+    })
+    .await;
+    assert_eq!(seen.trim(), batch.to_string());
+    // A training container carries no batch.
+    let t = b.launch(&launch(LoraId::new(), 1, false)).await.unwrap();
+    assert!(
+        !fake
+            .container(&t.provider_id)
+            .unwrap()
+            .labels
+            .contains_key("loraforge.sample_batch")
+    );
+
+    let mut found = b.list_instances("loraforge-").await.unwrap().unwrap();
+    found.sort();
+    assert!(
+        found.contains(&(id.clone(), l.instance_name.clone())),
+        "{found:?}"
+    );
+    let i = instance(&id, &l);
+    assert_eq!(
+        b.observe(std::slice::from_ref(&i)).await.unwrap(),
+        [Observed::Running]
+    );
+    assert!(b.terminate(&i, Ending::Stop).await.unwrap().gone);
+    assert!(fake.container(&id).unwrap().removed);
+    let t = instance(&t.provider_id, &launch(LoraId::new(), 1, false));
+    assert!(b.terminate(&t, Ending::Stop).await.unwrap().gone);
+}
+
 #[tokio::test]
 async fn a_worker_that_exits_non_zero_ends_with_the_outcome_of_its_status() {
     let dir = tempfile::tempdir().unwrap();

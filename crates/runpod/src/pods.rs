@@ -1,6 +1,6 @@
-//! The `runpod` backend: one on-demand GPU pod per training attempt, running the worker image
-//! (`docker/worker.Dockerfile`) with the worker's environment; the pod calls back to the control
-//! plane's public URL over the worker protocol.
+//! The `runpod` backend: one on-demand GPU pod per training attempt (or sample batch attempt),
+//! running the worker image (`docker/worker.Dockerfile`) with the worker's environment; the pod
+//! calls back to the control plane's public URL over the worker protocol.
 //!
 //! - Launch: the GPU types are tried in the configured order; "no longer any instances
 //!   available" moves on to the next, and when every type is out the engine waits in the queue
@@ -139,6 +139,14 @@ impl TrainingBackend for PodsBackend {
 
     fn scope(&self) -> Scope {
         Scope::Shared
+    }
+
+    /// A pod runs the worker image, whose `loraforge worker` renders a batch when the pod's
+    /// environment names one (`LORAFORGE_SAMPLE_BATCH`, from `Launch::worker_env`). The pod is
+    /// named `domain::run::sample_instance_name`, which the orphan sweep reads back; observe and
+    /// terminate go by pod id, whatever the pod runs.
+    fn runs_samples(&self) -> bool {
+        true
     }
 
     fn observe_every(&self) -> Duration {

@@ -2,8 +2,9 @@
 //! attempt. The endpoint runs the worker image with its RunPod handler
 //! (`docker/runpod_handler.py`), which runs the same `loraforge worker` as a pod does, with
 //! `LORAFORGE_SERVER`, `LORAFORGE_LORA_ID` and `LORAFORGE_WORKER_TOKEN` taken from the job's
-//! input (`{"server", "lora_id", "token", "env"}`); the worker calls back to the control plane's
-//! public URL over the worker protocol.
+//! input (`{"server", "lora_id", "token", "env"}`; a sample batch attempt adds
+//! `LORAFORGE_SAMPLE_BATCH` to `env`); the worker calls back to the control plane's public URL
+//! over the worker protocol.
 //!
 //! - Launch: one `POST /run`. RunPod has no idempotency key, so a `/run` is never repeated once
 //!   it may have reached RunPod (the client refuses); a failure whose effect is unknown is
@@ -121,13 +122,28 @@ impl ServerlessBackend {
         }
     }
 
-    /// The job's input. Holds the worker token: never logged.
+    /// The job's input. Holds the worker token: never logged. The handler sets
+    /// `LORAFORGE_SERVER`, `LORAFORGE_LORA_ID` and `LORAFORGE_WORKER_TOKEN` from the input's own
+    /// fields and passes `env` through, so the rest of the worker's environment (a sample
+    /// batch's `LORAFORGE_SAMPLE_BATCH`) travels in `env`, after the configured extras: the
+    /// worker's own variables win. Any deployed handler image passes it on unchanged.
     fn input(&self, launch: &Launch) -> Value {
+        const OWN_FIELDS: [&str; 3] = [
+            "LORAFORGE_SERVER",
+            "LORAFORGE_LORA_ID",
+            "LORAFORGE_WORKER_TOKEN",
+        ];
+        let worker = launch
+            .worker_env()
+            .into_iter()
+            .filter(|(k, _)| !OWN_FIELDS.contains(&k.as_str()));
         let env: Map<String, Value> = self
             .settings
             .env
             .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .cloned()
+            .chain(worker)
+            .map(|(k, v)| (k, Value::String(v)))
             .collect();
         json!({
             "server": launch.server,
@@ -255,6 +271,14 @@ impl TrainingBackend for ServerlessBackend {
 
     fn scope(&self) -> Scope {
         Scope::Shared
+    }
+
+    /// The handler runs the same `loraforge worker` as a pod, with the job's `env`: a sample
+    /// batch's `LORAFORGE_SAMPLE_BATCH` makes it render (see `ServerlessBackend::input`).
+    /// RunPod lists no serverless jobs by name, so the orphan sweep does not reach them (as for
+    /// training jobs); RunPod's own `executionTimeout` bounds a job left behind.
+    fn runs_samples(&self) -> bool {
+        true
     }
 
     fn observe_every(&self) -> Duration {

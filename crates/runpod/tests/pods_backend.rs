@@ -98,6 +98,39 @@ async fn pods_launch_in_gpu_order_and_end_until_gone() {
     ));
 }
 
+/// A sample batch's attempt runs on a pod of its own, named for the batch, with the batch in the
+/// pod's environment; it is listed, observed and ended by pod id like a training pod.
+#[tokio::test]
+async fn a_sample_batch_attempt_gets_a_pod_named_for_its_batch() {
+    let fake = FakeRunpod::start(FakeConfig::new(KEY).with_gpu("NVIDIA A40", 1, "0.79")).await;
+    let b = backend(&fake);
+    assert!(b.runs_samples());
+    let batch = loraforge_domain::SampleBatchId::new();
+    let mut l = launch(LoraId::new(), 1, false);
+    l.task = loraforge_engine::Task::Sample { batch };
+    l.instance_name = loraforge_domain::run::sample_instance_name("loraforge-", batch, 1);
+    let launched = b.launch(&l).await.unwrap();
+    let pod = fake.pod(&launched.provider_id).unwrap();
+    assert_eq!(pod.name, format!("loraforge-sample-{batch}-1"));
+    assert!(
+        pod.env
+            .iter()
+            .any(|(k, v)| k == "LORAFORGE_SAMPLE_BATCH" && *v == batch.to_string()),
+        "{:?}",
+        pod.env
+    );
+    assert_eq!(
+        b.list_instances("loraforge-").await.unwrap().unwrap(),
+        [(launched.provider_id.clone(), l.instance_name.clone())]
+    );
+    let i = instance(&launched.provider_id, &l);
+    assert_eq!(
+        b.observe(std::slice::from_ref(&i)).await.unwrap(),
+        [Observed::Running]
+    );
+    assert!(b.terminate(&i, Ending::Stop).await.unwrap().gone);
+}
+
 #[tokio::test]
 async fn a_retried_launch_takes_the_pod_a_lost_answer_made() {
     let fake = FakeRunpod::start(FakeConfig::new(KEY).with_gpu("NVIDIA A40", 5, "0.79")).await;

@@ -17,7 +17,7 @@ const ENDPOINT: &str = "ep-trainer";
 /// `FAIL` set) its error line and exit 11. Writes what it was given to its log.
 fn worker_image() -> ImageSpec {
     ImageSpec::shell(
-        r#"echo "lora=$LORAFORGE_LORA_ID server=$LORAFORGE_SERVER token=$LORAFORGE_WORKER_TOKEN extra=$HF_TOKEN" >&2
+        r#"echo "lora=$LORAFORGE_LORA_ID server=$LORAFORGE_SERVER token=$LORAFORGE_WORKER_TOKEN extra=$HF_TOKEN sample=$LORAFORGE_SAMPLE_BATCH" >&2
 sleep "${WORK:-0.3}" & wait $!
 if [ -n "$FAIL" ]; then
   echo '{"event":"error","code":"upload_failed","reason":"the bucket said no","exit_code":11}'
@@ -146,6 +146,54 @@ async fn a_job_runs_completes_and_is_billed_by_its_execution_time() {
         runpod.calls()
     );
     assert_eq!(runpod.live_processes(), 0);
+}
+
+/// A sample batch's attempt: the batch travels in the job's `env` (which the handler passes on)
+/// after the configured extras, so the worker runs in sample mode; the token travels once.
+#[tokio::test]
+async fn a_sample_batch_attempt_names_its_batch_in_the_job_env() {
+    let runpod = start().await;
+    let b = backend(
+        &runpod,
+        &[
+            ("HF_TOKEN", "hf-secret"),
+            ("LORAFORGE_SAMPLE_BATCH", "not-this"),
+        ],
+    );
+    assert!(b.runs_samples());
+    let batch = loraforge_domain::SampleBatchId::new();
+    let mut l = launch();
+    l.task = loraforge_engine::Task::Sample { batch };
+    let launched = b.launch(&l).await.unwrap();
+    let job = runpod.job(&launched.provider_id).unwrap();
+    let env = job.input["env"].as_object().unwrap();
+    assert_eq!(
+        env["LORAFORGE_SAMPLE_BATCH"],
+        batch.to_string(),
+        "the worker's own wins"
+    );
+    assert_eq!(env["HF_TOKEN"], "hf-secret");
+    for own in [
+        "LORAFORGE_SERVER",
+        "LORAFORGE_LORA_ID",
+        "LORAFORGE_WORKER_TOKEN",
+    ] {
+        assert!(!env.contains_key(own), "{own} has its own field");
+    }
+    let i = instance(&l, &launched.provider_id);
+    observe_until_ended(&b, &i).await;
+    let log = std::fs::read_to_string(&job.log_path).unwrap();
+    assert!(log.contains(&format!("sample={batch}")), "{log}");
+    assert!(b.terminate(&i, Ending::Finished).await.unwrap().gone);
+
+    // A training attempt names no batch.
+    let t = backend(&runpod, &[]).launch(&launch()).await.unwrap();
+    let job = runpod.job(&t.provider_id).unwrap();
+    assert!(
+        job.input["env"].get("LORAFORGE_SAMPLE_BATCH").is_none(),
+        "{:?}",
+        job.input
+    );
 }
 
 #[tokio::test]

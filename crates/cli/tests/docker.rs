@@ -8,7 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::service::{Service, USER, pod_logs, uuid_like, worker_image};
+use serde_json::json;
+
+use common::service::{Service, USER, assert_sample_pngs, pod_logs, uuid_like, worker_image};
 
 /// The Docker backend, end to end: `serve` with `LORAFORGE_BACKENDS=docker` against the fake
 /// Docker Engine, which pulls the worker image and runs the container's `loraforge worker` as a
@@ -146,4 +148,89 @@ async fn an_orphan_container_is_removed_when_serve_starts() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Sample batches in Docker, end to end: a LoRA trained in a container (one step of the tiny
+/// model), then `POST …/samples` renders in a container of its own (`loraforge-sample-<batch>-1`,
+/// labelled with the batch, the batch in its environment) whose `loraforge worker` runs in sample
+/// mode; the batch reads completed with signed links to PNGs that decode, and every container is
+/// removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samples_render_in_a_docker_container() {
+    use loraforge_fakes::{DockerImage, FakeDocker, FakeDockerConfig, ImageSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let worker_image = worker_image(ImageSpec::idle(), &dir.path().join("image-data"));
+    let image = "ghcr.io/acme/loraforge-worker:test";
+    let mut config = FakeDockerConfig::default().with_gpus(1).with_image(
+        image,
+        DockerImage::new(worker_image).with_program("loraforge", env!("CARGO_BIN_EXE_loraforge")),
+    );
+    config.logs_dir = Some(dir.path().join("pods"));
+    let docker = FakeDocker::start(config).await;
+    let host = docker.host();
+    let svc = Service::start(
+        dir.path(),
+        &[
+            ("LORAFORGE_BACKENDS", "docker"),
+            ("LORAFORGE_DOCKER_HOST", host.as_str()),
+            ("LORAFORGE_DOCKER_IMAGE", image),
+            ("LORAFORGE_DOCKER_OBSERVE_SECS", "1"),
+            ("LORAFORGE_ALLOW_LOOPBACK_CALLBACKS", "true"),
+        ],
+    );
+    let token = svc.token(USER);
+    let id = svc.create(&token, "Zxq sampled in a container", 1).await;
+    let done = svc.finished(&token, &id).await;
+    assert_eq!(
+        done["training_status"],
+        "completed",
+        "{done}\n{}\n--- containers ---\n{}",
+        svc.logs(),
+        pod_logs(dir.path())
+    );
+    let batch = svc
+        .render_samples(
+            &token,
+            &id,
+            json!({"prompts": [{"prompt": "zxq in a box", "seed": 3}], "width": 64, "height": 64, "steps": 1}),
+            Duration::from_secs(240),
+        )
+        .await;
+    assert_eq!(
+        batch["status"],
+        "completed",
+        "{batch}\n{}\n--- containers ---\n{}",
+        svc.logs(),
+        pod_logs(dir.path())
+    );
+    assert_eq!(batch["attempts"], 1);
+    assert_sample_pngs(&batch, 64).await;
+    let batch_id = batch["id"].as_str().unwrap();
+    let started = Instant::now();
+    while docker.containers().iter().any(|c| !c.removed) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "a container was left: {:?}",
+            docker.containers()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let containers = docker.containers();
+    assert_eq!(
+        containers.len(),
+        2,
+        "one to train, one to sample: {containers:?}"
+    );
+    let c = containers
+        .iter()
+        .find(|c| c.name == format!("loraforge-sample-{batch_id}-1"))
+        .unwrap_or_else(|| panic!("no sample container: {containers:?}"));
+    assert_eq!(c.labels["loraforge.sample_batch"], batch_id);
+    assert_eq!(c.labels["loraforge.lora"], id);
+    assert!(
+        c.env
+            .iter()
+            .any(|(k, v)| k == "LORAFORGE_SAMPLE_BATCH" && v == batch_id)
+    );
+    assert_eq!(docker.live_processes(), 0, "no worker left running");
 }

@@ -10,24 +10,36 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::service::{Service, USER, free_port, pod_logs, uuid_like, worker_image};
+use serde_json::json;
+
+use common::service::{
+    Service, USER, assert_sample_pngs, free_port, pod_logs, uuid_like, worker_image,
+};
 
 /// The contract fake of RunPod with the worker image: its pods run this build's `loraforge
 /// worker` with the image's environment (as `docker/worker.Dockerfile` sets it), logs in
 /// `<dir>/pods`. No 3090 is available; A40s are, at $0.79/h.
 async fn fake_runpod(dir: &Path) -> loraforge_fakes::FakeRunpod {
-    use loraforge_fakes::{FakeConfig, ImageSpec};
-    let image_data = dir.join("image-data");
-    let image = worker_image(
-        ImageSpec::program(env!("CARGO_BIN_EXE_loraforge"), ["worker"]),
-        &image_data,
-    );
+    loraforge_fakes::FakeRunpod::start(runpod_config(dir)).await
+}
+
+/// [`fake_runpod`]'s configuration.
+fn runpod_config(dir: &Path) -> loraforge_fakes::FakeConfig {
+    use loraforge_fakes::FakeConfig;
     let mut config = FakeConfig::new("rp-test-key")
         .with_gpu("NVIDIA GeForce RTX 3090", 0, "0.44")
         .with_gpu("NVIDIA A40", 2, "0.79")
-        .with_image("ghcr.io/acme/loraforge-worker:test", image);
+        .with_image("ghcr.io/acme/loraforge-worker:test", runpod_image(dir));
     config.logs_dir = Some(dir.join("pods"));
-    loraforge_fakes::FakeRunpod::start(config).await
+    config
+}
+
+/// The worker image as RunPod runs it: `loraforge worker`, this build's.
+fn runpod_image(dir: &Path) -> loraforge_fakes::ImageSpec {
+    worker_image(
+        loraforge_fakes::ImageSpec::program(env!("CARGO_BIN_EXE_loraforge"), ["worker"]),
+        &dir.join("image-data"),
+    )
 }
 
 /// `serve` training on the fake's pods (extra settings after the RunPod ones).
@@ -460,6 +472,116 @@ async fn a_lora_trains_end_to_end_on_a_runpod_serverless_endpoint() {
     // The token never reaches the service's log.
     let token_sent = runpod.jobs()[0].input["token"].as_str().unwrap().to_owned();
     assert!(!svc.logs().contains(&token_sent));
+}
+
+/// Sample batches on RunPod, end to end: a LoRA trained on a pod (one step of the tiny model),
+/// then `POST …/samples` renders on a pod of its own (`loraforge-sample-<batch>-1`, the batch in
+/// its environment) whose `loraforge worker` runs in sample mode; the batch reads completed with
+/// signed links to PNGs that decode, and the pod is terminated. Then `serve`, restarted on RunPod
+/// Serverless, renders a second batch in a serverless job (the batch in the job's `env`, as the
+/// handler passes it on), which ends on its own; no process of either is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samples_render_on_a_runpod_pod_and_on_runpod_serverless() {
+    use loraforge_fakes::{EndpointSpec, FakeJobState, FakePodStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let config = runpod_config(dir.path())
+        .with_endpoint(EndpointSpec::new("ep-loraforge", runpod_image(dir.path())));
+    let runpod = loraforge_fakes::FakeRunpod::start(config).await;
+    let mut svc = runpod_service(dir.path(), &runpod, &[]);
+    let token = svc.token(USER);
+    let id = svc.create(&token, "Zxq sampled on a pod", 1).await;
+    let done = svc.finished(&token, &id).await;
+    assert_eq!(
+        done["training_status"],
+        "completed",
+        "{done}\n{}\n--- pods ---\n{}",
+        svc.logs(),
+        pod_logs(dir.path())
+    );
+    let body = json!({"prompts": [{"prompt": "a photo of zxq", "seed": 5}], "width": 64, "height": 64, "steps": 1});
+
+    let batch = svc
+        .render_samples(&token, &id, body.clone(), Duration::from_secs(240))
+        .await;
+    assert_eq!(
+        batch["status"],
+        "completed",
+        "{batch}\n{}\n--- pods ---\n{}",
+        svc.logs(),
+        pod_logs(dir.path())
+    );
+    assert_eq!(batch["attempts"], 1);
+    assert_sample_pngs(&batch, 64).await;
+    let batch_id = batch["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    while runpod
+        .pods()
+        .iter()
+        .any(|p| p.status != FakePodStatus::Terminated)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "a pod was left: {:?}",
+            runpod.pods()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pods = runpod.pods();
+    assert_eq!(pods.len(), 2, "one to train, one to sample: {pods:?}");
+    let pod = pods
+        .iter()
+        .find(|p| p.name == format!("loraforge-sample-{batch_id}-1"))
+        .unwrap_or_else(|| panic!("no sample pod: {pods:?}"));
+    assert!(
+        pod.env
+            .iter()
+            .any(|(k, v)| k == "LORAFORGE_SAMPLE_BATCH" && *v == batch_id),
+        "{:?}",
+        pod.env.iter().map(|(k, _)| k).collect::<Vec<_>>()
+    );
+    no_process_left(&runpod).await;
+
+    // The same on RunPod Serverless.
+    svc.kill_9();
+    svc.env.retain(|(k, _)| k != "LORAFORGE_BACKENDS");
+    let base_url = runpod.serverless_base_url();
+    for (k, v) in [
+        ("LORAFORGE_BACKENDS", "runpod-serverless"),
+        ("LORAFORGE_RUNPOD_SERVERLESS_URL", base_url.as_str()),
+        ("LORAFORGE_RUNPOD_ENDPOINT_ID", "ep-loraforge"),
+    ] {
+        svc.env.push((k.into(), v.into()));
+    }
+    svc.restart();
+    let token = svc.token(USER);
+    let batch = svc
+        .render_samples(&token, &id, body, Duration::from_secs(240))
+        .await;
+    assert_eq!(
+        batch["status"],
+        "completed",
+        "{batch}\n{}\n--- jobs ---\n{}",
+        svc.logs(),
+        pod_logs(dir.path())
+    );
+    assert_sample_pngs(&batch, 64).await;
+    let jobs = runpod.jobs();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(
+        jobs[0].input["env"]["LORAFORGE_SAMPLE_BATCH"], batch["id"],
+        "{:?}",
+        jobs[0].input["env"]
+    );
+    let started = Instant::now();
+    while runpod.jobs()[0].state != FakeJobState::Completed {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            runpod.jobs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    no_process_left(&runpod).await;
 }
 
 /// Waits for every process the fake provider started to be gone: a terminated pod's worker gets

@@ -340,6 +340,44 @@ impl Service {
         v
     }
 
+    /// `POST /api/v1/lora-models/{lora}/samples` with `body` (which must be accepted), then waits
+    /// up to `limit` for the batch to be completed or failed; the batch as it then reads.
+    pub async fn render_samples(
+        &self,
+        token: &str,
+        lora: &str,
+        body: Value,
+        limit: Duration,
+    ) -> Value {
+        let (code, batch) = self
+            .call(
+                token,
+                reqwest::Method::POST,
+                &format!("/api/v1/lora-models/{lora}/samples"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(code, 202, "{batch}");
+        let path = format!(
+            "/api/v1/lora-models/{lora}/samples/{}",
+            batch["id"].as_str().expect("a batch id")
+        );
+        let started = Instant::now();
+        loop {
+            let b = self.get(token, &path).await;
+            if matches!(b["status"].as_str(), Some("completed" | "failed")) {
+                return b;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "batch still {} after {limit:?}: {b}\n{}",
+                b["status"],
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// `GET /api/v1/lora-models/{id}` (the LoRA's details, its attempts): status code and body.
     pub async fn details(&self, token: &str, id: &str) -> (u16, Value) {
         let path = format!("/api/v1/lora-models/{id}");
@@ -516,4 +554,20 @@ pub fn worker_image(image: ImageSpec, data: &Path) -> ImageSpec {
         .with_env("LORAFORGE_TORCH_THREADS", "1")
         .with_env("OMP_NUM_THREADS", "1")
         .with_env("HF_HUB_OFFLINE", "1")
+}
+
+/// Downloads every image of a completed sample batch through its signed link; each must be a PNG
+/// of `side`×`side` that decodes.
+pub async fn assert_sample_pngs(batch: &Value, side: u32) {
+    let images = batch["images"].as_array().expect("images");
+    assert!(!images.is_empty(), "{batch}");
+    for im in images {
+        let resp = reqwest::get(im["url"].as_str().expect("a signed link"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{im}");
+        let bytes = resp.bytes().await.unwrap();
+        let img = image::load_from_memory(&bytes).expect("a PNG that decodes");
+        assert_eq!((img.width(), img.height()), (side, side), "{im}");
+    }
 }

@@ -394,21 +394,6 @@ async fn without_a_webhook_secret_trainings_ask_for_no_webhooks() {
     assert!(replicate.deliveries().is_empty());
 }
 
-/// An admin token for the service's data dir.
-fn admin_token(svc: &Service) -> String {
-    let out = common::loraforge(&svc.dir)
-        .args(["token", "--user", USER, "--admin", "--data-dir"])
-        .arg(&svc.data)
-        .output()
-        .expect("token");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 /// Provider → provider fallback, end to end: `LORAFORGE_BACKENDS=runpod,replicate` with RunPod
 /// hard down (every call 503) and Replicate training for real. The first LoRA's launch on RunPod
 /// fails, which opens RunPod's breaker (one failure opens it here), and the LoRA goes to
@@ -440,7 +425,7 @@ async fn with_runpod_hard_down_loras_fall_back_to_replicate_and_the_breaker_spar
     )
     .await;
     let token = svc.token(USER);
-    let admin = admin_token(&svc);
+    let admin = svc.admin_token(USER);
     let first = svc.create(&token, "Falls back", 5).await;
     svc.wait(
         &token,

@@ -153,8 +153,19 @@ impl Service {
     }
 
     pub fn token(&self, user: &str) -> String {
+        self.token_with(user, &[])
+    }
+
+    /// An admin's token for `user`.
+    pub fn admin_token(&self, user: &str) -> String {
+        self.token_with(user, &["--admin"])
+    }
+
+    fn token_with(&self, user: &str, extra: &[&str]) -> String {
         let out = loraforge(&self.dir)
-            .args(["token", "--user", user, "--data-dir"])
+            .args(["token", "--user", user])
+            .args(extra)
+            .arg("--data-dir")
             .arg(&self.data)
             .output()
             .expect("token");

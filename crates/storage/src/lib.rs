@@ -83,6 +83,12 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug + 'static {
     async fn get(&self, key: &str) -> Result<Bytes>;
     /// None when absent.
     async fn head(&self, key: &str) -> Result<Option<BlobMeta>>;
+    /// [`Self::head`] of each key, in order, all at once (an invalid key is its own
+    /// `InvalidKey`). Concurrent heads unless the store does better: the local store looks at
+    /// every file in one blocking call.
+    async fn head_many(&self, keys: &[&str]) -> Vec<Result<Option<BlobMeta>>> {
+        futures::future::join_all(keys.iter().map(|k| self.head(k))).await
+    }
     /// Deleting an absent object is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
     /// A URL anyone can GET until `now + ttl`, and not after.

@@ -122,8 +122,31 @@ impl BlobStore for LocalStore {
     }
 
     async fn head(&self, key: &str) -> Result<Option<BlobMeta>> {
-        let path = Self::path(key)?;
-        head_meta(&self.fs, &path).await
+        self.head_many(&[key])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(StorageError::Config("head_many answered nothing".into())))
+    }
+
+    /// One blocking call that stats every file (no open, no thread hop per key).
+    async fn head_many(&self, keys: &[&str]) -> Vec<Result<Option<BlobMeta>>> {
+        let paths: Vec<Result<PathBuf>> = keys
+            .iter()
+            .map(|k| Ok(self.fs.path_to_filesystem(&Self::path(k)?)?))
+            .collect();
+        let n = paths.len();
+        tokio::task::spawn_blocking(move || {
+            paths
+                .into_iter()
+                .map(|p| p.and_then(|p| stat(&p)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            (0..n)
+                .map(|_| Err(StorageError::Config(format!("looking at the files: {e}"))))
+                .collect()
+        })
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
@@ -269,6 +292,26 @@ pub(crate) async fn get_bytes(
         Err(e) => return Err(e.into()),
     };
     Ok(result.bytes().await?)
+}
+
+/// A file's size and time; `None` when there is no file there (nothing, or a folder).
+fn stat(path: &FsPath) -> Result<Option<BlobMeta>> {
+    use std::io::ErrorKind;
+    let io = |source: std::io::Error| {
+        StorageError::Backend(object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(source),
+        })
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(Some(BlobMeta {
+            size: m.len(),
+            last_modified: m.modified().map(DateTime::<Utc>::from).map_err(io)?,
+        })),
+        Ok(_) => Ok(None),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => Ok(None),
+        Err(e) => Err(io(e)),
+    }
 }
 
 pub(crate) async fn head_meta(

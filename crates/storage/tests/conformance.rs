@@ -55,6 +55,7 @@ conformance!(
     ping_answers,
     list_finds_the_objects_under_a_folder,
     signed_links_pass_an_independent_verifier,
+    head_many_answers_each_key_as_head_does,
 );
 
 const TTL: Duration = Duration::from_secs(300);
@@ -856,4 +857,47 @@ async fn list_finds_the_objects_under_a_folder(b: &Backend) {
         s.list("../x/").await,
         Err(StorageError::InvalidKey(..))
     ));
+}
+
+/// `head_many` answers one result per key, in order, each what `head` answers for it.
+async fn head_many_answers_each_key_as_head_does(b: &Backend) {
+    let s = &b.store;
+    s.put("many/a.safetensors", Bytes::from_static(b"aaaa"))
+        .await
+        .expect("put a");
+    s.put("many/sub/b", Bytes::from_static(b"bb"))
+        .await
+        .expect("put b");
+    let keys = [
+        "many/sub/b",
+        "many/missing",
+        "many/sub",
+        "../escape",
+        "many/a.safetensors/below-a-file",
+        "many/a.safetensors",
+        "many/sub/b",
+    ];
+    let many = s.head_many(&keys).await;
+    assert_eq!(many.len(), keys.len());
+    let sizes: Vec<Option<u64>> = many
+        .iter()
+        .zip(keys)
+        .filter(|(_, k)| *k != "../escape")
+        .map(|(r, k)| match r {
+            Ok(m) => m.as_ref().map(|m| m.size),
+            Err(e) => panic!("head_many({k}) failed: {e}"),
+        })
+        .collect();
+    assert_eq!(sizes, vec![Some(2), None, None, None, Some(4), Some(2)]);
+    assert!(
+        matches!(many[3], Err(StorageError::InvalidKey(..))),
+        "{:?}",
+        many[3]
+    );
+    for (k, got) in keys.iter().zip(&many) {
+        if let Ok(got) = got {
+            assert_eq!(&s.head(k).await.expect("head"), got, "{k}");
+        }
+    }
+    assert!(s.head_many(&[]).await.is_empty());
 }

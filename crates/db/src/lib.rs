@@ -81,7 +81,7 @@ pub use samples::{
     BatchInsert, NewSampleBatch, SampleBatch, SampleBatchPage, SampleImage, SampleInstance,
     SampleStore,
 };
-pub use usage::{DayUses, UsageStore};
+pub use usage::{DayUses, UsageStore, UseRecord};
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 

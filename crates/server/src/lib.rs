@@ -28,6 +28,7 @@ pub mod routes;
 pub mod settings;
 pub mod state;
 pub mod storage_accrual;
+pub mod usage_writer;
 pub mod views;
 pub mod webhook;
 pub mod zip;

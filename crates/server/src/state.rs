@@ -1,6 +1,7 @@
 //! Shared state of the HTTP layer: the seams (repository, blob store, clock) as trait objects,
 //! chosen by the composition root.
 
+use crate::usage_writer::UsageWriter;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -56,6 +57,8 @@ struct Inner {
     metrics: Option<MetricsEndpoint>,
     /// Reports per user (`ModerationSettings::reports_per_minute`).
     report_limiter: RateLimiter,
+    /// The hand-out's uses, group-committed (`usage_writer`).
+    usage: Arc<UsageWriter>,
 }
 
 /// A configured training backend, as the composition root describes it to the admin view.
@@ -115,7 +118,9 @@ impl AppState {
             settings.decode_budget_bytes,
             settings.decode_wait,
         ));
+        let usage = UsageWriter::new(repo.clone());
         Self(Arc::new(Inner {
+            usage,
             repo,
             store,
             clock,
@@ -167,6 +172,10 @@ impl AppState {
     }
     pub fn create_limiter(&self) -> &RateLimiter {
         &self.0.create_limiter
+    }
+
+    pub fn usage(&self) -> &Arc<UsageWriter> {
+        &self.0.usage
     }
 
     pub fn report_limiter(&self) -> &RateLimiter {

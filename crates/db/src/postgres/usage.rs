@@ -2,64 +2,74 @@
 //! are new (`ON CONFLICT DO NOTHING`) and bumps the counters of exactly those.
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use uuid::Uuid;
 
-use loraforge_domain::{LoraId, UserId};
+use loraforge_domain::LoraId;
 
 use super::PgRepository;
 use super::rows::ts;
 use crate::Result;
 use crate::common::to_u64;
-use crate::usage::{DayUses, UsageStore, distinct_sorted};
+use crate::usage::{DayUses, UsageStore, UseRecord, batch_loras, batch_pairs, split_counted};
 
 #[async_trait]
 impl UsageStore for PgRepository {
-    async fn record_uses(
-        &self,
-        generation_id: &str,
-        loras: &[LoraId],
-        user: UserId,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<LoraId>> {
-        let ids: Vec<Uuid> = distinct_sorted(loras).into_iter().map(|l| l.0).collect();
-        if ids.is_empty() {
-            return Ok(Vec::new());
+    async fn record_use_batch(&self, uses: &[UseRecord]) -> Result<Vec<Vec<LoraId>>> {
+        let pairs = batch_pairs(uses);
+        if pairs.is_empty() {
+            return Ok(vec![Vec::new(); uses.len()]);
         }
-        let counted = in_write_tx!(self, |conn| async {
-            // The LoRAs' rows first, in id order: every recorder (a retry of this generation or
-            // another generation using the same LoRAs) takes them in the same order, so two
-            // never deadlock; a retry then waits here and finds its use rows stored.
+        let locked: Vec<Uuid> = batch_loras(&pairs).into_iter().map(|l| l.0).collect();
+        let (mut gens, mut loras, mut users, mut days, mut ats) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (i, l) in &pairs {
+            let u = &uses[*i];
+            gens.push(u.generation_id.clone());
+            loras.push(l.0);
+            users.push(u.user.as_uuid());
+            days.push(u.at.date_naive());
+            ats.push(ts(u.at));
+        }
+        let inserted = in_write_tx!(self, |conn| async {
+            // The LoRAs' rows first, in id order: every recorder takes them in the same order,
+            // so two never deadlock; a retry then waits here and finds its use rows stored.
             sqlx::query("SELECT id FROM lora_models WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-                .bind(&ids)
+                .bind(&locked)
                 .fetch_all(&mut *conn)
                 .await?;
-            let new: Vec<Uuid> = sqlx::query_scalar(
+            let new: Vec<(String, Uuid)> = sqlx::query_as(
                 "INSERT INTO lora_uses (generation_id, lora_id, user_id, day, created_at) \
-                 SELECT $1, l, $3, $4, $5 FROM unnest($2::uuid[]) AS t(l) \
-                 ON CONFLICT (generation_id, lora_id) DO NOTHING RETURNING lora_id",
+                 SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::date[], $5::timestamptz[]) \
+                 ON CONFLICT (generation_id, lora_id) DO NOTHING RETURNING generation_id, lora_id",
             )
-            .bind(generation_id)
-            .bind(&ids)
-            .bind(user.as_uuid())
-            .bind(now.date_naive())
-            .bind(ts(now))
+            .bind(&gens)
+            .bind(&loras)
+            .bind(&users)
+            .bind(&days)
+            .bind(&ats)
             .fetch_all(&mut *conn)
             .await?;
             if !new.is_empty() {
+                // Each LoRA id once per new pair: the counter goes up by its count.
+                let new_ids: Vec<Uuid> = new.iter().map(|(_, l)| *l).collect();
                 sqlx::query(
-                    "UPDATE lora_models SET usage_count = usage_count + 1 WHERE id = ANY($1)",
+                    "UPDATE lora_models m SET usage_count = m.usage_count + c.n \
+                     FROM (SELECT l, count(*) AS n FROM unnest($1::uuid[]) AS t(l) GROUP BY l) c \
+                     WHERE m.id = c.l",
                 )
-                .bind(&new)
+                .bind(&new_ids)
                 .execute(&mut *conn)
                 .await?;
             }
             Ok(Some(new))
         })?
         .unwrap_or_default();
-        let mut counted: Vec<LoraId> = counted.into_iter().map(LoraId::from).collect();
-        counted.sort_by_key(|l| l.0);
-        Ok(counted)
+        Ok(split_counted(
+            uses,
+            &pairs,
+            inserted.into_iter().map(|(g, l)| (g, LoraId::from(l))),
+        ))
     }
 
     async fn uses_by_day(

@@ -113,6 +113,7 @@ conformance! {
     metrics::seeded_runs_are_ended_for_finished_loras_and_live_for_training_ones,
     usage::uses_count_once_per_generation_and_by_day,
     usage::concurrent_retries_of_a_generation_count_once,
+    usage::a_batch_of_generations_is_one_recording,
     usage::a_characters_newest_completed_lora_and_its_file_facts,
     moderation::reports_are_one_open_per_reporter_and_listed_with_their_lora,
     moderation::hiding_resolves_open_reports_and_keeps_the_first_hide,

@@ -4,6 +4,7 @@
 
 use chrono::{Duration, NaiveDate};
 
+use loraforge_db::UseRecord;
 use loraforge_domain::{LoraId, StatusEvent, TrainingStatus, UserId};
 
 use crate::helpers::*;
@@ -100,6 +101,74 @@ pub async fn concurrent_retries_of_a_generation_count_once(repo: Repo) {
         assert_eq!(r.unwrap().expect("no error, no deadlock").len(), 2);
     }
     assert_eq!((count(&repo, a).await, count(&repo, b).await), (13, 13));
+}
+
+pub async fn a_batch_of_generations_is_one_recording(repo: Repo) {
+    let a = lora_for(&repo, "A", None, 0).await;
+    let b = lora_for(&repo, "B", None, 1).await;
+    let u = UserId::new();
+    let day1 = now();
+    let day2 = now() + Duration::days(1);
+    let rec = |g: &str, loras: &[LoraId], at| UseRecord {
+        generation_id: g.to_owned(),
+        loras: loras.to_vec(),
+        user: u,
+        at,
+    };
+    repo.record_uses("old", &[a], u, day1).await.unwrap();
+    let mut ab = vec![a, b];
+    ab.sort();
+    let batch = [
+        rec("g1", &[b, a, b], day1),
+        // Stored before this batch: counts nothing.
+        rec("old", &[a], day1),
+        // A retry of g1 in the same batch: its pairs belong to the first record.
+        rec("g1", &[a], day1),
+        rec("g2", &[b], day2),
+        rec("g3", &[], day2),
+    ];
+    let counted = repo.record_use_batch(&batch).await.unwrap();
+    assert_eq!(counted, vec![ab.clone(), vec![], vec![], vec![b], vec![]]);
+    assert_eq!((count(&repo, a).await, count(&repo, b).await), (2, 2));
+    // Each record's own day.
+    let b_days: Vec<(NaiveDate, u64)> = repo
+        .uses_by_day(b, day1.date_naive(), day2.date_naive())
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| (d.day, d.uses))
+        .collect();
+    assert_eq!(b_days, vec![(day1.date_naive(), 1), (day2.date_naive(), 1)]);
+    // The whole batch again: nothing new.
+    let again = repo.record_use_batch(&batch).await.unwrap();
+    assert!(again.iter().all(Vec::is_empty), "{again:?}");
+    assert!(repo.record_use_batch(&[]).await.unwrap().is_empty());
+    // A LoRA that does not exist fails the whole batch and records none of it.
+    let ghost = repo
+        .record_use_batch(&[rec("g4", &[a], day1), rec("g5", &[LoraId::new()], day1)])
+        .await;
+    assert!(ghost.is_err(), "{ghost:?}");
+    assert_eq!((count(&repo, a).await, count(&repo, b).await), (2, 2));
+    // Concurrent batches over the same LoRAs, in both orders: no deadlock, each pair once.
+    let batches = (0..8).map(|i| {
+        let repo = repo.clone();
+        let loras = if i % 2 == 0 { vec![a, b] } else { vec![b, a] };
+        let batch: Vec<UseRecord> = (0..4)
+            .map(|j| rec(&format!("c{}", (i + j) % 10), &loras, day1))
+            .collect();
+        tokio::spawn(async move { repo.record_use_batch(&batch).await })
+    });
+    let mut counted = 0;
+    for r in futures::future::join_all(batches).await {
+        counted += r
+            .unwrap()
+            .expect("no error, no deadlock")
+            .iter()
+            .map(Vec::len)
+            .sum::<usize>();
+    }
+    assert_eq!(counted, 20, "10 generations × 2 LoRAs, each once");
+    assert_eq!((count(&repo, a).await, count(&repo, b).await), (12, 12));
 }
 
 pub async fn a_characters_newest_completed_lora_and_its_file_facts(repo: Repo) {

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use loraforge_db::EventDetail;
+use loraforge_db::{EventDetail, UseRecord};
 use loraforge_domain::handoff::{
     self, FallbackReason, MAX_CHARACTERS, MAX_REFERENCE_IMAGES, MAX_URL_CHARS, MissingFile, Verdict,
 };
@@ -158,17 +158,51 @@ pub async fn resolve(
     let now = state.now();
     // The characters named without a LoRA: their newest completed LoRAs in one query.
     let by_character = newest_by_character(&state, &characters).await;
-    let answers = futures::future::join_all(
+    let found = futures::future::join_all(
         characters
             .iter()
-            .map(|c| resolve_character(&state, c, &by_character, now)),
+            .map(|c| lookup_character(&state, c, &by_character)),
     )
+    .await;
+    // Every file to check (each LoRA's model file and its kohya twin), in one call to the store.
+    let keys: Vec<&str> = found
+        .iter()
+        .filter_map(|f| f.as_ref().ok())
+        .flat_map(|(_, key, kohya)| std::iter::once(key.as_str()).chain(kohya.as_deref()))
+        .collect();
+    let mut heads = state.store().head_many(&keys).await.into_iter();
+    let checks: Vec<_> = characters
+        .iter()
+        .zip(found)
+        .map(|(c, f)| {
+            f.map(|(lora, key, kohya)| {
+                let model = heads.next();
+                let kohya = kohya.map(|k| (k, heads.next()));
+                (c, lora, key, model, kohya)
+            })
+        })
+        .collect();
+    let answers = futures::future::join_all(checks.into_iter().map(|check| async {
+        match check {
+            Err(answer) => (answer, None),
+            Ok((c, lora, key, model, kohya)) => {
+                let model = model.unwrap_or_else(|| Err(missing_head()));
+                let kohya = kohya.map(|(k, h)| (k, h.unwrap_or_else(|| Err(missing_head()))));
+                resolve_file(&state, c, lora, &key, model, kohya, now).await
+            }
+        }
+    }))
     .await;
     let handed: Vec<LoraId> = answers.iter().filter_map(|(_, l)| *l).collect();
     if !handed.is_empty()
         && let Err(e) = state
-            .repo()
-            .record_uses(&generation_id, &handed, user.id, now)
+            .usage()
+            .record(UseRecord {
+                generation_id: generation_id.clone(),
+                loras: handed,
+                user: user.id,
+                at: now,
+            })
             .await
     {
         // Bookkeeping only: the generation still gets its LoRAs.
@@ -232,7 +266,6 @@ fn check_request(req: ResolveRequest) -> ApiResult<(String, Vec<Character>)> {
     Ok((generation_id, characters))
 }
 
-/// One character's answer, and the LoRA it hands out (to count as a use).
 /// The newest completed LoRA of each character named without a LoRA id, by character id;
 /// `Err` (logged) when the store could not answer.
 async fn newest_by_character(
@@ -261,25 +294,27 @@ async fn newest_by_character(
     }
 }
 
-async fn resolve_character(
+/// A reference-images answer for `c`, about `lora` when there is one.
+fn fallback(c: &Character, reason: FallbackReason, lora: Option<&LoraModel>) -> CharacterAnswer {
+    CharacterAnswer::ReferenceImages(FallbackAnswer {
+        character_id: c.character_id.clone(),
+        reason,
+        notice: reason.notice().map(str::to_owned),
+        lora_id: lora.map(|l| l.id.to_string()).or_else(|| c.lora_id.clone()),
+        training_status: lora.map(|l| l.status),
+        progress: lora.map(|l| l.progress.percent),
+        estimated_remaining: lora.and_then(|l| l.progress.estimated_remaining),
+        reference_images: c.reference_images.clone(),
+    })
+}
+
+/// A character's LoRA, when it is one to hand out: the LoRA, its model file's key and the key
+/// of its kohya twin (the files still to check); otherwise its reference-images answer.
+async fn lookup_character(
     state: &AppState,
     c: &Character,
     by_character: &Result<HashMap<String, LoraModel>, ()>,
-    now: DateTime<Utc>,
-) -> (CharacterAnswer, Option<LoraId>) {
-    let fallback = |reason: FallbackReason, lora: Option<&LoraModel>| {
-        let answer = CharacterAnswer::ReferenceImages(FallbackAnswer {
-            character_id: c.character_id.clone(),
-            reason,
-            notice: reason.notice().map(str::to_owned),
-            lora_id: lora.map(|l| l.id.to_string()).or_else(|| c.lora_id.clone()),
-            training_status: lora.map(|l| l.status),
-            progress: lora.map(|l| l.progress.percent),
-            estimated_remaining: lora.and_then(|l| l.progress.estimated_remaining),
-            reference_images: c.reference_images.clone(),
-        });
-        (answer, None)
-    };
+) -> Result<(LoraModel, String, Option<String>), CharacterAnswer> {
     let found = match &c.lora_id {
         // No LoRA can have an id that is not a UUID: unknown, like any other.
         Some(id) => match id.parse::<LoraId>() {
@@ -289,32 +324,58 @@ async fn resolve_character(
         None => match by_character {
             Ok(found) => Ok(found.get(&c.character_id).cloned()),
             // Logged once in `newest_by_character`.
-            Err(()) => return fallback(FallbackReason::StorageUnavailable, None),
+            Err(()) => return Err(fallback(c, FallbackReason::StorageUnavailable, None)),
         },
     };
     let lora = match found {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, character_id = %c.character_id, "LoRA lookup failed; falling back to reference images");
-            return fallback(FallbackReason::StorageUnavailable, None);
+            return Err(fallback(c, FallbackReason::StorageUnavailable, None));
         }
     };
     let storage_key = match handoff::verdict(lora.as_ref(), c.lora_id.is_some()) {
-        Verdict::Fallback(reason) => return fallback(reason, lora.as_ref()),
+        Verdict::Fallback(reason) => return Err(fallback(c, reason, lora.as_ref())),
         Verdict::CheckFile { storage_key } => storage_key,
     };
     let Some(lora) = lora else {
-        return fallback(FallbackReason::NotFound, None);
+        return Err(fallback(c, FallbackReason::NotFound, None));
     };
-    match hand_out(state, &lora, &storage_key, &c.character_id, now).await {
+    let kohya = OutputKeys::kohya_of(&storage_key);
+    Ok((lora, storage_key, kohya))
+}
+
+/// What the store said of a file.
+type Head = loraforge_storage::Result<Option<loraforge_storage::BlobMeta>>;
+
+/// A head the store did not answer (it answers one per key; never expected).
+fn missing_head() -> loraforge_storage::StorageError {
+    loraforge_storage::StorageError::Config("the store gave fewer answers than files asked".into())
+}
+
+/// One character's answer once its files were looked at, and the LoRA it hands out (to count
+/// as a use).
+async fn resolve_file(
+    state: &AppState,
+    c: &Character,
+    lora: LoraModel,
+    key: &str,
+    model: Head,
+    kohya: Option<(String, Head)>,
+    now: DateTime<Utc>,
+) -> (CharacterAnswer, Option<LoraId>) {
+    match hand_out(state, &lora, key, model, kohya, &c.character_id, now).await {
         Ok(answer) => (CharacterAnswer::Lora(answer), Some(lora.id)),
         Err(Problem::Missing) => {
             let lora = file_missing(state, lora, now).await;
-            fallback(FallbackReason::FileMissing, Some(&lora))
+            (fallback(c, FallbackReason::FileMissing, Some(&lora)), None)
         }
         Err(Problem::Store(e)) => {
             tracing::warn!(error = %e, lora_id = %lora.id, "blob store error while resolving; falling back to reference images");
-            fallback(FallbackReason::StorageUnavailable, Some(&lora))
+            (
+                fallback(c, FallbackReason::StorageUnavailable, Some(&lora)),
+                None,
+            )
         }
     }
 }
@@ -337,22 +398,18 @@ impl From<loraforge_storage::StorageError> for Problem {
     }
 }
 
-/// Checks the file (and its kohya twin, concurrently), signs the links and finds the sha256.
+/// Given what the store said of the file (and its kohya twin), signs the links and finds the
+/// sha256.
 async fn hand_out(
     state: &AppState,
     lora: &LoraModel,
     key: &str,
+    model: Head,
+    kohya: Option<(String, Head)>,
     character_id: &str,
     now: DateTime<Utc>,
 ) -> Result<LoraAnswer, Problem> {
     let store = state.store();
-    let kohya_key = OutputKeys::kohya_of(key);
-    let (model, kohya) = futures::join!(store.head(key), async {
-        match &kohya_key {
-            Some(k) => store.head(k).await.map(|m| m.map(|_| k.clone())),
-            None => Ok(None),
-        }
-    });
     let meta = model?.ok_or(Problem::Missing)?;
     if lora.file_missing_since.is_some()
         && let Err(e) = state.repo().clear_file_missing(lora.id).await
@@ -364,7 +421,7 @@ async fn hand_out(
     let download_url = store.signed_get_url(key, ttl, now).await?.to_string();
     // A kohya twin that errors is left out rather than failing the hand-out.
     let kohya_download_url = match kohya {
-        Ok(Some(k)) => Some(store.signed_get_url(&k, ttl, now).await?.to_string()),
+        Some((k, Ok(Some(_)))) => Some(store.signed_get_url(&k, ttl, now).await?.to_string()),
         _ => None,
     };
     Ok(LoraAnswer {

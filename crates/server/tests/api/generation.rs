@@ -5,8 +5,9 @@ use chrono::Duration as Span;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use loraforge_db::EventDetail;
+use loraforge_db::{EventDetail, UseRecord};
 use loraforge_domain::{Clock, LoraId, StatusEvent, TrainingStatus};
+use loraforge_server::usage_writer::UsageWriter;
 
 use crate::helpers::{Engine, TestApp, User, error_of, spawn_app_with};
 
@@ -554,4 +555,101 @@ async fn malformed_requests_are_400_with_codes() {
     )
     .await;
     assert_eq!(e["code"], "invalid_request");
+}
+
+/// The usage writer's group commit (`server::usage_writer`): resolves in flight share
+/// transactions, each (generation, LoRA) still counts once, a caller that goes away still has
+/// its uses recorded, and a failing batch costs only its bad record.
+async fn usage_writer_story(engine: Engine) {
+    let app = app(engine).await;
+    let owner = app.user();
+    let dataset = app.dataset(&owner).await;
+    let mut loras = Vec::new();
+    for name in ["Writer A", "Writer B", "Writer C"] {
+        loras.push(create(&app, &owner, &dataset, name, "cast").await);
+    }
+    let writer = UsageWriter::new(app.repo.clone());
+    let rec = |g: &str, loras: &[LoraId]| UseRecord {
+        generation_id: g.to_owned(),
+        loras: loras.to_vec(),
+        user: owner.id,
+        at: app.clock.now(),
+    };
+    // 32 generations at once, and 8 retries of some of them among them.
+    let calls = (0..40).map(|i| {
+        let writer = writer.clone();
+        let r = rec(&format!("g{}", i % 32), &loras);
+        tokio::spawn(async move { writer.record(r).await })
+    });
+    let mut counted = 0;
+    for r in futures::future::join_all(calls).await {
+        counted += r.unwrap().expect("recorded").len();
+    }
+    assert_eq!(counted, 32 * 3, "each (generation, LoRA) once");
+    for l in &loras {
+        assert_eq!(usage_count(&app, *l).await, 32);
+    }
+    let batches = writer.batches();
+    assert!(
+        batches < 20,
+        "40 resolves in flight were written in {batches} transactions"
+    );
+    // Alone, a resolve is its own batch.
+    let before = writer.batches();
+    let alone = writer.record(rec("alone", &loras[..1])).await.unwrap();
+    assert_eq!(alone, vec![loras[0]]);
+    assert_eq!(writer.batches(), before + 1);
+
+    // Polled once (its record queued and its turn asked for), then dropped: still recorded.
+    let gone = writer.record(rec("gone", &loras[1..2]));
+    assert!(
+        tokio::time::timeout(std::time::Duration::ZERO, gone)
+            .await
+            .is_err()
+    );
+    for _ in 0..500 {
+        if usage_count(&app, loras[1]).await == 33 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(usage_count(&app, loras[1]).await, 33);
+    assert!(
+        writer
+            .record(rec("gone", &loras[1..2]))
+            .await
+            .unwrap()
+            .is_empty(),
+        "its retry counts nothing"
+    );
+
+    // A LoRA that does not exist fails its own record only.
+    let calls = [
+        rec("good", &loras[2..]),
+        rec("bad", &[LoraId::new()]),
+        rec("good-too", &loras[2..]),
+    ]
+    .map(|r| {
+        let writer = writer.clone();
+        tokio::spawn(async move { writer.record(r).await })
+    });
+    let answers: Vec<_> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(answers[0], Ok(vec![loras[2]]));
+    assert!(answers[1].is_err(), "{:?}", answers[1]);
+    assert_eq!(answers[2], Ok(vec![loras[2]]));
+    assert_eq!(usage_count(&app, loras[2]).await, 34);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_writer_groups_concurrent_resolves_sqlite() {
+    usage_writer_story(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_writer_groups_concurrent_resolves_postgres() {
+    usage_writer_story(Engine::Postgres).await;
 }

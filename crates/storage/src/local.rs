@@ -33,6 +33,9 @@ use crate::{BlobMeta, BlobStore, Result, SignedQuery, StorageError, validate_key
 pub struct LocalStore {
     fs: LocalFileSystem,
     root: PathBuf,
+    /// `root` made absolute (as `fs` holds it): a key's file is `files/{key}`, since a valid
+    /// key is plain path segments with nothing to escape.
+    files: PathBuf,
     public_base_url: Url,
     signer: UrlSigner,
 }
@@ -63,8 +66,11 @@ impl LocalStore {
         let fs = LocalFileSystem::new_with_prefix(root)?
             .with_fsync(true)
             .with_automatic_cleanup(true);
+        let files = std::fs::canonicalize(root)
+            .map_err(|e| StorageError::Config(format!("storage folder {}: {e}", root.display())))?;
         Ok(Self {
             fs,
+            files,
             root: root.to_path_buf(),
             public_base_url,
             signer,
@@ -132,7 +138,7 @@ impl BlobStore for LocalStore {
     async fn head_many(&self, keys: &[&str]) -> Vec<Result<Option<BlobMeta>>> {
         let paths: Vec<Result<PathBuf>> = keys
             .iter()
-            .map(|k| Ok(self.fs.path_to_filesystem(&Self::path(k)?)?))
+            .map(|k| validate_key(k).map(|()| self.files.join(k)))
             .collect();
         let n = paths.len();
         tokio::task::spawn_blocking(move || {

@@ -184,7 +184,7 @@ pub async fn resolve(
         .collect();
     let answers = futures::future::join_all(checks.into_iter().map(|check| async {
         match check {
-            Err(answer) => (answer, None),
+            Err(answer) => (*answer, None),
             Ok((c, lora, key, model, kohya)) => {
                 let model = model.unwrap_or_else(|| Err(missing_head()));
                 let kohya = kohya.map(|(k, h)| (k, h.unwrap_or_else(|| Err(missing_head()))));
@@ -314,7 +314,7 @@ async fn lookup_character(
     state: &AppState,
     c: &Character,
     by_character: &Result<HashMap<String, LoraModel>, ()>,
-) -> Result<(LoraModel, String, Option<String>), CharacterAnswer> {
+) -> Result<(LoraModel, String, Option<String>), Box<CharacterAnswer>> {
     let found = match &c.lora_id {
         // No LoRA can have an id that is not a UUID: unknown, like any other.
         Some(id) => match id.parse::<LoraId>() {
@@ -324,22 +324,32 @@ async fn lookup_character(
         None => match by_character {
             Ok(found) => Ok(found.get(&c.character_id).cloned()),
             // Logged once in `newest_by_character`.
-            Err(()) => return Err(fallback(c, FallbackReason::StorageUnavailable, None)),
+            Err(()) => {
+                return Err(Box::new(fallback(
+                    c,
+                    FallbackReason::StorageUnavailable,
+                    None,
+                )));
+            }
         },
     };
     let lora = match found {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, character_id = %c.character_id, "LoRA lookup failed; falling back to reference images");
-            return Err(fallback(c, FallbackReason::StorageUnavailable, None));
+            return Err(Box::new(fallback(
+                c,
+                FallbackReason::StorageUnavailable,
+                None,
+            )));
         }
     };
     let storage_key = match handoff::verdict(lora.as_ref(), c.lora_id.is_some()) {
-        Verdict::Fallback(reason) => return Err(fallback(c, reason, lora.as_ref())),
+        Verdict::Fallback(reason) => return Err(Box::new(fallback(c, reason, lora.as_ref()))),
         Verdict::CheckFile { storage_key } => storage_key,
     };
     let Some(lora) = lora else {
-        return Err(fallback(c, FallbackReason::NotFound, None));
+        return Err(Box::new(fallback(c, FallbackReason::NotFound, None)));
     };
     let kohya = OutputKeys::kohya_of(&storage_key);
     Ok((lora, storage_key, kohya))

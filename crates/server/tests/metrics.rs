@@ -9,10 +9,11 @@ mod helpers;
 use prometheus_parse::{Sample, Scrape, Value};
 use secrecy::SecretString;
 
-use loraforge_db::EventDetail;
+use loraforge_db::{EventDetail, UseRecord};
 use loraforge_domain::{Clock, LoraId, StatusEvent};
 use loraforge_server::metrics::{self, MetricsEndpoint};
 use loraforge_server::metrics_collector::Collector;
+use loraforge_server::usage_writer::{self, UsageWriter};
 
 use helpers::{Engine, TestApp, spawn_app, spawn_app_with_state};
 
@@ -168,6 +169,17 @@ async fn metrics_count_what_the_test_did_and_the_token_guards_them() {
             .status(),
         404
     );
+    // Two resolves' uses, one after the other: two records, two transactions.
+    let writer = UsageWriter::new(app.repo.clone());
+    for generation in ["gen-1", "gen-2"] {
+        let record = UseRecord {
+            generation_id: generation.to_owned(),
+            loras: vec![first.parse().unwrap()],
+            user: user.id,
+            at: app.clock.now(),
+        };
+        assert_eq!(writer.record(record).await.unwrap().len(), 1);
+    }
     // One queued since the start, two pending; 90 s later the collector reads them.
     enqueue(&app, &first).await;
     app.clock.advance(chrono::Duration::seconds(90));
@@ -219,6 +231,8 @@ async fn metrics_count_what_the_test_did_and_the_token_guards_them() {
         !raw.contains(&missing.to_string()) && !raw.contains("/no/such/route"),
         "a raw path became a label"
     );
+    assert_eq!(value(&s, usage_writer::RECORDS, &[]), 2.0);
+    assert_eq!(value(&s, usage_writer::WRITES, &[]), 2.0);
     assert_eq!(value(&s, "loraforge_jobs", &[("status", "queued")]), 1.0);
     assert_eq!(value(&s, "loraforge_jobs", &[("status", "pending")]), 2.0);
     assert_eq!(value(&s, "loraforge_jobs", &[("status", "completed")]), 0.0);

@@ -600,13 +600,11 @@ async fn usage_writer_story(engine: Engine) {
     assert_eq!(alone, vec![loras[0]]);
     assert_eq!(writer.batches(), before + 1);
 
-    // Polled once (its record queued and its turn asked for), then dropped: still recorded.
-    let gone = writer.record(rec("gone", &loras[1..2]));
-    assert!(
-        tokio::time::timeout(std::time::Duration::ZERO, gone)
-            .await
-            .is_err()
-    );
+    // Polled once (its record queued, the flusher started), then dropped — almost always
+    // before its answer, on a busy machine maybe after —: recorded either way.
+    let mut gone = Box::pin(writer.record(rec("gone", &loras[1..2])));
+    let _ = futures::poll!(gone.as_mut());
+    drop(gone);
     for _ in 0..500 {
         if usage_count(&app, loras[1]).await == 33 {
             break;

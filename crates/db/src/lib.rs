@@ -47,6 +47,7 @@ pub mod finish_mails;
 pub mod handoff;
 pub mod monitors;
 pub mod names;
+pub mod nudges;
 pub mod postgres;
 pub mod samples;
 pub mod seed;
@@ -77,6 +78,7 @@ pub use moderation::{
 };
 pub use monitors::{MonitorStats, MonitorStore, StuckCleanup};
 pub use names::{NameStore, NameUse};
+pub use nudges::NudgeStore;
 pub use samples::{
     BatchInsert, NewSampleBatch, SampleBatch, SampleBatchPage, SampleImage, SampleInstance,
     SampleStore,
@@ -309,6 +311,7 @@ pub trait Repository:
     + HandoffStore
     + ModerationStore
     + SampleStore
+    + NudgeStore
 {
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<()>;

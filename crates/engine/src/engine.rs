@@ -94,6 +94,8 @@ pub struct Engine {
     pub(crate) after: AfterTraining,
     /// When each backend's instances were last observed (for `observe_every`).
     pub(crate) observed_at: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// The latest nudge of each backend this engine has taken from the store (`NudgeStore`).
+    nudges_seen: Mutex<HashMap<String, DateTime<Utc>>>,
     /// When this engine was made: a run of this engine's name created earlier was started by a
     /// predecessor (the service restarted while it ran).
     pub(crate) started_at: DateTime<Utc>,
@@ -123,6 +125,7 @@ impl Engine {
             tokens: None,
             after,
             observed_at: Mutex::new(HashMap::new()),
+            nudges_seen: Mutex::new(HashMap::new()),
             started_at,
             explained: Mutex::new(None),
             health: None,
@@ -165,6 +168,38 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(backend);
+    }
+
+    /// The nudges recorded in the store by any replica (a provider's webhook reaches one of
+    /// them): each backend nudged since this engine's last read is [`Self::nudge`]d, so its runs
+    /// are observed at this tick wherever the webhook landed. A failed read is only reported.
+    pub(crate) async fn take_nudges(&self, report: &mut TickReport) {
+        let nudges = match self.repo.backend_nudges().await {
+            Ok(n) => n,
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("reading the backends' nudges: {e}"));
+                return;
+            }
+        };
+        let fresh: Vec<String> = {
+            let mut seen = self.nudges_seen.lock().unwrap_or_else(|e| e.into_inner());
+            nudges
+                .into_iter()
+                .filter(|(backend, at)| {
+                    let new = seen.get(backend).is_none_or(|s| s < at);
+                    if new {
+                        seen.insert(backend.clone(), *at);
+                    }
+                    new
+                })
+                .map(|(backend, _)| backend)
+                .collect()
+        };
+        for backend in fresh {
+            self.nudge(&backend);
+        }
     }
 
     /// Ticks every `poll_interval` until `shutdown` resolves, then asks the backends to stop their
@@ -252,6 +287,7 @@ impl Engine {
         let mut report = TickReport::default();
         self.admit(now, &mut report).await?;
         self.time_out(now, &mut report).await?;
+        self.take_nudges(&mut report).await;
         self.advance_runs(now, &mut report).await?;
         self.reap(now, &mut report).await?;
         let gate_errors = self.router.refresh_gates(now).await;

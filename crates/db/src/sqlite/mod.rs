@@ -122,6 +122,7 @@ mod metrics;
 mod moderation;
 mod monitors;
 mod names;
+mod nudges;
 mod retention;
 mod rows;
 mod runs;

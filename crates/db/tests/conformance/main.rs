@@ -18,6 +18,7 @@ mod metrics;
 mod moderation;
 mod name_keys;
 mod names;
+mod nudges;
 mod review;
 mod samples;
 mod usage;
@@ -114,6 +115,7 @@ conformance! {
     usage::uses_count_once_per_generation_and_by_day,
     usage::concurrent_retries_of_a_generation_count_once,
     usage::a_batch_of_generations_is_one_recording,
+    nudges::a_backend_keeps_its_latest_nudge,
     usage::a_characters_newest_completed_lora_and_its_file_facts,
     moderation::reports_are_one_open_per_reporter_and_listed_with_their_lora,
     moderation::hiding_resolves_open_reports_and_keeps_the_first_hide,

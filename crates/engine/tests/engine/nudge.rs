@@ -1,9 +1,12 @@
 //! A provider's webhook nudges the engine (`Engine::nudge`): the backend's runs are observed at the
-//! next tick instead of after its `observe_every`, which then counts from that observation.
+//! next tick instead of after its `observe_every`, which then counts from that observation. A
+//! webhook that landed on another replica reaches this engine through the store's nudges
+//! (`NudgeStore`), read at every tick.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use loraforge_domain::Clock;
 use loraforge_engine::{Observed, TrainingBackend};
 
 use crate::helpers::*;
@@ -65,6 +68,62 @@ async fn a_nudge_makes_the_next_tick_observe_the_backend(db: Db) {
     db.advance(Duration::from_secs(30));
     engine.tick().await.unwrap();
     assert_eq!(provider.observes(), observed, "held back by observe_every");
+}
+
+/// The webhook reached another replica: it recorded the nudge in the store, and this engine — the
+/// one watching the training — observes the backend at its next tick, once per nudge.
+async fn a_nudge_recorded_by_another_replica_reaches_the_engine(db: Db) {
+    let u = db.user().await;
+    let id = db.lora(u, "Nudged elsewhere", 0).await;
+    let provider = Scripted::observed_every("replicate", 4, Duration::from_secs(60));
+    let engine = db.engine(
+        vec![provider.clone() as Arc<dyn TrainingBackend>],
+        settings("e1"),
+    );
+    assert_eq!(engine.tick().await.unwrap().started, [id]);
+    db.advance(Duration::from_secs(1));
+    engine.tick().await.unwrap();
+    assert_eq!(provider.observes(), 1);
+    provider.set(
+        id,
+        Observed::Ended {
+            outcome: "provider_failed",
+            reason: Some("the GPU host died".into()),
+            gone: true,
+        },
+    );
+    db.advance(Duration::from_secs(5));
+    engine.tick().await.unwrap();
+    assert_eq!(provider.observes(), 1, "within observe_every: not asked");
+
+    // Another replica's webhook route records the nudge; this engine was never told directly.
+    db.repo
+        .nudge_backend("replicate", db.clock.now())
+        .await
+        .unwrap();
+    db.advance(Duration::from_secs(1));
+    let report = engine.tick().await.unwrap();
+    assert_eq!(provider.observes(), 2, "{report:?}");
+    assert_eq!(
+        db.runs(id).await[0].outcome.as_deref(),
+        Some("provider_failed")
+    );
+    // The same nudge read again is not news: observe_every holds again.
+    db.advance(Duration::from_secs(1));
+    engine.tick().await.unwrap();
+    db.advance(Duration::from_secs(1));
+    engine.tick().await.unwrap();
+    assert_eq!(provider.observes(), 2);
+}
+
+#[tokio::test]
+async fn sqlite_a_nudge_recorded_by_another_replica_reaches_the_engine() {
+    a_nudge_recorded_by_another_replica_reaches_the_engine(Db::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_a_nudge_recorded_by_another_replica_reaches_the_engine() {
+    a_nudge_recorded_by_another_replica_reaches_the_engine(Db::postgres().await).await;
 }
 
 #[tokio::test]

@@ -6,8 +6,10 @@
 //! `replicate` backend's runs at its next tick, which comes at once, without waiting for the
 //! backend's poll interval (`LORAFORGE_REPLICATE_OBSERVE_SECS`); it reads the training's state
 //! from Replicate's API as its polling would (the body is never trusted for an outcome, so a
-//! forged or reordered delivery cannot settle a run). Only this replica's engine is nudged: a run
-//! another replica started is seen by that replica's polling. Deliveries are deduplicated by `webhook-id` (a retry keeps its id): a replay
+//! forged or reordered delivery cannot settle a run). The nudge is also recorded in the store
+//! (`NudgeStore`), so the engine of every other replica — which may be the one watching the
+//! training — observes the backend at its next tick too. Deliveries are deduplicated by
+//! `webhook-id` (a retry keeps its id): a replay
 //! or duplicate is answered 200 and does nothing. Not behind user auth: the signature is the
 //! credential.
 
@@ -111,6 +113,14 @@ pub async fn replicate(
         status = text("status"),
         "Replicate webhook"
     );
+    // For every replica's engine (the run may be another one's), then this one's at once.
+    if let Err(e) = state
+        .repo()
+        .nudge_backend(REPLICATE_BACKEND, state.now())
+        .await
+    {
+        tracing::warn!(error = %e, "recording the webhook's nudge failed; other replicas will see the change by polling");
+    }
     state.nudge_engine(REPLICATE_BACKEND);
     Ok(Json(WebhookAnswer {
         received: true,

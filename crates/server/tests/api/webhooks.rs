@@ -1,6 +1,6 @@
 //! `POST /api/v1/webhooks/replicate`: Standard Webhooks signatures against the injected clock,
 //! deliveries deduplicated by `webhook-id`, and a valid one makes the job engine observe the
-//! Replicate backend at once.
+//! Replicate backend at once (this replica's directly, the others' through the store's nudge).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -126,6 +126,11 @@ async fn a_valid_delivery_nudges_the_replicate_backend_once() {
     assert!(
         woke(&app).await,
         "and the engine is woken for its next tick"
+    );
+    // Recorded for the other replicas' engines, at the server's clock.
+    assert_eq!(
+        app.repo.backend_nudges().await.unwrap(),
+        [("replicate".to_owned(), app.clock.now())]
     );
 }
 

@@ -9,9 +9,9 @@
 //!
 //! One flusher task at a time writes the batches, started by the record that finds none running:
 //! a resolve whose client goes away does not take the batch of the others with it, and a use
-//! queued by it is still written. A batch that fails is
-//! written again one record at a time, so one bad record costs only its own recording. Tested on
-//! both databases in `tests/api/generation.rs`.
+//! queued by it is still written. A batch that fails is written again one record at a time, so
+//! one bad record costs only its own recording. Tested on both databases in
+//! `tests/api/generation.rs`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

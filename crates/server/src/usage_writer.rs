@@ -15,6 +15,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -25,6 +26,10 @@ use loraforge_domain::LoraId;
 pub const WRITES: &str = "loraforge_usage_writes_total";
 /// Resolves whose uses were recorded (one record each, however many LoRAs).
 pub const RECORDS: &str = "loraforge_usage_records_total";
+
+/// How long a resolve waits for its uses to be committed before it answers anyway: a slow or
+/// locked database delays the bookkeeping, never the generation. The flusher still writes them.
+pub const RECORD_WAIT: Duration = Duration::from_secs(1);
 
 /// Records written in one transaction at most (×10 characters: 640 use rows).
 pub const MAX_BATCH: usize = 64;
@@ -48,6 +53,8 @@ pub struct UsageWriter {
     repo: Arc<dyn Repository>,
     queue: Mutex<Queue>,
     batches: AtomicU64,
+    /// [`RECORD_WAIT`], shorter in tests.
+    wait: Duration,
 }
 
 impl std::fmt::Debug for UsageWriter {
@@ -72,10 +79,16 @@ impl Drop for Flushing<'_> {
 
 impl UsageWriter {
     pub fn new(repo: Arc<dyn Repository>) -> Arc<Self> {
+        Self::with_wait(repo, RECORD_WAIT)
+    }
+
+    /// A writer whose callers wait at most `wait` for their commit.
+    pub fn with_wait(repo: Arc<dyn Repository>, wait: Duration) -> Arc<Self> {
         Arc::new(Self {
             repo,
             queue: Mutex::new(Queue::default()),
             batches: AtomicU64::new(0),
+            wait,
         })
     }
 
@@ -90,7 +103,9 @@ impl UsageWriter {
 
     /// Records one generation's uses, committed together with whatever other resolves are
     /// waiting; returns the LoRAs counted for it (`UsageStore::record_uses`). Cancelling the
-    /// returned future does not cancel the recording.
+    /// returned future does not cancel the recording, and neither does giving up waiting: after
+    /// the writer's wait ([`RECORD_WAIT`]) this answers an error saying the uses are still being
+    /// written, and the flusher writes them when the database lets it.
     pub async fn record(self: &Arc<Self>, record: UseRecord) -> Answer {
         let (answer, answered) = oneshot::channel();
         let start = {
@@ -104,9 +119,14 @@ impl UsageWriter {
             let writer = Arc::clone(self);
             tokio::spawn(async move { writer.flush().await });
         }
-        answered
-            .await
-            .unwrap_or_else(|_| Err("the usage writer stopped before answering".to_owned()))
+        match tokio::time::timeout(self.wait, answered).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err("the usage writer stopped before answering".to_owned()),
+            Err(_) => Err(format!(
+                "not committed within {} ms; answered without waiting, still being written",
+                self.wait.as_millis()
+            )),
+        }
     }
 
     /// Writes batches (everything queued, up to [`MAX_BATCH`]) one transaction after the other

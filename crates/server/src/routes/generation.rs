@@ -206,7 +206,7 @@ pub async fn resolve(
             .await
     {
         // Bookkeeping only: the generation still gets its LoRAs.
-        tracing::warn!(error = %e, %generation_id, "recording the LoRA uses failed");
+        tracing::warn!(error = %e, %generation_id, "recording the LoRA uses failed or is late");
     }
     Ok(Json(ResolveResponse {
         generation_id,

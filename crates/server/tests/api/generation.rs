@@ -559,7 +559,8 @@ async fn malformed_requests_are_400_with_codes() {
 
 /// The usage writer's group commit (`server::usage_writer`): resolves in flight share
 /// transactions, each (generation, LoRA) still counts once, a caller that goes away still has
-/// its uses recorded, and a failing batch costs only its bad record.
+/// its uses recorded, a locked database delays the bookkeeping but not the answer, and a failing
+/// batch costs only its bad record.
 async fn usage_writer_story(engine: Engine) {
     let app = app(engine).await;
     let owner = app.user();
@@ -621,6 +622,30 @@ async fn usage_writer_story(engine: Engine) {
         "its retry counts nothing"
     );
 
+    // A database that keeps the writer waiting (another connection holds the lock the write
+    // needs) delays the bookkeeping, not the resolve: the caller is answered after the writer's
+    // wait, and the use is written once the lock goes.
+    let slow = UsageWriter::with_wait(app.repo.clone(), std::time::Duration::from_millis(300));
+    let lock = WriteLock::hold(&app, loras[0]).await;
+    let err = slow
+        .record(rec("while-locked", &loras[..1]))
+        .await
+        .expect_err("the lock is held until released below");
+    assert!(err.contains("still being written"), "{err}");
+    assert_eq!(usage_count(&app, loras[0]).await, 33, "not yet written");
+    lock.release().await;
+    for _ in 0..500 {
+        if usage_count(&app, loras[0]).await == 34 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        usage_count(&app, loras[0]).await,
+        34,
+        "written after the lock"
+    );
+
     // A LoRA that does not exist fails its own record only.
     let calls = [
         rec("good", &loras[2..]),
@@ -650,4 +675,45 @@ async fn usage_writer_groups_concurrent_resolves_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_writer_groups_concurrent_resolves_postgres() {
     usage_writer_story(Engine::Postgres).await;
+}
+
+/// Another connection holding what a use transaction needs: SQLite's write lock, or the LoRA's
+/// row lock on Postgres.
+enum WriteLock {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl WriteLock {
+    async fn hold(app: &TestApp, lora: LoraId) -> Self {
+        use sqlx::Connection;
+        if app.db_url.starts_with("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            WriteLock::Sqlite(conn)
+        } else {
+            let mut conn = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
+            sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+            sqlx::query("SELECT id FROM lora_models WHERE id = $1 FOR UPDATE")
+                .bind(lora.as_uuid())
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            WriteLock::Postgres(conn)
+        }
+    }
+
+    async fn release(self) {
+        match self {
+            WriteLock::Sqlite(mut c) => {
+                sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+            }
+            WriteLock::Postgres(mut c) => {
+                sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+            }
+        }
+    }
 }

@@ -32,6 +32,8 @@ pub struct TestApp {
     /// The server's wake-up of "its job engine" (none runs here): tests see whether a request
     /// woke it.
     pub engine_wake: Arc<tokio::sync::Notify>,
+    /// The database's URL, for a test's own connection to it.
+    pub db_url: String,
     _dir: tempfile::TempDir,
     _pg: Option<loraforge_db::test_support::TestDatabase>,
 }
@@ -79,26 +81,19 @@ pub async fn spawn_app_with_state(
     extend: impl FnOnce(AppState) -> AppState,
 ) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let (repo, pg) = match engine {
-        Engine::Sqlite => {
-            let url = format!("sqlite://{}", dir.path().join("test.db").display());
-            (
-                loraforge_db::connect(&url, &Default::default())
-                    .await
-                    .unwrap(),
-                None,
-            )
-        }
+    let (db_url, pg) = match engine {
+        Engine::Sqlite => (
+            format!("sqlite://{}", dir.path().join("test.db").display()),
+            None,
+        ),
         Engine::Postgres => {
             let db = loraforge_db::test_support::TestDatabase::create().await;
-            (
-                loraforge_db::connect(db.url(), &Default::default())
-                    .await
-                    .unwrap(),
-                Some(db),
-            )
+            (db.url().to_owned(), Some(db))
         }
     };
+    let repo = loraforge_db::connect(&db_url, &Default::default())
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let base = format!("http://{addr}");
@@ -155,6 +150,7 @@ pub async fn spawn_app_with_state(
         store,
         settings,
         engine_wake,
+        db_url,
         _dir: dir,
         _pg: pg,
     }

@@ -6,10 +6,32 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use loraforge_domain::Clock;
-use loraforge_engine::{Observed, TrainingBackend};
+use loraforge_domain::{Clock, LoraId};
+use loraforge_engine::{Engine, Observed, TrainingBackend};
 
 use crate::helpers::*;
+
+/// Starts `id` on `provider` and lets the engine look once; then the training ends on the
+/// provider, and polling alone would see it only a minute after that look.
+async fn end_unseen(db: &Db, engine: &Engine, provider: &Scripted, id: LoraId) {
+    assert_eq!(engine.tick().await.unwrap().started, [id]);
+    // The engine's first look at the backend is not held back.
+    db.advance(Duration::from_secs(1));
+    assert_eq!(engine.tick().await.unwrap().watched, [id]);
+    assert_eq!(provider.observes(), 1);
+    provider.set(
+        id,
+        Observed::Ended {
+            outcome: "provider_failed",
+            reason: Some("the GPU host died".into()),
+            gone: true,
+        },
+    );
+    db.advance(Duration::from_secs(5));
+    engine.tick().await.unwrap();
+    assert_eq!(provider.observes(), 1, "within observe_every: not asked");
+    assert!(db.run(id).await.outcome.is_none());
+}
 
 async fn a_nudge_makes_the_next_tick_observe_the_backend(db: Db) {
     let u = db.user().await;
@@ -23,25 +45,7 @@ async fn a_nudge_makes_the_next_tick_observe_the_backend(db: Db) {
         ],
         settings("e1"),
     );
-    assert_eq!(engine.tick().await.unwrap().started, [id]);
-    // The engine's first look at the backend is not held back.
-    db.advance(Duration::from_secs(1));
-    assert_eq!(engine.tick().await.unwrap().watched, [id]);
-    assert_eq!(provider.observes(), 1);
-
-    // The training ends on the provider; polling alone would see it a minute after the last look.
-    provider.set(
-        id,
-        Observed::Ended {
-            outcome: "provider_failed",
-            reason: Some("the GPU host died".into()),
-            gone: true,
-        },
-    );
-    db.advance(Duration::from_secs(5));
-    engine.tick().await.unwrap();
-    assert_eq!(provider.observes(), 1, "within observe_every: not asked");
-    assert!(db.run(id).await.outcome.is_none());
+    end_unseen(&db, &engine, &provider, id).await;
 
     // Nudging another backend, or one not configured, changes nothing here.
     engine.nudge("runpod");
@@ -80,21 +84,7 @@ async fn a_nudge_recorded_by_another_replica_reaches_the_engine(db: Db) {
         vec![provider.clone() as Arc<dyn TrainingBackend>],
         settings("e1"),
     );
-    assert_eq!(engine.tick().await.unwrap().started, [id]);
-    db.advance(Duration::from_secs(1));
-    engine.tick().await.unwrap();
-    assert_eq!(provider.observes(), 1);
-    provider.set(
-        id,
-        Observed::Ended {
-            outcome: "provider_failed",
-            reason: Some("the GPU host died".into()),
-            gone: true,
-        },
-    );
-    db.advance(Duration::from_secs(5));
-    engine.tick().await.unwrap();
-    assert_eq!(provider.observes(), 1, "within observe_every: not asked");
+    end_unseen(&db, &engine, &provider, id).await;
 
     // Another replica's webhook route records the nudge; this engine was never told directly.
     db.repo

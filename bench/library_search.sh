@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Library search on the real database path (library cache off) against a bare /healthz, on SQLite
-# and on Postgres, measured alternately in the same run.
+# Library search with the library cache off (every request computes its page) against a bare
+# /healthz, on SQLite and on Postgres, measured alternately in the same run. A build with the
+# library index (on by default since issue 9's fourth step) answers from the public library it keeps
+# in memory, in step with the database's change feed; LORAFORGE_LIBRARY_INDEX=false (exported
+# before running this) makes it query the database on every request, as older builds do.
 #
 #   bench/library_search.sh [COUNT] [DURATION] [ROUNDS]    (defaults: 100000 LoRAs, 5s, 5 rounds)
 #
@@ -19,6 +22,8 @@
 # servers run at once, every round measures old and new, and the script first checks that both
 # answer every search path with the same items and totals (an older build's total taken capped
 # at LF_SEARCH_CAP, default 1,000 = SEARCH_TOTAL_CAP, when it has no total_exact).
+# LF_BENCH_BASELINE_ENV=VAR=value sets one variable for the baseline server only (e.g.
+# LORAFORGE_LIBRARY_INDEX=false, with the current build as the baseline: the database path).
 # LF_BENCH_ENGINES="sqlite" (or "postgres") runs one engine only; LF_BENCH_BIN=/path/to/loraforge
 # measures that binary as the current build instead of building one.
 # Needs: wrk, sqlite3, psql, PostgreSQL on 127.0.0.1:5432 (trust auth).
@@ -67,13 +72,22 @@ measure() {
     echo "$(awk '/Requests\/sec/ {print $2}' <<<"$out") $(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")") $(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")"
 }
 
-start_server() { # $1 = binary, $2 = data dir, $3 = database URL, $4 = port; sets server_pid
-    LORAFORGE_DATABASE_URL="$3" "$1" --data-dir "$2" serve --bind "127.0.0.1:$4" 2>>"$2/serve.log" &
+start_server() { # $1 = binary, $2 = data dir, $3 = database URL, $4 = port, $5 = VAR=value or ""; sets server_pid
+    env ${5:+"$5"} LORAFORGE_DATABASE_URL="$3" "$1" --data-dir "$2" serve --bind "127.0.0.1:$4" 2>>"$2/serve.log" &
     server_pid=$!
     pids+=("$server_pid")
     # Generous: a newer build may be migrating a 100k-row library first.
-    for _ in $(seq 1 1200); do curl -sf "http://127.0.0.1:$4/healthz" >/dev/null && return 0; sleep 0.1; done
-    echo "the server did not start; see $2/serve.log" >&2; cat "$2/serve.log" >&2; exit 1
+    local up=""
+    for _ in $(seq 1 1200); do curl -sf "http://127.0.0.1:$4/healthz" >/dev/null && { up=1; break; }; sleep 0.1; done
+    [[ -n "$up" ]] || { echo "the server did not start; see $2/serve.log" >&2; cat "$2/serve.log" >&2; exit 1; }
+    # A build with the library index loads it in the background as it starts: measure once it
+    # has (a build without one has no "library_index" in /readyz).
+    local t0=$SECONDS
+    for _ in $(seq 1 1200); do
+        curl -s "http://127.0.0.1:$4/readyz" | python3 -c 'import json,sys; i=json.load(sys.stdin).get("library_index"); sys.exit(0 if i is None or i["loaded"] else 1)' && break
+        sleep 0.1
+    done
+    echo "server on :$4 ready in $((SECONDS - t0))s after /healthz, $(awk '/VmRSS/ {print $2/1024 " MB resident"}' "/proc/$server_pid/status"); $(curl -s "http://127.0.0.1:$4/readyz")" >&2
 }
 
 # 60 words of the seeded vocabulary (from LoRA names) and every prefix from two letters up.
@@ -137,7 +151,7 @@ run_engine() {
     start_server "$bin" "$dir/new" "$new_url" 18480
     local builds=(new)
     if [[ -n "$baseline" ]]; then
-        start_server "$baseline" "$dir/old" "$old_url" 18481
+        start_server "$baseline" "$dir/old" "$old_url" 18481 "${LF_BENCH_BASELINE_ENV:-}"
         builds=(old new)
         # Same answers for every path: the same items; the new build's total is the old one
         # capped at LF_SEARCH_CAP (1,000, SEARCH_TOTAL_CAP) with total_exact saying whether it was.

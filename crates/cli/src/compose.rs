@@ -64,6 +64,9 @@ pub fn server_settings(s: &Settings) -> ServerSettings {
         },
         download_url_ttl: Duration::from_secs(s.download_url_ttl_secs.max(1)),
         library_cache_ttl: Duration::from_millis(s.library_cache_ms),
+        library_index_lag: s
+            .library_index
+            .then(|| Duration::from_millis(s.library_index_lag_ms)),
         cors_origins: s.cors_origins.clone(),
         url_intake: fetch_settings(s),
         worker: WorkerApiSettings {

@@ -39,10 +39,12 @@ pub mod credits;
 mod faults;
 pub mod ledger;
 mod library;
+pub mod library_index;
 pub mod metrics;
 pub mod moderation;
 mod runs;
 pub use metrics::{MetricsStore, OpsSnapshot, RunTotals, SeededRuns};
+pub mod feed;
 pub mod finish_mails;
 pub mod handoff;
 pub mod monitors;
@@ -71,8 +73,10 @@ pub use alerts::{
 };
 
 pub use archival::{ArchivalCandidate, ArchivalStore};
+pub use feed::{FeedCursor, FeedPage, LibraryFeed};
 pub use finish_mails::{FinishMailStore, FinishedLora};
 pub use handoff::HandoffStore;
+pub use library_index::{LibraryIndex, SyncedIndex};
 pub use moderation::{
     Filed, HideOutcome, ModerationStore, NewReport, Report, ReportQuery, ReportRow, ReportState,
 };
@@ -312,6 +316,7 @@ pub trait Repository:
     + ModerationStore
     + SampleStore
     + NudgeStore
+    + LibraryFeed
 {
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<()>;

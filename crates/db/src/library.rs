@@ -45,6 +45,17 @@ pub struct Page<T> {
     pub total_exact: bool,
 }
 
+impl<T> Page<T> {
+    /// The same page with each item made into another.
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            total: self.total,
+            total_exact: self.total_exact,
+        }
+    }
+}
+
 /// One LoRA for [`Repository::bulk_insert_library`]: a finished library entry as an import or a
 /// benchmark describes it.
 #[derive(Debug, Clone)]

@@ -16,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod intake;
 pub mod library_cache;
+pub mod library_index;
 pub mod maintenance;
 pub mod metrics;
 pub mod metrics_collector;
@@ -417,6 +418,9 @@ pub struct Application {
 impl Application {
     /// Takes an already-bound listener so tests can bind port 0 without races.
     pub fn new(state: AppState, listener: tokio::net::TcpListener) -> Self {
+        if let Some(index) = state.library_index() {
+            index.load(state.repo_handle());
+        }
         Self {
             listener,
             http: state.settings().http.clone(),

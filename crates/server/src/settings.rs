@@ -31,6 +31,11 @@ pub struct ServerSettings {
     pub max_json_bytes: usize,
     /// How long a library listing may be served from memory; zero turns the cache off.
     pub library_cache_ttl: Duration,
+    /// The public library in memory (`library_index`): `None` answers every listing from the
+    /// database; `Some(lag)` answers the public library's pages and searches from memory, with
+    /// other replicas' changes showing within `lag` (zero: the change feed is read before every
+    /// answer).
+    pub library_index_lag: Option<Duration>,
     /// How often an open event stream re-reads the event log, for changes made by other
     /// replicas (changes made through this process wake it at once).
     pub events_poll_interval: Duration,
@@ -264,6 +269,7 @@ impl Default for ServerSettings {
             cors_origins: Vec::new(),
             max_json_bytes: 256 * 1024,
             library_cache_ttl: Duration::from_secs(1),
+            library_index_lag: Some(Duration::from_secs(1)),
             events_poll_interval: Duration::from_secs(2),
             url_intake: FetchSettings::default(),
             worker: WorkerApiSettings::default(),

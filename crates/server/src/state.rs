@@ -17,6 +17,7 @@ use loraforge_storage::BlobStore;
 
 use crate::auth::JwtKeys;
 use crate::library_cache::LibraryCache;
+use crate::library_index::LiveIndex;
 use crate::metrics::MetricsEndpoint;
 use crate::rate_limit::RateLimiter;
 use crate::settings::ServerSettings;
@@ -34,6 +35,7 @@ struct Inner {
     settings: ServerSettings,
     create_limiter: RateLimiter,
     library_cache: LibraryCache,
+    library_index: Option<LiveIndex>,
     changes: broadcast::Sender<LoraId>,
     /// `None` only when the HTTP client could not be built (logged at start-up).
     fetcher: Option<Fetcher>,
@@ -110,6 +112,9 @@ impl AppState {
         let create_limiter = RateLimiter::new(settings.limits.creates_per_minute);
         let report_limiter = RateLimiter::new(settings.moderation.reports_per_minute);
         let library_cache = LibraryCache::new(settings.library_cache_ttl);
+        let library_index = settings
+            .library_index_lag
+            .map(|lag| LiveIndex::new(lag, settings.show_creator_emails));
         let fetcher = Fetcher::new(settings.url_intake.clone(), clock.clone())
             .map_err(|e| tracing::error!(error = %e, "URL downloads are unavailable"))
             .ok();
@@ -128,6 +133,7 @@ impl AppState {
             settings,
             create_limiter,
             library_cache,
+            library_index,
             changes,
             fetcher,
             upload_faults,
@@ -145,6 +151,9 @@ impl AppState {
 
     pub fn repo(&self) -> &dyn Repository {
         self.0.repo.as_ref()
+    }
+    pub fn repo_handle(&self) -> &Arc<dyn Repository> {
+        &self.0.repo
     }
     pub fn store(&self) -> &dyn BlobStore {
         self.0.store.as_ref()
@@ -184,6 +193,20 @@ impl AppState {
 
     pub fn library_cache(&self) -> &LibraryCache {
         &self.0.library_cache
+    }
+
+    /// Something a library listing shows changed through this process: cached pages go, and the
+    /// in-memory library reads the change feed before its next answer.
+    pub fn library_changed(&self) {
+        self.0.library_cache.invalidate();
+        if let Some(index) = &self.0.library_index {
+            index.changed();
+        }
+    }
+
+    /// The public library in memory, unless the operator turned it off.
+    pub fn library_index(&self) -> Option<&LiveIndex> {
+        self.0.library_index.as_ref()
     }
 
     /// Wakes `wake` (the job engine of this process) on every change. Call before sharing the
@@ -258,7 +281,7 @@ impl AppState {
     /// Something about `id` changed: drops cached library listings, wakes SSE streams of this
     /// process watching it (other processes poll the event log) and this process's job engine.
     pub fn notify_changed(&self, id: LoraId) {
-        self.0.library_cache.invalidate();
+        self.library_changed();
         if let Some(wake) = &self.0.engine_wake {
             wake.notify_one();
         }

@@ -100,6 +100,35 @@ pub struct LoraList {
     pub offset: u64,
 }
 
+impl LoraList {
+    /// The JSON of a list whose items are serialized already (each one [`LoraListItem`]'s
+    /// JSON): byte for byte what serializing the `LoraList` gives (tested below).
+    pub fn json_of_serialized_items(
+        items: &[impl AsRef<[u8]>],
+        total: u64,
+        total_exact: bool,
+        limit: u32,
+        offset: u64,
+    ) -> Vec<u8> {
+        let size: usize = items.iter().map(|i| i.as_ref().len() + 1).sum();
+        let mut out = Vec::with_capacity(size + 96);
+        out.extend_from_slice(b"{\"items\":[");
+        for (n, item) in items.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(item.as_ref());
+        }
+        out.extend_from_slice(
+            format!(
+                "],\"total\":{total},\"total_exact\":{total_exact},\"limit\":{limit},\"offset\":{offset}}}"
+            )
+            .as_bytes(),
+        );
+        out
+    }
+}
+
 /// Live status, for polling.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct StatusView {
@@ -363,4 +392,65 @@ pub struct ErrorDetail {
     pub code: String,
     /// What went wrong and what to do, for people.
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loraforge_domain::{CreatorRef, LoraId, LoraSummary, TrainingStatus, UserId};
+
+    #[test]
+    fn a_list_of_serialized_items_is_the_serialized_list() {
+        let summary = |name: &str, description: Option<&str>| LoraSummary {
+            id: LoraId::new(),
+            name: name.into(),
+            description: description.map(Into::into),
+            status: TrainingStatus::Completed,
+            creator: CreatorRef {
+                id: UserId::new(),
+                email: Some("a@example.com".into()),
+                display_name: Some("Ann \"the\" <b>".into()),
+            },
+            usage_count: 7,
+            created_at: "2026-11-15T12:00:00.123456Z".parse().unwrap(),
+            character_id: Some("char-1".into()),
+            triggered_by_job_id: None,
+            hidden: None,
+        };
+        for items in [
+            vec![],
+            vec![summary("one", None)],
+            vec![
+                summary("ünïcode \u{1F600}", Some("a\nb")),
+                summary("two", Some("")),
+            ],
+        ] {
+            for show in [false, true] {
+                let views: Vec<LoraListItem> =
+                    items.iter().map(|s| LoraListItem::of(s, show)).collect();
+                let serialized: Vec<Vec<u8>> = views
+                    .iter()
+                    .map(|v| serde_json::to_vec(v).unwrap())
+                    .collect();
+                let list = LoraList {
+                    items: views,
+                    total: 1000,
+                    total_exact: false,
+                    limit: 50,
+                    offset: 950,
+                };
+                assert_eq!(
+                    String::from_utf8(LoraList::json_of_serialized_items(
+                        &serialized,
+                        1000,
+                        false,
+                        50,
+                        950
+                    ))
+                    .unwrap(),
+                    serde_json::to_string(&list).unwrap()
+                );
+            }
+        }
+    }
 }

@@ -108,6 +108,11 @@ impl Settings {
                 self.download_url_ttl_secs.to_string(),
             ),
             ("library_cache_ms", self.library_cache_ms.to_string()),
+            ("library_index", self.library_index.to_string()),
+            (
+                "library_index_lag_ms",
+                self.library_index_lag_ms.to_string(),
+            ),
             (
                 "image_url_allowed_hosts",
                 self.image_url_allowed_hosts.join(","),

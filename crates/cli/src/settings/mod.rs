@@ -93,6 +93,13 @@ pub struct Settings {
     /// How long a library listing may be served from memory, milliseconds (0 = off). Changes made
     /// through this process show at once; other replicas' within this time.
     pub library_cache_ms: u64,
+    /// Keep the public library in memory and answer its pages and searches from there (`false`:
+    /// every listing queries the database).
+    pub library_index: bool,
+    /// How far the in-memory library may lag changes made through other replicas, milliseconds
+    /// (0: it reads the change feed before every answer). Changes made through this process show
+    /// at once.
+    pub library_index_lag_ms: u64,
     /// Hosts image URLs may point at: `images.example.com` or `*.example.com`; empty refuses
     /// every image URL.
     pub image_url_allowed_hosts: Vec<String>,
@@ -380,6 +387,8 @@ impl Settings {
             .set_default("metrics_enabled", true)?
             .set_default("download_url_ttl_secs", 3600)?
             .set_default("library_cache_ms", 1000)?
+            .set_default("library_index", true)?
+            .set_default("library_index_lag_ms", 1000)?
             .set_default("image_url_allowed_hosts", Vec::<String>::new())?
             .set_default("image_url_allow_private_addresses", false)?
             .set_default("webhook_allow_private_addresses", false)?

@@ -74,6 +74,7 @@ mod archival;
 mod breakers;
 mod credits;
 mod datasets;
+mod feed;
 mod finish_mails;
 mod handoff;
 mod jobs;

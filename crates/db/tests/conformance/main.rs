@@ -13,6 +13,7 @@ mod engine;
 mod helpers;
 mod ledger;
 mod library;
+mod library_index;
 mod lifecycle;
 mod metrics;
 mod moderation;
@@ -116,6 +117,8 @@ conformance! {
     usage::concurrent_retries_of_a_generation_count_once,
     usage::a_batch_of_generations_is_one_recording,
     nudges::a_backend_keeps_its_latest_nudge,
+    library_index::the_index_answers_as_the_store,
+    library_index::the_feed_in_small_pages_misses_nothing,
     usage::a_characters_newest_completed_lora_and_its_file_facts,
     moderation::reports_are_one_open_per_reporter_and_listed_with_their_lora,
     moderation::hiding_resolves_open_reports_and_keeps_the_first_hide,

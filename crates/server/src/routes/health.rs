@@ -16,6 +16,8 @@ pub async fn healthz() -> Json<Value> {
 /// The database and the storage answer, and this process's job engine (when it runs one) is
 /// alive and ticking. `engine.can_train: false` (with `engine.reason`) means LoRAs wait queued
 /// until a backend can train: the API itself still serves, so that alone is not a 503.
+/// `library_index` says whether the in-memory library has loaded (until then listings use the
+/// database; not a condition of readiness either).
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, description = "ready"), (status = 503, description = "a dependency is down, or the job engine is dead or stuck")))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
@@ -42,6 +44,10 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         "database": check(db.map_err(|_| "unreachable".to_owned())),
         "storage": check(storage.map_err(|_| "unreachable".to_owned())),
     });
+    if let Some(index) = state.library_index() {
+        // Not a condition of readiness: until it is loaded, listings use the database.
+        body["library_index"] = json!({"loaded": index.loaded(), "loras": index.len()});
+    }
     if let Some(e) = engine {
         if !engine_ok {
             tracing::warn!(running = e.running, last_tick_age_secs = ?e.last_tick_age_secs, "readyz: the job engine is not ticking");

@@ -182,8 +182,20 @@ pub(crate) fn parse_identifier(v: Option<&str>, rule: &TextRule) -> ApiResult<Op
     }
 }
 
-/// One page of the library as JSON, straight from the database.
+/// One page of the library as JSON: from the in-memory library when it serves the listing,
+/// else straight from the database.
 async fn library_page(state: &AppState, query: &LoraQuery) -> ApiResult<Bytes> {
+    if let Some(index) = state.library_index()
+        && let Some(page) = index.page(state.repo_handle(), query, state.now()).await?
+    {
+        return Ok(Bytes::from(LoraList::json_of_serialized_items(
+            &page.items,
+            page.total,
+            page.total_exact,
+            query.limit,
+            query.offset,
+        )));
+    }
     let page = state.repo().list_loras(query).await?;
     let list = LoraList {
         items: page

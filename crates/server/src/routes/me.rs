@@ -86,8 +86,8 @@ pub async fn patch(
             state.now(),
         )
         .await?;
-    // Listings carry creators' names: let this process's cached pages go.
-    state.library_cache().invalidate();
+    // Listings carry creators' names.
+    state.library_changed();
     Ok(Json(me_view(&user, Some(profile))))
 }
 

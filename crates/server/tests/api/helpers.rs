@@ -21,6 +21,8 @@ use loraforge_storage::StorageSettings;
 pub const SECRET: &[u8] = b"api-test-secret-api-test-secret!";
 
 pub struct TestApp {
+    /// The server's state, for what a test looks at inside it (the library index).
+    pub state: AppState,
     pub base: String,
     pub http: reqwest::Client,
     pub clock: Arc<ManualClock>,
@@ -53,6 +55,9 @@ pub fn test_settings() -> ServerSettings {
         // Off by default: many tests write through the repository directly, as another replica
         // would; the cache has tests of its own.
         library_cache_ttl: Duration::ZERO,
+        // For the same reason the library index reads the change feed before every answer; so
+        // every library test runs through it (it has lag tests of its own).
+        library_index_lag: Some(Duration::ZERO),
         ..ServerSettings::default()
     }
 }
@@ -135,9 +140,11 @@ pub async fn spawn_app_with_state(
         Default::default(),
     )
     .with_engine_wake(engine_wake.clone());
-    let app = Application::new(extend(state), listener);
+    let state = extend(state);
+    let app = Application::new(state.clone(), listener);
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     TestApp {
+        state,
         base,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))

@@ -194,3 +194,59 @@ async fn cached_listings_follow_local_changes_at_once_and_other_replicas_within_
         .unwrap();
     assert_eq!(body["items"][0]["training_status"], "cancelled");
 }
+
+#[tokio::test]
+async fn the_library_index_shows_local_changes_at_once_and_other_replicas_within_its_lag() {
+    for engine in [Engine::Sqlite, Engine::Postgres] {
+        let app = spawn_app_with(engine, |s| {
+            s.library_index_lag = Some(std::time::Duration::from_secs(1));
+            s.limits.creates_per_minute = 0;
+        })
+        .await;
+        let index = app.state.library_index().expect("on by default");
+        let u = app.user();
+        let ds = app.dataset(&u).await;
+        let first = app.create_ok(&u, "first", &ds).await;
+        // The server loads the index in the background as it starts; listings answer from the
+        // database until it is loaded.
+        for _ in 0..200 {
+            assert_eq!(names(&app, &u, "?sort=name").await.0, ["first"]);
+            if index.len() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        assert_eq!(index.len(), 1, "{engine:?}: the index loaded");
+        // A change through this server shows at once.
+        app.create_ok(&u, "second", &ds).await;
+        assert_eq!(
+            names(&app, &u, "?sort=name&search=s").await.0,
+            ["second"],
+            "{engine:?}"
+        );
+        // A change made elsewhere (straight into the database, as another replica would) shows
+        // once the lag has passed, not before: until then the index answers as it stands.
+        let id: LoraId = first.parse().unwrap();
+        app.repo
+            .apply_event(
+                id,
+                StatusEvent::Cancel,
+                EventDetail::default(),
+                app.clock.now(),
+            )
+            .await
+            .unwrap();
+        let status = |body: Value| body["items"][0]["training_status"].clone();
+        let get = || async {
+            app.get(&u, "/api/v1/lora-models?sort=name&search=fir")
+                .await
+                .json::<Value>()
+                .await
+                .unwrap()
+        };
+        assert_eq!(status(get().await), "pending", "{engine:?}: from the index");
+        app.clock.advance(chrono::Duration::milliseconds(1000));
+        assert_eq!(status(get().await), "cancelled", "{engine:?}");
+        assert_eq!(index.len(), 2);
+    }
+}

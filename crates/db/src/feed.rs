@@ -1,0 +1,85 @@
+//! The library's change feed (migration 0023): what changed in the library since a reader's last
+//! read, so that every replica can keep the public library in memory (the server's library
+//! index) and answer searches without a database query each.
+//!
+//! Every LoRA row carries `rev`, bumped by the database itself (triggers) whenever anything a
+//! library row shows changes: its name, description, status, uses, creator, hand-off fields or
+//! hiding. A reader reads in rounds. A round returns, page by page in (rev, id) order, every row
+//! whose rev is at least the round's `since`; where the next round starts (`next_since`) is fixed
+//! by the round's first page: the oldest write that could still have been in flight then
+//! (SQLite: the highest rev committed, plus one; Postgres: `pg_snapshot_xmin`, because
+//! transactions commit out of id order). A row may be returned twice; it is never missed.
+//! LoRAs are never deleted, so the feed has no deletions.
+
+use async_trait::async_trait;
+
+use loraforge_domain::{LoraId, LoraSummary};
+
+use crate::Result;
+
+/// Where a reader of [`LibraryFeed`] stands. `FeedCursor::default()` reads the whole library.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedCursor {
+    /// This round returns the rows whose rev is at least this.
+    pub since: u64,
+    /// The last row of the round's previous page, `None` at the start of a round.
+    pub after: Option<(u64, LoraId)>,
+    /// Where the next round starts, fixed by this round's first page.
+    pub next_since: u64,
+}
+
+/// One page of the feed.
+#[derive(Debug, Clone)]
+pub struct FeedPage {
+    /// Every row changed, in its current state (hidden ones included, with `hidden` set).
+    pub rows: Vec<LoraSummary>,
+    /// Where to read next.
+    pub cursor: FeedCursor,
+    /// The round ended with this page: the reader has every change made before the round
+    /// started.
+    pub caught_up: bool,
+}
+
+#[async_trait]
+pub trait LibraryFeed: Send + Sync {
+    /// At most `limit` (≥ 1) rows changed since `cursor`, and where to read next.
+    async fn library_changes(&self, cursor: &FeedCursor, limit: u32) -> Result<FeedPage>;
+}
+
+/// The page an engine read: `rows` with their revs, in (rev, id) order, at most `limit`;
+/// `horizon` is where a round starting at this page's snapshot would start the next one.
+pub(crate) fn feed_page(
+    cursor: &FeedCursor,
+    limit: u32,
+    rows: Vec<(u64, LoraSummary)>,
+    horizon: u64,
+) -> FeedPage {
+    let next_since = if cursor.after.is_none() {
+        horizon
+    } else {
+        cursor.next_since
+    };
+    let full = rows.len() >= limit as usize;
+    let last = rows.last().map(|(rev, s)| (*rev, s.id));
+    let rows = rows.into_iter().map(|(_, s)| s).collect();
+    match last {
+        Some(last) if full => FeedPage {
+            rows,
+            cursor: FeedCursor {
+                since: cursor.since,
+                after: Some(last),
+                next_since,
+            },
+            caught_up: false,
+        },
+        _ => FeedPage {
+            rows,
+            cursor: FeedCursor {
+                since: next_since,
+                after: None,
+                next_since,
+            },
+            caught_up: true,
+        },
+    }
+}

@@ -1,0 +1,57 @@
+//! [`LibraryFeed`] on Postgres (migration 0023): a row's rev is the id of the transaction that
+//! last changed it, and transactions commit out of id order, so the next round starts at the
+//! oldest transaction still running when this round began (`pg_snapshot_xmin`): anything it or
+//! a later one writes is read again then.
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::PgRepository;
+use super::rows::summary_record;
+use crate::Result;
+use crate::common::to_u64;
+use crate::feed::{FeedCursor, FeedPage, LibraryFeed, feed_page};
+
+const CHANGES: &str = "SELECT m.rev::text::bigint AS rev, m.id, m.user_id, m.name, m.description, \
+     m.training_status, m.usage_count, m.created_at, m.character_id, m.triggered_by_job_id, \
+     m.hidden_at, m.hidden_reason, m.hidden_by, u.email, u.display_name \
+     FROM lora_models m LEFT JOIN users u ON u.id = m.user_id \
+     WHERE m.rev >= $1::text::xid8 AND (m.rev, m.id) > ($2::text::xid8, $3) ORDER BY m.rev, m.id LIMIT $4";
+
+#[async_trait]
+impl LibraryFeed for PgRepository {
+    async fn library_changes(&self, cursor: &FeedCursor, limit: u32) -> Result<FeedPage> {
+        let limit = limit.max(1);
+        // Repeatable read: the horizon and the rows come from the transaction's one snapshot.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let horizon: i64 =
+            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                .fetch_one(&mut *tx)
+                .await?;
+        // At a round's start, (0, nil) is below every row (rows older than migration 0023 have
+        // rev 0; no transaction has id 0).
+        let (after_rev, after_id) = match &cursor.after {
+            Some((rev, id)) => (rev.to_string(), id.as_uuid()),
+            None => ("0".to_owned(), uuid::Uuid::nil()),
+        };
+        let rows = sqlx::query(CHANGES)
+            .bind(cursor.since.to_string())
+            .bind(after_rev)
+            .bind(after_id)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let rows = rows
+            .iter()
+            .map(|r| {
+                let rev = to_u64(r.try_get("rev")?, "rev")?;
+                Ok((rev, summary_record(r)?.into_summary()?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(feed_page(cursor, limit, rows, to_u64(horizon, "xmin")?))
+    }
+}

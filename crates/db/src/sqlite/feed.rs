@@ -1,0 +1,49 @@
+//! [`LibraryFeed`] on SQLite (migration 0023): one writer at a time, so revs are handed out in
+//! commit order and the next round starts after the highest rev this page's snapshot holds.
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::SqliteRepository;
+use super::rows::summary_record;
+use crate::Result;
+use crate::common::to_u64;
+use crate::feed::{FeedCursor, FeedPage, LibraryFeed, feed_page};
+
+const CHANGES: &str = "SELECT m.rev, m.id, m.user_id, u.email, u.display_name, m.name, m.description, \
+     m.training_status, m.usage_count, m.created_at, m.character_id, m.triggered_by_job_id, \
+     m.hidden_at, m.hidden_reason, m.hidden_by \
+     FROM lora_models m LEFT JOIN users u ON u.id = m.user_id \
+     WHERE m.rev >= $1 AND (m.rev, m.id) > ($2, $3) ORDER BY m.rev, m.id LIMIT $4";
+
+#[async_trait]
+impl LibraryFeed for SqliteRepository {
+    async fn library_changes(&self, cursor: &FeedCursor, limit: u32) -> Result<FeedPage> {
+        let limit = limit.max(1);
+        // One read transaction: the horizon and the rows come from the same snapshot.
+        let mut tx = self.pool.begin().await?;
+        let top: i64 = sqlx::query_scalar("SELECT coalesce(max(rev), 0) FROM lora_models")
+            .fetch_one(&mut *tx)
+            .await?;
+        let (after_rev, after_id) = match &cursor.after {
+            Some((rev, id)) => (i64::try_from(*rev).unwrap_or(i64::MAX), id.to_string()),
+            None => (-1, String::new()),
+        };
+        let rows = sqlx::query(CHANGES)
+            .bind(i64::try_from(cursor.since).unwrap_or(i64::MAX))
+            .bind(after_rev)
+            .bind(after_id)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let rows = rows
+            .iter()
+            .map(|r| {
+                let rev = to_u64(r.try_get("rev")?, "rev")?;
+                Ok((rev, summary_record(r)?.into_summary()?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(feed_page(cursor, limit, rows, to_u64(top, "rev")? + 1))
+    }
+}

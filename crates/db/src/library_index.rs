@@ -440,6 +440,8 @@ impl LibraryIndex {
 
 /// Rows read from the feed per page while catching up.
 const FEED_PAGE: u32 = 2_000;
+/// Rows applied per hold of the write lock.
+const APPLY_CHUNK: usize = 256;
 
 /// A [`LibraryIndex`] and where it stands in the feed.
 #[derive(Debug, Default)]
@@ -493,9 +495,11 @@ impl SyncedIndex {
         loop {
             let page = feed.library_changes(&cursor, FEED_PAGE).await?;
             rows += page.rows.len();
-            if !page.rows.is_empty() {
+            // A few hundred at a time, so that answers wait for the write lock briefly.
+            let mut rows_left = page.rows.into_iter().peekable();
+            while rows_left.peek().is_some() {
                 let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-                for s in page.rows {
+                for s in rows_left.by_ref().take(APPLY_CHUNK) {
                     index.apply(s);
                 }
             }

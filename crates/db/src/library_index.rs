@@ -94,14 +94,44 @@ fn prefixes_of(words: &[String]) -> Vec<&str> {
     out
 }
 
-/// `a` before `b` in `sort`'s order (that of the keys below).
-fn compare(sort: LoraSort, a: &Entry, b: &Entry) -> Order {
-    let (x, y) = (&a.summary, &b.summary);
-    let newest = || (y.created_at, y.id).cmp(&(x.created_at, x.id));
-    match sort {
-        LoraSort::Popular => y.usage_count.cmp(&x.usage_count).then_with(newest),
-        LoraSort::Recent => newest(),
-        LoraSort::Name => a.name_lower.cmp(&b.name_lower).then_with(newest),
+/// An entry's order keys, kept apart from the entries so that sorting a search's matches reads
+/// one small array (the entries are ~1 KB each, scattered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OrderKeys {
+    usage: u64,
+    created: (i64, u32),
+    id: u128,
+}
+
+impl OrderKeys {
+    fn of(s: &LoraSummary) -> Self {
+        Self {
+            usage: s.usage_count,
+            created: (
+                s.created_at.timestamp(),
+                s.created_at.timestamp_subsec_nanos(),
+            ),
+            id: s.id.as_uuid().as_u128(),
+        }
+    }
+}
+
+/// An entry's flag: hidden, or its status's place in [`TrainingStatus::ALL`].
+const HIDDEN: u8 = u8::MAX;
+
+fn status_flag(s: TrainingStatus) -> u8 {
+    TrainingStatus::ALL
+        .iter()
+        .position(|x| *x == s)
+        .and_then(|i| u8::try_from(i).ok())
+        .unwrap_or(HIDDEN - 1)
+}
+
+fn flag_of(s: &LoraSummary) -> u8 {
+    if s.hidden.is_some() {
+        HIDDEN
+    } else {
+        status_flag(s.status)
     }
 }
 
@@ -143,6 +173,10 @@ pub struct LibraryIndex {
     popular: BTreeMap<PopularKey, u32>,
     recent: BTreeMap<RecentKey, u32>,
     by_name: BTreeMap<NameKey, u32>,
+    /// Per slot: hidden, or the status (see [`flag_of`]).
+    flags: Vec<u8>,
+    /// Per slot: the order keys.
+    keys: Vec<OrderKeys>,
     /// Every entry (hidden ones too) under each of its words, slots ascending.
     words: BTreeMap<String, Vec<u32>>,
     /// … and under each 1..=PREFIX_CHARS-character prefix of its words, once per entry.
@@ -196,6 +230,8 @@ impl LibraryIndex {
                     self.index_words(slot);
                 }
                 let rendered = self.render(&summary);
+                self.flags[slot as usize] = flag_of(&summary);
+                self.keys[slot as usize] = OrderKeys::of(&summary);
                 let e = &mut self.entries[slot as usize];
                 e.name_lower = summary.name.to_lowercase();
                 e.rendered = rendered;
@@ -205,6 +241,8 @@ impl LibraryIndex {
             None => {
                 let slot = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
                 self.slots.insert(summary.id, slot);
+                self.flags.push(flag_of(&summary));
+                self.keys.push(OrderKeys::of(&summary));
                 self.entries.push(Entry {
                     name_lower: summary.name.to_lowercase(),
                     rendered: self.render(&summary),
@@ -328,13 +366,18 @@ impl LibraryIndex {
             .as_deref()
             .map(search_words)
             .unwrap_or_default();
-        let status_ok = |e: &Entry| query.status.is_none_or(|s| e.summary.status == s);
+        // Visible, and of the status asked for (if any): one byte per entry.
+        let wanted = query.status.map(status_flag);
+        let listed = |slot: u32| {
+            let flag = self.flags[slot as usize];
+            flag != HIDDEN && wanted.is_none_or(|w| w == flag)
+        };
         if words.is_empty() {
             let total = match query.status {
                 Some(s) => self.visible_by_status.get(&s).copied().unwrap_or(0),
                 None => self.visible,
             };
-            let items = self.walk(query, |e| status_ok(e));
+            let items = self.walk(query, listed);
             return Some(Page {
                 items,
                 total,
@@ -349,10 +392,10 @@ impl LibraryIndex {
         lists.sort_by_key(|(l, _)| l.len());
         let (candidates, rarest) = lists.swap_remove(0);
         let rest: Vec<String> = words.iter().filter(|w| *w != rarest).cloned().collect();
-        let keep = |e: &Entry| e.visible() && status_ok(e) && e.matches(&rest);
+        let also = |slot: u32| rest.is_empty() || self.entries[slot as usize].matches(&rest);
         let mut matches: Vec<u32> = Vec::new();
         for &slot in candidates.iter() {
-            if keep(&self.entries[slot as usize]) {
+            if listed(slot) && also(slot) {
                 matches.push(slot);
                 if matches.len() as u64 > SEARCH_TOTAL_CAP {
                     break;
@@ -368,12 +411,23 @@ impl LibraryIndex {
         // Up to the cap, the matches are all at hand: sort them. Past it, walk the sort order.
         if total_exact {
             // Only the first offset + limit in order matter: select them, then sort those.
-            let order = |a: &u32, b: &u32| {
-                compare(
-                    query.sort,
-                    &self.entries[*a as usize],
-                    &self.entries[*b as usize],
-                )
+            let keys = &self.keys;
+            let newest = |a: &u32, b: &u32| {
+                let (x, y) = (&keys[*a as usize], &keys[*b as usize]);
+                (y.created, y.id).cmp(&(x.created, x.id))
+            };
+            let order = |a: &u32, b: &u32| -> Order {
+                match query.sort {
+                    LoraSort::Popular => keys[*b as usize]
+                        .usage
+                        .cmp(&keys[*a as usize].usage)
+                        .then_with(|| newest(a, b)),
+                    LoraSort::Recent => newest(a, b),
+                    LoraSort::Name => self.entries[*a as usize]
+                        .name_lower
+                        .cmp(&self.entries[*b as usize].name_lower)
+                        .then_with(|| newest(a, b)),
+                }
             };
             let offset = usize::try_from(query.offset).unwrap_or(usize::MAX);
             let end = offset
@@ -398,18 +452,16 @@ impl LibraryIndex {
             / (candidates.len() as u64).max(1);
         let log = u64::from(usize::BITS - candidates.len().leading_zeros());
         let items = if reach.saturating_mul(log) < candidates.len() as u64 {
-            self.walk_slots(query, |slot, e| {
-                candidates.binary_search(&slot).is_ok() && status_ok(e) && e.matches(&rest)
+            self.walk(query, |slot| {
+                candidates.binary_search(&slot).is_ok() && listed(slot) && also(slot)
             })
         } else {
             let mut member = vec![0u64; self.entries.len().div_ceil(64)];
             for &slot in candidates.iter() {
                 member[slot as usize / 64] |= 1 << (slot % 64);
             }
-            self.walk_slots(query, |slot, e| {
-                member[slot as usize / 64] & (1 << (slot % 64)) != 0
-                    && status_ok(e)
-                    && e.matches(&rest)
+            self.walk(query, |slot| {
+                member[slot as usize / 64] & (1 << (slot % 64)) != 0 && listed(slot) && also(slot)
             })
         };
         Some(Page {
@@ -419,19 +471,15 @@ impl LibraryIndex {
         })
     }
 
-    /// The page of visible entries that `keep`, in the query's sort.
-    fn walk(&self, query: &LoraQuery, keep: impl Fn(&Entry) -> bool) -> Vec<u32> {
-        self.walk_slots(query, |_, e| keep(e))
-    }
-
-    fn walk_slots(&self, query: &LoraQuery, keep: impl Fn(u32, &Entry) -> bool) -> Vec<u32> {
+    /// The page of the visible entries that `keep`, in the query's sort.
+    fn walk(&self, query: &LoraQuery, keep: impl Fn(u32) -> bool) -> Vec<u32> {
         let slots: Box<dyn Iterator<Item = u32> + '_> = match query.sort {
             LoraSort::Popular => Box::new(self.popular.values().copied()),
             LoraSort::Recent => Box::new(self.recent.values().copied()),
             LoraSort::Name => Box::new(self.by_name.values().copied()),
         };
         slots
-            .filter(|&slot| keep(slot, &self.entries[slot as usize]))
+            .filter(|&slot| keep(slot))
             .skip(usize::try_from(query.offset).unwrap_or(usize::MAX))
             .take(query.limit as usize)
             .collect()

@@ -10,13 +10,13 @@ use super::PgRepository;
 use super::rows::summary_record;
 use crate::Result;
 use crate::common::to_u64;
-use crate::feed::{FeedCursor, FeedPage, LibraryFeed, feed_page};
+use crate::feed::{FeedCursor, FeedPage, LibraryFeed, feed_page, start_after};
 
 const CHANGES: &str = "SELECT m.rev::text::bigint AS rev, m.id, m.user_id, m.name, m.description, \
      m.training_status, m.usage_count, m.created_at, m.character_id, m.triggered_by_job_id, \
      m.hidden_at, m.hidden_reason, m.hidden_by, u.email, u.display_name \
      FROM lora_models m LEFT JOIN users u ON u.id = m.user_id \
-     WHERE m.rev >= $1::text::xid8 AND (m.rev, m.id) > ($2::text::xid8, $3) ORDER BY m.rev, m.id LIMIT $4";
+     WHERE (m.rev, m.id) > ($1::text::xid8, $2) ORDER BY m.rev, m.id LIMIT $3";
 
 #[async_trait]
 impl LibraryFeed for PgRepository {
@@ -31,15 +31,9 @@ impl LibraryFeed for PgRepository {
             sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
                 .fetch_one(&mut *tx)
                 .await?;
-        // At a round's start, (0, nil) is below every row (rows older than migration 0023 have
-        // rev 0; no transaction has id 0).
-        let (after_rev, after_id) = match &cursor.after {
-            Some((rev, id)) => (rev.to_string(), id.as_uuid()),
-            None => ("0".to_owned(), uuid::Uuid::nil()),
-        };
+        let (after_rev, after_id) = start_after(cursor);
         let rows = sqlx::query(CHANGES)
-            .bind(cursor.since.to_string())
-            .bind(after_rev)
+            .bind(after_rev.to_string())
             .bind(after_id)
             .bind(i64::from(limit))
             .fetch_all(&mut *tx)

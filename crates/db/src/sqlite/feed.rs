@@ -8,13 +8,13 @@ use super::SqliteRepository;
 use super::rows::summary_record;
 use crate::Result;
 use crate::common::to_u64;
-use crate::feed::{FeedCursor, FeedPage, LibraryFeed, feed_page};
+use crate::feed::{FeedCursor, FeedPage, LibraryFeed, feed_page, start_after};
 
 const CHANGES: &str = "SELECT m.rev, m.id, m.user_id, u.email, u.display_name, m.name, m.description, \
      m.training_status, m.usage_count, m.created_at, m.character_id, m.triggered_by_job_id, \
      m.hidden_at, m.hidden_reason, m.hidden_by \
      FROM lora_models m LEFT JOIN users u ON u.id = m.user_id \
-     WHERE m.rev >= $1 AND (m.rev, m.id) > ($2, $3) ORDER BY m.rev, m.id LIMIT $4";
+     WHERE (m.rev, m.id) > ($1, $2) ORDER BY m.rev, m.id LIMIT $3";
 
 #[async_trait]
 impl LibraryFeed for SqliteRepository {
@@ -25,14 +25,10 @@ impl LibraryFeed for SqliteRepository {
         let top: i64 = sqlx::query_scalar("SELECT coalesce(max(rev), 0) FROM lora_models")
             .fetch_one(&mut *tx)
             .await?;
-        let (after_rev, after_id) = match &cursor.after {
-            Some((rev, id)) => (i64::try_from(*rev).unwrap_or(i64::MAX), id.to_string()),
-            None => (-1, String::new()),
-        };
+        let (after_rev, after_id) = start_after(cursor);
         let rows = sqlx::query(CHANGES)
-            .bind(i64::try_from(cursor.since).unwrap_or(i64::MAX))
-            .bind(after_rev)
-            .bind(after_id)
+            .bind(i64::try_from(after_rev).unwrap_or(i64::MAX))
+            .bind(after_id.hyphenated().to_string())
             .bind(i64::from(limit))
             .fetch_all(&mut *tx)
             .await?;

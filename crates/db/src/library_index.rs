@@ -7,10 +7,14 @@
 //! name or description, words split as [`search_words`] splits them — FTS5's `unicode61` rule),
 //! the same orders, the same capped totals ([`SEARCH_TOTAL_CAP`]). Listings it does not serve
 //! (hidden LoRAs, a creator's own, awaiting review, the hand-off filters) go to the database:
-//! [`LibraryIndex::query`] says `None`.
+//! [`LibraryIndex::query`] says `None`. Where the two engines already differ, the index follows
+//! one rule: words are split as FTS5 splits them (Postgres's parser keeps `a@b.com` or `v1.5` as
+//! one word), and the name sort lowercases every letter (SQLite's `lower()` only ASCII ones); the
+//! conformance story compares names and text where the engines agree.
 //!
-//! Cost: one entry per LoRA (its summary, its words, its place in three sort orders and in the
-//! word and 1–3 letter prefix postings), ~0.5–1 KB each; docs/performance.md has the measure.
+//! Cost: one entry per LoRA (its summary, its words, its listing JSON, its place in three sort
+//! orders and in the word and 1–3 letter prefix postings): ~1.8 KB each, measured at 100,000
+//! (docs/performance.md).
 
 use std::borrow::Cow;
 use std::cmp::{Ordering as Order, Reverse};

@@ -6,7 +6,7 @@
 //! answer, which first reads the change feed; other replicas' changes show within `lag` (the
 //! first answer after `lag` has passed reads the feed, while the others keep answering from
 //! the index). `lag = 0` reads the feed before every answer. Until the first read of the whole
-//! library has finished (started in the background by the first listing), listings go to the
+//! library has finished (started in the background as the server starts), listings go to the
 //! database, as do the listings the index does not serve (hidden LoRAs, a creator's own, awaiting
 //! review, the hand-off filters).
 
@@ -113,9 +113,13 @@ impl LiveIndex {
         } else if stale {
             // Another answer may be reading the feed already; then this one answers from the
             // index as it stands (at most one read of the feed old).
-            if let Some(done) = self.index.try_catch_up(repo.as_ref()).await {
-                done?;
-                self.read(now);
+            // If the database fails, the index answers as it stands (the next answer tries again).
+            match self.index.try_catch_up(repo.as_ref()).await {
+                Some(Ok(_)) => self.read(now),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "reading the library's change feed failed; answering from the index as it stands")
+                }
+                None => {}
             }
         }
         Ok(self.index.query_rendered(query))

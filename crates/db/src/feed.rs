@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use loraforge_domain::{LoraId, LoraSummary};
 
 use crate::Result;
+use crate::common::{SummaryRecord, to_u64};
 
 /// Where a reader of [`LibraryFeed`] stands. `FeedCursor::default()` reads the whole library.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,6 +57,25 @@ pub(crate) fn start_after(cursor: &FeedCursor) -> (u64, uuid::Uuid) {
         None if cursor.since == 0 => (0, uuid::Uuid::nil()),
         None => (cursor.since - 1, uuid::Uuid::max()),
     }
+}
+
+/// An engine's feed rows as (rev, summary): `summary` decodes the row's summary columns, the
+/// `rev` column (a bigint on both engines) is read here.
+pub(crate) fn decode_rows<R>(
+    rows: &[R],
+    summary: impl Fn(&R) -> Result<SummaryRecord>,
+) -> Result<Vec<(u64, LoraSummary)>>
+where
+    R: sqlx::Row,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+{
+    rows.iter()
+        .map(|r| {
+            let rev = to_u64(r.try_get("rev")?, "rev")?;
+            Ok((rev, summary(r)?.into_summary()?))
+        })
+        .collect()
 }
 
 /// The page an engine read: `rows` with their revs, in (rev, id) order, at most `limit`;

@@ -4,13 +4,12 @@
 //! a later one writes is read again then.
 
 use async_trait::async_trait;
-use sqlx::Row;
 
 use super::PgRepository;
 use super::rows::summary_record;
 use crate::Result;
 use crate::common::to_u64;
-use crate::feed::{FeedCursor, FeedPage, LibraryFeed, feed_page, start_after};
+use crate::feed::{FeedCursor, FeedPage, LibraryFeed, decode_rows, feed_page, start_after};
 
 const CHANGES: &str = "SELECT m.rev::text::bigint AS rev, m.id, m.user_id, m.name, m.description, \
      m.training_status, m.usage_count, m.created_at, m.character_id, m.triggered_by_job_id, \
@@ -39,13 +38,7 @@ impl LibraryFeed for PgRepository {
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        let rows = rows
-            .iter()
-            .map(|r| {
-                let rev = to_u64(r.try_get("rev")?, "rev")?;
-                Ok((rev, summary_record(r)?.into_summary()?))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let rows = decode_rows(&rows, summary_record)?;
         Ok(feed_page(cursor, limit, rows, to_u64(horizon, "xmin")?))
     }
 }

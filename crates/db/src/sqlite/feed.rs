@@ -2,13 +2,12 @@
 //! commit order and the next round starts after the highest rev this page's snapshot holds.
 
 use async_trait::async_trait;
-use sqlx::Row;
 
 use super::SqliteRepository;
 use super::rows::summary_record;
 use crate::Result;
 use crate::common::to_u64;
-use crate::feed::{FeedCursor, FeedPage, LibraryFeed, feed_page, start_after};
+use crate::feed::{FeedCursor, FeedPage, LibraryFeed, decode_rows, feed_page, start_after};
 
 const CHANGES: &str = "SELECT m.rev, m.id, m.user_id, u.email, u.display_name, m.name, m.description, \
      m.training_status, m.usage_count, m.created_at, m.character_id, m.triggered_by_job_id, \
@@ -33,13 +32,7 @@ impl LibraryFeed for SqliteRepository {
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        let rows = rows
-            .iter()
-            .map(|r| {
-                let rev = to_u64(r.try_get("rev")?, "rev")?;
-                Ok((rev, summary_record(r)?.into_summary()?))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let rows = decode_rows(&rows, summary_record)?;
         Ok(feed_page(cursor, limit, rows, to_u64(top, "rev")? + 1))
     }
 }

@@ -1,7 +1,8 @@
 //! The public library in memory: what the library page and the LoRA selector ask for (visible
 //! LoRAs, optionally of one status, searched by word prefixes, in one of the three sorts), answered
 //! without a database query. Kept in step with the database by its change feed
-//! ([`LibraryFeed`], migration 0023); [`SyncedIndex::catch_up`] applies what changed.
+//! ([`LibraryFeed`](crate::feed::LibraryFeed), migration 0023); [`SyncedIndex::catch_up`]
+//! (`synced.rs`) applies what changed.
 //!
 //! Answers are the store's: the same matches (every search word a prefix of some word of the
 //! name or description, words split as [`search_words`] splits them — FTS5's `unicode61` rule),
@@ -19,16 +20,17 @@
 use std::borrow::Cow;
 use std::cmp::{Ordering as Order, Reverse};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use loraforge_domain::{LoraId, LoraSort, LoraSummary, TrainingStatus};
 
 use crate::common::search_words;
-use crate::feed::{FeedCursor, LibraryFeed};
-use crate::{LoraQuery, Page, Result, SEARCH_TOTAL_CAP};
+use crate::{LoraQuery, Page, SEARCH_TOTAL_CAP};
+
+mod synced;
+pub use synced::{CaughtUp, SyncedIndex};
 
 type PopularKey = (Reverse<u64>, Reverse<DateTime<Utc>>, Reverse<LoraId>);
 type RecentKey = (Reverse<DateTime<Utc>>, Reverse<LoraId>);
@@ -224,6 +226,13 @@ impl LibraryIndex {
 
     /// Takes in a LoRA's current state (new, or changed in any way).
     pub fn apply(&mut self, summary: LoraSummary) {
+        if let Some(&slot) = self.slots.get(&summary.id)
+            && self.entries[slot as usize].summary == summary
+        {
+            // Read again as it was (on Postgres each round of the feed re-reads what changed
+            // since its horizon): nothing to re-index or render.
+            return;
+        }
         let words = words_of(&summary);
         let slot = match self.slots.get(&summary.id) {
             Some(&slot) => {
@@ -490,112 +499,6 @@ impl LibraryIndex {
     }
 }
 
-/// Rows read from the feed per page while catching up.
-const FEED_PAGE: u32 = 2_000;
-/// Rows applied per hold of the write lock.
-const APPLY_CHUNK: usize = 256;
-
-/// A [`LibraryIndex`] and where it stands in the feed.
-#[derive(Debug, Default)]
-pub struct SyncedIndex {
-    index: RwLock<LibraryIndex>,
-    cursor: tokio::sync::Mutex<FeedCursor>,
-    ready: AtomicBool,
-}
-
-/// What one [`SyncedIndex::catch_up`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CaughtUp {
-    /// Rows read (a row may come twice).
-    pub rows: usize,
-}
-
-impl SyncedIndex {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// An index that also keeps each LoRA rendered by `render` ([`Self::query_rendered`]).
-    pub fn with_renderer(render: Renderer) -> Self {
-        Self {
-            index: RwLock::new(LibraryIndex::with_renderer(render)),
-            ..Self::default()
-        }
-    }
-
-    /// Reads every change made before this call from `feed` and applies it; the index then
-    /// answers as the database did when the call began (or later). Calls queue behind each
-    /// other. The first call reads the whole library.
-    pub async fn catch_up(&self, feed: &dyn LibraryFeed) -> Result<CaughtUp> {
-        let guard = self.cursor.lock().await;
-        self.catch_up_locked(guard, feed).await
-    }
-
-    /// [`Self::catch_up`], unless another one is under way: then `None` at once.
-    pub async fn try_catch_up(&self, feed: &dyn LibraryFeed) -> Option<Result<CaughtUp>> {
-        let guard = self.cursor.try_lock().ok()?;
-        Some(self.catch_up_locked(guard, feed).await)
-    }
-
-    async fn catch_up_locked(
-        &self,
-        mut guard: tokio::sync::MutexGuard<'_, FeedCursor>,
-        feed: &dyn LibraryFeed,
-    ) -> Result<CaughtUp> {
-        let mut cursor = guard.clone();
-        let mut rows = 0;
-        loop {
-            let page = feed.library_changes(&cursor, FEED_PAGE).await?;
-            rows += page.rows.len();
-            // A few hundred at a time, so that answers wait for the write lock briefly.
-            let mut rows_left = page.rows.into_iter().peekable();
-            while rows_left.peek().is_some() {
-                let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-                for s in rows_left.by_ref().take(APPLY_CHUNK) {
-                    index.apply(s);
-                }
-            }
-            cursor = page.cursor;
-            if page.caught_up {
-                break;
-            }
-        }
-        *guard = cursor;
-        self.ready.store(true, Ordering::Release);
-        Ok(CaughtUp { rows })
-    }
-
-    /// Whether a catch-up has completed (before, the index holds part of the library at most).
-    pub fn ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    /// The index's answer, as [`LibraryIndex::query`].
-    pub fn query(&self, query: &LoraQuery) -> Option<Page<LoraSummary>> {
-        self.index
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .query(query)
-    }
-
-    /// The index's answer with each LoRA rendered, as [`LibraryIndex::query_rendered`].
-    pub fn query_rendered(&self, query: &LoraQuery) -> Option<Page<Rendered>> {
-        self.index
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .query_rendered(query)
-    }
-
-    /// LoRAs held.
-    pub fn len(&self) -> usize {
-        self.index.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -727,6 +630,41 @@ mod tests {
                 .collect::<Vec<_>>(),
             names
         );
+    }
+
+    #[test]
+    fn a_lora_read_again_unchanged_is_not_rendered_again() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let renders = Arc::new(AtomicUsize::new(0));
+        let counted = renders.clone();
+        let mut index = LibraryIndex::with_renderer(Arc::new(move |s: &LoraSummary| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            s.name.clone().into_bytes()
+        }));
+        let a = lora("Cyber Girl", Some("neon"), 5, 0);
+        index.apply(a.clone());
+        index.apply(a.clone());
+        assert_eq!(renders.load(Ordering::Relaxed), 1);
+        let renamed = LoraSummary {
+            name: "Cyber Woman".into(),
+            ..a.clone()
+        };
+        index.apply(renamed.clone());
+        index.apply(renamed);
+        assert_eq!(renders.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            search(&index, "woman", LoraSort::Popular).0,
+            vec!["Cyber Woman".to_owned()]
+        );
+        assert_eq!(search(&index, "girl", LoraSort::Popular).1, 0);
+        let page = index
+            .query_rendered(&LoraQuery {
+                limit: 50,
+                ..LoraQuery::default()
+            })
+            .unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(&page.items[0][..], b"Cyber Woman");
     }
 
     #[test]

@@ -18,6 +18,9 @@
 //! `/proc`), so an engine restarted on the same host still recognises, and can end, a worker
 //! its predecessor started: such a run is gone once no process of its group is left (a worker
 //! that died before its trainer does not make the run gone).
+//!
+//! `process.rs` names runs and asks `/proc` and the kernel about them; `supervise.rs` owns each
+//! run's child and its output.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,17 +29,24 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::io::{AsyncRead, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::oneshot;
 
 use loraforge_domain::{LoraId, outcome};
-use loraforge_stdx::next_line;
 
 use crate::backend::{
     BackendError, Ending, Instance, Launch, Launched, Observed, Scope, Task, Termination,
     TrainingBackend,
 };
+
+mod process;
+mod supervise;
+
+use process::{
+    foreign_alive, group_alive, parse_provider_id, process_start, provider_id, signal_group,
+    still_running,
+};
+use supervise::{Supervised, read_output, supervise};
 
 /// How the local backend runs a job.
 #[derive(Debug, Clone)]
@@ -125,77 +135,8 @@ pub struct LocalBackend {
 /// Ended runs remembered; older ones are forgotten first.
 const REMEMBERED_ENDED_RUNS: usize = 1024;
 
-/// Longest output line kept, bytes; the rest of a longer line is dropped.
-const MAX_LINE: usize = 64 * 1024;
-
-/// How long to wait for the rest of a run's output after its process group is gone.
-const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// `local:<pid>:<start time>`.
-fn provider_id(pid: u32, start: u64) -> String {
-    format!("local:{pid}:{start}")
-}
-
-fn parse_provider_id(id: &str) -> Option<(u32, u64)> {
-    let mut parts = id.strip_prefix("local:")?.splitn(2, ':');
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-}
-
-/// The start time of process `pid` (clock ticks since boot, field 22 of `/proc/<pid>/stat`).
-fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count after its end.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Process `pid` is alive and is the one that started at `start` (not a zombie).
-fn still_running(pid: u32, start: u64) -> bool {
-    if process_start(pid) != Some(start) {
-        return false;
-    }
-    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-    let state = state
-        .as_deref()
-        .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().chars().next()));
-    !matches!(state.flatten(), Some('Z' | 'X') | None)
-}
-
-/// A live (not zombie) process is in process group `pgid`: a run's trainer may outlive its
-/// worker, the group's first process.
-fn group_alive(pgid: u32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        let name = e.file_name();
-        if !name
-            .to_str()
-            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        {
-            return false;
-        }
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            return false;
-        };
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            return false;
-        };
-        // Fields after the command: state, ppid, pgrp.
-        let mut fields = after.split_whitespace();
-        let state = fields.next();
-        let pgrp = fields.nth(1).and_then(|p| p.parse::<u32>().ok());
-        pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
-    })
-}
-
-/// A run of an earlier engine: its worker still runs, or something of its group does.
-fn foreign_alive(pid: u32, start: u64) -> bool {
-    still_running(pid, start) || group_alive(pid)
 }
 
 /// The name of an attempt's scratch folder under the job's folder.
@@ -625,158 +566,5 @@ impl TrainingBackend for LocalBackend {
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-}
-
-/// Sends `signal` to process group `pgid`; a group that is already gone is fine.
-fn signal_group(pgid: i32, signal: i32) {
-    // SAFETY: killpg has no memory-safety preconditions; a stale or foreign pgid can only make
-    // it fail (ESRCH/EPERM), which is ignored: the group is then gone or not ours.
-    let rc = unsafe { libc::killpg(pgid, signal) };
-    if rc != 0 {
-        tracing::debug!(pgid, signal, error = %std::io::Error::last_os_error(), "killpg");
-    }
-}
-
-/// Kills a run's whole group when dropped unless disarmed: covers the supervisor task being
-/// dropped (runtime shutdown) before it could clean up.
-struct GroupGuard(Option<i32>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            signal_group(pgid, libc::SIGKILL);
-        }
-    }
-}
-
-struct Supervised {
-    child: Child,
-    pgid: Option<i32>,
-    stop: oneshot::Receiver<()>,
-    grace: Duration,
-    readers: tokio::task::JoinHandle<()>,
-    last: Arc<Mutex<Option<ErrorLine>>>,
-    phase: Arc<Mutex<Phase>>,
-    id: String,
-}
-
-/// Waits for the run to end, stopping it when asked (or when the backend is dropped), then
-/// records how it ended.
-async fn supervise(mut s: Supervised) {
-    let guard = GroupGuard(s.pgid);
-    let kill = |signal| {
-        if let Some(pgid) = s.pgid {
-            signal_group(pgid, signal);
-        }
-    };
-    let status = tokio::select! {
-        status = s.child.wait() => status,
-        stop = &mut s.stop => {
-            if stop.is_ok() {
-                kill(libc::SIGTERM);
-                match tokio::time::timeout(s.grace, s.child.wait()).await {
-                    Ok(status) => status,
-                    Err(_) => {
-                        tracing::warn!(run = %s.id, "run ignored SIGTERM; killing it");
-                        kill(libc::SIGKILL);
-                        s.child.wait().await
-                    }
-                }
-            } else {
-                // The backend is gone: nobody will watch this run any more.
-                kill(libc::SIGKILL);
-                s.child.wait().await
-            }
-        }
-    };
-    // Whatever the first process left behind in its group goes with it (the guard's SIGKILL).
-    drop(guard);
-    if tokio::time::timeout(OUTPUT_DRAIN, &mut s.readers)
-        .await
-        .is_err()
-    {
-        s.readers.abort();
-    }
-    let (code, line) = match status {
-        Ok(st) => (st.code(), lock(&s.last).clone()),
-        Err(e) => (
-            None,
-            Some(ErrorLine {
-                code: None,
-                reason: format!("could not wait for the worker: {e}"),
-            }),
-        ),
-    };
-    tracing::info!(run = %s.id, ?code, reason = ?line.as_ref().map(|l| &l.reason), "local run ended");
-    *lock(&s.phase) = Phase::Exited { code, line };
-}
-
-/// Reads the worker's output: stderr lines go to the log (at debug) and the last one is kept;
-/// the last `{"event":"error",…}` line on stdout is the worker's own account of a failure.
-async fn read_output(
-    stdout: Option<impl AsyncRead + Unpin>,
-    stderr: Option<impl AsyncRead + Unpin + Send + 'static>,
-    id: String,
-    last: Arc<Mutex<Option<ErrorLine>>>,
-) {
-    let last_stderr = Arc::new(Mutex::new(None::<String>));
-    let err_task = stderr.map(|stderr| {
-        let keep = last_stderr.clone();
-        let id = id.clone();
-        tokio::spawn(async move {
-            let mut stderr = BufReader::new(stderr);
-            while let Some(line) = next_line(&mut stderr, MAX_LINE).await {
-                tracing::debug!(run = %id, "worker: {line}");
-                if !line.trim().is_empty() {
-                    *lock(&keep) = Some(line);
-                }
-            }
-        })
-    });
-    let mut error_line = None;
-    if let Some(stdout) = stdout {
-        let mut stdout = BufReader::new(stdout);
-        while let Some(line) = next_line(&mut stdout, MAX_LINE).await {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line.trim())
-                && v.get("event").and_then(|e| e.as_str()) == Some("error")
-            {
-                error_line = Some(ErrorLine {
-                    code: v.get("code").and_then(|c| c.as_str()).map(str::to_owned),
-                    reason: v
-                        .get("reason")
-                        .and_then(|r| r.as_str())
-                        .unwrap_or("no reason given")
-                        .to_owned(),
-                });
-            }
-        }
-    }
-    if let Some(t) = err_task {
-        let _ = t.await;
-    }
-    let fallback = || {
-        lock(&last_stderr)
-            .take()
-            .map(|reason| ErrorLine { code: None, reason })
-    };
-    *lock(&last) = error_line.or_else(fallback);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn provider_ids_name_a_process_and_its_start() {
-        assert_eq!(parse_provider_id(&provider_id(42, 7)), Some((42, 7)));
-        assert_eq!(parse_provider_id("local-abc"), None);
-        let me = std::process::id();
-        let start = process_start(me).expect("this process has a start time");
-        assert!(still_running(me, start));
-        assert!(
-            !still_running(me, start + 1),
-            "another process with a reused pid"
-        );
     }
 }

@@ -4,10 +4,11 @@
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use loraforge_domain::LoraSummary;
+
 use super::{LibraryIndex, Rendered, Renderer};
 use crate::feed::{FeedCursor, LibraryFeed};
 use crate::{LoraQuery, Page, Result};
-use loraforge_domain::LoraSummary;
 
 /// Rows read from the feed per page while catching up.
 const FEED_PAGE: u32 = 2_000;

@@ -19,6 +19,7 @@ const MAX_LINE: usize = 64 * 1024;
 /// How long to wait for the rest of a run's output after its process group is gone.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 
+/// What the supervisor of one run owns.
 pub(super) struct Supervised {
     pub(super) child: Child,
     pub(super) pgid: Option<i32>,

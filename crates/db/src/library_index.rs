@@ -226,16 +226,15 @@ impl LibraryIndex {
 
     /// Takes in a LoRA's current state (new, or changed in any way).
     pub fn apply(&mut self, summary: LoraSummary) {
-        if let Some(&slot) = self.slots.get(&summary.id)
-            && self.entries[slot as usize].summary == summary
-        {
+        let held = self.slots.get(&summary.id).copied();
+        if held.is_some_and(|slot| self.entries[slot as usize].summary == summary) {
             // Read again as it was (on Postgres each round of the feed re-reads what changed
             // since its horizon): nothing to re-index or render.
             return;
         }
         let words = words_of(&summary);
-        let slot = match self.slots.get(&summary.id) {
-            Some(&slot) => {
+        let slot = match held {
+            Some(slot) => {
                 self.unlist(slot);
                 if self.entries[slot as usize].words != words {
                     self.unindex_words(slot);
